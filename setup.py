@@ -1,0 +1,39 @@
+"""vitrt: a deployment compiler for Vision Transformers."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = {}
+exec(Path("vitrt/_version.py").read_text(), version)
+
+setup(
+    name="vitrt",
+    version=version["__version__"],
+    description="Deployment compiler for timm Vision Transformers: prune, sparsify, quantize, merge tokens, build engines",
+    long_description=Path("README.md").read_text() if Path("README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vitrt", "vitrt.*"]),
+    install_requires=[
+        "numpy>=1.24",
+        "torch>=2.4",
+        "torchvision",  # timm's data transforms
+        "timm>=1.0.15",
+        "onnx>=1.17",
+        "onnxruntime>=1.20",
+        "onnx-graphsurgeon>=0.5",
+        "scikit-learn>=1.3",  # the digits reference data set
+        "scipy>=1.10",
+        "matplotlib>=3.7",
+        "tqdm>=4.66",
+        "polygraphy>=0.49",
+        "nvidia-modelopt>=0.27",
+        "requests",  # imported by nvidia-modelopt without being declared there
+    ],
+    extras_require={
+        "trt": ["tensorrt>=10.0"],
+        "dev": ["pytest>=8", "pytest-xdist>=3"],
+    },
+    entry_points={"console_scripts": ["vitrt=vitrt.cli:main"]},
+)

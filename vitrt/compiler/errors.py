@@ -1,0 +1,27 @@
+"""User-facing errors: one line that says what failed and how to fix it.
+
+Anything raised as :class:`VitrtError` is printed by the CLI as a single line and exits with code 2;
+every other exception is a bug and keeps its traceback.
+"""
+
+
+class VitrtError(Exception):
+    """A problem with the user's input or environment that the user can fix.
+
+    The message must fit on one line and name what was expected (and, where it helps, how to fix it).
+    """
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+class SpecError(VitrtError):
+    """A ViTSpec (or a graph that should match one) is malformed."""
+
+
+class UnsupportedModelError(VitrtError):
+    """The model is not one vitrt can lower."""
+
+
+class BackendUnavailableError(VitrtError):
+    """The requested backend's runtime is not installed on this machine."""

@@ -1,0 +1,207 @@
+"""Front end: load a timm ViT (by name, checkpoint or module) and canonicalise it into the torch twin.
+
+Supported: timm ``VisionTransformer`` (and ``VisionTransformerDistilled``) with a class token, optional
+distillation token, learned absolute position embedding, token pooling, LayerNorm + GELU, and optional
+LayerScale (folded into ``proj`` / ``fc2``). Anything else is refused with one line that says which
+feature is unsupported, before any work is done.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UnsupportedModelError, VitrtError
+from .spec import BlockSpec, ViTSpec
+from .twin import CanonicalViT
+
+SUPPORTED_EXAMPLES = (
+    "vit_tiny_patch16_224, vit_small_patch16_224, vit_base_patch16_224, deit_tiny_patch16_224, "
+    "deit_small_patch16_224, deit_base_patch16_224, deit_*_distilled_patch16_224"
+)
+SUPPORTED_FAMILIES = "timm VisionTransformer models with a class token (vit_*, deit_*)"
+_SUPPORTED_MODULES = ("timm.models.vision_transformer", "timm.models.deit")
+
+
+def load_timm_model(name: str, *, pretrained: bool = False, checkpoint: str | Path | None = None,
+                    img_size: int | None = None, num_classes: int | None = None) -> nn.Module:
+    """Create a timm model by name, refusing unknown names and unsupported families up front.
+
+    ``checkpoint`` is a state dict (or a dict holding one under ``state_dict`` / ``model``) read with
+    ``torch.load(weights_only=True)``; ``pretrained`` needs a reachable model hub.
+    """
+    import timm
+    from timm.models import _registry
+
+    if not timm.is_model(name):
+        raise UnsupportedModelError(f"unknown model '{name}': not a timm model name; supported: {SUPPORTED_FAMILIES}, "
+                                    f"e.g. {SUPPORTED_EXAMPLES}")
+    module = _registry.model_entrypoint(name).__module__
+    if module not in _SUPPORTED_MODULES:
+        family = module.rsplit(".", 1)[-1]
+        raise UnsupportedModelError(f"unsupported architecture '{name}' (timm family '{family}'): vitrt supports "
+                                    f"{SUPPORTED_FAMILIES}, e.g. {SUPPORTED_EXAMPLES}")
+    kwargs = {}
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (OSError, RuntimeError, ValueError) as exc:
+        what = "download pretrained weights for" if pretrained else "create"
+        raise VitrtError(f"could not {what} '{name}': {_first_line(exc)}") from None
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model.eval()
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict into ``model`` with ``weights_only=True``; one-line errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise VitrtError(f"checkpoint '{path}' does not exist or is not a file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt / pickled-object files
+        raise VitrtError(f"unreadable checkpoint '{path}': {_first_line(exc)} "
+                         f"(expected a state dict saved with torch.save)") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise VitrtError(f"checkpoint '{path}' does not hold a state dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise VitrtError(f"checkpoint '{path}' does not match the model: {_first_line(exc)}") from None
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise :class:`UnsupportedModelError` naming the first feature vitrt cannot lower."""
+    from timm.layers import Mlp, PatchEmbed
+    from timm.layers.attention import Attention
+    from timm.models.vision_transformer import Block, VisionTransformer
+
+    if not isinstance(model, VisionTransformer):
+        raise UnsupportedModelError(f"unsupported architecture {type(model).__name__}: vitrt supports "
+                                    f"{SUPPORTED_FAMILIES}, e.g. {SUPPORTED_EXAMPLES}")
+    problems = []
+    if model.cls_token is None:
+        problems.append("no class token")
+    if getattr(model, "num_reg_tokens", 0):
+        problems.append("register tokens")
+    if model.global_pool != "token":
+        problems.append(f"global_pool='{model.global_pool}' (only 'token')")
+    if model.pos_embed is None or model.no_embed_class:
+        problems.append("position embedding without the class-token entry")
+    if model.dynamic_img_size:
+        problems.append("dynamic_img_size")
+    for name in ("norm_pre", "fc_norm"):
+        if not isinstance(getattr(model, name), nn.Identity):
+            problems.append(name)
+    if getattr(model, "attn_pool", None) is not None:
+        problems.append("attention pooling")
+    if not isinstance(model.patch_embed, PatchEmbed) or not isinstance(model.patch_embed.norm, nn.Identity):
+        problems.append("patch embedding other than a plain Conv")
+    if not isinstance(model.norm, nn.LayerNorm):
+        problems.append("final norm other than LayerNorm")
+    for i, block in enumerate(model.blocks):
+        if type(block) is not Block or type(block.attn) is not Attention or type(block.mlp) is not Mlp:
+            problems.append(f"block {i} is {type(block).__name__} (only timm's Block/Attention/Mlp)")
+            break
+        attn, mlp = block.attn, block.mlp
+        extras = [n for n in ("q_norm", "k_norm", "norm") if not isinstance(getattr(attn, n), nn.Identity)]
+        extras += ["mlp.norm"] if not isinstance(mlp.norm, nn.Identity) else []
+        extras += ["attention gate"] if getattr(attn, "gate", None) is not None else []
+        extras += [f"{n} is not LayerNorm" for n in ("norm1", "norm2") if not isinstance(getattr(block, n), nn.LayerNorm)]
+        if not (isinstance(mlp.act, nn.GELU) and mlp.act.approximate == "none"):
+            extras.append(f"activation {type(mlp.act).__name__} (only exact GELU)")
+        if extras:
+            problems.append(f"block {i}: {', '.join(extras)}")
+            break
+    if problems:
+        raise UnsupportedModelError(f"unsupported ViT variant {type(model).__name__}: {'; '.join(problems)}; "
+                                    f"vitrt supports {SUPPORTED_FAMILIES}")
+
+
+def spec_of_timm(model: nn.Module) -> ViTSpec:
+    """The ViTSpec of a supported timm ViT (before any compression)."""
+    check_supported(model)
+    patch_embed = model.patch_embed
+    grid = tuple(patch_embed.grid_size)
+    patch = tuple(patch_embed.patch_size)
+    if grid[0] != grid[1] or patch[0] != patch[1]:
+        raise UnsupportedModelError(f"non-square image or patch ({patch_embed.img_size}, {patch}): vitrt lowers "
+                                    "square inputs only")
+    prefix = model.num_prefix_tokens
+    tokens = prefix + grid[0] * grid[1]
+    blocks = []
+    for block in model.blocks:
+        attn = block.attn
+        blocks.append(BlockSpec(heads=attn.num_heads, qk=attn.head_dim, v=attn.head_dim,
+                                mlp=block.mlp.fc1.out_features, tokens=tokens, scale=float(attn.scale)))
+    return ViTSpec(emb=model.embed_dim, patch=patch[0], img=grid[0] * patch[0],
+                   in_chans=patch_embed.proj.in_channels, prefix_tokens=prefix, num_classes=model.num_classes,
+                   blocks=tuple(blocks), distilled=getattr(model, "dist_token", None) is not None,
+                   norm_eps=float(model.norm.eps)).validate()
+
+
+@torch.no_grad()
+def canonicalize(model: nn.Module) -> CanonicalViT:
+    """Build the torch twin of a supported timm ViT; its output equals the original's (fp32 rounding)."""
+    spec = spec_of_timm(model)
+    twin = CanonicalViT(spec)
+    twin.patch_embed.load_state_dict(model.patch_embed.proj.state_dict())
+    twin.cls_token.copy_(model.cls_token)
+    if twin.dist_token is not None:
+        twin.dist_token.copy_(model.dist_token)
+    twin.pos_embed.copy_(model.pos_embed)
+    emb = spec.emb
+    for src, dst in zip(model.blocks, twin.blocks):
+        attn = src.attn
+        weight = attn.qkv.weight
+        bias = attn.qkv.bias if attn.qkv.bias is not None else torch.zeros(3 * attn.attn_dim)
+        for j, proj in enumerate((dst.attn.q, dst.attn.k, dst.attn.v)):
+            proj.weight.copy_(weight[j * attn.attn_dim:(j + 1) * attn.attn_dim])
+            proj.bias.copy_(bias[j * attn.attn_dim:(j + 1) * attn.attn_dim])
+        _copy_linear(attn.proj, dst.attn.proj, _layer_scale(src.ls1, emb))
+        _copy_linear(src.mlp.fc1, dst.mlp.fc1, None)
+        _copy_linear(src.mlp.fc2, dst.mlp.fc2, _layer_scale(src.ls2, emb))
+        dst.norm1.load_state_dict(src.norm1.state_dict())
+        dst.norm2.load_state_dict(src.norm2.state_dict())
+    twin.norm.load_state_dict(model.norm.state_dict())
+    _copy_linear(model.head, twin.head, None)
+    if twin.head_dist is not None:
+        _copy_linear(model.head_dist, twin.head_dist, None)
+    return twin.eval()
+
+
+def _layer_scale(module: nn.Module, emb: int) -> torch.Tensor | None:
+    if isinstance(module, nn.Identity):
+        return None
+    gamma = getattr(module, "gamma", None)
+    if gamma is None or gamma.shape != (emb,):
+        raise UnsupportedModelError(f"unsupported layer scale {type(module).__name__}")
+    return gamma
+
+
+def _copy_linear(src: nn.Module, dst: nn.Linear, out_scale: torch.Tensor | None) -> None:
+    if isinstance(src, nn.Identity):
+        raise UnsupportedModelError("a model without a classifier head (num_classes=0) cannot be compiled")
+    weight = src.weight
+    bias = src.bias if src.bias is not None else torch.zeros(weight.shape[0])
+    if out_scale is not None:  # LayerScale: gamma * (W x + b) == (gamma W) x + gamma b
+        weight, bias = weight * out_scale[:, None], bias * out_scale
+    dst.weight.copy_(weight)
+    dst.bias.copy_(bias)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
