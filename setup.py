@@ -27,6 +27,7 @@ setup(
         "scipy>=1.10",
         "matplotlib>=3.7",
         "tqdm>=4.66",
+        "filelock>=3.12",
         "polygraphy>=0.49",
         "nvidia-modelopt>=0.27",
         "requests",  # imported by nvidia-modelopt without being declared there

@@ -1,0 +1,113 @@
+"""The CLI end to end: the manifest contract, one-line errors with exit 2, and nothing left behind."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vitrt.cli import main
+
+from conftest import tiny_vit
+
+MANIFEST_KEYS = {"vitrt_version", "model", "input_shape", "spec_before", "spec_after", "passes", "params", "flops",
+                 "verify", "latency"}
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "vitrt.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_compile_deit_small_verify_bench(tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("compile", "deit_small_patch16_224", "--verify", "--bench", "--bench-iters", "10", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert MANIFEST_KEYS <= set(manifest)
+    assert manifest["verify"]["max_abs_err"] <= 1e-4 and manifest["verify"]["reference"] == "timm model"
+    for key in ("emb", "depth", "patch", "img", "prefix_tokens", "blocks"):
+        assert key in manifest["spec_after"]
+    assert set(manifest["spec_after"]["blocks"][0]) >= {"heads", "qk", "v", "mlp", "tokens"}
+    assert manifest["params"] == {"before": 22050664, "after": 22050664}
+    latency = manifest["latency"]
+    assert {"backend", "device", "batch", "median_ms", "p90_ms", "images_per_s", "per_block_ms"} <= set(latency)
+    assert all(f"blocks.{i}" in latency["per_block_ms"] for i in range(12))
+    assert {"name", "seconds", "modified", "stats"} <= set(manifest["passes"][0])
+    assert (out / "model.onnx").is_file() and (out / "model.ort.onnx").is_file()
+    import onnx
+
+    names = {n.name for n in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node if n.op_type == "MatMul"}
+    assert all(f"blocks.{i}.{l}" in names for i in range(12) for l in ("attn.q", "attn.k", "attn.v", "attn.proj", "mlp.fc1", "mlp.fc2"))
+
+
+@pytest.mark.parametrize("model, message", [
+    ("no_such_model", "unknown model 'no_such_model'"),
+    ("swin_tiny_patch4_window7_224", "unsupported architecture 'swin_tiny_patch4_window7_224'"),
+    ("convnext_tiny", "unsupported architecture 'convnext_tiny'"),
+])
+def test_bad_models_exit_2_with_one_line_and_no_output(tmp_path, model, message):
+    out = tmp_path / "out"
+    result = run_cli("compile", model, "-o", str(out))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "vit_tiny_patch16_224" in lines[0]
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def _compile_tiny(tmp_path, out, *extra):
+    checkpoint = tmp_path / "tiny.pt"
+    if not checkpoint.exists():
+        torch.save(tiny_vit().state_dict(), checkpoint)
+    return main(["compile", "vit_tiny_patch16_224", "--img-size", "32", "--checkpoint", str(checkpoint), "-o", str(out),
+                 "--quiet", *extra])
+
+
+def test_non_empty_output_needs_force_and_is_kept_intact(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert main(["compile", "deit_tiny_patch16_224", "-o", str(out)]) == 2
+    assert "not empty; pass --force" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_unreadable_and_mismatched_checkpoints(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    out = tmp_path / "out"
+    assert main(["compile", "deit_tiny_patch16_224", "--checkpoint", str(bad), "-o", str(out)]) == 2
+    assert "unreadable checkpoint" in capsys.readouterr().err
+    torch.save(tiny_vit().state_dict(), tmp_path / "tiny.pt")
+    assert main(["compile", "deit_tiny_patch16_224", "--checkpoint", str(tmp_path / "tiny.pt"), "-o", str(out)]) == 2
+    assert "does not match the model" in capsys.readouterr().err
+    assert main(["compile", "deit_tiny_patch16_224", "--checkpoint", str(tmp_path / "missing.pt"), "-o", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_checkpoint_force_and_dynamic_batch(tmp_path):
+    out = tmp_path / "out"
+    assert _compile_tiny(tmp_path, out, "--verify", "--batch", "3") == 0
+    first = json.loads((out / "manifest.json").read_text())
+    assert first["input_shape"] == [3, 3, 32, 32] and first["verify"]["max_abs_err"] <= 1e-4
+    assert _compile_tiny(tmp_path, out, "--force", "--dynamic-batch", "--verify") == 0
+    second = json.loads((out / "manifest.json").read_text())
+    assert second["input_shape"][0] == "batch"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny.pt"]  # no staging leftovers
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None, reason="TensorRT installed")
+def test_trt_backend_missing_exits_2(tmp_path):
+    result = run_cli("compile", "deit_tiny_patch16_224", "--backend", "trt", "-o", str(tmp_path / "out"))
+    assert result.returncode == 2 and "TensorRT is not installed" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_import_vitrt_stays_light():
+    code = ("import sys, vitrt, vitrt.compiler.backends, vitrt.passes, vitrt.kernels, vitrt.calib, vitrt.benchmarks; "
+            "bad = [m for m in ('tensorrt', 'modelopt', 'pycuda') if m in sys.modules]; "
+            "torch = sys.modules.get('torch'); bad += ['cuda initialised'] if torch and torch.cuda.is_initialized() else []; "
+            "print(bad)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr

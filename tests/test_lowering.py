@@ -1,0 +1,88 @@
+"""Canonical lowering: structure, names, metadata, and equivalence with timm and the twin (fp32, 1e-4)."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from vitrt.compiler.graph import BLOCK_LINEARS, GraphView
+from vitrt.compiler.lower import lower
+from vitrt.compiler.models import canonicalize, load_timm_model
+from vitrt.compiler.spec import ViTSpec
+from vitrt.compiler.verify import FP32_TOLERANCE, run_onnx, verification_inputs
+
+from conftest import max_abs, tiny_vit
+
+SUPPORTED_MODELS = [
+    "vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224",
+    "deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224",
+    "deit_tiny_distilled_patch16_224", "deit_small_distilled_patch16_224", "deit_base_distilled_patch16_224",
+]
+
+
+@pytest.mark.parametrize("name", SUPPORTED_MODELS)
+def test_every_supported_model_lowers_exactly(name):
+    timm_model = load_timm_model(name)
+    twin = canonicalize(timm_model)
+    model = lower(twin, batch=2)
+    images = verification_inputs(twin.spec, batch=2, seed=1)
+    with torch.no_grad():
+        reference = timm_model(torch.from_numpy(images)).numpy()
+        twin_out = twin(torch.from_numpy(images)).numpy()
+    onnx_out = run_onnx(model, images, batch=2)
+    assert max_abs(twin_out, reference) <= FP32_TOLERANCE
+    assert max_abs(onnx_out, reference) <= FP32_TOLERANCE
+    assert max_abs(onnx_out, twin_out) <= FP32_TOLERANCE
+    view = GraphView.from_onnx(model)
+    assert len(view.weight_linears()) == 6 * view.spec.depth + (2 if view.spec.distilled else 1)
+
+
+def test_canonical_structure_names_and_metadata():
+    model = lower(canonicalize(tiny_vit(distilled=True)), batch=4)
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version == 17 and model.ir_version <= 13
+    names = {n.name: n for n in model.graph.node}
+    for i in range(2):
+        for local in BLOCK_LINEARS:
+            node = names[f"blocks.{i}.{local}"]
+            assert node.op_type == "MatMul" and node.input[1] == f"blocks.{i}.{local}.weight"
+        for local in ("norm1", "norm2"):
+            assert names[f"blocks.{i}.{local}"].op_type == "LayerNormalization"
+        assert names[f"blocks.{i}.attn.softmax"].op_type == "Softmax"
+    for name, op in [("patch_embed", "Conv"), ("norm", "LayerNormalization"), ("head", "MatMul"), ("head_dist", "MatMul")]:
+        assert names[name].op_type == op
+    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    assert weights["blocks.0.attn.q.weight"] == (64, 64)  # B[K, N]: K = emb in, N = heads * qk out
+    assert weights["blocks.0.mlp.fc1.weight"] == (64, 256) and weights["blocks.0.mlp.fc2.weight"] == (256, 64)
+    scale = next(t for t in model.graph.initializer if t.name == "blocks.0.attn.scale_c")
+    assert np.isclose(onnx.numpy_helper.to_array(scale), 32 ** -0.5)
+    assert ViTSpec.from_onnx(model).distilled
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [4, 3, 32, 32]
+
+
+def test_dynamic_batch_runs_any_batch():
+    twin = canonicalize(tiny_vit())
+    model = lower(twin, batch=None)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        images = verification_inputs(twin.spec, batch=batch)
+        with torch.no_grad():
+            expected = twin(torch.from_numpy(images)).numpy()
+        assert max_abs(session.run(None, {"images": images})[0], expected) <= FP32_TOLERANCE
+
+
+def test_other_image_size_and_layer_scale():
+    timm_model = load_timm_model("deit_tiny_patch16_224", img_size=160)
+    twin = canonicalize(timm_model)
+    assert twin.spec.img == 160 and twin.spec.tokens == 101
+    images = verification_inputs(twin.spec, batch=1)
+    with torch.no_grad():
+        assert max_abs(run_onnx(lower(twin), images, 1), timm_model(torch.from_numpy(images)).numpy()) <= FP32_TOLERANCE
+    scaled = tiny_vit(init_values=0.1)  # LayerScale is folded into proj / fc2
+    with torch.no_grad():
+        scaled.blocks[0].ls1.gamma.uniform_(0.5, 2.0)
+        images = verification_inputs(canonicalize(scaled).spec, batch=2)
+        expected = scaled(torch.from_numpy(images)).numpy()
+    assert max_abs(run_onnx(lower(canonicalize(scaled), batch=2), images, 2), expected) <= FP32_TOLERANCE

@@ -1,0 +1,170 @@
+"""The backend interface: build an artifact from ONNX, load a runner, infer, benchmark, per-block latency.
+
+Backends are looked up lazily by name (:func:`get_backend`) so that importing vitrt never imports
+TensorRT or CUDA. Per-block latency is reported under canonical groups — ``stem``, ``blocks.{i}``,
+``head`` — whatever the backend renamed or fused its layers into (see :func:`canonical_group`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import statistics
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import VitrtError
+
+_BACKENDS = {"ort": "vitrt.compiler.backends.ort:OrtBackend", "trt": "vitrt.compiler.backends.trt:TrtBackend"}
+BACKEND_NAMES = tuple(_BACKENDS)
+
+_BLOCK = re.compile(r"^(blocks\.\d+)(?:[./_]|$)")
+_STEM = re.compile(r"^(patch_embed|prefix_tokens|pos_embed)")
+_HEAD = re.compile(r"^(norm|head)(?:[./_]|$)")
+
+
+def canonical_group(layer_name: str) -> str | None:
+    """Map a backend layer name to ``stem`` / ``blocks.{i}`` / ``head``; None when the name says nothing.
+
+    Backends fuse layers and prefix or join their names (TensorRT: ``"blocks.0.attn.q + blocks.0.attn.q.bias_add"``,
+    ONNX Runtime: ``"blocks.0.attn.q/MatMulAddFusion"``); the first canonical name that appears decides.
+    """
+    for part in re.split(r"\s*\+\s*|\s*,\s*|\|", layer_name):
+        part = part.strip().strip("{}[]() ")
+        match = _BLOCK.match(part)
+        if match:
+            return match.group(1)
+        if _STEM.match(part):
+            return "stem"
+        if _HEAD.match(part):
+            return "head"
+    return None
+
+
+@dataclass
+class LatencyStats:
+    backend: str
+    device: str
+    batch: int
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    iterations: int
+    per_block_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch * 1000.0 / self.median_ms
+
+    @classmethod
+    def from_samples(cls, samples_ms: list[float], *, backend: str, device: str, batch: int) -> "LatencyStats":
+        data = np.asarray(samples_ms, dtype=np.float64)
+        return cls(backend=backend, device=device, batch=batch, median_ms=float(np.median(data)),
+                   p90_ms=float(np.percentile(data, 90)), p99_ms=float(np.percentile(data, 99)),
+                   mean_ms=float(statistics.fmean(data)), iterations=len(data))
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "device": self.device, "batch": self.batch,
+                "median_ms": round(self.median_ms, 4), "p90_ms": round(self.p90_ms, 4), "p99_ms": round(self.p99_ms, 4),
+                "mean_ms": round(self.mean_ms, 4), "iterations": self.iterations,
+                "images_per_s": round(self.images_per_s, 2),
+                "per_block_ms": {k: round(v, 4) for k, v in self.per_block_ms.items()}}
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    sparse_weights: bool = False  # let TensorRT choose 2:4 sparse tactics
+    timing_cache: Path | None = None  # TensorRT timing cache file (read and updated)
+    workspace_mb: int | None = None
+    threads: int | None = None  # ONNX Runtime intra-op threads (None: its default)
+
+
+class Runner(ABC):
+    """A loaded artifact with a fixed input shape (static batch) or a dynamic batch."""
+
+    backend: str
+    device: str
+
+    @property
+    @abstractmethod
+    def batch(self) -> int | None:
+        """The compiled batch size, or None for a dynamic batch."""
+
+    @abstractmethod
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """images [B, C, H, W] float32 -> logits [B, classes] float32."""
+
+    @abstractmethod
+    def layer_times_ms(self, images: np.ndarray, iterations: int) -> dict[str, float]:
+        """Typical time per backend layer (its own names) over ``iterations`` runs, from the backend's profiler."""
+
+    def per_block_ms(self, images: np.ndarray, iterations: int = 10) -> dict[str, float]:
+        """Per-layer profiler times summed into canonical groups (``stem``, ``blocks.{i}``, ``head``, ``other``)."""
+        groups: dict[str, float] = {}
+        for layer, ms in self.layer_times_ms(images, iterations).items():
+            group = self.group_of(layer) or "other"
+            groups[group] = groups.get(group, 0.0) + ms
+        return dict(sorted(groups.items(), key=lambda kv: _group_order(kv[0])))
+
+    def group_of(self, layer: str) -> str | None:
+        return canonical_group(layer)
+
+    def synchronize(self) -> None:
+        """Wait for queued work (GPU backends); timing calls this before reading the clock."""
+
+    def benchmark(self, images: np.ndarray, *, warmup: int = 10, iterations: int = 50, min_seconds: float = 0.0,
+                  per_block: bool = True, progress=None) -> LatencyStats:
+        """Warm up, then time ``iterations`` calls of :meth:`infer` (more if ``min_seconds`` is not reached)."""
+        for _ in range(warmup):
+            self.infer(images)
+        self.synchronize()
+        samples, start = [], time.perf_counter()
+        while len(samples) < iterations or time.perf_counter() - start < min_seconds:
+            t0 = time.perf_counter()
+            self.infer(images)
+            self.synchronize()
+            samples.append((time.perf_counter() - t0) * 1000.0)
+            if progress is not None:
+                progress(1)
+        stats = LatencyStats.from_samples(samples, backend=self.backend, device=self.device, batch=len(images))
+        if per_block:
+            stats.per_block_ms = self.per_block_ms(images, iterations=max(3, iterations // 5))
+        return stats
+
+
+class Backend(ABC):
+    name: str
+    artifact_name: str
+
+    @abstractmethod
+    def build(self, onnx_path: Path, out_dir: Path, options: BuildOptions, log=None) -> Path:
+        """Build the backend artifact from ``onnx_path`` into ``out_dir``; return its path."""
+
+    @abstractmethod
+    def load(self, artifact: Path, options: BuildOptions) -> Runner:
+        """Load a built artifact for inference."""
+
+    @abstractmethod
+    def device_name(self) -> str:
+        """The device the backend runs on, e.g. 'CPU: AMD EPYC 7B13 (2 threads)' or 'NVIDIA H100 80GB HBM3'."""
+
+
+def get_backend(name: str) -> Backend:
+    """Instantiate a backend by name; raises VitrtError for unknown names or missing runtimes."""
+    if name not in _BACKENDS:
+        raise VitrtError(f"unknown backend '{name}': choose one of {', '.join(BACKEND_NAMES)}")
+    module_name, class_name = _BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)()
+
+
+def _group_order(group: str) -> tuple[int, int]:
+    if group == "stem":
+        return (0, 0)
+    if group.startswith("blocks."):
+        return (1, int(group.split(".")[1]))
+    return (2, 0 if group == "head" else 1)

@@ -1,0 +1,127 @@
+"""ONNX Runtime on CPU: the embedded default backend.
+
+The artifact (``model.ort.onnx``) is the model after ONNX Runtime's extended graph optimisations (MatMul+Add
+→ Gemm, GELU / LayerNorm / attention-scale fusions), saved so that loading it needs no re-optimisation and
+so that a person can see what actually runs. Per-block latency comes from ONNX Runtime's own profiler; fused
+nodes whose generated names carry no canonical name are attributed through the data flow to the block of
+the node that produces their input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .base import Backend, BuildOptions, Runner, canonical_group
+
+
+def cpu_name() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {model} ({os.cpu_count()} threads)"
+
+
+def _session_options(options: BuildOptions, level):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = level
+    so.log_severity_level = 3
+    if options.threads:
+        so.intra_op_num_threads = options.threads
+    return so
+
+
+class OrtBackend(Backend):
+    name = "ort"
+    artifact_name = "model.ort.onnx"
+
+    def build(self, onnx_path: Path, out_dir: Path, options: BuildOptions, log=None) -> Path:
+        import onnxruntime as ort
+
+        artifact = Path(out_dir) / self.artifact_name
+        so = _session_options(options, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+        so.optimized_model_filepath = str(artifact)
+        ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        return artifact
+
+    def load(self, artifact: Path, options: BuildOptions) -> "OrtRunner":
+        return OrtRunner(Path(artifact), options, self.device_name())
+
+    def device_name(self) -> str:
+        return cpu_name()
+
+
+class OrtRunner(Runner):
+    backend = "ort"
+
+    def __init__(self, artifact: Path, options: BuildOptions, device: str):
+        import onnxruntime as ort
+
+        self.artifact, self.options, self.device = artifact, options, device
+        self._level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(artifact), _session_options(options, self._level),
+                                            providers=["CPUExecutionProvider"])
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self._batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        self._groups: dict[str, str] | None = None
+
+    @property
+    def batch(self) -> int | None:
+        return self._batch
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+    def layer_times_ms(self, images: np.ndarray, iterations: int) -> dict[str, float]:
+        import onnxruntime as ort
+
+        so = _session_options(self.options, self._level)
+        so.enable_profiling = True
+        so.profile_file_prefix = str(self.artifact.parent / ".vitrt_ort_profile")
+        session = ort.InferenceSession(str(self.artifact), so, providers=["CPUExecutionProvider"])
+        feed = {self.input_name: np.ascontiguousarray(images, dtype=np.float32)}
+        for _ in range(iterations + 1):  # the first run warms up; medians below make it irrelevant
+            session.run(None, feed)
+        profile = Path(session.end_profiling())
+        try:
+            events = json.loads(profile.read_text())
+        finally:
+            profile.unlink(missing_ok=True)
+        samples: dict[str, list[float]] = {}
+        for event in events:
+            if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+                samples.setdefault(event["name"][: -len("_kernel_time")], []).append(event["dur"] / 1000.0)
+        return {node: float(np.median(ms)) for node, ms in samples.items()}
+
+    def group_of(self, layer: str) -> str | None:
+        if self._groups is None:
+            self._groups = dataflow_groups(onnx.load(str(self.artifact), load_external_data=False))
+        return self._groups.get(layer) or canonical_group(layer)
+
+
+def dataflow_groups(model: onnx.ModelProto) -> dict[str, str]:
+    """Canonical group of every node: by its own name, else by the producer of its first computed input."""
+    producer_group: dict[str, str] = {}
+    groups: dict[str, str] = {}
+    for node in model.graph.node:  # saved models are topologically sorted
+        group = canonical_group(node.name)
+        if group is None:
+            group = next((producer_group[i] for i in node.input if i in producer_group), None)
+        if group is not None:
+            groups[node.name] = group
+            for out in node.output:
+                producer_group[out] = group
+    return groups

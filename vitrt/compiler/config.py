@@ -1,0 +1,97 @@
+"""Typed configuration, defined once; the CLI flags are derived from the dataclass fields.
+
+Each field's metadata carries its help text (and optionally ``flag``, ``positional``, ``choices``, ``type``);
+:func:`add_arguments` turns a config dataclass into argparse arguments and :func:`from_args` builds the
+config back from the parsed namespace. ``None`` always means "the default".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def option(default, help: str, **meta):
+    """A dataclass field with CLI metadata (``flag``, ``positional``, ``choices``, ``type``, ``metavar``)."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    model: str = option(None, "timm model name (e.g. deit_small_patch16_224)", positional=True)
+    out: Path | None = option(None, "output directory (must not exist or be empty unless --force)", flag="-o/--out",
+                              type=Path, metavar="OUT")
+    backend: str = option("ort", "inference backend: ort (ONNX Runtime CPU, default) or trt (TensorRT)",
+                          choices=("ort", "trt"))
+    batch: int = option(1, "batch size fixed at compile time (static shapes)", type=int, metavar="N")
+    dynamic_batch: bool = option(False, "make the batch dimension dynamic instead of fixed")
+    img_size: int | None = option(None, "input image size (default: the model's)", type=int, metavar="N")
+    checkpoint: Path | None = option(None, "state dict to load (read with torch.load(weights_only=True))",
+                                     type=Path, metavar="PATH")
+    pretrained: bool = option(False, "download timm's pretrained weights (needs a reachable model hub)")
+    verify: bool = option(False, "check the ONNX against the torch twin after every pass and at the end")
+    bench: bool = option(False, "benchmark the built artifact (median / p90 / p99 latency, per-block times)")
+    force: bool = option(False, "replace a non-empty output directory")
+    opset: int = option(17, "ONNX opset of the canonical graph", type=int, metavar="N")
+    bench_iters: int = option(50, "timed iterations for --bench", type=int, metavar="N")
+    bench_warmup: int = option(10, "warm-up iterations for --bench", type=int, metavar="N")
+    threads: int | None = option(None, "ONNX Runtime intra-op threads (default: ONNX Runtime's choice)", type=int,
+                                 metavar="N")
+    timing_cache: Path | None = option(None, "TensorRT timing cache file (read and updated)", type=Path, metavar="PATH")
+    seed: int = option(0, "seed for verification inputs and data-driven passes", type=int, metavar="N")
+    quiet: bool = option(False, "no progress output")
+
+    def validate(self) -> "CompileConfig":
+        from .errors import VitrtError
+
+        if self.batch < 1:
+            raise VitrtError(f"--batch must be >= 1, got {self.batch}")
+        if self.img_size is not None and self.img_size < 1:
+            raise VitrtError(f"--img-size must be positive, got {self.img_size}")
+        if self.bench_iters < 1 or self.bench_warmup < 0:
+            raise VitrtError("--bench-iters must be >= 1 and --bench-warmup >= 0")
+        if not 17 <= self.opset <= 21:
+            raise VitrtError(f"--opset {self.opset} is outside the supported range 17..21")
+        return self
+
+    def replace(self, **changes) -> "CompileConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _flag_names(f: dataclasses.Field) -> list[str]:
+    flag = f.metadata.get("flag")
+    return flag.split("/") if flag else ["--" + f.name.replace("_", "-")]
+
+
+def add_arguments(parser: argparse.ArgumentParser, config_cls, skip=()) -> None:
+    """Add one argparse argument per field of ``config_cls`` (booleans become store_true flags)."""
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        if f.name in skip or "help" not in f.metadata:
+            continue
+        meta = f.metadata
+        kwargs = {"help": meta["help"]}
+        if hints[f.name] is bool:
+            parser.add_argument(*_flag_names(f), dest=f.name, action="store_true", **kwargs)
+            continue
+        for key in ("choices", "type", "metavar"):
+            if key in meta:
+                kwargs[key] = meta[key]
+        if meta.get("positional"):
+            parser.add_argument(f.name, **kwargs)
+        else:
+            parser.add_argument(*_flag_names(f), dest=f.name, default=None, **kwargs)
+
+
+def from_args(config_cls, args: argparse.Namespace, **overrides):
+    """Build ``config_cls`` from parsed args; options left unset (None) keep the dataclass defaults."""
+    values = {}
+    for f in dataclasses.fields(config_cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = value
+    values.update(overrides)
+    return config_cls(**values)

@@ -1,0 +1,154 @@
+"""The graph view: canonical ONNX as an onnx-graphsurgeon graph plus its ViTSpec, addressed by canonical name.
+
+Passes never search the graph for patterns: they ask the view for ``view.block(3).linear("attn.q")`` and
+get the MatMul node, its ``B[K, N]`` weight and its bias. On construction the view checks that every node
+and weight the spec implies exists with the implied shape, and names the first thing that does not.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from .errors import SpecError
+from .lower import finalize
+from .spec import ViTSpec
+
+BLOCK_LINEARS = ("attn.q", "attn.k", "attn.v", "attn.proj", "mlp.fc1", "mlp.fc2")
+
+
+@dataclass
+class LinearRef:
+    """A canonical linear layer: ``bias_add(MatMul(x, weight[K, N]), bias)``."""
+
+    name: str
+    matmul: gs.Node
+    weight: gs.Constant
+    bias_add: gs.Node | None
+    bias: gs.Constant | None
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[1])
+
+
+class BlockView:
+    def __init__(self, view: "GraphView", index: int):
+        self.view, self.index = view, index
+        self.prefix = f"blocks.{index}"
+        self.spec = view.spec.blocks[index]
+
+    def name(self, local: str) -> str:
+        return f"{self.prefix}.{local}"
+
+    def node(self, local: str) -> gs.Node:
+        return self.view.node(self.name(local))
+
+    def linear(self, local: str) -> LinearRef:
+        return self.view.linear(self.name(local))
+
+    def linears(self) -> list[LinearRef]:
+        """The block's weight MatMuls that exist under its spec (attention and MLP may be removed)."""
+        names = [n for n in BLOCK_LINEARS if (n.startswith("attn") and self.spec.heads) or (n.startswith("mlp") and self.spec.mlp)]
+        return [self.linear(n) for n in names]
+
+    def expected_weight_shapes(self) -> dict[str, tuple[int, int]]:
+        emb, b = self.view.spec.emb, self.spec
+        shapes = {}
+        if b.heads:
+            shapes.update({"attn.q": (emb, b.heads * b.qk), "attn.k": (emb, b.heads * b.qk),
+                           "attn.v": (emb, b.heads * b.v), "attn.proj": (b.heads * b.v, emb)})
+        if b.mlp:
+            shapes.update({"mlp.fc1": (emb, b.mlp), "mlp.fc2": (b.mlp, emb)})
+        return shapes
+
+
+class GraphView:
+    """A gs.Graph together with its ViTSpec; validated against the spec on construction."""
+
+    def __init__(self, graph: gs.Graph, spec: ViTSpec, *, validate: bool = True):
+        self.graph, self.spec = graph, spec
+        self._index()
+        if validate:
+            self.validate()
+
+    @classmethod
+    def from_onnx(cls, model: onnx.ModelProto, *, validate: bool = True) -> "GraphView":
+        return cls(gs.import_onnx(model), ViTSpec.from_onnx(model), validate=validate)
+
+    def to_onnx(self) -> onnx.ModelProto:
+        """Export (toposorted, dead nodes removed, shapes inferred, spec attached, checked)."""
+        return finalize(self.graph, self.spec)
+
+    def with_spec(self, spec: ViTSpec) -> "GraphView":
+        return GraphView(self.graph, spec)
+
+    def _index(self) -> None:
+        self._nodes = {node.name: node for node in self.graph.nodes}
+
+    def refresh(self) -> None:
+        """Re-index node names after a pass added or removed nodes."""
+        self._index()
+
+    # --- lookup ----------------------------------------------------------------------------------
+    def has_node(self, name: str) -> bool:
+        return name in self._nodes
+
+    def node(self, name: str) -> gs.Node:
+        try:
+            return self._nodes[name]
+        except KeyError:
+            raise SpecError(f"graph has no node '{name}': not a canonical vitrt graph or the spec does not match it") from None
+
+    def linear(self, name: str) -> LinearRef:
+        matmul = self.node(name)
+        if matmul.op != "MatMul" or len(matmul.inputs) != 2 or not isinstance(matmul.inputs[1], gs.Constant):
+            raise SpecError(f"node '{name}' should be a MatMul with a constant weight, found {matmul.op}")
+        bias_add = self._nodes.get(f"{name}.bias_add")
+        bias = None
+        if bias_add is not None:
+            bias = next((t for t in bias_add.inputs if isinstance(t, gs.Constant)), None)
+        return LinearRef(name, matmul, matmul.inputs[1], bias_add, bias)
+
+    def block(self, index: int) -> BlockView:
+        if not 0 <= index < self.spec.depth:
+            raise SpecError(f"block {index} does not exist: the model has {self.spec.depth} blocks")
+        return BlockView(self, index)
+
+    def blocks(self) -> list[BlockView]:
+        return [BlockView(self, i) for i in range(self.spec.depth)]
+
+    def weight_linears(self) -> list[LinearRef]:
+        """Every weight MatMul: the blocks' six projections, then the head(s)."""
+        refs = [ref for block in self.blocks() for ref in block.linears()]
+        refs.append(self.linear("head"))
+        if self.spec.distilled:
+            refs.append(self.linear("head_dist"))
+        return refs
+
+    def op_counts(self) -> dict[str, int]:
+        return dict(sorted(collections.Counter(node.op for node in self.graph.nodes).items()))
+
+    # --- validation ------------------------------------------------------------------------------
+    def validate(self) -> None:
+        spec = self.spec
+        self._expect_shape("patch_embed", self.node("patch_embed").inputs[1], (spec.emb, spec.in_chans, spec.patch, spec.patch))
+        for block in self.blocks():
+            for local, shape in block.expected_weight_shapes().items():
+                ref = block.linear(local)
+                self._expect_shape(ref.name, ref.weight, shape)
+                if ref.bias is not None:
+                    self._expect_shape(f"{ref.name}.bias", ref.bias, (shape[1],))
+        self._expect_shape("head", self.linear("head").weight, (spec.emb, spec.num_classes))
+
+    @staticmethod
+    def _expect_shape(name: str, tensor, shape) -> None:
+        if tuple(tensor.shape) != tuple(shape):
+            raise SpecError(f"weight of '{name}' has shape {tuple(tensor.shape)}, the spec implies {tuple(shape)}")
