@@ -58,7 +58,12 @@ def test_bad_models_exit_2_with_one_line_and_no_output(tmp_path, model, message)
 def _compile_tiny(tmp_path, out, *extra):
     checkpoint = tmp_path / "tiny.pt"
     if not checkpoint.exists():
-        torch.save(tiny_vit().state_dict(), checkpoint)
+        from vitrt.compiler.models import load_timm_model
+
+        model = load_timm_model("vit_tiny_patch16_224", img_size=32)
+        with torch.no_grad():
+            model.head.weight.normal_()  # differs from any fresh init, so loading it is observable
+        torch.save({"state_dict": model.state_dict()}, checkpoint)
     return main(["compile", "vit_tiny_patch16_224", "--img-size", "32", "--checkpoint", str(checkpoint), "-o", str(out),
                  "--quiet", *extra])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from ._version import __version__
@@ -15,13 +16,12 @@ EXIT_USAGE = 2
 def _cmd_compile(args) -> int:
     from .compiler.api import compile
 
-    config = from_args(CompileConfig, args)
-    result = compile(config=config)
-    _print_summary(result.manifest)
+    result = compile(config=from_args(CompileConfig, args))
+    print_summary(result.manifest)
     return 0
 
 
-def _print_summary(manifest: dict) -> None:
+def print_summary(manifest: dict) -> None:
     rows = [("model", manifest["model"]), ("input", "x".join(map(str, manifest["input_shape"]))),
             ("params", f"{manifest['params']['before']:,} -> {manifest['params']['after']:,}"),
             ("GFLOPs/image", f"{manifest['flops']['before'] / 1e9:.3f} -> {manifest['flops']['after'] / 1e9:.3f}")]
@@ -36,30 +36,27 @@ def _print_summary(manifest: dict) -> None:
         print(f"{key:<{width}}  {value}")
 
 
-def _cmd_demo(args) -> int:
-    from .calib.demo import DemoConfig, run_demo
+def add_compile_subcommand(sub) -> None:
+    parser = sub.add_parser("compile", help="compile a timm ViT into an engine + manifest",
+                            description="Lower a timm ViT to canonical ONNX, run the passes, build the backend "
+                                        "artifact and write OUT/manifest.json.")
+    add_arguments(parser, CompileConfig)
+    parser.set_defaults(func=_cmd_compile)
 
-    run_demo(from_args(DemoConfig, args))
-    return 0
+
+# Modules that contribute subcommands: each has ``add_subcommands(subparsers)`` setting ``func`` per command.
+SUBCOMMAND_MODULES = (
+    "vitrt.calib.demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .calib.demo import DemoConfig
-
     parser = argparse.ArgumentParser(prog="vitrt", description="Deployment compiler for timm Vision Transformers.")
     parser.add_argument("--version", action="version", version=f"vitrt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    compile_parser = sub.add_parser("compile", help="compile a timm ViT into an engine + manifest",
-                                    description="Lower a timm ViT to canonical ONNX, run the passes, build the "
-                                                "backend artifact and write OUT/manifest.json.")
-    add_arguments(compile_parser, CompileConfig)
-    compile_parser.set_defaults(func=_cmd_compile)
-
-    demo_parser = sub.add_parser("demo", help="end to end on the digits reference model (train or load, compile, "
-                                              "verify, bench, compare accuracy)")
-    add_arguments(demo_parser, DemoConfig)
-    demo_parser.set_defaults(func=_cmd_demo)
+    add_compile_subcommand(sub)
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).add_subcommands(sub)
     return parser
 
 

@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..compiler.config import CompileConfig, option
+from ..compiler.config import CompileConfig, add_arguments, from_args, option
 from ..compiler.progress import Progress
 
 
@@ -70,3 +70,15 @@ def print_table(rows: list[dict], *, test_size: int, device: str, batch: int) ->
         print(f"{r['variant']:<14} {r['torch_top1'] * 100:>10.2f}% {r['compiled_top1'] * 100:>13.2f}% "
               f"{r['max_abs_err']:>10.2e} {r['median_ms']:>10.2f} {r['images_per_s']:>9.1f} {r['onnx_mb']:>8.2f} "
               f"{r['params']:>9,}")
+
+
+def add_subcommands(sub) -> None:
+    parser = sub.add_parser("demo", help="end to end on the digits reference model: train or load, compile, verify, "
+                                         "bench, compare accuracy")
+    add_arguments(parser, DemoConfig)
+    parser.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    run_demo(from_args(DemoConfig, args))
+    return 0

@@ -21,7 +21,7 @@ from .cost import vit_flops, vit_params
 from .errors import VitrtError
 from .graph import GraphView
 from .lower import lower
-from .models import canonicalize, check_supported, load_timm_model
+from .models import canonicalize, check_model_name, check_supported, load_timm_model
 from .output import atomic_output_dir, write_json
 from .pass_manager import OpCountInstrument, PassContext, PassManager
 from .pipeline import build_pipeline
@@ -52,6 +52,7 @@ def load_source(config: CompileConfig, model: torch.nn.Module | None, progress: 
     if model is None:
         if not config.model:
             raise VitrtError("no model given: pass a timm model name, e.g. vitrt compile deit_small_patch16_224 -o OUT")
+        check_model_name(config.model)
         with progress.step(f"loading {config.model}"):
             model = load_timm_model(config.model, pretrained=config.pretrained, checkpoint=config.checkpoint,
                                     img_size=config.img_size)
@@ -86,7 +87,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
         spec_before = view.spec
         images = verification_inputs(view.spec, config.batch, seed=config.seed, count=VERIFY_BATCHES)
 
-        passes = build_pipeline(config)
+        passes = build_pipeline(config, twin, progress)
         instruments = [OpCountInstrument()]
         if config.verify:
             instruments.append(VerifyInstrument(images, batch))
@@ -120,10 +121,11 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
 
         with progress.step(f"building the {config.backend} artifact"):
             build_options = BuildOptions(threads=config.threads, timing_cache=config.timing_cache,
-                                         sparse_weights=bool(ctx.artifacts.get("sparse_weights")))
+                                         sparse_weights=bool(ctx.build.get("sparse_weights")))
             backend.build(onnx_path, staging, build_options)
-        for name, writer in ctx.artifacts.get("files", {}).items():
+        for name, writer in ctx.files.items():
             writer(staging / name)
+        manifest.update(ctx.manifest)
         if config.bench:
             runner = backend.load(staging / backend.artifact_name, build_options)
             bench_images = images[: config.batch]

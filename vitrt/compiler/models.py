@@ -32,17 +32,9 @@ def load_timm_model(name: str, *, pretrained: bool = False, checkpoint: str | Pa
     ``checkpoint`` is a state dict (or a dict holding one under ``state_dict`` / ``model``) read with
     ``torch.load(weights_only=True)``; ``pretrained`` needs a reachable model hub.
     """
+    check_model_name(name)
     import timm
-    from timm.models import _registry
 
-    if not timm.is_model(name):
-        raise UnsupportedModelError(f"unknown model '{name}': not a timm model name; supported: {SUPPORTED_FAMILIES}, "
-                                    f"e.g. {SUPPORTED_EXAMPLES}")
-    module = _registry.model_entrypoint(name).__module__
-    if module not in _SUPPORTED_MODULES:
-        family = module.rsplit(".", 1)[-1]
-        raise UnsupportedModelError(f"unsupported architecture '{name}' (timm family '{family}'): vitrt supports "
-                                    f"{SUPPORTED_FAMILIES}, e.g. {SUPPORTED_EXAMPLES}")
     kwargs = {}
     if img_size is not None:
         kwargs["img_size"] = img_size
@@ -56,6 +48,21 @@ def load_timm_model(name: str, *, pretrained: bool = False, checkpoint: str | Pa
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model.eval()
+
+
+def check_model_name(name: str) -> None:
+    """Refuse names timm does not know and families vitrt does not lower (cheap: creates nothing)."""
+    import timm
+    from timm.models import _registry
+
+    if not timm.is_model(name):
+        raise UnsupportedModelError(f"unknown model '{name}': not a timm model name; supported: {SUPPORTED_FAMILIES}, "
+                                    f"e.g. {SUPPORTED_EXAMPLES}")
+    module = _registry.model_entrypoint(name).__module__
+    if module not in _SUPPORTED_MODULES:
+        family = module.rsplit(".", 1)[-1]
+        raise UnsupportedModelError(f"unsupported architecture '{name}' (timm family '{family}'): vitrt supports "
+                                    f"{SUPPORTED_FAMILIES}, e.g. {SUPPORTED_EXAMPLES}")
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:

@@ -36,12 +36,19 @@ class PassResult:
 
 @dataclass
 class PassContext:
-    """What passes may read besides the graph: the twin (reference), options and a seed."""
+    """What passes may read besides the graph, and what they hand to the rest of the compile.
+
+    ``manifest``: extra top-level manifest fields (e.g. ``{"pruning": {...}}``), merged by ``compile()``.
+    ``files``: extra files for OUT, name -> writer(path) called with the staging path.
+    ``build``: backend build hints, e.g. ``{"sparse_weights": True}`` when the graph holds 2:4 weights.
+    """
 
     twin: Any = None  # vitrt.compiler.twin.CanonicalViT, updated by function-changing passes
     options: Any = None  # the CompileConfig
     seed: int = 0
-    artifacts: dict[str, Any] = field(default_factory=dict)  # extra files a pass wants written to OUT
+    manifest: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, Any] = field(default_factory=dict)
+    build: dict[str, Any] = field(default_factory=dict)
 
 
 class Pass(ABC):

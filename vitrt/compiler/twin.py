@@ -112,3 +112,15 @@ class CanonicalViT(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(images))
+
+    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits plus the distillation feature maps: patch embedding, every block's output, and the final
+        projection's input (the normalised prefix tokens) — GPUSQ-ViT's critical layers, one block per stage."""
+        x = self.embed(images)
+        features = [x]
+        for block in self.blocks:
+            x = block(x)
+            features.append(x)
+        x = self.norm(x)
+        features.append(x[:, : self.spec.prefix_tokens])
+        return self.forward_head(x), features

@@ -22,27 +22,24 @@ from ..errors import VitrtError
 _BACKENDS = {"ort": "vitrt.compiler.backends.ort:OrtBackend", "trt": "vitrt.compiler.backends.trt:TrtBackend"}
 BACKEND_NAMES = tuple(_BACKENDS)
 
-_BLOCK = re.compile(r"^(blocks\.\d+)(?:[./_]|$)")
-_STEM = re.compile(r"^(patch_embed|prefix_tokens|pos_embed)")
-_HEAD = re.compile(r"^(norm|head)(?:[./_]|$)")
+# A canonical name inside a backend layer name: not preceded by a word char or '.', ended by a separator.
+_CANONICAL = re.compile(r"(?:^|[^\w.])(blocks\.\d+|patch_embed|prefix_tokens|pos_embed|norm|head_dist|head)(?=[./_\s\]}),+]|$)")
 
 
 def canonical_group(layer_name: str) -> str | None:
     """Map a backend layer name to ``stem`` / ``blocks.{i}`` / ``head``; None when the name says nothing.
 
-    Backends fuse layers and prefix or join their names (TensorRT: ``"blocks.0.attn.q + blocks.0.attn.q.bias_add"``,
-    ONNX Runtime: ``"blocks.0.attn.q/MatMulAddFusion"``); the first canonical name that appears decides.
+    Backends fuse layers and join or wrap their names (TensorRT: ``"blocks.0.attn.q + blocks.0.attn.q.bias_add"``,
+    ``"{ForeignNode[blocks.2.attn.q...blocks.2.attn.av]}"``; ONNX Runtime: ``"blocks.0.attn.q/MatMulAddFusion"``);
+    the first canonical name that appears decides.
     """
-    for part in re.split(r"\s*\+\s*|\s*,\s*|\|", layer_name):
-        part = part.strip().strip("{}[]() ")
-        match = _BLOCK.match(part)
-        if match:
-            return match.group(1)
-        if _STEM.match(part):
-            return "stem"
-        if _HEAD.match(part):
-            return "head"
-    return None
+    match = _CANONICAL.search(layer_name)
+    if match is None:
+        return None
+    name = match.group(1)
+    if name.startswith("blocks."):
+        return name
+    return "stem" if name in ("patch_embed", "prefix_tokens", "pos_embed") else "head"
 
 
 @dataclass
