@@ -39,6 +39,8 @@ class DcvitConfig:
                              metavar="N")
     warmup: int = option(2, "warm-up runs per variant per seed", type=int, metavar="N")
     threads: int | None = option(None, "ONNX Runtime intra-op threads", type=int, metavar="N")
+    clock: str = option("wall", "wall: median wall-clock latency; cpu: least CPU time of a single-threaded run, "
+                        "robust on a shared machine (needs --threads 1)", choices=("wall", "cpu"))
     out: Path | None = option(None, "write OUT.json and OUT.md", flag="-o/--out", type=Path, metavar="OUT")
     quiet: bool = option(False, "no progress output")
 
@@ -63,6 +65,10 @@ def run_table(config: DcvitConfig, progress=None) -> dict:
     from .harness import build_twin, images_for
 
     progress = progress or Progress(enabled=not config.quiet)
+    if config.clock == "cpu" and (config.backend != "ort" or config.threads != 1):
+        from ..compiler.errors import VitrtError
+
+        raise VitrtError("--clock cpu measures the caller thread's CPU time: it needs --backend ort --threads 1")
     spec = spec_of_timm(load_timm_model(config.model))
     variants = [("dense", None, spec)] + [(f"{i}:{r}", (i, r), removed(spec, i, r))
                                           for i in range(spec.depth) for r in REMOVALS]
@@ -83,16 +89,18 @@ def run_table(config: DcvitConfig, progress=None) -> dict:
         build_s = time.perf_counter() - start
         from ..compiler.backends import BuildOptions
 
+        from .lut_build import TimingOptions
+        from .lut_eval import measure
+
         options = BuildOptions(threads=config.threads)
+        timing = TimingOptions(warmup=config.warmup, iterations=config.iterations, min_seconds=0.0)
         with progress.bar(config.seeds * len(variants), f"timing, {config.seeds} seeds") as bar:
             for seed in range(config.seeds):
                 rng = np.random.default_rng(seed)
                 for k in rng.permutation(len(variants)):
                     name, _, vspec = variants[k]
                     runner = backend.load(artifacts[name], options)
-                    stats = runner.benchmark(images_for(vspec, config.batch, seed), warmup=config.warmup,
-                                             iterations=config.iterations, per_block=False)
-                    samples[name].append(stats.median_ms)
+                    samples[name].append(measure(runner, images_for(vspec, config.batch, seed), config.clock, timing))
                     del runner
                     bar.update(1)
     table = {r: [None] * spec.depth for r in REMOVALS}
@@ -101,6 +109,7 @@ def run_table(config: DcvitConfig, progress=None) -> dict:
             table[key[1]][key[0]] = {"mean_ms": float(np.mean(samples[name])), "std_ms": float(np.std(samples[name])),
                                      "samples_ms": samples[name]}
     return {"model": config.model, "backend": config.backend, "device": backend.device_name(), "batch": config.batch,
+            "clock": config.clock, "threads": config.threads or "runtime default",
             "seeds": config.seeds, "iterations": config.iterations, "warmup": config.warmup,
             "dense": {"mean_ms": float(np.mean(samples["dense"])), "std_ms": float(np.std(samples["dense"])),
                       "samples_ms": samples["dense"]},
@@ -109,7 +118,9 @@ def run_table(config: DcvitConfig, progress=None) -> dict:
 
 
 def format_table(result: dict) -> str:
-    lines = [f"Latency (ms) of {result['model']} (batch {result['batch']}, {result['backend']} on {result['device']}) "
+    clock = {"wall": "median wall-clock", "cpu": "least single-thread CPU time"}[result["clock"]]
+    lines = [f"Latency (ms, {clock}) of {result['model']} (batch {result['batch']}, {result['backend']} on "
+             f"{result['device']}, threads {result['threads']}) "
              f"with one block's part removed; mean ± std over {result['seeds']} seeds. "
              f"Dense model: {result['dense']['mean_ms']:.2f} ± {result['dense']['std_ms']:.2f} ms.", "",
              "| block | " + " | ".join(REMOVALS) + " |", "|---" * (len(REMOVALS) + 1) + "|"]

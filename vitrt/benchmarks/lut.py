@@ -136,7 +136,7 @@ class LatencyTable:
     patch: int = 16
     in_chans: int = 3
     num_classes: int = 1000
-    clock: str = "wall"  # "wall": wall-clock latency; "cpu": CPU time of a single-threaded run (shared machines)
+    clock: str = "wall"  # "wall": median wall-clock latency; "cpu": least CPU time of a single-threaded run
     meta: dict = field(default_factory=dict)  # created, libraries, grid preset, threads, build seconds, ...
     points: list[dict] = field(default_factory=list)  # refined measured points, with provenance
 

@@ -62,12 +62,14 @@ class TimingOptions:
 
 
 def cpu_clock_ms(runner, inputs: np.ndarray, timing: TimingOptions) -> float:
-    """Median CPU time of the calling thread per ``runner.infer`` (needs a single-threaded runtime).
+    """Least CPU time of the calling thread per ``runner.infer`` (needs a single-threaded runtime).
 
     On a machine shared with other jobs, wall-clock latency of a 2-thread run varies 2-3x with the load;
-    the CPU time a single-threaded run consumes does not (±3 % measured here), so tables and the
-    measurements they are compared with can use it. ONNX Runtime with one intra-op thread runs every
-    kernel on the caller's thread, which ``time.thread_time`` measures.
+    the CPU time a single-threaded run consumes varies far less (±3 % within a minute measured here), so
+    tables and the measurements they are compared with can use it. What load remains (a busy SMT sibling,
+    caches evicted by other jobs) only ever adds CPU time, so the minimum over the samples — not the
+    median — estimates the undisturbed cost. ONNX Runtime with one intra-op thread runs every kernel on
+    the caller's thread, which ``time.thread_time`` measures.
     """
     for _ in range(timing.warmup):
         runner.infer(inputs)
@@ -76,7 +78,7 @@ def cpu_clock_ms(runner, inputs: np.ndarray, timing: TimingOptions) -> float:
         t0 = time.thread_time()
         runner.infer(inputs)
         samples.append((time.thread_time() - t0) * 1000.0)
-    return float(np.median(samples))
+    return float(np.min(samples))
 
 
 def grid_of(preset) -> dict:
