@@ -4,7 +4,6 @@ corrupted and driven through the CLI. No assertion is about absolute speed."""
 from __future__ import annotations
 
 import json
-import math
 import shutil
 
 import numpy as np

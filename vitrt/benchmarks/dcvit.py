@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import shutil
 import sys
 import tempfile
 import time

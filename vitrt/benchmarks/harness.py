@@ -8,7 +8,6 @@ machine hit all of them alike; every speedup vs a reference comes from one such 
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,11 +59,8 @@ def load_out(out: Path, threads: int | None = None) -> Loaded:
 def load_model_name(name: str, workdir: Path, *, backend: str = "ort", img_size: int | None = None,
                     threads: int | None = None, seed: int = 0) -> Loaded:
     """Lower a timm model (random weights) with a dynamic batch and build it on ``backend``."""
-    import onnx
     import torch
 
-    from ..compiler.backends import BuildOptions, get_backend
-    from ..compiler.lower import lower
     from ..compiler.models import canonicalize, load_timm_model
 
     torch.manual_seed(seed)
@@ -73,7 +69,8 @@ def load_model_name(name: str, workdir: Path, *, backend: str = "ort", img_size:
 
 
 def build_twin(twin, workdir: Path, *, name: str, backend: str = "ort", batch: int | None = None,
-               threads: int | None = None, keep_onnx: bool = False) -> tuple:
+               threads: int | None = None, keep_onnx: bool = False) -> Loaded:
+    """Lower ``twin`` (``batch=None``: dynamic) into ``workdir`` and load the backend artifact."""
     import onnx
 
     from ..compiler.backends import BuildOptions, get_backend
