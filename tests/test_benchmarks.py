@@ -71,3 +71,10 @@ def test_bench_cli(outs, tmp_path, capsys):
     assert table["rows"][0]["speedup"] == pytest.approx(1.0) and table["rows"][1]["params_x"] > 1.0
     assert "| Model | #Para (x) |" in (tmp_path / "nvit.md").read_text()
     assert run("nvit-table", dense) == 2
+
+
+def test_bench_a_model_name_at_several_batches(capsys):
+    assert run("bench", "deit_tiny_patch16_224", "--batch", "1,2", "--iterations", 1, "--warmup", 0,
+               "--img-size", 32, "--quiet") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["1", "2"]

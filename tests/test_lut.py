@@ -121,6 +121,10 @@ def test_check_rejects_mismatches_in_one_line(table):
     (lambda d: json.dumps({**d, "tables": {"fp32/dense": {k: v for k, v in d["tables"]["fp32/dense"].items()
                                                            if k != "head"}}}), "lacks sub-table"),
     (lambda d: json.dumps([1, 2]), "not a vitrt latency table"),
+    (lambda d: json.dumps({**d, "points": [{"kind": "block", "table": "fp32/dense", "key": {"emb": 64},
+                                            "ms": [1.0], "sources": []}]}), "lacks one of emb, heads"),
+    (lambda d: json.dumps({**d, "points": [{"kind": "stem", "table": "fp32/dense", "key": {"emb": 64, "patches": 16},
+                                            "ms": [-1.0], "sources": []}]}), "non-positive latency"),
 ])
 def test_malformed_files_give_one_line_errors(lut_path, tmp_path, mutate, message):
     data = json.loads(lut_path.read_text())

@@ -381,6 +381,10 @@ class LatencyTable:
                     raise ValueError("a refined point is malformed")
                 if any(not (isinstance(m, (int, float)) and m > 0) for m in p["ms"]):
                     raise ValueError("a refined point has a non-positive latency")
+                fields = {"block": BLOCK_KEY_FIELDS, "stem": STEM_KEY_FIELDS, "head": HEAD_KEY_FIELDS}[p["kind"]]
+                if not isinstance(p["key"], dict) or any(not isinstance(p["key"].get(f), (int, float)) or p["key"][f] < 0
+                                                         for f in fields):
+                    raise ValueError(f"a refined {p['kind']} point lacks one of {', '.join(fields)}")
             table = cls(backend=str(data["backend"]), device=str(data["device"]), batch=int(data["batch"]),
                         tables=tables, overhead_ms=float(data.get("overhead_ms", 0.0)), patch=int(data["patch"]),
                         in_chans=int(data["in_chans"]), num_classes=int(data["num_classes"]),
