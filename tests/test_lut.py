@@ -220,6 +220,10 @@ def test_compile_with_lut_predicts_and_refines(lut_path, tmp_path):
     refined = LatencyTable.load(lut)
     assert len(refined.points) == 3 and refined.meta["refinements"][0]["model"] == "VisionTransformer"
     assert refined.model_ms(spec) == pytest.approx(latency["median_ms"], rel=0.05)
+    # A model outside the grid (mlp 256 > 128) compiles; the manifest says why there is no prediction.
+    wide = compile(tiny_vit(depth=1), tmp_path / "wide", bench=True, bench_iters=2, lut=lut, quiet=True)
+    assert wide.manifest["latency"]["predicted_ms"] is None
+    assert "mlp=256 is outside" in wide.manifest["latency"]["prediction_unavailable"]
     with pytest.raises(VitrtError, match="built for batch 1, not 2"):  # fails before any work: OUT not created
         compile(tiny_vit(depth=2, **TINY_ARGS), tmp_path / "out2", bench=True, batch=2, lut=lut, quiet=True)
     assert not (tmp_path / "out2").exists()

@@ -36,18 +36,24 @@ def open_for_compile(config) -> LatencyTable | None:
 
 
 def add_prediction(table: LatencyTable | None, config, spec, manifest: dict) -> None:
-    """Put the table's whole-model prediction beside the measured median in ``manifest['latency']``."""
+    """Put the table's whole-model prediction beside the measured median in ``manifest['latency']``.
+
+    A model outside the table's grid does not fail the compile (the table was checked for backend, batch
+    and precision up front): ``predicted_ms`` is null and ``prediction_unavailable`` says why.
+    """
     if table is None or "latency" not in manifest:
         return
     precision, sparsity = compile_precision(config, manifest)
+    latency = manifest["latency"]
+    latency["lut"] = str(config.lut)
     try:
         predicted = table.model_ms(spec, precision=precision, sparsity=sparsity)
     except VitrtError as exc:
-        raise VitrtError(f"--lut {config.lut}: {exc}") from None
-    latency = manifest["latency"]
+        latency["predicted_ms"] = None
+        latency["prediction_unavailable"] = str(exc)
+        return
     latency["predicted_ms"] = round(predicted, 4)
     latency["predicted_error"] = round(predicted / latency["median_ms"] - 1.0, 4)
-    latency["lut"] = str(config.lut)
 
 
 def refine_after_compile(config, manifest: dict, progress=None) -> dict | None:
