@@ -71,10 +71,13 @@ def measure(runner, images, clock: str, timing: TimingOptions) -> float:
 
 
 def evaluate(lut, *, configs: int = 10, models=("deit_tiny_patch16_224", "deit_small_patch16_224"), seed: int = 0,
-             iterations: int = 5, progress=None) -> dict:
+             iterations: int = 5, similar: float | None = 0.8, progress=None) -> dict:
+    """``similar``: also time a variant of the first model with its MLPs pruned to that fraction (a block
+    near, not at, the refined one) to show how far a refinement carries."""
     import torch
 
     from ..compiler.models import canonicalize, load_timm_model
+    from ..compiler.twin import CanonicalViT
     from .harness import build_twin, images_for
 
     table = LatencyTable.load(lut)
@@ -97,9 +100,18 @@ def evaluate(lut, *, configs: int = 10, models=("deit_tiny_patch16_224", "deit_s
         timer.close()
     measured_models = {}
     with tempfile.TemporaryDirectory(prefix="vitrt-luteval-") as tmp:
+        twins = {}
         for name in models:
             torch.manual_seed(seed)
-            loaded = build_twin(canonicalize(load_timm_model(name)), Path(tmp) / name, name=name, backend=table.backend,
+            twins[name] = canonicalize(load_timm_model(name))
+        if similar:  # the first model with every block's MLP pruned to ``similar`` x its width (multiple of 64)
+            base = twins[models[0]].spec
+            blocks = [b.__class__(**{**b.__dict__, "mlp": max(64, round(b.mlp * similar / 64) * 64)})
+                      for b in base.blocks]
+            torch.manual_seed(seed)
+            twins[f"{models[0]} mlp {blocks[0].mlp}"] = CanonicalViT(base.with_blocks(blocks)).eval()
+        for name, twin in twins.items():
+            loaded = build_twin(twin, Path(tmp) / name.replace(" ", "_"), name=name, backend=table.backend,
                                 batch=table.batch, threads=threads)
             images = images_for(loaded.spec, table.batch, seed)
             ms = measure(loaded.runner, images, table.clock, timing)
@@ -154,12 +166,15 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="deit_tiny_patch16_224,deit_small_patch16_224")
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--similar", type=float, default=0.8,
+                        help="also time the first model with MLPs pruned to this fraction (0: no)")
     parser.add_argument("-o", "--out", type=Path)
     args = parser.parse_args(argv)
     command = "python -m vitrt.benchmarks.lut_eval " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         result = evaluate(args.lut, configs=args.configs, models=[m for m in args.models.split(",") if m],
-                          seed=args.seed, iterations=args.iterations, progress=Progress())
+                          seed=args.seed, iterations=args.iterations, similar=args.similar or None,
+                          progress=Progress())
     except VitrtError as exc:
         print(f"vitrt: error: {exc}", file=sys.stderr)
         return 2
