@@ -346,14 +346,21 @@ def build_table(out, *, backend: str = "ort", grid="coarse", batch: int = 1, pre
         start, last_save = time.perf_counter(), time.perf_counter()
         spent = float(table.meta.get("build_seconds", 0.0))
         with progress.bar(len(todo), f"timing {len(todo)} grid points on {backend}") as bar:
-            for name, index, point in todo:
-                model, x = part_model(name, point, batch=batch, grid=grid, seed=seed)
-                parts[name].ms[index] = max(timer.time_model(model, x) - table.overhead_ms, 0.0)
-                bar.update(1)
-                if time.perf_counter() - last_save > save_every_s:
-                    table.meta["build_seconds"] = round(spent + time.perf_counter() - start, 1)
-                    table.save(out)
-                    last_save = time.perf_counter()
+            try:
+                for name, index, point in todo:
+                    model, x = part_model(name, point, batch=batch, grid=grid, seed=seed)
+                    parts[name].ms[index] = max(timer.time_model(model, x) - table.overhead_ms, 0.0)
+                    bar.update(1)
+                    if time.perf_counter() - last_save > save_every_s:
+                        table.meta["build_seconds"] = round(spent + time.perf_counter() - start, 1)
+                        table.save(out)
+                        last_save = time.perf_counter()
+            except KeyboardInterrupt:
+                table.meta["build_seconds"] = round(spent + time.perf_counter() - start, 1)
+                table.save(out)
+                done = sum(int(np.isfinite(p.ms).sum()) for p in parts.values())
+                raise VitrtError(f"interrupted: {done} grid points are saved in '{out}'; run the same command again "
+                                 "to resume") from None
         table.meta["build_seconds"] = round(spent + time.perf_counter() - start, 1)
         table.meta["complete"] = True
         for part in parts.values():
