@@ -61,9 +61,11 @@ def refine_after_compile(config, manifest: dict, progress=None) -> dict | None:
     if not config.refine_lut:
         return None
     precision, sparsity = compile_precision(config, manifest)
-    table = LatencyTable.load(config.lut)  # re-read: another process may have refined it meanwhile
-    summary = table.refine(manifest, source=Path(config.out) / "manifest.json", precision=precision, sparsity=sparsity)
-    table.save(config.lut)
+    with _locked(config.lut):
+        table = LatencyTable.load(config.lut)  # re-read: another process may have refined it meanwhile
+        summary = table.refine(manifest, source=Path(config.out) / "manifest.json", precision=precision,
+                               sparsity=sparsity)
+        table.save(config.lut)
     if progress is not None:
         progress.log(f"refined {config.lut}: prediction {summary['predicted_before_ms']:.2f} -> "
                      f"{summary['predicted_after_ms']:.2f} ms (measured {summary['measured_ms']:.2f} ms)")
@@ -88,8 +90,17 @@ def read_manifest(path) -> dict:
 def refine_file(lut_path, manifest_path, *, precision=None, sparsity=None) -> dict:
     """``vitrt lut refine LUT --from OUT/manifest.json``."""
     manifest = read_manifest(manifest_path)
-    table = LatencyTable.load(lut_path)
-    p, s = compile_precision(None, manifest)
-    summary = table.refine(manifest, source=manifest_path, precision=precision or p, sparsity=sparsity or s)
-    table.save(lut_path)
+    with _locked(lut_path):
+        table = LatencyTable.load(lut_path)
+        p, s = compile_precision(None, manifest)
+        summary = table.refine(manifest, source=manifest_path, precision=precision or p, sparsity=sparsity or s)
+        table.save(lut_path)
     return summary
+
+
+def _locked(lut_path):
+    """Serialise read-refine-write cycles of concurrent compiles on one table (``.LUT.lock`` beside it)."""
+    from filelock import FileLock
+
+    path = Path(lut_path)
+    return FileLock(str(path.with_name(f".{path.name}.lock")), timeout=600)
