@@ -43,6 +43,10 @@ class CompileConfig:
     timing_cache: Path | None = option(None, "TensorRT timing cache file (read and updated)", type=Path, metavar="PATH")
     seed: int = option(0, "seed for verification inputs and data-driven passes", type=int, metavar="N")
     quiet: bool = option(False, "no progress output")
+    # --- issue 3: latency lookup table (vitrt.benchmarks.lut) ---
+    lut: Path | None = option(None, "latency table (vitrt lut build): add its prediction as latency.predicted_ms "
+                              "(needs --bench)", type=Path, metavar="LUT")
+    refine_lut: bool = option(False, "after a successful compile, fold the measured per-block latency into --lut")
 
     def validate(self) -> "CompileConfig":
         from .errors import VitrtError
@@ -55,6 +59,10 @@ class CompileConfig:
             raise VitrtError("--bench-iters must be >= 1 and --bench-warmup >= 0")
         if not 17 <= self.opset <= 21:
             raise VitrtError(f"--opset {self.opset} is outside the supported range 17..21")
+        if self.refine_lut and self.lut is None:
+            raise VitrtError("--refine-lut needs --lut LUT (the table to update)")
+        if self.lut is not None and not self.bench:
+            raise VitrtError("--lut needs --bench: the prediction is recorded beside the measured latency")
         return self
 
     def replace(self, **changes) -> "CompileConfig":
