@@ -47,7 +47,7 @@ def apply_masks(twin, masks: dict) -> None:
         weight = module_weight(twin, name)
         if tuple(mask.shape) != tuple(weight.shape):
             raise VitrtError(f"mask for '{name}' has shape {tuple(mask.shape)}, the weight {tuple(weight.shape)}")
-        weight.mul_(mask.to(weight.dtype))
+        weight.masked_fill_(~mask.to(weight.device, torch.bool), 0.0)  # +0 (a product would leave -0)
 
 
 def mask_gradients(twin, masks: dict) -> None:
@@ -55,7 +55,7 @@ def mask_gradients(twin, masks: dict) -> None:
     for name, mask in masks.items():
         weight = module_weight(twin, name)
         if weight.grad is not None:
-            weight.grad.mul_(mask.to(weight.grad.dtype))
+            weight.grad.masked_fill_(~mask.to(weight.grad.device, torch.bool), 0.0)
 
 
 # --- permutation ----------------------------------------------------------------------------------------

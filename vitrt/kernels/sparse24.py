@@ -40,9 +40,9 @@ for the SM80 sparse tensor-core GEMM, whose metadata operand layout is ``ColumnM
 2. inside every 2 x 2 block of (r', c) the off-diagonal elements are swapped;
 3. the result is stored ColumnMajorInterleaved<2>: offset ``(c // 2) · 2M + 2 r' + c % 2``.
 
-It needs M a multiple of ``group`` and K a multiple of the elements per metadata element (the same tile
-constraints PyTorch checks); smaller or ragged operands are zero-padded to the tile (zero groups get the
-code of ``....``) and :func:`decompress` crops the padding. Values are ``[M, K/2]`` row-major in the same
+It needs M a multiple of ``group`` and an even number of metadata columns (K a multiple of 32 / 64 / 128
+for FP16 / INT8 / INT4; PyTorch checks the stricter 64 / 128); smaller or ragged operands are zero-padded
+to the tile (zero groups get the code of ``....``) and :func:`decompress` crops the padding. Values are ``[M, K/2]`` row-major in the same
 group order: float16 (FP16), int8 (INT8), and for INT4 uint8 ``[M, K/4]`` with two int4 per byte, the
 lower column in the low nibble (CUTLASS ``int4b_t`` packing).
 
@@ -265,6 +265,8 @@ def _check_format(fmt: str, layout: str) -> None:
 def padded_shape(shape: tuple[int, int], fmt: str, layout: str) -> tuple[int, int]:
     m, k = shape
     k_tile = GROUP[fmt] * CODES_PER_META[fmt]
+    # ColumnMajorInterleaved<2> stores metadata columns in pairs: CUTLASS order needs an even column count.
+    k_tile *= 2 if layout == "cutlass" else 1
     m_tile = ROW_TILE[META_DTYPE[fmt]] if layout == "cutlass" else 1
     return -(-m // m_tile) * m_tile, -(-k // k_tile) * k_tile
 

@@ -226,7 +226,7 @@ class SparsityPass(Pass):
             if tuple(tensor.shape) != tuple(value.shape):
                 raise VitrtError(f"sparsity: initializer '{name}' has shape {tuple(tensor.shape)} in the graph but "
                                  f"{tuple(value.shape)} in the sparsity stage's twin")
-            new = value * masks[name] if name in masks else value
+            new = np.where(masks[name], value, 0) if name in masks else value  # +0, never -0
             tensor.values = np.ascontiguousarray(new.astype(np.float32))
             updated += 1
         for d in self.result.decisions:
