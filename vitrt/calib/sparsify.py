@@ -75,7 +75,7 @@ def permute_twin(twin, progress=None) -> dict:
             jobs.append((f"blocks.{index}.attn.proj", block.attn.v, block.attn.proj, labels))
     bar = progress.bar(len(jobs), "searching channel permutations") if progress else None
     for name, producer, consumer, labels in jobs:
-        a = consumer.weight.detach().cpu().numpy()
+        a = consumer.weight.detach().cpu().numpy().copy()  # the tensor is permuted in place below
         order = perm_search.search_permutation(a, labels)
         index = torch.from_numpy(order)
         producer.weight.copy_(producer.weight[index])
