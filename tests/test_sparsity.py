@@ -64,10 +64,16 @@ def test_pass_prunes_every_eligible_weight_along_k_and_polygraphy_agrees(tmp_pat
     assert result.manifest["verify"]["reference"] == "torch twin"
     assert result.manifest["verify"]["max_abs_err"] <= 1e-4
     assert result.manifest["passes"][0]["stats"]["verify_max_abs_err"] <= 1e-4
+    # the twin carries the masks as plain data for QAT: {canonical name: bool tensor like the weight}
+    masks = result.twin.sparsity_masks
+    assert set(masks) == {name[: -len(".weight")] for name in eligible}
     for layer in report["layers"]:
         if layer["eligible"]:
             module = result.twin.get_submodule(layer["name"])
             assert np.array_equal(module.weight.detach().numpy().T, weights[layer["name"] + ".weight"])
+            mask = masks[layer["name"]]
+            assert mask.dtype == torch.bool and mask.shape == module.weight.shape
+            assert not module.weight[~mask].any() and int(mask.sum()) == mask.numel() // 2
 
 
 def test_eligibility_reasons():

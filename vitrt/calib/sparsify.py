@@ -1,10 +1,14 @@
 """The data-driven side of 2:4 sparsity on the torch twin: permutation, masks, sparse fine-tuning.
 
-:func:`prepare_sparsity` works on a *copy* of the twin (earlier passes are still verified against the dense
-twin) and returns a :class:`~vitrt.passes.sparsity.SparsityResult` — plain data: the per-layer decisions,
-the masks (``{canonical layer name: bool tensor shaped like the module's weight}``), the final twin state
-and its ONNX initializer values. Later stages (QAT) keep the same masks fixed with :func:`apply_masks` /
-:func:`mask_gradients`.
+:func:`prepare_sparsity` brings the twin to its sparse state in place (permuted, masked, fine-tuned), so the
+stages after it (quantization / QAT) start from the sparse model, and attaches the masks to it as plain
+data: ``twin.sparsity_masks = {canonical layer name: bool tensor shaped like the module's weight}``. QAT
+keeps them fixed with :func:`apply_masks` (after every step) and :func:`mask_gradients`; weights stay 2:4
+behind a DequantizeLinear as long as zero stays zero under quantization (symmetric, zero point 0). It
+returns a :class:`~vitrt.passes.sparsity.SparsityResult` — the per-layer decisions, the masks, the final twin
+state and its ONNX initializer values — which the graph pass carries into the (earlier lowered) graph.
+Contract with earlier stages: the twin handed in must already have its final structure (a stage that
+changes dims transforms the twin in its stage function), because masks are shaped by it.
 
 Sparse fine-tuning (GPUSQ-ViT Algorithm 1, lines 2-17): the dense twin is the teacher, the masked copy the
 student; all student weights train with ``α·CE + β·KL_t + γ·Σ_j MSE(F_j)`` (``vitrt.calib.distill``) and the
@@ -178,14 +182,16 @@ def parameter_initializers(twin) -> dict[str, np.ndarray]:
 
 def prepare_sparsity(twin, *, pattern: str = "2:4", include: str | None = None, exclude: str | None = None,
                      min_weights: int | None = None, permute: bool = False, finetune_epochs: int = 0,
-                     data=None, export: bool = False, seed: int = 0, progress=None):
-    """Decide, permute, mask and (optionally) fine-tune a copy of ``twin``; returns a SparsityResult."""
+                     data=None, export: bool = False, seed: int = 0, progress=None, in_place: bool = True):
+    """Decide, permute, mask and (optionally) fine-tune ``twin`` (in place unless ``in_place=False``, then a
+    copy); returns a SparsityResult. ``twin.sparsity_masks`` holds the masks afterwards."""
     from vitrt.passes.sparsity import DEFAULT_MIN_WEIGHTS, PATTERNS, SparsityResult, canonical_layers, decide_layers
 
     if pattern not in PATTERNS:
         raise VitrtError(f"unsupported sparsity pattern '{pattern}': expected one of {', '.join(PATTERNS)}")
-    teacher = twin
-    student = copy.deepcopy(twin).eval()
+    # The dense teacher for fine-tuning is a frozen copy; the twin itself becomes the sparse student.
+    teacher = copy.deepcopy(twin).eval() if finetune_epochs > 0 else None
+    student = twin.eval() if in_place else copy.deepcopy(twin).eval()
     decisions = decide_layers(canonical_layers(student), include, exclude,
                               DEFAULT_MIN_WEIGHTS if min_weights is None else min_weights)
     eligible = [d for d in decisions if d.eligible]
@@ -204,6 +210,7 @@ def prepare_sparsity(twin, *, pattern: str = "2:4", include: str | None = None, 
                        "mean_retained_with": _mean(kept, "with_permutation")}
     masks = {d.name: twin_mask(module_weight(student, d.name), d.kind) for d in eligible}
     apply_masks(student, masks)
+    student.sparsity_masks = masks
     finetune = None
     if finetune_epochs > 0:
         if data is None:

@@ -20,10 +20,10 @@ nothing — the classifier head of a small model is the usual case); the name mu
 (default: all) and not ``--sparse-exclude`` (comma-separated fnmatch patterns over canonical names; a
 pattern that matches no layer is an error).
 
-The data-driven part (channel permutation, masks, sparse fine-tuning) runs on a copy of the twin in
-:func:`vitrt.calib.sparsify.prepare_sparsity`; this pass carries its plain-data result (``SparsityResult``:
-masks, final parameter values) into the graph, and :meth:`SparsityPass.apply_to_twin` loads the same into
-the twin.
+The data-driven part (channel permutation, masks, sparse fine-tuning) runs on the twin in
+:func:`vitrt.calib.sparsify.prepare_sparsity` (which leaves ``twin.sparsity_masks`` for QAT); this pass
+carries its plain-data result (``SparsityResult``: masks, final parameter values) into the graph, and
+:meth:`SparsityPass.apply_to_twin` loads the same into the twin it is given.
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ class SparsityResult:
             layers.append(entry)
         out = {"pattern": self.pattern, "eligible": sum(d.eligible for d in self.decisions),
                "skipped": sum(not d.eligible for d in self.decisions), "layers": layers,
-               "storage": model_storage(list(self.decisions)), "masks_api": "vitrt.calib.sparsify.SparsityResult.masks"}
+               "storage": model_storage(list(self.decisions)), "masks_api": "twin.sparsity_masks (vitrt.calib.sparsify)"}
         if self.permutation is not None:
             out["permutation"] = self.permutation
         if self.finetune is not None:
@@ -248,8 +248,9 @@ class SparsityPass(Pass):
     def apply_to_twin(self, twin, ctx: PassContext):
         from vitrt.calib.sparsify import apply_masks
 
-        twin.load_state_dict(self.result.state)
+        twin.load_state_dict(self.result.state)  # a no-op when the stage already worked on this twin
         apply_masks(twin, self.result.masks)
+        twin.sparsity_masks = self.result.masks
         return twin
 
 
