@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -302,6 +302,3 @@ def _tactics_writer(ctx: PassContext, eligible: list[str]):
 
     return write
 
-
-def decisions_to_json(decisions: list[LayerDecision]) -> str:
-    return json.dumps([asdict(d) for d in decisions], indent=2)
