@@ -82,11 +82,15 @@ def test_reorder_is_a_permutation():
 
 @pytest.fixture(scope="module")
 def deit_small_fc2():
-    import timm
+    """deit_small's fc2 weight A[M=384, K=1536] as timm initialises it (no pretrained weights offline): built
+    from timm's own Mlp layer and ViT init (trunc normal, std 0.02) instead of the whole 22M-parameter model."""
+    from timm.layers import Mlp
+    from timm.models.vision_transformer import init_weights_vit_timm
 
     torch.manual_seed(0)
-    model = timm.create_model("deit_small_patch16_224", pretrained=False)
-    return model.blocks[3].mlp.fc2.weight.detach().numpy()  # A[M=384, K=1536]
+    mlp = Mlp(384, 1536)
+    init_weights_vit_timm(mlp.fc2)
+    return mlp.fc2.weight.detach().numpy()
 
 
 def test_roundtrip_on_deit_small_weights(deit_small_fc2):
