@@ -21,7 +21,8 @@ from ..compiler.progress import Progress
 class SparsityDigitsConfig:
     epochs: int = option(5, "epochs of sparse fine-tuning", type=int, metavar="N")
     out: Path | None = option(None, "write the table as JSON here", flag="-o/--out", type=Path, metavar="FILE")
-    no_permute: bool = option(False, "skip the variants with channel permutation")
+    permute: str = option("both", "variants without channel permutation, with it, or both",
+                          choices=("without", "with", "both"))
     quiet: bool = option(False, "no progress output")
 
 
@@ -37,8 +38,10 @@ def run(config: SparsityDigitsConfig) -> dict:
     _, test = digits_split(info["recipe"]["img_size"])
     backend = get_backend("ort")
     rows = [{"variant": "dense fp32", "torch_top1": accuracy(model, test), "compiled_top1": None}]
-    variants = [("2:4 one-shot", False, 0), ("2:4 + fine-tune", False, config.epochs)]
-    if not config.no_permute:
+    variants = []
+    if config.permute in ("without", "both"):
+        variants += [("2:4 one-shot", False, 0), ("2:4 + fine-tune", False, config.epochs)]
+    if config.permute in ("with", "both"):
         variants += [("2:4 permuted one-shot", True, 0), ("2:4 permuted + fine-tune", True, config.epochs)]
     work = Path(tempfile.mkdtemp(prefix="vitrt-sparsity-digits-"))
     for name, permute, epochs in variants:
