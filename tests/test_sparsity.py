@@ -210,6 +210,9 @@ def test_sparse_finetuning_keeps_masks_fixed_and_records_feature_losses(tmp_path
     assert len(finetune["per_feature_losses"]) == 2 + 2  # patch embedding, 2 blocks, final projection
     assert abs(sum(finetune["feature_weights"]) - 1.0) < 1e-6
     assert finetune["history"][0]["total"] > 0
+    on_disk = json.loads((result.out / "sparse_feature_losses.json").read_text())
+    assert on_disk["per_feature_losses"] == finetune["per_feature_losses"]
+    assert on_disk["feature_names"] == ["patch_embed", "blocks.0", "blocks.1", "final_projection"]
     weights = initializers(onnx.load(result.onnx_path))
     for layer in report["layers"]:
         if layer["eligible"]:

@@ -238,6 +238,11 @@ class SparsityPass(Pass):
         ctx.manifest["sparsity"] = self.result.report()
         if getattr(ctx.options, "backend", None) == "trt":
             ctx.files["sparse_tactics.json"] = _tactics_writer(ctx, [d.name for d in eligible])
+        finetune = self.result.finetune
+        if finetune:
+            # The quantization stage reads these as its W_j (vitrt.calib.distill.feature_weight_factors).
+            losses = {key: finetune[key] for key in ("feature_names", "per_feature_losses", "feature_weights")}
+            ctx.files["sparse_feature_losses.json"] = lambda path: path.write_text(json.dumps(losses, indent=2))
         if self.result.export:
             values = {d.initializer: constants[d.initializer].values for d in eligible}
             ctx.files["sparse_weights.npz"] = lambda path: write_sparse_weights(path, eligible, values)
