@@ -171,11 +171,11 @@ def sparse_finetune(student, teacher, masks: dict, data, recipe: FinetuneRecipe 
 # --- the stage ------------------------------------------------------------------------------------------
 def parameter_initializers(twin) -> dict[str, np.ndarray]:
     """ONNX initializer values of every twin parameter (names and layouts exactly as the lowering emits)."""
+    from onnx import numpy_helper
+
     from ..compiler.lower import lower
 
     model = lower(twin, batch=1)
-    from onnx import numpy_helper
-
     return {init.name: numpy_helper.to_array(init).copy() for init in model.graph.initializer
             if init.name.endswith((".weight", ".bias"))}
 
@@ -189,6 +189,8 @@ def prepare_sparsity(twin, *, pattern: str = "2:4", include: str | None = None, 
 
     if pattern not in PATTERNS:
         raise VitrtError(f"unsupported sparsity pattern '{pattern}': expected one of {', '.join(PATTERNS)}")
+    if finetune_epochs > 0 and data is None:
+        raise VitrtError("sparse fine-tuning needs data: pass --sparse-data digits|synthetic|PATH")
     # The dense teacher for fine-tuning is a frozen copy; the twin itself becomes the sparse student.
     teacher = copy.deepcopy(twin).eval() if finetune_epochs > 0 else None
     student = twin.eval() if in_place else copy.deepcopy(twin).eval()
@@ -213,8 +215,6 @@ def prepare_sparsity(twin, *, pattern: str = "2:4", include: str | None = None, 
     student.sparsity_masks = masks
     finetune = None
     if finetune_epochs > 0:
-        if data is None:
-            raise VitrtError("sparse fine-tuning needs data: pass --sparse-data digits|synthetic|PATH")
         finetune = sparse_finetune(student, teacher, masks, data, FinetuneRecipe(epochs=finetune_epochs, seed=seed),
                                    augment_images=data.labels is not None, progress=progress)
     return SparsityResult(pattern=pattern, decisions=tuple(decisions), masks=masks,

@@ -164,7 +164,7 @@ def model_storage(decisions: list[LayerDecision]) -> dict:
 
 
 # --- the result the stage hands to the pass ---------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: identity, not value, equality
 class SparsityResult:
     """Plain data: decisions, masks (twin layout, name -> bool tensor), the final twin state and its ONNX values.
 
