@@ -90,6 +90,9 @@ def test_eligibility_reasons():
     assert only["head"].reason == "not matched by --sparse-include 'blocks.*'"
     assert only["blocks.0.mlp.fc1"].eligible and not only["blocks.0.mlp.fc2"].eligible
     assert prune_axis("gemm", trans_b=True) == 1 and prune_axis("gemm") == 0 and prune_axis("conv") == 1
+    gemms = decide_layers([("g", "gemm", (64, 30), True), ("h", "gemm", (64, 30), False)], min_weights=0)
+    assert gemms[0].reason == "K = 30 is not a multiple of 4" and gemms[0].axis == 1  # B[N, K] with transB
+    assert gemms[1].eligible and gemms[1].axis == 0 and gemms[1].operand_shape() == (30, 64)
     for flag, kwargs in (("--sparse-exclude", {"exclude": "blocks.0.ml.*"}), ("--sparse-include", {"include": "nope"})):
         with pytest.raises(VitrtError, match=f"{flag} pattern .* matches no layer"):
             decide_layers(layers, **kwargs)

@@ -84,10 +84,11 @@ def _patterns(text: str | None) -> list[str]:
     return [p.strip() for p in (text or "").split(",") if p.strip()]
 
 
-def decide_layers(layers: list[tuple[str, str, tuple[int, ...]]], include: str | None = None,
-                  exclude: str | None = None, min_weights: int = DEFAULT_MIN_WEIGHTS) -> list[LayerDecision]:
-    """Eligibility of ``layers`` ((name, kind, ONNX weight shape)); pure. Unmatched patterns raise VitrtError."""
-    names = [name for name, _, _ in layers]
+def decide_layers(layers: list[tuple], include: str | None = None, exclude: str | None = None,
+                  min_weights: int = DEFAULT_MIN_WEIGHTS) -> list[LayerDecision]:
+    """Eligibility of ``layers`` — (name, kind, ONNX weight shape[, transB for a Gemm]); pure. Unmatched
+    patterns raise VitrtError."""
+    names = [layer[0] for layer in layers]
     includes, excludes = _patterns(include), _patterns(exclude)
     for flag, patterns in (("--sparse-include", includes), ("--sparse-exclude", excludes)):
         for pattern in patterns:
@@ -95,8 +96,8 @@ def decide_layers(layers: list[tuple[str, str, tuple[int, ...]]], include: str |
                 raise VitrtError(f"{flag} pattern '{pattern}' matches no layer; layers are named like "
                                  f"{names[min(1, len(names) - 1)]} (canonical names, fnmatch patterns)")
     decisions = []
-    for name, kind, shape in layers:
-        axis = prune_axis(kind)
+    for name, kind, shape, *trans_b in layers:
+        axis = prune_axis(kind, bool(trans_b and trans_b[0]))
         length = shape[axis]
         size = int(np.prod(shape))
         reason = ""
