@@ -24,8 +24,8 @@ from .graph import GraphView
 from .lower import lower
 from .models import canonicalize, check_model_name, check_supported, load_timm_model
 from .output import atomic_output_dir, write_json
-from .pass_manager import OpCountInstrument, PassContext, PassManager
-from .pipeline import build_pipeline
+from .pass_manager import OpCountInstrument, PassContext
+from .pipeline import run_pipeline
 from .progress import Progress
 from .twin import CanonicalViT
 from .verify import FP32_TOLERANCE, VerifyInstrument, compare, verification_inputs
@@ -89,13 +89,12 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
         spec_before = view.spec
         images = verification_inputs(view.spec, config.batch, seed=config.seed, count=VERIFY_BATCHES)
 
-        passes = build_pipeline(config, twin, progress)
         instruments = [OpCountInstrument()]
         if config.verify:
             instruments.append(VerifyInstrument(images, batch))
         ctx = PassContext(twin=twin, options=config, seed=config.seed)
-        with progress.step(f"running {len(passes)} pass(es): {', '.join(p.name for p in passes)}"):
-            view, records = PassManager(passes, instruments).run(view, ctx, progress=lambda n: progress.log(f"pass {n}"))
+        with progress.step("running the passes"):
+            view, records = run_pipeline(config, view, ctx, instruments, progress)
         final = view.to_onnx()
         onnx_path = staging / "model.onnx"
         onnx.save(final, str(onnx_path))

@@ -47,6 +47,23 @@ class CompileConfig:
     lut: Path | None = option(None, "latency table (vitrt lut build): add its prediction as latency.predicted_ms "
                               "(needs --bench)", type=Path, metavar="LUT")
     refine_lut: bool = option(False, "after a successful compile, fold the measured per-block latency into --lut")
+    # --- 2:4 structured sparsity (issue 6; vitrt.passes.sparsity, vitrt.calib.sparsify) ---
+    sparsity: str | None = option(None, "prune every eligible weight to this structured pattern (2:4, along the axis "
+                                  "TensorRT checks)", choices=("2:4",))
+    permute: bool = option(False, "with --sparsity: permute MLP hidden and V channels first (exact) to keep more "
+                                  "weight magnitude")
+    sparse_finetune_epochs: int = option(0, "with --sparsity: epochs of sparse fine-tuning (masks fixed, GPUSQ-ViT "
+                                            "distillation loss against the dense model)", type=int, metavar="N")
+    sparse_data: str | None = option(None, "data for sparse fine-tuning: digits, synthetic or an ImageFolder PATH",
+                                     metavar="digits|synthetic|PATH")
+    sparse_include: str | None = option(None, "with --sparsity: only layers matching these comma-separated name "
+                                              "patterns (fnmatch, e.g. 'blocks.*.mlp.*')", metavar="PATTERN")
+    sparse_exclude: str | None = option(None, "with --sparsity: skip layers matching these comma-separated name "
+                                              "patterns (e.g. 'blocks.0.*,head')", metavar="PATTERN")
+    sparse_min_weights: int = option(4096, "with --sparsity: layers with fewer weights stay dense", type=int,
+                                     metavar="N")
+    export_sparse: bool = option(False, "with --sparsity: write the compressed 2:4 weights (FP16 values + "
+                                        "CUTLASS-ordered metadata) to OUT/sparse_weights.npz + .json")
 
     def validate(self) -> "CompileConfig":
         from .errors import VitrtError
@@ -63,7 +80,25 @@ class CompileConfig:
             raise VitrtError("--refine-lut needs --lut LUT (the table to update)")
         if self.lut is not None and not self.bench:
             raise VitrtError("--lut needs --bench: the prediction is recorded beside the measured latency")
+        self._validate_sparsity()
         return self
+
+    def _validate_sparsity(self) -> None:
+        from .errors import VitrtError
+
+        if self.sparsity is None:
+            given = [flag for flag, on in (("--permute", self.permute), ("--sparse-finetune-epochs", self.sparse_finetune_epochs),
+                                           ("--sparse-include", self.sparse_include), ("--sparse-exclude", self.sparse_exclude),
+                                           ("--export-sparse", self.export_sparse)) if on]
+            if given:
+                raise VitrtError(f"{given[0]} needs --sparsity 2:4")
+            return
+        if self.sparse_finetune_epochs < 0:
+            raise VitrtError(f"--sparse-finetune-epochs must be >= 0, got {self.sparse_finetune_epochs}")
+        if self.sparse_finetune_epochs and not self.sparse_data:
+            raise VitrtError("--sparse-finetune-epochs needs data: pass --sparse-data digits|synthetic|PATH")
+        if self.sparse_min_weights < 0:
+            raise VitrtError(f"--sparse-min-weights must be >= 0, got {self.sparse_min_weights}")
 
     def replace(self, **changes) -> "CompileConfig":
         return dataclasses.replace(self, **changes)

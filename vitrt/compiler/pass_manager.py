@@ -133,6 +133,7 @@ class PassManager:
                                  "schedule the cleanup pass before it")
             # Conservative: assume the pass modifies the graph.
             properties = (properties & p.preserves) | p.ensures
+        self.final_properties = frozenset(properties)
 
     def run(self, view: GraphView, ctx: PassContext, progress=None) -> tuple[GraphView, list[PassRecord]]:
         records = []

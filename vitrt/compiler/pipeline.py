@@ -23,18 +23,54 @@ def token_merge_passes(config: CompileConfig, twin, progress) -> list[Pass]:
 
 
 def sparsity_passes(config: CompileConfig, twin, progress) -> list[Pass]:
-    return []
+    if config.sparsity is None:
+        return []
+    from vitrt.calib.sparsify import prepare_sparsity
+    from vitrt.passes.sparsity import SparsityPass
+
+    data = None
+    if config.sparse_finetune_epochs:
+        from vitrt.calib.data import load_data
+
+        data = load_data(config.sparse_data, twin.spec.img, split="train", seed=config.seed)
+    with progress.step(f"2:4 sparsity: masks{', permutation' if config.permute else ''}"
+                       f"{f', {config.sparse_finetune_epochs} epoch(s) of sparse fine-tuning' if data else ''}"):
+        result = prepare_sparsity(twin, pattern=config.sparsity, include=config.sparse_include,
+                                  exclude=config.sparse_exclude, min_weights=config.sparse_min_weights,
+                                  permute=config.permute, finetune_epochs=config.sparse_finetune_epochs, data=data,
+                                  export=config.export_sparse, seed=config.seed, progress=progress)
+    return [SparsityPass(result)]
 
 
 def quantization_passes(config: CompileConfig, twin, progress) -> list[Pass]:
     return []
 
 
-def build_pipeline(config: CompileConfig, twin, progress) -> list[Pass]:
+def cleanup_passes(config: CompileConfig, twin, progress) -> list[Pass]:
     from vitrt.passes.cleanup import CleanupPass
 
-    passes: list[Pass] = []
-    for stage in (pruning_passes, token_merge_passes, sparsity_passes, quantization_passes):
-        passes += stage(config, twin, progress)
-    passes.append(CleanupPass())
-    return passes
+    return [CleanupPass()]
+
+
+STAGES = (pruning_passes, token_merge_passes, sparsity_passes, quantization_passes, cleanup_passes)
+
+
+def run_pipeline(config: CompileConfig, view, ctx, instruments, progress):
+    """Run the stages in order, each planned on the twin as the previous stages left it.
+
+    A stage's data-driven work (importance, fine-tuning, calibration) must see the model after the earlier
+    stages' passes — the pruned twin, not the dense one — so each stage is planned only once the passes
+    before it have run on both the graph and the twin. Returns (view, pass records).
+    """
+    from .pass_manager import LOWERED_PROPERTIES, PassManager
+
+    records, properties = [], LOWERED_PROPERTIES
+    for stage in STAGES:
+        passes = stage(config, ctx.twin, progress)
+        if not passes:
+            continue
+        manager = PassManager(passes, instruments, initial_properties=properties)
+        view, stage_records = manager.run(view, ctx, progress=lambda name: progress.log(f"pass {name}"))
+        records += stage_records
+        properties = manager.final_properties
+    return view, records
