@@ -44,6 +44,22 @@ class CompileConfig:
     seed: int = option(0, "seed for verification inputs and data-driven passes", type=int, metavar="N")
     quiet: bool = option(False, "no progress output")
 
+    # --- issue 5: static token merging (ToMe / DFE / LGTM); see vitrt.passes.tome_schedule -------------
+    tome: str | None = option(None, "merge R tokens per block (ToMe), or R,INFLECTION for ToMe's ramp", metavar="R")
+    tome_schedule: str | None = option(None, "explicit r of every block, comma-separated (refused where a block "
+                                             "cannot merge that many)", metavar="LIST")
+    tome_flops: float | None = option(None, "pick the constant r that keeps at most this fraction of the FLOPs",
+                                      type=float, metavar="F")
+    tome_latency: float | None = option(None, "pick r from the latency table's token axis to keep at most this "
+                                              "fraction of the predicted latency", type=float, metavar="F")
+    tome_lut: Path | None = option(None, "latency table for --tome-latency", type=Path, metavar="PATH")
+    dfe_skip: int | None = option(None, "dense feature extractor: first S blocks merge nothing (default depth // 6)",
+                                  type=int, metavar="S")
+    lgtm_window: int | None = option(None, "local-global merging: window side W in patches (must divide the grid)",
+                                     type=int, metavar="W")
+    lgtm_transition: int | None = option(None, "local-global merging: local blocks after the skip (default: until the "
+                                               "windows cover the grid)", type=int, metavar="T")
+
     def validate(self) -> "CompileConfig":
         from .errors import VitrtError
 
@@ -55,7 +71,25 @@ class CompileConfig:
             raise VitrtError("--bench-iters must be >= 1 and --bench-warmup >= 0")
         if not 17 <= self.opset <= 21:
             raise VitrtError(f"--opset {self.opset} is outside the supported range 17..21")
+        self._validate_token_merge()
         return self
+
+    def _validate_token_merge(self) -> None:  # issue 5
+        from .errors import VitrtError
+
+        chosen = [f for f in ("tome", "tome_schedule", "tome_flops", "tome_latency") if getattr(self, f) is not None]
+        if len(chosen) > 1:
+            raise VitrtError("give at most one of --tome, --tome-schedule, --tome-flops, --tome-latency")
+        if not chosen and any(v is not None for v in (self.dfe_skip, self.lgtm_window, self.lgtm_transition)):
+            raise VitrtError("--dfe-skip / --lgtm-window / --lgtm-transition need --tome, --tome-schedule, "
+                             "--tome-flops or --tome-latency")
+        if chosen:
+            from vitrt.passes.tome_schedule import parse_per_block, parse_r
+
+            if self.tome is not None:
+                parse_r(self.tome)
+            if self.tome_schedule is not None:
+                parse_per_block(self.tome_schedule)
 
     def replace(self, **changes) -> "CompileConfig":
         return dataclasses.replace(self, **changes)

@@ -250,3 +250,21 @@ class TokenMergePass(Pass):
         from vitrt.calib.tome import apply_plan
 
         return apply_plan(twin, self.plan)
+
+
+def request_from_config(config) -> MergeRequest | None:
+    """The MergeRequest a CompileConfig asks for (None when no token-merge flag is set)."""
+    from vitrt.passes.tome_schedule import parse_per_block, parse_r
+
+    placement = dict(skip=config.dfe_skip, window=config.lgtm_window, transition=config.lgtm_transition)
+    if config.tome is not None:
+        r, inflection = parse_r(config.tome)
+        return MergeRequest(schedule=TomeSchedule(r=r, inflection=inflection, **placement))
+    if config.tome_schedule is not None:
+        return MergeRequest(schedule=TomeSchedule(per_block=parse_per_block(config.tome_schedule), **placement))
+    if config.tome_flops is not None:
+        return MergeRequest(flops_fraction=config.tome_flops, **placement)
+    if config.tome_latency is not None:
+        return MergeRequest(latency_fraction=config.tome_latency,
+                            latency_table=str(config.tome_lut) if config.tome_lut else None, **placement)
+    return None
