@@ -3,10 +3,11 @@
 The merge is written with the same one-hot algebra the ONNX pass emits (no scatter), so both compute the same
 thing op for op and break ties the same way:
 
-* metric: the block's keys averaged over heads, L2-normalised (cosine similarity);
+* metric: the block's keys averaged over heads (summed: the 1/heads factor does not change a cosine),
+  L2-normalised (cosine similarity);
 * tokens of a window alternate A, B, A, B …; each A token's best B (first index on ties, like ArgMax / TopK);
-* A tokens ranked by that score, descending, ties by lower index (a stable sort = ONNX TopK's rule); the
-  first ``r`` merge into their B token by size-weighted average, the others stay, in their original order;
+* A tokens ranked by that similarity (as the distance ‖a - b‖², which float32 resolves for near-duplicates),
+  ties by lower index (a stable sort = ONNX TopK's rule); the first ``r`` merge into their B token by size-weighted average, the others stay, in their original order;
 * output of a window: [kept A tokens, B tokens]; sizes are summed; prefix tokens stay first, never merged;
 * proportional attention: blocks after the first merge add ``log(size)`` of every key to the attention logits.
 
@@ -28,38 +29,50 @@ def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, sizes: torch.Tensor, 
     """Merge ``r`` tokens in every row of a batch of windows.
 
     x [W, n, C], metric [W, n, d] (unnormalised), sizes [W, n, 1] -> (x [W, n - r, C], sizes [W, n - r, 1],
-    extras summed the same way, e.g. a source map [W, n, P] for visualisation).
+    extras summed the same way, e.g. a source map [W, n, P] for visualisation). Output rows: the kept A tokens
+    in their original order, then the B tokens (each the size-weighted average of itself and its merged A's).
     """
     n = x.shape[1]
     na, nb = (n + 1) // 2, n // 2
     metric = metric / metric.pow(2).sum(-1, keepdim=True).sqrt()
-    scores = metric[:, 0::2] @ metric[:, 1::2].transpose(1, 2)  # [W, na, nb]
-    node_max, node_idx = scores.max(dim=-1)  # first index among equal maxima
-    order = torch.sort(node_max, dim=-1, descending=True, stable=True).indices
-    src = order[:, :r]  # [W, r]
+    scores = metric[:, 0::2] @ metric[:, 1::2].transpose(1, 2)  # [W, na, nb] cosine
+    # Each A token's best B: the two most similar by cosine (ties: lower index, as TopK), then the closer of the
+    # two by ‖a - b‖² computed from the difference (first on ties, as ArgMin). The distance also ranks the edges:
+    # near-duplicate tokens (cos ≈ 1) keep their order in float32 instead of drowning in the rounding of the
+    # dot product, so the torch twin and the ONNX graph make the same choices.
+    k = min(2, nb)
+    top = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]  # [W, na, k]
+    d = metric.shape[-1]
+    candidates = metric[:, 1::2].gather(1, top.reshape(top.shape[0], -1, 1).expand(-1, -1, d)).reshape(*top.shape, d)
+    distances = (metric[:, 0::2, None] - candidates).pow(2).sum(-1)  # [W, na, k]
+    choice = distances.argmin(dim=-1, keepdim=True)
+    node_idx = top.gather(-1, choice)[..., 0]  # [W, na]
+    distance = distances.gather(-1, choice)[..., 0]
+    src = torch.sort(distance, dim=-1, stable=True).indices[:, :r]  # r closest; ties: lower index (TopK's rule)
     iota_a = torch.arange(na, device=x.device)
-    merged = (src[:, :, None] == iota_a).to(x.dtype).sum(1)  # [W, na] 1 where the A token merges
-    keep = 1.0 - merged
-    rank = keep @ torch.triu(torch.ones(na, na, dtype=x.dtype, device=x.device), diagonal=1)  # kept A tokens before
-    target = merged * (na - r + node_idx.to(x.dtype)) + keep * rank  # output row of every A token
-    iota_out = torch.arange(na - r + nb, dtype=x.dtype, device=x.device)
-    assign = (target[:, None, :] == iota_out[:, None]).to(x.dtype)  # [W, n_out, na]
+    merged = (src[:, :, None] == iota_a).to(x.dtype).sum(1)  # [W, na]: 1 where the A token merges
+    kept_key = (1.0 - merged) * (na - iota_a).to(x.dtype)  # largest for the earliest kept token
+    unm = torch.sort(kept_key, dim=-1, descending=True, stable=True).indices[:, : na - r]
+    dst = node_idx.gather(1, src)  # [W, r]
+    onehot = (dst[:, None, :] == torch.arange(nb, device=x.device)[:, None]).to(x.dtype)  # [W, nb, r]
 
-    def combine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        out = assign @ a
-        return torch.cat([out[:, : na - r], out[:, na - r:] + b], dim=1)
+    def take(t, index):  # rows 2·index of t (the A tokens), per window: GatherND with batch_dims=1
+        return t.gather(1, (2 * index)[..., None].expand(-1, -1, t.shape[-1]))
 
-    xs = x * sizes
-    new_sizes = combine(sizes[:, 0::2], sizes[:, 1::2])
-    new_x = combine(xs[:, 0::2], xs[:, 1::2]) / new_sizes
-    return new_x, new_sizes, tuple(combine(e[:, 0::2], e[:, 1::2]) for e in extras)
+    s_src, s_b = take(sizes, src), sizes[:, 1::2]
+    new_sb = s_b + onehot @ s_src
+    dst_x = (x[:, 1::2] * s_b + onehot @ (take(x, src) * s_src)) / new_sb
+    new_x = torch.cat([take(x, unm), dst_x], dim=1)
+    new_sizes = torch.cat([take(sizes, unm), new_sb], dim=1)
+    new_extras = tuple(torch.cat([take(e, unm), e[:, 1::2] + onehot @ take(e, src)], dim=1) for e in extras)
+    return new_x, new_sizes, new_extras
 
 
 def merge_tokens(x: torch.Tensor, keys: torch.Tensor, sizes: torch.Tensor, merge: BlockMerge, prefix: int, order,
                  heads: int, extras: tuple[torch.Tensor, ...] = ()):
     """One block's merge on [B, N, C] tokens (prefix first); ``keys`` [B, N, heads·qk]; ``sizes`` [B, N - prefix, 1]."""
     batch, tokens, channels = x.shape
-    metric = keys.reshape(batch, tokens, heads, -1).mean(2)[:, prefix:]
+    metric = keys.reshape(batch, tokens, heads, -1).sum(2)[:, prefix:]  # mean up to 1/heads: same cosine
     body = x[:, prefix:]
     if merge.permute:  # first local block: patch tokens into window order
         index = torch.as_tensor(order, device=x.device)

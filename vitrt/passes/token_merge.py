@@ -83,57 +83,96 @@ def emit_merge(e: _Emitter, x, keys, sizes, m: BlockMerge, *, prefix: int, emb: 
         return e.node("Slice", f"{name}.{label}", [t, ints(f"{name}.{label}.s", [start]), ints(f"{name}.{label}.e", [n]),
                                                    ints(f"{name}.{label}.a", [1]), ints(f"{name}.{label}.st", [2])])
 
-    # Similarity: keys averaged over heads (a constant averaging MatMul), cosine.
-    metric = windows(body(keys, "keys"), "keys", heads * qk)
-    average = np.tile(np.eye(qk, dtype=F32), (heads, 1)) / heads
-    metric = e.node("MatMul", f"{name}.metric", [metric, e.c(f"{name}.head_mean", average)])
+    # Similarity: keys averaged over heads (summed: a cosine ignores the 1/heads), L2-normalised.
+    metric = e.node("Reshape", f"{name}.keys.heads", [keys, ints(f"{name}.keys.hshape", [-1, N, heads, qk])])
+    metric = e.node("ReduceSum", f"{name}.keys.head_sum", [metric, ints(f"{name}.keys.haxes", [2])], {"keepdims": 0})
+    metric = windows(body(metric, "keys"), "keys", qk)
     square = e.node("Mul", f"{name}.metric.sq", [metric, metric])
     norm = e.node("Sqrt", f"{name}.metric.norm", [e.node("ReduceSum", f"{name}.metric.sum", [square, ints(f"{name}.metric.axes", [-1])],
                                                          {"keepdims": 1})])
     metric = e.node("Div", f"{name}.metric.unit", [metric, norm])
     ma, mb = half(metric, "metric.a", 0), half(metric, "metric.b", 1)
     scores = e.node("MatMul", f"{name}.scores", [ma, e.node("Transpose", f"{name}.metric.bt", [mb], {"perm": [0, 2, 1]})])
+    # Best B per A: the two most similar by cosine (TopK), then the closer by ‖a - b‖² (= 2 - 2 cos) computed
+    # from the difference, which also ranks the edges: robust for near-duplicate tokens (see calib.tome).
+    k = min(2, nb)
     best = gs.Variable(f"{name}.best.values", dtype=F32)
-    best_idx = gs.Variable(f"{name}.best.indices", dtype=np.int64)
+    top = gs.Variable(f"{name}.best.indices", dtype=np.int64)
     e.graph.nodes.append(gs.Node("TopK", f"{name}.best", {"axis": -1, "largest": 1, "sorted": 1},
-                                 [scores, ints(f"{name}.best.k", [1])], [best, best_idx]))
-    best = e.node("Reshape", f"{name}.best.flat", [best, ints(f"{name}.best.shape", [-1, na])])
-    # The r best edges (ties: lower index first, ONNX TopK's rule) -> merged mask over A.
-    top = gs.Variable(f"{name}.edges.values", dtype=F32)
-    src = gs.Variable(f"{name}.edges.indices", dtype=np.int64)
-    e.graph.nodes.append(gs.Node("TopK", f"{name}.edges", {"axis": -1, "largest": 1, "sorted": 1},
-                                 [best, ints(f"{name}.edges.k", [r])], [top, src]))
-    src = e.node("Reshape", f"{name}.edges.col", [src, ints(f"{name}.edges.colshape", [-1, r, 1])], dtype=np.int64)
-    onehot = e.node("Equal", f"{name}.edges.onehot", [src, ints(f"{name}.iota_a", np.arange(na))], dtype=np.bool_)
-    onehot = e.node("Cast", f"{name}.edges.onehot_f", [onehot], {"to": 1})
-    merged = e.node("ReduceSum", f"{name}.merged", [onehot, ints(f"{name}.merged.axes", [1])], {"keepdims": 0})
-    keep = e.node("Sub", f"{name}.keep", [e.c(f"{name}.one", 1.0), merged])
-    rank = e.node("MatMul", f"{name}.rank", [keep, e.c(f"{name}.before", np.triu(np.ones((na, na)), 1))])
-    dst = e.node("Cast", f"{name}.dst", [e.node("Reshape", f"{name}.dst.flat", [best_idx, ints(f"{name}.dst.shape", [-1, na])],
-                                                dtype=np.int64)], {"to": 1})
-    target = e.node("Add", f"{name}.target", [
-        e.node("Mul", f"{name}.target.merged", [merged, e.node("Add", f"{name}.target.dst", [dst, e.c(f"{name}.offset", float(na - r))])]),
-        e.node("Mul", f"{name}.target.kept", [keep, rank])])
-    target = e.node("Reshape", f"{name}.target.row", [target, ints(f"{name}.target.rowshape", [-1, 1, na])])
-    assign = e.node("Equal", f"{name}.assign.eq", [target, e.c(f"{name}.iota_out", np.arange(n_out).reshape(n_out, 1))],
-                    dtype=np.bool_)
-    assign = e.node("Cast", f"{name}.assign", [assign], {"to": 1})
+                                 [scores, ints(f"{name}.best.k", [k])], [best, top]))
+    top_rows = e.node("Reshape", f"{name}.best.rows", [top, ints(f"{name}.best.rshape", [-1, na * k, 1])], dtype=np.int64)
+    candidates = e.node("GatherND", f"{name}.best.b", [mb, top_rows], {"batch_dims": 1})
+    candidates = e.node("Reshape", f"{name}.best.b4", [candidates, ints(f"{name}.best.b4shape", [-1, na, k, qk])])
+    ma4 = e.node("Reshape", f"{name}.best.a4", [ma, ints(f"{name}.best.a4shape", [-1, na, 1, qk])])
+    diff = e.node("Sub", f"{name}.best.diff", [ma4, candidates])
+    distances = e.node("ReduceSum", f"{name}.best.distances", [e.node("Mul", f"{name}.best.sq", [diff, diff]),
+                                                                ints(f"{name}.best.axes", [-1])], {"keepdims": 0})
+    choice = e.node("ArgMin", f"{name}.best.choice", [distances], {"axis": -1, "keepdims": 1, "select_last_index": 0},
+                    dtype=np.int64)
+    best_idx = e.node("GatherElements", f"{name}.best.index", [top, choice], {"axis": -1}, dtype=np.int64)
+    distance = e.node("GatherElements", f"{name}.best.distance", [distances, choice], {"axis": -1})
+    distance = e.node("Reshape", f"{name}.best.flat", [distance, ints(f"{name}.best.shape", [-1, na])])
+    best_idx = e.node("Reshape", f"{name}.dst.flat", [best_idx, ints(f"{name}.dst.shape", [-1, na])], dtype=np.int64)
 
-    # Size-weighted sums through the assignment matrix; B tokens land in the last nb rows.
+    def topk(values, k, label, largest=1):
+        out_v = gs.Variable(f"{name}.{label}.values", dtype=F32)
+        out_i = gs.Variable(f"{name}.{label}.indices", dtype=np.int64)
+        e.graph.nodes.append(gs.Node("TopK", f"{name}.{label}", {"axis": -1, "largest": largest, "sorted": 1},
+                                     [values, ints(f"{name}.{label}.k", [k])], [out_v, out_i]))
+        return out_i
+
+    # The r best edges (ties: lower index first, ONNX TopK's rule), then the kept A tokens in order.
+    src = topk(distance, r, "edges", largest=0)  # [BW, r]
+    onehot = e.node("Equal", f"{name}.edges.onehot", [e.node("Reshape", f"{name}.edges.col", [src, ints(f"{name}.edges.colshape", [-1, r, 1])],
+                                                             dtype=np.int64), ints(f"{name}.iota_a", np.arange(na))], dtype=np.bool_)
+    merged = e.node("ReduceSum", f"{name}.merged", [e.node("Cast", f"{name}.edges.onehot_f", [onehot], {"to": 1}),
+                                                   ints(f"{name}.merged.axes", [1])], {"keepdims": 0})
+    keep = e.node("Sub", f"{name}.keep", [e.c(f"{name}.one", 1.0), merged])
+    kept = na - r  # A tokens left unmerged (0 when a window of even size merges half its tokens)
+    if kept:
+        kept_key = e.node("Mul", f"{name}.kept_key", [keep, e.c(f"{name}.countdown", na - np.arange(na))])
+        unm = topk(kept_key, kept, "kept")  # [BW, na - r], ascending
+    dst = e.node("GatherElements", f"{name}.dst", [best_idx, src], {"axis": 1}, dtype=np.int64)  # [BW, r]
+    onehot = e.node("Equal", f"{name}.assign.eq", [e.node("Reshape", f"{name}.dst.row", [dst, ints(f"{name}.dst.rowshape", [-1, 1, r])],
+                                                          dtype=np.int64), ints(f"{name}.iota_b", np.arange(nb).reshape(nb, 1))],
+                    dtype=np.bool_)
+    onehot = e.node("Cast", f"{name}.assign", [onehot], {"to": 1})  # [BW, nb, r]: merged A -> its B
+
+    # Rows 2·index of the window tensors are the A tokens: GatherND with batch_dims=1.
+    two = ints(f"{name}.two", 2)
+    src_rows = e.node("Reshape", f"{name}.src.rows", [e.node("Mul", f"{name}.src.x2", [src, two], dtype=np.int64),
+                                                      ints(f"{name}.src.rshape", [-1, r, 1])], dtype=np.int64)
+    if kept:
+        unm_rows = e.node("Reshape", f"{name}.kept.rows", [e.node("Mul", f"{name}.kept.x2", [unm, two], dtype=np.int64),
+                                                           ints(f"{name}.kept.rshape", [-1, kept, 1])], dtype=np.int64)
+
+    def gather(t, rows, label):
+        return e.node("GatherND", f"{name}.{label}", [t, rows], {"batch_dims": 1})
+
     tokens = windows(body(x, "x"), "x", emb)
-    pads = ints(f"{name}.pad", [0, na - r, 0, 0, 0, 0])
+    tokens_b = half(tokens, "x.b", 1)
+    src_x = gather(tokens, src_rows, "src.x")
     if sizes is not None:
         sw = windows(sizes, "sizes", 1)
-        tokens = e.node("Mul", f"{name}.weighted", [tokens, sw])
-        new_sizes = e.node("Add", f"{name}.sizes.sum", [
-            e.node("MatMul", f"{name}.sizes.a", [assign, half(sw, "sizes.a_half", 0)]),
-            e.node("Pad", f"{name}.sizes.b", [half(sw, "sizes.b_half", 1), pads])])
-    else:  # first merge: every size is 1
-        counts = e.node("ReduceSum", f"{name}.sizes.a", [assign, ints(f"{name}.sizes.axes", [2])], {"keepdims": 1})
-        new_sizes = e.node("Add", f"{name}.sizes.sum", [counts, e.c(f"{name}.sizes.b", [[0.0]] * (na - r) + [[1.0]] * nb)])
-    summed = e.node("Add", f"{name}.sum", [e.node("MatMul", f"{name}.sum.a", [assign, half(tokens, "x.a", 0)]),
-                                         e.node("Pad", f"{name}.sum.b", [half(tokens, "x.b", 1), pads])])
-    merged_x = e.node("Div", f"{name}.average", [summed, new_sizes])
+        sizes_b = half(sw, "sizes.b_half", 1)
+        src_s = gather(sw, src_rows, "src.s")
+        kept_s = gather(sw, unm_rows, "kept.s") if kept else None
+        new_sb = e.node("Add", f"{name}.sizes.b", [sizes_b, e.node("MatMul", f"{name}.sizes.merged", [onehot, src_s])])
+        num = e.node("Add", f"{name}.sum", [e.node("Mul", f"{name}.weighted.b", [tokens_b, sizes_b]),
+                                           e.node("MatMul", f"{name}.sum.merged", [onehot, e.node("Mul", f"{name}.weighted.src", [src_x, src_s])])])
+    else:  # first merge: every size is 1 (x·1 = x exactly, so the products are skipped)
+        kept_s = None
+        if kept:
+            kept_s = e.node("ConstantOfShape", f"{name}.kept.s", [e.node("Shape", f"{name}.kept.rshape_of", [unm_rows], dtype=np.int64)],
+                            {"value": gs.Constant(f"{name}.one_t", np.ones(1, dtype=F32))})
+        new_sb = e.node("Add", f"{name}.sizes.b", [e.node("ReduceSum", f"{name}.sizes.merged", [onehot, ints(f"{name}.sizes.axes", [2])],
+                                                          {"keepdims": 1}), e.c(f"{name}.one_b", 1.0)])
+        num = e.node("Add", f"{name}.sum", [tokens_b, e.node("MatMul", f"{name}.sum.merged", [onehot, src_x])])
+    dst_x = e.node("Div", f"{name}.average", [num, new_sb])
+    merged_x, new_sizes = dst_x, new_sb
+    if kept:
+        merged_x = e.node("Concat", f"{name}.tokens", [gather(tokens, unm_rows, "kept.x"), dst_x], {"axis": 1})
+        new_sizes = e.node("Concat", f"{name}.sizes.cat", [kept_s, new_sb], {"axis": 1})
     merged_x = e.node("Reshape", f"{name}.join", [merged_x, ints(f"{name}.join.shape", [-1, W * n_out, emb])])
     new_sizes = e.node("Reshape", f"{name}.sizes", [new_sizes, ints(f"{name}.sizes.shape", [-1, W * n_out, 1])])
     prefix_x = e.node("Slice", f"{name}.prefix", [x, ints(f"{name}.prefix.s", [0]), ints(f"{name}.prefix.e", [p]),
