@@ -43,6 +43,10 @@ class CompileConfig:
     timing_cache: Path | None = option(None, "TensorRT timing cache file (read and updated)", type=Path, metavar="PATH")
     seed: int = option(0, "seed for verification inputs and data-driven passes", type=int, metavar="N")
     quiet: bool = option(False, "no progress output")
+    # --- issue 3: latency lookup table (vitrt.benchmarks.lut) ---
+    lut: Path | None = option(None, "latency table (vitrt lut build): add its prediction as latency.predicted_ms "
+                              "(needs --bench)", type=Path, metavar="LUT")
+    refine_lut: bool = option(False, "after a successful compile, fold the measured per-block latency into --lut")
 
     # --- issue 5: static token merging (ToMe / DFE / LGTM); see vitrt.passes.tome_schedule -------------
     tome: str | None = option(None, "merge R tokens per block (ToMe), or R,INFLECTION for ToMe's ramp", metavar="R")
@@ -52,7 +56,7 @@ class CompileConfig:
                                       type=float, metavar="F")
     tome_latency: float | None = option(None, "pick r from the latency table's token axis to keep at most this "
                                               "fraction of the predicted latency", type=float, metavar="F")
-    tome_lut: Path | None = option(None, "latency table for --tome-latency", type=Path, metavar="PATH")
+    tome_lut: Path | None = option(None, "latency table for --tome-latency (default: --lut)", type=Path, metavar="PATH")
     dfe_skip: int | None = option(None, "dense feature extractor: first S blocks merge nothing (default depth // 6)",
                                   type=int, metavar="S")
     lgtm_window: int | None = option(None, "local-global merging: window side W in patches (must divide the grid)",
@@ -71,6 +75,10 @@ class CompileConfig:
             raise VitrtError("--bench-iters must be >= 1 and --bench-warmup >= 0")
         if not 17 <= self.opset <= 21:
             raise VitrtError(f"--opset {self.opset} is outside the supported range 17..21")
+        if self.refine_lut and self.lut is None:
+            raise VitrtError("--refine-lut needs --lut LUT (the table to update)")
+        if self.lut is not None and not self.bench:
+            raise VitrtError("--lut needs --bench: the prediction is recorded beside the measured latency")
         self._validate_token_merge()
         return self
 

@@ -305,5 +305,10 @@ def request_from_config(config) -> MergeRequest | None:
         return MergeRequest(flops_fraction=config.tome_flops, **placement)
     if config.tome_latency is not None:
         return MergeRequest(latency_fraction=config.tome_latency,
-                            latency_table=str(config.tome_lut) if config.tome_lut else None, **placement)
+                            latency_table=_table_path(config), **placement)
     return None
+
+
+def _table_path(config) -> str | None:
+    table = config.tome_lut or getattr(config, "lut", None)
+    return str(table) if table else None
