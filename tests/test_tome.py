@@ -242,3 +242,26 @@ def test_cli_flags(tmp_path, capsys):
     assert main(args + ["--force", "--tome", "2", "--tome-flops", "0.5"]) == 2
     assert main(args + ["--force", "--dfe-skip", "1"]) == 2
     assert "at most one of" in capsys.readouterr().err
+
+
+def test_latency_solver_uses_the_table_token_axis():
+    from pathlib import Path
+
+    from vitrt.compiler.spec import BlockSpec, ViTSpec
+    from vitrt.passes.tome_solve import solve_latency
+
+    table_path = Path(__file__).resolve().parents[1] / "benchmarks/results/lut_ort_coarse_b8_wall.json"
+    if not table_path.exists():
+        pytest.skip("no latency table in this checkout")
+    from vitrt.benchmarks.lut import LatencyTable
+
+    block = BlockSpec(heads=6, qk=64, v=64, mlp=1536, tokens=197, scale=0.125)
+    spec = ViTSpec(emb=384, patch=16, img=224, in_chans=3, prefix_tokens=1, num_classes=1000, blocks=(block,) * 12)
+    table = LatencyTable.load(table_path)
+    plan = solve_latency(spec, 0.7, table_path)
+    dense = table.model_ms(spec, clamp=True)
+    assert table.model_ms(plan.apply_to_spec(spec), clamp=True) / dense <= 0.7
+    looser = resolve(TomeSchedule(r=plan.schedule.r - 1), spec)
+    assert table.model_ms(looser.apply_to_spec(spec), clamp=True) / dense > 0.7
+    with pytest.raises(VitrtError, match="needs --tome-lut"):
+        solve_latency(spec, 0.7, None)

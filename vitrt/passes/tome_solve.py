@@ -43,4 +43,6 @@ def solve_latency(spec, fraction: float, table_path, **kwargs) -> MergePlan:
     if table_path is None:
         raise VitrtError("--tome-latency needs --tome-lut PATH (a latency table built with vitrt)")
     table = LatencyTable.load(table_path)
-    return _search(spec, fraction, table.model_ms, "latency", **kwargs)
+    # Token counts below the table's grid are clamped to its smallest row: that over-predicts the merged
+    # latency, so the solver errs towards merging more, never towards missing the target.
+    return _search(spec, fraction, lambda s: table.model_ms(s, clamp=True), "latency", **kwargs)
