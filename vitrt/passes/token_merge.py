@@ -3,15 +3,18 @@
 Per merging block ``i`` (``N`` tokens in, ``p`` prefix tokens, ``W`` windows of ``n`` tokens, ``r`` merges per
 window, ``na = ceil(n/2)``, ``nb = n // 2``)::
 
-    blocks.i.residual1 ─► x ─┬─ Slice[:p] ──────────────────────────────────────────────────────┐
-                             └─ Slice[p:] (Gather: window order) ─► Reshape[B·W, n, C] ─► ·size ─┤
-    blocks.i.attn.k.bias_add ─► Slice[p:] ─► Reshape[B·W, n, H·qk] ─► MatMul(head mean)          │
-        ─► x/‖x‖ ─► A = [0::2], B = [1::2] ─► MatMul(A, Bᵀ) ─► TopK(k=1): best B per A             │
-        ─► TopK(k=r, sorted): merged A ─► one-hot(Equal, Cast) ─► target row of every A token      │
-        ─► assign[n-r, na] = Cast(Equal(target, iota)) ─► MatMul(assign, A·size) + Pad(B·size) ◄──┘
-        ─► ÷ merged sizes ─► Reshape[B, W·(n-r), C] ─► Concat(prefix, ·) ─► blocks.i.norm2 / residual2
+    blocks.i.attn.k.bias_add ─► Reshape[B, N, H, qk] ─► ReduceSum(heads) ─► Slice[p:] (Gather: window order)
+        ─► Reshape[B·W, n, qk] ─► x/‖x‖ ─► A = [0::2], B = [1::2] ─► MatMul(A, Bᵀ) ─► TopK(k=2)
+        ─► GatherND the 2 B candidates ─► ‖a - b‖² ─► ArgMin: best B per A and its distance
+        ─► TopK(k=r, smallest): merged A ─► one-hot (Equal, Cast) ─► TopK(k=na-r): kept A, in order
+    blocks.i.residual1 ─► x ─┬─ Slice[:p] ─────────────────────────────────────────────────────────┐
+                             └─ Slice[p:] (Gather) ─► Reshape[B·W, n, C] ─┬─ GatherND(kept A) ──┐   │
+          merged A ─► GatherND ─► ·size ─► MatMul(one-hot[nb, r], ·) ─────┴─► + B·size, ÷ size ─┤   │
+                                   Concat(kept, B) ─► Reshape[B, W·(n-r), C] ◄──────────────────┘   │
+                                   Concat(prefix, ·) ◄──────────────────────────────────────────────┘
+                                        └─► blocks.i.norm2 / residual2
 
-Every shape is static; no Scatter op: the size-weighted sums are one-hot MatMuls. Sizes ([B, N-p, 1]) flow
+Every shape is static; no Scatter op: the size-weighted sums are one-hot MatMuls, the moves GatherND. Sizes ([B, N-p, 1]) flow
 to the later blocks, whose attention logits get ``log(size)`` added after ``attn.scale`` (proportional
 attention), and whose reshape constants are rewritten for their smaller token counts.
 """
