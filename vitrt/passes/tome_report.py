@@ -91,7 +91,7 @@ def merge_figure(path: Path, panels: list[tuple[object, str]], image_index: int 
 
     first = panels[0][0]
     image = digits_image(first.spec.img, first.spec.in_chans, image_index)
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(2.6 * (len(panels) + 1), 2.9))
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(2.6 * (len(panels) + 1), 3.2))
     gray = image[0].mean(0).numpy()
     axes[0].imshow(gray, cmap="gray")
     axes[0].set_title("input (digits test image)", fontsize=8)
@@ -100,7 +100,7 @@ def merge_figure(path: Path, panels: list[tuple[object, str]], image_index: int 
     for ax, (twin, title) in zip(axes[1:], panels):
         sources = trace_sources(twin, image)[0].numpy()
         draw_merges(ax, gray, sources, twin.spec.grid, f"{title}\n{len(np.unique(sources))} patch tokens left")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
