@@ -49,6 +49,7 @@ SUBCOMMAND_MODULES = (
     "vitrt.calib.demo",
     "vitrt.benchmarks.commands",
     "vitrt.benchmarks.sparsity_digits",
+    "vitrt.benchmarks.tome_bench",  # issue 5
 )
 
 

@@ -65,6 +65,22 @@ class CompileConfig:
     export_sparse: bool = option(False, "with --sparsity: write the compressed 2:4 weights (FP16 values + "
                                         "CUTLASS-ordered metadata) to OUT/sparse_weights.npz + .json")
 
+    # --- issue 5: static token merging (ToMe / DFE / LGTM); see vitrt.passes.tome_schedule -------------
+    tome: str | None = option(None, "merge R tokens per block (ToMe), or R,INFLECTION for ToMe's ramp", metavar="R")
+    tome_schedule: str | None = option(None, "explicit r of every block, comma-separated (refused where a block "
+                                             "cannot merge that many)", metavar="LIST")
+    tome_flops: float | None = option(None, "pick the constant r that keeps at most this fraction of the FLOPs",
+                                      type=float, metavar="F")
+    tome_latency: float | None = option(None, "pick r from the latency table's token axis to keep at most this "
+                                              "fraction of the predicted latency", type=float, metavar="F")
+    tome_lut: Path | None = option(None, "latency table for --tome-latency (default: --lut)", type=Path, metavar="PATH")
+    dfe_skip: int | None = option(None, "dense feature extractor: first S blocks merge nothing (default depth // 6)",
+                                  type=int, metavar="S")
+    lgtm_window: int | None = option(None, "local-global merging: window side W in patches (must divide the grid)",
+                                     type=int, metavar="W")
+    lgtm_transition: int | None = option(None, "local-global merging: local blocks after the skip (default: until the "
+                                               "windows cover the grid)", type=int, metavar="T")
+
     def validate(self) -> "CompileConfig":
         from .errors import VitrtError
 
@@ -81,6 +97,7 @@ class CompileConfig:
         if self.lut is not None and not self.bench:
             raise VitrtError("--lut needs --bench: the prediction is recorded beside the measured latency")
         self._validate_sparsity()
+        self._validate_token_merge()
         return self
 
     def _validate_sparsity(self) -> None:
@@ -99,6 +116,23 @@ class CompileConfig:
             raise VitrtError("--sparse-finetune-epochs needs data: pass --sparse-data digits|synthetic|PATH")
         if self.sparse_min_weights < 0:
             raise VitrtError(f"--sparse-min-weights must be >= 0, got {self.sparse_min_weights}")
+
+    def _validate_token_merge(self) -> None:  # issue 5
+        from .errors import VitrtError
+
+        chosen = [f for f in ("tome", "tome_schedule", "tome_flops", "tome_latency") if getattr(self, f) is not None]
+        if len(chosen) > 1:
+            raise VitrtError("give at most one of --tome, --tome-schedule, --tome-flops, --tome-latency")
+        if not chosen and any(v is not None for v in (self.dfe_skip, self.lgtm_window, self.lgtm_transition)):
+            raise VitrtError("--dfe-skip / --lgtm-window / --lgtm-transition need --tome, --tome-schedule, "
+                             "--tome-flops or --tome-latency")
+        if chosen:
+            from vitrt.passes.tome_schedule import parse_per_block, parse_r
+
+            if self.tome is not None:
+                parse_r(self.tome)
+            if self.tome_schedule is not None:
+                parse_per_block(self.tome_schedule)
 
     def replace(self, **changes) -> "CompileConfig":
         return dataclasses.replace(self, **changes)

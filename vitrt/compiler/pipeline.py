@@ -19,7 +19,15 @@ def pruning_passes(config: CompileConfig, twin, progress) -> list[Pass]:
 
 
 def token_merge_passes(config: CompileConfig, twin, progress) -> list[Pass]:
-    return []
+    """Issue 5: one TokenMergePass carrying the requested schedule (resolved against the spec it meets)."""
+    from vitrt.passes.token_merge import request_from_config
+
+    request = request_from_config(config)
+    if request is None:
+        return []
+    from vitrt.passes.token_merge import TokenMergePass
+
+    return [TokenMergePass(request)]
 
 
 def sparsity_passes(config: CompileConfig, twin, progress) -> list[Pass]:

@@ -1,0 +1,217 @@
+"""``vitrt tome-bench``: accuracy vs throughput of ToMe, DFE and DFE+LGTM schedules (the paper's Fig. 5 setting).
+
+For every configuration and FLOPs target, the FLOPs solver picks r on each model:
+
+* accuracy: the digits reference ViT (65 tokens, 12 blocks), training-free; top-1 of the merged ONNX graph in
+  ONNX Runtime over the whole digits test set (and of the torch twin, which must agree);
+* throughput: deit_small_patch16_224 (random weights: speed does not depend on them) at batch 8 in ONNX
+  Runtime; dense and merged sessions are timed alternately in one process and the ratio of medians reported.
+
+Writes ``OUT/tome_sweep.json``, ``OUT/tome_sweep.md`` (table + the command), ``OUT/tome_sweep.png`` (plot) and
+``OUT/tome_merges.png`` (which patches merged, per configuration, on one digits image).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..compiler.config import add_arguments, from_args, option
+
+CONFIGS = {  # name -> (skip, window) per model family; None skip = the default depth // 6
+    "ToMe": {"skip": 0, "window": None},
+    "DFE": {"skip": None, "window": None},
+    "DFE+LGTM": {"skip": None, "window": "quarter"},  # windows of half the grid side: 4 windows (w=7 on 14x14)
+}
+
+
+@dataclass(frozen=True)
+class TomeBenchConfig:
+    out: Path = option(Path("benchmarks/results"), "directory for the table, JSON and plots", flag="-o/--out",
+                       type=Path, metavar="OUT")
+    targets: str = option("0.8,0.7,0.6,0.5", "FLOPs fractions to solve r for (comma-separated)", metavar="LIST")
+    model: str = option("deit_small_patch16_224", "timm model timed for throughput", metavar="NAME")
+    batch: int = option(8, "batch size of the throughput runs", type=int, metavar="N")
+    iters: int = option(5, "alternating timed iterations per point", type=int, metavar="N")
+    threads: int | None = option(None, "ONNX Runtime intra-op threads", type=int, metavar="N")
+    no_throughput: bool = option(False, "accuracy only (skip the deit timing)")
+    quiet: bool = option(False, "no progress output")
+
+
+def _window(spec, kind):
+    return None if kind is None else spec.grid // 2
+
+
+def _plans(spec, target):
+    from vitrt.passes.tome_solve import solve_flops
+
+    return {name: solve_flops(spec, target, skip=c["skip"], window=_window(spec, c["window"]))
+            for name, c in CONFIGS.items()}
+
+
+def _row_plan(plan, spec):
+    from vitrt.compiler.cost import vit_flops
+
+    return {"r": plan.schedule.r, "skip": next((b.index for b in plan.blocks if b.merges), len(plan.blocks)),
+            "window": plan.schedule.window, "tokens_out_last": plan.blocks[-1].tokens_out,
+            "flops_fraction": round(vit_flops(plan.apply_to_spec(spec)) / vit_flops(spec), 4)}
+
+
+def digits_points(targets, progress) -> tuple[dict, list[dict], dict]:
+    """Top-1 on the digits test set: dense, then every (configuration, target) through ONNX Runtime and the twin."""
+    import torch
+
+    from ..calib.digits import digits_split
+    from ..calib.evaluate import top1, torch_logits
+    from ..calib.reference import load_reference
+    from ..calib.tome import apply_plan
+    from ..compiler.graph import GraphView
+    from ..compiler.lower import lower
+    from ..compiler.models import canonicalize
+    from ..compiler.verify import run_onnx
+    from ..passes.token_merge import rewrite
+
+    model, info = load_reference(progress=progress)
+    twin = canonicalize(model).eval()
+    test = digits_split(info["recipe"]["img_size"])[1]
+    images = test.images.numpy()
+    dense_onnx = lower(twin, batch=None)
+    dense = {"top1_onnx": top1(run_onnx(dense_onnx, images, None), test.labels), "top1_twin": top1(torch_logits(twin, test), test.labels)}
+    rows, twins = [], {}
+    for target in targets:
+        for name, plan in _plans(twin.spec, target).items():
+            with progress.step(f"digits: {name} at FLOPs {target}"):
+                merged_twin = apply_plan(copy.deepcopy(twin), plan)
+                view = rewrite(GraphView.from_onnx(dense_onnx), plan)
+                onnx_logits = run_onnx(view.to_onnx(), images, None)
+                with torch.no_grad():
+                    twin_logits = torch_logits(merged_twin, test)
+                row = {"config": name, "target": target, **_row_plan(plan, twin.spec),
+                       "top1_onnx": top1(onnx_logits, test.labels), "top1_twin": top1(twin_logits, test.labels),
+                       "max_abs_err_vs_twin": float(np.max(np.abs(onnx_logits - twin_logits)))}
+                rows.append(row)
+                twins[(name, target)] = merged_twin
+    return dense, rows, {"test_images": len(test), "twins": twins}
+
+
+def throughput_points(config: TomeBenchConfig, targets, progress) -> tuple[dict, list[dict]]:
+    """Speedup of every (configuration, target) over dense on ``config.model``, each timed alternately with dense."""
+    from ..compiler.graph import GraphView
+    from ..compiler.lower import lower
+    from ..compiler.models import canonicalize, load_timm_model
+    from ..compiler.verify import verification_inputs
+    from ..passes.token_merge import rewrite
+    from ..passes.tome_report import alternate_benchmark, ort_session
+
+    twin = canonicalize(load_timm_model(config.model, pretrained=False, checkpoint=None, img_size=None)).eval()
+    dense_model = lower(twin, batch=config.batch)
+    images = verification_inputs(twin.spec, config.batch, seed=0)
+    dense = ort_session(dense_model, config.threads)
+    rows = []
+    for target in targets:
+        for name, plan in _plans(twin.spec, target).items():
+            with progress.step(f"{config.model}: {name} at FLOPs {target}"):
+                merged = rewrite(GraphView.from_onnx(dense_model), plan).to_onnx()
+                ms = alternate_benchmark({"dense": dense, "merged": ort_session(merged, config.threads)}, images,
+                                         iterations=config.iters, warmup=1)
+                info = _row_plan(plan, twin.spec)
+                speedup = ms["dense"] / ms["merged"]
+                rows.append({"config": name, "target": target, **info, "dense_ms": round(ms["dense"], 2),
+                             "merged_ms": round(ms["merged"], 2), "speedup": round(speedup, 4),
+                             "speedup_over_flops_reduction": round(speedup * info["flops_fraction"], 4)})
+    from ..compiler.backends.ort import cpu_name
+
+    return {"model": config.model, "batch": config.batch, "device": cpu_name(), "iterations": config.iters}, rows
+
+
+def write_table(path: Path, command: str, dense: dict, acc_rows, thr_meta, thr_rows, test_images: int) -> None:
+    lines = [f"# Token merging: ToMe vs DFE vs DFE+LGTM at equal FLOPs targets\n",
+             f"Command: `{command}`\n",
+             f"Accuracy: digits reference ViT (65 tokens, 12 blocks), training-free, top-1 over {test_images} test "
+             f"images through the merged ONNX graph in ONNX Runtime (twin top-1 alongside). Dense: "
+             f"{dense['top1_onnx'] * 100:.2f} %.\n"]
+    if thr_meta:
+        lines.append(f"Throughput: {thr_meta['model']} (random weights), batch {thr_meta['batch']}, ONNX Runtime on "
+                     f"{thr_meta['device']}; dense and merged timed alternately, {thr_meta['iterations']} iterations "
+                     f"each, medians; speedup = dense / merged.\n")
+    lines.append("| FLOPs target | config | digits r | digits FLOPs | top-1 ONNX | Δ top-1 | top-1 twin | "
+                 "deit r | deit FLOPs | speedup | speedup × FLOPs fraction |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    thr = {(r["config"], r["target"]): r for r in thr_rows}
+    for r in acc_rows:
+        t = thr.get((r["config"], r["target"]))
+        tail = (f"{t['r']} | {t['flops_fraction']:.3f} | {t['speedup']:.3f}× | {t['speedup_over_flops_reduction']:.3f}"
+                if t else "– | – | – | –")
+        lines.append(f"| {r['target']} | {r['config']} | {r['r']} (skip {r['skip']}"
+                     f"{', w ' + str(r['window']) if r['window'] else ''}) | {r['flops_fraction']:.3f} | "
+                     f"{r['top1_onnx'] * 100:.2f} % | {(r['top1_onnx'] - dense['top1_onnx']) * 100:+.2f} | "
+                     f"{r['top1_twin'] * 100:.2f} % | {tail} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot(path: Path, dense: dict, acc_rows, thr_rows) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    thr = {(r["config"], r["target"]): r for r in thr_rows}
+    panels = 2 if thr_rows else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4))
+    axes = np.atleast_1d(axes)
+    for name in CONFIGS:
+        rows = [r for r in acc_rows if r["config"] == name]
+        axes[0].plot([r["flops_fraction"] for r in rows], [r["top1_onnx"] * 100 for r in rows], "o-", label=name)
+        if thr_rows:
+            pts = [(thr[(name, r["target"])]["speedup"], r["top1_onnx"] * 100) for r in rows if (name, r["target"]) in thr]
+            axes[1].plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+    axes[0].axhline(dense["top1_onnx"] * 100, color="gray", ls="--", label="dense")
+    axes[0].set_xlabel("FLOPs fraction kept (digits ViT)")
+    axes[0].set_ylabel("digits top-1 (%)")
+    axes[0].invert_xaxis()
+    if thr_rows:
+        axes[1].axhline(dense["top1_onnx"] * 100, color="gray", ls="--", label="dense")
+        axes[1].set_xlabel("deit_small speedup over dense (ORT CPU, batch 8)")
+        axes[1].set_ylabel("digits top-1 (%) at the same FLOPs target")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def run(config: TomeBenchConfig, argv: list[str] | None = None) -> dict:
+    from ..compiler.progress import Progress
+    from ..passes.tome_report import merge_figure
+
+    progress = Progress(enabled=not config.quiet)
+    targets = [float(t) for t in config.targets.split(",")]
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "vitrt tome-bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[2:]))
+    dense, acc_rows, extra = digits_points(targets, progress)
+    thr_meta, thr_rows = ({}, []) if config.no_throughput else throughput_points(config, targets, progress)
+    result = {"command": command, "digits_dense": dense, "digits": acc_rows, "throughput": thr_meta,
+              "throughput_rows": thr_rows}
+    (out / "tome_sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_table(out / "tome_sweep.md", command, dense, acc_rows, thr_meta, thr_rows, extra["test_images"])
+    plot(out / "tome_sweep.png", dense, acc_rows, thr_rows)
+    middle = min(targets, key=lambda t: abs(t - 0.6))
+    merge_figure(out / "tome_merges.png", [(extra["twins"][(name, middle)], f"{name}, FLOPs ≤ {middle}")
+                                          for name in CONFIGS])
+    print((out / "tome_sweep.md").read_text())
+    return result
+
+
+def add_subcommands(sub) -> None:
+    parser = sub.add_parser("tome-bench", help="token merging: accuracy (digits) vs throughput (deit) for ToMe, DFE, "
+                                               "DFE+LGTM at equal FLOPs targets")
+    add_arguments(parser, TomeBenchConfig)
+    parser.set_defaults(func=lambda args: (run(from_args(TomeBenchConfig, args)), 0)[1])
