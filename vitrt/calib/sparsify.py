@@ -170,14 +170,21 @@ def sparse_finetune(student, teacher, masks: dict, data, recipe: FinetuneRecipe 
 
 # --- the stage ------------------------------------------------------------------------------------------
 def parameter_initializers(twin) -> dict[str, np.ndarray]:
-    """ONNX initializer values of every twin parameter (names and layouts exactly as the lowering emits)."""
-    from onnx import numpy_helper
+    """ONNX initializer values of every twin parameter, named and laid out as the lowering emits them
+    (Linear weights transposed to B[K, N]). Read from the modules directly, so it works on a twin that earlier
+    stages changed (pruned dims, token-merging wrappers) without lowering it again."""
+    from torch import nn
 
-    from ..compiler.lower import lower
+    def array(tensor):
+        return tensor.detach().float().cpu().numpy().copy()
 
-    model = lower(twin, batch=1)
-    return {init.name: numpy_helper.to_array(init).copy() for init in model.graph.initializer
-            if init.name.endswith((".weight", ".bias"))}
+    values = {"pos_embed.weight": array(twin.pos_embed), "prefix_tokens.weight": array(twin.prefix())}
+    for name, module in twin.named_modules():
+        if isinstance(module, nn.Linear):
+            values[f"{name}.weight"], values[f"{name}.bias"] = array(module.weight).T.copy(), array(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.Conv2d)):
+            values[f"{name}.weight"], values[f"{name}.bias"] = array(module.weight), array(module.bias)
+    return values
 
 
 def prepare_sparsity(twin, *, pattern: str = "2:4", include: str | None = None, exclude: str | None = None,
