@@ -73,7 +73,9 @@ def modelopt_config(precision: str, method: str) -> dict:
     """The mtq config: symmetric, weights per output channel, activations per tensor; histogram calibrator for
     the activation quantizers unless ``method`` is max."""
     bits = {"int8": 8, "fp8": (4, 3)}[precision]
-    act = {"num_bits": bits, "axis": None}
+    # narrow_range off for activations: [-128, 127] like ONNX QuantizeLinear and TensorRT (weights stay narrow,
+    # symmetric [-127, 127]: their amax is max |w|, so -128 never occurs).
+    act = {"num_bits": bits, "axis": None, "narrow_range": False}
     if method != "max":
         act["calibrator"] = "histogram"
     return {"quant_cfg": [{"quantizer_name": "*", "enable": False},
