@@ -33,13 +33,13 @@ class SpeedConfig:
     json_out: Path | None = option(None, "also write the results as JSON", type=Path, metavar="FILE")
 
 
-def ort_quantize_static(fp32_onnx: Path, out: Path, calib: np.ndarray) -> Path:
+def ort_quantize_static(fp32_onnx: Path, out: Path, calib: np.ndarray, batch: int) -> Path:
     """ONNX Runtime's own static INT8 quantization of ``fp32_onnx`` (QDQ, per-channel weights, int8 activations)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.items = iter([{"images": calib[i:i + 1]} for i in range(len(calib))])
+            self.items = iter([{"images": calib[i:i + batch]} for i in range(0, len(calib) - batch + 1, batch)])
 
         def get_next(self):
             return next(self.items, None)
@@ -66,7 +66,7 @@ def run_speed(config: SpeedConfig) -> dict:
     backend, options = get_backend("ort"), BuildOptions(threads=config.threads)
     ort_dir = work / "ort_int8"
     ort_dir.mkdir()
-    ort_quantize_static(fp32.onnx_path, ort_dir / "model.onnx", calib)
+    ort_quantize_static(fp32.onnx_path, ort_dir / "model.onnx", calib, config.batch)
     backend.build(ort_dir / "model.onnx", ort_dir, options)
     compile_s = time.perf_counter() - t0
     runners = {"fp32": backend.load(fp32.artifact_path, options),

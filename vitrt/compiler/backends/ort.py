@@ -44,11 +44,20 @@ def _session_options(options: BuildOptions, level):
 
 
 def disabled_optimizers(path) -> list[str]:
-    """ONNX Runtime's QDQ propagation moves FP8 Q/DQ across Transpose / Reshape, for which its CPU provider has
-    no float8 kernels (the session fails to load): off for graphs with float8 initializers (issue 7)."""
+    """ONNX Runtime rewrites that defeat explicit quantization (issue 7).
+
+    MatMulAddFusion (level 1) turns ``DequantizeLinear -> MatMul -> Add(bias)`` into a float Gemm before the
+    QDQ fusions (level 2) see it, so the integer kernel (MatMulIntegerToFloat) is never chosen: off for graphs
+    with Q/DQ. QDQ propagation moves FP8 Q/DQ across Transpose / Reshape, for which the CPU provider has no
+    float8 kernels (the session fails to load): off for graphs with float8 initializers.
+    """
     model = onnx.load(str(path), load_external_data=False)
-    fp8 = any(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in model.graph.initializer)
-    return ["QDQPropagationTransformer"] if fp8 else []
+    disabled = []
+    if any(n.op_type == "DequantizeLinear" for n in model.graph.node):
+        disabled.append("MatMulAddFusion")
+    if any(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in model.graph.initializer):
+        disabled.append("QDQPropagationTransformer")
+    return disabled
 
 
 class OrtBackend(Backend):
