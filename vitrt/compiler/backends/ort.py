@@ -48,16 +48,16 @@ def disabled_optimizers(path) -> list[str]:
 
     MatMulAddFusion (level 1) turns ``DequantizeLinear -> MatMul -> Add(bias)`` into a float Gemm before the
     QDQ fusions (level 2) see it, so the integer kernel (MatMulIntegerToFloat) is never chosen: off for graphs
-    with Q/DQ. QDQ propagation moves FP8 Q/DQ across Transpose / Reshape, for which the CPU provider has no
-    float8 kernels (the session fails to load): off for graphs with float8 initializers.
+    with integer Q/DQ. The CPU provider has no float8 kernels: QDQ propagation would move FP8 Q/DQ across
+    Transpose / Reshape and the QDQ fusions would build MatMulIntegerToFloat on float8 inputs (either fails to
+    load), so graphs with float8 initializers keep their Q/DQ as written (run as float emulation).
     """
     model = onnx.load(str(path), load_external_data=False)
-    disabled = []
-    if any(n.op_type == "DequantizeLinear" for n in model.graph.node):
-        disabled.append("MatMulAddFusion")
     if any(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in model.graph.initializer):
-        disabled.append("QDQPropagationTransformer")
-    return disabled
+        return ["QDQPropagationTransformer", "QDQSelectorActionTransformer"]
+    if any(n.op_type == "DequantizeLinear" for n in model.graph.node):
+        return ["MatMulAddFusion"]
+    return []
 
 
 class OrtBackend(Backend):
