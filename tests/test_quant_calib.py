@@ -144,3 +144,28 @@ def test_digits_qdq_graph_agrees_with_fake_quant_twin(digits, digits_test, preci
     err = np.abs(onnx_logits - twin_logits).max(axis=1)
     # ~20-40 % of the images have one activation whose tie breaks differently somewhere in the 12 blocks
     assert float(np.median(err)) <= 1e-5 and float(err.max()) <= QDQ_TOLERANCE[precision]
+
+
+def test_compile_int8_writes_scale_table_and_reuses_it(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from vitrt.cli import main
+
+    common = ["vit_tiny_patch16_224", "--img-size", "32", "--precision", "int8", "--calib-images", "16", "--quiet"]
+    assert main(["compile", *common, "-o", str(tmp_path / "a"), "--verify"]) == 0
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    q = manifest["quantization"]
+    assert q["precision"] == "int8" and q["scale_source"] == "calibration:max" and q["calib_data"] == "synthetic"
+    assert q["layers"]["blocks.0.attn.q"] == {"input": "int8", "weight": "int8"} and len(q["layers"]) == 12 * 6 + 2
+    assert manifest["verify"]["ok"] and manifest["verify"]["reference"] == "torch twin"
+    table = tmp_path / "a" / "scale_table.json"
+    assert main(["compile", *common, "-o", str(tmp_path / "b"), "--scale-table", str(table)]) == 0
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["quantization"]["scale_source"] == \
+        "file:scale_table.json"
+    a, b = (onnx.load(str(tmp_path / d / "model.onnx")) for d in "ab")  # (random timm weights differ per load)
+    scales_b = {t.name: t for t in b.graph.initializer if t.name.endswith(".scale")}
+    scales_a = [t for t in a.graph.initializer if t.name.endswith(".scale")]
+    assert len(scales_a) == len(scales_b) == 2 * (12 * 6 + 2)
+    for t in scales_a:  # every scale in the second graph is the one from the table
+        np.testing.assert_array_equal(numpy_helper.to_array(t), numpy_helper.to_array(scales_b[t.name]))

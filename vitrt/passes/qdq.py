@@ -170,8 +170,13 @@ class QDQPass(Pass):
         self._qtwin = None
 
     def run(self, view: GraphView, ctx: PassContext) -> PassResult:
+        from .qdq_lint import lint_qdq
+
         qtwin, table, info = self.quantizer(ctx.twin, ctx)
         stats = insert_qdq(view, table, qtwin)
+        problems = lint_qdq(gs.export_onnx(view.graph))  # the TensorRT rules are this pass's postcondition
+        if problems:
+            raise VitrtError(f"Q/DQ pass produced a graph TensorRT would not accept: {problems[0]}")
         self._qtwin = qtwin
         ctx.manifest["quantization"] = dict(info, precision=self.precision, scale_source=table.source,
                                             opset=stats["opset"], layers=table.layer_dtypes())
