@@ -17,7 +17,7 @@ import time
 from ..compiler.errors import VitrtError
 from .scale_table import load_scale_table
 
-DIGITS_QAT_LR = 5e-5
+QAT_LR = 5e-5
 
 
 def make_quantizer(config, progress=None):
@@ -51,7 +51,7 @@ def make_quantizer(config, progress=None):
             train = load_data(source, img, split="train", seed=config.seed)
             prior = (ctx.manifest.get("sparsity") or {}).get("feature_losses")
             start = time.perf_counter()
-            info["qat"] = qat(qtwin, twin, train, epochs=config.qat_epochs, lr=DIGITS_QAT_LR, seed=config.seed,
+            info["qat"] = qat(qtwin, twin, train, epochs=config.qat_epochs, lr=QAT_LR, seed=config.seed,
                               prior_feature_losses=prior, progress=progress)
             info["qat"]["seconds"] = round(time.perf_counter() - start, 2)
             table = table_from_twin(qtwin, precision, quantize_attention=att, source=f"{table.source}+qat",
