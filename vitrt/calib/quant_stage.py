@@ -5,7 +5,7 @@
     --scale-table FILE     validate the file against the model (VitrtError, one line) and apply it, or
     --calib-data DATA      PTQ calibration with --calib-method on up to --calib-images images, then
     --qat-epochs N         GPUSQ-ViT QAT (teacher: the float twin; W_j from the 2:4 stage's per-feature
-                           losses in ``ctx.manifest['sparsity']['feature_losses']`` when present)
+                           losses in ``ctx.manifest['sparsity']['finetune']`` when present)
 
 and, when the data has a labelled test split (digits), the top-1 of the float and fake-quant twins.
 """
@@ -49,7 +49,7 @@ def make_quantizer(config, progress=None):
         info["calibration_s"] = round(time.perf_counter() - start, 2)
         if config.qat_epochs:
             train = load_data(source, img, split="train", seed=config.seed)
-            prior = (ctx.manifest.get("sparsity") or {}).get("feature_losses")
+            prior = prior_feature_losses(ctx.manifest)
             start = time.perf_counter()
             info["qat"] = qat(qtwin, twin, train, epochs=config.qat_epochs, lr=QAT_LR, seed=config.seed,
                               prior_feature_losses=prior, progress=progress)
@@ -65,6 +65,12 @@ def make_quantizer(config, progress=None):
         return qtwin, table, info
 
     return quantizer
+
+
+def prior_feature_losses(manifest: dict):
+    """The 2:4 stage's per-feature losses (``manifest['sparsity']['finetune']['per_feature_losses']``), if any."""
+    finetune = (manifest.get("sparsity") or {}).get("finetune") or {}
+    return finetune.get("per_feature_losses")
 
 
 def check_quant_options(config) -> None:

@@ -43,6 +43,23 @@ class CompileConfig:
     timing_cache: Path | None = option(None, "TensorRT timing cache file (read and updated)", type=Path, metavar="PATH")
     seed: int = option(0, "seed for verification inputs and data-driven passes", type=int, metavar="N")
     quiet: bool = option(False, "no progress output")
+    # --- 2:4 structured sparsity (issue 6; vitrt.passes.sparsity, vitrt.calib.sparsify) ---
+    sparsity: str | None = option(None, "prune every eligible weight to this structured pattern (2:4, along the axis "
+                                  "TensorRT checks)", choices=("2:4",))
+    permute: bool = option(False, "with --sparsity: permute MLP hidden and V channels first (exact) to keep more "
+                                  "weight magnitude")
+    sparse_finetune_epochs: int = option(0, "with --sparsity: epochs of sparse fine-tuning (masks fixed, GPUSQ-ViT "
+                                            "distillation loss against the dense model)", type=int, metavar="N")
+    sparse_data: str | None = option(None, "data for sparse fine-tuning: digits, synthetic or an ImageFolder PATH",
+                                     metavar="digits|synthetic|PATH")
+    sparse_include: str | None = option(None, "with --sparsity: only layers matching these comma-separated name "
+                                              "patterns (fnmatch, e.g. 'blocks.*.mlp.*')", metavar="PATTERN")
+    sparse_exclude: str | None = option(None, "with --sparsity: skip layers matching these comma-separated name "
+                                              "patterns (e.g. 'blocks.0.*,head')", metavar="PATTERN")
+    sparse_min_weights: int = option(4096, "with --sparsity: layers with fewer weights stay dense", type=int,
+                                     metavar="N")
+    export_sparse: bool = option(False, "with --sparsity: write the compressed 2:4 weights (FP16 values + "
+                                        "CUTLASS-ordered metadata) to OUT/sparse_weights.npz + .json")
 
     # --- quantization and precision typing (issue 7) ---
     precision: str = option("fp32", "engine precision, carried by the graph: fp32, fp16 (typed, LayerNorm/Softmax "
@@ -70,10 +87,28 @@ class CompileConfig:
             raise VitrtError("--bench-iters must be >= 1 and --bench-warmup >= 0")
         if not 17 <= self.opset <= 21:
             raise VitrtError(f"--opset {self.opset} is outside the supported range 17..21")
+        self._validate_sparsity()
         from vitrt.calib.quant_stage import check_quant_options  # issue 7
 
         check_quant_options(self)
         return self
+
+    def _validate_sparsity(self) -> None:
+        from .errors import VitrtError
+
+        if self.sparsity is None:
+            given = [flag for flag, on in (("--permute", self.permute), ("--sparse-finetune-epochs", self.sparse_finetune_epochs),
+                                           ("--sparse-include", self.sparse_include), ("--sparse-exclude", self.sparse_exclude),
+                                           ("--export-sparse", self.export_sparse)) if on]
+            if given:
+                raise VitrtError(f"{given[0]} needs --sparsity 2:4")
+            return
+        if self.sparse_finetune_epochs < 0:
+            raise VitrtError(f"--sparse-finetune-epochs must be >= 0, got {self.sparse_finetune_epochs}")
+        if self.sparse_finetune_epochs and not self.sparse_data:
+            raise VitrtError("--sparse-finetune-epochs needs data: pass --sparse-data digits|synthetic|PATH")
+        if self.sparse_min_weights < 0:
+            raise VitrtError(f"--sparse-min-weights must be >= 0, got {self.sparse_min_weights}")
 
     def replace(self, **changes) -> "CompileConfig":
         return dataclasses.replace(self, **changes)

@@ -23,7 +23,23 @@ def token_merge_passes(config: CompileConfig, twin, progress) -> list[Pass]:
 
 
 def sparsity_passes(config: CompileConfig, twin, progress) -> list[Pass]:
-    return []
+    if config.sparsity is None:
+        return []
+    from vitrt.calib.sparsify import prepare_sparsity
+    from vitrt.passes.sparsity import SparsityPass
+
+    data = None
+    if config.sparse_finetune_epochs:
+        from vitrt.calib.data import load_data
+
+        data = load_data(config.sparse_data, twin.spec.img, split="train", seed=config.seed)
+    with progress.step(f"2:4 sparsity: masks{', permutation' if config.permute else ''}"
+                       f"{f', {config.sparse_finetune_epochs} epoch(s) of sparse fine-tuning' if data else ''}"):
+        result = prepare_sparsity(twin, pattern=config.sparsity, include=config.sparse_include,
+                                  exclude=config.sparse_exclude, min_weights=config.sparse_min_weights,
+                                  permute=config.permute, finetune_epochs=config.sparse_finetune_epochs, data=data,
+                                  export=config.export_sparse, seed=config.seed, progress=progress)
+    return [SparsityPass(result)]
 
 
 def quantization_passes(config: CompileConfig, twin, progress) -> list[Pass]:

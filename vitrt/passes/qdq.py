@@ -161,7 +161,7 @@ class QDQPass(Pass):
     name = "qdq"
     changes_function = True
     preserves = frozenset({CANONICAL})
-    run_after = ("prune", "token_merge", "sparsity")
+    run_after = ("sparsity_2to4",)  # quantize the masked weights
 
     def __init__(self, precision: str, quantizer, *, quantize_attention: bool = False):
         """``quantizer(twin, ctx) -> (fake-quant twin, ScaleTable, info dict)``."""
