@@ -246,3 +246,26 @@ def test_fp16_typing_structure_and_numerics(twin, images):
     err = float(np.abs(out - run_torch(fp16_twin(twin), images)).max())
     assert err <= FP16_TOLERANCE
     assert float(np.abs(out - run_torch(twin, images)).max()) <= FP16_TOLERANCE
+
+
+def test_compile_2to4_then_int8_weights_stay_2to4(tmp_path):
+    """The composition: the 2:4 pass (issue 6) masks, calibration sees the masked twin, the int8 initializers
+    behind their DequantizeLinear keep the pattern along K, so TensorRT can still pick sparse INT8 kernels."""
+    from vitrt.compiler.api import compile
+
+    result = compile(tiny_vit(depth=1), tmp_path / "out", sparsity="2:4", sparse_min_weights=0, precision="int8",
+                     calib_images=8, batch=BATCH, verify=True, quiet=True)
+    manifest = result.manifest
+    assert [p["name"] for p in manifest["passes"]][:2] == ["sparsity_2to4", "qdq"]
+    assert manifest["verify"]["ok"]
+    model = onnx.load(str(result.onnx_path))
+    checked = 0
+    for dq in nodes(model, "DequantizeLinear"):
+        t = next((t for t in model.graph.initializer if t.name == dq.input[0]), None)
+        if t is None or not t.name.startswith("blocks."):
+            continue
+        w = numpy_helper.to_array(t)
+        assert w.dtype == np.int8
+        assert (w != 0).reshape(w.shape[0] // 4, 4, w.shape[1]).sum(axis=1).max() <= 2, t.name
+        checked += 1
+    assert checked == LINEARS_PER_BLOCK
