@@ -118,6 +118,19 @@ class AccuracyConfig:
     calib_images: int = option(512, "digits training images used for calibration", type=int, metavar="N")
     batch: int = option(50, "batch size compiled", type=int, metavar="N")
     json_out: Path | None = option(None, "also write the results as JSON", type=Path, metavar="FILE")
+    reference_dir: Path | None = option(None, "a cached digits reference directory (model.pt + info.json) to use "
+                                        "instead of the current recipe's", type=Path, metavar="DIR")
+
+
+def load_reference_dir(directory: Path):
+    """A digits reference cached by an earlier recipe (same architecture): (timm model, info)."""
+    import torch
+
+    from ..calib.reference import build_reference_model
+
+    model = build_reference_model()
+    model.load_state_dict(torch.load(Path(directory) / "model.pt", map_location="cpu", weights_only=True))
+    return model.eval(), json.loads((Path(directory) / "info.json").read_text())
 
 
 VARIANT_OPTIONS = {"fp32": {}, "fp16": {"precision": "fp16"}, "int8": {"precision": "int8"},
@@ -132,7 +145,7 @@ def run_accuracy(config: AccuracyConfig) -> dict:
     from ..compiler.api import compile
     from ..compiler.backends import BuildOptions, get_backend
 
-    model, info = load_reference()
+    model, info = load_reference_dir(config.reference_dir) if config.reference_dir else load_reference()
     _, test = digits_split(info["recipe"]["img_size"])
     work = Path(tempfile.mkdtemp(prefix="vitrt-quant-acc-"))
     backend = get_backend("ort")
@@ -159,7 +172,8 @@ def run_accuracy(config: AccuracyConfig) -> dict:
         r["loss_points"] = None if base is None else round((base - r["top1"]) * 100, 2)
         print(f"{r['variant']:<10} {r['top1'] * 100:7.2f}% {r['loss_points'] if base is not None else '':>10}  "
               f"{r['scale_source'] or '-'}")
-    out = {"test_images": len(test), "reference_top1_cached": info.get("test_top1"), "rows": rows}
+    out = {"test_images": len(test), "reference": str(config.reference_dir or "current recipe"),
+           "reference_recipe": info.get("recipe"), "reference_top1_cached": info.get("test_top1"), "rows": rows}
     if config.json_out:
         Path(config.json_out).write_text(json.dumps(out, indent=2) + "\n")
     return out
