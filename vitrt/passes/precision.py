@@ -18,7 +18,6 @@ import copy
 
 import numpy as np
 import onnx_graphsurgeon as gs
-import torch
 from torch import nn
 
 from vitrt.compiler.graph import GraphView
