@@ -33,11 +33,13 @@ MIN_OPSET = {"int8": 13, "fp8-e4m3": 19, "int4-block": 21}
 ATTENTION_INPUTS = {"qk.input_a": ("qk", 0), "qk.input_b": ("qk", 1), "av.input_a": ("av", 0), "av.input_b": ("av", 1)}
 
 # Logits tolerance of the Q/DQ graph (ONNX Runtime, basic optimisations) against the fake-quant twin, per dtype.
-# Both compute the same quantize-dequantize arithmetic and agree to ~1e-7 on almost every image; they differ
-# where x / s (ONNX) and x · (qmax / amax) (modelopt) round a tie to different integers, which moves one
-# activation by one step; propagated through the blocks that is a few hundredths of a logit (0.024 on the
-# digits test set). INT4 weight-only has no activation rounding: fp32 tolerance.
-QDQ_TOLERANCE = {"int8": 1e-1, "fp8": 1e-1, "int4w": 1e-4}
+# Both compute the same quantize-dequantize arithmetic and agree to ~1e-7 on most images; they differ where
+# x / s (ONNX) and x · (qmax / amax) (modelopt) round a value within one float ulp of a tie to different
+# integers, which moves one activation by one quantization step; propagated through the blocks that moved the
+# digits reference's logits by up to 0.075 (random-input verification and test set). 0.25 leaves margin for
+# wider models; the tests also require the median per-image error to be <= 1e-5, which a systematic error would
+# break. INT4 weight-only has no activation rounding: fp32 tolerance.
+QDQ_TOLERANCE = {"int8": 0.25, "fp8": 0.25, "int4w": 1e-4}
 
 
 def quantize_values(values: torch.Tensor, entry: ScaleEntry, axis_len_shape) -> np.ndarray:
