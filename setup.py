@@ -31,6 +31,7 @@ setup(
         "polygraphy>=0.49",
         "nvidia-modelopt>=0.27",
         "requests",  # imported by nvidia-modelopt without being declared there
+        "ml-dtypes>=0.4",  # int4 / float8 initializers of the Q/DQ pass (issue 7)
     ],
     extras_require={
         "trt": ["tensorrt>=10.0"],

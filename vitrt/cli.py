@@ -48,6 +48,7 @@ def add_compile_subcommand(sub) -> None:
 SUBCOMMAND_MODULES = (
     "vitrt.calib.demo",
     "vitrt.benchmarks.commands",
+    "vitrt.benchmarks.quantization",
     "vitrt.benchmarks.sparsity_digits",
     "vitrt.benchmarks.tome_bench",  # issue 5
 )

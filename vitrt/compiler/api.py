@@ -115,10 +115,11 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
         }
         if config.verify:
             with progress.step("verifying the compiled ONNX"):
-                manifest["verify"] = verify_final(final, original, ctx.twin, records, images, batch)
+                tolerance = max([FP32_TOLERANCE] + [getattr(p, "verify_tolerance", 0.0) for p in passes])
+                manifest["verify"] = verify_final(final, original, ctx.twin, records, images, batch, tolerance)
             if not manifest["verify"]["ok"]:
                 raise VitrtError(f"verification failed: max abs error {manifest['verify']['max_abs_err']:.3g} against "
-                                 f"the {manifest['verify']['reference']} exceeds {FP32_TOLERANCE:g}")
+                                 f"the {manifest['verify']['reference']} exceeds {manifest['verify']['tolerance']:g}")
 
         with progress.step(f"building the {config.backend} artifact"):
             build_options = BuildOptions(threads=config.threads, timing_cache=config.timing_cache,
@@ -143,13 +144,14 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
     return CompileResult(Path(config.out), manifest, ctx.twin)
 
 
-def verify_final(final: onnx.ModelProto, original: torch.nn.Module, twin: CanonicalViT, records, images, batch) -> dict:
+def verify_final(final: onnx.ModelProto, original: torch.nn.Module, twin: CanonicalViT, records, images, batch,
+                 tolerance: float = FP32_TOLERANCE) -> dict:
     """Compare against the original model when no pass changed the function, else against the twin."""
     function_changed = any(r.changes_function for r in records)
     reference, name = (twin, "torch twin") if function_changed else (original, "timm model")
     if isinstance(original, CanonicalViT) and not function_changed:
         name = "torch twin"
-    result = compare(final, reference, images, batch, name).to_dict()
+    result = compare(final, reference, images, batch, name, tolerance).to_dict()
     if not function_changed and reference is not twin:
         result["max_abs_err_twin"] = compare(final, twin, images, batch, "torch twin").max_abs_err
     return result

@@ -80,6 +80,20 @@ class CompileConfig:
                                      type=int, metavar="W")
     lgtm_transition: int | None = option(None, "local-global merging: local blocks after the skip (default: until the "
                                                "windows cover the grid)", type=int, metavar="T")
+    # --- quantization and precision typing (issue 7) ---
+    precision: str = option("fp32", "engine precision, carried by the graph: fp32, fp16 (typed, LayerNorm/Softmax "
+                            "in fp32), int8 / fp8 (Q/DQ), int4w (INT4 weight-only, block-wise)",
+                            choices=("fp32", "fp16", "int8", "fp8", "int4w"))
+    calib_data: str | None = option(None, "calibration / QAT data: digits, synthetic or an ImageFolder PATH "
+                                    "(default synthetic)", metavar="DATA")
+    calib_method: str = option("max", "activation calibrator (weights always use max)",
+                               choices=("max", "percentile", "entropy", "mse"))
+    calib_images: int = option(512, "images used for calibration", type=int, metavar="N")
+    qat_epochs: int = option(0, "epochs of sparse-distillation-aware QAT after calibration (GPUSQ-ViT)", type=int,
+                             metavar="N")
+    quantize_attention: bool = option(False, "also quantize the attention matmuls where fused attention allows it")
+    scale_table: Path | None = option(None, "scale table JSON to use instead of calibrating (validated)", type=Path,
+                                      metavar="FILE")
 
     def validate(self) -> "CompileConfig":
         from .errors import VitrtError
@@ -98,6 +112,9 @@ class CompileConfig:
             raise VitrtError("--lut needs --bench: the prediction is recorded beside the measured latency")
         self._validate_sparsity()
         self._validate_token_merge()
+        from vitrt.calib.quant_stage import check_quant_options  # issue 7
+
+        check_quant_options(self)
         return self
 
     def _validate_sparsity(self) -> None:

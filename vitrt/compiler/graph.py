@@ -39,6 +39,14 @@ class LinearRef:
         return int(self.weight.shape[1])
 
 
+def dequantized_constant(tensor) -> gs.Constant | None:
+    """The quantized weight initializer behind a DequantizeLinear (the Q/DQ pass's weight form), else None."""
+    if isinstance(tensor, gs.Variable) and len(tensor.inputs) == 1 and tensor.inputs[0].op == "DequantizeLinear" \
+            and isinstance(tensor.inputs[0].inputs[0], gs.Constant):
+        return tensor.inputs[0].inputs[0]
+    return None
+
+
 class BlockView:
     def __init__(self, view: "GraphView", index: int):
         self.view, self.index = view, index
@@ -109,13 +117,15 @@ class GraphView:
 
     def linear(self, name: str) -> LinearRef:
         matmul = self.node(name)
-        if matmul.op != "MatMul" or len(matmul.inputs) != 2 or not isinstance(matmul.inputs[1], gs.Constant):
+        weight = matmul.inputs[1] if len(matmul.inputs) == 2 else None
+        weight = dequantized_constant(weight) or weight
+        if matmul.op != "MatMul" or len(matmul.inputs) != 2 or not isinstance(weight, gs.Constant):
             raise SpecError(f"node '{name}' should be a MatMul with a constant weight, found {matmul.op}")
         bias_add = self._nodes.get(f"{name}.bias_add")
         bias = None
         if bias_add is not None:
             bias = next((t for t in bias_add.inputs if isinstance(t, gs.Constant)), None)
-        return LinearRef(name, matmul, matmul.inputs[1], bias_add, bias)
+        return LinearRef(name, matmul, weight, bias_add, bias)
 
     def block(self, index: int) -> BlockView:
         if not 0 <= index < self.spec.depth:
@@ -139,7 +149,8 @@ class GraphView:
     # --- validation ------------------------------------------------------------------------------
     def validate(self) -> None:
         spec = self.spec
-        self._expect_shape("patch_embed", self.node("patch_embed").inputs[1], (spec.emb, spec.in_chans, spec.patch, spec.patch))
+        conv_weight = self.node("patch_embed").inputs[1]
+        self._expect_shape("patch_embed", dequantized_constant(conv_weight) or conv_weight, (spec.emb, spec.in_chans, spec.patch, spec.patch))
         for block in self.blocks():
             for local, shape in block.expected_weight_shapes().items():
                 ref = block.linear(local)

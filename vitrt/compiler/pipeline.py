@@ -51,6 +51,18 @@ def sparsity_passes(config: CompileConfig, twin, progress) -> list[Pass]:
 
 
 def quantization_passes(config: CompileConfig, twin, progress) -> list[Pass]:
+    """fp16: precision typing; int8 / fp8 / int4w: Q/DQ from a scale table that calibration (and QAT) compute
+    on the twin when the pass runs, i.e. after pruning, merging and 2:4 masking."""
+    if config.precision == "fp16":
+        from vitrt.passes.precision import Fp16Pass
+
+        return [Fp16Pass()]
+    if config.precision in ("int8", "fp8", "int4w"):
+        from vitrt.calib.quant_stage import make_quantizer
+        from vitrt.passes.qdq import QDQPass
+
+        return [QDQPass(config.precision, make_quantizer(config, progress),
+                        quantize_attention=config.quantize_attention)]
     return []
 
 

@@ -43,6 +43,23 @@ def _session_options(options: BuildOptions, level):
     return so
 
 
+def disabled_optimizers(path) -> list[str]:
+    """ONNX Runtime rewrites that defeat explicit quantization (issue 7).
+
+    MatMulAddFusion (level 1) turns ``DequantizeLinear -> MatMul -> Add(bias)`` into a float Gemm before the
+    QDQ fusions (level 2) see it, so the integer kernel (MatMulIntegerToFloat) is never chosen: off for graphs
+    with integer Q/DQ. The CPU provider has no float8 kernels: QDQ propagation would move FP8 Q/DQ across
+    Transpose / Reshape and the QDQ fusions would build MatMulIntegerToFloat on float8 inputs (either fails to
+    load), so graphs with float8 initializers keep their Q/DQ as written (run as float emulation).
+    """
+    model = onnx.load(str(path), load_external_data=False)
+    if any(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in model.graph.initializer):
+        return ["QDQPropagationTransformer", "QDQSelectorActionTransformer"]
+    if any(n.op_type == "DequantizeLinear" for n in model.graph.node):
+        return ["MatMulAddFusion"]
+    return []
+
+
 class OrtBackend(Backend):
     name = "ort"
     artifact_name = "model.ort.onnx"
@@ -53,7 +70,8 @@ class OrtBackend(Backend):
         artifact = Path(out_dir) / self.artifact_name
         so = _session_options(options, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
         so.optimized_model_filepath = str(artifact)
-        ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=disabled_optimizers(onnx_path))
         return artifact
 
     def load(self, artifact: Path, options: BuildOptions) -> "OrtRunner":
@@ -72,7 +90,8 @@ class OrtRunner(Runner):
         self.artifact, self.options, self.device = artifact, options, device
         self._level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(artifact), _session_options(options, self._level),
-                                            providers=["CPUExecutionProvider"])
+                                            providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=disabled_optimizers(artifact))
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self._batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
@@ -91,7 +110,8 @@ class OrtRunner(Runner):
         so = _session_options(self.options, self._level)
         so.enable_profiling = True
         so.profile_file_prefix = str(self.artifact.parent / ".vitrt_ort_profile")
-        session = ort.InferenceSession(str(self.artifact), so, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(self.artifact), so, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=disabled_optimizers(self.artifact))
         feed = {self.input_name: np.ascontiguousarray(images, dtype=np.float32)}
         for _ in range(iterations + 1):  # the first run warms up; medians below make it irrelevant
             session.run(None, feed)

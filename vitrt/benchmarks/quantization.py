@@ -1,0 +1,188 @@
+"""Quantization benchmarks: speed ratios side by side in one run, and digits accuracy per precision.
+
+``vitrt bench-quant-speed MODEL``: compile MODEL at fp32 and int8 (vitrt's Q/DQ), quantize the fp32 graph with
+ONNX Runtime's own ``quantize_static`` (QDQ format, per-channel int8, the same calibration images), build all
+three with the ort backend, and time them in interleaved rounds (A B C A B C ...) so that machine load hits
+all alike; prints medians and ratios.
+
+``vitrt bench-quant-accuracy``: the digits reference compiled at fp32, fp16, int8 PTQ, int8 QAT, fp8 and int4w;
+top-1 of every compiled artifact through its ort runner on the 450 test images, and the loss in points.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..compiler.config import add_arguments, from_args, option
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    model: str = option("deit_small_patch16_224", "timm model name", positional=True)
+    batch: int = option(8, "batch size", type=int, metavar="N")
+    calib_images: int = option(32, "calibration images (synthetic) for both quantizers", type=int, metavar="N")
+    rounds: int = option(5, "interleaved timing rounds", type=int, metavar="N")
+    iters: int = option(5, "timed inferences per variant and round", type=int, metavar="N")
+    threads: int | None = option(None, "ONNX Runtime intra-op threads", type=int, metavar="N")
+    json_out: Path | None = option(None, "also write the results as JSON", type=Path, metavar="FILE")
+
+
+def ort_quantize_static(fp32_onnx: Path, out: Path, calib: np.ndarray, batch: int) -> Path:
+    """ONNX Runtime's own static INT8 quantization of ``fp32_onnx`` (QDQ, per-channel weights, int8 activations)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"images": calib[i:i + batch]} for i in range(0, len(calib) - batch + 1, batch)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def run_speed(config: SpeedConfig) -> dict:
+    from ..calib.data import synthetic
+    from ..compiler.api import compile
+    from ..compiler.backends import BuildOptions, get_backend
+    from ..compiler.verify import verification_inputs
+
+    work = Path(tempfile.mkdtemp(prefix="vitrt-quant-bench-"))
+    common = dict(batch=config.batch, quiet=True, threads=config.threads, calib_images=config.calib_images)
+    t0 = time.perf_counter()
+    fp32 = compile(config.model, work / "fp32", **common)
+    int8 = compile(config.model, work / "int8", precision="int8", **common)
+    img = fp32.manifest["input_shape"][-1]
+    # quantize_static sees the same images vitrt calibrated on (load_data("synthetic", ..., seed=0)).
+    calib = synthetic(img, config.calib_images, seed=0).images.numpy()
+    backend, options = get_backend("ort"), BuildOptions(threads=config.threads)
+    ort_dir = work / "ort_int8"
+    ort_dir.mkdir()
+    ort_quantize_static(fp32.onnx_path, ort_dir / "model.onnx", calib, config.batch)
+    backend.build(ort_dir / "model.onnx", ort_dir, options)
+    compile_s = time.perf_counter() - t0
+    runners = {"fp32": backend.load(fp32.artifact_path, options),
+               "vitrt_int8": backend.load(int8.artifact_path, options),
+               "ort_quantize_static_int8": backend.load(ort_dir / backend.artifact_name, options)}
+    images = verification_inputs(fp32.twin.spec, config.batch, seed=1)
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for runner in runners.values():  # warm-up
+        runner.infer(images)
+    for _ in range(config.rounds):
+        for name, runner in runners.items():
+            for _ in range(config.iters):
+                start = time.perf_counter()
+                runner.infer(images)
+                samples[name].append((time.perf_counter() - start) * 1000)
+    median = {name: float(np.median(ms)) for name, ms in samples.items()}
+    result = {"model": config.model, "batch": config.batch, "device": runners["fp32"].device,
+              "samples_per_variant": config.rounds * config.iters, "median_ms": median,
+              "speedup_int8_vs_fp32": median["fp32"] / median["vitrt_int8"],
+              "speedup_ort_static_vs_fp32": median["fp32"] / median["ort_quantize_static_int8"],
+              "vitrt_int8_speed_vs_ort_static": median["ort_quantize_static_int8"] / median["vitrt_int8"],
+              "ops_vitrt_int8": _op_counts(int8.artifact_path),
+              "ops_ort_static": _op_counts(ort_dir / backend.artifact_name), "compile_s": round(compile_s, 1),
+              "work_dir": str(work)}
+    print(f"{config.model}, batch {config.batch}, {result['device']}; median of {result['samples_per_variant']} "
+          f"interleaved inferences each")
+    for name, ms in median.items():
+        print(f"  {name:<26} {ms:9.1f} ms   {median['fp32'] / ms:5.2f}x vs fp32")
+    print(f"  vitrt int8 speed / ORT quantize_static int8 speed: {result['vitrt_int8_speed_vs_ort_static']:.2f}")
+    if config.json_out:
+        Path(config.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _op_counts(path: Path) -> dict[str, int]:
+    import collections
+
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return dict(sorted(collections.Counter(n.op_type for n in model.graph.node).items()))
+
+
+@dataclass(frozen=True)
+class AccuracyConfig:
+    variants: str = option("fp32,fp16,int8,int8-qat,fp8,int4w", "comma-separated variants", metavar="LIST")
+    qat_epochs: int = option(2, "epochs for the int8-qat variant", type=int, metavar="N")
+    calib_method: str = option("max", "activation calibrator", choices=("max", "percentile", "entropy", "mse"))
+    calib_images: int = option(512, "digits training images used for calibration", type=int, metavar="N")
+    batch: int = option(50, "batch size compiled", type=int, metavar="N")
+    json_out: Path | None = option(None, "also write the results as JSON", type=Path, metavar="FILE")
+    reference_dir: Path | None = option(None, "a cached digits reference directory (model.pt + info.json) to use "
+                                        "instead of the current recipe's", type=Path, metavar="DIR")
+
+
+def load_reference_dir(directory: Path):
+    """A digits reference cached by an earlier recipe (same architecture): (timm model, info)."""
+    import torch
+
+    from ..calib.reference import build_reference_model
+
+    model = build_reference_model()
+    model.load_state_dict(torch.load(Path(directory) / "model.pt", map_location="cpu", weights_only=True))
+    return model.eval(), json.loads((Path(directory) / "info.json").read_text())
+
+
+VARIANT_OPTIONS = {"fp32": {}, "fp16": {"precision": "fp16"}, "int8": {"precision": "int8"},
+                   "int8-qat": {"precision": "int8"}, "fp8": {"precision": "fp8"}, "int4w": {"precision": "int4w"},
+                   "int8-attn": {"precision": "int8", "quantize_attention": True}}
+
+
+def run_accuracy(config: AccuracyConfig) -> dict:
+    from ..calib.digits import digits_split
+    from ..calib.evaluate import runner_accuracy
+    from ..calib.reference import load_reference
+    from ..compiler.api import compile
+    from ..compiler.backends import BuildOptions, get_backend
+
+    model, info = load_reference_dir(config.reference_dir) if config.reference_dir else load_reference()
+    _, test = digits_split(info["recipe"]["img_size"])
+    work = Path(tempfile.mkdtemp(prefix="vitrt-quant-acc-"))
+    backend = get_backend("ort")
+    rows = []
+    for name in config.variants.split(","):
+        options = dict(VARIANT_OPTIONS[name])
+        if options.get("precision") in ("int8", "fp8"):
+            options.update(calib_data="digits", calib_method=config.calib_method, calib_images=config.calib_images)
+        if name == "int8-qat":
+            options["qat_epochs"] = config.qat_epochs
+        start = time.perf_counter()
+        result = compile(model, work / name, batch=config.batch, quiet=True, verify=True, **options)
+        top1 = runner_accuracy(backend.load(result.artifact_path, BuildOptions()), test)
+        q = result.manifest.get("quantization", {})
+        rows.append({"variant": name, "top1": top1, "verify_max_abs_err": result.manifest["verify"]["max_abs_err"],
+                     "verify_tolerance": result.manifest["verify"]["tolerance"],
+                     "scale_source": q.get("scale_source"), "seconds": round(time.perf_counter() - start, 1)})
+        print(f"  {name:<9} top-1 {top1 * 100:6.2f}%  verify max|err| {rows[-1]['verify_max_abs_err']:.2e} "
+              f"(tol {rows[-1]['verify_tolerance']:g})  {rows[-1]['seconds']}s", flush=True)
+    base = next((r["top1"] for r in rows if r["variant"] == "fp32"), None)
+    print(f"\ndigits reference ViT, {len(test)} test images, compiled with the ort backend (batch {config.batch})")
+    print(f"{'variant':<10} {'top-1':>8} {'loss (pt)':>10}  scale source")
+    for r in rows:
+        r["loss_points"] = None if base is None else round((base - r["top1"]) * 100, 2)
+        print(f"{r['variant']:<10} {r['top1'] * 100:7.2f}% {r['loss_points'] if base is not None else '':>10}  "
+              f"{r['scale_source'] or '-'}")
+    out = {"test_images": len(test), "reference": str(config.reference_dir or "current recipe"),
+           "reference_recipe": info.get("recipe"), "reference_top1_cached": info.get("test_top1"), "rows": rows}
+    if config.json_out:
+        Path(config.json_out).write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def add_subcommands(sub) -> None:
+    p = sub.add_parser("bench-quant-speed", help="fp32 vs vitrt int8 vs ONNX Runtime quantize_static, interleaved")
+    add_arguments(p, SpeedConfig)
+    p.set_defaults(func=lambda args: run_speed(from_args(SpeedConfig, args)) and 0)
+    p = sub.add_parser("bench-quant-accuracy", help="digits top-1 of the compiled model per precision")
+    add_arguments(p, AccuracyConfig)
+    p.set_defaults(func=lambda args: run_accuracy(from_args(AccuracyConfig, args)) and 0)
