@@ -20,8 +20,9 @@ from .lut import PRECISIONS, SPARSITIES, LatencyTable
 def compile_precision(config, manifest: dict | None = None) -> tuple[str, str]:
     """The (precision, sparsity) table key of a compile: the manifest's or config's fields, else fp32/dense."""
     manifest = manifest or {}
-    precision = manifest.get("precision") or getattr(config, "precision", None)
-    sparsity = manifest.get("sparsity") or getattr(config, "sparsity", None)
+    quantization, sparse = manifest.get("quantization"), manifest.get("sparsity")
+    precision = (quantization or {}).get("precision") or getattr(config, "precision", None)
+    sparsity = (sparse or {}).get("pattern") or getattr(config, "sparsity", None)
     return (precision if precision in PRECISIONS else "fp32", sparsity if sparsity in SPARSITIES else "dense")
 
 
