@@ -43,6 +43,22 @@ class CompileConfig:
     timing_cache: Path | None = option(None, "TensorRT timing cache file (read and updated)", type=Path, metavar="PATH")
     seed: int = option(0, "seed for verification inputs and data-driven passes", type=int, metavar="N")
     quiet: bool = option(False, "no progress output")
+    # --- issue 4: latency-aware structural pruning (NViT) ---
+    prune: float | None = option(None, "prune to this fraction of the dense model's LUT-predicted latency (e.g. 0.5)",
+                                 type=float, metavar="FRACTION")
+    lut: Path | None = option(None, "latency lookup table (vitrt lut build) steering --prune", type=Path, metavar="LUT")
+    prune_plan: Path | None = option(None, "apply this pruning plan JSON (from vitrt prune-plan) instead of searching",
+                                     type=Path, metavar="PLAN")
+    data: str = option("synthetic", "data for importance and fine-tuning: digits, synthetic or an ImageFolder PATH",
+                       metavar="digits|PATH|synthetic")
+    importance: str = option("hessian", "pruning importance: hessian (NViT eq. 6) or magnitude (baseline)",
+                             choices=("hessian", "magnitude"))
+    eta: float = option(1.0, "weight of the latency saving against importance in the search (NViT eq. 7)", type=float,
+                        metavar="X")
+    prune_samples: int = option(64, "images used to score importance (per re-scoring)", type=int, metavar="N")
+    finetune_epochs: int = option(0, "fine-tune the pruned twin from the dense model for N epochs", type=int,
+                                  metavar="N")
+    revit: bool = option(False, "set per-block dims by NViT's ReViT rule (Table 6); importance picks the indices")
 
     def validate(self) -> "CompileConfig":
         from .errors import VitrtError
@@ -55,6 +71,17 @@ class CompileConfig:
             raise VitrtError("--bench-iters must be >= 1 and --bench-warmup >= 0")
         if not 17 <= self.opset <= 21:
             raise VitrtError(f"--opset {self.opset} is outside the supported range 17..21")
+        if self.prune is not None and not 0 < self.prune <= 1:
+            raise VitrtError(f"--prune {self.prune} must be a latency fraction in (0, 1], e.g. 0.5")
+        if sum([self.prune is not None, self.prune_plan is not None, self.revit]) > 1:
+            raise VitrtError("--prune, --prune-plan and --revit are alternatives: pass one of them")
+        if self.prune is not None and self.lut is None:
+            raise VitrtError("--prune needs --lut LUT (build one with: vitrt lut build --backend ort --grid coarse "
+                             "--batch N -o LUT)")
+        if self.finetune_epochs < 0 or self.prune_samples < 1 or self.eta < 0:
+            raise VitrtError("--finetune-epochs and --eta must be >= 0 and --prune-samples >= 1")
+        if self.finetune_epochs and self.prune is None and self.prune_plan is None and not self.revit:
+            raise VitrtError("--finetune-epochs fine-tunes a pruned model: add --prune, --prune-plan or --revit")
         return self
 
     def replace(self, **changes) -> "CompileConfig":
