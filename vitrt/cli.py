@@ -47,6 +47,7 @@ def add_compile_subcommand(sub) -> None:
 # Modules that contribute subcommands: each has ``add_subcommands(subparsers)`` setting ``func`` per command.
 SUBCOMMAND_MODULES = (
     "vitrt.calib.demo",
+    "vitrt.benchmarks.commands",
     "vitrt.calib.pruning",
 )
 

@@ -15,6 +15,7 @@ import onnx
 import torch
 
 from .._version import __version__
+from ..benchmarks.feedback import add_prediction, open_for_compile, refine_after_compile
 from .backends import BuildOptions, get_backend
 from .config import CompileConfig
 from .cost import vit_flops, vit_params
@@ -80,6 +81,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
     progress = progress or Progress(enabled=not config.quiet)
     with atomic_output_dir(config.out, config.force) as staging:
         backend = get_backend(config.backend)  # fails fast (before any work) when its runtime is missing
+        lut = open_for_compile(config)  # issue 3: a wrong --lut fails before any work
         original, twin = load_source(config, model, progress)
         batch = None if config.dynamic_batch else config.batch
         with progress.step("lowering to canonical ONNX"):
@@ -133,10 +135,12 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
                 stats = runner.benchmark(bench_images, warmup=config.bench_warmup, iterations=config.bench_iters,
                                          progress=bar.update)
             manifest["latency"] = stats.to_dict()
+            add_prediction(lut, config, view.spec, manifest)  # issue 3: latency.predicted_ms
             progress.log(f"latency: median {stats.median_ms:.2f} ms, p90 {stats.p90_ms:.2f} ms, "
                          f"{stats.images_per_s:.1f} images/s (batch {config.batch})")
         write_json(staging / "manifest.json", manifest)
     progress.log(f"wrote {config.out}")
+    refine_after_compile(config, manifest, progress)  # issue 3: --refine-lut, a separate atomic write after OUT
     return CompileResult(Path(config.out), manifest, ctx.twin)
 
 

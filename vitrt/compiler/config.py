@@ -43,10 +43,13 @@ class CompileConfig:
     timing_cache: Path | None = option(None, "TensorRT timing cache file (read and updated)", type=Path, metavar="PATH")
     seed: int = option(0, "seed for verification inputs and data-driven passes", type=int, metavar="N")
     quiet: bool = option(False, "no progress output")
+    # --- issue 3: latency lookup table (vitrt.benchmarks.lut) ---
+    lut: Path | None = option(None, "latency table (vitrt lut build): add its prediction as latency.predicted_ms "
+                              "(needs --bench); also steers --prune", type=Path, metavar="LUT")
+    refine_lut: bool = option(False, "after a successful compile, fold the measured per-block latency into --lut")
     # --- issue 4: latency-aware structural pruning (NViT) ---
     prune: float | None = option(None, "prune to this fraction of the dense model's LUT-predicted latency (e.g. 0.5)",
                                  type=float, metavar="FRACTION")
-    lut: Path | None = option(None, "latency lookup table (vitrt lut build) steering --prune", type=Path, metavar="LUT")
     prune_plan: Path | None = option(None, "apply this pruning plan JSON (from vitrt prune-plan) instead of searching",
                                      type=Path, metavar="PLAN")
     data: str = option("synthetic", "data for importance and fine-tuning: digits, synthetic or an ImageFolder PATH",
@@ -71,6 +74,10 @@ class CompileConfig:
             raise VitrtError("--bench-iters must be >= 1 and --bench-warmup >= 0")
         if not 17 <= self.opset <= 21:
             raise VitrtError(f"--opset {self.opset} is outside the supported range 17..21")
+        if self.refine_lut and self.lut is None:
+            raise VitrtError("--refine-lut needs --lut LUT (the table to update)")
+        if self.lut is not None and not self.bench and self.prune is None:
+            raise VitrtError("--lut needs --bench (or --prune): the prediction is recorded beside the measured latency")
         if self.prune is not None and not 0 < self.prune <= 1:
             raise VitrtError(f"--prune {self.prune} must be a latency fraction in (0, 1], e.g. 0.5")
         if sum([self.prune is not None, self.prune_plan is not None, self.revit]) > 1:

@@ -1,0 +1,73 @@
+"""The benchmark harness and paper-table commands on tiny compiled models (structure and exit codes only)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vitrt.benchmarks.dcvit import REMOVALS, removed
+from vitrt.benchmarks.harness import parse_batches
+from vitrt.benchmarks.lut_eval import off_grid_configs
+from vitrt.cli import main
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.models import spec_of_timm
+
+from conftest import tiny_vit
+
+
+def run(*argv):
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def outs(tmp_path_factory):
+    from vitrt.compiler.api import compile
+
+    root = tmp_path_factory.mktemp("bench")
+    dense = compile(tiny_vit(depth=2), root / "dense", quiet=True).out
+    small = compile(tiny_vit(depth=1), root / "small", quiet=True).out
+    return dense, small
+
+
+def test_dcvit_removals_change_exactly_one_block():
+    spec = spec_of_timm(tiny_vit(depth=3))
+    want = {"Block": (0, 0), "Attn": (0, 256), "FFN": (2, 0), "Attn+0.5·FFN": (0, 128)}
+    for removal in REMOVALS:
+        changed = removed(spec, 1, removal)
+        assert (changed.blocks[1].heads, changed.blocks[1].mlp) == want[removal]
+        assert changed.blocks[0] == spec.blocks[0] and changed.blocks[2] == spec.blocks[2]
+        changed.validate()
+
+
+def test_parse_batches():
+    assert parse_batches("1,8,32") == [1, 8, 32]
+    for bad in ("", "0", "a,2", "4,-1"):
+        with pytest.raises(VitrtError, match="comma-separated"):
+            parse_batches(bad)
+
+
+def test_off_grid_configs_are_inside_the_grid_and_off_it():
+    from vitrt.benchmarks.lut_build import grid_of, new_table
+
+    grid = grid_of("coarse")
+    table = new_table("ort", "cpu", 8, grid, "coarse", "fp32", "dense", None)
+    for cfg in off_grid_configs(table, 20):
+        for axis in ("emb", "heads", "qk", "v", "mlp", "tokens"):
+            assert grid[axis][0] < cfg[axis] < grid[axis][-1] and cfg[axis] not in grid[axis]
+
+
+def test_bench_cli(outs, tmp_path, capsys):
+    dense, small = outs
+    assert run("bench", dense, "--batch", "1", "--iterations", 3, "--json", tmp_path / "b.json", "--quiet") == 0
+    assert "images/s" in capsys.readouterr().out
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert [r["batch"] for r in data["rows"]] == [1] and data["rows"][0]["median_ms"] > 0 and data["command"]
+    assert run("bench", dense, "--batch", "1,2") == 2  # static batch 1: one line saying how to fix it
+    assert "compile it with --dynamic-batch" in capsys.readouterr().err
+    assert run("bench", tmp_path, "--batch", "1") == 2  # a directory that is not an OUT
+    assert run("nvit-table", dense, small, "--rounds", 2, "--iterations", 2, "-o", tmp_path / "nvit", "--quiet") == 0
+    table = json.loads((tmp_path / "nvit.json").read_text())
+    assert table["rows"][0]["speedup"] == pytest.approx(1.0) and table["rows"][1]["params_x"] > 1.0
+    assert "| Model | #Para (x) |" in (tmp_path / "nvit.md").read_text()
+    assert run("nvit-table", dense) == 2

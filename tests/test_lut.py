@@ -1,0 +1,254 @@
+"""The latency lookup table: built for real on ONNX Runtime on a tiny grid, then queried, composed, refined,
+corrupted and driven through the CLI. No assertion is about absolute speed."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from vitrt.benchmarks.lut import LatencyTable
+from vitrt.benchmarks.lut_build import TimingOptions, build_table, grid_of
+from vitrt.cli import main
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.models import spec_of_timm
+
+from conftest import tiny_vit
+
+QUICK = TimingOptions(warmup=1, iterations=2, min_seconds=0.005)
+# tiny_vit(mlp_ratio=2): emb 64, 2 heads of 32, MLP 128, 17 tokens, patch 8, 10 classes — inside the tiny grid.
+TINY_ARGS = dict(mlp_ratio=2.0)
+
+
+@pytest.fixture(scope="module")
+def lut_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lut") / "tiny.json"
+    build_table(path, backend="ort", grid="tiny", batch=1, timing=QUICK)
+    return path
+
+
+@pytest.fixture
+def table(lut_path):
+    return LatencyTable.load(lut_path)
+
+
+def parts(table):
+    return table.tables["fp32/dense"]
+
+
+def test_build_writes_a_complete_table_with_provenance(table):
+    grid = grid_of("tiny")
+    assert (table.backend, table.batch, table.patch, table.num_classes) == ("ort", 1, 8, 10)
+    assert table.meta["complete"] and table.meta["grid"] == grid and "onnxruntime" in table.meta["libraries"]
+    assert "grid measurement" in table.meta["provenance"]["fp32/dense"]
+    attn = parts(table)["attn"]
+    assert attn.ms.shape == (2, 2, 2, 2, 2) and np.all(np.isfinite(attn.ms)) and np.all(attn.ms > 0)
+    assert parts(table)["mlp"].ms.shape == (2, 2, 2) and parts(table)["stem"].ms.shape == (2, 2)
+    assert table.overhead_ms >= 0 and table.points == []
+
+
+def test_query_is_exact_at_grid_points_and_linear_between(table):
+    attn, mlp = parts(table)["attn"], parts(table)["mlp"]
+    got = table.block_ms(emb=64, heads=2, qk=16, v=32, mlp=64, tokens=9)
+    assert got == pytest.approx(attn.ms[1, 1, 0, 1, 0] + mlp.ms[1, 0, 0], rel=1e-9)
+    # Halfway along heads and along mlp: the mean of the neighbours (multilinear interpolation).
+    got = table.block_ms(emb=32, heads=1.5, qk=32, v=16, mlp=96, tokens=17)
+    want = (attn.ms[0, 0, 1, 0, 1] + attn.ms[0, 1, 1, 0, 1]) / 2 + (mlp.ms[0, 0, 1] + mlp.ms[0, 1, 1]) / 2
+    assert got == pytest.approx(want, rel=1e-9)
+    # A quarter of the way along tokens in the attention half.
+    got = table.block_ms(emb=32, heads=1, qk=16, v=16, mlp=0, tokens=11)
+    assert got == pytest.approx(0.75 * attn.ms[0, 0, 0, 0, 0] + 0.25 * attn.ms[0, 0, 0, 0, 1], rel=1e-9)
+
+
+def test_removed_halves_and_token_merging(table):
+    attn, mlp = parts(table)["attn"], parts(table)["mlp"]
+    assert table.block_ms(emb=64, heads=0, qk=0, v=0, mlp=128, tokens=17) == pytest.approx(mlp.ms[1, 1, 1])
+    assert table.block_ms(emb=64, heads=2, qk=32, v=32, mlp=0, tokens=17) == pytest.approx(attn.ms[1, 1, 1, 1, 1])
+    assert table.block_ms(emb=64, heads=0, qk=0, v=0, mlp=0, tokens=17) == 0.0
+    merged = table.block_ms(emb=64, heads=2, qk=32, v=32, mlp=128, tokens=17, tokens_out=9)
+    assert merged == pytest.approx(attn.ms[1, 1, 1, 1, 1] + mlp.ms[1, 1, 0])
+
+
+def test_outside_the_grid_is_an_error_unless_clamped(table):
+    with pytest.raises(VitrtError, match=r"tokens=40 is outside the table's grid \[9, 17\].*clamp"):
+        table.block_ms(emb=64, heads=2, qk=32, v=32, mlp=128, tokens=40)
+    clamped = table.block_ms(emb=64, heads=2, qk=32, v=32, mlp=128, tokens=40, clamp=True)
+    assert clamped == pytest.approx(table.block_ms(emb=64, heads=2, qk=32, v=32, mlp=128, tokens=17))
+    with pytest.raises(VitrtError, match="emb=16 is outside"):
+        table.block_ms(emb=16, heads=1, qk=16, v=16, mlp=64, tokens=9)
+
+
+def test_model_ms_is_overhead_plus_stem_plus_blocks_plus_head(table):
+    spec = spec_of_timm(tiny_vit(depth=3, **TINY_ARGS))
+    parts_ms = table.model_breakdown(spec)
+    assert list(parts_ms) == ["overhead", "stem", "blocks.0", "blocks.1", "blocks.2", "head"]
+    block = table.block_ms(emb=64, heads=2, qk=32, v=32, mlp=128, tokens=17)
+    want = table.overhead_ms + table.stem_ms(emb=64, patches=16) + 3 * block + table.head_ms(emb=64, tokens=17)
+    assert table.model_ms(spec) == pytest.approx(want, rel=1e-9)
+    distilled = spec_of_timm(tiny_vit(depth=3, distilled=True, **TINY_ARGS))
+    with pytest.raises(VitrtError, match="tokens=18 is outside"):  # 2 prefix tokens: 18 tokens, grid ends at 17
+        table.model_ms(distilled)
+    wrong_patch = spec_of_timm(tiny_vit(depth=1, patch_size=4, **TINY_ARGS))
+    with pytest.raises(VitrtError, match="patch=8.*patch 4"):
+        table.model_ms(wrong_patch)
+
+
+def test_check_rejects_mismatches_in_one_line(table):
+    table.check(backend="ort", batch=1, precision="fp32", sparsity="dense")
+    for kwargs, message in [({"backend": "trt"}, "built for backend 'ort', not 'trt'"),
+                            ({"batch": 8}, "built for batch 1, not 8"),
+                            ({"precision": "int8"}, "no 'int8/dense' entries"),
+                            ({"sparsity": "2:4"}, "no 'fp32/2:4' entries"),
+                            ({"clock": "cpu"}, "wall-clock times")]:
+        with pytest.raises(VitrtError, match=message) as info:
+            table.check(**kwargs)
+        assert "\n" not in str(info.value)
+    with pytest.raises(VitrtError, match="int8"):
+        table.block_ms(emb=64, heads=2, qk=32, v=32, mlp=128, tokens=17, precision="int8")
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: "{not json", "is corrupt"),
+    (lambda d: json.dumps({**d, "format": "something"}), "not a vitrt latency table"),
+    (lambda d: json.dumps({**d, "version": 99}), "format version 99"),
+    (lambda d: json.dumps({k: v for k, v in d.items() if k != "backend"}), "missing or invalid field 'backend'"),
+    (lambda d: json.dumps({**d, "tables": {"fp32/dense": {**d["tables"]["fp32/dense"],
+                                                           "mlp": {"axes": d["tables"]["fp32/dense"]["mlp"]["axes"],
+                                                                   "ms": [[1.0]]}}}}), "values have shape"),
+    (lambda d: json.dumps({**d, "tables": {"fp33/dense": d["tables"]["fp32/dense"]}}), "unknown table key"),
+    (lambda d: json.dumps({**d, "tables": {"fp32/dense": {k: v for k, v in d["tables"]["fp32/dense"].items()
+                                                           if k != "head"}}}), "lacks sub-table"),
+    (lambda d: json.dumps([1, 2]), "not a vitrt latency table"),
+])
+def test_malformed_files_give_one_line_errors(lut_path, tmp_path, mutate, message):
+    data = json.loads(lut_path.read_text())
+    bad = tmp_path / "bad.json"
+    bad.write_text(mutate(data))
+    with pytest.raises(VitrtError, match=message) as info:
+        LatencyTable.load(bad)
+    assert "\n" not in str(info.value)
+    with pytest.raises(VitrtError, match="does not exist"):
+        LatencyTable.load(tmp_path / "missing.json")
+
+
+def test_save_is_atomic_and_round_trips(table, tmp_path):
+    path = tmp_path / "copy.json"
+    table.save(path)
+    again = LatencyTable.load(path)
+    assert again.to_dict() == table.to_dict()
+    assert [p.name for p in tmp_path.iterdir()] == ["copy.json"]
+
+
+def test_interrupted_build_resumes_only_the_missing_points(lut_path, tmp_path):
+    path = tmp_path / "partial.json"
+    shutil.copy(lut_path, path)
+    partial = LatencyTable.load(path)
+    mlp = parts(partial)["mlp"]
+    kept = mlp.ms.copy()
+    mlp.ms[1, :, :] = np.nan
+    partial.meta["complete"] = False
+    partial.save(path)
+    with pytest.raises(VitrtError, match="incomplete"):
+        LatencyTable.load(path).block_ms(emb=64, heads=0, qk=0, v=0, mlp=64, tokens=9)
+    resumed = build_table(path, backend="ort", grid="tiny", batch=1, timing=QUICK)
+    ms = parts(resumed)["mlp"].ms
+    assert np.all(np.isfinite(ms)) and resumed.meta["complete"]
+    np.testing.assert_array_equal(ms[0], kept[0])  # measured points are not re-timed
+    np.testing.assert_array_equal(parts(resumed)["attn"].ms, parts(LatencyTable.load(lut_path))["attn"].ms)
+    with pytest.raises(VitrtError, match="already a complete table"):
+        build_table(path, backend="ort", grid="tiny", batch=1, timing=QUICK)
+    with pytest.raises(VitrtError, match="different table"):
+        build_table(path, backend="ort", grid="tiny", batch=2, timing=QUICK)
+
+
+def _manifest(spec, per_block_ms, median_ms, table):
+    return {"model": "tiny", "spec_after": spec.to_dict(),
+            "latency": {"backend": "ort", "device": table.device, "batch": 1, "median_ms": median_ms,
+                        "per_block_ms": per_block_ms}}
+
+
+def test_refine_fixes_the_refined_model_and_leaves_distant_ones_alone(table):
+    spec = spec_of_timm(tiny_vit(depth=2, **TINY_ARGS))
+    other = spec_of_timm(tiny_vit(depth=2, embed_dim=32, num_heads=1, **TINY_ARGS))  # emb 32, 1 head of 32, MLP 64
+    before, other_before = table.model_ms(spec), table.model_ms(other)
+    measured = 1.7 * before  # a measurement the grid under-predicts
+    manifest = _manifest(spec, {"stem": 1.0, "blocks.0": 3.0, "blocks.1": 3.2, "head": 0.5, "other": 0.1},
+                         measured, table)
+    summary = table.refine(manifest, source="out/manifest.json")
+    assert summary["predicted_before_ms"] == pytest.approx(before)
+    assert table.model_ms(spec) == pytest.approx(measured, rel=1e-3)
+    assert abs(table.model_ms(other) / other_before - 1) < 0.25  # 2x away in emb, mlp, heads: tiny weight
+    kinds = sorted(p["kind"] for p in table.points)
+    assert kinds == ["block", "head", "stem"]  # both identical blocks share one point with two observations
+    block = next(p for p in table.points if p["kind"] == "block")
+    assert len(block["ms"]) == 2 and block["sources"][0]["source"] == "out/manifest.json"
+    # A nearby block (one head fewer) gets part of the correction; the grid itself is untouched.
+    grid = table.grid_block_ms(emb=64, heads=1, qk=32, v=32, mlp=128, tokens=17)
+    near = table.block_ms(emb=64, heads=1, qk=32, v=32, mlp=128, tokens=17)
+    assert 1.0 < near / grid < 1.7
+
+
+def test_refine_rejects_incomplete_or_mismatched_manifests(table):
+    spec = spec_of_timm(tiny_vit(depth=2, **TINY_ARGS))
+    with pytest.raises(VitrtError, match="compile with --bench"):
+        table.refine({"spec_after": spec.to_dict()})
+    with pytest.raises(VitrtError, match="lacks blocks.1"):
+        table.refine(_manifest(spec, {"stem": 1.0, "blocks.0": 1.0, "head": 1.0}, 5.0, table))
+    bad = _manifest(spec, {"stem": 1.0, "blocks.0": 1.0, "blocks.1": 1.0, "head": 1.0}, 5.0, table)
+    bad["latency"]["batch"] = 4
+    with pytest.raises(VitrtError, match="batch 1, not 4"):
+        table.refine(bad)
+    assert table.points == []
+
+
+def test_compile_with_lut_predicts_and_refines(lut_path, tmp_path):
+    from vitrt.compiler.api import compile
+
+    lut = tmp_path / "lut.json"
+    shutil.copy(lut_path, lut)
+    result = compile(tiny_vit(depth=2, **TINY_ARGS), tmp_path / "out", bench=True, bench_iters=5, bench_warmup=2,
+                     lut=lut, refine_lut=True, quiet=True)
+    latency = result.manifest["latency"]
+    spec = spec_of_timm(tiny_vit(depth=2, **TINY_ARGS))
+    assert latency["predicted_ms"] == pytest.approx(LatencyTable.load(lut_path).model_ms(spec), rel=1e-3)
+    refined = LatencyTable.load(lut)
+    assert len(refined.points) == 3 and refined.meta["refinements"][0]["model"] == "VisionTransformer"
+    assert refined.model_ms(spec) == pytest.approx(latency["median_ms"], rel=0.05)
+    with pytest.raises(VitrtError, match="built for batch 1, not 2"):  # fails before any work: OUT not created
+        compile(tiny_vit(depth=2, **TINY_ARGS), tmp_path / "out2", bench=True, batch=2, lut=lut, quiet=True)
+    assert not (tmp_path / "out2").exists()
+
+
+def run(*argv):
+    return main([str(a) for a in argv])
+
+
+def test_cli_exit_codes(lut_path, tmp_path, capsys):
+    assert run("lut", "query", lut_path, "--emb", 64, "--heads", 2, "--qk", 32, "--v", 32, "--mlp", 128,
+               "--tokens", 17) == 0
+    assert "ms (batch 1, ort)" in capsys.readouterr().out
+    assert run("lut", "query", lut_path, "--emb", 64, "--heads", 2, "--qk", 32, "--v", 32, "--mlp", 128,
+               "--tokens", 40) == 2
+    assert "outside the table's grid" in capsys.readouterr().err
+    assert run("lut", "query", lut_path, "--emb", 64, "--heads", 2, "--qk", 32, "--v", 32, "--mlp", 128,
+               "--tokens", 40, "--clamp", "--json") == 0
+    assert "block_ms" in json.loads(capsys.readouterr().out)
+    assert run("lut", "query", lut_path, "--emb", 64) == 2
+    assert "block query needs --heads" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text('{"format": "vitrt.lut", ')
+    assert run("lut", "query", corrupt, "--emb", 64, "--heads", 2, "--qk", 32, "--v", 32, "--mlp", 128,
+               "--tokens", 17) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "corrupt" in err[0]
+    (tmp_path / "m.json").write_text(json.dumps({"model": "x"}))
+    assert run("lut", "refine", lut_path, "--from", tmp_path / "m.json") == 2
+    assert run("lut", "build", "--grid", "tiny", "-o", lut_path) == 2  # already complete: never overwritten
+    assert run("compile", "deit_tiny_patch16_224", "-o", tmp_path / "o", "--refine-lut") == 2
+    assert run("compile", "deit_tiny_patch16_224", "-o", tmp_path / "o", "--lut", lut_path) == 2
+    assert "needs --bench" in capsys.readouterr().err
+    png = tmp_path / "lut.png"
+    assert run("lut", "plot", lut_path, "-o", png) == 0 and png.stat().st_size > 10_000

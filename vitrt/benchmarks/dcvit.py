@@ -1,0 +1,165 @@
+"""DC-ViT appendix Table 8: whole-model latency with one block's Block / Attn / FFN / Attn+0.5·FFN removed.
+
+For each block i of a ViT and each removal, the model with that part of block i removed is lowered (the
+canonical graph drops the removed branch: heads = 0 removes attention, mlp = 0 the MLP, mlp / 2 keeps half
+of the FFN's hidden units) and built once on the backend; then every seed is one round that visits all
+variants (and the dense model) in a seed-shuffled order with seed-dependent random input images and takes
+the median of a few timed runs. Reported: mean ± std over the seeds. Weights are random (fp32 latency does
+not depend on their values).
+
+    python -m vitrt.benchmarks.dcvit --model vit_small_patch16_224 --batch 1 --seeds 5 -o benchmarks/results/dcvit_table8
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..compiler.config import option
+
+REMOVALS = ("Block", "Attn", "FFN", "Attn+0.5·FFN")
+
+
+@dataclass(frozen=True)
+class DcvitConfig:
+    model: str = option("vit_small_patch16_224", "timm ViT (12 blocks in the paper: vit_base; vit_small on CPU)",
+                        metavar="MODEL")
+    backend: str = option("ort", "inference backend", choices=("ort", "trt"))
+    batch: int = option(1, "batch size", type=int, metavar="N")
+    seeds: int = option(5, "independent timing rounds (mean ± std over them)", type=int, metavar="N")
+    iterations: int = option(5, "timed runs per variant per seed (their median is the seed's value)", type=int,
+                             metavar="N")
+    warmup: int = option(2, "warm-up runs per variant per seed", type=int, metavar="N")
+    threads: int | None = option(None, "ONNX Runtime intra-op threads", type=int, metavar="N")
+    clock: str = option("wall", "wall: median wall-clock latency; cpu: least CPU time of a single-threaded run, "
+                        "robust on a shared machine (needs --threads 1)", choices=("wall", "cpu"))
+    out: Path | None = option(None, "write OUT.json and OUT.md", flag="-o/--out", type=Path, metavar="OUT")
+    quiet: bool = option(False, "no progress output")
+
+
+def removed(spec, index: int, removal: str):
+    """``spec`` with ``removal`` applied to block ``index``."""
+    b = spec.blocks[index]
+    change = {"Block": dict(heads=0, mlp=0), "Attn": dict(heads=0), "FFN": dict(mlp=0),
+              "Attn+0.5·FFN": dict(heads=0, mlp=b.mlp // 2)}[removal]
+    blocks = list(spec.blocks)
+    blocks[index] = b.__class__(**{**b.__dict__, **change})
+    return spec.with_blocks(blocks)
+
+
+def run_table(config: DcvitConfig, progress=None) -> dict:
+    import torch
+
+    from ..compiler.backends import get_backend
+    from ..compiler.models import load_timm_model, spec_of_timm
+    from ..compiler.progress import Progress
+    from ..compiler.twin import CanonicalViT
+    from .harness import build_twin, images_for
+
+    progress = progress or Progress(enabled=not config.quiet)
+    if config.clock == "cpu" and (config.backend != "ort" or config.threads != 1):
+        from ..compiler.errors import VitrtError
+
+        raise VitrtError("--clock cpu measures the caller thread's CPU time: it needs --backend ort --threads 1")
+    spec = spec_of_timm(load_timm_model(config.model))
+    variants = [("dense", None, spec)] + [(f"{i}:{r}", (i, r), removed(spec, i, r))
+                                          for i in range(spec.depth) for r in REMOVALS]
+    backend = get_backend(config.backend)
+    start = time.perf_counter()
+    samples: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+    with tempfile.TemporaryDirectory(prefix="vitrt-dcvit-") as tmp:
+        artifacts = {}
+        with progress.bar(len(variants), f"building {len(variants)} variants of {config.model}") as bar:
+            for name, _, vspec in variants:
+                torch.manual_seed(0)
+                loaded = build_twin(CanonicalViT(vspec).eval(), Path(tmp) / name.replace(":", "_").replace("·", ""),
+                                    name=name, backend=config.backend, batch=config.batch, threads=config.threads)
+                artifacts[name] = loaded.runner.artifact if hasattr(loaded.runner, "artifact") else None
+                del loaded
+                gc.collect()
+                bar.update(1)
+        build_s = time.perf_counter() - start
+        from ..compiler.backends import BuildOptions
+
+        from .lut_build import TimingOptions
+        from .lut_eval import measure
+
+        options = BuildOptions(threads=config.threads)
+        timing = TimingOptions(warmup=config.warmup, iterations=config.iterations, min_seconds=0.0)
+        with progress.bar(config.seeds * len(variants), f"timing, {config.seeds} seeds") as bar:
+            for seed in range(config.seeds):
+                rng = np.random.default_rng(seed)
+                for k in rng.permutation(len(variants)):
+                    name, _, vspec = variants[k]
+                    runner = backend.load(artifacts[name], options)
+                    samples[name].append(measure(runner, images_for(vspec, config.batch, seed), config.clock, timing))
+                    del runner
+                    bar.update(1)
+    table = {r: [None] * spec.depth for r in REMOVALS}
+    for name, key, _ in variants:
+        if key is not None:
+            table[key[1]][key[0]] = {"mean_ms": float(np.mean(samples[name])), "std_ms": float(np.std(samples[name])),
+                                     "samples_ms": samples[name]}
+    return {"model": config.model, "backend": config.backend, "device": backend.device_name(), "batch": config.batch,
+            "clock": config.clock, "threads": config.threads or "runtime default",
+            "seeds": config.seeds, "iterations": config.iterations, "warmup": config.warmup,
+            "dense": {"mean_ms": float(np.mean(samples["dense"])), "std_ms": float(np.std(samples["dense"])),
+                      "samples_ms": samples["dense"]},
+            "table": table, "build_seconds": round(build_s, 1),
+            "total_seconds": round(time.perf_counter() - start, 1)}
+
+
+def format_table(result: dict) -> str:
+    clock = {"wall": "median wall-clock", "cpu": "least single-thread CPU time"}[result["clock"]]
+    lines = [f"Latency (ms, {clock}) of {result['model']} (batch {result['batch']}, {result['backend']} on "
+             f"{result['device']}, threads {result['threads']}) "
+             f"with one block's part removed; mean ± std over {result['seeds']} seeds. "
+             f"Dense model: {result['dense']['mean_ms']:.2f} ± {result['dense']['std_ms']:.2f} ms.", "",
+             "| block | " + " | ".join(REMOVALS) + " |", "|---" * (len(REMOVALS) + 1) + "|"]
+    depth = len(result["table"][REMOVALS[0]])
+    for i in range(depth):
+        cells = [f"{result['table'][r][i]['mean_ms']:.2f} ± {result['table'][r][i]['std_ms']:.2f}" for r in REMOVALS]
+        lines.append(f"| {i} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_outputs(result: dict, out: Path, command: str) -> None:
+    from .harness import write_json
+
+    out = Path(out)
+    write_json(out.with_suffix(".json"), {**result, "command": command})
+    text = (f"# DC-ViT appendix Table 8 on {result['backend']}\n\nCommand:\n\n```\n{command}\n```\n\n"
+            f"{format_table(result)}\n\nBuild {result['build_seconds']} s, total {result['total_seconds']} s.\n")
+    tmp = out.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(out.with_suffix(".md"))
+
+
+def main(config: DcvitConfig, command: str) -> int:
+    result = run_table(config)
+    print(format_table(result))
+    if config.out is not None:
+        write_outputs(result, config.out, command)
+    return 0
+
+
+if __name__ == "__main__":
+    from ..compiler.config import add_arguments, from_args
+    from ..compiler.errors import VitrtError
+
+    parser = argparse.ArgumentParser(prog="python -m vitrt.benchmarks.dcvit", description=__doc__.splitlines()[0])
+    add_arguments(parser, DcvitConfig)
+    args = parser.parse_args()
+    try:
+        sys.exit(main(from_args(DcvitConfig, args), "python -m vitrt.benchmarks.dcvit " + " ".join(sys.argv[1:])))
+    except VitrtError as exc:
+        print(f"vitrt: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,89 @@
+"""The measured-feedback loop between ``vitrt compile`` and the latency table.
+
+    compile --bench --lut LUT               manifest.latency.predicted_ms = LUT.model_ms(spec_after)
+    compile --bench --lut LUT --refine-lut  ... and, after OUT is written, LUT += OUT's measured per-block ms
+    vitrt lut refine LUT --from OUT/manifest.json   the same, later
+
+The table is its own file: OUT is written atomically by ``compile()``; the table update is a second,
+separate atomic write that happens only after OUT exists (a failed compile never touches the table).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..compiler.errors import VitrtError
+from .lut import PRECISIONS, SPARSITIES, LatencyTable
+
+
+def compile_precision(config, manifest: dict | None = None) -> tuple[str, str]:
+    """The (precision, sparsity) table key of a compile: the manifest's or config's fields, else fp32/dense."""
+    manifest = manifest or {}
+    precision = manifest.get("precision") or getattr(config, "precision", None)
+    sparsity = manifest.get("sparsity") or getattr(config, "sparsity", None)
+    return (precision if precision in PRECISIONS else "fp32", sparsity if sparsity in SPARSITIES else "dense")
+
+
+def open_for_compile(config) -> LatencyTable | None:
+    """Load and check ``config.lut`` before any work, so a wrong table fails the compile fast."""
+    if config.lut is None:
+        return None
+    table = LatencyTable.load(config.lut)
+    precision, sparsity = compile_precision(config)
+    table.check(backend=config.backend, batch=config.batch, precision=precision, sparsity=sparsity, clock="wall")
+    return table
+
+
+def add_prediction(table: LatencyTable | None, config, spec, manifest: dict) -> None:
+    """Put the table's whole-model prediction beside the measured median in ``manifest['latency']``."""
+    if table is None or "latency" not in manifest:
+        return
+    precision, sparsity = compile_precision(config, manifest)
+    try:
+        predicted = table.model_ms(spec, precision=precision, sparsity=sparsity)
+    except VitrtError as exc:
+        raise VitrtError(f"--lut {config.lut}: {exc}") from None
+    latency = manifest["latency"]
+    latency["predicted_ms"] = round(predicted, 4)
+    latency["predicted_error"] = round(predicted / latency["median_ms"] - 1.0, 4)
+    latency["lut"] = str(config.lut)
+
+
+def refine_after_compile(config, manifest: dict, progress=None) -> dict | None:
+    """``--refine-lut``: fold the compiled model's measurement into ``config.lut`` (re-read, atomic write)."""
+    if not config.refine_lut:
+        return None
+    precision, sparsity = compile_precision(config, manifest)
+    table = LatencyTable.load(config.lut)  # re-read: another process may have refined it meanwhile
+    summary = table.refine(manifest, source=Path(config.out) / "manifest.json", precision=precision, sparsity=sparsity)
+    table.save(config.lut)
+    if progress is not None:
+        progress.log(f"refined {config.lut}: prediction {summary['predicted_before_ms']:.2f} -> "
+                     f"{summary['predicted_after_ms']:.2f} ms (measured {summary['measured_ms']:.2f} ms)")
+    return summary
+
+
+def read_manifest(path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise VitrtError(f"manifest '{path}' does not exist; pass OUT/manifest.json of a vitrt compile --bench") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VitrtError(f"manifest '{path}' is unreadable or not JSON ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise VitrtError(f"manifest '{path}' is not a JSON object")
+    return data
+
+
+def refine_file(lut_path, manifest_path, *, precision=None, sparsity=None) -> dict:
+    """``vitrt lut refine LUT --from OUT/manifest.json``."""
+    manifest = read_manifest(manifest_path)
+    table = LatencyTable.load(lut_path)
+    p, s = compile_precision(None, manifest)
+    summary = table.refine(manifest, source=manifest_path, precision=precision or p, sparsity=sparsity or s)
+    table.save(lut_path)
+    return summary

@@ -1,0 +1,175 @@
+"""How good is a latency table? Off-grid block predictions and whole-model predictions, before and after refining.
+
+    python -m vitrt.benchmarks.lut_eval LUT [--configs 10] [--models deit_tiny_patch16_224,deit_small_patch16_224]
+                                            [-o benchmarks/results/lut_eval]
+
+1. ``--configs`` random block configurations strictly inside the grid and on no grid value of any axis; each
+   full block (both halves in one graph, as the lowering emits it) is timed now, on the table's backend,
+   batch, threads and clock, and compared with the table's prediction.
+2. Each model (random weights, static batch = the table's) is timed whole, and its profiler's per-block
+   times are taken; the table predicts it before refinement and after refining a fresh copy of the table
+   with each model's own measurement, so the refined model's error and the other model's are side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..compiler.errors import VitrtError
+from .lut import LatencyTable
+from .lut_build import TimingOptions, Timer, cpu_clock_ms
+
+
+def off_grid_configs(table: LatencyTable, count: int, seed: int = 0) -> list[dict]:
+    """Random block configurations inside the grid, off every grid value (multiples of 8 / 64 as real models use)."""
+    attn = table.tables["fp32/dense"]["attn"].axes
+    mlp = table.tables["fp32/dense"]["mlp"].axes
+    rng = np.random.default_rng(seed)
+
+    def pick(values, step):
+        lo, hi = values[0], values[-1]
+        choices = [x for x in range(lo - lo % step + step, hi, step) if x not in values]
+        if not choices:
+            raise VitrtError(f"grid axis {values} has no off-grid value in steps of {step}")
+        return int(rng.choice(choices))
+
+    return [{"emb": pick(attn["emb"], 64), "heads": pick(attn["heads"], 1), "qk": pick(attn["qk"], 8),
+             "v": pick(attn["v"], 8), "mlp": pick(mlp["mlp"], 64), "tokens": pick(attn["tokens"], 1)}
+            for _ in range(count)]
+
+
+def full_block_model(*, batch, emb, heads, qk, v, mlp, tokens, seed=0, opset=17):
+    """One whole canonical block (attention and MLP halves in one graph), random weights."""
+    import math
+
+    import torch
+
+    from ..compiler.lower import emit_block
+    from ..compiler.spec import BlockSpec
+    from ..compiler.twin import CanonicalBlock
+    from .lut_build import _export, _tokens_graph
+
+    torch.manual_seed(seed)
+    block = CanonicalBlock(emb, BlockSpec(heads=heads, qk=qk, v=v, mlp=mlp, tokens=tokens, scale=1 / math.sqrt(qk)),
+                           1e-6)
+    graph, e, x = _tokens_graph(batch, tokens, emb, opset)
+    y = emit_block(e, x, 0, block)
+    y.name, y.shape = "y", (batch, tokens, emb)
+    graph.outputs = [y]
+    return _export(graph, opset), np.random.default_rng(seed).standard_normal((batch, tokens, emb), np.float32)
+
+
+def measure(runner, images, clock: str, timing: TimingOptions) -> float:
+    if clock == "cpu":
+        return cpu_clock_ms(runner, images, timing)
+    return runner.benchmark(images, warmup=timing.warmup, iterations=timing.iterations, per_block=False).median_ms
+
+
+def evaluate(lut, *, configs: int = 10, models=("deit_tiny_patch16_224", "deit_small_patch16_224"), seed: int = 0,
+             iterations: int = 5, progress=None) -> dict:
+    import torch
+
+    from ..compiler.models import canonicalize, load_timm_model
+    from .harness import build_twin, images_for
+
+    table = LatencyTable.load(lut)
+    threads = table.meta.get("threads")
+    threads = threads if isinstance(threads, int) else None
+    timing = TimingOptions(warmup=2, iterations=iterations, min_seconds=0.1)
+    timer = Timer(table.backend, timing, threads, table.clock)
+    device = timer.backend.device_name()
+    table.check(device=device)
+    rows = []
+    try:
+        for cfg in off_grid_configs(table, configs, seed):
+            model, x = full_block_model(batch=table.batch, seed=seed, **cfg)
+            measured = timer.time_model(model, x) - table.overhead_ms
+            predicted = table.grid_block_ms(**cfg)
+            rows.append({**cfg, "measured_ms": measured, "predicted_ms": predicted, "error": predicted / measured - 1})
+            if progress:
+                progress.log(f"block {cfg}: measured {measured:.2f} ms, predicted {predicted:.2f} ms")
+    finally:
+        timer.close()
+    measured_models = {}
+    with tempfile.TemporaryDirectory(prefix="vitrt-luteval-") as tmp:
+        for name in models:
+            torch.manual_seed(seed)
+            loaded = build_twin(canonicalize(load_timm_model(name)), Path(tmp) / name, name=name, backend=table.backend,
+                                batch=table.batch, threads=threads)
+            images = images_for(loaded.spec, table.batch, seed)
+            ms = measure(loaded.runner, images, table.clock, timing)
+            per_block = loaded.runner.per_block_ms(images, iterations=3)
+            measured_models[name] = {"spec": loaded.spec, "median_ms": ms, "per_block_ms": per_block}
+            if progress:
+                progress.log(f"{name}: measured {ms:.1f} ms")
+            del loaded
+    manifests = {name: {"model": name, "spec_after": m["spec"].to_dict(),
+                        "latency": {"backend": table.backend, "device": device, "batch": table.batch,
+                                    "median_ms": m["median_ms"], "per_block_ms": m["per_block_ms"],
+                                    "clock": table.clock}} for name, m in measured_models.items()}
+    whole = []
+    for refined_with in [None, *models]:
+        t = LatencyTable.load(lut)
+        if refined_with:
+            t.refine(manifests[refined_with], source=f"lut_eval measurement of {refined_with}")
+        for name, m in measured_models.items():
+            predicted = t.model_ms(m["spec"])
+            whole.append({"refined_with": refined_with, "model": name, "measured_ms": m["median_ms"],
+                          "predicted_ms": predicted, "error": predicted / m["median_ms"] - 1})
+    errors = [abs(r["error"]) for r in rows]
+    return {"lut": str(lut), "backend": table.backend, "device": device, "batch": table.batch, "clock": table.clock,
+            "threads": threads or "runtime default", "blocks": rows,
+            "median_abs_block_error": float(np.median(errors)) if errors else None, "models": whole}
+
+
+def format_eval(result: dict) -> str:
+    lines = [f"table {result['lut']} ({result['backend']} on {result['device']}, batch {result['batch']}, "
+             f"{result['clock']} clock, threads {result['threads']})", "",
+             "| emb | heads | qk | v | mlp | tokens | measured ms | predicted ms | error |", "|---" * 9 + "|"]
+    for r in result["blocks"]:
+        lines.append(f"| {r['emb']} | {r['heads']} | {r['qk']} | {r['v']} | {r['mlp']} | {r['tokens']} | "
+                     f"{r['measured_ms']:.2f} | {r['predicted_ms']:.2f} | {r['error'] * 100:+.1f}% |")
+    if result["median_abs_block_error"] is not None:
+        lines.append(f"\nmedian |error| over {len(result['blocks'])} off-grid blocks: "
+                     f"{result['median_abs_block_error'] * 100:.1f}%\n")
+    lines += ["| table refined with | model | measured ms | predicted ms | error |", "|---" * 5 + "|"]
+    for r in result["models"]:
+        lines.append(f"| {r['refined_with'] or '(grid only)'} | {r['model']} | {r['measured_ms']:.1f} | "
+                     f"{r['predicted_ms']:.1f} | {r['error'] * 100:+.1f}% |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from ..compiler.progress import Progress
+    from .harness import write_json
+
+    parser = argparse.ArgumentParser(prog="python -m vitrt.benchmarks.lut_eval", description=__doc__.splitlines()[0])
+    parser.add_argument("lut", type=Path)
+    parser.add_argument("--configs", type=int, default=10)
+    parser.add_argument("--models", default="deit_tiny_patch16_224,deit_small_patch16_224")
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-o", "--out", type=Path)
+    args = parser.parse_args(argv)
+    command = "python -m vitrt.benchmarks.lut_eval " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        result = evaluate(args.lut, configs=args.configs, models=[m for m in args.models.split(",") if m],
+                          seed=args.seed, iterations=args.iterations, progress=Progress())
+    except VitrtError as exc:
+        print(f"vitrt: error: {exc}", file=sys.stderr)
+        return 2
+    text = format_eval(result)
+    print(text)
+    if args.out:
+        write_json(args.out.with_suffix(".json"), {**result, "command": command})
+        args.out.with_suffix(".md").write_text(f"Command:\n\n```\n{command}\n```\n\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
