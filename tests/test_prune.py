@@ -114,8 +114,9 @@ def test_importance_is_squared_gate_gradient():
     total = total + (attn.proj.weight.grad[:, rows] * attn.proj.weight[:, rows]).sum()
     assert float(scores["blocks.1.heads"][1]) == pytest.approx(float(total.detach()) ** 2, rel=1e-3)
     magnitude = magnitude_importance(twin)
-    expected = sum(float((layer.weight[rows] ** 2).sum() + (layer.bias[rows] ** 2).sum()) for layer in (attn.q, attn.k, attn.v))
-    expected += float((attn.proj.weight[:, rows] ** 2).sum())
+    expected = sum(float((layer.weight[rows].detach() ** 2).sum() + (layer.bias[rows].detach() ** 2).sum())
+                   for layer in (attn.q, attn.k, attn.v))
+    expected += float((attn.proj.weight[:, rows].detach() ** 2).sum())
     assert float(magnitude["blocks.1.heads"][1]) == pytest.approx(expected, rel=1e-4)
 
 
@@ -256,3 +257,26 @@ def test_finetuned_weights_are_what_gets_compiled():
     assert ctx.twin is student
     images = verification_inputs(twin.spec, BATCH, seed=6)
     assert max_abs(run_onnx(out.to_onnx(), images, BATCH), run_torch(student, images)) <= FP32_TOLERANCE
+
+
+def test_compile_prune_with_a_real_tiny_latency_table(tmp_path):
+    """--prune FRACTION --lut LUT end to end: a tiny table timed on ONNX Runtime steers the search."""
+    from vitrt import compile as vitrt_compile
+    from vitrt.benchmarks.lut import LatencyTable
+    from vitrt.benchmarks.lut_build import TimingOptions, build_table
+    from vitrt.compiler.spec import ViTSpec
+
+    lut = tmp_path / "tiny.json"
+    build_table(lut, backend="ort", grid="tiny", batch=BATCH, timing=TimingOptions(warmup=1, iterations=2, min_seconds=0.005))
+    model = tiny_vit(depth=2, mlp_ratio=2.0)  # emb 64, 2 heads of 32, MLP 128: inside the tiny grid
+    result = vitrt_compile(model, tmp_path / "out", prune=0.6, lut=lut, prune_samples=16, batch=BATCH, verify=True,
+                           quiet=True)
+    m = result.manifest
+    pruning = m["pruning"]
+    table = LatencyTable.load(lut)
+    after = ViTSpec.from_dict(m["spec_after"])
+    assert pruning["predicted_ms"] == pytest.approx(table.model_ms(after))
+    assert pruning["predicted_ms"] <= 0.6 * pruning["dense_predicted_ms"] + 1e-9
+    assert pruning["dense_predicted_ms"] == pytest.approx(table.model_ms(ViTSpec.from_dict(m["spec_before"])))
+    assert pruning["alignment_violations"] == [] and m["verify"]["ok"]
+    assert pruning["meta"]["importance"] == "hessian" and pruning["source"] == "search"
