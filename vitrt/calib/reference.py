@@ -31,9 +31,11 @@ class ReferenceRecipe:
     mlp_ratio: float = 4.0
     epochs: int = 40
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
+    warmup_epochs: int = 3
+    grad_clip: float | None = 1.0  # with warm-up, makes from-scratch ViT training reliable (1e-3, no clip: 73-97 %)
     seed: int = 0
 
     def key(self) -> str:
@@ -63,7 +65,7 @@ def train_reference(recipe: ReferenceRecipe = ReferenceRecipe(), progress=None) 
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
     total = recipe.epochs * steps_per_epoch
-    warmup = steps_per_epoch
+    warmup = recipe.warmup_epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))))
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -75,6 +77,8 @@ def train_reference(recipe: ReferenceRecipe = ReferenceRecipe(), progress=None) 
             loss = F.cross_entropy(model(augment(images, generator)), labels, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if recipe.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
             optimizer.step()
             schedule.step()
         if bar is not None:
