@@ -259,5 +259,6 @@ def add_subcommands(sub) -> None:
                                         "write the kept indices per group (apply with vitrt compile --prune-plan).")
     parser.add_argument("-o", "--out", dest="plan_out", required=True, metavar="PLAN", help="plan JSON to write")
     add_arguments(parser, CompileConfig, skip=("out", "backend", "verify", "bench", "bench_iters", "bench_warmup",
-                                               "opset", "threads", "timing_cache", "prune_plan", "finetune_epochs"))
+                                               "opset", "threads", "timing_cache", "prune_plan", "finetune_epochs",
+                                               "refine_lut"))
     parser.set_defaults(func=_cmd_prune_plan)
