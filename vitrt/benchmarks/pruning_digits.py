@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--samples", type=int, default=256)
-    parser.add_argument("--eta", type=float, default=1.0)
+    parser.add_argument("--eta", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--build-lut", action="store_true", help="build LUT on DIGITS_GRID first")
     parser.add_argument("-o", "--out", type=Path)

@@ -38,7 +38,7 @@ KIND_ORDER = ("emb", "heads", "qk", "v", "mlp")  # deterministic tie-break
 @dataclass(frozen=True)
 class SearchConfig:
     target: float  # fraction of the dense model's predicted latency to reach, in (0, 1]
-    eta: float = 1.0  # weight of the latency term (eq. 7) against importance, both normalised
+    eta: float = 0.05  # weight of the latency term (eq. 7) against importance, both normalised (digits sweep)
     rounds: int = 8  # importance is re-scored this many times on the way to the target
     max_steps: int = 100_000
 

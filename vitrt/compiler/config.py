@@ -56,7 +56,7 @@ class CompileConfig:
                        metavar="digits|PATH|synthetic")
     importance: str = option("hessian", "pruning importance: hessian (NViT eq. 6) or magnitude (baseline)",
                              choices=("hessian", "magnitude"))
-    eta: float = option(1.0, "weight of the latency saving against importance in the search (NViT eq. 7)", type=float,
+    eta: float = option(0.05, "weight of the latency saving against importance in the search (NViT eq. 7)", type=float,
                         metavar="X")
     prune_samples: int = option(64, "images used to score importance (per re-scoring)", type=int, metavar="N")
     finetune_epochs: int = option(0, "fine-tune the pruned twin from the dense model for N epochs", type=int,
