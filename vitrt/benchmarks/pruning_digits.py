@@ -33,14 +33,23 @@ def build_digits_lut(path: Path, batch: int, threads: int | None, iterations: in
 
 
 def run(lut: Path, target: float, epochs: int, batch: int, samples: int, eta: float, out: Path | None,
-        threads: int | None = None) -> dict:
+        threads: int | None = None, weights: Path | None = None) -> dict:
     from vitrt import compile as vitrt_compile
     from vitrt.calib.digits import digits_split
     from vitrt.calib.evaluate import accuracy, runner_accuracy
     from vitrt.calib.reference import load_reference
     from vitrt.compiler.backends import BuildOptions, get_backend
 
-    model, info = load_reference()
+    if weights is None:
+        model, info = load_reference()
+    else:  # a state dict of the same architecture (e.g. an earlier cached reference)
+        import torch
+
+        from vitrt.calib.reference import ReferenceRecipe, build_reference_model
+
+        model, info = build_reference_model(), {"recipe": {"img_size": ReferenceRecipe().img_size}}
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        model.eval()
     _, test = digits_split(info["recipe"]["img_size"])
     dense_top1 = accuracy(model, test)
     backend = get_backend("ort")
@@ -70,7 +79,7 @@ def run(lut: Path, target: float, epochs: int, batch: int, samples: int, eta: fl
             print(f"{importance:>9} ft={ft}: top-1 {r['top1'] * 100:.2f} % (dense {dense_top1 * 100:.2f} %), "
                   f"measured {r['measured_ms']:.3f} ms vs dense {r['dense_measured_ms']:.3f} ms "
                   f"({r['speedup']:.2f}x), LUT {r['predicted_ms']:.3f} ms ({r['lut_error'] * 100:+.1f} %)", flush=True)
-    report = {"target": target, "batch": batch, "lut": str(lut), "eta": eta, "samples": samples,
+    report = {"weights": str(weights) if weights else "load_reference()", "target": target, "batch": batch, "lut": str(lut), "eta": eta, "samples": samples,
               "device": m["latency"]["device"], "test_images": len(test), "rows": rows}
     if out is not None:
         Path(out).write_text(json.dumps(report, indent=1))
@@ -86,13 +95,15 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--eta", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--weights", type=Path, help="state dict of the reference architecture (default: the cached "
+                                                     "reference, trained if missing)")
     parser.add_argument("--build-lut", action="store_true", help="build LUT on DIGITS_GRID first")
     parser.add_argument("-o", "--out", type=Path)
     args = parser.parse_args(argv)
     if args.build_lut:
         build_digits_lut(args.lut, args.batch, args.threads)
         print(f"built {args.lut}", flush=True)
-    run(args.lut, args.target, args.epochs, args.batch, args.samples, args.eta, args.out, args.threads)
+    run(args.lut, args.target, args.epochs, args.batch, args.samples, args.eta, args.out, args.threads, args.weights)
     return 0
 
 
