@@ -51,6 +51,7 @@ SUBCOMMAND_MODULES = (
     "vitrt.benchmarks.quantization",
     "vitrt.benchmarks.sparsity_digits",
     "vitrt.benchmarks.tome_bench",  # issue 5
+    "vitrt.calib.pruning",
 )
 
 

@@ -32,7 +32,10 @@ def open_for_compile(config) -> LatencyTable | None:
         return None
     table = LatencyTable.load(config.lut)
     precision, sparsity = compile_precision(config)
-    table.check(backend=config.backend, batch=config.batch, precision=precision, sparsity=sparsity, clock="wall")
+    # The wall clock matters only where the prediction meets --bench's wall-clock measurement; --prune alone
+    # (issue 4) compares predictions with each other and can use a cpu-clock table.
+    table.check(backend=config.backend, batch=config.batch, precision=precision, sparsity=sparsity,
+                clock="wall" if config.bench else None)
     return table
 
 

@@ -45,7 +45,7 @@ class CompileConfig:
     quiet: bool = option(False, "no progress output")
     # --- issue 3: latency lookup table (vitrt.benchmarks.lut) ---
     lut: Path | None = option(None, "latency table (vitrt lut build): add its prediction as latency.predicted_ms "
-                              "(needs --bench)", type=Path, metavar="LUT")
+                              "(needs --bench); also steers --prune", type=Path, metavar="LUT")
     refine_lut: bool = option(False, "after a successful compile, fold the measured per-block latency into --lut")
     # --- 2:4 structured sparsity (issue 6; vitrt.passes.sparsity, vitrt.calib.sparsify) ---
     sparsity: str | None = option(None, "prune every eligible weight to this structured pattern (2:4, along the axis "
@@ -94,6 +94,21 @@ class CompileConfig:
     quantize_attention: bool = option(False, "also quantize the attention matmuls where fused attention allows it")
     scale_table: Path | None = option(None, "scale table JSON to use instead of calibrating (validated)", type=Path,
                                       metavar="FILE")
+    # --- issue 4: latency-aware structural pruning (NViT) ---
+    prune: float | None = option(None, "prune to this fraction of the dense model's LUT-predicted latency (e.g. 0.5)",
+                                 type=float, metavar="FRACTION")
+    prune_plan: Path | None = option(None, "apply this pruning plan JSON (from vitrt prune-plan) instead of searching",
+                                     type=Path, metavar="PLAN")
+    data: str = option("synthetic", "data for importance and fine-tuning: digits, synthetic or an ImageFolder PATH",
+                       metavar="digits|PATH|synthetic")
+    importance: str = option("hessian", "pruning importance: hessian (NViT eq. 6) or magnitude (baseline)",
+                             choices=("hessian", "magnitude"))
+    eta: float = option(0.05, "weight of the latency saving against importance in the search (NViT eq. 7)", type=float,
+                        metavar="X")
+    prune_samples: int = option(64, "images used to score importance (per re-scoring)", type=int, metavar="N")
+    finetune_epochs: int = option(0, "fine-tune the pruned twin from the dense model for N epochs", type=int,
+                                  metavar="N")
+    revit: bool = option(False, "set per-block dims by NViT's ReViT rule (Table 6); importance picks the indices")
 
     def validate(self) -> "CompileConfig":
         from .errors import VitrtError
@@ -108,8 +123,19 @@ class CompileConfig:
             raise VitrtError(f"--opset {self.opset} is outside the supported range 17..21")
         if self.refine_lut and self.lut is None:
             raise VitrtError("--refine-lut needs --lut LUT (the table to update)")
-        if self.lut is not None and not self.bench:
-            raise VitrtError("--lut needs --bench: the prediction is recorded beside the measured latency")
+        if self.lut is not None and not self.bench and self.prune is None:
+            raise VitrtError("--lut needs --bench (or --prune): the prediction is recorded beside the measured latency")
+        if self.prune is not None and not 0 < self.prune <= 1:
+            raise VitrtError(f"--prune {self.prune} must be a latency fraction in (0, 1], e.g. 0.5")
+        if sum([self.prune is not None, self.prune_plan is not None, self.revit]) > 1:
+            raise VitrtError("--prune, --prune-plan and --revit are alternatives: pass one of them")
+        if self.prune is not None and self.lut is None:
+            raise VitrtError("--prune needs --lut LUT (build one with: vitrt lut build --backend ort --grid coarse "
+                             "--batch N -o LUT)")
+        if self.finetune_epochs < 0 or self.prune_samples < 1 or self.eta < 0:
+            raise VitrtError("--finetune-epochs and --eta must be >= 0 and --prune-samples >= 1")
+        if self.finetune_epochs and self.prune is None and self.prune_plan is None and not self.revit:
+            raise VitrtError("--finetune-epochs fine-tunes a pruned model: add --prune, --prune-plan or --revit")
         self._validate_sparsity()
         self._validate_token_merge()
         from vitrt.calib.quant_stage import check_quant_options  # issue 7

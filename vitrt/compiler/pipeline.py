@@ -15,7 +15,9 @@ from .pass_manager import Pass
 
 
 def pruning_passes(config: CompileConfig, twin, progress) -> list[Pass]:
-    return []
+    from vitrt.calib.pruning import pruning_stage
+
+    return pruning_stage(config, twin, progress)
 
 
 def token_merge_passes(config: CompileConfig, twin, progress) -> list[Pass]:
