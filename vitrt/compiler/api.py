@@ -115,7 +115,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
         }
         if config.verify:
             with progress.step("verifying the compiled ONNX"):
-                tolerance = max([FP32_TOLERANCE] + [getattr(p, "verify_tolerance", 0.0) for p in passes])
+                tolerance = max([FP32_TOLERANCE] + [r.verify_tolerance for r in records])
                 manifest["verify"] = verify_final(final, original, ctx.twin, records, images, batch, tolerance)
             if not manifest["verify"]["ok"]:
                 raise VitrtError(f"verification failed: max abs error {manifest['verify']['max_abs_err']:.3g} against "

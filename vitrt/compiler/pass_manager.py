@@ -77,6 +77,7 @@ class PassRecord:
     modified: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
     changes_function: bool = False  # the pass modified the graph and is not function-preserving
+    verify_tolerance: float = 0.0  # a reduced-precision pass's own tolerance against its twin (0: the fp32 one)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "seconds": round(self.seconds, 4), "modified": self.modified,
@@ -147,7 +148,8 @@ class PassManager:
             if result.modified and p.changes_function and ctx.twin is not None:
                 ctx.twin = p.apply_to_twin(ctx.twin, ctx)
             record = PassRecord(p.name, time.perf_counter() - start, result.modified, dict(result.stats),
-                                changes_function=result.modified and p.changes_function)
+                                changes_function=result.modified and p.changes_function,
+                                verify_tolerance=getattr(p, "verify_tolerance", 0.0))
             result.view.refresh()
             for instrument in self.instruments:
                 instrument.after_pass(p, result, ctx, record)
