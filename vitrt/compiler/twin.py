@@ -39,8 +39,12 @@ class CanonicalAttention(nn.Module):
         logits = (q @ k.transpose(-2, -1)) * self.scale
         if attn_bias is not None:
             logits = logits + attn_bias
-        out = logits.softmax(dim=-1) @ v
+        out = self.attention_probs(logits).to(v.dtype) @ v
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, self.heads * self.v_dim))
+
+    def attention_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax over keys; subclasses change its precision (the fp16 twin keeps it in fp32)."""
+        return logits.softmax(dim=-1)
 
 
 class CanonicalMlp(nn.Module):

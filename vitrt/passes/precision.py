@@ -114,17 +114,8 @@ class _Fp32LayerNorm(nn.Module):
 class _MixedAttention(CanonicalAttention):
     """CanonicalAttention with the softmax computed in fp32 (the kept op), everything else in the input dtype."""
 
-    def forward(self, x, attn_bias=None):
-        batch, tokens, _ = x.shape
-        q = self.split_heads(self.q(x), self.qk_dim)
-        k = self.split_heads(self.k(x), self.qk_dim)
-        v = self.split_heads(self.v(x), self.v_dim)
-        logits = (q @ k.transpose(-2, -1)) * self.scale
-        if attn_bias is not None:
-            logits = logits + attn_bias
-        probs = logits.float().softmax(dim=-1).to(v.dtype) if self.softmax_fp32 else logits.softmax(dim=-1)
-        out = probs @ v
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, self.heads * self.v_dim))
+    def attention_probs(self, logits):
+        return logits.float().softmax(dim=-1) if self.softmax_fp32 else logits.softmax(dim=-1)
 
 
 class Fp16Twin(nn.Module):
