@@ -37,5 +37,7 @@ def test_demo_prints_the_table(digits_reference, tmp_path, capsys):
     assert main(["demo", "-o", str(tmp_path / "demo"), "--bench-iters", "5", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "dense fp32" in out and "compiled top-1" in out
+    assert all(label in out for label in ("fp16", "int8 PTQ", "ToMe 60% FLOPs"))
+    assert json.loads((tmp_path / "demo" / "int8" / "manifest.json").read_text())["verify"]["ok"]
     manifest = json.loads((tmp_path / "demo" / "manifest.json").read_text())
     assert manifest["model"] == "digits_vit" and "latency" in manifest

@@ -23,7 +23,17 @@ class DemoConfig:
     bench_iters: int = option(50, "timed iterations", type=int, metavar="N")
     force: bool = option(False, "replace a non-empty output directory")
     retrain: bool = option(False, "retrain the reference model instead of using the cached one")
+    dense_only: bool = option(False, "compile only the dense model (skip the fp16 / int8 / token-merging variants)")
     quiet: bool = option(False, "no progress output")
+
+
+# The compressed variants the demo compiles beside the dense model: (label, OUT subdirectory, options).
+# Training-free ones only, so the demo stays a few minutes; fine-tuned variants have their own benchmarks.
+DEMO_VARIANTS = (
+    ("fp16", "fp16", {"precision": "fp16"}),
+    ("int8 PTQ", "int8", {"precision": "int8", "calib_data": "digits"}),
+    ("ToMe 60% FLOPs", "tome", {"tome_flops": 0.6}),
+)
 
 
 def run_demo(config: DemoConfig) -> dict:
@@ -37,39 +47,45 @@ def run_demo(config: DemoConfig) -> dict:
     out = config.out or Path(tempfile.mkdtemp(prefix="vitrt-demo-")) / "digits_vit"
     model, info = load_reference(progress=progress, retrain=config.retrain)
     _, test = digits_split(info["recipe"]["img_size"])
-    compile_config = CompileConfig(model="digits_vit", out=out, backend=config.backend, batch=config.batch,
-                                   verify=True, bench=True, bench_iters=config.bench_iters, force=config.force,
-                                   quiet=config.quiet)
-    result = compile(model, config=compile_config, progress=progress)
-    with progress.step("evaluating torch and compiled models on the digits test set"):
-        backend = get_backend(config.backend)
-        runner = backend.load(result.artifact_path, BuildOptions())
-        torch_top1, compiled_top1 = accuracy(model, test), runner_accuracy(runner, test)
-    rows = [{
-        "variant": "dense fp32",
-        "torch_top1": torch_top1,
-        "compiled_top1": compiled_top1,
-        "max_abs_err": result.manifest["verify"]["max_abs_err"],
-        "median_ms": result.manifest["latency"]["median_ms"],
-        "images_per_s": result.manifest["latency"]["images_per_s"],
-        "onnx_mb": result.onnx_path.stat().st_size / 2**20,
-        "params": result.manifest["params"]["after"],
-    }]
-    print_table(rows, test_size=len(test), device=result.manifest["latency"]["device"], batch=config.batch)
-    print(f"artifacts: {result.out}")
-    return {"rows": rows, "out": str(result.out), "reference": info}
+    backend = get_backend(config.backend)
+    base = CompileConfig(model="digits_vit", backend=config.backend, batch=config.batch, verify=True, bench=True,
+                         bench_iters=config.bench_iters, quiet=config.quiet)
+    variants = [("dense fp32", out, {"force": config.force})]
+    if not config.dense_only:  # inside the dense OUT, which the first compile has just created
+        variants += [(label, out / sub, {"force": True, **options}) for label, sub, options in DEMO_VARIANTS]
+    rows, dense_result = [], None
+    for label, variant_out, options in variants:
+        result = compile(model, config=base.replace(out=variant_out, **options), progress=progress)
+        dense_result = dense_result or result
+        with progress.step(f"evaluating {label} (torch twin and compiled artifact) on the digits test set"):
+            runner = backend.load(result.artifact_path, BuildOptions())
+            rows.append({
+                "variant": label,
+                "torch_top1": accuracy(result.twin, test),
+                "compiled_top1": runner_accuracy(runner, test),
+                "max_abs_err": result.manifest["verify"]["max_abs_err"],
+                "median_ms": result.manifest["latency"]["median_ms"],
+                "images_per_s": result.manifest["latency"]["images_per_s"],
+                "gflops": result.manifest["flops"]["after"] / 1e9,
+                "onnx_mb": result.onnx_path.stat().st_size / 2**20,
+            })
+    print_table(rows, test_size=len(test), device=dense_result.manifest["latency"]["device"], batch=config.batch)
+    print(f"artifacts: {dense_result.out}")
+    return {"rows": rows, "out": str(dense_result.out), "reference": info}
 
 
 def print_table(rows: list[dict], *, test_size: int, device: str, batch: int) -> None:
     print(f"\ndigits reference ViT — {test_size} test images; latency at batch {batch} on {device}")
-    header = f"{'variant':<14} {'torch top-1':>11} {'compiled top-1':>14} {'max |err|':>10} {'median ms':>10} " \
-             f"{'images/s':>9} {'ONNX MB':>8} {'params':>9}"
+    header = f"{'variant':<16} {'torch top-1':>11} {'compiled top-1':>14} {'max |err|':>10} {'median ms':>10} " \
+             f"{'images/s':>9} {'GFLOPs':>7} {'ONNX MB':>8}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['variant']:<14} {r['torch_top1'] * 100:>10.2f}% {r['compiled_top1'] * 100:>13.2f}% "
-              f"{r['max_abs_err']:>10.2e} {r['median_ms']:>10.2f} {r['images_per_s']:>9.1f} {r['onnx_mb']:>8.2f} "
-              f"{r['params']:>9,}")
+        print(f"{r['variant']:<16} {r['torch_top1'] * 100:>10.2f}% {r['compiled_top1'] * 100:>13.2f}% "
+              f"{r['max_abs_err']:>10.2e} {r['median_ms']:>10.2f} {r['images_per_s']:>9.1f} {r['gflops']:>7.3f} "
+              f"{r['onnx_mb']:>8.2f}")
+    print("torch top-1: the twin after the passes (fake-quant / merged); latency from each compile's own --bench "
+          "(for side-by-side speed ratios use the benchmark commands in benchmarks/results)")
 
 
 def add_subcommands(sub) -> None:
