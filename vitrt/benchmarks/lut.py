@@ -112,7 +112,13 @@ class SubTable:
                     grid[axis] = np.array([g[0], g[0] + 1.0])
                     values = np.concatenate([values, values], axis=axis)
             self._interp = RegularGridInterpolator(grid, values, method="linear")
-        return float(self._interp(np.asarray([coords]))[0])
+        # Grid values have the per-call overhead subtracted, so a tiny subgraph timed on a loaded machine can
+        # come out at or below zero; the floor keeps predictions positive and multiplicative refinement defined
+        # (a refined model's correction would otherwise be skipped and its prediction stay off).
+        return max(float(self._interp(np.asarray([coords]))[0]), MIN_GRID_MS)
+
+
+MIN_GRID_MS = 1e-4
 
 
 def _block_point(emb, heads, qk, v, mlp, tokens, tokens_out) -> dict:
