@@ -74,6 +74,18 @@ def _const(view: GraphView, name: str) -> gs.Constant:
     return tensor
 
 
+def _take_linear(view, name: str, rows, cols) -> None:
+    """Keep input channels ``rows`` (axis 0 of B[K, N]) and output channels ``cols`` of a linear + its bias."""
+    _take(view, f"{name}.weight", 0, rows)
+    _take(view, f"{name}.weight", 1, cols)
+    _take(view, f"{name}.bias", 0, cols)
+
+
+def _take_norm(view, name: str, channels) -> None:
+    _take(view, f"{name}.weight", 0, channels)
+    _take(view, f"{name}.bias", 0, channels)
+
+
 def _take(view: GraphView, name: str, axis: int, index) -> None:
     const = _const(view, name)
     const.values = np.ascontiguousarray(np.take(const.values, np.asarray(index, dtype=np.int64), axis=axis))
@@ -112,15 +124,10 @@ def prune_graph(view: GraphView, plan: PruningPlan) -> None:
                 _bypass(view, f"{p}.residual1")
             else:
                 qk_cols, v_cols = bplan.qk_columns(block.qk), bplan.v_columns(block.v)
-                _take(view, f"{p}.norm1.weight", 0, emb)
-                _take(view, f"{p}.norm1.bias", 0, emb)
+                _take_norm(view, f"{p}.norm1", emb)
                 for name, cols in (("q", qk_cols), ("k", qk_cols), ("v", v_cols)):
-                    _take(view, f"{p}.attn.{name}.weight", 0, emb)
-                    _take(view, f"{p}.attn.{name}.weight", 1, cols)
-                    _take(view, f"{p}.attn.{name}.bias", 0, cols)
-                _take(view, f"{p}.attn.proj.weight", 0, v_cols)
-                _take(view, f"{p}.attn.proj.weight", 1, emb)
-                _take(view, f"{p}.attn.proj.bias", 0, emb)
+                    _take_linear(view, f"{p}.attn.{name}", emb, cols)
+                _take_linear(view, f"{p}.attn.proj", v_cols, emb)
                 heads, qk, v = len(bplan.heads), len(bplan.qk), len(bplan.v)
                 for name, dim in (("q", qk), ("k", qk), ("v", v)):
                     shape = _const(view, f"{p}.attn.{name}.shape").values
@@ -132,14 +139,9 @@ def prune_graph(view: GraphView, plan: PruningPlan) -> None:
                 _bypass(view, f"{p}.residual2")
             else:
                 mlp = list(bplan.mlp)
-                _take(view, f"{p}.norm2.weight", 0, emb)
-                _take(view, f"{p}.norm2.bias", 0, emb)
-                _take(view, f"{p}.mlp.fc1.weight", 0, emb)
-                _take(view, f"{p}.mlp.fc1.weight", 1, mlp)
-                _take(view, f"{p}.mlp.fc1.bias", 0, mlp)
-                _take(view, f"{p}.mlp.fc2.weight", 0, mlp)
-                _take(view, f"{p}.mlp.fc2.weight", 1, emb)
-                _take(view, f"{p}.mlp.fc2.bias", 0, emb)
+                _take_norm(view, f"{p}.norm2", emb)
+                _take_linear(view, f"{p}.mlp.fc1", emb, mlp)
+                _take_linear(view, f"{p}.mlp.fc2", mlp, emb)
     # Stem and head: everything on the residual stream's channel axis.
     _take(view, "patch_embed.weight", 0, emb)
     _take(view, "patch_embed.bias", 0, emb)
@@ -147,8 +149,7 @@ def prune_graph(view: GraphView, plan: PruningPlan) -> None:
     _set_shape(view, "patch_embed.flatten.shape", [shape[0], len(emb), shape[2]])
     _take(view, "prefix_tokens.weight", 2, emb)
     _take(view, "pos_embed.weight", 2, emb)
-    _take(view, "norm.weight", 0, emb)
-    _take(view, "norm.bias", 0, emb)
+    _take_norm(view, "norm", emb)
     for head in ("head", "head_dist") if spec.distilled else ("head",):
         _take(view, f"{head}.weight", 0, emb)
     # Shapes recorded on intermediate tensors are stale now; drop them so export re-infers them.
