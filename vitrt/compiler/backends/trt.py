@@ -11,7 +11,6 @@ verbosity, workspace pool), ``build_serialized_network``, ``Runtime.deserialize_
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -171,7 +170,3 @@ class TrtRunner(Runner):
             self.infer(images)
         return {name: float(np.median(ms)) for name, ms in profiler.samples.items()}
 
-
-def load_inspector(out_dir: Path) -> dict:
-    path = Path(out_dir) / "engine_inspector.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
