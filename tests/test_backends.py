@@ -2,7 +2,6 @@
 
 import importlib.util
 
-import numpy as np
 import onnx
 import pytest
 import torch

@@ -22,7 +22,7 @@ def run(*argv):
 
 @pytest.fixture(scope="module")
 def outs(tmp_path_factory):
-    from vitrt.compiler.api import compile
+    from vitrt.pipeline.driver import compile
 
     root = tmp_path_factory.mktemp("bench")
     dense = compile(tiny_vit(depth=2), root / "dense", quiet=True).out

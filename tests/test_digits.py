@@ -5,9 +5,9 @@ import json
 import pytest
 
 from vitrt.calib.data import load_data
-from vitrt.calib.evaluate import accuracy, runner_accuracy, torch_logits
+from vitrt.calib.evaluate import accuracy, runner_accuracy
 from vitrt.cli import main
-from vitrt.compiler.api import compile
+from vitrt.pipeline.driver import compile
 from vitrt.compiler.backends import BuildOptions, get_backend
 
 

@@ -1,5 +1,4 @@
 import numpy as np
-import onnx_graphsurgeon as gs
 import pytest
 
 from vitrt.compiler.errors import SpecError

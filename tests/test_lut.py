@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from vitrt.benchmarks.lut import LatencyTable
+from vitrt.compiler.lut import LatencyTable
 from vitrt.benchmarks.lut_build import TimingOptions, build_table, grid_of
 from vitrt.cli import main
 from vitrt.compiler.errors import VitrtError
@@ -208,7 +208,7 @@ def test_refine_rejects_incomplete_or_mismatched_manifests(table):
 
 
 def test_compile_with_lut_predicts_and_refines(lut_path, tmp_path):
-    from vitrt.compiler.api import compile
+    from vitrt.pipeline.driver import compile
 
     lut = tmp_path / "lut.json"
     shutil.copy(lut_path, lut)

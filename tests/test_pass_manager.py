@@ -11,7 +11,7 @@ from vitrt.compiler.models import canonicalize
 from vitrt.compiler.pass_manager import (CANONICAL, SHAPES_INFERRED, OpCountInstrument, Pass, PassContext,
                                          PassManager, PassResult)
 from vitrt.compiler.verify import VerifyInstrument, verification_inputs
-from vitrt.passes.cleanup import CleanupPass
+from vitrt.compiler.cleanup import CleanupPass
 
 from conftest import tiny_vit
 

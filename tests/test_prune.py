@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from conftest import max_abs, tiny_vit
-from vitrt.calib.gates import gated_forward, hessian_importance, magnitude_importance, masks_to_gates, ones_gates
-from vitrt.calib.prune_plan import BlockPlan, PlanError, PruningPlan, alignment_violations
-from vitrt.calib.prune_search import SearchConfig, revit_dims, revit_plan, search
+from vitrt.transforms.prune.gates import gated_forward, hessian_importance, magnitude_importance, masks_to_gates, ones_gates
+from vitrt.transforms.prune.plan import BlockPlan, PlanError, PruningPlan, alignment_violations
+from vitrt.transforms.prune.search import SearchConfig, revit_dims, revit_plan, search
 from vitrt.compiler.cost import vit_flops
 from vitrt.compiler.graph import GraphView
 from vitrt.compiler.lower import lower
 from vitrt.compiler.models import canonicalize
 from vitrt.compiler.pass_manager import PassContext, PassManager
 from vitrt.compiler.verify import FP32_TOLERANCE, run_onnx, run_torch, verification_inputs
-from vitrt.passes.prune import PrunePass, prune_twin
+from vitrt.transforms.prune.graph_pass import PrunePass, prune_twin
 
 BATCH = 2
 
@@ -127,7 +127,7 @@ def _flops_latency(spec):
 
 def _search(twin, target=0.5, method="hessian", seed=0):
     from vitrt.calib.data import synthetic
-    from vitrt.calib.gates import hessian_importance
+    from vitrt.transforms.prune.gates import hessian_importance
 
     data = synthetic(32, 32, seed=seed)
     if method == "hessian":
@@ -243,7 +243,7 @@ def test_compile_with_plan_cli(tmp_path):
 
 def test_finetuned_weights_are_what_gets_compiled():
     from vitrt.calib.data import synthetic
-    from vitrt.calib.pruning import finetune
+    from vitrt.transforms.prune.planner import finetune
 
     twin = _twin()
     plan = _plan(twin.spec, emb=tuple(range(0, 64, 2)))
@@ -262,7 +262,7 @@ def test_finetuned_weights_are_what_gets_compiled():
 def test_compile_prune_with_a_real_tiny_latency_table(tmp_path):
     """--prune FRACTION --lut LUT end to end: a tiny table timed on ONNX Runtime steers the search."""
     from vitrt import compile as vitrt_compile
-    from vitrt.benchmarks.lut import LatencyTable
+    from vitrt.compiler.lut import LatencyTable
     from vitrt.benchmarks.lut_build import TimingOptions, build_table
     from vitrt.compiler.spec import ViTSpec
 

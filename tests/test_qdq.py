@@ -11,14 +11,14 @@ from onnx import numpy_helper
 
 from tests.conftest import tiny_vit
 from vitrt.calib.data import synthetic
-from vitrt.calib.quantize import quantize_twin
+from vitrt.transforms.quant.fakequant import quantize_twin
 from vitrt.compiler.graph import GraphView
 from vitrt.compiler.lower import lower
 from vitrt.compiler.models import canonicalize
 from vitrt.compiler.verify import run_onnx, run_torch
-from vitrt.passes.precision import FP16_TOLERANCE, fp16_twin, type_fp16
-from vitrt.passes.qdq import QDQ_TOLERANCE, insert_qdq
-from vitrt.passes.qdq_lint import check_qdq, lint_qdq
+from vitrt.transforms.precision.graph_pass import FP16_TOLERANCE, fp16_twin, type_fp16
+from vitrt.transforms.quant.graph_pass import QDQ_TOLERANCE, insert_qdq
+from vitrt.transforms.quant.lint import check_qdq, lint_qdq
 
 BATCH = 4
 LINEARS_PER_BLOCK = 6  # q, k, v, proj, fc1, fc2
@@ -69,7 +69,7 @@ def init(model, name):
 def assert_matches_twin(model, qtwin, images, precision):
     """ONNX Runtime (basic optimisations: the Q/DQ ops run as written) against the fake-quant twin: most images
     agree to fp32 precision; an activation rounding tie broken the other way (x / s in ONNX, x · qmax / amax in
-    modelopt) moves one image's logits by less than QDQ_TOLERANCE (see vitrt.passes.qdq)."""
+    modelopt) moves one image's logits by less than QDQ_TOLERANCE (see vitrt.transforms.quant.graph_pass)."""
     err = np.abs(run_onnx(model, images, BATCH) - run_torch(qtwin, images)).max(axis=1)
     assert float(np.median(err)) <= 1e-5, err
     assert float(err.max()) <= QDQ_TOLERANCE[precision], err
@@ -251,7 +251,7 @@ def test_fp16_typing_structure_and_numerics(twin, images):
 def test_compile_2to4_then_int8_weights_stay_2to4(tmp_path):
     """The composition: the 2:4 pass (issue 6) masks, calibration sees the masked twin, the int8 initializers
     behind their DequantizeLinear keep the pattern along K, so TensorRT can still pick sparse INT8 kernels."""
-    from vitrt.compiler.api import compile
+    from vitrt.pipeline.driver import compile
 
     result = compile(tiny_vit(depth=1), tmp_path / "out", sparsity="2:4", sparse_min_weights=0, precision="int8",
                      calib_images=8, batch=BATCH, verify=True, quiet=True)

@@ -11,15 +11,15 @@ import torch
 
 from tests.conftest import tiny_vit
 from vitrt.calib.data import load_data, synthetic
-from vitrt.calib.quantize import apply_scale_table, qat, quantize_twin, sparse_masks, table_from_twin
-from vitrt.calib.scale_table import load_scale_table
+from vitrt.transforms.quant.fakequant import apply_scale_table, qat, quantize_twin, sparse_masks, table_from_twin
+from vitrt.transforms.quant.scale_table import load_scale_table
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.graph import GraphView
 from vitrt.compiler.lower import lower
 from vitrt.compiler.models import canonicalize
 from vitrt.compiler.verify import run_onnx, run_torch
-from vitrt.passes.qdq import QDQ_TOLERANCE, insert_qdq
-from vitrt.passes.qdq_lint import lint_qdq
+from vitrt.transforms.quant.graph_pass import QDQ_TOLERANCE, insert_qdq
+from vitrt.transforms.quant.lint import lint_qdq
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def digits(digits_reference):
 def test_digits_qdq_graph_agrees_with_fake_quant_twin(digits, digits_test, precision):
     """Top-1 agreement >= 99.5 % on the digits test set (all 450 images for int8, 150 for fp8); logits equal to
     fp32 precision except where an activation rounding tie breaks differently (<= QDQ_TOLERANCE, see
-    vitrt.passes.qdq), on average well below the quantization effect itself."""
+    vitrt.transforms.quant.graph_pass), on average well below the quantization effect itself."""
     calib = load_data("digits", 32, split="train", limit=64)
     qtwin, table = quantize_twin(digits, precision, calib, quantize_attention=precision == "int8")
     view = GraphView.from_onnx(lower(digits, batch=None))

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from conftest import max_abs, tiny_vit
 from vitrt.compiler.errors import VitrtError
 from vitrt.kernels import sparse24
-from vitrt.passes.sparsity import DEFAULT_MIN_WEIGHTS, decide_layers, prune_axis
+from vitrt.transforms.sparsity.graph_pass import DEFAULT_MIN_WEIGHTS, decide_layers, prune_axis
 
 
 def polygraphy_sparse_tensors(model: onnx.ModelProto) -> tuple[set[str], dict[str, int]]:
@@ -123,7 +123,7 @@ def test_patch_embedding_conv_is_pruned_along_input_channels(tmp_path):
 
 
 def test_permutation_is_exact_before_masking():
-    from vitrt.calib.sparsify import permute_twin
+    from vitrt.transforms.sparsity.planner import permute_twin
     from vitrt.compiler.models import canonicalize
 
     twin = canonicalize(tiny_vit(depth=2, embed_dim=64, num_heads=4))
@@ -145,7 +145,7 @@ def test_permutation_is_exact_before_masking():
 
 
 def test_permutation_raises_retained_magnitude_on_trained_weights(digits_reference):
-    from vitrt.calib.permute import retained_fraction, search_permutation
+    from vitrt.transforms.sparsity.permutation import retained_fraction, search_permutation
 
     model, _ = digits_reference
     weight = model.blocks[6].mlp.fc2.weight.detach().numpy()  # a real trained weight, A[64, 256]
@@ -184,13 +184,13 @@ def test_storage_accounting_and_export(tmp_path):
 
 
 def test_pass_sets_the_tensorrt_flag_and_reports_sparse_tactics(tmp_path):
-    from vitrt.calib.sparsify import prepare_sparsity
+    from vitrt.transforms.sparsity.planner import prepare_sparsity
     from vitrt.compiler.config import CompileConfig
     from vitrt.compiler.graph import GraphView
     from vitrt.compiler.lower import lower
     from vitrt.compiler.models import canonicalize
     from vitrt.compiler.pass_manager import PassContext
-    from vitrt.passes.sparsity import SparsityPass
+    from vitrt.transforms.sparsity.graph_pass import SparsityPass
 
     twin = canonicalize(tiny_vit())
     ctx = PassContext(twin=twin, options=CompileConfig(backend="trt", sparsity="2:4"))
@@ -238,7 +238,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_unknown_layer_name_is_refused():
-    from vitrt.calib.sparsify import apply_masks
+    from vitrt.transforms.sparsity.planner import apply_masks
     from vitrt.compiler.models import canonicalize
 
     twin = canonicalize(tiny_vit())

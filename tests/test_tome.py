@@ -11,17 +11,17 @@ import pytest
 import torch
 
 from conftest import max_abs, tiny_vit
-from vitrt.calib.tome import apply_plan, bipartite_merge, trace_sources
+from vitrt.transforms.tome.twin import apply_plan, bipartite_merge, trace_sources
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.graph import GraphView
 from vitrt.compiler.lower import lower
 from vitrt.compiler.models import canonicalize
 from vitrt.compiler.pass_manager import PassContext
 from vitrt.compiler.verify import FP32_TOLERANCE, run_onnx, run_torch
-from vitrt.passes.cleanup import CleanupPass
-from vitrt.passes.token_merge import MergeRequest, TokenMergePass, rewrite
-from vitrt.passes.tome_schedule import TomeSchedule, parse_per_block, parse_r, quadtree_order, resolve
-from vitrt.passes.tome_solve import solve_flops
+from vitrt.compiler.cleanup import CleanupPass
+from vitrt.transforms.tome.graph_pass import MergeRequest, TokenMergePass, rewrite
+from vitrt.transforms.tome.schedule import TomeSchedule, parse_per_block, parse_r, quadtree_order, resolve
+from vitrt.transforms.tome.solve import solve_flops
 from vitrt.compiler.cost import vit_flops
 
 SCHEDULES = {
@@ -248,12 +248,12 @@ def test_latency_solver_uses_the_table_token_axis():
     from pathlib import Path
 
     from vitrt.compiler.spec import BlockSpec, ViTSpec
-    from vitrt.passes.tome_solve import solve_latency
+    from vitrt.transforms.tome.solve import solve_latency
 
     table_path = Path(__file__).resolve().parents[1] / "benchmarks/results/lut_ort_coarse_b8_wall.json"
     if not table_path.exists():
         pytest.skip("no latency table in this checkout")
-    from vitrt.benchmarks.lut import LatencyTable
+    from vitrt.compiler.lut import LatencyTable
 
     block = BlockSpec(heads=6, qk=64, v=64, mlp=1536, tokens=197, scale=0.125)
     spec = ViTSpec(emb=384, patch=16, img=224, in_chans=3, prefix_tokens=1, num_classes=1000, blocks=(block,) * 12)

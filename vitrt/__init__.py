@@ -5,7 +5,15 @@ canonical ONNX, runs the compression passes, builds the backend artifact and wri
 vitrt never imports TensorRT, Model Optimizer or CUDA: backends and heavy dependencies load on use.
 """
 
-from ._version import __version__
-from .compiler import BlockSpec, ViTSpec, VitrtError, compile
+from vitrt._version import __version__
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.spec import BlockSpec, ViTSpec
 
 __all__ = ["__version__", "BlockSpec", "ViTSpec", "VitrtError", "compile"]
+
+
+def compile(*args, **kwargs):
+    """See :func:`vitrt.pipeline.driver.compile`."""
+    from vitrt.pipeline.driver import compile as _compile
+
+    return _compile(*args, **kwargs)

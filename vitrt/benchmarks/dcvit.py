@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compiler.config import option
+from vitrt.compiler.config import option
 
 REMOVALS = ("Block", "Attn", "FFN", "Attn+0.5·FFN")
 
@@ -57,15 +57,15 @@ def removed(spec, index: int, removal: str):
 def run_table(config: DcvitConfig, progress=None) -> dict:
     import torch
 
-    from ..compiler.backends import get_backend
-    from ..compiler.models import load_timm_model, spec_of_timm
-    from ..compiler.progress import Progress
-    from ..compiler.twin import CanonicalViT
-    from .harness import build_twin, images_for
+    from vitrt.compiler.backends import get_backend
+    from vitrt.compiler.models import load_timm_model, spec_of_timm
+    from vitrt.compiler.progress import Progress
+    from vitrt.compiler.twin import CanonicalViT
+    from vitrt.benchmarks.harness import build_twin, images_for
 
     progress = progress or Progress(enabled=not config.quiet)
     if config.clock == "cpu" and (config.backend != "ort" or config.threads != 1):
-        from ..compiler.errors import VitrtError
+        from vitrt.compiler.errors import VitrtError
 
         raise VitrtError("--clock cpu measures the caller thread's CPU time: it needs --backend ort --threads 1")
     spec = spec_of_timm(load_timm_model(config.model))
@@ -86,10 +86,10 @@ def run_table(config: DcvitConfig, progress=None) -> dict:
                 gc.collect()
                 bar.update(1)
         build_s = time.perf_counter() - start
-        from ..compiler.backends import BuildOptions
+        from vitrt.compiler.backends import BuildOptions
 
-        from .lut_build import TimingOptions
-        from .lut_eval import measure
+        from vitrt.benchmarks.lut_build import TimingOptions
+        from vitrt.benchmarks.lut_eval import measure
 
         options = BuildOptions(threads=config.threads)
         timing = TimingOptions(warmup=config.warmup, iterations=config.iterations, min_seconds=0.0)
@@ -131,7 +131,7 @@ def format_table(result: dict) -> str:
 
 
 def write_outputs(result: dict, out: Path, command: str) -> None:
-    from .harness import write_json
+    from vitrt.benchmarks.harness import write_json
 
     out = Path(out)
     write_json(out.with_suffix(".json"), {**result, "command": command})
@@ -151,8 +151,8 @@ def main(config: DcvitConfig, command: str) -> int:
 
 
 if __name__ == "__main__":
-    from ..compiler.config import add_arguments, from_args
-    from ..compiler.errors import VitrtError
+    from vitrt.compiler.config import add_arguments, from_args
+    from vitrt.compiler.errors import VitrtError
 
     parser = argparse.ArgumentParser(prog="python -m vitrt.benchmarks.dcvit", description=__doc__.splitlines()[0])
     add_arguments(parser, DcvitConfig)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compiler.errors import VitrtError
+from vitrt.compiler.errors import VitrtError
 
 
 @dataclass
@@ -38,9 +38,9 @@ def parse_batches(text: str) -> list[int]:
 
 def load_out(out: Path, threads: int | None = None) -> Loaded:
     """Load a compiled OUT's backend artifact."""
-    from ..compiler.backends import BuildOptions, get_backend
-    from ..compiler.spec import ViTSpec
-    from .feedback import read_manifest
+    from vitrt.compiler.backends import BuildOptions, get_backend
+    from vitrt.compiler.spec import ViTSpec
+    from vitrt.pipeline.feedback import read_manifest
 
     manifest = read_manifest(out / "manifest.json")
     try:
@@ -61,7 +61,7 @@ def load_model_name(name: str, workdir: Path, *, backend: str = "ort", img_size:
     """Lower a timm model (random weights) with a dynamic batch and build it on ``backend``."""
     import torch
 
-    from ..compiler.models import canonicalize, load_timm_model
+    from vitrt.compiler.models import canonicalize, load_timm_model
 
     torch.manual_seed(seed)
     twin = canonicalize(load_timm_model(name, img_size=img_size))
@@ -73,8 +73,8 @@ def build_twin(twin, workdir: Path, *, name: str, backend: str = "ort", batch: i
     """Lower ``twin`` (``batch=None``: dynamic) into ``workdir`` and load the backend artifact."""
     import onnx
 
-    from ..compiler.backends import BuildOptions, get_backend
-    from ..compiler.lower import lower
+    from vitrt.compiler.backends import BuildOptions, get_backend
+    from vitrt.compiler.lower import lower
 
     be = get_backend(backend)
     options = BuildOptions(threads=threads)
@@ -95,7 +95,7 @@ def images_for(spec, batch: int, seed: int = 0) -> np.ndarray:
 def bench_target(target: str, batches: list[int], *, backend: str = "ort", iterations: int = 20, warmup: int = 3,
                  img_size: int | None = None, threads: int | None = None, progress=None) -> dict:
     """Median / p90 / p99 / images/s of ``target`` (OUT dir or timm model name) at each batch size."""
-    from ..compiler.backends import get_backend
+    from vitrt.compiler.backends import get_backend
 
     path = Path(target)
     with tempfile.TemporaryDirectory(prefix="vitrt-bench-") as tmp:
@@ -171,7 +171,7 @@ def nvit_table(outs: list[str], *, rounds: int = 5, iterations: int = 5, threads
 
 
 def format_nvit(result: dict) -> str:
-    lines = [f"| Model | #Para (x) | #FLOPs (x) | median ms | Speedup (x) |",
+    lines = ["| Model | #Para (x) | #FLOPs (x) | median ms | Speedup (x) |",
              "|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['model']} ({r['out']}) | {r['params'] / 1e6:.1f}M ({r['params_x']:.2f}) | "
@@ -182,7 +182,7 @@ def format_nvit(result: dict) -> str:
 
 
 def write_json(path, data) -> None:
-    from ..compiler.output import write_json as _write
+    from vitrt.compiler.output import write_json as _write
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     _write(Path(path), data)

@@ -40,7 +40,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--models", default=",".join(SUPPORTED_MODELS))
     args = parser.parse_args(argv)
-    print(f"| model | twin vs timm | ONNX vs timm | ONNX vs twin | max abs logit |\n|---|---|---|---|---|")
+    print("| model | twin vs timm | ONNX vs timm | ONNX vs twin | max abs logit |\n|---|---|---|---|---|")
     for name in args.models.split(","):
         r = lowering_errors(name, args.batch)
         print(f"| {r['model']} | {r['twin_vs_timm']:.2e} | {r['onnx_vs_timm']:.2e} | {r['onnx_vs_twin']:.2e} | "

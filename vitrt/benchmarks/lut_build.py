@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compiler.errors import VitrtError
-from .lut import PART_AXES, LatencyTable, SubTable, table_key
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.lut import PART_AXES, LatencyTable, SubTable, table_key
 
 # Grid presets. "coarse" builds on a 2-core CPU in minutes; "dense" is NViT's grid (heads {1,3,6,9,12},
 # qk/v 16..64, MLP in steps of 128 up to 3072) for a GPU; "tiny" is for tests (patch 8, 10 classes).
@@ -107,7 +107,7 @@ def _export(graph, opset: int):
     import onnx
     import onnx_graphsurgeon as gs
 
-    from ..compiler.lower import ir_version_for
+    from vitrt.compiler.lower import ir_version_for
 
     graph.cleanup().toposort()
     model = gs.export_onnx(graph)
@@ -120,7 +120,7 @@ def _export(graph, opset: int):
 def _tokens_graph(batch: int, tokens: int, emb: int, opset: int):
     import onnx_graphsurgeon as gs
 
-    from ..compiler.lower import GraphEmitter
+    from vitrt.compiler.lower import GraphEmitter
 
     graph = gs.Graph(name="lut", opset=opset)
     x = gs.Variable("x", dtype=np.float32, shape=(batch, tokens, emb))
@@ -133,9 +133,9 @@ def half_block_model(part: str, *, batch: int, emb: int, tokens: int, heads=0, q
     """The canonical attention half (``part='attn'``) or MLP half (``'mlp'``) of one block, random weights."""
     import torch
 
-    from ..compiler.lower import emit_block
-    from ..compiler.spec import BlockSpec
-    from ..compiler.twin import CanonicalBlock
+    from vitrt.compiler.lower import emit_block
+    from vitrt.compiler.spec import BlockSpec
+    from vitrt.compiler.twin import CanonicalBlock
 
     torch.manual_seed(seed)
     if part == "attn":
@@ -153,8 +153,8 @@ def half_block_model(part: str, *, batch: int, emb: int, tokens: int, heads=0, q
 def _stem_head_twin(emb: int, patches: int, grid: dict, distilled: bool = False):
     import torch
 
-    from ..compiler.spec import BlockSpec, ViTSpec
-    from ..compiler.twin import CanonicalViT
+    from vitrt.compiler.spec import BlockSpec, ViTSpec
+    from vitrt.compiler.twin import CanonicalViT
 
     side = math.isqrt(patches)
     prefix = 1 + int(distilled)
@@ -172,7 +172,7 @@ def stem_model(*, batch: int, emb: int, patches: int, grid: dict, seed=0, opset=
     import onnx_graphsurgeon as gs
     import torch
 
-    from ..compiler.lower import GraphEmitter, emit_stem
+    from vitrt.compiler.lower import GraphEmitter, emit_stem
 
     torch.manual_seed(seed)
     twin = _stem_head_twin(emb, patches, grid)
@@ -189,7 +189,7 @@ def stem_model(*, batch: int, emb: int, patches: int, grid: dict, seed=0, opset=
 def head_model(*, batch: int, emb: int, tokens: int, grid: dict, distilled=False, seed=0, opset=17):
     import torch
 
-    from ..compiler.lower import emit_head
+    from vitrt.compiler.lower import emit_head
 
     torch.manual_seed(seed)
     twin = _stem_head_twin(emb, 4, grid, distilled)
@@ -227,7 +227,7 @@ class Timer:
 
     def __init__(self, backend_name: str, timing: TimingOptions = TimingOptions(), threads: int | None = None,
                  clock: str = "wall"):
-        from ..compiler.backends import BuildOptions, get_backend
+        from vitrt.compiler.backends import BuildOptions, get_backend
 
         if clock not in CLOCKS:
             raise VitrtError(f"unknown clock '{clock}': choose one of {', '.join(CLOCKS)}")
@@ -280,7 +280,7 @@ def grid_points(grid: dict, part: str):
 def library_versions(backend: str) -> dict:
     import onnx
 
-    from .._version import __version__
+    from vitrt._version import __version__
 
     versions = {"vitrt": __version__, "onnx": onnx.__version__, "numpy": np.__version__,
                 "python": platform.python_version()}
@@ -316,7 +316,7 @@ def build_table(out, *, backend: str = "ort", grid="coarse", batch: int = 1, pre
                 sparsity: str = "dense", threads: int | None = None, timing: TimingOptions = TimingOptions(),
                 clock: str = "wall", seed: int = 0, progress=None, save_every_s: float = 5.0) -> LatencyTable:
     """Time every grid point (resuming a partial ``out`` of the same build) and save the table to ``out``."""
-    from ..compiler.progress import QUIET
+    from vitrt.compiler.progress import QUIET
 
     progress = progress or QUIET
     preset = grid if isinstance(grid, str) else "custom"

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compiler.errors import VitrtError
-from .lut import LatencyTable
-from .lut_build import TimingOptions, Timer, cpu_clock_ms
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.lut import LatencyTable
+from vitrt.benchmarks.lut_build import TimingOptions, Timer, cpu_clock_ms
 
 
 def off_grid_configs(table: LatencyTable, count: int, seed: int = 0) -> list[dict]:
@@ -49,10 +49,10 @@ def full_block_model(*, batch, emb, heads, qk, v, mlp, tokens, seed=0, opset=17)
 
     import torch
 
-    from ..compiler.lower import emit_block
-    from ..compiler.spec import BlockSpec
-    from ..compiler.twin import CanonicalBlock
-    from .lut_build import _export, _tokens_graph
+    from vitrt.compiler.lower import emit_block
+    from vitrt.compiler.spec import BlockSpec
+    from vitrt.compiler.twin import CanonicalBlock
+    from vitrt.benchmarks.lut_build import _export, _tokens_graph
 
     torch.manual_seed(seed)
     block = CanonicalBlock(emb, BlockSpec(heads=heads, qk=qk, v=v, mlp=mlp, tokens=tokens, scale=1 / math.sqrt(qk)),
@@ -76,9 +76,9 @@ def evaluate(lut, *, configs: int = 10, models=("deit_tiny_patch16_224", "deit_s
     near, not at, the refined one) to show how far a refinement carries."""
     import torch
 
-    from ..compiler.models import canonicalize, load_timm_model
-    from ..compiler.twin import CanonicalViT
-    from .harness import build_twin, images_for
+    from vitrt.compiler.models import canonicalize, load_timm_model
+    from vitrt.compiler.twin import CanonicalViT
+    from vitrt.benchmarks.harness import build_twin, images_for
 
     table = LatencyTable.load(lut)
     threads = table.meta.get("threads")
@@ -157,8 +157,8 @@ def format_eval(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from ..compiler.progress import Progress
-    from .harness import write_json
+    from vitrt.compiler.progress import Progress
+    from vitrt.benchmarks.harness import write_json
 
     parser = argparse.ArgumentParser(prog="python -m vitrt.benchmarks.lut_eval", description=__doc__.splitlines()[0])
     parser.add_argument("lut", type=Path)

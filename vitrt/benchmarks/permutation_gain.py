@@ -5,7 +5,7 @@
 
 ``digits`` is the cached digits reference (trained weights); timm names use timm's random initialisation
 (no model hub here). Prints one row per layer: Σ|w| kept by 2:4 masking / Σ|w|, without and with the
-permutation found by ``vitrt.calib.permute.search_permutation``, and the search time.
+permutation found by ``vitrt.transforms.sparsity.permutation.search_permutation``, and the search time.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 def run(model_name: str, blocks: list[int] | None) -> list[dict]:
     import torch
 
-    from vitrt.calib.permute import head_blocks, retained_fraction, search_permutation
+    from vitrt.transforms.sparsity.permutation import head_blocks, retained_fraction, search_permutation
 
     if model_name == "digits":
         from vitrt.calib.reference import load_reference

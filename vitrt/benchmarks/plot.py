@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .lut import LatencyTable, table_key
+from vitrt.compiler.lut import LatencyTable, table_key
 
 
 def plot_table(table: LatencyTable, out, *, precision: str = "fp32", sparsity: str = "dense") -> None:

@@ -24,7 +24,7 @@ import numpy as np
 
 def run(lut: Path, model: str, target: float, batch: int, rounds: int, samples: int, eta: float) -> dict:
     from vitrt import compile as vitrt_compile
-    from vitrt.benchmarks.lut import LatencyTable
+    from vitrt.compiler.lut import LatencyTable
     from vitrt.benchmarks.lut_build import TimingOptions, cpu_clock_ms
     from vitrt.compiler.backends import BuildOptions, get_backend
     from vitrt.compiler.spec import ViTSpec

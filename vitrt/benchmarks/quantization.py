@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compiler.config import add_arguments, from_args, option
+from vitrt.compiler.config import add_arguments, from_args, option
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,10 @@ def ort_quantize_static(fp32_onnx: Path, out: Path, calib: np.ndarray, batch: in
 
 
 def run_speed(config: SpeedConfig) -> dict:
-    from ..calib.data import synthetic
-    from ..compiler.api import compile
-    from ..compiler.backends import BuildOptions, get_backend
-    from ..compiler.verify import verification_inputs
+    from vitrt.calib.data import synthetic
+    from vitrt.pipeline.driver import compile
+    from vitrt.compiler.backends import BuildOptions, get_backend
+    from vitrt.compiler.verify import verification_inputs
 
     work = Path(tempfile.mkdtemp(prefix="vitrt-quant-bench-"))
     common = dict(batch=config.batch, quiet=True, threads=config.threads, calib_images=config.calib_images)
@@ -126,7 +126,7 @@ def load_reference_dir(directory: Path):
     """A digits reference cached by an earlier recipe (same architecture): (timm model, info)."""
     import torch
 
-    from ..calib.reference import build_reference_model
+    from vitrt.calib.reference import build_reference_model
 
     model = build_reference_model()
     model.load_state_dict(torch.load(Path(directory) / "model.pt", map_location="cpu", weights_only=True))
@@ -139,11 +139,11 @@ VARIANT_OPTIONS = {"fp32": {}, "fp16": {"precision": "fp16"}, "int8": {"precisio
 
 
 def run_accuracy(config: AccuracyConfig) -> dict:
-    from ..calib.digits import digits_split
-    from ..calib.evaluate import runner_accuracy
-    from ..calib.reference import load_reference
-    from ..compiler.api import compile
-    from ..compiler.backends import BuildOptions, get_backend
+    from vitrt.calib.digits import digits_split
+    from vitrt.calib.evaluate import runner_accuracy
+    from vitrt.calib.reference import load_reference
+    from vitrt.pipeline.driver import compile
+    from vitrt.compiler.backends import BuildOptions, get_backend
 
     model, info = load_reference_dir(config.reference_dir) if config.reference_dir else load_reference()
     _, test = digits_split(info["recipe"]["img_size"])

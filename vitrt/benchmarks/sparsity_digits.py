@@ -13,8 +13,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..compiler.config import add_arguments, from_args, option
-from ..compiler.progress import Progress
+from vitrt.compiler.config import add_arguments, from_args, option
+from vitrt.compiler.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,11 @@ class SparsityDigitsConfig:
 
 
 def run(config: SparsityDigitsConfig) -> dict:
-    from ..calib.digits import digits_split
-    from ..calib.evaluate import accuracy, runner_accuracy
-    from ..calib.reference import load_reference
-    from ..compiler.api import compile
-    from ..compiler.backends import BuildOptions, get_backend
+    from vitrt.calib.digits import digits_split
+    from vitrt.calib.evaluate import accuracy, runner_accuracy
+    from vitrt.calib.reference import load_reference
+    from vitrt.pipeline.driver import compile
+    from vitrt.compiler.backends import BuildOptions, get_backend
 
     progress = Progress(enabled=not config.quiet)
     model, info = load_reference(progress=progress)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compiler.config import add_arguments, from_args, option
+from vitrt.compiler.config import add_arguments, from_args, option
 
 CONFIGS = {  # name -> (skip, window) per model family; None skip = the default depth // 6
     "ToMe": {"skip": 0, "window": None},
@@ -49,7 +49,7 @@ def _window(spec, kind):
 
 
 def _plans(spec, target):
-    from vitrt.passes.tome_solve import solve_flops
+    from vitrt.transforms.tome.solve import solve_flops
 
     return {name: solve_flops(spec, target, skip=c["skip"], window=_window(spec, c["window"]))
             for name, c in CONFIGS.items()}
@@ -67,15 +67,15 @@ def digits_points(targets, progress) -> tuple[dict, list[dict], dict]:
     """Top-1 on the digits test set: dense, then every (configuration, target) through ONNX Runtime and the twin."""
     import torch
 
-    from ..calib.digits import digits_split
-    from ..calib.evaluate import top1, torch_logits
-    from ..calib.reference import load_reference
-    from ..calib.tome import apply_plan
-    from ..compiler.graph import GraphView
-    from ..compiler.lower import lower
-    from ..compiler.models import canonicalize
-    from ..compiler.verify import run_onnx
-    from ..passes.token_merge import rewrite
+    from vitrt.calib.digits import digits_split
+    from vitrt.calib.evaluate import top1, torch_logits
+    from vitrt.calib.reference import load_reference
+    from vitrt.transforms.tome.twin import apply_plan
+    from vitrt.compiler.graph import GraphView
+    from vitrt.compiler.lower import lower
+    from vitrt.compiler.models import canonicalize
+    from vitrt.compiler.verify import run_onnx
+    from vitrt.transforms.tome.graph_pass import rewrite
 
     model, info = load_reference(progress=progress)
     twin = canonicalize(model).eval()
@@ -102,12 +102,12 @@ def digits_points(targets, progress) -> tuple[dict, list[dict], dict]:
 
 def throughput_points(config: TomeBenchConfig, targets, progress) -> tuple[dict, list[dict]]:
     """Speedup of every (configuration, target) over dense on ``config.model``, each timed alternately with dense."""
-    from ..compiler.graph import GraphView
-    from ..compiler.lower import lower
-    from ..compiler.models import canonicalize, load_timm_model
-    from ..compiler.verify import verification_inputs
-    from ..passes.token_merge import rewrite
-    from ..passes.tome_report import alternate_benchmark, ort_session
+    from vitrt.compiler.graph import GraphView
+    from vitrt.compiler.lower import lower
+    from vitrt.compiler.models import canonicalize, load_timm_model
+    from vitrt.compiler.verify import verification_inputs
+    from vitrt.transforms.tome.graph_pass import rewrite
+    from vitrt.transforms.tome.report import alternate_benchmark, ort_session
 
     twin = canonicalize(load_timm_model(config.model, pretrained=False, checkpoint=None, img_size=None)).eval()
     dense_model = lower(twin, batch=config.batch)
@@ -125,13 +125,13 @@ def throughput_points(config: TomeBenchConfig, targets, progress) -> tuple[dict,
                 rows.append({"config": name, "target": target, **info, "dense_ms": round(ms["dense"], 2),
                              "merged_ms": round(ms["merged"], 2), "speedup": round(speedup, 4),
                              "speedup_over_flops_reduction": round(speedup * info["flops_fraction"], 4)})
-    from ..compiler.backends.ort import cpu_name
+    from vitrt.compiler.backends.ort import cpu_name
 
     return {"model": config.model, "batch": config.batch, "device": cpu_name(), "iterations": config.iters}, rows
 
 
 def write_table(path: Path, command: str, dense: dict, acc_rows, thr_meta, thr_rows, test_images: int) -> None:
-    lines = [f"# Token merging: ToMe vs DFE vs DFE+LGTM at equal FLOPs targets\n",
+    lines = ["# Token merging: ToMe vs DFE vs DFE+LGTM at equal FLOPs targets\n",
              f"Command: `{command}`\n",
              f"Accuracy: digits reference ViT (65 tokens, 12 blocks), training-free, top-1 over {test_images} test "
              f"images through the merged ONNX graph in ONNX Runtime (twin top-1 alongside). Dense: "
@@ -188,8 +188,8 @@ def plot(path: Path, dense: dict, acc_rows, thr_rows) -> None:
 
 
 def run(config: TomeBenchConfig, argv: list[str] | None = None) -> dict:
-    from ..compiler.progress import Progress
-    from ..passes.tome_report import merge_figure
+    from vitrt.compiler.progress import Progress
+    from vitrt.transforms.tome.report import merge_figure
 
     progress = Progress(enabled=not config.quiet)
     targets = [float(t) for t in config.targets.split(",")]

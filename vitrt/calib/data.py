@@ -1,17 +1,36 @@
 """Data sources for the data-driven steps: the digits set, a user's ImageFolder, or synthetic inputs.
 
-``load_data("digits" | "synthetic" | PATH, ...)`` returns an :class:`ImageSet`. ImageFolder images go
-through timm's evaluation transform for the model (resize, centre crop, the model's mean / std).
+Every source is a :class:`Dataset`: a length, whether it has labels, and ``batches(...)`` yielding
+``(images [B, C, H, W] float32, labels [B] int64 or None)``. In-memory sets (digits, synthetic) are
+:class:`ImageSet`; an ImageFolder is streamed from disk by a torch DataLoader with worker processes
+(:class:`ImageFolderSet`), so fine-tuning, sparse fine-tuning and QAT on ImageNet-sized folders hold only a
+few batches in memory.
+
+``load_data("digits" | "synthetic" | PATH, ...)`` picks the source; ImageFolder images go through timm's
+evaluation transform for the model (resize, centre crop, the model's mean / std).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Iterator, Protocol
 
 import torch
 
-from ..compiler.errors import VitrtError
-from .digits import ImageSet, digits_split
+from vitrt.calib.digits import ImageSet, digits_split
+from vitrt.compiler.errors import VitrtError
+
+Batch = tuple[torch.Tensor, "torch.Tensor | None"]
+
+
+class Dataset(Protocol):
+    labelled: bool
+
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int, *, shuffle: bool = False,
+                generator: torch.Generator | None = None) -> Iterator[Batch]: ...
 
 
 def synthetic(img_size: int, count: int, seed: int = 0, in_chans: int = 3) -> ImageSet:
@@ -20,9 +39,34 @@ def synthetic(img_size: int, count: int, seed: int = 0, in_chans: int = 3) -> Im
     return ImageSet(torch.randn(count, in_chans, img_size, img_size, generator=generator), None)
 
 
+class ImageFolderSet:
+    """An ImageFolder tree ``PATH/<class>/<image>`` (or a seeded subset of it), streamed in batches."""
+
+    labelled = True
+
+    def __init__(self, dataset, indices: list[int], workers: int | None = None):
+        self.dataset, self.indices = dataset, indices
+        self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batches(self, batch_size: int, *, shuffle: bool = False,
+                generator: torch.Generator | None = None) -> Iterator[Batch]:
+        order = self.indices
+        if shuffle:
+            perm = torch.randperm(len(order), generator=generator).tolist()
+            order = [order[i] for i in perm]
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.dataset, order), batch_size=batch_size,
+                                             shuffle=False, num_workers=self.workers,
+                                             persistent_workers=False)
+        for images, labels in loader:
+            yield images, labels
+
+
 def image_folder(path: str | Path, img_size: int, limit: int | None = None, model: torch.nn.Module | None = None,
-                 seed: int = 0) -> ImageSet:
-    """Up to ``limit`` images (a seeded random subset) from an ImageFolder tree ``path/<class>/<image>``."""
+                 seed: int = 0) -> ImageFolderSet:
+    """Up to ``limit`` images (a seeded random subset) of an ImageFolder tree, streamed from disk."""
     from timm.data import create_transform, resolve_data_config
     from torchvision.datasets import ImageFolder
 
@@ -35,13 +79,22 @@ def image_folder(path: str | Path, img_size: int, limit: int | None = None, mode
     except (FileNotFoundError, RuntimeError) as exc:
         raise VitrtError(f"'{path}' is not a usable ImageFolder (expected PATH/<class>/<image files>): {exc}") from None
     indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
-    indices = indices[:limit] if limit else indices
-    images, labels = zip(*(dataset[i] for i in indices))
-    return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
+    return ImageFolderSet(dataset, indices[:limit] if limit else indices)
+
+
+def take_images(data: Dataset, count: int, batch_size: int = 64) -> Iterator[torch.Tensor]:
+    """The first ``count`` images of ``data`` in batches of at most ``batch_size`` (labels dropped)."""
+    seen = 0
+    for images, _ in data.batches(batch_size):
+        if seen >= count:
+            break
+        images = images[: count - seen]
+        seen += len(images)
+        yield images
 
 
 def load_data(source: str, img_size: int, *, split: str = "train", limit: int | None = None, seed: int = 0,
-              model: torch.nn.Module | None = None) -> ImageSet:
+              model: torch.nn.Module | None = None) -> Dataset:
     """The named data source at ``img_size``; ``split`` selects the digits train or test split."""
     if source == "digits":
         train, test = digits_split(img_size)

@@ -28,6 +28,10 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
+
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None):
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         for start in range(0, len(self), batch_size):

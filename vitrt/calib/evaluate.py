@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .digits import ImageSet
+from vitrt.calib.digits import ImageSet
 
 
 @torch.no_grad()

@@ -1,16 +1,11 @@
-"""The compiler: lowering, the ViTSpec, the graph view, the pass manager, backends and ``compile()``.
+"""The compiler's IR layer: the ViTSpec, the torch twin and its lowering to canonical ONNX, the graph view, the
+pass contract and manager, verification, backends and runners, the timing loop, the latency table, and atomic
+output. It imports nothing from the layers above it (transforms, pipeline, CLI and benchmarks).
 
 Submodules are imported on use; ``import vitrt.compiler`` stays cheap and never touches TensorRT or CUDA.
 """
 
-from .errors import VitrtError
-from .spec import BlockSpec, ViTSpec
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.spec import BlockSpec, ViTSpec
 
-__all__ = ["BlockSpec", "ViTSpec", "VitrtError", "compile"]
-
-
-def compile(*args, **kwargs):
-    """See :func:`vitrt.compiler.api.compile`."""
-    from .api import compile as _compile
-
-    return _compile(*args, **kwargs)
+__all__ = ["BlockSpec", "ViTSpec", "VitrtError"]

@@ -43,11 +43,11 @@ class CompileConfig:
     timing_cache: Path | None = option(None, "TensorRT timing cache file (read and updated)", type=Path, metavar="PATH")
     seed: int = option(0, "seed for verification inputs and data-driven passes", type=int, metavar="N")
     quiet: bool = option(False, "no progress output")
-    # --- issue 3: latency lookup table (vitrt.benchmarks.lut) ---
+    # --- issue 3: latency lookup table (vitrt.compiler.lut) ---
     lut: Path | None = option(None, "latency table (vitrt lut build): add its prediction as latency.predicted_ms "
                               "(needs --bench); also steers --prune", type=Path, metavar="LUT")
     refine_lut: bool = option(False, "after a successful compile, fold the measured per-block latency into --lut")
-    # --- 2:4 structured sparsity (issue 6; vitrt.passes.sparsity, vitrt.calib.sparsify) ---
+    # --- 2:4 structured sparsity (issue 6; vitrt.transforms.sparsity.graph_pass, vitrt.transforms.sparsity.planner) ---
     sparsity: str | None = option(None, "prune every eligible weight to this structured pattern (2:4, along the axis "
                                   "TensorRT checks)", choices=("2:4",))
     permute: bool = option(False, "with --sparsity: permute MLP hidden and V channels first (exact) to keep more "
@@ -65,7 +65,7 @@ class CompileConfig:
     export_sparse: bool = option(False, "with --sparsity: write the compressed 2:4 weights (FP16 values + "
                                         "CUTLASS-ordered metadata) to OUT/sparse_weights.npz + .json")
 
-    # --- issue 5: static token merging (ToMe / DFE / LGTM); see vitrt.passes.tome_schedule -------------
+    # --- issue 5: static token merging (ToMe / DFE / LGTM); see vitrt.transforms.tome.schedule -------------
     tome: str | None = option(None, "merge R tokens per block (ToMe), or R,INFLECTION for ToMe's ramp", metavar="R")
     tome_schedule: str | None = option(None, "explicit r of every block, comma-separated (refused where a block "
                                              "cannot merge that many)", metavar="LIST")
@@ -111,7 +111,7 @@ class CompileConfig:
     revit: bool = option(False, "set per-block dims by NViT's ReViT rule (Table 6); importance picks the indices")
 
     def validate(self) -> "CompileConfig":
-        from .errors import VitrtError
+        from vitrt.compiler.errors import VitrtError
 
         if self.batch < 1:
             raise VitrtError(f"--batch must be >= 1, got {self.batch}")
@@ -138,13 +138,13 @@ class CompileConfig:
             raise VitrtError("--finetune-epochs fine-tunes a pruned model: add --prune, --prune-plan or --revit")
         self._validate_sparsity()
         self._validate_token_merge()
-        from vitrt.calib.quant_stage import check_quant_options  # issue 7
+        from vitrt.transforms.quant.planner import check_quant_options  # issue 7
 
         check_quant_options(self)
         return self
 
     def _validate_sparsity(self) -> None:
-        from .errors import VitrtError
+        from vitrt.compiler.errors import VitrtError
 
         if self.sparsity is None:
             given = [flag for flag, on in (("--permute", self.permute), ("--sparse-finetune-epochs", self.sparse_finetune_epochs),
@@ -161,7 +161,7 @@ class CompileConfig:
             raise VitrtError(f"--sparse-min-weights must be >= 0, got {self.sparse_min_weights}")
 
     def _validate_token_merge(self) -> None:  # issue 5
-        from .errors import VitrtError
+        from vitrt.compiler.errors import VitrtError
 
         chosen = [f for f in ("tome", "tome_schedule", "tome_flops", "tome_latency") if getattr(self, f) is not None]
         if len(chosen) > 1:
@@ -170,7 +170,7 @@ class CompileConfig:
             raise VitrtError("--dfe-skip / --lgtm-window / --lgtm-transition need --tome, --tome-schedule, "
                              "--tome-flops or --tome-latency")
         if chosen:
-            from vitrt.passes.tome_schedule import parse_per_block, parse_r
+            from vitrt.transforms.tome.schedule import parse_per_block, parse_r
 
             if self.tome is not None:
                 parse_r(self.tome)

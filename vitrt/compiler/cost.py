@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .spec import BlockSpec, ViTSpec
+from vitrt.compiler.spec import BlockSpec, ViTSpec
 
 
 def block_flops(emb: int, block: BlockSpec) -> int:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import onnx
 import onnx_graphsurgeon as gs
 
-from .errors import SpecError
-from .lower import finalize
-from .spec import ViTSpec
+from vitrt.compiler.errors import SpecError
+from vitrt.compiler.lower import finalize
+from vitrt.compiler.spec import ViTSpec
 
 BLOCK_LINEARS = ("attn.q", "attn.k", "attn.v", "attn.proj", "mlp.fc1", "mlp.fc2")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UnsupportedModelError, VitrtError
-from .spec import BlockSpec, ViTSpec
-from .twin import CanonicalViT
+from vitrt.compiler.errors import UnsupportedModelError, VitrtError
+from vitrt.compiler.spec import BlockSpec, ViTSpec
+from vitrt.compiler.twin import CanonicalViT
 
 SUPPORTED_EXAMPLES = (
     "vit_tiny_patch16_224, vit_small_patch16_224, vit_base_patch16_224, deit_tiny_patch16_224, "

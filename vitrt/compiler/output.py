@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import VitrtError
+from vitrt.compiler.errors import VitrtError
 
 
 def check_output_dir(out: Path, force: bool) -> None:

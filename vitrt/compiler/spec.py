@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .errors import SpecError
+from vitrt.compiler.errors import SpecError
 
 SPEC_METADATA_KEY = "vitrt.spec"
 SPEC_FORMAT_VERSION = 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .spec import BlockSpec, ViTSpec
+from vitrt.compiler.spec import BlockSpec, ViTSpec
 
 
 class CanonicalAttention(nn.Module):

@@ -8,11 +8,9 @@ import numpy as np
 import onnx
 import torch
 
-from .errors import VitrtError
-from .pass_manager import Instrument, Pass, PassContext, PassRecord, PassResult
-
-# fp32 end-to-end tolerance of the canonical lowering and of every exact pass (the issue's contract).
-FP32_TOLERANCE = 1e-4
+from vitrt.compiler.backends.ort import ort_session
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.pass_manager import FP32_TOLERANCE, Instrument, Pass, PassRecord, PassResult
 
 
 def verification_inputs(spec, batch: int, seed: int = 0, count: int = 1) -> np.ndarray:
@@ -23,12 +21,7 @@ def verification_inputs(spec, batch: int, seed: int = 0, count: int = 1) -> np.n
 
 def run_onnx(model: onnx.ModelProto, images: np.ndarray, batch: int | None) -> np.ndarray:
     """Run ``model`` in ONNX Runtime (CPU, basic optimisations only) over ``images`` in chunks of ``batch``."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort_session(model, level="basic")
     name = session.get_inputs()[0].name
     step = batch or len(images)
     return np.concatenate([session.run(None, {name: images[i:i + step]})[0] for i in range(0, len(images), step)])
@@ -63,19 +56,19 @@ def compare(model: onnx.ModelProto, reference: torch.nn.Module, images: np.ndarr
 class VerifyInstrument(Instrument):
     """After every modifying pass, check the graph against the (equally transformed) twin.
 
-    A pass that breaks equivalence stops the compile with an error naming the pass and the error size.
+    A pass that breaks equivalence stops the compile with an error naming the pass and the error size. A pass
+    that changes precision declares a looser tolerance; later passes are compared with that reduced-precision
+    twin, so the tolerance stays raised.
     """
 
     def __init__(self, images: np.ndarray, batch: int | None, tolerance: float = FP32_TOLERANCE):
         self.images, self.batch, self.tolerance = images, batch, tolerance
 
-    def after_pass(self, p: Pass, result: PassResult, ctx: PassContext, record: PassRecord) -> None:
-        if not result.modified or ctx.twin is None:
+    def after_pass(self, p: Pass, result: PassResult, twin, record: PassRecord) -> None:
+        if not result.modified or twin is None:
             return
-        # A pass that changes precision (fp16 typing, Q/DQ) states its own per-dtype tolerance.
-        # Later passes are compared with that reduced-precision twin, so the tolerance stays raised.
-        tolerance = self.tolerance = max(self.tolerance, getattr(p, "verify_tolerance", 0.0))
-        check = compare(result.view.to_onnx(), ctx.twin, self.images, self.batch, "torch twin", tolerance)
+        tolerance = self.tolerance = max(self.tolerance, record.tolerance)
+        check = compare(result.view.to_onnx(), twin, self.images, self.batch, "torch twin", tolerance)
         record.stats["verify_max_abs_err"] = check.max_abs_err
         if not check.ok:
             raise VitrtError(f"pass '{p.name}' broke numerical equivalence with the torch twin: max abs error "

@@ -64,7 +64,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..compiler.errors import VitrtError
+from vitrt.compiler.errors import VitrtError
 
 FORMATS = ("fp16", "int8", "int4")
 LAYOUTS = ("cutlass", "rowmajor")

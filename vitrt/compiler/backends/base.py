@@ -10,14 +10,14 @@ from __future__ import annotations
 import importlib
 import re
 import statistics
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import VitrtError
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.timing import Timing, samples_ms
 
 _BACKENDS = {"ort": "vitrt.compiler.backends.ort:OrtBackend", "trt": "vitrt.compiler.backends.trt:TrtBackend"}
 BACKEND_NAMES = tuple(_BACKENDS)
@@ -114,20 +114,15 @@ class Runner(ABC):
     def synchronize(self) -> None:
         """Wait for queued work (GPU backends); timing calls this before reading the clock."""
 
+    def timed_call(self, images: np.ndarray):
+        """The call the timing loop measures (a backend may exclude host/device copies from it)."""
+        return lambda: self.infer(images)
+
     def benchmark(self, images: np.ndarray, *, warmup: int = 10, iterations: int = 50, min_seconds: float = 0.0,
                   per_block: bool = True, progress=None) -> LatencyStats:
-        """Warm up, then time ``iterations`` calls of :meth:`infer` (more if ``min_seconds`` is not reached)."""
-        for _ in range(warmup):
-            self.infer(images)
-        self.synchronize()
-        samples, start = [], time.perf_counter()
-        while len(samples) < iterations or time.perf_counter() - start < min_seconds:
-            t0 = time.perf_counter()
-            self.infer(images)
-            self.synchronize()
-            samples.append((time.perf_counter() - t0) * 1000.0)
-            if progress is not None:
-                progress(1)
+        """Wall-clock latency of :meth:`infer` through the shared timing loop (:mod:`vitrt.compiler.timing`)."""
+        samples = samples_ms(self.timed_call(images), Timing(warmup, iterations, min_seconds),
+                             synchronize=self.synchronize, progress=progress)
         stats = LatencyStats.from_samples(samples, backend=self.backend, device=self.device, batch=len(images))
         if per_block:
             stats.per_block_ms = self.per_block_ms(images, iterations=max(3, iterations // 5))

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from .base import Backend, BuildOptions, Runner, canonical_group
+from vitrt.compiler.backends.base import Backend, BuildOptions, Runner, canonical_group
 
 
 def cpu_name() -> str:
@@ -32,18 +33,44 @@ def cpu_name() -> str:
     return f"CPU: {model} ({os.cpu_count()} threads)"
 
 
-def _session_options(options: BuildOptions, level):
+LEVELS = ("basic", "extended", "all")
+
+
+def ort_session(model, *, threads: int | None = None, level: str = "all", optimized_path: Path | None = None,
+                profile_prefix: str | None = None):
+    """The one way vitrt opens an ONNX Runtime CPU session.
+
+    ``model``: an ``onnx.ModelProto``, serialized bytes or a path. ``level``: graph optimisations (basic for
+    verification, extended when writing the backend artifact, all for running it). Optimisers that would
+    defeat explicit quantization are disabled for quantized graphs (:func:`disabled_optimizers`).
+    """
     import onnxruntime as ort
 
+    if level not in LEVELS:
+        raise ValueError(f"unknown ONNX Runtime optimisation level '{level}'")
     so = ort.SessionOptions()
-    so.graph_optimization_level = level
+    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
     so.log_severity_level = 3
-    if options.threads:
-        so.intra_op_num_threads = options.threads
-    return so
+    if threads:
+        so.intra_op_num_threads = threads
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    if isinstance(model, onnx.ModelProto):
+        proto, source = model, model.SerializeToString()
+    elif isinstance(model, bytes):
+        proto, source = onnx.load_from_string(model), model
+    else:
+        proto, source = onnx.load(str(model), load_external_data=False), str(model)
+    return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=disabled_optimizers(proto))
 
 
-def disabled_optimizers(path) -> list[str]:
+def disabled_optimizers(model: onnx.ModelProto) -> list[str]:
     """ONNX Runtime rewrites that defeat explicit quantization (issue 7).
 
     MatMulAddFusion (level 1) turns ``DequantizeLinear -> MatMul -> Add(bias)`` into a float Gemm before the
@@ -52,7 +79,6 @@ def disabled_optimizers(path) -> list[str]:
     Transpose / Reshape and the QDQ fusions would build MatMulIntegerToFloat on float8 inputs (either fails to
     load), so graphs with float8 initializers keep their Q/DQ as written (run as float emulation).
     """
-    model = onnx.load(str(path), load_external_data=False)
     if any(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in model.graph.initializer):
         return ["QDQPropagationTransformer", "QDQSelectorActionTransformer"]
     if any(n.op_type == "DequantizeLinear" for n in model.graph.node):
@@ -65,13 +91,8 @@ class OrtBackend(Backend):
     artifact_name = "model.ort.onnx"
 
     def build(self, onnx_path: Path, out_dir: Path, options: BuildOptions, log=None) -> Path:
-        import onnxruntime as ort
-
         artifact = Path(out_dir) / self.artifact_name
-        so = _session_options(options, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
-        so.optimized_model_filepath = str(artifact)
-        ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"],
-                             disabled_optimizers=disabled_optimizers(onnx_path))
+        ort_session(onnx_path, threads=options.threads, level="extended", optimized_path=artifact)
         return artifact
 
     def load(self, artifact: Path, options: BuildOptions) -> "OrtRunner":
@@ -85,13 +106,8 @@ class OrtRunner(Runner):
     backend = "ort"
 
     def __init__(self, artifact: Path, options: BuildOptions, device: str):
-        import onnxruntime as ort
-
         self.artifact, self.options, self.device = artifact, options, device
-        self._level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(artifact), _session_options(options, self._level),
-                                            providers=["CPUExecutionProvider"],
-                                            disabled_optimizers=disabled_optimizers(artifact))
+        self.session = ort_session(artifact, threads=options.threads)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self._batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
@@ -105,31 +121,32 @@ class OrtRunner(Runner):
         return self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
 
     def layer_times_ms(self, images: np.ndarray, iterations: int) -> dict[str, float]:
-        import onnxruntime as ort
-
-        so = _session_options(self.options, self._level)
-        so.enable_profiling = True
-        so.profile_file_prefix = str(self.artifact.parent / ".vitrt_ort_profile")
-        session = ort.InferenceSession(str(self.artifact), so, providers=["CPUExecutionProvider"],
-                                       disabled_optimizers=disabled_optimizers(self.artifact))
-        feed = {self.input_name: np.ascontiguousarray(images, dtype=np.float32)}
-        for _ in range(iterations + 1):  # the first run warms up; medians below make it irrelevant
-            session.run(None, feed)
-        profile = Path(session.end_profiling())
-        try:
-            events = json.loads(profile.read_text())
-        finally:
-            profile.unlink(missing_ok=True)
-        samples: dict[str, list[float]] = {}
-        for event in events:
-            if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-                samples.setdefault(event["name"][: -len("_kernel_time")], []).append(event["dur"] / 1000.0)
-        return {node: float(np.median(ms)) for node, ms in samples.items()}
+        # The profile goes to a temporary directory, never beside the artifact or into the working directory.
+        with tempfile.TemporaryDirectory(prefix="vitrt-ort-profile-") as tmp:
+            session = ort_session(self.artifact, threads=self.options.threads,
+                                  profile_prefix=str(Path(tmp) / "profile"))
+            return _profiled_times(session, self.input_name, images, iterations)
 
     def group_of(self, layer: str) -> str | None:
         if self._groups is None:
             self._groups = dataflow_groups(onnx.load(str(self.artifact), load_external_data=False))
         return self._groups.get(layer) or canonical_group(layer)
+
+
+def _profiled_times(session, input_name: str, images: np.ndarray, iterations: int) -> dict[str, float]:
+    feed = {input_name: np.ascontiguousarray(images, dtype=np.float32)}
+    for _ in range(iterations + 1):  # the first run warms up; medians below make it irrelevant
+        session.run(None, feed)
+    profile = Path(session.end_profiling())
+    try:
+        events = json.loads(profile.read_text())
+    finally:
+        profile.unlink(missing_ok=True)
+    samples: dict[str, list[float]] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            samples.setdefault(event["name"][: -len("_kernel_time")], []).append(event["dur"] / 1000.0)
+    return {node: float(np.median(ms)) for node, ms in samples.items()}
 
 
 def dataflow_groups(model: onnx.ModelProto) -> dict[str, str]:

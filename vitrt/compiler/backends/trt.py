@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, VitrtError
-from .base import Backend, BuildOptions, Runner
+from vitrt.compiler.errors import BackendUnavailableError, VitrtError
+from vitrt.compiler.backends.base import Backend, BuildOptions, Runner
 
 INSTALL_HINT = ("TensorRT is not installed: install it with pip install 'vitrt[trt]' from NVIDIA's package index "
                 "on a machine with an NVIDIA GPU, or use --backend ort")

@@ -1,0 +1,48 @@
+"""The ``vitrt`` command line. Every user error prints one line and exits 2; flags come from config dataclasses.
+
+Each module in :data:`COMMAND_MODULES` contributes its subcommands through ``add_subcommands(subparsers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from vitrt._version import __version__
+from vitrt.compiler.errors import VitrtError
+
+EXIT_USAGE = 2
+
+COMMAND_MODULES = (
+    "vitrt.cli.compile",  # compile, prune-plan
+    "vitrt.reports.demo",  # demo
+    "vitrt.cli.reference",  # reference
+    "vitrt.cli.lut",  # lut build | query | refine | plot
+    "vitrt.cli.bench",  # bench, nvit-table, dcvit-table
+    "vitrt.benchmarks.quantization",  # bench-quant-accuracy, bench-quant-speed
+    "vitrt.benchmarks.sparsity_digits",  # sparsity-digits
+    "vitrt.benchmarks.tome_bench",  # tome-bench
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitrt", description="Deployment compiler for timm Vision Transformers.")
+    parser.add_argument("--version", action="version", version=f"vitrt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_subcommands(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except VitrtError as exc:
+        print(f"vitrt: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("vitrt: interrupted; nothing was written", file=sys.stderr)
+        return 130

@@ -1,0 +1,5 @@
+import sys
+
+from vitrt.cli import main
+
+sys.exit(main())

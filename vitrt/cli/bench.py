@@ -1,0 +1,93 @@
+"""``vitrt bench``, ``vitrt nvit-table`` and ``vitrt dcvit-table``: latency of compiled artifacts and models."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitrt.compiler.options import add_arguments, from_args, option
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    target: str = option(None, "a compiled OUT directory or a timm model name", positional=True, metavar="OUT|MODEL")
+    batch: str = option("1", "comma-separated batch sizes, e.g. 1,8,32", metavar="B1,B2,..")
+    backend: str = option("ort", "backend for a model name (an OUT uses its own)", choices=("ort", "trt"))
+    img_size: int | None = option(None, "image size for a model name", type=int, metavar="N")
+    iterations: int = option(20, "timed runs per batch size", type=int, metavar="N")
+    warmup: int = option(3, "warm-up runs per batch size", type=int, metavar="N")
+    threads: int | None = option(None, "ONNX Runtime intra-op threads", type=int, metavar="N")
+    json: Path | None = option(None, "also write the results as JSON", type=Path, metavar="PATH")
+    quiet: bool = option(False, "no progress output")
+
+
+@dataclass(frozen=True)
+class NvitTableConfig:
+    outs: str = option(None, "compiled OUT directories, the dense reference first", positional=True, metavar="OUT")
+    rounds: int = option(5, "interleaved timing rounds", type=int, metavar="N")
+    iterations: int = option(5, "timed runs per artifact per round", type=int, metavar="N")
+    threads: int | None = option(None, "ONNX Runtime intra-op threads", type=int, metavar="N")
+    out: Path | None = option(None, "write OUT.json and OUT.md", flag="-o/--out", type=Path, metavar="OUT")
+    quiet: bool = option(False, "no progress output")
+
+
+def _progress(config):
+    from vitrt.compiler.progress import Progress
+
+    return Progress(enabled=not getattr(config, "quiet", False))
+
+
+def _command_line() -> str:
+    return "vitrt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+# --- bench and the paper tables -------------------------------------------------------------------
+def _cmd_bench(args) -> int:
+    from vitrt.benchmarks.harness import bench_target, format_bench, parse_batches, write_json
+
+    config = from_args(BenchConfig, args)
+    result = bench_target(config.target, parse_batches(config.batch), backend=config.backend,
+                          iterations=config.iterations, warmup=config.warmup, img_size=config.img_size,
+                          threads=config.threads, progress=_progress(config))
+    print(format_bench(result))
+    if config.json:
+        write_json(config.json, {**result, "command": _command_line()})
+    return 0
+
+
+def _cmd_nvit_table(args) -> int:
+    from vitrt.benchmarks.harness import format_nvit, nvit_table, write_json
+
+    config = from_args(NvitTableConfig, args)
+    result = nvit_table(list(config.outs), rounds=config.rounds, iterations=config.iterations,
+                        threads=config.threads, progress=_progress(config))
+    text = format_nvit(result)
+    print(text)
+    if config.out:
+        write_json(Path(config.out).with_suffix(".json"), {**result, "command": _command_line()})
+        Path(config.out).with_suffix(".md").write_text(f"# NViT Table 1 style\n\nCommand:\n\n```\n{_command_line()}\n"
+                                                       f"```\n\n{text}\n")
+    return 0
+
+
+def _cmd_dcvit_table(args) -> int:
+    from vitrt.benchmarks.dcvit import DcvitConfig, main
+
+    return main(from_args(DcvitConfig, args), _command_line())
+
+
+def add_subcommands(sub) -> None:
+    from vitrt.benchmarks.dcvit import DcvitConfig
+
+    parser = sub.add_parser("bench", help="latency / throughput of a compiled OUT or a timm model at several batches")
+    add_arguments(parser, BenchConfig)
+    parser.set_defaults(func=_cmd_bench)
+    parser = sub.add_parser("nvit-table", help="NViT Table 1 style: params, FLOPs, speedup vs the first OUT")
+    parser.add_argument("outs", nargs="+", metavar="OUT", help=NvitTableConfig.__dataclass_fields__["outs"].metadata["help"])
+    add_arguments(parser, NvitTableConfig, skip=("outs",))
+    parser.set_defaults(func=_cmd_nvit_table)
+    parser = sub.add_parser("dcvit-table", help="DC-ViT Table 8: latency with each block's Block/Attn/FFN removed")
+    add_arguments(parser, DcvitConfig)
+    parser.set_defaults(func=_cmd_dcvit_table)

@@ -1,0 +1,86 @@
+"""``vitrt compile`` and ``vitrt prune-plan``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.options import add_arguments, from_args
+
+
+def print_summary(manifest: dict) -> None:
+    rows = [("model", manifest["model"]), ("input", "x".join(map(str, manifest["input_shape"]))),
+            ("params", f"{manifest['params']['before']:,} -> {manifest['params']['after']:,}"),
+            ("GFLOPs/image", f"{manifest['flops']['before'] / 1e9:.3f} -> {manifest['flops']['after'] / 1e9:.3f}")]
+    if "verify" in manifest:
+        rows.append(("max abs err", f"{manifest['verify']['max_abs_err']:.2e} vs {manifest['verify']['reference']}"))
+    if "latency" in manifest:
+        lat = manifest["latency"]
+        rows.append(("latency", f"{lat['median_ms']:.2f} ms median, {lat['p90_ms']:.2f} ms p90, "
+                                f"{lat['images_per_s']:.1f} images/s on {lat['device']}"))
+        if "versus_dense" in lat:
+            rows.append(("speedup", f"{lat['versus_dense']['speedup']:.2f}x over the dense model (side by side)"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+def _cmd_compile(args) -> int:
+    from vitrt.pipeline.config import CompileConfig
+    from vitrt.pipeline.driver import compile
+
+    result = compile(config=from_args(CompileConfig, args))
+    print_summary(result.manifest)
+    return 0
+
+
+def _cmd_prune_plan(args) -> int:
+    from vitrt.compiler.progress import Progress
+    from vitrt.pipeline.config import CompileConfig
+    from vitrt.pipeline.driver import load_source
+    from vitrt.pipeline.feedback import open_for_compile
+    from vitrt.transforms.base import PlanContext
+    from vitrt.transforms.prune.plan import alignment_violations
+    from vitrt.transforms.prune.planner import structure
+
+    out = Path(args.out) if args.out else None
+    config = from_args(CompileConfig, args, out=None).validate()
+    if out is None:
+        raise VitrtError("no output file: pass -o PLAN")
+    if config.prune.fraction is None and not config.prune.revit:
+        raise VitrtError("prune-plan needs --prune FRACTION (with --lut LUT) or --revit")
+    if out.exists() and not config.force:
+        raise VitrtError(f"{out} exists: pass --force to replace it")
+    progress = Progress(enabled=not config.quiet)
+    _, twin = load_source(config, None, progress)
+    ctx = PlanContext(target=config.target, teacher=twin, lut=open_for_compile(config), lut_path=config.checks.lut,
+                      model=config.model, seed=config.seed, progress=progress)
+    plan = structure(twin, ctx, config.prune)
+    tmp = out.with_name(out.name + ".tmp")
+    plan.save(tmp)
+    tmp.replace(out)  # atomic: a failed run leaves no half-written plan
+    summary = plan.summary()
+    print(f"plan: emb {summary['emb']}, heads {summary['heads']}, mlp {summary['mlp']}, attention removed in blocks "
+          f"{summary['attention_removed']}; predicted {plan.meta.get('predicted_ms', float('nan')):.3f} ms "
+          f"of {plan.meta.get('dense_predicted_ms', float('nan')):.3f} ms -> {out}")
+    violations = alignment_violations(plan)
+    if violations:
+        print(f"alignment: {len(violations)} violation(s), first: {violations[0]}")
+    return 0
+
+
+def add_subcommands(sub) -> None:
+    from vitrt.pipeline.config import CompileConfig
+
+    parser = sub.add_parser("compile", help="compile a timm ViT into an engine + manifest",
+                            description="Lower a timm ViT to canonical ONNX, run the passes, build the backend "
+                                        "artifact and write OUT/manifest.json.")
+    add_arguments(parser, CompileConfig)
+    parser.set_defaults(func=_cmd_compile)
+    parser = sub.add_parser("prune-plan", help="search a latency-aware structural pruning plan and write it as JSON",
+                            description="Score NViT importance on the torch twin, search under the latency table, "
+                                        "write the kept indices per group (apply with vitrt compile --prune-plan).")
+    add_arguments(parser, CompileConfig, skip=("backend", "verify", "bench", "bench_iters", "bench_warmup", "opset",
+                                               "threads", "timing_cache", "prune_plan", "finetune_epochs",
+                                               "refine_lut", "precision"))
+    parser.set_defaults(func=_cmd_prune_plan)

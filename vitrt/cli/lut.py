@@ -1,0 +1,174 @@
+"""``vitrt lut build | query | refine | plot``: the latency lookup table from the command line."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.lut import PRECISIONS, SPARSITIES
+from vitrt.compiler.options import add_arguments, from_args, option
+
+
+@dataclass(frozen=True)
+class LutBuildConfig:
+    backend: str = option("ort", "backend to time on: ort (ONNX Runtime CPU) or trt (TensorRT GPU)",
+                          choices=("ort", "trt"))
+    grid: str = option("coarse", "grid preset: coarse (CPU, minutes), dense (NViT's grid, for a GPU), tiny (tests)",
+                       choices=("coarse", "dense", "tiny"))
+    batch: int = option(1, "batch size the table is measured at", type=int, metavar="N")
+    precision: str = option("fp32", "precision key of the table", choices=PRECISIONS)
+    sparsity: str = option("dense", "sparsity key of the table", choices=SPARSITIES)
+    threads: int | None = option(None, "ONNX Runtime intra-op threads (default: the runtime's, as vitrt compile)",
+                                 type=int, metavar="N")
+    iterations: int = option(5, "timed runs per grid point (median)", type=int, metavar="N")
+    clock: str = option("wall", "wall: wall-clock latency (what vitrt compile --bench measures); cpu: CPU time of a "
+                        "single-threaded run, robust on a shared machine (needs --threads 1)", choices=("wall", "cpu"))
+    out: Path | None = option(None, "the table file to write (an interrupted build of it is resumed)",
+                              flag="-o/--out", type=Path, metavar="LUT")
+    quiet: bool = option(False, "no progress output")
+
+
+@dataclass(frozen=True)
+class LutQueryConfig:
+    lut: Path = option(None, "latency table file", positional=True, type=Path, metavar="LUT")
+    emb: int | None = option(None, "embedding dim", type=int, metavar="N")
+    heads: int | None = option(None, "attention heads (0: attention removed)", type=int, metavar="N")
+    qk: int | None = option(None, "query/key dim per head", type=int, metavar="N")
+    v: int | None = option(None, "value dim per head", type=int, metavar="N")
+    mlp: int | None = option(None, "MLP hidden dim (0: MLP removed)", type=int, metavar="N")
+    tokens: int | None = option(None, "tokens entering the block", type=int, metavar="N")
+    tokens_out: int | None = option(None, "tokens the MLP runs on after merging (default: --tokens)", type=int,
+                                    metavar="N")
+    model: str | None = option(None, "predict a whole timm model instead of one block (e.g. deit_tiny_patch16_224)",
+                               metavar="MODEL")
+    manifest: Path | None = option(None, "predict the spec_after of a compiled OUT/manifest.json", type=Path,
+                                   metavar="PATH")
+    precision: str = option("fp32", "precision key", choices=PRECISIONS)
+    sparsity: str = option("dense", "sparsity key", choices=SPARSITIES)
+    clamp: bool = option(False, "clamp points outside the grid to its edge instead of failing")
+    json: bool = option(False, "print JSON")
+
+
+@dataclass(frozen=True)
+class LutRefineConfig:
+    lut: Path = option(None, "latency table file (updated atomically)", positional=True, type=Path, metavar="LUT")
+    source: Path | None = option(None, "OUT/manifest.json of a vitrt compile --bench", flag="--from", type=Path,
+                                 metavar="MANIFEST")
+    precision: str | None = option(None, "precision key (default: the manifest's, else fp32)",
+                                   choices=PRECISIONS)
+    sparsity: str | None = option(None, "sparsity key (default: the manifest's, else dense)", choices=SPARSITIES)
+
+
+@dataclass(frozen=True)
+class LutPlotConfig:
+    lut: Path = option(None, "latency table file", positional=True, type=Path, metavar="LUT")
+    out: Path | None = option(None, "PNG to write", flag="-o/--out", type=Path, metavar="PNG")
+    precision: str = option("fp32", "precision key", choices=PRECISIONS)
+    sparsity: str = option("dense", "sparsity key", choices=SPARSITIES)
+
+
+def _progress(config):
+    from vitrt.compiler.progress import Progress
+
+    return Progress(enabled=not getattr(config, "quiet", False))
+
+
+def _command_line() -> str:
+    return "vitrt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+# --- lut -----------------------------------------------------------------------------------------
+def _cmd_lut_build(args) -> int:
+    from vitrt.benchmarks.lut_build import TimingOptions, build_table
+
+    config = from_args(LutBuildConfig, args)
+    if config.out is None:
+        raise VitrtError("no output file: pass -o LUT")
+    if config.iterations < 1:
+        raise VitrtError(f"--iterations must be >= 1, got {config.iterations}")
+    table = build_table(config.out, backend=config.backend, grid=config.grid, batch=config.batch,
+                        precision=config.precision, sparsity=config.sparsity, threads=config.threads,
+                        timing=TimingOptions(iterations=config.iterations), clock=config.clock,
+                        progress=_progress(config))
+    print(f"wrote {config.out}: {config.backend} on {table.device}, batch {table.batch}, grid {config.grid}, "
+          f"{table.clock} clock, built in {table.meta['build_seconds']} s")
+    return 0
+
+
+def _spec_for_query(config):
+    from vitrt.compiler.spec import ViTSpec
+
+    if config.model:
+        from vitrt.compiler.models import load_timm_model, spec_of_timm
+
+        return spec_of_timm(load_timm_model(config.model))
+    from vitrt.pipeline.feedback import read_manifest
+
+    manifest = read_manifest(config.manifest)
+    if "spec_after" not in manifest:
+        raise VitrtError(f"'{config.manifest}' has no spec_after: it was not written by vitrt compile")
+    return ViTSpec.from_dict(manifest["spec_after"])
+
+
+def _cmd_lut_query(args) -> int:
+    from vitrt.compiler.lut import LatencyTable
+
+    config = from_args(LutQueryConfig, args)
+    table = LatencyTable.load(config.lut)
+    kw = dict(precision=config.precision, sparsity=config.sparsity, clamp=config.clamp)
+    if config.model or config.manifest:
+        parts = table.model_breakdown(_spec_for_query(config), **kw)
+        result = {"model_ms": sum(parts.values()), "parts_ms": parts}
+        text = f"{result['model_ms']:.3f} ms (batch {table.batch}, {table.backend})"
+    else:
+        dims = {k: getattr(config, k) for k in ("emb", "heads", "qk", "v", "mlp", "tokens")}
+        missing = [k for k, val in dims.items() if val is None and not (k in ("qk", "v") and dims["heads"] == 0)]
+        if missing:
+            raise VitrtError(f"block query needs --{' --'.join(missing)} (or --model / --manifest for a whole model)")
+        dims = {k: (val or 0) for k, val in dims.items()}
+        ms = table.block_ms(**dims, tokens_out=config.tokens_out, **kw)
+        result = {"block_ms": ms, "grid_ms": table.grid_block_ms(**dims, tokens_out=config.tokens_out, **kw)}
+        text = f"{ms:.3f} ms (batch {table.batch}, {table.backend})"
+    print(json.dumps(result, indent=2) if config.json else text)
+    return 0
+
+
+def _cmd_lut_refine(args) -> int:
+    from vitrt.pipeline.feedback import refine_file
+
+    config = from_args(LutRefineConfig, args)
+    if config.source is None:
+        raise VitrtError("pass --from OUT/manifest.json (a vitrt compile --bench output)")
+    s = refine_file(config.lut, config.source, precision=config.precision, sparsity=config.sparsity)
+    print(f"refined {config.lut} with {s['model']}: prediction {s['predicted_before_ms']:.2f} -> "
+          f"{s['predicted_after_ms']:.2f} ms, measured {s['measured_ms']:.2f} ms")
+    return 0
+
+
+def _cmd_lut_plot(args) -> int:
+    from vitrt.compiler.lut import LatencyTable
+    from vitrt.benchmarks.plot import plot_table
+
+    config = from_args(LutPlotConfig, args)
+    if config.out is None:
+        raise VitrtError("no output file: pass -o PNG")
+    plot_table(LatencyTable.load(config.lut), config.out, precision=config.precision, sparsity=config.sparsity)
+    print(f"wrote {config.out}")
+    return 0
+
+
+def add_subcommands(sub) -> None:
+    lut = sub.add_parser("lut", help="latency lookup table: build, query, refine, plot")
+    lut_sub = lut.add_subparsers(dest="lut_command", required=True)
+    for name, cls, func, help_ in (
+            ("build", LutBuildConfig, _cmd_lut_build, "time the canonical block halves, stem and head on a grid"),
+            ("query", LutQueryConfig, _cmd_lut_query, "predict a block's (or a whole model's) latency"),
+            ("refine", LutRefineConfig, _cmd_lut_refine, "fold a compiled model's measured latency into the table"),
+            ("plot", LutPlotConfig, _cmd_lut_plot, "plot latency surfaces to a PNG")):
+        parser = lut_sub.add_parser(name, help=help_)
+        add_arguments(parser, cls)
+        parser.set_defaults(func=func)

@@ -1,0 +1,420 @@
+"""The latency lookup table (NViT eq. 7's Lat(·)), with measured feedback from compiled engines.
+
+A table holds, for one backend / device / batch size and per ``precision/sparsity`` key, grid-measured
+latencies (milliseconds per batch) of the canonical block's two halves and of the non-block parts::
+
+    attn  (emb, heads, qk, v, tokens)   norm1 → Q/K/V → per-head attention → proj → residual1
+    mlp   (emb, mlp, tokens)            norm2 → fc1 → GELU → fc2 → residual2
+    stem  (emb, patches)                patch conv → prefix tokens → position embedding   (patch size fixed)
+    head  (emb, tokens)                 final norm → class token → head linear           (classes fixed)
+    head_distilled (emb, tokens)        the same with the distillation head averaged in
+
+    block_ms = attn(emb, heads, qk, v, tokens)   [0 when heads == 0: attention removed]
+             + mlp(emb, mlp, tokens_out)          [0 when mlp == 0; tokens_out = tokens left after merging]
+    model_ms = overhead + stem + Σ block_ms + head
+
+Splitting the block into halves keeps the grid small (the halves share no dimension except emb and tokens),
+makes DC-ViT's removed modules and token merging (the MLP runs on the merged tokens) exact compositions,
+and keeps each half close to multilinear in its axes, which is what the interpolation assumes. ``overhead``
+is the fixed per-call cost of the runtime (measured on an empty graph) that every timed subgraph paid once
+and that is subtracted from each grid value.
+
+**Refinement.** A compiled model's manifest carries the measured whole-model median and the profiler's
+per-block times. They are scaled so that they add up to the measured median (the profiler sees kernel time
+only), then stored as *measured points* with their provenance (manifest path, model, date). A query
+multiplies the grid prediction by a correction factor::
+
+    log c(x) = Σ_i w_i log(m_i / g_i) / max(1, Σ_i w_i),    w_i = exp(-(d(x, x_i) / REFINE_RADIUS)²)
+
+where m_i / g_i is the measured-over-grid ratio at point i and d the Euclidean distance in log2 of the
+dimensions. At a measured point the correction is exact; a block whose dimensions differ by 2× in one axis
+gets ~2 % of the correction; unrelated blocks are unaffected. The grid itself is never overwritten, so a
+refinement can always be traced and undone.
+
+File format: one JSON document (``format: "vitrt.lut"``), see :meth:`LatencyTable.to_dict`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitrt.compiler.errors import VitrtError
+
+FORMAT = "vitrt.lut"
+FORMAT_VERSION = 1
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "int4w")
+SPARSITIES = ("dense", "2:4")
+REFINE_RADIUS = 0.5  # log2 units: a point 2x away in one dimension gets weight e^-4 ≈ 0.018
+
+# The sub-tables and their axes, in array order.
+PART_AXES = {
+    "attn": ("emb", "heads", "qk", "v", "tokens"),
+    "mlp": ("emb", "mlp", "tokens"),
+    "stem": ("emb", "patches"),
+    "head": ("emb", "tokens"),
+    "head_distilled": ("emb", "tokens"),
+}
+BLOCK_KEY_FIELDS = ("emb", "heads", "qk", "v", "mlp", "tokens", "tokens_out")
+STEM_KEY_FIELDS = ("emb", "patches")
+HEAD_KEY_FIELDS = ("emb", "tokens", "distilled")
+
+
+def table_key(precision: str, sparsity: str) -> str:
+    return f"{precision}/{sparsity}"
+
+
+@dataclass
+class SubTable:
+    """Values on a regular grid; ``ms`` has one axis per name in ``axes`` (NaN = not measured yet)."""
+
+    axes: dict[str, list[int]]
+    ms: np.ndarray
+    _interp: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def complete(self) -> bool:
+        return bool(np.all(np.isfinite(self.ms)))
+
+    def to_dict(self) -> dict:
+        return {"axes": {k: list(v) for k, v in self.axes.items()},
+                "ms": np.where(np.isfinite(self.ms), np.round(self.ms, 5), np.nan).tolist()}
+
+    def lookup(self, point: dict[str, float], *, clamp: bool, what: str) -> float:
+        """Multilinear interpolation; outside the grid raise (or clamp to its edge when ``clamp``)."""
+        coords = []
+        for name, values in self.axes.items():
+            x = float(point[name])
+            lo, hi = values[0], values[-1]
+            if not lo <= x <= hi:
+                if not clamp:
+                    raise VitrtError(f"{what}: {name}={point[name]:g} is outside the table's grid [{lo}, {hi}]; "
+                                     "rebuild the table with a wider grid or query with clamping (--clamp)")
+                x = min(max(x, lo), hi)
+            coords.append(x)
+        if not self.complete:
+            raise VitrtError(f"{what}: the table is incomplete (an interrupted build); resume it with vitrt lut build")
+        if self._interp is None:
+            from scipy.interpolate import RegularGridInterpolator
+
+            # Axes with one value have nothing to interpolate; RegularGridInterpolator needs >= 2 per axis there.
+            grid = [np.asarray(v, dtype=np.float64) for v in self.axes.values()]
+            values = self.ms
+            for axis, g in enumerate(grid):
+                if len(g) == 1:
+                    grid[axis] = np.array([g[0], g[0] + 1.0])
+                    values = np.concatenate([values, values], axis=axis)
+            self._interp = RegularGridInterpolator(grid, values, method="linear")
+        # Grid values have the per-call overhead subtracted, so a tiny subgraph timed on a loaded machine can
+        # come out at or below zero; the floor keeps predictions positive and multiplicative refinement defined
+        # (a refined model's correction would otherwise be skipped and its prediction stay off).
+        return max(float(self._interp(np.asarray([coords]))[0]), MIN_GRID_MS)
+
+
+MIN_GRID_MS = 1e-4
+
+
+def _block_point(emb, heads, qk, v, mlp, tokens, tokens_out) -> dict:
+    return {"emb": emb, "heads": heads, "qk": qk if heads else 0, "v": v if heads else 0, "mlp": mlp,
+            "tokens": tokens, "tokens_out": tokens if tokens_out is None else tokens_out}
+
+
+def _log_distance(a: dict, b: dict, fields) -> float:
+    return math.sqrt(sum((math.log2(float(a[f]) + 1.0) - math.log2(float(b[f]) + 1.0)) ** 2 for f in fields))
+
+
+@dataclass
+class LatencyTable:
+    """One backend / device / batch; sub-tables per ``precision/sparsity`` key; refined measured points."""
+
+    backend: str
+    device: str
+    batch: int
+    tables: dict[str, dict[str, SubTable]]
+    overhead_ms: float = 0.0
+    patch: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    clock: str = "wall"  # "wall": median wall-clock latency; "cpu": least CPU time of a single-threaded run
+    meta: dict = field(default_factory=dict)  # created, libraries, grid preset, threads, build seconds, ...
+    points: list[dict] = field(default_factory=list)  # refined measured points, with provenance
+
+    # --- queries -----------------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        return sorted(self.tables)
+
+    def _parts(self, precision: str, sparsity: str) -> dict[str, SubTable]:
+        key = table_key(precision, sparsity)
+        if key not in self.tables:
+            raise VitrtError(f"the latency table has no '{key}' entries (it has {', '.join(self.keys()) or 'none'}); "
+                             f"build one with vitrt lut build --precision {precision} --sparsity {sparsity}")
+        return self.tables[key]
+
+    def check(self, *, backend=None, batch=None, precision="fp32", sparsity="dense", device=None, clock=None) -> None:
+        """Raise VitrtError when this table cannot answer for that backend / batch / precision / sparsity."""
+        if clock is not None and clock != self.clock:
+            raise VitrtError(f"the latency table holds {self.clock}-clock times, the measurement is {clock}-clock; "
+                             f"use a table built with --clock {clock}")
+        if backend is not None and backend != self.backend:
+            raise VitrtError(f"the latency table was built for backend '{self.backend}', not '{backend}'; "
+                             f"build one with vitrt lut build --backend {backend}")
+        if batch is not None and int(batch) != self.batch:
+            raise VitrtError(f"the latency table was built for batch {self.batch}, not {batch}; "
+                             f"build one with vitrt lut build --batch {batch}")
+        if device is not None and device != self.device:
+            raise VitrtError(f"the latency table was measured on '{self.device}', not '{device}'; build one on this device")
+        self._parts(precision, sparsity)
+
+    def grid_block_ms(self, *, emb, heads, qk, v, mlp, tokens, tokens_out=None, precision="fp32",
+                      sparsity="dense", clamp=False) -> float:
+        """The block latency from the grid alone (no refinement)."""
+        parts = self._parts(precision, sparsity)
+        tokens_out = tokens if tokens_out is None else tokens_out
+        if tokens_out > tokens or tokens_out < 1:
+            raise VitrtError(f"block query: tokens_out={tokens_out} must be in 1..tokens ({tokens})")
+        total = 0.0
+        if heads:
+            total += parts["attn"].lookup({"emb": emb, "heads": heads, "qk": qk, "v": v, "tokens": tokens},
+                                          clamp=clamp, what="attention")
+        if mlp:
+            total += parts["mlp"].lookup({"emb": emb, "mlp": mlp, "tokens": tokens_out}, clamp=clamp, what="MLP")
+        return total
+
+    def block_ms(self, *, emb, heads, qk, v, mlp, tokens, tokens_out=None, precision="fp32", sparsity="dense",
+                 clamp=False) -> float:
+        """Predicted latency (ms per batch) of one block; heads == 0 / mlp == 0 mean that half is removed."""
+        base = self.grid_block_ms(emb=emb, heads=heads, qk=qk, v=v, mlp=mlp, tokens=tokens, tokens_out=tokens_out,
+                                  precision=precision, sparsity=sparsity, clamp=clamp)
+        point = _block_point(emb, heads, qk, v, mlp, tokens, tokens_out)
+        return base * self._correction("block", point, precision, sparsity)
+
+    def stem_ms(self, *, emb, patches, precision="fp32", sparsity="dense", clamp=False) -> float:
+        base = self._parts(precision, sparsity)["stem"].lookup({"emb": emb, "patches": patches}, clamp=clamp,
+                                                                what="stem")
+        return base * self._correction("stem", {"emb": emb, "patches": patches}, precision, sparsity)
+
+    def head_ms(self, *, emb, tokens, distilled=False, precision="fp32", sparsity="dense", clamp=False) -> float:
+        part = "head_distilled" if distilled else "head"
+        base = self._parts(precision, sparsity)[part].lookup({"emb": emb, "tokens": tokens}, clamp=clamp, what=part)
+        point = {"emb": emb, "tokens": tokens, "distilled": int(distilled)}
+        return base * self._correction("head", point, precision, sparsity)
+
+    def model_ms(self, spec, *, precision="fp32", sparsity="dense", clamp=False) -> float:
+        """Whole-model prediction for a ViTSpec: runtime overhead + stem + Σ blocks + head."""
+        return sum(self.model_breakdown(spec, precision=precision, sparsity=sparsity, clamp=clamp).values())
+
+    def model_breakdown(self, spec, *, precision="fp32", sparsity="dense", clamp=False) -> dict[str, float]:
+        """Predicted ms per canonical group (``overhead``, ``stem``, ``blocks.{i}``, ``head``)."""
+        self._check_spec(spec)
+        out = {"overhead": self.overhead_ms,
+               "stem": self.stem_ms(emb=spec.emb, patches=spec.num_patches, precision=precision, sparsity=sparsity,
+                                    clamp=clamp)}
+        for i, b in enumerate(spec.blocks):
+            out[f"blocks.{i}"] = self.block_ms(emb=spec.emb, heads=b.heads, qk=b.qk, v=b.v, mlp=b.mlp, tokens=b.tokens,
+                                               tokens_out=b.tokens_out, precision=precision, sparsity=sparsity,
+                                               clamp=clamp)
+        last = spec.blocks[-1].out_tokens
+        out["head"] = self.head_ms(emb=spec.emb, tokens=last, distilled=spec.distilled, precision=precision,
+                                   sparsity=sparsity, clamp=clamp)
+        return out
+
+    def _check_spec(self, spec) -> None:
+        for name in ("patch", "in_chans", "num_classes"):
+            if getattr(spec, name) != getattr(self, name):
+                raise VitrtError(f"the latency table's stem/head were measured with {name}={getattr(self, name)}, "
+                                 f"the model has {name}={getattr(spec, name)}; build a table with --{name.replace('_', '-')} "
+                                 f"{getattr(spec, name)}")
+
+    # --- refinement ----------------------------------------------------------------------------
+    def _correction(self, kind: str, point: dict, precision: str, sparsity: str) -> float:
+        fields = {"block": BLOCK_KEY_FIELDS, "stem": STEM_KEY_FIELDS, "head": HEAD_KEY_FIELDS}[kind]
+        key = table_key(precision, sparsity)
+        weight_sum, log_sum = 0.0, 0.0
+        for p in self.points:
+            if p["kind"] != kind or p["table"] != key:
+                continue
+            if kind == "head" and p["key"]["distilled"] != point["distilled"]:
+                continue
+            d = _log_distance(point, p["key"], fields)
+            w = math.exp(-(d / REFINE_RADIUS) ** 2)
+            if w < 1e-6:
+                continue
+            base = self._grid_value(kind, p["key"], precision, sparsity)
+            if base <= 0:
+                continue
+            weight_sum += w
+            # The mean keeps the total: identical blocks of one model share a point, and their observations
+            # were scaled to add up to the measured model latency.
+            log_sum += w * math.log(float(np.mean(p["ms"])) / base)
+        return math.exp(log_sum / max(1.0, weight_sum)) if weight_sum else 1.0
+
+    def _grid_value(self, kind: str, key: dict, precision: str, sparsity: str) -> float:
+        if kind == "block":
+            return self.grid_block_ms(emb=key["emb"], heads=key["heads"], qk=key["qk"], v=key["v"], mlp=key["mlp"],
+                                      tokens=key["tokens"], tokens_out=key["tokens_out"], precision=precision,
+                                      sparsity=sparsity, clamp=True)
+        parts = self._parts(precision, sparsity)
+        if kind == "stem":
+            return parts["stem"].lookup(key, clamp=True, what="stem")
+        return parts["head_distilled" if key["distilled"] else "head"].lookup(key, clamp=True, what="head")
+
+    def add_point(self, kind: str, key: dict, ms: float, *, precision="fp32", sparsity="dense",
+                  source: dict | None = None) -> None:
+        """Record a measured value for a block / stem / head configuration (merged with earlier ones)."""
+        table = table_key(precision, sparsity)
+        self._parts(precision, sparsity)
+        for p in self.points:
+            if p["kind"] == kind and p["table"] == table and p["key"] == key:
+                p["ms"].append(round(float(ms), 5))
+                if source and source not in p["sources"]:
+                    p["sources"].append(source)
+                return
+        self.points.append({"kind": kind, "table": table, "key": dict(key), "ms": [round(float(ms), 5)],
+                            "sources": [source] if source else []})
+
+    def refine(self, manifest: dict, *, source: str | None = None, precision="fp32", sparsity="dense") -> dict:
+        """Fold a compiled model's measured per-block latency into the table; returns a summary.
+
+        Needs ``latency`` (median_ms, per_block_ms, batch, backend, device) and ``spec_after``. The profiler's
+        per-group times are scaled so that overhead + stem + Σ blocks + head equals the measured median.
+        """
+        from vitrt.compiler.spec import ViTSpec
+
+        latency = manifest.get("latency") if isinstance(manifest, dict) else None
+        if not latency or not latency.get("per_block_ms") or "median_ms" not in latency:
+            raise VitrtError("the manifest has no measured latency with per_block_ms: compile with --bench")
+        if "spec_after" not in manifest:
+            raise VitrtError("the manifest has no spec_after: it was not written by vitrt compile")
+        spec = ViTSpec.from_dict(manifest["spec_after"])
+        self.check(backend=latency.get("backend", manifest.get("backend")), batch=latency.get("batch"),
+                   precision=precision, sparsity=sparsity, device=latency.get("device"),
+                   clock=latency.get("clock", "wall"))
+        self._check_spec(spec)
+        groups = {k: float(v) for k, v in latency["per_block_ms"].items()}
+        expected = {"stem", "head", *(f"blocks.{i}" for i in range(spec.depth))}
+        missing = sorted(expected - set(groups))
+        if missing:
+            raise VitrtError(f"the manifest's per_block_ms lacks {', '.join(missing)}: benchmark it again with --bench")
+        # Unattributed nodes ('other') are spread over the groups in proportion, by scaling only the named ones.
+        profiled = sum(groups[k] for k in expected)
+        target = float(latency["median_ms"]) - self.overhead_ms
+        if profiled <= 0 or target <= 0:
+            raise VitrtError("the manifest's latency figures are not positive; benchmark it again with --bench")
+        scale = target / profiled
+        before = self.model_ms(spec, precision=precision, sparsity=sparsity, clamp=True)
+        provenance = {"source": str(source) if source else None, "model": manifest.get("model"),
+                      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                      "measured_median_ms": float(latency["median_ms"])}
+        kw = dict(precision=precision, sparsity=sparsity, source=provenance)
+        self.add_point("stem", {"emb": spec.emb, "patches": spec.num_patches}, groups["stem"] * scale, **kw)
+        for i, b in enumerate(spec.blocks):
+            self.add_point("block", _block_point(spec.emb, b.heads, b.qk, b.v, b.mlp, b.tokens, b.tokens_out),
+                           groups[f"blocks.{i}"] * scale, **kw)
+        self.add_point("head", {"emb": spec.emb, "tokens": spec.blocks[-1].out_tokens, "distilled": int(spec.distilled)},
+                       groups["head"] * scale, **kw)
+        after = self.model_ms(spec, precision=precision, sparsity=sparsity, clamp=True)
+        self.meta.setdefault("refinements", []).append({**provenance, "predicted_before_ms": round(before, 4),
+                                                        "predicted_after_ms": round(after, 4)})
+        return {"model": manifest.get("model"), "measured_ms": float(latency["median_ms"]),
+                "predicted_before_ms": before, "predicted_after_ms": after}
+
+    # --- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT, "version": FORMAT_VERSION,
+            "backend": self.backend, "device": self.device, "batch": self.batch,
+            "overhead_ms": round(self.overhead_ms, 5),
+            "patch": self.patch, "in_chans": self.in_chans, "num_classes": self.num_classes, "clock": self.clock,
+            "units": "milliseconds per batch; grid values have the runtime overhead subtracted",
+            "meta": self.meta,
+            "tables": {key: {name: part.to_dict() for name, part in parts.items()} for key, parts in self.tables.items()},
+            "points": self.points,
+        }
+
+    def save(self, path) -> None:
+        """Write atomically (a temporary sibling renamed into place)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), allow_nan=True) + "\n")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "latency table") -> "LatencyTable":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise VitrtError(f"{where} is not a vitrt latency table (no \"format\": \"{FORMAT}\"); "
+                             "make one with vitrt lut build")
+        if data.get("version") != FORMAT_VERSION:
+            raise VitrtError(f"{where} has table format version {data.get('version')!r}; this vitrt reads "
+                             f"version {FORMAT_VERSION}: rebuild it with vitrt lut build")
+        try:
+            tables = {}
+            for key, parts in data["tables"].items():
+                precision, _, sparsity = key.partition("/")
+                if precision not in PRECISIONS or sparsity not in SPARSITIES:
+                    raise ValueError(f"unknown table key '{key}'")
+                tables[key] = {}
+                for name, part in parts.items():
+                    if name not in PART_AXES:
+                        raise ValueError(f"unknown sub-table '{name}'")
+                    axes = {a: [int(x) for x in part["axes"][a]] for a in PART_AXES[name]}
+                    ms = np.asarray(part["ms"], dtype=np.float64)
+                    shape = tuple(len(v) for v in axes.values())
+                    if ms.shape != shape:
+                        raise ValueError(f"{key} {name} values have shape {ms.shape}, the axes need {shape}")
+                    for a, v in axes.items():
+                        if not v or any(x >= y for x, y in zip(v, v[1:])):
+                            raise ValueError(f"{key} {name} axis '{a}' is empty or not strictly increasing")
+                    if np.any(ms[np.isfinite(ms)] < 0):
+                        raise ValueError(f"{key} {name} has negative latencies")
+                    tables[key][name] = SubTable(axes, ms)
+                absent = set(PART_AXES) - set(tables[key])
+                if absent:
+                    raise ValueError(f"{key} lacks sub-table(s) {', '.join(sorted(absent))}")
+            points = list(data.get("points", []))
+            for p in points:
+                if p["kind"] not in ("block", "stem", "head") or p["table"] not in tables or not p["ms"]:
+                    raise ValueError("a refined point is malformed")
+                if any(not (isinstance(m, (int, float)) and m > 0) for m in p["ms"]):
+                    raise ValueError("a refined point has a non-positive latency")
+                fields = {"block": BLOCK_KEY_FIELDS, "stem": STEM_KEY_FIELDS, "head": HEAD_KEY_FIELDS}[p["kind"]]
+                if not isinstance(p["key"], dict) or any(not isinstance(p["key"].get(f), (int, float)) or p["key"][f] < 0
+                                                         for f in fields):
+                    raise ValueError(f"a refined {p['kind']} point lacks one of {', '.join(fields)}")
+            table = cls(backend=str(data["backend"]), device=str(data["device"]), batch=int(data["batch"]),
+                        tables=tables, overhead_ms=float(data.get("overhead_ms", 0.0)), patch=int(data["patch"]),
+                        in_chans=int(data["in_chans"]), num_classes=int(data["num_classes"]),
+                        clock=str(data.get("clock", "wall")),
+                        meta=dict(data.get("meta", {})), points=points)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            msg = str(exc) if isinstance(exc, ValueError) else f"missing or invalid field {exc}"
+            raise VitrtError(f"{where} is malformed: {msg}; rebuild it with vitrt lut build") from None
+        if not tables:
+            raise VitrtError(f"{where} has no tables; rebuild it with vitrt lut build")
+        return table
+
+    @classmethod
+    def load(cls, path) -> "LatencyTable":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise VitrtError(f"latency table '{path}' does not exist; make one with vitrt lut build") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise VitrtError(f"cannot read latency table '{path}': {exc.__class__.__name__}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise VitrtError(f"latency table '{path}' is corrupt (not JSON: {exc.msg} at line {exc.lineno}); "
+                             "rebuild it with vitrt lut build") from None
+        return cls.from_dict(data, where=f"latency table '{path}'")

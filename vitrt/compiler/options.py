@@ -1,0 +1,197 @@
+"""Typed options, defined once: frozen dataclasses whose fields carry their CLI flag and help text.
+
+A config class is a frozen dataclass. Each field is either
+
+* an option (:func:`option`): a value with help text and, optionally, ``flag`` ("--prune" or "-o/--out"),
+  ``positional``, ``choices``, ``type``, ``metavar``; or
+* a section (:func:`section`): a nested config class whose options become flags of the same command.
+
+Every option has one *name* — the argparse ``dest`` and the keyword the Python API accepts — taken from its
+flag (``--prune-plan`` → ``prune_plan``) or, without one, from the field name. Names are unique across a
+config and its sections (checked when the parser is built). ``None`` always means "the default".
+
+:func:`add_arguments` turns a config class into argparse arguments, :func:`from_args` builds the config back
+from the parsed namespace and :func:`from_options` from keyword arguments (unknown names are refused with the
+valid ones listed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+
+from vitrt.compiler.errors import VitrtError
+
+
+def option(default, help: str, **meta):
+    """A dataclass field with CLI metadata (``flag``, ``positional``, ``choices``, ``type``, ``metavar``)."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
+def section(config_cls):
+    """A nested config: its options are flags of the enclosing command, its value an instance of ``config_cls``."""
+    return field(default_factory=config_cls, metadata={"section": config_cls})
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One option of a (possibly nested) config: where it lives and how it is spelled on the command line."""
+
+    name: str  # argparse dest and Python API keyword
+    path: tuple[str, ...]  # attribute path from the root config, e.g. ("prune", "fraction")
+    field: dataclasses.Field
+    annotation: typing.Any
+
+    @property
+    def flags(self) -> list[str]:
+        flag = self.field.metadata.get("flag")
+        return flag.split("/") if flag else ["--" + self.name.replace("_", "-")]
+
+    @property
+    def flag(self) -> str:
+        """The long flag, for messages (``--prune-plan``)."""
+        return self.flags[-1] if not self.field.metadata.get("positional") else self.name.upper()
+
+
+def _name(f: dataclasses.Field) -> str:
+    flag = f.metadata.get("flag")
+    if not flag:
+        return f.name
+    return flag.split("/")[-1].lstrip("-").replace("-", "_")
+
+
+def leaves(config_cls, _path: tuple[str, ...] = ()) -> list[Leaf]:
+    """Every option of ``config_cls`` and its sections, in declaration order."""
+    hints = typing.get_type_hints(config_cls)
+    out = []
+    for f in dataclasses.fields(config_cls):
+        nested = f.metadata.get("section")
+        if nested is not None:
+            out += leaves(nested, _path + (f.name,))
+        elif "help" in f.metadata:
+            out.append(Leaf(_name(f), _path + (f.name,), f, hints[f.name]))
+    names = [leaf.name for leaf in out]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise TypeError(f"{config_cls.__name__}: option name(s) {duplicates} are defined twice")
+    return out
+
+
+def leaf(config_cls, name: str) -> Leaf:
+    for candidate in leaves(config_cls):
+        if candidate.name == name:
+            return candidate
+    raise KeyError(name)
+
+
+def add_arguments(parser: argparse.ArgumentParser, config_cls, skip=()) -> None:
+    """Add one argparse argument per option of ``config_cls`` (booleans become store_true flags)."""
+    for leaf_ in leaves(config_cls):
+        if leaf_.name in skip:
+            continue
+        meta = leaf_.field.metadata
+        kwargs = {"help": meta["help"]}
+        if leaf_.annotation is bool:
+            parser.add_argument(*leaf_.flags, dest=leaf_.name, action="store_true", default=None, **kwargs)
+            continue
+        for key in ("choices", "type", "metavar", "nargs"):
+            if key in meta:
+                kwargs[key] = meta[key]
+        if meta.get("positional"):
+            parser.add_argument(leaf_.name, **kwargs)
+        else:
+            parser.add_argument(*leaf_.flags, dest=leaf_.name, default=None, **kwargs)
+
+
+def build(config_cls, values: dict):
+    """``config_cls`` with the options in ``values`` (name -> value) set; the others keep their defaults."""
+    nested: dict = {}
+    for leaf_ in leaves(config_cls):
+        if leaf_.name in values:
+            target = nested
+            for part in leaf_.path[:-1]:
+                target = target.setdefault(part, {})
+            target[leaf_.path[-1]] = values[leaf_.name]
+    return _construct(config_cls, nested)
+
+
+def _construct(config_cls, values: dict):
+    kwargs = {}
+    for f in dataclasses.fields(config_cls):
+        if f.name not in values:
+            continue
+        nested = f.metadata.get("section")
+        kwargs[f.name] = _construct(nested, values[f.name]) if nested is not None else values[f.name]
+    return config_cls(**kwargs)
+
+
+def from_args(config_cls, args: argparse.Namespace, **overrides):
+    """Build ``config_cls`` from parsed args; options left unset (None) keep the dataclass defaults."""
+    values = {leaf_.name: getattr(args, leaf_.name) for leaf_ in leaves(config_cls)
+              if getattr(args, leaf_.name, None) is not None}
+    values.update(overrides)
+    return build(config_cls, values)
+
+
+def from_options(config_cls, options: dict, *, what: str = "option"):
+    """Build ``config_cls`` from Python keyword options, refusing unknown names with the valid ones listed."""
+    names = [leaf_.name for leaf_ in leaves(config_cls)]
+    unknown = [k for k in options if k not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise VitrtError(f"unknown {what} '{unknown[0]}'{hint}; valid {what}s: {', '.join(sorted(names))}")
+    return build(config_cls, {k: v for k, v in options.items() if v is not None})
+
+
+def replace_options(config, **options):
+    """A copy of ``config`` with the named options (flat names, as :func:`from_options`) changed."""
+    cls = type(config)
+    values = {leaf_.name: get(config, leaf_) for leaf_ in leaves(cls)}
+    unknown = [k for k in options if k not in values]
+    if unknown:
+        raise VitrtError(f"unknown option '{unknown[0]}'; valid options: {', '.join(sorted(values))}")
+    values.update(options)
+    return build(cls, values)
+
+
+def get(config, leaf_: Leaf):
+    value = config
+    for part in leaf_.path:
+        value = getattr(value, part)
+    return value
+
+
+def as_dict(config) -> dict:
+    """Options by name with their values (for manifests and recipes); paths become strings."""
+    out = {}
+    for leaf_ in leaves(type(config)):
+        value = get(config, leaf_)
+        out[leaf_.name] = str(value) if hasattr(value, "__fspath__") else value
+    return out
+
+
+def add_command(sub, name: str, config_cls, func, help: str, description: str | None = None, skip=()):
+    """A subcommand whose flags are ``config_cls``'s options; ``func(config)`` runs it and returns an exit code."""
+    parser = sub.add_parser(name, help=help, description=description or help)
+    add_arguments(parser, config_cls, skip=skip)
+    parser.set_defaults(func=lambda args: func(from_args(config_cls, args)))
+    return parser
+
+
+def module_main(config_cls, func, argv=None, description: str = "") -> int:
+    """``python -m vitrt.benchmarks.X``: parse ``argv`` into ``config_cls`` and run ``func(config)`` with the
+    CLI's error handling (one line and exit 2 for a VitrtError)."""
+    import sys
+
+    parser = argparse.ArgumentParser(description=description)
+    add_arguments(parser, config_cls)
+    config = from_args(config_cls, parser.parse_args(argv))
+    try:
+        return func(config) or 0
+    except VitrtError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

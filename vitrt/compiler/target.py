@@ -1,0 +1,46 @@
+"""What the engine is built for: backend, batch (static or dynamic), precision, opset, threads.
+
+Every stage plans for the target (the pruning search's latency table must match its backend and batch, the
+quantization stage reads its precision) and the backend builds for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.options import option
+
+BACKENDS = ("ort", "trt")
+PRECISIONS = ("fp32", "fp16", "int8", "fp8", "int4w")
+MIN_OPSET, MAX_OPSET = 17, 21
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    backend: str = option("ort", "inference backend: ort (ONNX Runtime CPU, default) or trt (TensorRT)",
+                          choices=BACKENDS)
+    batch: int = option(1, "batch size fixed at compile time (static shapes)", type=int, metavar="N")
+    dynamic_batch: bool = option(False, "make the batch dimension dynamic instead of fixed")
+    precision: str = option("fp32", "engine precision, carried by the graph: fp32, fp16 (typed, LayerNorm/Softmax "
+                            "in fp32), int8 / fp8 (Q/DQ), int4w (INT4 weight-only, block-wise)", choices=PRECISIONS)
+    opset: int = option(17, "ONNX opset of the canonical graph", type=int, metavar="N")
+    threads: int | None = option(None, "ONNX Runtime intra-op threads (default: ONNX Runtime's choice)", type=int,
+                                 metavar="N")
+    timing_cache: Path | None = option(None, "TensorRT timing cache file (read and updated)", type=Path,
+                                       metavar="PATH")
+
+    @property
+    def static_batch(self) -> int | None:
+        """The batch baked into the graph, or None for a dynamic batch dimension."""
+        return None if self.dynamic_batch else self.batch
+
+    def validate(self) -> "TargetConfig":
+        if self.batch < 1:
+            raise VitrtError(f"--batch must be >= 1, got {self.batch}")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise VitrtError(f"--opset {self.opset} is outside the supported range {MIN_OPSET}..{MAX_OPSET}")
+        if self.threads is not None and self.threads < 1:
+            raise VitrtError(f"--threads must be >= 1, got {self.threads}")
+        return self

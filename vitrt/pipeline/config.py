@@ -1,0 +1,83 @@
+"""The compile's configuration: the model and output, the target, the checks, and one section per stage.
+
+Nested and frozen; the ``vitrt compile`` flags and the keyword options of :func:`vitrt.compile` are derived
+from it (:mod:`vitrt.compiler.options`). A stage's section belongs to its transform sub-package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.options import option, replace_options, section
+from vitrt.compiler.target import TargetConfig
+from vitrt.transforms.prune.config import PruneConfig
+from vitrt.transforms.quant.config import QuantConfig
+from vitrt.transforms.sparsity.config import SparsityConfig
+from vitrt.transforms.tome.config import TomeConfig
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """What to verify and measure after the build."""
+
+    verify: bool = option(False, "check the ONNX against the torch twin after every pass and at the end")
+    bench: bool = option(False, "benchmark the built artifact (median / p90 / p99 latency, per-block times)")
+    bench_iters: int = option(50, "timed iterations for --bench", type=int, metavar="N")
+    bench_warmup: int = option(10, "warm-up iterations for --bench", type=int, metavar="N")
+    lut: Path | None = option(None, "latency table (vitrt lut build): add its prediction as latency.predicted_ms "
+                              "(needs --bench); also steers --prune", type=Path, metavar="LUT")
+    refine_lut: bool = option(False, "after a successful compile, fold the measured per-block latency into --lut")
+
+    def validate(self) -> "CheckConfig":
+        if self.bench_iters < 1 or self.bench_warmup < 0:
+            raise VitrtError("--bench-iters must be >= 1 and --bench-warmup >= 0")
+        if self.refine_lut and self.lut is None:
+            raise VitrtError("--refine-lut needs --lut LUT (the table to update)")
+        return self
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    model: str | None = option(None, "timm model name (e.g. deit_small_patch16_224)", positional=True)
+    out: Path | None = option(None, "output directory (must not exist or be empty unless --force)", flag="-o/--out",
+                              type=Path, metavar="OUT")
+    img_size: int | None = option(None, "input image size (default: the model's)", type=int, metavar="N")
+    checkpoint: Path | None = option(None, "state dict to load (read with torch.load(weights_only=True))",
+                                     type=Path, metavar="PATH")
+    pretrained: bool = option(False, "download timm's pretrained weights (needs a reachable model hub)")
+    force: bool = option(False, "replace a non-empty output directory")
+    seed: int = option(0, "seed for verification inputs and data-driven passes", type=int, metavar="N")
+    quiet: bool = option(False, "no progress output")
+    target: TargetConfig = section(TargetConfig)
+    checks: CheckConfig = section(CheckConfig)
+    prune: PruneConfig = section(PruneConfig)
+    tome: TomeConfig = section(TomeConfig)
+    sparsity: SparsityConfig = section(SparsityConfig)
+    quant: QuantConfig = section(QuantConfig)
+
+    def validate(self) -> "CompileConfig":
+        """Option-level checks, before any model is loaded (one-line VitrtError naming the flag)."""
+        if self.img_size is not None and self.img_size < 1:
+            raise VitrtError(f"--img-size must be positive, got {self.img_size}")
+        self.target.validate()
+        self.checks.validate()
+        self.prune.validate()
+        self.tome.validate()
+        self.sparsity.validate()
+        self.quant.validate(self.target.precision)
+        if self.checks.lut is not None and not self.checks.bench and self.prune.fraction is None:
+            raise VitrtError("--lut needs --bench (or --prune): the prediction is recorded beside the measured latency")
+        if self.prune.fraction is not None and self.checks.lut is None:
+            raise VitrtError("--prune needs --lut LUT (build one with: vitrt lut build --backend ort --grid coarse "
+                             "--batch N -o LUT)")
+        return self
+
+    def replace(self, **options) -> "CompileConfig":
+        """A copy with options changed by their flat names (``batch=8``, ``prune=0.5``)."""
+        return replace_options(self, **options)
+
+    def with_sections(self, **sections) -> "CompileConfig":
+        return dataclasses.replace(self, **sections)

@@ -1,0 +1,264 @@
+"""``compile()``: timm ViT -> canonical ONNX -> passes -> backend artifact + manifest, written atomically.
+
+    OUT/model.onnx        the compiled graph (canonical names, ViTSpec in metadata_props)
+    OUT/<artifact>        the backend's artifact (model.ort.onnx for ort, model.plan for trt)
+    OUT/manifest.json     what ran and what it measured (see README: "The manifest")
+
+The compile runs in phases, each finished before the next begins:
+
+1. **check** the options, the output directory, the backend and the latency table (nothing loaded yet);
+2. **load** the model and canonicalise it into the torch twin; every stage checks its options against the
+   spec; the whole pass schedule (all stages) is checked;
+3. **plan** every stage in STAGES order on the twin the stages before it left (importance, schedules, masks,
+   calibration, fine-tuning);
+4. **rewrite**: lower the original twin once and run one pass manager over every stage's pass (with
+   ``--verify``, each pass is checked against the equally transformed twin and against its declared graph
+   properties);
+5. **build** the backend artifact, write the reports, benchmark (the dense model timed side by side when the
+   function changed), and rename the staging directory into OUT.
+
+The caller's model is never modified: twin transforms return new twins.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from vitrt._version import __version__
+from vitrt.compiler.backends import BuildOptions, get_backend
+from vitrt.compiler.cost import vit_flops, vit_params
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.graph import GraphView
+from vitrt.compiler.lower import lower
+from vitrt.compiler.models import canonicalize, check_model_name, check_supported, load_timm_model
+from vitrt.compiler.options import from_options
+from vitrt.compiler.output import atomic_output_dir, write_json
+from vitrt.compiler.pass_manager import OpCountInstrument, PassContext, PassManager
+from vitrt.compiler.progress import Progress
+from vitrt.compiler.timing import Timing, interleaved, ratio
+from vitrt.compiler.twin import CanonicalViT
+from vitrt.compiler.verify import VerifyInstrument, compare, verification_inputs
+from vitrt.pipeline.config import CompileConfig
+from vitrt.pipeline.feedback import add_prediction, open_for_compile, refine_after_compile
+from vitrt.pipeline.stages import FINAL_PASSES, active_stages, stage_options
+from vitrt.transforms.base import Finished, PlanContext, ReportContext
+
+VERIFY_BATCHES = 2
+DENSE_ROUNDS = 5  # interleaved rounds of the dense-vs-compiled comparison
+
+
+@dataclass
+class CompileResult:
+    out: Path
+    manifest: dict
+    twin: torch.nn.Module  # the twin after every stage (the verification reference)
+    plans: dict = field(default_factory=dict)  # every stage's plan, by transform name
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.out / "model.onnx"
+
+    @property
+    def artifact_path(self) -> Path:
+        return self.out / self.manifest["artifact"]
+
+
+def make_config(model=None, out=None, config: CompileConfig | None = None, options: dict | None = None
+                ) -> CompileConfig:
+    """The CompileConfig for :func:`compile`'s arguments (``options``: flat option names, as on the CLI)."""
+    options = dict(options or {})
+    if isinstance(model, str):
+        options["model"] = model
+    if out is not None:
+        options["out"] = Path(out)
+    if config is None:
+        return from_options(CompileConfig, options)
+    return config.replace(**options) if options else config
+
+
+def load_source(config: CompileConfig, model: torch.nn.Module | None, progress: Progress):
+    """The original model (timm module or a copy of the given twin) and its canonical twin."""
+    if model is None:
+        if not config.model:
+            raise VitrtError("no model given: pass a timm model name, e.g. vitrt compile deit_small_patch16_224 -o OUT")
+        check_model_name(config.model)
+        with progress.step(f"loading {config.model}"):
+            model = load_timm_model(config.model, pretrained=config.pretrained, checkpoint=config.checkpoint,
+                                    img_size=config.img_size)
+    if isinstance(model, CanonicalViT):
+        twin = copy.deepcopy(model).eval()
+        return twin, twin
+    check_supported(model)
+    return model.eval(), canonicalize(model)
+
+
+def compile(model: torch.nn.Module | str | None = None, out: str | Path | None = None,
+            config: CompileConfig | None = None, progress: Progress | None = None, **options) -> CompileResult:
+    """Compile ``model`` (a timm model name, a timm ViT module or a CanonicalViT) into ``out``.
+
+    ``config`` and/or keyword ``options`` (the CLI's option names: ``batch=8``, ``prune=0.5``, ``tome="13"``)
+    select backend, batch, stages and checks. Raises VitrtError for bad input; on any failure nothing is
+    written to ``out``. ``model`` itself is never modified.
+    """
+    config = make_config(model, out, config, options).validate()
+    module = model if isinstance(model, torch.nn.Module) else None
+    if config.out is None:
+        raise VitrtError("no output directory: pass -o OUT")
+    progress = progress or Progress(enabled=not config.quiet)
+    target, checks = config.target, config.checks
+    with atomic_output_dir(config.out, config.force) as staging:
+        backend = get_backend(target.backend)  # fails fast (before any work) when its runtime is missing
+        lut = open_for_compile(config)
+        original, twin = load_source(config, module, progress)
+        stages = active_stages(config)
+        for stage in stages:
+            if stage.check is not None:
+                stage.check(stage_options(config, stage), twin.spec, target)
+        PassManager([s.graph_pass for s in stages] + list(FINAL_PASSES))  # the whole schedule, before any work
+
+        # Plan every stage on the twin the stages before it left.
+        plans, reports, final = {}, [], twin
+        teacher = copy.deepcopy(twin).eval().requires_grad_(False)
+        for stage in stages:
+            ctx = PlanContext(target=target, teacher=teacher, plans=dict(plans), lut=lut, lut_path=checks.lut,
+                              model=config.model or "", seed=config.seed, progress=progress)
+            plan = stage.plan(final, ctx, stage_options(config, stage))
+            after = stage.graph_pass(plan).apply_to_twin(final)
+            plans[stage.name] = plan
+            reports.append((stage, plan, final, after))
+            final = after
+
+        # One pass manager over every stage's pass.
+        batch = target.static_batch
+        with progress.step("lowering to canonical ONNX"):
+            view = GraphView.from_onnx(lower(twin, batch=batch, opset=target.opset))
+        spec_before = view.spec
+        images = verification_inputs(spec_before, target.batch, seed=config.seed, count=VERIFY_BATCHES)
+        instruments = [OpCountInstrument()] + ([VerifyInstrument(images, batch)] if checks.verify else [])
+        passes = [stage.graph_pass(plan) for stage, plan, _, _ in reports] + [p() for p in FINAL_PASSES]
+        manager = PassManager(passes, instruments, check_properties=checks.verify)
+        with progress.step("running the passes"):
+            result = manager.run(view, PassContext(seed=config.seed), twin=twin if checks.verify else None,
+                                 progress=lambda name: progress.log(f"pass {name}"))
+        view = result.view
+        final_onnx = view.to_onnx()
+        onnx_path = staging / "model.onnx"
+        onnx.save(final_onnx, str(onnx_path))
+
+        manifest = {
+            "vitrt_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "model": config.model or type(original).__name__,
+            "input_shape": ["batch" if batch is None else batch, view.spec.in_chans, view.spec.img, view.spec.img],
+            "backend": target.backend,
+            "opset": target.opset,
+            "artifact": backend.artifact_name,
+            "spec_before": spec_before.to_dict(),
+            "spec_after": view.spec.to_dict(),
+            "passes": [r.to_dict() for r in result.records],
+            "params": {"before": vit_params(spec_before), "after": vit_params(view.spec)},
+            "flops": {"before": vit_flops(spec_before), "after": vit_flops(view.spec)},
+        }
+        if checks.verify:
+            with progress.step("verifying the compiled ONNX"):
+                manifest["verify"] = verify_final(final_onnx, original, final, result.changes_function, images,
+                                                  batch, result.tolerance)
+            if not manifest["verify"]["ok"]:
+                raise VitrtError(f"verification failed: max abs error {manifest['verify']['max_abs_err']:.3g} against "
+                                 f"the {manifest['verify']['reference']} exceeds {manifest['verify']['tolerance']:g}")
+
+        build_options = BuildOptions(threads=target.threads, timing_cache=target.timing_cache,
+                                     sparse_weights=bool(result.build_hints.get("sparse_weights")))
+        with progress.step(f"building the {target.backend} artifact"):
+            backend.build(onnx_path, staging, build_options)
+        stage_reports = {}
+        for stage, plan, before, after in reports:
+            if stage.report is None:
+                continue
+            report = stage.report(plan, ReportContext(before, after, target, config.model or "", progress))
+            manifest[stage.manifest_key] = report.manifest
+            stage_reports[stage.name] = report
+            for name, writer in report.files.items():
+                writer(staging / name)
+        versus_dense = None
+        if checks.bench:
+            runner = backend.load(staging / backend.artifact_name, build_options)
+            bench_images = images[: target.batch]
+            with progress.bar(checks.bench_iters, "benchmarking") as bar:
+                stats = runner.benchmark(bench_images, warmup=checks.bench_warmup, iterations=checks.bench_iters,
+                                         progress=bar.update)
+            manifest["latency"] = stats.to_dict()
+            if result.changes_function:
+                versus_dense = time_against_dense(twin, runner, bench_images, config, backend, build_options,
+                                                  progress)
+                manifest["latency"]["versus_dense"] = versus_dense
+            add_prediction(lut, config, view.spec, manifest)
+            progress.log(f"latency: median {stats.median_ms:.2f} ms, p90 {stats.p90_ms:.2f} ms, "
+                         f"{stats.images_per_s:.1f} images/s (batch {target.batch})")
+        finished = Finished(staging, build_info(staging), versus_dense)
+        for stage, plan, _, _ in reports:
+            if stage.finish is not None:
+                section = manifest.setdefault(stage.manifest_key, {})
+                for name, writer in stage.finish(plan, section, finished).items():
+                    writer(staging / name)
+        write_json(staging / "manifest.json", manifest)
+    progress.log(f"wrote {config.out}")
+    refine_after_compile(config, manifest, progress)  # --refine-lut: a separate atomic write after OUT
+    return CompileResult(Path(config.out), manifest, final, plans)
+
+
+def build_info(staging: Path) -> dict:
+    """What the backend's build left beside the artifact that reports read (TensorRT's inspector JSON)."""
+    import json
+
+    inspector = staging / "engine_inspector.json"
+    return {"engine_inspector": json.loads(inspector.read_text())} if inspector.is_file() else {}
+
+
+def time_against_dense(twin, runner, images: np.ndarray, config: CompileConfig, backend, build_options,
+                       progress: Progress) -> dict:
+    """The dense model (lowered from the untransformed twin) and the compiled artifact timed side by side."""
+    target, checks = config.target, config.checks
+    with tempfile.TemporaryDirectory(prefix="vitrt-dense-") as tmp, progress.step("timing the dense model side by side"):
+        path = Path(tmp) / "model.onnx"
+        onnx.save(lower(twin, batch=target.static_batch, opset=target.opset), str(path))
+        dense = backend.load(backend.build(path, Path(tmp), build_options), build_options)
+        timing = Timing(warmup=min(checks.bench_warmup, 3), iterations=max(2, checks.bench_iters // DENSE_ROUNDS))
+        per_round = interleaved({"dense": synced_call(dense, images), "compiled": synced_call(runner, images)},
+                                timing, rounds=DENSE_ROUNDS, seed=config.seed)
+    return {"dense_median_ms": round(float(np.median(per_round["dense"])), 4),
+            "compiled_median_ms": round(float(np.median(per_round["compiled"])), 4),
+            "speedup": round(ratio(per_round, "dense", "compiled"), 4), "rounds": DENSE_ROUNDS,
+            "iterations_per_round": timing.iterations,
+            "method": "dense and compiled artifacts timed in interleaved rounds in one process (wall clock); "
+                      "speedup = median of the per-round ratios"}
+
+
+def synced_call(runner, images: np.ndarray):
+    """The runner's timed call followed by its synchronisation (a GPU runner's work is asynchronous)."""
+    call = runner.timed_call(images)
+
+    def run():
+        call()
+        runner.synchronize()
+    return run
+
+
+def verify_final(final: onnx.ModelProto, original: torch.nn.Module, twin: torch.nn.Module, function_changed: bool,
+                 images, batch, tolerance: float) -> dict:
+    """Compare against the original model when no pass changed the function, else against the twin."""
+    reference, name = (twin, "torch twin") if function_changed else (original, "timm model")
+    if isinstance(original, CanonicalViT) and not function_changed:
+        name = "torch twin"
+    result = compare(final, reference, images, batch, name, tolerance).to_dict()
+    if not function_changed and reference is not twin:
+        result["max_abs_err_twin"] = compare(final, twin, images, batch, "torch twin").max_abs_err
+    return result

@@ -1,0 +1,117 @@
+"""The measured-feedback loop between ``vitrt compile`` and the latency table.
+
+    compile --bench --lut LUT               manifest.latency.predicted_ms = LUT.model_ms(spec_after)
+    compile --bench --lut LUT --refine-lut  ... and, after OUT is written, LUT += OUT's measured per-block ms
+    vitrt lut refine LUT --from OUT/manifest.json   the same, later
+
+The table is its own file: OUT is written atomically by ``compile()``; the table update is a second,
+separate atomic write that happens only after OUT exists (a failed compile never touches the table).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.lut import PRECISIONS, SPARSITIES, LatencyTable
+
+
+def compile_precision(config, manifest: dict | None = None) -> tuple[str, str]:
+    """The (precision, sparsity) table key of a compile: the manifest's fields, else the config's.
+
+    Every precision is its own key (an int4w engine is never predicted from fp32 entries); a table without
+    the key answers with a one-line error or, after the build, an unavailable prediction.
+    """
+    manifest = manifest or {}
+    quantization, sparse = manifest.get("quantization") or {}, manifest.get("sparsity") or {}
+    precision = quantization.get("precision") or (config.target.precision if config is not None else "fp32")
+    sparsity = sparse.get("pattern") or (config.sparsity.pattern if config is not None else None) or "dense"
+    if precision not in PRECISIONS or sparsity not in SPARSITIES:
+        raise VitrtError(f"the latency table has no key for precision '{precision}' with sparsity '{sparsity}'")
+    return precision, sparsity
+
+
+def open_for_compile(config) -> LatencyTable | None:
+    """Load and check ``--lut`` before any work, so a wrong table fails the compile fast."""
+    if config.checks.lut is None:
+        return None
+    table = LatencyTable.load(config.checks.lut)
+    precision, sparsity = compile_precision(config)
+    # The wall clock matters only where the prediction meets --bench's wall-clock measurement; --prune alone
+    # compares predictions with each other and can use a cpu-clock table.
+    table.check(backend=config.target.backend, batch=config.target.batch, precision=precision, sparsity=sparsity,
+                clock="wall" if config.checks.bench else None)
+    return table
+
+
+def add_prediction(table: LatencyTable | None, config, spec, manifest: dict) -> None:
+    """Put the table's whole-model prediction beside the measured median in ``manifest['latency']``.
+
+    A model outside the table's grid does not fail the compile (the table was checked for backend, batch
+    and precision up front): ``predicted_ms`` is null and ``prediction_unavailable`` says why.
+    """
+    if table is None or "latency" not in manifest:
+        return
+    precision, sparsity = compile_precision(config, manifest)
+    latency = manifest["latency"]
+    latency["lut"] = str(config.checks.lut)
+    try:
+        predicted = table.model_ms(spec, precision=precision, sparsity=sparsity)
+    except VitrtError as exc:
+        latency["predicted_ms"] = None
+        latency["prediction_unavailable"] = str(exc)
+        return
+    latency["predicted_ms"] = round(predicted, 4)
+    latency["predicted_error"] = round(predicted / latency["median_ms"] - 1.0, 4)
+
+
+def refine_after_compile(config, manifest: dict, progress=None) -> dict | None:
+    """``--refine-lut``: fold the compiled model's measurement into ``config.lut`` (re-read, atomic write)."""
+    if not config.checks.refine_lut:
+        return None
+    lut = config.checks.lut
+    precision, sparsity = compile_precision(config, manifest)
+    with _locked(lut):
+        table = LatencyTable.load(lut)  # re-read: another process may have refined it meanwhile
+        summary = table.refine(manifest, source=Path(config.out) / "manifest.json", precision=precision,
+                               sparsity=sparsity)
+        table.save(lut)
+    if progress is not None:
+        progress.log(f"refined {lut}: prediction {summary['predicted_before_ms']:.2f} -> "
+                     f"{summary['predicted_after_ms']:.2f} ms (measured {summary['measured_ms']:.2f} ms)")
+    return summary
+
+
+def read_manifest(path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise VitrtError(f"manifest '{path}' does not exist; pass OUT/manifest.json of a vitrt compile --bench") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VitrtError(f"manifest '{path}' is unreadable or not JSON ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise VitrtError(f"manifest '{path}' is not a JSON object")
+    return data
+
+
+def refine_file(lut_path, manifest_path, *, precision=None, sparsity=None) -> dict:
+    """``vitrt lut refine LUT --from OUT/manifest.json``."""
+    manifest = read_manifest(manifest_path)
+    with _locked(lut_path):
+        table = LatencyTable.load(lut_path)
+        p, s = compile_precision(None, manifest)
+        summary = table.refine(manifest, source=manifest_path, precision=precision or p, sparsity=sparsity or s)
+        table.save(lut_path)
+    return summary
+
+
+def _locked(lut_path):
+    """Serialise read-refine-write cycles of concurrent compiles on one table (``.LUT.lock`` beside it)."""
+    from filelock import FileLock
+
+    path = Path(lut_path)
+    return FileLock(str(path.with_name(f".{path.name}.lock")), timeout=600)

@@ -1,0 +1,33 @@
+"""The STAGES table: every transform a compile can run, in the order the compression stack needs.
+
+    structural pruning (changes dims) → token merging (changes token counts) → 2:4 sparsity (masks weights)
+    → quantization (Q/DQ around the final weights) → precision typing → cleanup
+
+Each stage plans on the twin the stages before it left (the pruned twin is merged, the merged one masked, the
+masked one calibrated). Adding a transform is one sub-package of :mod:`vitrt.transforms` and one row here;
+ordering constraints between passes are declared on the passes (``run_after``) and checked by the pass
+manager over the whole schedule.
+"""
+
+from __future__ import annotations
+
+from vitrt.compiler.cleanup import CleanupPass
+from vitrt.transforms.base import Transform
+from vitrt.transforms.precision import TRANSFORM as PRECISION
+from vitrt.transforms.prune import TRANSFORM as PRUNE
+from vitrt.transforms.quant import TRANSFORM as QUANT
+from vitrt.transforms.sparsity import TRANSFORM as SPARSITY
+from vitrt.transforms.tome import TRANSFORM as TOME
+
+STAGES: tuple[Transform, ...] = (PRUNE, TOME, SPARSITY, QUANT, PRECISION)
+FINAL_PASSES = (CleanupPass,)  # function-preserving passes after every stage
+
+
+def stage_options(config, stage: Transform):
+    """The stage's section of a CompileConfig (None for stages driven by the target alone)."""
+    return getattr(config, stage.section) if stage.section else None
+
+
+def active_stages(config) -> list[Transform]:
+    """The stages ``config`` asks for, in STAGES order."""
+    return [s for s in STAGES if s.enabled(stage_options(config, s), config.target)]

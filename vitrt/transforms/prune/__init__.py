@@ -1,0 +1,18 @@
+"""Head-aligned structural pruning (NViT): EMB, heads, QK and V dims per head, MLP channels, per block.
+
+    plan.py        PruningPlan: kept indices per group (JSON), alignment rules
+    gates.py       structural gates on the twin, NViT's Hessian importance (eq. 6), magnitude baseline
+    search.py      latency-aware greedy search (eq. 7), ReViT dims (Table 6)
+    planner.py     plan(twin, ctx, options): importance + search (or a given plan) + fine-tuning
+    graph_pass.py  PrunePass: slices the canonical ONNX
+    twin.py        apply_plan: the same slicing on the torch twin
+    report.py      manifest section, pruning_plan.json, pruning_dims.png
+"""
+
+from vitrt.transforms.base import Transform
+from vitrt.transforms.prune import planner, report
+from vitrt.transforms.prune.graph_pass import PrunePass
+
+TRANSFORM = Transform(name="prune", manifest_key="pruning", section="prune",
+                      enabled=lambda options, target: options.enabled, plan=planner.plan, graph_pass=PrunePass,
+                      report=report.report, finish=report.finish)

@@ -1,0 +1,41 @@
+"""Options of the quantization stage: calibration, QAT and scale tables (the precision itself is a target option)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.options import option
+
+QUANT_PRECISIONS = ("int8", "fp8", "int4w")
+CALIB_METHODS = ("max", "percentile", "entropy", "mse")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    calib_data: str | None = option(None, "calibration / QAT data: digits, synthetic or an ImageFolder PATH "
+                                    "(default synthetic)", metavar="DATA")
+    calib_method: str = option("max", "activation calibrator (weights always use max)", choices=CALIB_METHODS)
+    calib_images: int = option(512, "images used for calibration", type=int, metavar="N")
+    qat_epochs: int = option(0, "epochs of sparse-distillation-aware QAT after calibration (GPUSQ-ViT)", type=int,
+                             metavar="N")
+    quantize_attention: bool = option(False, "also quantize the attention matmuls where fused attention allows it")
+    scale_table: Path | None = option(None, "scale table JSON to use instead of calibrating (validated)", type=Path,
+                                      metavar="FILE")
+
+    def validate(self, precision: str) -> "QuantConfig":
+        """Option combinations refused for ``precision`` (the target's)."""
+        quant = precision in QUANT_PRECISIONS
+        if not quant and (self.qat_epochs or self.quantize_attention or self.scale_table or self.calib_data):
+            raise VitrtError(f"--qat-epochs / --quantize-attention / --scale-table / --calib-data need --precision "
+                             f"int8, fp8 or int4w (got {precision})")
+        if self.qat_epochs < 0:
+            raise VitrtError(f"--qat-epochs must be >= 0, got {self.qat_epochs}")
+        if self.calib_images < 1:
+            raise VitrtError(f"--calib-images must be >= 1, got {self.calib_images}")
+        if precision == "int4w" and (self.qat_epochs or self.quantize_attention):
+            raise VitrtError("int4w is weight-only: --qat-epochs and --quantize-attention apply to int8 and fp8")
+        if self.scale_table is not None and self.calib_data is not None and not self.qat_epochs:
+            raise VitrtError("--scale-table replaces calibration: drop --calib-data (or add --qat-epochs to fine-tune)")
+        return self

@@ -1,0 +1,53 @@
+"""The quantization plan: the precision, the scale table (every quantized tensor's format and range), whether the
+attention matmuls are quantized, and — after QAT — the trained twin parameters the table applies to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from vitrt.compiler.errors import VitrtError
+from vitrt.transforms.quant.scale_table import ScaleTable, table_from_dict
+
+PLAN_FORMAT = 1
+
+
+@dataclass(frozen=True, eq=False)  # holds arrays: identity, not value, equality
+class QuantPlan:
+    precision: str  # int8 | fp8 | int4w
+    table: ScaleTable
+    quantize_attention: bool = False
+    weights: Mapping[str, np.ndarray] | None = None  # twin parameters after QAT (None: the twin's own)
+    info: Mapping[str, Any] = field(default_factory=dict)  # calibration data, QAT losses, accuracy
+
+    def __post_init__(self):
+        if self.table.precision != self.precision:
+            raise VitrtError(f"quantization plan: the scale table is for '{self.table.precision}', the plan for "
+                             f"'{self.precision}'")
+
+    def to_dict(self) -> dict:
+        return {"format": PLAN_FORMAT, "precision": self.precision, "quantize_attention": self.quantize_attention,
+                "table": self.table.to_dict(), "info": dict(self.info)}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f"weight/{k}": np.asarray(v) for k, v in (self.weights or {}).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], arrays: Mapping[str, np.ndarray], spec) -> "QuantPlan":
+        """Rebuild a plan for ``spec`` (the table is validated against the names and shapes ``spec`` implies)."""
+        if data.get("format") != PLAN_FORMAT:
+            raise VitrtError(f"quantization plan format {data.get('format')!r} is not supported")
+        table = table_from_dict(data["table"], spec, data["precision"],
+                                quantize_attention=bool(data.get("quantize_attention")), origin="quantization plan")
+        weights = {k[len("weight/"):]: v for k, v in arrays.items() if k.startswith("weight/")} or None
+        return cls(data["precision"], table, bool(data.get("quantize_attention")), weights, data.get("info") or {})
+
+    def report(self, opset: int | None = None) -> dict:
+        """The manifest's ``quantization`` section."""
+        section = dict(self.info, precision=self.precision, scale_source=self.table.source,
+                       layers=self.table.layer_dtypes())
+        if opset is not None:
+            section["opset"] = opset
+        return section

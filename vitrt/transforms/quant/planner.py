@@ -1,0 +1,55 @@
+"""The quantization planner: ranges for the twin the stage meets (pruned, merged, 2:4-masked).
+
+    --scale-table FILE     validate the file against the model (one line on error) and apply it, or
+    --calib-data DATA      PTQ calibration with --calib-method on up to --calib-images images, then
+    --qat-epochs N         GPUSQ-ViT QAT (teacher: the float twin; 2:4 masks and W_j from the sparsity plan)
+
+and, when the data has a labelled test split (digits), the top-1 of the float and fake-quant twins.
+"""
+
+from __future__ import annotations
+
+import time
+
+from vitrt.calib.evaluate import accuracy
+from vitrt.compiler.weights import parameter_state
+from vitrt.transforms.base import PlanContext
+from vitrt.transforms.quant.config import QuantConfig
+from vitrt.transforms.quant.fakequant import apply_scale_table, quantize_twin, table_from_twin
+from vitrt.transforms.quant.plan import QuantPlan
+from vitrt.transforms.quant.qat import qat
+from vitrt.transforms.quant.scale_table import load_scale_table
+
+
+def plan(twin, ctx: PlanContext, options: QuantConfig) -> QuantPlan:
+    precision, att = ctx.target.precision, options.quantize_attention
+    source = options.calib_data or "synthetic"
+    info: dict = {"calib_data": source if options.scale_table is None else None}
+    start = time.perf_counter()
+    if options.scale_table is not None:
+        table = load_scale_table(options.scale_table, twin.spec, precision, quantize_attention=att)
+        qtwin = apply_scale_table(twin, table, quantize_attention=att)
+    else:
+        data = None if precision == "int4w" else ctx.data(source, limit=options.calib_images)
+        with ctx.progress.step(f"calibrating {precision} ({options.calib_method}) on {source}"):
+            qtwin, table = quantize_twin(twin, precision, data, method=options.calib_method, quantize_attention=att,
+                                         max_images=options.calib_images)
+        if data is not None:
+            table.meta["calib_data"] = source
+    info["calibration_s"] = round(time.perf_counter() - start, 2)
+    weights = None
+    if options.qat_epochs:
+        sparsity = ctx.plans.get("sparsity")
+        masks = sparsity.torch_masks() if sparsity is not None else None
+        prior = (sparsity.finetune or {}).get("per_feature_losses") if sparsity is not None else None
+        info["qat"] = qat(qtwin, twin, ctx.data(source), epochs=options.qat_epochs, seed=ctx.seed, masks=masks,
+                          prior_feature_losses=prior, progress=ctx.progress)
+        table = table_from_twin(qtwin, precision, quantize_attention=att, source=f"{table.source}+qat",
+                                meta=table.meta)
+        weights = parameter_state(qtwin)
+    test = ctx.data(source, split="test") if source != "synthetic" else None
+    if test is not None and test.labelled:
+        info["accuracy"] = {"data": f"{source}:test" if source == "digits" else f"{source} (calibration set)",
+                            "images": len(test), "top1_fp32_twin": round(accuracy(twin, test), 5),
+                            f"top1_{precision}_twin": round(accuracy(qtwin, test), 5)}
+    return QuantPlan(precision, table, att, weights, info)
