@@ -117,7 +117,7 @@ def _export(graph, opset: int):
     return model
 
 
-def _tokens_graph(batch: int, tokens: int, emb: int, opset: int):
+def _tokens_graph(batch: int, tokens: int, emb: int, opset: int, weights: dict):
     import onnx_graphsurgeon as gs
 
     from vitrt.compiler.lower import GraphEmitter
@@ -125,29 +125,35 @@ def _tokens_graph(batch: int, tokens: int, emb: int, opset: int):
     graph = gs.Graph(name="lut", opset=opset)
     x = gs.Variable("x", dtype=np.float32, shape=(batch, tokens, emb))
     graph.inputs = [x]
-    return graph, GraphEmitter(graph), x
+    return graph, GraphEmitter(graph, weights), x
 
 
-def half_block_model(part: str, *, batch: int, emb: int, tokens: int, heads=0, qk=0, v=0, mlp=0, seed=0,
-                     opset=17):
-    """The canonical attention half (``part='attn'``) or MLP half (``'mlp'``) of one block, random weights."""
+def block_model(*, batch: int, emb: int, tokens: int, heads=0, qk=0, v=0, mlp=0, seed=0, opset=17):
+    """One canonical block (``heads == 0`` / ``mlp == 0`` leave out that half), random weights."""
     import torch
 
     from vitrt.compiler.lower import emit_block
     from vitrt.compiler.spec import BlockSpec
     from vitrt.compiler.twin import CanonicalBlock
+    from vitrt.compiler.weights import module_initializers
 
     torch.manual_seed(seed)
-    if part == "attn":
-        spec = BlockSpec(heads=heads, qk=qk, v=v, mlp=0, tokens=tokens, scale=1.0 / math.sqrt(qk))
-    else:
-        spec = BlockSpec(heads=0, qk=0, v=0, mlp=mlp, tokens=tokens, scale=1.0)
+    spec = BlockSpec(heads=heads, qk=qk if heads else 0, v=v if heads else 0, mlp=mlp, tokens=tokens,
+                     scale=1.0 / math.sqrt(qk) if heads else 1.0)
     block = CanonicalBlock(emb, spec, 1e-6)
-    graph, e, x = _tokens_graph(batch, tokens, emb, opset)
+    graph, e, x = _tokens_graph(batch, tokens, emb, opset, module_initializers(block, "blocks.0"))
     y = emit_block(e, x, 0, block)
     y.name, y.shape = "y", (batch, tokens, emb)
     graph.outputs = [y]
     return _export(graph, opset), np.random.default_rng(seed).standard_normal((batch, tokens, emb), np.float32)
+
+
+def half_block_model(part: str, *, batch: int, emb: int, tokens: int, heads=0, qk=0, v=0, mlp=0, seed=0,
+                     opset=17):
+    """The canonical attention half (``part='attn'``) or MLP half (``'mlp'``) of one block, random weights."""
+    if part == "attn":
+        return block_model(batch=batch, emb=emb, tokens=tokens, heads=heads, qk=qk, v=v, seed=seed, opset=opset)
+    return block_model(batch=batch, emb=emb, tokens=tokens, mlp=mlp, seed=seed, opset=opset)
 
 
 def _stem_head_twin(emb: int, patches: int, grid: dict, distilled: bool = False):
@@ -173,6 +179,7 @@ def stem_model(*, batch: int, emb: int, patches: int, grid: dict, seed=0, opset=
     import torch
 
     from vitrt.compiler.lower import GraphEmitter, emit_stem
+    from vitrt.compiler.weights import twin_initializers
 
     torch.manual_seed(seed)
     twin = _stem_head_twin(emb, patches, grid)
@@ -180,7 +187,7 @@ def stem_model(*, batch: int, emb: int, patches: int, grid: dict, seed=0, opset=
     graph = gs.Graph(name="lut", opset=opset)
     images = gs.Variable("images", dtype=np.float32, shape=(batch, 3, spec.img, spec.img))
     graph.inputs = [images]
-    y = emit_stem(GraphEmitter(graph), images, twin, batch)
+    y = emit_stem(GraphEmitter(graph, twin_initializers(twin)), images, spec, batch)
     y.name, y.shape = "y", (batch, spec.tokens, emb)
     graph.outputs = [y]
     return _export(graph, opset), np.random.default_rng(seed).standard_normal((batch, 3, spec.img, spec.img), np.float32)
@@ -190,11 +197,12 @@ def head_model(*, batch: int, emb: int, tokens: int, grid: dict, distilled=False
     import torch
 
     from vitrt.compiler.lower import emit_head
+    from vitrt.compiler.weights import twin_initializers
 
     torch.manual_seed(seed)
     twin = _stem_head_twin(emb, 4, grid, distilled)
-    graph, e, x = _tokens_graph(batch, tokens, emb, opset)
-    y = emit_head(e, x, twin)
+    graph, e, x = _tokens_graph(batch, tokens, emb, opset, twin_initializers(twin))
+    y = emit_head(e, x, twin.spec)
     y.name, y.shape = "y", (batch, grid["num_classes"])
     graph.outputs = [y]
     return _export(graph, opset), np.random.default_rng(seed).standard_normal((batch, tokens, emb), np.float32)

@@ -22,7 +22,7 @@ import numpy as np
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.lut import LatencyTable
-from vitrt.benchmarks.lut_build import TimingOptions, Timer, cpu_clock_ms
+from vitrt.benchmarks.lut_build import TimingOptions, Timer, block_model, cpu_clock_ms
 
 
 def off_grid_configs(table: LatencyTable, count: int, seed: int = 0) -> list[dict]:
@@ -45,23 +45,7 @@ def off_grid_configs(table: LatencyTable, count: int, seed: int = 0) -> list[dic
 
 def full_block_model(*, batch, emb, heads, qk, v, mlp, tokens, seed=0, opset=17):
     """One whole canonical block (attention and MLP halves in one graph), random weights."""
-    import math
-
-    import torch
-
-    from vitrt.compiler.lower import emit_block
-    from vitrt.compiler.spec import BlockSpec
-    from vitrt.compiler.twin import CanonicalBlock
-    from vitrt.benchmarks.lut_build import _export, _tokens_graph
-
-    torch.manual_seed(seed)
-    block = CanonicalBlock(emb, BlockSpec(heads=heads, qk=qk, v=v, mlp=mlp, tokens=tokens, scale=1 / math.sqrt(qk)),
-                           1e-6)
-    graph, e, x = _tokens_graph(batch, tokens, emb, opset)
-    y = emit_block(e, x, 0, block)
-    y.name, y.shape = "y", (batch, tokens, emb)
-    graph.outputs = [y]
-    return _export(graph, opset), np.random.default_rng(seed).standard_normal((batch, tokens, emb), np.float32)
+    return block_model(batch=batch, emb=emb, tokens=tokens, heads=heads, qk=qk, v=v, mlp=mlp, seed=seed, opset=opset)
 
 
 def measure(runner, images, clock: str, timing: TimingOptions) -> float:
