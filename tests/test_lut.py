@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 
 from vitrt.compiler.lut import LatencyTable
-from vitrt.benchmarks.lut_build import TimingOptions, build_table, grid_of
+from vitrt.benchmarks.lut_build import build_table, grid_of
+from vitrt.compiler.timing import Timing
 from vitrt.cli import main
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.models import spec_of_timm
 
 from conftest import tiny_vit
 
-QUICK = TimingOptions(warmup=1, iterations=2, min_seconds=0.005)
+QUICK = Timing(warmup=1, iterations=2, min_seconds=0.005)
 # tiny_vit(mlp_ratio=2): emb 64, 2 heads of 32, MLP 128, 17 tokens, patch 8, 10 classes — inside the tiny grid.
 TINY_ARGS = dict(mlp_ratio=2.0)
 

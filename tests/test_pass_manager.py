@@ -1,17 +1,20 @@
-"""The pass framework: schedule checks, instruments, twin verification, and the cleanup pass."""
+"""The pass framework: schedule checks, graph-property checks, instruments, twin verification, and the cleanup pass."""
+
+import copy
 
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
+import torch
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.graph import GraphView
 from vitrt.compiler.lower import lower
 from vitrt.compiler.models import canonicalize
-from vitrt.compiler.pass_manager import (CANONICAL, SHAPES_INFERRED, OpCountInstrument, Pass, PassContext,
-                                         PassManager, PassResult)
-from vitrt.compiler.verify import VerifyInstrument, verification_inputs
 from vitrt.compiler.cleanup import CleanupPass
+from vitrt.compiler.pass_manager import (CANONICAL, SHAPES_INFERRED, TOPOSORTED, OpCountInstrument, Pass,
+                                         PassContext, PassManager, PassResult, check_properties)
+from vitrt.compiler.verify import VerifyInstrument, verification_inputs
 
 from conftest import tiny_vit
 
@@ -47,9 +50,11 @@ class ScaleFc2(Pass):
         weight.values = weight.values * 2
         return PassResult(view, True, {"scaled": 1})
 
-    def apply_to_twin(self, twin, ctx):
-        if self.twin:
-            twin.blocks[0].mlp.fc2.weight.data *= 2
+    def apply_to_twin(self, twin):
+        if not self.twin:
+            return twin
+        twin = copy.deepcopy(twin)
+        twin.blocks[0].mlp.fc2.weight.data *= 2
         return twin
 
 
@@ -77,11 +82,13 @@ def test_requirements_dropped_by_a_modifying_pass_fail_the_schedule():
 def test_verify_instrument_accepts_an_honest_pass_and_names_a_broken_one(setup):
     view, twin = setup
     images = verification_inputs(view.spec, batch=2)
-    ctx = PassContext(twin=twin)
-    _, records = PassManager([ScaleFc2(True)], [VerifyInstrument(images, 2)]).run(view, ctx)
-    assert records[0].stats["verify_max_abs_err"] <= 1e-4 and records[0].changes_function
+    before = {k: v.clone() for k, v in twin.state_dict().items()}
+    result = PassManager([ScaleFc2(True)], [VerifyInstrument(images, 2)]).run(view, PassContext(), twin=twin)
+    record = result.records[0]
+    assert record.stats["verify_max_abs_err"] <= 1e-4 and record.changes_function
+    assert result.twin is not twin and all(torch.equal(before[k], v) for k, v in twin.state_dict().items())
     with pytest.raises(VitrtError, match="pass 'scale_fc2' broke numerical equivalence"):
-        PassManager([ScaleFc2(False)], [VerifyInstrument(images, 2)]).run(view, ctx)
+        PassManager([ScaleFc2(False)], [VerifyInstrument(images, 2)]).run(view, PassContext(), twin=twin)
 
 
 def test_cleanup_folds_constants_removes_dead_nodes_and_infers_shapes(setup):
@@ -102,10 +109,69 @@ def test_cleanup_folds_constants_removes_dead_nodes_and_infers_shapes(setup):
     view.refresh()
     images = verification_inputs(view.spec, batch=2)
     counter = OpCountInstrument()
-    result_view, records = PassManager([CleanupPass()], [counter, VerifyInstrument(images, 2)]).run(view, PassContext(twin=twin))
+    result = PassManager([CleanupPass()], [counter, VerifyInstrument(images, 2)]).run(view, twin=twin)
+    result_view, records = result.view, result.records
     stats = records[0].stats
     assert records[0].modified and stats["nodes_removed"] == 2  # the folded Mul and the dead Relu
     assert stats["op_delta"] == {"Mul": -1, "Relu": -1}
     assert stats["tensors_without_static_shape"] == 0
     assert all(t.shape is not None for t in result_view.graph.tensors().values())
     assert stats["verify_max_abs_err"] <= 1e-4
+
+
+class ClaimsShapes(Pass):
+    """Says it ensures inferred shapes but leaves a tensor without one (a dishonest pass)."""
+
+    name = "claims_shapes"
+    ensures = frozenset({SHAPES_INFERRED})
+
+    def run(self, view, ctx):
+        view.block(0).node("attn.softmax").outputs[0].shape = None
+        return PassResult(view, True)
+
+
+class Unsorts(Pass):
+    """Moves the last node to the front: the graph is no longer topologically sorted."""
+
+    name = "unsorts"
+    preserves = frozenset({CANONICAL, SHAPES_INFERRED, TOPOSORTED})
+
+    def run(self, view, ctx):
+        view.graph.nodes.insert(0, view.graph.nodes.pop())
+        return PassResult(view, True)
+
+
+def test_properties_are_checked_against_the_graph_under_verify(setup):
+    view, _ = setup
+    assert check_properties(view, {CANONICAL, SHAPES_INFERRED, TOPOSORTED}) == []
+    PassManager([ClaimsShapes()]).run(view)  # the schedule alone cannot see it
+    with pytest.raises(VitrtError, match="after pass 'claims_shapes'.*shapes_inferred: tensor 'blocks.0.attn.softmax.out'"):
+        PassManager([ClaimsShapes()], check_properties=True).run(setup[0])
+
+
+def test_a_pass_that_breaks_a_preserved_property_is_named(tiny_model):
+    view = GraphView.from_onnx(lower(canonicalize(tiny_model), batch=2))
+    with pytest.raises(VitrtError, match="after pass 'unsorts'.*toposorted: node"):
+        PassManager([Unsorts()], check_properties=True).run(view)
+
+
+def test_ordering_is_checked_across_every_stage_of_the_compile():
+    """One schedule over all stages: a pass that must follow another stage's pass is refused before it."""
+    from vitrt.pipeline.stages import FINAL_PASSES, STAGES
+
+    passes = {stage.name: stage.graph_pass for stage in STAGES}
+    PassManager([s.graph_pass for s in STAGES] + list(FINAL_PASSES))  # the STAGES order holds
+    with pytest.raises(VitrtError, match="'qdq' must run after 'sparsity_2to4'"):
+        PassManager([passes["quant"], passes["sparsity"]])
+    with pytest.raises(VitrtError, match="'precision_fp16' must run after 'qdq'"):
+        PassManager([passes["precision"], passes["quant"]])
+
+
+def test_tolerances_are_declared_on_the_passes():
+    """Every stage's pass declares the tolerance its graph is verified with; exact passes keep fp32's."""
+    from vitrt.compiler.pass_manager import FP32_TOLERANCE
+    from vitrt.transforms.precision.plan import FP16_TOLERANCE, PrecisionPlan
+    from vitrt.transforms.precision.graph_pass import Fp16Pass
+
+    assert CleanupPass().tolerance() == FP32_TOLERANCE
+    assert Fp16Pass(PrecisionPlan()).tolerance() == FP16_TOLERANCE > FP32_TOLERANCE

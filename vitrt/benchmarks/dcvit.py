@@ -12,8 +12,8 @@ not depend on their values).
 
 from __future__ import annotations
 
-import argparse
 import gc
+import shlex
 import sys
 import tempfile
 import time
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vitrt.compiler.config import option
+from vitrt.compiler.options import module_main, option
+from vitrt.compiler.timing import CLOCKS, Timing, measure, synced
 
 REMOVALS = ("Block", "Attn", "FFN", "Attn+0.5·FFN")
 
@@ -32,6 +33,7 @@ class DcvitConfig:
     model: str = option("vit_small_patch16_224", "timm ViT (12 blocks in the paper: vit_base; vit_small on CPU)",
                         metavar="MODEL")
     backend: str = option("ort", "inference backend", choices=("ort", "trt"))
+    img_size: int | None = option(None, "input image size (default: the model's)", type=int, metavar="N")
     batch: int = option(1, "batch size", type=int, metavar="N")
     seeds: int = option(5, "independent timing rounds (mean ± std over them)", type=int, metavar="N")
     iterations: int = option(5, "timed runs per variant per seed (their median is the seed's value)", type=int,
@@ -39,7 +41,7 @@ class DcvitConfig:
     warmup: int = option(2, "warm-up runs per variant per seed", type=int, metavar="N")
     threads: int | None = option(None, "ONNX Runtime intra-op threads", type=int, metavar="N")
     clock: str = option("wall", "wall: median wall-clock latency; cpu: least CPU time of a single-threaded run, "
-                        "robust on a shared machine (needs --threads 1)", choices=("wall", "cpu"))
+                        "robust on a shared machine (needs --threads 1)", choices=CLOCKS)
     out: Path | None = option(None, "write OUT.json and OUT.md", flag="-o/--out", type=Path, metavar="OUT")
     quiet: bool = option(False, "no progress output")
 
@@ -62,13 +64,11 @@ def run_table(config: DcvitConfig, progress=None) -> dict:
     from vitrt.compiler.progress import Progress
     from vitrt.compiler.twin import CanonicalViT
     from vitrt.benchmarks.harness import build_twin, images_for
+    from vitrt.benchmarks.lut_build import check_clock
 
     progress = progress or Progress(enabled=not config.quiet)
-    if config.clock == "cpu" and (config.backend != "ort" or config.threads != 1):
-        from vitrt.compiler.errors import VitrtError
-
-        raise VitrtError("--clock cpu measures the caller thread's CPU time: it needs --backend ort --threads 1")
-    spec = spec_of_timm(load_timm_model(config.model))
+    check_clock(config.clock, config.backend, config.threads)
+    spec = spec_of_timm(load_timm_model(config.model, img_size=config.img_size))
     variants = [("dense", None, spec)] + [(f"{i}:{r}", (i, r), removed(spec, i, r))
                                           for i in range(spec.depth) for r in REMOVALS]
     backend = get_backend(config.backend)
@@ -81,25 +81,22 @@ def run_table(config: DcvitConfig, progress=None) -> dict:
                 torch.manual_seed(0)
                 loaded = build_twin(CanonicalViT(vspec).eval(), Path(tmp) / name.replace(":", "_").replace("·", ""),
                                     name=name, backend=config.backend, batch=config.batch, threads=config.threads)
-                artifacts[name] = loaded.runner.artifact if hasattr(loaded.runner, "artifact") else None
+                artifacts[name] = loaded.artifact  # from the build: runners do not expose their artifact
                 del loaded
                 gc.collect()
                 bar.update(1)
         build_s = time.perf_counter() - start
         from vitrt.compiler.backends import BuildOptions
 
-        from vitrt.benchmarks.lut_build import TimingOptions
-        from vitrt.benchmarks.lut_eval import measure
-
         options = BuildOptions(threads=config.threads)
-        timing = TimingOptions(warmup=config.warmup, iterations=config.iterations, min_seconds=0.0)
+        timing = Timing(warmup=config.warmup, iterations=config.iterations, clock=config.clock)
         with progress.bar(config.seeds * len(variants), f"timing, {config.seeds} seeds") as bar:
             for seed in range(config.seeds):
                 rng = np.random.default_rng(seed)
                 for k in rng.permutation(len(variants)):
                     name, _, vspec = variants[k]
                     runner = backend.load(artifacts[name], options)
-                    samples[name].append(measure(runner, images_for(vspec, config.batch, seed), config.clock, timing))
+                    samples[name].append(measure(synced(runner, images_for(vspec, config.batch, seed)), timing))
                     del runner
                     bar.update(1)
     table = {r: [None] * spec.depth for r in REMOVALS}
@@ -150,15 +147,9 @@ def main(config: DcvitConfig, command: str) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from vitrt.compiler.config import add_arguments, from_args
-    from vitrt.compiler.errors import VitrtError
+def command_line() -> str:
+    return "python -m vitrt.benchmarks.dcvit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
-    parser = argparse.ArgumentParser(prog="python -m vitrt.benchmarks.dcvit", description=__doc__.splitlines()[0])
-    add_arguments(parser, DcvitConfig)
-    args = parser.parse_args()
-    try:
-        sys.exit(main(from_args(DcvitConfig, args), "python -m vitrt.benchmarks.dcvit " + " ".join(sys.argv[1:])))
-    except VitrtError as exc:
-        print(f"vitrt: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+
+if __name__ == "__main__":
+    sys.exit(module_main(DcvitConfig, lambda config: main(config, command_line()), description=__doc__.splitlines()[0]))

@@ -2,8 +2,9 @@
 
 ``bench_target`` accepts a compiled OUT (its backend artifact is loaded as is; a static-batch OUT can only
 be timed at its own batch) or a timm model name (lowered with a dynamic batch, random weights, no passes).
-``time_side_by_side`` interleaves the candidates in rounds so that drift and other load on a shared
-machine hit all of them alike; every speedup vs a reference comes from one such run.
+Side-by-side comparisons go through :func:`vitrt.compiler.timing.interleaved` (rounds visit the candidates
+in shuffled order, so drift and other load on a shared machine hit all of them alike); every speedup vs a
+reference comes from one such run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.timing import Timing, interleaved, synced
 
 
 @dataclass
@@ -24,6 +26,7 @@ class Loaded:
     spec: object
     batch: int | None  # None: dynamic
     manifest: dict | None = None
+    artifact: Path | None = None  # the built artifact (load it again with the backend; runners do not expose it)
 
 
 def parse_batches(text: str) -> list[int]:
@@ -53,7 +56,7 @@ def load_out(out: Path, threads: int | None = None) -> Loaded:
     if not artifact.exists():
         raise VitrtError(f"'{artifact}' is missing: compile OUT again")
     runner = backend.load(artifact, BuildOptions(threads=threads))
-    return Loaded(str(out), runner, spec, batch if isinstance(batch, int) else None, manifest)
+    return Loaded(str(out), runner, spec, batch if isinstance(batch, int) else None, manifest, artifact)
 
 
 def load_model_name(name: str, workdir: Path, *, backend: str = "ort", img_size: int | None = None,
@@ -84,7 +87,7 @@ def build_twin(twin, workdir: Path, *, name: str, backend: str = "ort", batch: i
     artifact = be.build(onnx_path, workdir, options)
     if not keep_onnx:
         onnx_path.unlink()
-    return Loaded(name, be.load(artifact, options), twin.spec, batch)
+    return Loaded(name, be.load(artifact, options), twin.spec, batch, artifact=artifact)
 
 
 def images_for(spec, batch: int, seed: int = 0) -> np.ndarray:
@@ -129,19 +132,6 @@ def format_bench(result: dict) -> str:
     return "\n".join(lines)
 
 
-def time_side_by_side(candidates: list[tuple[str, object, np.ndarray]], *, rounds: int = 5, iterations: int = 5,
-                      warmup: int = 2, seed: int = 0) -> dict[str, list[float]]:
-    """Per-round medians (ms) for each (name, runner, inputs); rounds visit the candidates in shuffled order."""
-    rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {name: [] for name, _, _ in candidates}
-    for _ in range(rounds):
-        for i in rng.permutation(len(candidates)):
-            name, runner, images = candidates[i]
-            stats = runner.benchmark(images, warmup=warmup, iterations=iterations, per_block=False)
-            samples[name].append(stats.median_ms)
-    return samples
-
-
 def nvit_table(outs: list[str], *, rounds: int = 5, iterations: int = 5, threads: int | None = None,
                progress=None) -> dict:
     """NViT Table 1 style: params, FLOPs and speedup of compiled variants vs the first (the dense reference)."""
@@ -154,8 +144,8 @@ def nvit_table(outs: list[str], *, rounds: int = 5, iterations: int = 5, threads
     batch = batches.pop()
     if progress is not None:
         progress.log(f"timing {len(outs)} artifacts side by side: {rounds} rounds x {iterations} runs, batch {batch}")
-    samples = time_side_by_side([(x.name, x.runner, images_for(x.spec, batch)) for x in loaded], rounds=rounds,
-                                iterations=iterations)
+    samples = interleaved({x.name: synced(x.runner, images_for(x.spec, batch)) for x in loaded},
+                          Timing(warmup=2, iterations=iterations), rounds=rounds)
     ref = loaded[0]
     ref_ms = float(np.median(samples[ref.name]))
     rows = []

@@ -5,10 +5,13 @@
 
 from __future__ import annotations
 
-import argparse
+import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from vitrt.compiler.options import module_main, option
 
 SUPPORTED_MODELS = (
     "vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224",
@@ -35,17 +38,20 @@ def lowering_errors(name: str, batch: int = 2, seed: int = 1) -> dict:
             "logit_scale": float(np.abs(reference).max())}
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--models", default=",".join(SUPPORTED_MODELS))
-    args = parser.parse_args(argv)
+@dataclass(frozen=True)
+class LoweringConfig:
+    batch: int = option(2, "batch size of the random verification images", type=int, metavar="N")
+    models: str = option(",".join(SUPPORTED_MODELS), "comma-separated timm models", metavar="M1,M2")
+
+
+def run(config: LoweringConfig) -> int:
     print("| model | twin vs timm | ONNX vs timm | ONNX vs twin | max abs logit |\n|---|---|---|---|---|")
-    for name in args.models.split(","):
-        r = lowering_errors(name, args.batch)
+    for name in config.models.split(","):
+        r = lowering_errors(name, config.batch)
         print(f"| {r['model']} | {r['twin_vs_timm']:.2e} | {r['onnx_vs_timm']:.2e} | {r['onnx_vs_twin']:.2e} | "
               f"{r['logit_scale']:.2f} |", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(module_main(LoweringConfig, run, description=__doc__.splitlines()[0]))

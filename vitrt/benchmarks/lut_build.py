@@ -16,19 +16,21 @@ The output file is rewritten atomically as points finish; a rerun with the same 
 
 from __future__ import annotations
 
+import dataclasses
+
 import datetime
 import itertools
 import math
 import platform
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.lut import PART_AXES, LatencyTable, SubTable, table_key
+from vitrt.compiler.timing import Timing, measure
 
 # Grid presets. "coarse" builds on a 2-core CPU in minutes; "dense" is NViT's grid (heads {1,3,6,9,12},
 # qk/v 16..64, MLP in steps of 128 up to 3072) for a GPU; "tiny" is for tests (patch 8, 10 classes).
@@ -51,34 +53,8 @@ GRIDS = {
 GRID_FIELDS = ("emb", "heads", "qk", "v", "tokens", "mlp", "patches", "patch", "num_classes")
 
 
-CLOCKS = ("wall", "cpu")
 
-
-@dataclass(frozen=True)
-class TimingOptions:
-    warmup: int = 2
-    iterations: int = 5
-    min_seconds: float = 0.1  # tiny subgraphs repeat until this much time has been sampled
-
-
-def cpu_clock_ms(runner, inputs: np.ndarray, timing: TimingOptions) -> float:
-    """Least CPU time of the calling thread per ``runner.infer`` (needs a single-threaded runtime).
-
-    On a machine shared with other jobs, wall-clock latency of a 2-thread run varies 2-3x with the load;
-    the CPU time a single-threaded run consumes varies far less (±3 % within a minute measured here), so
-    tables and the measurements they are compared with can use it. What load remains (a busy SMT sibling,
-    caches evicted by other jobs) only ever adds CPU time, so the minimum over the samples — not the
-    median — estimates the undisturbed cost. ONNX Runtime with one intra-op thread runs every kernel on
-    the caller's thread, which ``time.thread_time`` measures.
-    """
-    for _ in range(timing.warmup):
-        runner.infer(inputs)
-    samples, start = [], time.perf_counter()
-    while len(samples) < timing.iterations or time.perf_counter() - start < timing.min_seconds:
-        t0 = time.thread_time()
-        runner.infer(inputs)
-        samples.append((time.thread_time() - t0) * 1000.0)
-    return float(np.min(samples))
+LUT_TIMING = Timing(warmup=2, iterations=5, min_seconds=0.1)  # tiny subgraphs repeat for 0.1 s
 
 
 def grid_of(preset) -> dict:
@@ -233,15 +209,10 @@ def part_model(part: str, point: dict, *, batch: int, grid: dict, seed=0):
 class Timer:
     """Times ONNX models on one backend: build the artifact, load a runner, median of a few runs."""
 
-    def __init__(self, backend_name: str, timing: TimingOptions = TimingOptions(), threads: int | None = None,
-                 clock: str = "wall"):
+    def __init__(self, backend_name: str, timing: Timing = LUT_TIMING, threads: int | None = None):
         from vitrt.compiler.backends import BuildOptions, get_backend
 
-        if clock not in CLOCKS:
-            raise VitrtError(f"unknown clock '{clock}': choose one of {', '.join(CLOCKS)}")
-        if clock == "cpu" and (backend_name != "ort" or threads != 1):
-            raise VitrtError("--clock cpu measures the caller thread's CPU time: it needs --backend ort --threads 1")
-        self.clock = clock
+        check_clock(timing.clock, backend_name, threads)
         self.backend = get_backend(backend_name)
         self.options = BuildOptions(threads=threads)
         self.timing = timing
@@ -257,17 +228,12 @@ class Timer:
         onnx.save(model, str(path))
         artifact = self.backend.build(path, work, self.options)
         runner = self.backend.load(artifact, self.options)
-        if self.clock == "cpu":
-            return cpu_clock_ms(runner, inputs, self.timing)
-        stats = runner.benchmark(inputs, warmup=self.timing.warmup, iterations=self.timing.iterations,
-                                 min_seconds=self.timing.min_seconds, per_block=False)
-        del runner
-        return stats.median_ms
+        return measure(runner.timed_call(inputs), self.timing, synchronize=runner.synchronize)
 
     def overhead_ms(self) -> float:
         model, x = overhead_model()
         saved = self.timing
-        self.timing = TimingOptions(warmup=20, iterations=200, min_seconds=0.2)
+        self.timing = dataclasses.replace(saved, warmup=20, iterations=200, min_seconds=0.2)
         try:
             return self.time_model(model, x)
         finally:
@@ -320,10 +286,18 @@ def new_table(backend: str, device: str, batch: int, grid: dict, preset: str, pr
                         patch=grid["patch"], in_chans=3, num_classes=grid["num_classes"], meta=meta)
 
 
+def check_clock(clock: str, backend: str, threads: int | None) -> None:
+    """The CPU clock measures the calling thread: only a single-threaded ONNX Runtime computes there."""
+    if clock == "cpu" and (backend != "ort" or threads != 1):
+        raise VitrtError("--clock cpu measures the caller thread's CPU time: it needs --backend ort --threads 1")
+
+
 def build_table(out, *, backend: str = "ort", grid="coarse", batch: int = 1, precision: str = "fp32",
-                sparsity: str = "dense", threads: int | None = None, timing: TimingOptions = TimingOptions(),
-                clock: str = "wall", seed: int = 0, progress=None, save_every_s: float = 5.0) -> LatencyTable:
-    """Time every grid point (resuming a partial ``out`` of the same build) and save the table to ``out``."""
+                sparsity: str = "dense", threads: int | None = None, timing: Timing = LUT_TIMING,
+                seed: int = 0, progress=None, save_every_s: float = 5.0) -> LatencyTable:
+    """Time every grid point (resuming a partial ``out`` of the same build) and save the table to ``out``.
+
+    ``timing.clock`` is the table's clock (wall, or cpu with ``threads=1``)."""
     from vitrt.compiler.progress import QUIET
 
     progress = progress or QUIET
@@ -335,7 +309,8 @@ def build_table(out, *, backend: str = "ort", grid="coarse", batch: int = 1, pre
     if batch < 1:
         raise VitrtError(f"--batch must be >= 1, got {batch}")
     out = Path(out)
-    timer = Timer(backend, timing, threads, clock)
+    clock = timing.clock
+    timer = Timer(backend, timing, threads)
     try:
         device = timer.backend.device_name()
         key = table_key(precision, sparsity)

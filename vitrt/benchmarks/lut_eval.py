@@ -13,16 +13,19 @@
 
 from __future__ import annotations
 
-import argparse
+import shlex
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.lut import LatencyTable
-from vitrt.benchmarks.lut_build import TimingOptions, Timer, block_model, cpu_clock_ms
+from vitrt.benchmarks.lut_build import Timer, block_model
+from vitrt.compiler.options import module_main, option
+from vitrt.compiler.timing import Timing, measure, synced
 
 
 def off_grid_configs(table: LatencyTable, count: int, seed: int = 0) -> list[dict]:
@@ -48,12 +51,6 @@ def full_block_model(*, batch, emb, heads, qk, v, mlp, tokens, seed=0, opset=17)
     return block_model(batch=batch, emb=emb, tokens=tokens, heads=heads, qk=qk, v=v, mlp=mlp, seed=seed, opset=opset)
 
 
-def measure(runner, images, clock: str, timing: TimingOptions) -> float:
-    if clock == "cpu":
-        return cpu_clock_ms(runner, images, timing)
-    return runner.benchmark(images, warmup=timing.warmup, iterations=timing.iterations, per_block=False).median_ms
-
-
 def evaluate(lut, *, configs: int = 10, models=("deit_tiny_patch16_224", "deit_small_patch16_224"), seed: int = 0,
              iterations: int = 5, similar: float | None = 0.8, progress=None) -> dict:
     """``similar``: also time a variant of the first model with its MLPs pruned to that fraction (a block
@@ -67,8 +64,8 @@ def evaluate(lut, *, configs: int = 10, models=("deit_tiny_patch16_224", "deit_s
     table = LatencyTable.load(lut)
     threads = table.meta.get("threads")
     threads = threads if isinstance(threads, int) else None
-    timing = TimingOptions(warmup=2, iterations=iterations, min_seconds=0.1)
-    timer = Timer(table.backend, timing, threads, table.clock)
+    timing = Timing(warmup=2, iterations=iterations, min_seconds=0.1, clock=table.clock)
+    timer = Timer(table.backend, timing, threads)
     device = timer.backend.device_name()
     table.check(device=device)
     rows = []
@@ -98,7 +95,7 @@ def evaluate(lut, *, configs: int = 10, models=("deit_tiny_patch16_224", "deit_s
             loaded = build_twin(twin, Path(tmp) / name.replace(" ", "_"), name=name, backend=table.backend,
                                 batch=table.batch, threads=threads)
             images = images_for(loaded.spec, table.batch, seed)
-            ms = measure(loaded.runner, images, table.clock, timing)
+            ms = measure(synced(loaded.runner, images), timing)
             per_block = loaded.runner.per_block_ms(images, iterations=3)
             measured_models[name] = {"spec": loaded.spec, "median_ms": ms, "per_block_ms": per_block}
             if progress:
@@ -140,35 +137,34 @@ def format_eval(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    from vitrt.compiler.progress import Progress
-    from vitrt.benchmarks.harness import write_json
+@dataclass(frozen=True)
+class LutEvalConfig:
+    lut: Path = option(None, "latency table to evaluate", positional=True, type=Path, metavar="LUT")
+    configs: int = option(10, "random off-grid block configurations to time", type=int, metavar="N")
+    models: str = option("deit_tiny_patch16_224,deit_small_patch16_224", "comma-separated timm models to time whole",
+                         metavar="M1,M2")
+    iterations: int = option(5, "timed runs per measurement", type=int, metavar="N")
+    seed: int = option(0, "seed of the configurations, weights and inputs", type=int, metavar="N")
+    similar: float = option(0.8, "also time the first model with MLPs pruned to this fraction (0: no)", type=float,
+                            metavar="F")
+    out: Path | None = option(None, "write OUT.json and OUT.md", flag="-o/--out", type=Path, metavar="OUT")
 
-    parser = argparse.ArgumentParser(prog="python -m vitrt.benchmarks.lut_eval", description=__doc__.splitlines()[0])
-    parser.add_argument("lut", type=Path)
-    parser.add_argument("--configs", type=int, default=10)
-    parser.add_argument("--models", default="deit_tiny_patch16_224,deit_small_patch16_224")
-    parser.add_argument("--iterations", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--similar", type=float, default=0.8,
-                        help="also time the first model with MLPs pruned to this fraction (0: no)")
-    parser.add_argument("-o", "--out", type=Path)
-    args = parser.parse_args(argv)
-    command = "python -m vitrt.benchmarks.lut_eval " + " ".join(sys.argv[1:] if argv is None else argv)
-    try:
-        result = evaluate(args.lut, configs=args.configs, models=[m for m in args.models.split(",") if m],
-                          seed=args.seed, iterations=args.iterations, similar=args.similar or None,
-                          progress=Progress())
-    except VitrtError as exc:
-        print(f"vitrt: error: {exc}", file=sys.stderr)
-        return 2
+
+def run(config: LutEvalConfig) -> int:
+    from vitrt.benchmarks.harness import write_json
+    from vitrt.compiler.progress import Progress
+
+    command = "python -m vitrt.benchmarks.lut_eval " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result = evaluate(config.lut, configs=config.configs, models=[m for m in config.models.split(",") if m],
+                      seed=config.seed, iterations=config.iterations, similar=config.similar or None,
+                      progress=Progress())
     text = format_eval(result)
     print(text)
-    if args.out:
-        write_json(args.out.with_suffix(".json"), {**result, "command": command})
-        args.out.with_suffix(".md").write_text(f"Command:\n\n```\n{command}\n```\n\n{text}\n")
+    if config.out:
+        write_json(config.out.with_suffix(".json"), {**result, "command": command})
+        config.out.with_suffix(".md").write_text(f"Command:\n\n```\n{command}\n```\n\n{text}\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(module_main(LutEvalConfig, run, description=__doc__.splitlines()[0]))

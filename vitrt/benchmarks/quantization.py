@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitrt.compiler.config import add_arguments, from_args, option
+from vitrt.compiler.options import add_arguments, from_args, option
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,14 @@ GEMM (``torch._sparse_semi_structured_mm``) to the dense result. Weights are tim
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from vitrt.compiler.options import module_main, option
 
 SHAPES = {"attn.q/k/v": (768, 768), "attn.proj": (768, 768), "mlp.fc1": (768, 3072), "mlp.fc2": (3072, 768)}
 
@@ -109,23 +112,24 @@ def to_markdown(results: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--iterations", type=int, default=50)
-    parser.add_argument("-o", "--out", help="write a markdown table here (and the JSON beside it)")
-    args = parser.parse_args(argv)
-    results = run(batch=args.batch, iterations=args.iterations)
-    command = "python -m vitrt.benchmarks.sparse_gemm " + " ".join(argv if argv is not None else sys.argv[1:])
+@dataclass(frozen=True)
+class SparseGemmConfig:
+    batch: int = option(256, "images per batch (X = [batch·tokens, K])", type=int, metavar="N")
+    iterations: int = option(50, "timed runs per GEMM", type=int, metavar="N")
+    out: Path | None = option(None, "write a markdown table here (and the JSON beside it)", flag="-o/--out",
+                              type=Path, metavar="MD")
+
+
+def main(config: SparseGemmConfig) -> int:
+    results = run(batch=config.batch, iterations=config.iterations)
+    command = "python -m vitrt.benchmarks.sparse_gemm " + " ".join(sys.argv[1:])
     text = to_markdown(results, command)
     print(text)
-    if args.out:
-        from pathlib import Path
-
-        Path(args.out).write_text(text)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=2))
+    if config.out:
+        config.out.write_text(text)
+        config.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(module_main(SparseGemmConfig, main, description=__doc__.splitlines()[0]))

@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitrt.compiler.config import add_arguments, from_args, option
+from vitrt.compiler.options import add_arguments, from_args, option
 from vitrt.compiler.progress import Progress
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitrt.compiler.config import add_arguments, from_args, option
+from vitrt.compiler.options import add_arguments, from_args, option
 
 CONFIGS = {  # name -> (skip, window) per model family; None skip = the default depth // 6
     "ToMe": {"skip": 0, "window": None},

@@ -83,7 +83,9 @@ def _command_line() -> str:
 
 # --- lut -----------------------------------------------------------------------------------------
 def _cmd_lut_build(args) -> int:
-    from vitrt.benchmarks.lut_build import TimingOptions, build_table
+    import dataclasses
+
+    from vitrt.benchmarks.lut_build import LUT_TIMING, build_table
 
     config = from_args(LutBuildConfig, args)
     if config.out is None:
@@ -92,7 +94,7 @@ def _cmd_lut_build(args) -> int:
         raise VitrtError(f"--iterations must be >= 1, got {config.iterations}")
     table = build_table(config.out, backend=config.backend, grid=config.grid, batch=config.batch,
                         precision=config.precision, sparsity=config.sparsity, threads=config.threads,
-                        timing=TimingOptions(iterations=config.iterations), clock=config.clock,
+                        timing=dataclasses.replace(LUT_TIMING, iterations=config.iterations, clock=config.clock),
                         progress=_progress(config))
     print(f"wrote {config.out}: {config.backend} on {table.device}, batch {table.batch}, grid {config.grid}, "
           f"{table.clock} clock, built in {table.meta['build_seconds']} s")

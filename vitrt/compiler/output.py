@@ -1,6 +1,10 @@
 """Atomic output directories: everything is written to a hidden sibling and renamed into place at the end.
 
-A run that fails (or is interrupted) leaves neither a half-written OUT nor a changed old one.
+A run that fails (or is interrupted) leaves neither a half-written OUT nor a changed old one, and removes the
+parent directories it had to create. Replacing an existing OUT (``--force``) is two renames — OUT aside, the
+staging directory in — and a failure of the second puts the old OUT back. Whether OUT may be written is checked
+before any work and again just before the renames, so a directory another process filled in the meantime is
+never replaced without ``--force``.
 """
 
 from __future__ import annotations
@@ -23,24 +27,69 @@ def check_output_dir(out: Path, force: bool) -> None:
         raise VitrtError(f"output directory '{out}' is not empty; pass --force to replace it or choose another -o")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _make_parents(parent: Path) -> list[Path]:
+    """Create ``parent`` and its missing ancestors; return the ones created (deepest last)."""
+    missing = []
+    for directory in [parent, *parent.parents]:
+        if directory.exists():
+            break
+        missing.append(directory)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _remove_empty(missing)
+        raise VitrtError(f"cannot create the output's parent directory '{parent}': {exc.strerror}") from None
+    return list(reversed(missing))
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    for directory in sorted(directories, key=lambda d: len(d.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+
+def _swap_in(staging: Path, out: Path, force: bool) -> None:
+    """Rename ``staging`` to ``out``, moving an existing ``out`` aside first and back if that fails."""
+    check_output_dir(out, force)  # again: another process may have filled OUT while we worked
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    try:
+        os.replace(staging, out)
+    except OSError:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: Path, force: bool):
     """Yield a staging directory that becomes ``out`` only if the block finishes without an exception."""
     out = Path(out).absolute()
     check_output_dir(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    created = _make_parents(out.parent)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    except OSError as exc:
+        _remove_empty(created)
+        raise VitrtError(f"cannot write into '{out.parent}': {exc.strerror}") from None
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; OUT gets the user's usual permissions
     try:
         yield staging
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(staging, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
+        _swap_in(staging, out, force)
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(created)
+        raise
 
 
 def write_json(path: Path, data) -> None:

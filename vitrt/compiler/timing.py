@@ -95,3 +95,13 @@ def interleaved(candidates: dict[str, Callable[[], object]], timing: Timing, rou
 def ratio(per_round: dict[str, list[float]], reference: str, candidate: str) -> float:
     """Speedup of ``candidate`` over ``reference``: the median over rounds of the per-round ratios."""
     return float(np.median(np.asarray(per_round[reference]) / np.asarray(per_round[candidate])))
+
+
+def synced(runner, images: np.ndarray) -> Callable[[], None]:
+    """A runner's timed call followed by its synchronisation (a GPU runner's work is asynchronous)."""
+    call = runner.timed_call(images)
+
+    def run():
+        call()
+        runner.synchronize()
+    return run

@@ -43,7 +43,7 @@ from vitrt.compiler.options import from_options
 from vitrt.compiler.output import atomic_output_dir, write_json
 from vitrt.compiler.pass_manager import OpCountInstrument, PassContext, PassManager
 from vitrt.compiler.progress import Progress
-from vitrt.compiler.timing import Timing, interleaved, ratio
+from vitrt.compiler.timing import Timing, interleaved, ratio, synced
 from vitrt.compiler.twin import CanonicalViT
 from vitrt.compiler.verify import VerifyInstrument, compare, verification_inputs
 from vitrt.pipeline.config import CompileConfig
@@ -232,7 +232,7 @@ def time_against_dense(twin, runner, images: np.ndarray, config: CompileConfig, 
         onnx.save(lower(twin, batch=target.static_batch, opset=target.opset), str(path))
         dense = backend.load(backend.build(path, Path(tmp), build_options), build_options)
         timing = Timing(warmup=min(checks.bench_warmup, 3), iterations=max(2, checks.bench_iters // DENSE_ROUNDS))
-        per_round = interleaved({"dense": synced_call(dense, images), "compiled": synced_call(runner, images)},
+        per_round = interleaved({"dense": synced(dense, images), "compiled": synced(runner, images)},
                                 timing, rounds=DENSE_ROUNDS, seed=config.seed)
     return {"dense_median_ms": round(float(np.median(per_round["dense"])), 4),
             "compiled_median_ms": round(float(np.median(per_round["compiled"])), 4),
@@ -240,16 +240,6 @@ def time_against_dense(twin, runner, images: np.ndarray, config: CompileConfig, 
             "iterations_per_round": timing.iterations,
             "method": "dense and compiled artifacts timed in interleaved rounds in one process (wall clock); "
                       "speedup = median of the per-round ratios"}
-
-
-def synced_call(runner, images: np.ndarray):
-    """The runner's timed call followed by its synchronisation (a GPU runner's work is asynchronous)."""
-    call = runner.timed_call(images)
-
-    def run():
-        call()
-        runner.synchronize()
-    return run
 
 
 def verify_final(final: onnx.ModelProto, original: torch.nn.Module, twin: torch.nn.Module, function_changed: bool,

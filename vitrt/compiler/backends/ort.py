@@ -106,7 +106,7 @@ class OrtRunner(Runner):
     backend = "ort"
 
     def __init__(self, artifact: Path, options: BuildOptions, device: str):
-        self.artifact, self.options, self.device = artifact, options, device
+        self._artifact, self.options, self.device = artifact, options, device
         self.session = ort_session(artifact, threads=options.threads)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
@@ -123,13 +123,13 @@ class OrtRunner(Runner):
     def layer_times_ms(self, images: np.ndarray, iterations: int) -> dict[str, float]:
         # The profile goes to a temporary directory, never beside the artifact or into the working directory.
         with tempfile.TemporaryDirectory(prefix="vitrt-ort-profile-") as tmp:
-            session = ort_session(self.artifact, threads=self.options.threads,
+            session = ort_session(self._artifact, threads=self.options.threads,
                                   profile_prefix=str(Path(tmp) / "profile"))
             return _profiled_times(session, self.input_name, images, iterations)
 
     def group_of(self, layer: str) -> str | None:
         if self._groups is None:
-            self._groups = dataflow_groups(onnx.load(str(self.artifact), load_external_data=False))
+            self._groups = dataflow_groups(onnx.load(str(self._artifact), load_external_data=False))
         return self._groups.get(layer) or canonical_group(layer)
 
 

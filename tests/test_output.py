@@ -1,0 +1,71 @@
+"""Atomic output directories: nothing half-written, an old OUT never lost, no directories left behind."""
+
+import os
+import stat
+
+import pytest
+
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.output import atomic_output_dir
+
+
+def _hidden(directory):
+    return [p.name for p in directory.iterdir() if p.name.startswith(".")]
+
+
+def test_success_renames_staging_into_place_with_normal_permissions(tmp_path):
+    out = tmp_path / "out"
+    with atomic_output_dir(out, force=False) as staging:
+        (staging / "file").write_text("new")
+    assert (out / "file").read_text() == "new" and _hidden(tmp_path) == []
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+
+
+def test_failure_leaves_nothing_not_even_created_parents(tmp_path):
+    out = tmp_path / "a" / "b" / "out"
+    with pytest.raises(RuntimeError):
+        with atomic_output_dir(out, force=False) as staging:
+            (staging / "file").write_text("half")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_second_rename_puts_the_old_out_back(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "file").write_text("old")
+    real_replace, calls = os.replace, []
+
+    def flaky(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # OUT was moved aside; the staging directory cannot be moved in
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_output_dir(out, force=True) as staging:
+            (staging / "file").write_text("new")
+    assert (out / "file").read_text() == "old"
+    assert _hidden(tmp_path) == []
+
+
+def test_an_out_filled_by_another_process_meanwhile_is_not_replaced(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(VitrtError, match="is not empty"):
+        with atomic_output_dir(out, force=False) as staging:
+            (staging / "file").write_text("ours")
+            out.mkdir()
+            (out / "theirs").write_text("keep")
+    assert [p.name for p in out.iterdir()] == ["theirs"] and _hidden(tmp_path) == []
+
+
+def test_a_parent_that_cannot_be_created_is_one_line_and_leaves_nothing(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(VitrtError, match="cannot create the output's parent directory"):
+        with atomic_output_dir(blocker / "sub" / "out", force=False):
+            pass
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
