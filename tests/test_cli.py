@@ -110,7 +110,7 @@ def test_trt_backend_missing_exits_2(tmp_path):
 
 
 def test_import_vitrt_stays_light():
-    code = ("import sys, vitrt, vitrt.compiler.backends, vitrt.passes, vitrt.kernels, vitrt.calib, vitrt.benchmarks; "
+    code = ("import sys, vitrt, vitrt.compiler.backends, vitrt.transforms, vitrt.pipeline, vitrt.kernels, vitrt.calib, vitrt.benchmarks, vitrt.cli; "
             "bad = [m for m in ('tensorrt', 'modelopt', 'pycuda') if m in sys.modules]; "
             "torch = sys.modules.get('torch'); bad += ['cuda initialised'] if torch and torch.cuda.is_initialized() else []; "
             "print(bad)")

@@ -33,11 +33,24 @@ def test_compiled_artifact_has_the_same_top1(digits_reference, digits_test, tmp_
     assert result.manifest["verify"]["max_abs_err"] <= 1e-4
 
 
-def test_demo_prints_the_table(digits_reference, tmp_path, capsys):
-    assert main(["demo", "-o", str(tmp_path / "demo"), "--bench-iters", "5", "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert "dense fp32" in out and "compiled top-1" in out
-    assert all(label in out for label in ("fp16", "int8 PTQ", "ToMe 60% FLOPs"))
-    assert json.loads((tmp_path / "demo" / "int8" / "manifest.json").read_text())["verify"]["ok"]
-    manifest = json.loads((tmp_path / "demo" / "manifest.json").read_text())
-    assert manifest["model"] == "digits_vit" and "latency" in manifest
+def test_demo_writes_the_table_side_by_side(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--rounds", "2", "--iterations", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert all(label in printed for label in ("dense fp32", "fp16", "int8 PTQ", "ToMe 60% FLOPs"))
+    assert "| variant | top-1 | Δ vs dense |" in printed and printed.strip() in (out / "demo.md").read_text()
+    result = json.loads((out / "demo.json").read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert rows["dense fp32"]["speedup"] == 1.0 and rows["dense fp32"]["delta_points"] == 0.0
+    assert rows["dense fp32"]["compiled_top1"] == pytest.approx(0.9889, abs=1e-4)  # the shipped reference
+    for label, sub in (("dense fp32", "dense"), ("fp16", "fp16"), ("int8 PTQ", "int8"), ("ToMe 60% FLOPs", "tome")):
+        manifest = json.loads((out / sub / "manifest.json").read_text())
+        assert manifest["verify"]["ok"] and manifest["model"] == "digits_vit"
+        assert rows[label]["median_ms"] > 0 and rows[label]["p90_ms"] >= rows[label]["median_ms"] * 0.5
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]  # nothing else left beside OUT
+
+
+def test_demo_refuses_bad_options_before_any_work(tmp_path, capsys):
+    assert main(["demo", "-o", str(tmp_path / "demo"), "--batch", "0"]) == 2
+    assert "--batch must be >= 1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -144,17 +144,16 @@ def nvit_table(outs: list[str], *, rounds: int = 5, iterations: int = 5, threads
     batch = batches.pop()
     if progress is not None:
         progress.log(f"timing {len(outs)} artifacts side by side: {rounds} rounds x {iterations} runs, batch {batch}")
-    samples = interleaved({x.name: synced(x.runner, images_for(x.spec, batch)) for x in loaded},
-                          Timing(warmup=2, iterations=iterations), rounds=rounds)
+    timed = interleaved({x.name: synced(x.runner, images_for(x.spec, batch)) for x in loaded},
+                        Timing(warmup=2, iterations=iterations), rounds=rounds)
     ref = loaded[0]
-    ref_ms = float(np.median(samples[ref.name]))
     rows = []
     for x in loaded:
-        ms = float(np.median(samples[x.name]))
+        ms = timed.typical(x.name)
         params, flops = x.manifest["params"]["after"], x.manifest["flops"]["after"]
         rows.append({"out": x.name, "model": x.manifest.get("model"), "params": params, "flops": flops,
                      "params_x": ref.manifest["params"]["after"] / params, "flops_x": ref.manifest["flops"]["after"] / flops,
-                     "median_ms": ms, "speedup": ref_ms / ms,
+                     "median_ms": ms, "speedup": timed.speedup(ref.name, x.name),
                      "predicted_ms": x.manifest.get("latency", {}).get("predicted_ms")})
     return {"batch": batch, "backend": ref.manifest["backend"], "device": ref.runner.device, "rounds": rounds,
             "iterations": iterations, "rows": rows}

@@ -13,7 +13,8 @@ Clocks:
   runtime that computes on the caller's thread (ONNX Runtime with one intra-op thread).
 
 Ratios between variants (speedups) are taken from :func:`interleaved`, which visits the candidates in
-shuffled order round after round so that drift and other load hit all of them alike.
+shuffled order round after round so that drift and other load hit all of them alike; a speedup is the
+median of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -73,28 +74,45 @@ def measure(call: Callable[[], object], timing: Timing, **kwargs) -> float:
     return typical_ms(samples_ms(call, timing, **kwargs), timing.clock)
 
 
-def interleaved(candidates: dict[str, Callable[[], object]], timing: Timing, rounds: int = 5, seed: int = 0,
-                synchronize: Callable[[], None] | None = None, progress: Callable[[int], None] | None = None
-                ) -> dict[str, list[float]]:
-    """Per-round typical times (ms) of each candidate; each round visits the candidates in shuffled order.
+@dataclass
+class Interleaved:
+    """Raw samples (ms) of every candidate, round by round, from one :func:`interleaved` run."""
 
-    Compare variants with the medians of these lists (:func:`ratio`), never with separate runs.
+    samples: dict[str, list[list[float]]]
+    clock: str
+
+    def per_round(self, name: str) -> list[float]:
+        """The typical time of each round (median wall time, least CPU time)."""
+        return [typical_ms(round_samples, self.clock) for round_samples in self.samples[name]]
+
+    def typical(self, name: str) -> float:
+        """The median over rounds of the per-round typical times."""
+        return float(np.median(self.per_round(name)))
+
+    def percentile(self, name: str, q: float) -> float:
+        return float(np.percentile([s for round_samples in self.samples[name] for s in round_samples], q))
+
+    def speedup(self, reference: str, candidate: str) -> float:
+        """How many times faster ``candidate`` is than ``reference``: the median of the per-round ratios."""
+        return float(np.median(np.asarray(self.per_round(reference)) / np.asarray(self.per_round(candidate))))
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], timing: Timing, rounds: int = 5, seed: int = 0,
+                progress: Callable[[int], None] | None = None) -> Interleaved:
+    """Time every candidate ``rounds`` times; each round visits the candidates in a shuffled order.
+
+    Compare variants with :meth:`Interleaved.speedup` / :meth:`Interleaved.typical`, never with separate runs.
     """
     rng = np.random.default_rng(seed)
     names = list(candidates)
-    per_round: dict[str, list[float]] = {name: [] for name in names}
+    samples: dict[str, list[list[float]]] = {name: [] for name in names}
     for _ in range(rounds):
         for i in rng.permutation(len(names)):
             name = names[i]
-            per_round[name].append(measure(candidates[name], timing, synchronize=synchronize))
+            samples[name].append(samples_ms(candidates[name], timing))
             if progress is not None:
                 progress(1)
-    return per_round
-
-
-def ratio(per_round: dict[str, list[float]], reference: str, candidate: str) -> float:
-    """Speedup of ``candidate`` over ``reference``: the median over rounds of the per-round ratios."""
-    return float(np.median(np.asarray(per_round[reference]) / np.asarray(per_round[candidate])))
+    return Interleaved(samples, timing.clock)
 
 
 def synced(runner, images: np.ndarray) -> Callable[[], None]:

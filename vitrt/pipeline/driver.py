@@ -43,7 +43,7 @@ from vitrt.compiler.options import from_options
 from vitrt.compiler.output import atomic_output_dir, write_json
 from vitrt.compiler.pass_manager import OpCountInstrument, PassContext, PassManager
 from vitrt.compiler.progress import Progress
-from vitrt.compiler.timing import Timing, interleaved, ratio, synced
+from vitrt.compiler.timing import Timing, interleaved, synced
 from vitrt.compiler.twin import CanonicalViT
 from vitrt.compiler.verify import VerifyInstrument, compare, verification_inputs
 from vitrt.pipeline.config import CompileConfig
@@ -101,12 +101,14 @@ def load_source(config: CompileConfig, model: torch.nn.Module | None, progress: 
 
 
 def compile(model: torch.nn.Module | str | None = None, out: str | Path | None = None,
-            config: CompileConfig | None = None, progress: Progress | None = None, **options) -> CompileResult:
+            config: CompileConfig | None = None, progress: Progress | None = None, name: str | None = None,
+            **options) -> CompileResult:
     """Compile ``model`` (a timm model name, a timm ViT module or a CanonicalViT) into ``out``.
 
     ``config`` and/or keyword ``options`` (the CLI's option names: ``batch=8``, ``prune=0.5``, ``tome="13"``)
-    select backend, batch, stages and checks. Raises VitrtError for bad input; on any failure nothing is
-    written to ``out``. ``model`` itself is never modified.
+    select backend, batch, stages and checks; ``name`` is what the manifest calls a module passed as ``model``.
+    Raises VitrtError for bad input; on any failure nothing is written to ``out``. ``model`` itself is never
+    modified.
     """
     config = make_config(model, out, config, options).validate()
     module = model if isinstance(model, torch.nn.Module) else None
@@ -129,7 +131,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
         teacher = copy.deepcopy(twin).eval().requires_grad_(False)
         for stage in stages:
             ctx = PlanContext(target=target, teacher=teacher, plans=dict(plans), lut=lut, lut_path=checks.lut,
-                              model=config.model or "", seed=config.seed, progress=progress)
+                              model=name or config.model or "", seed=config.seed, progress=progress)
             plan = stage.plan(final, ctx, stage_options(config, stage))
             after = stage.graph_pass(plan).apply_to_twin(final)
             plans[stage.name] = plan
@@ -156,7 +158,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
         manifest = {
             "vitrt_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "model": config.model or type(original).__name__,
+            "model": name or config.model or f"{type(original).__name__} (Python object)",
             "input_shape": ["batch" if batch is None else batch, view.spec.in_chans, view.spec.img, view.spec.img],
             "backend": target.backend,
             "opset": target.opset,
@@ -183,7 +185,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
         for stage, plan, before, after in reports:
             if stage.report is None:
                 continue
-            report = stage.report(plan, ReportContext(before, after, target, config.model or "", progress))
+            report = stage.report(plan, ReportContext(before, after, target, name or config.model or "", progress))
             manifest[stage.manifest_key] = report.manifest
             stage_reports[stage.name] = report
             for name, writer in report.files.items():
@@ -232,11 +234,10 @@ def time_against_dense(twin, runner, images: np.ndarray, config: CompileConfig, 
         onnx.save(lower(twin, batch=target.static_batch, opset=target.opset), str(path))
         dense = backend.load(backend.build(path, Path(tmp), build_options), build_options)
         timing = Timing(warmup=min(checks.bench_warmup, 3), iterations=max(2, checks.bench_iters // DENSE_ROUNDS))
-        per_round = interleaved({"dense": synced(dense, images), "compiled": synced(runner, images)},
-                                timing, rounds=DENSE_ROUNDS, seed=config.seed)
-    return {"dense_median_ms": round(float(np.median(per_round["dense"])), 4),
-            "compiled_median_ms": round(float(np.median(per_round["compiled"])), 4),
-            "speedup": round(ratio(per_round, "dense", "compiled"), 4), "rounds": DENSE_ROUNDS,
+        timed = interleaved({"dense": synced(dense, images), "compiled": synced(runner, images)}, timing,
+                            rounds=DENSE_ROUNDS, seed=config.seed)
+    return {"dense_median_ms": round(timed.typical("dense"), 4), "compiled_median_ms": round(timed.typical("compiled"), 4),
+            "speedup": round(timed.speedup("dense", "compiled"), 4), "rounds": DENSE_ROUNDS,
             "iterations_per_round": timing.iterations,
             "method": "dense and compiled artifacts timed in interleaved rounds in one process (wall clock); "
                       "speedup = median of the per-round ratios"}
