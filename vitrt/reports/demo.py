@@ -8,7 +8,7 @@ write one table to the terminal, ``OUT/demo.md`` and ``OUT/demo.json``. The whol
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,10 +93,12 @@ def run_demo(config: DemoConfig) -> dict:
                              "artifact_mb": result.artifact_path.stat().st_size / 2**20})
             runners[label] = runner
         images = test.images[: config.batch].numpy()
+        load_before = os.getloadavg()[0]
         with progress.bar(config.rounds * len(runners), f"timing {len(runners)} variants side by side") as bar:
             timed = interleaved({label: synced(r, images) for label, r in runners.items()},
                                 Timing(warmup=3, iterations=config.iterations), rounds=config.rounds,
                                 progress=bar.update)
+        load = max(load_before, os.getloadavg()[0])
         dense = rows[0]
         for row in rows:
             label = row["variant"]
@@ -105,7 +107,8 @@ def run_demo(config: DemoConfig) -> dict:
                        speedup=timed.speedup(dense["variant"], label))
         result = {"rows": rows, "device": backend.device_name(), "backend": config.backend, "batch": config.batch,
                   "test_images": len(test), "reference": info, "rounds": config.rounds,
-                  "iterations": config.iterations, "cpu_seconds": round(time.process_time() - start, 1)}
+                  "iterations": config.iterations, "cpu_seconds": round(time.process_time() - start, 1),
+                  "load_average": round(load, 2), "cores": os.cpu_count()}
         table = format_table(result)
         (staging / "demo.md").write_text(f"# vitrt demo\n\n{table}\n")
         write_json(staging / "demo.json", result)
@@ -126,9 +129,14 @@ def format_table(result: dict) -> str:
                      f"{r['speedup']:.2f}x | {r['artifact_mb']:.2f} | {r['max_abs_err']:.1e} |")
     slower = [r for r in result["rows"][1:] if r["speedup"] < 1.0]
     reasons = SLOWER_BECAUSE.get(result["backend"], {})
+    busy = result["load_average"] > result["cores"]
     for r in slower:
-        why = reasons.get(r["variant"], "this backend has no faster kernels for it at this size")
+        why = reasons.get(r["variant"]) or ("the machine was busy while timing (see below); rerun on an idle machine"
+                                            if busy else "no known cause on this backend")
         lines.append(f"\n{r['variant']} is slower than dense here ({r['speedup']:.2f}x): {why}.")
+    if busy:
+        lines.append(f"\nWarning: load average {result['load_average']} on {result['cores']} cores while timing: other "
+                     "work shared the CPU, so latencies are inflated and ratios noisy.")
     lines.append(f"\ntop-1: the compiled artifact; Δ: points against the dense artifact; artifact: the backend's "
                  f"deployable file. CPU time of the whole demo: {result['cpu_seconds']} s.")
     return "\n".join(lines)
