@@ -482,3 +482,16 @@ def test_cli_flags(tmp_path, capsys):
     assert "at most one of" in capsys.readouterr().err
     assert main(args + ["--force", "--dfe-skip", "1"]) == 2
     assert "need --tome" in capsys.readouterr().err
+
+
+def test_tome_bench_cli(tmp_path, capsys):
+    """``vitrt tome-bench`` is wired to its config class; bad targets are one line, exit 2, nothing written."""
+    from vitrt.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["tome-bench", "--help"])
+    assert info.value.code == 0 and "--no-throughput" in capsys.readouterr().out
+    out = tmp_path / "sweep"
+    assert main(["tome-bench", "--targets", "0.6,1.5", "--no-throughput", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--targets" in err and not out.exists()

@@ -178,7 +178,8 @@ class MergePlan:
         if not len(tokens) == len(windows) == len(per_window):
             raise VitrtError("malformed merge plan: tokens, windows and per_window differ in length")
         first = first_local_merge(windows, per_window)
-        blocks = tuple(BlockMerge(i, t, w, r, i == first) for i, (t, w, r) in enumerate(zip(tokens, windows, per_window)))
+        blocks = tuple(BlockMerge(i, t, w, r, i == first)
+                       for i, (t, w, r) in enumerate(zip(tokens, windows, per_window)))
         for b in blocks:
             mergeable = b.tokens - prefix
             if b.windows < 1 or b.per_window < 0 or mergeable < 0 or mergeable % b.windows:
