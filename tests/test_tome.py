@@ -418,10 +418,14 @@ def test_compile_skips_merging_where_attention_was_pruned(tmp_path):
     plan_path = tmp_path / "plan.json"
     without_attention(canonicalize(model), 2).save(plan_path)
     result = vitrt_compile(model, tmp_path / "out", prune_plan=plan_path, tome="4", verify=True, batch=BATCH,
-                           quiet=True)
+                           bench=True, bench_iters=4, bench_warmup=1, quiet=True)
     m = result.manifest
     assert m["verify"]["ok"] and m["token_merge"]["r"] == [4, 4, 0, 4]
     assert [b["heads"] for b in m["spec_after"]["blocks"]] == [2, 2, 0, 2]
+    # --bench: the finish hook records the compile's side-by-side dense timing (the pass times nothing).
+    measured = json.loads((result.out / "token_merge_bench.json").read_text())
+    assert measured == m["token_merge"]["measured"]
+    assert measured["speedup"] == m["latency"]["versus_dense"]["speedup"] > 0
     with pytest.raises(VitrtError, match="block 2 has no attention"):
         vitrt_compile(model, tmp_path / "bad", prune_plan=plan_path, tome_schedule="4,4,4,4", batch=BATCH,
                       quiet=True)
