@@ -1,8 +1,15 @@
-"""Static token merging (issue 5): schedule, torch twin, graph pass, CLI."""
+"""Static token merging: schedule and plan, the torch twin, the graph pass against the twin, composition, CLI.
+
+The common recipe on a tiny model (img 32, patch 4: 64 patches, enough for windows of 4x4 and 2x2): the
+expected structure (op types and counts, no Scatter, TopK sorted with K < 3840, static shapes), ONNX Runtime
+against the merged twin with explicit tolerances (fp32 and fp16), the ONNX checker, the plan's JSON round trip,
+and the pass contract (stateless; ``apply_to_twin`` never mutates its input).
+"""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -11,19 +18,25 @@ import pytest
 import torch
 
 from conftest import max_abs, tiny_vit
-from vitrt.transforms.tome.twin import apply_plan, bipartite_merge, trace_sources
+from vitrt.compiler.cleanup import CleanupPass
+from vitrt.compiler.cost import vit_flops
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.graph import GraphView
 from vitrt.compiler.lower import lower
 from vitrt.compiler.models import canonicalize
-from vitrt.compiler.pass_manager import PassContext
-from vitrt.compiler.verify import FP32_TOLERANCE, run_onnx, run_torch
-from vitrt.compiler.cleanup import CleanupPass
-from vitrt.transforms.tome.graph_pass import MergeRequest, TokenMergePass, rewrite
-from vitrt.transforms.tome.schedule import TomeSchedule, parse_per_block, parse_r, quadtree_order, resolve
+from vitrt.compiler.pass_manager import FP32_TOLERANCE, PassContext, PassManager
+from vitrt.compiler.verify import run_onnx, run_torch, verification_inputs
+from vitrt.transforms.precision.graph_pass import Fp16Pass
+from vitrt.transforms.precision.plan import FP16_TOLERANCE, PrecisionPlan
+from vitrt.transforms.prune.graph_pass import PrunePass
+from vitrt.transforms.prune.plan import BlockPlan, PruningPlan
+from vitrt.transforms.tome.graph_pass import TokenMergePass
+from vitrt.transforms.tome.report import describe, merge_figure
+from vitrt.transforms.tome.schedule import MergePlan, TomeSchedule, parse_per_block, parse_r, quadtree_order, resolve
 from vitrt.transforms.tome.solve import solve_flops
-from vitrt.compiler.cost import vit_flops
+from vitrt.transforms.tome.twin import MergingBlock, bipartite_merge, trace_sources
 
+BATCH = 2
 SCHEDULES = {
     "tome": TomeSchedule(r=4, skip=0),
     "dfe": TomeSchedule(r=5, skip=1),
@@ -37,26 +50,46 @@ def small_twin(distilled=False, depth=4):
     return canonicalize(tiny_vit(distilled=distilled, depth=depth, patch_size=4))
 
 
-def merged(twin, schedule, batch=2):
+def merged(twin, schedule, batch=BATCH):
+    """(merged view, merged twin, plan): the pass run on the lowered twin, and its twin transform."""
     view = GraphView.from_onnx(lower(twin, batch=batch))
     plan = resolve(schedule, view.spec)
-    return rewrite(view, plan), apply_plan(copy.deepcopy(twin), plan), plan
+    token_merge = TokenMergePass(plan)
+    return token_merge.run(view, PassContext()).view, token_merge.apply_to_twin(twin), plan
 
 
-# --- schedule -----------------------------------------------------------------------------------------------
-def test_parse_and_json_round_trip():
+def images_for(twin, seed=1, count=2, batch=BATCH):
+    return verification_inputs(twin.spec, batch, seed=seed, count=count)
+
+
+def without_attention(twin, block: int):
+    """A pruning plan that removes ``block``'s attention branch (heads, qk, v) and keeps everything else."""
+    plan = PruningPlan.keep_all(twin.spec)
+    blocks = list(plan.blocks)
+    blocks[block] = BlockPlan((), (), (), blocks[block].mlp)
+    return dataclasses.replace(plan, blocks=tuple(blocks)).validate()
+
+
+def one_line_error(call, match: str) -> str:
+    with pytest.raises(VitrtError, match=match) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# --- schedule and plan ----------------------------------------------------------------------------------------
+def test_parse_and_schedule_json_round_trip():
     assert parse_r("13") == (13, 0.0) and parse_r("16,0.5") == (16, 0.5)
     assert parse_per_block("0,2,3") == (0, 2, 3)
     for bad in ("x", "1,2,3"):
         with pytest.raises(VitrtError):
             parse_r(bad)
-    with pytest.raises(VitrtError, match="comma-separated"):
-        parse_per_block("1,a")
+    one_line_error(lambda: parse_per_block("1,a"), "comma-separated")
     s = TomeSchedule(r=8, inflection=-0.5, skip=2, window=4, transition=1)
     assert TomeSchedule.from_json(s.to_json()) == s
     assert TomeSchedule.from_json(TomeSchedule(per_block=(0, 1)).to_json()).per_block == (0, 1)
-    with pytest.raises(VitrtError, match="unknown field"):
-        TomeSchedule.from_dict({"r": 1, "depth": 3})
+    one_line_error(lambda: TomeSchedule.from_dict({"r": 1, "depth": 3}), "unknown field")
 
 
 def test_resolve_defaults_ramp_cap_and_tokens():
@@ -78,16 +111,12 @@ def test_resolve_defaults_ramp_cap_and_tokens():
 
 def test_over_merging_schedule_is_refused_naming_the_block():
     spec = small_twin(depth=4).spec
-    with pytest.raises(VitrtError) as info:
-        resolve(TomeSchedule(per_block=(0, 20, 30, 0)), spec)  # block 2 has 44 mergeable tokens: at most 22
-    message = str(info.value)
-    assert "\n" not in message and message.startswith("block 2:")
-    with pytest.raises(VitrtError, match="lists 3 values"):
-        resolve(TomeSchedule(per_block=(1, 1, 1)), spec)
-    with pytest.raises(VitrtError, match="does not divide"):
-        resolve(TomeSchedule(r=2, window=3), spec)
-    with pytest.raises(VitrtError, match="at most 2 local"):
-        resolve(TomeSchedule(r=2, window=2, transition=3), spec)
+    # block 2 has 44 mergeable tokens: at most 22
+    message = one_line_error(lambda: resolve(TomeSchedule(per_block=(0, 20, 30, 0)), spec), "block 2")
+    assert message.startswith("block 2:")
+    one_line_error(lambda: resolve(TomeSchedule(per_block=(1, 1, 1)), spec), "lists 3 values")
+    one_line_error(lambda: resolve(TomeSchedule(r=2, window=3), spec), "does not divide")
+    one_line_error(lambda: resolve(TomeSchedule(r=2, window=2, transition=3), spec), "at most 2 local")
 
 
 def test_lgtm_windows_grow_and_are_contiguous():
@@ -95,11 +124,85 @@ def test_lgtm_windows_grow_and_are_contiguous():
     plan = resolve(TomeSchedule(r=8, skip=1, window=2, transition=2), spec)
     assert [b.windows for b in plan.blocks] == [1, 16, 4, 1, 1, 1]
     assert [b.per_window for b in plan.blocks] == [0, 1, 2, 8, 8, 8]  # ceil(r / windows), the paper's rule
+    assert [b.permute for b in plan.blocks] == [False, True, False, False, False, False]
     order = quadtree_order(8, 2)
     assert sorted(order) == list(range(64))
     first = {(p // 8 // 2, p % 8 // 2) for p in order[:4]}
     quad = {(p // 8 // 4, p % 8 // 4) for p in order[:16]}
     assert len(first) == 1 and len(quad) == 1  # a window, and 2x2 windows, are contiguous
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_merge_plan_json_round_trip(name):
+    spec = small_twin(distilled=True, depth=6).spec
+    plan = resolve(SCHEDULES[name], spec)
+    again = MergePlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert again == plan and again.to_dict() == plan.to_dict()
+    assert [b.permute for b in again.blocks] == [b.permute for b in plan.blocks]
+    assert again.apply_to_spec(spec) == plan.apply_to_spec(spec)
+
+
+def test_malformed_or_foreign_merge_plan_is_refused_in_one_line():
+    spec = small_twin(depth=4).spec
+    data = resolve(SCHEDULES["dfe_lgtm"], spec).to_dict()  # tokens [65, 65, 49, 45], windows [1, 16, 4, 1]
+
+    def refused(mutate, match):
+        bad = json.loads(json.dumps(data))
+        mutate(bad)
+        one_line_error(lambda: MergePlan.from_dict(bad), match)
+
+    refused(lambda d: d.pop("tokens"), "missing or invalid field")
+    refused(lambda d: d.update(per_window=["x", 1, 1, 4]), "missing or invalid field")
+    refused(lambda d: d.update(windows=[1, 16, 4]), "differ in length")
+    refused(lambda d: d["tokens"].__setitem__(3, 44), "block 2 leaves 45 tokens, block 3 takes 44")
+    refused(lambda d: d["windows"].__setitem__(1, 3), "block 1 cannot split 64 mergeable tokens into 3")
+    refused(lambda d: d["per_window"].__setitem__(1, 3), "more than half")
+    refused(lambda d: d["schedule"].update(depth=4), "unknown field")
+    plan = MergePlan.from_dict(data)
+    for other in (small_twin(depth=3).spec, small_twin(distilled=True).spec):
+        one_line_error(lambda: plan.apply_to_spec(other), "merge plan made for 4 blocks")
+    coarse = GraphView.from_onnx(lower(canonicalize(tiny_vit(depth=4)), batch=BATCH))  # patch 8: a 4x4 grid
+    one_line_error(lambda: TokenMergePass(plan).run(coarse, PassContext()),
+                   "the model has 4 blocks, 1 prefix token\\(s\\), a 4x4 grid, 17 tokens")
+
+
+def test_blocks_without_attention_are_skipped_by_r_and_refused_by_lists():
+    """Constant and ramp schedules merge nothing in a block without attention; an explicit list is refused."""
+    twin = small_twin(depth=4)
+    pruned = PrunePass(without_attention(twin, 1)).apply_to_twin(twin)
+    spec = pruned.spec
+    assert [b.heads for b in spec.blocks] == [2, 0, 2, 2]
+    constant = resolve(TomeSchedule(r=4, skip=0), spec)
+    assert [b.per_window for b in constant.blocks] == [4, 0, 4, 4]
+    ramp = resolve(TomeSchedule(r=4, inflection=0.5, skip=0), spec)
+    assert ramp.r[1] == 0 and all(r > 0 for i, r in enumerate(ramp.r) if i != 1)
+    message = one_line_error(lambda: resolve(TomeSchedule(per_block=(2, 2, 2, 2)), spec), "block 1 has no attention")
+    assert message.startswith("block 1")
+    assert resolve(TomeSchedule(per_block=(2, 0, 2, 2)), spec).r == [2, 0, 2, 2]
+
+
+def test_windows_start_where_merging_starts():
+    """The first local block has no attention: the next one gathers the window order, so every merged token
+    still covers patches of one 4x4 window (a row-major split would make 2x8 strips)."""
+    twin = small_twin(depth=2)
+    prune_plan = without_attention(twin, 0)
+    pruned = PrunePass(prune_plan).apply_to_twin(twin)
+    plan = resolve(TomeSchedule(r=8, skip=0, window=2), pruned.spec)
+    assert [(b.windows, b.per_window, b.permute) for b in plan.blocks] == [(16, 0, False), (4, 2, True)]
+    assert MergePlan.from_dict(plan.to_dict()) == plan
+    merged_twin = TokenMergePass(plan).apply_to_twin(pruned)
+    images = images_for(twin)
+    sources = trace_sources(merged_twin, torch.from_numpy(images)).numpy()  # [B, 64]: final token of each patch
+    window_of = np.array([(p // 8 // 4) * 2 + p % 8 // 4 for p in range(64)])
+    for row in sources:
+        for token in np.unique(row):
+            assert len(set(window_of[row == token])) == 1
+    assert max(np.bincount(row).max() for row in sources) > 1  # some tokens did merge
+    # Pruning and merging composed in one pass manager: ONNX Runtime equals the twin the manager kept in step.
+    result = PassManager([PrunePass(prune_plan), TokenMergePass(plan)]).run(
+        GraphView.from_onnx(lower(twin, batch=BATCH)), PassContext(), twin=twin)
+    assert max_abs(run_onnx(result.view.to_onnx(), images, BATCH), run_torch(result.twin, images)) <= FP32_TOLERANCE
+    assert max_abs(run_torch(result.twin, images), run_torch(merged_twin, images)) == 0.0
 
 
 # --- the merge itself ----------------------------------------------------------------------------------------
@@ -144,20 +247,20 @@ def test_ties_break_by_lower_index_in_twin_and_onnx():
         twin.pos_embed.zero_()  # constant images -> all patch tokens identical -> all scores equal
     view, merged_twin, _ = merged(twin, TomeSchedule(r=6, skip=0))
     images = np.full((2, 3, 32, 32), 0.3, dtype=np.float32)
-    assert max_abs(run_onnx(view.to_onnx(), images, 2), run_torch(merged_twin, images)) <= FP32_TOLERANCE
+    assert max_abs(run_onnx(view.to_onnx(), images, BATCH), run_torch(merged_twin, images)) <= FP32_TOLERANCE
 
 
 # --- the graph pass against the twin -------------------------------------------------------------------------
 def test_r0_changes_nothing():
     twin = small_twin(depth=2)
-    view = GraphView.from_onnx(lower(twin, batch=2))
+    view = GraphView.from_onnx(lower(twin, batch=BATCH))
     before = onnx.load_from_string(view.to_onnx().SerializeToString())
-    p = TokenMergePass(MergeRequest(schedule=TomeSchedule(r=0)))
-    ctx = PassContext(twin=twin)
-    result = p.run(view, ctx)
-    assert not result.modified and result.view is view
+    plan = resolve(TomeSchedule(r=0), view.spec)
+    token_merge = TokenMergePass(plan)
+    result = token_merge.run(view, PassContext())
+    assert not result.modified and result.view is view and result.stats == {"merged_tokens": 0}
     assert result.view.to_onnx().graph == before.graph
-    assert ctx.manifest["token_merge"]["tokens_out"] == [65, 65]
+    assert plan.tokens_out == [65, 65] and token_merge.apply_to_twin(twin) is twin
 
 
 @pytest.mark.parametrize("distilled", [False, True])
@@ -165,14 +268,14 @@ def test_r0_changes_nothing():
 def test_onnx_equals_twin_tiny(name, distilled):
     twin = small_twin(distilled=distilled)
     view, merged_twin, plan = merged(twin, SCHEDULES[name])
-    images = np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    images = images_for(twin)
     model = view.to_onnx()
     onnx.checker.check_model(model, full_check=True)
-    assert max_abs(run_onnx(model, images, 2), run_torch(merged_twin, images)) <= FP32_TOLERANCE
+    assert max_abs(run_onnx(model, images, BATCH), run_torch(merged_twin, images)) <= FP32_TOLERANCE
     assert max_abs(run_torch(merged_twin, images), run_torch(twin, images)) > 1e-4  # merging changed the function
-    assert [b.tokens for b in view.spec.blocks] == plan.tokens
+    assert [b.tokens for b in view.spec.blocks] == plan.tokens == [b.tokens for b in merged_twin.spec.blocks]
     assert view.spec.blocks[-1].out_tokens == plan.tokens_out[-1]
-    assert view.spec.prefix_tokens == 2 if distilled else 1
+    assert view.spec.prefix_tokens == (2 if distilled else 1)
 
 
 def test_structure_static_no_scatter():
@@ -180,24 +283,57 @@ def test_structure_static_no_scatter():
     view, _, plan = merged(twin, SCHEDULES["dfe_lgtm"])
     view = CleanupPass().run(view, PassContext()).view
     model = view.to_onnx()
-    ops = {n.op_type for n in model.graph.node}
-    assert not any(op.startswith("Scatter") for op in ops)
-    assert {"TopK", "GatherND", "MatMul", "Equal"} <= ops
+    onnx.checker.check_model(model, full_check=True)
+    counts = GraphView.from_onnx(model).op_counts()
+    assert not any(op.startswith("Scatter") for op in counts)
+    merging = [b for b in plan.blocks if b.merges]
+    assert [b.index for b in merging] == [1, 2, 3]
+    # Per merging block: TopK for the 2 best B, the r edges, and the kept A tokens (when any A token is kept).
+    kept = sum(1 for b in merging if ((b.tokens - 1) // b.windows + 1) // 2 > b.per_window)
+    assert counts["TopK"] == 2 * len(merging) + kept
+    assert counts["GatherND"] >= 3 * len(merging) and counts["Equal"] == 2 * len(merging)
+    dense = CleanupPass().run(GraphView.from_onnx(lower(twin, batch=BATCH)), PassContext()).view.op_counts()
+    assert counts["Gather"] - dense.get("Gather", 0) == 2  # window order of keys and tokens, in the first local block
     for node in model.graph.node:
         if node.op_type == "TopK":
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             assert attrs["sorted"] == 1
     init = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     k_values = [int(init[n.input[1]][0]) for n in model.graph.node if n.op_type == "TopK"]
-    assert k_values and max(k_values) < 3840
+    assert len(k_values) == counts["TopK"] and max(k_values) < 3840
     for vi in list(model.graph.value_info) + list(model.graph.output):
         dims = vi.type.tensor_type.shape.dim
         assert all(d.HasField("dim_value") for d in dims), vi.name
-    merges = [n for n in model.graph.node if n.name.endswith(".tome.edges")]
-    assert len(merges) == sum(1 for b in plan.blocks if b.merges)
+    assert len([n for n in model.graph.node if n.name.endswith(".tome.edges")]) == len(merging)
     # later blocks' reshapes carry their smaller token counts
     shape = init[next(n.input[1] for n in model.graph.node if n.name == "blocks.3.attn.q.split_heads")]
     assert shape[1] == plan.tokens[3]
+
+
+def state_of(twin):
+    """What a twin transform must leave alone: block types, the spec and every tensor of the state."""
+    return [type(b) for b in twin.blocks], twin.spec, {k: v.clone() for k, v in twin.state_dict().items()}
+
+
+def test_pass_is_stateless_and_never_mutates_the_twin():
+    twin = small_twin(distilled=True)
+    view = GraphView.from_onnx(lower(twin, batch=BATCH))
+    token_merge = TokenMergePass(resolve(SCHEDULES["dfe_lgtm"], view.spec))
+    fields = copy.deepcopy(vars(token_merge))
+    types, spec, state = state_of(twin)
+    first = token_merge.apply_to_twin(twin)
+    token_merge.run(view, PassContext())
+    second = token_merge.apply_to_twin(twin)
+    assert vars(token_merge) == fields
+    assert [type(b) for b in twin.blocks] == types and twin.spec == spec
+    assert twin.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in twin.state_dict().items())
+    assert first is not twin and any(isinstance(b, MergingBlock) for b in first.blocks)
+    images = images_for(twin)
+    assert max_abs(run_torch(first, images), run_torch(second, images)) == 0.0
+    with torch.no_grad():  # the new twin shares no tensor with its input
+        first.blocks[1].attn.q.weight.add_(1.0)
+    assert torch.equal(twin.blocks[1].attn.q.weight, state["blocks.1.attn.q.weight"])
 
 
 def test_onnx_equals_twin_digits(digits_reference, digits_test):
@@ -211,6 +347,92 @@ def test_onnx_equals_twin_digits(digits_reference, digits_test):
     assert sources.shape == (2, 64) and len(torch.unique(sources[0])) == plan.tokens_out[-1] - 1
 
 
+# --- composition with precision typing ------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["tome", "dfe_lgtm"])
+def test_fp16_typed_merge_equals_fp16_twin(name):
+    """The merge subgraph's Cast(to=FLOAT) and ConstantOfShape are retyped with the graph (defect 1)."""
+    twin = small_twin()
+    view, merged_twin, _ = merged(twin, SCHEDULES[name])
+    assert {"Cast", "ConstantOfShape"} <= set(view.op_counts())
+    fp16 = Fp16Pass(PrecisionPlan())
+    model = fp16.run(view, PassContext()).view.to_onnx()
+    onnx.checker.check_model(model, full_check=True)  # strict shape inference: one float32 Cast would fail here
+    readers = {}
+    for node in model.graph.node:
+        for name_in in node.input:
+            readers.setdefault(name_in, []).append(node.op_type)
+    outputs = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Cast" and attrs["to"] == onnx.TensorProto.FLOAT:  # only into the kept fp32 ops
+            assert node.output[0] in outputs or set(readers[node.output[0]]) <= {"LayerNormalization", "Softmax"}
+        if node.op_type == "ConstantOfShape":
+            assert attrs["value"].data_type == onnx.TensorProto.FLOAT16
+    images = images_for(twin)
+    assert max_abs(run_onnx(model, images, BATCH), run_torch(fp16.apply_to_twin(merged_twin), images)) <= FP16_TOLERANCE
+
+
+def assert_picture_from_stage_twin(result, model, tmp_path):
+    """token_merge.png is what the merged fp32 twin of the tome stage draws (never the final twin's picture)."""
+    import matplotlib.image
+
+    plan = result.plans["tome"]
+    assert result.manifest["token_merge"]["picture"] == "token_merge.png"
+    expected = tmp_path / "expected.png"
+    merge_figure(expected, [(TokenMergePass(plan).apply_to_twin(canonicalize(model)), describe(plan))])
+    drawn = matplotlib.image.imread(result.out / "token_merge.png")
+    assert np.array_equal(drawn, matplotlib.image.imread(expected))
+
+
+@pytest.mark.parametrize("window", [None, 2])
+def test_compile_tome_fp16_verifies_and_draws_the_merged_fp32_twin(tmp_path, window):
+    """Defect 1 (tome + fp16 died in onnx shape inference) and defect 4 (the picture drew the final fp16 twin)."""
+    from vitrt import compile as vitrt_compile
+
+    model = tiny_vit(depth=4, patch_size=4)
+    result = vitrt_compile(model, tmp_path / "out", tome="8", lgtm_window=window, precision="fp16", verify=True,
+                           batch=BATCH, quiet=True)
+    m = result.manifest
+    assert m["verify"]["ok"] and m["verify"]["reference"] == "torch twin"
+    assert m["verify"]["tolerance"] == FP16_TOLERANCE
+    assert [p["name"] for p in m["passes"] if p["modified"]][:2] == ["token_merge", "precision_fp16"]
+    assert m["token_merge"]["r"][0] == (16 if window else 8) and m["precision"]["activations"] == "fp16"
+    assert_picture_from_stage_twin(result, model, tmp_path)
+
+
+def test_compile_tome_int8_draws_the_merged_fp32_twin(tmp_path):
+    """Defect 4 with the fake-quant twin as the final one."""
+    from vitrt import compile as vitrt_compile
+
+    model = tiny_vit(depth=4, patch_size=4)
+    result = vitrt_compile(model, tmp_path / "out", tome="8", precision="int8", calib_data="synthetic",
+                           calib_images=16, verify=True, batch=BATCH, quiet=True)
+    assert result.manifest["verify"]["ok"] and "quantization" in result.manifest
+    assert_picture_from_stage_twin(result, model, tmp_path)
+
+
+def test_compile_skips_merging_where_attention_was_pruned(tmp_path):
+    from vitrt import compile as vitrt_compile
+
+    model = tiny_vit(depth=4, patch_size=4)
+    plan_path = tmp_path / "plan.json"
+    without_attention(canonicalize(model), 2).save(plan_path)
+    result = vitrt_compile(model, tmp_path / "out", prune_plan=plan_path, tome="4", verify=True, batch=BATCH,
+                           bench=True, bench_iters=4, bench_warmup=1, quiet=True)
+    m = result.manifest
+    assert m["verify"]["ok"] and m["token_merge"]["r"] == [4, 4, 0, 4]
+    assert [b["heads"] for b in m["spec_after"]["blocks"]] == [2, 2, 0, 2]
+    # --bench: the finish hook records the compile's side-by-side dense timing (the pass times nothing).
+    measured = json.loads((result.out / "token_merge_bench.json").read_text())
+    assert measured == m["token_merge"]["measured"]
+    assert measured["speedup"] == m["latency"]["versus_dense"]["speedup"] > 0
+    with pytest.raises(VitrtError, match="block 2 has no attention"):
+        vitrt_compile(model, tmp_path / "bad", prune_plan=plan_path, tome_schedule="4,4,4,4", batch=BATCH,
+                      quiet=True)
+    assert not (tmp_path / "bad").exists()
+
+
+# --- solvers --------------------------------------------------------------------------------------------------
 def test_flops_solver():
     spec = small_twin(depth=12).spec
     plan = solve_flops(spec, 0.6)
@@ -219,8 +441,29 @@ def test_flops_solver():
     r = plan.schedule.r
     looser = resolve(TomeSchedule(r=r - 1), spec)
     assert vit_flops(looser.apply_to_spec(spec)) / vit_flops(spec) > 0.6
-    with pytest.raises(VitrtError, match="keeps"):
-        solve_flops(spec, 0.01)
+    one_line_error(lambda: solve_flops(spec, 0.01), "keeps")
+    one_line_error(lambda: solve_flops(spec, 1.5), "fraction in")
+
+
+def test_latency_solver_uses_the_table_token_axis():
+    from pathlib import Path
+
+    from vitrt.compiler.lut import LatencyTable
+    from vitrt.compiler.spec import BlockSpec, ViTSpec
+    from vitrt.transforms.tome.solve import solve_latency
+
+    table_path = Path(__file__).resolve().parents[1] / "benchmarks/results/lut_ort_coarse_b8_wall.json"
+    if not table_path.exists():
+        pytest.skip("no latency table in this checkout")
+    block = BlockSpec(heads=6, qk=64, v=64, mlp=1536, tokens=197, scale=0.125)
+    spec = ViTSpec(emb=384, patch=16, img=224, in_chans=3, prefix_tokens=1, num_classes=1000, blocks=(block,) * 12)
+    table = LatencyTable.load(table_path)
+    plan = solve_latency(spec, 0.7, table_path)
+    dense = table.model_ms(spec, clamp=True)
+    assert table.model_ms(plan.apply_to_spec(spec), clamp=True) / dense <= 0.7
+    looser = resolve(TomeSchedule(r=plan.schedule.r - 1), spec)
+    assert table.model_ms(looser.apply_to_spec(spec), clamp=True) / dense > 0.7
+    one_line_error(lambda: solve_latency(spec, 0.7, None), "needs --tome-lut")
 
 
 # --- CLI ------------------------------------------------------------------------------------------------------
@@ -240,28 +483,19 @@ def test_cli_flags(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert bad == 2 and err.count("\n") == 0 and "block 2" in err
     assert main(args + ["--force", "--tome", "2", "--tome-flops", "0.5"]) == 2
-    assert main(args + ["--force", "--dfe-skip", "1"]) == 2
     assert "at most one of" in capsys.readouterr().err
+    assert main(args + ["--force", "--dfe-skip", "1"]) == 2
+    assert "need --tome" in capsys.readouterr().err
 
 
-def test_latency_solver_uses_the_table_token_axis():
-    from pathlib import Path
+def test_tome_bench_cli(tmp_path, capsys):
+    """``vitrt tome-bench`` is wired to its config class; bad targets are one line, exit 2, nothing written."""
+    from vitrt.cli import main
 
-    from vitrt.compiler.spec import BlockSpec, ViTSpec
-    from vitrt.transforms.tome.solve import solve_latency
-
-    table_path = Path(__file__).resolve().parents[1] / "benchmarks/results/lut_ort_coarse_b8_wall.json"
-    if not table_path.exists():
-        pytest.skip("no latency table in this checkout")
-    from vitrt.compiler.lut import LatencyTable
-
-    block = BlockSpec(heads=6, qk=64, v=64, mlp=1536, tokens=197, scale=0.125)
-    spec = ViTSpec(emb=384, patch=16, img=224, in_chans=3, prefix_tokens=1, num_classes=1000, blocks=(block,) * 12)
-    table = LatencyTable.load(table_path)
-    plan = solve_latency(spec, 0.7, table_path)
-    dense = table.model_ms(spec, clamp=True)
-    assert table.model_ms(plan.apply_to_spec(spec), clamp=True) / dense <= 0.7
-    looser = resolve(TomeSchedule(r=plan.schedule.r - 1), spec)
-    assert table.model_ms(looser.apply_to_spec(spec), clamp=True) / dense > 0.7
-    with pytest.raises(VitrtError, match="needs --tome-lut"):
-        solve_latency(spec, 0.7, None)
+    with pytest.raises(SystemExit) as info:
+        main(["tome-bench", "--help"])
+    assert info.value.code == 0 and "--no-throughput" in capsys.readouterr().out
+    out = tmp_path / "sweep"
+    assert main(["tome-bench", "--targets", "0.6,1.5", "--no-throughput", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--targets" in err and not out.exists()

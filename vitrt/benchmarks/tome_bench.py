@@ -5,7 +5,11 @@ For every configuration and FLOPs target, the FLOPs solver picks r on each model
 * accuracy: the digits reference ViT (65 tokens, 12 blocks), training-free; top-1 of the merged ONNX graph in
   ONNX Runtime over the whole digits test set (and of the torch twin, which must agree);
 * throughput: deit_small_patch16_224 (random weights: speed does not depend on them) at batch 8 in ONNX
-  Runtime; dense and merged sessions are timed alternately in one process and the ratio of medians reported.
+  Runtime; dense and merged sessions are timed side by side in interleaved rounds (the shared timing loop,
+  :func:`vitrt.compiler.timing.interleaved`) and the speedup is the median of the per-round ratios.
+
+Both models are merged the way a compile merges them: :class:`~vitrt.transforms.tome.graph_pass.TokenMergePass`
+on the lowered graph and its ``apply_to_twin`` on the torch twin.
 
 Writes ``OUT/tome_sweep.json``, ``OUT/tome_sweep.md`` (table + the command), ``OUT/tome_sweep.png`` (plot) and
 ``OUT/tome_merges.png`` (which patches merged, per configuration, on one digits image).
@@ -13,7 +17,6 @@ Writes ``OUT/tome_sweep.json``, ``OUT/tome_sweep.md`` (table + the command), ``O
 
 from __future__ import annotations
 
-import copy
 import json
 import shlex
 import sys
@@ -22,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vitrt.compiler.options import add_arguments, from_args, option
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.options import add_command, option
 
 CONFIGS = {  # name -> (skip, window) per model family; None skip = the default depth // 6
     "ToMe": {"skip": 0, "window": None},
@@ -38,7 +42,8 @@ class TomeBenchConfig:
     targets: str = option("0.8,0.7,0.6,0.5", "FLOPs fractions to solve r for (comma-separated)", metavar="LIST")
     model: str = option("deit_small_patch16_224", "timm model timed for throughput", metavar="NAME")
     batch: int = option(8, "batch size of the throughput runs", type=int, metavar="N")
-    iters: int = option(5, "alternating timed iterations per point", type=int, metavar="N")
+    iters: int = option(5, "interleaved rounds per point (each: one warm-up and one timed run of dense and merged)",
+                        type=int, metavar="N")
     threads: int | None = option(None, "ONNX Runtime intra-op threads", type=int, metavar="N")
     no_throughput: bool = option(False, "accuracy only (skip the deit timing)")
     quiet: bool = option(False, "no progress output")
@@ -55,6 +60,27 @@ def _plans(spec, target):
             for name, c in CONFIGS.items()}
 
 
+def parse_targets(text: str) -> list[float]:
+    try:
+        targets = [float(t) for t in str(text).split(",")]
+    except ValueError:
+        targets = []
+    if not targets or any(not 0.0 < t <= 1.0 for t in targets):
+        raise VitrtError(f"--targets expects comma-separated FLOPs fractions in (0, 1], e.g. 0.8,0.6; got {text!r}")
+    return targets
+
+
+def merge(twin, dense_onnx, plan):
+    """(merged ONNX, merged twin): the compile's token-merge pass on the lowered graph and on the twin."""
+    from vitrt.compiler.graph import GraphView
+    from vitrt.compiler.pass_manager import PassContext
+    from vitrt.transforms.tome.graph_pass import TokenMergePass
+
+    token_merge = TokenMergePass(plan)
+    view = token_merge.run(GraphView.from_onnx(dense_onnx), PassContext()).view
+    return view.to_onnx(), token_merge.apply_to_twin(twin)
+
+
 def _row_plan(plan, spec):
     from vitrt.compiler.cost import vit_flops
 
@@ -65,33 +91,27 @@ def _row_plan(plan, spec):
 
 def digits_points(targets, progress) -> tuple[dict, list[dict], dict]:
     """Top-1 on the digits test set: dense, then every (configuration, target) through ONNX Runtime and the twin."""
-    import torch
-
     from vitrt.calib.digits import digits_split
     from vitrt.calib.evaluate import top1, torch_logits
     from vitrt.calib.reference import load_reference
-    from vitrt.transforms.tome.twin import apply_plan
-    from vitrt.compiler.graph import GraphView
     from vitrt.compiler.lower import lower
     from vitrt.compiler.models import canonicalize
     from vitrt.compiler.verify import run_onnx
-    from vitrt.transforms.tome.graph_pass import rewrite
 
     model, info = load_reference(progress=progress)
     twin = canonicalize(model).eval()
     test = digits_split(info["recipe"]["img_size"])[1]
     images = test.images.numpy()
     dense_onnx = lower(twin, batch=None)
-    dense = {"top1_onnx": top1(run_onnx(dense_onnx, images, None), test.labels), "top1_twin": top1(torch_logits(twin, test), test.labels)}
+    dense = {"top1_onnx": top1(run_onnx(dense_onnx, images, None), test.labels),
+             "top1_twin": top1(torch_logits(twin, test), test.labels)}
     rows, twins = [], {}
     for target in targets:
         for name, plan in _plans(twin.spec, target).items():
             with progress.step(f"digits: {name} at FLOPs {target}"):
-                merged_twin = apply_plan(copy.deepcopy(twin), plan)
-                view = rewrite(GraphView.from_onnx(dense_onnx), plan)
-                onnx_logits = run_onnx(view.to_onnx(), images, None)
-                with torch.no_grad():
-                    twin_logits = torch_logits(merged_twin, test)
+                merged_onnx, merged_twin = merge(twin, dense_onnx, plan)
+                onnx_logits = run_onnx(merged_onnx, images, None)
+                twin_logits = torch_logits(merged_twin, test)
                 row = {"config": name, "target": target, **_row_plan(plan, twin.spec),
                        "top1_onnx": top1(onnx_logits, test.labels), "top1_twin": top1(twin_logits, test.labels),
                        "max_abs_err_vs_twin": float(np.max(np.abs(onnx_logits - twin_logits)))}
@@ -101,33 +121,40 @@ def digits_points(targets, progress) -> tuple[dict, list[dict], dict]:
 
 
 def throughput_points(config: TomeBenchConfig, targets, progress) -> tuple[dict, list[dict]]:
-    """Speedup of every (configuration, target) over dense on ``config.model``, each timed alternately with dense."""
-    from vitrt.compiler.graph import GraphView
+    """Speedup of every (configuration, target) over dense on ``config.model``, timed side by side with dense."""
+    from vitrt.compiler.backends.ort import cpu_name, ort_session
     from vitrt.compiler.lower import lower
     from vitrt.compiler.models import canonicalize, load_timm_model
+    from vitrt.compiler.timing import Timing, interleaved
     from vitrt.compiler.verify import verification_inputs
-    from vitrt.transforms.tome.graph_pass import rewrite
-    from vitrt.transforms.tome.report import alternate_benchmark, ort_session
 
     twin = canonicalize(load_timm_model(config.model, pretrained=False, checkpoint=None, img_size=None)).eval()
     dense_model = lower(twin, batch=config.batch)
     images = verification_inputs(twin.spec, config.batch, seed=0)
-    dense = ort_session(dense_model, config.threads)
+
+    def run_on(model):
+        session = ort_session(model, threads=config.threads)
+        feed = {session.get_inputs()[0].name: images}
+        return lambda: session.run(None, feed)
+
+    dense = run_on(dense_model)
+    timing = Timing(warmup=1, iterations=1)
     rows = []
     for target in targets:
         for name, plan in _plans(twin.spec, target).items():
             with progress.step(f"{config.model}: {name} at FLOPs {target}"):
-                merged = rewrite(GraphView.from_onnx(dense_model), plan).to_onnx()
-                ms = alternate_benchmark({"dense": dense, "merged": ort_session(merged, config.threads)}, images,
-                                         iterations=config.iters, warmup=1)
+                merged_onnx, _ = merge(twin, dense_model, plan)
+                timed = interleaved({"dense": dense, "merged": run_on(merged_onnx)}, timing, rounds=config.iters)
                 info = _row_plan(plan, twin.spec)
-                speedup = ms["dense"] / ms["merged"]
-                rows.append({"config": name, "target": target, **info, "dense_ms": round(ms["dense"], 2),
-                             "merged_ms": round(ms["merged"], 2), "speedup": round(speedup, 4),
+                speedup = timed.speedup("dense", "merged")
+                rows.append({"config": name, "target": target, **info,
+                             "dense_ms": round(timed.typical("dense"), 2),
+                             "merged_ms": round(timed.typical("merged"), 2),
+                             "speedup": round(speedup, 4),
                              "speedup_over_flops_reduction": round(speedup * info["flops_fraction"], 4)})
-    from vitrt.compiler.backends.ort import cpu_name
-
-    return {"model": config.model, "batch": config.batch, "device": cpu_name(), "iterations": config.iters}, rows
+    return {"model": config.model, "batch": config.batch, "device": cpu_name(), "iterations": config.iters,
+            "method": "dense and merged timed in interleaved rounds (shuffled order; one warm-up and one timed run "
+                      "each per round); ms = median over rounds, speedup = median of the per-round ratios"}, rows
 
 
 def write_table(path: Path, command: str, dense: dict, acc_rows, thr_meta, thr_rows, test_images: int) -> None:
@@ -138,8 +165,7 @@ def write_table(path: Path, command: str, dense: dict, acc_rows, thr_meta, thr_r
              f"{dense['top1_onnx'] * 100:.2f} %.\n"]
     if thr_meta:
         lines.append(f"Throughput: {thr_meta['model']} (random weights), batch {thr_meta['batch']}, ONNX Runtime on "
-                     f"{thr_meta['device']}; dense and merged timed alternately, {thr_meta['iterations']} iterations "
-                     f"each, medians; speedup = dense / merged.\n")
+                     f"{thr_meta['device']}; rounds per point: {thr_meta['iterations']}; {thr_meta['method']}.\n")
     lines.append("| FLOPs target | config | digits r | digits FLOPs | top-1 ONNX | Δ top-1 | top-1 twin | "
                  "deit r | deit FLOPs | speedup | speedup × FLOPs fraction |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -155,7 +181,7 @@ def write_table(path: Path, command: str, dense: dict, acc_rows, thr_meta, thr_r
     path.write_text("\n".join(lines) + "\n")
 
 
-def plot(path: Path, dense: dict, acc_rows, thr_rows) -> None:
+def plot(path: Path, dense: dict, acc_rows, thr_meta, thr_rows) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,7 +203,7 @@ def plot(path: Path, dense: dict, acc_rows, thr_rows) -> None:
     axes[0].invert_xaxis()
     if thr_rows:
         axes[1].axhline(dense["top1_onnx"] * 100, color="gray", ls="--", label="dense")
-        axes[1].set_xlabel("deit_small speedup over dense (ORT CPU, batch 8)")
+        axes[1].set_xlabel(f"{thr_meta['model']} speedup over dense (ORT CPU, batch {thr_meta['batch']})")
         axes[1].set_ylabel("digits top-1 (%) at the same FLOPs target")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -192,7 +218,9 @@ def run(config: TomeBenchConfig, argv: list[str] | None = None) -> dict:
     from vitrt.transforms.tome.report import merge_figure
 
     progress = Progress(enabled=not config.quiet)
-    targets = [float(t) for t in config.targets.split(",")]
+    targets = parse_targets(config.targets)
+    if config.iters < 1 or config.batch < 1:
+        raise VitrtError("--iters and --batch must be >= 1")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "vitrt tome-bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[2:]))
@@ -202,7 +230,7 @@ def run(config: TomeBenchConfig, argv: list[str] | None = None) -> dict:
               "throughput_rows": thr_rows}
     (out / "tome_sweep.json").write_text(json.dumps(result, indent=2) + "\n")
     write_table(out / "tome_sweep.md", command, dense, acc_rows, thr_meta, thr_rows, extra["test_images"])
-    plot(out / "tome_sweep.png", dense, acc_rows, thr_rows)
+    plot(out / "tome_sweep.png", dense, acc_rows, thr_meta, thr_rows)
     middle = min(targets, key=lambda t: abs(t - 0.6))
     merge_figure(out / "tome_merges.png", [(extra["twins"][(name, middle)], f"{name}, FLOPs ≤ {middle}")
                                           for name in CONFIGS])
@@ -210,8 +238,11 @@ def run(config: TomeBenchConfig, argv: list[str] | None = None) -> dict:
     return result
 
 
+def main(config: TomeBenchConfig) -> int:
+    run(config)
+    return 0
+
+
 def add_subcommands(sub) -> None:
-    parser = sub.add_parser("tome-bench", help="token merging: accuracy (digits) vs throughput (deit) for ToMe, DFE, "
-                                               "DFE+LGTM at equal FLOPs targets")
-    add_arguments(parser, TomeBenchConfig)
-    parser.set_defaults(func=lambda args: (run(from_args(TomeBenchConfig, args)), 0)[1])
+    add_command(sub, "tome-bench", TomeBenchConfig, main, "token merging: accuracy (digits) vs throughput (deit) for "
+                                                             "ToMe, DFE, DFE+LGTM at equal FLOPs targets")

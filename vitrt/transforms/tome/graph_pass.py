@@ -16,7 +16,9 @@ window, ``na = ceil(n/2)``, ``nb = n // 2``)::
 
 Every shape is static; no Scatter op: the size-weighted sums are one-hot MatMuls, the moves GatherND. Sizes ([B, N-p, 1]) flow
 to the later blocks, whose attention logits get ``log(size)`` added after ``attn.scale`` (proportional
-attention), and whose reshape constants are rewritten for their smaller token counts.
+attention), and whose reshape constants are rewritten for their smaller token counts. The window-order Gather
+sits in the first block that merges inside windows. The subgraph is emitted in float32 (its ``Cast(to=FLOAT)`` and
+``ConstantOfShape`` included); the precision pass retypes it with the rest of the graph.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def emit_merge(e: _Emitter, x, keys, sizes, m: BlockMerge, *, prefix: int, emb: 
     ma, mb = half(metric, "metric.a", 0), half(metric, "metric.b", 1)
     scores = e.node("MatMul", f"{name}.scores", [ma, e.node("Transpose", f"{name}.metric.bt", [mb], {"perm": [0, 2, 1]})])
     # Best B per A: the two most similar by cosine (TopK), then the closer by ‖a - b‖² (= 2 - 2 cos) computed
-    # from the difference, which also ranks the edges: robust for near-duplicate tokens (see calib.tome).
+    # from the difference, which also ranks the edges: robust for near-duplicate tokens (see twin.bipartite_merge).
     k = min(2, nb)
     best = gs.Variable(f"{name}.best.values", dtype=F32)
     top = gs.Variable(f"{name}.best.indices", dtype=np.int64)
@@ -187,8 +189,11 @@ def _set_tokens(view: GraphView, index: int, tokens: int) -> None:
 
 
 def rewrite(view: GraphView, plan: MergePlan) -> GraphView:
-    """Apply ``plan`` to the canonical graph in ``view``; returns a new, shape-inferred view with the new spec."""
+    """Apply ``plan`` to the canonical graph in ``view``; returns a new, shape-inferred view with the new spec.
+
+    ``view``'s graph is edited in place (a plan made for another model is refused first, one line)."""
     spec = view.spec
+    plan.check_matches(spec)
     graph = view.graph
     e = _Emitter(graph)
     first = next(b.index for b in plan.blocks if b.merges)

@@ -116,7 +116,7 @@ class BlockMerge:
     tokens: int  # entering the block (prefix included)
     windows: int
     per_window: int
-    permute: bool  # the first local block gathers the patch tokens into quad-tree window order
+    permute: bool  # the first block merging inside windows gathers the patch tokens into quad-tree window order
 
     @property
     def merges(self) -> int:
@@ -154,6 +154,7 @@ class MergePlan:
 
     def apply_to_spec(self, spec):
         """The spec with per-block ``tokens`` / ``tokens_out`` and the plan recorded in ``extra['token_merge']``."""
+        self.check_matches(spec)
         blocks = [dataclasses.replace(b, tokens=m.tokens, tokens_out=m.tokens_out if m.merges else None)
                   for b, m in zip(spec.blocks, self.blocks)]
         extra = dict(spec.extra)
@@ -171,19 +172,39 @@ class MergePlan:
         try:
             schedule = TomeSchedule.from_dict(data["schedule"])
             prefix, grid = int(data["prefix"]), int(data["grid"])
-            tokens, windows, per_window = list(data["tokens"]), list(data["windows"]), list(data["per_window"])
+            tokens, windows, per_window = ([int(v) for v in data[key]] for key in ("tokens", "windows", "per_window"))
         except (KeyError, TypeError, ValueError) as exc:
             raise VitrtError(f"malformed merge plan: missing or invalid field {exc}") from None
         if not len(tokens) == len(windows) == len(per_window):
             raise VitrtError("malformed merge plan: tokens, windows and per_window differ in length")
-        first_local = next((i for i, w in enumerate(windows) if w > 1), None)
-        blocks = tuple(BlockMerge(i, t, w, r, i == first_local)
+        first = first_local_merge(windows, per_window)
+        blocks = tuple(BlockMerge(i, t, w, r, i == first)
                        for i, (t, w, r) in enumerate(zip(tokens, windows, per_window)))
+        for b in blocks:
+            mergeable = b.tokens - prefix
+            if b.windows < 1 or b.per_window < 0 or mergeable < 0 or mergeable % b.windows:
+                raise VitrtError(f"malformed merge plan: block {b.index} cannot split {mergeable} mergeable tokens "
+                                 f"into {b.windows} window(s)")
+            if b.per_window > mergeable // b.windows // 2:
+                raise VitrtError(f"malformed merge plan: block {b.index} merges {b.per_window} per window, more than "
+                                 f"half of its {mergeable // b.windows} tokens per window")
+        if first is not None and blocks[first].tokens != prefix + grid * grid:
+            raise VitrtError(f"malformed merge plan: block {first} merges inside windows after tokens were merged "
+                             f"globally ({blocks[first].tokens} tokens, the {grid}x{grid} grid has {grid * grid})")
         for a, b in zip(blocks, blocks[1:]):
             if a.tokens_out != b.tokens:
                 raise VitrtError(f"malformed merge plan: block {a.index} leaves {a.tokens_out} tokens, block "
                                  f"{b.index} takes {b.tokens}")
         return cls(schedule, prefix, grid, blocks)
+
+    def check_matches(self, spec) -> None:
+        """Refuse (one line) a plan made for another model: depth, prefix tokens, grid or incoming tokens differ."""
+        made = (len(self.blocks), self.prefix, self.grid, self.blocks[0].tokens if self.blocks else spec.tokens)
+        model = (spec.depth, spec.prefix_tokens, spec.grid, spec.tokens)
+        if made != model:
+            def say(depth, prefix, grid, tokens):
+                return f"{depth} blocks, {prefix} prefix token(s), a {grid}x{grid} grid, {tokens} tokens"
+            raise VitrtError(f"merge plan made for {say(*made)}; the model has {say(*model)}")
 
 
 def requested_r(schedule: TomeSchedule, depth: int) -> tuple[list[int], int]:
@@ -244,7 +265,7 @@ def resolve(schedule: TomeSchedule, spec) -> MergePlan:
     elif schedule.transition:
         raise VitrtError("--lgtm-transition needs --lgtm-window")
     tokens = spec.tokens
-    blocks: list[BlockMerge] = []
+    layout: list[tuple[int, int, int]] = []  # (tokens in, windows, merges per window) of every block
     for i in range(depth):
         level = i - skip
         windows = levels[level] if 0 <= level < len(levels) else 1
@@ -264,10 +285,20 @@ def resolve(schedule: TomeSchedule, spec) -> MergePlan:
             if strict:
                 raise VitrtError(f"block {i} has no attention (pruned away), so no keys to merge by; set its r to 0")
             per_window = 0  # constant and ramp schedules merge in the blocks that have keys to merge by
-        permute = windows > 1 and level == 0
-        blocks.append(BlockMerge(i, tokens, windows, per_window, permute))
+        layout.append((tokens, windows, per_window))
         tokens -= windows * per_window
-    return MergePlan(schedule, prefix, grid, tuple(blocks))
+    first = first_local_merge([w for _, w, _ in layout], [r for _, _, r in layout])
+    blocks = tuple(BlockMerge(i, t, w, r, i == first) for i, (t, w, r) in enumerate(layout))
+    return MergePlan(schedule, prefix, grid, blocks)
+
+
+def first_local_merge(windows, per_window) -> int | None:
+    """The block that gathers the patch tokens into window order: the first one that merges inside windows.
+
+    Not simply the first local block: that one may merge nothing (no attention, or a ramp starting at 0), and
+    the windows of every later local block are only spatial once the tokens are in window order.
+    """
+    return next((i for i, (w, r) in enumerate(zip(windows, per_window)) if w > 1 and r > 0), None)
 
 
 def quadtree_order(grid: int, window: int) -> list[int]:
