@@ -15,6 +15,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["vitrt", "vitrt.*"]),
+    package_data={"vitrt.calib": ["reference_weights/*.pt", "reference_weights/*.json"]},
     install_requires=[
         "numpy>=1.24",
         "torch>=2.4",
@@ -35,7 +36,7 @@ setup(
     ],
     extras_require={
         "trt": ["tensorrt>=10.0"],
-        "dev": ["pytest>=8", "pytest-xdist>=3"],
+        "dev": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "import-linter>=2.1"],
     },
     entry_points={"console_scripts": ["vitrt=vitrt.cli:main"]},
 )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitrt.compiler.errors import VitrtError
+from vitrt.kernels.sparse24 import LayoutError
 from vitrt.kernels import sparse24
 
 
@@ -142,7 +142,7 @@ def test_malformed_input_is_refused_with_one_line():
         (lambda: sparse24.compress(np.zeros((4, 6), np.float16), "fp16"), "not a multiple of 4"),
     ]
     for call, text in cases:
-        with pytest.raises(VitrtError) as info:
+        with pytest.raises(LayoutError) as info:
             call()
         assert text in str(info.value) and "\n" not in str(info.value)
 

@@ -64,7 +64,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vitrt.compiler.errors import VitrtError
+
+class LayoutError(ValueError):
+    """A matrix, format or metadata that the compressed 2:4 layouts cannot represent (message: one line)."""
+
 
 FORMATS = ("fp16", "int8", "int4")
 LAYOUTS = ("cutlass", "rowmajor")
@@ -87,7 +90,7 @@ def _groups_last(weight: np.ndarray, axis: int, size: int) -> tuple[np.ndarray, 
     moved = np.moveaxis(np.asarray(weight), axis, -1)
     k = moved.shape[-1]
     if k % size:
-        raise VitrtError(f"axis {axis} has length {k}, not a multiple of {size}: it cannot hold a {size}-wide pattern")
+        raise LayoutError(f"axis {axis} has length {k}, not a multiple of {size}: it cannot hold a {size}-wide pattern")
     return moved.reshape(*moved.shape[:-1], k // size, size), moved.shape
 
 
@@ -185,7 +188,7 @@ def pack_meta(codes: np.ndarray, fmt: str, layout: str = "cutlass") -> np.ndarra
     per = CODES_PER_META[fmt]
     dtype = META_DTYPE[fmt]
     if g % per:
-        raise VitrtError(f"{g} codes per row do not fill whole {np.dtype(dtype).name} metadata elements ({per} each)")
+        raise LayoutError(f"{g} codes per row do not fill whole {np.dtype(dtype).name} metadata elements ({per} each)")
     nibbles = codes.reshape(m, g // per, per).astype(np.uint64)
     shifts = (np.arange(per, dtype=np.uint64) * 4)
     unsigned = np.bitwise_or.reduce(nibbles << shifts, axis=-1)
@@ -201,7 +204,7 @@ def unpack_meta(meta: np.ndarray, fmt: str, layout: str, rows: int) -> np.ndarra
     _check_format(fmt, layout)
     dtype = META_DTYPE[fmt]
     if meta.dtype != dtype:
-        raise VitrtError(f"{fmt} metadata must be {np.dtype(dtype).name}, got {meta.dtype}")
+        raise LayoutError(f"{fmt} metadata must be {np.dtype(dtype).name}, got {meta.dtype}")
     logical = meta if layout == "rowmajor" else _unreorder(meta, dtype, rows)
     per = CODES_PER_META[fmt]
     unsigned = logical.view({2: np.uint16, 4: np.uint32}[np.dtype(dtype).itemsize]).astype(np.uint64)
@@ -257,9 +260,9 @@ class Compressed:
 
 def _check_format(fmt: str, layout: str) -> None:
     if fmt not in FORMATS:
-        raise VitrtError(f"unknown sparse format '{fmt}': expected one of {', '.join(FORMATS)}")
+        raise LayoutError(f"unknown sparse format '{fmt}': expected one of {', '.join(FORMATS)}")
     if layout not in LAYOUTS:
-        raise VitrtError(f"unknown metadata layout '{layout}': expected one of {', '.join(LAYOUTS)}")
+        raise LayoutError(f"unknown metadata layout '{layout}': expected one of {', '.join(LAYOUTS)}")
 
 
 def padded_shape(shape: tuple[int, int], fmt: str, layout: str) -> tuple[int, int]:
@@ -274,23 +277,23 @@ def padded_shape(shape: tuple[int, int], fmt: str, layout: str) -> tuple[int, in
 def compress(a: np.ndarray, fmt: str, layout: str = "cutlass") -> Compressed:
     """Compress the sparse operand A[M, K] (float16 for fp16; int8 for int8; int8 in [-8, 7] for int4).
 
-    Refuses (VitrtError, one line) a wrong dtype or rank, and a matrix that is not 2:4 (fp16, int8) or
+    Refuses (LayoutError, one line) a wrong dtype or rank, and a matrix that is not 2:4 (fp16, int8) or
     pair-wise 4:8 (int4) along K — prune it first with :func:`mask_2to4` / :func:`mask_pairwise_4to8`.
     """
     _check_format(fmt, layout)
     a = np.asarray(a)
     if a.ndim != 2:
-        raise VitrtError(f"the sparse operand must be a matrix A[M, K], got shape {a.shape}")
+        raise LayoutError(f"the sparse operand must be a matrix A[M, K], got shape {a.shape}")
     if a.dtype != _VALUE_DTYPE[fmt]:
-        raise VitrtError(f"{fmt} compression needs a {np.dtype(_VALUE_DTYPE[fmt]).name} matrix, got {a.dtype}")
+        raise LayoutError(f"{fmt} compression needs a {np.dtype(_VALUE_DTYPE[fmt]).name} matrix, got {a.dtype}")
     if fmt == "int4" and a.size and (a.min() < -8 or a.max() > 7):
-        raise VitrtError(f"int4 values must lie in [-8, 7], got [{a.min()}, {a.max()}]")
+        raise LayoutError(f"int4 values must lie in [-8, 7], got [{a.min()}, {a.max()}]")
     if a.shape[1] % GROUP[fmt]:
-        raise VitrtError(f"K = {a.shape[1]} is not a multiple of {GROUP[fmt]}: no {fmt} sparse layout exists")
+        raise LayoutError(f"K = {a.shape[1]} is not a multiple of {GROUP[fmt]}: no {fmt} sparse layout exists")
     bad = first_violation(a, 1, fmt)
     if bad is not None:
         pattern = "pair-wise 4:8" if fmt == "int4" else "2:4"
-        raise VitrtError(f"matrix is not {pattern} along K: row {bad[0]}, columns {bad[1]}..{bad[1] + GROUP[fmt] - 1} "
+        raise LayoutError(f"matrix is not {pattern} along K: row {bad[0]}, columns {bad[1]}..{bad[1] + GROUP[fmt] - 1} "
                          f"hold too many non-zeros; apply a {pattern} mask before compressing")
     pm, pk = padded_shape(a.shape, fmt, layout)
     padded = np.zeros((pm, pk), dtype=a.dtype)
@@ -348,7 +351,7 @@ def storage_bits(m: int, k: int, fmt: str) -> tuple[int, int]:
     Compressed = M·K/2 kept values + one 4-bit code per group (FP16/INT8: per 4; INT4: per 8).
     """
     if fmt not in FORMATS:
-        raise VitrtError(f"unknown sparse format '{fmt}': expected one of {', '.join(FORMATS)}")
+        raise LayoutError(f"unknown sparse format '{fmt}': expected one of {', '.join(FORMATS)}")
     dense = m * k * VALUE_BITS[fmt]
     sparse = m * k // 2 * VALUE_BITS[fmt] + m * k // GROUP[fmt] * 4
     return dense, sparse
