@@ -1,0 +1,65 @@
+"""Data sources: the fixed digits split, synthetic inputs, and ImageFolder trees streamed from disk (defect 9)."""
+
+import numpy as np
+import pytest
+import torch
+
+from vitrt.calib.data import ImageFolderSet, load_data, take_images
+from vitrt.calib.digits import digits_split
+from vitrt.compiler.errors import VitrtError
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A real ImageFolder: 24 digits test images as PNG files in one directory per class."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("folder")
+    _, test = digits_split(32)
+    for i in range(24):
+        label = int(test.labels[i])
+        (root / str(label)).mkdir(exist_ok=True)
+        pixels = ((test.images[i, 0].numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels).convert("RGB").save(root / str(label) / f"{i}.png")
+    return root
+
+
+def test_image_folder_is_streamed_in_bounded_batches(folder):
+    data = load_data(str(folder), 32, limit=20, seed=1)
+    assert isinstance(data, ImageFolderSet) and data.labelled and len(data) == 20
+    assert not hasattr(data, "images")  # nothing is held in memory but the file list
+    sizes, labels = [], []
+    for images, batch_labels in data.batches(8, shuffle=True, generator=torch.Generator().manual_seed(0)):
+        assert images.shape[1:] == (3, 32, 32) and images.dtype == torch.float32
+        sizes.append(len(images))
+        labels += batch_labels.tolist()
+    assert sizes == [8, 8, 4] and set(labels) <= set(range(10))
+    assert sum(len(b) for b in take_images(data, 10, batch_size=4)) == 10
+
+
+def test_the_subset_is_seeded_and_the_order_reproducible(folder):
+    first = [b.tolist() for _, b in load_data(str(folder), 32, limit=12, seed=3).batches(12)]
+    again = [b.tolist() for _, b in load_data(str(folder), 32, limit=12, seed=3).batches(12)]
+    other = [b.tolist() for _, b in load_data(str(folder), 32, limit=12, seed=4).batches(12)]
+    assert first == again and first != other
+
+
+def test_fine_tuning_runs_on_a_streamed_folder(folder):
+    """The shared trainer takes any Dataset: one epoch of fine-tuning straight from the files."""
+    from vitrt.calib.losses import HardLabel, Objective
+    from vitrt.calib.trainer import TrainConfig, train
+    from vitrt.compiler.models import canonicalize
+
+    from conftest import tiny_vit
+
+    model = canonicalize(tiny_vit())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train(model, load_data(str(folder), 32, limit=16), Objective(HardLabel()),
+                   TrainConfig(epochs=1, lr=1e-3, batch_size=8))
+    assert len(result.history) == 1 and np.isfinite(result.history[0]["total"])
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_path_that_is_no_folder_is_one_line(tmp_path):
+    with pytest.raises(VitrtError, match="neither 'digits', 'synthetic' nor an ImageFolder"):
+        load_data(str(tmp_path / "missing"), 32)
