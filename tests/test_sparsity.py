@@ -347,7 +347,7 @@ def _snapshot(model: torch.nn.Module):
 def test_compile_never_modifies_the_callers_model(tmp_path, kind):
     """Defect 2: compiling a CanonicalViT used to zero its weights, attach ``sparsity_masks`` and swap its blocks
     for merging blocks (the driver ran the stages on the caller's twin itself)."""
-    model = canonicalize(tiny_vit()) if kind == "twin" else tiny_vit()
+    model = (canonicalize(tiny_vit()) if kind == "twin" else tiny_vit()).train()  # eval() would flip its flags
     state, modules, grads = _snapshot(model)
     result = compile_tiny(tmp_path, model=model, tome="4", sparse_finetune_epochs=1, sparse_data="synthetic")
     assert result.manifest["token_merge"] and result.manifest["sparsity"]["finetune"]  # every stage did run
