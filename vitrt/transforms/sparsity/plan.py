@@ -17,7 +17,9 @@ nothing — the classifier head of a small model is the usual case); the name mu
 pattern that matches no layer is an error).
 
 ``masks`` is the contract with later stages (QAT keeps them fixed): canonical layer name -> bool array shaped
-like the twin module's weight (Linear [N, K], Conv [M, C, R, S]).
+like the twin module's weight (Linear [N, K], Conv [M, C, R, S]). A plan is checked when it is built or loaded
+(:meth:`SparsityPlan.from_dict`): one mask per eligible layer, bool, in that shape, 2:4 along the axis TensorRT
+checks; ``to_dict`` is its JSON part, ``arrays`` the masks and weights that travel beside it.
 """
 
 from __future__ import annotations
