@@ -3,34 +3,60 @@
     python -m vitrt.benchmarks.permutation_gain --model deit_small_patch16_224 --blocks 0,5,11
     python -m vitrt.benchmarks.permutation_gain --model digits
 
-``digits`` is the cached digits reference (trained weights); timm names use timm's random initialisation
+``digits`` is the shipped digits reference (trained weights); timm names use timm's random initialisation
 (no model hub here). Prints one row per layer: Σ|w| kept by 2:4 masking / Σ|w|, without and with the
 permutation found by ``vitrt.transforms.sparsity.permutation.search_permutation``, and the search time.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import dataclass
+
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.options import module_main, option
 
 
-def run(model_name: str, blocks: list[int] | None) -> list[dict]:
+@dataclass(frozen=True)
+class PermutationGainConfig:
+    model: str = option("digits", "digits (the shipped reference) or a timm model name (random initialisation)",
+                        metavar="NAME")
+    blocks: str | None = option(None, "comma-separated block indices (default: all)", metavar="I,J,...")
+
+    def block_indices(self, depth: int) -> list[int]:
+        """The blocks to measure, checked against the model's ``depth``."""
+        if self.blocks is None:
+            return list(range(depth))
+        try:
+            indices = [int(b) for b in self.blocks.split(",")]
+        except ValueError:
+            raise VitrtError(f"--blocks must be comma-separated integers, got '{self.blocks}'") from None
+        bad = [i for i in indices if not 0 <= i < depth]
+        if bad:
+            raise VitrtError(f"--blocks: block {bad[0]} is out of range 0..{depth - 1} for {self.model}")
+        return indices
+
+
+def load_model(name: str):
     import torch
 
-    from vitrt.transforms.sparsity.permutation import head_blocks, retained_fraction, search_permutation
-
-    if model_name == "digits":
+    if name == "digits":
         from vitrt.calib.reference import load_reference
 
-        model, _ = load_reference()
-    else:
-        import timm
+        return load_reference()[0]
+    from vitrt.compiler.models import load_timm_model
 
-        torch.manual_seed(0)
-        model = timm.create_model(model_name, pretrained=False)
+    torch.manual_seed(0)  # timm's random initialisation, the same on every run
+    return load_timm_model(name)
+
+
+def run(config: PermutationGainConfig) -> list[dict]:
+    from vitrt.transforms.sparsity.permutation import head_blocks, retained_fraction, search_permutation
+
+    model = load_model(config.model)
     rows = []
-    for index in blocks if blocks is not None else range(len(model.blocks)):
+    for index in config.block_indices(len(model.blocks)):
         block = model.blocks[index]
         heads = block.attn.num_heads
         jobs = [("mlp.fc2", block.mlp.fc2.weight, None),
@@ -45,14 +71,9 @@ def run(model_name: str, blocks: list[int] | None) -> list[dict]:
     return rows
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="digits")
-    parser.add_argument("--blocks", help="comma-separated block indices (default: all)")
-    args = parser.parse_args(argv)
-    blocks = [int(b) for b in args.blocks.split(",")] if args.blocks else None
-    rows = run(args.model, blocks)
-    print(f"| {args.model} layer | A[M, K] | retained without | retained with | gain (points) | search s |")
+def main(config: PermutationGainConfig) -> int:
+    rows = run(config)
+    print(f"| {config.model} layer | A[M, K] | retained without | retained with | gain (points) | search s |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['layer']} | {r['shape'][0]}x{r['shape'][1]} | {r['without'] * 100:.2f} % | {r['with'] * 100:.2f} % | "
@@ -61,4 +82,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(module_main(PermutationGainConfig, main, description=__doc__.splitlines()[0]))

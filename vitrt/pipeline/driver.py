@@ -85,7 +85,8 @@ def make_config(model=None, out=None, config: CompileConfig | None = None, optio
 
 
 def load_source(config: CompileConfig, model: torch.nn.Module | None, progress: Progress):
-    """The original model (timm module or a copy of the given twin) and its canonical twin."""
+    """The original model (the timm module, copied if it is in training mode; a copy of a given twin) and its
+    canonical twin. The caller's module is never modified, not even its training flags."""
     if model is None:
         if not config.model:
             raise VitrtError("no model given: pass a timm model name, e.g. vitrt compile deit_small_patch16_224 -o OUT")
@@ -97,6 +98,8 @@ def load_source(config: CompileConfig, model: torch.nn.Module | None, progress: 
         twin = copy.deepcopy(model).eval()
         return twin, twin
     check_supported(model)
+    if any(m.training for m in model.modules()):  # eval() would flip the caller's training flags: use a copy
+        model = copy.deepcopy(model)
     return model.eval(), canonicalize(model)
 
 

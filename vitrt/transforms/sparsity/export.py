@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -13,8 +14,6 @@ from vitrt.transforms.sparsity.plan import LayerDecision
 def write_sparse_weights(path, decisions: list[LayerDecision], values: dict, fmt: str = "fp16") -> None:
     """``path`` (.npz): per eligible layer ``<layer>.values`` and ``<layer>.meta`` (FP16, CUTLASS-ordered
     metadata where the tile fits, else row-major), plus ``sparse_weights.json`` beside it as the index."""
-    from pathlib import Path
-
     path = Path(path)
     arrays, index = {}, {"format": fmt, "operand": "A[M, K] = MatMul Bᵀ (Conv: W as [M, R·S·C]); 2:4 along K",
                          "layout_doc": "vitrt.kernels.sparse24", "layers": {}}

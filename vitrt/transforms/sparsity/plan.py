@@ -17,7 +17,9 @@ nothing — the classifier head of a small model is the usual case); the name mu
 pattern that matches no layer is an error).
 
 ``masks`` is the contract with later stages (QAT keeps them fixed): canonical layer name -> bool array shaped
-like the twin module's weight (Linear [N, K], Conv [M, C, R, S]).
+like the twin module's weight (Linear [N, K], Conv [M, C, R, S]). A plan is checked when it is built or loaded
+(:meth:`SparsityPlan.from_dict`): one mask per eligible layer, bool, in that shape, 2:4 along the axis TensorRT
+checks; ``to_dict`` is its JSON part, ``arrays`` the masks and weights that travel beside it.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ class LayerDecision:
     @property
     def initializer(self) -> str:
         return f"{self.name}.weight"
+
+    @property
+    def twin_shape(self) -> tuple[int, ...]:
+        """The twin module's weight shape (a MatMul's B[K, N] is the Linear weight [N, K] transposed)."""
+        return self.shape[::-1] if self.kind == "matmul" else self.shape
 
     def operand_shape(self) -> tuple[int, int]:
         """[M, K] of the sparse GEMM operand (sparse24 convention)."""
@@ -115,10 +122,17 @@ def canonical_layers(twin) -> list[tuple[str, str, tuple[int, ...]]]:
     return out
 
 
-def onnx_mask(decision: LayerDecision, twin_mask) -> np.ndarray:
+def onnx_mask(decision: LayerDecision, twin_mask: np.ndarray) -> np.ndarray:
     """A twin-layout mask (Linear [N, K], Conv [M, C, R, S]) in the ONNX initializer's layout."""
-    mask = np.asarray(twin_mask.cpu().numpy() if hasattr(twin_mask, "cpu") else twin_mask, dtype=bool)
+    mask = np.asarray(twin_mask, dtype=bool)
     return mask.T if decision.kind == "matmul" else mask
+
+
+def torch_masks(masks: Mapping[str, np.ndarray]) -> dict:
+    """Numpy bool masks as torch bool tensors, by layer name (the trainer's mask hook takes these)."""
+    import torch
+
+    return {name: torch.from_numpy(np.asarray(mask, dtype=bool)) for name, mask in masks.items()}
 
 
 # --- storage accounting ---------------------------------------------------------------------------------
@@ -165,11 +179,14 @@ class SparsityPlan:
         if set(self.masks) != eligible:
             raise VitrtError(f"sparsity plan: masks for {sorted(set(self.masks) ^ eligible)[:3]} do not match the "
                              "eligible layers")
-        for d in self.decisions:
-            if d.eligible:
-                mask = np.asarray(self.masks[d.name], dtype=bool)
-                if not sparse24.is_2to4(mask.astype(np.float32), 1):
-                    raise VitrtError(f"sparsity plan: the mask of '{d.name}' is not 2:4 along its input channels")
+        for d in self.eligible:
+            mask = np.asarray(self.masks[d.name])
+            if mask.dtype != bool or mask.shape != d.twin_shape:
+                raise VitrtError(f"sparsity plan: the mask of '{d.name}' is {mask.dtype} {list(mask.shape)}, expected "
+                                 f"bool {list(d.twin_shape)} (the layer's weight in the twin's layout)")
+            if not sparse24.is_2to4(onnx_mask(d, mask).astype(np.float32), d.axis):
+                raise VitrtError(f"sparsity plan: the mask of '{d.name}' is not 2:4 along axis {d.axis} of the ONNX "
+                                 "weight (the axis TensorRT checks)")
 
     @property
     def eligible(self) -> list[LayerDecision]:
@@ -177,9 +194,7 @@ class SparsityPlan:
 
     def torch_masks(self) -> dict:
         """The masks as torch bool tensors (for the trainer's mask hook)."""
-        import torch
-
-        return {name: torch.from_numpy(np.asarray(mask, dtype=bool)) for name, mask in self.masks.items()}
+        return torch_masks(self.masks)
 
     def to_dict(self) -> dict:
         """JSON part (decisions and reports); masks and weights are the arrays of :meth:`arrays`."""
@@ -198,13 +213,14 @@ class SparsityPlan:
         if data.get("format") != PLAN_FORMAT:
             raise VitrtError(f"sparsity plan format {data.get('format')!r} is not supported (expected {PLAN_FORMAT})")
         try:
+            pattern = data["pattern"]
             decisions = tuple(LayerDecision(d["name"], d["kind"], tuple(d["shape"]), d["axis"], d["eligible"],
                                             d.get("reason", "")) for d in data["decisions"])
         except (KeyError, TypeError) as exc:
             raise VitrtError(f"malformed sparsity plan: missing or invalid field {exc}") from None
         masks = {k[len("mask/"):]: v for k, v in arrays.items() if k.startswith("mask/")}
         weights = {k[len("weight/"):]: v for k, v in arrays.items() if k.startswith("weight/")} or None
-        return cls(data["pattern"], decisions, masks, weights, data.get("retained") or {}, data.get("permutation"),
+        return cls(pattern, decisions, masks, weights, data.get("retained") or {}, data.get("permutation"),
                    data.get("finetune"), bool(data.get("export")))
 
     def report(self) -> dict:

@@ -15,26 +15,19 @@ import numpy as np
 import torch
 
 from vitrt.calib.losses import FeatureMimic, HardLabel, Objective, SoftLogits, feature_weight_factors
-from vitrt.calib.trainer import TrainConfig, apply_masks, train
+from vitrt.calib.trainer import TrainConfig, train
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.weights import parameter_state
 from vitrt.kernels import sparse24
 from vitrt.transforms.base import PlanContext
 from vitrt.transforms.sparsity import permutation as perm_search
 from vitrt.transforms.sparsity.config import PATTERNS, SparsityConfig
-from vitrt.transforms.sparsity.plan import SparsityPlan, canonical_layers, decide_layers
+from vitrt.transforms.sparsity.plan import SparsityPlan, canonical_layers, decide_layers, torch_masks
+from vitrt.transforms.sparsity.twin import layer_weight
 
 # GPUSQ-ViT's pruning-stage loss and the fine-tuning recipe.
 SPARSE_LOSS = (HardLabel(1.0), SoftLogits(10.0, temperature=4.0), FeatureMimic(5.0))
 SPARSE_FINETUNE = TrainConfig(epochs=5, lr=1e-4, batch_size=32, weight_decay=0.05)
-
-
-def module_weight(twin, name: str) -> torch.Tensor:
-    try:
-        return twin.get_submodule(name).weight
-    except AttributeError:
-        raise VitrtError(f"unknown layer '{name}': the twin has no module of that name (canonical names look like "
-                         "blocks.0.mlp.fc2)") from None
 
 
 def twin_mask(weight: torch.Tensor) -> np.ndarray:
@@ -99,9 +92,11 @@ def plan(twin, ctx: PlanContext, options: SparsityConfig) -> SparsityPlan:
     student = copy.deepcopy(twin).eval()
     decisions = decide_layers(canonical_layers(student), options.include, options.exclude, options.min_weights)
     eligible = [d for d in decisions if d.eligible]
-    retained = {d.name: {"without_permutation": round(sparse24.retained_magnitude(
-        module_weight(student, d.name).detach().numpy(), twin_mask(module_weight(student, d.name))), 6)}
-        for d in eligible}
+    retained = {}
+    for d in eligible:
+        weight = layer_weight(student, d.name)
+        retained[d.name] = {"without_permutation": round(sparse24.retained_magnitude(
+            weight.detach().cpu().numpy(), twin_mask(weight)), 6)}
     permutation = None
     if options.permute:
         found = permute_twin(student, progress)
@@ -112,17 +107,14 @@ def plan(twin, ctx: PlanContext, options: SparsityConfig) -> SparsityPlan:
         kept = [r for r in retained.values() if "with_permutation" in r]
         permutation = {"layers": sorted(found), "mean_retained_without": _mean(kept, "without_permutation"),
                        "mean_retained_with": _mean(kept, "with_permutation")}
-    masks = {d.name: twin_mask(module_weight(student, d.name)) for d in eligible}
+    masks = {d.name: twin_mask(layer_weight(student, d.name)) for d in eligible}
     finetune = None
     if options.finetune_epochs > 0:
         data = ctx.data(options.data)
         config = TrainConfig(**{**vars(SPARSE_FINETUNE), "epochs": options.finetune_epochs, "seed": ctx.seed,
                                 "augment": data.labelled})
-        torch_masks = {k: torch.from_numpy(v) for k, v in masks.items()}
         with progress.step(f"sparse fine-tuning for {options.finetune_epochs} epoch(s)"):
-            finetune = sparse_finetune(student, twin, torch_masks, data, config, progress)
-    else:
-        apply_masks(student, {k: torch.from_numpy(v) for k, v in masks.items()})
+            finetune = sparse_finetune(student, twin, torch_masks(masks), data, config, progress)
     changed = options.permute or options.finetune_epochs > 0
     return SparsityPlan(pattern=options.pattern, decisions=tuple(decisions), masks=masks,
                         weights=parameter_state(student) if changed else None, retained=retained,
