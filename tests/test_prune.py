@@ -435,3 +435,42 @@ def test_prune_plan_cli_search_with_a_tiny_table(tmp_path, capsys):
     manifest = _compile_plan(plan_path, tmp_path / "out", capsys)
     assert manifest["pruning"]["block_dims"] == plan.block_dims()
     assert manifest["params"]["after"] < manifest["params"]["before"]
+
+
+# --- the benchmarks -----------------------------------------------------------------------------------------
+def recorded_benchmark_commands() -> list[list[str]]:
+    """Every ``python -m vitrt.benchmarks.pruning_*`` command recorded in benchmarks/results/pruning.md."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "pruning.md").read_text()
+    text = text.replace("\\\n", " ")
+    return [shlex.split(line)[2:] for line in re.findall(r"^python -m vitrt\.benchmarks\.pruning_\w+ .*$", text,
+                                                         flags=re.M)]
+
+
+@pytest.mark.parametrize("argv", recorded_benchmark_commands(), ids=lambda argv: argv[0])
+def test_recorded_benchmark_commands_parse_into_their_configs(argv):
+    import argparse
+    import importlib
+
+    from vitrt.compiler.options import add_arguments, from_args
+
+    config_names = {"vitrt.benchmarks.pruning_speed": "PruningSpeedConfig",
+                    "vitrt.benchmarks.pruning_digits": "PruningDigitsConfig"}
+    config_cls = getattr(importlib.import_module(argv[0]), config_names[argv[0]])
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, config_cls)
+    config = from_args(config_cls, parser.parse_args(argv[1:])).validate()
+    assert config.lut.name.startswith("lut_ort_") and config.target == 0.5 and config.batch == 8
+    assert config.out is not None
+
+
+def test_benchmark_without_a_table_is_refused_with_one_line(capsys):
+    from vitrt.benchmarks import pruning_digits, pruning_speed
+
+    for module in (pruning_speed, pruning_digits):
+        assert module.main([]) == 2
+        err = capsys.readouterr().err
+        assert "pass --lut LUT" in err and err.strip().count("\n") == 0
