@@ -1,27 +1,53 @@
 """Benchmark: NViT pruning of the digits reference ViT to a latency fraction, accuracy before / after fine-tuning.
 
     python -m vitrt.benchmarks.pruning_digits --lut LUT [--build-lut] [--target 0.5] [--epochs 5] [--batch 8]
-        [--threads 1] [-o results.json]
+        [--samples 256] [--eta 0.05] [--threads 1] [--weights STATE_DICT] [-o results.json]
 
 ``--build-lut`` first builds LUT (wall clock, ONNX Runtime) on :data:`DIGITS_GRID`, a grid around the digits
 model's dims (emb 64, 65 tokens, patch 4, 10 classes) that no preset covers.
 
-Compiles the reference model (real digits data, ~97 % top-1) three times through ``vitrt.compile`` with
-``--prune``: Hessian importance, magnitude importance (both without fine-tuning, same target), and Hessian
-with ``--finetune-epochs``. Each compile benchmarks the dense model and the pruned artifact side by side
-in the same run; accuracy is measured on the compiled artifacts through the backend runner.
+Compiles the shipped digits reference (:func:`vitrt.calib.reference.load_reference`, 98.89 % top-1 on the 450
+test digits) three times through ``vitrt.compile`` with ``--prune``: Hessian importance, magnitude importance
+(both without fine-tuning, same target), and Hessian with ``--finetune-epochs``. Each compile runs with
+``--bench``, which times the dense model and the pruned artifact side by side (interleaved rounds, the speedup
+is the median of the per-round ratios); accuracy is measured on the compiled artifacts through the backend
+runner.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.options import module_main, option
 
 DIGITS_GRID = {"emb": [16, 32, 48, 64], "heads": [1, 2], "qk": [16, 24, 32], "v": [16, 24, 32], "tokens": [65],
                "mlp": [16, 64, 128, 192, 256], "patches": [64], "patch": 4, "num_classes": 10}
+
+
+@dataclass(frozen=True)
+class PruningDigitsConfig:
+    lut: Path | None = option(None, "latency table of the digits dims (ort, this --batch); required", type=Path,
+                              metavar="LUT")
+    build_lut: bool = option(False, "build LUT on DIGITS_GRID first")
+    target: float = option(0.5, "prune to this fraction of the dense model's LUT-predicted latency", type=float,
+                           metavar="FRACTION")
+    epochs: int = option(5, "fine-tuning epochs of the third variant (--finetune-epochs)", type=int, metavar="N")
+    batch: int = option(8, "batch size (the table's)", type=int, metavar="N")
+    samples: int = option(256, "importance images per re-scoring (--prune-samples)", type=int, metavar="N")
+    eta: float = option(0.05, "weight of the latency saving in the search (--eta)", type=float, metavar="X")
+    threads: int | None = option(None, "ONNX Runtime intra-op threads", type=int, metavar="N")
+    weights: Path | None = option(None, "state dict of the reference architecture (default: the shipped reference "
+                                  "weights)", type=Path, metavar="PATH")
+    out: Path | None = option(None, "write the results as JSON", flag="-o/--out", type=Path, metavar="FILE")
+
+    def validate(self) -> "PruningDigitsConfig":
+        if self.lut is None:
+            raise VitrtError("pass --lut LUT (add --build-lut to build it on the digits grid first)")
+        return self
 
 
 def build_digits_lut(path: Path, batch: int, threads: int | None, iterations: int = 9):
@@ -32,43 +58,47 @@ def build_digits_lut(path: Path, batch: int, threads: int | None, iterations: in
                        timing=TimingOptions(iterations=iterations), progress=Progress())
 
 
-def run(lut: Path, target: float, epochs: int, batch: int, samples: int, eta: float, out: Path | None,
-        threads: int | None = None, weights: Path | None = None) -> dict:
-    from vitrt import compile as vitrt_compile
-    from vitrt.calib.digits import digits_split
-    from vitrt.calib.evaluate import accuracy, runner_accuracy
-    from vitrt.calib.reference import load_reference
-    from vitrt.compiler.backends import BuildOptions, get_backend
+def reference_model(weights: Path | None):
+    """The digits reference (timm model) and its image size: the shipped weights, or ``weights`` loaded into
+    the reference architecture (e.g. an earlier reference's state dict)."""
+    from vitrt.calib.reference import ReferenceRecipe, build_reference_model, load_reference
+    from vitrt.compiler.models import load_checkpoint
 
     if weights is None:
         model, info = load_reference()
-    else:  # a state dict of the same architecture (e.g. an earlier cached reference)
-        import torch
+        return model, info["recipe"]["img_size"]
+    model = build_reference_model()
+    load_checkpoint(model, weights)
+    return model.eval(), ReferenceRecipe().img_size
 
-        from vitrt.calib.reference import ReferenceRecipe, build_reference_model
 
-        model, info = build_reference_model(), {"recipe": {"img_size": ReferenceRecipe().img_size}}
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        model.eval()
-    _, test = digits_split(info["recipe"]["img_size"])
+def run(config: PruningDigitsConfig) -> dict:
+    from vitrt.calib.digits import digits_split
+    from vitrt.calib.evaluate import accuracy, runner_accuracy
+    from vitrt.compiler.backends import BuildOptions, get_backend
+    from vitrt.pipeline.driver import compile
+
+    config.validate()
+    model, img_size = reference_model(config.weights)
+    _, test = digits_split(img_size)
     dense_top1 = accuracy(model, test)
     backend = get_backend("ort")
     rows = []
-    variants = [("hessian", 0), ("magnitude", 0), ("hessian", epochs)]
+    variants = [("hessian", 0), ("magnitude", 0), ("hessian", config.epochs)]
     with tempfile.TemporaryDirectory(prefix="vitrt-prune-digits-") as tmp:
         for n, (importance, ft) in enumerate(variants):
-            result = vitrt_compile(model, Path(tmp) / f"v{n}", prune=target, lut=lut, data="digits",
-                                   importance=importance, eta=eta, prune_samples=samples, finetune_epochs=ft,
-                                   batch=batch, threads=threads, verify=True, bench=True)
+            result = compile(model, Path(tmp) / f"v{n}", prune=config.target, lut=config.lut, data="digits",
+                             importance=importance, eta=config.eta, prune_samples=config.samples,
+                             finetune_epochs=ft, batch=config.batch, threads=config.threads, verify=True, bench=True)
             m = result.manifest
-            runner = backend.load(result.artifact_path, BuildOptions(threads=threads))
+            runner = backend.load(result.artifact_path, BuildOptions(threads=config.threads))
             pruning = m["pruning"]
             rows.append({
                 "importance": importance, "finetune_epochs": ft,
                 "top1": runner_accuracy(runner, test), "dense_top1": dense_top1,
                 "predicted_ms": pruning["predicted_ms"], "dense_predicted_ms": pruning["dense_predicted_ms"],
                 "measured_ms": m["latency"]["median_ms"], "dense_measured_ms": pruning["dense_latency"]["median_ms"],
-                "speedup": pruning["dense_latency"]["median_ms"] / m["latency"]["median_ms"],
+                "speedup": pruning["dense_latency"]["speedup"], "speedup_method": pruning["dense_latency"]["method"],
                 "lut_error": pruning["predicted_ms"] / m["latency"]["median_ms"] - 1,
                 "alignment_violations": len(pruning["alignment_violations"]),
                 "verify_max_abs_err": m["verify"]["max_abs_err"],
@@ -78,33 +108,27 @@ def run(lut: Path, target: float, epochs: int, batch: int, samples: int, eta: fl
             r = rows[-1]
             print(f"{importance:>9} ft={ft}: top-1 {r['top1'] * 100:.2f} % (dense {dense_top1 * 100:.2f} %), "
                   f"measured {r['measured_ms']:.3f} ms vs dense {r['dense_measured_ms']:.3f} ms "
-                  f"({r['speedup']:.2f}x), LUT {r['predicted_ms']:.3f} ms ({r['lut_error'] * 100:+.1f} %)", flush=True)
-    report = {"weights": str(weights) if weights else "load_reference()", "target": target, "batch": batch, "lut": str(lut), "eta": eta, "samples": samples,
+                  f"({r['speedup']:.2f}x side by side), LUT {r['predicted_ms']:.3f} ms ({r['lut_error'] * 100:+.1f} %)",
+                  flush=True)
+    report = {"weights": str(config.weights) if config.weights else "load_reference()", "target": config.target,
+              "batch": config.batch, "lut": str(config.lut), "eta": config.eta, "samples": config.samples,
               "device": m["latency"]["device"], "test_images": len(test), "rows": rows}
-    if out is not None:
-        Path(out).write_text(json.dumps(report, indent=1))
+    if config.out is not None:
+        Path(config.out).write_text(json.dumps(report, indent=1))
     return report
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lut", type=Path, required=True)
-    parser.add_argument("--target", type=float, default=0.5)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--samples", type=int, default=256)
-    parser.add_argument("--eta", type=float, default=0.05)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--weights", type=Path, help="state dict of the reference architecture (default: the cached "
-                                                     "reference, trained if missing)")
-    parser.add_argument("--build-lut", action="store_true", help="build LUT on DIGITS_GRID first")
-    parser.add_argument("-o", "--out", type=Path)
-    args = parser.parse_args(argv)
-    if args.build_lut:
-        build_digits_lut(args.lut, args.batch, args.threads)
-        print(f"built {args.lut}", flush=True)
-    run(args.lut, args.target, args.epochs, args.batch, args.samples, args.eta, args.out, args.threads, args.weights)
+def benchmark(config: PruningDigitsConfig) -> int:
+    config.validate()
+    if config.build_lut:
+        build_digits_lut(config.lut, config.batch, config.threads)
+        print(f"built {config.lut}", flush=True)
+    run(config)
     return 0
+
+
+def main(argv=None) -> int:
+    return module_main(PruningDigitsConfig, benchmark, argv, description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

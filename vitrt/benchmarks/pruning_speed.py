@@ -1,79 +1,101 @@
 """Benchmark: measured speedup and LUT accuracy of ``--prune`` on a timm model, dense and pruned side by side.
 
     python -m vitrt.benchmarks.pruning_speed --lut LUT [--model deit_small_patch16_224] [--target 0.5]
-        [--batch 8] [--rounds 5] [-o benchmarks/results/NAME]
+        [--batch 8] [--rounds 5] [--samples 16] [--eta 1] [-o benchmarks/results/NAME]
 
 Compiles the dense model and the model pruned to ``target`` of its LUT-predicted latency (Hessian importance
-on synthetic inputs, KL to the dense model; random weights: this measures speed, not accuracy), then
-times both ONNX Runtime artifacts in interleaved rounds in this one process, on the table's clock:
-``cpu`` tables (built with ``vitrt lut build --clock cpu --threads 1``) are compared with the least CPU time
-of a single-threaded run, which a shared machine's load barely moves; wall-clock medians are reported too.
-Prints and writes (``NAME.json``, ``NAME.md``) the speedup, the LUT's error on both models, the per-block
-dims and the alignment check.
+on synthetic inputs, KL to the dense model; random weights: this measures speed, not accuracy), then times
+both ONNX Runtime artifacts in interleaved rounds in this one process (:func:`vitrt.compiler.timing.interleaved`)
+on the table's clock: ``cpu`` tables (built with ``vitrt lut build --clock cpu --threads 1``) are compared
+with the least CPU time of a single-threaded run, which a shared machine's load barely moves, and wall-clock
+medians are measured in interleaved rounds of their own; ``wall`` tables are compared on the wall clock only.
+Speedups are medians of the per-round ratios (:func:`vitrt.compiler.timing.ratio`). Prints and writes
+(``NAME.json``, ``NAME.md``) the speedup, the LUT's error on both models, the per-block dims and the
+alignment check.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.options import module_main, option
+from vitrt.compiler.timing import Timing
+
+ROUND_TIMING = dict(warmup=1, iterations=3)  # per candidate and round
 
 
-def run(lut: Path, model: str, target: float, batch: int, rounds: int, samples: int, eta: float) -> dict:
-    from vitrt import compile as vitrt_compile
-    from vitrt.compiler.lut import LatencyTable
-    from vitrt.benchmarks.lut_build import TimingOptions, cpu_clock_ms
+@dataclass(frozen=True)
+class PruningSpeedConfig:
+    lut: Path | None = option(None, "latency table (vitrt lut build, backend ort, this --batch); required",
+                              type=Path, metavar="LUT")
+    model: str = option("deit_small_patch16_224", "timm model name", metavar="NAME")
+    target: float = option(0.5, "prune to this fraction of the dense model's LUT-predicted latency", type=float,
+                           metavar="FRACTION")
+    batch: int = option(8, "batch size (the table's)", type=int, metavar="N")
+    rounds: int = option(5, "interleaved timing rounds", type=int, metavar="N")
+    samples: int = option(16, "importance images per re-scoring (--prune-samples)", type=int, metavar="N")
+    eta: float = option(1.0, "weight of the latency saving in the search (--eta)", type=float, metavar="X")
+    out: Path | None = option(None, "write OUT.json and OUT.md", flag="-o/--out", type=Path, metavar="OUT")
+
+    def validate(self) -> "PruningSpeedConfig":
+        if self.lut is None:
+            raise VitrtError("pass --lut LUT (build one with: vitrt lut build --backend ort --grid coarse --batch 8 "
+                             "--threads 1 --clock cpu -o LUT)")
+        if self.rounds < 1:
+            raise VitrtError(f"--rounds must be >= 1, got {self.rounds}")
+        return self
+
+
+def run(config: PruningSpeedConfig) -> dict:
     from vitrt.compiler.backends import BuildOptions, get_backend
+    from vitrt.compiler.lut import LatencyTable
     from vitrt.compiler.spec import ViTSpec
+    from vitrt.compiler.timing import interleaved, ratio, typical_ms
     from vitrt.compiler.verify import verification_inputs
+    from vitrt.pipeline.driver import compile, synced_call
 
-    table = LatencyTable.load(lut)
-    threads = 1 if table.clock == "cpu" else None
-    backend = get_backend("ort")
-    with tempfile.TemporaryDirectory(prefix="vitrt-prune-speed-") as tmp:
-        dense = vitrt_compile(model, Path(tmp) / "dense", batch=batch, threads=threads)
-        pruned = vitrt_compile(model, Path(tmp) / "pruned", prune=target, lut=lut, eta=eta, prune_samples=samples,
-                               batch=batch, threads=threads, verify=True)
-        results = {}
-        for name, result in (("dense", dense), ("pruned", pruned)):
-            spec = ViTSpec.from_dict(result.manifest["spec_after"])
-            runner = backend.load(result.artifact_path, BuildOptions(threads=threads))
-            results[name] = {"spec": spec, "runner": runner, "images": verification_inputs(spec, batch),
-                             "predicted_ms": table.model_ms(spec), "cpu_ms": [], "wall_ms": [], "manifest": result.manifest}
-        rng = np.random.default_rng(0)
-        names = list(results)
-        for _ in range(rounds):
-            for i in rng.permutation(len(names)):
-                r = results[names[i]]
-                if table.clock == "cpu":
-                    r["cpu_ms"].append(cpu_clock_ms(r["runner"], r["images"], TimingOptions(warmup=1, iterations=3)))
-                stats = r["runner"].benchmark(r["images"], warmup=1, iterations=3, per_block=False)
-                r["wall_ms"].append(stats.median_ms)
-        device = results["dense"]["runner"].device
+    config.validate()
+    table = LatencyTable.load(config.lut)
     clock = "cpu" if table.clock == "cpu" else "wall"
-    measured = {n: float(np.min(r["cpu_ms"]) if clock == "cpu" else np.median(r["wall_ms"])) for n, r in results.items()}
-    wall = {n: float(np.median(r["wall_ms"])) for n, r in results.items()}
-    pruning = results["pruned"]["manifest"]["pruning"]
-    report = {
-        "model": model, "target": target, "batch": batch, "lut": str(lut), "lut_clock": table.clock,
-        "device": device, "threads": threads, "rounds": rounds, "eta": eta, "importance_samples": samples,
-        "measured_clock": clock,
+    threads = 1 if clock == "cpu" else None  # the CPU clock needs every kernel on the calling thread
+    common = dict(batch=config.batch, threads=threads)
+    with tempfile.TemporaryDirectory(prefix="vitrt-prune-speed-") as tmp:
+        results = {"dense": compile(config.model, Path(tmp) / "dense", **common),
+                   "pruned": compile(config.model, Path(tmp) / "pruned", prune=config.target, lut=config.lut,
+                                     eta=config.eta, prune_samples=config.samples, verify=True, **common)}
+        specs = {name: ViTSpec.from_dict(r.manifest["spec_after"]) for name, r in results.items()}
+        backend = get_backend("ort")
+        runners = {name: backend.load(r.artifact_path, BuildOptions(threads=threads)) for name, r in results.items()}
+        calls = {name: synced_call(runner, verification_inputs(specs[name], config.batch))
+                 for name, runner in runners.items()}
+        per_round = {c: interleaved(calls, Timing(**ROUND_TIMING, clock=c), rounds=config.rounds)
+                     for c in dict.fromkeys((clock, "wall"))}
+        device = runners["dense"].device
+    measured = {name: typical_ms(ms, clock) for name, ms in per_round[clock].items()}
+    wall = {name: typical_ms(ms, "wall") for name, ms in per_round["wall"].items()}
+    predicted = {name: table.model_ms(spec) for name, spec in specs.items()}
+    manifest = results["pruned"].manifest
+    pruning = manifest["pruning"]
+    return {
+        "model": config.model, "target": config.target, "batch": config.batch, "lut": str(config.lut),
+        "lut_clock": table.clock, "device": device, "threads": threads, "rounds": config.rounds, "eta": config.eta,
+        "importance_samples": config.samples, "measured_clock": clock,
         "measured_ms": measured, "wall_median_ms": wall,
-        "speedup": measured["dense"] / measured["pruned"],
-        "wall_speedup": wall["dense"] / wall["pruned"],
-        "predicted_ms": {n: r["predicted_ms"] for n, r in results.items()},
-        "lut_error": {n: results[n]["predicted_ms"] / measured[n] - 1 for n in results},
-        "predicted_fraction": results["pruned"]["predicted_ms"] / results["dense"]["predicted_ms"],
+        "speedup": ratio(per_round[clock], "dense", "pruned"), "wall_speedup": ratio(per_round["wall"], "dense", "pruned"),
+        "speedup_method": "median over interleaved rounds of the per-round dense/pruned ratio",
+        "predicted_ms": predicted,
+        "lut_error": {name: predicted[name] / measured[name] - 1 for name in measured},
+        "predicted_fraction": predicted["pruned"] / predicted["dense"],
         "alignment_violations": pruning["alignment_violations"],
         "emb": pruning["emb"], "block_dims": pruning["block_dims"], "removed_units": pruning.get("removed_units"),
-        "params": results["pruned"]["manifest"]["params"], "flops": results["pruned"]["manifest"]["flops"],
-        "verify_max_abs_err": results["pruned"]["manifest"]["verify"]["max_abs_err"],
-        "samples_ms": {n: {"cpu": r["cpu_ms"], "wall": r["wall_ms"]} for n, r in results.items()},
+        "params": manifest["params"], "flops": manifest["flops"],
+        "verify_max_abs_err": manifest["verify"]["max_abs_err"],
+        "samples_ms": {name: {c: per_round[c][name] for c in per_round} for name in results},
     }
-    return report
 
 
 def format_report(r: dict) -> str:
@@ -89,7 +111,7 @@ def format_report(r: dict) -> str:
                      f"{r['predicted_ms'][n]:.1f} | {r['measured_ms'][n]:.1f} | {r['lut_error'][n] * 100:+.1f} % | "
                      f"{r['wall_median_ms'][n]:.1f} |")
     lines += ["", f"measured speedup: {r['speedup']:.2f}x ({r['measured_clock']} clock), {r['wall_speedup']:.2f}x "
-                  f"(wall-clock medians); LUT-predicted fraction {r['predicted_fraction']:.3f}",
+                  f"(wall clock); {r['speedup_method']}; LUT-predicted fraction {r['predicted_fraction']:.3f}",
               f"alignment violations: {len(r['alignment_violations'])}; verify max abs err vs pruned twin "
               f"{r['verify_max_abs_err']:.2e}", "",
               "| block | heads | qk | v | mlp |", "|---|---|---|---|---|"]
@@ -98,25 +120,19 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lut", type=Path, required=True)
-    parser.add_argument("--model", default="deit_small_patch16_224")
-    parser.add_argument("--target", type=float, default=0.5)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--samples", type=int, default=16, help="importance images per re-scoring")
-    parser.add_argument("--eta", type=float, default=1.0)
-    parser.add_argument("-o", "--out", type=Path, help="write OUT.json and OUT.md")
-    args = parser.parse_args(argv)
-    report = run(args.lut, args.model, args.target, args.batch, args.rounds, args.samples, args.eta)
+def benchmark(config: PruningSpeedConfig) -> int:
+    report = run(config)
     text = format_report(report)
     print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{args.out}.json").write_text(json.dumps(report, indent=1))
-        Path(f"{args.out}.md").write_text(text + "\n")
+    if config.out is not None:
+        config.out.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{config.out}.json").write_text(json.dumps(report, indent=1))
+        Path(f"{config.out}.md").write_text(text + "\n")
     return 0
+
+
+def main(argv=None) -> int:
+    return module_main(PruningSpeedConfig, benchmark, argv, description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

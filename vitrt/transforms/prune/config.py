@@ -13,8 +13,9 @@ from vitrt.compiler.options import option
 class PruneConfig:
     fraction: float | None = option(None, "prune to this fraction of the dense model's LUT-predicted latency "
                                     "(e.g. 0.5)", flag="--prune", type=float, metavar="FRACTION")
-    plan: Path | None = option(None, "apply this pruning plan JSON (from vitrt prune-plan) instead of searching",
-                               flag="--prune-plan", type=Path, metavar="PLAN")
+    plan: Path | None = option(None, "apply this pruning plan JSON (from vitrt prune-plan, or OUT/pruning_plan.json "
+                               "with its fine-tuned weights) instead of searching", flag="--prune-plan", type=Path,
+                               metavar="PLAN")
     revit: bool = option(False, "set per-block dims by NViT's ReViT rule (Table 6); importance picks the indices")
     data: str = option("synthetic", "data for importance and fine-tuning: digits, synthetic or an ImageFolder PATH",
                        metavar="digits|PATH|synthetic")

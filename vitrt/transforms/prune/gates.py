@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from vitrt.compiler.spec import ViTSpec
 from vitrt.compiler.twin import CanonicalViT
-from vitrt.calib.digits import ImageSet
+from vitrt.calib.data import Dataset
 
 KINDS = ("heads", "qk", "v", "mlp")
 
@@ -101,7 +101,7 @@ def masks_to_gates(spec: ViTSpec, kept: dict[str, list[int]]) -> dict[str, torch
     return gates
 
 
-def _batches(data: ImageSet, batch_size: int, batches: int, seed: int):
+def _batches(data: Dataset, batch_size: int, batches: int, seed: int):
     generator = torch.Generator().manual_seed(seed)
     for n, batch in enumerate(data.batches(batch_size, shuffle=True, generator=generator)):
         if n >= batches:
@@ -109,7 +109,7 @@ def _batches(data: ImageSet, batch_size: int, batches: int, seed: int):
         yield batch
 
 
-def hessian_importance(twin: CanonicalViT, data: ImageSet, *, kept: dict[str, list[int]] | None = None,
+def hessian_importance(twin: CanonicalViT, data: Dataset, *, kept: dict[str, list[int]] | None = None,
                        teacher: torch.nn.Module | None = None, batch_size: int = 32, batches: int = 4,
                        seed: int = 0, temperature: float = 1.0) -> dict[str, torch.Tensor]:
     """NViT eq. 6 per group element: mean over batches of (∂L/∂g)² at the current 0/1 gates.

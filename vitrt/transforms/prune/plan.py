@@ -11,7 +11,8 @@ NViT's independent structures (sec. 3.1) are the groups:
 A plan stores kept indices into the *original* model's dims and the original dims themselves, so it
 validates on its own (duplicates, order, range) and against the model it is applied to (same dims). When the
 planner fine-tuned the pruned model, ``weights`` holds the fine-tuned twin parameters (twin state names, numpy
-arrays); they travel beside the JSON (``save`` writes ``PLAN.npz`` next to ``PLAN``).
+arrays); they travel beside the JSON: ``save`` writes them to ``PLAN.npz`` next to ``PLAN`` and names that file
+in the JSON (``weights_file``), and ``load`` reads them back (a plan without weights removes a stale ``.npz``).
 The hardware rules of sec. 3.2.3 / TensorRT fused attention are checked by :func:`alignment_violations`.
 """
 
@@ -168,10 +169,15 @@ class PruningPlan:
         import numpy as np
 
         path = Path(path)
-        path.write_text(self.to_json() + "\n")
+        weights_path = path.with_suffix(".npz")
+        data = self.to_dict()
         if self.weights:
-            with open(path.with_suffix(".npz"), "wb") as f:
-                np.savez(f, **self.weights)
+            with open(weights_path, "wb") as f:
+                np.savez(f, **{name: np.asarray(value) for name, value in self.weights.items()})
+            data["weights_file"] = weights_path.name
+        elif weights_path.is_file():
+            weights_path.unlink()  # a stale PLAN.npz must not be read back as this plan's weights
+        path.write_text(json.dumps(data, sort_keys=True, indent=1) + "\n")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PruningPlan":
@@ -211,6 +217,7 @@ class PruningPlan:
 
     @classmethod
     def load(cls, path: str | Path) -> "PruningPlan":
+        """The plan in ``path`` (JSON), with the fine-tuned weights of the ``.npz`` its ``weights_file`` names."""
         try:
             text = Path(path).read_text()
         except OSError as exc:
@@ -219,7 +226,25 @@ class PruningPlan:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise PlanError(f"pruning plan '{path}' is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        plan = cls.from_dict(data)
+        weights_file = data.get("weights_file")
+        if weights_file is None:
+            return plan
+        if not isinstance(weights_file, str) or Path(weights_file).name != weights_file:
+            raise PlanError(f"pruning plan '{path}': 'weights_file' must name a .npz file beside the plan")
+        return plan.with_weights(_load_weights(Path(path).parent / weights_file))
+
+
+def _load_weights(path: Path) -> dict:
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise PlanError(f"cannot read the pruning plan's fine-tuned weights '{path}': {exc}") from None
 
 
 def _int_tuple(what: str, values) -> tuple[int, ...]:

@@ -19,7 +19,7 @@ from vitrt.transforms.prune.config import PruneConfig
 from vitrt.transforms.prune.gates import gate_sizes, hessian_importance, magnitude_importance
 from vitrt.transforms.prune.plan import PruningPlan, alignment_violations
 from vitrt.transforms.prune.search import SearchConfig, revit_plan, search
-from vitrt.transforms.prune.twin import prune_twin
+from vitrt.transforms.prune.twin import apply_plan
 
 IMPORTANCE_BATCH = 16
 SYNTHETIC_FINETUNE_IMAGES = 1024
@@ -96,7 +96,7 @@ def plan(twin, ctx: PlanContext, options: PruneConfig) -> PruningPlan:
         meta["dense_predicted_ms"], meta["predicted_ms"] = latency(spec), latency(pruned_spec)
     if not options.finetune_epochs:
         return found.with_meta(meta)
-    student = prune_twin(twin, found)
+    student = apply_plan(twin, found)  # a given fine-tuned plan continues from its own weights
     with ctx.progress.step(f"fine-tuning the pruned twin for {options.finetune_epochs} epoch(s)"):
         meta["finetune"] = finetune(student, ctx, options, options.finetune_epochs)
     return found.with_meta(meta).with_weights(parameter_state(student))

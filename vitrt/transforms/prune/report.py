@@ -1,4 +1,5 @@
-"""What a pruning compile adds to OUT: the manifest section, the plan as JSON and the per-block dims plot."""
+"""What a pruning compile adds to OUT: the manifest section, the plan as JSON (``pruning_plan.json``, with
+``pruning_plan.npz`` beside it when the plan carries fine-tuned weights) and the per-block dims plot."""
 
 from __future__ import annotations
 
