@@ -364,9 +364,9 @@ def test_compile_with_plan(tmp_path, capsys):
 
 
 def _timing():
-    from vitrt.benchmarks.lut_build import TimingOptions
+    from vitrt.compiler.timing import Timing
 
-    return TimingOptions(warmup=1, iterations=2, min_seconds=0.005)
+    return Timing(warmup=1, iterations=2, min_seconds=0.005)
 
 
 def test_compile_prune_with_a_real_tiny_latency_table(tmp_path):

@@ -51,11 +51,13 @@ class PruningDigitsConfig:
 
 
 def build_digits_lut(path: Path, batch: int, threads: int | None, iterations: int = 9):
-    from vitrt.benchmarks.lut_build import TimingOptions, build_table
+    import dataclasses
+
+    from vitrt.benchmarks.lut_build import LUT_TIMING, build_table
     from vitrt.compiler.progress import Progress
 
     return build_table(path, backend="ort", grid=DIGITS_GRID, batch=batch, threads=threads, clock="wall",
-                       timing=TimingOptions(iterations=iterations), progress=Progress())
+                       timing=dataclasses.replace(LUT_TIMING, iterations=iterations), progress=Progress())
 
 
 def reference_model(weights: Path | None):

@@ -9,7 +9,7 @@ both ONNX Runtime artifacts in interleaved rounds in this one process (:func:`vi
 on the table's clock: ``cpu`` tables (built with ``vitrt lut build --clock cpu --threads 1``) are compared
 with the least CPU time of a single-threaded run, which a shared machine's load barely moves, and wall-clock
 medians are measured in interleaved rounds of their own; ``wall`` tables are compared on the wall clock only.
-Speedups are medians of the per-round ratios (:func:`vitrt.compiler.timing.ratio`). Prints and writes
+Speedups are medians of the per-round ratios (:meth:`vitrt.compiler.timing.Interleaved.speedup`). Prints and writes
 (``NAME.json``, ``NAME.md``) the speedup, the LUT's error on both models, the per-block dims and the
 alignment check.
 """
@@ -54,9 +54,9 @@ def run(config: PruningSpeedConfig) -> dict:
     from vitrt.compiler.backends import BuildOptions, get_backend
     from vitrt.compiler.lut import LatencyTable
     from vitrt.compiler.spec import ViTSpec
-    from vitrt.compiler.timing import interleaved, ratio, typical_ms
+    from vitrt.compiler.timing import interleaved, synced, typical_ms
     from vitrt.compiler.verify import verification_inputs
-    from vitrt.pipeline.driver import compile, synced_call
+    from vitrt.pipeline.driver import compile
 
     config.validate()
     table = LatencyTable.load(config.lut)
@@ -70,13 +70,13 @@ def run(config: PruningSpeedConfig) -> dict:
         specs = {name: ViTSpec.from_dict(r.manifest["spec_after"]) for name, r in results.items()}
         backend = get_backend("ort")
         runners = {name: backend.load(r.artifact_path, BuildOptions(threads=threads)) for name, r in results.items()}
-        calls = {name: synced_call(runner, verification_inputs(specs[name], config.batch))
+        calls = {name: synced(runner, verification_inputs(specs[name], config.batch))
                  for name, runner in runners.items()}
         per_round = {c: interleaved(calls, Timing(**ROUND_TIMING, clock=c), rounds=config.rounds)
                      for c in dict.fromkeys((clock, "wall"))}
         device = runners["dense"].device
-    measured = {name: typical_ms(ms, clock) for name, ms in per_round[clock].items()}
-    wall = {name: typical_ms(ms, "wall") for name, ms in per_round["wall"].items()}
+    measured = {name: typical_ms(per_round[clock].per_round(name), clock) for name in per_round[clock].samples}
+    wall = {name: per_round["wall"].typical(name) for name in per_round["wall"].samples}
     predicted = {name: table.model_ms(spec) for name, spec in specs.items()}
     manifest = results["pruned"].manifest
     pruning = manifest["pruning"]
@@ -85,7 +85,7 @@ def run(config: PruningSpeedConfig) -> dict:
         "lut_clock": table.clock, "device": device, "threads": threads, "rounds": config.rounds, "eta": config.eta,
         "importance_samples": config.samples, "measured_clock": clock,
         "measured_ms": measured, "wall_median_ms": wall,
-        "speedup": ratio(per_round[clock], "dense", "pruned"), "wall_speedup": ratio(per_round["wall"], "dense", "pruned"),
+        "speedup": per_round[clock].speedup("dense", "pruned"), "wall_speedup": per_round["wall"].speedup("dense", "pruned"),
         "speedup_method": "median over interleaved rounds of the per-round dense/pruned ratio",
         "predicted_ms": predicted,
         "lut_error": {name: predicted[name] / measured[name] - 1 for name in measured},
