@@ -219,7 +219,7 @@ def test_compile_with_lut_predicts_and_refines(lut_path, tmp_path):
     spec = spec_of_timm(tiny_vit(depth=2, **TINY_ARGS))
     assert latency["predicted_ms"] == pytest.approx(LatencyTable.load(lut_path).model_ms(spec), rel=1e-3)
     refined = LatencyTable.load(lut)
-    assert len(refined.points) == 3 and refined.meta["refinements"][0]["model"] == "VisionTransformer"
+    assert len(refined.points) == 3 and refined.meta["refinements"][0]["model"] == "VisionTransformer (Python object)"
     assert refined.model_ms(spec) == pytest.approx(latency["median_ms"], rel=0.05)
     # A model outside the grid (mlp 256 > 128) compiles; the manifest says why there is no prediction.
     wide = compile(tiny_vit(depth=1), tmp_path / "wide", bench=True, bench_iters=2, lut=lut, quiet=True)

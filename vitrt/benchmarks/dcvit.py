@@ -13,7 +13,6 @@ not depend on their values).
 from __future__ import annotations
 
 import gc
-import shlex
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitrt.compiler.options import module_main, option
+from vitrt.compiler.options import command_line, module_main, option
 from vitrt.compiler.timing import CLOCKS, Timing, measure, synced
 
 REMOVALS = ("Block", "Attn", "FFN", "Attn+0.5·FFN")
@@ -147,9 +146,5 @@ def main(config: DcvitConfig, command: str) -> int:
     return 0
 
 
-def command_line() -> str:
-    return "python -m vitrt.benchmarks.dcvit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
-
 if __name__ == "__main__":
-    sys.exit(module_main(DcvitConfig, lambda config: main(config, command_line()), description=__doc__.splitlines()[0]))
+    sys.exit(module_main(DcvitConfig, lambda config: main(config, command_line("python -m vitrt.benchmarks.dcvit")), description=__doc__.splitlines()[0]))

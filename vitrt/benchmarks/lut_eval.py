@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import numpy as np
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.lut import LatencyTable
 from vitrt.benchmarks.lut_build import Timer, block_model
-from vitrt.compiler.options import module_main, option
+from vitrt.compiler.options import command_line, module_main, option
 from vitrt.compiler.timing import Timing, measure, synced
 
 
@@ -154,7 +153,7 @@ def run(config: LutEvalConfig) -> int:
     from vitrt.benchmarks.harness import write_json
     from vitrt.compiler.progress import Progress
 
-    command = "python -m vitrt.benchmarks.lut_eval " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line("python -m vitrt.benchmarks.lut_eval")
     result = evaluate(config.lut, configs=config.configs, models=[m for m in config.models.split(",") if m],
                       seed=config.seed, iterations=config.iterations, similar=config.similar or None,
                       progress=Progress())

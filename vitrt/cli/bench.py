@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitrt.compiler.options import add_arguments, from_args, option
+from vitrt.compiler.options import add_arguments, command_line, from_args, option
+from vitrt.compiler.progress import progress_for
 
 
 @dataclass(frozen=True)
@@ -33,16 +32,6 @@ class NvitTableConfig:
     quiet: bool = option(False, "no progress output")
 
 
-def _progress(config):
-    from vitrt.compiler.progress import Progress
-
-    return Progress(enabled=not getattr(config, "quiet", False))
-
-
-def _command_line() -> str:
-    return "vitrt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
-
 # --- bench and the paper tables -------------------------------------------------------------------
 def _cmd_bench(args) -> int:
     from vitrt.benchmarks.harness import bench_target, format_bench, parse_batches, write_json
@@ -50,10 +39,10 @@ def _cmd_bench(args) -> int:
     config = from_args(BenchConfig, args)
     result = bench_target(config.target, parse_batches(config.batch), backend=config.backend,
                           iterations=config.iterations, warmup=config.warmup, img_size=config.img_size,
-                          threads=config.threads, progress=_progress(config))
+                          threads=config.threads, progress=progress_for(config))
     print(format_bench(result))
     if config.json:
-        write_json(config.json, {**result, "command": _command_line()})
+        write_json(config.json, {**result, "command": command_line()})
     return 0
 
 
@@ -62,12 +51,12 @@ def _cmd_nvit_table(args) -> int:
 
     config = from_args(NvitTableConfig, args)
     result = nvit_table(list(config.outs), rounds=config.rounds, iterations=config.iterations,
-                        threads=config.threads, progress=_progress(config))
+                        threads=config.threads, progress=progress_for(config))
     text = format_nvit(result)
     print(text)
     if config.out:
-        write_json(Path(config.out).with_suffix(".json"), {**result, "command": _command_line()})
-        Path(config.out).with_suffix(".md").write_text(f"# NViT Table 1 style\n\nCommand:\n\n```\n{_command_line()}\n"
+        write_json(Path(config.out).with_suffix(".json"), {**result, "command": command_line()})
+        Path(config.out).with_suffix(".md").write_text(f"# NViT Table 1 style\n\nCommand:\n\n```\n{command_line()}\n"
                                                        f"```\n\n{text}\n")
     return 0
 
@@ -75,7 +64,7 @@ def _cmd_nvit_table(args) -> int:
 def _cmd_dcvit_table(args) -> int:
     from vitrt.benchmarks.dcvit import DcvitConfig, main
 
-    return main(from_args(DcvitConfig, args), _command_line())
+    return main(from_args(DcvitConfig, args), command_line())
 
 
 def add_subcommands(sub) -> None:

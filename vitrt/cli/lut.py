@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.lut import PRECISIONS, SPARSITIES
 from vitrt.compiler.options import add_arguments, from_args, option
+from vitrt.compiler.progress import progress_for
 
 
 @dataclass(frozen=True)
@@ -71,16 +70,6 @@ class LutPlotConfig:
     sparsity: str = option("dense", "sparsity key", choices=SPARSITIES)
 
 
-def _progress(config):
-    from vitrt.compiler.progress import Progress
-
-    return Progress(enabled=not getattr(config, "quiet", False))
-
-
-def _command_line() -> str:
-    return "vitrt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
-
 # --- lut -----------------------------------------------------------------------------------------
 def _cmd_lut_build(args) -> int:
     import dataclasses
@@ -95,7 +84,7 @@ def _cmd_lut_build(args) -> int:
     table = build_table(config.out, backend=config.backend, grid=config.grid, batch=config.batch,
                         precision=config.precision, sparsity=config.sparsity, threads=config.threads,
                         timing=dataclasses.replace(LUT_TIMING, iterations=config.iterations, clock=config.clock),
-                        progress=_progress(config))
+                        progress=progress_for(config))
     print(f"wrote {config.out}: {config.backend} on {table.device}, batch {table.batch}, grid {config.grid}, "
           f"{table.clock} clock, built in {table.meta['build_seconds']} s")
     return 0

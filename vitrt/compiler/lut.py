@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.jsonfile import read_json
 
 FORMAT = "vitrt.lut"
 FORMAT_VERSION = 1
@@ -405,16 +406,5 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path) -> "LatencyTable":
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise VitrtError(f"latency table '{path}' does not exist; make one with vitrt lut build") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise VitrtError(f"cannot read latency table '{path}': {exc.__class__.__name__}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise VitrtError(f"latency table '{path}' is corrupt (not JSON: {exc.msg} at line {exc.lineno}); "
-                             "rebuild it with vitrt lut build") from None
+        data = read_json(path, "latency table", "make one with vitrt lut build")
         return cls.from_dict(data, where=f"latency table '{path}'")

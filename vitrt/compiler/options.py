@@ -195,3 +195,11 @@ def module_main(config_cls, func, argv=None, description: str = "") -> int:
     except VitrtError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def command_line(prog: str = "vitrt") -> str:
+    """The command this process runs, quoted so that it can be pasted again (recorded beside results)."""
+    import shlex
+    import sys
+
+    return " ".join([prog] + [shlex.quote(a) for a in sys.argv[1:]])

@@ -32,3 +32,8 @@ class Progress:
 
 
 QUIET = Progress(enabled=False)
+
+
+def progress_for(config) -> Progress:
+    """Progress on stderr unless the command's config says ``quiet``."""
+    return Progress(enabled=not getattr(config, "quiet", False))

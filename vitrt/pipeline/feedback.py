@@ -10,10 +10,10 @@ separate atomic write that happens only after OUT exists (a failed compile never
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.jsonfile import read_json
 from vitrt.compiler.lut import PRECISIONS, SPARSITIES, LatencyTable
 
 
@@ -87,12 +87,7 @@ def read_manifest(path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / "manifest.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise VitrtError(f"manifest '{path}' does not exist; pass OUT/manifest.json of a vitrt compile --bench") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VitrtError(f"manifest '{path}' is unreadable or not JSON ({exc.__class__.__name__})") from None
+    data = read_json(path, "manifest", "pass OUT/manifest.json of a vitrt compile --bench")
     if not isinstance(data, dict):
         raise VitrtError(f"manifest '{path}' is not a JSON object")
     return data

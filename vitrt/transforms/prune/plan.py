@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.jsonfile import read_json
 from vitrt.compiler.spec import BlockSpec, ViTSpec
 
 PLAN_FORMAT = 1
@@ -218,14 +219,7 @@ class PruningPlan:
     @classmethod
     def load(cls, path: str | Path) -> "PruningPlan":
         """The plan in ``path`` (JSON), with the fine-tuned weights of the ``.npz`` its ``weights_file`` names."""
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise PlanError(f"cannot read pruning plan '{path}': {exc.strerror}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PlanError(f"pruning plan '{path}' is not valid JSON: {exc}") from None
+        data = read_json(path, "pruning plan", "write one with vitrt prune-plan", error=PlanError)
         plan = cls.from_dict(data)
         weights_file = data.get("weights_file")
         if weights_file is None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.jsonfile import read_json
 
 QMAX = {"int8": 127.0, "fp8-e4m3": 448.0, "int4-block": 7.0}
 PRECISION_DTYPES = {"int8": ("int8", "int8"), "fp8": ("fp8-e4m3", "fp8-e4m3"), "int4w": ("int4-block", None)}
@@ -214,12 +215,7 @@ def _entry(raw, name, dtype, shape, axis, block_size, origin) -> ScaleEntry:
 def load_scale_table(path: str | Path, spec, precision: str, *, quantize_attention: bool = False) -> ScaleTable:
     """Read and validate a user's scale table file (VitrtError naming the first problem)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise VitrtError(f"scale table '{path}' does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VitrtError(f"scale table '{path}' is not valid JSON: {exc}") from None
+    data = read_json(path, "scale table", "write one with vitrt compile --precision ... (OUT/scale_table.json)")
     return table_from_dict(data, spec, precision, quantize_attention=quantize_attention,
                            origin=f"scale table '{path}'", source=f"file:{path.name}")
 
