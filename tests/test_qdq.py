@@ -178,6 +178,21 @@ def test_fp8_graph_runs_fully_optimised(twin, images):
     assert np.abs(out - run_torch(qtwin, images[:BATCH])).max() <= QDQ_TOLERANCE["fp8"]
 
 
+def test_fp8_graph_is_built_and_read_back_quietly(twin, capsys):
+    """graphsurgeon prints "[W] Could not convert: FLOAT8E4M3FN ..." (once per process) wherever it meets a float8
+    tensor: in the pass and when a later pass re-imports the graph. None of it may reach a --quiet compile."""
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    from vitrt.compiler.cleanup import CleanupPass
+
+    G_LOGGER.once_logged.clear()  # as in a fresh process
+    severity = G_LOGGER.severity
+    model, _, _ = run_pass(QDQPass(calibrated_plan(twin, "fp8")), twin)
+    CleanupPass().run(GraphView.from_onnx(model), PassContext())
+    assert capsys.readouterr() == ("", "")
+    assert G_LOGGER.severity == severity  # raised only while vitrt builds or imports the graph
+
+
 def prune_2to4(twin):
     """2:4 along the input dim of every Linear: keep the 2 largest of every 4 (in place)."""
     with torch.no_grad():

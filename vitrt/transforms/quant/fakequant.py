@@ -5,8 +5,8 @@ the fake-quant twin rebuilt from a table.
         fake-quant twin ──table_from_twin──► ScaleTable (JSON) ──► QuantPlan ──► Q/DQ pass (ONNX)
 
 INT8 and FP8 E4M3: modelopt ``TensorQuantizer``s on every Linear and the patch-embedding Conv — weights per
-output channel (axis 0 of torch's [out, in] = axis 1 of ONNX's B[K, N]), activations per tensor, symmetric —
-plus, with ``quantize_attention``, four per-tensor quantizers on the attention matmul inputs
+output channel (axis 0 of torch's [out, in] = axis 1 of ONNX's B[K, N]; INT8 on the narrow range [-127, 127] of
+the integer initializers), activations per tensor, symmetric — plus, with ``quantize_attention``, four per-tensor quantizers on the attention matmul inputs
 (:class:`QuantAttention`). Calibrators: max (modelopt's MaxCalibrator) or percentile / entropy / mse
 (modelopt's HistogramCalibrator); weights always use max.
 
@@ -39,6 +39,7 @@ from vitrt.compiler.twin import CanonicalAttention, CanonicalViT
 from vitrt.transforms.quant.config import CALIB_METHODS
 from vitrt.transforms.quant.scale_table import (PRECISION_DTYPES, QMAX, ScaleEntry, ScaleTable, expected_entries,
                                                 fused_attention_ok, int4_block_size, linear_layers)
+
 ATTENTION_QUANTIZERS = {"qk_a_input_quantizer": "qk.input_a", "qk_b_input_quantizer": "qk.input_b",
                         "av_a_input_quantizer": "av.input_a", "av_b_input_quantizer": "av.input_b"}
 
@@ -142,7 +143,7 @@ CALIB_BATCH = 64  # images per calibration forward pass
 def _calibrate(model: nn.Module, batches, method: str, percentile: float, total_batches: int,
                progress: Progress = QUIET) -> None:
     """Collect statistics over ``batches`` (a progress bar of ``total_batches``) and load amax: max for weights,
-    ``method`` for activations."""
+    ``method`` for activations (a second bar over the quantizers)."""
     from modelopt.torch.quantization.calib import MaxCalibrator
     from modelopt.torch.quantization.model_calib import enable_stats_collection
 
@@ -152,15 +153,18 @@ def _calibrate(model: nn.Module, batches, method: str, percentile: float, total_
         for images in batches:
             model(images)
             bar.update(1)
-    for _, q in _quantizers(model):
-        if isinstance(q._calibrator, MaxCalibrator):
-            q.load_calib_amax()
-        elif method == "percentile":
-            q.load_calib_amax("percentile", percentile=percentile)
-        else:  # entropy / mse sweep candidate amax over the histogram; stride 8 keeps it ~8x cheaper on CPU
-            q.load_calib_amax(method, stride=8)
-        q.enable_quant()
-        q.disable_calib()
+    quantizers = _quantizers(model)
+    with progress.bar(len(quantizers), f"{method} ranges") as bar:  # entropy / mse take minutes on large models
+        for _, q in quantizers:
+            if isinstance(q._calibrator, MaxCalibrator):
+                q.load_calib_amax()
+            elif method == "percentile":
+                q.load_calib_amax("percentile", percentile=percentile)
+            else:  # entropy / mse sweep candidate amax over the histogram; stride 8 keeps it ~8x cheaper on CPU
+                q.load_calib_amax(method, stride=8)
+            q.enable_quant()
+            q.disable_calib()
+            bar.update(1)
 
 
 def calibration_batches(data, batch_size: int = CALIB_BATCH, max_images: int = 512):
