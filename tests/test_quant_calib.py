@@ -50,8 +50,8 @@ def tiny_int8(tiny):
     return quantize_twin(tiny, "int8", synthetic(32, 32, seed=5))
 
 
-def plan_context(twin, precision: str, progress: Progress | None = None) -> PlanContext:
-    return PlanContext(target=TargetConfig(precision=precision), teacher=twin, progress=progress or Progress(False))
+def plan_context(twin, precision: str) -> PlanContext:
+    return PlanContext(target=TargetConfig(precision=precision), teacher=twin)
 
 
 # --- calibration -------------------------------------------------------------------------------------------
@@ -284,7 +284,8 @@ def digits(digits_reference):
 
 
 # Top-1 lost on the digits test images against the fp32 twin (points), measured here with 64 calibration images:
-# int8 with attention Q/DQ 0.44 (450 images), fp8 0, int4w 0 (150 images); one image is 0.22 / 0.67 points.
+# int8 with attention Q/DQ 0.44 (450 images), fp8 -0.67 and int4w 0 (150 images); one image is 0.22 / 0.67 points.
+# The bounds are those bench-quant-accuracy wants (benchmarks/results/quantization.md).
 TOP1_LOSS_POINTS = {"int8": 0.5, "fp8": 1.0, "int4w": 2.0}
 
 
@@ -309,8 +310,8 @@ def test_digits_qdq_graph_agrees_with_fake_quant_twin(digits, digits_test, preci
     # Most images have an activation whose rounding tie breaks differently (ONNX: x / s, modelopt: x · 127 / amax);
     # digits pixels are dyadic, so x · 127 / amax hits exact .5 ties at the patch-embedding input. A systematic
     # error (wrong scale, axis, placement) would be as large as the quantization effect itself; measured on the
-    # 98.9 % reference (mean / median of |err| vs of the effect): int8 0.19x / 0.11x, fp8 0.10x / 0.004x,
-    # int4w (no activation rounding) ~1e-5x.
+    # 98.9 % reference (mean / median of |err| vs of the effect): int8 0.19x / 0.11x, fp8 0.10x / 0.005x,
+    # int4w (no activation rounding) 4e-6x.
     effect = np.abs(twin_logits - fp32_logits)
     assert float(err.mean()) <= 0.25 * float(effect.mean()), (float(err.mean()), float(effect.mean()))
     assert float(np.median(err)) <= 0.25 * float(np.median(effect)), (float(np.median(err)), float(np.median(effect)))
