@@ -1,25 +1,43 @@
-"""Calibration, the scale table (round trip, malformed tables), QAT with fixed 2:4 masks, and the Q/DQ graph
-against the fake-quant twin on the digits reference (real data)."""
+"""The quantization planner and its parts: calibration (methods, progress, quiet modelopt), the scale table
+(round trip, malformed tables refused), QAT with the sparsity plan's 2:4 masks, the Q/DQ graph against the
+fake-quant twin on the digits reference (real data), and the compile around them (scale table reuse, --quiet,
+int4w against an fp32 latency table)."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import subprocess
+import sys
+import warnings
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 
-from tests.conftest import tiny_vit
+from conftest import tiny_vit
 from vitrt.calib.data import load_data, synthetic
-from vitrt.transforms.quant.fakequant import apply_scale_table, qat, quantize_twin, sparse_masks, table_from_twin
-from vitrt.transforms.quant.scale_table import load_scale_table
+from vitrt.calib.evaluate import top1
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.graph import GraphView
 from vitrt.compiler.lower import lower
 from vitrt.compiler.models import canonicalize
+from vitrt.compiler.pass_manager import PassContext
+from vitrt.compiler.progress import Progress
+from vitrt.compiler.target import TargetConfig
 from vitrt.compiler.verify import run_onnx, run_torch
-from vitrt.transforms.quant.graph_pass import QDQ_TOLERANCE, insert_qdq
+from vitrt.transforms.base import PlanContext
+from vitrt.transforms.quant.config import QuantConfig
+from vitrt.transforms.quant.fakequant import NOISY_LOGGERS, apply_scale_table, quantize_twin, table_from_twin
+from vitrt.transforms.quant.graph_pass import QDQ_TOLERANCE, QDQPass
 from vitrt.transforms.quant.lint import lint_qdq
+from vitrt.transforms.quant.plan import QuantPlan
+from vitrt.transforms.quant.planner import plan as plan_quant
+from vitrt.transforms.quant.qat import qat
+from vitrt.transforms.quant.scale_table import load_scale_table
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +49,84 @@ def tiny():
 def tiny_int8(tiny):
     return quantize_twin(tiny, "int8", synthetic(32, 32, seed=5))
 
+
+def plan_context(twin, precision: str) -> PlanContext:
+    return PlanContext(target=TargetConfig(precision=precision), teacher=twin)
+
+
+# --- calibration -------------------------------------------------------------------------------------------
+
+def test_calibration_methods_and_int4_table(tiny):
+    data = synthetic(32, 32, seed=5)
+    _, t_max = quantize_twin(tiny, "int8", data, method="max")
+    _, t_pct = quantize_twin(tiny, "int8", data, method="percentile", percentile=99.0)
+    _, t_mse = quantize_twin(tiny, "int8", data, method="mse")
+    a_max = t_max.entries["blocks.0.mlp.fc2.input"].amax
+    a_pct = t_pct.entries["blocks.0.mlp.fc2.input"].amax
+    assert 0 < a_pct < a_max  # percentile clips the tail max keeps
+    assert 0 < t_mse.entries["blocks.0.mlp.fc2.input"].amax <= a_max  # mse trades clipping for resolution
+    assert t_pct.source == "calibration:percentile@99.0" and t_mse.source == "calibration:mse"
+    for other in (t_pct, t_mse):  # weights: max in every method
+        np.testing.assert_array_equal(t_max.entries["blocks.0.mlp.fc2.weight"].amax,
+                                      other.entries["blocks.0.mlp.fc2.weight"].amax)
+    w = tiny.blocks[0].mlp.fc2.weight.detach().T.abs()  # int4: max |w| per block of 64 input channels
+    _, t4 = quantize_twin(tiny, "int4w")
+    np.testing.assert_allclose(t4.entries["blocks.0.mlp.fc2.weight"].amax, w.reshape(4, 64, 64).amax(1).numpy())
+    with pytest.raises(VitrtError, match="calibration needs data"):
+        quantize_twin(tiny, "int8", None)
+    with pytest.raises(VitrtError, match="unknown calibration method"):
+        quantize_twin(tiny, "int8", data, method="minmax")
+
+
+def test_calibration_shows_a_bar_over_its_batches(tiny, capsys):
+    stream = io.StringIO()
+    _, table = quantize_twin(tiny, "int8", synthetic(32, 100, seed=5), max_images=100, progress=Progress(stream=stream))
+    assert "[vitrt] calibration batches" in stream.getvalue() and "0/2" in stream.getvalue()  # 100 images, 64 a batch
+    assert table.meta["calib_images"] == 100
+    quantize_twin(tiny, "int8", synthetic(32, 8, seed=5))  # the default is quiet
+    assert capsys.readouterr() == ("", "")
+
+
+def test_modelopt_stays_quiet_and_loggers_are_restored(tiny, capsys):
+    """Defect 5: modelopt printed "Inserted N quantizers" and its logger level was set to ERROR for good."""
+    loggers = {name: logging.getLogger(name) for name in NOISY_LOGGERS}  # modelopt's and torch's
+    levels = {name: logger.level for name, logger in loggers.items()}
+    try:
+        loggers["modelopt"].setLevel(logging.INFO)  # a user's choice, which quantization must leave alone
+        filters = list(warnings.filters)
+        quantize_twin(tiny, "int8", synthetic(32, 8, seed=5))
+        apply_scale_table(tiny, quantize_twin(tiny, "fp8", synthetic(32, 8, seed=5))[1])
+        assert loggers["modelopt"].level == logging.INFO
+        assert {name: logger.level for name, logger in loggers.items() if name != "modelopt"} == \
+            {name: level for name, level in levels.items() if name != "modelopt"}
+        assert warnings.filters == filters
+        assert capsys.readouterr() == ("", "")
+    finally:
+        for name, logger in loggers.items():
+            logger.setLevel(levels[name])
+
+
+@pytest.fixture(scope="module")
+def quiet_int8_compile(tmp_path_factory):
+    """``vitrt compile vit_tiny_patch16_224 --precision int8 --quiet --verify`` in a fresh process: (result, OUT)."""
+    out = tmp_path_factory.mktemp("int8") / "out"
+    result = subprocess.run([sys.executable, "-m", "vitrt.cli", "compile", "vit_tiny_patch16_224", "--img-size", "32",
+                             "--precision", "int8", "--calib-data", "synthetic", "--calib-images", "16", "--verify",
+                             "--quiet", "-o", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result, out
+
+
+def test_quiet_int8_compile_prints_only_its_summary(quiet_int8_compile):
+    """Defect 5, end to end in a fresh process (modelopt's first import is noisy too: torch's "No CUDA runtime"
+    log line and a torch.jit deprecation warning): stdout holds vitrt's summary lines, stderr nothing."""
+    result, _ = quiet_int8_compile
+    assert result.stderr == ""
+    assert [line.split("  ")[0] for line in result.stdout.splitlines()] == \
+        ["model", "input", "params", "GFLOPs/image", "max abs err"]
+
+
+# --- the scale table ---------------------------------------------------------------------------------------
 
 def test_scale_table_round_trip(tiny, tiny_int8, tmp_path):
     qtwin, table = tiny_int8
@@ -84,42 +180,102 @@ def test_malformed_scale_table_in_compile_writes_nothing(tiny, tiny_int8, tmp_pa
     assert main(["compile", "vit_tiny_patch16_224", "-o", str(out), "--qat-epochs", "2", "--quiet"]) == 2
 
 
-def test_calibration_methods_and_int4_table(tiny):
-    data = synthetic(32, 32, seed=5)
-    _, t_max = quantize_twin(tiny, "int8", data, method="max")
-    _, t_pct = quantize_twin(tiny, "int8", data, method="percentile", percentile=99.0)
-    a_max = t_max.entries["blocks.0.mlp.fc2.input"].amax
-    a_pct = t_pct.entries["blocks.0.mlp.fc2.input"].amax
-    assert 0 < a_pct < a_max  # percentile clips the tail max keeps
-    np.testing.assert_array_equal(t_max.entries["blocks.0.mlp.fc2.weight"].amax,  # weights: max in both
-                                  t_pct.entries["blocks.0.mlp.fc2.weight"].amax)
-    w = tiny.blocks[0].mlp.fc2.weight.detach().T.abs()  # int4: max |w| per block of 64 input channels
-    _, t4 = quantize_twin(tiny, "int4w")
-    np.testing.assert_allclose(t4.entries["blocks.0.mlp.fc2.weight"].amax, w.reshape(4, 64, 64).amax(1).numpy())
+def test_planner_reads_a_scale_table_file_or_calibrates_and_leaves_the_twin_alone(tiny, tiny_int8, tmp_path):
+    path = tmp_path / "scales.json"
+    tiny_int8[1].save(path)
+    state = {k: v.clone() for k, v in tiny.state_dict().items()}
+    from_file = plan_quant(tiny, plan_context(tiny, "int8"), QuantConfig(scale_table=path))
+    assert from_file.table.source == "file:scales.json" and from_file.weights is None
+    assert from_file.info["calib_data"] is None
+    for name, entry in tiny_int8[1].entries.items():
+        np.testing.assert_array_equal(from_file.table.entries[name].amax, entry.amax)
+    calibrated = plan_quant(tiny, plan_context(tiny, "fp8"), QuantConfig(calib_images=16, quantize_attention=True))
+    assert calibrated.precision == "fp8" and calibrated.quantize_attention
+    assert calibrated.info["calib_data"] == "synthetic" and calibrated.table.meta["calib_images"] == 16
+    assert "accuracy" not in calibrated.info  # synthetic data has no labels to measure top-1 on
+    assert any(name.endswith(".attn.qk.input_a") for name in calibrated.table.entries)
+    assert all(torch.equal(v, state[k]) for k, v in tiny.state_dict().items())  # the planner never modifies it
 
 
-def test_qat_keeps_2to4_masks_and_uses_prior_feature_weights():
+# --- QAT ---------------------------------------------------------------------------------------------------
+
+def mask_2to4(weight: torch.Tensor) -> torch.Tensor:
+    """Keep the 2 largest |w| of every 4 consecutive input channels (a Linear's [out, in] weight)."""
+    groups = weight.detach().reshape(weight.shape[0], -1, 4)
+    keep = groups.abs().topk(2, dim=-1).indices
+    return torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True).reshape_as(weight)
+
+
+def negative_zeros(weight: np.ndarray, mask: np.ndarray) -> int:
+    """How many pruned entries (mask False) of ``weight`` are -0.0."""
+    pruned = np.asarray(weight)[~np.asarray(mask, dtype=bool)]
+    return int(np.count_nonzero((pruned == 0) & np.signbit(pruned)))
+
+
+def test_qat_keeps_the_given_2to4_masks_and_uses_prior_feature_weights():
     twin = canonicalize(tiny_vit(depth=1))
+    fc1 = twin.blocks[0].mlp.fc1
+    masks = {"blocks.0.mlp.fc1": mask_2to4(fc1.weight)}
     with torch.no_grad():
-        fc1 = twin.blocks[0].mlp.fc1
-        w = fc1.weight.reshape(fc1.out_features, -1, 4)
-        keep = w.abs().topk(2, dim=-1).indices
-        fc1.weight.copy_((w * torch.zeros_like(w).scatter_(-1, keep, 1.0)).reshape_as(fc1.weight))
-    zeros = fc1.weight == 0
+        fc1.weight.masked_fill_(~masks["blocks.0.mlp.fc1"], 0.0)
     qtwin, table = quantize_twin(twin, "int8", synthetic(32, 32, seed=5))
-    assert list(sparse_masks(qtwin)) == ["blocks.0.mlp.fc1"]
     before = qtwin.blocks[0].attn.q.weight.detach().clone()
-    train = load_data("digits", 32, split="train", limit=64)
-    stats = qat(qtwin, twin, train, epochs=1, lr=1e-3, batch_size=32, prior_feature_losses=[1.0, 2.0, 3.0])
+    train = load_data("digits", 32, split="train", limit=128)
+    stats = qat(qtwin, twin, train, epochs=1, masks=masks, prior_feature_losses=[1.0, 2.0, 3.0])
     assert stats["feature_weights"] == "2:4 stage" and stats["sparse_layers_kept"] == 1
-    assert np.isfinite(stats["loss"]).all()
+    assert len(stats["loss"]) == 1 and np.isfinite(stats["loss"]).all()
     assert not torch.equal(before, qtwin.blocks[0].attn.q.weight)  # trained
-    assert torch.equal(qtwin.blocks[0].mlp.fc1.weight == 0, zeros)  # the 2:4 zeros stay zero
-    refreshed = table_from_twin(qtwin, "int8", source="qat")
+    trained = qtwin.blocks[0].mlp.fc1.weight.detach()
+    assert torch.equal(trained != 0, masks["blocks.0.mlp.fc1"])  # the same zeros, the kept weights alive
+    assert negative_zeros(trained.numpy(), masks["blocks.0.mlp.fc1"].numpy()) == 0
+    refreshed = table_from_twin(qtwin, "int8", source="qat")  # amax stays fixed through QAT
     np.testing.assert_array_equal(refreshed.entries["head.input"].amax, table.entries["head.input"].amax)
     with pytest.raises(VitrtError, match="per-feature losses"):
         qat(qtwin, twin, train, epochs=1, prior_feature_losses=[1.0])
 
+
+def test_qat_after_sparse_finetuning_keeps_the_sparsity_plans_masks(tmp_path):
+    """Defect 3: QAT takes the 2:4 masks from the sparsity plan and keeps pruned weights at +0.
+
+    On the old code path this fails: QAT re-inferred the masks from the zeros of the fake-quant twin and, after
+    every AdamW step (whose update also moved the pruned weights: their gradients were not masked), re-applied
+    them with ``weight.mul_(mask)``; a pruned weight the step had made negative became -0.0, so
+    ``negative_zeros`` below counts about half of the pruned weights of the float path (the demonstration at the
+    end applies exactly that arithmetic). Re-inferring also loses the plan's masks wherever a kept weight is 0.
+    """
+    import vitrt
+
+    result = vitrt.compile(tiny_vit(depth=2), tmp_path / "out", sparsity="2:4", sparse_min_weights=0,
+                           sparse_finetune_epochs=1, sparse_data="synthetic", precision="int8", calib_data="digits",
+                           calib_images=64, qat_epochs=1, verify=True, quiet=True)
+    sparsity, quant = result.plans["sparsity"], result.plans["quant"]
+    assert result.manifest["verify"]["ok"]
+    assert quant.info["qat"]["sparse_layers_kept"] == len(sparsity.masks) == 13  # 2 x 6 linears + head
+    assert quant.info["qat"]["feature_weights"] == "2:4 stage"  # W_j from the sparse fine-tuning
+    assert quant.table.source == "calibration:max+qat"
+    assert set(quant.info["accuracy"]) >= {"top1_fp32_twin", "top1_int8_twin"}  # digits: measured on its test split
+    graph = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(result.onnx_path)).graph.initializer}
+    for name, mask in sparsity.masks.items():
+        mask = np.asarray(mask, dtype=bool)  # the twin's [out, in] layout
+        qat_weight = np.asarray(quant.weights[f"{name}.weight"])
+        # (b) QAT trained the layer, and its zeros are exactly the sparsity plan's mask
+        assert not np.array_equal(qat_weight, sparsity.weights[f"{name}.weight"]), name
+        assert np.array_equal(qat_weight != 0, mask), name
+        # (a) in the graph: pruned weights are integer 0 behind their DequantizeLinear ...
+        stored = graph[f"{name}.weight"]  # B[K, N]
+        assert stored.dtype == np.int8 and not stored[~mask.T].any(), name
+        # ... and nowhere on the float path (plan weights, the final twin) is a pruned weight -0.0
+        final = result.twin.get_submodule(name).weight.detach().numpy()
+        assert negative_zeros(qat_weight, mask) == negative_zeros(final, mask) == 0, name
+        assert np.array_equal(final != 0, mask), name
+    # (c) the old re-masking arithmetic on the same weights: an AdamW step moves pruned weights off 0, mul_ by
+    # the mask sends the negative ones to -0.0, which the check above counts
+    name, mask = next(iter(sparsity.masks.items()))
+    stepped = torch.from_numpy(np.asarray(quant.weights[f"{name}.weight"])) - 1e-4 * torch.randn(mask.shape)
+    assert negative_zeros(stepped.mul_(torch.from_numpy(np.asarray(mask))).numpy(), mask) > 0
+
+
+# --- the digits reference: Q/DQ graph vs fake-quant twin on real data -------------------------------------
 
 @pytest.fixture(scope="module")
 def digits(digits_reference):
@@ -127,51 +283,103 @@ def digits(digits_reference):
     return canonicalize(model)
 
 
-@pytest.mark.parametrize("precision", ["int8", "fp8"])
+# Top-1 lost on the digits test images against the fp32 twin (points), measured here with 64 calibration images:
+# int8 with attention Q/DQ 0.44 (450 images), fp8 -0.67 and int4w 0 (150 images); one image is 0.22 / 0.67 points.
+# The bounds are those bench-quant-accuracy wants (benchmarks/results/quantization.md).
+TOP1_LOSS_POINTS = {"int8": 0.5, "fp8": 1.0, "int4w": 2.0}
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8", "int4w"])
 def test_digits_qdq_graph_agrees_with_fake_quant_twin(digits, digits_test, precision):
-    """Top-1 agreement >= 99.5 % on the digits test set (all 450 images for int8, 150 for fp8); logits equal to
-    fp32 precision except where an activation rounding tie breaks differently (<= QDQ_TOLERANCE, see
-    vitrt.transforms.quant.graph_pass), on average well below the quantization effect itself."""
-    calib = load_data("digits", 32, split="train", limit=64)
-    qtwin, table = quantize_twin(digits, precision, calib, quantize_attention=precision == "int8")
-    view = GraphView.from_onnx(lower(digits, batch=None))
-    insert_qdq(view, table, qtwin)
-    model = view.to_onnx()
+    """Top-1 agreement >= 99.5 % on the digits test set (all 450 images for int8, with attention Q/DQ; 150 for
+    fp8 and int4w); logits equal to fp32 precision except where an activation rounding tie breaks differently
+    (<= QDQ_TOLERANCE, see vitrt.transforms.quant.graph_pass), on average and in the median well below the
+    quantization effect itself; and the compiled graph's top-1 close to the fp32 twin's."""
+    calib = None if precision == "int4w" else load_data("digits", 32, split="train", limit=64)
+    _, table = quantize_twin(digits, precision, calib, quantize_attention=precision == "int8")
+    graph_pass = QDQPass(QuantPlan(precision, table, quantize_attention=precision == "int8"))
+    model = graph_pass.run(GraphView.from_onnx(lower(digits, batch=None)), PassContext()).view.to_onnx()
     assert lint_qdq(model) == []
-    images = digits_test.images.numpy()[: 450 if precision == "int8" else 150]
-    onnx_logits, twin_logits = run_onnx(model, images, 150), run_torch(qtwin, images)
+    count = 450 if precision == "int8" else 150
+    images, labels = digits_test.images.numpy()[:count], digits_test.labels[:count]
+    onnx_logits, twin_logits = run_onnx(model, images, 150), run_torch(graph_pass.apply_to_twin(digits), images)
+    fp32_logits = run_torch(digits, images)
     agreement = float((onnx_logits.argmax(1) == twin_logits.argmax(1)).mean())
     assert agreement >= 0.995
     err = np.abs(onnx_logits - twin_logits)
     # Most images have an activation whose rounding tie breaks differently (ONNX: x / s, modelopt: x · 127 / amax);
     # digits pixels are dyadic, so x · 127 / amax hits exact .5 ties at the patch-embedding input. A systematic
     # error (wrong scale, axis, placement) would be as large as the quantization effect itself; measured on the
-    # 98.9 % reference: int8 0.19x (mean 0.0047 vs 0.025), fp8 < 0.1x.
-    quant_effect = np.abs(twin_logits - run_torch(digits, images)).mean()
-    assert float(err.mean()) <= 0.25 * float(quant_effect), (float(err.mean()), float(quant_effect))
+    # 98.9 % reference (mean / median of |err| vs of the effect): int8 0.19x / 0.11x, fp8 0.10x / 0.005x,
+    # int4w (no activation rounding) 4e-6x.
+    effect = np.abs(twin_logits - fp32_logits)
+    assert float(err.mean()) <= 0.25 * float(effect.mean()), (float(err.mean()), float(effect.mean()))
+    assert float(np.median(err)) <= 0.25 * float(np.median(effect)), (float(np.median(err)), float(np.median(effect)))
     assert float(err.max()) <= QDQ_TOLERANCE[precision]
+    loss_points = (top1(fp32_logits, labels) - top1(onnx_logits, labels)) * 100
+    assert loss_points <= TOP1_LOSS_POINTS[precision], loss_points
 
 
-def test_compile_int8_writes_scale_table_and_reuses_it(tmp_path):
-    import onnx
-    from onnx import numpy_helper
+# --- the compile around the stage --------------------------------------------------------------------------
 
+def test_compile_int8_writes_scale_table_and_reuses_it(quiet_int8_compile, tmp_path):
     from vitrt.cli import main
 
-    common = ["vit_tiny_patch16_224", "--img-size", "32", "--precision", "int8", "--calib-images", "16", "--quiet"]
-    assert main(["compile", *common, "-o", str(tmp_path / "a"), "--verify"]) == 0
-    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    _, first = quiet_int8_compile
+    manifest = json.loads((first / "manifest.json").read_text())
     q = manifest["quantization"]
     assert q["precision"] == "int8" and q["scale_source"] == "calibration:max" and q["calib_data"] == "synthetic"
     assert q["layers"]["blocks.0.attn.q"] == {"input": "int8", "weight": "int8"} and len(q["layers"]) == 12 * 6 + 2
     assert manifest["verify"]["ok"] and manifest["verify"]["reference"] == "torch twin"
-    table = tmp_path / "a" / "scale_table.json"
-    assert main(["compile", *common, "-o", str(tmp_path / "b"), "--scale-table", str(table)]) == 0
-    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["quantization"]["scale_source"] == \
+    second = tmp_path / "second"
+    assert main(["compile", "vit_tiny_patch16_224", "--img-size", "32", "--precision", "int8", "--quiet", "-o",
+                 str(second), "--scale-table", str(first / "scale_table.json")]) == 0
+    assert json.loads((second / "manifest.json").read_text())["quantization"]["scale_source"] == \
         "file:scale_table.json"
-    a, b = (onnx.load(str(tmp_path / d / "model.onnx")) for d in "ab")  # (random timm weights differ per load)
+    a, b = (onnx.load(str(d / "model.onnx")) for d in (first, second))  # (random timm weights differ per load)
     scales_b = {t.name: t for t in b.graph.initializer if t.name.endswith(".scale")}
     scales_a = [t for t in a.graph.initializer if t.name.endswith(".scale")]
     assert len(scales_a) == len(scales_b) == 2 * (12 * 6 + 2)
     for t in scales_a:  # every scale in the second graph is the one from the table
         np.testing.assert_array_equal(numpy_helper.to_array(t), numpy_helper.to_array(scales_b[t.name]))
+
+
+def test_int4w_with_an_fp32_latency_table_is_refused_before_any_work(tmp_path):
+    """Defect 8: ``--precision int4w --bench --lut`` was predicted from the table's fp32 entries. The table key is
+    the real precision now: a table without int4w entries refuses in one line before the model is even loaded."""
+    import vitrt
+    from vitrt.benchmarks.lut_build import TimingOptions, build_table
+
+    lut = tmp_path / "tiny.json"
+    build_table(lut, backend="ort", grid="tiny", batch=1, timing=TimingOptions(warmup=1, iterations=2,
+                                                                             min_seconds=0.005))
+    log = io.StringIO()
+    with pytest.raises(VitrtError, match="no 'int4w/dense' entries") as info:
+        vitrt.compile("deit_tiny_patch16_224", tmp_path / "out", precision="int4w", bench=True, lut=lut,
+                      progress=Progress(stream=log))
+    assert "\n" not in str(info.value)
+    assert log.getvalue() == ""  # no step started: nothing loaded, planned or calibrated
+    assert not (tmp_path / "out").exists()
+    # the same table serves an fp32 compile: the refusal is about the precision alone
+    result = vitrt.compile(tiny_vit(depth=2, mlp_ratio=2.0), tmp_path / "fp32", bench=True, bench_iters=2, lut=lut,
+                           quiet=True)
+    assert result.manifest["latency"]["predicted_ms"] is not None
+
+
+def test_bench_quant_speed_runs_on_the_new_api(tmp_path, monkeypatch, capsys):
+    """``vitrt bench-quant-speed`` (benchmarks/results/quantization.md) on a tiny input: its three variants, timed
+    side by side, and the JSON it records."""
+    import tempfile
+
+    from vitrt.cli import main
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its work directory is kept: keep it here
+    out = tmp_path / "speed.json"
+    assert main(["bench-quant-speed", "vit_tiny_patch16_224", "--img-size", "32", "--batch", "2", "--rounds", "2",
+                 "--iters", "1", "--calib-images", "8", "--json-out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["median_ms"]) == {"fp32", "vitrt_int8", "ort_quantize_static_int8"}
+    assert all(len(ms) == 2 and min(ms) > 0 for ms in data["per_round_ms"].values())
+    assert data["samples_per_variant"] == 2 and data["speedup_int8_vs_fp32"] > 0
+    assert data["ops_vitrt_int8"].get("MatMulIntegerToFloat", 0) > 0  # the integer kernels run
+    assert "vitrt int8 speed / ORT quantize_static int8 speed" in capsys.readouterr().out

@@ -2,8 +2,8 @@
 
 ``vitrt bench-quant-speed MODEL``: compile MODEL at fp32 and int8 (vitrt's Q/DQ), quantize the fp32 graph with
 ONNX Runtime's own ``quantize_static`` (QDQ format, per-channel int8, the same calibration images), build all
-three with the ort backend, and time them in interleaved rounds (A B C A B C ...) so that machine load hits
-all alike; prints medians and ratios.
+three with the ort backend, and time them with the shared timing loop in interleaved rounds (each round visits
+the three in shuffled order) so that machine load hits all alike; prints medians and ratios.
 
 ``vitrt bench-quant-accuracy``: the digits reference compiled at fp32, fp16, int8 PTQ, int8 QAT, fp8 and int4w;
 top-1 of every compiled artifact through its ort runner on the 450 test images, and the loss in points.
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vitrt.compiler.options import add_arguments, from_args, option
+from vitrt.compiler.options import add_command, option
+from vitrt.transforms.quant.config import CALIB_METHODS
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class SpeedConfig:
     rounds: int = option(5, "interleaved timing rounds", type=int, metavar="N")
     iters: int = option(5, "timed inferences per variant and round", type=int, metavar="N")
     threads: int | None = option(None, "ONNX Runtime intra-op threads", type=int, metavar="N")
+    img_size: int | None = option(None, "input image size (default: the model's)", type=int, metavar="N")
     json_out: Path | None = option(None, "also write the results as JSON", type=Path, metavar="FILE")
 
 
@@ -49,20 +51,30 @@ def ort_quantize_static(fp32_onnx: Path, out: Path, calib: np.ndarray, batch: in
     return out
 
 
+def calibration_images(img_size: int, count: int, seed: int = 0) -> np.ndarray:
+    """The images ``compile --precision int8 --calib-images count`` calibrates on (synthetic data, the compile's
+    seed), in the order the calibrator sees them."""
+    from vitrt.calib.data import load_data
+    from vitrt.transforms.quant.fakequant import calibration_batches
+
+    data = load_data("synthetic", img_size, limit=count, seed=seed)
+    return np.concatenate([images.numpy() for images in calibration_batches(data, max_images=count)])
+
+
 def run_speed(config: SpeedConfig) -> dict:
-    from vitrt.calib.data import synthetic
-    from vitrt.pipeline.driver import compile
     from vitrt.compiler.backends import BuildOptions, get_backend
+    from vitrt.compiler.timing import Timing, interleaved, synced
     from vitrt.compiler.verify import verification_inputs
+    from vitrt.pipeline.driver import compile
 
     work = Path(tempfile.mkdtemp(prefix="vitrt-quant-bench-"))
-    common = dict(batch=config.batch, quiet=True, threads=config.threads, calib_images=config.calib_images)
+    common = dict(batch=config.batch, quiet=True, threads=config.threads, img_size=config.img_size)
     t0 = time.perf_counter()
     fp32 = compile(config.model, work / "fp32", **common)
-    int8 = compile(config.model, work / "int8", precision="int8", **common)
-    img = fp32.manifest["input_shape"][-1]
-    # quantize_static sees the same images vitrt calibrated on (load_data("synthetic", ..., seed=0)).
-    calib = synthetic(img, config.calib_images, seed=0).images.numpy()
+    int8 = compile(config.model, work / "int8", precision="int8", calib_data="synthetic",
+                   calib_images=config.calib_images, **common)
+    # quantize_static sees the same images vitrt calibrated on
+    calib = calibration_images(fp32.twin.spec.img, config.calib_images)
     backend, options = get_backend("ort"), BuildOptions(threads=config.threads)
     ort_dir = work / "ort_int8"
     ort_dir.mkdir()
@@ -73,28 +85,28 @@ def run_speed(config: SpeedConfig) -> dict:
                "vitrt_int8": backend.load(int8.artifact_path, options),
                "ort_quantize_static_int8": backend.load(ort_dir / backend.artifact_name, options)}
     images = verification_inputs(fp32.twin.spec, config.batch, seed=1)
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    for runner in runners.values():  # warm-up
+    for runner in runners.values():  # warm-up once; the rounds then time without further warm-up
         runner.infer(images)
-    for _ in range(config.rounds):
-        for name, runner in runners.items():
-            for _ in range(config.iters):
-                start = time.perf_counter()
-                runner.infer(images)
-                samples[name].append((time.perf_counter() - start) * 1000)
-    median = {name: float(np.median(ms)) for name, ms in samples.items()}
+    timed = interleaved({name: synced(runner, images) for name, runner in runners.items()},
+                        Timing(warmup=0, iterations=config.iters), rounds=config.rounds)
+    median = {name: timed.typical(name) for name in runners}
     result = {"model": config.model, "batch": config.batch, "device": runners["fp32"].device,
               "samples_per_variant": config.rounds * config.iters, "median_ms": median,
-              "speedup_int8_vs_fp32": median["fp32"] / median["vitrt_int8"],
-              "speedup_ort_static_vs_fp32": median["fp32"] / median["ort_quantize_static_int8"],
-              "vitrt_int8_speed_vs_ort_static": median["ort_quantize_static_int8"] / median["vitrt_int8"],
+              "speedup_int8_vs_fp32": timed.speedup("fp32", "vitrt_int8"),
+              "speedup_ort_static_vs_fp32": timed.speedup("fp32", "ort_quantize_static_int8"),
+              "vitrt_int8_speed_vs_ort_static": timed.speedup("ort_quantize_static_int8", "vitrt_int8"),
+              "per_round_ms": {name: timed.per_round(name) for name in runners},
+              "method": f"{config.rounds} interleaved rounds (shuffled order) of {config.iters} timed inferences per "
+                        "variant (vitrt.compiler.timing.interleaved); median_ms: median of the per-round medians; "
+                        "speedups: median of the per-round ratios",
               "ops_vitrt_int8": _op_counts(int8.artifact_path),
               "ops_ort_static": _op_counts(ort_dir / backend.artifact_name), "compile_s": round(compile_s, 1),
               "work_dir": str(work)}
-    print(f"{config.model}, batch {config.batch}, {result['device']}; median of {result['samples_per_variant']} "
-          f"interleaved inferences each")
+    print(f"{config.model}, batch {config.batch}, {result['device']}; {config.rounds} interleaved rounds of "
+          f"{config.iters} inferences each")
     for name, ms in median.items():
-        print(f"  {name:<26} {ms:9.1f} ms   {median['fp32'] / ms:5.2f}x vs fp32")
+        speedup = 1.0 if name == "fp32" else ratio(per_round, "fp32", name)
+        print(f"  {name:<26} {ms:9.1f} ms   {speedup:5.2f}x vs fp32")
     print(f"  vitrt int8 speed / ORT quantize_static int8 speed: {result['vitrt_int8_speed_vs_ort_static']:.2f}")
     if config.json_out:
         Path(config.json_out).write_text(json.dumps(result, indent=2) + "\n")
@@ -114,7 +126,7 @@ def _op_counts(path: Path) -> dict[str, int]:
 class AccuracyConfig:
     variants: str = option("fp32,fp16,int8,int8-qat,fp8,int4w", "comma-separated variants", metavar="LIST")
     qat_epochs: int = option(2, "epochs for the int8-qat variant", type=int, metavar="N")
-    calib_method: str = option("max", "activation calibrator", choices=("max", "percentile", "entropy", "mse"))
+    calib_method: str = option("max", "activation calibrator", choices=CALIB_METHODS)
     calib_images: int = option(512, "digits training images used for calibration", type=int, metavar="N")
     batch: int = option(50, "batch size compiled", type=int, metavar="N")
     json_out: Path | None = option(None, "also write the results as JSON", type=Path, metavar="FILE")
@@ -180,9 +192,7 @@ def run_accuracy(config: AccuracyConfig) -> dict:
 
 
 def add_subcommands(sub) -> None:
-    p = sub.add_parser("bench-quant-speed", help="fp32 vs vitrt int8 vs ONNX Runtime quantize_static, interleaved")
-    add_arguments(p, SpeedConfig)
-    p.set_defaults(func=lambda args: run_speed(from_args(SpeedConfig, args)) and 0)
-    p = sub.add_parser("bench-quant-accuracy", help="digits top-1 of the compiled model per precision")
-    add_arguments(p, AccuracyConfig)
-    p.set_defaults(func=lambda args: run_accuracy(from_args(AccuracyConfig, args)) and 0)
+    add_command(sub, "bench-quant-speed", SpeedConfig, lambda config: run_speed(config) and 0,
+                "fp32 vs vitrt int8 vs ONNX Runtime quantize_static, interleaved")
+    add_command(sub, "bench-quant-accuracy", AccuracyConfig, lambda config: run_accuracy(config) and 0,
+                "digits top-1 of the compiled model per precision")

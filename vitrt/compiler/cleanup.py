@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
-from vitrt.compiler.graph import GraphView
+from vitrt.compiler.graph import GraphView, import_graph
 from vitrt.compiler.pass_manager import CANONICAL, SHAPES_INFERRED, TOPOSORTED, Pass, PassContext, PassResult
 
 
@@ -23,7 +23,7 @@ class CleanupPass(Pass):
         graph.fold_constants(error_ok=False).cleanup(remove_unused_graph_inputs=False).toposort()
         model = gs.export_onnx(graph)
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
-        new_graph = gs.import_onnx(model)
+        new_graph = import_graph(model)
         unknown = [t.name for t in new_graph.tensors().values()
                    if isinstance(t, gs.Variable) and (t.shape is None or any(not isinstance(d, int) for d in t.shape))
                    and not _is_dynamic_batch(t)]

@@ -8,6 +8,7 @@ and weight the spec implies exists with the implied shape, and names the first t
 from __future__ import annotations
 
 import collections
+import contextlib
 from dataclasses import dataclass
 
 import onnx
@@ -18,6 +19,27 @@ from vitrt.compiler.lower import finalize
 from vitrt.compiler.spec import ViTSpec
 
 BLOCK_LINEARS = ("attn.q", "attn.k", "attn.v", "attn.proj", "mlp.fc1", "mlp.fc2")
+
+
+@contextlib.contextmanager
+def quiet_graphsurgeon():
+    """Keep graphsurgeon's console warnings out of vitrt's output: it prints to stdout when it meets a float8
+    tensor (FP8 Q/DQ graphs; it keeps them in their ONNX type), which would break ``--quiet``. Its logger's
+    severity is raised only inside and restored afterwards."""
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    severity = G_LOGGER.severity
+    G_LOGGER.severity = G_LOGGER.ERROR
+    try:
+        yield
+    finally:
+        G_LOGGER.severity = severity
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """``gs.import_onnx``, quietly."""
+    with quiet_graphsurgeon():
+        return gs.import_onnx(model)
 
 
 @dataclass
@@ -89,7 +111,7 @@ class GraphView:
 
     @classmethod
     def from_onnx(cls, model: onnx.ModelProto, *, validate: bool = True) -> "GraphView":
-        return cls(gs.import_onnx(model), ViTSpec.from_onnx(model), validate=validate)
+        return cls(import_graph(model), ViTSpec.from_onnx(model), validate=validate)
 
     def to_onnx(self) -> onnx.ModelProto:
         """Export (toposorted, dead nodes removed, shapes inferred, spec attached, checked)."""

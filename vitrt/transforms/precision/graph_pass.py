@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx import TensorProto
 
 from vitrt.compiler.graph import GraphView
 from vitrt.compiler.pass_manager import CANONICAL, Pass, PassContext, PassResult
@@ -42,8 +43,6 @@ def type_fp16(view: GraphView, keep_fp32=DEFAULT_KEEP_FP32) -> dict:
         boundary.add(out.name)
         casts += 1
         return out
-
-    from onnx import TensorProto
 
     original_nodes = list(graph.nodes)
     # Attributes that fix a float32 output: retype them like the tensors they produce.

@@ -1,11 +1,12 @@
-"""PTQ calibration and sparse-distillation-aware QAT of the torch twin with nvidia-modelopt's fake quantizers.
+"""nvidia-modelopt's fake quantizers on the torch twin: PTQ calibration, the scale table read from them, and
+the fake-quant twin rebuilt from a table.
 
-    twin (fp32, maybe pruned / 2:4) ──mtq.quantize(calibrate)──► fake-quant twin ──QAT (GPUSQ-ViT loss)──►
-        fake-quant twin ──table_from_twin──► ScaleTable (JSON) ──► Q/DQ pass (ONNX)
+    twin (fp32, maybe pruned / 2:4) ──mtq.quantize + calibrate──► fake-quant twin ──QAT (qat.py)──►
+        fake-quant twin ──table_from_twin──► ScaleTable (JSON) ──► QuantPlan ──► Q/DQ pass (ONNX)
 
 INT8 and FP8 E4M3: modelopt ``TensorQuantizer``s on every Linear and the patch-embedding Conv — weights per
-output channel (axis 0 of torch's [out, in] = axis 1 of ONNX's B[K, N]), activations per tensor, symmetric —
-plus, with ``quantize_attention``, four per-tensor quantizers on the attention matmul inputs
+output channel (axis 0 of torch's [out, in] = axis 1 of ONNX's B[K, N]; INT8 on the narrow range [-127, 127] of
+the integer initializers), activations per tensor, symmetric — plus, with ``quantize_attention``, four per-tensor quantizers on the attention matmul inputs
 (:class:`QuantAttention`). Calibrators: max (modelopt's MaxCalibrator) or percentile / entropy / mse
 (modelopt's HistogramCalibrator); weights always use max.
 
@@ -15,7 +16,8 @@ amax), which ONNX's single-level block DequantizeLinear cannot express, and its 
 amax, so a user's scale table could not be loaded into it. Weight-only quantization needs no data: the twin
 simply holds the dequantized weights.
 
-modelopt is imported inside the functions (``import vitrt`` stays light).
+modelopt is imported inside the functions (``import vitrt`` stays light), and only under
+:func:`quiet_modelopt`: its import and its conversion print and warn, which must not reach vitrt's output.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import contextlib
 import copy
 import io
 import logging
+import warnings
 
 import numpy as np
 import torch
@@ -31,10 +34,12 @@ from torch import nn
 
 from vitrt.calib.data import take_images
 from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.progress import QUIET, Progress
 from vitrt.compiler.twin import CanonicalAttention, CanonicalViT
 from vitrt.transforms.quant.config import CALIB_METHODS
 from vitrt.transforms.quant.scale_table import (PRECISION_DTYPES, QMAX, ScaleEntry, ScaleTable, expected_entries,
                                                 fused_attention_ok, int4_block_size, linear_layers)
+
 ATTENTION_QUANTIZERS = {"qk_a_input_quantizer": "qk.input_a", "qk_b_input_quantizer": "qk.input_b",
                         "av_a_input_quantizer": "av.input_a", "av_b_input_quantizer": "av.input_b"}
 
@@ -74,13 +79,15 @@ def modelopt_config(precision: str, method: str) -> dict:
     """The mtq config: symmetric, weights per output channel, activations per tensor; histogram calibrator for
     the activation quantizers unless ``method`` is max."""
     bits = {"int8": 8, "fp8": (4, 3)}[precision]
-    # narrow_range off for activations: [-128, 127] like ONNX QuantizeLinear and TensorRT (weights stay narrow,
-    # symmetric [-127, 127]: their amax is max |w|, so -128 never occurs).
+    # Activations: [-128, 127] like ONNX QuantizeLinear and TensorRT. Weights: narrow, symmetric [-127, 127], like
+    # the integer initializers the Q/DQ pass stores; after PTQ |w| <= amax anyway, but QAT trains the weights
+    # against a fixed amax, and a weight beyond it must clip to -127 in the twin as in the graph, not to -128.
     act = {"num_bits": bits, "axis": None, "narrow_range": False}
+    weight = {"num_bits": bits, "axis": 0, "narrow_range": precision == "int8"}
     if method != "max":
         act["calibrator"] = "histogram"
     return {"quant_cfg": [{"quantizer_name": "*", "enable": False},
-                          {"quantizer_name": "*weight_quantizer", "cfg": {"num_bits": bits, "axis": 0}},
+                          {"quantizer_name": "*weight_quantizer", "cfg": weight},
                           {"quantizer_name": "*input_quantizer", "cfg": act},
                           # LayerNorm (and Softmax, GELU) stay in higher precision: TensorRT's placement rules.
                           {"quantizer_name": "*", "parent_class": "nn.LayerNorm", "enable": False}],
@@ -93,63 +100,83 @@ def _quantizers(model: nn.Module):
     return [(name, m) for name, m in model.named_modules() if isinstance(m, TensorQuantizer) and m.is_enabled]
 
 
+# modelopt's own logger, and torch's C++-extension logger that modelopt's import wakes ("No CUDA runtime is found").
+NOISY_LOGGERS = ("modelopt", "torch.utils.cpp_extension")
+
+
 @contextlib.contextmanager
 def quiet_modelopt():
-    """modelopt prints ("Inserted N quantizers") and logs while converting; keep that out of vitrt's output.
+    """Keep modelopt's chatter out of vitrt's output: its prints ("Inserted N quantizers"), its warnings
+    (e.g. torch.jit.script deprecation on import) and its log records below ERROR.
 
-    Its stdout/stderr are captured for the duration and its logger's level is restored afterwards (changed
-    only inside, never globally).
+    stdout / stderr are captured and the warning filters restored on exit; the loggers' levels are changed only
+    inside and restored afterwards (never globally).
     """
-    logger = logging.getLogger("modelopt")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def fake_quantize(model: nn.Module, precision: str, method: str, quantize_attention: bool) -> None:
     """Insert modelopt's fake quantizers into ``model`` in place (quietly), attention quantizers if asked."""
-    import modelopt.torch.quantization as mtq
-
     with quiet_modelopt():
+        import modelopt.torch.quantization as mtq  # the first import of modelopt in a process is noisy too
+
         mtq.quantize(model, modelopt_config(precision, method), forward_loop=None)
     if quantize_attention:
         _add_attention_quantizers(model, precision, method)
 
 
+CALIB_BATCH = 64  # images per calibration forward pass
+
+
 @torch.no_grad()
-def _calibrate(model: nn.Module, batches, method: str, percentile: float) -> None:
-    """Collect statistics over ``batches`` and load amax: max for weights, ``method`` for activations."""
+def _calibrate(model: nn.Module, batches, method: str, percentile: float, total_batches: int,
+               progress: Progress = QUIET) -> None:
+    """Collect statistics over ``batches`` (a progress bar of ``total_batches``) and load amax: max for weights,
+    ``method`` for activations (a second bar over the quantizers)."""
     from modelopt.torch.quantization.calib import MaxCalibrator
     from modelopt.torch.quantization.model_calib import enable_stats_collection
 
     enable_stats_collection(model)
     model.eval()
-    for images in batches:
-        model(images)
-    for _, q in _quantizers(model):
-        if isinstance(q._calibrator, MaxCalibrator):
-            q.load_calib_amax()
-        elif method == "percentile":
-            q.load_calib_amax("percentile", percentile=percentile)
-        else:  # entropy / mse sweep candidate amax over the histogram; stride 8 keeps it ~8x cheaper on CPU
-            q.load_calib_amax(method, stride=8)
-        q.enable_quant()
-        q.disable_calib()
+    with progress.bar(total_batches, "calibration batches") as bar:
+        for images in batches:
+            model(images)
+            bar.update(1)
+    quantizers = _quantizers(model)
+    with progress.bar(len(quantizers), f"{method} ranges") as bar:  # entropy / mse take minutes on large models
+        for _, q in quantizers:
+            if isinstance(q._calibrator, MaxCalibrator):
+                q.load_calib_amax()
+            elif method == "percentile":
+                q.load_calib_amax("percentile", percentile=percentile)
+            else:  # entropy / mse sweep candidate amax over the histogram; stride 8 keeps it ~8x cheaper on CPU
+                q.load_calib_amax(method, stride=8)
+            q.enable_quant()
+            q.disable_calib()
+            bar.update(1)
 
 
-def calibration_batches(data, batch_size: int = 64, max_images: int = 512):
+def calibration_batches(data, batch_size: int = CALIB_BATCH, max_images: int = 512):
     """The first ``max_images`` images of ``data`` (a Dataset, streamed) in batches."""
     return take_images(data, max_images, batch_size)
 
 
 def quantize_twin(twin: CanonicalViT, precision: str, data=None, *, method: str = "max",
                   quantize_attention: bool = False, block_size: int | None = None, percentile: float = 99.99,
-                  max_images: int = 512) -> tuple[CanonicalViT, ScaleTable]:
-    """PTQ: a fake-quant copy of ``twin`` calibrated on ``data`` (an ImageSet) and its scale table.
+                  max_images: int = 512, progress: Progress = QUIET) -> tuple[CanonicalViT, ScaleTable]:
+    """PTQ: a fake-quant copy of ``twin`` calibrated on the first ``max_images`` images of ``data`` (a Dataset)
+    and its scale table; ``progress`` shows a bar over the calibration batches.
 
     ``twin`` itself is not changed. INT4 weight-only needs no data.
     """
@@ -164,10 +191,12 @@ def quantize_twin(twin: CanonicalViT, precision: str, data=None, *, method: str 
         raise VitrtError(f"{precision} calibration needs data: pass --calib-data digits|synthetic|PATH")
     model = copy.deepcopy(twin).eval()
     fake_quantize(model, precision, method, quantize_attention)
-    _calibrate(model, calibration_batches(data, max_images=max_images), method, percentile)
+    images = min(len(data), max_images)
+    _calibrate(model, calibration_batches(data, max_images=max_images), method, percentile,
+               total_batches=-(-images // CALIB_BATCH), progress=progress)
     source = f"calibration:{method}" + (f"@{percentile}" if method == "percentile" else "")
     return model, table_from_twin(model, precision, quantize_attention=quantize_attention, source=source,
-                                  meta={"calib_images": min(len(data), max_images)})
+                                  meta={"calib_images": images})
 
 
 def _quantizer_table_name(module_name: str) -> str | None:

@@ -26,7 +26,7 @@ from onnx import numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from vitrt.compiler.errors import VitrtError
-from vitrt.compiler.graph import GraphView
+from vitrt.compiler.graph import GraphView, quiet_graphsurgeon
 from vitrt.compiler.pass_manager import CANONICAL, Pass, PassContext, PassResult
 from vitrt.compiler.weights import write_state
 from vitrt.transforms.quant.lint import lint_qdq
@@ -70,7 +70,8 @@ def _stored_constant(name: str, array: np.ndarray) -> gs.Constant:
     """int8 as a plain constant; fp8 / int4 through an ONNX TensorProto (graphsurgeon cannot pack int4)."""
     if array.dtype == np.int8:
         return gs.Constant(name, np.ascontiguousarray(array))
-    return gs.Constant(name, LazyValues(numpy_helper.from_array(np.ascontiguousarray(array), name)))
+    with quiet_graphsurgeon():  # it warns that float8 has no numpy type (the ONNX type is kept, as wanted)
+        return gs.Constant(name, LazyValues(numpy_helper.from_array(np.ascontiguousarray(array), name)))
 
 
 def _zero_point(name: str, dtype: str, shape) -> gs.Constant:

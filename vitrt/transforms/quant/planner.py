@@ -33,7 +33,7 @@ def plan(twin, ctx: PlanContext, options: QuantConfig) -> QuantPlan:
         data = None if precision == "int4w" else ctx.data(source, limit=options.calib_images)
         with ctx.progress.step(f"calibrating {precision} ({options.calib_method}) on {source}"):
             qtwin, table = quantize_twin(twin, precision, data, method=options.calib_method, quantize_attention=att,
-                                         max_images=options.calib_images)
+                                         max_images=options.calib_images, progress=ctx.progress)
         if data is not None:
             table.meta["calib_data"] = source
     info["calibration_s"] = round(time.perf_counter() - start, 2)
