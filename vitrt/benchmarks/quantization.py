@@ -105,7 +105,7 @@ def run_speed(config: SpeedConfig) -> dict:
     print(f"{config.model}, batch {config.batch}, {result['device']}; {config.rounds} interleaved rounds of "
           f"{config.iters} inferences each")
     for name, ms in median.items():
-        speedup = 1.0 if name == "fp32" else ratio(per_round, "fp32", name)
+        speedup = 1.0 if name == "fp32" else timed.speedup("fp32", name)
         print(f"  {name:<26} {ms:9.1f} ms   {speedup:5.2f}x vs fp32")
     print(f"  vitrt int8 speed / ORT quantize_static int8 speed: {result['vitrt_int8_speed_vs_ort_static']:.2f}")
     if config.json_out:
