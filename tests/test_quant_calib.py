@@ -348,11 +348,11 @@ def test_int4w_with_an_fp32_latency_table_is_refused_before_any_work(tmp_path):
     """Defect 8: ``--precision int4w --bench --lut`` was predicted from the table's fp32 entries. The table key is
     the real precision now: a table without int4w entries refuses in one line before the model is even loaded."""
     import vitrt
-    from vitrt.benchmarks.lut_build import TimingOptions, build_table
+    from vitrt.benchmarks.lut_build import build_table
+    from vitrt.compiler.timing import Timing
 
     lut = tmp_path / "tiny.json"
-    build_table(lut, backend="ort", grid="tiny", batch=1, timing=TimingOptions(warmup=1, iterations=2,
-                                                                             min_seconds=0.005))
+    build_table(lut, backend="ort", grid="tiny", batch=1, timing=Timing(warmup=1, iterations=2, min_seconds=0.005))
     log = io.StringIO()
     with pytest.raises(VitrtError, match="no 'int4w/dense' entries") as info:
         vitrt.compile("deit_tiny_patch16_224", tmp_path / "out", precision="int4w", bench=True, lut=lut,
