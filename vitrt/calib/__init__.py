@@ -1,2 +1,2 @@
-"""Data-driven work on the torch twin: datasets (digits, ImageFolder, synthetic), the digits reference model,
-evaluation, and (in later stages) importance, calibration and fine-tuning."""
+"""Data and training shared by every planner: data sets (digits, synthetic, streamed ImageFolder), the shipped
+digits reference model, the loss terms, the one trainer and evaluation. Imports only the compiler layer."""
