@@ -9,7 +9,7 @@ from vitrt._version import __version__
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.spec import BlockSpec, ViTSpec
 
-__all__ = ["__version__", "BlockSpec", "ViTSpec", "VitrtError", "compile"]
+__all__ = ["__version__", "BlockSpec", "ViTSpec", "VitrtError", "compile", "synth"]
 
 
 def compile(*args, **kwargs):
@@ -17,3 +17,10 @@ def compile(*args, **kwargs):
     from vitrt.pipeline.driver import compile as _compile
 
     return _compile(*args, **kwargs)
+
+
+def synth(*args, **kwargs):
+    """See :func:`vitrt.calib.synthesis.synth` (``vitrt synth``: a synthetic metric set by model inversion)."""
+    from vitrt.calib.synthesis import synth as _synth
+
+    return _synth(*args, **kwargs)
