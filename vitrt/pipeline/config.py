@@ -30,6 +30,11 @@ class CheckConfig:
     lut: Path | None = option(None, "latency table (vitrt lut build): add its prediction as latency.predicted_ms "
                               "(needs --bench); also steers --prune", type=Path, metavar="LUT")
     refine_lut: bool = option(False, "after a successful compile, fold the measured per-block latency into --lut")
+    metric_set: str | None = option(None, "data-free accuracy estimate: the artifact's metric loss on this set "
+                                    "(synth:SET from vitrt synth) in the manifest's accuracy section", metavar="DATA")
+    eval_data: str | None = option(None, "real accuracy: the artifact's top-1 on this labelled data's test split "
+                                   "(digits or an ImageFolder PATH) in the manifest's accuracy section",
+                                   metavar="DATA")
 
     def validate(self) -> "CheckConfig":
         if self.bench_iters < 1 or self.bench_warmup < 0:
