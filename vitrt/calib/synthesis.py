@@ -408,25 +408,20 @@ def model_for_synthesis(model, *, checkpoint=None, pretrained: bool = False, img
 
 
 def synth(model, out: str | Path, config: SynthesisConfig | None = None, *, checkpoint=None, pretrained: bool = False,
-          img_size: int | None = None, feature_stats: str | None = None, force: bool = False, progress=None,
-          **options) -> dict:
+          img_size: int | None = None, feature_reference: torch.Tensor | None = None, force: bool = False,
+          progress=None, **options) -> dict:
     """``vitrt synth`` from Python: ``synth("digits-reference", "SET", images=64, iterations=300)``.
 
     ``model``: a timm model name, ``digits-reference`` or a timm ViT module; ``options``: SynthesisConfig fields;
-    ``feature_stats``: a data source whose per-block statistics the feature term matches (up to 256 images).
-    Returns the set's metadata."""
+    ``feature_reference``: images whose per-block statistics the feature term matches. Returns the set's metadata.
+    """
     from dataclasses import replace
-
-    from vitrt.calib.data import load_data
 
     config = replace(config or SynthesisConfig(), **options).validate()
     twin, mean, std, name = model_for_synthesis(model, checkpoint=checkpoint, pretrained=pretrained,
                                                 img_size=img_size)
-    reference = None
-    if feature_stats is not None:
-        reference = next(load_data(feature_stats, twin.spec.img, limit=256, seed=config.seed).batches(256))[0]
-    return synthesize(twin, out, config, mean=mean, std=std, model=name, feature_reference=reference, force=force,
-                      progress=progress)
+    return synthesize(twin, out, config, mean=mean, std=std, model=name, feature_reference=feature_reference,
+                      force=force, progress=progress)
 
 
 # --- using a set ---------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from pathlib import Path
 from vitrt.calib.synthesis import DIGITS_REFERENCE, SynthesisConfig
 from vitrt.compiler.options import add_command, option, section
 
+FEATURE_IMAGES = 256  # reference images of --feature-stats
+
 
 @dataclass(frozen=True)
 class SynthCommandConfig:
@@ -31,19 +33,26 @@ class SynthCommandConfig:
 
 
 def run(config: SynthCommandConfig) -> int:
-    from vitrt.calib.synthesis import synth
+    from vitrt.calib.data import in_memory, load_data
+    from vitrt.calib.synthesis import model_for_synthesis, synthesize
     from vitrt.compiler.errors import VitrtError
     from vitrt.compiler.progress import progress_for
 
     if config.out is None:
         raise VitrtError("no output directory: pass -o SET")
-    meta = synth(config.model, config.out, config.synthesis, checkpoint=config.checkpoint,
-                 pretrained=config.pretrained, img_size=config.img_size, feature_stats=config.feature_stats,
-                 force=config.force, progress=progress_for(config))
+    synthesis = config.synthesis.validate()
+    twin, mean, std, name = model_for_synthesis(config.model, checkpoint=config.checkpoint,
+                                                pretrained=config.pretrained, img_size=config.img_size)
+    reference = None
+    if config.feature_stats is not None:
+        reference = in_memory(load_data(config.feature_stats, twin.spec.img, limit=FEATURE_IMAGES, seed=synthesis.seed),
+                              "--feature-stats data").images
+    meta = synthesize(twin, config.out, synthesis, mean=mean, std=std, model=name, feature_reference=reference,
+                      force=config.force, progress=progress_for(config))
     per_iteration = [b["seconds_per_iteration"] for b in meta["batches"].values()]
     print(f"{config.out}: {len(meta['labels'])} images, {meta['seconds']:.1f} s of inversion "
           f"({sum(per_iteration) / len(per_iteration):.3f} s per iteration of a batch of "
-          f"<= {config.synthesis.batch_size}); the model's metric loss {meta['model_metric']['loss']:.4f}; "
+          f"<= {synthesis.batch_size}); the model's metric loss {meta['model_metric']['loss']:.4f}; "
           f"use it as synth:{config.out}")
     return 0
 
