@@ -1,0 +1,158 @@
+"""Does the synthetic metric set rank compressed models like real data does? And data-free INT8 calibration.
+
+    python -m vitrt.benchmarks.dcvit_ranking --metric-set SET --dcvit-plans DIR -o benchmarks/results/dcvit_ranking
+
+Every variant of the shipped digits reference is compiled through ``vitrt.compile`` (ONNX Runtime, ``--verify``)
+with ``--metric-set synth:SET --eval-data digits``: the manifest's ``accuracy`` section then holds the compiled
+artifact's metric loss on the synthetic set (the data-free estimate) and its top-1 on the 450 test digits.
+Variants: NViT pruning to latency fractions (``--prune``, with ``--lut``), ToMe schedules (``--tome``), INT8
+PTQ calibrated on real digits and on the synthetic set (both ``--calib-images``), weight-only INT4, and DC-ViT /
+whole-block plans (``--dcvit-plans``: the plans ``dcvit_sweep --keep DIR`` left). Reported: Spearman's ρ between
+the metric loss (lower = better) and the real top-1, over all variants; and the top-1 of the two INT8 rows.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.options import module_main, option
+
+DEFAULT_LUT = Path("benchmarks/results/lut_ort_digits_b8_wall_t1.json")
+
+
+@dataclass(frozen=True)
+class DcvitRankingConfig:
+    metric_set: Path | None = option(None, "synthetic metric set of the digits reference; required", type=Path,
+                                     metavar="SET")
+    dcvit_plans: Path | None = option(None, "directory with DC-ViT / whole-block plans (*.plan.json, from "
+                                      "dcvit_sweep --keep)", type=Path, metavar="DIR")
+    plans: str = option("dcvit_0.9,dcvit_0.8,dcvit_0.7,dcvit_0.6,dcvit_0.5,whole_blocks_0.7,dcvit_no_finetune_0.7",
+                        "which plans of --dcvit-plans to include", metavar="NAMES")
+    prune: str = option("0.9,0.7,0.5", "NViT latency fractions (--prune, Hessian importance on digits, no "
+                        "fine-tuning)", metavar="F1,F2,..")
+    lut: Path = option(DEFAULT_LUT, "latency table for --prune (its batch is the compile batch)", type=Path,
+                       metavar="LUT")
+    tome: str = option("2,4,8", "ToMe r values (--tome R --dfe-skip 0)", metavar="R1,R2,..")
+    calib_images: int = option(256, "calibration images of both INT8 rows", type=int, metavar="N")
+    batch: int = option(8, "compile batch (the LUT's)", type=int, metavar="N")
+    threads: int = option(1, "ONNX Runtime and torch threads", type=int, metavar="N")
+    out: Path | None = option(None, "write OUT.md, OUT.json and OUT.png", flag="-o/--out", type=Path, metavar="OUT")
+    quiet: bool = option(False, "no progress output")
+
+    def validate(self) -> "DcvitRankingConfig":
+        if self.metric_set is None:
+            raise VitrtError("pass --metric-set SET (make it with: vitrt synth digits-reference -o SET)")
+        return self
+
+
+def variants(config: DcvitRankingConfig) -> list[tuple[str, dict]]:
+    """(name, compile options) of every variant."""
+    split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
+    out = [("dense fp32", {})]
+    out += [(f"NViT prune {f}", {"prune": float(f), "lut": config.lut, "data": "digits"}) for f in split(config.prune)]
+    out += [(f"ToMe r={r}", {"tome": r, "dfe_skip": 0}) for r in split(config.tome)]
+    out += [("int8 PTQ (digits calibration)", {"precision": "int8", "calib_data": "digits",
+                                              "calib_images": config.calib_images}),
+            ("int8 PTQ (synthetic calibration)", {"precision": "int8", "calib_data": f"synth:{config.metric_set}",
+                                                 "calib_images": config.calib_images}),
+            ("int4w", {"precision": "int4w"})]
+    if config.dcvit_plans is not None:
+        for name in split(config.plans):
+            path = Path(config.dcvit_plans) / f"{name}.plan.json"
+            if not path.is_file():
+                raise VitrtError(f"no plan '{path}': run dcvit_sweep --keep {config.dcvit_plans} first, or change --plans")
+            out.append((name.replace("_", " "), {"prune_plan": path}))
+    return out
+
+
+def run(config: DcvitRankingConfig) -> dict:
+    import torch
+    from scipy.stats import spearmanr
+
+    from vitrt.calib.reference import load_reference
+    from vitrt.compiler.progress import progress_for
+    from vitrt.pipeline.driver import compile
+
+    config.validate()
+    progress = progress_for(config)
+    torch.set_num_threads(config.threads)
+    model, _ = load_reference()
+    rows, start = [], time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vitrt-dcvit-ranking-") as tmp:
+        for n, (name, options) in enumerate(variants(config)):
+            with progress.step(f"{name}: compile, verify, measure"):
+                result = compile(model, Path(tmp) / f"v{n}", name=f"digits-reference {name}", quiet=True,
+                                 verify=True, batch=config.batch, threads=config.threads,
+                                 metric_set=f"synth:{config.metric_set}", eval_data="digits", **options)
+            m = result.manifest
+            rows.append({"name": name, "options": {k: str(v) for k, v in options.items()},
+                         "top1": m["accuracy"]["real"]["top1_compiled"],
+                         "metric_loss": m["accuracy"]["metric"]["compiled"]["loss"],
+                         "metric_top1": m["accuracy"]["metric"]["compiled"]["top1"],
+                         "macs_fraction": m["flops"]["after"] / m["flops"]["before"],
+                         "verify_max_abs_err": m["verify"]["max_abs_err"], "verify_tolerance": m["verify"]["tolerance"]})
+            progress.log(f"{name}: top-1 {rows[-1]['top1'] * 100:.2f} %, metric loss {rows[-1]['metric_loss']:.4f}")
+    top1 = [r["top1"] for r in rows]
+    rho_loss = spearmanr([-r["metric_loss"] for r in rows], top1).statistic
+    rho_top1 = spearmanr([r["metric_top1"] for r in rows], top1).statistic
+    by_name = {r["name"]: r for r in rows}
+    real, synthetic = by_name["int8 PTQ (digits calibration)"], by_name["int8 PTQ (synthetic calibration)"]
+    return {"rows": rows, "variants": len(rows), "spearman_metric_loss_vs_top1": float(rho_loss),
+            "spearman_metric_top1_vs_top1": float(rho_top1), "dense_top1": by_name["dense fp32"]["top1"],
+            "int8": {"calib_images": config.calib_images, "top1_real_calibration": real["top1"],
+                     "top1_synthetic_calibration": synthetic["top1"],
+                     "extra_loss_points": round((real["top1"] - synthetic["top1"]) * 100, 3)},
+            "metric_set": str(config.metric_set), "seconds": round(time.perf_counter() - start, 1)}
+
+
+def format_table(result: dict) -> str:
+    dense = result["dense_top1"]
+    lines = ["| variant | MACs | top-1 (450 test digits) | Δ points | metric loss (synthetic set) | synthetic top-1 | "
+             "verify max err |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(result["rows"], key=lambda r: -r["top1"]):
+        lines.append(f"| {r['name']} | {r['macs_fraction']:.3f} | {r['top1'] * 100:.2f} % | "
+                     f"{(r['top1'] - dense) * 100:+.2f} | {r['metric_loss']:.4f} | {r['metric_top1'] * 100:.1f} % | "
+                     f"{r['verify_max_abs_err']:.1e} |")
+    i8 = result["int8"]
+    lines += ["", f"Spearman ρ (−metric loss vs real top-1) over {result['variants']} variants: "
+              f"**{result['spearman_metric_loss_vs_top1']:.3f}** (synthetic top-1 vs real top-1: "
+              f"{result['spearman_metric_top1_vs_top1']:.3f}).",
+              f"Data-free INT8 ({i8['calib_images']} calibration images): real digits {i8['top1_real_calibration'] * 100:.2f} %, "
+              f"synthetic set {i8['top1_synthetic_calibration'] * 100:.2f} % — the synthetic calibration loses "
+              f"**{i8['extra_loss_points']:+.2f}** points more."]
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    from vitrt.benchmarks.dcvit_record import axes
+
+    with axes(path, "metric loss on the synthetic set (data-free)", "top-1 on the 450 test digits (%)",
+              f"Spearman ρ = {result['spearman_metric_loss_vs_top1']:.3f} over {result['variants']} variants") as ax:
+        for r in result["rows"]:
+            ax.plot(r["metric_loss"], r["top1"] * 100, "o")
+            ax.annotate(r["name"], (r["metric_loss"], r["top1"] * 100), fontsize=6, xytext=(3, 2),
+                        textcoords="offset points")
+        ax.set_xscale("symlog", linthresh=0.01)
+
+
+def benchmark(config: DcvitRankingConfig) -> int:
+    from vitrt.benchmarks.dcvit_record import record
+
+    result = run(config)
+    print(format_table(result))
+    if config.out is not None:
+        record(config.out, "vitrt.benchmarks.dcvit_ranking", "The synthetic metric set against real accuracy (digits reference), and data-free "
+               "INT8", result, format_table(result), plot, f"{result['seconds']} s in all.")
+    return 0
+
+
+def main(argv=None) -> int:
+    return module_main(DcvitRankingConfig, benchmark, argv, description=__doc__.splitlines()[0])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
