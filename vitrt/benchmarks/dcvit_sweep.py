@@ -11,8 +11,10 @@
    fine-tuning (:func:`vitrt.transforms.prune.dcvit.compress`), the plan saved and compiled with
    ``vitrt.compile(prune_plan=..., verify=True)`` (ONNX Runtime, verified against the pruned twin), and the
    compiled artifact's top-1 on the 450 test digits and metric loss on SET (``--eval-data`` / ``--metric-set``).
-4. At ``--baseline`` (0.7): the same machinery removing whole blocks (own recoverability ranking, same
-   fine-tuning), and both methods without fine-tuning.
+4. At ``--baseline`` (0.7), over ``--seeds`` disjoint few-shot subsets (seed k: training images k·N..(k+1)·N, and
+   seed k for the fine-tuning): DC-ViT at the preferred MLP fraction, DC-ViT with the official code's
+   fewest-blocks rule (``--dcvit-mlp 0``), and the same machinery removing whole blocks (its own recoverability
+   ranking, the same fine-tuning) — each with and without fine-tuning; mean and spread over the seeds.
 
 Writes OUT.md / OUT.json (with the command) and OUT.png (top-1 against the fraction of the MACs); ``--keep DIR``
 keeps every compiled OUT and plan (the ranking benchmark reads the plans from there).
@@ -34,18 +36,18 @@ from vitrt.compiler.options import module_main, option
 class DcvitSweepConfig:
     metric_set: Path | None = option(None, "synthetic metric set of the digits reference (vitrt synth "
                                      "digits-reference -o SET); required", type=Path, metavar="SET")
-    targets: str = option("0.95,0.9,0.85,0.8,0.75,0.7,0.65,0.6,0.55,0.5", "fractions of the MACs to compress to",
-                          metavar="F1,F2,..")
+    targets: str = option("0.95,0.9,0.85,0.8,0.75,0.7,0.65,0.6,0.55,0.51", "fractions of the MACs the sweep "
+                          "compresses to (empty: no sweep)", metavar="F1,F2,..")
     few_shot: int = option(100, "unlabelled digits training images for importance and fine-tuning", type=int,
                            metavar="N")
     epochs: int = option(50, "fine-tuning epochs after each compressed block", type=int, metavar="N")
     score_epochs: int = option(10, "fine-tuning epochs before a candidate block is scored", type=int, metavar="N")
     mlp: float = option(0.5, "preferred MLP fraction of a compressed block", type=float, metavar="R")
-    baseline: float | None = option(0.7, "MACs fraction of the whole-block and no-fine-tuning rows (none: skip)",
+    baseline: float | None = option(None, "compare DC-ViT with removing whole blocks at this MACs fraction",
                                     type=float, metavar="F")
+    seeds: int = option(1, "few-shot subsets / fine-tuning seeds of the comparison", type=int, metavar="N")
     batch: int = option(50, "compile batch", type=int, metavar="N")
     threads: int = option(1, "torch and ONNX Runtime threads (1: steady on a shared machine)", type=int, metavar="N")
-    seed: int = option(0, "seed of the fine-tuning", type=int, metavar="N")
     keep: Path | None = option(None, "keep every plan and compiled OUT under this directory", type=Path, metavar="DIR")
     out: Path | None = option(None, "write OUT.md, OUT.json and OUT.png", flag="-o/--out", type=Path, metavar="OUT")
     quiet: bool = option(False, "no progress output")
@@ -53,9 +55,12 @@ class DcvitSweepConfig:
     def validate(self) -> "DcvitSweepConfig":
         if self.metric_set is None:
             raise VitrtError("pass --metric-set SET (make it with: vitrt synth digits-reference -o SET)")
-        fractions = self.fractions
+        fractions = self.fractions + ([self.baseline] if self.baseline is not None else [])
         if not fractions or any(not 0 < f < 1 for f in fractions):
-            raise VitrtError(f"--targets must be fractions in (0, 1), got '{self.targets}'")
+            raise VitrtError(f"--targets / --baseline must be fractions in (0, 1), got '{self.targets}' / "
+                             f"{self.baseline}")
+        if self.seeds < 1:
+            raise VitrtError("--seeds must be >= 1")
         return self
 
     @property
@@ -87,6 +92,19 @@ def compile_plan(model, plan, name: str, workdir: Path, config: DcvitSweepConfig
             "block_mlp": [b["mlp"] for b in m["spec_after"]["blocks"]]}
 
 
+def jobs(config: DcvitSweepConfig, settings) -> list[tuple[str, float, object, int]]:
+    """(method, MACs fraction, settings, seed) of every compression the command runs."""
+    out = [("dcvit", f, settings, 0) for f in config.fractions]
+    if config.baseline is not None:
+        fewest = replace(settings, mlp=0.0)
+        whole = replace(settings, whole_blocks=True)
+        for seed in range(config.seeds):
+            for method, variant in (("dcvit", settings), ("dcvit_fewest_blocks", fewest), ("whole_blocks", whole)):
+                out.append((method, config.baseline, variant, seed))
+                out.append((f"{method}_no_finetune", config.baseline, replace(variant, epochs=0), seed))
+    return list(dict.fromkeys(out))  # the sweep's row at the baseline fraction is not run twice
+
+
 def run(config: DcvitSweepConfig) -> dict:
     import torch
 
@@ -104,55 +122,71 @@ def run(config: DcvitSweepConfig) -> dict:
     twin = canonicalize(model)
     teacher = copy.deepcopy(twin).requires_grad_(False)
     train, _ = digits_split(info["recipe"]["img_size"])
-    few_shot = ImageSet(train.images[: config.few_shot], None)
     metric = load_metric_set(config.metric_set, twin.spec.img)
-    settings = dcvit.Settings(macs=config.fractions[0], mlp=config.mlp, epochs=config.epochs,
-                              score_epochs=config.score_epochs, seed=config.seed)
+    settings = dcvit.Settings(macs=0.5, mlp=config.mlp, epochs=config.epochs, score_epochs=config.score_epochs)
     start = time.perf_counter()
     rows, rankings = [], {}
     with tempfile.TemporaryDirectory(prefix="vitrt-dcvit-sweep-") as tmp:
         workdir = Path(config.keep or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        with progress.step("recoverability of every block (DC-ViT)"):
-            rankings["dcvit"] = dcvit.recoverability(twin, teacher, few_shot, metric, settings, progress)
-        order = [r["block"] for r in rankings["dcvit"]]
-        jobs = [("dcvit", f, settings, order) for f in config.fractions]
-        if config.baseline is not None:
-            whole = replace(settings, macs=config.baseline, whole_blocks=True)
-            with progress.step("recoverability of every block (whole-block baseline)"):
-                rankings["whole_blocks"] = dcvit.recoverability(twin, teacher, few_shot, metric, whole, progress)
-            whole_order = [r["block"] for r in rankings["whole_blocks"]]
-            jobs += [("whole_blocks", config.baseline, whole, whole_order),
-                     ("dcvit_no_finetune", config.baseline, replace(settings, epochs=0), order),
-                     ("whole_blocks_no_finetune", config.baseline, replace(whole, epochs=0), whole_order)]
-        for method, fraction, job_settings, job_order in jobs:
-            name = f"{method}_{fraction:g}"
+        for method, fraction, job_settings, seed in jobs(config, settings):
+            few_shot = ImageSet(train.images[seed * config.few_shot:(seed + 1) * config.few_shot], None)
+            job_settings = replace(job_settings, macs=fraction, seed=seed)
+            kind = f"mlp{dcvit.candidate_width(twin.spec, job_settings)}"  # one ranking per candidate width
+            if (kind, seed) not in rankings:
+                with progress.step(f"recoverability of every block (candidates keep {kind}, seed {seed})"):
+                    rankings[kind, seed] = dcvit.recoverability(twin, teacher, few_shot, metric, job_settings,
+                                                                progress)
+            name = f"{method}_{fraction:g}" + (f"_seed{seed}" if seed else "")
             t0 = time.perf_counter()
             with progress.step(f"{name}: compress and fine-tune"):
-                plan, record = dcvit.compress(twin, teacher, few_shot, metric, replace(job_settings, macs=fraction),
-                                              job_order, progress)
+                plan, record = dcvit.compress(twin, teacher, few_shot, metric, job_settings,
+                                              [r["block"] for r in rankings[kind, seed]], progress)
             with progress.step(f"{name}: compile, verify, measure"):
                 row = compile_plan(model, plan, name, workdir, config)
-            row.update({"method": method, "target": fraction, "blocks": record["blocks"], "mlp": record["mlp"],
-                        "epochs": job_settings.epochs, "seconds": round(time.perf_counter() - t0, 1)})
+            row.update({"method": method, "target": fraction, "seed": seed, "blocks": record["blocks"],
+                        "mlp": record["mlp"], "epochs": job_settings.epochs,
+                        "seconds": round(time.perf_counter() - t0, 1)})
             rows.append(row)
             progress.log(f"{name}: MACs {row['macs_fraction']:.3f}, top-1 {row['top1'] * 100:.2f} %, metric loss "
                          f"{row['metric_loss']:.4f}, verify {row['verify_max_abs_err']:.1e}")
-    return {"rows": rows, "rankings": rankings, "few_shot": config.few_shot, "metric_set": str(config.metric_set),
-            "metric_images": len(metric), "epochs": config.epochs, "score_epochs": config.score_epochs,
-            "preferred_mlp": config.mlp, "dense_top1": rows[0]["dense_top1"], "test_images": 450,
-            "seconds": round(time.perf_counter() - start, 1)}
+    return {"rows": rows, "rankings": {f"{k}_seed{s}": v for (k, s), v in rankings.items()},
+            "comparison": comparison(rows, config.baseline), "few_shot": config.few_shot,
+            "metric_set": str(config.metric_set), "metric_images": len(metric), "epochs": config.epochs,
+            "score_epochs": config.score_epochs, "preferred_mlp": config.mlp, "dense_top1": rows[0]["dense_top1"],
+            "test_images": 450, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def comparison(rows: list[dict], baseline: float | None) -> list[dict]:
+    """Per method at the baseline fraction: top-1 per seed, mean and standard deviation, MACs."""
+    import numpy as np
+
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows if baseline is not None and r["target"] == baseline):
+        picked = [r for r in rows if r["method"] == method and r["target"] == baseline]
+        top1 = [r["top1"] for r in picked]
+        out.append({"method": method, "macs_fraction": picked[0]["macs_fraction"], "seeds": len(picked),
+                    "top1": top1, "top1_mean": float(np.mean(top1)), "top1_std": float(np.std(top1)),
+                    "metric_loss_mean": float(np.mean([r["metric_loss"] for r in picked]))})
+    return out
 
 
 def format_table(result: dict) -> str:
     dense = result["dense_top1"]
-    lines = ["| method | target | MACs | params | compressed blocks (MLP kept) | top-1 | Δ points | metric loss | "
-             "verify max err |", "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    lines = ["| method | target | seed | MACs | params | compressed blocks (MLP kept) | top-1 | Δ points | metric loss | "
+             "verify max err |", "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in result["rows"]:
         blocks = ", ".join(f"{b}({m})" for b, m in zip(r["blocks"], r["mlp"]))
-        lines.append(f"| {r['method']} | {r['target']:g} | {r['macs_fraction']:.3f} | {r['params_fraction']:.3f} | "
-                     f"{blocks} | {r['top1'] * 100:.2f} % | {(r['top1'] - dense) * 100:+.2f} | {r['metric_loss']:.4f} "
-                     f"| {r['verify_max_abs_err']:.1e} |")
+        lines.append(f"| {r['method']} | {r['target']:g} | {r['seed']} | {r['macs_fraction']:.3f} | "
+                     f"{r['params_fraction']:.3f} | {blocks} | {r['top1'] * 100:.2f} % | {(r['top1'] - dense) * 100:+.2f} "
+                     f"| {r['metric_loss']:.4f} | {r['verify_max_abs_err']:.1e} |")
+    if result["comparison"]:
+        lines += ["", "| method (at the baseline MACs) | MACs | seeds | top-1 per seed | mean | Δ points (mean) | std |",
+                  "|---|---:|---:|---|---:|---:|---:|"]
+        for c in result["comparison"]:
+            per_seed = ", ".join(f"{t * 100:.2f}" for t in c["top1"])
+            lines.append(f"| {c['method']} | {c['macs_fraction']:.3f} | {c['seeds']} | {per_seed} | "
+                         f"{c['top1_mean'] * 100:.2f} % | {(c['top1_mean'] - dense) * 100:+.2f} | {c['top1_std'] * 100:.2f} |")
     return "\n".join(lines)
 
 
@@ -160,13 +194,16 @@ def plot(result: dict, path: Path) -> None:
     from vitrt.benchmarks.dcvit_record import axes
 
     styles = {"dcvit": ("o-", "DC-ViT (attention removed, MLP reused)"),
+              "dcvit_fewest_blocks": ("^", "DC-ViT, fewest blocks (official code's rule)"),
               "whole_blocks": ("s", "whole blocks removed"),
               "dcvit_no_finetune": ("o", "DC-ViT, no fine-tuning"),
+              "dcvit_fewest_blocks_no_finetune": ("^", "DC-ViT fewest blocks, no fine-tuning"),
               "whole_blocks_no_finetune": ("s", "whole blocks, no fine-tuning")}
     with axes(path, "fraction of the dense model's MACs", "top-1 on the 450 test digits (%)",
               f"digits reference, {result['few_shot']} unlabelled images, compiled (ORT), verified") as ax:
         for method, (style, label) in styles.items():
-            rows = sorted((r for r in result["rows"] if r["method"] == method), key=lambda r: r["macs_fraction"])
+            rows = sorted((r for r in result["rows"] if r["method"] == method and r["seed"] == 0),
+                          key=lambda r: r["macs_fraction"])
             if rows:
                 ax.plot([r["macs_fraction"] for r in rows], [r["top1"] * 100 for r in rows], style, label=label,
                         fillstyle="none" if "no_finetune" in method else "full")

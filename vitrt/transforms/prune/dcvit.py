@@ -192,12 +192,19 @@ def metric_labels(metric: ImageSet, teacher) -> ImageSet:
         return ImageSet(metric.images, teacher(metric.images).argmax(1))
 
 
+def candidate_width(spec, settings: Settings) -> int:
+    """The MLP width a candidate block keeps while its recoverability is measured: the preferred fraction
+    (aligned), 0 for whole blocks. It does not depend on the target, so one ranking serves every size."""
+    if settings.whole_blocks:
+        return 0
+    return round(settings.mlp * _uniform_block(spec).mlp / CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
+
+
 def recoverability(twin, teacher, few_shot: ImageSet, metric: ImageSet, settings: Settings,
                    progress=QUIET) -> list[dict]:
-    """(c): per block, the metric loss after compressing it alone (preferred MLP fraction, or whole) from the
-    dense model and fine-tuning briefly; sorted, most recoverable (lowest loss) first."""
-    block = _uniform_block(twin.spec)
-    width = 0 if settings.whole_blocks else round(settings.mlp * block.mlp / CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
+    """(c): per block, the metric loss after compressing it alone (to :func:`candidate_width`) from the dense
+    model and fine-tuning briefly; sorted, most recoverable (lowest loss) first."""
+    width = candidate_width(twin.spec, settings)
     scores = mlp_scores(twin, few_shot, teacher, settings.importance, settings.seed) if width else None
     base = PruningPlan.keep_all(twin.spec)
     out = []
