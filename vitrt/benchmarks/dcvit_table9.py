@@ -62,10 +62,9 @@ def time_model(name: str, config: Table9Config) -> dict:
 
 
 def run(config: Table9Config) -> dict:
-    import platform
-
     import torch
 
+    from vitrt.compiler.backends.ort import cpu_name
     from vitrt.compiler.progress import progress_for
 
     progress = progress_for(config)
@@ -82,7 +81,7 @@ def run(config: Table9Config) -> dict:
     finally:
         torch.set_num_threads(threads)
     return {"rows": rows, "clock": config.clock, "torch_threads": 1 if config.clock == "cpu" else threads,
-            "device": f"CPU: {platform.processor() or platform.machine()}", "iterations": config.iterations,
+            "device": cpu_name(), "iterations": config.iterations,
             "warmup": config.warmup, "seconds": round(time.perf_counter() - start, 1)}
 
 
