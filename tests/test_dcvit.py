@@ -165,3 +165,28 @@ def test_compile_dcvit_verified_against_the_pruned_twin(tmp_path, metric_dir):
     second = run_onnx(onnx.load(tmp_path / "again" / "model.onnx"), images, 2)
     assert abs(first - second).max() <= 1e-6
     assert abs(run_torch(result.twin, images) - first).max() <= FP32_TOLERANCE
+
+
+def test_benchmark_configs(tmp_path):
+    """The sweep and ranking benchmarks: what they would run, and their one-line refusals (nothing trains)."""
+    from vitrt.benchmarks.dcvit_ranking import DcvitRankingConfig, variants
+    from vitrt.benchmarks.dcvit_sweep import DcvitSweepConfig, jobs
+
+    with pytest.raises(VitrtError, match="--metric-set SET"):
+        DcvitSweepConfig().validate()
+    with pytest.raises(VitrtError, match="fractions in"):
+        DcvitSweepConfig(metric_set=tmp_path, targets="0.7,1.2").validate()
+    config = DcvitSweepConfig(metric_set=tmp_path, targets="0.9,0.7", baseline=0.7, seeds=2).validate()
+    planned = jobs(config, dcvit.Settings(macs=0.5))
+    assert len(planned) == 2 + 6 * 2 - 1  # the sweep's 0.7 row (seed 0) is also the comparison's
+    assert {(m, s) for m, f, _, s in planned if f == 0.7} == {
+        (m, s) for m in ("dcvit", "dcvit_no_finetune", "dcvit_fewest_blocks", "dcvit_fewest_blocks_no_finetune",
+                         "whole_blocks", "whole_blocks_no_finetune") for s in (0, 1)}
+    names = [name for name, _ in variants(DcvitRankingConfig(metric_set=tmp_path))]
+    assert len(names) == 10 and "int8 PTQ (synthetic calibration)" in names and "ToMe r=8" in names
+    (tmp_path / "dcvit_0.7.plan.json").write_text("{}")
+    picked = variants(DcvitRankingConfig(metric_set=tmp_path, dcvit_plans=f"{tmp_path / 'none'},{tmp_path}",
+                                         plans="dcvit_0.7"))
+    assert picked[-1] == ("dcvit 0.7", {"prune_plan": tmp_path / "dcvit_0.7.plan.json"})
+    with pytest.raises(VitrtError, match="no whole_blocks_0.7.plan.json"):
+        variants(DcvitRankingConfig(metric_set=tmp_path, dcvit_plans=str(tmp_path), plans="whole_blocks_0.7"))

@@ -28,10 +28,11 @@ DEFAULT_LUT = Path("benchmarks/results/lut_ort_digits_b8_wall_t1.json")
 class DcvitRankingConfig:
     metric_set: Path | None = option(None, "synthetic metric set of the digits reference; required", type=Path,
                                      metavar="SET")
-    dcvit_plans: Path | None = option(None, "directory with DC-ViT / whole-block plans (*.plan.json, from "
-                                      "dcvit_sweep --keep)", type=Path, metavar="DIR")
-    plans: str = option("dcvit_0.9,dcvit_0.8,dcvit_0.7,dcvit_0.6,dcvit_0.5,whole_blocks_0.7,dcvit_no_finetune_0.7",
-                        "which plans of --dcvit-plans to include", metavar="NAMES")
+    dcvit_plans: str | None = option(None, "directories with DC-ViT / whole-block plans (NAME.plan.json, from "
+                                     "dcvit_sweep --keep), comma-separated", metavar="DIR1,DIR2")
+    plans: str = option("dcvit_0.9,dcvit_0.8,dcvit_0.7,dcvit_0.6,dcvit_0.51,whole_blocks_0.7,dcvit_no_finetune_0.7,"
+                        "whole_blocks_no_finetune_0.7", "which plans of --dcvit-plans to include (the first "
+                        "directory holding NAME.plan.json)", metavar="NAMES")
     prune: str = option("0.9,0.7,0.5", "NViT latency fractions (--prune, Hessian importance on digits, no "
                         "fine-tuning)", metavar="F1,F2,..")
     lut: Path = option(DEFAULT_LUT, "latency table for --prune (its batch is the compile batch)", type=Path,
@@ -61,11 +62,13 @@ def variants(config: DcvitRankingConfig) -> list[tuple[str, dict]]:
                                                  "calib_images": config.calib_images}),
             ("int4w", {"precision": "int4w"})]
     if config.dcvit_plans is not None:
+        directories = [Path(d) for d in split(config.dcvit_plans)]
         for name in split(config.plans):
-            path = Path(config.dcvit_plans) / f"{name}.plan.json"
-            if not path.is_file():
-                raise VitrtError(f"no plan '{path}': run dcvit_sweep --keep {config.dcvit_plans} first, or change --plans")
-            out.append((name.replace("_", " "), {"prune_plan": path}))
+            found = [d / f"{name}.plan.json" for d in directories if (d / f"{name}.plan.json").is_file()]
+            if not found:
+                raise VitrtError(f"no {name}.plan.json in {config.dcvit_plans}: run dcvit_sweep --keep DIR first, or "
+                                 "change --plans")
+            out.append((name.replace("_", " "), {"prune_plan": found[0]}))
     return out
 
 
