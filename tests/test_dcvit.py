@@ -111,9 +111,9 @@ def test_mimicking_updates_only_the_prefix(twin, few_shot):
 
 
 def test_recoverability_scores_every_block(twin, few_shot, metric_dir):
-    from vitrt.calib.synthesis import load_metric_set
+    from vitrt.calib.synthesis import MetricSet, load_metric_set
 
-    ranked = dcvit.recoverability(twin, twin, few_shot, load_metric_set(metric_dir), dcvit.Settings(
+    ranked = dcvit.recoverability(twin, twin, few_shot, MetricSet.of(load_metric_set(metric_dir), twin), dcvit.Settings(
         macs=0.7, score_epochs=1, importance="magnitude"))
     assert sorted(r["block"] for r in ranked) == [0, 1, 2, 3]
     losses = [r["metric_loss"] for r in ranked]

@@ -11,9 +11,9 @@ import torch
 
 from conftest import tiny_vit
 from vitrt.calib.data import load_data
-from vitrt.calib.synthesis import (Inversion, SynthesisConfig, balanced_labels, block_statistics, load_metric_set,
-                                   metric_loss, pixel_bounds, reference_statistics, synthesize, total_variation,
-                                   twin_metric)
+from vitrt.calib.synthesis import (Inversion, MetricSet, SynthesisConfig, balanced_labels, block_statistics,
+                                   load_metric_set, metric_loss, pixel_bounds, reference_statistics, synthesize,
+                                   total_variation)
 from vitrt.cli import main
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.models import canonicalize
@@ -81,7 +81,7 @@ def test_a_set_on_disk(made_set, twin):
     assert len(pngs) == 6 and all(p.parent.name == str(meta["labels"][int(p.stem)]) for p in pngs)
     data = load_data(f"synth:{out}", 32)
     assert data.labelled and data.labels.tolist() == meta["labels"] and data.images.shape == (6, 3, 32, 32)
-    assert twin_metric(twin, data) == meta["model_metric"]
+    assert MetricSet.of(data, twin).evaluate(twin) == meta["model_metric"] and meta["model_metric"]["loss"] == 0
     assert len(load_data(f"synth:{out}", 32, limit=4)) == 4
     assert load_data(f"synth:{out}", 16).images.shape[-1] == 16  # resized for another input size
     # the exported ImageFolder holds the same pictures (8-bit): ImageFolder tools can read it
@@ -127,10 +127,15 @@ def test_refusals(tmp_path, twin, made_set):
 
 
 def test_metric_loss():
+    """KL(dense ‖ model) of the softmax outputs (DC-ViT's metric loss), CE against the labels, top-1."""
     logits = np.array([[4.0, 0.0], [0.0, 4.0], [4.0, 0.0]])
-    result = metric_loss(logits, [0, 1, 1])
-    expected = float(np.mean([np.log1p(np.exp(-4)), np.log1p(np.exp(-4)), np.log1p(np.exp(4))]))
-    assert result["loss"] == pytest.approx(expected, abs=1e-5) and result["top1"] == pytest.approx(2 / 3, abs=1e-5)
+    dense = np.array([[4.0, 0.0], [0.0, 4.0], [0.0, 0.0]])  # the last image: the dense model is undecided
+    result = metric_loss(logits, [0, 1, 1], dense)
+    ce = float(np.mean([np.log1p(np.exp(-4)), np.log1p(np.exp(-4)), np.log1p(np.exp(4))]))
+    p = 1 / (1 + np.exp(-4))  # the model's probability of class 0 on the last image
+    kl = (0.5 * np.log(0.5 / p) + 0.5 * np.log(0.5 / (1 - p))) / 3
+    assert result["loss"] == pytest.approx(kl, abs=1e-6) and result["ce"] == pytest.approx(ce, abs=1e-5)
+    assert result["top1"] == pytest.approx(2 / 3, abs=1e-5) and metric_loss(dense, [0, 1, 1], dense)["loss"] == 0
 
 
 def test_cli_synth(tmp_path, capsys):

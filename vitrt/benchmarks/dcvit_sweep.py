@@ -110,7 +110,7 @@ def run(config: DcvitSweepConfig) -> dict:
 
     from vitrt.calib.digits import ImageSet, digits_split
     from vitrt.calib.reference import load_reference
-    from vitrt.calib.synthesis import load_metric_set
+    from vitrt.calib.synthesis import MetricSet, load_metric_set
     from vitrt.compiler.models import canonicalize
     from vitrt.compiler.progress import progress_for
     from vitrt.transforms.prune import dcvit
@@ -122,7 +122,7 @@ def run(config: DcvitSweepConfig) -> dict:
     twin = canonicalize(model)
     teacher = copy.deepcopy(twin).requires_grad_(False)
     train, _ = digits_split(info["recipe"]["img_size"])
-    metric = load_metric_set(config.metric_set, twin.spec.img)
+    metric = MetricSet.of(load_metric_set(config.metric_set, twin.spec.img), teacher)
     settings = dcvit.Settings(macs=0.5, mlp=config.mlp, epochs=config.epochs, score_epochs=config.score_epochs)
     start = time.perf_counter()
     rows, rankings = [], {}
@@ -149,7 +149,7 @@ def run(config: DcvitSweepConfig) -> dict:
                         "seconds": round(time.perf_counter() - t0, 1)})
             rows.append(row)
             progress.log(f"{name}: MACs {row['macs_fraction']:.3f}, top-1 {row['top1'] * 100:.2f} %, metric loss "
-                         f"{row['metric_loss']:.4f}, verify {row['verify_max_abs_err']:.1e}")
+                         f"{row['metric_loss']:.6f}, verify {row['verify_max_abs_err']:.1e}")
     return {"rows": rows, "rankings": {f"{k}_seed{s}": v for (k, s), v in rankings.items()},
             "comparison": comparison(rows, config.baseline), "few_shot": config.few_shot,
             "metric_set": str(config.metric_set), "metric_images": len(metric), "epochs": config.epochs,
@@ -179,7 +179,7 @@ def format_table(result: dict) -> str:
         blocks = ", ".join(f"{b}({m})" for b, m in zip(r["blocks"], r["mlp"]))
         lines.append(f"| {r['method']} | {r['target']:g} | {r['seed']} | {r['macs_fraction']:.3f} | "
                      f"{r['params_fraction']:.3f} | {blocks} | {r['top1'] * 100:.2f} % | {(r['top1'] - dense) * 100:+.2f} "
-                     f"| {r['metric_loss']:.4f} | {r['verify_max_abs_err']:.1e} |")
+                     f"| {r['metric_loss']:.6f} | {r['verify_max_abs_err']:.1e} |")
     if result["comparison"]:
         lines += ["", "| method (at the baseline MACs) | MACs | seeds | top-1 per seed | mean | Δ points (mean) | std |",
                   "|---|---:|---:|---|---:|---:|---:|"]

@@ -52,7 +52,7 @@ def run(config: SynthCommandConfig) -> int:
     per_iteration = [b["seconds_per_iteration"] for b in meta["batches"].values()]
     print(f"{config.out}: {len(meta['labels'])} images, {meta['seconds']:.1f} s of inversion "
           f"({sum(per_iteration) / len(per_iteration):.3f} s per iteration of a batch of "
-          f"<= {synthesis.batch_size}); the model's metric loss {meta['model_metric']['loss']:.4f}; "
+          f"<= {synthesis.batch_size}); the model's cross entropy on it {meta['model_metric']['ce']:.4f}; "
           f"use it as synth:{config.out}")
     return 0
 

@@ -35,7 +35,7 @@ from vitrt.calib.data import in_memory
 from vitrt.calib.digits import ImageSet
 from vitrt.calib.evaluate import accuracy
 from vitrt.calib.losses import FeatureMimic, Objective
-from vitrt.calib.synthesis import SynthesisConfig, invert_images, twin_metric
+from vitrt.calib.synthesis import MetricSet, SynthesisConfig, invert_images
 from vitrt.calib.trainer import TrainConfig, train
 from vitrt.compiler.cost import block_flops, vit_flops
 from vitrt.compiler.errors import VitrtError
@@ -184,14 +184,6 @@ def compress_block(student, plan: PruningPlan, index: int, width: int, scores: t
     return new_student, replace(plan, blocks=tuple(original)).validate()
 
 
-def metric_labels(metric: ImageSet, teacher) -> ImageSet:
-    """The metric set with labels: its own (a synthetic set's assigned classes) or the dense model's argmax."""
-    if metric.labels is not None:
-        return metric
-    with torch.no_grad():
-        return ImageSet(metric.images, teacher(metric.images).argmax(1))
-
-
 def candidate_width(spec, settings: Settings) -> int:
     """The MLP width a candidate block keeps while its recoverability is measured: the preferred fraction
     (aligned), 0 for whole blocks. It does not depend on the target, so one ranking serves every size."""
@@ -200,7 +192,7 @@ def candidate_width(spec, settings: Settings) -> int:
     return round(settings.mlp * _uniform_block(spec).mlp / CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
 
 
-def recoverability(twin, teacher, few_shot: ImageSet, metric: ImageSet, settings: Settings,
+def recoverability(twin, teacher, few_shot: ImageSet, metric: MetricSet, settings: Settings,
                    progress=QUIET) -> list[dict]:
     """(c): per block, the metric loss after compressing it alone (to :func:`candidate_width`) from the dense
     model and fine-tuning briefly; sorted, most recoverable (lowest loss) first."""
@@ -213,12 +205,12 @@ def recoverability(twin, teacher, few_shot: ImageSet, metric: ImageSet, settings
             student, _ = compress_block(twin, base, index, width, scores[index] if width else None)
             last = min(index + 1, twin.spec.depth - 1)
             mimic(student, teacher, few_shot, last, settings.score_epochs, settings.seed)
-            out.append({"block": index, "metric_loss": twin_metric(student, metric)["loss"]})
+            out.append({"block": index, "metric_loss": metric.evaluate(student)["loss"]})
             bar.update(1)
     return sorted(out, key=lambda r: (r["metric_loss"], r["block"]))
 
 
-def compress(twin, teacher, few_shot: ImageSet, metric: ImageSet, settings: Settings, order: list[int],
+def compress(twin, teacher, few_shot: ImageSet, metric: MetricSet, settings: Settings, order: list[int],
              progress=QUIET) -> tuple[PruningPlan, dict]:
     """(a) + (d): compress the first blocks of ``order`` progressively; returns the plan (with the fine-tuned
     weights) and a record of every step. ``twin`` is not modified."""
@@ -235,15 +227,15 @@ def compress(twin, teacher, few_shot: ImageSet, metric: ImageSet, settings: Sett
         student, plan = compress_block(student, plan, index, width, scores)
         done.append(index)
         last = min(max(done) + 1, twin.spec.depth - 1)
-        before = twin_metric(student, metric)["loss"]
+        before = metric.evaluate(student)["loss"]
         tuned = mimic(student, teacher, few_shot, last, settings.epochs, settings.seed + step, progress,
                       desc=f"DC-ViT step {step + 1}/{shape.blocks}: block {index}")
-        after = twin_metric(student, metric)
+        after = metric.evaluate(student)
         steps.append({"block": index, "mlp": width, "metric_loss_compressed": before,
                       "metric_loss_finetuned": after["loss"], "metric_top1_finetuned": after["top1"],
                       "finetune": tuned, "seconds": round(time.perf_counter() - start, 2)})
-        progress.log(f"DC-ViT: block {index} -> attention removed, MLP {width}; metric loss {before:.4f} -> "
-                     f"{after['loss']:.4f} after fine-tuning (blocks 0..{last} updated)")
+        progress.log(f"DC-ViT: block {index} -> attention removed, MLP {width}; metric loss {before:.5f} -> "
+                     f"{after['loss']:.5f} after fine-tuning (blocks 0..{last} updated)")
     info = {"blocks": list(order[: shape.blocks]), "mlp": list(shape.mlp), "macs_fraction": shape.macs_fraction,
             "steps": steps}
     return plan.with_weights(parameter_state(student)), info
@@ -263,15 +255,15 @@ def settings_from(options, seed: int) -> Settings:
                    else options.dcvit_score_epochs)
 
 
-def metric_set(ctx, options) -> tuple[ImageSet, dict]:
+def metric_set(ctx, options) -> tuple[MetricSet, dict]:
     """``--dcvit-metric`` (with the dense model's argmax where it has no labels), or a set synthesised now."""
     if options.dcvit_metric is not None:
-        metric = metric_labels(in_memory(ctx.data(options.dcvit_metric), "--dcvit-metric data"), ctx.teacher)
+        metric = MetricSet.of(in_memory(ctx.data(options.dcvit_metric), "--dcvit-metric data"), ctx.teacher)
         return metric, {"source": options.dcvit_metric, "images": len(metric)}
     config = SynthesisConfig(images=METRIC_IMAGES, seed=ctx.seed)
     with ctx.progress.step(f"synthesising a {METRIC_IMAGES}-image metric set ({config.iterations} iterations)"):
         images, cost = invert_images(ctx.teacher, config, progress=ctx.progress)
-    return images, {"source": "synthesised during the compile (unclamped: the model's normalisation is unknown)",
+    return MetricSet.of(images, ctx.teacher), {"source": "synthesised during the compile (unclamped: the model's normalisation is unknown)",
                     **cost}
 
 
@@ -293,7 +285,7 @@ def plan(twin, ctx, options) -> PruningPlan:
                  "few_shot": {"data": options.data, "images": len(few_shot)}, "metric_set": metric_info,
                  "recoverability": ranked, "epochs": settings.epochs, "score_epochs": settings.score_epochs,
                  "importance": settings.importance, "seconds": round(time.perf_counter() - start, 2),
-                 "metric": {"dense": twin_metric(twin, metric), "compressed": twin_metric(student, metric)}})
+                 "metric": {"dense": metric.evaluate(twin), "compressed": metric.evaluate(student)}})
     if options.data == "digits":  # real accuracy beside the data-free estimate where a labelled test split exists
         test = ctx.data("digits", split="test")
         info["accuracy"] = {"data": "digits:test", "images": len(test), "top1_dense": round(accuracy(twin, test), 5),
