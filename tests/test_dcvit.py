@@ -190,3 +190,20 @@ def test_benchmark_configs(tmp_path):
     assert picked[-1] == ("dcvit 0.7", {"prune_plan": tmp_path / "dcvit_0.7.plan.json"})
     with pytest.raises(VitrtError, match="no whole_blocks_0.7.plan.json"):
         variants(DcvitRankingConfig(metric_set=tmp_path, dcvit_plans=str(tmp_path), plans="whole_blocks_0.7"))
+
+
+def test_without_a_metric_set_the_compile_grows_one(tmp_path, monkeypatch, capsys):
+    """``--dcvit-macs`` without ``--dcvit-metric`` synthesises a metric set from the model itself (here 6 images and
+    3 iterations instead of DC-ViT's 50 and 2,000); the CLI refuses DC-ViT knobs without --dcvit-macs."""
+    import vitrt
+    from vitrt.cli import main
+
+    monkeypatch.setattr(dcvit, "METRIC_IMAGES", 6)
+    monkeypatch.setattr(dcvit, "METRIC_ITERATIONS", 3)
+    result = vitrt.compile(tiny_vit(depth=4), tmp_path / "out", quiet=True, batch=2, dcvit_macs=0.7, data="digits",
+                           few_shot=8, dcvit_epochs=1, dcvit_score_epochs=0, importance="magnitude")
+    info = result.manifest["pruning"]["dcvit"]
+    assert info["metric_set"]["images"] == 6 and info["metric_set"]["iterations"] == 3
+    assert len(info["recoverability"]) == 4 and info["macs_fraction"] <= 0.7
+    assert main(["compile", "deit_tiny_patch16_224", "-o", str(tmp_path / "x"), "--few-shot", "8"]) == 2
+    assert "--few-shot is a DC-ViT option" in capsys.readouterr().err and not (tmp_path / "x").exists()

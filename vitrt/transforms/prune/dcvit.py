@@ -243,7 +243,7 @@ def compress(twin, teacher, few_shot: ImageSet, metric: MetricSet, settings: Set
 
 # --- the planning mode ---------------------------------------------------------------------------------------
 FEW_SHOT = 100
-METRIC_IMAGES = 50  # the metric set grown during a compile when --dcvit-metric is not given (DC-ViT: 50)
+METRIC_IMAGES, METRIC_ITERATIONS = 50, 2000  # grown during a compile without --dcvit-metric (DC-ViT's settings)
 
 
 def settings_from(options, seed: int) -> Settings:
@@ -260,7 +260,7 @@ def metric_set(ctx, options) -> tuple[MetricSet, dict]:
     if options.dcvit_metric is not None:
         metric = MetricSet.of(in_memory(ctx.data(options.dcvit_metric), "--dcvit-metric data"), ctx.teacher)
         return metric, {"source": options.dcvit_metric, "images": len(metric)}
-    config = SynthesisConfig(images=METRIC_IMAGES, seed=ctx.seed)
+    config = SynthesisConfig(images=METRIC_IMAGES, iterations=METRIC_ITERATIONS, seed=ctx.seed)
     with ctx.progress.step(f"synthesising a {METRIC_IMAGES}-image metric set ({config.iterations} iterations)"):
         images, cost = invert_images(ctx.teacher, config, progress=ctx.progress)
     return MetricSet.of(images, ctx.teacher), {"source": "synthesised during the compile (unclamped: the model's normalisation is unknown)",
