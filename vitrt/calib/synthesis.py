@@ -455,7 +455,8 @@ def metric_loss(logits, labels, dense_logits) -> dict:
     dense = torch.as_tensor(np.asarray(dense_logits), dtype=torch.float32)
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     kl = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(dense, 1), reduction="batchmean", log_target=True)
-    return {"loss": round(float(kl), 7), "ce": round(float(F.cross_entropy(logits, labels)), 6),
+    # outputs equal up to rounding can give a KL a hair below 0: a divergence is never negative
+    return {"loss": round(max(float(kl), 0.0), 7), "ce": round(float(F.cross_entropy(logits, labels)), 6),
             "top1": round(float((logits.argmax(1) == labels).float().mean()), 6), "images": len(labels)}
 
 
