@@ -10,11 +10,11 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import DataError, OptionError, VitrtError
 from vitrt.compiler.options import option, replace_options, section
 from vitrt.compiler.target import TargetConfig
 from vitrt.transforms.prune.config import PruneConfig
-from vitrt.transforms.quant.config import QuantConfig
+from vitrt.transforms.quant.config import QUANT_PRECISIONS, QuantConfig
 from vitrt.transforms.sparsity.config import SparsityConfig
 from vitrt.transforms.tome.config import TomeConfig
 
@@ -73,7 +73,35 @@ class CompileConfig:
         if self.prune.fraction is not None and self.checks.lut is None:
             raise VitrtError("--prune needs --lut LUT (build one with: vitrt lut build --backend ort --grid coarse "
                              "--batch N -o LUT)")
+        self.check_paths()
         return self
+
+    def check_paths(self) -> None:
+        """Every file and data source an option names exists (cheap: nothing is read yet)."""
+        for flag, path in (("--checkpoint", self.checkpoint), ("--prune-plan", self.prune.plan),
+                           ("--scale-table", self.quant.scale_table), ("--lut", self.checks.lut),
+                           ("--tome-lut", self.tome.lut)):
+            if path is not None and not Path(path).is_file():
+                raise OptionError(f"{flag} '{path}' does not exist or is not a file")
+        used = [("--data", self.prune.data, self.prune.enabled and (self.prune.fraction is not None or self.prune.revit
+                                                                    or self.prune.finetune_epochs > 0)),
+                ("--sparse-data", self.sparsity.data, self.sparsity.finetune_epochs > 0),
+                ("--calib-data", self.quant.calib_data, self.quant.calib_data is not None)]
+        for flag, source, needed in used:
+            if needed and source is not None:
+                check_data_source(flag, source)
+
+    def check_against(self, spec) -> None:
+        """Every stage's options checked against the spec that stage will meet, before any weights exist.
+
+        Sections are checked in STAGES order; a section's ``check(spec, target)`` returns the spec after its stage
+        when that is known without planning (a given pruning plan, an explicit merge schedule), else None — later
+        sections then check what needs no spec, and their planners the rest.
+        """
+        for options in (self.prune, self.tome, self.sparsity, self.quant):
+            check = getattr(options, "check", None)
+            if check is not None and section_enabled(options, self.target):
+                spec = check(spec, self.target)
 
     def replace(self, **options) -> "CompileConfig":
         """A copy with options changed by their flat names (``batch=8``, ``prune=0.5``)."""
@@ -81,3 +109,19 @@ class CompileConfig:
 
     def with_sections(self, **sections) -> "CompileConfig":
         return dataclasses.replace(self, **sections)
+
+
+def section_enabled(options, target) -> bool:
+    """Whether the stage a section configures runs (the quantization stage follows the target's precision)."""
+    enabled = getattr(options, "enabled", None)
+    return enabled if enabled is not None else target.precision in QUANT_PRECISIONS
+
+
+def check_data_source(flag: str, source: str) -> None:
+    """``digits``, ``synthetic``, ``synth:DIR`` (a synthetic metric set) or an ImageFolder directory."""
+    if source in ("digits", "synthetic"):
+        return
+    path = Path(source.removeprefix("synth:"))
+    if not path.is_dir():
+        raise DataError(f"{flag} '{source}' is neither digits, synthetic nor an existing directory (an ImageFolder: "
+                        "PATH/<class>/<images>)")

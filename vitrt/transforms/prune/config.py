@@ -42,3 +42,14 @@ class PruneConfig:
         if self.finetune_epochs and not self.enabled:
             raise VitrtError("--finetune-epochs fine-tunes a pruned model: add --prune, --prune-plan or --revit")
         return self
+
+    def check(self, spec, target):
+        """A given plan is read and matched against the model before any work; its pruned spec is then known
+        (None otherwise: the search decides the dims)."""
+        from vitrt.transforms.prune.plan import PruningPlan
+
+        if self.plan is None or spec is None:
+            return None
+        plan = PruningPlan.load(self.plan)
+        plan.check_matches(spec)
+        return plan.pruned_spec(spec)

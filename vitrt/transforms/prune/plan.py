@@ -116,6 +116,14 @@ class PruningPlan:
             "mlp_removed": [i for i, b in enumerate(self.blocks) if not b.mlp],
         }
 
+    def notes(self) -> list[str]:
+        """Dims that break the hardware rules (kept as planned, said in one line and recorded in the manifest)."""
+        violations = alignment_violations(self)
+        if not violations:
+            return []
+        return [f"pruning: {len(violations)} dim(s) break the alignment rules TensorRT's kernels want, first: "
+                f"{violations[0]}"]
+
     def block_dims(self) -> list[dict]:
         return [dict(vars(b.dims())) for b in self.blocks]
 

@@ -39,3 +39,11 @@ class QuantConfig:
         if self.scale_table is not None and self.calib_data is not None and not self.qat_epochs:
             raise VitrtError("--scale-table replaces calibration: drop --calib-data (or add --qat-epochs to fine-tune)")
         return self
+
+    def check(self, spec, target):
+        """A given scale table is validated against the spec it will meet before any work, when that is known."""
+        from vitrt.transforms.quant.scale_table import load_scale_table
+
+        if self.scale_table is not None and spec is not None:
+            load_scale_table(self.scale_table, spec, target.precision, quantize_attention=self.quantize_attention)
+        return spec

@@ -46,3 +46,13 @@ class TomeConfig:
         if self.schedule is not None:
             parse_per_block(self.schedule)
         return self
+
+    def check(self, spec, target):
+        """An explicit schedule the model cannot take is refused before any work (wrong length, too many merges);
+        returns the merged spec then (None for the FLOPs / latency solvers, which decide at planning time)."""
+        from vitrt.transforms.tome.schedule import resolve, schedule_of
+
+        schedule = schedule_of(self)
+        if schedule is None or spec is None:
+            return None
+        return resolve(schedule, spec).apply_to_spec(spec)

@@ -8,4 +8,4 @@ from vitrt.transforms.tome.graph_pass import TokenMergePass
 
 TRANSFORM = Transform(name="tome", manifest_key="token_merge", section="tome",
                       enabled=lambda options, target: options.enabled, plan=planner.plan, graph_pass=TokenMergePass,
-                      report=report.report, check=planner.check, finish=report.finish)
+                      report=report.report, finish=report.finish)
