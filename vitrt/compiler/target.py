@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import OptionError
 from vitrt.compiler.options import option
 
 BACKENDS = ("ort", "trt")
@@ -38,9 +38,9 @@ class TargetConfig:
 
     def validate(self) -> "TargetConfig":
         if self.batch < 1:
-            raise VitrtError(f"--batch must be >= 1, got {self.batch}")
+            raise OptionError(f"--batch must be >= 1, got {self.batch}")
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
-            raise VitrtError(f"--opset {self.opset} is outside the supported range {MIN_OPSET}..{MAX_OPSET}")
+            raise OptionError(f"--opset {self.opset} is outside the supported range {MIN_OPSET}..{MAX_OPSET}")
         if self.threads is not None and self.threads < 1:
-            raise VitrtError(f"--threads must be >= 1, got {self.threads}")
+            raise OptionError(f"--threads must be >= 1, got {self.threads}")
         return self

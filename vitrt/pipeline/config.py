@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitrt.compiler.errors import DataError, OptionError, VitrtError
+from vitrt.compiler.errors import DataError, OptionError
 from vitrt.compiler.options import option, replace_options, section
 from vitrt.compiler.target import TargetConfig
 from vitrt.transforms.prune.config import PruneConfig
@@ -33,9 +33,9 @@ class CheckConfig:
 
     def validate(self) -> "CheckConfig":
         if self.bench_iters < 1 or self.bench_warmup < 0:
-            raise VitrtError("--bench-iters must be >= 1 and --bench-warmup >= 0")
+            raise OptionError("--bench-iters must be >= 1 and --bench-warmup >= 0")
         if self.refine_lut and self.lut is None:
-            raise VitrtError("--refine-lut needs --lut LUT (the table to update)")
+            raise OptionError("--refine-lut needs --lut LUT (the table to update)")
         return self
 
 
@@ -61,7 +61,7 @@ class CompileConfig:
     def validate(self) -> "CompileConfig":
         """Option-level checks, before any model is loaded (one-line VitrtError naming the flag)."""
         if self.img_size is not None and self.img_size < 1:
-            raise VitrtError(f"--img-size must be positive, got {self.img_size}")
+            raise OptionError(f"--img-size must be positive, got {self.img_size}")
         self.target.validate()
         self.checks.validate()
         self.prune.validate()
@@ -69,9 +69,9 @@ class CompileConfig:
         self.sparsity.validate()
         self.quant.validate(self.target.precision)
         if self.checks.lut is not None and not self.checks.bench and self.prune.fraction is None:
-            raise VitrtError("--lut needs --bench (or --prune): the prediction is recorded beside the measured latency")
+            raise OptionError("--lut needs --bench (or --prune): the prediction is recorded beside the measured latency")
         if self.prune.fraction is not None and self.checks.lut is None:
-            raise VitrtError("--prune needs --lut LUT (build one with: vitrt lut build --backend ort --grid coarse "
+            raise OptionError("--prune needs --lut LUT (build one with: vitrt lut build --backend ort --grid coarse "
                              "--batch N -o LUT)")
         self.check_paths()
         return self

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import OptionError
 from vitrt.compiler.options import option
 
 
@@ -37,9 +37,9 @@ class TomeConfig:
 
         chosen = [v for v in (self.r, self.schedule, self.flops, self.latency) if v is not None]
         if len(chosen) > 1:
-            raise VitrtError("give at most one of --tome, --tome-schedule, --tome-flops, --tome-latency")
+            raise OptionError("give at most one of --tome, --tome-schedule, --tome-flops, --tome-latency")
         if not chosen and any(v is not None for v in (self.skip, self.window, self.transition)):
-            raise VitrtError("--dfe-skip / --lgtm-window / --lgtm-transition need --tome, --tome-schedule, "
+            raise OptionError("--dfe-skip / --lgtm-window / --lgtm-transition need --tome, --tome-schedule, "
                              "--tome-flops or --tome-latency")
         if self.r is not None:
             parse_r(self.r)
