@@ -114,7 +114,10 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt / pickled-object files
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        import zipfile
+
+        # A torch checkpoint is a zip file; weights_only refuses one that pickles anything but tensors.
+        if zipfile.is_zipfile(path) or "Unsupported global" in str(exc):
             reason = ("it holds Python objects besides tensors, and vitrt never unpickles code; save the weights "
                       "alone: torch.save(model.state_dict(), PATH)")
         else:
