@@ -20,7 +20,15 @@ from vitrt.compiler.errors import OutputError
 
 
 def check_output_dir(out: Path, force: bool) -> None:
-    out = Path(out)
+    """OUT can be written: it is missing or an empty directory (or ``force``), and its nearest existing ancestor
+    is a directory this process may write into (so its missing parents can be created)."""
+    out = Path(out).absolute()
+    ancestor = next(p for p in out.parents if p.exists())
+    if not ancestor.is_dir():
+        raise OutputError(f"cannot create the output's parent directory '{out.parent}': '{ancestor}' is not a "
+                          "directory")
+    if not out.exists() and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot create the output directory '{out}': '{ancestor}' is not writable")
     if out.exists() and not out.is_dir():
         raise OutputError(f"output '{out}' exists and is not a directory; choose another -o")
     if out.is_dir() and any(out.iterdir()) and not force:

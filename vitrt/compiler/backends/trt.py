@@ -29,6 +29,8 @@ def import_tensorrt():
         import tensorrt as trt
     except ImportError:
         raise BackendUnavailableError(INSTALL_HINT) from None
+    if not hasattr(trt, "Builder"):  # type stubs alone (tensorrt-stubs) import as an empty namespace package
+        raise BackendUnavailableError(INSTALL_HINT)
     return trt
 
 
