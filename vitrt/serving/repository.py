@@ -1,0 +1,206 @@
+"""``vitrt export triton``: a Triton model repository entry for a compiled OUT, for Triton's native backends.
+
+    REPO/<name>/config.pbtxt     ModelConfig (tritonclient's protobuf, text format)
+    REPO/<name>/1/model.plan     platform tensorrt_plan     (trt artifacts)
+    REPO/<name>/1/model.onnx     platform onnxruntime_onnx  (ort artifacts: model.ort.onnx as built)
+    REPO/<name>/labels.txt       one class label per line (the logits output's label_filename)
+    REPO/<name>/vitrt.json       provenance: the OUT, its manifest's model and backend, where the I/O was read
+
+Inputs and outputs are the engine's own (:mod:`vitrt.serving.artifact`). Batching follows the engine:
+
+* a **dynamic-batch** engine gets ``max_batch_size`` (default: the TensorRT profile's max, 32 for ONNX Runtime),
+  ``dims`` without the batch dimension and ``dynamic_batching`` (queue delay, preferred sizes);
+* a **static-batch** engine cannot be batched by Triton (it accepts exactly its compiled shape): it gets
+  ``max_batch_size: 0`` and the full shape as ``dims``; batching options are refused.
+
+The same :class:`Batching` drives ``vitrt serve``, so a client written against ``vitrt serve`` sends the same
+tensors to the exported repository in the production container.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.options import option, section
+from vitrt.compiler.output import atomic_output_dir, write_json
+from vitrt.serving.artifact import MODEL_NAME, CompiledArtifact, class_labels
+
+DEFAULT_MAX_BATCH = 32  # for engines without a batch limit of their own (ONNX Runtime)
+DEFAULT_QUEUE_DELAY_US = 100
+PLATFORMS = {"trt": ("tensorrt_plan", "model.plan", "KIND_GPU"), "ort": ("onnxruntime_onnx", "model.onnx", "KIND_CPU")}
+SERVE_HINT = "install the serving extra: pip install 'vitrt[serve]'"
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """The batching flags shared by ``vitrt export triton`` and ``vitrt serve`` (None: the default)."""
+
+    max_batch: int | None = option(None, "largest batch Triton forms (dynamic-batch engines; default: the TensorRT "
+                                   "profile's max, or 32)", type=int, metavar="B")
+    preferred_batch: str | None = option(None, "comma-separated batch sizes the dynamic batcher prefers, e.g. 4,8",
+                                         metavar="B1,B2,..")
+    queue_delay_us: int | None = option(None, "how long the dynamic batcher waits to fill a batch, microseconds "
+                                        "(default 100)", type=int, metavar="U")
+    instances: int = option(1, "model instances (engine copies executing batches concurrently)", type=int,
+                            metavar="K")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Validated batching of one served engine."""
+
+    max_batch_size: int  # 0: no batching by Triton; requests carry the engine's full static shape
+    preferred: tuple[int, ...]
+    queue_delay_us: int
+    instances: int
+
+    @property
+    def dynamic(self) -> bool:
+        return self.max_batch_size > 0
+
+    def to_dict(self) -> dict:
+        return {"max_batch_size": self.max_batch_size, "preferred_batch_size": list(self.preferred),
+                "max_queue_delay_microseconds": self.queue_delay_us, "instances": self.instances}
+
+
+def batching_for(artifact: CompiledArtifact, options: BatchingOptions) -> Batching:
+    """The batching ``options`` ask for, checked against the engine; one-line VitrtError otherwise."""
+    if options.instances < 1:
+        raise VitrtError(f"--instances must be >= 1, got {options.instances}")
+    if artifact.static_batch is not None:
+        asked = [flag for flag, value in (("--max-batch", options.max_batch), ("--preferred-batch",
+                 options.preferred_batch), ("--queue-delay-us", options.queue_delay_us)) if value is not None]
+        if asked:
+            raise VitrtError(f"{asked[0]} needs a dynamic-batch engine, but '{artifact.out}' was compiled for static "
+                             f"batch {artifact.static_batch} (Triton serves it with max_batch_size 0, requests of "
+                             f"exactly that batch); compile with --dynamic-batch to batch requests")
+        return Batching(0, (), 0, options.instances)
+    limit = artifact.batch_limit
+    max_batch = options.max_batch if options.max_batch is not None else (limit or DEFAULT_MAX_BATCH)
+    if max_batch < 1:
+        raise VitrtError(f"--max-batch must be >= 1, got {max_batch}")
+    if limit is not None and max_batch > limit:
+        raise VitrtError(f"--max-batch {max_batch} exceeds the engine's optimisation profile (batch <= {limit}); "
+                         f"choose --max-batch <= {limit}")
+    preferred = _parse_sizes(options.preferred_batch)
+    if any(b < 1 or b > max_batch for b in preferred):
+        raise VitrtError(f"--preferred-batch sizes must lie in 1..{max_batch} (the max batch), got "
+                         f"'{options.preferred_batch}'")
+    delay = DEFAULT_QUEUE_DELAY_US if options.queue_delay_us is None else options.queue_delay_us
+    if delay < 0:
+        raise VitrtError(f"--queue-delay-us must be >= 0, got {delay}")
+    return Batching(max_batch, preferred, delay, options.instances)
+
+
+def _parse_sizes(text: str | None) -> tuple[int, ...]:
+    if text is None:
+        return ()
+    try:
+        sizes = tuple(int(part) for part in str(text).split(","))
+    except ValueError:
+        raise VitrtError(f"--preferred-batch must be comma-separated integers, e.g. 4,8; got '{text}'") from None
+    if list(sizes) != sorted(set(sizes)):
+        raise VitrtError(f"--preferred-batch sizes must be ascending without repeats, got '{text}'")
+    return sizes
+
+
+def check_model_name(name: str) -> str:
+    if not MODEL_NAME.match(name):
+        raise VitrtError(f"model name '{name}' is not valid for Triton: use letters, digits, '_', '.' and '-'")
+    return name
+
+
+def triton_dtype(dtype: str) -> str:
+    """numpy dtype name -> ModelConfig data type ("float32" -> "TYPE_FP32")."""
+    import numpy as np
+    from tritonclient.utils import np_to_triton_dtype
+
+    name = np_to_triton_dtype(np.dtype(dtype))
+    if name is None:
+        raise VitrtError(f"Triton has no data type for the engine's {dtype} tensors")
+    return "TYPE_" + ("STRING" if name == "BYTES" else name)
+
+
+def model_config(artifact: CompiledArtifact, name: str, batching: Batching, labels: str | None = "labels.txt"):
+    """The ModelConfig protobuf of ``artifact`` for Triton's native backend (tritonclient's ``model_config_pb2``)."""
+    mc = _model_config_pb2()
+    platform, filename, kind = PLATFORMS[artifact.backend]
+    config = mc.ModelConfig(name=check_model_name(name), platform=platform, max_batch_size=batching.max_batch_size,
+                            default_model_filename=filename)
+    dims = (lambda t: t.shape[1:]) if batching.dynamic else (lambda t: t.shape)
+    for tensor in artifact.inputs:
+        config.input.add(name=tensor.name, data_type=triton_dtype(tensor.dtype), dims=dims(tensor))
+    for i, tensor in enumerate(artifact.outputs):
+        config.output.add(name=tensor.name, data_type=triton_dtype(tensor.dtype), dims=dims(tensor),
+                          label_filename=labels if labels and i == 0 else "")
+    if batching.dynamic:
+        config.dynamic_batching.max_queue_delay_microseconds = batching.queue_delay_us
+        config.dynamic_batching.preferred_batch_size.extend(batching.preferred)
+    config.instance_group.add(count=batching.instances, kind=kind)
+    warmup = config.model_warmup.add(name="zeros", batch_size=1)
+    for tensor in artifact.inputs:
+        warmup.inputs[tensor.name].data_type = triton_dtype(tensor.dtype)
+        warmup.inputs[tensor.name].dims.extend(dims(tensor))
+        warmup.inputs[tensor.name].zero_data = True
+    return config
+
+
+def config_text(config) -> str:
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(config)
+
+
+def parse_config(text: str):
+    """A config.pbtxt parsed into tritonclient's ModelConfig (raises on anything the protobuf refuses)."""
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, _model_config_pb2().ModelConfig())
+
+
+def _model_config_pb2():
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        raise VitrtError(f"writing a Triton model configuration needs tritonclient: {SERVE_HINT}") from None
+    return model_config_pb2
+
+
+@dataclass(frozen=True)
+class ExportTritonConfig:
+    out: Path = option(None, "the compiled OUT directory (vitrt compile MODEL -o OUT)", positional=True, type=Path,
+                       metavar="OUT")
+    repo: Path = option(None, "the Triton model repository to write REPO/<name>/ into (other models in REPO are left "
+                        "alone)", flag="-o/--repo", type=Path, metavar="REPO")
+    name: str | None = option(None, "model name in the repository (default: the manifest's model name)", metavar="N")
+    batching: BatchingOptions = section(BatchingOptions)
+    force: bool = option(False, "replace an existing, non-empty REPO/<name>")
+
+
+def export_triton(config: ExportTritonConfig, command: str = "") -> Path:
+    """Write REPO/<name>/ atomically (nothing is written when any check fails); returns its path."""
+    from vitrt.serving.artifact import open_artifact
+
+    if config.out is None or config.repo is None:
+        raise VitrtError("pass the compiled OUT and -o REPO: vitrt export triton OUT -o REPO")
+    artifact = open_artifact(config.out)
+    name = check_model_name(config.name or artifact.default_name())
+    batching = batching_for(artifact, config.batching)
+    text = config_text(model_config(artifact, name, batching))
+    parse_config(text)  # what Triton will parse, checked before anything is written
+    target = Path(config.repo) / name
+    with atomic_output_dir(target, config.force) as staging:
+        (staging / "1").mkdir()
+        shutil.copyfile(artifact.path, staging / "1" / PLATFORMS[artifact.backend][1])
+        (staging / "config.pbtxt").write_text(f"# written by vitrt export triton from {artifact.out.absolute()}\n"
+                                              f"{text}")
+        (staging / "labels.txt").write_text("\n".join(class_labels(artifact.model, artifact.num_classes)) + "\n")
+        write_json(staging / "vitrt.json", {"out": str(artifact.out.absolute()), "model": artifact.model,
+                                            "backend": artifact.backend, "artifact": artifact.path.name,
+                                            "io_source": artifact.io_source, "batching": batching.to_dict(),
+                                            "inputs": [t.to_dict() for t in artifact.inputs],
+                                            "outputs": [t.to_dict() for t in artifact.outputs], "command": command})
+    return target
