@@ -141,6 +141,8 @@ def _engine_io(plan: Path):
     trt = import_tensorrt()
     import torch
 
+    if not hasattr(trt, "Runtime"):  # a namespace left by type stubs (tensorrt-stubs), not the bindings
+        raise BackendUnavailableError("TensorRT's Python bindings are not installed")
     if not torch.cuda.is_available():
         raise BackendUnavailableError("reading a TensorRT plan needs a CUDA device")
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan.read_bytes())

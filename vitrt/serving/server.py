@@ -9,9 +9,10 @@ type, batch size — wrong requests get a 4xx naming the expected input), dynami
 (``http://127.0.0.1:<metrics-port>/metrics``). The model's inputs, outputs and batching are those
 ``vitrt export triton`` writes (:func:`vitrt.serving.repository.batching_for`), so clients see the same model.
 
-Lifecycle: one log line when ready, one when stopped. SIGINT or SIGTERM stops the server gracefully: Triton stops
-taking new requests, finishes those in flight (up to ``--drain-timeout`` seconds) while this process keeps
-executing them, then exits; the command returns 0. The server process dies with this one (PDEATHSIG), so no
+Lifecycle: one log line when ready, one when stopped. SIGINT or SIGTERM stops the server gracefully: the model is
+unloaded, so Triton refuses new requests for it at once and finishes those it holds, queued or executing (up to
+``--drain-timeout`` seconds), while this process keeps executing them; then the server exits and the command
+returns 0. The server process dies with this one (PDEATHSIG), so no
 server outlives it.
 
 Why LD_LIBRARY_PATH: the Python backend stub links ``libpython3.X.so``. The dynamic loader finds the system's
@@ -22,6 +23,7 @@ the model then fails to load (``No module named 'numpy'``, or ``'_thread.RLock' 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -165,6 +167,36 @@ def wait_ready(http_port: int, name: str, deadline: float, alive) -> None:
     raise VitrtError(f"the Triton server did not become ready within {READY_TIMEOUT_S:.0f} s")
 
 
+def drain(http_port: int, name: str, token: str | None, timeout: float) -> bool:
+    """Unload the model: Triton refuses new requests for it at once and unloads it once the requests it holds
+    (queued or executing) are done. True when that happened within ``timeout`` seconds.
+
+    Stopping the server alone would not do: Triton keeps accepting requests while it waits for those in flight,
+    so under steady load the wait only ends at its exit timeout.
+    """
+    from pytriton.triton import TRITON_ACCESS_HEADER
+
+    base = f"http://{LOOPBACK}:{http_port}/v2/repository"
+    headers = {"Content-Type": "application/json", **({TRITON_ACCESS_HEADER: token} if token else {})}
+
+    def post(url: str) -> bytes:
+        request = urllib.request.Request(url, data=b"{}", headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=max(timeout, 1.0)) as response:
+            return response.read()
+
+    deadline = time.monotonic() + timeout
+    try:
+        post(f"{base}/models/{name}/unload")
+        while time.monotonic() < deadline:
+            states = {m.get("name"): m.get("state") for m in json.loads(post(f"{base}/index"))}
+            if states.get(name) not in ("READY", "UNLOADING"):
+                return True
+            time.sleep(0.05)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return False
+
+
 def log_tail(path: Path, lines: int = 3) -> str:
     """The last error lines of Triton's log (for one-line failure messages)."""
     try:
@@ -227,15 +259,20 @@ def serve(config: ServeConfig, log=print) -> ServeStats:
                 if not triton.is_alive():
                     raise VitrtError(f"the Triton server stopped unexpectedly: {log_tail(server_log)}")
             stats.stopping = True
+            drained = drain(config.http_port, name, triton.get_access_token(), config.drain_timeout)
         except PyTritonError as exc:
             raise VitrtError(f"Triton could not serve '{config.out}': {exc.message if hasattr(exc, 'message') else exc}"
                              f"; server log: {log_tail(server_log)}") from None
         except TimeoutError:
             raise VitrtError(f"the Triton server did not start: {log_tail(server_log)}") from None
         finally:
-            triton.stop()  # Triton drains the requests it accepted, then exits; then the proxies stop
-    log(f"[vitrt] stopped {name} on {stop.received or 'error'}: {stats.requests} requests in {stats.batches} batches "
-        f"({stats.images} images), {stats.after_stop} finished after the signal; up {time.monotonic() - start:.1f} s")
+            triton.stop()  # the server (SIGINT, exit timeout = drain timeout), then the proxies to this process
+            deadline = time.monotonic() + config.drain_timeout + 10
+            while triton.is_alive() and time.monotonic() < deadline:  # a stop another thread began
+                time.sleep(0.1)
+    log(f"[vitrt] stopped {name} on {stop.received}: {stats.requests} requests in {stats.batches} batches "
+        f"({stats.images} images), {stats.after_stop} finished after the signal"
+        f"{'' if drained else f' (drain timed out after {config.drain_timeout} s)'}; up {time.monotonic() - start:.1f} s")
     return stats
 
 
