@@ -112,11 +112,15 @@ class ServeProcess:
             time.sleep(0.2)
         raise AssertionError(f"vitrt serve not ready after {timeout} s: {self.stderr()[-2000:]}")
 
-    def stop(self, sig=signal.SIGTERM, timeout: float = 60.0) -> int:
-        """Send ``sig``; wait for the exit code (the process group is killed if it does not exit in time)."""
+    def stop(self, sig=signal.SIGTERM, timeout: float = 60.0, group: bool = False) -> int:
+        """Send ``sig`` to the process (``group``: to its whole process group, as a terminal's Ctrl+C does); wait for
+        the exit code (everything it started is killed if it does not exit in time)."""
         if self.process.poll() is None:
             self.tree |= descendants(self.process.pid)
-            self.process.send_signal(sig)
+            if group:
+                os.killpg(self.process.pid, sig)
+            else:
+                self.process.send_signal(sig)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

@@ -221,3 +221,18 @@ def test_concurrent_grpc_clients_get_their_own_answers(server, digits_test):
     for t in threads:
         t.join(timeout=60)
     assert not any(t.is_alive() for t in threads) and mismatches == []
+
+
+@pytest.mark.slow
+def test_sustained_load_at_concurrency_16_against_in_process_batch_8(server, digits_out):
+    """The issue's bar: 30 s at concurrency 16, batch-1 requests: no error, nothing lost, and the server's throughput
+    with dynamic batching at least 60 % of the same artifact run in this process at batch 8, side by side."""
+    from vitrt.serving.loadtest import LoadtestConfig, loadtest
+
+    result = loadtest(LoadtestConfig(url=server.http, model=MODEL, concurrency="16", duration=30.0, data="digits",
+                                     metrics_url=server.metrics, versus=digits_out, versus_batch=8))
+    level = result["levels"][0]
+    assert level["errors"] == 0 and level["lost"] == 0 and level["server_requests"] == level["requests"] > 0
+    assert level["seconds"] < 30 + 15 and level["top1"] >= 0.98
+    assert level["server_mean_batch"] > 1.0
+    assert level["versus_in_process"] >= 0.6, result

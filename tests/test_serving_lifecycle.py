@@ -77,15 +77,17 @@ def test_sigterm_completes_requests_in_flight_exits_0_and_leaves_no_process(digi
             assert np.max(np.abs(answers[i][0] - expected[i])) <= 1e-4
         result = load["result"]
         assert result.lost == 0 and result.ok + result.errors == result.sent  # nothing vanished
-        assert time.monotonic() - stopped < 30
+        assert result.errors > 0  # requests sent after the signal were refused, not queued up for the drain
+        # drained: the queue delay, then a quick exit (not the 30 s exit timeout a steady load would hold it for)
+        assert time.monotonic() - stopped < QUEUE_DELAY_S + 13
         assert server.orphans() == set()
         last = server.stderr().strip().splitlines()[-1]
-        assert last.startswith("[vitrt] stopped digits_vit on SIGTERM")
+        assert last.startswith("[vitrt] stopped digits_vit on SIGTERM") and "drain:" not in last, last
         drained = int(re.search(r"(\d+) finished after the signal", last).group(1))
         assert drained >= 4
 
 
-def test_static_engine_served_as_compiled_then_sigint(digits_outs, digits_test, tmp_path):
+def test_static_engine_served_as_compiled_then_ctrl_c(digits_outs, digits_test, tmp_path):
     """A static batch-8 engine: requests of exactly 8 (the last padded), top-1 equal to the artifact's own."""
     from vitrt.calib.evaluate import runner_accuracy
     from vitrt.compiler.backends import BuildOptions, get_backend
@@ -103,9 +105,10 @@ def test_static_engine_served_as_compiled_then_sigint(digits_outs, digits_test, 
             assert status == 400 and "[8,3,32,32]" in text  # the compiled batch, named
         runner = get_backend("ort").load(digits_outs / "static" / "model.ort.onnx", BuildOptions())
         assert served == runner_accuracy(runner, digits_test) >= 0.98
-        assert server.stop(signal.SIGINT) == 0
+        assert server.stop(signal.SIGINT, group=True) == 0  # Ctrl+C: the whole foreground process group
         assert server.orphans() == set()
-        assert "stopped digits_vit on SIGINT" in server.stderr()
+        last = server.stderr().strip().splitlines()[-1]
+        assert last.startswith("[vitrt] stopped digits_vit on SIGINT") and "drain:" not in last, last
 
 
 def run_serve(capsys, *args) -> tuple[int, str]:

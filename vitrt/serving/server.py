@@ -12,7 +12,7 @@ type, batch size — wrong requests get a 4xx naming the expected input), dynami
 Lifecycle: one log line when ready, one when stopped. SIGINT or SIGTERM stops the server gracefully: the model is
 unloaded, so Triton refuses new requests for it at once and finishes those it holds, queued or executing (up to
 ``--drain-timeout`` seconds), while this process keeps executing them; then the server exits and the command
-returns 0. The server process dies with this one (PDEATHSIG), so no
+returns 0. The server runs in its own process group, so a Ctrl+C in the terminal reaches this process only. The server process dies with this one (PDEATHSIG), so no
 server outlives it.
 
 Why LD_LIBRARY_PATH: the Python backend stub links ``libpython3.X.so``. The dynamic loader finds the system's
@@ -127,6 +127,17 @@ class StopSignal:
             signal.signal(s, handler)
 
 
+def server_in_own_process_group() -> None:
+    """Give the Triton server process its own process group (PyTriton starts it through ``sh``; this turns on
+    ``sh``'s ``new_group`` default in this process). A Ctrl+C in the terminal, or a kill sent to the whole group,
+    then reaches only this process, which drains the model before it stops the server; signalled directly, Triton
+    would begin its own shutdown, which keeps accepting requests until those in flight are done. The server still
+    dies with this process (PyTriton sets PDEATHSIG)."""
+    import sh
+
+    sh.Command._call_args["new_group"] = True
+
+
 def use_interpreter_libpython() -> None:
     """Put this interpreter's libpython directory first for the server and its Python backend stubs (module doc)."""
     libdir = sysconfig.get_config_var("LIBDIR")
@@ -167,9 +178,9 @@ def wait_ready(http_port: int, name: str, deadline: float, alive) -> None:
     raise VitrtError(f"the Triton server did not become ready within {READY_TIMEOUT_S:.0f} s")
 
 
-def drain(http_port: int, name: str, token: str | None, timeout: float) -> bool:
+def drain(http_port: int, name: str, token: str | None, timeout: float) -> str | None:
     """Unload the model: Triton refuses new requests for it at once and unloads it once the requests it holds
-    (queued or executing) are done. True when that happened within ``timeout`` seconds.
+    (queued or executing) are done. None when that happened within ``timeout`` seconds, else what went wrong.
 
     Stopping the server alone would not do: Triton keeps accepting requests while it waits for those in flight,
     so under steady load the wait only ends at its exit timeout.
@@ -190,11 +201,11 @@ def drain(http_port: int, name: str, token: str | None, timeout: float) -> bool:
         while time.monotonic() < deadline:
             states = {m.get("name"): m.get("state") for m in json.loads(post(f"{base}/index"))}
             if states.get(name) not in ("READY", "UNLOADING"):
-                return True
+                return None
             time.sleep(0.05)
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-    return False
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return f"the model could not be unloaded ({getattr(exc, 'reason', None) or exc})"
+    return f"requests still in flight after {timeout:g} s"
 
 
 def log_tail(path: Path, lines: int = 3) -> str:
@@ -231,6 +242,7 @@ def serve(config: ServeConfig, log=print) -> ServeStats:
     runners = [backend.load(artifact.path, BuildOptions(threads=config.threads)) for _ in range(batching.instances)]
     stats = ServeStats()
     use_interpreter_libpython()
+    server_in_own_process_group()
 
     def tensors(items):
         return [Tensor(name=t.name, dtype=np.dtype(t.dtype).type,
@@ -259,7 +271,7 @@ def serve(config: ServeConfig, log=print) -> ServeStats:
                 if not triton.is_alive():
                     raise VitrtError(f"the Triton server stopped unexpectedly: {log_tail(server_log)}")
             stats.stopping = True
-            drained = drain(config.http_port, name, triton.get_access_token(), config.drain_timeout)
+            drain_problem = drain(config.http_port, name, triton.get_access_token(), config.drain_timeout)
         except PyTritonError as exc:
             raise VitrtError(f"Triton could not serve '{config.out}': {exc.message if hasattr(exc, 'message') else exc}"
                              f"; server log: {log_tail(server_log)}") from None
@@ -272,7 +284,7 @@ def serve(config: ServeConfig, log=print) -> ServeStats:
                 time.sleep(0.1)
     log(f"[vitrt] stopped {name} on {stop.received}: {stats.requests} requests in {stats.batches} batches "
         f"({stats.images} images), {stats.after_stop} finished after the signal"
-        f"{'' if drained else f' (drain timed out after {config.drain_timeout} s)'}; up {time.monotonic() - start:.1f} s")
+        f"{f' (drain: {drain_problem})' if drain_problem else ''}; up {time.monotonic() - start:.1f} s")
     return stats
 
 
