@@ -30,7 +30,8 @@ def free_ports(count: int = 3) -> list[int]:
 
 
 def http_status(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+    method = "POST" if data is not None else "GET"
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read().decode(errors="replace")

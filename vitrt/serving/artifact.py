@@ -61,8 +61,8 @@ class CompiledArtifact:
     def check_single_io(self) -> None:
         """vitrt's runners take one image tensor and return one logits tensor; anything else was not compiled here."""
         if len(self.inputs) != 1 or len(self.outputs) != 1:
-            raise VitrtError(f"'{self.path}' has {len(self.inputs)} inputs and {len(self.outputs)} outputs; vitrt serves "
-                             "engines with one image input and one logits output")
+            raise VitrtError(f"'{self.path}' has {len(self.inputs)} inputs and {len(self.outputs)} outputs; vitrt "
+                             "serves engines with one image input and one logits output")
 
 
 def open_artifact(out) -> CompiledArtifact:

@@ -12,8 +12,8 @@ type, batch size — wrong requests get a 4xx naming the expected input), dynami
 Lifecycle: one log line when ready, one when stopped. SIGINT or SIGTERM stops the server gracefully: the model is
 unloaded, so Triton refuses new requests for it at once and finishes those it holds, queued or executing (up to
 ``--drain-timeout`` seconds), while this process keeps executing them; then the server exits and the command
-returns 0. The server runs in its own process group, so a Ctrl+C in the terminal reaches this process only. The server process dies with this one (PDEATHSIG), so no
-server outlives it.
+returns 0. The server runs in its own process group, so a Ctrl+C in the terminal reaches this process only,
+and it dies with this process (PDEATHSIG): no server outlives ``vitrt serve``.
 
 Why LD_LIBRARY_PATH: the Python backend stub links ``libpython3.X.so``. The dynamic loader finds the system's
 copy first, whose standard library and site-packages differ from this interpreter's (a venv or pyenv Python):
@@ -52,12 +52,13 @@ class ServeConfig:
     out: Path = option(None, "the compiled OUT directory (vitrt compile MODEL -o OUT)", positional=True, type=Path,
                        metavar="OUT")
     name: str | None = option(None, "model name on the server (default: the manifest's model name)", metavar="N")
-    http_port: int = option(8000, "HTTP port on 127.0.0.1", type=int, metavar="PORT")
-    grpc_port: int = option(8001, "gRPC port on 127.0.0.1", type=int, metavar="PORT")
-    metrics_port: int = option(8002, "Prometheus metrics port on 127.0.0.1", type=int, metavar="PORT")
+    http_port: int = option(8000, "HTTP port on 127.0.0.1 (default 8000)", type=int, metavar="PORT")
+    grpc_port: int = option(8001, "gRPC port on 127.0.0.1 (default 8001)", type=int, metavar="PORT")
+    metrics_port: int = option(8002, "Prometheus metrics port on 127.0.0.1 (default 8002)", type=int, metavar="PORT")
     batching: BatchingOptions = section(BatchingOptions)
     threads: int | None = option(None, "ONNX Runtime intra-op threads per instance", type=int, metavar="N")
-    drain_timeout: int = option(30, "seconds a stop waits for requests in flight", type=int, metavar="S")
+    drain_timeout: int = option(30, "seconds a stop waits for the requests in flight (default 30)", type=int,
+                                metavar="S")
     server_log: Path | None = option(None, "write Triton's own log here (default: a temporary file, shown on failure)",
                                      type=Path, metavar="PATH")
 
