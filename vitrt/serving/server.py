@@ -215,7 +215,7 @@ def log_tail(path: Path, lines: int = 3) -> str:
         text = path.read_text(errors="replace").splitlines()
     except OSError:
         return "no server log"
-    errors = [line for line in text if line.startswith("E") or "error" in line.lower()]
+    errors = [line.split("\\n")[0][:200] for line in text if line.startswith("E")]
     return " | ".join((errors or text)[-lines:]) or "empty server log"
 
 
@@ -235,6 +235,7 @@ def serve(config: ServeConfig, log=print) -> ServeStats:
         from pytriton.exceptions import PyTritonError
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
         from pytriton.triton import Triton, TritonConfig
+        from tritonclient.utils import InferenceServerException
     except ImportError:
         raise VitrtError(f"vitrt serve needs PyTriton: {SERVE_HINT}") from None
     from vitrt.compiler.backends import BuildOptions, get_backend
@@ -273,9 +274,9 @@ def serve(config: ServeConfig, log=print) -> ServeStats:
                     raise VitrtError(f"the Triton server stopped unexpectedly: {log_tail(server_log)}")
             stats.stopping = True
             drain_problem = drain(config.http_port, name, triton.get_access_token(), config.drain_timeout)
-        except PyTritonError as exc:
-            raise VitrtError(f"Triton could not serve '{config.out}': {exc.message if hasattr(exc, 'message') else exc}"
-                             f"; server log: {log_tail(server_log)}") from None
+        except (PyTritonError, InferenceServerException) as exc:  # a model that fails to load: the latter
+            text = exc.message() if callable(getattr(exc, "message", None)) else getattr(exc, "message", str(exc))
+            raise VitrtError(f"Triton could not serve '{config.out}': {str(text).strip().splitlines()[0]}") from None
         except TimeoutError:
             raise VitrtError(f"the Triton server did not start: {log_tail(server_log)}") from None
         finally:
