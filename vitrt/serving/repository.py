@@ -5,6 +5,7 @@
     REPO/<name>/1/model.onnx     platform onnxruntime_onnx  (ort artifacts: model.ort.onnx as built)
     REPO/<name>/labels.txt       one class label per line (the logits output's label_filename)
     REPO/<name>/vitrt.json       provenance: the OUT, its manifest's model and backend, where the I/O was read
+    with --preprocess: REPO/<name>_preprocess/ and REPO/<name>_ensemble/ (raw images in; vitrt.serving.preprocess)
 
 Inputs and outputs are the engine's own (:mod:`vitrt.serving.artifact`). Batching follows the engine:
 
@@ -177,11 +178,15 @@ class ExportTritonConfig:
                         "alone)", flag="-o/--repo", type=Path, metavar="REPO")
     name: str | None = option(None, "model name in the repository (default: the manifest's model name)", metavar="N")
     batching: BatchingOptions = section(BatchingOptions)
+    preprocess: bool = option(False, "also write REPO/<name>_preprocess and REPO/<name>_ensemble: clients send raw "
+                              "uint8 images [H, W, 3] of any size (dynamic-batch engines)")
     force: bool = option(False, "replace an existing, non-empty REPO/<name>")
 
 
 def export_triton(config: ExportTritonConfig, command: str = "") -> Path:
-    """Write REPO/<name>/ atomically (nothing is written when any check fails); returns its path."""
+    """Write REPO/<name>/ (and with ``preprocess`` REPO/<name>_preprocess/, REPO/<name>_ensemble/), each entry
+    atomically; every check runs before anything is written. Returns REPO/<name>."""
+    from vitrt.compiler.output import check_output_dir
     from vitrt.serving.artifact import open_artifact
 
     if config.out is None or config.repo is None:
@@ -189,18 +194,35 @@ def export_triton(config: ExportTritonConfig, command: str = "") -> Path:
     artifact = open_artifact(config.out)
     name = check_model_name(config.name or artifact.default_name())
     batching = batching_for(artifact, config.batching)
-    text = config_text(model_config(artifact, name, batching))
-    parse_config(text)  # what Triton will parse, checked before anything is written
-    target = Path(config.repo) / name
-    with atomic_output_dir(target, config.force) as staging:
-        (staging / "1").mkdir()
-        shutil.copyfile(artifact.path, staging / "1" / PLATFORMS[artifact.backend][1])
-        (staging / "config.pbtxt").write_text(f"# written by vitrt export triton from {artifact.out.absolute()}\n"
-                                              f"{text}")
-        (staging / "labels.txt").write_text("\n".join(class_labels(artifact.model, artifact.num_classes)) + "\n")
-        write_json(staging / "vitrt.json", {"out": str(artifact.out.absolute()), "model": artifact.model,
-                                            "backend": artifact.backend, "artifact": artifact.path.name,
-                                            "io_source": artifact.io_source, "batching": batching.to_dict(),
-                                            "inputs": [t.to_dict() for t in artifact.inputs],
-                                            "outputs": [t.to_dict() for t in artifact.outputs], "command": command})
-    return target
+    header = f"# written by vitrt export triton from {artifact.out.absolute()}\n"
+    labels = "\n".join(class_labels(artifact.model, artifact.num_classes)) + "\n"
+    provenance = {"out": str(artifact.out.absolute()), "model": artifact.model, "backend": artifact.backend,
+                  "artifact": artifact.path.name, "io_source": artifact.io_source, "batching": batching.to_dict(),
+                  "inputs": [t.to_dict() for t in artifact.inputs], "outputs": [t.to_dict() for t in artifact.outputs],
+                  "command": command}
+    configs = {name: model_config(artifact, name, batching)}
+    files: dict[str, dict] = {name: {"labels.txt": labels}}
+    if config.preprocess:
+        from vitrt.serving.preprocess import ensemble_configs, model_py, normalisation
+
+        mean, std, source = normalisation(artifact.model)
+        pre, ens = ensemble_configs(artifact, name, batching, mean, std)
+        configs.update({pre.name: pre, ens.name: ens})
+        files[pre.name] = {"1/model.py": model_py(artifact.inputs[0].name)}
+        files[ens.name] = {"1/.keep": "", "labels.txt": labels}  # an ensemble's version directory stays empty
+        provenance["preprocess"] = {"mean": list(mean), "std": list(std), "source": source,
+                                    "models": [pre.name, ens.name]}
+    texts = {entry: config_text(c) for entry, c in configs.items()}
+    for entry, text in texts.items():
+        parse_config(text)  # what Triton will parse, checked before anything is written
+        check_output_dir(Path(config.repo) / entry, config.force)
+    for entry, text in texts.items():
+        with atomic_output_dir(Path(config.repo) / entry, config.force) as staging:
+            (staging / "1").mkdir()
+            (staging / "config.pbtxt").write_text(header + text)
+            for relative, content in files[entry].items():
+                (staging / relative).write_text(content)
+            if entry == name:
+                shutil.copyfile(artifact.path, staging / "1" / PLATFORMS[artifact.backend][1])
+                write_json(staging / "vitrt.json", provenance)
+    return Path(config.repo) / name
