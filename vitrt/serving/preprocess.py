@@ -14,11 +14,8 @@ source, so what the tests check here is what Triton runs (numpy only: the Python
 from __future__ import annotations
 
 import inspect
-import json
 
 import numpy as np
-
-from vitrt.compiler.errors import VitrtError
 
 
 def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
@@ -87,35 +84,3 @@ def normalisation(model: str) -> tuple[tuple[float, ...], tuple[float, ...], str
 def model_py(input_name: str) -> str:
     functions = "\n\n".join(inspect.getsource(f) for f in (resize_bilinear, preprocess))
     return MODEL_PY.format(functions=functions, raw=RAW_INPUT, images=input_name)
-
-
-def ensemble_configs(artifact, name: str, batching, mean, std):
-    """(preprocess config, ensemble config) ModelConfig protobufs around the engine's entry ``name``."""
-    from vitrt.serving.repository import _model_config_pb2, triton_dtype
-
-    if not batching.dynamic:
-        raise VitrtError("--preprocess needs a dynamic-batch engine (raw images of any size are batched by Triton); "
-                         "compile with --dynamic-batch")
-    mc = _model_config_pb2()
-    image, logits = artifact.inputs[0], artifact.outputs[0]
-    channels, size = image.shape[1], image.shape[-1]
-    if channels != 3 or image.shape[-2] != size:
-        raise VitrtError(f"--preprocess expects square RGB inputs [3, S, S]; '{image.name}' is {list(image.shape[1:])}")
-    pre = mc.ModelConfig(name=f"{name}_preprocess", backend="python", max_batch_size=batching.max_batch_size)
-    pre.input.add(name=RAW_INPUT, data_type="TYPE_UINT8", dims=[-1, -1, 3])
-    pre.output.add(name=image.name, data_type=triton_dtype(image.dtype), dims=image.shape[1:])
-    pre.instance_group.add(count=1, kind="KIND_CPU")
-    pre.dynamic_batching.max_queue_delay_microseconds = batching.queue_delay_us
-    for key, value in (("size", str(size)), ("mean", json.dumps(list(mean))), ("std", json.dumps(list(std)))):
-        pre.parameters[key].string_value = value
-    ens = mc.ModelConfig(name=f"{name}_ensemble", platform="ensemble", max_batch_size=batching.max_batch_size)
-    ens.input.add(name=RAW_INPUT, data_type="TYPE_UINT8", dims=[-1, -1, 3])
-    ens.output.add(name=logits.name, data_type=triton_dtype(logits.dtype), dims=logits.shape[1:],
-                   label_filename="labels.txt")
-    first = ens.ensemble_scheduling.step.add(model_name=pre.name, model_version=-1)
-    first.input_map[RAW_INPUT] = RAW_INPUT
-    first.output_map[image.name] = "preprocessed"
-    second = ens.ensemble_scheduling.step.add(model_name=name, model_version=-1)
-    second.input_map[image.name] = "preprocessed"
-    second.output_map[logits.name] = logits.name
-    return pre, ens
