@@ -143,7 +143,7 @@ def test_written_model_py_runs_on_triton(bundled_server):
 
 
 def test_raw_digits_through_the_preprocessing_step_keep_the_reference_accuracy(bundled_server, repo, digits_test):
-    """The 8x8 scans as raw uint8 images -> Triton's preprocessing step -> the exported engine: the reference's top-1."""
+    """The 8x8 scans as raw uint8 images -> Triton's preprocessing step -> the exported engine: reference top-1."""
     import tritonclient.http as httpclient
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

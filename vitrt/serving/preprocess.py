@@ -40,7 +40,7 @@ def preprocess(raw: np.ndarray, size: int, mean, std) -> np.ndarray:
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
-MODEL_PY = '''"""Triton Python backend: raw images -> the engine's input. Written by vitrt export triton --preprocess."""
+MODEL_PY = '''"""Triton Python backend: raw images -> the engine's input (vitrt export triton --preprocess)."""
 
 import json
 
