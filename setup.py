@@ -36,7 +36,11 @@ setup(
     ],
     extras_require={
         "trt": ["tensorrt>=10.0"],
-        "dev": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "import-linter>=2.1"],
+        # vitrt serve / loadtest / export triton: a real Triton server (PyTriton bundles Triton 2.51 with its
+        # Python backend) and Triton's client (HTTP, gRPC, the ModelConfig protobuf). PyTriton pins numpy < 2.
+        "serve": ["nvidia-pytriton>=0.7", "tritonclient[http,grpc]>=2.50"],
+        "dev": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "import-linter>=2.1",
+                "nvidia-pytriton>=0.7", "tritonclient[http,grpc]>=2.50"],
     },
     entry_points={"console_scripts": ["vitrt=vitrt.cli:main"]},
 )

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "vitrt.benchmarks.quantization",  # bench-quant-accuracy, bench-quant-speed
     "vitrt.benchmarks.sparsity_digits",  # sparsity-digits
     "vitrt.benchmarks.tome_bench",  # tome-bench
+    "vitrt.cli.serving",  # export triton, serve, loadtest
 )
 
 

@@ -20,6 +20,9 @@ import numpy as np
 from vitrt.compiler.errors import BackendUnavailableError, VitrtError
 from vitrt.compiler.backends.base import Backend, BuildOptions, Runner
 
+# (min, opt, max) batch of the optimisation profile a dynamic-batch engine is built with; exporters read the max.
+DYNAMIC_BATCH_PROFILE = (1, 8, 64)
+
 INSTALL_HINT = ("TensorRT is not installed: install it with pip install 'vitrt[trt]' from NVIDIA's package index "
                 "on a machine with an NVIDIA GPU, or use --backend ort")
 
@@ -92,15 +95,15 @@ class TrtBackend(Backend):
         _write_atomic(Path(out_dir) / "engine_inspector.json", info.encode())
         return artifact
 
-    def _add_dynamic_batch_profile(self, builder, network, config, max_batch: int = 64) -> None:
-        """A dynamic batch dim (-1) needs an optimisation profile: batch 1..max_batch, optimised for 8."""
+    def _add_dynamic_batch_profile(self, builder, network, config) -> None:
+        """A dynamic batch dim (-1) needs an optimisation profile: batch DYNAMIC_BATCH_PROFILE (1..64, opt 8)."""
         dynamic = [network.get_input(i) for i in range(network.num_inputs) if network.get_input(i).shape[0] == -1]
         if not dynamic:
             return
         profile = builder.create_optimization_profile()
         for tensor in dynamic:
             rest = tuple(tensor.shape)[1:]
-            profile.set_shape(tensor.name, (1, *rest), (8, *rest), (max_batch, *rest))
+            profile.set_shape(tensor.name, *((batch, *rest) for batch in DYNAMIC_BATCH_PROFILE))
         config.add_optimization_profile(profile)
 
     def load(self, artifact: Path, options: BuildOptions) -> "TrtRunner":
