@@ -95,8 +95,8 @@ def test_cleanup_folds_constants_removes_dead_nodes_and_infers_shapes(setup):
     view, twin = setup
     view = CleanupPass().run(view, PassContext()).view  # folds what lowering left (the static-batch Expand)
     graph = view.graph
-    # A constant subgraph feeding the scale (2 * 0.5 = 1: same function) and a dead node.
-    scale = view.block(0).node("attn.scale")
+    # A constant subgraph scaling the attention logits (2 * 0.5 = 1: same function) and a dead node.
+    scale = view.block(0).node("attn.qk")
     product = gs.Variable("const_product", dtype=np.float32)
     graph.nodes.append(gs.Node("Mul", "foldable", inputs=[gs.Constant("two", np.array(2.0, np.float32)),
                                                              gs.Constant("half", np.array(0.5, np.float32))],

@@ -183,8 +183,9 @@ def test_importance_is_squared_gate_gradient():
     total = total + (attn.proj.weight.grad[:, rows] * attn.proj.weight[:, rows]).sum()
     assert float(scores["blocks.1.heads"][1]) == pytest.approx(float(total.detach()) ** 2, rel=1e-3)
     magnitude = magnitude_importance(twin)
-    expected = sum(float((layer.weight[rows].detach() ** 2).sum() + (layer.bias[rows].detach() ** 2).sum())
-                   for layer in (attn.q, attn.k, attn.v))
+    s = twin.spec.blocks[1].scale  # the twin's q carries the attention scale; magnitude counts the model's own q
+    expected = sum(float(((layer.weight[rows].detach() / f) ** 2).sum() + ((layer.bias[rows].detach() / f) ** 2).sum())
+                   for layer, f in ((attn.q, s), (attn.k, 1.0), (attn.v, 1.0)))
     expected += float((attn.proj.weight[:, rows].detach() ** 2).sum())
     assert float(magnitude["blocks.1.heads"][1]) == pytest.approx(expected, rel=1e-4)
 

@@ -17,7 +17,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import max_abs, tiny_vit
+from conftest import max_abs, score_path, tiny_vit
 from vitrt.compiler.cleanup import CleanupPass
 from vitrt.compiler.cost import vit_flops
 from vitrt.compiler.errors import VitrtError
@@ -308,6 +308,23 @@ def test_structure_static_no_scatter():
     # later blocks' reshapes carry their smaller token counts
     shape = init[next(n.input[1] for n in model.graph.node if n.name == "blocks.3.attn.q.split_heads")]
     assert shape[1] == plan.tokens[3]
+
+
+def test_proportional_attention_adds_log_size_right_after_qk():
+    """After the first merge, every block's score path is MatMul(Q·s, Kᵀ) -> Add(log size) -> Softmax: the scale
+    lives in q, so the Add sits where TensorRT's fused attention takes it; earlier blocks keep MatMul -> Softmax."""
+    twin = small_twin(depth=4)
+    view, _, plan = merged(twin, SCHEDULES["dfe"])  # block 0 dense, block 1 merges first
+    model = view.to_onnx()
+    names = {n.name: n for n in model.graph.node}
+    for i in range(4):
+        if i > 1:
+            assert score_path(model.graph, i) == ["MatMul", "Add", "Softmax"]
+            add = names[f"blocks.{i}.attn.size_bias"]
+            assert add.input[0] == names[f"blocks.{i}.attn.qk"].output[0]
+            assert add.output[0] == names[f"blocks.{i}.attn.softmax"].input[0]
+        else:
+            assert score_path(model.graph, i) == ["MatMul", "Softmax"]
 
 
 def state_of(twin):
