@@ -26,7 +26,7 @@ from vitrt.compiler.lower import lower
 from vitrt.compiler.models import canonicalize
 from vitrt.compiler.pass_manager import FP32_TOLERANCE, PassContext, PassManager
 from vitrt.compiler.verify import run_onnx, run_torch, verification_inputs
-from vitrt.transforms.precision.graph_pass import Fp16Pass
+from vitrt.transforms.precision.graph_pass import PrecisionTypingPass
 from vitrt.transforms.precision.plan import FP16_TOLERANCE, PrecisionPlan
 from vitrt.transforms.prune.graph_pass import PrunePass
 from vitrt.transforms.prune.plan import BlockPlan, PruningPlan
@@ -371,7 +371,7 @@ def test_fp16_typed_merge_equals_fp16_twin(name):
     twin = small_twin()
     view, merged_twin, _ = merged(twin, SCHEDULES[name])
     assert {"Cast", "ConstantOfShape"} <= set(view.op_counts())
-    fp16 = Fp16Pass(PrecisionPlan())
+    fp16 = PrecisionTypingPass(PrecisionPlan())
     model = fp16.run(view, PassContext()).view.to_onnx()
     onnx.checker.check_model(model, full_check=True)  # strict shape inference: one float32 Cast would fail here
     readers = {}
@@ -412,7 +412,7 @@ def test_compile_tome_fp16_verifies_and_draws_the_merged_fp32_twin(tmp_path, win
     m = result.manifest
     assert m["verify"]["ok"] and m["verify"]["reference"] == "torch twin"
     assert m["verify"]["tolerance"] == FP16_TOLERANCE
-    assert [p["name"] for p in m["passes"] if p["modified"]][:2] == ["token_merge", "precision_fp16"]
+    assert [p["name"] for p in m["passes"] if p["modified"]][:2] == ["token_merge", "precision_typing"]
     assert m["token_merge"]["r"][0] == (16 if window else 8) and m["precision"]["activations"] == "fp16"
     assert_picture_from_stage_twin(result, model, tmp_path)
 

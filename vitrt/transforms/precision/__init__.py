@@ -1,18 +1,24 @@
-"""Precision typing: the float graph becomes FP16 (TensorRT 11 takes precision only from the graph), with
+"""Precision typing: the float graph becomes FP16 or BF16 (TensorRT 11 takes precision only from the graph), with
 LayerNorm and Softmax kept in FP32.
 
-    plan.py        PrecisionPlan: dtype and the ops kept in fp32
-    graph_pass.py  Fp16Pass: retypes tensors and constants, Casts around the kept ops
-    twin.py        fp16_twin: the same on the torch twin
+    plan.py        PrecisionPlan: dtype (fp16 | bf16) and the ops kept in fp32
+    graph_pass.py  PrecisionTypingPass: retypes tensors and constants, Casts around the kept ops
+    twin.py        typed_twin: the same on the torch twin
+
+The stage runs when the target's activations are typed (:attr:`vitrt.compiler.target.TargetConfig.activation_dtype`):
+``--precision fp16`` / ``bf16``, and ``int4w`` for TensorRT, whose INT4 weight-only form is W4A16.
 """
 
 from vitrt.transforms.base import ReportContext, StageReport, Transform
-from vitrt.transforms.precision.graph_pass import Fp16Pass
-from vitrt.transforms.precision.plan import PrecisionPlan
+from vitrt.transforms.precision.graph_pass import PrecisionTypingPass
+from vitrt.transforms.precision.plan import DTYPES, PrecisionPlan, plan_for
 
 
 def plan(twin, ctx, options) -> PrecisionPlan:
-    return PrecisionPlan(ctx.target.precision)
+    """Typing to the target's activation type at the target's opset (no stage that runs before typing raises the
+    opset when the activations are typed: Q/DQ raises it only for int8 / fp8 / int4w, and int4w's W4A16 is fp16,
+    which every op's schema has)."""
+    return plan_for(ctx.target.activation_dtype, ctx.target.opset)
 
 
 def report(plan: PrecisionPlan, ctx: ReportContext) -> StageReport:
@@ -20,5 +26,5 @@ def report(plan: PrecisionPlan, ctx: ReportContext) -> StageReport:
 
 
 TRANSFORM = Transform(name="precision", manifest_key="precision", section=None,
-                      enabled=lambda options, target: target.precision == "fp16", plan=plan, graph_pass=Fp16Pass,
-                      report=report)
+                      enabled=lambda options, target: target.activation_dtype in DTYPES, plan=plan,
+                      graph_pass=PrecisionTypingPass, report=report)
