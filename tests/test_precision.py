@@ -52,8 +52,9 @@ def twin():
 
 
 @pytest.fixture(scope="module")
-def images():
-    return np.random.default_rng(1).standard_normal((2 * BATCH, 3, 32, 32)).astype(np.float32)
+def images(twin):
+    """Two batches of N(0, 1) images, as --verify draws them."""
+    return verification_inputs(twin.spec, BATCH, seed=1, count=2)
 
 
 def run_passes(passes, twin, batch=BATCH, images=None):
