@@ -153,6 +153,7 @@ def test_scale_table_round_trip(tiny, tiny_int8, tmp_path):
     (lambda d: d["tensors"].pop("blocks.0.attn.v.input"), "no entry"),
     (lambda d: d.update(precision="fp8"), "precision"),
     (lambda d: d["tensors"]["blocks.0.attn.proj.weight"].update(axis=0), "axis"),
+    (lambda d: d.update(version=1), "before vitrt folded the attention scale into q"),  # q ranges of unscaled Q
 ])
 def test_malformed_scale_table_is_refused_in_one_line(tiny, tiny_int8, tmp_path, edit, message):
     data = tiny_int8[1].to_dict()

@@ -13,7 +13,7 @@ from vitrt.compiler.errors import OptionError
 from vitrt.compiler.options import option
 
 BACKENDS = ("ort", "trt")
-PRECISIONS = ("fp32", "fp16", "int8", "fp8", "int4w")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "int4w")
 MIN_OPSET, MAX_OPSET = 17, 21
 
 
@@ -23,8 +23,9 @@ class TargetConfig:
                           choices=BACKENDS)
     batch: int = option(1, "batch size fixed at compile time (static shapes)", type=int, metavar="N")
     dynamic_batch: bool = option(False, "make the batch dimension dynamic instead of fixed")
-    precision: str = option("fp32", "engine precision, carried by the graph: fp32, fp16 (typed, LayerNorm/Softmax "
-                            "in fp32), int8 / fp8 (Q/DQ), int4w (INT4 weight-only, block-wise)", choices=PRECISIONS)
+    precision: str = option("fp32", "engine precision, carried by the graph: fp32, fp16 / bf16 (typed, "
+                            "LayerNorm/Softmax in fp32; bf16 for trt), int8 / fp8 (Q/DQ), int4w (INT4 weight-only, "
+                            "block-wise; W4A16 for trt)", choices=PRECISIONS)
     opset: int = option(17, "ONNX opset of the canonical graph", type=int, metavar="N")
     threads: int | None = option(None, "ONNX Runtime intra-op threads (default: ONNX Runtime's choice)", type=int,
                                  metavar="N")
@@ -36,6 +37,19 @@ class TargetConfig:
         """The batch baked into the graph, or None for a dynamic batch dimension."""
         return None if self.dynamic_batch else self.batch
 
+    @property
+    def activation_dtype(self) -> str:
+        """The float type the graph's activations carry: fp16 / bf16 when typed, else fp32.
+
+        INT4 weight-only is W4A16 for TensorRT — block-wise INT4 weights, FP16 activations, LayerNorm and Softmax
+        in FP32: TensorRT's and Model Optimizer's scheme — and keeps FP32 activations for ONNX Runtime's CPU
+        provider, where it runs faster (benchmarks/results/quantization.md, "INT4 activations")."""
+        if self.precision in ("fp16", "bf16"):
+            return self.precision
+        if self.precision == "int4w" and self.backend == "trt":
+            return "fp16"
+        return "fp32"
+
     def validate(self) -> "TargetConfig":
         if self.batch < 1:
             raise OptionError(f"--batch must be >= 1, got {self.batch}")
@@ -43,4 +57,8 @@ class TargetConfig:
             raise OptionError(f"--opset {self.opset} is outside the supported range {MIN_OPSET}..{MAX_OPSET}")
         if self.threads is not None and self.threads < 1:
             raise OptionError(f"--threads must be >= 1, got {self.threads}")
+        if self.precision == "bf16" and self.backend != "trt":  # checked by tests/test_precision.py
+            raise OptionError(f"--precision bf16 needs --backend trt: ONNX Runtime's CPU provider has no bfloat16 "
+                              f"kernels for MatMul, Add, Erf or Softmax (use --precision fp16 with --backend "
+                              f"{self.backend})")
         return self
