@@ -44,6 +44,7 @@ from vitrt.compiler.output import atomic_output_dir, write_json
 from vitrt.compiler.pass_manager import OpCountInstrument, PassContext, PassManager
 from vitrt.compiler.progress import Progress
 from vitrt.compiler.timing import Timing, interleaved, synced
+from vitrt.compiler.trt_lint import check_trt, lint
 from vitrt.compiler.twin import CanonicalViT
 from vitrt.compiler.verify import VerifyInstrument, compare, verification_inputs
 from vitrt.pipeline.config import CompileConfig
@@ -155,6 +156,9 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
                                  progress=lambda name: progress.log(f"pass {name}"))
         view = result.view
         final_onnx = view.to_onnx()
+        trt_lint = check_trt(final_onnx) if target.backend == "trt" else lint(final_onnx)  # trt: errors fail here
+        if trt_lint.findings:
+            progress.log(trt_lint.summary())
         onnx_path = staging / "model.onnx"
         onnx.save(final_onnx, str(onnx_path))
 
@@ -171,6 +175,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
             "passes": [r.to_dict() for r in result.records],
             "params": {"before": vit_params(spec_before), "after": vit_params(view.spec)},
             "flops": {"before": vit_flops(spec_before), "after": vit_flops(view.spec)},
+            "trt_lint": trt_lint.to_dict(),
         }
         if checks.verify:
             with progress.step("verifying the compiled ONNX"):
