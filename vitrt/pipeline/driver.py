@@ -186,6 +186,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
                                  f"the {manifest['verify']['reference']} exceeds {manifest['verify']['tolerance']:g}")
 
         build_options = BuildOptions(threads=target.threads, timing_cache=target.timing_cache,
+                                     batch_profile=target.batch_profile, cuda_graph=target.cuda_graph,
                                      sparse_weights=bool(result.build_hints.get("sparse_weights")))
         with progress.step(f"building the {target.backend} artifact"):
             backend.build(onnx_path, staging, build_options)
