@@ -36,7 +36,9 @@ setup(
     ],
     extras_require={
         "trt": ["tensorrt>=10.0"],
-        "dev": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "import-linter>=2.1"],
+        # mypy type-checks the TensorRT backend against tensorrt-stubs (tests/test_trt_typecheck.py); the stubs are
+        # installed with --no-deps by .ci/run and the README (their metadata pins tensorrt, which has no wheel here)
+        "dev": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "import-linter>=2.1", "mypy>=1.10"],
     },
     entry_points={"console_scripts": ["vitrt=vitrt.cli:main"]},
 )
