@@ -345,3 +345,24 @@ def test_compile_records_the_lint_in_the_manifest(tmp_path, capsys):
     assert section["errors"] == [] and [w["rule"] for w in section["warnings"]] == ["fusion-attention-scale"]
     assert set(section["rules_checked"]) == set(RULES)
     assert "TensorRT lint: 0 error(s), 1 warning(s)" in capsys.readouterr().err
+
+
+def test_cli_lint_trt(tmp_path, capsys):
+    import json
+
+    from vitrt.cli import main
+
+    path = tmp_path / "model.onnx"
+    onnx.save(lower(canonicalize(tiny_vit(depth=1)), batch=2), str(path))
+    assert main(["lint-trt", str(path), "--json", str(tmp_path / "lint.json")]) == 0  # warnings only
+    out = capsys.readouterr().out
+    assert "warning: [fusion-attention-scale] blocks.0.attn.scale:" in out and "0 error(s), 1 warning(s)" in out
+    assert json.loads((tmp_path / "lint.json").read_text())["warnings"][0]["node"] == "blocks.0.attn.scale"
+    assert main(["lint-trt", str(path), "--strict"]) == 1
+    onnx.save(matmul_qdq(act_zp=np.int8(3)), str(tmp_path / "bad.onnx"))
+    assert main(["lint-trt", str(tmp_path / "bad.onnx")]) == 1
+    assert "error: [qdq-zero-point] q: QuantizeLinear 'q': zero point is not 0" in capsys.readouterr().out
+    (tmp_path / "junk.onnx").write_text("not a model")
+    assert main(["lint-trt", str(tmp_path / "junk.onnx")]) == 2
+    assert capsys.readouterr().err.startswith("vitrt: error: cannot read")
+    assert main(["lint-trt", "--rules"]) == 0 and "source: NvInfer.h" in capsys.readouterr().out
