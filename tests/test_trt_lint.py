@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import tiny_vit
@@ -366,3 +367,66 @@ def test_cli_lint_trt(tmp_path, capsys):
     assert main(["lint-trt", str(tmp_path / "junk.onnx")]) == 2
     assert capsys.readouterr().err.startswith("vitrt: error: cannot read")
     assert main(["lint-trt", "--rules"]) == 0 and "source: NvInfer.h" in capsys.readouterr().out
+
+
+# --- issue 11's done criterion: no error and no fusion warning on any supported model or stack ------------------
+# Today's lowering applies the attention scale after QKᵀ, so every graph draws fusion-attention-scale warnings;
+# these tests are expected to pass once the fold of the scale into Q lands (branch wip-i11a) and then flip loudly.
+NEEDS_FOLD = "needs the attention-scale fold (wip-i11a)"
+MODELS = ["vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224", "deit_tiny_patch16_224",
+          "deit_small_patch16_224", "deit_base_patch16_224", "deit_tiny_distilled_patch16_224",
+          "deit_small_distilled_patch16_224", "deit_base_distilled_patch16_224"]
+STACKS = {
+    "dense": {}, "tome": {"tome": "2"}, "tome+lgtm": {"tome": "2", "lgtm_window": 2},
+    "int8": {"precision": "int8", "calib_data": "synthetic"},
+    "int8+attention": {"precision": "int8", "calib_data": "synthetic", "quantize_attention": True},
+    "fp8": {"precision": "fp8", "calib_data": "synthetic"}, "fp16": {"precision": "fp16"},
+    "bf16": {"precision": "bf16"}, "int4w": {"precision": "int4w"}, "2:4": {"sparsity": "2:4"},
+    "dynamic-batch": {"dynamic_batch": True},
+}
+
+
+def assert_trt_clean(model: onnx.ModelProto) -> None:
+    report = lint(model)
+    assert report.errors == [] and [f for f in report.warnings if f.rule.startswith("fusion-")] == [], \
+        report.summary()
+
+
+FAST_MODELS = ("vit_tiny_patch16_224", "deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224",
+               "vit_small_patch16_224")  # the rest (small, base: 20 s each to create and lower) under -m slow
+NEEDS_QDQ_FIX = ("int8", "int8+attention", "fp8")  # the Q/DQ pass fails its postcondition before wip-i11a's fix
+
+
+@pytest.mark.xfail(strict=True, reason=NEEDS_FOLD, raises=AssertionError)
+@pytest.mark.parametrize("name", [n if n in FAST_MODELS else pytest.param(n, marks=pytest.mark.slow) for n in MODELS])
+def test_every_supported_model_lowers_trt_clean(name):
+    from vitrt.compiler.models import load_timm_model
+
+    torch.manual_seed(0)
+    assert_trt_clean(lower(canonicalize(load_timm_model(name, img_size=32)), batch=1))
+
+
+@pytest.mark.parametrize("stack", [pytest.param(s, marks=pytest.mark.xfail(
+    strict=True, reason=NEEDS_FOLD + {"bf16": " and --precision bf16"}.get(s, "")
+    + (" and its zero-point shape fix" if s in NEEDS_QDQ_FIX else ""),
+    raises=None if s == "bf16" or s in NEEDS_QDQ_FIX else AssertionError)) for s in STACKS])
+def test_every_stack_compiles_trt_clean(stack, tmp_path):
+    import vitrt
+
+    result = vitrt.compile(tiny_vit(depth=2, img_size=64), tmp_path / "out", name="tiny", batch=2, quiet=True,
+                           **STACKS[stack])
+    assert_trt_clean(onnx.load(str(result.onnx_path)))
+
+
+@pytest.mark.xfail(strict=True, reason=NEEDS_FOLD, raises=AssertionError)
+def test_pruned_model_with_removed_attention_is_trt_clean(tmp_path):
+    import dataclasses
+
+    import vitrt
+    from vitrt.compiler.twin import CanonicalViT
+
+    spec = canonicalize(tiny_vit(depth=2)).spec
+    spec = spec.with_blocks([dataclasses.replace(spec.blocks[0], heads=0), spec.blocks[1]])
+    result = vitrt.compile(CanonicalViT(spec).eval(), tmp_path / "out", name="pruned", batch=2, quiet=True)
+    assert result.manifest["spec_after"]["blocks"][0]["heads"] == 0
+    assert_trt_clean(onnx.load(str(result.onnx_path)))
