@@ -225,7 +225,7 @@ def test_fp8_attention_quantizes_the_softmax_output_with_the_fixed_scale(twin, i
         av = next(n for n in model.graph.node if n.name == f"blocks.{i}.attn.av")
         assert by_out[av.input[0]] is consumers[q.output[0]]
         assert float(qtwin.blocks[i].attn.av_a_input_quantizer.amax) == 1.0
-    assert lint_qdq(model) == []
+    assert qdq_findings(model) == []
     assert_matches_twin(model, qtwin, images, "fp8")
     int8 = calibrated_plan(twin, "int8", quantize_attention=True).table  # int8 keeps a calibrated range
     assert float(int8.entries["blocks.0.attn.av.input_a"].amax) != 1.0
