@@ -21,7 +21,7 @@ from typing import Iterator, Protocol
 import torch
 
 from vitrt.calib.digits import ImageSet, digits_split
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import DataError
 
 Batch = tuple[torch.Tensor, "torch.Tensor | None"]
 SYNTH_PREFIX = "synth:"  # synth:SET names a synthetic metric set directory
@@ -75,13 +75,13 @@ def image_folder(path: str | Path, img_size: int, limit: int | None = None, mode
 
     path = Path(path)
     if not path.is_dir():
-        raise VitrtError(f"data '{path}' is neither 'digits', 'synthetic' nor an ImageFolder directory (a synthetic "
-                         "metric set is named synth:SET)")
+        raise DataError(f"data '{path}' is neither 'digits', 'synthetic' nor an ImageFolder directory (a synthetic "
+                        "metric set is named synth:SET)")
     data_config = resolve_data_config({"input_size": (3, img_size, img_size)}, model=model)
     try:
         dataset = ImageFolder(str(path), transform=create_transform(**data_config, is_training=False))
     except (FileNotFoundError, RuntimeError) as exc:
-        raise VitrtError(f"'{path}' is not a usable ImageFolder (expected PATH/<class>/<image files>): {exc}") from None
+        raise DataError(f"'{path}' is not a usable ImageFolder (expected PATH/<class>/<image files>): {exc}") from None
     indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
     return ImageFolderSet(dataset, indices[:limit] if limit else indices)
 
@@ -107,7 +107,7 @@ def in_memory(data: Dataset, what: str = "data") -> ImageSet:
         images.append(batch)
         labels.append(batch_labels)
     if not images:
-        raise VitrtError(f"the {what} holds no images")
+        raise DataError(f"the {what} holds no images")
     return ImageSet(torch.cat(images), None if any(x is None for x in labels) else torch.cat(labels))
 
 

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from vitrt.calib.digits import ImageSet
 from vitrt.calib.evaluate import torch_logits
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import DataError, OptionError, OutputError
 from vitrt.compiler.options import option
 
 SET_FORMAT = "vitrt.synth"
@@ -80,11 +80,11 @@ class SynthesisConfig:
 
     def validate(self) -> "SynthesisConfig":
         if self.images < 1 or self.iterations < 1 or self.batch_size < 1:
-            raise VitrtError("--images, --iters and --batch must be >= 1")
+            raise OptionError("--images, --iters and --batch must be >= 1")
         if self.lr <= 0 or self.tv < 0 or self.l2 < 0 or self.feature_weight < 0:
-            raise VitrtError("--lr must be > 0 and --tv, --l2, --feature-weight >= 0")
+            raise OptionError("--lr must be > 0 and --tv, --l2, --feature-weight >= 0")
         if self.jitter is not None and self.jitter < 0:
-            raise VitrtError(f"--jitter must be >= 0, got {self.jitter}")
+            raise OptionError(f"--jitter must be >= 0, got {self.jitter}")
         return self
 
     def jitter_for(self, img_size: int) -> int:
@@ -263,7 +263,7 @@ def _read_metadata(root: Path) -> dict:
 
     data = read_json(root / "metadata.json", "synthetic metric set metadata", "make the set with vitrt synth")
     if not isinstance(data, dict) or data.get("format") != SET_FORMAT or data.get("version") != SET_VERSION:
-        raise VitrtError(f"'{root}' is not a vitrt synthetic metric set (format {SET_FORMAT} v{SET_VERSION})")
+        raise DataError(f"'{root}' is not a vitrt synthetic metric set (format {SET_FORMAT} v{SET_VERSION})")
     return data
 
 
@@ -290,13 +290,13 @@ def synthesize(twin, out: str | Path, config: SynthesisConfig, *, mean, std, mod
                                   "std": [float(s) for s in np.broadcast_to(std, spec.in_chans)]},
                 "feature_reference_images": 0 if feature_reference is None else len(feature_reference)}
     if root.exists() and not root.is_dir():
-        raise VitrtError(f"'{root}' exists and is not a directory; choose another -o")
+        raise OutputError(f"'{root}' exists and is not a directory; choose another -o")
     if root.is_dir() and any(root.iterdir()):
         existing = _read_metadata(root) if (root / "metadata.json").is_file() else None
         same = existing is not None and all(existing.get(k) == v for k, v in identity.items())
         if not same and not force:
-            raise VitrtError(f"'{root}' holds other data or a set made with another model or settings; pass --force "
-                             "to start over, or choose another -o")
+            raise OutputError(f"'{root}' holds other data or a set made with another model or settings; pass --force "
+                              "to start over, or choose another -o")
         if not same:
             shutil.rmtree(root)
     (root / "batches").mkdir(parents=True, exist_ok=True)
@@ -356,8 +356,8 @@ def _load_batches(root: Path, meta: dict) -> tuple[torch.Tensor, torch.Tensor]:
                 images.append(torch.from_numpy(archive["images"]))
                 labels.append(torch.from_numpy(archive["labels"]).long())
         except (OSError, ValueError, KeyError) as exc:
-            raise VitrtError(f"synthetic metric set batch '{path}' is unreadable ({exc}): run vitrt synth again "
-                             "to regenerate it") from None
+            raise DataError(f"synthetic metric set batch '{path}' is unreadable ({exc}): run vitrt synth again "
+                            "to regenerate it") from None
     return torch.cat(images), torch.cat(labels)
 
 
@@ -399,7 +399,7 @@ def model_for_synthesis(model, *, checkpoint=None, pretrained: bool = False, img
         from vitrt.calib.reference import load_reference
 
         if checkpoint or pretrained or img_size:
-            raise VitrtError(f"{DIGITS_REFERENCE} is the shipped model: drop --checkpoint / --pretrained / --img-size")
+            raise OptionError(f"{DIGITS_REFERENCE} is the shipped model: drop --checkpoint / --pretrained / --img-size")
         reference, _ = load_reference()
         return canonicalize(reference), *DIGITS_NORMALIZATION, DIGITS_REFERENCE
     if isinstance(model, str):
@@ -433,13 +433,13 @@ def load_metric_set(path: str | Path, img_size: int | None = None, limit: int | 
     """The exact images and assigned labels of a finished set (the first ``limit``), resized to ``img_size``."""
     root = Path(path)
     if not (root / "metadata.json").is_file():
-        raise VitrtError(f"'{root}' is not a synthetic metric set (no metadata.json): make one with vitrt synth MODEL "
-                         f"-o {root}")
+        raise DataError(f"'{root}' is not a synthetic metric set (no metadata.json): make one with vitrt synth MODEL "
+                        f"-o {root}")
     meta = _read_metadata(root)
     if not meta.get("complete"):
         done = len(meta.get("batches", {}))
-        raise VitrtError(f"synthetic metric set '{root}' is incomplete ({done} batch(es) finished): run the same vitrt "
-                         "synth command again to resume it")
+        raise DataError(f"synthetic metric set '{root}' is incomplete ({done} batch(es) finished): run the same vitrt "
+                        "synth command again to resume it")
     images, labels = _load_batches(root, meta)
     if limit:
         images, labels = images[:limit], labels[:limit]

@@ -35,11 +35,11 @@ class SynthCommandConfig:
 def run(config: SynthCommandConfig) -> int:
     from vitrt.calib.data import in_memory, load_data
     from vitrt.calib.synthesis import model_for_synthesis, synthesize
-    from vitrt.compiler.errors import VitrtError
+    from vitrt.compiler.errors import OptionError
     from vitrt.compiler.progress import progress_for
 
     if config.out is None:
-        raise VitrtError("no output directory: pass -o SET")
+        raise OptionError("no output directory: pass -o SET")
     synthesis = config.synthesis.validate()
     twin, mean, std, name = model_for_synthesis(config.model, checkpoint=config.checkpoint,
                                                 pretrained=config.pretrained, img_size=config.img_size)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from vitrt.calib.data import in_memory, load_data
 from vitrt.calib.evaluate import runner_logits, top1, torch_logits
 from vitrt.calib.synthesis import MetricSet
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import DataError
 
 
 def artifact_accuracy(runner, dense, *, metric_set: str | None, eval_data: str | None, seed: int = 0) -> dict:
@@ -29,7 +29,7 @@ def artifact_accuracy(runner, dense, *, metric_set: str | None, eval_data: str |
     if eval_data is not None:
         test = in_memory(load_data(eval_data, img, split="test", seed=seed), f"evaluation data '{eval_data}'")
         if test.labels is None:
-            raise VitrtError(f"--eval-data '{eval_data}' has no labels: pass labelled data (digits or an ImageFolder)")
+            raise DataError(f"--eval-data '{eval_data}' has no labels: pass labelled data (digits or an ImageFolder)")
         out["real"] = {"data": f"{eval_data}:test" if eval_data == "digits" else eval_data, "images": len(test),
                        "top1_compiled": round(top1(runner_logits(runner, test), test.labels), 6),
                        "top1_dense": round(top1(torch_logits(dense, test), test.labels), 6)}

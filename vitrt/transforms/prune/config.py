@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import OptionError
 from vitrt.compiler.options import option
 
 
@@ -59,13 +59,13 @@ class PruneConfig:
 
     def validate(self) -> "PruneConfig":
         if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise VitrtError(f"--prune {self.fraction} must be a latency fraction in (0, 1], e.g. 0.5")
+            raise OptionError(f"--prune {self.fraction} must be a latency fraction in (0, 1], e.g. 0.5")
         if sum([self.fraction is not None, self.plan is not None, self.revit, self.dcvit_macs is not None]) > 1:
-            raise VitrtError("--prune, --prune-plan, --revit and --dcvit-macs are alternatives: pass one of them")
+            raise OptionError("--prune, --prune-plan, --revit and --dcvit-macs are alternatives: pass one of them")
         if self.finetune_epochs < 0 or self.samples < 1 or self.eta < 0:
-            raise VitrtError("--finetune-epochs and --eta must be >= 0 and --prune-samples >= 1")
+            raise OptionError("--finetune-epochs and --eta must be >= 0 and --prune-samples >= 1")
         if self.finetune_epochs and not self.enabled:
-            raise VitrtError("--finetune-epochs fine-tunes a pruned model: add --prune, --prune-plan or --revit")
+            raise OptionError("--finetune-epochs fine-tunes a pruned model: add --prune, --prune-plan or --revit")
         return self.validate_dcvit()
 
     def validate_dcvit(self) -> "PruneConfig":
@@ -73,20 +73,31 @@ class PruneConfig:
         if self.dcvit_macs is None:
             if given:
                 flag = "--" + next(iter(given)).replace("_", "-")
-                raise VitrtError(f"{flag} is a DC-ViT option: add --dcvit-macs F")
+                raise OptionError(f"{flag} is a DC-ViT option: add --dcvit-macs F")
             return self
         if not 0 < self.dcvit_macs < 1:
-            raise VitrtError(f"--dcvit-macs {self.dcvit_macs} must be a fraction of the MACs in (0, 1), e.g. 0.7")
+            raise OptionError(f"--dcvit-macs {self.dcvit_macs} must be a fraction of the MACs in (0, 1), e.g. 0.7")
         if self.data == "synthetic":
-            raise VitrtError("DC-ViT fine-tunes on a few real (unlabelled) images or on a synthetic metric set, not on "
-                             "noise: pass --data PATH, --data digits or --data synth:SET")
+            raise OptionError("DC-ViT fine-tunes on a few real (unlabelled) images or on a synthetic metric set, not on "
+                              "noise: pass --data PATH, --data digits or --data synth:SET")
         if self.finetune_epochs:
-            raise VitrtError("--finetune-epochs is NViT's fine-tuning; DC-ViT fine-tunes each block (--dcvit-epochs)")
+            raise OptionError("--finetune-epochs is NViT's fine-tuning; DC-ViT fine-tunes each block (--dcvit-epochs)")
         if (self.few_shot is not None and self.few_shot < 1) or (self.dcvit_epochs or 0) < 0 \
                 or (self.dcvit_score_epochs or 0) < 0:
-            raise VitrtError("--few-shot must be >= 1 and --dcvit-epochs / --dcvit-score-epochs >= 0")
+            raise OptionError("--few-shot must be >= 1 and --dcvit-epochs / --dcvit-score-epochs >= 0")
         if self.dcvit_mlp is not None and not 0 <= self.dcvit_mlp <= 1:
-            raise VitrtError(f"--dcvit-mlp {self.dcvit_mlp} must be a fraction in [0, 1]")
+            raise OptionError(f"--dcvit-mlp {self.dcvit_mlp} must be a fraction in [0, 1]")
         if self.dcvit_whole_blocks and self.dcvit_mlp is not None:
-            raise VitrtError("--dcvit-whole-blocks removes the MLP too: drop --dcvit-mlp")
+            raise OptionError("--dcvit-whole-blocks removes the MLP too: drop --dcvit-mlp")
         return self
+
+    def check(self, spec, target):
+        """A given plan is read and matched against the model before any work; its pruned spec is then known
+        (None otherwise: the search decides the dims)."""
+        from vitrt.transforms.prune.plan import PruningPlan
+
+        if self.plan is None or spec is None:
+            return None
+        plan = PruningPlan.load(self.plan)
+        plan.check_matches(spec)
+        return plan.pruned_spec(spec)

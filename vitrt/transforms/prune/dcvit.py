@@ -38,7 +38,7 @@ from vitrt.calib.losses import FeatureMimic, Objective
 from vitrt.calib.synthesis import MetricSet, SynthesisConfig, invert_images
 from vitrt.calib.trainer import TrainConfig, train
 from vitrt.compiler.cost import block_flops, vit_flops
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import OptionError, UnsupportedModelError
 from vitrt.compiler.progress import QUIET
 from vitrt.compiler.weights import parameter_state
 from vitrt.transforms.prune.gates import hessian_importance, magnitude_importance
@@ -79,8 +79,8 @@ class Structure:
 def _uniform_block(spec):
     first = spec.blocks[0]
     if any(b != first for b in spec.blocks) or not first.heads or not first.mlp:
-        raise VitrtError("DC-ViT compresses a model whose blocks are all alike and complete (attention and MLP); "
-                         "this model's blocks differ — put --dcvit-macs first, on the unpruned model")
+        raise UnsupportedModelError("DC-ViT compresses a model whose blocks are all alike and complete (attention and "
+                                    "MLP); this model's blocks differ — put --dcvit-macs first, on the unpruned model")
     return first
 
 
@@ -94,14 +94,14 @@ def structure(spec, settings: Settings) -> Structure:
     saving = (1 - settings.macs) * dense
     most = spec.depth * (attention + mlp)
     if saving > most + 1e-9:
-        raise VitrtError(f"--dcvit-macs {settings.macs:g} is below what removing every block reaches "
-                         f"({1 - most / dense:.3f} of the MACs)")
+        raise OptionError(f"--dcvit-macs {settings.macs:g} is below what removing every block reaches "
+                          f"({1 - most / dense:.3f} of the MACs)")
     if settings.whole_blocks:
         n = math.ceil(saving / (attention + mlp) - 1e-9)
         return Structure((0,) * n, 1 - n * (attention + mlp) / dense)
     if saving < attention - 1e-9:
-        raise VitrtError(f"--dcvit-macs {settings.macs:g} keeps more than removing one attention module allows: "
-                         f"the largest compressed model has {1 - attention / dense:.3f} of the MACs")
+        raise OptionError(f"--dcvit-macs {settings.macs:g} keeps more than removing one attention module allows: "
+                          f"the largest compressed model has {1 - attention / dense:.3f} of the MACs")
     fewest = math.ceil(saving / (attention + mlp) - 1e-9)
     most_blocks = min(spec.depth, math.floor(saving / attention + 1e-9))
     preferred = saving / (attention + (1 - settings.mlp) * mlp)
@@ -216,7 +216,7 @@ def compress(twin, teacher, few_shot: ImageSet, metric: MetricSet, settings: Set
     weights) and a record of every step. ``twin`` is not modified."""
     shape = structure(twin.spec, settings)
     if shape.blocks > len(order):
-        raise VitrtError(f"the target needs {shape.blocks} compressed blocks but only {len(order)} are candidates")
+        raise OptionError(f"the target needs {shape.blocks} compressed blocks but only {len(order)} are candidates")
     student = copy.deepcopy(twin).eval()
     plan = PruningPlan.keep_all(twin.spec)
     steps, done = [], []
