@@ -192,6 +192,34 @@ def test_benchmark_configs(tmp_path):
         variants(DcvitRankingConfig(metric_set=tmp_path, dcvit_plans=str(tmp_path), plans="whole_blocks_0.7"))
 
 
+def test_ranking_combines_recorded_results(tmp_path):
+    """``dcvit_ranking --combine``: rows of a ranking and a sweep result ranked together (nothing compiled); results
+    on another metric set are refused."""
+    from vitrt.benchmarks.dcvit_ranking import DcvitRankingConfig, run
+
+    def row(name, top1, loss, **extra):
+        return {"name": name, "top1": top1, "metric_loss": loss, "metric_top1": 1 - loss, "macs_fraction": 1.0,
+                "verify_max_abs_err": 0.0, "verify_tolerance": 1e-4, **extra}
+
+    ranking = {"metric_set": "SET", "dense_top1": 0.9889, "seconds": 1.0, "int8": {"calib_images": 250},
+               "rows": [row("dense fp32", 0.9889, 0.0, metric_ce=0.1),
+                        row("int8 PTQ (digits calibration)", 0.98, 0.01, metric_ce=0.2),
+                        row("int8 PTQ (synthetic calibration)", 0.97, 0.02, metric_ce=0.3)]}
+    sweep = {"metric_set": "SET", "dense_top1": 0.988889, "seconds": 2.0,
+             "rows": [row("dcvit_0.7", 0.95, 0.05), row("dcvit_0.5", 0.90, 0.04)]}
+    (tmp_path / "ranking.json").write_text(json.dumps(ranking))
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    both = f"{tmp_path / 'ranking.json'},{tmp_path / 'sweep.json'}"
+    result = run(DcvitRankingConfig(combine=both))
+    assert [r["name"] for r in result["rows"]][-2:] == ["sweep: dcvit_0.7", "sweep: dcvit_0.5"]
+    assert result["variants"] == 5 and result["spearman_metric_loss_vs_top1"] == pytest.approx(0.9)
+    assert result["spearman_metric_ce_vs_top1"] == pytest.approx(1.0)  # over the 3 rows that have a CE
+    assert result["int8"]["extra_loss_points"] == pytest.approx(1.0)
+    (tmp_path / "sweep.json").write_text(json.dumps({**sweep, "metric_set": "OTHER"}))
+    with pytest.raises(VitrtError, match="one metric set"):
+        run(DcvitRankingConfig(combine=both))
+
+
 def test_without_a_metric_set_the_compile_grows_one(tmp_path, monkeypatch, capsys):
     """``--dcvit-macs`` without ``--dcvit-metric`` synthesises a metric set from the model itself (here 6 images and
     3 iterations instead of DC-ViT's 50 and 2,000); the CLI refuses DC-ViT knobs without --dcvit-macs."""

@@ -11,6 +11,11 @@ whole-block plans (``--dcvit-plans``: the plans ``dcvit_sweep --keep DIR`` left)
 the metric loss (DC-ViT's: KL(dense ‖ variant) on the synthetic set; lower = better) and the real top-1 over all
 variants — and, for comparison, of the cross entropy against the set's assigned labels and of the synthetic
 top-1 — and the top-1 of the two INT8 rows.
+
+``--combine A.json,B.json,..`` compiles nothing: it ranks together the rows that earlier runs recorded (this
+benchmark's and ``dcvit_sweep``'s results, every one a compiled, verified artifact measured through the same
+manifest ``accuracy`` section on the same metric set), so DC-ViT sizes join the ranking without compiling them
+again.
 """
 
 from __future__ import annotations
@@ -43,11 +48,13 @@ class DcvitRankingConfig:
     calib_images: int = option(256, "calibration images of both INT8 rows", type=int, metavar="N")
     batch: int = option(8, "compile batch (the LUT's)", type=int, metavar="N")
     threads: int = option(1, "ONNX Runtime and torch threads", type=int, metavar="N")
+    combine: str | None = option(None, "compile nothing: rank the rows of earlier dcvit_ranking / dcvit_sweep "
+                                 "results together (comma-separated JSON files, one metric set)", metavar="A.json,..")
     out: Path | None = option(None, "write OUT.md, OUT.json and OUT.png", flag="-o/--out", type=Path, metavar="OUT")
     quiet: bool = option(False, "no progress output")
 
     def validate(self) -> "DcvitRankingConfig":
-        if self.metric_set is None:
+        if self.metric_set is None and self.combine is None:
             raise VitrtError("pass --metric-set SET (make it with: vitrt synth digits-reference -o SET)")
         return self
 
@@ -75,14 +82,15 @@ def variants(config: DcvitRankingConfig) -> list[tuple[str, dict]]:
 
 
 def run(config: DcvitRankingConfig) -> dict:
+    config.validate()
+    if config.combine is not None:
+        return combine([Path(p.strip()) for p in config.combine.split(",") if p.strip()])
     import torch
-    from scipy.stats import spearmanr
 
     from vitrt.calib.reference import load_reference
     from vitrt.compiler.progress import progress_for
     from vitrt.pipeline.driver import compile
 
-    config.validate()
     progress = progress_for(config)
     torch.set_num_threads(config.threads)
     model, _ = load_reference()
@@ -102,18 +110,53 @@ def run(config: DcvitRankingConfig) -> dict:
                          "macs_fraction": m["flops"]["after"] / m["flops"]["before"],
                          "verify_max_abs_err": m["verify"]["max_abs_err"], "verify_tolerance": m["verify"]["tolerance"]})
             progress.log(f"{name}: top-1 {rows[-1]['top1'] * 100:.2f} %, metric loss {rows[-1]['metric_loss']:.5f}")
-    top1 = [r["top1"] for r in rows]
-    rho_loss = spearmanr([-r["metric_loss"] for r in rows], top1).statistic
-    rho_ce = spearmanr([-r["metric_ce"] for r in rows], top1).statistic
-    rho_top1 = spearmanr([r["metric_top1"] for r in rows], top1).statistic
+    return summarize(rows, config.calib_images, str(config.metric_set), time.perf_counter() - start)
+
+
+def summarize(rows: list[dict], calib_images: int, metric_set: str, seconds: float) -> dict:
+    """Spearman's ρ of the metric loss (and, over the rows that have them, of the CE against the assigned labels
+    and of the synthetic top-1) against the real top-1; the two INT8 rows side by side."""
+    from scipy.stats import spearmanr
+
+    def rho(key: str, sign: float) -> float:
+        having = [r for r in rows if r.get(key) is not None]
+        return float(spearmanr([sign * r[key] for r in having], [r["top1"] for r in having]).statistic)
+
     by_name = {r["name"]: r for r in rows}
     real, synthetic = by_name["int8 PTQ (digits calibration)"], by_name["int8 PTQ (synthetic calibration)"]
-    return {"rows": rows, "variants": len(rows), "spearman_metric_loss_vs_top1": float(rho_loss),
-            "spearman_metric_ce_vs_top1": float(rho_ce), "spearman_metric_top1_vs_top1": float(rho_top1), "dense_top1": by_name["dense fp32"]["top1"],
-            "int8": {"calib_images": config.calib_images, "top1_real_calibration": real["top1"],
+    return {"rows": rows, "variants": len(rows), "spearman_metric_loss_vs_top1": rho("metric_loss", -1),
+            "spearman_metric_ce_vs_top1": rho("metric_ce", -1), "spearman_metric_top1_vs_top1": rho("metric_top1", 1),
+            "dense_top1": by_name["dense fp32"]["top1"],
+            "int8": {"calib_images": calib_images, "top1_real_calibration": real["top1"],
                      "top1_synthetic_calibration": synthetic["top1"],
                      "extra_loss_points": round((real["top1"] - synthetic["top1"]) * 100, 3)},
-            "metric_set": str(config.metric_set), "seconds": round(time.perf_counter() - start, 1)}
+            "metric_set": metric_set, "seconds": round(seconds, 1)}
+
+
+def combine(paths: list[Path]) -> dict:
+    """The rows of earlier results (dcvit_ranking: its variants; dcvit_sweep: its compiled sizes, named
+    ``<file stem>: <row name>``), ranked together; they must share one metric set and one dense top-1."""
+    from vitrt.compiler.jsonfile import read_json
+
+    rows, sets, dense, calib, seconds = [], set(), set(), None, 0.0
+    for path in paths:
+        result = read_json(path, "benchmark result", "pass a dcvit_ranking or dcvit_sweep result JSON")
+        sets.add(str(result.get("metric_set")))
+        dense.add(round(result.get("dense_top1", -1), 4))
+        seconds += result.get("seconds", 0.0)
+        if "int8" in result:
+            calib = result["int8"]["calib_images"]
+            rows += [{**r, "source": path.stem} for r in result["rows"]]
+        else:
+            rows += [{"name": f"{path.stem}: {r['name']}", "source": path.stem, "top1": r["top1"],
+                      "metric_loss": r["metric_loss"], "metric_ce": r.get("metric_ce"),
+                      "metric_top1": r["metric_top1"], "macs_fraction": r["macs_fraction"],
+                      "verify_max_abs_err": r["verify_max_abs_err"], "verify_tolerance": r["verify_tolerance"]}
+                     for r in result["rows"]]
+    if len(sets) != 1 or len(dense) != 1 or calib is None:
+        raise VitrtError(f"--combine needs results on one metric set and one dense model, one of them a dcvit_ranking "
+                         f"result; got metric sets {sorted(sets)} and dense top-1 {sorted(map(str, dense))}")
+    return {**summarize(rows, calib, sets.pop(), seconds), "combined": [str(p) for p in paths]}
 
 
 def format_table(result: dict) -> str:
@@ -122,7 +165,7 @@ def format_table(result: dict) -> str:
              "CE vs assigned labels | synthetic top-1 | verify max err |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(result["rows"], key=lambda r: -r["top1"]):
         lines.append(f"| {r['name']} | {r['macs_fraction']:.3f} | {r['top1'] * 100:.2f} % | "
-                     f"{(r['top1'] - dense) * 100:+.2f} | {r['metric_loss']:.6f} | {r['metric_ce']:.4f} | "
+                     f"{(r['top1'] - dense) * 100:+.2f} | {r['metric_loss']:.6f} | {_ce(r)} | "
                      f"{r['metric_top1'] * 100:.1f} % | "
                      f"{r['verify_max_abs_err']:.1e} |")
     i8 = result["int8"]
@@ -133,6 +176,10 @@ def format_table(result: dict) -> str:
               f"synthetic set {i8['top1_synthetic_calibration'] * 100:.2f} % — the synthetic calibration loses "
               f"**{i8['extra_loss_points']:+.2f}** points more."]
     return "\n".join(lines)
+
+
+def _ce(row: dict) -> str:
+    return "—" if row.get("metric_ce") is None else f"{row['metric_ce']:.4f}"
 
 
 def plot(result: dict, path: Path) -> None:
