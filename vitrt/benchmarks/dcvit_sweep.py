@@ -23,6 +23,7 @@ keeps every compiled OUT and plan (the ranking benchmark reads the plans from th
 from __future__ import annotations
 
 import copy
+import functools
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -30,6 +31,9 @@ from pathlib import Path
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import module_main, option
+
+
+METHODS = ("dcvit", "dcvit_fewest_blocks", "whole_blocks")
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,12 @@ class DcvitSweepConfig:
     baseline: float | None = option(None, "compare DC-ViT with removing whole blocks at this MACs fraction",
                                     type=float, metavar="F")
     seeds: int = option(1, "few-shot subsets / fine-tuning seeds of the comparison", type=int, metavar="N")
+    methods: str = option(",".join(METHODS), "methods compared at --baseline (each also without fine-tuning)",
+                          metavar="M1,M2,..")
     batch: int = option(50, "compile batch", type=int, metavar="N")
     threads: int = option(1, "torch and ONNX Runtime threads (1: steady on a shared machine)", type=int, metavar="N")
+    workers: int = option(1, "compressions run side by side in this many processes (after the rankings)", type=int,
+                          metavar="N")
     keep: Path | None = option(None, "keep every plan and compiled OUT under this directory", type=Path, metavar="DIR")
     out: Path | None = option(None, "write OUT.md, OUT.json and OUT.png", flag="-o/--out", type=Path, metavar="OUT")
     quiet: bool = option(False, "no progress output")
@@ -59,9 +67,15 @@ class DcvitSweepConfig:
         if not fractions or any(not 0 < f < 1 for f in fractions):
             raise VitrtError(f"--targets / --baseline must be fractions in (0, 1), got '{self.targets}' / "
                              f"{self.baseline}")
-        if self.seeds < 1:
-            raise VitrtError("--seeds must be >= 1")
+        if self.seeds < 1 or self.workers < 1:
+            raise VitrtError("--seeds and --workers must be >= 1")
+        if not self.compared or any(m not in METHODS for m in self.compared):
+            raise VitrtError(f"--methods must name some of {', '.join(METHODS)}, got '{self.methods}'")
         return self
+
+    @property
+    def compared(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
 
     @property
     def fractions(self) -> list[float]:
@@ -85,6 +99,7 @@ def compile_plan(model, plan, name: str, workdir: Path, config: DcvitSweepConfig
             "params_fraction": m["params"]["after"] / m["params"]["before"],
             "top1": m["accuracy"]["real"]["top1_compiled"], "dense_top1": m["accuracy"]["real"]["top1_dense"],
             "metric_loss": m["accuracy"]["metric"]["compiled"]["loss"],
+            "metric_ce": m["accuracy"]["metric"]["compiled"]["ce"],
             "metric_top1": m["accuracy"]["metric"]["compiled"]["top1"],
             "verify_max_abs_err": m["verify"]["max_abs_err"], "verify_tolerance": m["verify"]["tolerance"],
             "attention_removed": m["pruning"]["summary"]["attention_removed"],
@@ -100,61 +115,116 @@ def jobs(config: DcvitSweepConfig, settings) -> list[tuple[str, float, object, i
         whole = replace(settings, whole_blocks=True)
         for seed in range(config.seeds):
             for method, variant in (("dcvit", settings), ("dcvit_fewest_blocks", fewest), ("whole_blocks", whole)):
+                if method not in config.compared:
+                    continue
                 out.append((method, config.baseline, variant, seed))
                 out.append((f"{method}_no_finetune", config.baseline, replace(variant, epochs=0), seed))
     return list(dict.fromkeys(out))  # the sweep's row at the baseline fraction is not run twice
 
 
-def run(config: DcvitSweepConfig) -> dict:
+@functools.lru_cache(maxsize=1)
+def _context(metric_set: Path, threads: int):
+    """What every job reads (built once per process): the reference, its twin, the frozen teacher, the digits
+    training split and the metric set."""
     import torch
 
-    from vitrt.calib.digits import ImageSet, digits_split
+    from vitrt.calib.digits import digits_split
     from vitrt.calib.reference import load_reference
     from vitrt.calib.synthesis import MetricSet, load_metric_set
     from vitrt.compiler.models import canonicalize
+
+    torch.set_num_threads(threads)
+    model, info = load_reference()
+    twin = canonicalize(model)
+    teacher = copy.deepcopy(twin).requires_grad_(False)
+    train, _ = digits_split(info["recipe"]["img_size"])
+    return model, twin, teacher, train, MetricSet.of(load_metric_set(metric_set, twin.spec.img), teacher)
+
+
+def few_shot_images(train, config: DcvitSweepConfig, seed: int):
+    from vitrt.calib.digits import ImageSet
+
+    return ImageSet(train.images[seed * config.few_shot:(seed + 1) * config.few_shot], None)
+
+
+def run_job(config: DcvitSweepConfig, job, order: list[int], workdir: Path) -> dict:
+    """One compression of the sweep (in this process or a worker): compress, fine-tune, compile, measure."""
+    from vitrt.compiler.progress import QUIET, progress_for
+    from vitrt.transforms.prune import dcvit
+
+    method, fraction, job_settings, seed = job
+    model, twin, teacher, train, metric = _context(config.metric_set, config.threads)
+    progress = progress_for(config)
+    name = f"{method}_{fraction:g}" + (f"_seed{seed}" if seed else "")
+    t0 = time.perf_counter()
+    with progress.step(f"{name}: compress and fine-tune"):
+        plan, record = dcvit.compress(twin, teacher, few_shot_images(train, config, seed), metric, job_settings,
+                                      order, progress if config.workers == 1 else QUIET)
+    with progress.step(f"{name}: compile, verify, measure"):
+        row = compile_plan(model, plan, name, workdir, config)
+    row.update({"method": method, "target": fraction, "seed": seed, "blocks": record["blocks"], "mlp": record["mlp"],
+                "epochs": job_settings.epochs, "seconds": round(time.perf_counter() - t0, 1)})
+    progress.log(f"{name}: MACs {row['macs_fraction']:.3f}, top-1 {row['top1'] * 100:.2f} %, metric loss "
+                 f"{row['metric_loss']:.6f}, verify {row['verify_max_abs_err']:.1e}")
+    return row
+
+
+def run(config: DcvitSweepConfig, on_row=None) -> dict:
+    """Every job of ``config``; ``on_row(result)`` gets the result so far (``complete`` false) after each row.
+
+    The recoverability rankings come first (one per candidate width and seed); the jobs then run in
+    ``--workers`` processes (each one torch / ONNX Runtime thread per ``--threads``)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from vitrt.benchmarks import dcvit_sweep  # by its import name: spawned workers cannot find __main__'s functions
     from vitrt.compiler.progress import progress_for
     from vitrt.transforms.prune import dcvit
 
     config.validate()
     progress = progress_for(config)
-    torch.set_num_threads(config.threads)
-    model, info = load_reference()
-    twin = canonicalize(model)
-    teacher = copy.deepcopy(twin).requires_grad_(False)
-    train, _ = digits_split(info["recipe"]["img_size"])
-    metric = MetricSet.of(load_metric_set(config.metric_set, twin.spec.img), teacher)
+    _, twin, teacher, train, metric = _context(config.metric_set, config.threads)
     settings = dcvit.Settings(macs=0.5, mlp=config.mlp, epochs=config.epochs, score_epochs=config.score_epochs)
     start = time.perf_counter()
-    rows, rankings = [], {}
+    planned = [(method, fraction, replace(job_settings, macs=fraction, seed=seed), seed)
+               for method, fraction, job_settings, seed in jobs(config, settings)]
+    rankings, orders = {}, []
+    for _, _, job_settings, seed in planned:
+        kind = f"mlp{dcvit.candidate_width(twin.spec, job_settings)}"  # one ranking per candidate width
+        if (kind, seed) not in rankings:
+            with progress.step(f"recoverability of every block (candidates keep {kind}, seed {seed})"):
+                rankings[kind, seed] = dcvit.recoverability(twin, teacher, few_shot_images(train, config, seed),
+                                                            metric, job_settings, progress)
+        orders.append([r["block"] for r in rankings[kind, seed]])
+    done: dict[int, dict] = {}
+
+    def finished(index: int, row: dict) -> None:
+        done[index] = row
+        if on_row is not None and len(done) < len(planned):
+            on_row(summary([done[i] for i in sorted(done)], rankings, config, len(metric), start, complete=False))
+
     with tempfile.TemporaryDirectory(prefix="vitrt-dcvit-sweep-") as tmp:
         workdir = Path(config.keep or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        for method, fraction, job_settings, seed in jobs(config, settings):
-            few_shot = ImageSet(train.images[seed * config.few_shot:(seed + 1) * config.few_shot], None)
-            job_settings = replace(job_settings, macs=fraction, seed=seed)
-            kind = f"mlp{dcvit.candidate_width(twin.spec, job_settings)}"  # one ranking per candidate width
-            if (kind, seed) not in rankings:
-                with progress.step(f"recoverability of every block (candidates keep {kind}, seed {seed})"):
-                    rankings[kind, seed] = dcvit.recoverability(twin, teacher, few_shot, metric, job_settings,
-                                                                progress)
-            name = f"{method}_{fraction:g}" + (f"_seed{seed}" if seed else "")
-            t0 = time.perf_counter()
-            with progress.step(f"{name}: compress and fine-tune"):
-                plan, record = dcvit.compress(twin, teacher, few_shot, metric, job_settings,
-                                              [r["block"] for r in rankings[kind, seed]], progress)
-            with progress.step(f"{name}: compile, verify, measure"):
-                row = compile_plan(model, plan, name, workdir, config)
-            row.update({"method": method, "target": fraction, "seed": seed, "blocks": record["blocks"],
-                        "mlp": record["mlp"], "epochs": job_settings.epochs,
-                        "seconds": round(time.perf_counter() - t0, 1)})
-            rows.append(row)
-            progress.log(f"{name}: MACs {row['macs_fraction']:.3f}, top-1 {row['top1'] * 100:.2f} %, metric loss "
-                         f"{row['metric_loss']:.6f}, verify {row['verify_max_abs_err']:.1e}")
+        if config.workers == 1:
+            for index, job in enumerate(planned):
+                finished(index, run_job(config, job, orders[index], workdir))
+        else:
+            with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(dcvit_sweep.run_job, config, job, orders[index], workdir): index
+                           for index, job in enumerate(planned)}
+                for future in as_completed(futures):
+                    finished(futures[future], future.result())
+    return summary([done[i] for i in sorted(done)], rankings, config, len(metric), start, complete=True)
+
+
+def summary(rows: list[dict], rankings: dict, config: DcvitSweepConfig, metric_images: int, start: float,
+            complete: bool) -> dict:
     return {"rows": rows, "rankings": {f"{k}_seed{s}": v for (k, s), v in rankings.items()},
             "comparison": comparison(rows, config.baseline), "few_shot": config.few_shot,
-            "metric_set": str(config.metric_set), "metric_images": len(metric), "epochs": config.epochs,
+            "metric_set": str(config.metric_set), "metric_images": metric_images, "epochs": config.epochs,
             "score_epochs": config.score_epochs, "preferred_mlp": config.mlp, "dense_top1": rows[0]["dense_top1"],
-            "test_images": 450, "seconds": round(time.perf_counter() - start, 1)}
+            "test_images": 450, "seconds": round(time.perf_counter() - start, 1), "complete": complete}
 
 
 def comparison(rows: list[dict], baseline: float | None) -> list[dict]:
@@ -214,13 +284,18 @@ def plot(result: dict, path: Path) -> None:
 def benchmark(config: DcvitSweepConfig) -> int:
     from vitrt.benchmarks.dcvit_record import record
 
-    result = run(config)
+    def write(result: dict) -> None:  # after every row, so that a long sweep cut short keeps what it measured
+        if config.out is not None:
+            state = "" if result["complete"] else f"**Partial: {len(result['rows'])} rows so far (still running).** "
+            record(config.out, "vitrt.benchmarks.dcvit_sweep", "DC-ViT on the digits reference: dense compression sweep "
+                   "and whole-block baseline", result, format_table(result), plot,
+                   f"{state}Dense top-1 {result['dense_top1'] * 100:.2f} %; {result['few_shot']} unlabelled few-shot "
+                   f"images; {result['epochs']} fine-tuning epochs per compressed block, {result['score_epochs']} "
+                   f"before scoring; metric set {result['metric_images']} synthetic images; {result['seconds']} s in all.")
+
+    result = run(config, on_row=write)
     print(format_table(result))
-    if config.out is not None:
-        record(config.out, "vitrt.benchmarks.dcvit_sweep", "DC-ViT on the digits reference: dense compression sweep and whole-block baseline",
-               result, format_table(result), plot,
-               f"Dense top-1 {result['dense_top1'] * 100:.2f} %; {result['few_shot']} unlabelled few-shot images; "
-               f"metric set {result['metric_images']} synthetic images; {result['seconds']} s in all.")
+    write(result)
     return 0
 
 
