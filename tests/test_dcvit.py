@@ -182,6 +182,12 @@ def test_benchmark_configs(tmp_path):
     assert {(m, s) for m, f, _, s in planned if f == 0.7} == {
         (m, s) for m in ("dcvit", "dcvit_no_finetune", "dcvit_fewest_blocks", "dcvit_fewest_blocks_no_finetune",
                          "whole_blocks", "whole_blocks_no_finetune") for s in (0, 1)}
+    only = DcvitSweepConfig(metric_set=tmp_path, targets="", baseline=0.7, methods="whole_blocks").validate()
+    assert [m for m, *_ in jobs(only, dcvit.Settings(macs=0.5))] == ["whole_blocks", "whole_blocks_no_finetune"]
+    with pytest.raises(VitrtError, match="--methods must name"):
+        DcvitSweepConfig(metric_set=tmp_path, baseline=0.7, methods="dcvit,blocks").validate()
+    with pytest.raises(VitrtError, match="--workers must be >= 1"):
+        DcvitSweepConfig(metric_set=tmp_path, workers=0).validate()
     names = [name for name, _ in variants(DcvitRankingConfig(metric_set=tmp_path))]
     assert len(names) == 10 and "int8 PTQ (synthetic calibration)" in names and "ToMe r=8" in names
     (tmp_path / "dcvit_0.7.plan.json").write_text("{}")

@@ -14,7 +14,11 @@
 4. At ``--baseline`` (0.7), over ``--seeds`` disjoint few-shot subsets (seed k: training images k·N..(k+1)·N, and
    seed k for the fine-tuning): DC-ViT at the preferred MLP fraction, DC-ViT with the official code's
    fewest-blocks rule (``--dcvit-mlp 0``), and the same machinery removing whole blocks (its own recoverability
-   ranking, the same fine-tuning) — each with and without fine-tuning; mean and spread over the seeds.
+   ranking, the same fine-tuning) — each with and without fine-tuning; mean and spread over the seeds
+   (``--methods`` picks which of the three).
+5. ``--workers N`` runs the compressions of 3. and 4. in N processes once the rankings are known (the machine's
+   cores, not the results, change); the result files are rewritten after every row (``complete`` false until the
+   last).
 
 Writes OUT.md / OUT.json (with the command) and OUT.png (top-1 against the fraction of the MACs); ``--keep DIR``
 keeps every compiled OUT and plan (the ranking benchmark reads the plans from there).
