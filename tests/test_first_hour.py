@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from vitrt.benchmarks.first_hour import CASES, CHECKPOINT, OPTION, run_case
+from vitrt.benchmarks.first_hour import CASES, CHECKPOINT, OPTION, START, run_case
 
 PROBE = """
 import json, sys
@@ -35,6 +35,17 @@ def test_option_errors_come_before_torch_is_imported(case, tmp_path):
     assert len(errors) == 1 and case.expect in errors[0], result.stderr
     heavy = case.name in ("unknown model", "unsupported family")  # timm's registry decides these
     assert probe["torch"] == heavy, f"{case.name}: torch imported before the error"
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.kind == START], ids=lambda c: c.name)
+def test_help_and_version_start_without_torch(case, tmp_path):
+    result = subprocess.run([sys.executable, "-c", PROBE, *case.argv], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    assert probe == {"code": 0, "torch": False, "timm": False}, result.stderr
+    assert result.stdout.startswith(case.expect)
+    row = run_case(case)
+    assert row["exit"] == 0 and row["one_line"] and not row["traceback"] and row["left_behind"] == [], row
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.kind == CHECKPOINT or c.name.startswith("demo")],
