@@ -126,8 +126,12 @@ def run(config: FirstHourConfig) -> int:
     if config.out is not None:
         command = command_line("python -m vitrt.benchmarks.first_hour")
         config.out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
-        config.out.with_suffix(".md").write_text(f"# First hour: bad input\n\nCommand:\n\n```\n{command}\n```\n\n"
-                                                 f"{table}\n")
+        cores = os.cpu_count()
+        config.out.with_suffix(".md").write_text(
+            f"# First hour: bad input\n\nCommand:\n\n```\n{command}\n```\n\nEach case runs `vitrt ...` as a new "
+            "process in an empty temporary directory. CPU s: the process's user + system time, the limit's "
+            "measure here; wall s is what a user waits and equals CPU s plus waiting for a core, so it reads true "
+            f"only on an idle machine ({cores} cores here, load average in the table).\n\n{table}\n")
     return 0 if all(r["exit"] == r["expected_exit"] and r["one_line"] and not r["traceback"] and not r["left_behind"]
                     for r in rows) else 1
 
