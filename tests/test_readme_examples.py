@@ -135,7 +135,8 @@ def test_readme_examples_run_in_order(tmp_path):
     """Every example in order in one directory (hours of CPU in all: the demo, training, latency tables)."""
     work = tmp_path / "clone"
     shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(".git", "out", "vitrt-demo", "*.egg-info"))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(work)}  # the copy's vitrt, whatever the installed one points at
     results = Path(os.environ.get("VITRT_README_LOG", tmp_path / "readme_examples.log"))
     server = None
     try:
