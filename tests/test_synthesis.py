@@ -170,3 +170,7 @@ def test_compile_reports_the_data_free_estimate_beside_real_accuracy(tmp_path, m
                            metric_set=f"synth:{made_set[0]}")
     assert merged.manifest["accuracy"]["metric"]["compiled"]["loss"] != accuracy["metric"]["compiled"]["loss"]
     assert "real" not in merged.manifest["accuracy"]
+    with pytest.raises(VitrtError, match="no engine to measure"):
+        vitrt.compile(model, tmp_path / "nobuild", quiet=True, backend="trt", no_build=True,
+                      metric_set=f"synth:{made_set[0]}")
+    assert not (tmp_path / "nobuild").exists()
