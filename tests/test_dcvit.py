@@ -160,6 +160,7 @@ def test_compile_dcvit_verified_against_the_pruned_twin(tmp_path, metric_dir):
     assert saved["weights_file"] == "pruning_plan.npz" and saved["meta"]["dcvit"]["blocks"] == info["blocks"]
     again = vitrt.compile(model, tmp_path / "again", quiet=True, verify=True, batch=2,
                           prune_plan=tmp_path / "dc" / "pruning_plan.json")
+    assert again.manifest["verify"]["ok"] and again.manifest["spec_after"] == m["spec_after"]
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5)).numpy()
     first = run_onnx(onnx.load(tmp_path / "dc" / "model.onnx"), images, 2)
     second = run_onnx(onnx.load(tmp_path / "again" / "model.onnx"), images, 2)
