@@ -227,11 +227,11 @@ def test_ranking_combines_recorded_results(tmp_path):
         run(DcvitRankingConfig(combine=both))
 
 
-def test_without_a_metric_set_the_compile_grows_one(tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+def test_without_a_metric_set_the_compile_grows_one(tmp_path, monkeypatch):
     """``--dcvit-macs`` without ``--dcvit-metric`` synthesises a metric set from the model itself (here 6 images and
-    3 iterations instead of DC-ViT's 50 and 2,000); the CLI refuses DC-ViT knobs without --dcvit-macs."""
+    3 iterations instead of DC-ViT's 50 and 2,000)."""
     import vitrt
-    from vitrt.cli import main
 
     monkeypatch.setattr(dcvit, "METRIC_IMAGES", 6)
     monkeypatch.setattr(dcvit, "METRIC_ITERATIONS", 3)
@@ -240,5 +240,10 @@ def test_without_a_metric_set_the_compile_grows_one(tmp_path, monkeypatch, capsy
     info = result.manifest["pruning"]["dcvit"]
     assert info["metric_set"]["images"] == 6 and info["metric_set"]["iterations"] == 3
     assert len(info["recoverability"]) == 4 and info["macs_fraction"] <= 0.7
+
+
+def test_the_cli_refuses_dcvit_knobs_without_dcvit_macs(tmp_path, capsys):
+    from vitrt.cli import main
+
     assert main(["compile", "deit_tiny_patch16_224", "-o", str(tmp_path / "x"), "--few-shot", "8"]) == 2
     assert "--few-shot is a DC-ViT option" in capsys.readouterr().err and not (tmp_path / "x").exists()
