@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitrt.calib.synthesis import DIGITS_REFERENCE, SynthesisConfig
+from vitrt.calib.synthesis_config import DIGITS_REFERENCE, SynthesisConfig
 from vitrt.compiler.options import add_command, option, section
 
 FEATURE_IMAGES = 256  # reference images of --feature-stats
