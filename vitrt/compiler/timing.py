@@ -11,6 +11,9 @@ Clocks:
   time a single-threaded run consumes varies far less, and what load remains (a busy SMT sibling, caches
   evicted by other jobs) only ever adds CPU time, so the minimum estimates the undisturbed cost. It needs a
   runtime that computes on the caller's thread (ONNX Runtime with one intra-op thread).
+* ``cuda``: GPU time between two CUDA events recorded on the current stream around the call
+  (``torch.cuda.Event(enable_timing=True)``, ``elapsed_time`` after the end event completes), summarised by the
+  median: the device's compute time without host-side jitter. Only for work queued on the current CUDA stream.
 
 Ratios between variants (speedups) are taken from :func:`interleaved`, which visits the candidates in
 shuffled order round after round so that drift and other load hit all of them alike; a speedup is the
@@ -27,8 +30,20 @@ import numpy as np
 
 from vitrt.compiler.errors import VitrtError
 
-CLOCKS = ("wall", "cpu")
+CLOCKS = ("wall", "cpu", "cuda")
 _CLOCK_FNS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def _cuda_events_ms(call: Callable[[], object]) -> float:
+    """One call timed by CUDA events on the current stream (the end event is waited for)."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    call()
+    end.record()
+    end.synchronize()
+    return float(start.elapsed_time(end))
 
 
 @dataclass(frozen=True)
@@ -49,16 +64,19 @@ def samples_ms(call: Callable[[], object], timing: Timing, *, synchronize: Calla
                progress: Callable[[int], None] | None = None) -> list[float]:
     """Warm up, then time ``call`` ``timing.iterations`` times (more if ``min_seconds`` is not reached), in ms."""
     sync = synchronize or (lambda: None)
-    clock = _CLOCK_FNS[timing.clock]
     for _ in range(timing.warmup):
         call()
     sync()
     samples, start = [], time.perf_counter()
     while len(samples) < timing.iterations or time.perf_counter() - start < timing.min_seconds:
-        t0 = clock()
-        call()
-        sync()
-        samples.append((clock() - t0) * 1000.0)
+        if timing.clock == "cuda":
+            samples.append(_cuda_events_ms(call))
+        else:
+            clock = _CLOCK_FNS[timing.clock]
+            t0 = clock()
+            call()
+            sync()
+            samples.append((clock() - t0) * 1000.0)
         if progress is not None:
             progress(1)
     return samples
