@@ -1,4 +1,4 @@
-"""What the engine is built for: backend, batch (static or dynamic), precision, opset, threads.
+"""What the engine is built for: backend and device, batch (static or dynamic), precision, opset, threads.
 
 Every stage plans for the target (the pruning search's latency table must match its backend and batch, the
 quantization stage reads its precision) and the backend builds for it.
@@ -12,15 +12,22 @@ from pathlib import Path
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import option
 
-BACKENDS = ("ort", "trt")
+BACKENDS = ("ort", "trt", "torch")
+TORCH_COMPILE_MODES = ("off", "default", "max-autotune")
 PRECISIONS = ("fp32", "fp16", "int8", "fp8", "int4w")
 MIN_OPSET, MAX_OPSET = 17, 21
 
 
 @dataclass(frozen=True)
 class TargetConfig:
-    backend: str = option("ort", "inference backend: ort (ONNX Runtime CPU, default) or trt (TensorRT)",
-                          choices=BACKENDS)
+    backend: str = option("ort", "inference backend: ort (ONNX Runtime CPU, default), trt (TensorRT) or torch "
+                          "(PyTorch on --device, the compiled graph imported back)", choices=BACKENDS)
+    device: str | None = option(None, "device of --backend torch: cpu (default), cuda or cuda:N (ort runs on the CPU, "
+                                "trt on the current GPU)", metavar="DEVICE")
+    torch_compile: str = option("off", "--backend torch: run through torch.compile (default or max-autotune mode)",
+                                choices=TORCH_COMPILE_MODES)
+    cuda_graphs: bool = option(False, "--backend torch --device cuda: replay captured CUDA graphs (with "
+                               "--torch-compile: torch.compile's reduce-overhead mode)")
     batch: int = option(1, "batch size fixed at compile time (static shapes)", type=int, metavar="N")
     dynamic_batch: bool = option(False, "make the batch dimension dynamic instead of fixed")
     precision: str = option("fp32", "engine precision, carried by the graph: fp32, fp16 (typed, LayerNorm/Softmax "
@@ -43,4 +50,18 @@ class TargetConfig:
             raise VitrtError(f"--opset {self.opset} is outside the supported range {MIN_OPSET}..{MAX_OPSET}")
         if self.threads is not None and self.threads < 1:
             raise VitrtError(f"--threads must be >= 1, got {self.threads}")
+        if self.backend != "torch" and (self.torch_compile != "off" or self.cuda_graphs):
+            raise VitrtError("--torch-compile and --cuda-graphs need --backend torch")
+        if self.cuda_graphs and not (self.device or "cpu").startswith("cuda"):
+            raise VitrtError("--cuda-graphs needs --device cuda")
+        if self.device is not None and self.backend == "ort" and self.device != "cpu":
+            raise VitrtError(f"--backend ort runs on the CPU; --device {self.device} needs --backend torch")
         return self
+
+    def build_options(self, sparse_weights: bool = False):
+        """The backend's BuildOptions for this target."""
+        from vitrt.compiler.backends.base import BuildOptions
+
+        return BuildOptions(threads=self.threads, timing_cache=self.timing_cache, sparse_weights=sparse_weights,
+                            device=self.device or "cpu", torch_compile=self.torch_compile,
+                            cuda_graphs=self.cuda_graphs)

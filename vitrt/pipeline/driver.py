@@ -33,7 +33,7 @@ import onnx
 import torch
 
 from vitrt._version import __version__
-from vitrt.compiler.backends import BuildOptions, get_backend
+from vitrt.compiler.backends import get_backend
 from vitrt.compiler.cost import vit_flops, vit_params
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.graph import GraphView
@@ -120,7 +120,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
     progress = progress or Progress(enabled=not config.quiet)
     target, checks = config.target, config.checks
     with atomic_output_dir(config.out, config.force) as staging:
-        backend = get_backend(target.backend)  # fails fast (before any work) when its runtime is missing
+        backend = get_backend(target.backend, target.device)  # fails fast when its runtime is missing
         lut = open_for_compile(config)
         original, twin = load_source(config, module, progress)
         stages = active_stages(config)
@@ -180,8 +180,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
                 raise VitrtError(f"verification failed: max abs error {manifest['verify']['max_abs_err']:.3g} against "
                                  f"the {manifest['verify']['reference']} exceeds {manifest['verify']['tolerance']:g}")
 
-        build_options = BuildOptions(threads=target.threads, timing_cache=target.timing_cache,
-                                     sparse_weights=bool(result.build_hints.get("sparse_weights")))
+        build_options = target.build_options(sparse_weights=bool(result.build_hints.get("sparse_weights")))
         with progress.step(f"building the {target.backend} artifact"):
             backend.build(onnx_path, staging, build_options)
         stage_reports = {}
