@@ -8,6 +8,7 @@ the kernels a torch user would pick; everything else is the ONNX op's own semant
     MatMul(DQ(Q(x)), DQ(W_q int8)) ─► Add(bias)                      ─► int8 linear kernel (torch._int_mm)
     MatMul(q, kᵀ) ─► [Mul(scale)] ─► [Add(bias)] ─► [Cast] ─► Softmax ─► [Cast] ─► MatMul(·, v)
                                                                      ─► F.scaled_dot_product_attention
+    x ─► Div(√2) ─► Erf ─► Add(1) ─► Mul(x, ·) ─► Mul(0.5)             ─► F.gelu (exact, erf form)
 
 (:mod:`torch_kernels` chooses among the linear kernels per device.) Initializers become buffers on the target
 device; constant subgraphs (DequantizeLinear of a weight feeding a Conv, INT4 block dequantization, Casts of
@@ -147,6 +148,8 @@ class _Importer:
             if node.op_type == "Constant":
                 self.consts[node.output[0]] = attributes(node)["value"]
             elif node.op_type == "MatMul" and (self.linear(node) or self.attention(node)):
+                pass
+            elif node.op_type == "Div" and self.gelu(node):
                 pass
             elif not self.fold(node):
                 self.generic(node)
@@ -338,6 +341,38 @@ class _Importer:
         self.done.update(n.name for n in chain + [after])
         self._bind(after, out)
         self.result.fused_attention.append(qk.name)
+        return True
+
+
+    def _constant_operand(self, node: onnx.NodeProto, value_input: str) -> float | None:
+        """The scalar constant ``node`` combines with ``value_input``, or None."""
+        others = [i for i in node.input if i != value_input]
+        if len(node.input) != 2 or len(others) != 1 or others[0] not in self.consts or self.consts[others[0]].numel() != 1:
+            return None
+        return float(self.consts[others[0]].float().reshape(()))
+
+    def gelu(self, div: onnx.NodeProto) -> bool:
+        """The lowering's exact GELU, x · 0.5 · (1 + erf(x / √2)), as one F.gelu."""
+        x = div.input[0]
+        sqrt2 = self._constant_operand(div, x) if div.input[1] in self.consts else None
+        if sqrt2 is None or abs(sqrt2 - 2 ** 0.5) > 1e-3:  # an fp16 graph holds √2 rounded to fp16
+            return False
+        chain, current = [div], div
+        for op, check in (("Erf", None), ("Add", 1.0), ("Mul", "x"), ("Mul", 0.5)):
+            nxt = self.single_consumer(current.output[0])
+            if nxt is None or nxt.op_type != op:
+                return False
+            if check == "x":
+                if sorted(nxt.input) != sorted([x, current.output[0]]):
+                    return False
+            elif check is not None:
+                value = self._constant_operand(nxt, current.output[0])
+                if value is None or abs(value - check) > 1e-6:
+                    return False
+            chain.append(nxt)
+            current = nxt
+        self.done.update(n.name for n in chain)
+        self._bind(current, self.emit(F.gelu, [self.tensor(x)], {}, div.name))
         return True
 
 
