@@ -60,6 +60,20 @@ class Timing:
             raise VitrtError("timing needs >= 1 iteration and >= 0 warm-up runs")
 
 
+def check_clock(clock: str, backend: str, threads: int | None, device: str | None = None) -> None:
+    """Refuse a clock that cannot see the runtime's work (one line).
+
+    ``cpu`` reads the calling thread's CPU time: only a single-threaded CPU runtime computes there (ONNX Runtime
+    or torch with one intra-op thread). ``cuda`` reads events on the current CUDA stream: the torch backend on a
+    CUDA device."""
+    on_cuda = (device or "cpu").startswith("cuda")
+    if clock == "cpu" and (backend not in ("ort", "torch") or threads != 1 or on_cuda):
+        raise VitrtError("--clock cpu measures the caller thread's CPU time: it needs --threads 1 and a CPU backend "
+                         "(--backend ort, or torch on --device cpu)")
+    if clock == "cuda" and not (backend == "torch" and on_cuda):
+        raise VitrtError("--clock cuda reads CUDA events: it needs --backend torch --device cuda")
+
+
 def samples_ms(call: Callable[[], object], timing: Timing, *, synchronize: Callable[[], None] | None = None,
                progress: Callable[[int], None] | None = None) -> list[float]:
     """Warm up, then time ``call`` ``timing.iterations`` times (more if ``min_seconds`` is not reached), in ms."""
