@@ -56,7 +56,7 @@ def device_label(device) -> str:
         return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
     from vitrt.compiler.backends.ort import cpu_name
 
-    return f"{cpu_name()} (torch {torch.__version__}, {torch.get_num_threads()} threads)"
+    return f"{cpu_name()} (torch {torch.__version__})"
 
 
 def check_options(options: BuildOptions) -> None:
