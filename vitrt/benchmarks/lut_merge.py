@@ -58,7 +58,9 @@ def _merge_key(key: str, parts: list[tuple[Path, LatencyTable]]):
     indices = sorted(shard["index"] for _, _, shard in shards)
     if indices != list(range(count)):
         missing = sorted(set(range(count)) - set(indices))
-        what = f"shard(s) {missing} missing" if missing else f"shard indices repeated: {indices}"
+        repeated = sorted({i for i in indices if indices.count(i) > 1})
+        what = ", ".join(([f"shard(s) {missing} missing"] if missing else []) +
+                         ([f"shard(s) {repeated} repeated"] if repeated else []))
         raise VitrtError(f"the {key} shards are not the {count} parts of one build ({what})")
     merged = {}
     for name, sub in shards[0][1].tables[key].items():
