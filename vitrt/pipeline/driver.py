@@ -35,6 +35,7 @@ import torch
 from vitrt._version import __version__
 from vitrt.compiler.backends import get_backend
 from vitrt.compiler.cost import vit_flops, vit_params
+from vitrt.compiler.distributed import is_writer
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.graph import GraphView
 from vitrt.compiler.lower import lower
@@ -215,7 +216,8 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
                     writer(staging / name)
         write_json(staging / "manifest.json", manifest)
     progress.log(f"wrote {config.out}")
-    refine_after_compile(config, manifest, progress)  # --refine-lut: a separate atomic write after OUT
+    if is_writer():  # under torchrun only rank 0 writes
+        refine_after_compile(config, manifest, progress)  # --refine-lut: a separate atomic write after OUT
     return CompileResult(Path(config.out), manifest, final, plans)
 
 
