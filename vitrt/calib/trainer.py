@@ -87,6 +87,7 @@ def train(model: torch.nn.Module, data, objective, config: TrainConfig, *, param
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_schedule(config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch))
     generator = torch.Generator().manual_seed(config.seed)
+    device = next(model.parameters()).device
     parallel = DataParallel.start(model, data, config)
     if parallel is not None:
         generator = torch.Generator().manual_seed(config.seed + parallel.rank)
@@ -102,6 +103,8 @@ def train(model: torch.nn.Module, data, objective, config: TrainConfig, *, param
         for images, labels in epoch_batches:
             if config.augment:
                 images = augment(images, generator)
+            if device.type != "cpu":  # a CUDA model (NCCL under torchrun): the batches follow it
+                images, labels = images.to(device), labels.to(device) if labels is not None else None
             loss, parts = objective(model if parallel is None else parallel.student, images, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
