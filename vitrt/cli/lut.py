@@ -18,7 +18,8 @@ from vitrt.compiler.timing import CLOCKS
 class LutBuildConfig:
     backend: str = option("ort", "backend to time on: ort (ONNX Runtime CPU), trt (TensorRT GPU) or torch "
                           "(PyTorch on --device)", choices=BACKENDS)
-    device: str | None = option(None, "device of --backend torch: cpu (default), cuda or cuda:N", metavar="DEVICE")
+    device: str | None = option(None, "device of --backend torch: cpu (default), cuda, cuda:N or cuda:local (torchrun: "
+                                "the GPU of LOCAL_RANK)", metavar="DEVICE")
     grid: str = option("coarse", "grid preset: coarse (CPU, minutes), dense (NViT's grid, for a GPU), tiny (tests)",
                        choices=("coarse", "dense", "tiny"))
     batch: int = option(1, "batch size the table is measured at", type=int, metavar="N")

@@ -31,9 +31,14 @@ COMPILE_MODES = ("off", "default", "max-autotune")
 
 
 def torch_device(name: str):
-    """``cpu``, ``cuda`` or ``cuda:N`` as a torch.device; refused with one line when it is not there."""
+    """``cpu``, ``cuda``, ``cuda:N`` or ``cuda:local`` (this process's GPU under torchrun: ``cuda:$LOCAL_RANK``) as a
+    torch.device; refused with one line when it is not there."""
+    import os
+
     import torch
 
+    if name == "cuda:local":
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     try:
         device = torch.device(name)
     except RuntimeError:
