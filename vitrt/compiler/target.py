@@ -58,6 +58,11 @@ class TargetConfig:
             raise VitrtError(f"--backend ort runs on the CPU; --device {self.device} needs --backend torch")
         return self
 
+    @property
+    def bench_clock(self) -> str:
+        """The clock ``--bench`` measures on: CUDA events for the torch backend on a GPU, else the wall clock."""
+        return "cuda" if self.backend == "torch" and (self.device or "cpu").startswith("cuda") else "wall"
+
     def build_options(self, sparse_weights: bool = False):
         """The backend's BuildOptions for this target."""
         from vitrt.compiler.backends.base import BuildOptions
