@@ -249,3 +249,19 @@ def test_cuda_clock_times_gpu_work():
     a = torch.randn(2048, 2048, device="cuda")
     samples = samples_ms(lambda: a @ a, Timing(warmup=2, iterations=5, clock="cuda"))
     assert len(samples) == 5 and all(s > 0 for s in samples)
+
+
+def test_a_torch_table_predicts_and_is_refined_by_a_torch_compile(tmp_path):
+    """The latency-table feedback loop on the torch backend: build, predict at --bench, refine from the measurement."""
+    from vitrt.benchmarks.lut_build import build_table
+    from vitrt.compiler.lut import LatencyTable
+    from vitrt.compiler.timing import Timing
+
+    lut = tmp_path / "torch_tiny.json"
+    build_table(lut, backend="torch", grid="tiny", batch=2, timing=Timing(warmup=0, iterations=1))
+    result = compile(tiny_vit(depth=2, mlp_ratio=2), tmp_path / "out", backend="torch", batch=2, bench=True,
+                     bench_iters=3, bench_warmup=1, lut=lut, refine_lut=True, quiet=True)
+    latency = result.manifest["latency"]
+    assert latency["clock"] == "wall" and latency["predicted_ms"] > 0 and latency["median_ms"] > 0
+    refined = LatencyTable.load(lut)
+    assert {p["kind"] for p in refined.points} == {"stem", "block", "head"}

@@ -184,7 +184,7 @@ class _Importer:
         for i, name in enumerate(node.input):
             if not name:
                 args.append(None)
-            elif (i in static or i in optional) and name in self.consts:
+            elif (i in static or (i in optional and self.consts[name].dim() == 0)) if name in self.consts else False:
                 args.append(_python(self.consts[name]))
             elif i in static and self.kinds.get(name) == SHAPE:
                 args.append(self.values[name])

@@ -196,8 +196,6 @@ def gather(x, indices, *, axis: int = 0):
     axis = _axis(axis, x.dim())
     if isinstance(indices, int):  # a constant scalar index: a view
         return x.select(axis, indices)
-    if isinstance(indices, (list, tuple)):
-        indices = torch.tensor(indices, device=x.device)
     indices = _non_negative(indices, x.shape[axis])
     out = torch.index_select(x, axis, indices.reshape(-1))
     return out.reshape(*x.shape[:axis], *indices.shape, *x.shape[axis + 1:])
@@ -289,6 +287,6 @@ OPS = {
 # Inputs that are shapes, bounds or counts: passed to the op as Python ints / tuples.
 STATIC_INPUTS = {"Reshape": (1,), "Expand": (1,), "Slice": (1, 2, 3, 4), "Pad": (1, 3), "Unsqueeze": (1,),
                  "Squeeze": (1,), "ReduceSum": (1,), "ReduceMean": (1,), "TopK": (1,)}
-# Inputs passed as Python values when they are constants, as tensors otherwise.
+# Inputs passed as Python values when they are scalar constants, as tensors otherwise.
 STATIC_IF_CONSTANT = {"Gather": (1,)}
 MULTI_OUTPUT = {"TopK": 2}
