@@ -197,12 +197,18 @@ def test_bad_device_options_are_one_line(options, message, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_torch_out_is_benchmarked_again_from_its_artifact(tmp_path):
-    from vitrt.benchmarks.harness import bench_target
+def test_a_torch_out_is_benchmarked_again_from_its_artifact_and_beside_ort(tmp_path):
+    from vitrt.benchmarks.harness import bench_target, format_bench, parse_backends
 
     compile(tiny_vit(), tmp_path / "out", backend="torch", batch=2, quiet=True)
     result = bench_target(str(tmp_path / "out"), [2], iterations=2, warmup=1)
     assert result["backend"] == "torch" and result["rows"][0]["batch"] == 2 and result["rows"][0]["median_ms"] > 0
+    both = bench_target(str(tmp_path / "out"), [2], backend=parse_backends("torch,ort"), iterations=2, warmup=1,
+                        rounds=2, threads=1, clock="cpu")
+    assert [r["backend"] for r in both["rows"]] == ["torch", "ort"] and both["rows"][0]["speedup_vs_torch"] == 1.0
+    assert both["rows"][1]["speedup_vs_torch"] > 0 and "torch vs ort side by side" in format_bench(both)
+    with pytest.raises(VitrtError, match="distinct backends"):
+        parse_backends("ort,ort")
 
 
 # --- GPU (a lent H100/H200 machine; skipped here) -------------------------------------------------------

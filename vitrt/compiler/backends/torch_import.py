@@ -61,6 +61,32 @@ def attributes(node: onnx.NodeProto) -> dict:
     return out
 
 
+class _Constants(dict):
+    """Constant tensors by ONNX name; a folded node's outputs are computed only when something reads them
+    (an INT8 weight's dequantized float copy is never made when the integer kernel takes the weight)."""
+
+    def __init__(self, values):
+        super().__init__(values)
+        self._pending: dict[str, tuple] = {}
+
+    def defer(self, names: list[str], compute) -> None:
+        for index, name in enumerate(names):
+            self._pending[name] = (compute, index)
+            super().__setitem__(name, None)
+
+    def __getitem__(self, name):
+        value = super().__getitem__(name)
+        if value is None and name in self._pending:
+            compute, index = self._pending.pop(name)
+            out = compute()
+            value = out[index] if isinstance(out, tuple) else out
+            super().__setitem__(name, value)
+        return value
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+
 def _python(value: torch.Tensor):
     """A constant shape-like operand as a Python int (0-d) or list of ints."""
     return int(value) if value.dim() == 0 else [int(v) for v in value.reshape(-1).tolist()]
@@ -86,7 +112,7 @@ class _Importer:
                 if name:
                     self.consumers.setdefault(name, []).append(n)
         self.graph_outputs = {o.name for o in graph.output}
-        self.consts: dict[str, torch.Tensor] = {i.name: to_torch(i) for i in graph.initializer}
+        self.consts = _Constants({i.name: to_torch(i) for i in graph.initializer})
         self.root = nn.Module()
         self.fx = fx.Graph()
         self.values: dict[str, fx.Node] = {}
@@ -163,18 +189,15 @@ class _Importer:
         return self.result
 
     def fold(self, node: onnx.NodeProto) -> bool:
-        """Evaluate a node whose inputs are all constants once, at import."""
-        if node.op_type in ("Shape",) or any(name and name not in self.consts for name in node.input):
+        """A node whose inputs are all constants is evaluated once, at import, when its output is first read."""
+        if node.op_type not in ops.OPS or node.op_type == "Shape" \
+                or any(name and name not in self.consts for name in node.input):
             return False
-        args = self._static_args(node, lambda name: self.consts[name])
-        out = ops.OPS[node.op_type](*args, **attributes(node)) if node.op_type in ops.OPS else None
-        if out is None:
-            return False
-        for name, value in zip(node.output, out if isinstance(out, tuple) else (out,)):
-            if isinstance(value, torch.Tensor):
-                self.consts[name] = value
-            else:
-                return False
+
+        def compute():
+            args = self._static_args(node, lambda name: self.consts[name])
+            return ops.OPS[node.op_type](*args, **attributes(node))
+        self.consts.defer(list(node.output), compute)
         return True
 
     def _static_args(self, node, tensor_of):
