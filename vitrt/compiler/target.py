@@ -22,8 +22,8 @@ MIN_OPSET, MAX_OPSET = 17, 21
 class TargetConfig:
     backend: str = option("ort", "inference backend: ort (ONNX Runtime CPU, default), trt (TensorRT) or torch "
                           "(PyTorch on --device, the compiled graph imported back)", choices=BACKENDS)
-    device: str | None = option(None, "device of --backend torch: cpu (default), cuda or cuda:N (ort runs on the CPU, "
-                                "trt on the current GPU)", metavar="DEVICE")
+    device: str | None = option(None, "device of --backend torch: cpu (default), cuda, cuda:N or cuda:local "
+                                "(torchrun's LOCAL_RANK); ort runs on the CPU, trt on the current GPU", metavar="DEVICE")
     torch_compile: str = option("off", "--backend torch: run through torch.compile (default or max-autotune mode)",
                                 choices=TORCH_COMPILE_MODES)
     cuda_graphs: bool = option(False, "--backend torch --device cuda: replay captured CUDA graphs (with "
