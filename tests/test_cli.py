@@ -77,15 +77,33 @@ def test_non_empty_output_needs_force_and_is_kept_intact(tmp_path, capsys):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
+def argparse_namespace():
+    """A Python object people often save beside their weights (training arguments)."""
+    import argparse
+
+    return argparse.Namespace(lr=0.1)
+
+
 def test_unreadable_and_mismatched_checkpoints(tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     out = tmp_path / "out"
     assert main(["compile", "deit_tiny_patch16_224", "--checkpoint", str(bad), "-o", str(out)]) == 2
-    assert "unreadable checkpoint" in capsys.readouterr().err
-    torch.save(tiny_vit().state_dict(), tmp_path / "tiny.pt")
+    err = capsys.readouterr().err
+    assert "is not a torch checkpoint or it is damaged" in err and "weights_only" not in err
+    torch.save(tiny_vit().state_dict(), tmp_path / "tiny.pt")  # emb 64, depth 2, 10 classes: another model
     assert main(["compile", "deit_tiny_patch16_224", "--checkpoint", str(tmp_path / "tiny.pt"), "-o", str(out)]) == 2
-    assert "does not match the model" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the checkpoint's 10-class head is announced, then the one-line error
+    assert "has 10 classes: building deit_tiny_patch16_224 with num_classes=10" in err
+    err = [line for line in err.splitlines() if line.startswith("vitrt: error:")]
+    assert len(err) == 1 and "does not match deit_tiny_patch16_224" in err[0]
+    err = err[0]
+    assert "missing: blocks.2.norm1.weight" in err and "with another shape (checkpoint vs model): cls_token [1, 1, 64]" in err
+    objects = tmp_path / "objects.pt"
+    torch.save({"state_dict": tiny_vit().state_dict(), "args": argparse_namespace()}, objects)
+    assert main(["compile", "deit_tiny_patch16_224", "--checkpoint", str(objects), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds Python objects besides tensors" in err and "weights_only=False" not in err
     assert main(["compile", "deit_tiny_patch16_224", "--checkpoint", str(tmp_path / "missing.pt"), "-o", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not out.exists()

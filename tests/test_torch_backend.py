@@ -187,7 +187,7 @@ def test_cuda_device_without_cuda_is_refused_before_any_work(tmp_path):
 @pytest.mark.parametrize("options, message", [
     (dict(backend="ort", device="cuda"), "--backend ort runs on the CPU"),
     (dict(backend="ort", torch_compile="default"), "need --backend torch"),
-    (dict(backend="torch", cuda_graphs=True), "--cuda-graphs needs --device cuda"),
+    (dict(backend="torch", cuda_graph=True), "--cuda-graph needs a GPU"),
     (dict(backend="torch", device="tpu"), "unknown device .tpu."),
     (dict(backend="torch", device="meta"), "the torch backend runs on cpu or cuda"),
 ])
@@ -240,7 +240,7 @@ def test_cuda_graph_replay_and_torch_compile_agree_with_eager(tmp_path):
     result = compile(tiny_vit(depth=2), tmp_path / "eager", backend="torch", device="cuda", batch=4, quiet=True)
     images = verification_inputs(result.twin.spec, 4)
     eager = get_backend("torch", "cuda").load(result.artifact_path, BuildOptions()).infer(images)
-    for name, options in (("graphs", dict(cuda_graphs=True)), ("compiled", dict(torch_compile="default"))):
+    for name, options in (("graphs", dict(cuda_graph=True)), ("compiled", dict(torch_compile="default"))):
         other = compile(tiny_vit(depth=2), tmp_path / name, backend="torch", device="cuda", batch=4, quiet=True,
                         **options)
         runner = get_backend("torch", "cuda").load(other.artifact_path, BuildOptions())

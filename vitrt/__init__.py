@@ -13,7 +13,16 @@ __all__ = ["__version__", "BlockSpec", "ViTSpec", "VitrtError", "compile"]
 
 
 def compile(*args, **kwargs):
-    """See :func:`vitrt.pipeline.driver.compile`."""
+    """Compile a timm ViT; see :func:`vitrt.pipeline.driver.compile` for the arguments.
+
+    Errors are :class:`VitrtError` subclasses (OptionError, OutputError, CheckpointError, DataError,
+    UnsupportedModelError, ...) worded for Python: they name keywords (``force=True``), not flags.
+    """
+    from vitrt.compiler.options import api_wording
+    from vitrt.pipeline.config import CompileConfig
     from vitrt.pipeline.driver import compile as _compile
 
-    return _compile(*args, **kwargs)
+    try:
+        return _compile(*args, **kwargs)
+    except VitrtError as exc:
+        raise type(exc)(api_wording(str(exc), CompileConfig)) from None

@@ -9,6 +9,7 @@ reference comes from one such run.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,9 @@ def load_out(out: Path, threads: int | None = None) -> Loaded:
 
 
 def load_model_name(name: str, workdir: Path, *, backend: str = "ort", img_size: int | None = None,
-                    threads: int | None = None, seed: int = 0, keep_onnx: bool = False, options=None) -> Loaded:
-    """Lower a timm model (random weights) with a dynamic batch and build it on ``backend``."""
+                    threads: int | None = None, seed: int = 0, keep_onnx: bool = False, options=None,
+                    batches: tuple[int, ...] = (1,)) -> Loaded:
+    """Lower a timm model (random weights) with a dynamic batch and build it on ``backend`` for ``batches``."""
     import torch
 
     from vitrt.compiler.models import canonicalize, load_timm_model
@@ -69,18 +71,21 @@ def load_model_name(name: str, workdir: Path, *, backend: str = "ort", img_size:
     torch.manual_seed(seed)
     twin = canonicalize(load_timm_model(name, img_size=img_size))
     return build_twin(twin, workdir, name=name, backend=backend, threads=threads, keep_onnx=keep_onnx,
-                      options=options)
+                      options=options, batch_profile=(min(batches), max(batches), max(batches)))
 
 
 def build_twin(twin, workdir: Path, *, name: str, backend: str = "ort", batch: int | None = None,
-               threads: int | None = None, keep_onnx: bool = False, options=None) -> Loaded:
-    """Lower ``twin`` (``batch=None``: dynamic) into ``workdir`` and load the backend artifact."""
+               threads: int | None = None, keep_onnx: bool = False, options=None,
+               batch_profile: tuple[int, int, int] | None = None) -> Loaded:
+    """Lower ``twin`` (``batch=None``: dynamic, built for ``batch_profile``) into ``workdir`` and load the artifact
+    (``options``: the backend's BuildOptions, default ``threads`` only)."""
     import onnx
 
     from vitrt.compiler.backends import BuildOptions, get_backend
     from vitrt.compiler.lower import lower
 
-    options = options or BuildOptions(threads=threads)
+    options = dataclasses.replace(options or BuildOptions(threads=threads),
+                                  batch_profile=batch_profile if batch is None else None)
     be = get_backend(backend, options.device if backend == "torch" else None)
     workdir.mkdir(parents=True, exist_ok=True)
     onnx_path = workdir / "model.onnx"
@@ -122,8 +127,9 @@ def build_onnx(onnx_path: Path, workdir: Path, backend: str, options) -> object:
 
 def bench_target(target: str, batches: list[int], *, backend: str | list[str] | None = None, device: str | None = None,
                  torch_compile: str = "off", iterations: int = 20, warmup: int = 3, img_size: int | None = None,
-                 threads: int | None = None, clock: str = "wall", rounds: int = 5, progress=None) -> dict:
-    """Median / p90 / p99 / images/s of ``target`` (OUT dir or timm model name) at each batch size.
+                 threads: int | None = None, clock: str | None = None, rounds: int = 5, progress=None) -> dict:
+    """Median / p90 / p99 / images/s of ``target`` (OUT dir or timm model name) at each batch size, on ``clock``
+    (None: the runner's own — CUDA events on a GPU runner, else wall; side by side: wall).
 
     With several backends (``["ort", "torch"]``) the same graph — the OUT's compiled ``model.onnx``, or the model
     lowered with a dynamic batch — is built on each and timed side by side (:func:`interleaved`, ``rounds``
@@ -134,9 +140,11 @@ def bench_target(target: str, batches: list[int], *, backend: str | list[str] | 
     from vitrt.compiler.timing import check_clock
 
     backends = [backend] if isinstance(backend, str) else backend
-    options = BuildOptions(threads=threads, device=device or "cpu", torch_compile=torch_compile)
+    options = BuildOptions(threads=threads, device=device or "cpu", torch_compile=torch_compile,
+                           batch_profile=(min(batches), max(batches), max(batches)))
     for name in backends or ():
-        check_clock(clock, name, threads, device)
+        if clock is not None:
+            check_clock(clock, name, threads, device)
     path = Path(target)
     with tempfile.TemporaryDirectory(prefix="vitrt-bench-") as tmp:
         work = Path(tmp)
@@ -154,12 +162,14 @@ def bench_target(target: str, batches: list[int], *, backend: str | list[str] | 
         else:
             backends = backends or ["ort"]
             loaded = load_model_name(target, work / "lowered", backend=backends[0], img_size=img_size,
-                                     threads=threads, keep_onnx=True, options=options)
+                                     threads=threads, keep_onnx=True, options=options, batches=tuple(batches))
             runners = {backends[0]: loaded.runner}
             runners.update({b: build_onnx(work / "lowered" / "model.onnx", work, b, options) for b in backends[1:]})
         if len(backends) == 1:
+            clock = clock or runners[backends[0]].clock
             rows = _sweep(runners[backends[0]], loaded.spec, batches, iterations, warmup, clock, progress)
         else:
+            clock = clock or "wall"
             rows = _side_by_side(runners, loaded.spec, batches, iterations, warmup, clock, rounds, progress)
         devices = {b: r.device for b, r in runners.items()}
     return {"target": target, "backend": backends[0], "backends": backends, "device": devices[backends[0]],
@@ -176,7 +186,7 @@ def _sweep(runner, spec, batches, iterations, warmup, clock, progress) -> list[d
         images = images_for(spec, batch)
         if progress is not None:
             progress.log(f"batch {batch}: {iterations} timed runs")
-        if clock == "wall":
+        if clock == runner.clock:
             stats = runner.benchmark(images, warmup=warmup, iterations=iterations, per_block=False)
         else:
             samples = samples_ms(runner.timed_call(images), Timing(warmup, iterations, clock=clock),

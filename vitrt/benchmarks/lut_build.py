@@ -30,7 +30,7 @@ import numpy as np
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.lut import PART_AXES, LatencyTable, SubTable, table_key
-from vitrt.compiler.timing import Timing, check_clock, measure
+from vitrt.compiler.timing import Timing, check_clock, typical_ms
 
 # Grid presets. "coarse" builds on a 2-core CPU in minutes; "dense" is NViT's grid (heads {1,3,6,9,12},
 # qk/v 16..64, MLP in steps of 128 up to 3072) for a GPU; "tiny" is for tests (patch 8, 10 classes).
@@ -229,7 +229,7 @@ class Timer:
         onnx.save(model, str(path))
         artifact = self.backend.build(path, work, self.options)
         runner = self.backend.load(artifact, self.options)
-        return measure(runner.timed_call(inputs), self.timing, synchronize=runner.synchronize)
+        return typical_ms(runner.latency_samples(inputs, self.timing), self.timing.clock)
 
     def overhead_ms(self) -> float:
         model, x = overhead_model()

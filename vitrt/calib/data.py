@@ -19,7 +19,7 @@ from typing import Iterator, Protocol
 import torch
 
 from vitrt.calib.digits import ImageSet, digits_split
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import DataError
 
 Batch = tuple[torch.Tensor, "torch.Tensor | None"]
 
@@ -78,12 +78,12 @@ def image_folder(path: str | Path, img_size: int, limit: int | None = None, mode
 
     path = Path(path)
     if not path.is_dir():
-        raise VitrtError(f"data '{path}' is neither 'digits', 'synthetic' nor an ImageFolder directory")
+        raise DataError(f"data '{path}' is neither 'digits', 'synthetic' nor an ImageFolder directory")
     data_config = resolve_data_config({"input_size": (3, img_size, img_size)}, model=model)
     try:
         dataset = ImageFolder(str(path), transform=create_transform(**data_config, is_training=False))
     except (FileNotFoundError, RuntimeError) as exc:
-        raise VitrtError(f"'{path}' is not a usable ImageFolder (expected PATH/<class>/<image files>): {exc}") from None
+        raise DataError(f"'{path}' is not a usable ImageFolder (expected PATH/<class>/<image files>): {exc}") from None
     indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
     return ImageFolderSet(dataset, indices[:limit] if limit else indices)
 

@@ -20,14 +20,24 @@ COMMAND_MODULES = (
     "vitrt.cli.reference",  # reference
     "vitrt.cli.lut",  # lut build | query | refine | plot
     "vitrt.cli.bench",  # bench, nvit-table, dcvit-table
+    "vitrt.cli.lint_trt",  # lint-trt
     "vitrt.benchmarks.quantization",  # bench-quant-accuracy, bench-quant-speed
     "vitrt.benchmarks.sparsity_digits",  # sparsity-digits
     "vitrt.benchmarks.tome_bench",  # tome-bench
+    "vitrt.cli.serving",  # export triton, serve, loadtest
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong and where the help is) and exit 2, not a usage dump."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitrt", description="Deployment compiler for timm Vision Transformers.")
+    parser = OneLineParser(prog="vitrt", description="Deployment compiler for timm Vision Transformers.")
     parser.add_argument("--version", action="version", version=f"vitrt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:

@@ -24,8 +24,9 @@ class BenchConfig:
     iterations: int = option(20, "timed runs per batch size (per round when side by side)", type=int, metavar="N")
     warmup: int = option(3, "warm-up runs per batch size", type=int, metavar="N")
     rounds: int = option(5, "interleaved rounds when several backends are timed side by side", type=int, metavar="N")
-    clock: str = option("wall", "wall (default), cpu (least CPU time of a single-threaded run: needs --threads 1) or "
-                        "cuda (CUDA events: --backend torch --device cuda)", choices=CLOCKS)
+    clock: str | None = option(None, "wall, cpu (least CPU time of a single-threaded run: needs --threads 1) or cuda "
+                               "(CUDA events: --backend torch --device cuda); default: the runner's own (CUDA events "
+                               "on a GPU, else wall; wall side by side)", choices=CLOCKS)
     threads: int | None = option(None, "intra-op threads (ONNX Runtime per session, torch process-wide)", type=int,
                                  metavar="N")
     json: Path | None = option(None, "also write the results as JSON", type=Path, metavar="PATH")

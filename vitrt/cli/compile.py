@@ -25,11 +25,29 @@ def print_summary(manifest: dict) -> None:
         print(f"{key:<{width}}  {value}")
 
 
+def check_known_model(config) -> None:
+    """For the models vitrt knows by heart (vitrt.compiler.known_models), every model-dependent option is checked
+    before torch is even imported; other models are checked by compile() from timm's config on the meta device."""
+    from vitrt.compiler.known_models import check_img_size, known_spec, patch_size
+
+    patch = patch_size(config.model) if config.checkpoint is None else None  # a checkpoint may change the head
+    if patch is not None:
+        check_img_size(config.model, config.img_size, patch)
+        config.check_against(known_spec(config.model, config.img_size))
+
+
 def _cmd_compile(args) -> int:
+    from vitrt.compiler.output import check_output_dir
     from vitrt.pipeline.config import CompileConfig
+
+    config = from_args(CompileConfig, args).validate()  # options, paths and OUT before the heavy imports
+    if config.out is None:
+        raise VitrtError("no output directory: pass -o OUT")
+    check_output_dir(config.out, config.force)
+    check_known_model(config)
     from vitrt.pipeline.driver import compile
 
-    result = compile(config=from_args(CompileConfig, args))
+    result = compile(config=config)
     print_summary(result.manifest)
     return 0
 
@@ -37,7 +55,7 @@ def _cmd_compile(args) -> int:
 def _cmd_prune_plan(args) -> int:
     from vitrt.compiler.progress import Progress
     from vitrt.pipeline.config import CompileConfig
-    from vitrt.pipeline.driver import load_source
+    from vitrt.pipeline.driver import inspect_source, load_source
     from vitrt.pipeline.feedback import open_for_compile
     from vitrt.transforms.base import PlanContext
     from vitrt.transforms.prune.plan import alignment_violations
@@ -52,7 +70,7 @@ def _cmd_prune_plan(args) -> int:
     if out.exists() and not config.force:
         raise VitrtError(f"{out} exists: pass --force to replace it")
     progress = Progress(enabled=not config.quiet)
-    _, twin = load_source(config, None, progress)
+    _, twin = load_source(config, inspect_source(config, None, progress), progress)
     ctx = PlanContext(target=config.target, teacher=twin, lut=open_for_compile(config), lut_path=config.checks.lut,
                       model=config.model, seed=config.seed, progress=progress)
     plan = structure(twin, ctx, config.prune)

@@ -30,9 +30,10 @@ class LutBuildConfig:
     threads: int | None = option(None, "intra-op threads (default: the runtime's, as vitrt compile)",
                                  type=int, metavar="N")
     iterations: int = option(5, "timed runs per grid point (median)", type=int, metavar="N")
-    clock: str = option("wall", "wall: wall-clock latency (what vitrt compile --bench measures on a CPU); cpu: CPU "
-                        "time of a single-threaded run, robust on a shared machine (needs --threads 1); cuda: CUDA "
-                        "events (what --backend torch --device cuda benchmarks with)", choices=CLOCKS)
+    clock: str | None = option(None, "wall: wall-clock latency (what vitrt compile --bench measures on a CPU); cpu: "
+                               "CPU time of a single-threaded run, robust on a shared machine (needs --threads 1); "
+                               "cuda: CUDA events (what --bench measures on a GPU). Default: cuda on a GPU backend, "
+                               "else wall", choices=CLOCKS)
     shard: str | None = option(None, "time only shard K of N (0 <= K < N: every N-th grid point from the K-th) and "
                                "write OUT as LUT.partK-of-N.json; 'env' takes K/N from torchrun (RANK/WORLD_SIZE) or a "
                                "Slurm array (SLURM_ARRAY_TASK_ID/COUNT); join the parts with vitrt lut merge",
@@ -93,6 +94,7 @@ def _cmd_lut_build(args) -> int:
     import dataclasses
 
     from vitrt.benchmarks.lut_build import LUT_TIMING, build_table, parse_shard, shard_path
+    from vitrt.compiler.timing import default_clock
 
     config = from_args(LutBuildConfig, args)
     if config.out is None:
@@ -102,7 +104,7 @@ def _cmd_lut_build(args) -> int:
     shard = parse_shard(config.shard)
     table = build_table(config.out, backend=config.backend, grid=config.grid, batch=config.batch,
                         precision=config.precision, sparsity=config.sparsity, threads=config.threads,
-                        timing=dataclasses.replace(LUT_TIMING, iterations=config.iterations, clock=config.clock),
+                        timing=dataclasses.replace(LUT_TIMING, iterations=config.iterations, clock=config.clock or default_clock(config.backend, config.device)),
                         progress=progress_for(config), device=config.device, shard=shard)
     part = f", shard {shard[0]} of {shard[1]}" if shard else ""
     print(f"wrote {shard_path(config.out, shard)}: {config.backend} on {table.device}, batch {table.batch}, grid "

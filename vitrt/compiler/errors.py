@@ -25,3 +25,19 @@ class UnsupportedModelError(VitrtError):
 
 class BackendUnavailableError(VitrtError):
     """The requested backend's runtime is not installed on this machine."""
+
+
+class OptionError(VitrtError):
+    """An option (flag or keyword) has a value vitrt cannot use, or options contradict each other."""
+
+
+class OutputError(VitrtError):
+    """The output directory cannot be written (exists and is not empty, not a directory, no permission)."""
+
+
+class CheckpointError(VitrtError):
+    """A checkpoint file is missing, unreadable, not a state dict, or made for another model."""
+
+
+class DataError(VitrtError):
+    """A data source (digits, synthetic, an ImageFolder path) cannot be used."""

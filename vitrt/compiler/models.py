@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitrt.compiler.errors import UnsupportedModelError, VitrtError
+from vitrt.compiler.errors import CheckpointError, UnsupportedModelError, VitrtError
+from vitrt.compiler.known_models import check_img_size, known_spec, patch_size
 from vitrt.compiler.spec import BlockSpec, ViTSpec
 from vitrt.compiler.twin import CanonicalViT
 
@@ -25,29 +26,69 @@ SUPPORTED_FAMILIES = "timm VisionTransformer models with a class token (vit_*, d
 _SUPPORTED_MODULES = ("timm.models.vision_transformer", "timm.models.deit")
 
 
+HUB_HOST = "huggingface.co"  # where timm downloads pretrained weights from
+MAX_KEYS_NAMED = 3  # how many mismatched checkpoint keys an error names
+
+
 def load_timm_model(name: str, *, pretrained: bool = False, checkpoint: str | Path | None = None,
-                    img_size: int | None = None, num_classes: int | None = None) -> nn.Module:
+                    img_size: int | None = None, num_classes: int | None = None, state: dict | None = None,
+                    progress=None) -> nn.Module:
     """Create a timm model by name, refusing unknown names and unsupported families up front.
 
     ``checkpoint`` is a state dict (or a dict holding one under ``state_dict`` / ``model``) read with
-    ``torch.load(weights_only=True)``; ``pretrained`` needs a reachable model hub.
+    ``torch.load(weights_only=True)`` — or pass ``state``, already read by :func:`read_checkpoint`; a checkpoint
+    whose classifier has another number of classes than the model's default (a fine-tuned model) sets
+    ``num_classes`` (announced through ``progress``). ``pretrained`` needs a reachable model hub (checked in
+    seconds, not after minutes of retries).
     """
     check_model_name(name)
     import timm
 
-    kwargs = {}
-    if img_size is not None:
-        kwargs["img_size"] = img_size
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
+    if state is None and checkpoint is not None:
+        state = read_checkpoint(checkpoint)
+    if state is not None and num_classes is None:
+        num_classes = checkpoint_classes(state, name, progress)
+    if pretrained:
+        check_hub_reachable()
+    kwargs = {k: v for k, v in (("img_size", img_size), ("num_classes", num_classes)) if v is not None}
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError, ValueError) as exc:
         what = "download pretrained weights for" if pretrained else "create"
         raise VitrtError(f"could not {what} '{name}': {_first_line(exc)}") from None
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+    if state is not None:
+        load_state(model, state, checkpoint, name)
     return model.eval()
+
+
+def model_spec(name: str, *, img_size: int | None = None, num_classes: int | None = None) -> ViTSpec:
+    """The ViTSpec of a timm model name without creating its weights: from the table of known models, else
+    from timm on the meta device.
+
+    Refuses an image size that is not a multiple of the model's patch size (timm would silently floor it).
+    """
+    patch = patch_size(name)
+    if patch is None:
+        check_model_name(name)
+        import timm
+
+        kwargs = {k: v for k, v in (("img_size", img_size), ("num_classes", num_classes)) if v is not None}
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, **kwargs)
+        patch = model.patch_embed.patch_size[0]
+    check_img_size(name, img_size, patch)
+    return known_spec(name, img_size, num_classes) or spec_of_timm(model)
+
+
+def check_hub_reachable(timeout: float = 3.0) -> None:
+    """Refuse ``--pretrained`` in one line when the model hub cannot be reached (offline machines)."""
+    import socket
+
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+    except OSError as exc:
+        raise VitrtError(f"--pretrained needs the model hub ({HUB_HOST}), which cannot be reached from here "
+                         f"({exc.__class__.__name__}); pass --checkpoint PATH with the weights instead") from None
 
 
 def check_model_name(name: str) -> None:
@@ -65,28 +106,71 @@ def check_model_name(name: str) -> None:
                                     f"{SUPPORTED_FAMILIES}, e.g. {SUPPORTED_EXAMPLES}")
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load a state dict into ``model`` with ``weights_only=True``; one-line errors for bad files."""
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``path``, read with ``weights_only=True`` (pickled code is never run)."""
     path = Path(path)
     if not path.is_file():
-        raise VitrtError(f"checkpoint '{path}' does not exist or is not a file")
+        raise CheckpointError(f"checkpoint '{path}' does not exist or is not a file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt / pickled-object files
-        raise VitrtError(f"unreadable checkpoint '{path}': {_first_line(exc)} "
-                         f"(expected a state dict saved with torch.save)") from None
+        import zipfile
+
+        # A torch checkpoint is a zip file; weights_only refuses one that pickles anything but tensors.
+        if zipfile.is_zipfile(path) or "Unsupported global" in str(exc):
+            reason = ("it holds Python objects besides tensors, and vitrt never unpickles code; save the weights "
+                      "alone: torch.save(model.state_dict(), PATH)")
+        else:
+            reason = f"it is not a torch checkpoint or it is damaged ({exc.__class__.__name__})"
+        raise CheckpointError(f"cannot read checkpoint '{path}': {reason}") from None
     if isinstance(state, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if key in state and isinstance(state[key], dict):
                 state = state[key]
                 break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise VitrtError(f"checkpoint '{path}' does not hold a state dict of tensors")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise VitrtError(f"checkpoint '{path}' does not match the model: {_first_line(exc)}") from None
+        raise CheckpointError(f"checkpoint '{path}' does not hold a state dict of tensors; save one with "
+                              "torch.save(model.state_dict(), PATH)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def checkpoint_classes(state: dict, name: str, progress=None) -> int | None:
+    """The checkpoint's number of classes when its classifier differs from the model's default, else None."""
+    import timm
+
+    head = state.get("head.weight")
+    if head is None or head.dim() != 2:
+        return None
+    default = timm.models.get_pretrained_cfg_value(name, "num_classes") or 1000
+    if head.shape[0] == default:
+        return None
+    if progress is not None:
+        progress.log(f"the checkpoint's classifier has {head.shape[0]} classes: building {name} with "
+                     f"num_classes={head.shape[0]} (default {default})")
+    return int(head.shape[0])
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load the state dict in ``path`` into ``model`` (``torch.load(weights_only=True)``; one-line errors)."""
+    load_state(model, read_checkpoint(path), path, type(model).__name__)
+
+
+def load_state(model: nn.Module, state: dict, path, name: str) -> None:
+    """Load ``state`` into ``model`` strictly; a mismatch names the first missing, unexpected and misshaped keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {list(state[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape (checkpoint vs model)",
+                                                                          shapes)):
+        if keys:
+            more = f" and {len(keys) - MAX_KEYS_NAMED} more" if len(keys) > MAX_KEYS_NAMED else ""
+            problems.append(f"{len(keys)} {label}: {', '.join(keys[:MAX_KEYS_NAMED])}{more}")
+    if problems:
+        raise CheckpointError(f"checkpoint '{path}' does not match {name}: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=True)
 
 
 def check_supported(model: nn.Module) -> None:
@@ -161,7 +245,10 @@ def spec_of_timm(model: nn.Module) -> ViTSpec:
 
 @torch.no_grad()
 def canonicalize(model: nn.Module) -> CanonicalViT:
-    """Build the torch twin of a supported timm ViT; its output equals the original's (fp32 rounding)."""
+    """Build the torch twin of a supported timm ViT; its output equals the original's (fp32 rounding).
+
+    The twin's ``q`` holds timm's query projection times the block's attention scale (see
+    :class:`~vitrt.compiler.twin.CanonicalAttention`)."""
     spec = spec_of_timm(model)
     twin = CanonicalViT(spec)
     twin.patch_embed.load_state_dict(model.patch_embed.proj.state_dict())
@@ -174,9 +261,12 @@ def canonicalize(model: nn.Module) -> CanonicalViT:
         attn = src.attn
         weight = attn.qkv.weight
         bias = attn.qkv.bias if attn.qkv.bias is not None else torch.zeros(3 * attn.attn_dim)
-        for j, proj in enumerate((dst.attn.q, dst.attn.k, dst.attn.v)):
-            proj.weight.copy_(weight[j * attn.attn_dim:(j + 1) * attn.attn_dim])
-            proj.bias.copy_(bias[j * attn.attn_dim:(j + 1) * attn.attn_dim])
+        # The attention scale goes into q (weight and bias): (s·Q)·Kᵀ == s·(Q·Kᵀ), and TensorRT fuses attention
+        # only when Q or K is scaled before the first MatMul (its "Fused Attention" guide; Model Optimizer
+        # scales Q for ViTs too). The spec keeps the value as a record.
+        for j, (proj, factor) in enumerate(((dst.attn.q, float(attn.scale)), (dst.attn.k, 1.0), (dst.attn.v, 1.0))):
+            proj.weight.copy_(weight[j * attn.attn_dim:(j + 1) * attn.attn_dim] * factor)
+            proj.bias.copy_(bias[j * attn.attn_dim:(j + 1) * attn.attn_dim] * factor)
         _copy_linear(attn.proj, dst.attn.proj, _layer_scale(src.ls1, emb))
         _copy_linear(src.mlp.fc1, dst.mlp.fc1, None)
         _copy_linear(src.mlp.fc2, dst.mlp.fc2, _layer_scale(src.ls2, emb))

@@ -203,3 +203,19 @@ def command_line(prog: str = "vitrt") -> str:
     import sys
 
     return " ".join([prog] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def api_wording(message: str, config_cls) -> str:
+    """A message written for the command line, reworded for the Python API: ``--force`` becomes ``force=True``,
+    ``--batch`` becomes ``batch`` (the keyword that sets it)."""
+    import re
+
+    names = {flag: leaf_ for leaf_ in leaves(config_cls) for flag in leaf_.flags}
+
+    def keyword(match):
+        leaf_ = names.get(match.group(0))
+        if leaf_ is None:
+            return match.group(0)
+        return f"{leaf_.name}=True" if leaf_.annotation is bool else leaf_.name
+
+    return re.sub(r"(?<![\w-])--?[a-z][a-z0-9-]*", keyword, message)

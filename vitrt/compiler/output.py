@@ -16,15 +16,23 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import OutputError
 
 
 def check_output_dir(out: Path, force: bool) -> None:
-    out = Path(out)
+    """OUT can be written: it is missing or an empty directory (or ``force``), and its nearest existing ancestor
+    is a directory this process may write into (so its missing parents can be created)."""
+    out = Path(out).absolute()
+    ancestor = next(p for p in out.parents if p.exists())
+    if not ancestor.is_dir():
+        raise OutputError(f"cannot create the output's parent directory '{out.parent}': '{ancestor}' is not a "
+                          "directory")
+    if not out.exists() and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot create the output directory '{out}': '{ancestor}' is not writable")
     if out.exists() and not out.is_dir():
-        raise VitrtError(f"output '{out}' exists and is not a directory; choose another -o")
+        raise OutputError(f"output '{out}' exists and is not a directory; choose another -o")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise VitrtError(f"output directory '{out}' is not empty; pass --force to replace it or choose another -o")
+        raise OutputError(f"output directory '{out}' is not empty; pass --force to replace it or choose another -o")
 
 
 def _umask() -> int:
@@ -44,7 +52,7 @@ def _make_parents(parent: Path) -> list[Path]:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         _remove_empty(missing)
-        raise VitrtError(f"cannot create the output's parent directory '{parent}': {exc.strerror}") from None
+        raise OutputError(f"cannot create the output's parent directory '{parent}': {exc.strerror}") from None
     return list(reversed(missing))
 
 
@@ -89,7 +97,7 @@ def atomic_output_dir(out: Path, force: bool):
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     except OSError as exc:
         _remove_empty(created)
-        raise VitrtError(f"cannot write into '{out.parent}': {exc.strerror}") from None
+        raise OutputError(f"cannot write into '{out.parent}': {exc.strerror}") from None
     staging.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; OUT gets the user's usual permissions
     try:
         yield staging

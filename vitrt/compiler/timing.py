@@ -60,18 +60,29 @@ class Timing:
             raise VitrtError("timing needs >= 1 iteration and >= 0 warm-up runs")
 
 
+def on_gpu(backend: str, device: str | None = None) -> bool:
+    """Whether ``backend`` on ``device`` computes on a GPU (TensorRT always; torch on a CUDA device)."""
+    return backend == "trt" or (backend == "torch" and (device or "cpu").startswith("cuda"))
+
+
+def default_clock(backend: str, device: str | None = None) -> str:
+    """The clock a runner benchmarks on by default: CUDA events on a GPU (its compute time), else wall."""
+    return "cuda" if on_gpu(backend, device) else "wall"
+
+
 def check_clock(clock: str, backend: str, threads: int | None, device: str | None = None) -> None:
     """Refuse a clock that cannot see the runtime's work (one line).
 
     ``cpu`` reads the calling thread's CPU time: only a single-threaded CPU runtime computes there (ONNX Runtime
-    or torch with one intra-op thread). ``cuda`` reads events on the current CUDA stream: the torch backend on a
-    CUDA device."""
-    on_cuda = (device or "cpu").startswith("cuda")
-    if clock == "cpu" and (backend not in ("ort", "torch") or threads != 1 or on_cuda):
+    or torch with one intra-op thread). ``cuda`` reads CUDA events around the call: a GPU runtime (TensorRT, or
+    torch on a CUDA device), each timed on the stream it enqueues on (``Runner.latency_samples``)."""
+    gpu = on_gpu(backend, device)
+    if clock == "cpu" and (backend not in ("ort", "torch") or threads != 1 or gpu):
         raise VitrtError("--clock cpu measures the caller thread's CPU time: it needs --threads 1 and a CPU backend "
                          "(--backend ort, or torch on --device cpu)")
-    if clock == "cuda" and not (backend == "torch" and on_cuda):
-        raise VitrtError("--clock cuda reads CUDA events: it needs --backend torch --device cuda")
+    if clock == "cuda" and not gpu:
+        raise VitrtError("--clock cuda reads CUDA events: it needs a GPU backend (--backend trt, or --backend torch "
+                         "--device cuda)")
 
 
 def samples_ms(call: Callable[[], object], timing: Timing, *, synchronize: Callable[[], None] | None = None,

@@ -10,11 +10,11 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import DataError, OptionError
 from vitrt.compiler.options import option, replace_options, section
 from vitrt.compiler.target import TargetConfig
 from vitrt.transforms.prune.config import PruneConfig
-from vitrt.transforms.quant.config import QuantConfig
+from vitrt.transforms.quant.config import QUANT_PRECISIONS, QuantConfig
 from vitrt.transforms.sparsity.config import SparsityConfig
 from vitrt.transforms.tome.config import TomeConfig
 
@@ -33,9 +33,9 @@ class CheckConfig:
 
     def validate(self) -> "CheckConfig":
         if self.bench_iters < 1 or self.bench_warmup < 0:
-            raise VitrtError("--bench-iters must be >= 1 and --bench-warmup >= 0")
+            raise OptionError("--bench-iters must be >= 1 and --bench-warmup >= 0")
         if self.refine_lut and self.lut is None:
-            raise VitrtError("--refine-lut needs --lut LUT (the table to update)")
+            raise OptionError("--refine-lut needs --lut LUT (the table to update)")
         return self
 
 
@@ -61,7 +61,7 @@ class CompileConfig:
     def validate(self) -> "CompileConfig":
         """Option-level checks, before any model is loaded (one-line VitrtError naming the flag)."""
         if self.img_size is not None and self.img_size < 1:
-            raise VitrtError(f"--img-size must be positive, got {self.img_size}")
+            raise OptionError(f"--img-size must be positive, got {self.img_size}")
         self.target.validate()
         self.checks.validate()
         self.prune.validate()
@@ -69,11 +69,39 @@ class CompileConfig:
         self.sparsity.validate()
         self.quant.validate(self.target.precision)
         if self.checks.lut is not None and not self.checks.bench and self.prune.fraction is None:
-            raise VitrtError("--lut needs --bench (or --prune): the prediction is recorded beside the measured latency")
+            raise OptionError("--lut needs --bench (or --prune): the prediction is recorded beside the measured latency")
         if self.prune.fraction is not None and self.checks.lut is None:
-            raise VitrtError("--prune needs --lut LUT (build one with: vitrt lut build --backend ort --grid coarse "
+            raise OptionError("--prune needs --lut LUT (build one with: vitrt lut build --backend ort --grid coarse "
                              "--batch N -o LUT)")
+        self.check_paths()
         return self
+
+    def check_paths(self) -> None:
+        """Every file and data source an option names exists (cheap: nothing is read yet)."""
+        for flag, path in (("--checkpoint", self.checkpoint), ("--prune-plan", self.prune.plan),
+                           ("--scale-table", self.quant.scale_table), ("--lut", self.checks.lut),
+                           ("--tome-lut", self.tome.lut)):
+            if path is not None and not Path(path).is_file():
+                raise OptionError(f"{flag} '{path}' does not exist or is not a file")
+        used = [("--data", self.prune.data, self.prune.enabled and (self.prune.fraction is not None or self.prune.revit
+                                                                    or self.prune.finetune_epochs > 0)),
+                ("--sparse-data", self.sparsity.data, self.sparsity.finetune_epochs > 0),
+                ("--calib-data", self.quant.calib_data, self.quant.calib_data is not None)]
+        for flag, source, needed in used:
+            if needed and source is not None:
+                check_data_source(flag, source)
+
+    def check_against(self, spec) -> None:
+        """Every stage's options checked against the spec that stage will meet, before any weights exist.
+
+        Sections are checked in STAGES order; a section's ``check(spec, target)`` returns the spec after its stage
+        when that is known without planning (a given pruning plan, an explicit merge schedule), else None — later
+        sections then check what needs no spec, and their planners the rest.
+        """
+        for options in (self.prune, self.tome, self.sparsity, self.quant):
+            check = getattr(options, "check", None)
+            if check is not None and section_enabled(options, self.target):
+                spec = check(spec, self.target)
 
     def replace(self, **options) -> "CompileConfig":
         """A copy with options changed by their flat names (``batch=8``, ``prune=0.5``)."""
@@ -81,3 +109,19 @@ class CompileConfig:
 
     def with_sections(self, **sections) -> "CompileConfig":
         return dataclasses.replace(self, **sections)
+
+
+def section_enabled(options, target) -> bool:
+    """Whether the stage a section configures runs (the quantization stage follows the target's precision)."""
+    enabled = getattr(options, "enabled", None)
+    return enabled if enabled is not None else target.precision in QUANT_PRECISIONS
+
+
+def check_data_source(flag: str, source: str) -> None:
+    """``digits``, ``synthetic``, ``synth:DIR`` (a synthetic metric set) or an ImageFolder directory."""
+    if source in ("digits", "synthetic"):
+        return
+    path = Path(source.removeprefix("synth:"))
+    if not path.is_dir():
+        raise DataError(f"{flag} '{source}' is neither digits, synthetic nor an existing directory (an ImageFolder: "
+                        "PATH/<class>/<images>)")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,12 +40,15 @@ from vitrt.compiler.distributed import is_writer
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.graph import GraphView
 from vitrt.compiler.lower import lower
-from vitrt.compiler.models import canonicalize, check_model_name, check_supported, load_timm_model
+from vitrt.compiler.models import (canonicalize, check_supported, checkpoint_classes, load_timm_model, model_spec,
+                                   read_checkpoint, spec_of_timm)
+from vitrt.compiler.spec import ViTSpec
 from vitrt.compiler.options import from_options
 from vitrt.compiler.output import atomic_output_dir, write_json
 from vitrt.compiler.pass_manager import OpCountInstrument, PassContext, PassManager
 from vitrt.compiler.progress import Progress
 from vitrt.compiler.timing import Timing, interleaved, synced
+from vitrt.compiler.trt_lint import check_trt, lint
 from vitrt.compiler.twin import CanonicalViT
 from vitrt.compiler.verify import VerifyInstrument, compare, verification_inputs
 from vitrt.pipeline.config import CompileConfig
@@ -85,16 +89,39 @@ def make_config(model=None, out=None, config: CompileConfig | None = None, optio
     return config.replace(**options) if options else config
 
 
-def load_source(config: CompileConfig, model: torch.nn.Module | None, progress: Progress):
+@dataclass
+class Source:
+    """What the compile starts from, known before any weights are created: the spec and the checkpoint's state."""
+
+    spec: ViTSpec
+    module: torch.nn.Module | None = None  # a model handed to the Python API
+    state: dict | None = None  # the --checkpoint state dict, read once
+    num_classes: int | None = None  # the checkpoint's classifier width where it differs from the model's default
+
+
+def inspect_source(config: CompileConfig, module: torch.nn.Module | None, progress: Progress) -> Source:
+    """The spec of what will be compiled — from the Python module, or from the timm name on the meta device
+    (no weights) — so every model-dependent option is checked before anything slow happens."""
+    if module is not None:
+        if isinstance(module, CanonicalViT):
+            return Source(module.spec, module)
+        check_supported(module)
+        return Source(spec_of_timm(module), module)
+    if not config.model:
+        raise VitrtError("no model given: pass a timm model name, e.g. vitrt compile deit_small_patch16_224 -o OUT")
+    state = read_checkpoint(config.checkpoint) if config.checkpoint is not None else None
+    classes = checkpoint_classes(state, config.model, progress) if state is not None else None
+    return Source(model_spec(config.model, img_size=config.img_size, num_classes=classes), None, state, classes)
+
+
+def load_source(config: CompileConfig, source: Source, progress: Progress):
     """The original model (the timm module, copied if it is in training mode; a copy of a given twin) and its
     canonical twin. The caller's module is never modified, not even its training flags."""
+    model = source.module
     if model is None:
-        if not config.model:
-            raise VitrtError("no model given: pass a timm model name, e.g. vitrt compile deit_small_patch16_224 -o OUT")
-        check_model_name(config.model)
         with progress.step(f"loading {config.model}"):
-            model = load_timm_model(config.model, pretrained=config.pretrained, checkpoint=config.checkpoint,
-                                    img_size=config.img_size)
+            model = load_timm_model(config.model, pretrained=config.pretrained, img_size=config.img_size,
+                                    num_classes=source.num_classes, state=source.state, checkpoint=config.checkpoint)
     if isinstance(model, CanonicalViT):
         twin = copy.deepcopy(model).eval()
         return twin, twin
@@ -123,21 +150,23 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
     with atomic_output_dir(config.out, config.force) as staging:
         backend = get_backend(target.backend, target.device)  # fails fast when its runtime is missing
         lut = open_for_compile(config)
-        original, twin = load_source(config, module, progress)
+        source = inspect_source(config, module, progress)
         stages = active_stages(config)
-        for stage in stages:
-            if stage.check is not None:
-                stage.check(stage_options(config, stage), twin.spec, target)
+        config.check_against(source.spec)
         PassManager([s.graph_pass for s in stages] + list(FINAL_PASSES))  # the whole schedule, before any work
+        original, twin = load_source(config, source, progress)
 
         # Plan every stage on the twin the stages before it left.
-        plans, reports, final = {}, [], twin
+        plans, reports, adjustments, final = {}, [], [], twin
         teacher = copy.deepcopy(twin).eval().requires_grad_(False)
         for stage in stages:
             ctx = PlanContext(target=target, teacher=teacher, plans=dict(plans), lut=lut, lut_path=checks.lut,
                               model=name or config.model or "", seed=config.seed, progress=progress)
             plan = stage.plan(final, ctx, stage_options(config, stage))
             after = stage.graph_pass(plan).apply_to_twin(final)
+            for note in plan_notes(plan):
+                progress.log(note)
+                adjustments.append({"stage": stage.name, "note": note})
             plans[stage.name] = plan
             reports.append((stage, plan, final, after))
             final = after
@@ -156,6 +185,9 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
                                  progress=lambda name: progress.log(f"pass {name}"))
         view = result.view
         final_onnx = view.to_onnx()
+        trt_lint = check_trt(final_onnx) if target.backend == "trt" else lint(final_onnx)  # trt: errors fail here
+        if trt_lint.findings:
+            progress.log(trt_lint.summary())
         onnx_path = staging / "model.onnx"
         onnx.save(final_onnx, str(onnx_path))
 
@@ -164,6 +196,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model": name or config.model or f"{type(original).__name__} (Python object)",
             "input_shape": ["batch" if batch is None else batch, view.spec.in_chans, view.spec.img, view.spec.img],
+            "batch_profile": list(target.batch_profile) if target.batch_profile else None,
             "backend": target.backend,
             "opset": target.opset,
             "artifact": backend.artifact_name,
@@ -172,6 +205,10 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
             "passes": [r.to_dict() for r in result.records],
             "params": {"before": vit_params(spec_before), "after": vit_params(view.spec)},
             "flops": {"before": vit_flops(spec_before), "after": vit_flops(view.spec)},
+            "adjustments": adjustments,
+            "io": graph_io(final_onnx),
+            "preprocessing": preprocessing(original, spec_before),
+            "trt_lint": trt_lint.to_dict(),
         }
         if checks.verify:
             with progress.step("verifying the compiled ONNX"):
@@ -197,10 +234,13 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
         if checks.bench:
             runner = backend.load(staging / backend.artifact_name, build_options)
             bench_images = images[: target.batch]
+            load_before = os.getloadavg()[0]
             with progress.bar(checks.bench_iters, "benchmarking") as bar:
                 stats = runner.benchmark(bench_images, warmup=checks.bench_warmup, iterations=checks.bench_iters,
                                          progress=bar.update)
-            manifest["latency"] = stats.to_dict()
+            manifest["latency"] = {**stats.to_dict(), **machine_state(target, load_before)}
+            if "load_warning" in manifest["latency"]:
+                progress.log(manifest["latency"]["load_warning"])
             if result.changes_function:
                 versus_dense = time_against_dense(twin, runner, bench_images, config, backend, build_options,
                                                   progress)
@@ -219,6 +259,46 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
     if is_writer():  # under torchrun only rank 0 writes
         refine_after_compile(config, manifest, progress)  # --refine-lut: a separate atomic write after OUT
     return CompileResult(Path(config.out), manifest, final, plans)
+
+
+def graph_io(model: onnx.ModelProto) -> dict:
+    """Names, element types and shapes of the compiled graph's inputs and outputs (what a server binds)."""
+    def describe(value):
+        tensor = value.type.tensor_type
+        return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+                "shape": [d.dim_param or d.dim_value for d in tensor.shape.dim]}
+    return {"inputs": [describe(v) for v in model.graph.input], "outputs": [describe(v) for v in model.graph.output]}
+
+
+def preprocessing(model: torch.nn.Module, spec: ViTSpec) -> dict:
+    """How images must be prepared for the engine: the compiled input size, and timm's data config of the model
+    (interpolation, crop, mean / std), which a serving pipeline must reproduce."""
+    if isinstance(model, CanonicalViT):
+        return {"source": "unknown: a CanonicalViT was compiled (no timm data config)"}
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    return {"source": "timm data config of the model", "input_size": [spec.in_chans, spec.img, spec.img],
+            "interpolation": cfg["interpolation"], "crop_pct": cfg["crop_pct"],
+            "crop_mode": cfg.get("crop_mode", "center"), "mean": list(cfg["mean"]), "std": list(cfg["std"])}
+
+
+def machine_state(target, load_before: float) -> dict:
+    """Thread settings and machine load while benchmarking; a warning when other work shared the CPU."""
+    cores = os.cpu_count() or 1
+    load = round(max(load_before, os.getloadavg()[0]), 2)
+    state = {"threads": target.threads or f"runtime default ({cores} cores)", "load_average": load, "cores": cores}
+    if load > cores:
+        state["load_warning"] = (f"load average {load} on {cores} cores while benchmarking: other work shared the "
+                                 "CPU, so latencies are inflated (compare variants side by side, or use --threads 1 "
+                                 "with a cpu-clock benchmark)")
+    return state
+
+
+def plan_notes(plan) -> list[str]:
+    """What a planner changed from what was asked (capped schedules, layers left dense, ...), one line each."""
+    notes = getattr(plan, "notes", None)
+    return notes() if callable(notes) else []
 
 
 def build_info(staging: Path) -> dict:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from vitrt.compiler.cleanup import CleanupPass
 from vitrt.transforms.base import Transform
-from vitrt.transforms.precision import TRANSFORM as PRECISION
-from vitrt.transforms.prune import TRANSFORM as PRUNE
-from vitrt.transforms.quant import TRANSFORM as QUANT
-from vitrt.transforms.sparsity import TRANSFORM as SPARSITY
-from vitrt.transforms.tome import TRANSFORM as TOME
+from vitrt.transforms.precision.stage import TRANSFORM as PRECISION
+from vitrt.transforms.prune.stage import TRANSFORM as PRUNE
+from vitrt.transforms.quant.stage import TRANSFORM as QUANT
+from vitrt.transforms.sparsity.stage import TRANSFORM as SPARSITY
+from vitrt.transforms.tome.stage import TRANSFORM as TOME
 
 STAGES: tuple[Transform, ...] = (PRUNE, TOME, SPARSITY, QUANT, PRECISION)
 FINAL_PASSES = (CleanupPass,)  # function-preserving passes after every stage

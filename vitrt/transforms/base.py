@@ -85,5 +85,4 @@ class Transform:
     plan: Callable[[Any, PlanContext, Any], Any]  # (twin, ctx, options) -> plan
     graph_pass: type[Pass]  # constructed with the plan: graph_pass(plan)
     report: Callable[[Any, ReportContext], StageReport] | None = None
-    check: Callable[[Any, Any, TargetConfig], None] | None = None  # (options, spec, target): refuse before any work
     finish: Callable[[Any, dict, Finished], dict[str, FileWriter]] | None = None  # (plan, section, results)

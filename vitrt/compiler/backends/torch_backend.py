@@ -9,7 +9,7 @@ later ``vitrt bench OUT`` imports the same graph again with the recorded setting
 
 Run: inputs go to the device once per timed call (:meth:`TorchRunner.timed_call` excludes the copy); on CUDA
 the timing loop reads CUDA events (clock ``cuda``: GPU time between two events on the stream), with optional
-CUDA-graph replay (``cuda_graphs``: captured once per input shape; with torch.compile, mode
+CUDA-graph replay (``cuda_graph``: captured once per input shape; with torch.compile, mode
 ``reduce-overhead``). Per-layer times come from running the fx graph node by node, each node timed (on CUDA
 after a synchronize), and are reported under the ONNX node names the canonical groups come from.
 """
@@ -67,8 +67,8 @@ def device_label(device) -> str:
 def check_options(options: BuildOptions) -> None:
     if options.torch_compile not in COMPILE_MODES:
         raise VitrtError(f"unknown torch.compile mode '{options.torch_compile}': choose one of {', '.join(COMPILE_MODES)}")
-    if options.cuda_graphs and not options.device.startswith("cuda"):
-        raise VitrtError("--cuda-graphs needs --device cuda")
+    if options.cuda_graph and not options.device.startswith("cuda"):
+        raise VitrtError("--cuda-graph needs --device cuda")
 
 
 class TorchBackend(Backend):
@@ -90,7 +90,7 @@ class TorchBackend(Backend):
         model = onnx.load(str(onnx_path))
         imported = import_onnx(model, device, sparse_weights=options.sparse_weights)
         record = {"device": options.device, "device_name": device_label(device), "torch_compile": options.torch_compile,
-                  "cuda_graphs": options.cuda_graphs, "sparse_weights": options.sparse_weights,
+                  "cuda_graph": options.cuda_graph, "sparse_weights": options.sparse_weights,
                   "torch": _torch_version(), "kernels": imported.kernels,
                   "fused_attention": imported.fused_attention, "source": "the compiled graph (model.onnx), "
                   "imported back node for node"}
@@ -129,13 +129,15 @@ class TorchRunner(Runner):
         self.dev = torch_device(record["device"])
         self.device = device_label(self.dev)
         self.clock = "cuda" if self.dev.type == "cuda" else "wall"
+        self.timer = ("CUDA events around the call on the current stream (GPU time; the input copy excluded)"
+                      if self.dev.type == "cuda" else "wall clock")
         imported = import_onnx(model, self.dev, sparse_weights=record["sparse_weights"])
         self.graph_module, self.kernels = imported.module.eval(), imported.kernels
         self._batch = imported.batch
         self.forward = self.graph_module
         mode = record["torch_compile"]
         if mode != "off":
-            if record["cuda_graphs"] and mode == "default":
+            if record["cuda_graph"] and mode == "default":
                 mode = "reduce-overhead"  # torch.compile's CUDA-graph mode
             self.forward = torch.compile(self.graph_module, mode=mode, dynamic=self._batch is None)
         self._graphs: dict[tuple, tuple] = {}
@@ -150,7 +152,7 @@ class TorchRunner(Runner):
     def run(self, x):
         """The compiled model on a device tensor (replaying a captured CUDA graph where configured)."""
         with self.torch.inference_mode():
-            if self.record["cuda_graphs"] and self.record["torch_compile"] == "off":
+            if self.record["cuda_graph"] and self.record["torch_compile"] == "off":
                 return self._replay(x)
             return self.forward(x)
 
@@ -181,6 +183,13 @@ class TorchRunner(Runner):
     def timed_call(self, images: np.ndarray):
         x = self._to_device(images)  # the host-to-device copy stays outside the timed call
         return lambda: self.run(x)
+
+    def latency_samples(self, images: np.ndarray, timing, progress=None) -> list[float]:
+        """The shared timing loop; on CUDA with the runner's GPU current (the cuda clock's events go there)."""
+        if self.dev.type != "cuda":
+            return super().latency_samples(images, timing, progress)
+        with self.torch.cuda.device(self.dev):
+            return super().latency_samples(images, timing, progress)
 
     def synchronize(self) -> None:
         if self.dev.type == "cuda":

@@ -7,12 +7,5 @@
     graph_pass.py  PrunePass: slices the canonical ONNX
     twin.py        apply_plan: the same slicing on the torch twin
     report.py      manifest section, pruning_plan.json, pruning_dims.png
+    stage.py       the Transform row that vitrt.pipeline.stages.STAGES lists
 """
-
-from vitrt.transforms.base import Transform
-from vitrt.transforms.prune import planner, report
-from vitrt.transforms.prune.graph_pass import PrunePass
-
-TRANSFORM = Transform(name="prune", manifest_key="pruning", section="prune",
-                      enabled=lambda options, target: options.enabled, plan=planner.plan, graph_pass=PrunePass,
-                      report=report.report, finish=report.finish)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import OptionError
 from vitrt.compiler.options import option
 
 
@@ -34,11 +34,22 @@ class PruneConfig:
 
     def validate(self) -> "PruneConfig":
         if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise VitrtError(f"--prune {self.fraction} must be a latency fraction in (0, 1], e.g. 0.5")
+            raise OptionError(f"--prune {self.fraction} must be a latency fraction in (0, 1], e.g. 0.5")
         if sum([self.fraction is not None, self.plan is not None, self.revit]) > 1:
-            raise VitrtError("--prune, --prune-plan and --revit are alternatives: pass one of them")
+            raise OptionError("--prune, --prune-plan and --revit are alternatives: pass one of them")
         if self.finetune_epochs < 0 or self.samples < 1 or self.eta < 0:
-            raise VitrtError("--finetune-epochs and --eta must be >= 0 and --prune-samples >= 1")
+            raise OptionError("--finetune-epochs and --eta must be >= 0 and --prune-samples >= 1")
         if self.finetune_epochs and not self.enabled:
-            raise VitrtError("--finetune-epochs fine-tunes a pruned model: add --prune, --prune-plan or --revit")
+            raise OptionError("--finetune-epochs fine-tunes a pruned model: add --prune, --prune-plan or --revit")
         return self
+
+    def check(self, spec, target):
+        """A given plan is read and matched against the model before any work; its pruned spec is then known
+        (None otherwise: the search decides the dims)."""
+        from vitrt.transforms.prune.plan import PruningPlan
+
+        if self.plan is None or spec is None:
+            return None
+        plan = PruningPlan.load(self.plan)
+        plan.check_matches(spec)
+        return plan.pruned_spec(spec)

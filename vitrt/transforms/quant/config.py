@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import OptionError
 from vitrt.compiler.options import option
 
 QUANT_PRECISIONS = ("int8", "fp8", "int4w")
@@ -28,14 +28,22 @@ class QuantConfig:
         """Option combinations refused for ``precision`` (the target's)."""
         quant = precision in QUANT_PRECISIONS
         if not quant and (self.qat_epochs or self.quantize_attention or self.scale_table or self.calib_data):
-            raise VitrtError(f"--qat-epochs / --quantize-attention / --scale-table / --calib-data need --precision "
+            raise OptionError(f"--qat-epochs / --quantize-attention / --scale-table / --calib-data need --precision "
                              f"int8, fp8 or int4w (got {precision})")
         if self.qat_epochs < 0:
-            raise VitrtError(f"--qat-epochs must be >= 0, got {self.qat_epochs}")
+            raise OptionError(f"--qat-epochs must be >= 0, got {self.qat_epochs}")
         if self.calib_images < 1:
-            raise VitrtError(f"--calib-images must be >= 1, got {self.calib_images}")
+            raise OptionError(f"--calib-images must be >= 1, got {self.calib_images}")
         if precision == "int4w" and (self.qat_epochs or self.quantize_attention):
-            raise VitrtError("int4w is weight-only: --qat-epochs and --quantize-attention apply to int8 and fp8")
+            raise OptionError("int4w is weight-only: --qat-epochs and --quantize-attention apply to int8 and fp8")
         if self.scale_table is not None and self.calib_data is not None and not self.qat_epochs:
-            raise VitrtError("--scale-table replaces calibration: drop --calib-data (or add --qat-epochs to fine-tune)")
+            raise OptionError("--scale-table replaces calibration: drop --calib-data (or add --qat-epochs to fine-tune)")
         return self
+
+    def check(self, spec, target):
+        """A given scale table is validated against the spec it will meet before any work, when that is known."""
+        from vitrt.transforms.quant.scale_table import load_scale_table
+
+        if self.scale_table is not None and spec is not None:
+            load_scale_table(self.scale_table, spec, target.precision, quantize_attention=self.quantize_attention)
+        return spec

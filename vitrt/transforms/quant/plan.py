@@ -27,6 +27,20 @@ class QuantPlan:
             raise VitrtError(f"quantization plan: the scale table is for '{self.table.precision}', the plan for "
                              f"'{self.precision}'")
 
+    def notes(self) -> list[str]:
+        """Where the plan quantizes less than asked (said in one line each and recorded in the manifest)."""
+        notes = []
+        blocks = sorted(int(k.split(".")[1]) for k in self.table.entries if k.endswith(".attn.q.weight"))
+        if self.quantize_attention:
+            plain = [i for i in blocks if f"blocks.{i}.attn.qk.input_a" not in self.table.entries]
+            if plain:
+                notes.append(f"quantize-attention: blocks {plain} keep float attention matmuls (TensorRT's fused "
+                             "attention takes Q/DQ only for head size 16/32/64 and <= 512 tokens)")
+        block = self.table.meta.get("block_size")
+        if self.precision == "int4w" and block and block < 128:
+            notes.append(f"int4w: block size {block}, since 128 does not divide every layer's input width")
+        return notes
+
     def to_dict(self) -> dict:
         return {"format": PLAN_FORMAT, "precision": self.precision, "quantize_attention": self.quantize_attention,
                 "table": self.table.to_dict(), "info": dict(self.info)}

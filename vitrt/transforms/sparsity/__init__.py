@@ -8,12 +8,5 @@ fine-tuning, and the FP16 / INT8 / INT4 compressed layouts (:mod:`vitrt.kernels.
     twin.py          apply_plan: the same on the torch twin
     export.py        --export-sparse: compressed values + metadata
     report.py        manifest section, files, TensorRT's sparse tactics
+    stage.py         the Transform row that vitrt.pipeline.stages.STAGES lists
 """
-
-from vitrt.transforms.base import Transform
-from vitrt.transforms.sparsity import planner, report
-from vitrt.transforms.sparsity.graph_pass import SparsityPass
-
-TRANSFORM = Transform(name="sparsity", manifest_key="sparsity", section="sparsity",
-                      enabled=lambda options, target: options.enabled, plan=planner.plan, graph_pass=SparsityPass,
-                      report=report.report, finish=report.finish)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import OptionError
 from vitrt.compiler.options import option
 
 PATTERNS = ("2:4",)
@@ -42,12 +42,12 @@ class SparsityConfig:
                                            ("--sparse-include", self.include), ("--sparse-exclude", self.exclude),
                                            ("--export-sparse", self.export)) if on]
             if given:
-                raise VitrtError(f"{given[0]} needs --sparsity 2:4")
+                raise OptionError(f"{given[0]} needs --sparsity 2:4")
             return self
         if self.finetune_epochs < 0:
-            raise VitrtError(f"--sparse-finetune-epochs must be >= 0, got {self.finetune_epochs}")
+            raise OptionError(f"--sparse-finetune-epochs must be >= 0, got {self.finetune_epochs}")
         if self.finetune_epochs and not self.data:
-            raise VitrtError("--sparse-finetune-epochs needs data: pass --sparse-data digits|synthetic|PATH")
+            raise OptionError("--sparse-finetune-epochs needs data: pass --sparse-data digits|synthetic|PATH")
         if self.min_weights < 0:
-            raise VitrtError(f"--sparse-min-weights must be >= 0, got {self.min_weights}")
+            raise OptionError(f"--sparse-min-weights must be >= 0, got {self.min_weights}")
         return self

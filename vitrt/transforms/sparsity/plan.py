@@ -196,6 +196,18 @@ class SparsityPlan:
         """The masks as torch bool tensors (for the trainer's mask hook)."""
         return torch_masks(self.masks)
 
+    def notes(self) -> list[str]:
+        """The layers left dense and why (said in one line and recorded in the manifest)."""
+        skipped = [d for d in self.decisions if not d.eligible]
+        if not skipped:
+            return []
+        reasons: dict[str, list[str]] = {}
+        for d in skipped:
+            reasons.setdefault(d.reason.split(":")[0], []).append(d.name)
+        summary = "; ".join(f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''} ({reason})"
+                            for reason, names in reasons.items())
+        return [f"2:4: {len(skipped)} of {len(self.decisions)} weight layers stay dense: {summary}"]
+
     def to_dict(self) -> dict:
         """JSON part (decisions and reports); masks and weights are the arrays of :meth:`arrays`."""
         return {"format": PLAN_FORMAT, "pattern": self.pattern, "export": self.export,

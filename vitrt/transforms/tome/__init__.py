@@ -7,12 +7,5 @@ merging (LGTM), every token count fixed at compile time.
     graph_pass.py  TokenMergePass: TopK / GatherND / one-hot MatMul merge subgraphs (no Scatter)
     twin.py        apply_plan: the same merge on the torch twin, op for op
     report.py      manifest section, token_merge.png, the measured speedup
+    stage.py       the Transform row that vitrt.pipeline.stages.STAGES lists
 """
-
-from vitrt.transforms.base import Transform
-from vitrt.transforms.tome import planner, report
-from vitrt.transforms.tome.graph_pass import TokenMergePass
-
-TRANSFORM = Transform(name="tome", manifest_key="token_merge", section="tome",
-                      enabled=lambda options, target: options.enabled, plan=planner.plan, graph_pass=TokenMergePass,
-                      report=report.report, check=planner.check, finish=report.finish)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import OptionError
 from vitrt.compiler.options import option
 
 
@@ -37,12 +37,22 @@ class TomeConfig:
 
         chosen = [v for v in (self.r, self.schedule, self.flops, self.latency) if v is not None]
         if len(chosen) > 1:
-            raise VitrtError("give at most one of --tome, --tome-schedule, --tome-flops, --tome-latency")
+            raise OptionError("give at most one of --tome, --tome-schedule, --tome-flops, --tome-latency")
         if not chosen and any(v is not None for v in (self.skip, self.window, self.transition)):
-            raise VitrtError("--dfe-skip / --lgtm-window / --lgtm-transition need --tome, --tome-schedule, "
+            raise OptionError("--dfe-skip / --lgtm-window / --lgtm-transition need --tome, --tome-schedule, "
                              "--tome-flops or --tome-latency")
         if self.r is not None:
             parse_r(self.r)
         if self.schedule is not None:
             parse_per_block(self.schedule)
         return self
+
+    def check(self, spec, target):
+        """An explicit schedule the model cannot take is refused before any work (wrong length, too many merges);
+        returns the merged spec then (None for the FLOPs / latency solvers, which decide at planning time)."""
+        from vitrt.transforms.tome.schedule import resolve, schedule_of
+
+        schedule = schedule_of(self)
+        if schedule is None or spec is None:
+            return None
+        return resolve(schedule, spec).apply_to_spec(spec)

@@ -108,6 +108,17 @@ def parse_per_block(text: str) -> tuple[int, ...]:
     return values
 
 
+def schedule_of(options) -> TomeSchedule | None:
+    """The explicit schedule of ``--tome`` / ``--tome-schedule`` (None for the FLOPs / latency solvers)."""
+    placement = dict(skip=options.skip, window=options.window, transition=options.transition)
+    if options.r is not None:
+        r, inflection = parse_r(options.r)
+        return TomeSchedule(r=r, inflection=inflection, **placement)
+    if options.schedule is not None:
+        return TomeSchedule(per_block=parse_per_block(options.schedule), **placement)
+    return None
+
+
 @dataclass(frozen=True)
 class BlockMerge:
     """How block ``index`` merges: ``windows`` windows (1 = global), ``per_window`` merges in each."""
@@ -160,6 +171,20 @@ class MergePlan:
         extra = dict(spec.extra)
         extra["token_merge"] = self.to_dict()
         return spec.with_blocks(blocks).replace(extra=extra).validate()
+
+    def notes(self) -> list[str]:
+        """What resolving changed from what was asked: r capped to half a block's mergeable tokens, blocks without
+        attention left unmerged (said in one line each and recorded in the manifest)."""
+        wanted, _ = requested_r(self.schedule, len(self.blocks))
+        capped = [(b.index, w, b.merges) for b, w in zip(self.blocks, wanted) if b.merges < w and b.per_window]
+        unmerged = [b.index for b, w in zip(self.blocks, wanted) if w and not b.per_window]
+        notes = []
+        if capped:
+            blocks = ", ".join(f"{i} ({w} -> {got})" for i, w, got in capped)
+            notes.append(f"token merging: r capped to half of each block's mergeable tokens in blocks {blocks}")
+        if unmerged:
+            notes.append(f"token merging: blocks {unmerged} merge nothing (no attention left, or the cap is 0)")
+        return notes
 
     def to_dict(self) -> dict:
         return {"schedule": self.schedule.to_dict(), "r": self.r, "tokens": self.tokens,

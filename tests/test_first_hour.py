@@ -1,0 +1,84 @@
+"""A deployment engineer's first hour: every bad input is refused with one line and exit 2, leaves nothing on
+disk, and the option / path / schedule errors come before torch is even imported (what makes them fast; the
+timings are recorded by ``python -m vitrt.benchmarks.first_hour`` in benchmarks/results/first_hour.md)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vitrt.benchmarks.first_hour import CASES, CHECKPOINT, OPTION, run_case
+
+PROBE = """
+import json, sys
+from vitrt.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"code": code, "torch": "torch" in sys.modules, "timm": "timm" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.kind == OPTION and not c.name.startswith("demo")],
+                         ids=lambda c: c.name)
+def test_option_errors_come_before_torch_is_imported(case, tmp_path):
+    if case.setup:
+        subprocess.run([sys.executable, "-c", case.setup], cwd=tmp_path, check=True)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in case.argv]
+    result = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    assert probe["code"] == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and case.expect in errors[0], result.stderr
+    heavy = case.name in ("unknown model", "unsupported family")  # timm's registry decides these
+    assert probe["torch"] == heavy, f"{case.name}: torch imported before the error"
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.kind == CHECKPOINT or c.name.startswith("demo")],
+                         ids=lambda c: c.name)
+def test_model_and_checkpoint_errors_are_one_line_and_leave_nothing(case):
+    row = run_case(case)
+    assert row["exit"] == 2 and row["one_line"] and not row["traceback"], row
+    assert row["left_behind"] == [], row
+
+
+def test_an_adjusted_schedule_is_announced_and_recorded(tmp_path):
+    """--tome 1000 is capped per block: said in one line and recorded under manifest['adjustments']."""
+    from vitrt.cli import main
+
+    out = tmp_path / "out"
+    assert main(["compile", "deit_tiny_patch16_224", "--img-size", "64", "--tome", "1000", "-o", str(out)]) == 0
+    notes = json.loads((out / "manifest.json").read_text())["adjustments"]
+    assert any(n["stage"] == "tome" and "capped" in n["note"] and "1000 -> 8" in n["note"] for n in notes)
+
+
+def test_the_python_api_words_errors_for_python(tmp_path):
+    import vitrt
+    from vitrt.compiler.errors import OptionError, OutputError
+
+    with pytest.raises(OptionError, match="^batch must be >= 1"):
+        vitrt.compile("deit_tiny_patch16_224", tmp_path / "a", batch=0)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "keep").write_text("mine")
+    with pytest.raises(OutputError, match="pass force=True to replace it"):
+        vitrt.compile("deit_tiny_patch16_224", tmp_path / "b")
+    with pytest.raises(vitrt.VitrtError, match="unknown option 'bacth' \\(did you mean 'batch'\\?\\); valid options: "):
+        vitrt.compile("deit_tiny_patch16_224", tmp_path / "c", bacth=8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_a_default_int8_compile_prints_only_vitrt_lines(tmp_path):
+    """No third-party noise on stdout or stderr in a normal (not --quiet) run: every stderr line is vitrt's
+    progress (tqdm bars included, they carry the [vitrt] prefix), stdout is the summary."""
+    result = subprocess.run([sys.executable, "-m", "vitrt.cli", "compile", "deit_tiny_patch16_224", "--img-size", "32",
+                             "--precision", "int8", "--calib-data", "synthetic", "--calib-images", "16", "--verify",
+                             "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    stderr = [line for chunk in result.stderr.split("\r") for line in chunk.splitlines() if line.strip()]
+    foreign = [line for line in stderr if not line.startswith("[vitrt]")]
+    assert stderr and foreign == []
+    summary = {line.split()[0] for line in result.stdout.splitlines()}
+    assert summary <= {"model", "input", "params", "GFLOPs/image", "max", "latency", "speedup"}
