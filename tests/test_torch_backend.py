@@ -48,6 +48,7 @@ STACKS = {
     "fp32": {},
     "dynamic_batch": dict(dynamic_batch=True),
     "fp16": dict(precision="fp16"),
+    "bf16": dict(precision="bf16"),
     "int8": dict(precision="int8", **QUANT),
     "int8_attention": dict(precision="int8", quantize_attention=True, **QUANT),
     "fp8": dict(precision="fp8", **QUANT),
@@ -73,9 +74,11 @@ def test_every_transform_runs_on_torch_like_onnx_runtime(stack, tmp_path):
     got = runner.infer(images)
     graph = onnx.load(str(result.onnx_path))
     assert max_abs(got, run_onnx(graph, images, 2)) <= tolerance
-    ort = get_backend("ort")
-    ort_runner = ort.load(ort.build(result.onnx_path, tmp_path, BuildOptions()), BuildOptions())
-    if stack != "int4w":
+    if stack == "bf16":
+        pass  # ONNX Runtime's CPU provider has no bf16 kernels: the reference evaluator above is the peer
+    elif stack != "int4w":
+        ort = get_backend("ort")
+        ort_runner = ort.load(ort.build(result.onnx_path, tmp_path, BuildOptions()), BuildOptions())
         assert max_abs(got, ort_runner.infer(images)) <= tolerance
     else:
         # ONNX Runtime's own INT4 kernel (MatMulNBits, fused at its "all" level) departs from the graph's
@@ -186,7 +189,7 @@ def test_cuda_device_without_cuda_is_refused_before_any_work(tmp_path):
 
 @pytest.mark.parametrize("options, message", [
     (dict(backend="ort", device="cuda"), "--backend ort runs on the CPU"),
-    (dict(backend="ort", torch_compile="default"), "need --backend torch"),
+    (dict(backend="ort", torch_compile="default"), "needs --backend torch"),
     (dict(backend="torch", cuda_graph=True), "--cuda-graph needs a GPU"),
     (dict(backend="torch", device="tpu"), "unknown device .tpu."),
     (dict(backend="torch", device="meta"), "the torch backend runs on cpu or cuda"),

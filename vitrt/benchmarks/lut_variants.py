@@ -10,7 +10,7 @@ compile's order:
             the torch backend's semi-structured GEMMs)
     int8    Q/DQ on every MatMul / Conv input from a max-calibrated scale table (weights per output channel,
             activations per tensor from the subgraph's own random input): vitrt.transforms.quant's insert_qdq
-    fp16    vitrt.transforms.precision's type_fp16 (LayerNorm and Softmax kept in fp32)
+    fp16    vitrt.transforms.precision's type_float (LayerNorm and Softmax kept in fp32)
 
 Latency does not depend on the values, only on the types, shapes and sparsity pattern, which are the
 compile's. FP8, INT4 and BF16 tables are not built by this module yet (refused with one line).
@@ -116,9 +116,9 @@ def variant_model(model: onnx.ModelProto, inputs: np.ndarray, precision: str, sp
     if precision == "int8":
         insert_int8(model, graph, inputs)
     elif precision == "fp16":
-        from vitrt.transforms.precision.graph_pass import type_fp16
+        from vitrt.transforms.precision.graph_pass import type_float
 
-        type_fp16(_view(graph))
+        type_float(_view(graph), "fp16")
     graph.cleanup().toposort()
     out = gs.export_onnx(graph)
     out.ir_version = ir_version_for(graph.opset)

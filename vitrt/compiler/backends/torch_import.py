@@ -38,8 +38,10 @@ SHAPE = "shape"  # value kind: a Python tuple produced by Shape (dynamic batch)
 
 
 def to_torch(tensor: onnx.TensorProto) -> torch.Tensor:
-    """An initializer as a CPU tensor (float8 and int4 through ml_dtypes, which numpy_helper returns)."""
+    """An initializer as a CPU tensor (bfloat16, float8 and int4 through ml_dtypes, which numpy_helper returns)."""
     array = numpy_helper.to_array(tensor)
+    if tensor.data_type == onnx.TensorProto.BFLOAT16:
+        return torch.from_numpy(array.view(np.uint16).copy()).view(torch.bfloat16)
     if tensor.data_type == onnx.TensorProto.FLOAT8E4M3FN:
         return torch.from_numpy(array.view(np.uint8).copy()).view(torch.float8_e4m3fn)
     if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
