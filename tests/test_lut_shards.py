@@ -157,7 +157,7 @@ def test_a_precision_key_is_built_on_the_torch_backend(tmp_path):
 @pytest.mark.parametrize("clock, backend, threads, device, ok", [
     ("cpu", "ort", 1, None, True), ("cpu", "torch", 1, "cpu", True), ("cpu", "ort", None, None, False),
     ("cpu", "torch", 1, "cuda", False), ("cuda", "torch", None, "cuda:1", True), ("cuda", "ort", None, None, False),
-    ("wall", "trt", None, None, True),
+    ("wall", "trt", None, None, True), ("cuda", "trt", None, None, True), ("cuda", "torch", None, "cpu", False),
 ])
 def test_clock_needs_a_runtime_it_can_see(clock, backend, threads, device, ok):
     if ok:
@@ -165,3 +165,17 @@ def test_clock_needs_a_runtime_it_can_see(clock, backend, threads, device, ok):
     else:
         with pytest.raises(VitrtError, match=f"--clock {clock}"):
             check_clock(clock, backend, threads, device)
+
+
+@pytest.mark.parametrize("backend, device, clock", [
+    ("ort", None, "wall"), ("torch", None, "wall"), ("torch", "cpu", "wall"), ("torch", "cuda:local", "cuda"),
+    ("trt", None, "cuda"),
+])
+def test_the_default_clock_is_cuda_events_on_a_gpu(backend, device, clock):
+    """What --bench measures (a runner's own clock) is what lut build and bench default to, so tables and
+    benchmarks of one backend agree without flags; the compile's bench clock says the same."""
+    from vitrt.compiler.target import TargetConfig
+    from vitrt.compiler.timing import default_clock
+
+    assert default_clock(backend, device) == clock
+    assert TargetConfig(backend=backend, device=device).bench_clock == clock

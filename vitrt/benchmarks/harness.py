@@ -134,8 +134,6 @@ def bench_target(target: str, batches: list[int], *, backend: str | list[str] | 
     With several backends (``["ort", "torch"]``) the same graph — the OUT's compiled ``model.onnx``, or the model
     lowered with a dynamic batch — is built on each and timed side by side (:func:`interleaved`, ``rounds``
     rounds of ``iterations`` runs), with each backend's speedup over the first."""
-    import onnx
-
     from vitrt.compiler.backends import BuildOptions
     from vitrt.compiler.timing import check_clock
 
