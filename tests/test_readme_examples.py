@@ -28,9 +28,10 @@ README = REPO / "README.md"
 # Flags whose value a command writes; every other path-like value is read.
 OUTPUT_FLAGS = {"-o", "--out", "--json", "--json-out", "--timing-cache", "--save", "--record"}
 # Values that name a data source or a URL, not a file.
-NOT_PATHS = re.compile(r"^(digits|synthetic|synth:.*|https?://.*|grpc://.*|[\d.,:]+)$")
+NOT_PATHS = re.compile(r"^(digits|synthetic|synth:.*|https?://.*|grpc://.*|[\d.,:]+|\d+/\d+)$")  # 0/2: a --shard
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z_]+$")  # PATH, OUT, LUT: not copy-pasteable
 NEEDS_TRT = "# needs TensorRT"
+NEEDS_GPU = "# needs a CUDA GPU"
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,10 @@ def written_and_read(example: Example) -> tuple[list[str], list[str]]:
             written.append(token)
         elif "/" in token or re.search(r"\.(pt|json|onnx|cache|plan)$", token):
             read.append(token)
+    if "--shard" in argv[:-1] and argv[1:3] == ["lut", "build"]:  # a shard writes LUT.partK-of-N.json
+        from vitrt.benchmarks.lut_build import parse_shard, shard_path
+
+        written = [str(shard_path(path, parse_shard(argv[argv.index("--shard") + 1]))) for path in written]
     return written, read
 
 
@@ -120,6 +125,12 @@ def _tensorrt_available() -> bool:
     return tensorrt_available()
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _run(example: Example, cwd: Path, env: dict, log) -> None:
     command = example.command
     if command.startswith("python "):
@@ -132,6 +143,9 @@ def _run(example: Example, cwd: Path, env: dict, log) -> None:
     log.flush()
     if NEEDS_TRT in example.comment and not _tensorrt_available():
         assert result.returncode == 2 and "TensorRT is not installed" in result.stderr, (example, result.stderr)
+        return
+    if NEEDS_GPU in example.comment and not _cuda_available():
+        assert result.returncode == 2 and "needs CUDA" in result.stderr, (example, result.stderr)
         return
     assert result.returncode == 0, f"README.md:{example.line}: {example.text}\n{result.stderr[-3000:]}"
 
