@@ -13,6 +13,7 @@ from pathlib import Path
 from vitrt.compiler.errors import DataError, OptionError
 from vitrt.compiler.options import option, replace_options, section
 from vitrt.compiler.target import TargetConfig
+from vitrt.transforms.lowrank.config import LowRankConfig
 from vitrt.transforms.prune.config import PruneConfig
 from vitrt.transforms.quant.config import QUANT_PRECISIONS, QuantConfig
 from vitrt.transforms.sparsity.config import SparsityConfig
@@ -55,6 +56,7 @@ class CompileConfig:
     checks: CheckConfig = section(CheckConfig)
     prune: PruneConfig = section(PruneConfig)
     tome: TomeConfig = section(TomeConfig)
+    lowrank: LowRankConfig = section(LowRankConfig)
     sparsity: SparsityConfig = section(SparsityConfig)
     quant: QuantConfig = section(QuantConfig)
 
@@ -66,6 +68,7 @@ class CompileConfig:
         self.checks.validate()
         self.prune.validate()
         self.tome.validate()
+        self.lowrank.validate()
         self.sparsity.validate()
         self.quant.validate(self.target.precision)
         if self.checks.lut is not None and not self.checks.bench and self.prune.fraction is None:
@@ -73,6 +76,9 @@ class CompileConfig:
         if self.prune.fraction is not None and self.checks.lut is None:
             raise OptionError("--prune needs --lut LUT (build one with: vitrt lut build --backend ort --grid coarse "
                              "--batch N -o LUT)")
+        if self.lowrank.enabled and (self.sparsity.enabled or self.target.precision != "fp32"):
+            raise OptionError("--lowrank composes with --prune and token merging at --precision fp32: factored layers "
+                              "are not masked (--sparsity), quantized or typed (--precision) yet")
         self.check_paths()
         return self
 
@@ -80,12 +86,14 @@ class CompileConfig:
         """Every file and data source an option names exists (cheap: nothing is read yet)."""
         for flag, path in (("--checkpoint", self.checkpoint), ("--prune-plan", self.prune.plan),
                            ("--scale-table", self.quant.scale_table), ("--lut", self.checks.lut),
-                           ("--tome-lut", self.tome.lut)):
+                           ("--tome-lut", self.tome.lut),
+                           ("--lowrank-plan", self.lowrank.plan)):
             if path is not None and not Path(path).is_file():
                 raise OptionError(f"{flag} '{path}' does not exist or is not a file")
         used = [("--data", self.prune.data, self.prune.enabled and (self.prune.fraction is not None or self.prune.revit
                                                                     or self.prune.finetune_epochs > 0)),
                 ("--sparse-data", self.sparsity.data, self.sparsity.finetune_epochs > 0),
+                ("--lowrank-data", self.lowrank.data, self.lowrank.finetune_epochs > 0),
                 ("--calib-data", self.quant.calib_data, self.quant.calib_data is not None)]
         for flag, source, needed in used:
             if needed and source is not None:
