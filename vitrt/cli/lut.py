@@ -16,11 +16,14 @@ from vitrt.compiler.progress import progress_for
 class LutBuildConfig:
     backend: str = option("ort", "backend to time on: ort (ONNX Runtime CPU) or trt (TensorRT GPU)",
                           choices=("ort", "trt"))
-    grid: str = option("coarse", "grid preset: coarse (CPU, minutes), dense (NViT's grid, for a GPU), tiny (tests)",
-                       choices=("coarse", "dense", "tiny"))
+    grid: str = option("coarse", "grid preset: coarse (CPU, minutes), dense (NViT's grid, for a GPU), digits (the "
+                       "digits reference and what compression makes of it), tiny (tests)",
+                       choices=("coarse", "dense", "digits", "tiny"))
     batch: int = option(1, "batch size the table is measured at", type=int, metavar="N")
-    precision: str = option("fp32", "precision key of the table", choices=PRECISIONS)
-    sparsity: str = option("dense", "sparsity key of the table", choices=SPARSITIES)
+    precision: str = option("fp32", "precision key to build (the subgraphs are timed after that precision's passes; "
+                            "another key of an existing table is added to it)", choices=PRECISIONS)
+    sparsity: str = option("dense", "sparsity key to build (2:4: masked weights, timed as the backend runs them)",
+                           choices=SPARSITIES)
     threads: int | None = option(None, "ONNX Runtime intra-op threads (default: the runtime's, as vitrt compile)",
                                  type=int, metavar="N")
     iterations: int = option(5, "timed runs per grid point (median)", type=int, metavar="N")
