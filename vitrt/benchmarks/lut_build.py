@@ -68,7 +68,7 @@ GRIDS = {
         "emb": [16, 32, 48, 64], "heads": [1, 2], "qk": [16, 32], "v": [16, 32],
         "tokens": [3, 5, 9, 17, 25, 33, 41, 49, 57, 65], "mlp": [16, 64, 128, 192, 256], "patches": [64],
         "patch": 4, "num_classes": 10,
-        "keys": [16, 64], "merged": [1, 4, 8, 16, 32], "features": [16, 64, 256], "rank": [8, 16, 32, 64],
+        "keys": [16, 64], "merged": [1, 8, 32], "features": [16, 64, 256], "rank": [8, 16, 32],
     },
 }
 GRID_FIELDS = ("emb", "heads", "qk", "v", "tokens", "mlp", "patches", "patch", "num_classes")
