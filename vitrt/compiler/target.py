@@ -29,8 +29,13 @@ class TargetConfig:
     opset: int = option(17, "ONNX opset of the canonical graph", type=int, metavar="N")
     threads: int | None = option(None, "ONNX Runtime intra-op threads (default: ONNX Runtime's choice)", type=int,
                                  metavar="N")
-    timing_cache: Path | None = option(None, "TensorRT timing cache file (read and updated)", type=Path,
-                                       metavar="PATH")
+    timing_cache: Path | None = option(None, "TensorRT timing cache file (read; rewritten after a successful build)",
+                                       type=Path, metavar="PATH")
+    min_batch: int | None = option(None, "with --dynamic-batch: smallest batch of the TensorRT optimisation profile "
+                                   "(default 1)", type=int, metavar="N")
+    max_batch: int | None = option(None, "with --dynamic-batch: largest batch of the TensorRT optimisation profile "
+                                   "(default --batch, which is the batch it is optimised for)", type=int, metavar="N")
+    cuda_graph: bool = option(False, "trt backend: capture each input shape's enqueue into a CUDA graph and replay it")
 
     @property
     def static_batch(self) -> int | None:
@@ -50,9 +55,23 @@ class TargetConfig:
             return "fp16"
         return "fp32"
 
+    @property
+    def batch_profile(self) -> tuple[int, int, int] | None:
+        """(min, opt, max) batch of a dynamic-batch engine's optimisation profile; None for a static batch."""
+        if not self.dynamic_batch:
+            return None
+        return (1 if self.min_batch is None else self.min_batch, self.batch,
+                self.batch if self.max_batch is None else self.max_batch)
+
     def validate(self) -> "TargetConfig":
         if self.batch < 1:
             raise OptionError(f"--batch must be >= 1, got {self.batch}")
+        if (self.min_batch is not None or self.max_batch is not None) and not self.dynamic_batch:
+            raise OptionError("--min-batch / --max-batch set the dynamic batch range: add --dynamic-batch")
+        profile = self.batch_profile
+        if profile is not None and not 1 <= profile[0] <= profile[1] <= profile[2]:
+            raise OptionError(f"the batch profile needs 1 <= --min-batch <= --batch <= --max-batch, got "
+                              f"{profile[0]} / {profile[1]} / {profile[2]}")
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise OptionError(f"--opset {self.opset} is outside the supported range {MIN_OPSET}..{MAX_OPSET}")
         if self.threads is not None and self.threads < 1:

@@ -28,8 +28,8 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.graph import GraphView, quiet_graphsurgeon
 from vitrt.compiler.pass_manager import CANONICAL, Pass, PassContext, PassResult
+from vitrt.compiler.trt_lint import qdq_findings
 from vitrt.compiler.weights import write_state
-from vitrt.transforms.quant.lint import lint_qdq
 from vitrt.transforms.quant.plan import QuantPlan
 from vitrt.transforms.quant.scale_table import QMAX, ScaleEntry, ScaleTable
 from vitrt.transforms.quant.twin import apply_plan
@@ -181,7 +181,7 @@ class QDQPass(Pass):
         if self.plan.weights:  # QAT trained the weights and biases
             write_state(view.graph, self.plan.weights)
         stats = insert_qdq(view, self.plan.table)
-        problems = lint_qdq(gs.export_onnx(view.graph))  # the TensorRT rules are this pass's postcondition
+        problems = qdq_findings(gs.export_onnx(view.graph))  # the TensorRT lint's Q/DQ rules: the postcondition
         if problems:
             raise VitrtError(f"Q/DQ pass produced a graph TensorRT would not accept: {problems[0]}")
         return PassResult(view, True, stats)
