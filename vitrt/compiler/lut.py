@@ -98,6 +98,7 @@ class SubTable:
     axes: dict[str, list[int]]
     ms: np.ndarray
     _interp: Any = field(default=None, repr=False, compare=False)
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)  # coords -> value, for this _interp
 
     @property
     def complete(self) -> bool:
@@ -132,10 +133,15 @@ class SubTable:
                     grid[axis] = np.array([g[0], g[0] + 1.0])
                     values = np.concatenate([values, values], axis=axis)
             self._interp = RegularGridInterpolator(grid, values, method="linear")
+            self._memo = {}
+        # Searches (pruning, vitrt optimize) ask for the same points thousands of times: interpolate each once.
+        key = tuple(coords)
+        if key not in self._memo:
+            self._memo[key] = float(self._interp(np.asarray([coords]))[0])
         # Grid values have the per-call overhead subtracted, so a tiny subgraph timed on a loaded machine can
         # come out at or below zero; the floor keeps predictions positive and multiplicative refinement defined
         # (a refined model's correction would otherwise be skipped and its prediction stay off).
-        return max(float(self._interp(np.asarray([coords]))[0]), MIN_GRID_MS)
+        return max(self._memo[key], MIN_GRID_MS)
 
 
 MIN_GRID_MS = 1e-4
