@@ -38,7 +38,7 @@ class Schedule:
 
     epochs: tuple[int, ...] = (0, 1, 3, 6)
     keep: tuple[int, ...] = (12, 6, 3)
-    slack: tuple[float, ...] = (10.0, 3.0, 1.0, 0.0)
+    slack: tuple[float, ...] = (30.0, 3.0, 1.0, 0.0)
 
     def __post_init__(self):
         if not (len(self.epochs) == len(self.slack) == len(self.keep) + 1):

@@ -50,6 +50,13 @@ class OptimizeConfig:
     precisions: str = option(",".join(SEARCH_PRECISIONS), "precisions to search (comma-separated)", metavar="LIST")
     no_sparsity: bool = option(False, "leave 2:4 out of the search")
     no_lowrank: bool = option(False, "leave low rank out of the search")
+    prune_fractions: str | None = option(None, "prune latency fractions to search, comma-separated (default "
+                                         "0.7,0.5,0.4,0.3; 1 means no pruning, always included)", metavar="LIST")
+    merge_r: str | None = option(None, "constant token-merge r values to search (DFE schedules, first depth // 6 "
+                                 "blocks dense), comma-separated (default: ToMe / DFE / DFE+LGTM at about 3, 6 and "
+                                 "9 %% of the tokens per block; 0 means no merging, always included)", metavar="LIST")
+    epochs: str = option("0,1,3,6", "fine-tuning epochs per trainable stage at each successive-halving rung "
+                         "(comma-separated, rising)", metavar="LIST")
     front_max: int = option(10, "at most this many front points are compiled and measured", type=int, metavar="N")
     rounds: int = option(5, "interleaved timing rounds of the measurements", type=int, metavar="N")
     seed: int = option(0, "seed of the planners and the timing order", type=int, metavar="N")
@@ -74,6 +81,10 @@ class OptimizeConfig:
         bad = [p for p in self.precision_list if p not in SEARCH_PRECISIONS]
         if bad or not self.precision_list:
             raise OptionError(f"--precisions takes a comma-separated subset of {', '.join(SEARCH_PRECISIONS)}")
+        try:
+            self.schedule, self.space_override(None)
+        except ValueError:
+            raise OptionError("--epochs, --prune-fractions and --merge-r take comma-separated numbers") from None
         if self.lut is not None and not Path(self.lut).is_file():
             raise OptionError(f"--lut '{self.lut}' does not exist or is not a file")
         from vitrt.pipeline.config import check_data_source
@@ -86,6 +97,37 @@ class OptimizeConfig:
     @property
     def precision_list(self) -> list[str]:
         return [p.strip() for p in self.precisions.split(",") if p.strip()]
+
+    @property
+    def schedule(self):
+        """The successive-halving schedule: the given epochs per rung; 12, 6, 3, ... recipes go on; the slack added
+        to --max-drop shrinks 30, 3, 1, ... points to 0 at the last rung (a pruned twin before fine-tuning is 20+
+        points off on digits and recovers)."""
+        from vitrt.search.halving import Schedule
+
+        epochs = tuple(int(e) for e in self.epochs.split(","))
+        if not epochs or any(e < 0 for e in epochs) or list(epochs) != sorted(set(epochs)):
+            raise OptionError(f"--epochs must be rising non-negative integers, got '{self.epochs}'")
+        keep = tuple(max(2, 12 >> i) for i in range(len(epochs) - 1))
+        slack = tuple((30.0, 3.0, 1.0)[i] if i < 3 else 0.5 for i in range(len(epochs) - 1)) + (0.0,)
+        return Schedule(epochs, keep, slack)
+
+    def space_override(self, space):
+        """``space`` with the --prune-fractions / --merge-r axes replaced where given."""
+        from vitrt.search.space import Merge
+
+        prune = None if self.prune_fractions is None else \
+            tuple(sorted({None} | {float(f) for f in self.prune_fractions.split(",") if float(f) != 1},
+                         key=lambda f: -(f or 1)))
+        merge = None if self.merge_r is None else \
+            (None,) + tuple(Merge(int(r)) for r in self.merge_r.split(",") if int(r) > 0)
+        if prune is not None and any(not 0 < f < 1 for f in prune if f is not None):
+            raise OptionError(f"--prune-fractions must lie in (0, 1], got '{self.prune_fractions}'")
+        if space is None:
+            return None
+        from dataclasses import replace
+
+        return replace(space, **{k: v for k, v in (("prune", prune), ("merge", merge)) if v is not None})
 
     @property
     def goal_text(self) -> str:
@@ -160,7 +202,7 @@ def latency_table(config: OptimizeConfig, spec, work: Path, progress):
 def search_space(config: OptimizeConfig, spec):
     from vitrt.search.space import Space, default_space
 
-    space = default_space(spec)
+    space = config.space_override(default_space(spec))
     return Space(prune=space.prune, merge=space.merge, lowrank=(None,) if config.no_lowrank else space.lowrank,
                  sparsity=(False,) if config.no_sparsity else space.sparsity, precision=tuple(config.precision_list))
 
@@ -172,7 +214,7 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
     from vitrt.pipeline.recipe import write_recipe
     from vitrt.search.evaluate import Evaluator, Target
     from vitrt.search.front import best_per_recipe, pareto, thin, write_report
-    from vitrt.search.halving import Clock, Goal, Schedule, SearchState, run_rungs, structural_filter
+    from vitrt.search.halving import Clock, Goal, SearchState, run_rungs, structural_filter
     from vitrt.search.holdout import search_data
 
     config = config.validate()
@@ -210,7 +252,7 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
         kept, structural = structural_filter(evaluator, recipes, progress)
         progress.log(f"{len(kept)} recipes worth an accuracy estimate ({len(recipes) - len(kept)} dropped by the "
                      "latency table)")
-        run_rungs(evaluator, kept, goal, schedule or Schedule(), state, clock, save_recipe, progress)
+        run_rungs(evaluator, kept, goal, schedule or config.schedule, state, clock, save_recipe, progress)
     except KeyboardInterrupt:
         state.note(interrupted=True, seconds=clock.used_s - previous)
         raise VitrtError(f"interrupted: {len(state.done)} estimates are kept in '{work}'; run the same command again "

@@ -92,7 +92,7 @@ class Recipe:
         return out
 
     def options(self, *, epochs: int, data: str, lut, batch: int, backend: str, threads: int | None,
-                calib_images: int = 256, importance: str = "magnitude") -> dict:
+                calib_images: int = 128, importance: str = "magnitude") -> dict:
         """The flat ``vitrt compile`` options of this recipe with ``epochs`` of fine-tuning per trainable stage.
 
         Pruning ranks units by weight magnitude by default: NViT's Hessian importance re-scores 8 times on the way
@@ -111,7 +111,8 @@ class Recipe:
             o.update(sparsity="2:4", sparse_finetune_epochs=epochs, sparse_data=data)
         if self.precision in ("int8", "fp8"):
             o.update(calib_data=data, calib_images=calib_images, qat_epochs=epochs)
-        return {k: v for k, v in o.items() if v is not None and v != 0 or k in ("batch",)}
+        # None: the compile's default; a zero epoch count: that training is off (dfe_skip=0 is a real value: ToMe)
+        return {k: v for k, v in o.items() if v is not None and not (k.endswith("epochs") and v == 0)}
 
     def to_dict(self) -> dict:
         return asdict(self)
