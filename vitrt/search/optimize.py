@@ -15,7 +15,6 @@ fastest recipe within --max-drop on the held-out split (the test split is only u
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass
