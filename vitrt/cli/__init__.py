@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "vitrt.benchmarks.tome_bench",  # tome-bench
     "vitrt.cli.serving",  # export triton, serve, loadtest
     "vitrt.search.optimize",  # optimize
+    "vitrt.search.study",  # study
 )
 
 
