@@ -162,3 +162,19 @@ def test_a_search_on_digits_writes_the_front_and_a_recipe_that_replays_the_engin
     # a rerun with the same arguments resumes: nothing estimated again
     again = run(config, space=space, schedule=Schedule(epochs=(0,), keep=(), slack=(0.0,)))
     assert [e["seconds"] for e in again["estimates"]] == [e["seconds"] for e in result["estimates"]]
+
+
+def test_study_rows_and_refusals(tmp_path, capsys):
+    from vitrt.search.study import StudyConfig, rows
+
+    table = rows("digits", 2, DIGITS_LUT)
+    assert table["qat"][1]["qat_epochs"] == 2 and table["lowrank70"][1]["lowrank_finetune_epochs"] == 2
+    assert table["prune_dfe_int8"][1]["prune"] == 0.5 and table["prune_dfe_int8"][1]["precision"] == "int8"
+    every = StudyConfig(model="digits", out=tmp_path / "s", lut=DIGITS_LUT).row_names
+    assert every[0] == "dense" and set(every) == set(table)
+    no_lut = StudyConfig(model="digits", out=tmp_path / "s", rows="int8,prune,tome").row_names
+    assert no_lut == ["dense", "int8", "tome"]  # pruning needs the latency table
+    assert cli(["study", "digits", "-o", str(tmp_path / "s"), "--rows", "int8,bogus"]) == 2
+    assert "unknown row(s) bogus" in capsys.readouterr().err
+    assert cli(["study", "digits", "-o", str(tmp_path / "s"), "--epochs", "-1"]) == 2
+    assert not (tmp_path / "s").exists()
