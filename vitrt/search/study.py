@@ -5,7 +5,8 @@ measured side by side in one run.
     OUT/study.md, study.json, study.png    one table: test top-1 (real labelled data), latency on the single-thread
                                            CPU clock and the wall clock with speedups over dense fp32 (interleaved
                                            rounds), parameters, FLOPs, ONNX size, verification error
-    OUT/engines/<row>/                     every compile output (a row the compiler refuses is listed with why)
+    OUT/engines/<row>/                     every compile output (a row the compiler refuses is listed with why);
+                                           a rerun into the same OUT (without --force) reuses the rows compiled
 
 Rows (``--rows`` picks a subset by name): PTQ int8 / fp8 / int4w, QAT, fp16, low rank (two energies, one
 fine-tuned), knowledge distillation after merging, NViT pruning with fine-tuning, 2:4 with sparse fine-tuning, ToMe,
@@ -86,7 +87,8 @@ class StudyConfig:
         from vitrt.pipeline.config import check_data_source
 
         check_data_source("--data", self.data)
-        check_output_dir(self.out, self.force)
+        if not (Path(self.out) / "engines").is_dir():  # else: an interrupted study, resumed
+            check_output_dir(self.out, self.force)
         return self
 
     @property
@@ -118,6 +120,14 @@ def run(config: StudyConfig) -> dict:
     for name in config.row_names:
         label, options = table[name]
         start = time.perf_counter()
+        done = out / "engines" / name / "manifest.json"
+        if done.is_file():  # compiled by the interrupted run this one resumes
+            import json
+
+            outs[name] = done.parent
+            results[name] = {"label": label, "options": _jsonable(options), "compile_seconds": None,
+                             "verify": json.loads(done.read_text()).get("verify", {})}
+            continue
         with progress.step(f"compiling {label}"):
             try:
                 result = compile(module, out / "engines" / name, name=config.model, batch=config.batch,
