@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "vitrt.benchmarks.sparsity_digits",  # sparsity-digits
     "vitrt.benchmarks.tome_bench",  # tome-bench
     "vitrt.cli.serving",  # export triton, serve, loadtest
+    "vitrt.cli.debug",  # compare, sensitivity
 )
 
 
