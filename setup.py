@@ -39,7 +39,9 @@ setup(
         # vitrt serve / loadtest / export triton: a real Triton server (PyTriton bundles Triton 2.51 with its
         # Python backend) and Triton's client (HTTP, gRPC, the ModelConfig protobuf). PyTriton pins numpy < 2.
         "serve": ["nvidia-pytriton>=0.7", "tritonclient[http,grpc]>=2.50"],
-        "dev": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "import-linter>=2.1",
+        # mypy type-checks the TensorRT backend against tensorrt-stubs (tests/test_trt_typecheck.py); the stubs are
+        # installed with --no-deps by .ci/run and the README (their metadata pins tensorrt, which has no wheel here)
+        "dev": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "import-linter>=2.1", "mypy>=1.10",
                 "nvidia-pytriton>=0.7", "tritonclient[http,grpc]>=2.50"],
     },
     entry_points={"console_scripts": ["vitrt=vitrt.cli:main"]},

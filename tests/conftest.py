@@ -41,3 +41,15 @@ def digits_test():
 
 def max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+
+
+def score_path(graph, block: int) -> list[str]:
+    """Op types from ``blocks.{block}.attn.qk`` to the Softmax of an ONNX graph, following each output's single
+    consumer (TensorRT fuses MatMul -> optional Add -> Softmax -> MatMul; a Mul in between defeats it)."""
+    consumers = {name: n for n in graph.node for name in n.input}
+    node = next(n for n in graph.node if n.name == f"blocks.{block}.attn.qk")
+    path = [node.op_type]
+    while node.op_type != "Softmax":
+        node = consumers[node.output[0]]
+        path.append(node.op_type)
+    return path

@@ -1,12 +1,11 @@
 """Backends: ONNX Runtime for real; TensorRT skipped where it is not installed (never faked)."""
 
-import importlib.util
-
 import onnx
 import pytest
 import torch
 
 from vitrt.compiler.backends import BuildOptions, LatencyStats, canonical_group, get_backend
+from vitrt.compiler.backends.trt import tensorrt_available
 from vitrt.compiler.errors import BackendUnavailableError, VitrtError
 from vitrt.compiler.lower import lower
 from vitrt.compiler.models import canonicalize
@@ -14,7 +13,7 @@ from vitrt.compiler.verify import FP32_TOLERANCE, verification_inputs
 
 from conftest import max_abs, tiny_vit
 
-HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+HAS_TRT = tensorrt_available()
 HAS_CUDA = torch.cuda.is_available()
 
 

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from vitrt.benchmarks.lowering import SUPPORTED_MODELS, lowering_errors
+from vitrt.benchmarks.lut_build import block_model
 from vitrt.compiler.graph import BLOCK_LINEARS, GraphView
 from vitrt.compiler.lower import lower
 from vitrt.compiler.models import canonicalize, load_timm_model
 from vitrt.compiler.spec import ViTSpec
 from vitrt.compiler.verify import FP32_TOLERANCE, run_onnx, verification_inputs
 
-from conftest import max_abs, tiny_vit
+from conftest import max_abs, score_path, tiny_vit
 
 
 
@@ -48,10 +49,30 @@ def test_canonical_structure_names_and_metadata():
     weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
     assert weights["blocks.0.attn.q.weight"] == (64, 64)  # B[K, N]: K = emb in, N = heads * qk out
     assert weights["blocks.0.mlp.fc1.weight"] == (64, 256) and weights["blocks.0.mlp.fc2.weight"] == (256, 64)
-    scale = next(t for t in model.graph.initializer if t.name == "blocks.0.attn.scale_c")
-    assert np.isclose(onnx.numpy_helper.to_array(scale), 32 ** -0.5)
     assert ViTSpec.from_onnx(model).distilled
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [4, 3, 32, 32]
+
+
+def test_attention_scale_is_folded_into_q_so_the_score_path_has_no_mul():
+    """TensorRT fuses MatMul -> (Add) -> Softmax -> MatMul only with the scale applied before QKᵀ."""
+    timm_model = tiny_vit(depth=2)
+    model = lower(canonicalize(timm_model), batch=2)
+    for i in range(2):
+        assert score_path(model.graph, i) == ["MatMul", "Softmax"]
+    assert not any(n.op_type == "Mul" and ".attn." in n.name for n in model.graph.node)
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    attn = timm_model.blocks[0].attn
+    scale = ViTSpec.from_onnx(model).blocks[0].scale
+    assert scale == pytest.approx(32 ** -0.5)  # the spec records the folded scale
+    with torch.no_grad():
+        q_weight, q_bias = attn.qkv.weight[:64].T.numpy(), attn.qkv.bias[:64].numpy()
+        k_weight = attn.qkv.weight[64:128].T.numpy()
+    np.testing.assert_allclose(weights["blocks.0.attn.q.weight"], q_weight * scale, rtol=1e-6)
+    np.testing.assert_allclose(weights["blocks.0.attn.q.bias"], q_bias * scale, rtol=1e-6)
+    np.testing.assert_array_equal(weights["blocks.0.attn.k.weight"], k_weight)  # K is not scaled
+    # The latency table's block subgraphs come from emit_block too.
+    lut_block, _ = block_model(batch=1, emb=64, tokens=17, heads=2, qk=32, v=32)
+    assert score_path(lut_block.graph, 0) == ["MatMul", "Softmax"]
 
 
 def test_dynamic_batch_runs_any_batch():

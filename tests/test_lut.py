@@ -274,3 +274,54 @@ def test_refine_is_exact_even_where_overhead_subtraction_left_no_time(table):
     measured = 1.5 * before
     table.refine(_manifest(spec, {"stem": 1.0, "blocks.0": 3.0, "blocks.1": 3.0, "head": 0.5}, measured, table))
     assert table.model_ms(spec) == pytest.approx(measured, rel=1e-3)
+
+
+# TensorRT's per-layer profile of a ViT it compiled into one Myelin graph: layers are named after ONNX nodes, a
+# Myelin region "{ForeignNode[first...last]}" after its first and last node, reformat layers after their target.
+TRT_LAYERS_ONE_MYELIN_GRAPH = {
+    "Reformatting CopyNode for Input Tensor 0 to patch_embed": 0.011,
+    "patch_embed": 0.052,
+    "{ForeignNode[prefix_tokens...blocks.1.residual2]}": 1.874,
+    "norm + head.select": 0.009,
+    "head + head.bias_add": 0.021,
+}
+
+
+def test_refine_shares_a_myelin_region_by_the_tables_own_predictions(table):
+    """A profiled layer spanning several blocks is not given to the block its name starts with: its time is split
+    over the blocks it covers in proportion to the table's predictions (here block 1 has half block 0's MLP)."""
+    import dataclasses
+
+    from vitrt.compiler.backends.base import attribute_layers, canonical_group
+
+    spec = spec_of_timm(tiny_vit(depth=2, **TINY_ARGS))
+    spec = spec.with_blocks([spec.blocks[0], dataclasses.replace(spec.blocks[1], mlp=64)])
+    per_block, spanning = attribute_layers(TRT_LAYERS_ONE_MYELIN_GRAPH, canonical_group)
+    assert spanning == [{"layer": "{ForeignNode[prefix_tokens...blocks.1.residual2]}", "ms": 1.874,
+                         "first": "stem", "last": "blocks.1"}]
+    assert per_block == pytest.approx({"stem": 0.063, "head": 0.030})  # blocks appear only through the region
+    predicted = table.model_breakdown(spec)
+    measured = 1.5 * table.model_ms(spec)
+    manifest = _manifest(spec, per_block, measured, table)
+    manifest["latency"]["spanning_layers"] = spanning
+    summary = table.refine(manifest, source="trt/manifest.json")
+    assert summary["attribution"].startswith("1 layer(s) spanning several blocks")
+    points = {p["kind"] + str(p["key"].get("mlp", "")): p["ms"][0] for p in table.points}
+    # blocks.0 / blocks.1 keep the table's ratio between them (not all of 1.874 ms on the first name, 'stem')
+    assert points["block128"] / points["block64"] == pytest.approx(predicted["blocks.0"] / predicted["blocks.1"],
+                                                                   rel=1e-3)
+    stem_share = 0.063 + 1.874 * predicted["stem"] / (predicted["stem"] + predicted["blocks.0"] + predicted["blocks.1"])
+    assert points["stem"] / points["block128"] == pytest.approx(
+        stem_share / (1.874 * predicted["blocks.0"] / (predicted["stem"] + predicted["blocks.0"] + predicted["blocks.1"])),
+        rel=1e-3)
+    assert table.model_ms(spec) == pytest.approx(measured, rel=1e-3)
+
+
+def test_refine_rejects_a_spanning_layer_outside_the_model(table):
+    spec = spec_of_timm(tiny_vit(depth=2, **TINY_ARGS))
+    manifest = _manifest(spec, {"stem": 1.0, "head": 1.0}, 5.0, table)
+    manifest["latency"]["spanning_layers"] = [{"layer": "{ForeignNode[blocks.0.norm1...blocks.5.residual2]}",
+                                               "ms": 2.0, "first": "blocks.0", "last": "blocks.5"}]
+    with pytest.raises(VitrtError, match="covers blocks.0 .. blocks.5, which is not a range"):
+        table.refine(manifest)
+    assert table.points == []

@@ -95,8 +95,8 @@ def test_cleanup_folds_constants_removes_dead_nodes_and_infers_shapes(setup):
     view, twin = setup
     view = CleanupPass().run(view, PassContext()).view  # folds what lowering left (the static-batch Expand)
     graph = view.graph
-    # A constant subgraph feeding the scale (2 * 0.5 = 1: same function) and a dead node.
-    scale = view.block(0).node("attn.scale")
+    # A constant subgraph scaling the attention logits (2 * 0.5 = 1: same function) and a dead node.
+    scale = view.block(0).node("attn.qk")
     product = gs.Variable("const_product", dtype=np.float32)
     graph.nodes.append(gs.Node("Mul", "foldable", inputs=[gs.Constant("two", np.array(2.0, np.float32)),
                                                              gs.Constant("half", np.array(0.5, np.float32))],
@@ -163,15 +163,16 @@ def test_ordering_is_checked_across_every_stage_of_the_compile():
     PassManager([s.graph_pass for s in STAGES] + list(FINAL_PASSES))  # the STAGES order holds
     with pytest.raises(VitrtError, match="'qdq' must run after 'sparsity_2to4'"):
         PassManager([passes["quant"], passes["sparsity"]])
-    with pytest.raises(VitrtError, match="'precision_fp16' must run after 'qdq'"):
+    with pytest.raises(VitrtError, match="'precision_typing' must run after 'qdq'"):
         PassManager([passes["precision"], passes["quant"]])
 
 
 def test_tolerances_are_declared_on_the_passes():
     """Every stage's pass declares the tolerance its graph is verified with; exact passes keep fp32's."""
     from vitrt.compiler.pass_manager import FP32_TOLERANCE
-    from vitrt.transforms.precision.plan import FP16_TOLERANCE, PrecisionPlan
-    from vitrt.transforms.precision.graph_pass import Fp16Pass
+    from vitrt.transforms.precision.plan import BF16_TOLERANCE, FP16_TOLERANCE, PrecisionPlan
+    from vitrt.transforms.precision.graph_pass import PrecisionTypingPass
 
     assert CleanupPass().tolerance() == FP32_TOLERANCE
-    assert Fp16Pass(PrecisionPlan()).tolerance() == FP16_TOLERANCE > FP32_TOLERANCE
+    assert PrecisionTypingPass(PrecisionPlan()).tolerance() == FP16_TOLERANCE > FP32_TOLERANCE
+    assert PrecisionTypingPass(PrecisionPlan("bf16")).tolerance() == BF16_TOLERANCE > FP16_TOLERANCE

@@ -183,8 +183,9 @@ def test_importance_is_squared_gate_gradient():
     total = total + (attn.proj.weight.grad[:, rows] * attn.proj.weight[:, rows]).sum()
     assert float(scores["blocks.1.heads"][1]) == pytest.approx(float(total.detach()) ** 2, rel=1e-3)
     magnitude = magnitude_importance(twin)
-    expected = sum(float((layer.weight[rows].detach() ** 2).sum() + (layer.bias[rows].detach() ** 2).sum())
-                   for layer in (attn.q, attn.k, attn.v))
+    s = twin.spec.blocks[1].scale  # the twin's q carries the attention scale; magnitude counts the model's own q
+    expected = sum(float(((layer.weight[rows].detach() / f) ** 2).sum() + ((layer.bias[rows].detach() / f) ** 2).sum())
+                   for layer, f in ((attn.q, s), (attn.k, 1.0), (attn.v, 1.0)))
     expected += float((attn.proj.weight[:, rows].detach() ** 2).sum())
     assert float(magnitude["blocks.1.heads"][1]) == pytest.approx(expected, rel=1e-4)
 
@@ -252,6 +253,7 @@ def test_plan_json_round_trip_and_refusals(tmp_path):
     assert PruningPlan.load(path) == plan and PruningPlan.load(path).weights is None
     assert PruningPlan.from_dict(json.loads(plan.to_json())) == plan
     data = json.loads(path.read_text())
+    assert PruningPlan.from_dict({**data, "format": 1}) == plan  # indices only: still valid after the scale fold
 
     def refused(mutate, message):
         bad = json.loads(json.dumps(data))
@@ -268,7 +270,8 @@ def test_plan_json_round_trip_and_refusals(tmp_path):
     refused(lambda d: d["blocks"]["1"].update({"qk": [1, 2]}), "removes every head but keeps qk/v")
     refused(lambda d: d["blocks"].pop("2"), "no entry for block 2")
     refused(lambda d: d["dims"].update({"emb": 12}), "'dims' disagree")
-    refused(lambda d: d.update({"format": 2}), "format 2 is not supported")
+    refused(lambda d: d.update({"format": 3}), "format 3 is not supported")
+    refused(lambda d: d.update({"format": 1, "weights_file": "plan.npz"}), "before vitrt folded the attention scale")
     refused(lambda d: d.update({"weights_file": "missing.npz"}), "cannot read the pruning plan's fine-tuned weights")
     refused(lambda d: d.update({"weights_file": "../elsewhere.npz"}), "must name a .npz file beside the plan")
     path.write_text("{not json")

@@ -22,13 +22,13 @@ from vitrt.compiler.graph import GraphView
 from vitrt.compiler.lower import lower
 from vitrt.compiler.models import canonicalize
 from vitrt.compiler.pass_manager import PassContext
+from vitrt.compiler.trt_lint import check_trt, qdq_findings
 from vitrt.compiler.verify import run_onnx, run_torch
 from vitrt.compiler.weights import parameter_state
-from vitrt.transforms.precision.graph_pass import Fp16Pass
+from vitrt.transforms.precision.graph_pass import PrecisionTypingPass
 from vitrt.transforms.precision.plan import FP16_TOLERANCE, PrecisionPlan
 from vitrt.transforms.quant.fakequant import quantize_twin
 from vitrt.transforms.quant.graph_pass import QDQ_TOLERANCE, QDQPass
-from vitrt.transforms.quant.lint import check_qdq, lint_qdq
 from vitrt.transforms.quant.plan import QuantPlan
 
 BATCH = 4
@@ -119,7 +119,7 @@ def test_qdq_placement(twin, images, precision):
         assert init(model, a.input[1]).shape == ()  # activation per tensor
     for q in nodes(model, "QuantizeLinear"):  # never on a MatMul / Conv output
         assert by_out.get(q.input[0]) is None or by_out[q.input[0]].op_type not in ("MatMul", "Conv", "Add")
-    assert lint_qdq(model) == []
+    assert qdq_findings(model) == []
     assert_matches_twin(model, qtwin, images, precision)
 
 
@@ -141,14 +141,14 @@ def test_attention_qdq_only_where_fused_attention_allows(twin, images):
             mm = next(n for n in model.graph.node if n.name == name)
             assert [by_out[x].op_type for x in mm.input] == ["DequantizeLinear", "DequantizeLinear"]
     assert stats["activation_qdq"] == twin.spec.depth * (LINEARS_PER_BLOCK + 4) + 2
-    assert lint_qdq(model) == []
+    assert qdq_findings(model) == []
     assert_matches_twin(model, qtwin, images, "int8")
     # head size 48 is not a fused INT8 attention size: no Q/DQ on its matmuls
     wide = canonicalize(tiny_vit(depth=1, embed_dim=96, num_heads=2))
     _, table = quantize_twin(wide, "int8", synthetic(32, 8), quantize_attention=True)
     assert not any(".qk." in k or ".av." in k for k in table.entries)
     model, _, stats = run_pass(QDQPass(QuantPlan("int8", table, quantize_attention=True)), wide)
-    assert stats["activation_qdq"] == LINEARS_PER_BLOCK + 2 and lint_qdq(model) == []
+    assert stats["activation_qdq"] == LINEARS_PER_BLOCK + 2 and qdq_findings(model) == []
 
 
 def test_int4_weight_only_block_dequantize(twin, images):
@@ -163,11 +163,78 @@ def test_int4_weight_only_block_dequantize(twin, images):
     for dq in dqs:
         w = next(t for t in model.graph.initializer if t.name == dq.input[0])
         assert w.data_type == onnx.TensorProto.INT4 and attr(dq, "axis") == 0 and attr(dq, "block_size") == block
-    assert lint_qdq(model) == []
+    assert qdq_findings(model) == []
     assert_matches_twin(model, qtwin, images, "int4w")
     # ONNX Runtime's full optimisation (the ort backend's session) loads and runs it too (MatMulNBits)
     out = ort_session(model, level="all").run(None, {"images": images[:BATCH]})[0]
     assert np.isfinite(out).all() and out.shape == (BATCH, 10)
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8", "int4w"])
+def test_scale_and_zero_point_have_identical_shapes(twin, precision):
+    """ONNX QuantizeLinear / DequantizeLinear and TensorRT's IQuantizeLayer ("scale and zeroPt should have identical
+    dimensions"): per-tensor scales are 0-d, and so are their zero points (not [1])."""
+    model, _, _ = quantized_graph(twin, precision, quantize_attention=precision != "int4w")
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    qdq = nodes(model, "QuantizeLinear") + nodes(model, "DequantizeLinear")
+    assert qdq and all(len(n.input) == 3 for n in qdq)
+    for node in qdq:
+        assert shapes[node.input[1]] == shapes[node.input[2]], node.name
+    if precision != "int4w":  # weight-only: no activation Q/DQ
+        assert shapes["blocks.0.attn.q.input.zero_point"] == ()
+
+
+def test_int4_block_sizes_are_tensorrts(twin):
+    """TensorRT takes INT4 weight-only blocks of 64 or 128 only: 32 is refused in one line naming the valid sizes
+    and the layer widths, as is a model whose widths neither divides; a table with block 32 too."""
+    from vitrt.transforms.quant.fakequant import int4_table
+    from vitrt.transforms.quant.scale_table import INT4_BLOCK_SIZES, table_from_dict
+
+    assert INT4_BLOCK_SIZES == (128, 64)
+    assert int4_table(twin, 64).meta["block_size"] == 64
+    with pytest.raises(VitrtError, match=r"block size 32 is not supported: TensorRT takes 64 or 128 "
+                                         r"\(layer input widths \[64, 256\]\)") as info:
+        int4_table(twin, 32)
+    assert "\n" not in str(info.value)
+    with pytest.raises(VitrtError, match=r"block size 128 does not divide the layer input width\(s\) \[64\]"):
+        int4_table(twin, 128)
+    narrow = canonicalize(tiny_vit(depth=1, embed_dim=96, num_heads=2))  # widths 96 and 384: 32 would divide
+    with pytest.raises(VitrtError, match=r"needs a block size of 64 or 128 .* widths are \[96, 384\]"):
+        quantize_twin(narrow, "int4w")
+    data = calibrated_plan(twin, "int4w").table.to_dict()
+    for entry in data["tensors"].values():
+        entry["block_size"] = 32
+    with pytest.raises(VitrtError, match="quantization plan: INT4 block size 32 is not supported"):
+        table_from_dict(data, twin.spec, "int4w", origin="quantization plan")
+
+
+def test_fp8_attention_quantizes_the_softmax_output_with_the_fixed_scale(twin, images):
+    """Model Optimizer's FP8 MHA pattern: Q/DQ on the Softmax output feeding ·V with scale 1/448 (amax 1), not
+    calibrated; the fake-quant twin uses the same range and the graph matches it; a table with another range for
+    it is refused."""
+    model, qtwin, _ = quantized_graph(twin, "fp8", quantize_attention=True)
+    by_out = {o: n for n in model.graph.node for o in n.output}
+    consumers = {i: n for n in model.graph.node for i in n.input}
+    for i in range(twin.spec.depth):
+        softmax = next(n for n in model.graph.node if n.name == f"blocks.{i}.attn.softmax")
+        q = consumers[softmax.output[0]]
+        assert q.op_type == "QuantizeLinear" and consumers[q.output[0]].op_type == "DequantizeLinear"
+        assert init(model, q.input[1]) == np.float32(1.0 / 448.0)
+        zero_point = next(t for t in model.graph.initializer if t.name == q.input[2])
+        assert zero_point.data_type == onnx.TensorProto.FLOAT8E4M3FN and tuple(zero_point.dims) == ()
+        av = next(n for n in model.graph.node if n.name == f"blocks.{i}.attn.av")
+        assert by_out[av.input[0]] is consumers[q.output[0]]
+        assert float(qtwin.blocks[i].attn.av_a_input_quantizer.amax) == 1.0
+    assert qdq_findings(model) == []
+    assert_matches_twin(model, qtwin, images, "fp8")
+    int8 = calibrated_plan(twin, "int8", quantize_attention=True).table  # int8 keeps a calibrated range
+    assert float(int8.entries["blocks.0.attn.av.input_a"].amax) != 1.0
+    from vitrt.transforms.quant.scale_table import table_from_dict
+
+    data = calibrated_plan(twin, "fp8", quantize_attention=True).table.to_dict()
+    data["tensors"]["blocks.1.attn.av.input_a"]["amax"] = 0.5
+    with pytest.raises(VitrtError, match="'blocks.1.attn.av.input_a' is the Softmax output, whose fp8 range is fixed"):
+        table_from_dict(data, twin.spec, "fp8", quantize_attention=True)
 
 
 def test_fp8_graph_runs_fully_optimised(twin, images):
@@ -222,13 +289,13 @@ def test_2to4_weights_stay_2to4_behind_dequantize(precision):
 
 def test_lint_catches_violations(twin):
     model, _, _ = quantized_graph(twin, "int8")
-    assert lint_qdq(model) == []
+    assert qdq_findings(model) == []
 
     def broken(edit):
         m = onnx.ModelProto()
         m.CopyFrom(model)
         edit(m)
-        return lint_qdq(m)
+        return [str(f) for f in qdq_findings(m)]
 
     def set_init(m, name, value):
         t = next(t for t in m.graph.initializer if t.name == name)
@@ -253,9 +320,9 @@ def test_lint_catches_violations(twin):
 
     fp8, _, _ = quantized_graph(twin, "fp8")
     fp8.opset_import[0].version = 17
-    assert any("opset >= 19" in p for p in lint_qdq(fp8))
-    with pytest.raises(VitrtError, match="Q/DQ lint"):
-        check_qdq(fp8)
+    assert any("opset >= 19" in str(p) for p in qdq_findings(fp8))
+    with pytest.raises(VitrtError, match="TensorRT would not accept"):
+        check_trt(fp8)
 
 
 # --- the plan, the pass contract and the twin transform ----------------------------------------------------
@@ -331,7 +398,7 @@ def state_of(module) -> dict[str, torch.Tensor]:
     lambda twin: QDQPass(calibrated_plan(twin, "int8", quantize_attention=True)),
     lambda twin: QDQPass(QuantPlan("int8", calibrated_plan(twin, "int8").table, weights=perturbed_weights(twin))),
     lambda twin: QDQPass(calibrated_plan(twin, "int4w")),
-    lambda twin: Fp16Pass(PrecisionPlan()),
+    lambda twin: PrecisionTypingPass(PrecisionPlan()),
 ], ids=["int8-attention", "int8-qat-weights", "int4w", "fp16"])
 def test_pass_is_stateless_and_never_mutates_the_twin(twin, images, make_pass):
     original = copy.deepcopy(twin)
@@ -356,7 +423,7 @@ def test_declared_tolerances():
     plan = calibrated_plan(canonicalize(tiny_vit(depth=1)), "int4w")
     assert QDQPass(plan).tolerance() == QDQ_TOLERANCE["int4w"] == 1e-4
     assert QDQ_TOLERANCE["int8"] == QDQ_TOLERANCE["fp8"] == 0.25
-    assert Fp16Pass(PrecisionPlan()).tolerance() == FP16_TOLERANCE == 5e-2
+    assert PrecisionTypingPass(PrecisionPlan()).tolerance() == FP16_TOLERANCE == 5e-2
 
 
 def test_2to4_then_int8_compile_keeps_the_pattern(tmp_path):
@@ -385,7 +452,7 @@ def test_2to4_then_int8_compile_keeps_the_pattern(tmp_path):
 # --- FP16 precision typing ---------------------------------------------------------------------------------
 
 def test_fp16_typing_structure_and_numerics(twin, images):
-    model, half, stats = run_pass(Fp16Pass(PrecisionPlan()), twin)
+    model, half, stats = run_pass(PrecisionTypingPass(PrecisionPlan()), twin)
     onnx.checker.check_model(model)
     types = {vi.name: vi.type.tensor_type.elem_type for vi in
              list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
@@ -410,10 +477,11 @@ def test_fp16_typing_structure_and_numerics(twin, images):
 def test_precision_plan_json_round_trip_and_refusal():
     for plan in (PrecisionPlan(), PrecisionPlan(keep_fp32=("Softmax",))):
         assert PrecisionPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
-    with pytest.raises(VitrtError, match="'bf16' is not supported"):
-        PrecisionPlan("bf16")
+    assert PrecisionPlan.from_dict(PrecisionPlan("bf16").to_dict()) == PrecisionPlan("bf16")
+    with pytest.raises(VitrtError, match="'int8' is not supported"):
+        PrecisionPlan("int8")
     with pytest.raises(VitrtError, match="not supported"):
-        PrecisionPlan.from_dict({"dtype": "int8"})
+        PrecisionPlan.from_dict({"dtype": "fp8"})
 
 
 def test_fp16_compile_verifies(tmp_path):
@@ -421,7 +489,7 @@ def test_fp16_compile_verifies(tmp_path):
 
     result = vitrt.compile(tiny_vit(depth=2), tmp_path / "out", precision="fp16", batch=2, verify=True, quiet=True)
     manifest = result.manifest
-    assert [p["name"] for p in manifest["passes"]][0] == "precision_fp16"
+    assert [p["name"] for p in manifest["passes"]][0] == "precision_typing"
     verify = manifest["verify"]
     assert verify["ok"] and verify["reference"] == "torch twin" and verify["tolerance"] == FP16_TOLERANCE
     assert manifest["precision"] == PrecisionPlan().report()

@@ -29,4 +29,6 @@ def test_ci_runs_the_readme_test_command():
     test_command = 'pip install -e ".[dev]" && python -m pytest -q -n 2 --dist loadgroup'
     assert test_command in README.read_text()
     assert 'pip install -q -e ".[dev]" && python3 -m pytest -q -n 2 --dist loadgroup' in ci
+    stubs = 'pip install --no-deps "tensorrt-stubs==10.13.0.35.1"'  # tests/test_trt_typecheck.py needs them
+    assert stubs in README.read_text() and stubs.replace("install", "install -q") in ci
     assert len(readme_commands()) >= 10

@@ -111,6 +111,9 @@ def test_ort_dynamic_defaults(outs, tmp_path):
     assert list(config.model_warmup[0].inputs["images"].dims) == [3, 32, 32]
 
 
+TRT_PROFILE = [1, 8, 64]  # the (min, opt, max) batch a dynamic plan records in its manifest
+
+
 def trt_out(source, target):
     """An OUT as `compile --backend trt` lays it out: the same model.onnx, model.plan, a trt manifest.
 
@@ -121,7 +124,9 @@ def trt_out(source, target):
     shutil.copy(source / "model.onnx", target / "model.onnx")
     (target / "model.plan").write_bytes(b"placeholder: not a TensorRT engine")
     manifest = json.loads((source / "manifest.json").read_text())
-    (target / "manifest.json").write_text(json.dumps({**manifest, "backend": "trt", "artifact": "model.plan"}))
+    profile = TRT_PROFILE if manifest["input_shape"][0] == "batch" else None  # --dynamic-batch --max-batch 64
+    (target / "manifest.json").write_text(json.dumps({**manifest, "backend": "trt", "artifact": "model.plan",
+                                                      "batch_profile": profile}))
     return target
 
 
@@ -142,8 +147,6 @@ def real_tensorrt():
 def test_trt_artifact_without_tensorrt(outs, tmp_path, kind):
     if real_tensorrt() is not None:
         pytest.skip("TensorRT is installed: test_export_real_trt_plan covers real plans")
-    from vitrt.compiler.backends.trt import DYNAMIC_BATCH_PROFILE
-
     out = trt_out(outs / kind, tmp_path / f"trt_{kind}")
     assert export(out, tmp_path / "repo", "--name", "m") == 0
     entry = tmp_path / "repo" / "m"
@@ -152,12 +155,12 @@ def test_trt_artifact_without_tensorrt(outs, tmp_path, kind):
     assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU
     assert (entry / "1" / "model.plan").read_bytes() == (out / "model.plan").read_bytes()
     assert config_io(config, batched=kind == "dynamic") == onnx_io_via_ort(out / "model.onnx")
-    assert config.max_batch_size == (DYNAMIC_BATCH_PROFILE[2] if kind == "dynamic" else 0)
+    assert config.max_batch_size == (TRT_PROFILE[2] if kind == "dynamic" else 0)
     assert "model.onnx" in json.loads((entry / "vitrt.json").read_text())["io_source"]
     check_triton_rules(config)
     if kind == "dynamic":
         shutil.rmtree(tmp_path / "repo")
-        assert export(out, tmp_path / "repo", "--max-batch", str(DYNAMIC_BATCH_PROFILE[2] + 1)) == 2
+        assert export(out, tmp_path / "repo", "--max-batch", str(TRT_PROFILE[2] + 1)) == 2
         assert not (tmp_path / "repo").exists()
 
 

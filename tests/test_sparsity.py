@@ -299,9 +299,12 @@ def test_pass_sets_the_tensorrt_flag_and_reports_sparse_tactics(tmp_path):
     section = plan.report()
     assert report.finish(plan, section, Finished(tmp_path, {}, None)) == {}  # no TensorRT build: nothing to add
     assert "tensorrt" not in section
-    # the inspector JSON TensorRT writes with DETAILED verbosity (one layer fused from two MatMuls)
-    inspector = {"Layers": [{"Name": "blocks.0.mlp.fc1 + blocks.0.mlp.act.div", "TacticName": "sm80_xmma_gemm_f16f16_f16f32_sparse_tn"},
-                            {"Name": "blocks.0.attn.q", "TacticName": "sm80_xmma_gemm_f16f16_f16f32_tn"}]}
+    # the inspector JSON TensorRT writes with DETAILED verbosity (one layer fused from two MatMuls); sparse weights
+    # are read from HasSparseWeights, never from the tactic name (the dense layer's tactic name says "sparse")
+    inspector = {"Layers": [{"Name": "blocks.0.mlp.fc1 + blocks.0.mlp.act.div", "HasSparseWeights": 1,
+                             "TacticName": "sm80_xmma_gemm_f16f16_f16f32_tn"},
+                            {"Name": "blocks.0.attn.q", "HasSparseWeights": 0, "TacticName": "sparse_lookalike_tn"},
+                            {"Name": "{ForeignNode[blocks.0.attn.qk...blocks.0.attn.av]}", "TacticName": "0x0"}]}
     files = report.finish(plan, section, Finished(tmp_path, {"engine_inspector": inspector}, None))
     files["sparse_tactics.json"](tmp_path / "sparse_tactics.json")
     tensorrt = section["tensorrt"]

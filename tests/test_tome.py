@@ -17,7 +17,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import max_abs, tiny_vit
+from conftest import max_abs, score_path, tiny_vit
 from vitrt.compiler.cleanup import CleanupPass
 from vitrt.compiler.cost import vit_flops
 from vitrt.compiler.errors import VitrtError
@@ -26,7 +26,7 @@ from vitrt.compiler.lower import lower
 from vitrt.compiler.models import canonicalize
 from vitrt.compiler.pass_manager import FP32_TOLERANCE, PassContext, PassManager
 from vitrt.compiler.verify import run_onnx, run_torch, verification_inputs
-from vitrt.transforms.precision.graph_pass import Fp16Pass
+from vitrt.transforms.precision.graph_pass import PrecisionTypingPass
 from vitrt.transforms.precision.plan import FP16_TOLERANCE, PrecisionPlan
 from vitrt.transforms.prune.graph_pass import PrunePass
 from vitrt.transforms.prune.plan import BlockPlan, PruningPlan
@@ -310,6 +310,23 @@ def test_structure_static_no_scatter():
     assert shape[1] == plan.tokens[3]
 
 
+def test_proportional_attention_adds_log_size_right_after_qk():
+    """After the first merge, every block's score path is MatMul(Q·s, Kᵀ) -> Add(log size) -> Softmax: the scale
+    lives in q, so the Add sits where TensorRT's fused attention takes it; earlier blocks keep MatMul -> Softmax."""
+    twin = small_twin(depth=4)
+    view, _, plan = merged(twin, SCHEDULES["dfe"])  # block 0 dense, block 1 merges first
+    model = view.to_onnx()
+    names = {n.name: n for n in model.graph.node}
+    for i in range(4):
+        if i > 1:
+            assert score_path(model.graph, i) == ["MatMul", "Add", "Softmax"]
+            add = names[f"blocks.{i}.attn.size_bias"]
+            assert add.input[0] == names[f"blocks.{i}.attn.qk"].output[0]
+            assert add.output[0] == names[f"blocks.{i}.attn.softmax"].input[0]
+        else:
+            assert score_path(model.graph, i) == ["MatMul", "Softmax"]
+
+
 def state_of(twin):
     """What a twin transform must leave alone: block types, the spec and every tensor of the state."""
     return [type(b) for b in twin.blocks], twin.spec, {k: v.clone() for k, v in twin.state_dict().items()}
@@ -354,7 +371,7 @@ def test_fp16_typed_merge_equals_fp16_twin(name):
     twin = small_twin()
     view, merged_twin, _ = merged(twin, SCHEDULES[name])
     assert {"Cast", "ConstantOfShape"} <= set(view.op_counts())
-    fp16 = Fp16Pass(PrecisionPlan())
+    fp16 = PrecisionTypingPass(PrecisionPlan())
     model = fp16.run(view, PassContext()).view.to_onnx()
     onnx.checker.check_model(model, full_check=True)  # strict shape inference: one float32 Cast would fail here
     readers = {}
@@ -395,7 +412,7 @@ def test_compile_tome_fp16_verifies_and_draws_the_merged_fp32_twin(tmp_path, win
     m = result.manifest
     assert m["verify"]["ok"] and m["verify"]["reference"] == "torch twin"
     assert m["verify"]["tolerance"] == FP16_TOLERANCE
-    assert [p["name"] for p in m["passes"] if p["modified"]][:2] == ["token_merge", "precision_fp16"]
+    assert [p["name"] for p in m["passes"] if p["modified"]][:2] == ["token_merge", "precision_typing"]
     assert m["token_merge"]["r"][0] == (16 if window else 8) and m["precision"]["activations"] == "fp16"
     assert_picture_from_stage_twin(result, model, tmp_path)
 

@@ -60,27 +60,29 @@ def load_out(out: Path, threads: int | None = None) -> Loaded:
 
 
 def load_model_name(name: str, workdir: Path, *, backend: str = "ort", img_size: int | None = None,
-                    threads: int | None = None, seed: int = 0) -> Loaded:
-    """Lower a timm model (random weights) with a dynamic batch and build it on ``backend``."""
+                    threads: int | None = None, seed: int = 0, batches: tuple[int, ...] = (1,)) -> Loaded:
+    """Lower a timm model (random weights) with a dynamic batch and build it on ``backend`` for ``batches``."""
     import torch
 
     from vitrt.compiler.models import canonicalize, load_timm_model
 
     torch.manual_seed(seed)
     twin = canonicalize(load_timm_model(name, img_size=img_size))
-    return build_twin(twin, workdir, name=name, backend=backend, threads=threads)
+    return build_twin(twin, workdir, name=name, backend=backend, threads=threads,
+                      batch_profile=(min(batches), max(batches), max(batches)))
 
 
 def build_twin(twin, workdir: Path, *, name: str, backend: str = "ort", batch: int | None = None,
-               threads: int | None = None, keep_onnx: bool = False) -> Loaded:
-    """Lower ``twin`` (``batch=None``: dynamic) into ``workdir`` and load the backend artifact."""
+               threads: int | None = None, keep_onnx: bool = False,
+               batch_profile: tuple[int, int, int] | None = None) -> Loaded:
+    """Lower ``twin`` (``batch=None``: dynamic, built for ``batch_profile``) into ``workdir`` and load the artifact."""
     import onnx
 
     from vitrt.compiler.backends import BuildOptions, get_backend
     from vitrt.compiler.lower import lower
 
     be = get_backend(backend)
-    options = BuildOptions(threads=threads)
+    options = BuildOptions(threads=threads, batch_profile=batch_profile if batch is None else None)
     workdir.mkdir(parents=True, exist_ok=True)
     onnx_path = workdir / "model.onnx"
     onnx.save(lower(twin, batch=batch), str(onnx_path))
@@ -111,7 +113,8 @@ def bench_target(target: str, batches: list[int], *, backend: str = "ort", itera
         elif path.exists():
             raise VitrtError(f"'{target}' is neither a compiled OUT directory nor a timm model name")
         else:
-            loaded = load_model_name(target, Path(tmp), backend=backend, img_size=img_size, threads=threads)
+            loaded = load_model_name(target, Path(tmp), backend=backend, img_size=img_size, threads=threads,
+                                     batches=tuple(batches))
         rows = []
         for batch in batches:
             images = images_for(loaded.spec, batch)

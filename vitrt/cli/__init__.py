@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "vitrt.cli.reference",  # reference
     "vitrt.cli.lut",  # lut build | query | refine | plot
     "vitrt.cli.bench",  # bench, nvit-table, dcvit-table
+    "vitrt.cli.lint_trt",  # lint-trt
     "vitrt.benchmarks.quantization",  # bench-quant-accuracy, bench-quant-speed
     "vitrt.benchmarks.sparsity_digits",  # sparsity-digits
     "vitrt.benchmarks.tome_bench",  # tome-bench

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ml_dtypes
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from vitrt.compiler.graph import GraphView, import_graph
 from vitrt.compiler.pass_manager import CANONICAL, SHAPES_INFERRED, TOPOSORTED, Pass, PassContext, PassResult
+
+
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 
 class CleanupPass(Pass):
@@ -19,8 +24,10 @@ class CleanupPass(Pass):
         graph = view.graph
         nodes_before = len(graph.nodes)
         # Folding goes through ONNX Runtime for anything beyond trivial shape arithmetic; it evaluates
-        # constant subgraphs (e.g. reshape targets computed from shapes, masks built by other passes).
-        graph.fold_constants(error_ok=False).cleanup(remove_unused_graph_inputs=False).toposort()
+        # constant subgraphs (e.g. reshape targets computed from shapes, masks built by other passes). Its CPU
+        # provider has no bfloat16 kernels, so bf16 nodes stay unfolded (TensorRT folds them when it builds).
+        graph.fold_constants(error_ok=False, should_exclude_node=_touches_bfloat16) \
+            .cleanup(remove_unused_graph_inputs=False).toposort()
         model = gs.export_onnx(graph)
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
         new_graph = import_graph(model)
@@ -30,6 +37,13 @@ class CleanupPass(Pass):
         stats = {"nodes_removed": nodes_before - len(new_graph.nodes), "tensors_without_static_shape": len(unknown)}
         modified = nodes_before != len(new_graph.nodes)
         return PassResult(GraphView(new_graph, view.spec), modified, stats)
+
+
+def _touches_bfloat16(node: gs.Node) -> bool:
+    """Whether ``node`` reads or writes a bfloat16 tensor (graphsurgeon keeps the type as the numpy dtype vitrt set
+    or, for an imported graph, as ONNX's enum)."""
+    return any(t.dtype is not None and (t.dtype == BFLOAT16 or t.dtype == onnx.TensorProto.BFLOAT16)
+               for t in list(node.inputs) + list(node.outputs))
 
 
 def _is_dynamic_batch(tensor: gs.Variable) -> bool:

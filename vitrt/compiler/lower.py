@@ -2,11 +2,14 @@
 
 vitrt emits the graph itself instead of tracing it, so the structure is exactly the canonical one on every
 torch version: stable node names from module paths, separate Q/K/V MatMuls with weights stored as
-B[K, N] (the layout TensorRT checks 2:4 along), explicit per-head Reshape/Transpose, and the block's own
-attention scale. One block::
+B[K, N] (the layout TensorRT checks 2:4 along), explicit per-head Reshape/Transpose, and the attention scale
+already inside the q projection (the twin's ``q`` is Q·s, see :mod:`vitrt.compiler.twin`), so the score path
+is MatMul(Q·s, Kᵀ) -> Softmax -> MatMul(·V) with nothing between QKᵀ and Softmax — the pattern TensorRT fuses
+into its fused multi-head attention (token merging later puts its log(size) Add there: the fused pattern is
+MatMul -> optional Add -> Softmax -> MatMul). One block::
 
-    x ─► LayerNormalization(norm1) ─┬─► MatMul(attn.q)+Add ─► Reshape/Transpose ─► MatMul(attn.qk) ─► Mul(scale)
-    │                               ├─► MatMul(attn.k)+Add ─► Reshape/Transpose ───┘        │
+    x ─► LayerNormalization(norm1) ─┬─► MatMul(attn.q)+Add ─► Reshape/Transpose ─► MatMul(attn.qk)   (q: W·s, b·s)
+    │                               ├─► MatMul(attn.k)+Add ─► Reshape/Transpose ───┘      │
     │                               └─► MatMul(attn.v)+Add ─► Reshape/Transpose ─┐   Softmax(attn.softmax)
     │                                                                           └─► MatMul(attn.av)
     │           Add(residual1) ◄─ MatMul(attn.proj)+Add ◄─ Transpose/Reshape(merge_heads) ◄─┘
@@ -88,8 +91,7 @@ def emit_attention(e: GraphEmitter, x, name: str, attn, tokens: int) -> gs.Varia
     k = e.node("Transpose", f"{name}.k.transpose", [k], {"perm": [0, 2, 3, 1]})
     v = e.node("Reshape", f"{name}.v.split_heads", [e.linear(x, f"{name}.v"), e.ints(f"{name}.v.shape", [-1, tokens, heads, v_dim])])
     v = e.node("Transpose", f"{name}.v.transpose", [v], {"perm": [0, 2, 1, 3]})
-    logits = e.node("MatMul", f"{name}.qk", [q, k])
-    logits = e.node("Mul", f"{name}.scale", [logits, e.const(f"{name}.scale_c", np.array(attn.scale, np.float32))])
+    logits = e.node("MatMul", f"{name}.qk", [q, k])  # q carries the scale: no Mul before the Softmax
     probs = e.node("Softmax", f"{name}.softmax", [logits], {"axis": -1})
     out = e.node("MatMul", f"{name}.av", [probs, v])
     out = e.node("Transpose", f"{name}.merge_heads.transpose", [out], {"perm": [0, 2, 1, 3]})

@@ -20,8 +20,12 @@ is the fixed per-call cost of the runtime (measured on an empty graph) that ever
 and that is subtracted from each grid value.
 
 **Refinement.** A compiled model's manifest carries the measured whole-model median and the profiler's
-per-block times. They are scaled so that they add up to the measured median (the profiler sees kernel time
-only), then stored as *measured points* with their provenance (manifest path, model, date). A query
+per-block times. A profiled layer that spans several blocks (TensorRT compiles a transformer into Myelin
+``{ForeignNode[first...last]}`` regions; the manifest lists them as ``spanning_layers``) says nothing about how
+its time splits: its time is distributed over the blocks it covers in proportion to the table's own per-block
+predictions (:func:`distribute_spanning`), never given to the block its name starts with. The per-block times
+are then scaled so that they add up to the measured median (the profiler sees kernel time only) and stored as
+*measured points* with their provenance (manifest path, model, date). A query
 multiplies the grid prediction by a correction factor::
 
     log c(x) = Σ_i w_i log(m_i / g_i) / max(1, Σ_i w_i),    w_i = exp(-(d(x, x_i) / REFINE_RADIUS)²)
@@ -129,6 +133,29 @@ def _block_point(emb, heads, qk, v, mlp, tokens, tokens_out) -> dict:
 
 def _log_distance(a: dict, b: dict, fields) -> float:
     return math.sqrt(sum((math.log2(float(a[f]) + 1.0) - math.log2(float(b[f]) + 1.0)) ** 2 for f in fields))
+
+
+def model_groups(spec) -> list[str]:
+    """The canonical groups of a model in execution order: ``stem``, ``blocks.0`` .. ``blocks.{depth-1}``, ``head``."""
+    return ["stem", *(f"blocks.{i}" for i in range(spec.depth)), "head"]
+
+
+def distribute_spanning(groups: dict[str, float], spanning: list[dict], order: list[str],
+                        predicted: dict[str, float]) -> dict[str, float]:
+    """``groups`` plus each spanning layer's ms shared over the groups ``first`` .. ``last`` it covers, in proportion
+    to ``predicted`` (the table's per-group predictions)."""
+    out = dict(groups)
+    index = {g: i for i, g in enumerate(order)}
+    for layer in spanning:
+        first, last = layer.get("first"), layer.get("last")
+        if first not in index or last not in index or index[first] > index[last]:
+            raise VitrtError(f"spanning layer '{layer.get('layer')}' covers {first} .. {last}, which is not a range of "
+                             f"the model's groups {order[0]} .. {order[-1]}")
+        covered = order[index[first]: index[last] + 1]
+        total = sum(predicted[g] for g in covered)
+        for g in covered:
+            out[g] = out.get(g, 0.0) + float(layer["ms"]) * predicted[g] / total
+    return out
 
 
 @dataclass
@@ -289,7 +316,8 @@ class LatencyTable:
         from vitrt.compiler.spec import ViTSpec
 
         latency = manifest.get("latency") if isinstance(manifest, dict) else None
-        if not latency or not latency.get("per_block_ms") or "median_ms" not in latency:
+        if not latency or not (latency.get("per_block_ms") or latency.get("spanning_layers")) \
+                or "median_ms" not in latency:
             raise VitrtError("the manifest has no measured latency with per_block_ms: compile with --bench")
         if "spec_after" not in manifest:
             raise VitrtError("the manifest has no spec_after: it was not written by vitrt compile")
@@ -298,8 +326,13 @@ class LatencyTable:
                    precision=precision, sparsity=sparsity, device=latency.get("device"),
                    clock=latency.get("clock", "wall"))
         self._check_spec(spec)
-        groups = {k: float(v) for k, v in latency["per_block_ms"].items()}
-        expected = {"stem", "head", *(f"blocks.{i}" for i in range(spec.depth))}
+        groups = {k: float(v) for k, v in (latency.get("per_block_ms") or {}).items()}
+        spanning = latency.get("spanning_layers") or []
+        order = model_groups(spec)
+        if spanning:  # a layer covering several blocks: share its time by the table's predictions
+            predicted = self.model_breakdown(spec, precision=precision, sparsity=sparsity, clamp=True)
+            groups = distribute_spanning(groups, spanning, order, predicted)
+        expected = set(order)
         missing = sorted(expected - set(groups))
         if missing:
             raise VitrtError(f"the manifest's per_block_ms lacks {', '.join(missing)}: benchmark it again with --bench")
@@ -312,7 +345,9 @@ class LatencyTable:
         before = self.model_ms(spec, precision=precision, sparsity=sparsity, clamp=True)
         provenance = {"source": str(source) if source else None, "model": manifest.get("model"),
                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                      "measured_median_ms": float(latency["median_ms"])}
+                      "measured_median_ms": float(latency["median_ms"]),
+                      "attribution": f"{len(spanning)} layer(s) spanning several blocks shared by the table's "
+                                     "predictions" if spanning else "per-layer profiler names"}
         kw = dict(precision=precision, sparsity=sparsity, source=provenance)
         self.add_point("stem", {"emb": spec.emb, "patches": spec.num_patches}, groups["stem"] * scale, **kw)
         for i, b in enumerate(spec.blocks):
@@ -324,7 +359,7 @@ class LatencyTable:
         self.meta.setdefault("refinements", []).append({**provenance, "predicted_before_ms": round(before, 4),
                                                         "predicted_after_ms": round(after, 4)})
         return {"model": manifest.get("model"), "measured_ms": float(latency["median_ms"]),
-                "predicted_before_ms": before, "predicted_after_ms": after}
+                "predicted_before_ms": before, "predicted_after_ms": after, "attribution": provenance["attribution"]}
 
     # --- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -245,7 +245,10 @@ def spec_of_timm(model: nn.Module) -> ViTSpec:
 
 @torch.no_grad()
 def canonicalize(model: nn.Module) -> CanonicalViT:
-    """Build the torch twin of a supported timm ViT; its output equals the original's (fp32 rounding)."""
+    """Build the torch twin of a supported timm ViT; its output equals the original's (fp32 rounding).
+
+    The twin's ``q`` holds timm's query projection times the block's attention scale (see
+    :class:`~vitrt.compiler.twin.CanonicalAttention`)."""
     spec = spec_of_timm(model)
     twin = CanonicalViT(spec)
     twin.patch_embed.load_state_dict(model.patch_embed.proj.state_dict())
@@ -258,9 +261,12 @@ def canonicalize(model: nn.Module) -> CanonicalViT:
         attn = src.attn
         weight = attn.qkv.weight
         bias = attn.qkv.bias if attn.qkv.bias is not None else torch.zeros(3 * attn.attn_dim)
-        for j, proj in enumerate((dst.attn.q, dst.attn.k, dst.attn.v)):
-            proj.weight.copy_(weight[j * attn.attn_dim:(j + 1) * attn.attn_dim])
-            proj.bias.copy_(bias[j * attn.attn_dim:(j + 1) * attn.attn_dim])
+        # The attention scale goes into q (weight and bias): (s·Q)·Kᵀ == s·(Q·Kᵀ), and TensorRT fuses attention
+        # only when Q or K is scaled before the first MatMul (its "Fused Attention" guide; Model Optimizer
+        # scales Q for ViTs too). The spec keeps the value as a record.
+        for j, (proj, factor) in enumerate(((dst.attn.q, float(attn.scale)), (dst.attn.k, 1.0), (dst.attn.v, 1.0))):
+            proj.weight.copy_(weight[j * attn.attn_dim:(j + 1) * attn.attn_dim] * factor)
+            proj.bias.copy_(bias[j * attn.attn_dim:(j + 1) * attn.attn_dim] * factor)
         _copy_linear(attn.proj, dst.attn.proj, _layer_scale(src.ls1, emb))
         _copy_linear(src.mlp.fc1, dst.mlp.fc1, None)
         _copy_linear(src.mlp.fc2, dst.mlp.fc2, _layer_scale(src.ls2, emb))

@@ -10,7 +10,9 @@ Per block:
     v       value dim per head
     mlp     hidden width of the MLP (0 = MLP removed)
     tokens  number of tokens entering the block (prefix tokens included)
-    scale   the attention logit scale; pruning keeps the original 1/sqrt(qk_original)
+    scale   the attention logit scale (timm's 1/sqrt(qk_original); pruning keeps it). A record, not an op: the
+            front end folds it into the q projection's weight and bias (the twin's ``q`` computes Q·s), so the
+            graph's score path is MatMul(Q·s, Kᵀ) -> Softmax with no Mul, as TensorRT's fused attention wants
 """
 
 from __future__ import annotations

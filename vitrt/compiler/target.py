@@ -13,7 +13,7 @@ from vitrt.compiler.errors import OptionError
 from vitrt.compiler.options import option
 
 BACKENDS = ("ort", "trt")
-PRECISIONS = ("fp32", "fp16", "int8", "fp8", "int4w")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "int4w")
 MIN_OPSET, MAX_OPSET = 17, 21
 
 
@@ -23,24 +23,61 @@ class TargetConfig:
                           choices=BACKENDS)
     batch: int = option(1, "batch size fixed at compile time (static shapes)", type=int, metavar="N")
     dynamic_batch: bool = option(False, "make the batch dimension dynamic instead of fixed")
-    precision: str = option("fp32", "engine precision, carried by the graph: fp32, fp16 (typed, LayerNorm/Softmax "
-                            "in fp32), int8 / fp8 (Q/DQ), int4w (INT4 weight-only, block-wise)", choices=PRECISIONS)
+    precision: str = option("fp32", "engine precision, carried by the graph: fp32, fp16 / bf16 (typed, "
+                            "LayerNorm/Softmax in fp32; bf16 for trt), int8 / fp8 (Q/DQ), int4w (INT4 weight-only, "
+                            "block-wise; W4A16 for trt)", choices=PRECISIONS)
     opset: int = option(17, "ONNX opset of the canonical graph", type=int, metavar="N")
     threads: int | None = option(None, "ONNX Runtime intra-op threads (default: ONNX Runtime's choice)", type=int,
                                  metavar="N")
-    timing_cache: Path | None = option(None, "TensorRT timing cache file (read and updated)", type=Path,
-                                       metavar="PATH")
+    timing_cache: Path | None = option(None, "TensorRT timing cache file (read; rewritten after a successful build)",
+                                       type=Path, metavar="PATH")
+    min_batch: int | None = option(None, "with --dynamic-batch: smallest batch of the TensorRT optimisation profile "
+                                   "(default 1)", type=int, metavar="N")
+    max_batch: int | None = option(None, "with --dynamic-batch: largest batch of the TensorRT optimisation profile "
+                                   "(default --batch, which is the batch it is optimised for)", type=int, metavar="N")
+    cuda_graph: bool = option(False, "trt backend: capture each input shape's enqueue into a CUDA graph and replay it")
 
     @property
     def static_batch(self) -> int | None:
         """The batch baked into the graph, or None for a dynamic batch dimension."""
         return None if self.dynamic_batch else self.batch
 
+    @property
+    def activation_dtype(self) -> str:
+        """The float type the graph's activations carry: fp16 / bf16 when typed, else fp32.
+
+        INT4 weight-only is W4A16 for TensorRT — block-wise INT4 weights, FP16 activations, LayerNorm and Softmax
+        in FP32: TensorRT's and Model Optimizer's scheme — and keeps FP32 activations for ONNX Runtime's CPU
+        provider, where it runs faster (benchmarks/results/quantization.md, "INT4 activations")."""
+        if self.precision in ("fp16", "bf16"):
+            return self.precision
+        if self.precision == "int4w" and self.backend == "trt":
+            return "fp16"
+        return "fp32"
+
+    @property
+    def batch_profile(self) -> tuple[int, int, int] | None:
+        """(min, opt, max) batch of a dynamic-batch engine's optimisation profile; None for a static batch."""
+        if not self.dynamic_batch:
+            return None
+        return (1 if self.min_batch is None else self.min_batch, self.batch,
+                self.batch if self.max_batch is None else self.max_batch)
+
     def validate(self) -> "TargetConfig":
         if self.batch < 1:
             raise OptionError(f"--batch must be >= 1, got {self.batch}")
+        if (self.min_batch is not None or self.max_batch is not None) and not self.dynamic_batch:
+            raise OptionError("--min-batch / --max-batch set the dynamic batch range: add --dynamic-batch")
+        profile = self.batch_profile
+        if profile is not None and not 1 <= profile[0] <= profile[1] <= profile[2]:
+            raise OptionError(f"the batch profile needs 1 <= --min-batch <= --batch <= --max-batch, got "
+                              f"{profile[0]} / {profile[1]} / {profile[2]}")
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise OptionError(f"--opset {self.opset} is outside the supported range {MIN_OPSET}..{MAX_OPSET}")
         if self.threads is not None and self.threads < 1:
             raise OptionError(f"--threads must be >= 1, got {self.threads}")
+        if self.precision == "bf16" and self.backend != "trt":  # checked by tests/test_precision.py
+            raise OptionError(f"--precision bf16 needs --backend trt: ONNX Runtime's CPU provider has no bfloat16 "
+                              f"kernels for MatMul, Add, Erf or Softmax (use --precision fp16 with --backend "
+                              f"{self.backend})")
         return self

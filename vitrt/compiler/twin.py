@@ -1,8 +1,10 @@
 """The torch twin: a canonical ViT whose modules mirror the canonical ONNX node for node.
 
 timm's fused ``qkv`` is split into ``q``, ``k``, ``v`` projections so that heads, QK dims and V dims can be
-pruned independently; LayerScale (if any) is folded into ``proj`` / ``fc2``; attention is written out as
-``softmax((q @ kᵀ) · scale) @ v`` with the block's stored scale, exactly the op order the lowering emits.
+pruned independently; LayerScale (if any) is folded into ``proj`` / ``fc2``; the attention scale is folded into
+``q`` (weight and bias, see :func:`vitrt.compiler.models.canonicalize`), so attention is written out as
+``softmax(q @ kᵀ [+ bias]) @ v`` with no multiplication after QKᵀ — the pattern TensorRT fuses into its fused
+multi-head attention — exactly the op order the lowering emits.
 Module paths are the canonical names (``blocks.3.attn.q``, ``blocks.3.mlp.fc2``, ``patch_embed``, ``head``).
 
 A block with ``heads == 0`` has no attention branch and one with ``mlp == 0`` no MLP branch (DC-ViT style
@@ -18,9 +20,12 @@ from vitrt.compiler.spec import BlockSpec, ViTSpec
 
 
 class CanonicalAttention(nn.Module):
-    def __init__(self, emb: int, heads: int, qk: int, v: int, scale: float):
+    """Multi-head attention whose ``q`` projection already carries the attention scale (Q·s): the logits are
+    ``q @ kᵀ``; the block's :attr:`~vitrt.compiler.spec.BlockSpec.scale` only records the value folded in."""
+
+    def __init__(self, emb: int, heads: int, qk: int, v: int):
         super().__init__()
-        self.heads, self.qk_dim, self.v_dim, self.scale = heads, qk, v, scale
+        self.heads, self.qk_dim, self.v_dim = heads, qk, v
         self.q = nn.Linear(emb, heads * qk)
         self.k = nn.Linear(emb, heads * qk)
         self.v = nn.Linear(emb, heads * v)
@@ -31,12 +36,12 @@ class CanonicalAttention(nn.Module):
         return x.reshape(batch, tokens, self.heads, dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [B, N, emb] -> [B, N, emb]. ``attn_bias`` ([B, 1, 1, N]) is added to the scaled logits."""
+        """x: [B, N, emb] -> [B, N, emb]. ``attn_bias`` ([B, 1, 1, N]) is added to the logits q·kᵀ (already scaled)."""
         batch, tokens, _ = x.shape
         q = self.split_heads(self.q(x), self.qk_dim)
         k = self.split_heads(self.k(x), self.qk_dim)
         v = self.split_heads(self.v(x), self.v_dim)
-        logits = (q @ k.transpose(-2, -1)) * self.scale
+        logits = q @ k.transpose(-2, -1)
         if attn_bias is not None:
             logits = logits + attn_bias
         out = self.attention_probs(logits).to(v.dtype) @ v
@@ -63,7 +68,7 @@ class CanonicalBlock(nn.Module):
         super().__init__()
         self.spec = block
         self.norm1 = nn.LayerNorm(emb, eps=eps) if block.heads else None
-        self.attn = CanonicalAttention(emb, block.heads, block.qk, block.v, block.scale) if block.heads else None
+        self.attn = CanonicalAttention(emb, block.heads, block.qk, block.v) if block.heads else None
         self.norm2 = nn.LayerNorm(emb, eps=eps) if block.mlp else None
         self.mlp = CanonicalMlp(emb, block.mlp) if block.mlp else None
 

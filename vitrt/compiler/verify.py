@@ -1,4 +1,9 @@
-"""Numerical verification: the ONNX graph in ONNX Runtime against a torch reference on the same inputs."""
+"""Numerical verification: the ONNX graph in ONNX Runtime against a torch reference on the same inputs.
+
+A graph that computes in bfloat16 (``--precision bf16``, for TensorRT) runs in onnx's reference evaluator instead:
+ONNX Runtime's CPU provider has no bf16 kernels for MatMul, Add, Erf, Softmax and the like (only data movement),
+and the reference evaluator executes the graph as written, rounding every op's result to bf16.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +24,45 @@ def verification_inputs(spec, batch: int, seed: int = 0, count: int = 1) -> np.n
     return rng.standard_normal((count * batch, spec.in_chans, spec.img, spec.img)).astype(np.float32)
 
 
+def computes_in_bfloat16(model: onnx.ModelProto) -> bool:
+    """Whether any tensor of ``model`` is bfloat16 (ONNX Runtime's CPU provider cannot run such a graph)."""
+    bf16 = onnx.TensorProto.BFLOAT16
+    graph = model.graph
+    return any(t.data_type == bf16 for t in graph.initializer) or any(
+        vi.type.tensor_type.elem_type == bf16 for vi in list(graph.value_info) + list(graph.output))
+
+
+def reference_evaluator(model: onnx.ModelProto):
+    """onnx's ReferenceEvaluator for ``model``, with GatherElements as the ONNX spec defines it: onnx 1.23's own
+    mishandles a negative axis and indices narrower than the data along the axis-free dims (token merging uses
+    both), so it is replaced by numpy's take_along_axis on the data cut to the indices' extent."""
+    from onnx.reference import ReferenceEvaluator
+    from onnx.reference.op_run import OpRun
+
+    class GatherElements(OpRun):
+        op_domain = ""
+
+        def _run(self, data, indices, axis=0):
+            axis = axis % data.ndim
+            extent = tuple(slice(None) if d == axis else slice(0, n) for d, n in enumerate(indices.shape))
+            indices = np.where(indices < 0, indices + data.shape[axis], indices)
+            return (np.take_along_axis(data[extent], indices, axis=axis),)
+
+    return ReferenceEvaluator(model, new_ops=[GatherElements])
+
+
 def run_onnx(model: onnx.ModelProto, images: np.ndarray, batch: int | None) -> np.ndarray:
-    """Run ``model`` in ONNX Runtime (CPU, basic optimisations only) over ``images`` in chunks of ``batch``."""
-    session = ort_session(model, level="basic")
-    name = session.get_inputs()[0].name
+    """Run ``model`` over ``images`` in chunks of ``batch``: in ONNX Runtime (CPU, basic optimisations only), or
+    in onnx's reference evaluator when the graph computes in bfloat16."""
+    name = model.graph.input[0].name
+    if computes_in_bfloat16(model):
+        evaluator = reference_evaluator(model)
+        run = lambda x: evaluator.run(None, {name: x})[0]  # noqa: E731
+    else:
+        session = ort_session(model, level="basic")
+        run = lambda x: session.run(None, {name: x})[0]  # noqa: E731
     step = batch or len(images)
-    return np.concatenate([session.run(None, {name: images[i:i + step]})[0] for i in range(0, len(images), step)])
+    return np.concatenate([run(images[i:i + step]) for i in range(0, len(images), step)])
 
 
 @torch.no_grad()

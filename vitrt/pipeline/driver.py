@@ -48,6 +48,7 @@ from vitrt.compiler.output import atomic_output_dir, write_json
 from vitrt.compiler.pass_manager import OpCountInstrument, PassContext, PassManager
 from vitrt.compiler.progress import Progress
 from vitrt.compiler.timing import Timing, interleaved, synced
+from vitrt.compiler.trt_lint import check_trt, lint
 from vitrt.compiler.twin import CanonicalViT
 from vitrt.compiler.verify import VerifyInstrument, compare, verification_inputs
 from vitrt.pipeline.config import CompileConfig
@@ -185,6 +186,9 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
                                  progress=lambda name: progress.log(f"pass {name}"))
         view = result.view
         final_onnx = view.to_onnx()
+        trt_lint = check_trt(final_onnx) if target.backend == "trt" else lint(final_onnx)  # trt: errors fail here
+        if trt_lint.findings:
+            progress.log(trt_lint.summary())
         onnx_path = staging / "model.onnx"
         onnx.save(final_onnx, str(onnx_path))
         if checks.keep_twin:
@@ -195,6 +199,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model": name or config.model or f"{type(original).__name__} (Python object)",
             "input_shape": ["batch" if batch is None else batch, view.spec.in_chans, view.spec.img, view.spec.img],
+            "batch_profile": list(target.batch_profile) if target.batch_profile else None,
             "backend": target.backend,
             "opset": target.opset,
             "artifact": backend.artifact_name,
@@ -206,6 +211,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
             "adjustments": adjustments,
             "io": graph_io(final_onnx),
             "preprocessing": preprocessing(original, spec_before),
+            "trt_lint": trt_lint.to_dict(),
         }
         if checks.verify:
             with progress.step("verifying the compiled ONNX"):
@@ -216,6 +222,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
                                  f"the {manifest['verify']['reference']} exceeds {manifest['verify']['tolerance']:g}")
 
         build_options = BuildOptions(threads=target.threads, timing_cache=target.timing_cache,
+                                     batch_profile=target.batch_profile, cuda_graph=target.cuda_graph,
                                      sparse_weights=bool(result.build_hints.get("sparse_weights")))
         with progress.step(f"building the {target.backend} artifact"):
             backend.build(onnx_path, staging, build_options)

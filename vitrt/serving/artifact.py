@@ -8,8 +8,8 @@ them matches what the server will load:
 * ``trt``: the engine's I/O tensors and its optimisation profile, through TensorRT's documented API
   (``num_io_tensors``, ``get_tensor_name / mode / dtype / shape``, ``get_tensor_profile_shape``). Reading a
   plan needs TensorRT and a CUDA device; without them the tensors come from ``OUT/model.onnx``, the network the
-  ONNX parser turned into that plan (same names, data types and shapes; a dynamic batch gets the profile of
-  :data:`vitrt.compiler.backends.trt.DYNAMIC_BATCH_PROFILE`), and :attr:`CompiledArtifact.io_source` says so.
+  ONNX parser turned into that plan (same names, data types and shapes; a dynamic batch gets the profile the
+  compile built it with, ``manifest['batch_profile']``), and :attr:`CompiledArtifact.io_source` says so.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def open_artifact(out) -> CompiledArtifact:
     if backend == "ort":
         inputs, outputs, limit, source = *onnx_io(path), None, path.name
     else:
-        inputs, outputs, limit, source = trt_io(path, out / "model.onnx")
+        inputs, outputs, limit, source = trt_io(path, out / "model.onnx", manifest.get("batch_profile"))
     if not inputs or not outputs:
         raise VitrtError(f"'{path}' declares no inputs or no outputs")
     first = inputs[0].shape[0] if inputs[0].shape else -1
@@ -120,29 +120,28 @@ def onnx_io(path: Path) -> tuple[tuple[TensorIO, ...], tuple[TensorIO, ...]]:
             tuple(tensor(v) for v in model.graph.output))
 
 
-def trt_io(plan: Path, onnx_path: Path):
-    """(inputs, outputs, batch limit, source) of a TensorRT plan; from ``onnx_path`` where the plan cannot be read."""
+def trt_io(plan: Path, onnx_path: Path, batch_profile=None):
+    """(inputs, outputs, batch limit, source) of a TensorRT plan; from ``onnx_path`` and the compile's recorded
+    ``batch_profile`` (min, opt, max) where the plan cannot be read."""
     try:
         return (*_engine_io(plan), plan.name)
     except BackendUnavailableError as exc:
-        from vitrt.compiler.backends.trt import DYNAMIC_BATCH_PROFILE
-
         if not onnx_path.is_file():
             raise VitrtError(f"cannot read the TensorRT plan '{plan}' ({exc}) and '{onnx_path}' is missing") from None
         inputs, outputs = onnx_io(onnx_path)
-        return inputs, outputs, DYNAMIC_BATCH_PROFILE[2], f"{onnx_path.name} (the network {plan.name} was built " \
-            "from; TensorRT cannot read the plan on this machine)"
+        limit = int(batch_profile[2]) if batch_profile else None
+        return inputs, outputs, limit, f"{onnx_path.name} (the network {plan.name} was built from; TensorRT cannot " \
+            "read the plan on this machine)"
 
 
 def _engine_io(plan: Path):
     """I/O tensors and the first optimisation profile's max batch, from the deserialized engine."""
-    from vitrt.compiler.backends.trt import import_tensorrt
+    from vitrt.compiler.backends.trt import require_tensorrt
 
-    trt = import_tensorrt()
+    require_tensorrt()
+    import tensorrt as trt
     import torch
 
-    if not hasattr(trt, "Runtime"):  # a namespace left by type stubs (tensorrt-stubs), not the bindings
-        raise BackendUnavailableError("TensorRT's Python bindings are not installed")
     if not torch.cuda.is_available():
         raise BackendUnavailableError("reading a TensorRT plan needs a CUDA device")
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan.read_bytes())

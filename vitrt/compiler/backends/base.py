@@ -2,7 +2,10 @@
 
 Backends are looked up lazily by name (:func:`get_backend`) so that importing vitrt never imports
 TensorRT or CUDA. Per-block latency is reported under canonical groups — ``stem``, ``blocks.{i}``,
-``head`` — whatever the backend renamed or fused its layers into (see :func:`canonical_group`).
+``head`` — whatever the backend renamed or fused its layers into (see :func:`canonical_group`). A layer that
+covers several groups (TensorRT's Myelin ``{ForeignNode[first...last]}``) is not given to any one group: it is
+reported as a *spanning* layer with its first and last group (:func:`layer_span`), and the latency-table
+refinement distributes its time by the table's own per-block predictions (:meth:`LatencyTable.refine`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ BACKEND_NAMES = tuple(_BACKENDS)
 
 # A canonical name inside a backend layer name: not preceded by a word char or '.', ended by a separator.
 _CANONICAL = re.compile(r"(?:^|[^\w.])(blocks\.\d+|patch_embed|prefix_tokens|pos_embed|norm|head_dist|head)(?=[./_\s\]}),+]|$)")
+# TensorRT names a Myelin-compiled region after its first and last layer: "{ForeignNode[first...last]}".
+_FOREIGN_NODE = re.compile(r"ForeignNode\[(.+?)\.\.\.(.+?)\]")
 
 
 def canonical_group(layer_name: str) -> str | None:
@@ -34,12 +39,48 @@ def canonical_group(layer_name: str) -> str | None:
     the first canonical name that appears decides.
     """
     match = _CANONICAL.search(layer_name)
-    if match is None:
-        return None
-    name = match.group(1)
+    return None if match is None else _group_of_match(match.group(1))
+
+
+def layer_span(layer_name: str) -> tuple[str, str] | None:
+    """(first, last) canonical group of a backend layer that covers more than one group, else None.
+
+    ``{ForeignNode[blocks.0.attn.q...blocks.11.mlp.fc2]}`` spans blocks.0 .. blocks.11; a fused name that joins
+    layers of two groups (``"blocks.0.residual2 + blocks.1.norm1"``) spans both.
+    """
+    foreign = _FOREIGN_NODE.search(layer_name)
+    if foreign is not None:
+        groups = [g for g in (canonical_group(foreign.group(1)), canonical_group(foreign.group(2))) if g]
+    else:
+        groups = [_group_of_match(m.group(1)) for m in _CANONICAL.finditer(layer_name)]
+    groups = sorted(set(groups), key=_group_order)
+    return (groups[0], groups[-1]) if len(groups) > 1 else None
+
+
+def _group_of_match(name: str) -> str:
     if name.startswith("blocks."):
         return name
     return "stem" if name in ("patch_embed", "prefix_tokens", "pos_embed") else "head"
+
+
+def attribute_layers(layer_ms: dict[str, float], group_of) -> tuple[dict[str, float], list[dict]]:
+    """Per-layer times -> (ms per canonical group, spanning layers). ``group_of(layer)`` names the group of a layer
+    that covers one; a layer covering several is listed with its ``first`` and ``last`` group instead."""
+    groups: dict[str, float] = {}
+    spanning = []
+    for layer, ms in layer_ms.items():
+        span = layer_span(layer)
+        if span is not None:
+            spanning.append({"layer": layer, "ms": round(float(ms), 5), "first": span[0], "last": span[1]})
+            continue
+        group = group_of(layer) or "other"
+        groups[group] = groups.get(group, 0.0) + ms
+    return dict(sorted(groups.items(), key=lambda kv: _group_order(kv[0]))), spanning
+
+
+SPANNING_NOTE = ("profiled layers span several blocks (e.g. a TensorRT Myelin ForeignNode): per_block_ms holds only "
+                 "the layers of one block; the latency-table refinement distributes the spanning layers' time over "
+                 "their blocks by the table's own per-block predictions")
 
 
 @dataclass
@@ -53,6 +94,9 @@ class LatencyStats:
     mean_ms: float
     iterations: int
     per_block_ms: dict[str, float] = field(default_factory=dict)
+    spanning_layers: list[dict] = field(default_factory=list)  # layers covering several groups (layer_span)
+    timer: str = "wall clock"  # what the samples measure ("cuda events": GPU compute time, as trtexec reports)
+    transfers_ms: dict[str, float] = field(default_factory=dict)  # host<->device copies, timed apart (GPU backends)
 
     @property
     def images_per_s(self) -> float:
@@ -70,15 +114,20 @@ class LatencyStats:
                 "median_ms": round(self.median_ms, 4), "p90_ms": round(self.p90_ms, 4), "p99_ms": round(self.p99_ms, 4),
                 "mean_ms": round(self.mean_ms, 4), "iterations": self.iterations,
                 "images_per_s": round(self.images_per_s, 2),
-                "per_block_ms": {k: round(v, 4) for k, v in self.per_block_ms.items()}}
+                "per_block_ms": {k: round(v, 4) for k, v in self.per_block_ms.items()}, "timer": self.timer,
+                **({"transfers_ms": {k: round(v, 4) for k, v in self.transfers_ms.items()}} if self.transfers_ms else {}),
+                **({"spanning_layers": self.spanning_layers, "per_block_note": SPANNING_NOTE}
+                   if self.spanning_layers else {})}
 
 
 @dataclass(frozen=True)
 class BuildOptions:
     sparse_weights: bool = False  # let TensorRT choose 2:4 sparse tactics
-    timing_cache: Path | None = None  # TensorRT timing cache file (read and updated)
+    timing_cache: Path | None = None  # TensorRT timing cache file (read; rewritten after a successful build)
     workspace_mb: int | None = None
     threads: int | None = None  # ONNX Runtime intra-op threads (None: its default)
+    batch_profile: tuple[int, int, int] | None = None  # (min, opt, max) batch of a dynamic-batch engine
+    cuda_graph: bool = False  # TensorRT: run each input shape through a captured CUDA graph
 
 
 class Runner(ABC):
@@ -101,12 +150,13 @@ class Runner(ABC):
         """Typical time per backend layer (its own names) over ``iterations`` runs, from the backend's profiler."""
 
     def per_block_ms(self, images: np.ndarray, iterations: int = 10) -> dict[str, float]:
-        """Per-layer profiler times summed into canonical groups (``stem``, ``blocks.{i}``, ``head``, ``other``)."""
-        groups: dict[str, float] = {}
-        for layer, ms in self.layer_times_ms(images, iterations).items():
-            group = self.group_of(layer) or "other"
-            groups[group] = groups.get(group, 0.0) + ms
-        return dict(sorted(groups.items(), key=lambda kv: _group_order(kv[0])))
+        """Per-layer profiler times summed into canonical groups (``stem``, ``blocks.{i}``, ``head``, ``other``);
+        layers that span several groups are left out (see :meth:`block_times`)."""
+        return self.block_times(images, iterations)[0]
+
+    def block_times(self, images: np.ndarray, iterations: int = 10) -> tuple[dict[str, float], list[dict]]:
+        """(ms per canonical group, spanning layers) from one profiled pass (:func:`attribute_layers`)."""
+        return attribute_layers(self.layer_times_ms(images, iterations), self.group_of)
 
     def group_of(self, layer: str) -> str | None:
         return canonical_group(layer)
@@ -118,14 +168,24 @@ class Runner(ABC):
         """The call the timing loop measures (a backend may exclude host/device copies from it)."""
         return lambda: self.infer(images)
 
+    timer = "wall clock"  # what latency_samples measures
+
+    def latency_samples(self, images: np.ndarray, timing: Timing, progress=None) -> list[float]:
+        """Latency samples (ms) of :meth:`timed_call` from the shared timing loop (a GPU runner times the device)."""
+        return samples_ms(self.timed_call(images), timing, synchronize=self.synchronize, progress=progress)
+
+    def transfer_ms(self, images: np.ndarray) -> dict[str, float]:
+        """Host<->device copy times that :meth:`latency_samples` leaves out (none for a CPU backend)."""
+        return {}
+
     def benchmark(self, images: np.ndarray, *, warmup: int = 10, iterations: int = 50, min_seconds: float = 0.0,
                   per_block: bool = True, progress=None) -> LatencyStats:
-        """Wall-clock latency of :meth:`infer` through the shared timing loop (:mod:`vitrt.compiler.timing`)."""
-        samples = samples_ms(self.timed_call(images), Timing(warmup, iterations, min_seconds),
-                             synchronize=self.synchronize, progress=progress)
+        """Latency through the shared timing loop (:mod:`vitrt.compiler.timing`), then per-block profiler times."""
+        samples = self.latency_samples(images, Timing(warmup, iterations, min_seconds), progress)
         stats = LatencyStats.from_samples(samples, backend=self.backend, device=self.device, batch=len(images))
+        stats.timer, stats.transfers_ms = self.timer, self.transfer_ms(images)
         if per_block:
-            stats.per_block_ms = self.per_block_ms(images, iterations=max(3, iterations // 5))
+            stats.per_block_ms, stats.spanning_layers = self.block_times(images, iterations=max(3, iterations // 5))
         return stats
 
 

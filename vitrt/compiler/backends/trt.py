@@ -1,12 +1,54 @@
-"""TensorRT 10 / 11 backend: strongly typed network from the ONNX parser, plan + inspector JSON, IProfiler.
+"""TensorRT 10 / 11 backend: a strongly typed network from the ONNX parser, the plan, the inspector's JSON.
 
-Kept small and strictly on the documented Python API, because no machine here has TensorRT to run it:
-``Builder.create_network`` (STRONGLY_TYPED where the flag exists; TensorRT 11 networks always are),
-``OnnxParser.parse_from_file``, ``IBuilderConfig`` (``SPARSE_WEIGHTS``, timing cache, ``DETAILED`` profiling
-verbosity, workspace pool), ``build_serialized_network``, ``Runtime.deserialize_cuda_engine``,
-``IEngineInspector`` (JSON), ``IExecutionContext.set_tensor_address`` + ``execute_async_v3`` and an
-``IProfiler`` for per-layer times. Device buffers come from torch. Precision is never set by builder flags
-(TensorRT 11 removed them): it is carried by the graph (casts, Q/DQ).
+No machine here has TensorRT, so this code is kept small, type-checked with mypy against ``tensorrt-stubs`` 10.13
+(``tests/test_trt_typecheck.py``) and written strictly on the documented Python API. Precision is never set
+by builder flags (TensorRT 11 removed them): the graph carries it (casts, Q/DQ). Every call that reports
+failure by its return value is checked and turned into a one-line :class:`VitrtError`. The runner is in
+:mod:`vitrt.compiler.backends.trt_runner`.
+
+Every TensorRT call the two modules make, and the TensorRT releases whose Python bindings define it (read from
+``python/src`` of NVIDIA/TensorRT at the tags v10.0.0, v10.13.0 and v11.1; "10.0-11.1" means all three):
+
+=======================================================================  ==========  ==========================
+call                                                                     releases    failure is reported by
+=======================================================================  ==========  ==========================
+``Logger(Logger.WARNING)``                                               10.0-11.1
+``Builder(logger)``, ``Builder.create_network(flags)``                   10.0-11.1
+``NetworkDefinitionCreationFlag.STRONGLY_TYPED``                         10.0-11.1   (11.x: always on)
+``INetworkDefinition.num_inputs`` / ``get_input(i)``; ``ITensor.name`` /
+``ITensor.shape``                                                        10.0-11.1
+``OnnxParser(network, logger)``, ``parse_from_file(path)``               10.0-11.1   bool
+``OnnxParser.num_errors`` / ``get_error(i)``                             10.0-11.1
+``Builder.create_builder_config()``                                      10.0-11.1
+``IBuilderConfig.profiling_verbosity = ProfilingVerbosity.DETAILED``     10.0-11.1
+``IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE, n)``    10.0-11.1
+``IBuilderConfig.set_flag(BuilderFlag.SPARSE_WEIGHTS)``                  10.0-11.1
+``Builder.create_optimization_profile()``                                10.0-11.1
+``IOptimizationProfile.set_shape(name, min, opt, max)``, ``Dims(list)``  10.0-11.1   (raises)
+``IBuilderConfig.add_optimization_profile(profile)``                     10.0-11.1   index, -1 on failure
+``IBuilderConfig.create_timing_cache(bytes)``                            10.0-11.1
+``IBuilderConfig.set_timing_cache(cache, ignore_mismatch=False)``        10.0-11.1   bool
+``IBuilderConfig.get_timing_cache()``, ``ITimingCache.serialize()``      10.0-11.1
+``Builder.build_serialized_network(network, config)``                    10.0-11.1   None
+``Runtime(logger)``, ``Runtime.deserialize_cuda_engine(bytes)``          10.0-11.1   None
+``ICudaEngine.create_engine_inspector()``                                10.0-11.1
+``EngineInspector.get_engine_information(LayerInformationFormat.JSON)``  10.0-11.1
+``ICudaEngine.create_execution_context()``                               10.0-11.1   None
+``ICudaEngine.num_io_tensors`` / ``get_tensor_name(i)`` /
+``get_tensor_mode(name)`` / ``get_tensor_dtype(name)`` /
+``get_tensor_shape(name)``; ``TensorIOMode.INPUT``                       10.0-11.1
+``ICudaEngine.get_tensor_profile_shape(name, 0)``                        10.0-11.1
+``DataType.{FLOAT, HALF, BF16, INT8, INT32, INT64, BOOL, UINT8, FP8}``   10.0-11.1
+``IExecutionContext.set_input_shape(name, shape)``                       10.0-11.1   bool
+``IExecutionContext.get_tensor_shape(name)``                             10.0-11.1
+``IExecutionContext.set_tensor_address(name, ptr)``                      10.0-11.1   bool
+``IExecutionContext.execute_async_v3(stream)``                           10.0-11.1   bool
+``IExecutionContext.profiler = IProfiler | None``; ``IProfiler``
+subclass with ``report_layer_time(name, ms)``                            10.0-11.1
+=======================================================================  ==========  ==========================
+
+Sparse tactics are read from the inspector's ``HasSparseWeights`` field (DETAILED verbosity), never guessed from
+tactic names.
 """
 
 from __future__ import annotations
@@ -14,27 +56,33 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
+from vitrt.compiler.backends.base import Backend, BuildOptions
+from vitrt.compiler.backends.trt_runner import TrtRunner, dims
 from vitrt.compiler.errors import BackendUnavailableError, VitrtError
-from vitrt.compiler.backends.base import Backend, BuildOptions, Runner
 
-# (min, opt, max) batch of the optimisation profile a dynamic-batch engine is built with; exporters read the max.
-DYNAMIC_BATCH_PROFILE = (1, 8, 64)
+if TYPE_CHECKING:  # the stubs type every call; at run time each method imports tensorrt itself (lazily)
+    import tensorrt as trt
 
 INSTALL_HINT = ("TensorRT is not installed: install it with pip install 'vitrt[trt]' from NVIDIA's package index "
                 "on a machine with an NVIDIA GPU, or use --backend ort")
 
 
-def import_tensorrt():
+def tensorrt_available() -> bool:
+    """True when the TensorRT runtime imports; its type stubs alone (``tensorrt-stubs``, a dev dependency) install an
+    empty ``tensorrt`` namespace package, which does not count."""
     try:
-        import tensorrt as trt
+        import tensorrt
     except ImportError:
-        raise BackendUnavailableError(INSTALL_HINT) from None
-    if not hasattr(trt, "Builder"):  # type stubs alone (tensorrt-stubs) import as an empty namespace package
+        return False
+    return hasattr(tensorrt, "Builder")
+
+
+def require_tensorrt() -> None:
+    """Raise the one-line install hint when the TensorRT runtime is missing."""
+    if not tensorrt_available():
         raise BackendUnavailableError(INSTALL_HINT)
-    return trt
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -45,19 +93,22 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def sparse_layers(inspector_json: dict) -> list[str]:
-    """Names of the layers whose chosen tactic is a sparse kernel (from the DETAILED inspector JSON)."""
+    """Names of the layers the engine runs with sparse weights: the inspector's ``HasSparseWeights`` field
+    (DETAILED profiling verbosity; layers that do not report it are not sparse-weight layers)."""
     layers = inspector_json.get("Layers", [])
-    return [layer.get("Name", "?") for layer in layers if isinstance(layer, dict)
-            and "sparse" in str(layer.get("TacticName", "")).lower()]
+    return [str(layer.get("Name", "?")) for layer in layers
+            if isinstance(layer, dict) and str(layer.get("HasSparseWeights", 0)) in ("1", "True", "true")]
 
 
 class TrtBackend(Backend):
     name = "trt"
     artifact_name = "model.plan"
 
-    def __init__(self):
-        self.trt = import_tensorrt()
-        self.logger = self.trt.Logger(self.trt.Logger.WARNING)
+    def __init__(self) -> None:
+        require_tensorrt()
+        import tensorrt as trt
+
+        self.logger = trt.Logger(trt.Logger.WARNING)
 
     def device_name(self) -> str:
         import torch
@@ -65,10 +116,10 @@ class TrtBackend(Backend):
         return torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
 
     def build(self, onnx_path: Path, out_dir: Path, options: BuildOptions, log=None) -> Path:
-        trt = self.trt
+        import tensorrt as trt
+
         builder = trt.Builder(self.logger)
-        strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-        network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
         parser = trt.OnnxParser(network, self.logger)
         if not parser.parse_from_file(str(onnx_path)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -79,99 +130,44 @@ class TrtBackend(Backend):
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
         if options.sparse_weights:
             config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
-        self._add_dynamic_batch_profile(builder, network, config)
+        self._add_batch_profile(builder, network, config, options.batch_profile)
         cache_path = Path(options.timing_cache) if options.timing_cache else None
-        cache_bytes = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
-        config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
+        cache_bytes = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
+        if not config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False):
+            raise VitrtError(f"TensorRT refused the timing cache '{cache_path}' (made by another TensorRT version or "
+                             "GPU?): delete it or pass another --timing-cache")
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise VitrtError("TensorRT failed to build the engine (see the TensorRT log above)")
+        engine = trt.Runtime(self.logger).deserialize_cuda_engine(bytes(plan))
+        if engine is None:
+            raise VitrtError("TensorRT could not deserialize the engine it has just built")
+        info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
         artifact = Path(out_dir) / self.artifact_name
         _write_atomic(artifact, bytes(plan))
-        if cache_path is not None:
-            _write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
-        engine = trt.Runtime(self.logger).deserialize_cuda_engine(bytes(plan))
-        info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
         _write_atomic(Path(out_dir) / "engine_inspector.json", info.encode())
+        if cache_path is not None:  # only now: the build succeeded and the cache holds its tactics
+            _write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
         return artifact
 
-    def _add_dynamic_batch_profile(self, builder, network, config) -> None:
-        """A dynamic batch dim (-1) needs an optimisation profile: batch DYNAMIC_BATCH_PROFILE (1..64, opt 8)."""
-        dynamic = [network.get_input(i) for i in range(network.num_inputs) if network.get_input(i).shape[0] == -1]
+    def _add_batch_profile(self, builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig,
+                           batch_profile: tuple[int, int, int] | None) -> None:
+        """A dynamic batch dim (-1) needs an optimisation profile: (min, opt, max) batch from the target."""
+        dynamic = [network.get_input(i) for i in range(network.num_inputs) if dims(network.get_input(i).shape)[0] == -1]
         if not dynamic:
             return
+        import tensorrt as trt
+
+        if batch_profile is None:
+            raise VitrtError("the graph has a dynamic batch dimension but no batch profile was given "
+                             "(--dynamic-batch with --min-batch / --batch / --max-batch)")
         profile = builder.create_optimization_profile()
         for tensor in dynamic:
-            rest = tuple(tensor.shape)[1:]
-            profile.set_shape(tensor.name, *((batch, *rest) for batch in DYNAMIC_BATCH_PROFILE))
-        config.add_optimization_profile(profile)
+            rest = list(dims(tensor.shape)[1:])
+            low, opt, high = ([b, *rest] for b in batch_profile)
+            profile.set_shape(tensor.name, trt.Dims(low), trt.Dims(opt), trt.Dims(high))
+        if config.add_optimization_profile(profile) < 0:
+            raise VitrtError(f"TensorRT refused the batch profile min/opt/max = {batch_profile}")
 
-    def load(self, artifact: Path, options: BuildOptions) -> "TrtRunner":
-        return TrtRunner(self, Path(artifact))
-
-
-class TrtRunner(Runner):
-    backend = "trt"
-
-    def __init__(self, backend: TrtBackend, artifact: Path):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BackendUnavailableError("the trt backend needs a CUDA device and torch with CUDA")
-        trt = backend.trt
-        self.trt, self.torch, self.device = trt, torch, backend.device_name()
-        self.engine = trt.Runtime(backend.logger).deserialize_cuda_engine(Path(artifact).read_bytes())
-        if self.engine is None:
-            raise VitrtError(f"TensorRT could not deserialize '{artifact}' (built by another TensorRT version?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        first = tuple(self.engine.get_tensor_shape(self.inputs[0]))
-        self._batch = None if first[0] == -1 else first[0]
-        self.stream = torch.cuda.Stream()
-
-    @property
-    def batch(self) -> int | None:
-        return self._batch
-
-    def _torch_dtype(self, name: str):
-        return self.torch.from_numpy(np.empty(0, dtype=self.trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
-
-    def infer(self, images: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        x = torch.from_numpy(np.ascontiguousarray(images)).to("cuda", self._torch_dtype(self.inputs[0]))
-        self.context.set_input_shape(self.inputs[0], tuple(x.shape))
-        self.context.set_tensor_address(self.inputs[0], x.data_ptr())
-        outputs = {}
-        for name in self.outputs:
-            shape = tuple(self.context.get_tensor_shape(name))
-            outputs[name] = torch.empty(shape, dtype=self._torch_dtype(name), device="cuda")
-            self.context.set_tensor_address(name, outputs[name].data_ptr())
-        self.stream.wait_stream(torch.cuda.current_stream())
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise VitrtError("TensorRT execute_async_v3 failed")
-        self.stream.synchronize()
-        return outputs[self.outputs[0]].float().cpu().numpy()
-
-    def synchronize(self) -> None:
-        self.stream.synchronize()
-
-    def layer_times_ms(self, images: np.ndarray, iterations: int) -> dict[str, float]:
-        trt = self.trt
-
-        class _Profiler(trt.IProfiler):
-            def __init__(self):
-                trt.IProfiler.__init__(self)
-                self.samples: dict[str, list[float]] = {}
-
-            def report_layer_time(self, layer_name, ms):
-                self.samples.setdefault(layer_name, []).append(ms)
-
-        profiler = _Profiler()
-        # The profiler stays attached (per-layer timing is the last thing a benchmark does).
-        self.context.profiler = profiler
-        for _ in range(iterations):
-            self.infer(images)
-        return {name: float(np.median(ms)) for name, ms in profiler.samples.items()}
-
+    def load(self, artifact: Path, options: BuildOptions) -> TrtRunner:
+        return TrtRunner(Path(artifact), self.logger, self.device_name(), options)

@@ -8,11 +8,45 @@ from typing import Any, Mapping
 from vitrt.compiler.errors import VitrtError
 
 DEFAULT_KEEP_FP32 = ("LayerNormalization", "Softmax")
-# Logits tolerance of the FP16 graph (ONNX Runtime) against the FP16 torch twin: both round every tensor to
-# fp16 (unit roundoff 4.9e-4) but accumulate in different orders; over 12 blocks that is a few fp16 ulps of
-# logits of magnitude ~10.
+# Logits tolerance of the typed graph against the equally typed torch twin. Both round every tensor to the type
+# but accumulate in different orders and round different intermediate results.
+# FP16 (unit roundoff 4.9e-4): over 12 blocks a few fp16 ulps of logits of magnitude ~10.
 FP16_TOLERANCE = 5e-2
-DTYPES = ("fp16",)
+# BF16 (unit roundoff 3.9e-3, 8x fp16's): the graph runs in onnx's reference evaluator (ONNX Runtime's CPU
+# provider has no bf16 arithmetic kernels), which computes every op in float32 and rounds its result to bf16;
+# torch's CPU bf16 kernels do the same but fuse more (the bias into the MatMul, GELU into one op), so they round
+# less often. On the digits reference (12 blocks) graph and bf16 twin differ by up to 0.078 (fp16: 0.0096, about
+# the ratio of the unit roundoffs; benchmarks/results/quantization.md, "FP16 and BF16 typing"); 0.25 leaves
+# margin, as Q/DQ's 0.25 does.
+BF16_TOLERANCE = 0.25
+TOLERANCES = {"fp16": FP16_TOLERANCE, "bf16": BF16_TOLERANCE}
+DTYPES = tuple(TOLERANCES)
+ONNX_TYPES = {"fp16": "tensor(float16)", "bf16": "tensor(bfloat16)"}
+# The float-computing ops of vitrt's graphs (lowering, token merging). Each is checked against
+# ONNX's schema at the graph's opset: one whose schema has no bf16 there (Conv before opset 22, TopK before 24,
+# ConstantOfShape before 20) stays in fp32 behind casts; the typing pass refuses a graph with any other.
+GRAPH_OPS = ("Conv", "MatMul", "Add", "Sub", "Mul", "Div", "Erf", "Sqrt", "Log", "ReduceSum", "TopK", "ArgMin",
+             "Equal", "Gather", "GatherElements", "GatherND", "Pad", "ConstantOfShape", "Concat", "Reshape",
+             "Transpose", "Slice", "Expand", "Softmax", "LayerNormalization")
+
+
+def ops_without_type(dtype: str, opset: int, ops=GRAPH_OPS) -> tuple[str, ...]:
+    """The ``ops`` whose ONNX schema at ``opset`` does not accept ``dtype`` (fp16 | bf16), in order."""
+    import onnx
+
+    missing = []
+    for op in ops:
+        schema = onnx.defs.get_schema(op, opset)
+        if not any(ONNX_TYPES[dtype] in constraint.allowed_type_strs for constraint in schema.type_constraints):
+            missing.append(op)
+    return tuple(missing)
+
+
+def plan_for(dtype: str, opset: int) -> "PrecisionPlan":
+    """The plan for typing a graph of ``opset`` to ``dtype``: LayerNorm and Softmax in fp32, and every op whose
+    schema at that opset lacks the type."""
+    return PrecisionPlan(dtype, DEFAULT_KEEP_FP32 + tuple(op for op in ops_without_type(dtype, opset)
+                                                            if op not in DEFAULT_KEEP_FP32))
 
 
 @dataclass(frozen=True)
@@ -24,6 +58,10 @@ class PrecisionPlan:
         if self.dtype not in DTYPES:
             raise VitrtError(f"precision typing to '{self.dtype}' is not supported; choose one of {', '.join(DTYPES)}")
 
+    @property
+    def tolerance(self) -> float:
+        return TOLERANCES[self.dtype]
+
     def to_dict(self) -> dict:
         return {"dtype": self.dtype, "keep_fp32": list(self.keep_fp32)}
 
@@ -32,5 +70,7 @@ class PrecisionPlan:
         return cls(data.get("dtype", "fp16"), tuple(data.get("keep_fp32", DEFAULT_KEEP_FP32)))
 
     def report(self) -> dict:
-        return {"activations": self.dtype, "weights": self.dtype, "kept_fp32": list(self.keep_fp32),
+        """The manifest's ``precision`` section (``float_weights``: the float initializers; quantized weights keep
+        their Q/DQ type)."""
+        return {"activations": self.dtype, "float_weights": self.dtype, "kept_fp32": list(self.keep_fp32),
                 "graph_io": "fp32"}

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from vitrt.transforms.base import ReportContext, StageReport, Transform
-from vitrt.transforms.precision.graph_pass import Fp16Pass
-from vitrt.transforms.precision.plan import PrecisionPlan
+from vitrt.transforms.precision.graph_pass import PrecisionTypingPass
+from vitrt.transforms.precision.plan import DTYPES, PrecisionPlan, plan_for
 
 
 def plan(twin, ctx, options) -> PrecisionPlan:
-    return PrecisionPlan(ctx.target.precision)
+    """Typing to the target's activation type at the target's opset (no stage that runs before typing raises the
+    opset when the activations are typed: Q/DQ raises it only for int8 / fp8 / int4w, and int4w's W4A16 is fp16,
+    which every op's schema has)."""
+    return plan_for(ctx.target.activation_dtype, ctx.target.opset)
 
 
 def report(plan: PrecisionPlan, ctx: ReportContext) -> StageReport:
@@ -16,5 +19,5 @@ def report(plan: PrecisionPlan, ctx: ReportContext) -> StageReport:
 
 
 TRANSFORM = Transform(name="precision", manifest_key="precision", section=None,
-                      enabled=lambda options, target: target.precision == "fp16", plan=plan, graph_pass=Fp16Pass,
-                      report=report)
+                      enabled=lambda options, target: target.activation_dtype in DTYPES, plan=plan,
+                      graph_pass=PrecisionTypingPass, report=report)

@@ -145,9 +145,15 @@ def hessian_importance(twin: CanonicalViT, data: Dataset, *, kept: dict[str, lis
 
 
 def magnitude_importance(twin: CanonicalViT, kept: dict[str, list[int]] | None = None) -> dict[str, torch.Tensor]:
-    """The magnitude baseline: Σ w² over each group's weights (½ ∂/∂g of Σ‖gated params‖² at the gates)."""
+    """The magnitude baseline: Σ w² over each group's weights (½ ∂/∂g of Σ‖gated params‖² at the gates).
+
+    Measured on the model's own weights: the twin's ``q`` carries the attention scale (Q·s, see
+    :class:`~vitrt.compiler.twin.CanonicalAttention`), which is divided out again so that q weighs as much as k.
+    """
     gates = {key: g.requires_grad_(True) for key, g in masks_to_gates(twin.spec, kept or {}).items()}
     params = gated_parameters(twin, gates)
-    total = sum((p.float() ** 2).sum() for p in params.values())
+    unscale = {f"blocks.{i}.attn.q.{kind}": 1.0 / b.scale
+               for i, b in enumerate(twin.spec.blocks) if b.heads for kind in ("weight", "bias")}
+    total = sum(((p.float() * unscale.get(name, 1.0)) ** 2).sum() for name, p in params.items())
     grads = torch.autograd.grad(total, list(gates.values()))
     return {key: (grad.detach() / 2).abs() for key, grad in zip(gates, grads)}

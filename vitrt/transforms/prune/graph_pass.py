@@ -2,13 +2,14 @@
 
 Per block (kept indices come from the plan; qk/v columns are head-major, ``h * dim + d``)::
 
-    norm1[emb] ─► q/k W[emb, H·qk] ──► Reshape [-1, T, H, qk]      ─► ... ─► Mul(scale_c, unchanged)
+    norm1[emb] ─► q/k W[emb, H·qk] ──► Reshape [-1, T, H, qk]      ─► ... ─► MatMul(attn.qk) ─► Softmax
                   v   W[emb, H·v]  ──► Reshape [-1, T, H, v]  ─► ... ─► merge_heads [-1, T, H·v]
                   proj W[H·v, emb] ──► Add(residual1)
     norm2[emb] ─► fc1 W[emb, mlp] ─► GELU ─► fc2 W[mlp, emb] ─► Add(residual2)
 
 becomes the same subgraph with every ``emb``, ``H``, ``qk``, ``v`` and ``mlp`` axis cut to the kept indices,
-the reshape constants rewritten, and the attention scale left at the original 1/sqrt(qk). A block whose
+the reshape constants rewritten, and the attention scale left at the original 1/sqrt(qk) (it lives in q's
+weight and bias, uniformly, so slicing q's columns keeps it). A block whose
 plan keeps no head loses its whole attention branch (``residual1``'s consumers read the block input
 directly); one that keeps no MLP channel loses its MLP branch the same way. EMB slicing touches the stem
 (patch embedding weight/bias, ``patch_embed.flatten.shape``, prefix tokens, position embedding), every

@@ -27,7 +27,10 @@ from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.jsonfile import read_json
 from vitrt.compiler.spec import BlockSpec, ViTSpec
 
-PLAN_FORMAT = 1
+# Format 2 (issue 11): fine-tuned weights are twin parameters whose q carries the attention scale (see
+# vitrt.compiler.spec). Format 1 plans are read when they hold indices only; their weights would be q without it.
+PLAN_FORMAT = 2
+INDICES_ONLY_FORMATS = (1,)
 # Hardware rules (NViT sec. 3.2.3, TensorRT fused attention): what every pruned dim must satisfy.
 HEAD_DIM_MULTIPLE, HEAD_DIM_MIN = 8, 16  # qk and v per head
 CHANNEL_MULTIPLE = 16  # emb and mlp (tensor cores, 2:4)
@@ -192,8 +195,12 @@ class PruningPlan:
     def from_dict(cls, data: Mapping[str, Any]) -> "PruningPlan":
         if not isinstance(data, Mapping):
             raise PlanError("malformed pruning plan: expected a JSON object")
-        if data.get("format") != PLAN_FORMAT:
+        if data.get("format") != PLAN_FORMAT and data.get("format") not in INDICES_ONLY_FORMATS:
             raise PlanError(f"pruning plan format {data.get('format')!r} is not supported (expected {PLAN_FORMAT})")
+        if data.get("format") in INDICES_ONLY_FORMATS and data.get("weights_file") is not None:
+            raise PlanError(f"pruning plan format {data['format']} has fine-tuned weights from before vitrt folded the "
+                            "attention scale into q: make the plan again with vitrt prune-plan (or drop "
+                            "'weights_file' to keep only the kept indices)")
         try:
             original = data["original"]
             original_blocks = tuple(BlockDims(int(b["heads"]), int(b["qk"]), int(b["v"]), int(b["mlp"]))

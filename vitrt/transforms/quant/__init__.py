@@ -6,9 +6,8 @@ INT4 weight-only (block-wise), with ranges from PTQ calibration or GPUSQ-ViT's Q
     qat.py           sparse-distillation-aware QAT on the shared trainer
     plan.py          QuantPlan: precision, table, attention flag, QAT weights
     planner.py       plan(twin, ctx, options)
-    graph_pass.py    QDQPass: Q/DQ insertion (TensorRT placement)
+    graph_pass.py    QDQPass: Q/DQ insertion (TensorRT placement; postcondition: vitrt.compiler.trt_lint's Q/DQ rules)
     twin.py          apply_plan: the fake-quant twin
-    lint.py          TensorRT's Q/DQ rules as a check
     report.py        manifest section, scale_table.json
     stage.py         the Transform row that vitrt.pipeline.stages.STAGES lists
 """

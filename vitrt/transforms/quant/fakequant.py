@@ -7,7 +7,8 @@ the fake-quant twin rebuilt from a table.
 INT8 and FP8 E4M3: modelopt ``TensorQuantizer``s on every Linear and the patch-embedding Conv — weights per
 output channel (axis 0 of torch's [out, in] = axis 1 of ONNX's B[K, N]; INT8 on the narrow range [-127, 127] of
 the integer initializers), activations per tensor, symmetric — plus, with ``quantize_attention``, four per-tensor quantizers on the attention matmul inputs
-(:class:`QuantAttention`). Calibrators: max (modelopt's MaxCalibrator) or percentile / entropy / mse
+(:class:`QuantAttention`); at FP8 the Softmax output's range is fixed at 1 (scale 1/448, Model Optimizer's
+pattern), not calibrated. Calibrators: max (modelopt's MaxCalibrator) or percentile / entropy / mse
 (modelopt's HistogramCalibrator); weights always use max.
 
 INT4 weight-only (block-wise along K) is plain torch here, not modelopt: modelopt 0.47's static INT4 block
@@ -38,7 +39,7 @@ from vitrt.compiler.progress import QUIET, Progress
 from vitrt.compiler.twin import CanonicalAttention, CanonicalViT
 from vitrt.transforms.quant.config import CALIB_METHODS
 from vitrt.transforms.quant.scale_table import (PRECISION_DTYPES, QMAX, ScaleEntry, ScaleTable, expected_entries,
-                                                fused_attention_ok, int4_block_size, linear_layers)
+                                                fixed_amax, fused_attention_ok, int4_block_size, linear_layers)
 
 ATTENTION_QUANTIZERS = {"qk_a_input_quantizer": "qk.input_a", "qk_b_input_quantizer": "qk.input_b",
                         "av_a_input_quantizer": "av.input_a", "av_b_input_quantizer": "av.input_b"}
@@ -53,7 +54,7 @@ class QuantAttention(CanonicalAttention):
         q = self.qk_a_input_quantizer(self.split_heads(self.q(x), self.qk_dim))
         k = self.qk_b_input_quantizer(self.split_heads(self.k(x), self.qk_dim))
         v = self.av_b_input_quantizer(self.split_heads(self.v(x), self.v_dim))
-        logits = (q @ k.transpose(-2, -1)) * self.scale
+        logits = q @ k.transpose(-2, -1)  # q carries the attention scale (see CanonicalAttention)
         if attn_bias is not None:
             logits = logits + attn_bias
         out = self.av_a_input_quantizer(logits.softmax(dim=-1)) @ v
@@ -194,9 +195,20 @@ def quantize_twin(twin: CanonicalViT, precision: str, data=None, *, method: str 
     images = min(len(data), max_images)
     _calibrate(model, calibration_batches(data, max_images=max_images), method, percentile,
                total_batches=-(-images // CALIB_BATCH), progress=progress)
+    _fix_ranges(model, precision)
     source = f"calibration:{method}" + (f"@{percentile}" if method == "percentile" else "")
     return model, table_from_twin(model, precision, quantize_attention=quantize_attention, source=source,
                                   meta={"calib_images": images})
+
+
+def _fix_ranges(model: nn.Module, precision: str) -> None:
+    """Replace the calibrated range of every quantizer whose range is fixed at ``precision`` (the FP8 Softmax
+    output: amax 1, scale 1/448)."""
+    for name, q in _quantizers(model):
+        key = _quantizer_table_name(name)
+        amax = None if key is None else fixed_amax(precision, key)
+        if amax is not None:
+            q.amax = torch.full_like(q.amax, amax)
 
 
 def _quantizer_table_name(module_name: str) -> str | None:

@@ -28,8 +28,8 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.graph import GraphView, quiet_graphsurgeon
 from vitrt.compiler.pass_manager import CANONICAL, Pass, PassContext, PassResult
+from vitrt.compiler.trt_lint import qdq_findings
 from vitrt.compiler.weights import write_state
-from vitrt.transforms.quant.lint import lint_qdq
 from vitrt.transforms.quant.plan import QuantPlan
 from vitrt.transforms.quant.scale_table import QMAX, ScaleEntry, ScaleTable
 from vitrt.transforms.quant.twin import apply_plan
@@ -67,14 +67,19 @@ def quantize_values(values: torch.Tensor, entry: ScaleEntry, axis_len_shape) -> 
 
 
 def _stored_constant(name: str, array: np.ndarray) -> gs.Constant:
-    """int8 as a plain constant; fp8 / int4 through an ONNX TensorProto (graphsurgeon cannot pack int4)."""
+    """int8 as a plain constant; fp8 / int4 through an ONNX TensorProto (graphsurgeon cannot pack int4).
+
+    The shape is kept exactly (np.ascontiguousarray would turn a 0-d zero point into shape [1]: ONNX and
+    TensorRT's IQuantizeLayer want scale and zero point of identical shape)."""
+    array = np.array(array, order="C")
     if array.dtype == np.int8:
-        return gs.Constant(name, np.ascontiguousarray(array))
+        return gs.Constant(name, array)
     with quiet_graphsurgeon():  # it warns that float8 has no numpy type (the ONNX type is kept, as wanted)
-        return gs.Constant(name, LazyValues(numpy_helper.from_array(np.ascontiguousarray(array), name)))
+        return gs.Constant(name, LazyValues(numpy_helper.from_array(array, name)))
 
 
 def _zero_point(name: str, dtype: str, shape) -> gs.Constant:
+    """Zeros of the quantized ``dtype`` with ``shape`` — the shape of the scale they go with."""
     import ml_dtypes
 
     np_dtype = {"int8": np.int8, "fp8-e4m3": ml_dtypes.float8_e4m3fn, "int4-block": ml_dtypes.int4}[dtype]
@@ -176,7 +181,7 @@ class QDQPass(Pass):
         if self.plan.weights:  # QAT trained the weights and biases
             write_state(view.graph, self.plan.weights)
         stats = insert_qdq(view, self.plan.table)
-        problems = lint_qdq(gs.export_onnx(view.graph))  # the TensorRT rules are this pass's postcondition
+        problems = qdq_findings(gs.export_onnx(view.graph))  # the TensorRT lint's Q/DQ rules: the postcondition
         if problems:
             raise VitrtError(f"Q/DQ pass produced a graph TensorRT would not accept: {problems[0]}")
         return PassResult(view, True, stats)

@@ -9,7 +9,10 @@ One entry per quantized tensor of the canonical graph:
 Names: ``<layer>.input`` is the activation entering the layer's MatMul / Conv, ``<layer>.weight`` its weight
 (``axis`` is the ONNX axis of the per-output-channel scale: 1 for MatMul B[K, N], 0 for the Conv weight);
 ``int4-block`` weights carry ``block_size`` and a [K / block, N] range (blocks run along K, axis 0).
-``scale = amax / qmax`` (qmax 127 for int8, 448 for fp8-e4m3, 7 for int4); zero points are always 0.
+``scale = amax / qmax`` (qmax 127 for int8, 448 for fp8-e4m3, 7 for int4); zero points are always 0, of the
+scale's shape. The q projection carries the attention scale (see :mod:`vitrt.compiler.spec`), so
+``blocks.i.attn.q.weight`` and ``blocks.i.attn.qk.input_a`` are the ranges of Q·s. At fp8 the Softmax output
+``blocks.i.attn.av.input_a`` has the fixed range 1 (:data:`FIXED_AMAX`).
 
 The table is written from the torch twin's quantizers (calibration or QAT) and can be brought by the user
 (``--scale-table FILE``); :func:`load_scale_table` validates it against the names and shapes the model and
@@ -29,8 +32,16 @@ from vitrt.compiler.jsonfile import read_json
 
 QMAX = {"int8": 127.0, "fp8-e4m3": 448.0, "int4-block": 7.0}
 PRECISION_DTYPES = {"int8": ("int8", "int8"), "fp8": ("fp8-e4m3", "fp8-e4m3"), "int4w": ("int4-block", None)}
-INT4_BLOCK_SIZES = (128, 64, 32)
-FORMAT_VERSION = 1
+# TensorRT's block sizes for INT4 weight-only quantization (its quantization guide; Model Optimizer's W4A16 uses
+# 128): preferred first.
+INT4_BLOCK_SIZES = (128, 64)
+# FP8 attention: the Softmax output (input a of ·V) is bounded to [0, 1], so its FP8 Q/DQ has the fixed range 1,
+# i.e. scale 1/448 — Model Optimizer's pattern for TensorRT's FP8 MHA (modelopt.onnx.export.fp8_exporter,
+# _insert_qdq_after_softmax). Never calibrated; a table with another value is refused.
+FIXED_AMAX = {("fp8", "attn.av.input_a"): 1.0}
+# Version 2 (issue 11): the q ranges are those of Q·s (the attention scale folded into q). A version-1 table,
+# written before, is refused; a table without a version (hand-written) is read as the current version.
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -112,19 +123,30 @@ def fused_attention_ok(spec, block_index: int, dtype: str) -> bool:
 
 
 def int4_block_size(spec, requested: int | None = None) -> int:
-    """The INT4 block size: ``requested`` or the largest of 128 / 64 / 32 dividing every K."""
-    ks = {k for k, _ in linear_layers(spec).values()}
+    """The INT4 block size: ``requested`` or the largest of :data:`INT4_BLOCK_SIZES` dividing every layer's input
+    width K (blocks run along K). Anything else is refused with one line naming the valid sizes and the widths."""
+    ks = sorted({k for k, _ in linear_layers(spec).values()})
+    valid = " or ".join(str(size) for size in sorted(INT4_BLOCK_SIZES))
     if requested is not None:
         if requested not in INT4_BLOCK_SIZES:
-            raise VitrtError(f"INT4 block size must be one of {INT4_BLOCK_SIZES}, got {requested}")
-        bad = sorted(k for k in ks if k % requested)
+            raise VitrtError(f"INT4 block size {requested} is not supported: TensorRT takes {valid} "
+                             f"(layer input widths {ks})")
+        bad = [k for k in ks if k % requested]
         if bad:
-            raise VitrtError(f"INT4 block size {requested} does not divide the input width(s) {bad}; use 32")
+            raise VitrtError(f"INT4 block size {requested} does not divide the layer input width(s) {bad} "
+                             f"(all widths {ks}); TensorRT takes block sizes {valid}")
         return requested
     for size in INT4_BLOCK_SIZES:
         if all(k % size == 0 for k in ks):
             return size
-    raise VitrtError(f"no INT4 block size in {INT4_BLOCK_SIZES} divides every layer input width {sorted(ks)}")
+    raise VitrtError(f"int4w needs a block size of {valid} (TensorRT's) dividing every layer input width, but the "
+                     f"widths are {ks}: prune to multiples of 64 or use int8")
+
+
+def fixed_amax(precision: str, name: str) -> float | None:
+    """The range ``name`` must have at ``precision`` when it is fixed rather than calibrated (else None)."""
+    return next((amax for (p, local), amax in FIXED_AMAX.items() if p == precision and name.endswith(f".{local}")),
+                None)
 
 
 def expected_entries(spec, precision: str, *, quantize_attention: bool = False,
@@ -165,6 +187,10 @@ def table_from_dict(data, spec, precision: str, *, quantize_attention: bool = Fa
     if not isinstance(data, dict) or not isinstance(data.get("tensors"), dict):
         raise VitrtError(f"{origin}: expected a JSON object with a 'tensors' mapping (write one with vitrt compile "
                          "--precision ... and copy OUT/scale_table.json)")
+    if data.get("version", FORMAT_VERSION) != FORMAT_VERSION:
+        raise VitrtError(f"{origin}: version {data.get('version')!r} tables were written before vitrt folded the "
+                         f"attention scale into q (their q ranges no longer fit); expected version {FORMAT_VERSION}: "
+                         "calibrate again")
     if data.get("precision", precision) != precision:
         raise VitrtError(f"{origin}: table is for precision '{data.get('precision')}', the compile asks for "
                          f"'{precision}'")
@@ -173,9 +199,13 @@ def table_from_dict(data, spec, precision: str, *, quantize_attention: bool = Fa
     if precision == "int4w":
         sizes = {t.get("block_size") for t in tensors.values() if isinstance(t, dict)}
         block = sizes.pop() if len(sizes) == 1 else None
-        if block not in INT4_BLOCK_SIZES:
-            raise VitrtError(f"{origin}: int4-block entries need one common block_size in {INT4_BLOCK_SIZES}")
-    expected = expected_entries(spec, precision, quantize_attention=quantize_attention, block_size=block)
+        if not isinstance(block, int) or isinstance(block, bool):
+            raise VitrtError(f"{origin}: int4-block entries need one common integer block_size "
+                             f"({' or '.join(map(str, sorted(INT4_BLOCK_SIZES)))})")
+    try:
+        expected = expected_entries(spec, precision, quantize_attention=quantize_attention, block_size=block)
+    except VitrtError as exc:  # a block size TensorRT does not take, or one that does not fit the model
+        raise VitrtError(f"{origin}: {exc}") from None
     unknown = sorted(set(tensors) - set(expected))
     if unknown:
         raise VitrtError(f"{origin}: unknown tensor '{unknown[0]}' (not quantized in this model at precision "
@@ -186,6 +216,10 @@ def table_from_dict(data, spec, precision: str, *, quantize_attention: bool = Fa
     entries = {}
     for name, (dtype, shape, axis, block_size) in expected.items():
         entries[name] = _entry(tensors[name], name, dtype, shape, axis, block_size, origin)
+        fixed = fixed_amax(precision, name)
+        if fixed is not None and not np.allclose(entries[name].amax, fixed, rtol=1e-6):
+            raise VitrtError(f"{origin}: '{name}' is the Softmax output, whose {precision} range is fixed at amax "
+                             f"{fixed:g} (scale 1/{QMAX[dtype]:g}), got amax {float(entries[name].amax.max()):g}")
     return ScaleTable(precision, entries, source or data.get("source", "file"), dict(data.get("meta") or {}))
 
 

@@ -24,7 +24,8 @@ def report(plan: SparsityPlan, ctx: ReportContext) -> StageReport:
 
 
 def finish(plan: SparsityPlan, section: dict, finished: Finished) -> dict:
-    """After a TensorRT build: which eligible layers run with sparse tactics (from the engine inspector)."""
+    """After a TensorRT build: which eligible layers run with sparse weights (the engine inspector's
+    ``HasSparseWeights`` field)."""
     inspector = finished.build.get("engine_inspector")
     if inspector is None:
         return {}

@@ -15,8 +15,9 @@ window, ``na = ceil(n/2)``, ``nb = n // 2``)::
                                         └─► blocks.i.norm2 / residual2
 
 Every shape is static; no Scatter op: the size-weighted sums are one-hot MatMuls, the moves GatherND. Sizes ([B, N-p, 1]) flow
-to the later blocks, whose attention logits get ``log(size)`` added after ``attn.scale`` (proportional
-attention), and whose reshape constants are rewritten for their smaller token counts. The window-order Gather
+to the later blocks, whose attention logits get ``log(size)`` added right after ``attn.qk`` (proportional
+attention; q carries the attention scale, so the score path stays MatMul(Q·s, Kᵀ) ─► Add(log size) ─► Softmax,
+the pattern TensorRT fuses), and whose reshape constants are rewritten for their smaller token counts. The window-order Gather
 sits in the first block that merges inside windows. The subgraph is emitted in float32 (its ``Cast(to=FLOAT)`` and
 ``ConstantOfShape`` included); the precision pass retypes it with the rest of the graph.
 """
@@ -206,10 +207,9 @@ def rewrite(view: GraphView, plan: MergePlan) -> GraphView:
         bspec = spec.blocks[i]
         _set_tokens(view, i, m.tokens)
         if log_bias is not None and bspec.heads:
-            scale = block.node("attn.scale")
-            scaled = scale.outputs[0]
-            biased = e.node("Add", f"blocks.{i}.attn.size_bias", [scaled, log_bias])
-            _replace_uses(graph, scaled, biased, skip={f"blocks.{i}.attn.size_bias"})
+            logits = block.node("attn.qk").outputs[0]
+            biased = e.node("Add", f"blocks.{i}.attn.size_bias", [logits, log_bias])
+            _replace_uses(graph, logits, biased, skip={f"blocks.{i}.attn.size_bias"})
         if not m.merges:
             continue
         residual = block.node("residual1").outputs[0]

@@ -1,0 +1,140 @@
+"""The TensorRT backend: what can be checked without TensorRT runs everywhere (layer attribution, the batch profile,
+sparse weights from the inspector, the install hint); the runner itself is tested on a GPU with TensorRT
+(``gpu``-marked, skipped without TensorRT and CUDA; TensorRT is never faked)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import tiny_vit
+from vitrt.compiler.backends import BuildOptions, get_backend
+from vitrt.compiler.backends.base import attribute_layers, canonical_group, layer_span
+from vitrt.compiler.backends.trt import sparse_layers, tensorrt_available
+from vitrt.compiler.errors import BackendUnavailableError, VitrtError
+from vitrt.compiler.lower import lower
+from vitrt.compiler.models import canonicalize
+from vitrt.compiler.options import from_options
+from vitrt.compiler.target import TargetConfig
+from vitrt.compiler.verify import verification_inputs
+
+HAS_TRT_GPU = tensorrt_available() and torch.cuda.is_available()
+needs_trt = pytest.mark.skipif(not HAS_TRT_GPU, reason="needs TensorRT and a CUDA GPU")
+
+
+@pytest.mark.parametrize("name, span", [
+    ("{ForeignNode[blocks.0.attn.q...blocks.11.mlp.fc2]}", ("blocks.0", "blocks.11")),
+    ("{ForeignNode[prefix_tokens...head.bias_add]}", ("stem", "head")),
+    ("{ForeignNode[blocks.2.attn.q...blocks.2.attn.av]}", None),  # one block: an ordinary layer
+    ("blocks.0.residual2 + blocks.1.norm1", ("blocks.0", "blocks.1")),
+    ("blocks.0.attn.q + blocks.0.attn.q.bias_add", None), ("Reformatting CopyNode for Input Tensor 0 to norm", None),
+])
+def test_layer_span(name, span):
+    assert layer_span(name) == span
+
+
+def test_attribute_layers_keeps_spanning_layers_apart():
+    groups, spanning = attribute_layers({"patch_embed": 1.0, "{ForeignNode[blocks.0.norm1...blocks.3.residual2]}": 8.0,
+                                         "blocks.4.mlp.fc1 + blocks.4.mlp.act.erf": 0.5, "__myl_Res": 0.1,
+                                         "head": 0.2}, canonical_group)
+    assert groups == {"stem": 1.0, "blocks.4": 0.5, "head": 0.2, "other": 0.1}
+    assert spanning == [{"layer": "{ForeignNode[blocks.0.norm1...blocks.3.residual2]}", "ms": 8.0,
+                         "first": "blocks.0", "last": "blocks.3"}]
+
+
+def test_batch_profile_from_the_target():
+    assert from_options(TargetConfig, {"batch": 8}).batch_profile is None
+    assert from_options(TargetConfig, {"batch": 8, "dynamic_batch": True}).batch_profile == (1, 8, 8)
+    config = from_options(TargetConfig, {"batch": 8, "dynamic_batch": True, "min_batch": 2, "max_batch": 32})
+    assert config.validate().batch_profile == (2, 8, 32)
+    with pytest.raises(VitrtError, match="add --dynamic-batch"):
+        from_options(TargetConfig, {"batch": 8, "max_batch": 32}).validate()
+    with pytest.raises(VitrtError, match="1 <= --min-batch <= --batch <= --max-batch, got 1 / 8 / 4"):
+        from_options(TargetConfig, {"batch": 8, "dynamic_batch": True, "max_batch": 4}).validate()
+
+
+def test_sparse_layers_come_from_has_sparse_weights_not_tactic_names():
+    inspector = {"Layers": [{"Name": "blocks.0.mlp.fc1", "HasSparseWeights": 1, "TacticName": "sm80_xmma_gemm_tn"},
+                            {"Name": "blocks.0.mlp.fc2", "HasSparseWeights": 0, "TacticName": "sm80_sparse_named_tn"},
+                            "a layer name only (LAYER_NAMES_ONLY verbosity)"]}
+    assert sparse_layers(inspector) == ["blocks.0.mlp.fc1"]
+
+
+@pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed: the missing-runtime message cannot be seen")
+def test_type_stubs_alone_do_not_count_as_tensorrt():
+    """tensorrt-stubs (a dev dependency) installs an empty 'tensorrt' namespace package; the backend must still say
+    how to install TensorRT instead of failing on a missing attribute."""
+    with pytest.raises(BackendUnavailableError, match=r"pip install 'vitrt\[trt\]'"):
+        get_backend("trt")
+
+
+# --- on a GPU with TensorRT --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_onnx(tmp_path):
+    twin = canonicalize(tiny_vit(depth=2))
+    static, dynamic = tmp_path / "static.onnx", tmp_path / "dynamic.onnx"
+    onnx.save(lower(twin, batch=2), str(static))
+    onnx.save(lower(twin, batch=None), str(dynamic))
+    return twin, static, dynamic
+
+
+@pytest.mark.gpu
+@needs_trt
+def test_timing_cache_is_written_after_the_build_and_a_foreign_one_is_refused(tiny_onnx, tmp_path):
+    _, static, _ = tiny_onnx
+    backend, cache = get_backend("trt"), tmp_path / "trt.cache"
+    (tmp_path / "a").mkdir()
+    backend.build(static, tmp_path / "a", BuildOptions(timing_cache=cache))
+    assert cache.is_file() and cache.stat().st_size > 0
+    cache.write_bytes(b"not a timing cache")
+    (tmp_path / "b").mkdir()
+    with pytest.raises(VitrtError, match="refused the timing cache"):
+        backend.build(static, tmp_path / "b", BuildOptions(timing_cache=cache))
+    assert cache.read_bytes() == b"not a timing cache" and not (tmp_path / "b" / "model.plan").exists()
+
+
+@pytest.mark.gpu
+@needs_trt
+def test_dynamic_batch_profile_buffers_and_timing(tiny_onnx, tmp_path):
+    twin, _, dynamic = tiny_onnx
+    backend = get_backend("trt")
+    options = BuildOptions(batch_profile=(1, 4, 8))
+    runner = backend.load(backend.build(dynamic, tmp_path, options), options)
+    assert runner.batch is None
+    for batch in (1, 8, 1):
+        images = verification_inputs(twin.spec, batch=batch)
+        with torch.no_grad():
+            assert np.abs(runner.infer(images) - twin(torch.from_numpy(images)).numpy()).max() <= 1e-3  # TF32
+    assert sorted(runner._bindings) == [(1, 3, 32, 32), (8, 3, 32, 32)]  # buffers once per shape
+    with pytest.raises(VitrtError, match=r"rejected input shape \[9, 3, 32, 32\].*profile takes \[1, 3, 32, 32\]"):
+        runner.infer(verification_inputs(twin.spec, batch=9))
+    stats = runner.benchmark(verification_inputs(twin.spec, batch=4), warmup=2, iterations=5)
+    assert stats.timer.startswith("CUDA events") and set(stats.transfers_ms) == {"h2d_ms", "d2h_ms"}
+    assert 0 < stats.median_ms and (stats.per_block_ms or stats.spanning_layers)
+    assert runner.context.profiler is None  # detached after the per-layer pass
+
+
+@pytest.mark.gpu
+@needs_trt
+def test_cuda_graph_replay_matches_enqueue(tiny_onnx, tmp_path):
+    twin, static, _ = tiny_onnx
+    backend = get_backend("trt")
+    artifact = backend.build(static, tmp_path, BuildOptions())
+    plain, graphed = backend.load(artifact, BuildOptions()), backend.load(artifact, BuildOptions(cuda_graph=True))
+    images = verification_inputs(twin.spec, batch=2)
+    assert np.array_equal(plain.infer(images), graphed.infer(images))
+    assert graphed._bindings[(2, 3, 32, 32)].graph is not None
+
+
+@pytest.mark.gpu
+@needs_trt
+def test_fp16_io_maps_through_torch(tmp_path):
+    from vitrt.compiler.backends.trt_runner import torch_dtype
+    import tensorrt as trt
+
+    assert torch_dtype(trt.DataType.BF16) == torch.bfloat16 and torch_dtype(trt.DataType.FP8) == torch.float8_e4m3fn
+    with pytest.raises(VitrtError, match="no torch type"):
+        torch_dtype(trt.DataType.INT4)
