@@ -89,6 +89,10 @@ class ScaleTable:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json() + "\n")
 
+    def without(self, layers) -> "ScaleTable":
+        """The table without the entries of ``layers`` (canonical layer names: those layers stay float)."""
+        return ScaleTable(self.precision, _without_layers(self.entries, layers), self.source, dict(self.meta))
+
     def layer_dtypes(self) -> dict[str, dict]:
         """Per layer: activation and weight dtype (the manifest's per-layer record)."""
         layers: dict[str, dict] = {}
@@ -149,13 +153,14 @@ def fixed_amax(precision: str, name: str) -> float | None:
                 None)
 
 
-def expected_entries(spec, precision: str, *, quantize_attention: bool = False,
-                     block_size: int | None = None) -> dict[str, tuple[str, tuple[int, ...], int | None, int | None]]:
+def expected_entries(spec, precision: str, *, quantize_attention: bool = False, block_size: int | None = None,
+                     exclude=()) -> dict[str, tuple[str, tuple[int, ...], int | None, int | None]]:
     """name -> (dtype, amax shape, axis, block size) for every tensor ``precision`` quantizes in ``spec``'s graph.
 
     INT8 / FP8: the patch-embedding Conv and every linear layer (input per tensor, weight per output channel)
     plus, with ``quantize_attention``, both inputs of QKᵀ and of ·V in blocks whose fused attention allows it.
-    INT4 (weight-only): the linear layers' weights, block-wise along K.
+    INT4 (weight-only): the linear layers' weights, block-wise along K. Layers in ``exclude`` (``--quant-exclude``,
+    ``--keep-float-top``) stay float: none of their tensors is listed.
     """
     if precision not in PRECISION_DTYPES:
         raise VitrtError(f"precision '{precision}' has no scale table; use one of {sorted(PRECISION_DTYPES)}")
@@ -165,7 +170,7 @@ def expected_entries(spec, precision: str, *, quantize_attention: bool = False,
         block = int4_block_size(spec, block_size)
         for name, (k, n) in linear_layers(spec).items():
             out[f"{name}.weight"] = (w_dtype, (k // block, n), 0, block)
-        return out
+        return _without_layers(out, exclude)
     out["patch_embed.input"] = (a_dtype, (), None, None)
     out["patch_embed.weight"] = (w_dtype, (spec.emb,), 0, None)
     for name, (_, n) in linear_layers(spec).items():
@@ -176,13 +181,24 @@ def expected_entries(spec, precision: str, *, quantize_attention: bool = False,
             if fused_attention_ok(spec, i, a_dtype):
                 for local in ("qk.input_a", "qk.input_b", "av.input_a", "av.input_b"):
                     out[f"blocks.{i}.attn.{local}"] = (a_dtype, (), None, None)
-    return out
+    return _without_layers(out, exclude)
+
+
+def _without_layers(entries: dict, layers) -> dict:
+    layers = set(layers)
+    return {k: v for k, v in entries.items() if k.rpartition(".")[0] not in layers}
+
+
+def quantizable_layers(spec, precision: str, *, quantize_attention: bool = False) -> list[str]:
+    """The layers ``precision`` would quantize in ``spec``'s graph (what ``--quant-exclude`` patterns match)."""
+    return list(dict.fromkeys(k.rpartition(".")[0] for k in expected_entries(spec, precision,
+                                                                            quantize_attention=quantize_attention)))
 
 
 # --- loading and validation ------------------------------------------------------------------------------
 
 def table_from_dict(data, spec, precision: str, *, quantize_attention: bool = False, origin: str = "scale table",
-                    source: str | None = None) -> ScaleTable:
+                    source: str | None = None, exclude=()) -> ScaleTable:
     """Validate ``data`` (parsed JSON) against what ``spec`` and ``precision`` imply; one-line VitrtError if not."""
     if not isinstance(data, dict) or not isinstance(data.get("tensors"), dict):
         raise VitrtError(f"{origin}: expected a JSON object with a 'tensors' mapping (write one with vitrt compile "
@@ -203,7 +219,8 @@ def table_from_dict(data, spec, precision: str, *, quantize_attention: bool = Fa
             raise VitrtError(f"{origin}: int4-block entries need one common integer block_size "
                              f"({' or '.join(map(str, sorted(INT4_BLOCK_SIZES)))})")
     try:
-        expected = expected_entries(spec, precision, quantize_attention=quantize_attention, block_size=block)
+        expected = expected_entries(spec, precision, quantize_attention=quantize_attention, block_size=block,
+                                    exclude=exclude)
     except VitrtError as exc:  # a block size TensorRT does not take, or one that does not fit the model
         raise VitrtError(f"{origin}: {exc}") from None
     unknown = sorted(set(tensors) - set(expected))
