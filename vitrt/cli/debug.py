@@ -12,8 +12,14 @@ def _compare(config) -> int:
     return run(config)
 
 
+def _sensitivity(config) -> int:
+    from vitrt.debug.sensitivity import run
+
+    return run(config)
+
+
 def add_subcommands(sub) -> None:
-    from vitrt.debug.config import CompareConfig
+    from vitrt.debug.config import CompareConfig, SensitivityConfig
 
     add_command(sub, "compare", CompareConfig, _compare,
                 "compare a compiled graph with its twin (or with another OUT) at every block, attention and MLP "
@@ -22,3 +28,10 @@ def add_subcommands(sub) -> None:
                             "compile verified against (compile with --keep-twin), or graph B against graph A; print "
                             "and write the per-point table, the first point over its tolerance, the block adding the "
                             "most error and an error-growth plot.")
+    add_command(sub, "sensitivity", SensitivityConfig, _sensitivity,
+                "score every quantizable layer by how much the output moves when only it is quantized; ranked table "
+                "and plot that compile --keep-float-top K --sensitivity FILE reads",
+                description="Calibrate MODEL at --precision once, then quantize one layer at a time (and, with "
+                            "--float-one, keep one layer at a time float) and measure the KL of the output against "
+                            "the float twin, the top-1 agreement and, with digits, the top-1; write the ranked "
+                            "sensitivity.json / .md / .png into -o DIR.")

@@ -65,7 +65,8 @@ def reverted_plans(record, units) -> dict:
     plans = {}
     if "quant" in by_stage:
         plan = record.plans["quant"]
-        plans["quant"] = dataclasses.replace(plan, table=without_layers(plan.table, by_stage["quant"]))
+        float_layers = {**plan.float_layers, **{layer: "reverted by bisection" for layer in sorted(by_stage["quant"])}}
+        plans["quant"] = dataclasses.replace(plan, table=plan.table.without(by_stage["quant"]), float_layers=float_layers)
     if "sparsity" in by_stage:
         plan, names = record.plans["sparsity"], by_stage["sparsity"]
         decisions = tuple(dataclasses.replace(d, eligible=False, reason="reverted by bisection") if d.name in names
@@ -80,14 +81,6 @@ def reverted_plans(record, units) -> dict:
         before = record.twins[record.stages.index("tome")].spec
         plans["tome"] = resolve(TomeSchedule(per_block=tuple(r), skip=0), before)
     return plans
-
-
-def without_layers(table, layers: set[str]):
-    """``table`` without the entries of ``layers`` (those layers stay float)."""
-    from vitrt.transforms.quant.scale_table import ScaleTable
-
-    return ScaleTable(table.precision, {k: v for k, v in table.entries.items() if k.rpartition(".")[0] not in layers},
-                      table.source, dict(table.meta))
 
 
 def exclude_flags(record, units) -> str:

@@ -66,3 +66,54 @@ class CompareConfig:
                 check_out(path)
         check_data_source("--data", self.data)
         return self
+
+
+DIGITS_REFERENCE = "digits_reference"  # the shipped digits reference model (vitrt.calib.reference)
+SENSITIVITY_PRECISIONS = ("int8", "fp8", "int4w")
+
+
+@dataclass(frozen=True)
+class SensitivityConfig:
+    model: str | None = option(None, f"a timm model name, {DIGITS_REFERENCE} (the shipped digits reference) or a "
+                               "compiled OUT with a twin record (--keep-twin: the twin its quantization stage met)",
+                               positional=True, metavar="MODEL")
+    checkpoint: Path | None = option(None, "with a timm name: a state dict to load (weights_only)", type=Path,
+                                     metavar="PATH")
+    img_size: int | None = option(None, "with a timm name: input image size (default: the model's)", type=int,
+                                  metavar="N")
+    precision: str = option("int8", "the precision each layer is quantized to", choices=SENSITIVITY_PRECISIONS)
+    quantize_attention: bool = option(False, "also score the attention matmuls (QKᵀ and ·V) where fused attention "
+                                      "allows their quantization")
+    data: str = option("synthetic", "images scored on: digits (its test split, with labels: top-1 too), synthetic "
+                       "or an ImageFolder PATH", metavar="digits|synthetic|PATH")
+    images: int = option(256, "number of images scored on", type=int, metavar="N")
+    calib_data: str | None = option(None, "calibration images (default: --data; digits calibrates on its train split)",
+                                    metavar="DATA")
+    calib_method: str = option("max", "activation calibrator", choices=("max", "percentile", "entropy", "mse"))
+    calib_images: int = option(512, "calibration images", type=int, metavar="N")
+    float_one: bool = option(False, "also score every layer kept float with all the others quantized")
+    out: Path | None = option(None, "report directory (sensitivity.json, sensitivity.md, sensitivity.png)",
+                              flag="-o/--out", type=Path, metavar="DIR")
+    force: bool = option(False, "replace a non-empty report directory")
+    seed: int = option(0, "seed of synthetic images and ImageFolder subsets", type=int, metavar="N")
+    quiet: bool = option(False, "no progress output")
+
+    def validate(self) -> "SensitivityConfig":
+        if not self.model:
+            raise OptionError(f"no model given: vitrt sensitivity MODEL -o DIR (a timm name, {DIGITS_REFERENCE} "
+                              "or a compiled OUT with --keep-twin)")
+        if self.out is None:
+            raise OptionError("no report directory: pass -o DIR")
+        if self.images < 1 or self.calib_images < 1:
+            raise OptionError(f"--images and --calib-images must be >= 1, got {self.images} and {self.calib_images}")
+        if self.precision == "int4w" and self.quantize_attention:
+            raise OptionError("int4w is weight-only: --quantize-attention applies to int8 and fp8")
+        if (self.checkpoint is not None or self.img_size is not None) and (
+                self.model == DIGITS_REFERENCE or Path(self.model).is_dir()):
+            raise OptionError("--checkpoint / --img-size apply to a timm model name")
+        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
+            raise OptionError(f"--checkpoint '{self.checkpoint}' does not exist or is not a file")
+        check_data_source("--data", self.data)
+        if self.calib_data is not None:
+            check_data_source("--calib-data", self.calib_data)
+        return self

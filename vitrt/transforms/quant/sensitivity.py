@@ -79,7 +79,7 @@ class Scored:
     top1_float_one: float | None = None
 
     def to_dict(self) -> dict:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in vars(self).items() if v is not None}
+        return {k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in vars(self).items() if v is not None}
 
 
 def _kl(reference: torch.Tensor, logits: torch.Tensor) -> float:
