@@ -87,6 +87,8 @@ class SensitivityConfig:
     data: str = option("synthetic", "images scored on: digits (its test split, with labels: top-1 too), synthetic "
                        "or an ImageFolder PATH", metavar="digits|synthetic|PATH")
     images: int = option(256, "number of images scored on", type=int, metavar="N")
+    split: str = option("test", "with --data digits: the split scored on (train keeps the test images out of a "
+                        "ranking that later compiles are judged on)", choices=("train", "test"))
     calib_data: str | None = option(None, "calibration images (default: --data; digits calibrates on its train split)",
                                     metavar="DATA")
     calib_method: str = option("max", "activation calibrator", choices=("max", "percentile", "entropy", "mse"))

@@ -30,9 +30,11 @@ TWIN_BATCH = 64  # images per twin forward pass
 
 def mark_outputs(model: onnx.ModelProto, points: list[Point]) -> onnx.ModelProto:
     """A copy of ``model`` whose outputs are its own outputs plus every point's tensor (element types from shape
-    inference; shapes left open)."""
+    inference; shapes left open). A point on the graph's input (a float graph's ``patch_embed.input``) is not marked:
+    the probe hands the images back."""
     marked = onnx.ModelProto()
     marked.CopyFrom(model)
+    points = [p for p in points if p.tensor not in {i.name for i in model.graph.input}]
     types = {v.name: v.type.tensor_type.elem_type for v in marked.graph.value_info}
     if any(p.tensor not in types for p in points):
         inferred = onnx.shape_inference.infer_shapes(marked)
@@ -74,10 +76,11 @@ def ort_probe(model: onnx.ModelProto, points: list[Point], threads: int | None =
 
     session = ort_session(mark_outputs(model, points), threads=threads, level="all")
     input_name = session.get_inputs()[0].name
-    names = list(dict.fromkeys(p.tensor for p in points))
+    names = list(dict.fromkeys(p.tensor for p in points if p.tensor != input_name))
 
     def run(images):
-        values = dict(zip(names, session.run(names, {input_name: np.ascontiguousarray(images, np.float32)})))
+        images = np.ascontiguousarray(images, np.float32)
+        values = dict(zip(names, session.run(names, {input_name: images})), **{input_name: images})
         return {p.name: values[p.tensor] for p in points}
 
     batch = graph_batch(model)

@@ -38,11 +38,12 @@ def load_twin(config: SensitivityConfig, progress):
         return canonicalize(load_timm_model(config.model, checkpoint=config.checkpoint, img_size=config.img_size))
 
 
-def scoring_images(source: str, img: int, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``count`` images of ``source`` (digits: its test split) and their labels (None when unlabelled)."""
+def scoring_images(source: str, img: int, count: int, seed: int, split: str = "test"
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``count`` images of ``source`` (digits: its ``split``) and their labels (None when unlabelled)."""
     from vitrt.calib.data import load_data
 
-    data = load_data(source, img, split="test", limit=count, seed=seed)
+    data = load_data(source, img, split=split, limit=count, seed=seed)
     images, labels = zip(*data.batches(256))
     return torch.cat(images), (torch.cat(labels) if data.labelled else None)
 
@@ -61,7 +62,7 @@ def sensitivity(config: SensitivityConfig, progress) -> dict:
         _, table = quantize_twin(twin, config.precision, calib, method=config.calib_method,
                                  quantize_attention=config.quantize_attention, max_images=config.calib_images,
                                  progress=progress)
-    images, labels = scoring_images(config.data, twin.spec.img, config.images, config.seed)
+    images, labels = scoring_images(config.data, twin.spec.img, config.images, config.seed, config.split)
     scored, summary = score_layers(twin, table, images, labels, quantize_attention=config.quantize_attention,
                                    float_one=config.float_one, progress=progress)
     rows = [dict(rank=rank, **row.to_dict()) for rank, row in enumerate(scored, 1)]
@@ -69,7 +70,8 @@ def sensitivity(config: SensitivityConfig, progress) -> dict:
         for row in rows:
             row["top1_drop_points"] = round((summary["top1_float"] - row["top1"]) * 100, 4)
     return {"format": RANKING_FORMAT, "model": str(config.model), "precision": config.precision,
-            "quantize_attention": config.quantize_attention, "data": config.data, "images": len(images),
+            "quantize_attention": config.quantize_attention, "data": config.data,
+            "split": config.split if config.data == "digits" else None, "images": len(images),
             "calibration": {"data": None if calib is None else calib_source, "method": config.calib_method,
                             "images": None if calib is None else min(len(calib), config.calib_images),
                             "source": table.source},

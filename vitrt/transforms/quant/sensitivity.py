@@ -122,7 +122,3 @@ def score_layers(twin, table: ScaleTable, images: torch.Tensor, labels: torch.Te
             scored.append(row)
     return sorted(scored, key=lambda r: -r.kl), summary
 
-
-def ranking_layers(ranking: list[dict]) -> list[str]:
-    """Layer names of a written ranking (``vitrt sensitivity``'s ``sensitivity.json`` rows), most sensitive first."""
-    return [row["layer"] for row in ranking]
