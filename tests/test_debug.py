@@ -212,3 +212,27 @@ def test_minimal_set_finds_the_needed_units_in_few_evaluations():
     assert sorted(minimal_set(units, ok)) == sorted(needed)
     assert len(calls) < 40  # halving, not one unit at a time
     assert minimal_set(units, lambda reverted: True) == []
+
+
+def test_bisect_finds_a_corrupted_layer(outs):
+    """One layer's weight range shrunk x20 in the recorded plan (its weights clipped): the bisection, judged on
+    agreement with the fully reverted graph, names that layer among the few it reverts, as compile flags."""
+    import dataclasses
+
+    from vitrt.debug.bisect import bisect_record
+    from vitrt.transforms.quant.scale_table import ScaleTable
+
+    record = load_record(outs / "int8")
+    plan = record.plans["quant"]
+    entries = dict(plan.table.entries)
+    key = "blocks.1.mlp.fc1.weight"
+    entries[key] = dataclasses.replace(entries[key], amax=entries[key].amax / 20)
+    record.plans["quant"] = dataclasses.replace(plan, table=ScaleTable(plan.table.precision, entries,
+                                                                       plan.table.source, dict(plan.table.meta)))
+    images = np.random.default_rng(2).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    found = bisect_record(record, images, None, max_drop=0.0, stages=("quant",))
+    names = [u["name"] for u in found["reverted"]]
+    assert found["compiled"] < 1.0 and found["after"] == 1.0
+    assert "blocks.1.mlp.fc1" in names and len(names) <= 3
+    assert found["flags"] == f"--quant-exclude {','.join(names)}"
+    assert found["evaluations"] < len(table_layers(plan.table))

@@ -18,8 +18,15 @@ def _sensitivity(config) -> int:
     return run(config)
 
 
+def _digits(config) -> int:
+    from vitrt.debug.digits import run
+
+    return run(config)
+
+
 def add_subcommands(sub) -> None:
     from vitrt.debug.config import CompareConfig, SensitivityConfig
+    from vitrt.debug.digits import DigitsDebugConfig
 
     add_command(sub, "compare", CompareConfig, _compare,
                 "compare a compiled graph with its twin (or with another OUT) at every block, attention and MLP "
@@ -35,3 +42,6 @@ def add_subcommands(sub) -> None:
                             "--float-one, keep one layer at a time float) and measure the KL of the output against "
                             "the float twin, the top-1 agreement and, with digits, the top-1; write the ranked "
                             "sensitivity.json / .md / .png into -o DIR.")
+    add_command(sub, "debug-digits", DigitsDebugConfig, _digits,
+                "issue 17's figures on the digits reference: compare an int8 compile, recover an aggressive int8 "
+                "setting by --bisect and --keep-float-top (benchmarks/results/debug_*)")
