@@ -13,22 +13,23 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import tiny_vit
 from onnx import numpy_helper
 
 import vitrt
-from conftest import tiny_vit
+from vitrt.calib.data import synthetic
 from vitrt.cli import main as cli_main
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.models import canonicalize
+from vitrt.compiler.progress import QUIET
 from vitrt.debug.bisect import minimal_set
-from vitrt.debug.compare import compare_artifacts, compare_with_twin, load_artifact, run as compare_run
+from vitrt.debug.compare import compare_artifacts, compare_with_twin, load_artifact
+from vitrt.debug.compare import run as compare_run
 from vitrt.debug.config import CompareConfig
 from vitrt.debug.points import graph_points
 from vitrt.pipeline.replay import load_record
 from vitrt.transforms.quant.fakequant import apply_scale_table, quantize_twin
 from vitrt.transforms.quant.sensitivity import LayerSwitch, score_layers, table_layers
-from vitrt.calib.data import synthetic
-from vitrt.compiler.progress import QUIET
 
 pytestmark = pytest.mark.xdist_group("debug")  # the module's compiles are shared by its tests
 

@@ -134,24 +134,26 @@ def _g(value) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
+def markdown_table(head: list[str], align: str, rows) -> str:
+    """A markdown table: ``align`` one letter per column (l / r), ``rows`` lists of cells."""
+    rule = "|" + "".join("---|" if a == "l" else "---:|" for a in align)
+    return "\n".join(["| " + " | ".join(head) + " |", rule] + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
 def point_table(comparison: Comparison) -> str:
-    lines = ["| point | kind | max abs | mean abs | rel L2 | cosine | allowed (rel L2; logits: max abs) | |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
-    for row in comparison.rows():
-        lines.append(f"| {row['point']} | {row['kind']} | {_g(row['max_abs'])} | {_g(row['mean_abs'])} | "
-                     f"{_g(row['rel'])} | {row['cosine']:.6f} | {_g(row['tolerance'])} | "
-                     f"{'**over**' if row['exceeds'] else 'ok'} |")
-    return "\n".join(lines)
+    return markdown_table(["point", "kind", "max abs", "mean abs", "rel L2", "cosine",
+                           "allowed (rel L2; logits: max abs)", ""], "llrrrrrl",
+                          ([row["point"], row["kind"], _g(row["max_abs"]), _g(row["mean_abs"]), _g(row["rel"]),
+                            f"{row['cosine']:.6f}", _g(row["tolerance"]), "**over**" if row["exceeds"] else "ok"]
+                           for row in comparison.rows()))
 
 
 def block_table(comparison: Comparison) -> str:
-    lines = ["| block | rel L2 in | rel L2 out | growth | max abs out | cosine out | worst point inside (rel L2) |",
-             "|---:|---:|---:|---:|---:|---:|---|"]
-    for row in comparison.block_growth():
-        lines.append(f"| {row['block']} | {_g(row['rel_in'])} | {_g(row['rel_out'])} | {_g(row['growth'])} | "
-                     f"{_g(row['max_abs_out'])} | {row['cosine_out']:.6f} | {row['worst_point']} "
-                     f"({_g(row['worst_rel'])}) |")
-    return "\n".join(lines)
+    return markdown_table(["block", "rel L2 in", "rel L2 out", "growth", "max abs out", "cosine out",
+                           "worst point inside (rel L2)"], "rrrrrrl",
+                          ([row["block"], _g(row["rel_in"]), _g(row["rel_out"]), _g(row["growth"]),
+                            _g(row["max_abs_out"]), f"{row['cosine_out']:.6f}",
+                            f"{row['worst_point']} ({_g(row['worst_rel'])})"] for row in comparison.block_growth()))
 
 
 def summary_lines(comparison: Comparison, meta: dict) -> list[str]:

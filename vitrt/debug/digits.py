@@ -79,7 +79,7 @@ def compare_reports(model, config: DigitsDebugConfig, progress) -> dict:
     found = {}
     for against in ("twin", "float"):
         compare = CompareConfig(out, data="digits", images=450, against=against, threads=config.threads, quiet=True)
-        with progress.step(f"compare against the {against} twin"):
+        with progress.step(f"compare against the {'twin' if against == 'twin' else 'float twin'}"):
             comparison, meta = compare_with_twin(compare.validate(), progress)
         command = f"vitrt compare {out} --data digits --images 450 --against {against}"
         with atomic_output_dir(config.results / f"debug_compare_int8_{against}", force=True) as staging:
@@ -134,7 +134,7 @@ def fallback_table(model, config: DigitsDebugConfig, progress) -> dict:
         return row
 
     fp32 = measure("fp32", "")
-    aggressive = measure("aggressive", AGGRESSIVE_FLAGS, **AGGRESSIVE)
+    measure("aggressive", AGGRESSIVE_FLAGS, **AGGRESSIVE)
     with progress.step("bisect over the aggressive compile's quantized layers"):
         found = bisect_record(load_record(config.work / "aggressive"), images, labels, config.max_drop, ("quant",),
                               config.threads, progress)

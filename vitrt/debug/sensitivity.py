@@ -80,19 +80,21 @@ def sensitivity(config: SensitivityConfig, progress) -> dict:
 
 
 def ranking_table(report: dict) -> str:
+    from vitrt.debug.compare import markdown_table
+
     labelled = report["summary"].get("top1_float") is not None
     float_one = any("kl_float_one" in row for row in report["layers"])
     head = ["rank", "layer", "KL (only it quantized)", "agreement"] + (["top-1", "drop (points)"] if labelled else [])
-    head += ["KL (only it float)"] + (["top-1 (only it float)"] if labelled else []) if float_one else []
-    lines = ["| " + " | ".join(head) + " |", "|" + "---:|---|" + "---:|" * (len(head) - 2)]
+    head += (["KL (only it float)"] + (["top-1 (only it float)"] if labelled else [])) if float_one else []
+    rows = []
     for row in report["layers"]:
-        cells = [str(row["rank"]), row["layer"], f"{row['kl']:.3g}", f"{row['agree']:.4f}"]
+        cells = [row["rank"], row["layer"], f"{row['kl']:.3g}", f"{row['agree']:.4f}"]
         if labelled:
             cells += [f"{row['top1']:.4f}", f"{row['top1_drop_points']:.2f}"]
         if float_one:
             cells += [f"{row['kl_float_one']:.3g}"] + ([f"{row['top1_float_one']:.4f}"] if labelled else [])
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(head, "rl" + "r" * (len(head) - 2), rows)
 
 
 def summary_line(report: dict) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from vitrt.compiler.progress import QUIET
@@ -105,7 +104,10 @@ def score_layers(twin, table: ScaleTable, images: torch.Tensor, labels: torch.Te
 
     reference = logits(())
     everything = logits(switch.layers)
-    agree = lambda out: float((out.argmax(-1) == reference.argmax(-1)).double().mean())  # noqa: E731
+
+    def agree(out) -> float:
+        return float((out.argmax(-1) == reference.argmax(-1)).double().mean())
+
     summary = {"layers": len(switch.layers), "images": len(images), "top1_float": top1(reference),
                "top1_quantized": top1(everything), "kl_quantized": _kl(reference, everything),
                "agree_quantized": agree(everything)}
