@@ -237,3 +237,19 @@ def test_bisect_finds_a_corrupted_layer(outs):
     assert "blocks.1.mlp.fc1" in names and len(names) <= 3
     assert found["flags"] == f"--quant-exclude {','.join(names)}"
     assert found["evaluations"] < len(table_layers(plan.table))
+
+
+def test_a_table_written_with_float_layers_is_reused_with_the_same_exclusion(tmp_path):
+    model = tiny_vit(depth=2)
+    first = tmp_path / "first"
+    vitrt.compile(model, first, precision="int8", calib_images=8, quant_exclude="head", **COMMON)
+    with pytest.raises(VitrtError, match="no entry for tensor 'head.input'.*needs the same"):
+        vitrt.compile(model, tmp_path / "b", precision="int8", scale_table=first / "scale_table.json", **COMMON)
+    again = tmp_path / "again"
+    vitrt.compile(model, again, precision="int8", scale_table=first / "scale_table.json", quant_exclude="head",
+                  **COMMON)
+    graphs = [onnx.load(str(out / "model.onnx")).graph for out in (first, again)]
+    assert [n.name for n in graphs[0].node] == [n.name for n in graphs[1].node]
+    assert "head.input.quantize" not in {n.name for n in graphs[1].node}
+    for a, b in zip(*(sorted(g.initializer, key=lambda i: i.name) for g in graphs)):
+        assert a.name == b.name and np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))

@@ -60,16 +60,16 @@ class QuantConfig:
     def check(self, spec, target):
         """A given scale table, the --quant-exclude patterns and the --sensitivity ranking are checked against the
         spec they will meet before any work, when that is known."""
-        from vitrt.transforms.quant.scale_table import load_scale_table
+        from vitrt.transforms.quant.fallback import excluded_layers, read_ranking
+        from vitrt.transforms.quant.scale_table import load_scale_table, quantizable_layers
 
-        if self.scale_table is not None and spec is not None:
-            load_scale_table(self.scale_table, spec, target.precision, quantize_attention=self.quantize_attention)
-        if (self.exclude or self.sensitivity is not None) and spec is not None:
-            from vitrt.transforms.quant.fallback import excluded_layers, read_ranking
-            from vitrt.transforms.quant.scale_table import quantizable_layers
-
-            excluded_layers(self, spec, target.precision)
-            if self.sensitivity is not None:
-                read_ranking(self.sensitivity, target.precision, quantizable_layers(
-                    spec, target.precision, quantize_attention=self.quantize_attention))
+        if spec is None:
+            return spec
+        excluded = excluded_layers(self, spec, target.precision) if self.exclude else {}
+        if self.scale_table is not None:
+            load_scale_table(self.scale_table, spec, target.precision, quantize_attention=self.quantize_attention,
+                             exclude=excluded)
+        if self.sensitivity is not None:
+            read_ranking(self.sensitivity, target.precision, quantizable_layers(
+                spec, target.precision, quantize_attention=self.quantize_attention))
         return spec

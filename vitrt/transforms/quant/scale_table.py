@@ -229,7 +229,8 @@ def table_from_dict(data, spec, precision: str, *, quantize_attention: bool = Fa
                          f"{precision}{' with --quantize-attention' if quantize_attention else ''})")
     missing = [name for name in expected if name not in tensors]
     if missing:
-        raise VitrtError(f"{origin}: no entry for tensor '{missing[0]}' ({len(missing)} missing)")
+        raise VitrtError(f"{origin}: no entry for tensor '{missing[0]}' ({len(missing)} missing; a table written with "
+                         "layers kept float needs the same --quant-exclude)")
     entries = {}
     for name, (dtype, shape, axis, block_size) in expected.items():
         entries[name] = _entry(tensors[name], name, dtype, shape, axis, block_size, origin)
@@ -263,10 +264,12 @@ def _entry(raw, name, dtype, shape, axis, block_size, origin) -> ScaleEntry:
     return ScaleEntry(dtype, amax.astype(np.float32), axis, block_size)
 
 
-def load_scale_table(path: str | Path, spec, precision: str, *, quantize_attention: bool = False) -> ScaleTable:
-    """Read and validate a user's scale table file (VitrtError naming the first problem)."""
+def load_scale_table(path: str | Path, spec, precision: str, *, quantize_attention: bool = False,
+                     exclude=()) -> ScaleTable:
+    """Read and validate a user's scale table file (VitrtError naming the first problem); the layers in ``exclude``
+    (``--quant-exclude``) stay float, so the file has no entries for them."""
     path = Path(path)
     data = read_json(path, "scale table", "write one with vitrt compile --precision ... (OUT/scale_table.json)")
     return table_from_dict(data, spec, precision, quantize_attention=quantize_attention,
-                           origin=f"scale table '{path}'", source=f"file:{path.name}")
+                           origin=f"scale table '{path}'", source=f"file:{path.name}", exclude=exclude)
 
