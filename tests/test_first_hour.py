@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from vitrt.benchmarks.first_hour import CASES, CHECKPOINT, OPTION, run_case
+from vitrt.benchmarks.first_hour import CASES, CHECKPOINT, OPTION, START, run_case
 
 PROBE = """
 import json, sys
@@ -21,9 +21,11 @@ print(json.dumps({"code": code, "torch": "torch" in sys.modules, "timm": "timm" 
 """
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.kind == OPTION and not c.name.startswith("demo")],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize("case", [c for c in CASES if c.kind == OPTION], ids=lambda c: c.name)
 def test_option_errors_come_before_torch_is_imported(case, tmp_path):
+    from vitrt.compiler.known_models import timm_modules
+
+    timm_modules()  # the cached timm registry decides unknown names and families (built once per timm version)
     if case.setup:
         subprocess.run([sys.executable, "-c", case.setup], cwd=tmp_path, check=True)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in case.argv]
@@ -33,11 +35,21 @@ def test_option_errors_come_before_torch_is_imported(case, tmp_path):
     assert probe["code"] == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if ": error: " in line]
     assert len(errors) == 1 and case.expect in errors[0], result.stderr
-    heavy = case.name in ("unknown model", "unsupported family")  # timm's registry decides these
-    assert probe["torch"] == heavy, f"{case.name}: torch imported before the error"
+    assert not probe["torch"] and not probe["timm"], f"{case.name}: torch imported before the error"
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.kind == CHECKPOINT or c.name.startswith("demo")],
+@pytest.mark.parametrize("case", [c for c in CASES if c.kind == START], ids=lambda c: c.name)
+def test_help_and_version_start_without_torch(case, tmp_path):
+    result = subprocess.run([sys.executable, "-c", PROBE, *case.argv], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    assert probe == {"code": 0, "torch": False, "timm": False}, result.stderr
+    assert result.stdout.startswith(case.expect)
+    row = run_case(case)
+    assert row["exit"] == 0 and row["one_line"] and not row["traceback"] and row["left_behind"] == [], row
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.kind == CHECKPOINT],
                          ids=lambda c: c.name)
 def test_model_and_checkpoint_errors_are_one_line_and_leave_nothing(case):
     row = run_case(case)
@@ -82,3 +94,19 @@ def test_a_default_int8_compile_prints_only_vitrt_lines(tmp_path):
     assert stderr and foreign == []
     summary = {line.split()[0] for line in result.stdout.splitlines()}
     assert summary <= {"model", "input", "params", "GFLOPs/image", "max", "latency", "speedup"}
+
+
+def test_timm_registry_cache_is_per_version_and_read_back(tmp_path, monkeypatch):
+    from importlib.metadata import version
+
+    from vitrt.compiler.errors import UnsupportedModelError
+    from vitrt.compiler.known_models import check_model_name, timm_modules
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    modules = timm_modules()  # a miss: built from timm and written
+    cache = tmp_path / "vitrt" / f"timm-{version('timm')}-models.json"
+    assert json.loads(cache.read_text()) == modules and modules["deit_small_patch16_224"] == "timm.models.deit"
+    cache.write_text(json.dumps({**modules, "my_vit_variant": "timm.models.swin_transformer"}))
+    with pytest.raises(UnsupportedModelError, match="'my_vit_variant' \\(timm family 'swin_transformer'\\)"):
+        check_model_name("my_vit_variant")  # answered from the cache, not from timm
+    check_model_name("vit_base_patch16_224.augreg_in21k")  # a pretrained tag names the same model

@@ -138,3 +138,53 @@ def test_fp16_io_maps_through_torch(tmp_path):
     assert torch_dtype(trt.DataType.BF16) == torch.bfloat16 and torch_dtype(trt.DataType.FP8) == torch.float8_e4m3fn
     with pytest.raises(VitrtError, match="no torch type"):
         torch_dtype(trt.DataType.INT4)
+
+
+# --- --no-build: the TensorRT-ready graph and manifest without TensorRT -------------------------------------------
+
+def test_trtexec_command_builds_what_the_backend_would():
+    from vitrt.compiler.backends.trt import trtexec_command
+
+    static = trtexec_command("model.onnx", {"images": [3, 224, 224]}, BuildOptions())
+    assert static == ("trtexec --onnx=model.onnx --stronglyTyped --saveEngine=model.plan --profilingVerbosity=detailed "
+                      "--exportLayerInfo=engine_inspector.json")
+    dynamic = trtexec_command("model.onnx", {"images": [3, 224, 224]},
+                              BuildOptions(sparse_weights=True, batch_profile=(1, 8, 64), timing_cache="t.cache"))
+    assert dynamic.endswith("--sparsity=enable --minShapes=images:1x3x224x224 --optShapes=images:8x3x224x224 "
+                            "--maxShapes=images:64x3x224x224 --timingCacheFile=t.cache")
+
+
+def test_no_build_writes_the_trt_graph_and_how_to_build_it(tmp_path, capsys):
+    import vitrt
+    from vitrt.cli import main
+
+    model = tiny_vit(depth=1, img_size=64)
+    result = vitrt.compile(model, tmp_path / "out", name="tiny", batch=8, backend="trt", no_build=True,
+                           precision="fp16", sparsity="2:4", dynamic_batch=True, max_batch=32, verify=True)
+    manifest = result.manifest
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "model.onnx"]
+    assert manifest["artifact"] is None and result.artifact_path is None and manifest["verify"]["ok"]
+    assert manifest["backend"] == "trt" and manifest["batch_profile"] == [1, 8, 32]
+    assert manifest["engine_build"] == {"built": False, "command": (
+        "cd OUT && trtexec --onnx=model.onnx --stronglyTyped --saveEngine=model.plan --profilingVerbosity=detailed "
+        "--exportLayerInfo=engine_inspector.json --sparsity=enable --minShapes=images:1x3x64x64 "
+        "--optShapes=images:8x3x64x64 --maxShapes=images:32x3x64x64")}
+    assert "no engine built (--no-build); build it on the GPU machine with: cd OUT && trtexec" in capsys.readouterr().err
+    # what needs an engine says so in one line and writes nothing
+    assert main(["export", "triton", str(tmp_path / "out"), "-o", str(tmp_path / "repo")]) == 2
+    assert "holds no engine: it was compiled with --no-build" in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists()
+    assert main(["bench", str(tmp_path / "out")]) == 2
+    assert "holds no engine: it was compiled with --no-build" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--no-build"], "--no-build is for --backend trt"),
+    (["--backend", "trt", "--no-build", "--bench"], "--no-build builds no engine to benchmark"),
+])
+def test_no_build_option_errors(tmp_path, capsys, argv, message):
+    from vitrt.cli import main
+
+    assert main(["compile", "vit_tiny_patch16_224", "-o", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "out").exists()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.output import artifact_in
 from vitrt.compiler.timing import Timing, interleaved, synced
 
 
@@ -47,14 +48,12 @@ def load_out(out: Path, threads: int | None = None) -> Loaded:
 
     manifest = read_manifest(out / "manifest.json")
     try:
+        artifact = artifact_in(Path(out), manifest)
         backend = get_backend(manifest["backend"])
-        artifact = out / manifest["artifact"]
         batch = manifest["input_shape"][0]
         spec = ViTSpec.from_dict(manifest["spec_after"])
     except KeyError as exc:
         raise VitrtError(f"'{out}/manifest.json' lacks {exc}: it was not written by vitrt compile") from None
-    if not artifact.exists():
-        raise VitrtError(f"'{artifact}' is missing: compile OUT again")
     runner = backend.load(artifact, BuildOptions(threads=threads))
     return Loaded(str(out), runner, spec, batch if isinstance(batch, int) else None, manifest, artifact)
 

@@ -1,5 +1,5 @@
 """INT4 weight-only on ONNX Runtime CPU: FP32 activations (the ort form of ``--precision int4w``) against W4A16
-(the trt form: the same INT4 graph typed FP16, LayerNorm / Softmax in FP32), timed side by side.
+(the trt form: the same INT4 graph typed FP16, LayerNorm in FP32), timed side by side.
 
     python -m vitrt.benchmarks.int4_activations [MODEL] [--batch 8] [--rounds 7] [--iters 3] [--threads 1]
 

@@ -28,8 +28,10 @@ def print_summary(manifest: dict) -> None:
 def check_known_model(config) -> None:
     """For the models vitrt knows by heart (vitrt.compiler.known_models), every model-dependent option is checked
     before torch is even imported; other models are checked by compile() from timm's config on the meta device."""
-    from vitrt.compiler.known_models import check_img_size, known_spec, patch_size
+    from vitrt.compiler.known_models import check_img_size, check_model_name, known_spec, patch_size
 
+    if config.model:
+        check_model_name(config.model)
     patch = patch_size(config.model) if config.checkpoint is None else None  # a checkpoint may change the head
     if patch is not None:
         check_img_size(config.model, config.img_size, patch)

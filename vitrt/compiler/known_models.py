@@ -7,9 +7,13 @@ that is not listed is inspected through timm on the meta device instead (slower,
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
-from vitrt.compiler.errors import OptionError
+from vitrt.compiler.errors import OptionError, UnsupportedModelError
 from vitrt.compiler.spec import BlockSpec, ViTSpec
 
 
@@ -68,3 +72,55 @@ def check_img_size(name: str, img_size: int | None, patch: int) -> None:
         lower, upper = (img_size // patch) * patch, (img_size // patch + 1) * patch
         raise OptionError(f"--img-size {img_size} is not a multiple of {name}'s patch size {patch}: use "
                           f"{lower or upper} or {upper}")
+
+
+SUPPORTED_EXAMPLES = (
+    "vit_tiny_patch16_224, vit_small_patch16_224, vit_base_patch16_224, deit_tiny_patch16_224, "
+    "deit_small_patch16_224, deit_base_patch16_224, deit_*_distilled_patch16_224"
+)
+SUPPORTED_FAMILIES = "timm VisionTransformer models with a class token (vit_*, deit_*)"
+SUPPORTED_MODULES = ("timm.models.vision_transformer", "timm.models.deit")
+
+
+def check_model_name(name: str) -> None:
+    """Refuse names timm does not know and families vitrt does not lower, in one line. Fast for the listed
+    models; for the others timm's registry is read from a cache (:func:`timm_modules`)."""
+    if name in KNOWN_MODELS:
+        return
+    module = timm_modules().get(name.split(".", 1)[0])  # "vit_base_patch16_224.augreg_in21k": a pretrained tag
+    if module is None:
+        raise UnsupportedModelError(f"unknown model '{name}': not a timm model name; supported: {SUPPORTED_FAMILIES}, "
+                                    f"e.g. {SUPPORTED_EXAMPLES}")
+    if module not in SUPPORTED_MODULES:
+        raise UnsupportedModelError(f"unsupported architecture '{name}' (timm family '{module.rsplit('.', 1)[-1]}'): "
+                                    f"vitrt supports {SUPPORTED_FAMILIES}, e.g. {SUPPORTED_EXAMPLES}")
+
+
+def timm_modules() -> dict[str, str]:
+    """Every model name timm registers -> the module that defines it.
+
+    Importing timm (and with it torch) takes seconds, more than a one-line error may; so the registry is kept in
+    ``$XDG_CACHE_HOME/vitrt/timm-<version>-models.json`` (``~/.cache`` by default), keyed by the installed timm's
+    version, which is read without importing it. Built on the first miss (a few seconds) and rewritten
+    atomically; an unwritable cache directory only costs the import every time."""
+    from importlib.metadata import version
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitrt" / \
+        f"timm-{version('timm')}-models.json"
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        pass
+    import timm
+    from timm.models import _registry
+
+    modules = {name: _registry.model_entrypoint(name).__module__ for name in timm.list_models()}
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(modules, f)
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return modules

@@ -14,16 +14,11 @@ import torch
 from torch import nn
 
 from vitrt.compiler.errors import CheckpointError, UnsupportedModelError, VitrtError
-from vitrt.compiler.known_models import check_img_size, known_spec, patch_size
+from vitrt.compiler.known_models import (SUPPORTED_EXAMPLES, SUPPORTED_FAMILIES, check_img_size, check_model_name,
+                                         known_spec, patch_size)
 from vitrt.compiler.spec import BlockSpec, ViTSpec
 from vitrt.compiler.twin import CanonicalViT
 
-SUPPORTED_EXAMPLES = (
-    "vit_tiny_patch16_224, vit_small_patch16_224, vit_base_patch16_224, deit_tiny_patch16_224, "
-    "deit_small_patch16_224, deit_base_patch16_224, deit_*_distilled_patch16_224"
-)
-SUPPORTED_FAMILIES = "timm VisionTransformer models with a class token (vit_*, deit_*)"
-_SUPPORTED_MODULES = ("timm.models.vision_transformer", "timm.models.deit")
 
 
 HUB_HOST = "huggingface.co"  # where timm downloads pretrained weights from
@@ -89,21 +84,6 @@ def check_hub_reachable(timeout: float = 3.0) -> None:
     except OSError as exc:
         raise VitrtError(f"--pretrained needs the model hub ({HUB_HOST}), which cannot be reached from here "
                          f"({exc.__class__.__name__}); pass --checkpoint PATH with the weights instead") from None
-
-
-def check_model_name(name: str) -> None:
-    """Refuse names timm does not know and families vitrt does not lower (cheap: creates nothing)."""
-    import timm
-    from timm.models import _registry
-
-    if not timm.is_model(name):
-        raise UnsupportedModelError(f"unknown model '{name}': not a timm model name; supported: {SUPPORTED_FAMILIES}, "
-                                    f"e.g. {SUPPORTED_EXAMPLES}")
-    module = _registry.model_entrypoint(name).__module__
-    if module not in _SUPPORTED_MODULES:
-        family = module.rsplit(".", 1)[-1]
-        raise UnsupportedModelError(f"unsupported architecture '{name}' (timm family '{family}'): vitrt supports "
-                                    f"{SUPPORTED_FAMILIES}, e.g. {SUPPORTED_EXAMPLES}")
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:

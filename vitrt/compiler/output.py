@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from vitrt.compiler.errors import OutputError
+from vitrt.compiler.errors import OutputError, VitrtError
 
 
 def check_output_dir(out: Path, force: bool) -> None:
@@ -105,3 +105,16 @@ def write_json(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
+
+
+def artifact_in(out: Path, manifest: dict) -> Path:
+    """The backend artifact of the compile output ``out`` (its ``manifest``); a one-line VitrtError when the compile
+    built none (``--no-build``) or the file is gone."""
+    if manifest.get("artifact") is None:
+        command = (manifest.get("engine_build") or {}).get("command", "trtexec --onnx=model.onnx --stronglyTyped")
+        raise VitrtError(f"'{out}' holds no engine: it was compiled with --no-build; build it on the GPU machine "
+                         f"({command}) or compile again without --no-build")
+    path = Path(out) / str(manifest["artifact"])
+    if not path.is_file():
+        raise VitrtError(f"'{path}' is missing: compile OUT again")
+    return path

@@ -24,7 +24,7 @@ class TargetConfig:
     batch: int = option(1, "batch size fixed at compile time (static shapes)", type=int, metavar="N")
     dynamic_batch: bool = option(False, "make the batch dimension dynamic instead of fixed")
     precision: str = option("fp32", "engine precision, carried by the graph: fp32, fp16 / bf16 (typed, "
-                            "LayerNorm/Softmax in fp32; bf16 for trt), int8 / fp8 (Q/DQ), int4w (INT4 weight-only, "
+                            "LayerNorm in fp32; bf16 for trt), int8 / fp8 (Q/DQ), int4w (INT4 weight-only, "
                             "block-wise; W4A16 for trt)", choices=PRECISIONS)
     opset: int = option(17, "ONNX opset of the canonical graph", type=int, metavar="N")
     threads: int | None = option(None, "ONNX Runtime intra-op threads (default: ONNX Runtime's choice)", type=int,
@@ -36,6 +36,9 @@ class TargetConfig:
     max_batch: int | None = option(None, "with --dynamic-batch: largest batch of the TensorRT optimisation profile "
                                    "(default --batch, which is the batch it is optimised for)", type=int, metavar="N")
     cuda_graph: bool = option(False, "trt backend: capture each input shape's enqueue into a CUDA graph and replay it")
+    no_build: bool = option(False, "trt backend: write the TensorRT-ready OUT/model.onnx and the manifest without "
+                            "building the engine (no TensorRT or GPU needed here); the manifest's engine_build names "
+                            "the trtexec command that builds it on the GPU machine")
 
     @property
     def static_batch(self) -> int | None:
@@ -46,7 +49,7 @@ class TargetConfig:
     def activation_dtype(self) -> str:
         """The float type the graph's activations carry: fp16 / bf16 when typed, else fp32.
 
-        INT4 weight-only is W4A16 for TensorRT — block-wise INT4 weights, FP16 activations, LayerNorm and Softmax
+        INT4 weight-only is W4A16 for TensorRT — block-wise INT4 weights, FP16 activations, LayerNorm
         in FP32: TensorRT's and Model Optimizer's scheme — and keeps FP32 activations for ONNX Runtime's CPU
         provider, where it runs faster (benchmarks/results/quantization.md, "INT4 activations")."""
         if self.precision in ("fp16", "bf16"):
@@ -76,6 +79,9 @@ class TargetConfig:
             raise OptionError(f"--opset {self.opset} is outside the supported range {MIN_OPSET}..{MAX_OPSET}")
         if self.threads is not None and self.threads < 1:
             raise OptionError(f"--threads must be >= 1, got {self.threads}")
+        if self.no_build and self.backend != "trt":
+            raise OptionError("--no-build is for --backend trt (the engine is built later on a GPU machine); the ort "
+                              "artifact builds here in seconds: drop --no-build")
         if self.precision == "bf16" and self.backend != "trt":  # checked by tests/test_precision.py
             raise OptionError(f"--precision bf16 needs --backend trt: ONNX Runtime's CPU provider has no bfloat16 "
                               f"kernels for MatMul, Add, Erf or Softmax (use --precision fp16 with --backend "

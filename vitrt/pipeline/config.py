@@ -72,6 +72,8 @@ class CompileConfig:
         self.quant.validate(self.target.precision)
         if self.checks.lut is not None and not self.checks.bench and self.prune.fraction is None:
             raise OptionError("--lut needs --bench (or --prune): the prediction is recorded beside the measured latency")
+        if self.target.no_build and (self.checks.bench or self.checks.refine_lut):
+            raise OptionError("--no-build builds no engine to benchmark: drop --bench / --refine-lut, or --no-build")
         if self.prune.fraction is not None and self.checks.lut is None:
             raise OptionError("--prune needs --lut LUT (build one with: vitrt lut build --backend ort --grid coarse "
                              "--batch N -o LUT)")

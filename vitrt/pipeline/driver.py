@@ -73,8 +73,10 @@ class CompileResult:
         return self.out / "model.onnx"
 
     @property
-    def artifact_path(self) -> Path:
-        return self.out / self.manifest["artifact"]
+    def artifact_path(self) -> Path | None:
+        """The backend's artifact; None for a ``--no-build`` compile."""
+        artifact = self.manifest["artifact"]
+        return None if artifact is None else self.out / artifact
 
 
 def make_config(model=None, out=None, config: CompileConfig | None = None, options: dict | None = None
@@ -149,7 +151,8 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
     progress = progress or Progress(enabled=not config.quiet)
     target, checks = config.target, config.checks
     with atomic_output_dir(config.out, config.force) as staging:
-        backend = get_backend(target.backend)  # fails fast (before any work) when its runtime is missing
+        # fails fast (before any work) when its runtime is missing; --no-build needs none
+        backend = None if target.no_build else get_backend(target.backend)
         lut = open_for_compile(config)
         source = inspect_source(config, module, progress)
         stages = active_stages(config)
@@ -202,7 +205,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
             "batch_profile": list(target.batch_profile) if target.batch_profile else None,
             "backend": target.backend,
             "opset": target.opset,
-            "artifact": backend.artifact_name,
+            "artifact": None if backend is None else backend.artifact_name,
             "spec_before": spec_before.to_dict(),
             "spec_after": view.spec.to_dict(),
             "passes": [r.to_dict() for r in result.records],
@@ -224,8 +227,13 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
         build_options = BuildOptions(threads=target.threads, timing_cache=target.timing_cache,
                                      batch_profile=target.batch_profile, cuda_graph=target.cuda_graph,
                                      sparse_weights=bool(result.build_hints.get("sparse_weights")))
-        with progress.step(f"building the {target.backend} artifact"):
-            backend.build(onnx_path, staging, build_options)
+        if backend is None:
+            manifest["engine_build"] = engine_build_later(final_onnx, build_options)
+            progress.log(f"no engine built (--no-build); build it on the GPU machine with: "
+                         f"{manifest['engine_build']['command']}")
+        else:
+            with progress.step(f"building the {target.backend} artifact"):
+                backend.build(onnx_path, staging, build_options)
         stage_reports = {}
         for stage, plan, before, after in reports:
             if stage.report is None:
@@ -263,6 +271,14 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
     progress.log(f"wrote {config.out}")
     refine_after_compile(config, manifest, progress)  # --refine-lut: a separate atomic write after OUT
     return CompileResult(Path(config.out), manifest, final, plans)
+
+
+def engine_build_later(model: onnx.ModelProto, options: BuildOptions) -> dict:
+    """The manifest's ``engine_build`` of a ``--no-build`` compile: the trtexec command that builds the engine."""
+    from vitrt.compiler.backends.trt import trtexec_command
+
+    inputs = {v["name"]: v["shape"][1:] for v in graph_io(model)["inputs"]}
+    return {"built": False, "command": f"cd OUT && {trtexec_command('model.onnx', inputs, options)}"}
 
 
 def graph_io(model: onnx.ModelProto) -> dict:

@@ -62,6 +62,7 @@ def check(config: DemoConfig) -> None:
 
 
 def run_demo(config: DemoConfig) -> dict:
+    check(config)  # before the heavy imports below: a bad option is refused in well under a second
     from vitrt.calib.digits import digits_split
     from vitrt.calib.evaluate import accuracy, runner_accuracy
     from vitrt.calib.reference import load_reference
@@ -71,7 +72,6 @@ def run_demo(config: DemoConfig) -> dict:
     from vitrt.compiler.timing import Timing, interleaved, synced
     from vitrt.pipeline.driver import compile
 
-    check(config)
     progress = Progress(enabled=not config.quiet)
     progress.log(f"writing the demo to {config.out.absolute()}")
     start = time.process_time()

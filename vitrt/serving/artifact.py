@@ -23,6 +23,7 @@ import numpy as np
 from vitrt.compiler.backends import BACKEND_NAMES
 from vitrt.compiler.errors import BackendUnavailableError, VitrtError
 from vitrt.compiler.jsonfile import read_json
+from vitrt.compiler.output import artifact_in
 
 NOT_AN_OUT_HINT = "pass the OUT directory written by vitrt compile MODEL -o OUT"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # what Triton accepts as a model (directory) name
@@ -81,9 +82,7 @@ def open_artifact(out) -> CompiledArtifact:
     backend = manifest["backend"]
     if backend not in BACKEND_NAMES:
         raise VitrtError(f"'{out}/manifest.json' names backend '{backend}'; vitrt serves {', '.join(BACKEND_NAMES)}")
-    path = out / str(manifest["artifact"])
-    if not path.is_file():
-        raise VitrtError(f"'{path}' is missing: compile OUT again")
+    path = artifact_in(out, manifest)
     if backend == "ort":
         inputs, outputs, limit, source = *onnx_io(path), None, path.name
     else:

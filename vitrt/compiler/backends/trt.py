@@ -100,6 +100,27 @@ def sparse_layers(inspector_json: dict) -> list[str]:
             if isinstance(layer, dict) and str(layer.get("HasSparseWeights", 0)) in ("1", "True", "true")]
 
 
+def trtexec_command(onnx_name: str, inputs: dict[str, list[int]], options: BuildOptions) -> str:
+    """The trtexec command line that builds the engine :meth:`TrtBackend.build` would build from ``onnx_name``
+    (for ``--no-build``: the engine is built on the GPU machine). ``inputs`` maps each graph input to its shape
+    without the batch dimension. Flags as documented for trtexec in TensorRT 10 ("Command-Line Programs"):
+    a strongly typed network (precision comes from the graph), 2:4 sparse tactics when the graph has them, the
+    batch profile of a dynamic batch, the timing cache, and the layer information :func:`sparse_layers` reads."""
+    flags = [f"--onnx={onnx_name}", "--stronglyTyped", "--saveEngine=model.plan", "--profilingVerbosity=detailed",
+             "--exportLayerInfo=engine_inspector.json"]
+    if options.sparse_weights:
+        flags.append("--sparsity=enable")
+    if options.batch_profile is not None:
+        for flag, batch in zip(("--minShapes", "--optShapes", "--maxShapes"), options.batch_profile):
+            flags.append(flag + "=" + ",".join(f"{name}:{'x'.join(map(str, [batch, *shape]))}"
+                                               for name, shape in inputs.items()))
+    if options.timing_cache is not None:
+        flags.append(f"--timingCacheFile={options.timing_cache}")
+    if options.workspace_mb:
+        flags.append(f"--memPoolSize=workspace:{options.workspace_mb}M")
+    return " ".join(["trtexec", *flags])
+
+
 class TrtBackend(Backend):
     name = "trt"
     artifact_name = "model.plan"

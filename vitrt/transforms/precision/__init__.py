@@ -1,5 +1,5 @@
 """Precision typing: the float graph becomes FP16 or BF16 (TensorRT 11 takes precision only from the graph), with
-LayerNorm and Softmax kept in FP32.
+LayerNorm kept in FP32 (Softmax typed, so that TensorRT fuses the attention).
 
     plan.py        PrecisionPlan: dtype (fp16 | bf16) and the ops kept in fp32
     graph_pass.py  PrecisionTypingPass: retypes tensors and constants, Casts around the kept ops

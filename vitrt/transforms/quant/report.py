@@ -9,7 +9,7 @@ from vitrt.transforms.quant.plan import QuantPlan
 # Why int4w's float activations have the type they have, per type (the target decides:
 # vitrt.compiler.target.TargetConfig.activation_dtype).
 INT4_ACTIVATIONS_WHY = {
-    "fp16": "W4A16 for TensorRT: block-wise INT4 weights with FP16 activations (LayerNorm and Softmax in FP32) is "
+    "fp16": "W4A16 for TensorRT: block-wise INT4 weights with FP16 activations (LayerNorm in FP32) is "
             "TensorRT's and Model Optimizer's INT4 weight-only scheme",
     "fp32": "FP32 activations for ONNX Runtime's CPU provider, which runs this form faster than W4A16 "
             "(benchmarks/results/quantization.md, 'INT4 activations')",
