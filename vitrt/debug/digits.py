@@ -40,6 +40,9 @@ class DigitsDebugConfig:
     ranking_images: int = option(512, "digits train images vitrt sensitivity scores on", type=int, metavar="N")
     threads: int | None = option(None, "ONNX Runtime intra-op threads", type=int, metavar="N")
     skip_compare: bool = option(False, "only the fallback table")
+    skip_bisect: bool = option(False, "no bisection row")
+    ranking: Path | None = option(None, "a sensitivity.json to rank --keep-float-top by (default: score it)",
+                                  type=Path, metavar="FILE")
     quiet: bool = option(False, "no progress output")
 
 
@@ -135,15 +138,16 @@ def fallback_table(model, config: DigitsDebugConfig, progress) -> dict:
 
     fp32 = measure("fp32", "")
     measure("aggressive", AGGRESSIVE_FLAGS, **AGGRESSIVE)
-    with progress.step("bisect over the aggressive compile's quantized layers"):
-        found = bisect_record(load_record(config.work / "aggressive"), images, labels, config.max_drop, ("quant",),
-                              config.threads, progress)
-    layers = ",".join(u["name"] for u in found["reverted"])
-    bisect_row = measure("bisect", f"{AGGRESSIVE_FLAGS} {found['flags']}", quant_exclude=layers or None,
-                         **AGGRESSIVE)
-    bisect_row["bisect"] = {k: found[k] for k in ("uncompressed", "compiled", "after", "evaluations", "seconds",
-                                                  "quantized_layers_kept")}
-    path = ranking(config, progress)
+    if not config.skip_bisect:
+        with progress.step("bisect over the aggressive compile's quantized layers"):
+            found = bisect_record(load_record(config.work / "aggressive"), images, labels, config.max_drop,
+                                  ("quant",), config.threads, progress)
+        layers = ",".join(u["name"] for u in found["reverted"])
+        bisect_row = measure("bisect", f"{AGGRESSIVE_FLAGS} {found['flags']}", quant_exclude=layers or None,
+                             **AGGRESSIVE)
+        bisect_row["bisect"] = {k: found[k] for k in ("uncompressed", "compiled", "after", "evaluations", "seconds",
+                                                      "quantized_layers_kept")}
+    path = config.ranking or ranking(config, progress)
     for k in [int(k) for k in config.keep_float_top.split(",")]:
         measure(f"keep_float_top_{k}", f"{AGGRESSIVE_FLAGS} --keep-float-top {k} --sensitivity {path}",
                 keep_float_top=k, sensitivity=path, **AGGRESSIVE)

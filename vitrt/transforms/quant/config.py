@@ -60,12 +60,11 @@ class QuantConfig:
     def check(self, spec, target):
         """A given scale table, the --quant-exclude patterns and the --sensitivity ranking are checked against the
         spec they will meet before any work, when that is known."""
-        from vitrt.transforms.quant.fallback import excluded_layers, read_ranking
-        from vitrt.transforms.quant.scale_table import load_scale_table, quantizable_layers
+        from vitrt.transforms.quant.scale_table import excluded_layers, load_scale_table, quantizable_layers, read_ranking
 
         if spec is None:
             return spec
-        excluded = excluded_layers(self, spec, target.precision) if self.exclude else {}
+        excluded = excluded_layers(self.exclude, spec, target.precision, self.quantize_attention) if self.exclude else {}
         if self.scale_table is not None:
             load_scale_table(self.scale_table, spec, target.precision, quantize_attention=self.quantize_attention,
                              exclude=excluded)

@@ -17,10 +17,10 @@ from vitrt.compiler.weights import parameter_state
 from vitrt.transforms.base import PlanContext
 from vitrt.transforms.quant.config import QuantConfig
 from vitrt.transforms.quant.fakequant import apply_scale_table, quantize_twin, table_from_twin
-from vitrt.transforms.quant.fallback import excluded_layers, float_layers_for
+from vitrt.transforms.quant.fallback import float_layers_for
 from vitrt.transforms.quant.plan import QuantPlan
 from vitrt.transforms.quant.qat import qat
-from vitrt.transforms.quant.scale_table import load_scale_table
+from vitrt.transforms.quant.scale_table import excluded_layers, load_scale_table
 
 
 def plan(twin, ctx: PlanContext, options: QuantConfig) -> QuantPlan:
@@ -30,7 +30,7 @@ def plan(twin, ctx: PlanContext, options: QuantConfig) -> QuantPlan:
     start = time.perf_counter()
     if options.scale_table is not None:
         table = load_scale_table(options.scale_table, twin.spec, precision, quantize_attention=att,
-                                 exclude=excluded_layers(options, twin.spec, precision))
+                                 exclude=excluded_layers(options.exclude, twin.spec, precision, att))
         qtwin = apply_scale_table(twin, table, quantize_attention=att)
     else:
         data = None if precision == "int4w" else ctx.data(source, limit=options.calib_images)

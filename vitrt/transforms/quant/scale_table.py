@@ -195,6 +195,38 @@ def quantizable_layers(spec, precision: str, *, quantize_attention: bool = False
                                                                             quantize_attention=quantize_attention)))
 
 
+# --- per-layer fallback (--quant-exclude, --keep-float-top --sensitivity) ---------------------------------------
+
+def excluded_layers(patterns: str | None, spec, precision: str, quantize_attention: bool = False) -> dict[str, str]:
+    """Layers matched by ``--quant-exclude`` ``patterns`` (comma-separated fnmatch) -> why; a pattern that matches no
+    quantizable layer is refused."""
+    import fnmatch
+
+    layers = quantizable_layers(spec, precision, quantize_attention=quantize_attention)
+    out: dict[str, str] = {}
+    for pattern in [p.strip() for p in (patterns or "").split(",") if p.strip()]:
+        matched = [layer for layer in layers if fnmatch.fnmatchcase(layer, pattern)]
+        if not matched:
+            raise VitrtError(f"--quant-exclude '{pattern}' matches no quantized layer (they are named like "
+                             f"{', '.join(layers[:3])}, ..., {layers[-1]})")
+        out.update({layer: f"--quant-exclude {pattern}" for layer in matched if layer not in out})
+    return out
+
+
+def read_ranking(path, precision: str, layers: list[str]) -> list[str]:
+    """The layer order of a ``vitrt sensitivity`` result (checked: its precision, and layers this model has)."""
+    data = read_json(path, "sensitivity ranking", "write one with vitrt sensitivity MODEL -o DIR (DIR/sensitivity.json)")
+    if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
+        raise VitrtError(f"sensitivity ranking '{path}': expected the JSON vitrt sensitivity writes (a 'layers' list)")
+    if data.get("precision") != precision:
+        raise VitrtError(f"sensitivity ranking '{path}' was scored at {data.get('precision')}, the compile is {precision}")
+    ranking = [row.get("layer") if isinstance(row, dict) else None for row in data["layers"]]
+    unknown = [layer for layer in ranking if layer not in layers]
+    if unknown:
+        raise VitrtError(f"sensitivity ranking '{path}' names '{unknown[0]}', which this model does not quantize")
+    return ranking
+
+
 # --- loading and validation ------------------------------------------------------------------------------
 
 def table_from_dict(data, spec, precision: str, *, quantize_attention: bool = False, origin: str = "scale table",
