@@ -28,9 +28,10 @@ README = REPO / "README.md"
 # Flags whose value a command writes; every other path-like value is read.
 OUTPUT_FLAGS = {"-o", "--out", "--json", "--json-out", "--timing-cache", "--save", "--record"}
 # Values that name a data source or a URL, not a file.
-NOT_PATHS = re.compile(r"^(digits|synthetic|synth:.*|https?://.*|grpc://.*|[\d.,:]+)$")
+NOT_PATHS = re.compile(r"^(digits|synthetic|synth:.*|https?://.*|grpc://.*|[\d.,:]+|\d+/\d+)$")  # 0/2: a --shard
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z_]+$")  # PATH, OUT, LUT: not copy-pasteable
 NEEDS_TRT = "# needs TensorRT"
+NEEDS_GPU = "# needs a CUDA GPU"
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,13 @@ class Example:
 
     @property
     def runs_here(self) -> bool:
-        """pip lines set up the environment the test already runs in."""
-        return not self.text.startswith("pip ")
+        """pip set-up lines run in the environment the test already has: only a vitrt command after them runs."""
+        return not self.text.startswith("pip ") or " && vitrt " in self.text
+
+    @property
+    def command(self) -> str:
+        """What runs: the vitrt part of a "pip install ... && vitrt ..." line, else the line."""
+        return "vitrt " + self.text.split(" && vitrt ", 1)[1] if self.text.startswith("pip ") else self.text
 
 
 def examples() -> list[Example]:
@@ -80,6 +86,10 @@ def written_and_read(example: Example) -> tuple[list[str], list[str]]:
             written.append(token)
         elif "/" in token or re.search(r"\.(pt|json|onnx|cache|plan)$", token):
             read.append(token)
+    if "--shard" in argv[:-1] and argv[1:3] == ["lut", "build"]:  # a shard writes LUT.partK-of-N.json
+        from vitrt.benchmarks.lut_build import parse_shard, shard_path
+
+        written = [str(shard_path(path, parse_shard(argv[argv.index("--shard") + 1]))) for path in written]
     return written, read
 
 
@@ -115,17 +125,27 @@ def _tensorrt_available() -> bool:
     return tensorrt_available()
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _run(example: Example, cwd: Path, env: dict, log) -> None:
-    command = example.text.replace("python ", f"{sys.executable} ", 1) if example.text.startswith("python ") \
-        else example.text
+    command = example.command
+    if command.startswith("python "):
+        command = command.replace("python ", f"{sys.executable} ", 1)
     start = time.perf_counter()
     result = subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=3600,
                             check=False)
     seconds = time.perf_counter() - start
-    log.write(f"{seconds:8.1f} s  exit {result.returncode}  README.md:{example.line}  {example.text}\n")
+    log.write(f"{seconds:8.1f} s  exit {result.returncode}  README.md:{example.line}  {command}\n")
     log.flush()
     if NEEDS_TRT in example.comment and not _tensorrt_available():
         assert result.returncode == 2 and "TensorRT is not installed" in result.stderr, (example, result.stderr)
+        return
+    if NEEDS_GPU in example.comment and not _cuda_available():
+        assert result.returncode == 2 and "needs CUDA" in result.stderr, (example, result.stderr)
         return
     assert result.returncode == 0, f"README.md:{example.line}: {example.text}\n{result.stderr[-3000:]}"
 
@@ -135,7 +155,8 @@ def test_readme_examples_run_in_order(tmp_path):
     """Every example in order in one directory (hours of CPU in all: the demo, training, latency tables)."""
     work = tmp_path / "clone"
     shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(".git", "out", "vitrt-demo", "*.egg-info"))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(work)}  # the copy's vitrt, whatever the installed one points at
     results = Path(os.environ.get("VITRT_README_LOG", tmp_path / "readme_examples.log"))
     server = None
     try:

@@ -214,6 +214,18 @@ def test_bad_options_are_one_line_and_write_nothing(outs, tmp_path, capsys, args
     assert not (tmp_path / "repo").exists()
 
 
+def test_torch_backend_out_is_refused_naming_vitrt_serve(tmp_path, capsys):
+    """Triton has no native backend for vitrt's torch runner: one line naming vitrt serve, exit 2, nothing written."""
+    import vitrt
+
+    vitrt.compile(tiny_vit(), tmp_path / "torch_out", backend="torch", dynamic_batch=True, quiet=True)
+    code = export(tmp_path / "torch_out", tmp_path / "repo")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "--backend torch" in err and f"vitrt serve {tmp_path / 'torch_out'}" in err and "--backend ort or trt" in err
+    assert not (tmp_path / "repo").exists()
+
+
 def test_not_a_vitrt_output_is_refused(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "wrong").mkdir()

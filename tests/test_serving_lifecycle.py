@@ -29,6 +29,7 @@ def digits_outs(tmp_path_factory, digits_reference):
     root = tmp_path_factory.mktemp("lifecycle")
     vitrt.compile(digits_reference[0], root / "dynamic", name=MODEL, dynamic_batch=True, quiet=True)
     vitrt.compile(digits_reference[0], root / "static", name=MODEL, batch=8, quiet=True)
+    vitrt.compile(digits_reference[0], root / "torch", name=MODEL, dynamic_batch=True, backend="torch", quiet=True)
     return root
 
 
@@ -109,6 +110,25 @@ def test_static_engine_served_as_compiled_then_ctrl_c(digits_outs, digits_test, 
         assert server.orphans() == set()
         last = server.stderr().strip().splitlines()[-1]
         assert last.startswith("[vitrt] stopped digits_vit on SIGINT") and "drain:" not in last, last
+
+
+def test_torch_backend_out_is_served_by_its_own_runner(digits_outs, digits_test, tmp_path):
+    """A --backend torch OUT behind Triton: vitrt's torch runner answers (not ONNX Runtime), its logits equal the
+    artifact's own in process and the top-1 of the ort artifact on the same images."""
+    from vitrt.compiler.backends import BuildOptions, get_backend
+    from vitrt.serving.client import RemoteModel
+
+    images, labels = digits_test.images.numpy()[:64], digits_test.labels.numpy()[:64]
+    with ServeProcess(digits_outs / "torch", "--max-batch", "64", log_dir=tmp_path) as server:
+        assert server.wait_ready() <= READY_S
+        assert "(torch: " in server.stderr() and "model.torch.onnx" in server.stderr()
+        with RemoteModel(server.http, MODEL) as remote:
+            served = remote.infer(images)
+        assert server.stop(signal.SIGTERM) == 0, server.stderr()[-2000:]
+    runner = get_backend("torch").load(digits_outs / "torch" / "model.torch.onnx", BuildOptions())
+    assert np.max(np.abs(served - runner.infer(images))) <= 1e-4
+    ort = get_backend("ort").load(digits_outs / "dynamic" / "model.ort.onnx", BuildOptions())
+    assert (served.argmax(1) == ort.infer(images).argmax(1)).all() and (served.argmax(1) == labels).mean() >= 0.95
 
 
 def run_serve(capsys, *args) -> tuple[int, str]:

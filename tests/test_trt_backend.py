@@ -112,7 +112,8 @@ def test_dynamic_batch_profile_buffers_and_timing(tiny_onnx, tmp_path):
     with pytest.raises(VitrtError, match=r"rejected input shape \[9, 3, 32, 32\].*profile takes \[1, 3, 32, 32\]"):
         runner.infer(verification_inputs(twin.spec, batch=9))
     stats = runner.benchmark(verification_inputs(twin.spec, batch=4), warmup=2, iterations=5)
-    assert stats.timer.startswith("CUDA events") and set(stats.transfers_ms) == {"h2d_ms", "d2h_ms"}
+    assert stats.clock == "cuda" and stats.timer.startswith("CUDA events")
+    assert set(stats.transfers_ms) == {"h2d_ms", "d2h_ms"}
     assert 0 < stats.median_ms and (stats.per_block_ms or stats.spanning_layers)
     assert runner.context.profiler is None  # detached after the per-layer pass
 

@@ -9,6 +9,7 @@ reference comes from one such run.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,8 @@ def load_out(out: Path, threads: int | None = None) -> Loaded:
 
 
 def load_model_name(name: str, workdir: Path, *, backend: str = "ort", img_size: int | None = None,
-                    threads: int | None = None, seed: int = 0, batches: tuple[int, ...] = (1,)) -> Loaded:
+                    threads: int | None = None, seed: int = 0, keep_onnx: bool = False, options=None,
+                    batches: tuple[int, ...] = (1,)) -> Loaded:
     """Lower a timm model (random weights) with a dynamic batch and build it on ``backend`` for ``batches``."""
     import torch
 
@@ -67,21 +69,23 @@ def load_model_name(name: str, workdir: Path, *, backend: str = "ort", img_size:
 
     torch.manual_seed(seed)
     twin = canonicalize(load_timm_model(name, img_size=img_size))
-    return build_twin(twin, workdir, name=name, backend=backend, threads=threads,
-                      batch_profile=(min(batches), max(batches), max(batches)))
+    return build_twin(twin, workdir, name=name, backend=backend, threads=threads, keep_onnx=keep_onnx,
+                      options=options, batch_profile=(min(batches), max(batches), max(batches)))
 
 
 def build_twin(twin, workdir: Path, *, name: str, backend: str = "ort", batch: int | None = None,
-               threads: int | None = None, keep_onnx: bool = False,
+               threads: int | None = None, keep_onnx: bool = False, options=None,
                batch_profile: tuple[int, int, int] | None = None) -> Loaded:
-    """Lower ``twin`` (``batch=None``: dynamic, built for ``batch_profile``) into ``workdir`` and load the artifact."""
+    """Lower ``twin`` (``batch=None``: dynamic, built for ``batch_profile``) into ``workdir`` and load the artifact
+    (``options``: the backend's BuildOptions, default ``threads`` only)."""
     import onnx
 
     from vitrt.compiler.backends import BuildOptions, get_backend
     from vitrt.compiler.lower import lower
 
-    be = get_backend(backend)
-    options = BuildOptions(threads=threads, batch_profile=batch_profile if batch is None else None)
+    options = dataclasses.replace(options or BuildOptions(threads=threads),
+                                  batch_profile=batch_profile if batch is None else None)
+    be = get_backend(backend, options.device if backend == "torch" else None)
     workdir.mkdir(parents=True, exist_ok=True)
     onnx_path = workdir / "model.onnx"
     onnx.save(lower(twin, batch=batch), str(onnx_path))
@@ -96,41 +100,136 @@ def images_for(spec, batch: int, seed: int = 0) -> np.ndarray:
     return rng.standard_normal((batch, spec.in_chans, spec.img, spec.img), dtype=np.float32)
 
 
-def bench_target(target: str, batches: list[int], *, backend: str = "ort", iterations: int = 20, warmup: int = 3,
-                 img_size: int | None = None, threads: int | None = None, progress=None) -> dict:
-    """Median / p90 / p99 / images/s of ``target`` (OUT dir or timm model name) at each batch size."""
+def parse_backends(text: str | None) -> list[str] | None:
+    """``ort,torch`` -> ["ort", "torch"]; None stays None (the OUT's own backend, or ort for a model name)."""
+    from vitrt.compiler.backends import BACKEND_NAMES
+
+    if text is None:
+        return None
+    names = [b.strip() for b in str(text).split(",") if b.strip()]
+    bad = [b for b in names if b not in BACKEND_NAMES]
+    if not names or bad or len(set(names)) != len(names):
+        raise VitrtError(f"--backend takes distinct backends from {', '.join(BACKEND_NAMES)} separated by commas, "
+                         f"got '{text}'")
+    return names
+
+
+def build_onnx(onnx_path: Path, workdir: Path, backend: str, options) -> object:
+    """Build ``onnx_path`` on ``backend`` into its own folder under ``workdir`` and load the runner."""
     from vitrt.compiler.backends import get_backend
 
+    be = get_backend(backend, options.device if backend == "torch" else None)
+    folder = workdir / backend
+    folder.mkdir(parents=True, exist_ok=True)
+    return be.load(be.build(onnx_path, folder, options), options)
+
+
+def bench_target(target: str, batches: list[int], *, backend: str | list[str] | None = None, device: str | None = None,
+                 torch_compile: str = "off", iterations: int = 20, warmup: int = 3, img_size: int | None = None,
+                 threads: int | None = None, clock: str | None = None, rounds: int = 5, progress=None) -> dict:
+    """Median / p90 / p99 / images/s of ``target`` (OUT dir or timm model name) at each batch size, on ``clock``
+    (None: the runner's own — CUDA events on a GPU runner, else wall; side by side: wall).
+
+    With several backends (``["ort", "torch"]``) the same graph — the OUT's compiled ``model.onnx``, or the model
+    lowered with a dynamic batch — is built on each and timed side by side (:func:`interleaved`, ``rounds``
+    rounds of ``iterations`` runs), with each backend's speedup over the first."""
+    from vitrt.compiler.backends import BuildOptions
+    from vitrt.compiler.timing import check_clock
+
+    backends = [backend] if isinstance(backend, str) else backend
+    options = BuildOptions(threads=threads, device=device or "cpu", torch_compile=torch_compile,
+                           batch_profile=(min(batches), max(batches), max(batches)))
+    for name in backends or ():
+        if clock is not None:
+            check_clock(clock, name, threads, device)
     path = Path(target)
     with tempfile.TemporaryDirectory(prefix="vitrt-bench-") as tmp:
+        work = Path(tmp)
         if path.is_dir():
             loaded = load_out(path, threads)
             if loaded.batch is not None and set(batches) != {loaded.batch}:
                 raise VitrtError(f"'{target}' was compiled for batch {loaded.batch}; bench it with --batch "
                                  f"{loaded.batch}, or compile it with --dynamic-batch to sweep batch sizes")
-            backend = loaded.manifest["backend"]
+            backends = backends or [loaded.manifest["backend"]]
+            onnx_path = path / "model.onnx"
+            runners = {b: loaded.runner if b == loaded.manifest["backend"] and device is None and torch_compile == "off"
+                       else build_onnx(onnx_path, work, b, options) for b in backends}
         elif path.exists():
             raise VitrtError(f"'{target}' is neither a compiled OUT directory nor a timm model name")
         else:
-            loaded = load_model_name(target, Path(tmp), backend=backend, img_size=img_size, threads=threads,
-                                     batches=tuple(batches))
-        rows = []
-        for batch in batches:
-            images = images_for(loaded.spec, batch)
-            if progress is not None:
-                progress.log(f"batch {batch}: {iterations} timed runs")
-            stats = loaded.runner.benchmark(images, warmup=warmup, iterations=iterations, per_block=False)
-            rows.append({k: v for k, v in stats.to_dict().items() if k != "per_block_ms"})
-        device = get_backend(backend).device_name()
-    return {"target": target, "backend": backend, "device": device, "iterations": iterations, "rows": rows}
+            backends = backends or ["ort"]
+            loaded = load_model_name(target, work / "lowered", backend=backends[0], img_size=img_size,
+                                     threads=threads, keep_onnx=True, options=options, batches=tuple(batches))
+            runners = {backends[0]: loaded.runner}
+            runners.update({b: build_onnx(work / "lowered" / "model.onnx", work, b, options) for b in backends[1:]})
+        if len(backends) == 1:
+            clock = clock or runners[backends[0]].clock
+            rows = _sweep(runners[backends[0]], loaded.spec, batches, iterations, warmup, clock, progress)
+        else:
+            clock = clock or "wall"
+            rows = _side_by_side(runners, loaded.spec, batches, iterations, warmup, clock, rounds, progress)
+        devices = {b: r.device for b, r in runners.items()}
+    return {"target": target, "backend": backends[0], "backends": backends, "device": devices[backends[0]],
+            "devices": devices, "iterations": iterations, "clock": clock,
+            "rounds": rounds if len(backends) > 1 else None, "rows": rows}
+
+
+def _sweep(runner, spec, batches, iterations, warmup, clock, progress) -> list[dict]:
+    from vitrt.compiler.timing import Timing, samples_ms
+    from vitrt.compiler.backends import LatencyStats
+
+    rows = []
+    for batch in batches:
+        images = images_for(spec, batch)
+        if progress is not None:
+            progress.log(f"batch {batch}: {iterations} timed runs")
+        if clock == runner.clock:
+            stats = runner.benchmark(images, warmup=warmup, iterations=iterations, per_block=False)
+        else:
+            samples = samples_ms(runner.timed_call(images), Timing(warmup, iterations, clock=clock),
+                                 synchronize=runner.synchronize)
+            stats = LatencyStats.from_samples(samples, backend=runner.backend, device=runner.device, batch=batch,
+                                              clock=clock)
+        rows.append({k: v for k, v in stats.to_dict().items() if k != "per_block_ms"})
+    return rows
+
+
+def _side_by_side(runners: dict, spec, batches, iterations, warmup, clock, rounds, progress) -> list[dict]:
+    names = list(runners)
+    rows = []
+    for batch in batches:
+        images = images_for(spec, batch)
+        if progress is not None:
+            progress.log(f"batch {batch}: {', '.join(names)} side by side, {rounds} rounds x {iterations} runs")
+        timed = interleaved({n: synced(r, images) for n, r in runners.items()},
+                            Timing(warmup=warmup, iterations=iterations, clock=clock), rounds=rounds)
+        for n in names:
+            ms = timed.typical(n)
+            rows.append({"backend": n, "device": runners[n].device, "batch": batch, "median_ms": round(ms, 4),
+                         "p90_ms": round(timed.percentile(n, 90), 4), "p99_ms": round(timed.percentile(n, 99), 4),
+                         "images_per_s": round(batch * 1000.0 / ms, 2),
+                         f"speedup_vs_{names[0]}": round(timed.speedup(names[0], n), 4)})
+    return rows
 
 
 def format_bench(result: dict) -> str:
-    lines = [f"{result['target']} on {result['backend']} ({result['device']}), {result['iterations']} timed runs",
-             f"{'batch':>5} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} {'images/s':>9}"]
+    backends = result.get("backends") or [result["backend"]]
+    if len(backends) == 1:
+        lines = [f"{result['target']} on {result['backend']} ({result['device']}), {result['iterations']} timed runs",
+                 f"{'batch':>5} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} {'images/s':>9}"]
+        for r in result["rows"]:
+            lines.append(f"{r['batch']:>5} {r['median_ms']:>10.2f} {r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} "
+                         f"{r['images_per_s']:>9.1f}")
+        return "\n".join(lines)
+    first = backends[0]
+    lines = [f"{result['target']}: {' vs '.join(backends)} side by side ({result['rounds']} interleaved rounds x "
+             f"{result['iterations']} runs, {result['clock']} clock)"]
+    lines += [f"  {b}: {d}" for b, d in result["devices"].items()]
+    lines.append(f"{'batch':>5} {'backend':>8} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} {'images/s':>9} "
+                 f"{'vs ' + first:>9}")
     for r in result["rows"]:
-        lines.append(f"{r['batch']:>5} {r['median_ms']:>10.2f} {r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} "
-                     f"{r['images_per_s']:>9.1f}")
+        lines.append(f"{r['batch']:>5} {r['backend']:>8} {r['median_ms']:>10.2f} {r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} "
+                     f"{r['images_per_s']:>9.1f} {r['speedup_vs_' + first]:>8.2f}x")
     return "\n".join(lines)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.lut import PART_AXES, LatencyTable, SubTable, table_key
-from vitrt.compiler.timing import Timing, measure
+from vitrt.compiler.timing import Timing, check_clock, typical_ms
 
 # Grid presets. "coarse" builds on a 2-core CPU in minutes; "dense" is NViT's grid (heads {1,3,6,9,12},
 # qk/v 16..64, MLP in steps of 128 up to 3072) for a GPU; "tiny" is for tests (patch 8, 10 classes).
@@ -209,12 +209,13 @@ def part_model(part: str, point: dict, *, batch: int, grid: dict, seed=0):
 class Timer:
     """Times ONNX models on one backend: build the artifact, load a runner, median of a few runs."""
 
-    def __init__(self, backend_name: str, timing: Timing = LUT_TIMING, threads: int | None = None):
+    def __init__(self, backend_name: str, timing: Timing = LUT_TIMING, threads: int | None = None,
+                 device: str | None = None, sparse_weights: bool = False):
         from vitrt.compiler.backends import BuildOptions, get_backend
 
-        check_clock(timing.clock, backend_name, threads)
-        self.backend = get_backend(backend_name)
-        self.options = BuildOptions(threads=threads)
+        check_clock(timing.clock, backend_name, threads, device)
+        self.backend = get_backend(backend_name, device)
+        self.options = BuildOptions(threads=threads, device=device or "cpu", sparse_weights=sparse_weights)
         self.timing = timing
         self._dir = tempfile.TemporaryDirectory(prefix="vitrt-lut-")
 
@@ -228,7 +229,7 @@ class Timer:
         onnx.save(model, str(path))
         artifact = self.backend.build(path, work, self.options)
         runner = self.backend.load(artifact, self.options)
-        return measure(runner.timed_call(inputs), self.timing, synchronize=runner.synchronize)
+        return typical_ms(runner.latency_samples(inputs, self.timing), self.timing.clock)
 
     def overhead_ms(self) -> float:
         model, x = overhead_model()
@@ -267,6 +268,11 @@ def library_versions(backend: str) -> dict:
             import tensorrt
 
             versions["tensorrt"] = tensorrt.__version__
+        elif backend == "torch":
+            import torch
+
+            versions["torch"] = torch.__version__
+            versions["cuda"] = torch.version.cuda
     except ImportError:
         pass
     return versions
@@ -286,45 +292,83 @@ def new_table(backend: str, device: str, batch: int, grid: dict, preset: str, pr
                         patch=grid["patch"], in_chans=3, num_classes=grid["num_classes"], meta=meta)
 
 
-def check_clock(clock: str, backend: str, threads: int | None) -> None:
-    """The CPU clock measures the calling thread: only a single-threaded ONNX Runtime computes there."""
-    if clock == "cpu" and (backend != "ort" or threads != 1):
-        raise VitrtError("--clock cpu measures the caller thread's CPU time: it needs --backend ort --threads 1")
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``K/N`` (0 <= K < N) -> (K, N); ``env`` reads the launcher's variables: RANK / WORLD_SIZE (torchrun),
+    else SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT (a Slurm array); None: the whole grid."""
+    import os
+
+    if text is None:
+        return None
+    if text == "env":
+        for index, count in (("RANK", "WORLD_SIZE"), ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT")):
+            if index in os.environ and count in os.environ:
+                text = f"{os.environ[index]}/{os.environ[count]}"
+                break
+        else:
+            raise VitrtError("--shard env needs RANK and WORLD_SIZE (torchrun) or SLURM_ARRAY_TASK_ID and "
+                             "SLURM_ARRAY_TASK_COUNT (a Slurm array) in the environment")
+    k, _, n = str(text).partition("/")
+    try:
+        k, n = int(k), int(n)
+    except ValueError:
+        raise VitrtError(f"--shard must be K/N (0 <= K < N) or env, got '{text}'") from None
+    if not 0 <= k < n:
+        raise VitrtError(f"--shard {text}: K must satisfy 0 <= K < N")
+    return k, n
+
+
+def shard_path(out, shard: tuple[int, int] | None) -> Path:
+    """The file a shard writes: ``lut.json`` -> ``lut.part2-of-4.json`` (merge them with vitrt lut merge)."""
+    out = Path(out)
+    if shard is None:
+        return out
+    return out.with_name(f"{out.stem}.part{shard[0]}-of-{shard[1]}{out.suffix}")
+
+
+def shard_points(grid: dict, shard: tuple[int, int] | None):
+    """Every (part, index, point) of the grid in table order; a shard takes every N-th, starting at K."""
+    points = [(name, index, point) for name in PART_AXES for index, point in grid_points(grid, name)]
+    return points if shard is None else points[shard[0]::shard[1]]
 
 
 def build_table(out, *, backend: str = "ort", grid="coarse", batch: int = 1, precision: str = "fp32",
                 sparsity: str = "dense", threads: int | None = None, timing: Timing = LUT_TIMING,
-                seed: int = 0, progress=None, save_every_s: float = 5.0) -> LatencyTable:
+                seed: int = 0, progress=None, save_every_s: float = 5.0, device: str | None = None,
+                shard: tuple[int, int] | None = None) -> LatencyTable:
     """Time every grid point (resuming a partial ``out`` of the same build) and save the table to ``out``.
 
-    ``timing.clock`` is the table's clock (wall, or cpu with ``threads=1``)."""
+    ``timing.clock`` is the table's clock (wall; cpu with ``threads=1``; cuda for the torch backend on a GPU).
+    ``precision`` / ``sparsity`` select the compiler rewrites applied to every timed subgraph
+    (:mod:`vitrt.benchmarks.lut_variants`). ``shard=(K, N)`` times only every N-th point from the K-th and writes
+    a partial table to :func:`shard_path` (``vitrt lut merge`` joins the N parts)."""
+    from vitrt.benchmarks.lut_variants import check_variant, variant_model
     from vitrt.compiler.progress import QUIET
 
     progress = progress or QUIET
     preset = grid if isinstance(grid, str) else "custom"
     grid = grid_of(grid)
-    if (precision, sparsity) != ("fp32", "dense"):
-        raise VitrtError(f"building a {precision}/{sparsity} table needs that precision's passes on the timed "
-                         "subgraphs, which this build does not apply yet; build fp32/dense")
+    check_variant(precision, sparsity)
     if batch < 1:
         raise VitrtError(f"--batch must be >= 1, got {batch}")
-    out = Path(out)
+    out = shard_path(out, shard)
     clock = timing.clock
-    timer = Timer(backend, timing, threads)
+    timer = Timer(backend, timing, threads, device, sparse_weights=sparsity == "2:4")
     try:
-        device = timer.backend.device_name()
+        device_name = timer.backend.device_name()
         key = table_key(precision, sparsity)
-        table = _resume(out, backend, device, batch, grid, key, clock)
+        table = _resume(out, backend, device_name, batch, grid, key, clock, shard)
         if table is None:
-            table = new_table(backend, device, batch, grid, preset, precision, sparsity, threads)
+            table = new_table(backend, device_name, batch, grid, preset, precision, sparsity, threads)
             table.clock = clock
+            if shard is not None:
+                table.meta["shard"] = {"index": shard[0], "count": shard[1]}
             table.overhead_ms = timer.overhead_ms()
             table.meta["build_seconds"] = 0.0
             table.save(out)
         else:
             progress.log(f"resuming {out}")
         parts = table.tables[key]
-        todo = [(name, index, point) for name in PART_AXES for index, point in grid_points(grid, name)
+        todo = [(name, index, point) for name, index, point in shard_points(grid, shard)
                 if not np.isfinite(parts[name].ms[index])]
         start, last_save = time.perf_counter(), time.perf_counter()
         spent = float(table.meta.get("build_seconds", 0.0))
@@ -332,6 +376,7 @@ def build_table(out, *, backend: str = "ort", grid="coarse", batch: int = 1, pre
             try:
                 for name, index, point in todo:
                     model, x = part_model(name, point, batch=batch, grid=grid, seed=seed)
+                    model = variant_model(model, x, precision, sparsity)
                     parts[name].ms[index] = max(timer.time_model(model, x) - table.overhead_ms, 0.0)
                     bar.update(1)
                     if time.perf_counter() - last_save > save_every_s:
@@ -355,14 +400,16 @@ def build_table(out, *, backend: str = "ort", grid="coarse", batch: int = 1, pre
 
 
 def _resume(out: Path, backend: str, device: str, batch: int, grid: dict, key: str,
-            timer_clock: str = "wall") -> LatencyTable | None:
+            timer_clock: str = "wall", shard: tuple[int, int] | None = None) -> LatencyTable | None:
     if not out.exists():
         return None
     table = LatencyTable.load(out)
     same = (table.backend == backend and table.device == device and table.batch == batch and table.clock == timer_clock
-            and table.meta.get("grid") == grid and key in table.tables)
+            and table.meta.get("grid") == grid and key in table.tables
+            and table.meta.get("shard") == ({"index": shard[0], "count": shard[1]} if shard else None))
     if not same:
-        raise VitrtError(f"'{out}' holds a different table (backend/device/batch/grid); choose another -o or delete it")
-    if table.meta.get("complete") and all(p.complete for p in table.tables[key].values()):
+        raise VitrtError(f"'{out}' holds a different table (backend/device/batch/grid/shard); choose another -o or "
+                         "delete it")
+    if table.meta.get("complete"):
         raise VitrtError(f"'{out}' is already a complete table; choose another -o or delete it to rebuild")
     return table

@@ -8,11 +8,15 @@ magnitude 2:4 mask (``vitrt.kernels.sparse24.mask_2to4`` along K) and timed side
   has it, else CUTLASS — the backend used is printed);
 * INT8: ``torch._int_mm(x, Wᵀ)`` dense vs ``torch._cslt_sparse_mm(compressed W, xᵀ)`` (cuSPARSELt, int32 out).
 
-Also checks, per shape, that vitrt's packed FP16 values + CUTLASS metadata drive PyTorch's CUTLASS sparse
+Timing: the shared loop's ``cuda`` clock (CUDA events around each call, median). Also checks, per shape, that
+vitrt's packed FP16 values + CUTLASS metadata drive PyTorch's CUTLASS sparse
 GEMM (``torch._sparse_semi_structured_mm``) to the dense result. Weights are timm's random initialisation
 (no model hub here): GEMM time does not depend on the values.
 
     python -m vitrt.benchmarks.sparse_gemm --batch 256 -o benchmarks/results/sparse_gemm_gpu.md
+
+The torch backend runs the same kernels inside whole models (``vitrt compile ... --backend torch --device cuda
+--precision fp16 --sparsity 2:4``: ``F.linear`` on ``to_sparse_semi_structured`` weights, ``torch._int_mm``).
 """
 
 from __future__ import annotations
@@ -30,20 +34,10 @@ SHAPES = {"attn.q/k/v": (768, 768), "attn.proj": (768, 768), "mlp.fc1": (768, 30
 
 
 def _time_ms(fn, warmup: int, iterations: int) -> float:
-    import torch
+    """Median GPU time of ``fn`` from the shared timing loop's CUDA-event clock."""
+    from vitrt.compiler.timing import Timing, measure
 
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(iterations):
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return float(np.median(times))
+    return measure(fn, Timing(warmup=warmup, iterations=iterations, clock="cuda"))
 
 
 def run(batch: int = 256, tokens: int = 197, warmup: int = 10, iterations: int = 50) -> dict:

@@ -29,6 +29,8 @@ class Dataset(Protocol):
 
     def __len__(self) -> int: ...
 
+    def subset(self, indices: list[int]) -> "Dataset": ...
+
     def batches(self, batch_size: int, *, shuffle: bool = False,
                 generator: torch.Generator | None = None) -> Iterator[Batch]: ...
 
@@ -50,6 +52,10 @@ class ImageFolderSet:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def subset(self, indices: list[int]) -> "ImageFolderSet":
+        """The images at positions ``indices`` of this set (a rank's share under DistributedDataParallel)."""
+        return ImageFolderSet(self.dataset, [self.indices[i] for i in indices], self.workers)
 
     def batches(self, batch_size: int, *, shuffle: bool = False,
                 generator: torch.Generator | None = None) -> Iterator[Batch]:

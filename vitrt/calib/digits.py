@@ -32,6 +32,11 @@ class ImageSet:
     def labelled(self) -> bool:
         return self.labels is not None
 
+    def subset(self, indices: list[int]) -> "ImageSet":
+        """The images at ``indices`` (a rank's share under DistributedDataParallel)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return ImageSet(self.images[index], self.labels[index] if self.labels is not None else None)
+
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None):
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         for start in range(0, len(self), batch_size):

@@ -7,17 +7,28 @@ from pathlib import Path
 
 from vitrt.compiler.options import add_arguments, command_line, from_args, option
 from vitrt.compiler.progress import progress_for
+from vitrt.compiler.target import TORCH_COMPILE_MODES
+from vitrt.compiler.timing import CLOCKS
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     target: str = option(None, "a compiled OUT directory or a timm model name", positional=True, metavar="OUT|MODEL")
     batch: str = option("1", "comma-separated batch sizes, e.g. 1,8,32", metavar="B1,B2,..")
-    backend: str = option("ort", "backend for a model name (an OUT uses its own)", choices=("ort", "trt"))
+    backend: str | None = option(None, "backend(s), comma-separated: several (e.g. ort,torch) time the same graph "
+                                 "side by side (default: the OUT's own backend; ort for a model name)",
+                                 metavar="B1,B2,..")
+    device: str | None = option(None, "device of the torch backend: cpu (default), cuda or cuda:N", metavar="DEVICE")
+    torch_compile: str = option("off", "torch backend: run through torch.compile", choices=TORCH_COMPILE_MODES)
     img_size: int | None = option(None, "image size for a model name", type=int, metavar="N")
-    iterations: int = option(20, "timed runs per batch size", type=int, metavar="N")
+    iterations: int = option(20, "timed runs per batch size (per round when side by side)", type=int, metavar="N")
     warmup: int = option(3, "warm-up runs per batch size", type=int, metavar="N")
-    threads: int | None = option(None, "ONNX Runtime intra-op threads", type=int, metavar="N")
+    rounds: int = option(5, "interleaved rounds when several backends are timed side by side", type=int, metavar="N")
+    clock: str | None = option(None, "wall, cpu (least CPU time of a single-threaded run: needs --threads 1) or cuda "
+                               "(CUDA events: --backend torch --device cuda); default: the runner's own (CUDA events "
+                               "on a GPU, else wall; wall side by side)", choices=CLOCKS)
+    threads: int | None = option(None, "intra-op threads (ONNX Runtime per session, torch process-wide)", type=int,
+                                 metavar="N")
     json: Path | None = option(None, "also write the results as JSON", type=Path, metavar="PATH")
     quiet: bool = option(False, "no progress output")
 
@@ -34,12 +45,13 @@ class NvitTableConfig:
 
 # --- bench and the paper tables -------------------------------------------------------------------
 def _cmd_bench(args) -> int:
-    from vitrt.benchmarks.harness import bench_target, format_bench, parse_batches, write_json
+    from vitrt.benchmarks.harness import bench_target, format_bench, parse_backends, parse_batches, write_json
 
     config = from_args(BenchConfig, args)
-    result = bench_target(config.target, parse_batches(config.batch), backend=config.backend,
-                          iterations=config.iterations, warmup=config.warmup, img_size=config.img_size,
-                          threads=config.threads, progress=progress_for(config))
+    result = bench_target(config.target, parse_batches(config.batch), backend=parse_backends(config.backend),
+                          device=config.device, torch_compile=config.torch_compile, iterations=config.iterations,
+                          warmup=config.warmup, img_size=config.img_size, threads=config.threads, clock=config.clock,
+                          rounds=config.rounds, progress=progress_for(config))
     print(format_bench(result))
     if config.json:
         write_json(config.json, {**result, "command": command_line()})

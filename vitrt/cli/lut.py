@@ -1,4 +1,4 @@
-"""``vitrt lut build | query | refine | plot``: the latency lookup table from the command line."""
+"""``vitrt lut build | merge | query | refine | plot``: the latency lookup table from the command line."""
 
 from __future__ import annotations
 
@@ -10,25 +10,44 @@ from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.lut import PRECISIONS, SPARSITIES
 from vitrt.compiler.options import add_arguments, from_args, option
 from vitrt.compiler.progress import progress_for
+from vitrt.compiler.target import BACKENDS
+from vitrt.compiler.timing import CLOCKS
 
 
 @dataclass(frozen=True)
 class LutBuildConfig:
-    backend: str = option("ort", "backend to time on: ort (ONNX Runtime CPU) or trt (TensorRT GPU)",
-                          choices=("ort", "trt"))
+    backend: str = option("ort", "backend to time on: ort (ONNX Runtime CPU), trt (TensorRT GPU) or torch "
+                          "(PyTorch on --device)", choices=BACKENDS)
+    device: str | None = option(None, "device of --backend torch: cpu (default), cuda, cuda:N or cuda:local (torchrun: "
+                                "the GPU of LOCAL_RANK)", metavar="DEVICE")
     grid: str = option("coarse", "grid preset: coarse (CPU, minutes), dense (NViT's grid, for a GPU), tiny (tests)",
                        choices=("coarse", "dense", "tiny"))
     batch: int = option(1, "batch size the table is measured at", type=int, metavar="N")
-    precision: str = option("fp32", "precision key of the table", choices=PRECISIONS)
-    sparsity: str = option("dense", "sparsity key of the table", choices=SPARSITIES)
-    threads: int | None = option(None, "ONNX Runtime intra-op threads (default: the runtime's, as vitrt compile)",
+    precision: str = option("fp32", "precision key of the table: the timed subgraphs get that precision's rewrites "
+                            "(fp32, fp16, int8)", choices=PRECISIONS)
+    sparsity: str = option("dense", "sparsity key of the table (2:4: weights masked 2:4, sparse kernels allowed)",
+                           choices=SPARSITIES)
+    threads: int | None = option(None, "intra-op threads (default: the runtime's, as vitrt compile)",
                                  type=int, metavar="N")
     iterations: int = option(5, "timed runs per grid point (median)", type=int, metavar="N")
-    clock: str = option("wall", "wall: wall-clock latency (what vitrt compile --bench measures); cpu: CPU time of a "
-                        "single-threaded run, robust on a shared machine (needs --threads 1)", choices=("wall", "cpu"))
+    clock: str | None = option(None, "wall: wall-clock latency (what vitrt compile --bench measures on a CPU); cpu: "
+                               "CPU time of a single-threaded run, robust on a shared machine (needs --threads 1); "
+                               "cuda: CUDA events (what --bench measures on a GPU). Default: cuda on a GPU backend, "
+                               "else wall", choices=CLOCKS)
+    shard: str | None = option(None, "time only shard K of N (0 <= K < N: every N-th grid point from the K-th) and "
+                               "write OUT as LUT.partK-of-N.json; 'env' takes K/N from torchrun (RANK/WORLD_SIZE) or a "
+                               "Slurm array (SLURM_ARRAY_TASK_ID/COUNT); join the parts with vitrt lut merge",
+                               metavar="K/N")
     out: Path | None = option(None, "the table file to write (an interrupted build of it is resumed)",
                               flag="-o/--out", type=Path, metavar="LUT")
     quiet: bool = option(False, "no progress output")
+
+
+@dataclass(frozen=True)
+class LutMergeConfig:
+    parts: list[Path] = option(None, "partial tables (vitrt lut build --shard K/N outputs) and whole tables of other "
+                               "precision/sparsity keys", positional=True, type=Path, nargs="+", metavar="PART")
+    out: Path | None = option(None, "the merged table to write", flag="-o/--out", type=Path, metavar="LUT")
 
 
 @dataclass(frozen=True)
@@ -74,19 +93,36 @@ class LutPlotConfig:
 def _cmd_lut_build(args) -> int:
     import dataclasses
 
-    from vitrt.benchmarks.lut_build import LUT_TIMING, build_table
+    from vitrt.benchmarks.lut_build import LUT_TIMING, build_table, parse_shard, shard_path
+    from vitrt.compiler.timing import default_clock
 
     config = from_args(LutBuildConfig, args)
     if config.out is None:
         raise VitrtError("no output file: pass -o LUT")
     if config.iterations < 1:
         raise VitrtError(f"--iterations must be >= 1, got {config.iterations}")
+    shard = parse_shard(config.shard)
     table = build_table(config.out, backend=config.backend, grid=config.grid, batch=config.batch,
                         precision=config.precision, sparsity=config.sparsity, threads=config.threads,
-                        timing=dataclasses.replace(LUT_TIMING, iterations=config.iterations, clock=config.clock),
-                        progress=progress_for(config))
-    print(f"wrote {config.out}: {config.backend} on {table.device}, batch {table.batch}, grid {config.grid}, "
-          f"{table.clock} clock, built in {table.meta['build_seconds']} s")
+                        timing=dataclasses.replace(LUT_TIMING, iterations=config.iterations, clock=config.clock or default_clock(config.backend, config.device)),
+                        progress=progress_for(config), device=config.device, shard=shard)
+    part = f", shard {shard[0]} of {shard[1]}" if shard else ""
+    print(f"wrote {shard_path(config.out, shard)}: {config.backend} on {table.device}, batch {table.batch}, grid "
+          f"{config.grid}, {config.precision}/{config.sparsity}{part}, {table.clock} clock, built in "
+          f"{table.meta['build_seconds']} s")
+    return 0
+
+
+def _cmd_lut_merge(args) -> int:
+    from vitrt.benchmarks.lut_merge import merge_tables
+
+    config = from_args(LutMergeConfig, args)
+    if config.out is None:
+        raise VitrtError("no output file: pass -o LUT")
+    table = merge_tables(list(config.parts))
+    table.save(config.out)
+    print(f"wrote {config.out}: {len(config.parts)} parts, keys {', '.join(table.keys())}, {table.backend} on "
+          f"{table.device}, batch {table.batch}, {table.clock} clock")
     return 0
 
 
@@ -153,10 +189,11 @@ def _cmd_lut_plot(args) -> int:
 
 
 def add_subcommands(sub) -> None:
-    lut = sub.add_parser("lut", help="latency lookup table: build, query, refine, plot")
+    lut = sub.add_parser("lut", help="latency lookup table: build, merge, query, refine, plot")
     lut_sub = lut.add_subparsers(dest="lut_command", required=True)
     for name, cls, func, help_ in (
             ("build", LutBuildConfig, _cmd_lut_build, "time the canonical block halves, stem and head on a grid"),
+            ("merge", LutMergeConfig, _cmd_lut_merge, "join the shards of a sharded build (and other keys' tables)"),
             ("query", LutQueryConfig, _cmd_lut_query, "predict a block's (or a whole model's) latency"),
             ("refine", LutRefineConfig, _cmd_lut_refine, "fold a compiled model's measured latency into the table"),
             ("plot", LutPlotConfig, _cmd_lut_plot, "plot latency surfaces to a PNG")):

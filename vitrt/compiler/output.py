@@ -81,9 +81,17 @@ def _swap_in(staging: Path, out: Path, force: bool) -> None:
 
 @contextlib.contextmanager
 def atomic_output_dir(out: Path, force: bool):
-    """Yield a staging directory that becomes ``out`` only if the block finishes without an exception."""
+    """Yield a staging directory that becomes ``out`` only if the block finishes without an exception.
+
+    Under ``torchrun`` only rank 0 writes ``out``; the other ranks get a scratch directory that is discarded."""
+    from vitrt.compiler.distributed import is_writer
+
     out = Path(out).absolute()
     check_output_dir(out, force)
+    if not is_writer():
+        with tempfile.TemporaryDirectory(prefix="vitrt-rank-scratch-") as scratch:
+            yield Path(scratch)
+        return
     created = _make_parents(out.parent)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))

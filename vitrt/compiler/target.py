@@ -1,4 +1,4 @@
-"""What the engine is built for: backend, batch (static or dynamic), precision, opset, threads.
+"""What the engine is built for: backend and device, batch (static or dynamic), precision, opset, threads.
 
 Every stage plans for the target (the pruning search's latency table must match its backend and batch, the
 quantization stage reads its precision) and the backend builds for it.
@@ -12,15 +12,20 @@ from pathlib import Path
 from vitrt.compiler.errors import OptionError
 from vitrt.compiler.options import option
 
-BACKENDS = ("ort", "trt")
+BACKENDS = ("ort", "trt", "torch")
+TORCH_COMPILE_MODES = ("off", "default", "max-autotune")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "int4w")
 MIN_OPSET, MAX_OPSET = 17, 21
 
 
 @dataclass(frozen=True)
 class TargetConfig:
-    backend: str = option("ort", "inference backend: ort (ONNX Runtime CPU, default) or trt (TensorRT)",
-                          choices=BACKENDS)
+    backend: str = option("ort", "inference backend: ort (ONNX Runtime CPU, default), trt (TensorRT) or torch "
+                          "(PyTorch on --device, the compiled graph imported back)", choices=BACKENDS)
+    device: str | None = option(None, "device of --backend torch: cpu (default), cuda, cuda:N or cuda:local "
+                                "(torchrun's LOCAL_RANK); ort runs on the CPU, trt on the current GPU", metavar="DEVICE")
+    torch_compile: str = option("off", "--backend torch: run through torch.compile (default or max-autotune mode)",
+                                choices=TORCH_COMPILE_MODES)
     batch: int = option(1, "batch size fixed at compile time (static shapes)", type=int, metavar="N")
     dynamic_batch: bool = option(False, "make the batch dimension dynamic instead of fixed")
     precision: str = option("fp32", "engine precision, carried by the graph: fp32, fp16 / bf16 (typed, "
@@ -35,7 +40,8 @@ class TargetConfig:
                                    "(default 1)", type=int, metavar="N")
     max_batch: int | None = option(None, "with --dynamic-batch: largest batch of the TensorRT optimisation profile "
                                    "(default --batch, which is the batch it is optimised for)", type=int, metavar="N")
-    cuda_graph: bool = option(False, "trt backend: capture each input shape's enqueue into a CUDA graph and replay it")
+    cuda_graph: bool = option(False, "trt, or torch on --device cuda: capture each input shape's run into a CUDA "
+                              "graph and replay it (torch with --torch-compile: torch.compile's reduce-overhead mode)")
     no_build: bool = option(False, "trt backend: write the TensorRT-ready OUT/model.onnx and the manifest without "
                             "building the engine (no TensorRT or GPU needed here); the manifest's engine_build names "
                             "the trtexec command that builds it on the GPU machine")
@@ -79,11 +85,32 @@ class TargetConfig:
             raise OptionError(f"--opset {self.opset} is outside the supported range {MIN_OPSET}..{MAX_OPSET}")
         if self.threads is not None and self.threads < 1:
             raise OptionError(f"--threads must be >= 1, got {self.threads}")
+        if self.backend != "torch" and self.torch_compile != "off":
+            raise OptionError("--torch-compile needs --backend torch")
+        if self.cuda_graph and not (self.backend == "trt" or (self.device or "cpu").startswith("cuda")):
+            raise OptionError("--cuda-graph needs a GPU: --backend trt, or --backend torch --device cuda")
+        if self.device is not None and self.backend == "ort" and self.device != "cpu":
+            raise OptionError(f"--backend ort runs on the CPU; --device {self.device} needs --backend torch")
         if self.no_build and self.backend != "trt":
-            raise OptionError("--no-build is for --backend trt (the engine is built later on a GPU machine); the ort "
-                              "artifact builds here in seconds: drop --no-build")
-        if self.precision == "bf16" and self.backend != "trt":  # checked by tests/test_precision.py
-            raise OptionError(f"--precision bf16 needs --backend trt: ONNX Runtime's CPU provider has no bfloat16 "
-                              f"kernels for MatMul, Add, Erf or Softmax (use --precision fp16 with --backend "
-                              f"{self.backend})")
+            raise OptionError("--no-build is for --backend trt (the engine is built later on a GPU machine); the "
+                              f"{self.backend} artifact builds here: drop --no-build")
+        if self.precision == "bf16" and self.backend == "ort":  # checked by tests/test_precision.py
+            raise OptionError("--precision bf16 needs --backend trt or torch: ONNX Runtime's CPU provider has no "
+                              "bfloat16 kernels for MatMul, Add, Erf or Softmax (use --precision fp16 with --backend "
+                              "ort)")
         return self
+
+    @property
+    def bench_clock(self) -> str:
+        """The clock ``--bench`` measures on: CUDA events on a GPU (trt, torch on cuda), else the wall clock."""
+        from vitrt.compiler.timing import default_clock
+
+        return default_clock(self.backend, self.device)
+
+    def build_options(self, sparse_weights: bool = False):
+        """The backend's BuildOptions for this target."""
+        from vitrt.compiler.backends.base import BuildOptions
+
+        return BuildOptions(threads=self.threads, timing_cache=self.timing_cache, sparse_weights=sparse_weights,
+                            batch_profile=self.batch_profile, cuda_graph=self.cuda_graph, device=self.device or "cpu",
+                            torch_compile=self.torch_compile)

@@ -11,6 +11,9 @@ Clocks:
   time a single-threaded run consumes varies far less, and what load remains (a busy SMT sibling, caches
   evicted by other jobs) only ever adds CPU time, so the minimum estimates the undisturbed cost. It needs a
   runtime that computes on the caller's thread (ONNX Runtime with one intra-op thread).
+* ``cuda``: GPU time between two CUDA events recorded on the current stream around the call
+  (``torch.cuda.Event(enable_timing=True)``, ``elapsed_time`` after the end event completes), summarised by the
+  median: the device's compute time without host-side jitter. Only for work queued on the current CUDA stream.
 
 Ratios between variants (speedups) are taken from :func:`interleaved`, which visits the candidates in
 shuffled order round after round so that drift and other load hit all of them alike; a speedup is the
@@ -27,8 +30,20 @@ import numpy as np
 
 from vitrt.compiler.errors import VitrtError
 
-CLOCKS = ("wall", "cpu")
+CLOCKS = ("wall", "cpu", "cuda")
 _CLOCK_FNS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def _cuda_events_ms(call: Callable[[], object]) -> float:
+    """One call timed by CUDA events on the current stream (the end event is waited for)."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    call()
+    end.record()
+    end.synchronize()
+    return float(start.elapsed_time(end))
 
 
 @dataclass(frozen=True)
@@ -45,20 +60,48 @@ class Timing:
             raise VitrtError("timing needs >= 1 iteration and >= 0 warm-up runs")
 
 
+def on_gpu(backend: str, device: str | None = None) -> bool:
+    """Whether ``backend`` on ``device`` computes on a GPU (TensorRT always; torch on a CUDA device)."""
+    return backend == "trt" or (backend == "torch" and (device or "cpu").startswith("cuda"))
+
+
+def default_clock(backend: str, device: str | None = None) -> str:
+    """The clock a runner benchmarks on by default: CUDA events on a GPU (its compute time), else wall."""
+    return "cuda" if on_gpu(backend, device) else "wall"
+
+
+def check_clock(clock: str, backend: str, threads: int | None, device: str | None = None) -> None:
+    """Refuse a clock that cannot see the runtime's work (one line).
+
+    ``cpu`` reads the calling thread's CPU time: only a single-threaded CPU runtime computes there (ONNX Runtime
+    or torch with one intra-op thread). ``cuda`` reads CUDA events around the call: a GPU runtime (TensorRT, or
+    torch on a CUDA device), each timed on the stream it enqueues on (``Runner.latency_samples``)."""
+    gpu = on_gpu(backend, device)
+    if clock == "cpu" and (backend not in ("ort", "torch") or threads != 1 or gpu):
+        raise VitrtError("--clock cpu measures the caller thread's CPU time: it needs --threads 1 and a CPU backend "
+                         "(--backend ort, or torch on --device cpu)")
+    if clock == "cuda" and not gpu:
+        raise VitrtError("--clock cuda reads CUDA events: it needs a GPU backend (--backend trt, or --backend torch "
+                         "--device cuda)")
+
+
 def samples_ms(call: Callable[[], object], timing: Timing, *, synchronize: Callable[[], None] | None = None,
                progress: Callable[[int], None] | None = None) -> list[float]:
     """Warm up, then time ``call`` ``timing.iterations`` times (more if ``min_seconds`` is not reached), in ms."""
     sync = synchronize or (lambda: None)
-    clock = _CLOCK_FNS[timing.clock]
     for _ in range(timing.warmup):
         call()
     sync()
     samples, start = [], time.perf_counter()
     while len(samples) < timing.iterations or time.perf_counter() - start < timing.min_seconds:
-        t0 = clock()
-        call()
-        sync()
-        samples.append((clock() - t0) * 1000.0)
+        if timing.clock == "cuda":
+            samples.append(_cuda_events_ms(call))
+        else:
+            clock = _CLOCK_FNS[timing.clock]
+            t0 = clock()
+            call()
+            sync()
+            samples.append((clock() - t0) * 1000.0)
         if progress is not None:
             progress(1)
     return samples

@@ -37,6 +37,7 @@ import torch
 from vitrt._version import __version__
 from vitrt.compiler.backends import BuildOptions, get_backend
 from vitrt.compiler.cost import vit_flops, vit_params
+from vitrt.compiler.distributed import is_writer
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.graph import GraphView
 from vitrt.compiler.lower import lower
@@ -152,7 +153,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
     target, checks = config.target, config.checks
     with atomic_output_dir(config.out, config.force) as staging:
         # fails fast (before any work) when its runtime is missing; --no-build needs none
-        backend = None if target.no_build else get_backend(target.backend)
+        backend = None if target.no_build else get_backend(target.backend, target.device)
         lut = open_for_compile(config)
         source = inspect_source(config, module, progress)
         stages = active_stages(config)
@@ -224,9 +225,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
                 raise VitrtError(f"verification failed: max abs error {manifest['verify']['max_abs_err']:.3g} against "
                                  f"the {manifest['verify']['reference']} exceeds {manifest['verify']['tolerance']:g}")
 
-        build_options = BuildOptions(threads=target.threads, timing_cache=target.timing_cache,
-                                     batch_profile=target.batch_profile, cuda_graph=target.cuda_graph,
-                                     sparse_weights=bool(result.build_hints.get("sparse_weights")))
+        build_options = target.build_options(sparse_weights=bool(result.build_hints.get("sparse_weights")))
         if backend is None:
             manifest["engine_build"] = engine_build_later(final_onnx, build_options)
             progress.log(f"no engine built (--no-build); build it on the GPU machine with: "
@@ -269,7 +268,8 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
                     writer(staging / name)
         write_json(staging / "manifest.json", manifest)
     progress.log(f"wrote {config.out}")
-    refine_after_compile(config, manifest, progress)  # --refine-lut: a separate atomic write after OUT
+    if is_writer():  # under torchrun only rank 0 writes
+        refine_after_compile(config, manifest, progress)  # --refine-lut: a separate atomic write after OUT
     return CompileResult(Path(config.out), manifest, final, plans)
 
 

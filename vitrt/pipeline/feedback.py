@@ -38,10 +38,10 @@ def open_for_compile(config) -> LatencyTable | None:
         return None
     table = LatencyTable.load(config.checks.lut)
     precision, sparsity = compile_precision(config)
-    # The wall clock matters only where the prediction meets --bench's wall-clock measurement; --prune alone
-    # compares predictions with each other and can use a cpu-clock table.
+    # The clock matters only where the prediction meets --bench's measurement (wall clock; CUDA events for the
+    # torch backend on a GPU); --prune alone compares predictions with each other and can use a cpu-clock table.
     table.check(backend=config.target.backend, batch=config.target.batch, precision=precision, sparsity=sparsity,
-                clock="wall" if config.checks.bench else None)
+                clock=config.target.bench_clock if config.checks.bench else None)
     return table
 
 

@@ -5,6 +5,8 @@ The tensors come from the engine, never from vitrt's conventions, so that a mode
 them matches what the server will load:
 
 * ``ort``: the inputs (initializers excluded) and outputs of ``model.ort.onnx``;
+* ``torch``: those of ``model.torch.onnx``, the graph the torch runner imports (served by ``vitrt serve`` only:
+  Triton has no native backend for it, see :func:`vitrt.serving.repository.check_exportable`);
 * ``trt``: the engine's I/O tensors and its optimisation profile, through TensorRT's documented API
   (``num_io_tensors``, ``get_tensor_name / mode / dtype / shape``, ``get_tensor_profile_shape``). Reading a
   plan needs TensorRT and a CUDA device; without them the tensors come from ``OUT/model.onnx``, the network the
@@ -43,8 +45,8 @@ class TensorIO:
 class CompiledArtifact:
     out: Path
     model: str  # the manifest's model name
-    backend: str  # "ort" | "trt"
-    path: Path  # the backend artifact (model.ort.onnx, model.plan)
+    backend: str  # "ort" | "trt" | "torch"
+    path: Path  # the backend artifact (model.ort.onnx, model.plan, model.torch.onnx)
     inputs: tuple[TensorIO, ...]
     outputs: tuple[TensorIO, ...]
     static_batch: int | None  # the batch baked into the engine; None: dynamic
@@ -83,7 +85,7 @@ def open_artifact(out) -> CompiledArtifact:
     if backend not in BACKEND_NAMES:
         raise VitrtError(f"'{out}/manifest.json' names backend '{backend}'; vitrt serves {', '.join(BACKEND_NAMES)}")
     path = artifact_in(out, manifest)
-    if backend == "ort":
+    if backend in ("ort", "torch"):  # both artifacts are ONNX graphs: their I/O is what the runner takes
         inputs, outputs, limit, source = *onnx_io(path), None, path.name
     else:
         inputs, outputs, limit, source = trt_io(path, out / "model.onnx", manifest.get("batch_profile"))

@@ -204,6 +204,17 @@ def _model_config_pb2():
     return model_config_pb2
 
 
+def check_exportable(artifact: CompiledArtifact) -> None:
+    """Only ort and trt artifacts have a Triton native backend. A torch OUT's artifact is an ONNX graph that vitrt's
+    torch runner imports with its own kernel choices (2:4 / int8 GEMMs, CUDA graphs): handing it to Triton's
+    onnxruntime backend would serve a different runtime than the one compiled and benchmarked, so it is refused
+    (one line) and ``vitrt serve`` — Triton in front of that runner — is named instead."""
+    if artifact.backend not in PLATFORMS:
+        raise VitrtError(f"'{artifact.out}' was compiled with --backend {artifact.backend}, which no Triton native "
+                         f"backend runs: serve it with vitrt serve {artifact.out} (Triton in front of vitrt's "
+                         f"{artifact.backend} runner), or compile with --backend ort or trt to export it")
+
+
 @dataclass(frozen=True)
 class ExportTritonConfig:
     out: Path = option(None, "the compiled OUT directory (vitrt compile MODEL -o OUT)", positional=True, type=Path,
@@ -226,6 +237,7 @@ def export_triton(config: ExportTritonConfig, command: str = "") -> Path:
     if config.out is None or config.repo is None:
         raise VitrtError("pass the compiled OUT and -o REPO: vitrt export triton OUT -o REPO")
     artifact = open_artifact(config.out)
+    check_exportable(artifact)
     name = check_model_name(config.name or artifact.default_name())
     batching = batching_for(artifact, config.batching)
     header = f"# written by vitrt export triton from {artifact.out.absolute()}\n"

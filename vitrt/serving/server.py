@@ -2,7 +2,9 @@
 
 PyTriton starts the Triton server it bundles (2.51, Python backend) and forwards every batch Triton forms to a
 callable in this process; that callable runs vitrt's own runner for the artifact's backend
-(``get_backend(manifest backend).load(artifact)``), so what is served is exactly the compiled artifact. Triton
+(``get_backend(manifest backend).load(artifact)``), so what is served is exactly the compiled artifact — also a
+``--backend torch`` OUT, on the device it was compiled for (``vitrt export triton`` refuses that one: Triton has no
+native backend for vitrt's torch runner). Triton
 itself does the rest: HTTP and gRPC endpoints, request validation against the model configuration (shape, data
 type, batch size — wrong requests get a 4xx naming the expected input), dynamic batching, the health endpoints
 (``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/<name>/ready``) and Prometheus metrics
@@ -56,7 +58,8 @@ class ServeConfig:
     grpc_port: int = option(8001, "gRPC port on 127.0.0.1 (default 8001)", type=int, metavar="PORT")
     metrics_port: int = option(8002, "Prometheus metrics port on 127.0.0.1 (default 8002)", type=int, metavar="PORT")
     batching: BatchingOptions = section(BatchingOptions)
-    threads: int | None = option(None, "ONNX Runtime intra-op threads per instance", type=int, metavar="N")
+    threads: int | None = option(None, "intra-op threads: ONNX Runtime's per instance; torch's process-wide", type=int,
+                                 metavar="N")
     drain_timeout: int = option(30, "seconds a stop waits for the requests in flight (default 30)", type=int,
                                 metavar="S")
     server_log: Path | None = option(None, "write Triton's own log here (default: a temporary file, shown on failure)",

@@ -22,8 +22,10 @@ import numpy as np
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.timing import Timing, samples_ms
 
-_BACKENDS = {"ort": "vitrt.compiler.backends.ort:OrtBackend", "trt": "vitrt.compiler.backends.trt:TrtBackend"}
+_BACKENDS = {"ort": "vitrt.compiler.backends.ort:OrtBackend", "trt": "vitrt.compiler.backends.trt:TrtBackend",
+             "torch": "vitrt.compiler.backends.torch_backend:TorchBackend"}
 BACKEND_NAMES = tuple(_BACKENDS)
+_FIXED_DEVICE = {"ort": "cpu", "trt": "cuda"}  # the others take a device (torch: cpu, cuda, cuda:N)
 
 # A canonical name inside a backend layer name: not preceded by a word char or '.', ended by a separator.
 _CANONICAL = re.compile(r"(?:^|[^\w.])(blocks\.\d+|patch_embed|prefix_tokens|pos_embed|norm|head_dist|head)(?=[./_\s\]}),+]|$)")
@@ -94,6 +96,7 @@ class LatencyStats:
     mean_ms: float
     iterations: int
     per_block_ms: dict[str, float] = field(default_factory=dict)
+    clock: str = "wall"  # the timing loop's clock (vitrt.compiler.timing): wall, cpu or cuda (CUDA events)
     spanning_layers: list[dict] = field(default_factory=list)  # layers covering several groups (layer_span)
     timer: str = "wall clock"  # what the samples measure ("cuda events": GPU compute time, as trtexec reports)
     transfers_ms: dict[str, float] = field(default_factory=dict)  # host<->device copies, timed apart (GPU backends)
@@ -103,17 +106,18 @@ class LatencyStats:
         return self.batch * 1000.0 / self.median_ms
 
     @classmethod
-    def from_samples(cls, samples_ms: list[float], *, backend: str, device: str, batch: int) -> "LatencyStats":
+    def from_samples(cls, samples_ms: list[float], *, backend: str, device: str, batch: int,
+                     clock: str = "wall") -> "LatencyStats":
         data = np.asarray(samples_ms, dtype=np.float64)
         return cls(backend=backend, device=device, batch=batch, median_ms=float(np.median(data)),
                    p90_ms=float(np.percentile(data, 90)), p99_ms=float(np.percentile(data, 99)),
-                   mean_ms=float(statistics.fmean(data)), iterations=len(data))
+                   mean_ms=float(statistics.fmean(data)), iterations=len(data), clock=clock)
 
     def to_dict(self) -> dict:
         return {"backend": self.backend, "device": self.device, "batch": self.batch,
                 "median_ms": round(self.median_ms, 4), "p90_ms": round(self.p90_ms, 4), "p99_ms": round(self.p99_ms, 4),
                 "mean_ms": round(self.mean_ms, 4), "iterations": self.iterations,
-                "images_per_s": round(self.images_per_s, 2),
+                "images_per_s": round(self.images_per_s, 2), "clock": self.clock,
                 "per_block_ms": {k: round(v, 4) for k, v in self.per_block_ms.items()}, "timer": self.timer,
                 **({"transfers_ms": {k: round(v, 4) for k, v in self.transfers_ms.items()}} if self.transfers_ms else {}),
                 **({"spanning_layers": self.spanning_layers, "per_block_note": SPANNING_NOTE}
@@ -125,9 +129,11 @@ class BuildOptions:
     sparse_weights: bool = False  # let TensorRT choose 2:4 sparse tactics
     timing_cache: Path | None = None  # TensorRT timing cache file (read; rewritten after a successful build)
     workspace_mb: int | None = None
-    threads: int | None = None  # ONNX Runtime intra-op threads (None: its default)
+    threads: int | None = None  # ONNX Runtime intra-op threads (None: its default); torch: set_num_threads
     batch_profile: tuple[int, int, int] | None = None  # (min, opt, max) batch of a dynamic-batch engine
-    cuda_graph: bool = False  # TensorRT: run each input shape through a captured CUDA graph
+    cuda_graph: bool = False  # TensorRT, torch on CUDA: run each input shape through a captured CUDA graph
+    device: str = "cpu"  # torch backend: cpu, cuda, cuda:N or cuda:local
+    torch_compile: str = "off"  # torch backend: off, default or max-autotune (torch.compile modes)
 
 
 class Runner(ABC):
@@ -135,6 +141,7 @@ class Runner(ABC):
 
     backend: str
     device: str
+    clock: str = "wall"  # the clock its benchmark() reads: GPU runners time CUDA events ("cuda")
 
     @property
     @abstractmethod
@@ -180,9 +187,11 @@ class Runner(ABC):
 
     def benchmark(self, images: np.ndarray, *, warmup: int = 10, iterations: int = 50, min_seconds: float = 0.0,
                   per_block: bool = True, progress=None) -> LatencyStats:
-        """Latency through the shared timing loop (:mod:`vitrt.compiler.timing`), then per-block profiler times."""
-        samples = self.latency_samples(images, Timing(warmup, iterations, min_seconds), progress)
-        stats = LatencyStats.from_samples(samples, backend=self.backend, device=self.device, batch=len(images))
+        """Latency through the shared timing loop (:mod:`vitrt.compiler.timing`) on the runner's clock (wall, or
+        CUDA events for a GPU runner that declares ``clock = "cuda"``), then per-block profiler times."""
+        samples = self.latency_samples(images, Timing(warmup, iterations, min_seconds, clock=self.clock), progress)
+        stats = LatencyStats.from_samples(samples, backend=self.backend, device=self.device, batch=len(images),
+                                          clock=self.clock)
         stats.timer, stats.transfers_ms = self.timer, self.transfer_ms(images)
         if per_block:
             stats.per_block_ms, stats.spanning_layers = self.block_times(images, iterations=max(3, iterations // 5))
@@ -206,12 +215,19 @@ class Backend(ABC):
         """The device the backend runs on, e.g. 'CPU: AMD EPYC 7B13 (2 threads)' or 'NVIDIA H100 80GB HBM3'."""
 
 
-def get_backend(name: str) -> Backend:
-    """Instantiate a backend by name; raises VitrtError for unknown names or missing runtimes."""
+def get_backend(name: str, device: str | None = None) -> Backend:
+    """Instantiate a backend by name; raises VitrtError for unknown names or missing runtimes.
+
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``) selects the device of a backend that runs on several (torch);
+    the others run where they run (ort: CPU, trt: the current CUDA device) and refuse another one."""
     if name not in _BACKENDS:
         raise VitrtError(f"unknown backend '{name}': choose one of {', '.join(BACKEND_NAMES)}")
     module_name, class_name = _BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)()
+    fixed = _FIXED_DEVICE.get(name)
+    if fixed is not None and device is not None and device.split(":")[0] != fixed:
+        raise VitrtError(f"backend '{name}' runs on {fixed} only; --device {device} needs --backend torch")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls() if fixed is not None else cls(device or "cpu")
 
 
 def _group_order(group: str) -> tuple[int, int]:

@@ -64,6 +64,7 @@ class Binding:
 
 class TrtRunner(Runner):
     backend = "trt"
+    clock = "cuda"
     timer = GPU_TIMER
 
     def __init__(self, artifact: Path, logger: trt.Logger, device: str, options: BuildOptions) -> None:
@@ -189,22 +190,18 @@ class TrtRunner(Runner):
         return lambda: self._enqueue(binding)
 
     def latency_samples(self, images: np.ndarray, timing: Timing, progress=None) -> list[float]:
-        """GPU compute time of each timed enqueue (CUDA events on the runner's stream), through the timing loop."""
+        """GPU compute time of each timed enqueue: the shared timing loop's ``cuda`` clock (CUDA events on the
+        current stream, made the runner's stream here); another clock times :meth:`timed_call` as any runner."""
         import torch
 
+        if timing.clock != "cuda":
+            return super().latency_samples(images, timing, progress)
+
         binding = self._stage(images)
-        events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
-
-        def call() -> None:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record(self.stream)
-            self._enqueue(binding)
-            end.record(self.stream)
-            events.append((start, end))
-
-        wall = samples_ms(call, timing, synchronize=self.synchronize, progress=progress)
         self.synchronize()
-        return [start.elapsed_time(end) for start, end in events[-len(wall):]]
+        with torch.cuda.stream(self.stream):
+            return samples_ms(lambda: self._enqueue(binding), timing, synchronize=self.synchronize,
+                              progress=progress)
 
     def transfer_ms(self, images: np.ndarray) -> dict[str, float]:
         """Median host->device (input) and device->host (first output) copy times, from CUDA events."""
