@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "vitrt.cli.serving",  # export triton, serve, loadtest
     "vitrt.search.optimize",  # optimize
     "vitrt.search.study",  # study
+    "vitrt.cli.debug",  # compare, sensitivity
 )
 
 

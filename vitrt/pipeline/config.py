@@ -32,6 +32,8 @@ class CheckConfig:
     lut: Path | None = option(None, "latency table (vitrt lut build): add its prediction as latency.predicted_ms "
                               "(needs --bench); also steers --prune", type=Path, metavar="LUT")
     refine_lut: bool = option(False, "after a successful compile, fold the measured per-block latency into --lut")
+    keep_twin: bool = option(False, "also write OUT/twin/ (the canonical twin's weights and every stage's plan, no "
+                                    "pickles) so that vitrt compare can rebuild the verification reference")
 
     def validate(self) -> "CheckConfig":
         if self.bench_iters < 1 or self.bench_warmup < 0:

@@ -3,6 +3,7 @@
     OUT/model.onnx        the compiled graph (canonical names, ViTSpec in metadata_props)
     OUT/<artifact>        the backend's artifact (model.ort.onnx for ort, model.plan for trt)
     OUT/manifest.json     what ran and what it measured (see README: "The manifest")
+    OUT/twin/             with --keep-twin: the canonical twin and every plan (vitrt.pipeline.replay)
 
 The compile runs in phases, each finished before the next begins:
 
@@ -53,6 +54,7 @@ from vitrt.compiler.twin import CanonicalViT
 from vitrt.compiler.verify import VerifyInstrument, compare, verification_inputs
 from vitrt.pipeline.config import CompileConfig
 from vitrt.pipeline.feedback import add_prediction, open_for_compile, refine_after_compile
+from vitrt.pipeline.replay import RECORD_DIR, save_record
 from vitrt.pipeline.stages import FINAL_PASSES, active_stages, stage_options
 from vitrt.transforms.base import Finished, PlanContext, ReportContext
 
@@ -234,6 +236,8 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
             progress.log(trt_lint.summary())
         onnx_path = staging / "model.onnx"
         onnx.save(final_onnx, str(onnx_path))
+        if checks.keep_twin:
+            save_record(staging / RECORD_DIR, twin, plans, target, config.seed)
 
         manifest = {
             "vitrt_version": __version__,
