@@ -38,7 +38,7 @@ from vitrt._version import __version__
 from vitrt.compiler.backends import BuildOptions, get_backend
 from vitrt.compiler.cost import vit_flops, vit_params
 from vitrt.compiler.distributed import is_writer
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import OptionError, VitrtError
 from vitrt.compiler.graph import GraphView
 from vitrt.compiler.lower import lower
 from vitrt.compiler.models import (canonicalize, check_supported, checkpoint_classes, load_timm_model, model_spec,
@@ -192,11 +192,9 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
     Raises VitrtError for bad input; on any failure nothing is written to ``out``. ``model`` itself is never
     modified.
     """
-    if options.get("recipe") is not None:  # a replay: the recipe's options and plans (vitrt.pipeline.recipe)
-        from vitrt.pipeline.recipe import compile_recipe
-
-        return compile_recipe(options.pop("recipe"), model=model if isinstance(model, str) else None,
-                              progress=progress, out=out, **options)
+    if options.get("recipe") is not None:
+        raise OptionError("a recipe is replayed by vitrt.pipeline.recipe.compile_recipe (vitrt.compile(..., "
+                          "recipe=PATH) and vitrt compile --recipe call it)")
     config = make_config(model, out, config, options).validate()
     module = model if isinstance(model, torch.nn.Module) else None
     if config.out is None:
