@@ -115,6 +115,19 @@ def test_compare_a_b_same_graph_is_exact(outs):
     assert max(s.max_abs for s in comparison.stats) == 0.0 and comparison.first_exceeding() is None
 
 
+def test_compare_across_ort_and_torch_backends(outs, tmp_path):
+    """The same int8 model compiled for ort and for the torch backend: every shared point agrees within the int8
+    tolerance, each graph run by the backend it was compiled for (the torch OUT through torch.fx)."""
+    vitrt.compile(tiny_vit(depth=3), tmp_path / "torch", precision="int8", calib_data="synthetic", calib_images=16,
+                  backend="torch", **COMMON)
+    comparison, meta = compare_artifacts(config(outs / "int8", tmp_path / "torch"), QUIET)
+    assert "(ort, int8)" in meta["reference"] and "(torch, int8)" in meta["candidate"]
+    assert len(comparison.stats) > 40 and comparison.first_exceeding() is None
+    assert 0 < max(s.max_abs for s in comparison.stats) < 0.25  # two runtimes: not bit-exact, well within int8's
+    same, meta = compare_artifacts(config(outs / "int8", outs / "int8", backend_b="torch"), QUIET)
+    assert "(torch, int8)" in meta["candidate"] and same.first_exceeding() is None
+
+
 def test_compare_refusals(outs, tmp_path, capsys):
     assert cli_main(["compare", str(tmp_path)]) == 2
     assert "is not a vitrt compile output" in capsys.readouterr().err

@@ -22,7 +22,7 @@ import onnx
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.spec import ViTSpec
-from vitrt.debug.config import CompareConfig, check_out
+from vitrt.debug.config import PROBE_BACKENDS, CompareConfig, check_out
 from vitrt.debug.metrics import Comparison, compare_probes, dtype_tolerance
 from vitrt.debug.points import graph_points, layer_input_point
 from vitrt.debug.probes import graph_probe, twin_probe
@@ -43,6 +43,11 @@ class Artifact:
     @property
     def precision(self) -> str:
         return artifact_precision(self.manifest)
+
+    def probe_backend(self, chosen: str | None) -> str:
+        """``chosen``, else the backend it was compiled for where that can probe (a TensorRT plan: ONNX Runtime)."""
+        compiled = self.manifest.get("backend", "ort")
+        return chosen or (compiled if compiled in PROBE_BACKENDS else "ort")
 
 
 def artifact_precision(manifest: dict) -> str:
@@ -82,14 +87,14 @@ def compare_with_twin(config: CompareConfig, progress) -> tuple[Comparison, dict
         skip = PRECISION_STAGES if config.against == "float" else ()
         twin = record.twin_after(skip=skip)
     points = graph_points(artifact.model, artifact.spec)
-    candidate = graph_probe(artifact.model, points, config.backend or "ort", config.threads)
+    candidate = graph_probe(artifact.model, points, artifact.probe_backend(config.backend), config.threads)
     reference = twin_probe(twin, points)
     with progress.step(f"comparing {len(points)} points on {config.images} {config.data} images"):
         comparison = compare_probes(candidate, reference, points, image_batches(config.data, artifact.spec,
                                                                                  config.images, config.seed),
                                     dtype_tolerance(artifact.precision))
     reference_name = "float twin (no quantization / precision typing)" if config.against == "float" else "twin"
-    return comparison, {"candidate": f"{config.a} ({config.backend or 'ort'})", "reference": reference_name,
+    return comparison, {"candidate": f"{config.a} ({artifact.probe_backend(config.backend)})", "reference": reference_name,
                         "precision": artifact.precision}
 
 
@@ -100,16 +105,17 @@ def compare_artifacts(config: CompareConfig, progress) -> tuple[Comparison, dict
         raise VitrtError(f"'{config.a}' takes {a.spec.in_chans}x{a.spec.img}x{a.spec.img} images, '{config.b}' "
                          f"{b.spec.in_chans}x{b.spec.img}x{b.spec.img}: they cannot see the same images")
     points_a, points_b = shared_points(a.model, b.model)
-    reference = graph_probe(a.model, points_a, config.backend or "ort", config.threads)
-    candidate = graph_probe(b.model, points_b, config.backend_b or "ort", config.threads)
+    backend_a, backend_b = a.probe_backend(config.backend), b.probe_backend(config.backend_b)
+    reference = graph_probe(a.model, points_a, backend_a, config.threads)
+    candidate = graph_probe(b.model, points_b, backend_b, config.threads)
     tolerance = max(dtype_tolerance(a.precision), dtype_tolerance(b.precision))
     with progress.step(f"comparing {len(points_b)} shared points on {config.images} {config.data} images"):
         comparison = compare_probes(candidate, reference, points_b, image_batches(config.data, a.spec, config.images,
                                                                                    config.seed), tolerance)
     every = {p.name for p in graph_points(a.model, a.spec)} | {p.name for p in graph_points(b.model, b.spec)}
     comparison.missing.update({name: "in one graph only" for name in sorted(every - {p.name for p in points_b})})
-    return comparison, {"candidate": f"{config.b} ({config.backend_b or 'ort'}, {b.precision})",
-                        "reference": f"{config.a} ({config.backend or 'ort'}, {a.precision})",
+    return comparison, {"candidate": f"{config.b} ({backend_b}, {b.precision})",
+                        "reference": f"{config.a} ({backend_a}, {a.precision})",
                         "precision": f"{a.precision} vs {b.precision}"}
 
 

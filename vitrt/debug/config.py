@@ -10,7 +10,7 @@ from vitrt.compiler.options import option
 from vitrt.pipeline.config import check_data_source
 
 AGAINST = ("twin", "float")
-PROBE_BACKENDS = ("ort",)  # backends that can return a graph's intermediate tensors (vitrt.debug.probes)
+PROBE_BACKENDS = ("ort", "torch")  # backends that can return a graph's intermediate tensors (vitrt.debug.probes)
 
 
 def check_out(path: Path) -> None:
@@ -29,8 +29,8 @@ class CompareConfig:
     images: int = option(64, "number of images", type=int, metavar="N")
     against: str = option("twin", "with one OUT: the twin the compile verified against, or the float twin (every "
                           "stage but quantization and precision typing)", choices=AGAINST)
-    backend: str | None = option(None, "backend running OUT (A) (default: ort)", choices=PROBE_BACKENDS)
-    backend_b: str | None = option(None, "backend running B (default: ort)", choices=PROBE_BACKENDS)
+    backend: str | None = option(None, "backend running OUT (A) (default: the one it was compiled for; ort for trt)", choices=PROBE_BACKENDS)
+    backend_b: str | None = option(None, "backend running B (default: the one it was compiled for; ort for trt)", choices=PROBE_BACKENDS)
     threads: int | None = option(None, "ONNX Runtime intra-op threads", type=int, metavar="N")
     bisect: bool = option(False, "with one OUT: find the fewest quantized / 2:4 / merging layers whose reversion "
                           "brings top-1 within --max-drop of the uncompressed graph, by halving")

@@ -87,11 +87,38 @@ def ort_probe(model: onnx.ModelProto, points: list[Point], threads: int | None =
     return lambda images: in_batches(run, images, batch, pad=batch is not None)
 
 
+def torch_probe(model: onnx.ModelProto, points: list[Point], threads: int | None = None) -> Probe:
+    """The graph with every point as an output, imported node for node into torch.fx as the torch backend runs it
+    (on CPU; a marked intermediate keeps the attention out of SDPA, whose inside it would hide)."""
+    from vitrt.compiler.backends.torch_import import import_onnx
+
+    if threads:
+        torch.set_num_threads(threads)
+    marked = mark_outputs(model, points)
+    imported = import_onnx(marked, "cpu")
+    module = imported.module.eval()
+    names = [o.name for o in marked.graph.output]
+    input_name = marked.graph.input[0].name
+
+    def run(images):
+        images = np.ascontiguousarray(images, np.float32)
+        with torch.inference_mode():
+            out = module(torch.from_numpy(images))
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        values = {name: value.float().numpy() for name, value in zip(names, out)}
+        values[input_name] = images
+        return {p.name: values[p.tensor] for p in points}
+
+    return lambda images: in_batches(run, images, imported.batch, pad=imported.batch is not None)
+
+
 def graph_probe(model: onnx.ModelProto, points: list[Point], backend: str = "ort", threads: int | None = None
                 ) -> Probe:
     """The graph with every point as an output, run by ``backend``."""
     if backend == "ort":
         return ort_probe(model, points, threads)
+    if backend == "torch":
+        return torch_probe(model, points, threads)
     raise VitrtError(f"backend '{backend}' cannot return intermediate tensors here; use one of "
                      f"{', '.join(PROBE_BACKENDS)}")
 
