@@ -69,7 +69,8 @@ def test_removed_halves_and_token_merging(table):
     assert table.block_ms(emb=64, heads=2, qk=32, v=32, mlp=0, tokens=17) == pytest.approx(attn.ms[1, 1, 1, 1, 1])
     assert table.block_ms(emb=64, heads=0, qk=0, v=0, mlp=0, tokens=17) == 0.0
     merged = table.block_ms(emb=64, heads=2, qk=32, v=32, mlp=128, tokens=17, tokens_out=9)
-    assert merged == pytest.approx(attn.ms[1, 1, 1, 1, 1] + mlp.ms[1, 1, 0])
+    merge = parts(table)["merge"]  # axes emb, keys (= heads · qk), tokens, merged: 64, 64, 17, 8
+    assert merged == pytest.approx(attn.ms[1, 1, 1, 1, 1] + merge.ms[1, 0, 1, 0] + mlp.ms[1, 1, 0])
 
 
 def test_outside_the_grid_is_an_error_unless_clamped(table):

@@ -10,7 +10,6 @@ import pytest
 
 from vitrt.benchmarks.lut_build import build_table, parse_shard, part_model, shard_path, shard_points, grid_of
 from vitrt.benchmarks.lut_merge import merge_tables
-from vitrt.benchmarks.lut_variants import variant_model
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.lut import LatencyTable
 from vitrt.compiler.timing import Timing, check_clock
@@ -127,24 +126,25 @@ def test_bad_shards_are_one_line(text, monkeypatch):
         parse_shard(text)
 
 
-def test_variant_subgraphs_carry_the_compiles_rewrites():
-    grid = grid_of("tiny")
-    model, x = part_model("mlp", {"emb": 64, "mlp": 128, "tokens": 17}, batch=2, grid=grid)
-    sparse = variant_model(model, x, "fp32", "2:4")
-    weights = {i.name: onnx.numpy_helper.to_array(i) for i in sparse.graph.initializer}
-    assert sparse24.is_2to4(weights["blocks.0.mlp.fc1.weight"], 0) and sparse24.is_2to4(weights["blocks.0.mlp.fc2.weight"], 0)
-    assert not sparse24.is_2to4({i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-                                ["blocks.0.mlp.fc1.weight"], 0)
-    int8 = variant_model(model, x, "int8", "2:4")
+def test_key_subgraphs_carry_the_compiles_rewrites():
+    grid, point = grid_of("tiny"), {"emb": 64, "mlp": 128, "tokens": 17}
+
+    def weights(model):
+        return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+
+    dense, _ = part_model("mlp", point, batch=2, grid=grid, precision="fp32", sparsity="dense", backend="ort")
+    sparse, _ = part_model("mlp", point, batch=2, grid=grid, precision="fp32", sparsity="2:4", backend="ort")
+    assert sparse24.is_2to4(weights(sparse)["blocks.0.mlp.fc1.weight"], 0)
+    assert sparse24.is_2to4(weights(sparse)["blocks.0.mlp.fc2.weight"], 0)
+    assert not sparse24.is_2to4(weights(dense)["blocks.0.mlp.fc1.weight"], 0)
+    int8, _ = part_model("mlp", point, batch=2, grid=grid, precision="int8", sparsity="2:4", backend="ort")
     ops = [n.op_type for n in int8.graph.node]
     assert ops.count("QuantizeLinear") == 2 and ops.count("DequantizeLinear") == 4
-    int8_weights = {i.name: onnx.numpy_helper.to_array(i) for i in int8.graph.initializer}
-    assert int8_weights["blocks.0.mlp.fc1.weight"].dtype == np.int8 and sparse24.is_2to4(int8_weights["blocks.0.mlp.fc1.weight"], 0)
-    fp16 = variant_model(model, x, "fp16", "dense")
+    fc1 = weights(int8)["blocks.0.mlp.fc1.weight"]
+    assert fc1.dtype == np.int8 and sparse24.is_2to4(fc1, 0)
+    fp16, x = part_model("mlp", point, batch=2, grid=grid, precision="fp16", sparsity="dense", backend="ort")
     types = {i.name: i.data_type for i in fp16.graph.initializer}
-    assert types["blocks.0.mlp.fc1.weight.fp16"] == onnx.TensorProto.FLOAT16
-    with pytest.raises(VitrtError, match="--precision fp8 is not built yet"):
-        variant_model(model, x, "fp8", "dense")
+    assert types["blocks.0.mlp.fc1.weight.fp16"] == onnx.TensorProto.FLOAT16 and x.dtype == np.float16
 
 
 def test_a_precision_key_is_built_on_the_torch_backend(tmp_path):

@@ -23,6 +23,13 @@ def compile(*args, **kwargs):
     from vitrt.pipeline.driver import compile as _compile
 
     try:
+        if kwargs.get("recipe") is not None:  # a replay: the recipe's options and plans, nothing planned again
+            from vitrt.pipeline.recipe import compile_recipe
+
+            model = args[0] if args else kwargs.pop("model", None)
+            out = args[1] if len(args) > 1 else kwargs.pop("out", None)
+            return compile_recipe(kwargs.pop("recipe"), model=model if isinstance(model, str) else None,
+                                  module=None if isinstance(model, str) else model, out=out, **kwargs)
         return _compile(*args, **kwargs)
     except VitrtError as exc:
         raise type(exc)(api_wording(str(exc), CompileConfig)) from None

@@ -26,6 +26,9 @@ COMMAND_MODULES = (
     "vitrt.benchmarks.sparsity_digits",  # sparsity-digits
     "vitrt.benchmarks.tome_bench",  # tome-bench
     "vitrt.cli.serving",  # export triton, serve, loadtest
+    "vitrt.search.optimize",  # optimize
+    "vitrt.search.study",  # study
+    "vitrt.cli.debug",  # compare, sensitivity
 )
 
 

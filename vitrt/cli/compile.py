@@ -46,6 +46,14 @@ def _cmd_compile(args) -> int:
     if config.out is None:
         raise VitrtError("no output directory: pass -o OUT")
     check_output_dir(config.out, config.force)
+    if config.recipe is not None:
+        from vitrt.compiler.options import leaves
+        from vitrt.pipeline.recipe import compile_recipe
+
+        given = {leaf.name: getattr(args, leaf.name) for leaf in leaves(CompileConfig)
+                 if getattr(args, leaf.name, None) is not None and leaf.name not in ("model", "recipe")}
+        print_summary(compile_recipe(config.recipe, model=config.model, **given).manifest)
+        return 0
     check_known_model(config)
     from vitrt.pipeline.driver import compile
 

@@ -20,12 +20,13 @@ class LutBuildConfig:
                           "(PyTorch on --device)", choices=BACKENDS)
     device: str | None = option(None, "device of --backend torch: cpu (default), cuda, cuda:N or cuda:local (torchrun: "
                                 "the GPU of LOCAL_RANK)", metavar="DEVICE")
-    grid: str = option("coarse", "grid preset: coarse (CPU, minutes), dense (NViT's grid, for a GPU), tiny (tests)",
-                       choices=("coarse", "dense", "tiny"))
+    grid: str = option("coarse", "grid preset: coarse (CPU, minutes), dense (NViT's grid, for a GPU), digits (the "
+                       "digits reference and what compression makes of it), tiny (tests)",
+                       choices=("coarse", "dense", "digits", "tiny"))
     batch: int = option(1, "batch size the table is measured at", type=int, metavar="N")
-    precision: str = option("fp32", "precision key of the table: the timed subgraphs get that precision's rewrites "
-                            "(fp32, fp16, int8)", choices=PRECISIONS)
-    sparsity: str = option("dense", "sparsity key of the table (2:4: weights masked 2:4, sparse kernels allowed)",
+    precision: str = option("fp32", "precision key to build (the subgraphs are timed after that precision's passes; "
+                            "another key of an existing table is added to it)", choices=PRECISIONS)
+    sparsity: str = option("dense", "sparsity key to build (2:4: masked weights, timed as the backend runs them)",
                            choices=SPARSITIES)
     threads: int | None = option(None, "intra-op threads (default: the runtime's, as vitrt compile)",
                                  type=int, metavar="N")

@@ -1,4 +1,8 @@
-"""Analytic cost of a ViTSpec: FLOPs per image (2 per multiply-accumulate) of every matrix product."""
+"""Analytic cost of a ViTSpec: FLOPs per image (2 per multiply-accumulate) of every matrix product, and parameters.
+
+A linear layer factored to rank r (``spec.ranks``, low rank) costs r·(K + N) instead of K·N multiply-accumulates
+per token and holds r·(K + N) weights instead of K·N.
+"""
 
 from __future__ import annotations
 
@@ -26,8 +30,20 @@ def head_flops(spec: ViTSpec) -> int:
     return 2 * spec.emb * spec.num_classes * (2 if spec.distilled else 1)
 
 
+def factored_savings(spec: ViTSpec) -> tuple[int, int]:
+    """(FLOPs per image, parameters) that the factored layers save against their dense K·N weights."""
+    flops = params = 0
+    for name, rank in spec.ranks.items():
+        tokens, k, n = spec.linear_dims(name)
+        saved = k * n - rank * (k + n)
+        flops += 2 * tokens * saved
+        params += saved
+    return flops, params
+
+
 def vit_flops(spec: ViTSpec) -> int:
-    return stem_flops(spec) + sum(block_flops(spec.emb, b) for b in spec.blocks) + head_flops(spec)
+    dense = stem_flops(spec) + sum(block_flops(spec.emb, b) for b in spec.blocks) + head_flops(spec)
+    return dense - factored_savings(spec)[0]
 
 
 def block_params(emb: int, block: BlockSpec) -> int:
@@ -46,4 +62,5 @@ def vit_params(spec: ViTSpec) -> int:
     stem = spec.emb * spec.in_chans * spec.patch * spec.patch + spec.emb
     embeddings = spec.prefix_tokens * spec.emb + spec.tokens * spec.emb
     heads = (spec.emb * spec.num_classes + spec.num_classes) * (2 if spec.distilled else 1)
-    return stem + embeddings + sum(block_params(spec.emb, b) for b in spec.blocks) + 2 * spec.emb + heads
+    blocks = sum(block_params(spec.emb, b) for b in spec.blocks)
+    return stem + embeddings + blocks + 2 * spec.emb + heads - factored_savings(spec)[1]

@@ -16,9 +16,9 @@ import onnx_graphsurgeon as gs
 
 from vitrt.compiler.errors import SpecError
 from vitrt.compiler.lower import finalize
-from vitrt.compiler.spec import ViTSpec
+from vitrt.compiler.spec import BLOCK_LINEAR_NAMES, ViTSpec
 
-BLOCK_LINEARS = ("attn.q", "attn.k", "attn.v", "attn.proj", "mlp.fc1", "mlp.fc2")
+BLOCK_LINEARS = BLOCK_LINEAR_NAMES
 
 
 @contextlib.contextmanager
@@ -90,6 +90,8 @@ class BlockView:
         return [self.linear(n) for n in names]
 
     def expected_weight_shapes(self) -> dict[str, tuple[int, int]]:
+        """B[K, N] of every weight MatMul the spec implies. A layer factored to rank r (``spec.ranks``) is two
+        MatMuls: ``<layer>.u`` with U[K, r], then ``<layer>`` itself with V[r, N] (and the layer's bias)."""
         emb, b = self.view.spec.emb, self.spec
         shapes = {}
         if b.heads:
@@ -97,6 +99,12 @@ class BlockView:
                            "attn.v": (emb, b.heads * b.v), "attn.proj": (b.heads * b.v, emb)})
         if b.mlp:
             shapes.update({"mlp.fc1": (emb, b.mlp), "mlp.fc2": (b.mlp, emb)})
+        ranks = self.view.spec.ranks
+        for local, (k, n) in list(shapes.items()):
+            rank = ranks.get(self.name(local))
+            if rank is not None:
+                shapes[local] = (rank, n)
+                shapes[f"{local}.u"] = (k, rank)
         return shapes
 
 

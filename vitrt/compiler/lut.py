@@ -8,10 +8,20 @@ latencies (milliseconds per batch) of the canonical block's two halves and of th
     stem  (emb, patches)                patch conv → prefix tokens → position embedding   (patch size fixed)
     head  (emb, tokens)                 final norm → class token → head linear           (classes fixed)
     head_distilled (emb, tokens)        the same with the distillation head averaged in
+    merge (emb, keys, tokens, merged)   token merging between attention and MLP (keys = heads · qk; optional)
+    linear (tokens, k, n)               one linear layer x[B, tokens, k] · W[k, n] + b (optional, for low rank)
+    lowrank (tokens, k, rank, n)        the same layer factored: (x · U[k, rank]) · V[rank, n] + b (optional)
 
     block_ms = attn(emb, heads, qk, v, tokens)   [0 when heads == 0: attention removed]
+             + merge(emb, heads·qk, tokens, tokens - tokens_out)   [only when the block merges tokens]
              + mlp(emb, mlp, tokens_out)          [0 when mlp == 0; tokens_out = tokens left after merging]
+             + Σ over its factored layers (lowrank(t, k, rank, n) - linear(t, k, n))
     model_ms = overhead + stem + Σ block_ms + head
+
+The factored layers of a model are read from its spec (``spec.ranks``: canonical layer name -> rank, which the
+low-rank transform records). ``merge``, ``linear`` and ``lowrank`` are optional sub-tables:
+a table without ``merge`` predicts a merging block as attention + MLP alone (tables built before it existed), and
+one without the low-rank pair refuses a model with factored layers.
 
 Splitting the block into halves keeps the grid small (the halves share no dimension except emb and tokens),
 makes DC-ViT's removed modules and token merging (the MLP runs on the merged tokens) exact compositions,
@@ -66,7 +76,12 @@ PART_AXES = {
     "stem": ("emb", "patches"),
     "head": ("emb", "tokens"),
     "head_distilled": ("emb", "tokens"),
+    "merge": ("emb", "keys", "tokens", "merged"),
+    "linear": ("tokens", "k", "n"),
+    "lowrank": ("tokens", "k", "rank", "n"),
 }
+REQUIRED_PARTS = ("attn", "mlp", "stem", "head", "head_distilled")
+OPTIONAL_PARTS = ("merge", "linear", "lowrank")
 BLOCK_KEY_FIELDS = ("emb", "heads", "qk", "v", "mlp", "tokens", "tokens_out")
 STEM_KEY_FIELDS = ("emb", "patches")
 HEAD_KEY_FIELDS = ("emb", "tokens", "distilled")
@@ -83,6 +98,7 @@ class SubTable:
     axes: dict[str, list[int]]
     ms: np.ndarray
     _interp: Any = field(default=None, repr=False, compare=False)
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)  # coords -> value, for this _interp
 
     @property
     def complete(self) -> bool:
@@ -117,13 +133,27 @@ class SubTable:
                     grid[axis] = np.array([g[0], g[0] + 1.0])
                     values = np.concatenate([values, values], axis=axis)
             self._interp = RegularGridInterpolator(grid, values, method="linear")
+            self._memo = {}
+        # Searches (pruning, vitrt optimize) ask for the same points thousands of times: interpolate each once.
+        key = tuple(coords)
+        if key not in self._memo:
+            self._memo[key] = float(self._interp(np.asarray([coords]))[0])
         # Grid values have the per-call overhead subtracted, so a tiny subgraph timed on a loaded machine can
         # come out at or below zero; the floor keeps predictions positive and multiplicative refinement defined
         # (a refined model's correction would otherwise be skipped and its prediction stay off).
-        return max(float(self._interp(np.asarray([coords]))[0]), MIN_GRID_MS)
+        return max(self._memo[key], MIN_GRID_MS)
 
 
 MIN_GRID_MS = 1e-4
+
+
+def factored_layers(spec) -> dict[int, dict[str, tuple[int, int, int, int]]]:
+    """Per block index: factored layer -> (tokens it runs on, k, rank, n), from ``spec.ranks``."""
+    out: dict[int, dict] = {}
+    for name, rank in spec.ranks.items():
+        tokens, k, n = spec.linear_dims(name)
+        out.setdefault(int(name.split(".")[1]), {})[name] = (tokens, k, rank, n)
+    return out
 
 
 def _block_point(emb, heads, qk, v, mlp, tokens, tokens_out) -> dict:
@@ -211,6 +241,9 @@ class LatencyTable:
         if heads:
             total += parts["attn"].lookup({"emb": emb, "heads": heads, "qk": qk, "v": v, "tokens": tokens},
                                           clamp=clamp, what="attention")
+            if tokens_out < tokens and "merge" in parts:
+                total += parts["merge"].lookup({"emb": emb, "keys": heads * qk, "tokens": tokens,
+                                                "merged": tokens - tokens_out}, clamp=clamp, what="token merge")
         if mlp:
             total += parts["mlp"].lookup({"emb": emb, "mlp": mlp, "tokens": tokens_out}, clamp=clamp, what="MLP")
         return total
@@ -244,14 +277,31 @@ class LatencyTable:
         out = {"overhead": self.overhead_ms,
                "stem": self.stem_ms(emb=spec.emb, patches=spec.num_patches, precision=precision, sparsity=sparsity,
                                     clamp=clamp)}
+        factored = factored_layers(spec)
         for i, b in enumerate(spec.blocks):
             out[f"blocks.{i}"] = self.block_ms(emb=spec.emb, heads=b.heads, qk=b.qk, v=b.v, mlp=b.mlp, tokens=b.tokens,
                                                tokens_out=b.tokens_out, precision=precision, sparsity=sparsity,
                                                clamp=clamp)
+            for layer, (t, k, rank, n) in factored.get(i, {}).items():
+                out[f"blocks.{i}"] += self.lowrank_delta_ms(tokens=t, k=k, rank=rank, n=n, precision=precision,
+                                                            sparsity=sparsity, clamp=clamp, layer=layer)
         last = spec.blocks[-1].out_tokens
         out["head"] = self.head_ms(emb=spec.emb, tokens=last, distilled=spec.distilled, precision=precision,
                                    sparsity=sparsity, clamp=clamp)
         return out
+
+    def lowrank_delta_ms(self, *, tokens, k, rank, n, precision="fp32", sparsity="dense", clamp=False,
+                         layer="a factored layer") -> float:
+        """What factoring one linear layer x[B, tokens, k] · W[k, n] to rank ``rank`` adds (negative: saves)."""
+        parts = self._parts(precision, sparsity)
+        if "linear" not in parts or "lowrank" not in parts:
+            raise VitrtError(f"{layer} is factored (low rank), but the latency table's {table_key(precision, sparsity)} "
+                             "entries have no linear / lowrank sub-tables; build them with vitrt lut build "
+                             "(fp32/dense, a grid with 'features' and 'rank' axes)")
+        point = {"tokens": tokens, "k": k, "n": n}
+        dense = parts["linear"].lookup(point, clamp=clamp, what=f"{layer} (linear)")
+        factored = parts["lowrank"].lookup({**point, "rank": rank}, clamp=clamp, what=f"{layer} (low rank)")
+        return factored - dense
 
     def _check_spec(self, spec) -> None:
         for name in ("patch", "in_chans", "num_classes"):
@@ -322,6 +372,9 @@ class LatencyTable:
         if "spec_after" not in manifest:
             raise VitrtError("the manifest has no spec_after: it was not written by vitrt compile")
         spec = ViTSpec.from_dict(manifest["spec_after"])
+        if factored_layers(spec):
+            raise VitrtError("the manifest's model has factored (low-rank) layers, which the table's block points do "
+                             "not describe: refining with it is not supported")
         self.check(backend=latency.get("backend", manifest.get("backend")), batch=latency.get("batch"),
                    precision=precision, sparsity=sparsity, device=latency.get("device"),
                    clock=latency.get("clock", "wall"))
@@ -414,7 +467,7 @@ class LatencyTable:
                     if np.any(ms[np.isfinite(ms)] < 0):
                         raise ValueError(f"{key} {name} has negative latencies")
                     tables[key][name] = SubTable(axes, ms)
-                absent = set(PART_AXES) - set(tables[key])
+                absent = set(REQUIRED_PARTS) - set(tables[key])
                 if absent:
                     raise ValueError(f"{key} lacks sub-table(s) {', '.join(sorted(absent))}")
             points = list(data.get("points", []))

@@ -26,6 +26,8 @@ from vitrt.compiler.errors import SpecError
 
 SPEC_METADATA_KEY = "vitrt.spec"
 SPEC_FORMAT_VERSION = 1
+BLOCK_LINEAR_NAMES = ("attn.q", "attn.k", "attn.v", "attn.proj", "mlp.fc1", "mlp.fc2")
+LOWRANK_KEY = "lowrank"  # extra[LOWRANK_KEY]["ranks"]: factored linear layers, canonical name -> rank
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,27 @@ class ViTSpec:
     @property
     def tokens(self) -> int:
         return self.prefix_tokens + self.num_patches
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        """Linear layers factored into two MatMuls (low rank): canonical name -> rank. The low-rank transform
+        records them in ``extra['lowrank']['ranks']``; the graph view and the cost model read them here."""
+        return {name: int(r) for name, r in ((self.extra.get(LOWRANK_KEY) or {}).get("ranks") or {}).items()}
+
+    def linear_dims(self, name: str) -> tuple[int, int, int]:
+        """(tokens it runs on, K, N) of a block's linear layer ``blocks.i.attn.q`` ... ``blocks.i.mlp.fc2``
+        (the MLP runs on the tokens left after a merge)."""
+        parts = name.split(".")
+        local = ".".join(parts[2:])
+        if len(parts) != 4 or parts[0] != "blocks" or not parts[1].isdigit() or int(parts[1]) >= self.depth \
+                or local not in BLOCK_LINEAR_NAMES:
+            raise SpecError(f"'{name}' is not a linear layer of this model's blocks (blocks.<i>.attn.q|k|v|proj, "
+                            "blocks.<i>.mlp.fc1|fc2)")
+        block = self.blocks[int(parts[1])]
+        qk, v = block.heads * block.qk, block.heads * block.v
+        k, n = {"attn.q": (self.emb, qk), "attn.k": (self.emb, qk), "attn.v": (self.emb, v),
+                "attn.proj": (v, self.emb), "mlp.fc1": (self.emb, block.mlp), "mlp.fc2": (block.mlp, self.emb)}[local]
+        return (block.out_tokens if local.startswith("mlp") else block.tokens), k, n
 
     def with_blocks(self, blocks) -> "ViTSpec":
         return dataclasses.replace(self, blocks=tuple(blocks))

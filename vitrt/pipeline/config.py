@@ -13,6 +13,8 @@ from pathlib import Path
 from vitrt.compiler.errors import DataError, OptionError
 from vitrt.compiler.options import option, replace_options, section
 from vitrt.compiler.target import TargetConfig
+from vitrt.transforms.distill.config import DistillConfig
+from vitrt.transforms.lowrank.config import LowRankConfig
 from vitrt.transforms.prune.config import PruneConfig
 from vitrt.transforms.quant.config import QUANT_PRECISIONS, QuantConfig
 from vitrt.transforms.sparsity.config import SparsityConfig
@@ -35,6 +37,8 @@ class CheckConfig:
     eval_data: str | None = option(None, "real accuracy: the artifact's top-1 on this labelled data's test split "
                                    "(digits or an ImageFolder PATH) in the manifest's accuracy section",
                                    metavar="DATA")
+    keep_twin: bool = option(False, "also write OUT/twin/ (the canonical twin's weights and every stage's plan, no "
+                                    "pickles) so that vitrt compare can rebuild the verification reference")
 
     def validate(self) -> "CheckConfig":
         if self.bench_iters < 1 or self.bench_warmup < 0:
@@ -56,10 +60,15 @@ class CompileConfig:
     force: bool = option(False, "replace a non-empty output directory")
     seed: int = option(0, "seed for verification inputs and data-driven passes", type=int, metavar="N")
     quiet: bool = option(False, "no progress output")
+    recipe: Path | None = option(None, "replay a recipe (OUT/recipe.json of vitrt optimize): its options and plans, "
+                                 "nothing planned again; only output and check options may be added",
+                                 type=Path, metavar="RECIPE")
     target: TargetConfig = section(TargetConfig)
     checks: CheckConfig = section(CheckConfig)
     prune: PruneConfig = section(PruneConfig)
     tome: TomeConfig = section(TomeConfig)
+    distill: DistillConfig = section(DistillConfig)
+    lowrank: LowRankConfig = section(LowRankConfig)
     sparsity: SparsityConfig = section(SparsityConfig)
     quant: QuantConfig = section(QuantConfig)
 
@@ -71,6 +80,8 @@ class CompileConfig:
         self.checks.validate()
         self.prune.validate()
         self.tome.validate()
+        self.distill.validate()
+        self.lowrank.validate()
         self.sparsity.validate()
         self.quant.validate(self.target.precision)
         if self.checks.lut is not None and not self.checks.bench and self.prune.fraction is None:
@@ -82,6 +93,9 @@ class CompileConfig:
         if self.prune.fraction is not None and self.checks.lut is None:
             raise OptionError("--prune needs --lut LUT (build one with: vitrt lut build --backend ort --grid coarse "
                              "--batch N -o LUT)")
+        if self.lowrank.enabled and (self.sparsity.enabled or self.target.precision != "fp32"):
+            raise OptionError("--lowrank composes with --prune and token merging at --precision fp32: factored layers "
+                              "are not masked (--sparsity), quantized or typed (--precision) yet")
         self.check_paths()
         return self
 
@@ -89,12 +103,15 @@ class CompileConfig:
         """Every file and data source an option names exists (cheap: nothing is read yet)."""
         for flag, path in (("--checkpoint", self.checkpoint), ("--prune-plan", self.prune.plan),
                            ("--scale-table", self.quant.scale_table), ("--lut", self.checks.lut),
-                           ("--tome-lut", self.tome.lut)):
+                           ("--tome-lut", self.tome.lut),
+                           ("--lowrank-plan", self.lowrank.plan), ("--recipe", self.recipe)):
             if path is not None and not Path(path).is_file():
                 raise OptionError(f"{flag} '{path}' does not exist or is not a file")
         used = [("--data", self.prune.data, self.prune.enabled and (self.prune.fraction is not None or self.prune.revit
                                                                     or self.prune.finetune_epochs > 0)),
                 ("--sparse-data", self.sparsity.data, self.sparsity.finetune_epochs > 0),
+                ("--lowrank-data", self.lowrank.data, self.lowrank.finetune_epochs > 0),
+                ("--distill-data", self.distill.data, self.distill.epochs > 0),
                 ("--calib-data", self.quant.calib_data, self.quant.calib_data is not None)]
         for flag, source, needed in used:
             if needed and source is not None:

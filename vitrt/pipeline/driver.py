@@ -3,6 +3,7 @@
     OUT/model.onnx        the compiled graph (canonical names, ViTSpec in metadata_props)
     OUT/<artifact>        the backend's artifact (model.ort.onnx for ort, model.plan for trt)
     OUT/manifest.json     what ran and what it measured (see README: "The manifest")
+    OUT/twin/             with --keep-twin: the canonical twin and every plan (vitrt.pipeline.replay)
 
 The compile runs in phases, each finished before the next begins:
 
@@ -37,7 +38,7 @@ from vitrt._version import __version__
 from vitrt.compiler.backends import BuildOptions, get_backend
 from vitrt.compiler.cost import vit_flops, vit_params
 from vitrt.compiler.distributed import is_writer
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import OptionError, VitrtError
 from vitrt.compiler.graph import GraphView
 from vitrt.compiler.lower import lower
 from vitrt.compiler.models import (canonicalize, check_supported, checkpoint_classes, load_timm_model, model_spec,
@@ -54,6 +55,7 @@ from vitrt.compiler.verify import VerifyInstrument, compare, verification_inputs
 from vitrt.pipeline.config import CompileConfig
 from vitrt.pipeline.estimate import artifact_accuracy
 from vitrt.pipeline.feedback import add_prediction, open_for_compile, refine_after_compile
+from vitrt.pipeline.replay import RECORD_DIR, save_record
 from vitrt.pipeline.stages import FINAL_PASSES, active_stages, stage_options
 from vitrt.transforms.base import Finished, PlanContext, ReportContext
 
@@ -134,16 +136,66 @@ def load_source(config: CompileConfig, source: Source, progress: Progress):
     return model.eval(), canonicalize(model)
 
 
+@dataclass
+class Planned:
+    """Every active stage planned: plans by transform name, (stage, plan, twin before, twin after) in order, the
+    planners' adjustment notes, and the twin after the last stage."""
+
+    plans: dict
+    reports: list
+    adjustments: list
+    final: torch.nn.Module
+
+
+def plan_stages(config: CompileConfig, twin: torch.nn.Module, *, lut=None, name: str = "",
+                progress: Progress | None = None, given: dict | None = None, context=PlanContext) -> Planned:
+    """Plan every stage ``config`` runs, in STAGES order, each on the twin the stages before it left.
+
+    ``given``: plans by transform name used instead of planning that stage (a replayed recipe, a search's cached
+    prefix); a value may also be a callable ``twin -> plan`` (a plan that must be read against the spec it meets).
+    ``context``: the PlanContext class the planners get (a search supplies one whose ``data`` holds out a split).
+    ``twin`` is never modified.
+    """
+    progress = progress or Progress(enabled=False)
+    stages = active_stages(config)
+    given = dict(given or {})
+    unknown = sorted(set(given) - {s.name for s in stages})
+    if unknown:
+        raise VitrtError(f"plans given for stage(s) {', '.join(unknown)} that these options do not run")
+    plans, reports, adjustments, final = {}, [], [], twin
+    teacher = copy.deepcopy(twin).eval().requires_grad_(False)
+    for stage in stages:
+        if stage.name in given:
+            plan = given[stage.name]
+            plan = plan(final) if callable(plan) else plan
+        else:
+            ctx = context(target=config.target, teacher=teacher, plans=dict(plans), lut=lut, lut_path=config.checks.lut,
+                          model=name, seed=config.seed, progress=progress)
+            plan = stage.plan(final, ctx, stage_options(config, stage))
+        after = stage.graph_pass(plan).apply_to_twin(final)
+        for note in plan_notes(plan):
+            progress.log(note)
+            adjustments.append({"stage": stage.name, "note": note})
+        plans[stage.name] = plan
+        reports.append((stage, plan, final, after))
+        final = after
+    return Planned(plans, reports, adjustments, final)
+
+
 def compile(model: torch.nn.Module | str | None = None, out: str | Path | None = None,
             config: CompileConfig | None = None, progress: Progress | None = None, name: str | None = None,
-            **options) -> CompileResult:
+            plans: dict | None = None, **options) -> CompileResult:
     """Compile ``model`` (a timm model name, a timm ViT module or a CanonicalViT) into ``out``.
 
     ``config`` and/or keyword ``options`` (the CLI's option names: ``batch=8``, ``prune=0.5``, ``tome="13"``)
-    select backend, batch, stages and checks; ``name`` is what the manifest calls a module passed as ``model``.
+    select backend, batch, stages and checks; ``name`` is what the manifest calls a module passed as ``model``;
+    ``plans`` (transform name -> plan, see :func:`plan_stages`) replaces those stages' planning (a recipe replay).
     Raises VitrtError for bad input; on any failure nothing is written to ``out``. ``model`` itself is never
     modified.
     """
+    if options.get("recipe") is not None:
+        raise OptionError("a recipe is replayed by vitrt.pipeline.recipe.compile_recipe (vitrt.compile(..., "
+                          "recipe=PATH) and vitrt compile --recipe call it)")
     config = make_config(model, out, config, options).validate()
     module = model if isinstance(model, torch.nn.Module) else None
     if config.out is None:
@@ -161,19 +213,8 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
         original, twin = load_source(config, source, progress)
 
         # Plan every stage on the twin the stages before it left.
-        plans, reports, adjustments, final = {}, [], [], twin
-        teacher = copy.deepcopy(twin).eval().requires_grad_(False)
-        for stage in stages:
-            ctx = PlanContext(target=target, teacher=teacher, plans=dict(plans), lut=lut, lut_path=checks.lut,
-                              model=name or config.model or "", seed=config.seed, progress=progress)
-            plan = stage.plan(final, ctx, stage_options(config, stage))
-            after = stage.graph_pass(plan).apply_to_twin(final)
-            for note in plan_notes(plan):
-                progress.log(note)
-                adjustments.append({"stage": stage.name, "note": note})
-            plans[stage.name] = plan
-            reports.append((stage, plan, final, after))
-            final = after
+        planned = plan_stages(config, twin, lut=lut, name=name or config.model or "", progress=progress, given=plans)
+        reports, adjustments, final, plans = planned.reports, planned.adjustments, planned.final, planned.plans
 
         # One pass manager over every stage's pass.
         batch = target.static_batch
@@ -194,6 +235,8 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
             progress.log(trt_lint.summary())
         onnx_path = staging / "model.onnx"
         onnx.save(final_onnx, str(onnx_path))
+        if checks.keep_twin:
+            save_record(staging / RECORD_DIR, twin, plans, target, config.seed)
 
         manifest = {
             "vitrt_version": __version__,

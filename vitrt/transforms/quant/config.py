@@ -23,6 +23,15 @@ class QuantConfig:
     quantize_attention: bool = option(False, "also quantize the attention matmuls where fused attention allows it")
     scale_table: Path | None = option(None, "scale table JSON to use instead of calibrating (validated)", type=Path,
                                       metavar="FILE")
+    exclude: str | None = option(None, "keep these layers float: comma-separated fnmatch patterns over canonical layer "
+                                 "names (patch_embed, blocks.3.attn.q, blocks.3.attn.qk, blocks.3.mlp.fc2, head)",
+                                 flag="--quant-exclude", metavar="PATTERNS")
+    keep_float_top: int = option(0, "keep the K layers most sensitive to quantization float (KL of the output when "
+                                 "only that layer is quantized, on the calibration data, or from --sensitivity)",
+                                 type=int, metavar="K")
+    sensitivity: Path | None = option(None, "with --keep-float-top: the ranking vitrt sensitivity wrote "
+                                      "(sensitivity.json) instead of scoring on the calibration data", type=Path,
+                                      metavar="FILE")
 
     def validate(self, precision: str) -> "QuantConfig":
         """Option combinations refused for ``precision`` (the target's)."""
@@ -38,12 +47,28 @@ class QuantConfig:
             raise OptionError("int4w is weight-only: --qat-epochs and --quantize-attention apply to int8 and fp8")
         if self.scale_table is not None and self.calib_data is not None and not self.qat_epochs:
             raise OptionError("--scale-table replaces calibration: drop --calib-data (or add --qat-epochs to fine-tune)")
+        if not quant and (self.exclude or self.keep_float_top):
+            raise OptionError(f"--quant-exclude / --keep-float-top need --precision int8, fp8 or int4w (got {precision})")
+        if self.keep_float_top < 0:
+            raise OptionError(f"--keep-float-top must be >= 0, got {self.keep_float_top}")
+        if self.sensitivity is not None and not self.keep_float_top:
+            raise OptionError("--sensitivity ranks layers for --keep-float-top K: add it (or drop --sensitivity)")
+        if self.sensitivity is not None and not Path(self.sensitivity).is_file():
+            raise OptionError(f"--sensitivity '{self.sensitivity}' does not exist or is not a file")
         return self
 
     def check(self, spec, target):
-        """A given scale table is validated against the spec it will meet before any work, when that is known."""
-        from vitrt.transforms.quant.scale_table import load_scale_table
+        """A given scale table, the --quant-exclude patterns and the --sensitivity ranking are checked against the
+        spec they will meet before any work, when that is known."""
+        from vitrt.transforms.quant.scale_table import excluded_layers, load_scale_table, quantizable_layers, read_ranking
 
-        if self.scale_table is not None and spec is not None:
-            load_scale_table(self.scale_table, spec, target.precision, quantize_attention=self.quantize_attention)
+        if spec is None:
+            return spec
+        excluded = excluded_layers(self.exclude, spec, target.precision, self.quantize_attention) if self.exclude else {}
+        if self.scale_table is not None:
+            load_scale_table(self.scale_table, spec, target.precision, quantize_attention=self.quantize_attention,
+                             exclude=excluded)
+        if self.sensitivity is not None:
+            read_ranking(self.sensitivity, target.precision, quantizable_layers(
+                spec, target.precision, quantize_attention=self.quantize_attention))
         return spec

@@ -224,9 +224,10 @@ def _quantizer_table_name(module_name: str) -> str | None:
 
 
 def table_from_twin(model: CanonicalViT, precision: str, *, quantize_attention: bool = False,
-                    source: str = "calibration", meta: dict | None = None) -> ScaleTable:
-    """Read every quantizer's amax into a ScaleTable (names and shapes checked against the spec)."""
-    expected = expected_entries(model.spec, precision, quantize_attention=quantize_attention)
+                    source: str = "calibration", meta: dict | None = None, exclude=()) -> ScaleTable:
+    """Read every quantizer's amax into a ScaleTable (names and shapes checked against the spec; the layers in
+    ``exclude`` stay float)."""
+    expected = expected_entries(model.spec, precision, quantize_attention=quantize_attention, exclude=exclude)
     entries = {}
     for name, q in _quantizers(model):
         key = _quantizer_table_name(name)

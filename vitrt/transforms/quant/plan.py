@@ -21,6 +21,7 @@ class QuantPlan:
     quantize_attention: bool = False
     weights: Mapping[str, np.ndarray] | None = None  # twin parameters after QAT (None: the twin's own)
     info: Mapping[str, Any] = field(default_factory=dict)  # calibration data, QAT losses, accuracy
+    float_layers: Mapping[str, str] = field(default_factory=dict)  # layer kept float -> why (the table lacks it)
 
     def __post_init__(self):
         if self.table.precision != self.precision:
@@ -36,6 +37,10 @@ class QuantPlan:
             if plain:
                 notes.append(f"quantize-attention: blocks {plain} keep float attention matmuls (TensorRT's fused "
                              "attention takes Q/DQ only for head size 16/32/64 and <= 512 tokens)")
+        if self.float_layers:
+            names = list(self.float_layers)
+            notes.append(f"quantization: {len(names)} layer(s) kept float: {', '.join(names[:4])}"
+                         f"{' ...' if len(names) > 4 else ''} (why: manifest quantization.float_layers)")
         block = self.table.meta.get("block_size")
         if self.precision == "int4w" and block and block < 128:
             notes.append(f"int4w: block size {block}, since 128 does not divide every layer's input width")
@@ -43,7 +48,7 @@ class QuantPlan:
 
     def to_dict(self) -> dict:
         return {"format": PLAN_FORMAT, "precision": self.precision, "quantize_attention": self.quantize_attention,
-                "table": self.table.to_dict(), "info": dict(self.info)}
+                "table": self.table.to_dict(), "info": dict(self.info), "float_layers": dict(self.float_layers)}
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {f"weight/{k}": np.asarray(v) for k, v in (self.weights or {}).items()}
@@ -53,15 +58,17 @@ class QuantPlan:
         """Rebuild a plan for ``spec`` (the table is validated against the names and shapes ``spec`` implies)."""
         if data.get("format") != PLAN_FORMAT:
             raise VitrtError(f"quantization plan format {data.get('format')!r} is not supported")
-        table = table_from_dict(data["table"], spec, data["precision"],
+        float_layers = dict(data.get("float_layers") or {})
+        table = table_from_dict(data["table"], spec, data["precision"], exclude=float_layers,
                                 quantize_attention=bool(data.get("quantize_attention")), origin="quantization plan")
         weights = {k[len("weight/"):]: v for k, v in arrays.items() if k.startswith("weight/")} or None
-        return cls(data["precision"], table, bool(data.get("quantize_attention")), weights, data.get("info") or {})
+        return cls(data["precision"], table, bool(data.get("quantize_attention")), weights, data.get("info") or {},
+                   float_layers)
 
     def report(self, opset: int | None = None) -> dict:
         """The manifest's ``quantization`` section."""
         section = dict(self.info, precision=self.precision, scale_source=self.table.source,
-                       layers=self.table.layer_dtypes())
+                       layers=self.table.layer_dtypes(), float_layers=dict(self.float_layers))
         if opset is not None:
             section["opset"] = opset
         return section

@@ -2,6 +2,7 @@
 
     --scale-table FILE     validate the file against the model (one line on error) and apply it, or
     --calib-data DATA      PTQ calibration with --calib-method on up to --calib-images images, then
+    --quant-exclude / --keep-float-top   layers left float (vitrt.transforms.quant.fallback), then
     --qat-epochs N         GPUSQ-ViT QAT (teacher: the float twin; 2:4 masks and W_j from the sparsity plan)
 
 and, when the data has a labelled test split (digits), the top-1 of the float and fake-quant twins.
@@ -16,9 +17,10 @@ from vitrt.compiler.weights import parameter_state
 from vitrt.transforms.base import PlanContext
 from vitrt.transforms.quant.config import QuantConfig
 from vitrt.transforms.quant.fakequant import apply_scale_table, quantize_twin, table_from_twin
+from vitrt.transforms.quant.fallback import float_layers_for
 from vitrt.transforms.quant.plan import QuantPlan
 from vitrt.transforms.quant.qat import qat
-from vitrt.transforms.quant.scale_table import load_scale_table
+from vitrt.transforms.quant.scale_table import excluded_layers, load_scale_table
 
 
 def plan(twin, ctx: PlanContext, options: QuantConfig) -> QuantPlan:
@@ -27,7 +29,8 @@ def plan(twin, ctx: PlanContext, options: QuantConfig) -> QuantPlan:
     info: dict = {"calib_data": source if options.scale_table is None else None}
     start = time.perf_counter()
     if options.scale_table is not None:
-        table = load_scale_table(options.scale_table, twin.spec, precision, quantize_attention=att)
+        table = load_scale_table(options.scale_table, twin.spec, precision, quantize_attention=att,
+                                 exclude=excluded_layers(options.exclude, twin.spec, precision, att))
         qtwin = apply_scale_table(twin, table, quantize_attention=att)
     else:
         data = None if precision == "int4w" else ctx.data(source, limit=options.calib_images)
@@ -36,6 +39,10 @@ def plan(twin, ctx: PlanContext, options: QuantConfig) -> QuantPlan:
                                          max_images=options.calib_images, progress=ctx.progress)
         if data is not None:
             table.meta["calib_data"] = source
+    float_layers = float_layers_for(twin, table, ctx, options)  # --quant-exclude, --keep-float-top
+    if float_layers:
+        table = table.without(float_layers)
+        qtwin = apply_scale_table(twin, table, quantize_attention=att)
     info["calibration_s"] = round(time.perf_counter() - start, 2)
     weights = None
     if options.qat_epochs:
@@ -45,11 +52,11 @@ def plan(twin, ctx: PlanContext, options: QuantConfig) -> QuantPlan:
         info["qat"] = qat(qtwin, twin, ctx.data(source), epochs=options.qat_epochs, seed=ctx.seed, masks=masks,
                           prior_feature_losses=prior, progress=ctx.progress)
         table = table_from_twin(qtwin, precision, quantize_attention=att, source=f"{table.source}+qat",
-                                meta=table.meta)
+                                meta=table.meta, exclude=float_layers)
         weights = parameter_state(qtwin)
     test = ctx.data(source, split="test") if source != "synthetic" else None
     if test is not None and test.labelled:
         info["accuracy"] = {"data": f"{source}:test" if source == "digits" else f"{source} (calibration set)",
                             "images": len(test), "top1_fp32_twin": round(accuracy(twin, test), 5),
                             f"top1_{precision}_twin": round(accuracy(qtwin, test), 5)}
-    return QuantPlan(precision, table, att, weights, info)
+    return QuantPlan(precision, table, att, weights, info, float_layers)

@@ -89,6 +89,10 @@ class ScaleTable:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json() + "\n")
 
+    def without(self, layers) -> "ScaleTable":
+        """The table without the entries of ``layers`` (canonical layer names: those layers stay float)."""
+        return ScaleTable(self.precision, _without_layers(self.entries, layers), self.source, dict(self.meta))
+
     def layer_dtypes(self) -> dict[str, dict]:
         """Per layer: activation and weight dtype (the manifest's per-layer record)."""
         layers: dict[str, dict] = {}
@@ -149,13 +153,14 @@ def fixed_amax(precision: str, name: str) -> float | None:
                 None)
 
 
-def expected_entries(spec, precision: str, *, quantize_attention: bool = False,
-                     block_size: int | None = None) -> dict[str, tuple[str, tuple[int, ...], int | None, int | None]]:
+def expected_entries(spec, precision: str, *, quantize_attention: bool = False, block_size: int | None = None,
+                     exclude=()) -> dict[str, tuple[str, tuple[int, ...], int | None, int | None]]:
     """name -> (dtype, amax shape, axis, block size) for every tensor ``precision`` quantizes in ``spec``'s graph.
 
     INT8 / FP8: the patch-embedding Conv and every linear layer (input per tensor, weight per output channel)
     plus, with ``quantize_attention``, both inputs of QKᵀ and of ·V in blocks whose fused attention allows it.
-    INT4 (weight-only): the linear layers' weights, block-wise along K.
+    INT4 (weight-only): the linear layers' weights, block-wise along K. Layers in ``exclude`` (``--quant-exclude``,
+    ``--keep-float-top``) stay float: none of their tensors is listed.
     """
     if precision not in PRECISION_DTYPES:
         raise VitrtError(f"precision '{precision}' has no scale table; use one of {sorted(PRECISION_DTYPES)}")
@@ -165,7 +170,7 @@ def expected_entries(spec, precision: str, *, quantize_attention: bool = False,
         block = int4_block_size(spec, block_size)
         for name, (k, n) in linear_layers(spec).items():
             out[f"{name}.weight"] = (w_dtype, (k // block, n), 0, block)
-        return out
+        return _without_layers(out, exclude)
     out["patch_embed.input"] = (a_dtype, (), None, None)
     out["patch_embed.weight"] = (w_dtype, (spec.emb,), 0, None)
     for name, (_, n) in linear_layers(spec).items():
@@ -176,13 +181,56 @@ def expected_entries(spec, precision: str, *, quantize_attention: bool = False,
             if fused_attention_ok(spec, i, a_dtype):
                 for local in ("qk.input_a", "qk.input_b", "av.input_a", "av.input_b"):
                     out[f"blocks.{i}.attn.{local}"] = (a_dtype, (), None, None)
+    return _without_layers(out, exclude)
+
+
+def _without_layers(entries: dict, layers) -> dict:
+    layers = set(layers)
+    return {k: v for k, v in entries.items() if k.rpartition(".")[0] not in layers}
+
+
+def quantizable_layers(spec, precision: str, *, quantize_attention: bool = False) -> list[str]:
+    """The layers ``precision`` would quantize in ``spec``'s graph (what ``--quant-exclude`` patterns match)."""
+    return list(dict.fromkeys(k.rpartition(".")[0] for k in expected_entries(spec, precision,
+                                                                            quantize_attention=quantize_attention)))
+
+
+# --- per-layer fallback (--quant-exclude, --keep-float-top --sensitivity) ---------------------------------------
+
+def excluded_layers(patterns: str | None, spec, precision: str, quantize_attention: bool = False) -> dict[str, str]:
+    """Layers matched by ``--quant-exclude`` ``patterns`` (comma-separated fnmatch) -> why; a pattern that matches no
+    quantizable layer is refused."""
+    import fnmatch
+
+    layers = quantizable_layers(spec, precision, quantize_attention=quantize_attention)
+    out: dict[str, str] = {}
+    for pattern in [p.strip() for p in (patterns or "").split(",") if p.strip()]:
+        matched = [layer for layer in layers if fnmatch.fnmatchcase(layer, pattern)]
+        if not matched:
+            raise VitrtError(f"--quant-exclude '{pattern}' matches no quantized layer (they are named like "
+                             f"{', '.join(layers[:3])}, ..., {layers[-1]})")
+        out.update({layer: f"--quant-exclude {pattern}" for layer in matched if layer not in out})
     return out
+
+
+def read_ranking(path, precision: str, layers: list[str]) -> list[str]:
+    """The layer order of a ``vitrt sensitivity`` result (checked: its precision, and layers this model has)."""
+    data = read_json(path, "sensitivity ranking", "write one with vitrt sensitivity MODEL -o DIR (DIR/sensitivity.json)")
+    if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
+        raise VitrtError(f"sensitivity ranking '{path}': expected the JSON vitrt sensitivity writes (a 'layers' list)")
+    if data.get("precision") != precision:
+        raise VitrtError(f"sensitivity ranking '{path}' was scored at {data.get('precision')}, the compile is {precision}")
+    ranking = [row.get("layer") if isinstance(row, dict) else None for row in data["layers"]]
+    unknown = [layer for layer in ranking if layer not in layers]
+    if unknown:
+        raise VitrtError(f"sensitivity ranking '{path}' names '{unknown[0]}', which this model does not quantize")
+    return ranking
 
 
 # --- loading and validation ------------------------------------------------------------------------------
 
 def table_from_dict(data, spec, precision: str, *, quantize_attention: bool = False, origin: str = "scale table",
-                    source: str | None = None) -> ScaleTable:
+                    source: str | None = None, exclude=()) -> ScaleTable:
     """Validate ``data`` (parsed JSON) against what ``spec`` and ``precision`` imply; one-line VitrtError if not."""
     if not isinstance(data, dict) or not isinstance(data.get("tensors"), dict):
         raise VitrtError(f"{origin}: expected a JSON object with a 'tensors' mapping (write one with vitrt compile "
@@ -203,7 +251,8 @@ def table_from_dict(data, spec, precision: str, *, quantize_attention: bool = Fa
             raise VitrtError(f"{origin}: int4-block entries need one common integer block_size "
                              f"({' or '.join(map(str, sorted(INT4_BLOCK_SIZES)))})")
     try:
-        expected = expected_entries(spec, precision, quantize_attention=quantize_attention, block_size=block)
+        expected = expected_entries(spec, precision, quantize_attention=quantize_attention, block_size=block,
+                                    exclude=exclude)
     except VitrtError as exc:  # a block size TensorRT does not take, or one that does not fit the model
         raise VitrtError(f"{origin}: {exc}") from None
     unknown = sorted(set(tensors) - set(expected))
@@ -212,7 +261,8 @@ def table_from_dict(data, spec, precision: str, *, quantize_attention: bool = Fa
                          f"{precision}{' with --quantize-attention' if quantize_attention else ''})")
     missing = [name for name in expected if name not in tensors]
     if missing:
-        raise VitrtError(f"{origin}: no entry for tensor '{missing[0]}' ({len(missing)} missing)")
+        raise VitrtError(f"{origin}: no entry for tensor '{missing[0]}' ({len(missing)} missing; a table written with "
+                         "layers kept float needs the same --quant-exclude)")
     entries = {}
     for name, (dtype, shape, axis, block_size) in expected.items():
         entries[name] = _entry(tensors[name], name, dtype, shape, axis, block_size, origin)
@@ -246,10 +296,12 @@ def _entry(raw, name, dtype, shape, axis, block_size, origin) -> ScaleEntry:
     return ScaleEntry(dtype, amax.astype(np.float32), axis, block_size)
 
 
-def load_scale_table(path: str | Path, spec, precision: str, *, quantize_attention: bool = False) -> ScaleTable:
-    """Read and validate a user's scale table file (VitrtError naming the first problem)."""
+def load_scale_table(path: str | Path, spec, precision: str, *, quantize_attention: bool = False,
+                     exclude=()) -> ScaleTable:
+    """Read and validate a user's scale table file (VitrtError naming the first problem); the layers in ``exclude``
+    (``--quant-exclude``) stay float, so the file has no entries for them."""
     path = Path(path)
     data = read_json(path, "scale table", "write one with vitrt compile --precision ... (OUT/scale_table.json)")
     return table_from_dict(data, spec, precision, quantize_attention=quantize_attention,
-                           origin=f"scale table '{path}'", source=f"file:{path.name}")
+                           origin=f"scale table '{path}'", source=f"file:{path.name}", exclude=exclude)
 

@@ -1,0 +1,268 @@
+"""Accuracy debugging (issue 17) on a tiny ViT: ``vitrt compare`` against the twin rebuilt from OUT/twin and between
+two artifacts, a planted fault named as the first diverging point, per-layer sensitivity (the layer switch against
+the fake-quant twin), ``--quant-exclude`` / ``--keep-float-top`` in compile (manifest ``float_layers``, Q/DQ left
+out, verification still passing), the bisection's search, and one-line refusals. The digits-reference runs are
+``-m slow``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import tiny_vit
+from onnx import numpy_helper
+
+import vitrt
+from vitrt.calib.data import synthetic
+from vitrt.cli import main as cli_main
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.models import canonicalize
+from vitrt.compiler.progress import QUIET
+from vitrt.debug.bisect import minimal_set
+from vitrt.debug.compare import compare_artifacts, compare_with_twin, load_artifact
+from vitrt.debug.compare import run as compare_run
+from vitrt.debug.config import CompareConfig
+from vitrt.debug.points import graph_points
+from vitrt.pipeline.replay import load_record
+from vitrt.transforms.quant.fakequant import apply_scale_table, quantize_twin
+from vitrt.transforms.quant.sensitivity import LayerSwitch, score_layers, table_layers
+
+pytestmark = pytest.mark.xdist_group("debug")  # the module's compiles are shared by its tests
+
+COMMON = dict(name="tiny", batch=4, keep_twin=True, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def outs(tmp_path_factory):
+    """fp32 and int8 (16 synthetic calibration images) compiles of a 3-block tiny ViT, with their twin records."""
+    root = tmp_path_factory.mktemp("debug")
+    model = tiny_vit(depth=3)
+    vitrt.compile(model, root / "fp32", **COMMON)
+    vitrt.compile(model, root / "int8", precision="int8", calib_data="synthetic", calib_images=16, **COMMON)
+    return root
+
+
+def config(*outs, **options) -> CompareConfig:
+    return CompareConfig(*outs, images=8, quiet=True, **options).validate()
+
+
+def test_points_cover_every_block_and_qdq(outs):
+    artifact = load_artifact(outs / "int8")
+    names = [p.name for p in graph_points(artifact.model, artifact.spec)]
+    for i in range(3):
+        for local in ("attn.logits", "attn.probs", "attn.out", "mlp.hidden", "mlp.out", "output",
+                      "attn.q.input", "mlp.fc2.input"):
+            assert f"blocks.{i}.{local}" in names
+    assert names[0] == "patch_embed.input" and names[-1] == "logits"
+    fp32 = load_artifact(outs / "fp32")
+    assert not [p for p in graph_points(fp32.model, fp32.spec) if p.kind == "qdq"]
+
+
+def test_compare_with_twin_is_within_tolerance(outs):
+    comparison, meta = compare_with_twin(config(outs / "int8"), QUIET)
+    assert meta["precision"] == "int8"
+    assert not comparison.missing, comparison.missing
+    assert comparison.first_exceeding() is None
+    assert [row["block"] for row in comparison.block_growth()] == [0, 1, 2]
+    assert comparison.head.agree == comparison.head.images == 8
+    # against the float twin the Q/DQ error shows: every stream point moves, and more than against its own twin
+    against_float, _ = compare_with_twin(config(outs / "int8", against="float"), QUIET)
+    ours = {s.point.name: s.rel for s in comparison.stats}
+    assert all(s.rel > ours[s.point.name] for s in against_float.stats if s.point.kind == "stream"
+               and s.point.name != "patch_embed")
+
+
+def planted(outs, tmp_path, layer: str, factor: float = 10.0):
+    """A copy of the fp32 OUT whose ``layer`` weight initializer is scaled by ``factor`` in the ONNX."""
+    out = tmp_path / "planted"
+    shutil.copytree(outs / "fp32", out)
+    model = onnx.load(str(out / "model.onnx"))
+    node = next(n for n in model.graph.node if n.name == layer)
+    init = next(i for i in model.graph.initializer if i.name == node.input[1])
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(factor), init.name))
+    onnx.save(model, str(out / "model.onnx"))
+    return out
+
+
+def test_planted_fault_is_the_first_diverging_point(outs, tmp_path):
+    out = planted(outs, tmp_path, "blocks.1.mlp.fc1")
+    comparison, _ = compare_with_twin(config(out), QUIET)
+    assert comparison.first_exceeding().point.name == "blocks.1.mlp.hidden"
+    assert comparison.largest_contributor()["block"] == 1
+    before = {s.point.name: s for s in comparison.stats}
+    assert before["blocks.1.attn.out"].rel < 1e-5 and before["blocks.0.output"].rel < 1e-5
+
+
+def test_compare_command_writes_table_and_plot(outs, tmp_path, capsys):
+    report = tmp_path / "report"
+    assert compare_run(config(outs / "fp32", outs / "int8", out=report)) == 0
+    data = json.loads((report / "compare.json").read_text())
+    assert data["precision"] == "fp32 vs int8" and data["head"]["images"] == 8
+    names = [p["point"] for p in data["points"]]
+    assert "blocks.2.attn.probs" in names and "blocks.0.attn.q.input" in names  # Q/DQ'd input vs the float input
+    assert [b["block"] for b in data["blocks"]] == [0, 1, 2]
+    assert (report / "error_growth.png").stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "largest contributor: blocks." in printed and "first point over its tolerance" in printed
+
+
+def test_compare_a_b_same_graph_is_exact(outs):
+    comparison, _ = compare_artifacts(config(outs / "int8", outs / "int8"), QUIET)
+    assert max(s.max_abs for s in comparison.stats) == 0.0 and comparison.first_exceeding() is None
+
+
+def test_compare_across_ort_and_torch_backends(outs, tmp_path):
+    """The same int8 model compiled for ort and for the torch backend: every shared point agrees within the int8
+    tolerance, each graph run by the backend it was compiled for (the torch OUT through torch.fx)."""
+    vitrt.compile(tiny_vit(depth=3), tmp_path / "torch", precision="int8", calib_data="synthetic", calib_images=16,
+                  backend="torch", **COMMON)
+    comparison, meta = compare_artifacts(config(outs / "int8", tmp_path / "torch"), QUIET)
+    assert "(ort, int8)" in meta["reference"] and "(torch, int8)" in meta["candidate"]
+    assert len(comparison.stats) > 40 and comparison.first_exceeding() is None
+    assert 0 < max(s.max_abs for s in comparison.stats) < 0.25  # two runtimes: not bit-exact, well within int8's
+    same, meta = compare_artifacts(config(outs / "int8", outs / "int8", backend_b="torch"), QUIET)
+    assert "(torch, int8)" in meta["candidate"] and same.first_exceeding() is None
+
+
+def test_compare_refusals(outs, tmp_path, capsys):
+    assert cli_main(["compare", str(tmp_path)]) == 2
+    assert "is not a vitrt compile output" in capsys.readouterr().err
+    no_twin = tmp_path / "no_twin"
+    shutil.copytree(outs / "fp32", no_twin, ignore=shutil.ignore_patterns("twin"))
+    assert cli_main(["compare", str(no_twin), "--images", "4", "-o", str(tmp_path / "r")]) == 2
+    assert "--keep-twin" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(VitrtError, match="drop B"):
+        CompareConfig(outs / "fp32", outs / "int8", bisect=True).validate()
+
+
+# --- sensitivity and fallback ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def calibrated():
+    twin = canonicalize(tiny_vit(depth=2))
+    _, table = quantize_twin(twin, "int8", synthetic(32, 16, seed=3), max_images=16)
+    return twin, table
+
+
+def test_layer_switch_is_float_or_the_fake_quant_twin(calibrated):
+    twin, table = calibrated
+    images = torch.from_numpy(np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    switch = LayerSwitch(twin, table)
+    with torch.no_grad():
+        assert torch.equal(switch.only(()).eval()(images), twin(images))
+        assert torch.equal(switch.only(switch.layers)(images), apply_scale_table(twin, table)(images))
+        one = switch.only(["blocks.1.mlp.fc2"])(images)
+        only_table = table.without([layer for layer in switch.layers if layer != "blocks.1.mlp.fc2"])
+        assert torch.equal(one, apply_scale_table(twin, only_table)(images))
+
+
+def test_score_layers_ranks_every_layer(calibrated):
+    twin, table = calibrated
+    images = torch.from_numpy(np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+    scored, summary = score_layers(twin, table, images, float_one=True)
+    assert sorted(r.layer for r in scored) == sorted(table_layers(table)) and len(scored) == 2 * 6 + 2
+    assert [r.kl for r in scored] == sorted((r.kl for r in scored), reverse=True)
+    assert all(r.kl >= 0 and r.kl_float_one is not None for r in scored)
+    assert summary["kl_quantized"] > scored[0].kl * 0.5 > 0
+
+
+def test_quant_exclude_and_keep_float_top_in_compile(outs, tmp_path):
+    model = tiny_vit(depth=3)
+    out = tmp_path / "excluded"
+    vitrt.compile(model, out, precision="int8", calib_data="synthetic", calib_images=16, verify=True,
+                  quant_exclude="blocks.0.*,head", **COMMON)
+    manifest = json.loads((out / "manifest.json").read_text())
+    floats = manifest["quantization"]["float_layers"]
+    assert sorted(floats) == sorted([f"blocks.0.{x}" for x in ("attn.q", "attn.k", "attn.v", "attn.proj", "mlp.fc1",
+                                                                 "mlp.fc2")] + ["head"])
+    assert floats["head"] == "--quant-exclude head"
+    assert manifest["verify"]["ok"]
+    names = {n.name for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert "blocks.0.attn.q.input.quantize" not in names and "blocks.1.attn.q.input.quantize" in names
+    assert "head.weight.dequantize" not in names
+    assert set(load_record(out).plans["quant"].float_layers) == set(floats)  # the twin record keeps them
+
+    ranking = tmp_path / "sens"
+    assert cli_main(["sensitivity", str(outs / "int8"), "--images", "8", "--calib-images", "16", "-o", str(ranking),
+                     "--quiet"]) == 0
+    ranked = [row["layer"] for row in json.loads((ranking / "sensitivity.json").read_text())["layers"]]
+    assert (ranking / "sensitivity.png").is_file() and len(ranked) == 3 * 6 + 2
+    top = tmp_path / "top"
+    vitrt.compile(model, top, precision="int8", calib_data="synthetic", calib_images=16, keep_float_top=2,
+                  sensitivity=ranking / "sensitivity.json", **COMMON)
+    floats = json.loads((top / "manifest.json").read_text())["quantization"]["float_layers"]
+    assert list(floats) == ranked[:2] and "sensitivity rank 1" in floats[ranked[0]]
+
+
+def test_fallback_refusals(tmp_path):
+    model = tiny_vit(depth=2)
+    with pytest.raises(VitrtError, match="matches no quantized layer"):
+        vitrt.compile(model, tmp_path / "a", precision="int8", quant_exclude="blocks.9.*", **COMMON)
+    with pytest.raises(VitrtError, match="need.*precision int8"):
+        vitrt.compile(model, tmp_path / "b", quant_exclude="head", **COMMON)
+    bad = tmp_path / "ranking.json"
+    bad.write_text(json.dumps({"precision": "fp8", "layers": [{"layer": "head"}]}))
+    with pytest.raises(VitrtError, match="scored at fp8"):
+        vitrt.compile(model, tmp_path / "c", precision="int8", keep_float_top=1, sensitivity=bad, **COMMON)
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
+# --- bisection -------------------------------------------------------------------------------------------------------
+
+def test_minimal_set_finds_the_needed_units_in_few_evaluations():
+    units = list(range(40))
+    needed = {3, 17, 31}
+    calls = []
+
+    def ok(reverted):
+        calls.append(1)
+        return needed <= set(reverted)
+
+    assert sorted(minimal_set(units, ok)) == sorted(needed)
+    assert len(calls) < 40  # halving, not one unit at a time
+    assert minimal_set(units, lambda reverted: True) == []
+
+
+def test_bisect_finds_a_corrupted_layer(outs):
+    """One layer's weight range shrunk x20 in the recorded plan (its weights clipped): the bisection, judged on
+    agreement with the fully reverted graph, names that layer among the few it reverts, as compile flags."""
+    import dataclasses
+
+    from vitrt.debug.bisect import bisect_record
+    from vitrt.transforms.quant.scale_table import ScaleTable
+
+    record = load_record(outs / "int8")
+    plan = record.plans["quant"]
+    entries = dict(plan.table.entries)
+    key = "blocks.1.mlp.fc1.weight"
+    entries[key] = dataclasses.replace(entries[key], amax=entries[key].amax / 20)
+    record.plans["quant"] = dataclasses.replace(plan, table=ScaleTable(plan.table.precision, entries,
+                                                                       plan.table.source, dict(plan.table.meta)))
+    images = np.random.default_rng(2).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    found = bisect_record(record, images, None, max_drop=0.0, stages=("quant",))
+    names = [u["name"] for u in found["reverted"]]
+    assert found["compiled"] < 1.0 and found["after"] == 1.0
+    assert "blocks.1.mlp.fc1" in names and len(names) <= 3
+    assert found["flags"] == f"--quant-exclude {','.join(names)}"
+    assert found["evaluations"] < len(table_layers(plan.table))
+
+
+def test_a_table_written_with_float_layers_is_reused_with_the_same_exclusion(tmp_path):
+    model = tiny_vit(depth=2)
+    first = tmp_path / "first"
+    vitrt.compile(model, first, precision="int8", calib_images=8, quant_exclude="head", **COMMON)
+    with pytest.raises(VitrtError, match="no entry for tensor 'head.input'.*needs the same"):
+        vitrt.compile(model, tmp_path / "b", precision="int8", scale_table=first / "scale_table.json", **COMMON)
+    again = tmp_path / "again"
+    vitrt.compile(model, again, precision="int8", scale_table=first / "scale_table.json", quant_exclude="head",
+                  **COMMON)
+    graphs = [onnx.load(str(out / "model.onnx")).graph for out in (first, again)]
+    assert [n.name for n in graphs[0].node] == [n.name for n in graphs[1].node]
+    assert "head.input.quantize" not in {n.name for n in graphs[1].node}
+    for a, b in zip(*(sorted(g.initializer, key=lambda i: i.name) for g in graphs)):
+        assert a.name == b.name and np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))

@@ -1,0 +1,87 @@
+"""Recipes (vitrt.pipeline.recipe): a compile's options and every stage's plan written down, and ``vitrt compile
+MODEL --recipe recipe.json -o OUT`` replaying it bit for bit — nothing planned again, the same model.onnx bytes —
+plus its refusals (one line, exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import tiny_vit
+from vitrt.cli import main as cli
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.models import canonicalize
+from vitrt.compiler.options import from_options
+from vitrt.pipeline.config import CompileConfig
+from vitrt.pipeline.driver import compile, plan_stages
+from vitrt.pipeline.recipe import compile_recipe, read_recipe, write_recipe
+
+# Token merging, 2:4 and int8 with calibration: plans with JSON, arrays and a scale table read against the spec the
+# stage meets.
+OPTIONS = {"batch": 2, "tome": "2", "sparsity": "2:4", "precision": "int8", "calib_data": "synthetic",
+           "calib_images": 16}
+
+
+def planned_recipe(tmp_path, model, name, options=OPTIONS):
+    config = from_options(CompileConfig, {**options, "quiet": True}).validate()
+    planned = plan_stages(config, canonicalize(model))
+    return write_recipe(tmp_path / "recipe.json", name, options, planned.plans, {"made_by": "test"}), planned
+
+
+def onnx_bytes(out) -> bytes:
+    return (out / "model.onnx").read_bytes()
+
+
+def test_replay_gives_the_same_bytes_as_compiling_with_the_plans(tmp_path):
+    model = tiny_vit(depth=2, img_size=64)
+    recipe, planned = planned_recipe(tmp_path, model, "tiny")
+    assert set(recipe.plan_files) == {"tome", "sparsity", "quant"}
+    assert "calib_data" not in recipe.options and "calib_images" not in recipe.options  # planning only: in the plans
+    direct = compile(model, tmp_path / "direct", plans=planned.plans, quiet=True, **OPTIONS)
+    first = compile_recipe(tmp_path / "recipe.json", module=model, out=tmp_path / "a", quiet=True)
+    again = compile_recipe(tmp_path / "recipe.json", module=model, out=tmp_path / "b", quiet=True, verify=True)
+    assert onnx_bytes(tmp_path / "a") == onnx_bytes(tmp_path / "b") == onnx_bytes(tmp_path / "direct")
+    assert again.manifest["verify"]["ok"]
+    assert first.manifest["params"] == direct.manifest["params"]
+
+
+@pytest.mark.slow  # the digits reference calibrated and compiled twice: minutes on a loaded 2-core machine
+def test_cli_replays_a_recipe_for_the_digits_reference(tmp_path, digits_reference, capsys):
+    options = {"batch": 2, "tome": "4", "precision": "int8", "calib_data": "digits", "calib_images": 32}
+    recipe, _ = planned_recipe(tmp_path, digits_reference[0], "digits", options)
+    for out in ("o1", "o2"):
+        assert cli(["compile", "digits", "--recipe", str(tmp_path / "recipe.json"), "-o", str(tmp_path / out),
+                    "--quiet"]) == 0
+    assert onnx_bytes(tmp_path / "o1") == onnx_bytes(tmp_path / "o2")
+    manifest = json.loads((tmp_path / "o1" / "manifest.json").read_text())
+    assert manifest["model"] == "digits" and manifest["quantization"]["precision"] == "int8"
+
+    # refusals: one line, exit 2, nothing written
+    capsys.readouterr()
+    assert cli(["compile", "digits", "--recipe", str(tmp_path / "recipe.json"), "-o", str(tmp_path / "x"),
+                "--tome", "2"]) == 2
+    assert "--recipe sets what is compiled" in capsys.readouterr().err
+    assert cli(["compile", "vit_tiny_patch16_224", "--recipe", str(tmp_path / "recipe.json"), "-o",
+                str(tmp_path / "y")]) == 2
+    assert "was made for model 'digits'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(format="other"), "is not a vitrt recipe"),
+    (lambda d: d.update(version=7), "has version 7"),
+    (lambda d: d["plans"].update(tome="../elsewhere.json"), "is not a file beside it"),
+    (lambda d: d["plans"].update(nope="recipe/tome.json"), "unknown stage 'nope'"),
+    (lambda d: d.pop("options"), "malformed"),
+])
+def test_malformed_recipes_are_refused_in_one_line(tmp_path, mutate, message):
+    model = tiny_vit(depth=2, img_size=64)
+    planned_recipe(tmp_path, model, "tiny", {"batch": 2, "tome": "2"})
+    path = tmp_path / "recipe.json"
+    data = json.loads(path.read_text())
+    mutate(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(VitrtError, match=message) as info:
+        read_recipe(path)
+    assert "\n" not in str(info.value)

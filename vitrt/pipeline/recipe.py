@@ -1,0 +1,253 @@
+"""Recipes: a compile written down so that ``vitrt compile MODEL --recipe recipe.json -o OUT`` replays it bit for bit.
+
+A recipe is the compile's options *and* every stage's plan (what the planners computed: kept indices and fine-tuned
+weights, the merge schedule, low-rank factors, 2:4 masks, the scale table and QAT weights), so a replay plans
+nothing: it loads the plans and runs the same passes, and the same inputs give the same ``model.onnx`` bytes.
+
+    recipe.json                 {"format": "vitrt.recipe", "version": 1, "model": ..., "options": {...},
+                                 "plans": {"prune": "recipe/prune.json", ...}, "meta": {...}}
+    recipe/<stage>.json (.npz)  each plan's JSON and its arrays
+
+``options`` are flat compile options (as the CLI and :func:`vitrt.compile` take them) that select the target and
+switch the stages on; a stage that needs a file to be switched on (``--prune-plan``, ``--lowrank-plan``) names
+its plan file in the recipe directory. ``meta`` says how the plans were made (e.g. the search that chose them).
+
+The model ``digits`` is the shipped digits reference (:func:`vitrt.calib.reference.load_reference`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from vitrt.compiler.errors import OptionError, VitrtError
+from vitrt.compiler.jsonfile import read_json
+
+FORMAT, VERSION = "vitrt.recipe", 1
+DIGITS_MODEL = "digits"
+# Options a replay may set on top of a recipe: where to write and what to check, not what to compile.
+REPLAY_OPTIONS = ("model", "out", "force", "quiet", "verify", "bench", "bench_iters", "bench_warmup", "lut",
+                  "refine_lut", "threads", "timing_cache", "recipe")
+
+
+class RecipeError(VitrtError):
+    """A malformed or mismatched recipe (one line, exit code 2)."""
+
+
+# --- plans <-> files -----------------------------------------------------------------------------------------
+def _prune_codec():
+    from vitrt.transforms.prune.plan import PruningPlan
+
+    def encode(plan):
+        return plan.to_dict(), {f"weight/{k}": np.asarray(v) for k, v in (plan.weights or {}).items()}
+
+    def decode(data, arrays):
+        weights = {k[len("weight/"):]: v for k, v in arrays.items() if k.startswith("weight/")}
+        return PruningPlan.from_dict(data).with_weights(weights or None)
+    return encode, decode
+
+
+def _tome_codec():
+    from vitrt.transforms.tome.schedule import MergePlan
+
+    return (lambda plan: (plan.to_dict(), {})), (lambda data, arrays: MergePlan.from_dict(data))
+
+
+def _arrays_codec(cls):
+    return (lambda plan: (plan.to_dict(), plan.arrays())), (lambda data, arrays: cls.from_dict(data, arrays))
+
+
+def _quant_codec():
+    from vitrt.transforms.quant.plan import QuantPlan
+
+    # The scale table is validated against the spec the stage meets: decoded when the replay reaches the stage.
+    return (lambda plan: (plan.to_dict(), plan.arrays())), \
+        (lambda data, arrays: (lambda twin: QuantPlan.from_dict(data, arrays, twin.spec)))
+
+
+def _precision_codec():
+    from vitrt.transforms.precision.plan import PrecisionPlan
+
+    return (lambda plan: (plan.to_dict(), {})), (lambda data, arrays: PrecisionPlan.from_dict(data))
+
+
+def codec(stage: str) -> tuple[Callable, Callable]:
+    """(plan -> (JSON dict, arrays), (JSON dict, arrays) -> plan or twin -> plan) for the stage's plan type."""
+    from vitrt.transforms.distill.plan import DistillPlan
+    from vitrt.transforms.lowrank.plan import LowRankPlan
+    from vitrt.transforms.sparsity.plan import SparsityPlan
+
+    codecs = {"prune": _prune_codec, "tome": _tome_codec, "distill": lambda: _arrays_codec(DistillPlan),
+              "lowrank": lambda: _arrays_codec(LowRankPlan),
+              "sparsity": lambda: _arrays_codec(SparsityPlan), "quant": _quant_codec, "precision": _precision_codec}
+    if stage not in codecs:
+        raise RecipeError(f"recipe names an unknown stage '{stage}' (known: {', '.join(codecs)})")
+    return codecs[stage]()
+
+
+def write_plan(stage: str, plan, directory: Path) -> str:
+    """Write ``plan`` as ``directory/<stage>.json`` (+ ``.npz``); returns the JSON's name. The prune and low-rank
+    plans are written in their own file format, which ``--prune-plan`` / ``--lowrank-plan`` read."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{stage}.json"
+    if stage in ("prune", "lowrank"):
+        plan.save(path)
+        return path.name
+    data, arrays = codec(stage)[0](plan)
+    if arrays:
+        with open(path.with_suffix(".npz"), "wb") as f:
+            np.savez(f, **arrays)
+        data = {**data, "arrays_file": path.with_suffix(".npz").name}
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return path.name
+
+
+def read_plan(stage: str, path: Path):
+    """The plan in ``path`` (or, for the scale table, a function of the twin the stage meets)."""
+    import zipfile
+
+    if stage == "prune":
+        from vitrt.transforms.prune.plan import PruningPlan
+
+        return PruningPlan.load(path)
+    if stage == "lowrank":
+        from vitrt.transforms.lowrank.plan import LowRankPlan
+
+        return LowRankPlan.load(path)
+    data = read_json(path, f"{stage} plan", "the recipe directory is incomplete", error=RecipeError)
+    arrays = {}
+    if isinstance(data, dict) and data.get("arrays_file"):
+        try:
+            with np.load(path.parent / Path(data["arrays_file"]).name, allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise RecipeError(f"cannot read the arrays of the {stage} plan '{path}': {exc}") from None
+    return codec(stage)[1](data, arrays)
+
+
+# --- the recipe ----------------------------------------------------------------------------------------------
+@dataclass
+class Recipe:
+    model: str
+    options: dict  # flat compile options that select the target and switch the stages on
+    plan_files: dict[str, str]  # stage -> plan JSON, relative to the recipe file
+    meta: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    def plans(self) -> dict[str, Any]:
+        base = self.path.parent if self.path is not None else Path(".")
+        return {stage: read_plan(stage, base / name) for stage, name in self.plan_files.items()}
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "model": self.model, "options": self.options,
+                "plans": self.plan_files, "meta": self.meta}
+
+
+def write_recipe(path: Path, model: str, options: dict, plans: dict[str, Any], meta: dict | None = None) -> Recipe:
+    """Write ``recipe.json`` at ``path`` and the plans under ``path``'s stem directory (``recipe/``).
+
+    ``options`` are the compile options the plans were made with; options that name a plan file are pointed at the
+    written plan, and those only planning needs are left out (they are in ``meta``)."""
+    from vitrt.compiler.options import leaves
+    from vitrt.pipeline.config import CompileConfig
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    directory = path.with_suffix("")
+    files = {stage: f"{directory.name}/{write_plan(stage, plan, directory)}" for stage, plan in plans.items()}
+    known = {leaf.name for leaf in leaves(CompileConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise RecipeError(f"recipe options {unknown} are not compile options")
+    replay = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in options.items()
+              if k not in PLANNING_ONLY and k not in REPLAY_OPTIONS}
+    if "prune" in plans:
+        replay.pop("prune", None)
+        replay["prune_plan"] = files["prune"]
+    if "lowrank" in plans:
+        for key in ("lowrank", "lowrank_budget"):
+            replay.pop(key, None)
+        replay["lowrank_plan"] = files["lowrank"]
+    recipe = Recipe(model, replay, files, dict(meta or {}), path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(recipe.to_dict(), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return recipe
+
+
+# Options only the planners read: a replay plans nothing, so they are recorded in meta, not in options.
+PLANNING_ONLY = ("data", "importance", "eta", "prune_samples", "finetune_epochs", "revit", "tome_lut", "tome_flops",
+                 "tome_latency", "sparse_finetune_epochs", "sparse_data", "permute", "calib_data", "calib_method",
+                 "calib_images", "qat_epochs", "scale_table", "lowrank_finetune_epochs", "lowrank_data", "lowrank_layers",
+                 "lowrank_align", "prune_plan", "lowrank_plan", "distill_data")
+
+
+def read_recipe(path) -> Recipe:
+    path = Path(path)
+    data = read_json(path, "recipe", "write one with vitrt optimize (OUT/recipe.json)", error=RecipeError)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise RecipeError(f"'{path}' is not a vitrt recipe (no \"format\": \"{FORMAT}\")")
+    if data.get("version") != VERSION:
+        raise RecipeError(f"recipe '{path}' has version {data.get('version')!r}; this vitrt reads version {VERSION}")
+    try:
+        recipe = Recipe(str(data["model"]), dict(data["options"]), dict(data["plans"]), dict(data.get("meta") or {}),
+                        path)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RecipeError(f"recipe '{path}' is malformed: missing or invalid field {exc}") from None
+    for stage, name in recipe.plan_files.items():
+        codec(stage)
+        if Path(name).is_absolute() or ".." in Path(name).parts or not (path.parent / name).is_file():
+            raise RecipeError(f"recipe '{path}': the {stage} plan '{name}' is not a file beside it")
+    return recipe
+
+
+def resolve_model(name: str):
+    """(module or None, name): the digits reference for ``digits``, else the timm name as given."""
+    if name == DIGITS_MODEL:
+        from vitrt.calib.reference import load_reference
+
+        return load_reference()[0], name
+    return None, name
+
+
+def replay_config(recipe: Recipe, overrides: dict):
+    """The CompileConfig of ``recipe`` with ``overrides`` (only the options in REPLAY_OPTIONS may be given)."""
+    from vitrt.compiler.options import from_options
+    from vitrt.pipeline.config import CompileConfig
+
+    refused = sorted(k for k in overrides if k not in REPLAY_OPTIONS)
+    if refused:
+        raise OptionError(f"--recipe sets what is compiled; drop --{refused[0].replace('_', '-')} (a replay takes only "
+                          f"output and check options)")
+    base = recipe.path.parent if recipe.path is not None else Path(".")
+    options = dict(recipe.options)
+    for key in ("prune_plan", "lowrank_plan", "scale_table"):
+        if key in options:
+            options[key] = base / options[key]
+    options.update({k: v for k, v in overrides.items() if k != "recipe"})
+    return from_options(CompileConfig, options)
+
+
+def compile_recipe(recipe_path, model: str | None = None, progress=None, module=None, **overrides):
+    """``vitrt compile MODEL --recipe recipe.json -o OUT``: the recipe's options and plans, nothing planned again.
+
+    ``module``: the model itself (Python API), for a recipe made for a module rather than a name. The same model
+    weights and recipe give the same ``model.onnx`` bytes (a timm name without --checkpoint has random weights)."""
+    from vitrt.pipeline.driver import compile
+
+    recipe = read_recipe(recipe_path)
+    if model is not None and model != recipe.model:
+        raise RecipeError(f"recipe '{recipe_path}' was made for model '{recipe.model}', not '{model}'")
+    name = recipe.model
+    if module is None:
+        module, name = resolve_model(recipe.model)
+    config = replay_config(recipe, overrides)
+    if module is not None:
+        config = config.replace(model=None)
+    return compile(module if module is not None else name, config=config, progress=progress, name=name,
+                   plans=recipe.plans())

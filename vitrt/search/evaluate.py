@@ -1,0 +1,123 @@
+"""Cheap estimates of a recipe: its latency from the table, its accuracy as the held-out top-1 of the twin the
+compile's planners leave (fake-quant, 2:4 masks, merging and factors applied) — no graph is lowered or built.
+
+Planning goes through the compile's own :func:`vitrt.pipeline.driver.plan_stages`, with the search's fit split as
+the planners' data (:class:`~vitrt.search.holdout.HoldoutContext`). Plans are cached by the options of the stages
+up to them, so recipes that share a prefix (the same pruning and fine-tuning budget, say) plan it once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import dataclass, field
+
+from vitrt.calib.evaluate import accuracy
+from vitrt.compiler.cost import vit_flops, vit_params
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.options import as_dict, from_options
+from vitrt.pipeline.config import CompileConfig
+from vitrt.pipeline.driver import plan_stages
+from vitrt.pipeline.stages import active_stages, stage_options
+from vitrt.search.holdout import HoldoutContext, SearchData
+from vitrt.search.space import Recipe
+
+
+@dataclass
+class Estimate:
+    recipe: Recipe
+    epochs: int
+    predicted_ms: float | None = None
+    holdout_top1: float | None = None
+    params: int | None = None
+    flops: int | None = None
+    seconds: float = 0.0
+    refused: str = ""  # why the compile refuses this recipe (one line), else empty
+    plans: dict | None = field(default=None, repr=False, compare=False)  # in memory only
+
+    @property
+    def ok(self) -> bool:
+        return not self.refused
+
+    def to_dict(self) -> dict:
+        return {"recipe": self.recipe.to_dict(), "label": self.recipe.label(), "key": self.recipe.key,
+                "epochs": self.epochs, "predicted_ms": self.predicted_ms, "holdout_top1": self.holdout_top1,
+                "params": self.params, "flops": self.flops, "seconds": round(self.seconds, 2), "refused": self.refused}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Estimate":
+        return cls(Recipe.from_dict(data["recipe"]), data["epochs"], data["predicted_ms"], data["holdout_top1"],
+                   data["params"], data["flops"], data["seconds"], data["refused"])
+
+
+@dataclass
+class Target:
+    batch: int = 8
+    backend: str = "ort"
+    threads: int | None = 1
+
+
+class Evaluator:
+    """Estimates recipes of one model: ``twin`` (the dense canonical twin), the search data, the latency table."""
+
+    def __init__(self, twin, name: str, data: SearchData, lut, lut_path, target: Target, progress, seed: int = 0):
+        self.twin, self.name, self.data, self.lut, self.lut_path = twin, name, data, lut, lut_path
+        self.target, self.progress, self.seed = target, progress, seed
+        self.cache: dict[str, object] = {}
+        self.dense_ms = lut.model_ms(twin.spec, clamp=True)
+        self.dense_holdout = accuracy(twin, data.holdout)
+
+    def options(self, recipe: Recipe, epochs: int) -> dict:
+        return recipe.options(epochs=epochs, data=self.data.source, lut=self.lut_path, batch=self.target.batch,
+                              backend=self.target.backend, threads=self.target.threads)
+
+    def config(self, recipe: Recipe, epochs: int) -> CompileConfig:
+        return from_options(CompileConfig, {**self.options(recipe, epochs), "seed": self.seed, "quiet": True})
+
+    def predict(self, recipe: Recipe, spec) -> float:
+        precision, sparsity = recipe.lut_key
+        return self.lut.model_ms(spec, precision=precision, sparsity=sparsity, clamp=True)
+
+    def lut_has(self, recipe: Recipe) -> bool:
+        return "/".join(recipe.lut_key) in self.lut.tables
+
+    def plan(self, recipe: Recipe, epochs: int):
+        """The compile's planning of ``recipe`` (cached by stage prefix); returns the driver's Planned."""
+        config = self.config(recipe, epochs).validate()
+        stages = active_stages(config)
+        keys, chain = [], {"target": [config.target.batch, config.target.backend, config.seed]}
+        for stage in stages:
+            options = stage_options(config, stage)
+            chain[stage.name] = as_dict(options) if options is not None else None
+            if stage.name in ("quant", "precision"):
+                chain[f"{stage.name}.precision"] = config.target.precision
+            keys.append(json.dumps(chain, sort_keys=True, default=str))
+        given = {}
+        for stage, key in zip(stages, keys):
+            if key not in self.cache:
+                break
+            given[stage.name] = self.cache[key]
+        context = functools.partial(HoldoutContext, search=self.data)
+        planned = plan_stages(config, self.twin, lut=self.lut, name=self.name, progress=self.progress, given=given,
+                              context=context)
+        for stage, key in zip(stages, keys):
+            self.cache[key] = planned.plans[stage.name]
+        return planned
+
+    def estimate(self, recipe: Recipe, epochs: int) -> Estimate:
+        start = time.perf_counter()
+        try:
+            planned = self.plan(recipe, epochs)
+        except VitrtError as exc:
+            return Estimate(recipe, epochs, refused=str(exc), seconds=time.perf_counter() - start)
+        spec = planned.final.spec
+        top1 = accuracy(planned.final, self.data.holdout)
+        return Estimate(recipe, epochs, self.predict(recipe, spec), top1, vit_params(spec), vit_flops(spec),
+                        time.perf_counter() - start, plans=planned.plans)
+
+    def predicted_spec(self, recipe: Recipe):
+        """The spec ``recipe`` compiles to, planning only what changes dims (pruning without fine-tuning, merging,
+        low rank): enough for the latency table."""
+        structural = Recipe(recipe.prune, recipe.merge, recipe.lowrank)
+        return self.plan(structural, 0).final.spec

@@ -1,0 +1,133 @@
+"""The Pareto front of a search and its report: ``pareto.md`` / ``pareto.json`` / ``pareto.png``.
+
+A recipe's point is its estimate at the largest fine-tuning budget it reached (predicted latency, held-out top-1).
+The front is the set no other point beats on both. Front points are compiled from their recipes and measured side
+by side (:mod:`vitrt.search.measure`): measured latency and the table's prediction in the same run, and top-1 of the
+built engine on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vitrt.search.evaluate import Estimate
+
+
+def best_per_recipe(estimates: list[Estimate]) -> list[Estimate]:
+    """Each recipe's estimate at its largest budget (refused ones left out)."""
+    best: dict[str, Estimate] = {}
+    for e in estimates:
+        if e.ok and e.holdout_top1 is not None and (e.recipe.key not in best or e.epochs > best[e.recipe.key].epochs):
+            best[e.recipe.key] = e
+    return list(best.values())
+
+
+def pareto(points: list[Estimate]) -> list[Estimate]:
+    """Non-dominated points (lower predicted latency, higher held-out top-1), fastest first."""
+    front, best_top1 = [], -1.0
+    for e in sorted(points, key=lambda e: (e.predicted_ms, -e.holdout_top1)):
+        if e.holdout_top1 > best_top1:
+            front.append(e)
+            best_top1 = e.holdout_top1
+    return front
+
+
+def thin(front: list[Estimate], limit: int, must: list[Estimate]) -> list[Estimate]:
+    """At most ``limit`` front points spread along it (always the ``must`` ones)."""
+    if len(front) <= limit:
+        return front
+    step = (len(front) - 1) / (limit - 1)
+    chosen = {round(i * step) for i in range(limit)}
+    keep = [e for i, e in enumerate(front) if i in chosen or any(e is m for m in must)]
+    return keep
+
+
+def write_report(out: Path, result: dict) -> None:
+    """pareto.json (everything), pareto.md (the table and the command), pareto.png (accuracy vs latency)."""
+    (out / "pareto.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "pareto.md").write_text(markdown(result) + "\n")
+    plot(result, out / "pareto.png")
+
+
+def _pct(x):
+    return "—" if x is None else f"{100 * x:.2f} %"
+
+
+def _ms(x):
+    return "—" if x is None else f"{x:.3f}"
+
+
+def markdown(result: dict) -> str:
+    dense, goal = result["dense"], result["goal"]
+    lines = [f"# vitrt optimize: {result['model']}", "", "Command:", "", "```bash", result["command"], "```", "",
+             f"Goal: {goal}. Backend {result['backend']}, batch {result['batch']}; latency predicted by "
+             f"`{result['lut']}` ({result['lut_clock']} clock) and measured side by side on the single-thread CPU "
+             f"clock (wall clock beside it). Held-out split: {result['holdout_images']} images of the training data "
+             f"(never trained on); test: {result['test_images']} images.",
+             f"Search: {result['search_seconds'] / 60:.1f} min, whole run {result['total_seconds'] / 60:.1f} min; "
+             f"{len(result['estimates'])} estimates of {result['recipes']} recipes "
+             f"({result['dominated']} dropped as dominated by the table before any accuracy estimate).", "",
+             "## Measured Pareto front", "",
+             "| recipe | fine-tune epochs / stage | predicted ms | measured ms (cpu) | error | speedup (cpu) | "
+             "wall ms | speedup (wall) | held-out top-1 | test top-1 | test drop (pt) | params | ONNX KB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in result["front"]:
+        m = p["measured"]
+        mark = " **(chosen)**" if p.get("chosen") else ""
+        drop = None if m["top1"] is None or dense["test_top1"] is None else 100 * (dense["test_top1"] - m["top1"])
+        lines.append(f"| {p['label']}{mark} | {p['epochs']} | {_ms(p['predicted_ms'])} | {_ms(m['cpu_ms'])} | "
+                     f"{100 * (p['predicted_ms'] / m['cpu_ms'] - 1):+.1f} % | {m['speedup_cpu']:.2f}x | "
+                     f"{_ms(m['wall_ms'])} | {m['speedup_wall']:.2f}x | {_pct(p['holdout_top1'])} | {_pct(m['top1'])} | "
+                     f"{'—' if drop is None else f'{drop:.2f}'} | {m['params']:,} | {m['onnx_bytes'] / 1024:.0f} |")
+    d = dense["measured"]
+    lines += [f"| dense fp32 (reference) | — | {_ms(dense['predicted_ms'])} | {_ms(d['cpu_ms'])} | "
+              f"{100 * (dense['predicted_ms'] / d['cpu_ms'] - 1):+.1f} % | 1.00x | {_ms(d['wall_ms'])} | 1.00x | "
+              f"{_pct(dense['holdout_top1'])} | {_pct(d['top1'])} | 0.00 | {d['params']:,} | "
+              f"{d['onnx_bytes'] / 1024:.0f} |", ""]
+    errors = [abs(p["predicted_ms"] / p["measured"]["cpu_ms"] - 1) for p in result["front"]]
+    if errors:
+        worst = max(result["front"], key=lambda p: abs(p["predicted_ms"] / p["measured"]["cpu_ms"] - 1))
+        lines.append(f"Prediction error on the front: max |error| {100 * max(errors):.1f} % ({worst['label']}), "
+                     f"median {100 * sorted(errors)[len(errors) // 2]:.1f} %.")
+    chosen = result.get("chosen")
+    lines += ["", f"Chosen: {chosen['label'] if chosen else 'none'} — OUT/engine (verified: "
+                  f"{result.get('engine_verify')}), OUT/recipe.json.", "",
+              "## Every estimate", "",
+              "| recipe | epochs | predicted ms | predicted speedup | held-out top-1 | params | note |",
+              "|---|---|---|---|---|---|---|"]
+    for e in sorted(result["estimates"], key=lambda e: (e["predicted_ms"] or 1e9, e["epochs"])):
+        speed = "—" if not e["predicted_ms"] else f"{dense['predicted_ms'] / e['predicted_ms']:.2f}x"
+        lines.append(f"| {e['label']} | {e['epochs']} | {_ms(e['predicted_ms'])} | {speed} | {_pct(e['holdout_top1'])} | "
+                     f"{e['params'] or '—'} | {e['refused'][:80]} |")
+    lines += ["", "## Dropped before any accuracy estimate (latency table)", "",
+              "| recipe | predicted ms | why |", "|---|---|---|"]
+    for key, note in sorted(result["structural"]["notes"].items()):
+        lines.append(f"| {result['labels'].get(key, key)} | {_ms(result['structural']['predicted_ms'].get(key))} | "
+                     f"{note} |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense = result["dense"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    est = [e for e in result["estimates"] if e["predicted_ms"] and e["holdout_top1"] is not None]
+    ax.scatter([dense["predicted_ms"] / e["predicted_ms"] for e in est], [100 * e["holdout_top1"] for e in est],
+               s=10, c=[e["epochs"] for e in est], cmap="viridis", alpha=0.6, label="estimates (held-out, predicted)")
+    front = result["front"]
+    ax.plot([p["measured"]["speedup_cpu"] for p in front], [100 * p["measured"]["top1"] for p in front if
+                                                           p["measured"]["top1"] is not None] or [0] * len(front),
+            "o-", color="tab:red", label="front, measured (test, cpu-clock speedup)")
+    ax.axhline(100 * (dense["measured"]["top1"] or dense["holdout_top1"]), color="grey", lw=0.8, ls="--",
+               label="dense (test)")
+    ax.set(xlabel="speedup over dense fp32", ylabel="top-1 %", title=f"{result['model']}: {result['goal']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,186 @@
+"""The search: cheap estimates first, fine-tuning only for the finalists (successive halving), resumable.
+
+    1. every recipe of the space gets its latency from the table (the structural stages planned without
+       fine-tuning); a recipe with a lossy extra (lower precision, 2:4, low rank) that the table does not predict
+       faster than the same recipe without it is dominated and dropped (it cannot be faster, and the extra only
+       costs accuracy);
+    2. rung 0: every remaining recipe's held-out top-1 without fine-tuning;
+    3. rungs 1..k: the fastest admissible recipes of the rung before (held-out drop within --max-drop plus a
+       slack that shrinks rung by rung; with --target-speedup: the most accurate that are fast enough) are
+       planned again with more fine-tuning epochs per trainable stage, and the population halves;
+    4. the answer: the fastest recipe of the last rung within --max-drop (or the most accurate one at
+       --target-speedup), every estimate kept for the Pareto front.
+
+Every estimate is written to the state file as it finishes and its plans as a recipe beside it, so an interrupted
+search (Ctrl-C) keeps what was measured and a rerun with the same arguments continues where it stopped. A time
+budget stops a rung early (its remaining recipes are recorded as skipped) and leaves time for the measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitrt.compiler.errors import VitrtError
+from vitrt.search.evaluate import Estimate, Evaluator
+from vitrt.search.space import Recipe
+
+DOMINANCE_MARGIN = 0.01  # a lossy extra must be predicted > 1 % faster to be worth an accuracy estimate
+AXES = ("precision", "sparsity", "lowrank")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Epochs per trainable stage at each rung, how many recipes go on to the next rung, and the slack in points
+    added to --max-drop at each rung (estimates before fine-tuning are pessimistic)."""
+
+    epochs: tuple[int, ...] = (0, 1, 3, 6)
+    keep: tuple[int, ...] = (12, 6, 3)
+    slack: tuple[float, ...] = (30.0, 3.0, 1.0, 0.0)
+
+    def __post_init__(self):
+        if not (len(self.epochs) == len(self.slack) == len(self.keep) + 1):
+            raise VitrtError("search schedule: epochs and slack need one entry per rung, keep one fewer")
+
+
+@dataclass
+class Goal:
+    max_drop: float | None = None  # points of held-out top-1 below the dense model
+    target_speedup: float | None = None  # predicted speedup over the dense model
+
+    def admissible(self, e: Estimate, dense_top1: float, dense_ms: float, slack: float) -> bool:
+        if not e.ok or e.holdout_top1 is None:
+            return False
+        if self.max_drop is not None:
+            return (dense_top1 - e.holdout_top1) * 100 <= self.max_drop + slack
+        return dense_ms / e.predicted_ms >= self.target_speedup
+
+    def rank(self, e: Estimate):
+        """Sort key, best first: fastest (within the drop), or most accurate (at the speed)."""
+        if self.max_drop is not None:
+            return (e.predicted_ms, -e.holdout_top1)
+        return (-e.holdout_top1, e.predicted_ms)
+
+
+class SearchState:
+    """Finished estimates by (recipe key, epochs), persisted as JSON after each one (resume after Ctrl-C)."""
+
+    def __init__(self, path: Path, fingerprint: dict):
+        self.path, self.fingerprint = Path(path), fingerprint
+        self.done: dict[tuple[str, int], dict] = {}
+        self.log: list[dict] = []
+        if self.path.is_file():
+            data = json.loads(self.path.read_text())
+            if data.get("fingerprint") != fingerprint:
+                raise VitrtError(f"'{self.path.parent.parent}' holds a search with other arguments; choose another -o "
+                                 "or pass --force to start over")
+            self.done = {(e["key"], e["epochs"]): e for e in data["estimates"]}
+            self.log = data.get("log", [])
+
+    def get(self, recipe: Recipe, epochs: int) -> Estimate | None:
+        data = self.done.get((recipe.key, epochs))
+        return Estimate.from_dict(data) if data is not None else None
+
+    def add(self, estimate: Estimate, recipe_dir: str | None) -> None:
+        self.done[(estimate.recipe.key, estimate.epochs)] = {**estimate.to_dict(), "recipe_dir": recipe_dir}
+        self.save()
+
+    def note(self, **entry) -> None:
+        self.log.append(entry)
+        self.save()
+
+    def save(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "estimates": list(self.done.values()),
+                                   "log": self.log}, indent=1) + "\n")
+        tmp.replace(self.path)
+
+    def recipe_dir(self, recipe: Recipe, epochs: int) -> str | None:
+        data = self.done.get((recipe.key, epochs))
+        return data.get("recipe_dir") if data else None
+
+
+class Clock:
+    """The time budget: seconds used so far (this run and the runs it resumes) against the budget and a reserve."""
+
+    def __init__(self, budget_s: float | None, reserve_s: float, already_s: float = 0.0):
+        self.budget_s, self.reserve_s, self.start = budget_s, reserve_s, time.perf_counter() - already_s
+
+    @property
+    def used_s(self) -> float:
+        return time.perf_counter() - self.start
+
+    def fits(self, cost_s: float) -> bool:
+        return self.budget_s is None or self.used_s + cost_s <= self.budget_s - self.reserve_s
+
+
+def structural_filter(evaluator: Evaluator, recipes: list[Recipe], progress) -> tuple[list[Recipe], dict]:
+    """(recipes worth an accuracy estimate, predicted ms of every recipe); drops recipes whose latency-table key is
+    missing and those a cheaper-loss sibling dominates (step 1)."""
+    predicted, notes = {}, {}
+    with progress.bar(len(recipes), "latency of every recipe from the table") as bar:
+        for recipe in recipes:
+            if not evaluator.lut_has(recipe):
+                notes[recipe.key] = f"the latency table has no {'/'.join(recipe.lut_key)} key"
+            else:
+                try:
+                    predicted[recipe.key] = evaluator.predict(recipe, evaluator.predicted_spec(recipe))
+                except VitrtError as exc:
+                    notes[recipe.key] = f"refused: {exc}"
+            bar.update(1)
+    kept = []
+    for recipe in recipes:
+        if recipe.key not in predicted:
+            continue
+        for axis in AXES:
+            sibling = recipe.without(axis)
+            if sibling is not None and sibling.key in predicted and \
+                    predicted[sibling.key] <= predicted[recipe.key] * (1 + DOMINANCE_MARGIN):
+                notes[recipe.key] = f"dominated: predicted not faster than {sibling.label()}"
+                break
+        else:
+            kept.append(recipe)
+    return kept, {"predicted_ms": predicted, "notes": notes}
+
+
+def run_rungs(evaluator: Evaluator, recipes: list[Recipe], goal: Goal, schedule: Schedule, state: SearchState,
+              clock: Clock, save_recipe, progress) -> list[Estimate]:
+    """Steps 2-4; returns the estimates of the last rung reached, best first. ``save_recipe(estimate)`` writes an
+    estimate's plans as a recipe and returns its directory (None when it cannot)."""
+    dense_top1, dense_ms = evaluator.dense_holdout, evaluator.dense_ms
+    population = list(recipes)
+    results: list[Estimate] = []
+    for rung, epochs in enumerate(schedule.epochs):
+        slack = schedule.slack[rung]
+        progress.log(f"rung {rung}: {len(population)} recipe(s), {epochs} epoch(s) per trainable stage, "
+                     f"{clock.used_s / 60:.1f} min used" + (f" of {clock.budget_s / 60:.0f}" if clock.budget_s else ""))
+        results, costs, skipped = [], [], []
+        with progress.bar(len(population), f"rung {rung} ({epochs} epochs)") as bar:
+            for recipe in population:
+                estimate = state.get(recipe, epochs)
+                if estimate is None:
+                    expected = sum(costs) / len(costs) if costs else 0.0
+                    if not clock.fits(expected):
+                        skipped.append(recipe.key)
+                        bar.update(1)
+                        continue
+                    estimate = evaluator.estimate(recipe, epochs)
+                    costs.append(estimate.seconds)
+                    state.add(estimate, save_recipe(estimate) if estimate.ok else None)
+                results.append(estimate)
+                bar.update(1)
+        if skipped:
+            state.note(rung=rung, skipped_for_budget=skipped)
+            progress.log(f"rung {rung}: time budget reached, {len(skipped)} recipe(s) not estimated")
+        admissible = sorted((e for e in results if goal.admissible(e, dense_top1, dense_ms, slack)), key=goal.rank)
+        if rung == len(schedule.keep) or not admissible:
+            return admissible or sorted((e for e in results if e.ok), key=lambda e: -(e.holdout_top1 or 0))
+        nxt = [e.recipe for e in admissible[: schedule.keep[rung]] if e.recipe.trainable()]
+        if not nxt:
+            return admissible
+        population = nxt
+        if skipped or not clock.fits(0.0):
+            return admissible
+    return results

@@ -1,0 +1,366 @@
+"""``vitrt optimize MODEL -o OUT --data digits|PATH --max-drop POINTS | --target-speedup X``: the fastest engine
+within an accuracy budget (or the most accurate one at a speed), searched over pruning x token merging x low rank x
+2:4 x precision with fine-tuning, and the Pareto front measured.
+
+    OUT/pareto.md, pareto.json, pareto.png   every estimated recipe; the front compiled and measured side by side
+    OUT/engine/                              the chosen engine, compiled from its recipe with --verify
+    OUT/recipe.json (+ OUT/recipe/)          replays it: vitrt compile MODEL --recipe OUT/recipe.json -o OUT2
+    OUT/.search/                             the search's state, recipes and engines (a rerun resumes from it)
+
+The search (:mod:`vitrt.search.halving`): latency of every recipe from the table; recipes the table shows to be
+dominated are dropped; held-out top-1 of the rest without fine-tuning; then successive halving — the fastest
+admissible recipes get more fine-tuning epochs per trainable stage, the population halves — and the answer is the
+fastest recipe within --max-drop on the held-out split (the test split is only used to measure the front).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vitrt.compiler.errors import OptionError, VitrtError
+from vitrt.compiler.options import add_command, command_line, option
+
+SEARCH_PRECISIONS = ("fp32", "int8", "fp16", "int4w")
+DEFAULT_LUT_KEYS = (("fp32", "dense"), ("int8", "dense"))
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    model: str | None = option(None, "the model: digits (the shipped digits reference) or a timm model name",
+                               positional=True)
+    out: Path | None = option(None, "output directory (a search interrupted there is resumed)", flag="-o/--out",
+                              type=Path, metavar="OUT")
+    data: str = option("digits", "labelled data: digits or an ImageFolder PATH (a held-out part of it is never "
+                       "trained on)", metavar="digits|PATH")
+    max_drop: float | None = option(None, "largest top-1 loss in points (held-out split) the engine may have",
+                                    type=float, metavar="POINTS")
+    target_speedup: float | None = option(None, "instead: the most accurate engine at least X times faster than "
+                                          "dense (predicted)", type=float, metavar="X")
+    backend: str = option("ort", "backend the engine runs on (and the latency table was built on)", choices=("ort",
+                                                                                                          "trt"))
+    batch: int = option(8, "static batch size", type=int, metavar="N")
+    budget_minutes: float | None = option(None, "time budget: rungs stop early to leave time for the measurements",
+                                          type=float, metavar="M")
+    lut: Path | None = option(None, "latency table (vitrt lut build, --clock cpu --threads 1); default: build "
+                              "fp32/dense and int8/dense into OUT/.search/lut.json", type=Path, metavar="LUT")
+    precisions: str = option(",".join(SEARCH_PRECISIONS), "precisions to search (comma-separated)", metavar="LIST")
+    no_sparsity: bool = option(False, "leave 2:4 out of the search")
+    no_lowrank: bool = option(False, "leave low rank out of the search")
+    prune_fractions: str | None = option(None, "prune latency fractions to search, comma-separated (default "
+                                         "0.7,0.5,0.4,0.3; 1 means no pruning, always included)", metavar="LIST")
+    merge_r: str | None = option(None, "constant token-merge r values to search (DFE schedules, first depth // 6 "
+                                 "blocks dense), comma-separated (default: ToMe / DFE / DFE+LGTM at about 3, 6 and "
+                                 "9 %% of the tokens per block; 0 means no merging, always included)", metavar="LIST")
+    epochs: str = option("0,1,3,6", "fine-tuning epochs per trainable stage at each successive-halving rung "
+                         "(comma-separated, rising)", metavar="LIST")
+    front_max: int = option(10, "at most this many front points are compiled and measured", type=int, metavar="N")
+    rounds: int = option(5, "interleaved timing rounds of the measurements", type=int, metavar="N")
+    seed: int = option(0, "seed of the planners and the timing order", type=int, metavar="N")
+    force: bool = option(False, "start over in a non-empty OUT (deletes it)")
+    quiet: bool = option(False, "no progress output")
+
+    def validate(self) -> "OptimizeConfig":
+        if not self.model:
+            raise OptionError("no model: pass digits or a timm model name")
+        if self.out is None:
+            raise OptionError("no output directory: pass -o OUT")
+        if (self.max_drop is None) == (self.target_speedup is None):
+            raise OptionError("pass exactly one of --max-drop POINTS and --target-speedup X")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise OptionError(f"--max-drop must be >= 0, got {self.max_drop}")
+        if self.target_speedup is not None and self.target_speedup <= 1:
+            raise OptionError(f"--target-speedup must be > 1, got {self.target_speedup}")
+        if self.batch < 1 or self.front_max < 2 or self.rounds < 1:
+            raise OptionError("--batch must be >= 1, --front-max >= 2 and --rounds >= 1")
+        if self.budget_minutes is not None and self.budget_minutes <= 0:
+            raise OptionError(f"--budget-minutes must be positive, got {self.budget_minutes}")
+        bad = [p for p in self.precision_list if p not in SEARCH_PRECISIONS]
+        if bad or not self.precision_list:
+            raise OptionError(f"--precisions takes a comma-separated subset of {', '.join(SEARCH_PRECISIONS)}")
+        try:
+            self.schedule, self.space_override(None)
+        except ValueError:
+            raise OptionError("--epochs, --prune-fractions and --merge-r take comma-separated numbers") from None
+        if self.lut is not None and not Path(self.lut).is_file():
+            raise OptionError(f"--lut '{self.lut}' does not exist or is not a file")
+        from vitrt.pipeline.config import check_data_source
+
+        if self.data == "synthetic":
+            raise OptionError("--data must be labelled (digits or an ImageFolder PATH): accuracy is the constraint")
+        check_data_source("--data", self.data)
+        return self
+
+    @property
+    def precision_list(self) -> list[str]:
+        return [p.strip() for p in self.precisions.split(",") if p.strip()]
+
+    @property
+    def schedule(self):
+        """The successive-halving schedule: the given epochs per rung; 12, 6, 3, ... recipes go on; the slack added
+        to --max-drop shrinks 30, 3, 1, ... points to 0 at the last rung (a pruned twin before fine-tuning is 20+
+        points off on digits and recovers)."""
+        from vitrt.search.halving import Schedule
+
+        epochs = tuple(int(e) for e in self.epochs.split(","))
+        if not epochs or any(e < 0 for e in epochs) or list(epochs) != sorted(set(epochs)):
+            raise OptionError(f"--epochs must be rising non-negative integers, got '{self.epochs}'")
+        keep = tuple(max(2, 12 >> i) for i in range(len(epochs) - 1))
+        slack = tuple((30.0, 3.0, 1.0)[i] if i < 3 else 0.5 for i in range(len(epochs) - 1)) + (0.0,)
+        return Schedule(epochs, keep, slack)
+
+    def space_override(self, space):
+        """``space`` with the --prune-fractions / --merge-r axes replaced where given."""
+        from vitrt.search.space import Merge
+
+        prune = None if self.prune_fractions is None else \
+            tuple(sorted({None} | {float(f) for f in self.prune_fractions.split(",") if float(f) != 1},
+                         key=lambda f: -(f or 1)))
+        merge = None if self.merge_r is None else \
+            (None,) + tuple(Merge(int(r)) for r in self.merge_r.split(",") if int(r) > 0)
+        if prune is not None and any(not 0 < f < 1 for f in prune if f is not None):
+            raise OptionError(f"--prune-fractions must lie in (0, 1], got '{self.prune_fractions}'")
+        if space is None:
+            return None
+        from dataclasses import replace
+
+        return replace(space, **{k: v for k, v in (("prune", prune), ("merge", merge)) if v is not None})
+
+    @property
+    def goal_text(self) -> str:
+        if self.max_drop is not None:
+            return f"fastest engine within {self.max_drop:g} point(s) of top-1"
+        return f"most accurate engine at least {self.target_speedup:g}x faster"
+
+
+def fingerprint(config: OptimizeConfig) -> dict:
+    data = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
+            if k not in ("out", "force", "quiet", "budget_minutes", "front_max", "rounds")}
+    if config.lut is not None:
+        data["lut_mtime"] = Path(config.lut).stat().st_mtime_ns
+    return data
+
+
+def prepare_out(config: OptimizeConfig) -> Path:
+    """OUT ready for this search: new, a resumable search of the same arguments, or (--force) emptied."""
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"output '{out}' exists and is not a directory")
+    state = out / ".search" / "state.json"
+    if out.is_dir() and any(out.iterdir()):
+        if config.force:
+            shutil.rmtree(out)
+        elif not state.is_file():
+            raise OptionError(f"output directory '{out}' is not empty and holds no search to resume; pass --force or "
+                              "choose another -o")
+    (out / ".search").mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def load_model(name: str, progress):
+    """(timm module, canonical twin) of ``digits`` or a timm model name (random weights)."""
+    from vitrt.compiler.models import canonicalize, load_timm_model
+    from vitrt.pipeline.recipe import resolve_model
+
+    module, _ = resolve_model(name)
+    if module is None:
+        with progress.step(f"loading {name}"):
+            module = load_timm_model(name)
+    return module, canonicalize(module).eval()
+
+
+def latency_table(config: OptimizeConfig, spec, work: Path, progress):
+    """The --lut table (checked), or one built for the model into ``work`` (digits grid or the coarse one)."""
+    from vitrt.compiler.lut import LatencyTable
+
+    if config.lut is not None:
+        table = LatencyTable.load(config.lut)
+        table.check(backend=config.backend, batch=config.batch)
+        if table.clock != "cpu" and config.backend == "ort":
+            progress.log(f"note: {config.lut} holds {table.clock}-clock times; measurements use the cpu clock")
+        return table, Path(config.lut)
+    from vitrt.benchmarks.lut_build import LUT_TIMING, build_table
+    from vitrt.compiler.lut import table_key
+    from vitrt.compiler.timing import Timing
+
+    path = work / "lut.json"
+    grid = "digits" if config.model == "digits" else "coarse"
+    timing = Timing(LUT_TIMING.warmup, LUT_TIMING.iterations, LUT_TIMING.min_seconds, clock="cpu")
+    for precision, sparsity in DEFAULT_LUT_KEYS:
+        parts = LatencyTable.load(path).tables.get(table_key(precision, sparsity), {}) if path.is_file() else {}
+        if parts and all(part.complete for part in parts.values()):
+            continue
+        with progress.step(f"building the latency table ({precision}/{sparsity}, {grid} grid, cpu clock)"):
+            build_table(path, backend=config.backend, grid=grid, batch=config.batch, precision=precision,
+                        sparsity=sparsity, threads=1, timing=timing, progress=progress)
+    return LatencyTable.load(path), path
+
+
+def search_space(config: OptimizeConfig, spec):
+    from vitrt.search.space import Space, default_space
+
+    space = config.space_override(default_space(spec))
+    return Space(prune=space.prune, merge=space.merge, lowrank=(None,) if config.no_lowrank else space.lowrank,
+                 sparsity=(False,) if config.no_sparsity else space.sparsity, precision=tuple(config.precision_list))
+
+
+def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> dict:
+    """The command; the Python API may pass a timm ``module`` (named ``config.model``), a search ``space`` and a
+    halving ``schedule`` instead of the defaults."""
+    from vitrt.compiler.progress import progress_for
+    from vitrt.pipeline.recipe import write_recipe
+    from vitrt.search.evaluate import Evaluator, Target
+    from vitrt.search.front import best_per_recipe, pareto, thin, write_report
+    from vitrt.search.halving import Clock, Goal, SearchState, run_rungs, structural_filter
+    from vitrt.search.holdout import search_data
+
+    config = config.validate()
+    progress = progress_for(config)
+    started = time.perf_counter()
+    out = prepare_out(config)
+    work = out / ".search"
+    state = SearchState(work / "state.json", fingerprint(config))
+    previous = sum(entry.get("seconds", 0.0) for entry in state.log if "seconds" in entry)
+    if module is None:
+        module, twin = load_model(config.model, progress)
+    else:
+        from vitrt.compiler.models import canonicalize
+
+        twin = canonicalize(module).eval()
+    data = search_data(config.data, twin.spec.img, seed=config.seed)
+    lut, lut_path = latency_table(config, twin.spec, work, progress)
+    evaluator = Evaluator(twin, config.model, data, lut, lut_path, Target(config.batch, config.backend, 1), progress,
+                          config.seed)
+    goal = Goal(config.max_drop, config.target_speedup)
+    recipes = (space or search_space(config, twin.spec)).recipes()
+    progress.log(f"{len(recipes)} recipes; dense: predicted {evaluator.dense_ms:.3f} ms, held-out top-1 "
+                 f"{100 * evaluator.dense_holdout:.2f} % ({len(data.holdout)} images)")
+    budget = None if config.budget_minutes is None else 60 * config.budget_minutes
+    clock = Clock(budget, reserve_s=measure_reserve(config), already_s=previous)
+
+    def save_recipe(estimate) -> str:
+        directory = work / "recipes" / f"{estimate.recipe.key}-e{estimate.epochs}"
+        write_recipe(directory / "recipe.json", config.model, evaluator.options(estimate.recipe, estimate.epochs),
+                     estimate.plans, {"search": estimate.to_dict()})
+        estimate.plans = None  # written: free the memory
+        return str(directory.relative_to(out))
+
+    try:
+        kept, structural = structural_filter(evaluator, recipes, progress)
+        progress.log(f"{len(kept)} recipes worth an accuracy estimate ({len(recipes) - len(kept)} dropped by the "
+                     "latency table)")
+        run_rungs(evaluator, kept, goal, schedule or config.schedule, state, clock, save_recipe, progress)
+    except KeyboardInterrupt:
+        state.note(interrupted=True, seconds=clock.used_s - previous)
+        raise VitrtError(f"interrupted: {len(state.done)} estimates are kept in '{work}'; run the same command again "
+                         "to continue") from None
+    search_seconds = clock.used_s
+    state.note(search_done=True, seconds=search_seconds - previous)
+
+    from vitrt.search.evaluate import Estimate
+
+    estimates = [Estimate.from_dict(e) for e in state.done.values()]
+    points = best_per_recipe(estimates)
+    final = [e for e in points if goal.admissible(e, evaluator.dense_holdout, evaluator.dense_ms, 0.0)]
+    chosen = min(final, key=goal.rank) if final else None
+    front = thin(pareto(points), config.front_max, [chosen] if chosen else [])
+    if chosen is not None and all(p is not chosen for p in front):
+        front.append(chosen)
+    measured = measure_front(config, module, twin, front, state, evaluator, work, data, progress)
+    result = assemble(config, evaluator, data, lut, lut_path, estimates, structural, recipes, front, measured,
+                      chosen, search_seconds)
+    if chosen is not None:
+        result["engine_verify"] = finalize_choice(config, out, state.recipe_dir(chosen.recipe, chosen.epochs),
+                                                  module, progress)
+    result["total_seconds"] = round(time.perf_counter() - started + previous, 1)
+    write_report(out, result)
+    progress.log(f"wrote {out}/pareto.md" + (f"; chosen: {chosen.recipe.label()}" if chosen else "; nothing chosen"))
+    return result
+
+
+def measure_reserve(config: OptimizeConfig) -> float:
+    """Seconds kept for compiling and measuring the front and the chosen engine (about 40 s an engine here)."""
+    return 40.0 * (config.front_max + 2)
+
+
+def measure_front(config, module, twin, front, state, evaluator, work: Path, data, progress) -> dict:
+    """Compile every front point from its recipe and the dense model, and measure them side by side."""
+    from vitrt.pipeline.driver import compile
+    from vitrt.pipeline.recipe import compile_recipe
+    from vitrt.search.measure import measure
+
+    engines = work / "engines"
+    outs = {"dense": engines / "dense"}
+    compile(module, outs["dense"], name=config.model, batch=config.batch, backend=config.backend, threads=1,
+            force=True, quiet=True)
+    with progress.bar(len(front), "compiling the front from its recipes") as bar:
+        for point in front:
+            name = f"{point.recipe.key}-e{point.epochs}"
+            recipe = work.parent / state.recipe_dir(point.recipe, point.epochs) / "recipe.json"
+            outs[name] = engines / name
+            compile_recipe(recipe, out=outs[name], force=True, quiet=True, module=module)
+            bar.update(1)
+    test = data.test if data.test is not None else data.holdout
+    return measure(outs, "dense", test=test, rounds=config.rounds, iterations=5, threads=1, seed=config.seed,
+                   progress=progress)
+
+
+def finalize_choice(config, out: Path, recipe_dir: str, module, progress) -> dict:
+    """OUT/recipe.json (+ OUT/recipe/) and OUT/engine compiled from it with --verify."""
+    from vitrt.pipeline.recipe import compile_recipe
+
+    source = out / recipe_dir
+    target_dir = out / "recipe"
+    if target_dir.exists():
+        shutil.rmtree(target_dir)
+    shutil.copytree(source / "recipe", target_dir)
+    shutil.copy2(source / "recipe.json", out / "recipe.json")
+    with progress.step("compiling the chosen engine from OUT/recipe.json with --verify"):
+        result = compile_recipe(out / "recipe.json", out=out / "engine", force=True, quiet=True, verify=True,
+                                module=module)
+    return result.manifest["verify"]
+
+
+def assemble(config, evaluator, data, lut, lut_path, estimates, structural, recipes, front, measured, chosen,
+             search_seconds) -> dict:
+    dense = measured["dense"]
+    labels = {r.key: r.label() for r in recipes}
+    rows = []
+    for point in front:
+        name = f"{point.recipe.key}-e{point.epochs}"
+        rows.append({**point.to_dict(), "measured": measured[name].to_dict(), "chosen": point is chosen})
+    return {
+        "command": command_line(), "model": config.model, "goal": config.goal_text, "backend": config.backend,
+        "batch": config.batch, "lut": str(lut_path), "lut_clock": lut.clock, "device": lut.device,
+        "holdout_images": len(data.holdout), "test_images": len(data.test) if data.test is not None else 0,
+        "recipes": len(recipes), "dominated": sum(1 for n in structural["notes"].values() if n.startswith("dominated")),
+        "search_seconds": round(search_seconds, 1),
+        "dense": {"predicted_ms": evaluator.dense_ms, "holdout_top1": evaluator.dense_holdout,
+                  "test_top1": dense.top1, "measured": dense.to_dict()},
+        "front": rows, "chosen": rows[[p is chosen for p in front].index(True)] if chosen in front else None,
+        "estimates": [e.to_dict() for e in estimates], "structural": structural, "labels": labels,
+        "method": "latency: the table's prediction and the single-thread CPU time of ONNX Runtime (1 intra-op "
+                  "thread), least of 5 runs per round, interleaved rounds, median over rounds; speedup: median of "
+                  "per-round ratios to the dense fp32 engine of the same run",
+    }
+
+
+def _run(config: OptimizeConfig) -> int:
+    result = run(config)
+    chosen = result.get("chosen")
+    if chosen is None:
+        print(f"no recipe met the goal ({result['goal']}); see {config.out}/pareto.md")
+        return 1
+    m = chosen["measured"]
+    print(f"chosen: {chosen['label']} ({chosen['epochs']} fine-tuning epochs per stage): {m['speedup_cpu']:.2f}x "
+          f"faster than dense fp32 (cpu clock), test top-1 {100 * m['top1']:.2f} % vs "
+          f"{100 * result['dense']['test_top1']:.2f} %; engine in {config.out}/engine, recipe {config.out}/recipe.json")
+    return 0
+
+
+def add_subcommands(sub) -> None:
+    add_command(sub, "optimize", OptimizeConfig, _run,
+                "the fastest engine within an accuracy budget: search pruning x token merging x low rank x 2:4 x "
+                "precision with fine-tuning, and measure the Pareto front")
