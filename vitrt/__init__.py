@@ -9,7 +9,7 @@ from vitrt._version import __version__
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.spec import BlockSpec, ViTSpec
 
-__all__ = ["__version__", "BlockSpec", "ViTSpec", "VitrtError", "compile"]
+__all__ = ["__version__", "BlockSpec", "ViTSpec", "VitrtError", "compile", "synth"]
 
 
 def compile(*args, **kwargs):
@@ -33,3 +33,10 @@ def compile(*args, **kwargs):
         return _compile(*args, **kwargs)
     except VitrtError as exc:
         raise type(exc)(api_wording(str(exc), CompileConfig)) from None
+
+
+def synth(*args, **kwargs):
+    """See :func:`vitrt.calib.synthesis.synth` (``vitrt synth``: a synthetic metric set by model inversion)."""
+    from vitrt.calib.synthesis import synth as _synth
+
+    return _synth(*args, **kwargs)

@@ -6,8 +6,10 @@ Every source is a :class:`Dataset`: a length, whether it has labels, and ``batch
 (:class:`ImageFolderSet`), so fine-tuning, sparse fine-tuning and QAT on ImageNet-sized folders hold only a
 few batches in memory.
 
-``load_data("digits" | "synthetic" | PATH, ...)`` picks the source; ImageFolder images go through timm's
-evaluation transform for the model (resize, centre crop, the model's mean / std).
+``load_data("digits" | "synthetic" | "synth:SET" | PATH, ...)`` picks the source; ImageFolder images go through
+timm's evaluation transform for the model (resize, centre crop, the model's mean / std); ``synth:SET`` is a
+synthetic metric set made by ``vitrt synth`` (:mod:`vitrt.calib.synthesis`: its exact images and assigned labels,
+the same for every split).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from vitrt.calib.digits import ImageSet, digits_split
 from vitrt.compiler.errors import DataError
 
 Batch = tuple[torch.Tensor, "torch.Tensor | None"]
+SYNTH_PREFIX = "synth:"  # synth:SET names a synthetic metric set directory
 
 
 class Dataset(Protocol):
@@ -78,7 +81,8 @@ def image_folder(path: str | Path, img_size: int, limit: int | None = None, mode
 
     path = Path(path)
     if not path.is_dir():
-        raise DataError(f"data '{path}' is neither 'digits', 'synthetic' nor an ImageFolder directory")
+        raise DataError(f"data '{path}' is neither 'digits', 'synthetic' nor an ImageFolder directory (a synthetic "
+                        "metric set is named synth:SET)")
     data_config = resolve_data_config({"input_size": (3, img_size, img_size)}, model=model)
     try:
         dataset = ImageFolder(str(path), transform=create_transform(**data_config, is_training=False))
@@ -99,6 +103,20 @@ def take_images(data: Dataset, count: int, batch_size: int = 64) -> Iterator[tor
         yield images
 
 
+def in_memory(data: Dataset, what: str = "data") -> ImageSet:
+    """Every image of ``data`` (and its labels where every batch has them) as one in-memory ImageSet: for small
+    sets that are read many times (few-shot fine-tuning, metric sets, test splits run through a backend)."""
+    if isinstance(data, ImageSet):
+        return data
+    images, labels = [], []
+    for batch, batch_labels in data.batches(256):
+        images.append(batch)
+        labels.append(batch_labels)
+    if not images:
+        raise DataError(f"the {what} holds no images")
+    return ImageSet(torch.cat(images), None if any(x is None for x in labels) else torch.cat(labels))
+
+
 def load_data(source: str, img_size: int, *, split: str = "train", limit: int | None = None, seed: int = 0,
               model: torch.nn.Module | None = None) -> Dataset:
     """The named data source at ``img_size``; ``split`` selects the digits train or test split."""
@@ -108,4 +126,8 @@ def load_data(source: str, img_size: int, *, split: str = "train", limit: int | 
         return ImageSet(data.images[:limit], data.labels[:limit]) if limit else data
     if source == "synthetic":
         return synthetic(img_size, limit or 256, seed)
+    if source.startswith(SYNTH_PREFIX):
+        from vitrt.calib.synthesis import load_metric_set
+
+        return load_metric_set(source[len(SYNTH_PREFIX):], img_size, limit)
     return image_folder(source, img_size, limit, model, seed)

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "vitrt.cli.compile",  # compile, prune-plan
     "vitrt.reports.demo",  # demo
     "vitrt.cli.reference",  # reference
+    "vitrt.cli.synth",  # synth
     "vitrt.cli.lut",  # lut build | query | refine | plot
     "vitrt.cli.bench",  # bench, nvit-table, dcvit-table
     "vitrt.cli.lint_trt",  # lint-trt

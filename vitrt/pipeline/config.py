@@ -32,6 +32,11 @@ class CheckConfig:
     lut: Path | None = option(None, "latency table (vitrt lut build): add its prediction as latency.predicted_ms "
                               "(needs --bench); also steers --prune", type=Path, metavar="LUT")
     refine_lut: bool = option(False, "after a successful compile, fold the measured per-block latency into --lut")
+    metric_set: str | None = option(None, "data-free accuracy estimate: the artifact's metric loss on this set "
+                                    "(synth:SET from vitrt synth) in the manifest's accuracy section", metavar="DATA")
+    eval_data: str | None = option(None, "real accuracy: the artifact's top-1 on this labelled data's test split "
+                                   "(digits or an ImageFolder PATH) in the manifest's accuracy section",
+                                   metavar="DATA")
     keep_twin: bool = option(False, "also write OUT/twin/ (the canonical twin's weights and every stage's plan, no "
                                     "pickles) so that vitrt compare can rebuild the verification reference")
 
@@ -83,6 +88,8 @@ class CompileConfig:
             raise OptionError("--lut needs --bench (or --prune): the prediction is recorded beside the measured latency")
         if self.target.no_build and (self.checks.bench or self.checks.refine_lut):
             raise OptionError("--no-build builds no engine to benchmark: drop --bench / --refine-lut, or --no-build")
+        if self.target.no_build and (self.checks.metric_set is not None or self.checks.eval_data is not None):
+            raise OptionError("--no-build builds no engine to measure: drop --metric-set / --eval-data, or --no-build")
         if self.prune.fraction is not None and self.checks.lut is None:
             raise OptionError("--prune needs --lut LUT (build one with: vitrt lut build --backend ort --grid coarse "
                              "--batch N -o LUT)")

@@ -53,6 +53,7 @@ from vitrt.compiler.trt_lint import check_trt, lint
 from vitrt.compiler.twin import CanonicalViT
 from vitrt.compiler.verify import VerifyInstrument, compare, verification_inputs
 from vitrt.pipeline.config import CompileConfig
+from vitrt.pipeline.estimate import artifact_accuracy
 from vitrt.pipeline.feedback import add_prediction, open_for_compile, refine_after_compile
 from vitrt.pipeline.replay import RECORD_DIR, save_record
 from vitrt.pipeline.stages import FINAL_PASSES, active_stages, stage_options
@@ -272,6 +273,12 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
         else:
             with progress.step(f"building the {target.backend} artifact"):
                 backend.build(onnx_path, staging, build_options)
+            if checks.metric_set is not None or checks.eval_data is not None:
+                with progress.step("measuring the artifact's accuracy"):
+                    manifest["accuracy"] = artifact_accuracy(backend.load(staging / backend.artifact_name,
+                                                                          build_options),
+                                                             twin, metric_set=checks.metric_set,
+                                                             eval_data=checks.eval_data, seed=config.seed)
         stage_reports = {}
         for stage, plan, before, after in reports:
             if stage.report is None:

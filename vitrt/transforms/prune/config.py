@@ -1,4 +1,5 @@
-"""Options of the structural pruning stage (NViT): ``--prune``, ``--prune-plan``, ``--revit`` and their knobs."""
+"""Options of the structural pruning stage: NViT (``--prune``, ``--prune-plan``, ``--revit``) and DC-ViT's dense
+few-shot block compression (``--dcvit-macs`` and the ``--dcvit-*`` / ``--few-shot`` knobs)."""
 
 from __future__ import annotations
 
@@ -27,20 +28,67 @@ class PruneConfig:
                           metavar="N")
     finetune_epochs: int = option(0, "fine-tune the pruned twin from the dense model for N epochs", type=int,
                                   metavar="N")
+    dcvit_macs: float | None = option(None, "DC-ViT: compress to this fraction of the dense model's MACs by removing "
+                                      "attention modules and shrinking their blocks' MLPs (e.g. 0.7)", type=float,
+                                      metavar="F")
+    few_shot: int | None = option(None, "DC-ViT: unlabelled images of --data used for importance and "
+                                  "feature-mimicking fine-tuning (default 100)", type=int, metavar="N")
+    dcvit_metric: str | None = option(None, "DC-ViT: metric set scoring each block's recoverability, e.g. synth:SET "
+                                      "from vitrt synth (default: 50 images synthesised during the compile)",
+                                      metavar="DATA")
+    dcvit_mlp: float | None = option(None, "DC-ViT: preferred fraction of the MLP a compressed block keeps "
+                                     "(default 0.5); the exact fraction is solved to land on --dcvit-macs",
+                                     type=float, metavar="R")
+    dcvit_epochs: int | None = option(None, "DC-ViT: fine-tuning epochs after each compressed block (default 50)",
+                                      type=int, metavar="N")
+    dcvit_score_epochs: int | None = option(None, "DC-ViT: fine-tuning epochs before a candidate block's "
+                                            "recoverability is measured (default 10; 0 = right after removal)",
+                                            type=int, metavar="N")
+    dcvit_whole_blocks: bool = option(False, "DC-ViT baseline: remove whole blocks (attention and MLP) instead")
 
     @property
     def enabled(self) -> bool:
-        return self.fraction is not None or self.plan is not None or self.revit
+        return self.fraction is not None or self.plan is not None or self.revit or self.dcvit_macs is not None
+
+    @property
+    def dcvit_options(self) -> dict:
+        """The DC-ViT knobs that were given (None = default)."""
+        names = ("few_shot", "dcvit_metric", "dcvit_mlp", "dcvit_epochs", "dcvit_score_epochs")
+        given = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        return given | ({"dcvit_whole_blocks": True} if self.dcvit_whole_blocks else {})
 
     def validate(self) -> "PruneConfig":
         if self.fraction is not None and not 0 < self.fraction <= 1:
             raise OptionError(f"--prune {self.fraction} must be a latency fraction in (0, 1], e.g. 0.5")
-        if sum([self.fraction is not None, self.plan is not None, self.revit]) > 1:
-            raise OptionError("--prune, --prune-plan and --revit are alternatives: pass one of them")
+        if sum([self.fraction is not None, self.plan is not None, self.revit, self.dcvit_macs is not None]) > 1:
+            raise OptionError("--prune, --prune-plan, --revit and --dcvit-macs are alternatives: pass one of them")
         if self.finetune_epochs < 0 or self.samples < 1 or self.eta < 0:
             raise OptionError("--finetune-epochs and --eta must be >= 0 and --prune-samples >= 1")
         if self.finetune_epochs and not self.enabled:
             raise OptionError("--finetune-epochs fine-tunes a pruned model: add --prune, --prune-plan or --revit")
+        return self.validate_dcvit()
+
+    def validate_dcvit(self) -> "PruneConfig":
+        given = self.dcvit_options
+        if self.dcvit_macs is None:
+            if given:
+                flag = "--" + next(iter(given)).replace("_", "-")
+                raise OptionError(f"{flag} is a DC-ViT option: add --dcvit-macs F")
+            return self
+        if not 0 < self.dcvit_macs < 1:
+            raise OptionError(f"--dcvit-macs {self.dcvit_macs} must be a fraction of the MACs in (0, 1), e.g. 0.7")
+        if self.data == "synthetic":
+            raise OptionError("DC-ViT fine-tunes on a few real (unlabelled) images or on a synthetic metric set, not on "
+                              "noise: pass --data PATH, --data digits or --data synth:SET")
+        if self.finetune_epochs:
+            raise OptionError("--finetune-epochs is NViT's fine-tuning; DC-ViT fine-tunes each block (--dcvit-epochs)")
+        if (self.few_shot is not None and self.few_shot < 1) or (self.dcvit_epochs or 0) < 0 \
+                or (self.dcvit_score_epochs or 0) < 0:
+            raise OptionError("--few-shot must be >= 1 and --dcvit-epochs / --dcvit-score-epochs >= 0")
+        if self.dcvit_mlp is not None and not 0 <= self.dcvit_mlp <= 1:
+            raise OptionError(f"--dcvit-mlp {self.dcvit_mlp} must be a fraction in [0, 1]")
+        if self.dcvit_whole_blocks and self.dcvit_mlp is not None:
+            raise OptionError("--dcvit-whole-blocks removes the MLP too: drop --dcvit-mlp")
         return self
 
     def check(self, spec, target):

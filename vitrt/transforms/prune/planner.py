@@ -1,5 +1,6 @@
-"""The pruning planner: importance on the twin, the latency-aware search (or ReViT, or a given plan), and
-optional fine-tuning of the pruned twin from the dense teacher — all before any graph is touched.
+"""The pruning planner: importance on the twin, the latency-aware search (or ReViT, or a given plan, or DC-ViT's
+few-shot block compression), and optional fine-tuning of the pruned twin from the dense teacher — all before any
+graph is touched.
 
 ``plan(twin, ctx, options) -> PruningPlan``; with ``--finetune-epochs`` the plan carries the fine-tuned
 weights, which the graph pass and the twin transform both load.
@@ -15,6 +16,7 @@ from vitrt.compiler.cost import vit_flops, vit_params
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.weights import parameter_state
 from vitrt.transforms.base import PlanContext
+from vitrt.transforms.prune import dcvit
 from vitrt.transforms.prune.config import PruneConfig
 from vitrt.transforms.prune.gates import gate_sizes, hessian_importance, magnitude_importance
 from vitrt.transforms.prune.plan import PruningPlan, alignment_violations
@@ -49,12 +51,15 @@ def importance_fn(twin, data, method: str, *, samples: int, seed: int, teacher):
 
 
 def structure(twin, ctx: PlanContext, options: PruneConfig) -> PruningPlan:
-    """The kept indices ``options`` ask for: a given plan, ReViT's dims, or the latency-aware search."""
+    """The kept indices ``options`` ask for: a given plan, DC-ViT's compression (with its fine-tuned weights),
+    ReViT's dims, or the latency-aware search."""
     spec, progress = twin.spec, ctx.progress
     if options.plan is not None:
         plan = PruningPlan.load(options.plan)
         plan.check_matches(spec)
         return plan.with_meta({"source": str(options.plan)})
+    if options.dcvit_macs is not None:
+        return dcvit.plan(twin, ctx, options)
     data = ctx.data(options.data, limit=options.samples)
     scores = importance_fn(twin, data, options.importance, samples=options.samples, seed=ctx.seed,
                            teacher=ctx.teacher)
@@ -106,7 +111,7 @@ def report_fields(plan: PruningPlan) -> dict:
     """The manifest's ``pruning`` section."""
     meta = dict(plan.meta)
     section = {key: meta.pop(key) for key in ("source", "dense_predicted_ms", "predicted_ms", "removed_units",
-                                              "params", "flops", "finetune") if key in meta}
+                                              "params", "flops", "finetune", "dcvit") if key in meta}
     section.update({"summary": plan.summary(), "emb": len(plan.emb), "block_dims": plan.block_dims(),
                     "alignment_violations": alignment_violations(plan), "meta": meta})
     return section

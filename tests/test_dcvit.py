@@ -1,0 +1,249 @@
+"""DC-ViT as a planning mode of the pruning transform (vitrt.transforms.prune.dcvit): the MACs solver, block
+compression on the twin and in the plan, prefix-only feature mimicking, recoverability, and the compile
+(``--dcvit-macs``) verified against the pruned twin with ONNX Runtime.
+
+Tiny models and one or two fine-tuning epochs keep this fast; the digits figures are a benchmark
+(``python -m vitrt.benchmarks.dcvit_sweep``, benchmarks/results/dcvit.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+import onnx
+import pytest
+import torch
+
+from conftest import tiny_vit
+from vitrt.calib.digits import ImageSet
+from vitrt.calib.synthesis import SynthesisConfig, synthesize
+from vitrt.compiler.cost import vit_flops
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.models import canonicalize
+from vitrt.compiler.pass_manager import FP32_TOLERANCE
+from vitrt.transforms.prune import dcvit
+from vitrt.transforms.prune.config import PruneConfig
+from vitrt.transforms.prune.plan import PruningPlan
+from vitrt.transforms.prune.twin import apply_plan
+
+
+@pytest.fixture(scope="module")
+def twin():
+    return canonicalize(tiny_vit(depth=4))  # emb 64, 2 heads, mlp 256, 17 tokens
+
+
+@pytest.fixture(scope="module")
+def few_shot():
+    return ImageSet(torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(0)).clamp(-1, 1), None)
+
+
+@pytest.fixture(scope="module")
+def metric_dir(tmp_path_factory, twin):
+    out = tmp_path_factory.mktemp("metric") / "set"
+    synthesize(twin, out, SynthesisConfig(images=8, iterations=3, batch_size=8), mean=0.5, std=0.5, model="tiny")
+    return out
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("target", [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
+def test_structure_lands_on_the_target_from_below(twin, target):
+    spec = twin.spec
+    shape = dcvit.structure(spec, dcvit.Settings(macs=target))
+    assert all(w % 16 == 0 and 0 <= w <= 256 for w in shape.mlp)
+    compressed = spec.with_blocks([dataclasses.replace(b, heads=0, mlp=shape.mlp[i]) if i < shape.blocks else b
+                                   for i, b in enumerate(spec.blocks)])
+    fraction = vit_flops(compressed) / vit_flops(spec)
+    assert fraction == pytest.approx(shape.macs_fraction, abs=1e-9)
+    channel = 4 * 17 * 64 / vit_flops(spec)  # MACs fraction of one MLP channel
+    assert target - 16 * channel * shape.blocks <= fraction <= target + 1e-9
+
+
+def test_structure_prefers_the_mlp_fraction_and_refuses_the_unreachable(twin):
+    spec = twin.spec
+    half = dcvit.structure(spec, dcvit.Settings(macs=0.4))
+    fewest = dcvit.structure(spec, dcvit.Settings(macs=0.4, mlp=0.0))  # the official code's rule: fewest blocks
+    assert fewest.blocks < half.blocks and sum(fewest.mlp) / fewest.blocks < sum(half.mlp) / half.blocks
+    whole = dcvit.structure(spec, dcvit.Settings(macs=0.7, whole_blocks=True))
+    assert set(whole.mlp) == {0} and whole.macs_fraction <= 0.7
+    with pytest.raises(VitrtError, match="more than removing one attention module"):
+        dcvit.structure(spec, dcvit.Settings(macs=0.99))
+    with pytest.raises(VitrtError, match="below what removing every block"):
+        dcvit.structure(spec, dcvit.Settings(macs=0.01))
+    deit = spec.with_blocks([dataclasses.replace(spec.blocks[0], mlp=128)] + list(spec.blocks[1:]))
+    with pytest.raises(VitrtError, match="blocks are all alike"):
+        dcvit.structure(deit, dcvit.Settings(macs=0.7))
+
+
+def test_compressing_a_block_keeps_plan_and_student_in_step(twin):
+    """The student sliced from its own weights equals the original twin sliced by the composed plan."""
+    before = _state(twin)
+    plan = PruningPlan.keep_all(twin.spec)
+    scores = torch.arange(256, dtype=torch.float32)  # channel j scores j: the top 128 are 128..255
+    student, plan = dcvit.compress_block(twin, plan, 2, 128, scores)
+    assert plan.blocks[2].heads == () and plan.blocks[2].mlp == tuple(range(128, 256))
+    scores = -torch.arange(256, dtype=torch.float32)  # now the first 64 win
+    student, plan = dcvit.compress_block(student, plan, 0, 64, scores)
+    assert set(dcvit.mlp_scores(student, None, twin, "magnitude", 0)) == {1, 3}  # compressed blocks are done
+    assert [b.heads for b in student.spec.blocks] == [0, 2, 0, 2]
+    assert [len(b.mlp) for b in plan.blocks] == [64, 256, 128, 256] and plan.blocks[0].mlp == tuple(range(64))
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(student(images), apply_plan(twin, plan)(images), atol=1e-6)
+    assert all(torch.equal(v, before[k]) for k, v in twin.state_dict().items())  # the input twin is untouched
+
+
+def test_mimicking_updates_only_the_prefix(twin, few_shot):
+    student, _ = dcvit.compress_block(copy.deepcopy(twin), PruningPlan.keep_all(twin.spec), 1, 128,
+                                      torch.rand(256, generator=torch.Generator().manual_seed(0)))
+    before = _state(student)
+    result = dcvit.mimic(student, twin, few_shot, last=2, epochs=2, seed=0)
+    after = student.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and all(k.startswith(("patch_embed", "cls_token", "pos_embed", "blocks.0.", "blocks.1.",
+                                         "blocks.2.")) for k in changed)
+    assert "blocks.3.mlp.fc1.weight" not in changed and "head.weight" not in changed and "norm.weight" not in changed
+    assert result["mse_last"] < result["mse_first"] and result["last_updated_block"] == 2
+
+
+def test_recoverability_scores_every_block(twin, few_shot, metric_dir):
+    from vitrt.calib.synthesis import MetricSet, load_metric_set
+
+    ranked = dcvit.recoverability(twin, twin, few_shot, MetricSet.of(load_metric_set(metric_dir), twin), dcvit.Settings(
+        macs=0.7, score_epochs=1, importance="magnitude"))
+    assert sorted(r["block"] for r in ranked) == [0, 1, 2, 3]
+    losses = [r["metric_loss"] for r in ranked]
+    assert losses == sorted(losses) and len(set(losses)) == 4
+
+
+def test_dcvit_options_are_checked():
+    with pytest.raises(VitrtError, match="--few-shot is a DC-ViT option"):
+        PruneConfig(few_shot=10).validate()
+    with pytest.raises(VitrtError, match="not on noise"):
+        PruneConfig(dcvit_macs=0.7).validate()
+    with pytest.raises(VitrtError, match="alternatives"):
+        PruneConfig(dcvit_macs=0.7, fraction=0.5, data="digits").validate()
+    with pytest.raises(VitrtError, match="drop --dcvit-mlp"):
+        PruneConfig(dcvit_macs=0.7, data="digits", dcvit_mlp=0.5, dcvit_whole_blocks=True).validate()
+    with pytest.raises(VitrtError, match=r"in \(0, 1\)"):
+        PruneConfig(dcvit_macs=1.5, data="digits").validate()
+    assert PruneConfig(dcvit_macs=0.7, data="digits").validate().enabled
+
+
+def test_compile_dcvit_verified_against_the_pruned_twin(tmp_path, metric_dir):
+    """``vitrt.compile(..., dcvit_macs=0.7)``: attention removed and MLPs shrunk where the plan says, the ONNX
+    verified against the fine-tuned pruned twin, the plan (with weights) round-tripping into a second compile."""
+    import vitrt
+    from vitrt.compiler.verify import run_onnx, run_torch
+
+    model = tiny_vit(depth=4)
+    state = _state(model)
+    result = vitrt.compile(model, tmp_path / "dc", quiet=True, verify=True, batch=2, dcvit_macs=0.7, data="digits",
+                           few_shot=16, dcvit_epochs=1, dcvit_score_epochs=0, dcvit_metric=f"synth:{metric_dir}",
+                           metric_set=f"synth:{metric_dir}", eval_data="digits")
+    m = result.manifest
+    assert m["verify"]["ok"] and m["verify"]["max_abs_err"] <= FP32_TOLERANCE
+    section = m["pruning"]
+    info = section["dcvit"]
+    assert section["source"] == "dcvit" and sorted(section["summary"]["attention_removed"]) == sorted(info["blocks"])
+    assert [m["spec_after"]["blocks"][b]["mlp"] for b in info["blocks"]] == info["mlp"]
+    assert m["flops"]["after"] / m["flops"]["before"] == pytest.approx(info["macs_fraction"])
+    assert info["macs_fraction"] <= 0.7
+    assert info["accuracy"]["images"] == 450 and len(info["recoverability"]) == 4 and info["few_shot"]["images"] == 16
+    assert m["accuracy"]["metric"]["compiled"]["loss"] == pytest.approx(info["metric"]["compressed"]["loss"], abs=1e-4)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # the caller's model is untouched
+    saved = json.loads((tmp_path / "dc" / "pruning_plan.json").read_text())
+    assert saved["weights_file"] == "pruning_plan.npz" and saved["meta"]["dcvit"]["blocks"] == info["blocks"]
+    again = vitrt.compile(model, tmp_path / "again", quiet=True, verify=True, batch=2,
+                          prune_plan=tmp_path / "dc" / "pruning_plan.json")
+    assert again.manifest["verify"]["ok"] and again.manifest["spec_after"] == m["spec_after"]
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5)).numpy()
+    first = run_onnx(onnx.load(tmp_path / "dc" / "model.onnx"), images, 2)
+    second = run_onnx(onnx.load(tmp_path / "again" / "model.onnx"), images, 2)
+    assert abs(first - second).max() <= 1e-6
+    assert abs(run_torch(result.twin, images) - first).max() <= FP32_TOLERANCE
+
+
+def test_benchmark_configs(tmp_path):
+    """The sweep and ranking benchmarks: what they would run, and their one-line refusals (nothing trains)."""
+    from vitrt.benchmarks.dcvit_ranking import DcvitRankingConfig, variants
+    from vitrt.benchmarks.dcvit_sweep import DcvitSweepConfig, jobs
+
+    with pytest.raises(VitrtError, match="--metric-set SET"):
+        DcvitSweepConfig().validate()
+    with pytest.raises(VitrtError, match="fractions in"):
+        DcvitSweepConfig(metric_set=tmp_path, targets="0.7,1.2").validate()
+    config = DcvitSweepConfig(metric_set=tmp_path, targets="0.9,0.7", baseline=0.7, seeds=2).validate()
+    planned = jobs(config, dcvit.Settings(macs=0.5))
+    assert len(planned) == 2 + 6 * 2 - 1  # the sweep's 0.7 row (seed 0) is also the comparison's
+    assert {(m, s) for m, f, _, s in planned if f == 0.7} == {
+        (m, s) for m in ("dcvit", "dcvit_no_finetune", "dcvit_fewest_blocks", "dcvit_fewest_blocks_no_finetune",
+                         "whole_blocks", "whole_blocks_no_finetune") for s in (0, 1)}
+    only = DcvitSweepConfig(metric_set=tmp_path, targets="", baseline=0.7, methods="whole_blocks").validate()
+    assert [m for m, *_ in jobs(only, dcvit.Settings(macs=0.5))] == ["whole_blocks", "whole_blocks_no_finetune"]
+    with pytest.raises(VitrtError, match="--methods must name"):
+        DcvitSweepConfig(metric_set=tmp_path, baseline=0.7, methods="dcvit,blocks").validate()
+    with pytest.raises(VitrtError, match="--workers must be >= 1"):
+        DcvitSweepConfig(metric_set=tmp_path, workers=0).validate()
+    names = [name for name, _ in variants(DcvitRankingConfig(metric_set=tmp_path))]
+    assert len(names) == 10 and "int8 PTQ (synthetic calibration)" in names and "ToMe r=8" in names
+    (tmp_path / "dcvit_0.7.plan.json").write_text("{}")
+    picked = variants(DcvitRankingConfig(metric_set=tmp_path, dcvit_plans=f"{tmp_path / 'none'},{tmp_path}",
+                                         plans="dcvit_0.7"))
+    assert picked[-1] == ("dcvit 0.7", {"prune_plan": tmp_path / "dcvit_0.7.plan.json"})
+    with pytest.raises(VitrtError, match="no whole_blocks_0.7.plan.json"):
+        variants(DcvitRankingConfig(metric_set=tmp_path, dcvit_plans=str(tmp_path), plans="whole_blocks_0.7"))
+
+
+def test_ranking_combines_recorded_results(tmp_path):
+    """``dcvit_ranking --combine``: rows of a ranking and a sweep result ranked together (nothing compiled); results
+    on another metric set are refused."""
+    from vitrt.benchmarks.dcvit_ranking import DcvitRankingConfig, run
+
+    def row(name, top1, loss, **extra):
+        return {"name": name, "top1": top1, "metric_loss": loss, "metric_top1": 1 - loss, "macs_fraction": 1.0,
+                "verify_max_abs_err": 0.0, "verify_tolerance": 1e-4, **extra}
+
+    ranking = {"metric_set": "SET", "dense_top1": 0.9889, "seconds": 1.0, "int8": {"calib_images": 250},
+               "rows": [row("dense fp32", 0.9889, 0.0, metric_ce=0.1),
+                        row("int8 PTQ (digits calibration)", 0.98, 0.01, metric_ce=0.2),
+                        row("int8 PTQ (synthetic calibration)", 0.97, 0.02, metric_ce=0.3)]}
+    sweep = {"metric_set": "SET", "dense_top1": 0.988889, "seconds": 2.0,
+             "rows": [row("dcvit_0.7", 0.95, 0.05), row("dcvit_0.5", 0.90, 0.04)]}
+    (tmp_path / "ranking.json").write_text(json.dumps(ranking))
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    both = f"{tmp_path / 'ranking.json'},{tmp_path / 'sweep.json'}"
+    result = run(DcvitRankingConfig(combine=both))
+    assert [r["name"] for r in result["rows"]][-2:] == ["sweep: dcvit_0.7", "sweep: dcvit_0.5"]
+    assert result["variants"] == 5 and result["spearman_metric_loss_vs_top1"] == pytest.approx(0.9)
+    assert result["spearman_metric_ce_vs_top1"] == pytest.approx(1.0)  # over the 3 rows that have a CE
+    assert result["int8"]["extra_loss_points"] == pytest.approx(1.0)
+    (tmp_path / "sweep.json").write_text(json.dumps({**sweep, "metric_set": "OTHER"}))
+    with pytest.raises(VitrtError, match="one metric set"):
+        run(DcvitRankingConfig(combine=both))
+
+
+@pytest.mark.slow
+def test_without_a_metric_set_the_compile_grows_one(tmp_path, monkeypatch):
+    """``--dcvit-macs`` without ``--dcvit-metric`` synthesises a metric set from the model itself (here 6 images and
+    3 iterations instead of DC-ViT's 50 and 2,000)."""
+    import vitrt
+
+    monkeypatch.setattr(dcvit, "METRIC_IMAGES", 6)
+    monkeypatch.setattr(dcvit, "METRIC_ITERATIONS", 3)
+    result = vitrt.compile(tiny_vit(depth=4), tmp_path / "out", quiet=True, batch=2, dcvit_macs=0.7, data="digits",
+                           few_shot=8, dcvit_epochs=1, dcvit_score_epochs=0, importance="magnitude")
+    info = result.manifest["pruning"]["dcvit"]
+    assert info["metric_set"]["images"] == 6 and info["metric_set"]["iterations"] == 3
+    assert len(info["recoverability"]) == 4 and info["macs_fraction"] <= 0.7
+
+
+def test_the_cli_refuses_dcvit_knobs_without_dcvit_macs(tmp_path, capsys):
+    from vitrt.cli import main
+
+    assert main(["compile", "deit_tiny_patch16_224", "-o", str(tmp_path / "x"), "--few-shot", "8"]) == 2
+    assert "--few-shot is a DC-ViT option" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -1,0 +1,176 @@
+"""Synthetic metric sets (vitrt.calib.synthesis, ``vitrt synth``, ``synth:SET``) and the compile's accuracy section
+(``--metric-set`` / ``--eval-data``): tiny random ViTs and a few inversion steps, so every test runs in seconds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_vit
+from vitrt.calib.data import load_data
+from vitrt.calib.synthesis import (Inversion, MetricSet, SynthesisConfig, balanced_labels, block_statistics,
+                                   load_metric_set, metric_loss, pixel_bounds, reference_statistics, synthesize,
+                                   total_variation)
+from vitrt.cli import main
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.models import canonicalize
+
+SMALL = SynthesisConfig(images=6, iterations=40, batch_size=4, lr=0.1)
+
+
+@pytest.fixture(scope="module")
+def twin():
+    return canonicalize(tiny_vit(depth=2))
+
+
+@pytest.fixture(scope="module")
+def made_set(tmp_path_factory, twin):
+    out = tmp_path_factory.mktemp("synth") / "set"
+    meta = synthesize(twin, out, SMALL, mean=0.5, std=0.5, model="tiny")
+    return out, meta
+
+
+def test_the_inversion_lowers_the_loss_it_optimises(digits_reference):
+    """From N(0, 1) noise towards the assigned labels, through the trained digits reference: its cross entropy
+    on the images drops far below that of the starting noise."""
+    reference = canonicalize(digits_reference[0])
+    labels = torch.tensor([0, 3, 7, 9])
+    inversion = Inversion(reference, SMALL, pixel_bounds(0.5, 0.5, 3))
+    images, history = inversion.invert(labels, seed=0)
+    noise = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    with torch.no_grad():
+        before = float(torch.nn.functional.cross_entropy(reference(noise), labels))
+        after = float(torch.nn.functional.cross_entropy(reference(images), labels))
+    assert after < 0.25 * before
+    assert images.min() >= -1 and images.max() <= 1  # clamped to the pixel range of mean = std = 0.5
+    assert [h["iteration"] for h in history][-1] == SMALL.iterations and {"ce", "tv", "l2"} <= set(history[-1])
+
+
+def test_priors_and_labels():
+    flat = torch.zeros(1, 3, 8, 8)
+    assert float(total_variation(flat)) == 0.0
+    stripes = flat.clone()
+    stripes[..., ::2] = 1.0  # every horizontal and diagonal neighbour differs by 1, vertical ones not at all
+    assert float(total_variation(stripes)) == pytest.approx(3.0)
+    labels = balanced_labels(23, 10, seed=1)
+    assert sorted(np.bincount(labels.numpy()).tolist()) == [2] * 7 + [3] * 3
+    assert not torch.equal(labels, balanced_labels(23, 10, seed=2))
+
+
+def test_feature_statistics_pool_over_batches(twin):
+    """The feature term's targets equal the statistics of the whole reference set, however it is batched."""
+    images = torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    pooled = reference_statistics(twin, images, batch_size=3)
+    with torch.no_grad():
+        whole = block_statistics(twin.forward_with_features(images)[1])
+    for (m, v), (wm, wv) in zip(pooled, whole):
+        assert torch.allclose(m, wm, atol=1e-5) and torch.allclose(v, wv, atol=1e-4)
+    inversion = Inversion(twin, SynthesisConfig(iterations=2), None, pooled)
+    _, parts = inversion.loss(images[:2].clone().requires_grad_(True), torch.tensor([1, 2]), torch.Generator())
+    assert parts["feature"] > 0
+
+
+def test_a_set_on_disk(made_set, twin):
+    out, meta = made_set
+    assert meta["complete"] and len(meta["labels"]) == 6 and len(meta["batches"]) == 2
+    assert meta["model_metric"]["images"] == 6
+    pngs = sorted(p.relative_to(out / "images") for p in (out / "images").rglob("*.png"))
+    assert len(pngs) == 6 and all(p.parent.name == str(meta["labels"][int(p.stem)]) for p in pngs)
+    data = load_data(f"synth:{out}", 32)
+    assert data.labelled and data.labels.tolist() == meta["labels"] and data.images.shape == (6, 3, 32, 32)
+    assert MetricSet.of(data, twin).evaluate(twin) == meta["model_metric"] and meta["model_metric"]["loss"] == 0
+    assert len(load_data(f"synth:{out}", 32, limit=4)) == 4
+    assert load_data(f"synth:{out}", 16).images.shape[-1] == 16  # resized for another input size
+    # the exported ImageFolder holds the same pictures (8-bit): ImageFolder tools can read it
+    folder = load_data(str(out / "images"), 32)
+    assert len(folder) == 6
+
+
+def test_resuming_an_interrupted_set_repeats_no_finished_batch(tmp_path, twin, made_set, monkeypatch):
+    calls = []
+    real = Inversion.invert
+
+    def interrupted(self, labels, seed, on_step=None):
+        calls.append(seed)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, labels, seed, on_step)
+
+    monkeypatch.setattr(Inversion, "invert", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(twin, tmp_path / "set", SMALL, mean=0.5, std=0.5, model="tiny")
+    with pytest.raises(VitrtError, match="incomplete .1 batch"):
+        load_metric_set(tmp_path / "set")
+    calls.clear()
+    meta = synthesize(twin, tmp_path / "set", SMALL, mean=0.5, std=0.5, model="tiny")
+    assert len(calls) == 1 and meta["complete"]  # only the unfinished batch ran again
+    resumed, fresh = load_metric_set(tmp_path / "set"), load_metric_set(made_set[0])
+    assert torch.equal(resumed.images, fresh.images) and torch.equal(resumed.labels, fresh.labels)
+
+
+def test_refusals(tmp_path, twin, made_set):
+    out = made_set[0]
+    with pytest.raises(VitrtError, match="another model or settings"):
+        synthesize(twin, out, SynthesisConfig(images=6, iterations=41, batch_size=4), mean=0.5, std=0.5, model="tiny")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("not a set")
+    with pytest.raises(VitrtError, match="holds other data"):
+        synthesize(twin, tmp_path / "other", SMALL, mean=0.5, std=0.5)
+    assert (tmp_path / "other" / "x.txt").exists()  # nothing touched without --force
+    with pytest.raises(VitrtError, match="not a synthetic metric set"):
+        load_data(f"synth:{tmp_path / 'other'}", 32)
+    with pytest.raises(VitrtError, match="--images, --iters and --batch"):
+        SynthesisConfig(images=0).validate()
+
+
+def test_metric_loss():
+    """KL(dense ‖ model) of the softmax outputs (DC-ViT's metric loss), CE against the labels, top-1."""
+    logits = np.array([[4.0, 0.0], [0.0, 4.0], [4.0, 0.0]])
+    dense = np.array([[4.0, 0.0], [0.0, 4.0], [0.0, 0.0]])  # the last image: the dense model is undecided
+    result = metric_loss(logits, [0, 1, 1], dense)
+    ce = float(np.mean([np.log1p(np.exp(-4)), np.log1p(np.exp(-4)), np.log1p(np.exp(4))]))
+    p = 1 / (1 + np.exp(-4))  # the model's probability of class 0 on the last image
+    kl = (0.5 * np.log(0.5 / p) + 0.5 * np.log(0.5 / (1 - p))) / 3
+    assert result["loss"] == pytest.approx(kl, abs=1e-6) and result["ce"] == pytest.approx(ce, abs=1e-5)
+    assert result["top1"] == pytest.approx(2 / 3, abs=1e-5) and metric_loss(dense, [0, 1, 1], dense)["loss"] == 0
+
+
+def test_cli_synth(tmp_path, capsys):
+    out = tmp_path / "set"
+    argv = ["synth", "vit_tiny_patch16_224", "--img-size", "32", "-o", str(out), "--images", "3", "--iters", "2",
+            "--batch", "2", "--quiet"]
+    torch.manual_seed(0)  # the timm model's random weights: the same model both times
+    assert main(argv) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["complete"] and meta["model"] == "vit_tiny_patch16_224" and meta["config"]["iterations"] == 2
+    assert f"synth:{out}" in capsys.readouterr().out
+    torch.manual_seed(0)
+    assert main(argv) == 0  # a finished set made with the same model and settings: nothing to redo
+    torch.manual_seed(1)
+    assert main(argv) == 2  # other weights: refused without --force
+    assert "another model or settings" in capsys.readouterr().err
+    assert main(["synth", "vit_tiny_patch16_224", "--images", "3"]) == 2  # no -o: one line, exit 2
+    assert "pass -o SET" in capsys.readouterr().err
+
+
+def test_compile_reports_the_data_free_estimate_beside_real_accuracy(tmp_path, made_set):
+    import vitrt
+
+    model = tiny_vit(depth=2)
+    dense = vitrt.compile(model, tmp_path / "dense", quiet=True, metric_set=f"synth:{made_set[0]}",
+                          eval_data="digits")
+    accuracy = dense.manifest["accuracy"]
+    assert accuracy["metric"]["images"] == 6 and accuracy["real"]["images"] == 450
+    assert accuracy["metric"]["compiled"]["loss"] == pytest.approx(accuracy["metric"]["dense"]["loss"], abs=1e-4)
+    assert accuracy["real"]["top1_compiled"] == pytest.approx(accuracy["real"]["top1_dense"], abs=1e-9)
+    merged = vitrt.compile(model, tmp_path / "tome", quiet=True, tome="4", dfe_skip=0,
+                           metric_set=f"synth:{made_set[0]}")
+    assert merged.manifest["accuracy"]["metric"]["compiled"]["loss"] != accuracy["metric"]["compiled"]["loss"]
+    assert "real" not in merged.manifest["accuracy"]
+    with pytest.raises(VitrtError, match="no engine to measure"):
+        vitrt.compile(model, tmp_path / "nobuild", quiet=True, backend="trt", no_build=True,
+                      metric_set=f"synth:{made_set[0]}")
+    assert not (tmp_path / "nobuild").exists()

@@ -1,0 +1,293 @@
+"""DC-ViT (Zhang et al., CVPR 2024): dense few-shot compression as a planning mode of the pruning transform.
+
+A compressed block loses its whole attention branch and keeps part of its MLP (the "Attn + (1−m)·FFN" of the
+paper's Table 8) — in pruning terms ``heads = 0`` and a reduced MLP, so the plan is an ordinary
+:class:`~vitrt.transforms.prune.plan.PruningPlan` and the graph pass and twin transform are pruning's own.
+
+    (a) structure       the target fraction of the MACs fixes how many blocks are compressed (n) and the MLP
+                        channels they keep: n is the count whose common MLP fraction comes closest to the
+                        preferred one (``--dcvit-mlp``, 0.5), the fraction is then solved so the model lands on
+                        the target (MLP widths in multiples of 16, never above the target)      :func:`structure`
+    (b) metric set      synthetic images (vitrt.calib.synthesis), given as ``--dcvit-metric`` or grown here
+    (c) recoverability  every block compressed alone (preferred fraction) from the dense model, fine-tuned
+                        briefly on the few-shot images, scored by the metric loss on the metric set; the n
+                        lowest are compressed, most recoverable first                    :func:`recoverability`
+    (d) progressive     one block at a time: the MLP channels kept are the most important ones (the pruning
+                        importance, NViT eq. 6, on the few-shot images), then feature mimicking — MSE between
+                        the compressed and the dense model's output of the block after the last compressed one
+                        — updating only the stem and the blocks up to that one              :func:`compress`
+
+Fine-tuning runs through the shared trainer with a FeatureMimic objective on a prefix of the model
+(:class:`MimicPrefix`); the few-shot images are used without labels. ``--dcvit-whole-blocks`` is the baseline
+that removes whole blocks (``heads = 0, mlp = 0``) with the same selection and fine-tuning.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from vitrt.calib.data import in_memory
+from vitrt.calib.digits import ImageSet
+from vitrt.calib.evaluate import accuracy
+from vitrt.calib.losses import FeatureMimic, Objective
+from vitrt.calib.synthesis import MetricSet, SynthesisConfig, invert_images
+from vitrt.calib.trainer import TrainConfig, train
+from vitrt.compiler.cost import block_flops, vit_flops
+from vitrt.compiler.errors import OptionError, UnsupportedModelError
+from vitrt.compiler.progress import QUIET
+from vitrt.compiler.weights import parameter_state
+from vitrt.transforms.prune.gates import hessian_importance, magnitude_importance
+from vitrt.transforms.prune.plan import CHANNEL_MULTIPLE, BlockPlan, PruningPlan
+from vitrt.transforms.prune.twin import apply_plan, prune_twin
+
+# Feature-mimicking fine-tuning on the few-shot images (AdamW, cosine; random shifts as augmentation: with a
+# hundred images the student would otherwise fit the exact pixels).
+FINETUNE = TrainConfig(epochs=0, lr=2e-4, batch_size=32, weight_decay=1e-4, augment=True)
+IMPORTANCE_BATCH = 32
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How one DC-ViT compression runs (the ``--dcvit-*`` options, resolved)."""
+
+    macs: float  # target fraction of the dense model's MACs
+    mlp: float = 0.5  # preferred fraction of the MLP a compressed block keeps
+    whole_blocks: bool = False  # baseline: remove whole blocks
+    epochs: int = 50  # fine-tuning epochs after each compressed block
+    score_epochs: int = 10  # fine-tuning epochs before a candidate block is scored
+    importance: str = "hessian"  # MLP channel importance: hessian (NViT eq. 6) or magnitude
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What the target asks for: the MLP width of each of the ``len(mlp)`` compressed blocks."""
+
+    mlp: tuple[int, ...]  # kept MLP channels, widest first (the most recoverable block gets the widest)
+    macs_fraction: float  # the compressed model's MACs / the dense model's
+
+    @property
+    def blocks(self) -> int:
+        return len(self.mlp)
+
+
+def _uniform_block(spec):
+    first = spec.blocks[0]
+    if any(b != first for b in spec.blocks) or not first.heads or not first.mlp:
+        raise UnsupportedModelError("DC-ViT compresses a model whose blocks are all alike and complete (attention and "
+                                    "MLP); this model's blocks differ — put --dcvit-macs first, on the unpruned model")
+    return first
+
+
+def structure(spec, settings: Settings) -> Structure:
+    """(a): the number of compressed blocks and their MLP widths for ``settings.macs`` of the MACs."""
+    block = _uniform_block(spec)
+    dense = vit_flops(spec)
+    attention = block_flops(spec.emb, block) - block_flops(spec.emb, replace(block, heads=0))
+    mlp = block_flops(spec.emb, block) - attention
+    per_channel = mlp / block.mlp
+    saving = (1 - settings.macs) * dense
+    most = spec.depth * (attention + mlp)
+    if saving > most + 1e-9:
+        raise OptionError(f"--dcvit-macs {settings.macs:g} is below what removing every block reaches "
+                          f"({1 - most / dense:.3f} of the MACs)")
+    if settings.whole_blocks:
+        n = math.ceil(saving / (attention + mlp) - 1e-9)
+        return Structure((0,) * n, 1 - n * (attention + mlp) / dense)
+    if saving < attention - 1e-9:
+        raise OptionError(f"--dcvit-macs {settings.macs:g} keeps more than removing one attention module allows: "
+                          f"the largest compressed model has {1 - attention / dense:.3f} of the MACs")
+    fewest = math.ceil(saving / (attention + mlp) - 1e-9)
+    most_blocks = min(spec.depth, math.floor(saving / attention + 1e-9))
+    preferred = saving / (attention + (1 - settings.mlp) * mlp)
+    n = min(max(round(preferred), fewest), most_blocks)
+    removed = math.ceil((saving - n * attention) / per_channel - 1e-9)  # MLP channels to remove, all blocks
+    kept_total = n * block.mlp - removed
+    base = (kept_total // n) // CHANNEL_MULTIPLE * CHANNEL_MULTIPLE
+    widths = [base] * n
+    spare = kept_total - base * n
+    for i in range(n):  # hand out the rest in aligned steps, never above the target
+        if spare >= CHANNEL_MULTIPLE and widths[i] + CHANNEL_MULTIPLE <= block.mlp:
+            widths[i] += CHANNEL_MULTIPLE
+            spare -= CHANNEL_MULTIPLE
+    achieved = dense - n * attention - (n * block.mlp - sum(widths)) * per_channel
+    return Structure(tuple(widths), achieved / dense)
+
+
+# --- fine-tuning a prefix -----------------------------------------------------------------------------------
+class MimicPrefix(torch.nn.Module):
+    """The stem and ``blocks[:last + 1]`` of a twin; ``forward_with_features`` gives the output of block ``last``
+    as the one feature a :class:`~vitrt.calib.losses.FeatureMimic` term compares (the logits are not computed)."""
+
+    def __init__(self, twin, last: int):
+        super().__init__()
+        self.twin, self.last = twin, last
+
+    def forward_with_features(self, images: torch.Tensor):
+        x = self.twin.embed(images)
+        for block in self.twin.blocks[: self.last + 1]:
+            x = block(x)
+        return None, [x]
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        """The stem (patch embedding, prefix tokens, position embedding) and the blocks up to ``last``."""
+        twin = self.twin
+        params = list(twin.patch_embed.parameters()) + [twin.cls_token, twin.pos_embed]
+        if twin.dist_token is not None:
+            params.append(twin.dist_token)
+        for block in twin.blocks[: self.last + 1]:
+            params += list(block.parameters())
+        return params
+
+
+def mimic(student, teacher, few_shot: ImageSet, last: int, epochs: int, seed: int, progress=QUIET,
+          desc: str = "feature mimicking") -> dict:
+    """Fine-tune ``student`` in place: MSE to ``teacher``'s output of block ``last``, only the prefix updated."""
+    if epochs <= 0:
+        return {"epochs": 0}
+    prefix = MimicPrefix(student, last)
+    objective = Objective(FeatureMimic(), teacher=MimicPrefix(teacher, last))
+    config = replace(FINETUNE, epochs=epochs, seed=seed)
+    result = train(prefix, few_shot, objective, config, params=prefix.trainable(), progress=progress, desc=desc)
+    return {"epochs": epochs, "last_updated_block": last, "mse_first": result.history[0]["total"],
+            "mse_last": result.history[-1]["total"], "seconds": result.seconds}
+
+
+# --- compressing one block -----------------------------------------------------------------------------------
+def mlp_scores(student, few_shot: ImageSet, teacher, method: str, seed: int) -> dict[int, torch.Tensor]:
+    """Importance of every MLP channel of every block that still has its attention (block -> scores)."""
+    if method == "magnitude":
+        scores = magnitude_importance(student)
+    else:
+        batch = min(IMPORTANCE_BATCH, len(few_shot))
+        scores = hessian_importance(student, few_shot, teacher=teacher, batch_size=batch,
+                                    batches=math.ceil(len(few_shot) / batch), seed=seed)
+    return {i: scores[f"blocks.{i}.mlp"] for i, b in enumerate(student.spec.blocks) if b.heads and b.mlp}
+
+
+def compress_block(student, plan: PruningPlan, index: int, width: int, scores: torch.Tensor | None):
+    """(new student, new plan) with block ``index``'s attention removed and its ``width`` best MLP channels kept.
+
+    ``plan`` indexes the original model; the student is sliced from its own (fine-tuned) weights."""
+    positions = tuple(sorted(torch.argsort(scores, descending=True)[:width].tolist())) if width else ()
+    local = PruningPlan.keep_all(student.spec)
+    blocks = list(local.blocks)
+    blocks[index] = BlockPlan((), (), (), positions)
+    new_student = prune_twin(student, replace(local, blocks=tuple(blocks)).validate())
+    original = list(plan.blocks)
+    original[index] = BlockPlan((), (), (), tuple(plan.blocks[index].mlp[p] for p in positions))
+    return new_student, replace(plan, blocks=tuple(original)).validate()
+
+
+def candidate_width(spec, settings: Settings) -> int:
+    """The MLP width a candidate block keeps while its recoverability is measured: the preferred fraction
+    (aligned), 0 for whole blocks. It does not depend on the target, so one ranking serves every size."""
+    if settings.whole_blocks:
+        return 0
+    return round(settings.mlp * _uniform_block(spec).mlp / CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
+
+
+def recoverability(twin, teacher, few_shot: ImageSet, metric: MetricSet, settings: Settings,
+                   progress=QUIET) -> list[dict]:
+    """(c): per block, the metric loss after compressing it alone (to :func:`candidate_width`) from the dense
+    model and fine-tuning briefly; sorted, most recoverable (lowest loss) first."""
+    width = candidate_width(twin.spec, settings)
+    scores = mlp_scores(twin, few_shot, teacher, settings.importance, settings.seed) if width else None
+    base = PruningPlan.keep_all(twin.spec)
+    out = []
+    with progress.bar(twin.spec.depth, "recoverability of each block") as bar:
+        for index in range(twin.spec.depth):
+            student, _ = compress_block(twin, base, index, width, scores[index] if width else None)
+            last = min(index + 1, twin.spec.depth - 1)
+            mimic(student, teacher, few_shot, last, settings.score_epochs, settings.seed)
+            out.append({"block": index, "metric_loss": metric.evaluate(student)["loss"]})
+            bar.update(1)
+    return sorted(out, key=lambda r: (r["metric_loss"], r["block"]))
+
+
+def compress(twin, teacher, few_shot: ImageSet, metric: MetricSet, settings: Settings, order: list[int],
+             progress=QUIET) -> tuple[PruningPlan, dict]:
+    """(a) + (d): compress the first blocks of ``order`` progressively; returns the plan (with the fine-tuned
+    weights) and a record of every step. ``twin`` is not modified."""
+    shape = structure(twin.spec, settings)
+    if shape.blocks > len(order):
+        raise OptionError(f"the target needs {shape.blocks} compressed blocks but only {len(order)} are candidates")
+    student = copy.deepcopy(twin).eval()
+    plan = PruningPlan.keep_all(twin.spec)
+    steps, done = [], []
+    for step, (index, width) in enumerate(zip(order, shape.mlp)):
+        start = time.perf_counter()
+        scores = mlp_scores(student, few_shot, teacher, settings.importance, settings.seed + step)[index] \
+            if width else None
+        student, plan = compress_block(student, plan, index, width, scores)
+        done.append(index)
+        last = min(max(done) + 1, twin.spec.depth - 1)
+        before = metric.evaluate(student)["loss"]
+        tuned = mimic(student, teacher, few_shot, last, settings.epochs, settings.seed + step, progress,
+                      desc=f"DC-ViT step {step + 1}/{shape.blocks}: block {index}")
+        after = metric.evaluate(student)
+        steps.append({"block": index, "mlp": width, "metric_loss_compressed": before,
+                      "metric_loss_finetuned": after["loss"], "metric_top1_finetuned": after["top1"],
+                      "finetune": tuned, "seconds": round(time.perf_counter() - start, 2)})
+        progress.log(f"DC-ViT: block {index} -> attention removed, MLP {width}; metric loss {before:.5f} -> "
+                     f"{after['loss']:.5f} after fine-tuning (blocks 0..{last} updated)")
+    info = {"blocks": list(order[: shape.blocks]), "mlp": list(shape.mlp), "macs_fraction": shape.macs_fraction,
+            "steps": steps}
+    return plan.with_weights(parameter_state(student)), info
+
+
+# --- the planning mode ---------------------------------------------------------------------------------------
+FEW_SHOT = 100
+METRIC_IMAGES, METRIC_ITERATIONS = 50, 2000  # grown during a compile without --dcvit-metric (DC-ViT's settings)
+
+
+def settings_from(options, seed: int) -> Settings:
+    defaults = Settings(macs=options.dcvit_macs)
+    return replace(defaults, mlp=defaults.mlp if options.dcvit_mlp is None else options.dcvit_mlp,
+                   whole_blocks=options.dcvit_whole_blocks, importance=options.importance, seed=seed,
+                   epochs=defaults.epochs if options.dcvit_epochs is None else options.dcvit_epochs,
+                   score_epochs=defaults.score_epochs if options.dcvit_score_epochs is None
+                   else options.dcvit_score_epochs)
+
+
+def metric_set(ctx, options) -> tuple[MetricSet, dict]:
+    """``--dcvit-metric`` (with the dense model's argmax where it has no labels), or a set synthesised now."""
+    if options.dcvit_metric is not None:
+        metric = MetricSet.of(in_memory(ctx.data(options.dcvit_metric), "--dcvit-metric data"), ctx.teacher)
+        return metric, {"source": options.dcvit_metric, "images": len(metric)}
+    config = SynthesisConfig(images=METRIC_IMAGES, iterations=METRIC_ITERATIONS, seed=ctx.seed)
+    with ctx.progress.step(f"synthesising a {METRIC_IMAGES}-image metric set ({config.iterations} iterations)"):
+        images, cost = invert_images(ctx.teacher, config, progress=ctx.progress)
+    return MetricSet.of(images, ctx.teacher), {"source": "synthesised during the compile (unclamped: the model's normalisation is unknown)",
+                    **cost}
+
+
+def plan(twin, ctx, options) -> PruningPlan:
+    """The DC-ViT plan for ``twin`` (never modified), with its fine-tuned weights and a record in ``meta``."""
+    settings = settings_from(options, ctx.seed)
+    shape = structure(twin.spec, settings)  # refuse an unreachable target before any work
+    count = options.few_shot or FEW_SHOT
+    few_shot = ImageSet(in_memory(ctx.data(options.data, limit=count), "--data source").images, None)
+    metric, metric_info = metric_set(ctx, options)
+    start = time.perf_counter()
+    with ctx.progress.step(f"DC-ViT: recoverability of {twin.spec.depth} blocks on {len(few_shot)} few-shot images"):
+        ranked = recoverability(twin, ctx.teacher, few_shot, metric, settings, ctx.progress)
+    with ctx.progress.step(f"DC-ViT: compressing {shape.blocks} block(s) to {shape.macs_fraction:.3f} of the MACs"):
+        found, info = compress(twin, ctx.teacher, few_shot, metric, settings, [r["block"] for r in ranked],
+                               ctx.progress)
+    student = apply_plan(twin, found)
+    info.update({"target_macs": settings.macs, "preferred_mlp": settings.mlp, "whole_blocks": settings.whole_blocks,
+                 "few_shot": {"data": options.data, "images": len(few_shot)}, "metric_set": metric_info,
+                 "recoverability": ranked, "epochs": settings.epochs, "score_epochs": settings.score_epochs,
+                 "importance": settings.importance, "seconds": round(time.perf_counter() - start, 2),
+                 "metric": {"dense": metric.evaluate(twin), "compressed": metric.evaluate(student)}})
+    if options.data == "digits":  # real accuracy beside the data-free estimate where a labelled test split exists
+        test = ctx.data("digits", split="test")
+        info["accuracy"] = {"data": "digits:test", "images": len(test), "top1_dense": round(accuracy(twin, test), 5),
+                            "top1_compressed": round(accuracy(student, test), 5)}
+    return found.with_meta({"source": "dcvit", "dcvit": info})
