@@ -476,7 +476,7 @@ def test_latency_solver_uses_the_table_token_axis(tmp_path):
     table = new_table("ort", "cpu", 1, grid, "tiny", "fp32", "dense", None)
     for name, part in table.tables["fp32/dense"].items():
         for index, point in grid_points(grid, name):
-            part.ms[index] = 0.01 * point.get("tokens", point.get("patches", 1)) * point["emb"]
+            part.ms[index] = 0.01 * point.get("tokens", point.get("patches", 1)) * point.get("emb", 64)  # linear: no emb
     path = tmp_path / "lut.json"
     table.save(path)
     block = BlockSpec(heads=2, qk=32, v=32, mlp=128, tokens=17, scale=32 ** -0.5)
