@@ -267,7 +267,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
 
         build_options = target.build_options(sparse_weights=bool(result.build_hints.get("sparse_weights")))
         if backend is None:
-            manifest["engine_build"] = engine_build_later(final_onnx, build_options)
+            manifest["engine_build"] = engine_build_later(manifest["io"], build_options)
             progress.log(f"no engine built (--no-build); build it on the GPU machine with: "
                          f"{manifest['engine_build']['command']}")
         else:
@@ -319,11 +319,12 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
     return CompileResult(Path(config.out), manifest, final, plans)
 
 
-def engine_build_later(model: onnx.ModelProto, options: BuildOptions) -> dict:
-    """The manifest's ``engine_build`` of a ``--no-build`` compile: the trtexec command that builds the engine."""
+def engine_build_later(io: dict, options: BuildOptions) -> dict:
+    """The manifest's ``engine_build`` of a ``--no-build`` compile (``io``: the manifest's, :func:`graph_io`): the
+    trtexec command that builds the engine."""
     from vitrt.compiler.backends.trt import trtexec_command
 
-    inputs = {v["name"]: v["shape"][1:] for v in graph_io(model)["inputs"]}
+    inputs = {v["name"]: v["shape"][1:] for v in io["inputs"]}
     return {"built": False, "command": f"cd OUT && {trtexec_command('model.onnx', inputs, options)}"}
 
 
