@@ -152,17 +152,24 @@ def _run(example: Example, cwd: Path, env: dict, log) -> None:
 
 @pytest.mark.slow
 def test_readme_examples_run_in_order(tmp_path):
-    """Every example in order in one directory (hours of CPU in all: the demo, training, latency tables)."""
-    work = tmp_path / "clone"
-    shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(".git", "out", "vitrt-demo", "*.egg-info"))
+    """Every example in order in one directory (hours of CPU in all: the demo, training, latency tables).
+
+    ``VITRT_README_WORK=DIR`` keeps the scratch copy in DIR and ``VITRT_README_FROM=N`` starts at README line N in
+    it, so a long run stopped by a failure resumes after the fix with the earlier lines' outputs in place (the
+    README and vitrt are copied again; the outputs are kept).
+    """
+    work = Path(os.environ.get("VITRT_README_WORK", tmp_path / "clone"))
+    first_line = int(os.environ.get("VITRT_README_FROM", "0"))
+    shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(".git", "out", "vitrt-demo", "*.egg-info"),
+                    dirs_exist_ok=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(work)}  # the copy's vitrt, whatever the installed one points at
     results = Path(os.environ.get("VITRT_README_LOG", tmp_path / "readme_examples.log"))
     server = None
     try:
-        with open(results, "w") as log:
+        with open(results, "a" if first_line else "w") as log:
             for example in examples():
-                if not example.runs_here:
+                if not example.runs_here or example.line < first_line:
                     continue
                 if example.argv[:2] == ["vitrt", "serve"]:
                     server = subprocess.Popen(example.argv, cwd=work, env=env, stdout=subprocess.DEVNULL,

@@ -170,6 +170,12 @@ def test_study_rows_and_refusals(tmp_path, capsys):
     table = rows("digits", 2, DIGITS_LUT)
     assert table["qat"][1]["qat_epochs"] == 2 and table["lowrank70"][1]["lowrank_finetune_epochs"] == 2
     assert table["prune_dfe_int8"][1]["prune"] == 0.5 and table["prune_dfe_int8"][1]["precision"] == "int8"
+    assert table["prune30_dfe_int8"][1]["prune"] == 0.3 and table["dfe"][1]["tome"] == "4"  # digits: 2 per 64 tokens
+    from vitrt.compiler.known_models import known_spec
+
+    deit = rows("digits", 0, DIGITS_LUT, known_spec("deit_small_patch16_224"))
+    assert deit["tome"][1]["tome"] == "6" and deit["dfe"][1]["tome"] == "12"  # 3 % of 196 tokens
+    assert deit["lgtm"][1]["lgtm_window"] == 7  # a window dividing the 14 x 14 grid
     every = StudyConfig(model="digits", out=tmp_path / "s", lut=DIGITS_LUT).row_names
     assert every[0] == "dense" and set(every) == set(table)
     no_lut = StudyConfig(model="digits", out=tmp_path / "s", rows="int8,prune,tome").row_names

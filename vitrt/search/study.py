@@ -26,11 +26,23 @@ from vitrt.compiler.options import add_command, command_line, option
 DENSE = "dense"
 
 
-def rows(data: str, epochs: int, lut) -> dict[str, tuple[str, dict]]:
-    """name -> (label, flat compile options) of every study row."""
+def merge_step(spec=None) -> int:
+    """Tokens merged per block by the study's ToMe row: about 3 % of the patch tokens (2 on the digits reference's
+    64, 6 on a 224-pixel /16 model's 196), as the search's default space; DFE rows merge twice that."""
+    if spec is None:
+        return 2
+    return max(1, round((spec.tokens - spec.prefix_tokens) * 0.03))
+
+
+def rows(data: str, epochs: int, lut, spec=None) -> dict[str, tuple[str, dict]]:
+    """name -> (label, flat compile options) of every study row; merge rows scale with ``spec``'s tokens."""
     calib = {"calib_data": data, "calib_images": 128}
     prune = {"prune": 0.5, "lut": lut, "data": data, "importance": "magnitude", "finetune_epochs": epochs}
-    dfe = {"tome": "4"}
+    deep_prune = {**prune, "prune": 0.3}
+    step = merge_step(spec)
+    grid = spec.grid if spec is not None else 8
+    window = next((w for w in (grid // 2, grid // 4) if w >= 2 and grid % w == 0), 4)
+    dfe = {"tome": str(2 * step)}
     return {
         DENSE: ("dense fp32", {}),
         "int8": ("PTQ int8 (max calibration)", {"precision": "int8", **calib}),
@@ -44,12 +56,15 @@ def rows(data: str, epochs: int, lut) -> dict[str, tuple[str, dict]]:
         "prune": (f"NViT prune 0.5 + fine-tune ({epochs})", prune),
         "sparse": (f"2:4 + sparse fine-tune ({epochs})",
                    {"sparsity": "2:4", "sparse_finetune_epochs": epochs, "sparse_data": data}),
-        "tome": ("ToMe r=2", {"tome": "2", "dfe_skip": 0}),
-        "dfe": ("DFE r=4", dfe),
-        "lgtm": ("DFE + LGTM (window 4) r=4", {**dfe, "lgtm_window": 4}),
-        "dfe_kd": (f"DFE r=4 + distillation ({epochs})", {**dfe, "distill_epochs": epochs, "distill_data": data}),
+        "tome": (f"ToMe r={step}", {"tome": str(step), "dfe_skip": 0}),
+        "dfe": (f"DFE r={2 * step}", dfe),
+        "lgtm": (f"DFE + LGTM (window {window}) r={2 * step}", {**dfe, "lgtm_window": window}),
+        "dfe_kd": (f"DFE r={2 * step} + distillation ({epochs})",
+                   {**dfe, "distill_epochs": epochs, "distill_data": data}),
         "prune_int8": ("prune 0.5 + int8", {**prune, "precision": "int8", **calib}),
-        "prune_dfe_int8": ("prune 0.5 + DFE r=4 + int8", {**prune, **dfe, "precision": "int8", **calib}),
+        "prune_dfe_int8": (f"prune 0.5 + DFE r={2 * step} + int8", {**prune, **dfe, "precision": "int8", **calib}),
+        "prune30_dfe_int8": (f"prune 0.3 + DFE r={2 * step} + int8",
+                             {**deep_prune, **dfe, "precision": "int8", **calib}),
     }
 
 
@@ -115,7 +130,7 @@ def run(config: StudyConfig) -> dict:
         shutil.rmtree(out)
     started = time.perf_counter()
     module, twin = load_model(config.model, progress)
-    table = rows(config.data, config.epochs, config.lut)
+    table = rows(config.data, config.epochs, config.lut, twin.spec)
     outs, results = {}, {}
     for name in config.row_names:
         label, options = table[name]
