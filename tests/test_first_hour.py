@@ -25,7 +25,6 @@ print(json.dumps({"code": code, "torch": "torch" in sys.modules, "timm": "timm" 
 def test_option_errors_come_before_torch_is_imported(case, tmp_path):
     from vitrt.compiler.known_models import timm_modules
 
-    timm_modules()  # the cached timm registry decides unknown names and families (built once per timm version)
     if case.setup:
         subprocess.run([sys.executable, "-c", case.setup], cwd=tmp_path, check=True)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in case.argv]
@@ -103,7 +102,11 @@ def test_timm_registry_cache_is_per_version_and_read_back(tmp_path, monkeypatch)
     from vitrt.compiler.known_models import check_model_name, timm_modules
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    modules = timm_modules()  # a miss: built from timm and written
+    modules = timm_modules()  # a miss: read from timm's sources and written
+    import timm
+    from timm.models import _registry
+
+    assert modules == {name: _registry.model_entrypoint(name).__module__ for name in timm.list_models()}
     cache = tmp_path / "vitrt" / f"timm-{version('timm')}-models.json"
     assert json.loads(cache.read_text()) == modules and modules["deit_small_patch16_224"] == "timm.models.deit"
     cache.write_text(json.dumps({**modules, "my_vit_variant": "timm.models.swin_transformer"}))

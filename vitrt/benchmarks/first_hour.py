@@ -76,14 +76,17 @@ class FirstHourConfig:
 
 
 def run_case(case: Case) -> dict:
-    with tempfile.TemporaryDirectory(prefix="vitrt-first-hour-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vitrt-first-hour-") as tmp, \
+            tempfile.TemporaryDirectory(prefix="vitrt-first-hour-cache-") as cache:
         if case.setup:
             subprocess.run([sys.executable, "-c", case.setup], cwd=tmp, check=True)
         before = sorted(p.name for p in Path(tmp).iterdir())
         argv = [a.replace("{tmp}", tmp) for a in case.argv]
         # the vitrt this script belongs to, whatever the working directory
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
-                                                            os.environ.get("PYTHONPATH", "")])}
+        # ... and an empty cache, as on a fresh machine (no timm registry, no digits reference, no hub downloads)
+        env = {**os.environ, "XDG_CACHE_HOME": cache,
+               "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                              os.environ.get("PYTHONPATH", "")])}
         cpu_before = _children_cpu()
         start = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "vitrt.cli", *argv], cwd=tmp, capture_output=True, text=True,
@@ -129,7 +132,7 @@ def run(config: FirstHourConfig) -> int:
         cores = os.cpu_count()
         config.out.with_suffix(".md").write_text(
             f"# First hour: bad input\n\nCommand:\n\n```\n{command}\n```\n\nEach case runs `vitrt ...` as a new "
-            "process in an empty temporary directory. CPU s: the process's user + system time, the limit's "
+            "process in an empty temporary directory with an empty cache (XDG_CACHE_HOME), as on a fresh machine. CPU s: the process's user + system time, the limit's "
             "measure here; wall s is what a user waits and equals CPU s plus waiting for a core, so it reads true "
             f"only on an idle machine ({cores} cores here, load average in the table).\n\n{table}\n")
     return 0 if all(r["exit"] == r["expected_exit"] and r["one_line"] and not r["traceback"] and not r["left_behind"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,14 +97,21 @@ def check_model_name(name: str) -> None:
                                     f"vitrt supports {SUPPORTED_FAMILIES}, e.g. {SUPPORTED_EXAMPLES}")
 
 
+# timm registers a model by decorating its entrypoint function; reading that from the sources finds every name
+# without importing timm (and torch), which takes seconds. tests/test_first_hour.py checks the scan against
+# timm.list_models() for the installed timm.
+REGISTERED = re.compile(r"^@register_model(?:\(\))?\s*\n(?:@.*\n)*def\s+(\w+)\s*\(", re.M)
+
+
 def timm_modules() -> dict[str, str]:
     """Every model name timm registers -> the module that defines it.
 
-    Importing timm (and with it torch) takes seconds, more than a one-line error may; so the registry is kept in
+    Read from the installed timm's sources (``@register_model`` entrypoints; about 0.1 s) rather than by importing
+    timm and torch (seconds, more than a one-line error may take), and kept in
     ``$XDG_CACHE_HOME/vitrt/timm-<version>-models.json`` (``~/.cache`` by default), keyed by the installed timm's
-    version, which is read without importing it. Built on the first miss (a few seconds) and rewritten
-    atomically; an unwritable cache directory only costs the import every time."""
+    version, read without importing it; rewritten atomically, an unwritable cache directory only costs the scan."""
     from importlib.metadata import version
+    from importlib.util import find_spec
 
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitrt" / \
         f"timm-{version('timm')}-models.json"
@@ -111,10 +119,11 @@ def timm_modules() -> dict[str, str]:
         return json.loads(cache.read_text())
     except (OSError, ValueError):
         pass
-    import timm
-    from timm.models import _registry
-
-    modules = {name: _registry.model_entrypoint(name).__module__ for name in timm.list_models()}
+    root = Path(find_spec("timm").origin).parent / "models"
+    modules = {}
+    for path in sorted(root.rglob("*.py")):
+        module = "timm.models." + ".".join(path.relative_to(root).with_suffix("").parts)
+        modules.update((name, module) for name in REGISTERED.findall(path.read_text(encoding="utf-8")))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.")
