@@ -134,3 +134,13 @@ def test_import_vitrt_stays_light():
             "print(bad)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_compile_digits_reference_by_name(tmp_path, capsys):
+    """`vitrt compile digits` compiles the shipped digits reference (real weights) and reports its real top-1."""
+    assert main(["compile", "digits", "-o", str(tmp_path / "d"), "--eval-data", "digits", "--verify"]) == 0
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert manifest["model"] == "digits" and manifest["input_shape"] == [1, 3, 32, 32]
+    assert manifest["verify"]["ok"] and manifest["accuracy"]["real"]["top1_compiled"] > 0.98
+    assert main(["compile", "digits", "-o", str(tmp_path / "e"), "--img-size", "64"]) == 2
+    assert "--img-size does not apply to digits" in capsys.readouterr().err and not (tmp_path / "e").exists()

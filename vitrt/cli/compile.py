@@ -54,11 +54,30 @@ def _cmd_compile(args) -> int:
                  if getattr(args, leaf.name, None) is not None and leaf.name not in ("model", "recipe")}
         print_summary(compile_recipe(config.recipe, model=config.model, **given).manifest)
         return 0
+    from vitrt.pipeline.recipe import DIGITS_MODEL
+
+    if config.model == DIGITS_MODEL:  # the shipped digits reference: real weights, real test data
+        return _compile_digits(config)
     check_known_model(config)
     from vitrt.pipeline.driver import compile
 
     result = compile(config=config)
     print_summary(result.manifest)
+    return 0
+
+
+def _compile_digits(config) -> int:
+    """``vitrt compile digits``: the shipped digits reference ViT (32x32, 10 classes) compiled like a timm model."""
+    for flag, given in (("--checkpoint", config.checkpoint is not None), ("--pretrained", config.pretrained),
+                        ("--img-size", config.img_size is not None)):
+        if given:
+            raise VitrtError(f"{flag} does not apply to digits (the shipped digits reference has its own weights and "
+                             "32x32 input); pass a timm model name to use it")
+    from vitrt.pipeline.driver import compile
+    from vitrt.pipeline.recipe import resolve_model
+
+    module, name = resolve_model(config.model)
+    print_summary(compile(module, config=config.replace(model=None), name=name).manifest)
     return 0
 
 
