@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-import torch
+import os
+
+# Under pytest-xdist every worker would start as many OpenMP threads as there are cores: with -n 2 on 2 cores
+# that is 4 busy threads, and OpenMP's spinning barriers then wait for descheduled threads (training steps were
+# seen 30x slower). Each worker, and the vitrt processes tests start, gets its share of the cores instead.
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+
+import numpy as np  # noqa: E402  (after the thread count: torch reads it on import)
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 def tiny_vit(distilled: bool = False, depth: int = 2, **kwargs):
