@@ -137,6 +137,10 @@ def test_the_latency_table_drops_recipes_it_shows_cannot_pay(digits_reference):
     assert "no int8/2:4 key" in notes[Recipe(sparsity=True, precision="int8").key]
     predicted = structural["predicted_ms"]
     assert predicted[Recipe(precision="int8").key] < predicted[Recipe().key] == pytest.approx(evaluator.dense_ms)
+    evaluator.calibrate(1.25)  # the dense engine measured 25 % slower than the table: every prediction follows
+    assert evaluator.dense_ms == pytest.approx(1.25 * predicted[Recipe().key])
+    assert evaluator.predict(Recipe(precision="int8"), twin.spec) == pytest.approx(
+        1.25 * predicted[Recipe(precision="int8").key])
 
 
 @pytest.mark.slow  # a real search: estimates, compiles and side-by-side timing on the digits reference (minutes)

@@ -65,8 +65,22 @@ class Evaluator:
         self.twin, self.name, self.data, self.lut, self.lut_path = twin, name, data, lut, lut_path
         self.target, self.progress, self.seed = target, progress, seed
         self.cache: dict[str, object] = {}
-        self.dense_ms = lut.model_ms(twin.spec, clamp=True)
+        self.table_dense_ms = lut.model_ms(twin.spec, clamp=True)
+        self.scale = 1.0  # measured / table time of the dense engine (:meth:`calibrate`)
         self.dense_holdout = accuracy(twin, data.holdout)
+
+    @property
+    def dense_ms(self) -> float:
+        return self.table_dense_ms * self.scale
+
+    def calibrate(self, scale: float) -> None:
+        """Scale every prediction by ``scale``: the dense engine's measured time over the table's prediction for it.
+
+        A table times each block alone; a whole engine adds what the blocks do not see in isolation (data moving
+        between ops, the allocator, cache traffic of the neighbours), measured here as one factor for the model on
+        this machine. The factor moves every prediction alike, so the search's ranking does not change; the
+        predictions reported beside the measurements do."""
+        self.scale = float(scale)
 
     def options(self, recipe: Recipe, epochs: int) -> dict:
         return recipe.options(epochs=epochs, data=self.data.source, lut=self.lut_path, batch=self.target.batch,
@@ -77,7 +91,7 @@ class Evaluator:
 
     def predict(self, recipe: Recipe, spec) -> float:
         precision, sparsity = recipe.lut_key
-        return self.lut.model_ms(spec, precision=precision, sparsity=sparsity, clamp=True)
+        return self.lut.model_ms(spec, precision=precision, sparsity=sparsity, clamp=True) * self.scale
 
     def lut_has(self, recipe: Recipe) -> bool:
         return "/".join(recipe.lut_key) in self.lut.tables

@@ -85,11 +85,16 @@ def markdown(result: dict) -> str:
               f"{100 * (dense['predicted_ms'] / d['cpu_ms'] - 1):+.1f} % | 1.00x | {_ms(d['wall_ms'])} | 1.00x | "
               f"{_pct(dense['holdout_top1'])} | {_pct(d['top1'])} | 0.00 | {d['params']:,} | "
               f"{d['onnx_bytes'] / 1024:.0f} |", ""]
+    scale = result.get("lut_scale", 1.0)
     errors = [abs(p["predicted_ms"] / p["measured"]["cpu_ms"] - 1) for p in result["front"]]
     if errors:
         worst = max(result["front"], key=lambda p: abs(p["predicted_ms"] / p["measured"]["cpu_ms"] - 1))
+        raw = [abs(p["predicted_ms"] / scale / p["measured"]["cpu_ms"] - 1) for p in result["front"]]
         lines.append(f"Prediction error on the front: max |error| {100 * max(errors):.1f} % ({worst['label']}), "
-                     f"median {100 * sorted(errors)[len(errors) // 2]:.1f} %.")
+                     f"median {100 * sorted(errors)[len(errors) // 2]:.1f} %. Predictions are the table's times x "
+                     f"{scale:.3f}, the dense engine's measured time over the table's prediction for it, timed at the "
+                     f"start of the search (one factor for the whole model on this machine); the table alone would "
+                     f"be off by at most {100 * max(raw):.1f} % (median {100 * sorted(raw)[len(raw) // 2]:.1f} %).")
     chosen = result.get("chosen")
     lines += ["", f"Chosen: {chosen['label'] if chosen else 'none'} — OUT/engine (verified: "
                   f"{result.get('engine_verify')}), OUT/recipe.json.", "",

@@ -233,6 +233,13 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
     lut, lut_path = latency_table(config, twin.spec, work, progress)
     evaluator = Evaluator(twin, config.model, data, lut, lut_path, Target(config.batch, config.backend, 1), progress,
                           config.seed)
+    scale = next((entry["lut_scale"] for entry in state.log if "lut_scale" in entry), None)
+    if scale is None:  # a resumed search keeps the factor its estimates were made with
+        dense_cpu_ms = measure_dense(config, module, work, progress)
+        scale = dense_cpu_ms / evaluator.table_dense_ms
+        state.note(lut_scale=scale, dense_measured_ms=dense_cpu_ms, dense_table_ms=evaluator.table_dense_ms)
+    evaluator.calibrate(scale)
+    progress.log(f"latency table calibrated on the dense engine: measured / predicted = {scale:.3f}")
     goal = Goal(config.max_drop, config.target_speedup)
     recipes = (space or search_space(config, twin.spec)).recipes()
     progress.log(f"{len(recipes)} recipes; dense: predicted {evaluator.dense_ms:.3f} ms, held-out top-1 "
@@ -285,16 +292,34 @@ def measure_reserve(config: OptimizeConfig) -> float:
     return 40.0 * (config.front_max + 2)
 
 
+def dense_engine(config, module, work: Path) -> Path:
+    """The dense fp32 engine of the search (compiled once into ``work/engines/dense``)."""
+    from vitrt.pipeline.driver import compile
+
+    out = work / "engines" / "dense"
+    if not (out / "manifest.json").is_file():
+        compile(module, out, name=config.model, batch=config.batch, backend=config.backend, threads=1, force=True,
+                quiet=True)
+    return out
+
+
+def measure_dense(config, module, work: Path, progress) -> float:
+    """Single-thread CPU time of the dense engine (ms), timed as the front is (:func:`vitrt.search.measure.measure`)."""
+    from vitrt.search.measure import measure
+
+    with progress.step("timing the dense engine to calibrate the latency table"):
+        out = dense_engine(config, module, work)
+        return measure({"dense": out}, "dense", rounds=config.rounds, iterations=5, threads=1,
+                       seed=config.seed)["dense"].cpu_ms
+
+
 def measure_front(config, module, twin, front, state, evaluator, work: Path, data, progress) -> dict:
     """Compile every front point from its recipe and the dense model, and measure them side by side."""
-    from vitrt.pipeline.driver import compile
     from vitrt.pipeline.recipe import compile_recipe
     from vitrt.search.measure import measure
 
     engines = work / "engines"
-    outs = {"dense": engines / "dense"}
-    compile(module, outs["dense"], name=config.model, batch=config.batch, backend=config.backend, threads=1,
-            force=True, quiet=True)
+    outs = {"dense": dense_engine(config, module, work)}
     with progress.bar(len(front), "compiling the front from its recipes") as bar:
         for point in front:
             name = f"{point.recipe.key}-e{point.epochs}"
@@ -334,6 +359,7 @@ def assemble(config, evaluator, data, lut, lut_path, estimates, structural, reci
     return {
         "command": command_line(), "model": config.model, "goal": config.goal_text, "backend": config.backend,
         "batch": config.batch, "lut": str(lut_path), "lut_clock": lut.clock, "device": lut.device,
+        "lut_scale": evaluator.scale, "dense_table_ms": evaluator.table_dense_ms,
         "holdout_images": len(data.holdout), "test_images": len(data.test) if data.test is not None else 0,
         "recipes": len(recipes), "dominated": sum(1 for n in structural["notes"].values() if n.startswith("dominated")),
         "search_seconds": round(search_seconds, 1),
