@@ -188,3 +188,16 @@ def test_study_rows_and_refusals(tmp_path, capsys):
     assert "unknown row(s) bogus" in capsys.readouterr().err
     assert cli(["study", "digits", "-o", str(tmp_path / "s"), "--epochs", "-1"]) == 2
     assert not (tmp_path / "s").exists()
+
+
+def test_a_pruned_recipe_is_judged_after_fine_tuning_not_before():
+    from vitrt.search.evaluate import Estimate
+    from vitrt.search.halving import Goal
+
+    goal = Goal(max_drop=1.0)
+    pruned, merged = Recipe(prune=0.3), Recipe(merge=Merge(4))
+    chance = dict(predicted_ms=1.0, holdout_top1=0.10)
+    assert goal.admissible(Estimate(pruned, 0, **chance), 1.0, 8.0, slack=30.0)  # rung 0: trained later
+    assert not goal.admissible(Estimate(merged, 0, **chance), 1.0, 8.0, slack=30.0)  # nothing will train it
+    assert not goal.admissible(Estimate(pruned, 6, **chance), 1.0, 8.0, slack=3.0)  # trained: judged
+    assert not goal.admissible(Estimate(pruned, 0, **chance), 1.0, 8.0, slack=0.0)  # the final choice: never

@@ -4,7 +4,8 @@
        fine-tuning); a recipe with a lossy extra (lower precision, 2:4, low rank) that the table does not predict
        faster than the same recipe without it is dominated and dropped (it cannot be faster, and the extra only
        costs accuracy);
-    2. rung 0: every remaining recipe's held-out top-1 without fine-tuning;
+    2. rung 0: every remaining recipe's held-out top-1 without fine-tuning (a pruned recipe goes on whatever its
+       rung-0 accuracy: before fine-tuning it is near chance and says nothing about what training recovers);
     3. rungs 1..k: the fastest admissible recipes of the rung before (held-out drop within --max-drop plus a
        slack that shrinks rung by rung; with --target-speedup: the most accurate that are fast enough) are
        planned again with more fine-tuning epochs per trainable stage, and the population halves;
@@ -53,6 +54,11 @@ class Goal:
     def admissible(self, e: Estimate, dense_top1: float, dense_ms: float, slack: float) -> bool:
         if not e.ok or e.holdout_top1 is None:
             return False
+        if self.max_drop is not None and e.epochs == 0 and "prune" in e.recipe.trainable() and slack > 0:
+            # a structurally pruned twin before any fine-tuning is near chance at large cuts (NViT fine-tunes
+            # after pruning): its rung-0 accuracy says nothing about what fine-tuning recovers, so it is judged
+            # from the first rung that trains it
+            return True
         if self.max_drop is not None:
             return (dense_top1 - e.holdout_top1) * 100 <= self.max_drop + slack
         return dense_ms / e.predicted_ms >= self.target_speedup

@@ -63,6 +63,7 @@ def rows(data: str, epochs: int, lut, spec=None) -> dict[str, tuple[str, dict]]:
                    {**dfe, "distill_epochs": epochs, "distill_data": data}),
         "prune_int8": ("prune 0.5 + int8", {**prune, "precision": "int8", **calib}),
         "prune_dfe_int8": (f"prune 0.5 + DFE r={2 * step} + int8", {**prune, **dfe, "precision": "int8", **calib}),
+        "prune30_dfe": (f"prune 0.3 + DFE r={2 * step}", {**deep_prune, **dfe}),
         "prune30_dfe_int8": (f"prune 0.3 + DFE r={2 * step} + int8",
                              {**deep_prune, **dfe, "precision": "int8", **calib}),
     }
