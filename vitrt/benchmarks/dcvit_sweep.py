@@ -176,8 +176,10 @@ def run_job(config: DcvitSweepConfig, job, order: list[int], workdir: Path) -> d
 def run(config: DcvitSweepConfig, on_row=None) -> dict:
     """Every job of ``config``; ``on_row(result)`` gets the result so far (``complete`` false) after each row.
 
-    The recoverability rankings come first (one per candidate width and seed); the jobs then run in
-    ``--workers`` processes (each one torch / ONNX Runtime thread per ``--threads``)."""
+    One recoverability ranking per candidate width and seed: with ``--workers 1`` each is computed just before
+    the first job that needs it (so the rows of seed 0 are written before seed 1 is ranked); with more workers
+    all come first and the jobs then run in ``--workers`` processes (each one torch / ONNX Runtime thread per
+    ``--threads``)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -192,14 +194,18 @@ def run(config: DcvitSweepConfig, on_row=None) -> dict:
     start = time.perf_counter()
     planned = [(method, fraction, replace(job_settings, macs=fraction, seed=seed), seed)
                for method, fraction, job_settings, seed in jobs(config, settings)]
-    rankings, orders = {}, []
-    for _, _, job_settings, seed in planned:
-        kind = f"mlp{dcvit.candidate_width(twin.spec, job_settings)}"  # one ranking per candidate width
+    rankings: dict = {}
+
+    def order(job) -> list[int]:
+        """The job's recoverability ranking (one per candidate width and seed, computed when first needed)."""
+        _, _, job_settings, seed = job
+        kind = f"mlp{dcvit.candidate_width(twin.spec, job_settings)}"
         if (kind, seed) not in rankings:
             with progress.step(f"recoverability of every block (candidates keep {kind}, seed {seed})"):
                 rankings[kind, seed] = dcvit.recoverability(twin, teacher, few_shot_images(train, config, seed),
                                                             metric, job_settings, progress)
-        orders.append([r["block"] for r in rankings[kind, seed]])
+        return [r["block"] for r in rankings[kind, seed]]
+
     done: dict[int, dict] = {}
 
     def finished(index: int, row: dict) -> None:
@@ -210,10 +216,11 @@ def run(config: DcvitSweepConfig, on_row=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="vitrt-dcvit-sweep-") as tmp:
         workdir = Path(config.keep or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        if config.workers == 1:
+        if config.workers == 1:  # rankings on the way: a run cut short keeps whole seeds, not only rankings
             for index, job in enumerate(planned):
-                finished(index, run_job(config, job, orders[index], workdir))
-        else:
+                finished(index, run_job(config, job, order(job), workdir))
+        else:  # every ranking first, then the compressions side by side
+            orders = [order(job) for job in planned]
             with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 futures = {pool.submit(dcvit_sweep.run_job, config, job, orders[index], workdir): index
                            for index, job in enumerate(planned)}
