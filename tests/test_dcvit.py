@@ -171,7 +171,7 @@ def test_compile_dcvit_verified_against_the_pruned_twin(tmp_path, metric_dir):
 def test_benchmark_configs(tmp_path):
     """The sweep and ranking benchmarks: what they would run, and their one-line refusals (nothing trains)."""
     from vitrt.benchmarks.dcvit_ranking import DcvitRankingConfig, variants
-    from vitrt.benchmarks.dcvit_sweep import DcvitSweepConfig, jobs
+    from vitrt.benchmarks.dcvit_sweep import DcvitSweepConfig, few_shot_images, jobs
 
     with pytest.raises(VitrtError, match="--metric-set SET"):
         DcvitSweepConfig().validate()
@@ -183,6 +183,16 @@ def test_benchmark_configs(tmp_path):
     assert {(m, s) for m, f, _, s in planned if f == 0.7} == {
         (m, s) for m in ("dcvit", "dcvit_no_finetune", "dcvit_fewest_blocks", "dcvit_fewest_blocks_no_finetune",
                          "whole_blocks", "whole_blocks_no_finetune") for s in (0, 1)}
+    later = DcvitSweepConfig(metric_set=tmp_path, targets="", baseline=0.7, methods="dcvit", seeds=2,
+                             first_seed=3).validate()
+    assert [(m, s) for m, _, _, s in jobs(later, dcvit.Settings(macs=0.5))] == [
+        ("dcvit", 3), ("dcvit_no_finetune", 3), ("dcvit", 4), ("dcvit_no_finetune", 4)]
+    train = ImageSet(torch.zeros(450, 3, 4, 4), None)
+    assert len(few_shot_images(train, later, 3).images) == 100
+    with pytest.raises(VitrtError, match="seed 4 needs training images 400..499"):
+        few_shot_images(train, later, 4)
+    with pytest.raises(VitrtError, match="--first-seed must be >= 0"):
+        DcvitSweepConfig(metric_set=tmp_path, baseline=0.7, first_seed=-1).validate()
     only = DcvitSweepConfig(metric_set=tmp_path, targets="", baseline=0.7, methods="whole_blocks").validate()
     assert [m for m, *_ in jobs(only, dcvit.Settings(macs=0.5))] == ["whole_blocks", "whole_blocks_no_finetune"]
     with pytest.raises(VitrtError, match="--methods must name"):
