@@ -257,3 +257,33 @@ def test_the_cli_refuses_dcvit_knobs_without_dcvit_macs(tmp_path, capsys):
 
     assert main(["compile", "deit_tiny_patch16_224", "-o", str(tmp_path / "x"), "--few-shot", "8"]) == 2
     assert "--few-shot is a DC-ViT option" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_seed_spread_combines_sweep_results(tmp_path):
+    """``dcvit_seeds``: rows of two sweep results at one baseline, sample std and per-seed paired differences;
+    results of other settings or with a seed twice are refused (nothing trained)."""
+    from vitrt.benchmarks.dcvit_seeds import DcvitSeedsConfig, benchmark, combine
+
+    def result(seeds, top1, epochs=50):
+        rows = [{"method": m, "target": 0.67, "seed": s, "macs_fraction": 0.668, "top1": t[m], "metric_loss": 0.01}
+                for s, t in zip(seeds, top1) for m in t]
+        return {"rows": rows, "few_shot": 100, "metric_set": "set", "epochs": epochs, "score_epochs": 5,
+                "preferred_mlp": 0.5, "dense_top1": 0.99}
+
+    first = result([0, 1], [{"dcvit": 0.98, "whole_blocks": 0.97}, {"dcvit": 0.96, "whole_blocks": 0.97}])
+    second = result([2], [{"dcvit": 0.97, "whole_blocks": 0.97}])
+    out = combine([first, second], 0.67)
+    dcvit_row = next(m for m in out["methods"] if m["method"] == "dcvit")
+    assert dcvit_row["seeds"] == [0, 1, 2] and dcvit_row["top1_mean"] == pytest.approx(0.97)
+    assert dcvit_row["top1_std"] == pytest.approx(0.01)  # sample std (n - 1)
+    (pair,) = out["pairs"]
+    assert pair["difference"] == pytest.approx([0.01, -0.01, 0.0]) and (pair["ahead"], pair["tied"], pair["behind"]) == (1, 1, 1)
+    with pytest.raises(VitrtError, match="differ in epochs"):
+        combine([first, result([2], [{"dcvit": 0.97}], epochs=10)], 0.67)
+    with pytest.raises(VitrtError, match="seed 0 is in more than one"):
+        combine([first, first], 0.67)
+    with pytest.raises(VitrtError, match="no rows at --baseline 0.7"):
+        combine([first], 0.7)
+    (tmp_path / "a.json").write_text(json.dumps(first))
+    assert benchmark(DcvitSeedsConfig(results=str(tmp_path / "a.json"), baseline=0.67, out=tmp_path / "o")) == 0
+    assert "| dcvit − whole_blocks | 0, 1 | +1.00, -1.00 |" in (tmp_path / "o.md").read_text()
