@@ -277,7 +277,8 @@ def test_seed_spread_combines_sweep_results(tmp_path):
     assert dcvit_row["seeds"] == [0, 1, 2] and dcvit_row["top1_mean"] == pytest.approx(0.97)
     assert dcvit_row["top1_std"] == pytest.approx(0.01)  # sample std (n - 1)
     (pair,) = out["pairs"]
-    assert pair["difference"] == pytest.approx([0.01, -0.01, 0.0]) and (pair["ahead"], pair["tied"], pair["behind"]) == (1, 1, 1)
+    assert pair["difference"] == pytest.approx([0.01, -0.01, 0.0])
+    assert (pair["ahead"], pair["tied"], pair["behind"]) == (1, 1, 1)
     with pytest.raises(VitrtError, match="differ in epochs"):
         combine([first, result([2], [{"dcvit": 0.97}], epochs=10)], 0.67)
     with pytest.raises(VitrtError, match="seed 0 is in more than one"):

@@ -90,8 +90,8 @@ def format_table(result: dict) -> str:
                      f"{', '.join(f'{t * 100:.2f}' for t in m['top1'])} | {m['top1_mean'] * 100:.2f} ± "
                      f"{m['top1_std'] * 100:.2f} % | {(m['top1_mean'] - dense) * 100:+.2f} |")
     if result["pairs"]:
-        lines += ["", "| paired, seed by seed | seeds | difference per seed (points) | mean ± std | ahead / tied / behind |",
-                  "|---|---|---|---:|---|"]
+        lines += ["", "| paired, seed by seed | seeds | difference per seed (points) | mean ± std | "
+                  "ahead / tied / behind |", "|---|---|---|---:|---|"]
         for p in result["pairs"]:
             lines.append(f"| {p['methods'][0]} − {p['methods'][1]} | {', '.join(map(str, p['seeds']))} | "
                          f"{', '.join(f'{d * 100:+.2f}' for d in p['difference'])} | {p['mean'] * 100:+.2f} ± "

@@ -13,8 +13,8 @@
    compiled artifact's top-1 on the 450 test digits and metric loss on SET (``--eval-data`` / ``--metric-set``).
 4. At ``--baseline`` (0.7), over ``--seeds`` disjoint few-shot subsets (seed k: training images k·N..(k+1)·N, and
    seed k for the fine-tuning; k counts from ``--first-seed``, 0): DC-ViT at the preferred MLP fraction, DC-ViT
-   with the official code's fewest-blocks rule (``--dcvit-mlp 0``), and the same machinery removing whole blocks (its own recoverability
-   ranking, the same fine-tuning) — each with and without fine-tuning; mean and spread over the seeds
+   with the official code's fewest-blocks rule (``--dcvit-mlp 0``), and the same machinery removing whole blocks
+   (its own recoverability ranking, the same fine-tuning) — each with and without fine-tuning; mean and spread over the seeds
    (``--methods`` picks which of the three).
 5. ``--workers N`` runs the compressions of 3. and 4. in N processes once the rankings are known (the machine's
    cores, not the results, change); the result files are rewritten after every row (``complete`` false until the
@@ -154,8 +154,9 @@ def few_shot_images(train, config: DcvitSweepConfig, seed: int):
 
     images = train.images[seed * config.few_shot:(seed + 1) * config.few_shot]
     if len(images) < config.few_shot:
-        raise VitrtError(f"seed {seed} needs training images {seed * config.few_shot}..{(seed + 1) * config.few_shot - 1}"
-                         f" but the digits training split has {len(train.images)}: fewer --seeds or --few-shot")
+        first, last = seed * config.few_shot, (seed + 1) * config.few_shot - 1
+        raise VitrtError(f"seed {seed} needs training images {first}..{last} but the digits training split has "
+                         f"{len(train.images)}: fewer --seeds or --few-shot")
     return ImageSet(images, None)
 
 
