@@ -288,3 +288,7 @@ def test_seed_spread_combines_sweep_results(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(first))
     assert benchmark(DcvitSeedsConfig(results=str(tmp_path / "a.json"), baseline=0.67, out=tmp_path / "o")) == 0
     assert "| dcvit − whole_blocks | 0, 1 | +1.00, -1.00 |" in (tmp_path / "o.md").read_text()
+    # a dot in OUT is part of the name (it used to be taken for a suffix: -o seeds_0.7 wrote seeds_0.md)
+    assert benchmark(DcvitSeedsConfig(results=str(tmp_path / "a.json"), baseline=0.67, out=tmp_path / "s_0.7")) == 0
+    assert (tmp_path / "s_0.7.md").is_file() and (tmp_path / "s_0.7.json").is_file()
+    assert not (tmp_path / "s_0.md").exists()
