@@ -171,7 +171,7 @@ def test_compile_dcvit_verified_against_the_pruned_twin(tmp_path, metric_dir):
 def test_benchmark_configs(tmp_path):
     """The sweep and ranking benchmarks: what they would run, and their one-line refusals (nothing trains)."""
     from vitrt.benchmarks.dcvit_ranking import DcvitRankingConfig, variants
-    from vitrt.benchmarks.dcvit_sweep import DcvitSweepConfig, jobs
+    from vitrt.benchmarks.dcvit_sweep import DcvitSweepConfig, few_shot_images, jobs
 
     with pytest.raises(VitrtError, match="--metric-set SET"):
         DcvitSweepConfig().validate()
@@ -183,6 +183,16 @@ def test_benchmark_configs(tmp_path):
     assert {(m, s) for m, f, _, s in planned if f == 0.7} == {
         (m, s) for m in ("dcvit", "dcvit_no_finetune", "dcvit_fewest_blocks", "dcvit_fewest_blocks_no_finetune",
                          "whole_blocks", "whole_blocks_no_finetune") for s in (0, 1)}
+    later = DcvitSweepConfig(metric_set=tmp_path, targets="", baseline=0.7, methods="dcvit", seeds=2,
+                             first_seed=3).validate()
+    assert [(m, s) for m, _, _, s in jobs(later, dcvit.Settings(macs=0.5))] == [
+        ("dcvit", 3), ("dcvit_no_finetune", 3), ("dcvit", 4), ("dcvit_no_finetune", 4)]
+    train = ImageSet(torch.zeros(450, 3, 4, 4), None)
+    assert len(few_shot_images(train, later, 3).images) == 100
+    with pytest.raises(VitrtError, match="seed 4 needs training images 400..499"):
+        few_shot_images(train, later, 4)
+    with pytest.raises(VitrtError, match="--first-seed must be >= 0"):
+        DcvitSweepConfig(metric_set=tmp_path, baseline=0.7, first_seed=-1).validate()
     only = DcvitSweepConfig(metric_set=tmp_path, targets="", baseline=0.7, methods="whole_blocks").validate()
     assert [m for m, *_ in jobs(only, dcvit.Settings(macs=0.5))] == ["whole_blocks", "whole_blocks_no_finetune"]
     with pytest.raises(VitrtError, match="--methods must name"):
@@ -247,3 +257,38 @@ def test_the_cli_refuses_dcvit_knobs_without_dcvit_macs(tmp_path, capsys):
 
     assert main(["compile", "deit_tiny_patch16_224", "-o", str(tmp_path / "x"), "--few-shot", "8"]) == 2
     assert "--few-shot is a DC-ViT option" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_seed_spread_combines_sweep_results(tmp_path):
+    """``dcvit_seeds``: rows of two sweep results at one baseline, sample std and per-seed paired differences;
+    results of other settings or with a seed twice are refused (nothing trained)."""
+    from vitrt.benchmarks.dcvit_seeds import DcvitSeedsConfig, benchmark, combine
+
+    def result(seeds, top1, epochs=50):
+        rows = [{"method": m, "target": 0.67, "seed": s, "macs_fraction": 0.668, "top1": t[m], "metric_loss": 0.01}
+                for s, t in zip(seeds, top1) for m in t]
+        return {"rows": rows, "few_shot": 100, "metric_set": "set", "epochs": epochs, "score_epochs": 5,
+                "preferred_mlp": 0.5, "dense_top1": 0.99}
+
+    first = result([0, 1], [{"dcvit": 0.98, "whole_blocks": 0.97}, {"dcvit": 0.96, "whole_blocks": 0.97}])
+    second = result([2], [{"dcvit": 0.97, "whole_blocks": 0.97}])
+    out = combine([first, second], 0.67)
+    dcvit_row = next(m for m in out["methods"] if m["method"] == "dcvit")
+    assert dcvit_row["seeds"] == [0, 1, 2] and dcvit_row["top1_mean"] == pytest.approx(0.97)
+    assert dcvit_row["top1_std"] == pytest.approx(0.01)  # sample std (n - 1)
+    (pair,) = out["pairs"]
+    assert pair["difference"] == pytest.approx([0.01, -0.01, 0.0])
+    assert (pair["ahead"], pair["tied"], pair["behind"]) == (1, 1, 1)
+    with pytest.raises(VitrtError, match="differ in epochs"):
+        combine([first, result([2], [{"dcvit": 0.97}], epochs=10)], 0.67)
+    with pytest.raises(VitrtError, match="seed 0 is in more than one"):
+        combine([first, first], 0.67)
+    with pytest.raises(VitrtError, match="no rows at --baseline 0.7"):
+        combine([first], 0.7)
+    (tmp_path / "a.json").write_text(json.dumps(first))
+    assert benchmark(DcvitSeedsConfig(results=str(tmp_path / "a.json"), baseline=0.67, out=tmp_path / "o")) == 0
+    assert "| dcvit − whole_blocks | 0, 1 | +1.00, -1.00 |" in (tmp_path / "o.md").read_text()
+    # a dot in OUT is part of the name (it used to be taken for a suffix: -o seeds_0.7 wrote seeds_0.md)
+    assert benchmark(DcvitSeedsConfig(results=str(tmp_path / "a.json"), baseline=0.67, out=tmp_path / "s_0.7")) == 0
+    assert (tmp_path / "s_0.7.md").is_file() and (tmp_path / "s_0.7.json").is_file()
+    assert not (tmp_path / "s_0.md").exists()

@@ -12,9 +12,9 @@
    ``vitrt.compile(prune_plan=..., verify=True)`` (ONNX Runtime, verified against the pruned twin), and the
    compiled artifact's top-1 on the 450 test digits and metric loss on SET (``--eval-data`` / ``--metric-set``).
 4. At ``--baseline`` (0.7), over ``--seeds`` disjoint few-shot subsets (seed k: training images k·N..(k+1)·N, and
-   seed k for the fine-tuning): DC-ViT at the preferred MLP fraction, DC-ViT with the official code's
-   fewest-blocks rule (``--dcvit-mlp 0``), and the same machinery removing whole blocks (its own recoverability
-   ranking, the same fine-tuning) — each with and without fine-tuning; mean and spread over the seeds
+   seed k for the fine-tuning; k counts from ``--first-seed``, 0): DC-ViT at the preferred MLP fraction, DC-ViT
+   with the official code's fewest-blocks rule (``--dcvit-mlp 0``), and the same machinery removing whole blocks
+   (its own recoverability ranking, the same fine-tuning) — each with and without fine-tuning; mean and spread over the seeds
    (``--methods`` picks which of the three).
 5. ``--workers N`` runs the compressions of 3. and 4. in N processes once the rankings are known (the machine's
    cores, not the results, change); the result files are rewritten after every row (``complete`` false until the
@@ -54,6 +54,8 @@ class DcvitSweepConfig:
     baseline: float | None = option(None, "compare DC-ViT with removing whole blocks at this MACs fraction",
                                     type=float, metavar="F")
     seeds: int = option(1, "few-shot subsets / fine-tuning seeds of the comparison", type=int, metavar="N")
+    first_seed: int = option(0, "the comparison's seeds are FIRST..FIRST+N-1 (more seeds in a second run)", type=int,
+                             metavar="FIRST")
     methods: str = option(",".join(METHODS), "methods compared at --baseline (each also without fine-tuning)",
                           metavar="M1,M2,..")
     batch: int = option(50, "compile batch", type=int, metavar="N")
@@ -73,6 +75,8 @@ class DcvitSweepConfig:
                              f"{self.baseline}")
         if self.seeds < 1 or self.workers < 1:
             raise VitrtError("--seeds and --workers must be >= 1")
+        if self.first_seed < 0:
+            raise VitrtError("--first-seed must be >= 0")
         if not self.compared or any(m not in METHODS for m in self.compared):
             raise VitrtError(f"--methods must name some of {', '.join(METHODS)}, got '{self.methods}'")
         return self
@@ -117,7 +121,7 @@ def jobs(config: DcvitSweepConfig, settings) -> list[tuple[str, float, object, i
     if config.baseline is not None:
         fewest = replace(settings, mlp=0.0)
         whole = replace(settings, whole_blocks=True)
-        for seed in range(config.seeds):
+        for seed in range(config.first_seed, config.first_seed + config.seeds):
             for method, variant in (("dcvit", settings), ("dcvit_fewest_blocks", fewest), ("whole_blocks", whole)):
                 if method not in config.compared:
                     continue
@@ -148,7 +152,12 @@ def _context(metric_set: Path, threads: int):
 def few_shot_images(train, config: DcvitSweepConfig, seed: int):
     from vitrt.calib.digits import ImageSet
 
-    return ImageSet(train.images[seed * config.few_shot:(seed + 1) * config.few_shot], None)
+    images = train.images[seed * config.few_shot:(seed + 1) * config.few_shot]
+    if len(images) < config.few_shot:
+        first, last = seed * config.few_shot, (seed + 1) * config.few_shot - 1
+        raise VitrtError(f"seed {seed} needs training images {first}..{last} but the digits training split has "
+                         f"{len(train.images)}: fewer --seeds or --few-shot")
+    return ImageSet(images, None)
 
 
 def run_job(config: DcvitSweepConfig, job, order: list[int], workdir: Path) -> dict:
@@ -176,8 +185,10 @@ def run_job(config: DcvitSweepConfig, job, order: list[int], workdir: Path) -> d
 def run(config: DcvitSweepConfig, on_row=None) -> dict:
     """Every job of ``config``; ``on_row(result)`` gets the result so far (``complete`` false) after each row.
 
-    The recoverability rankings come first (one per candidate width and seed); the jobs then run in
-    ``--workers`` processes (each one torch / ONNX Runtime thread per ``--threads``)."""
+    One recoverability ranking per candidate width and seed: with ``--workers 1`` each is computed just before
+    the first job that needs it (so the rows of seed 0 are written before seed 1 is ranked); with more workers
+    all come first and the jobs then run in ``--workers`` processes (each one torch / ONNX Runtime thread per
+    ``--threads``)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -192,14 +203,18 @@ def run(config: DcvitSweepConfig, on_row=None) -> dict:
     start = time.perf_counter()
     planned = [(method, fraction, replace(job_settings, macs=fraction, seed=seed), seed)
                for method, fraction, job_settings, seed in jobs(config, settings)]
-    rankings, orders = {}, []
-    for _, _, job_settings, seed in planned:
-        kind = f"mlp{dcvit.candidate_width(twin.spec, job_settings)}"  # one ranking per candidate width
+    rankings: dict = {}
+
+    def order(job) -> list[int]:
+        """The job's recoverability ranking (one per candidate width and seed, computed when first needed)."""
+        _, _, job_settings, seed = job
+        kind = f"mlp{dcvit.candidate_width(twin.spec, job_settings)}"
         if (kind, seed) not in rankings:
             with progress.step(f"recoverability of every block (candidates keep {kind}, seed {seed})"):
                 rankings[kind, seed] = dcvit.recoverability(twin, teacher, few_shot_images(train, config, seed),
                                                             metric, job_settings, progress)
-        orders.append([r["block"] for r in rankings[kind, seed]])
+        return [r["block"] for r in rankings[kind, seed]]
+
     done: dict[int, dict] = {}
 
     def finished(index: int, row: dict) -> None:
@@ -210,10 +225,11 @@ def run(config: DcvitSweepConfig, on_row=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="vitrt-dcvit-sweep-") as tmp:
         workdir = Path(config.keep or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        if config.workers == 1:
+        if config.workers == 1:  # rankings on the way: a run cut short keeps whole seeds, not only rankings
             for index, job in enumerate(planned):
-                finished(index, run_job(config, job, orders[index], workdir))
-        else:
+                finished(index, run_job(config, job, order(job), workdir))
+        else:  # every ranking first, then the compressions side by side
+            orders = [order(job) for job in planned]
             with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 futures = {pool.submit(dcvit_sweep.run_job, config, job, orders[index], workdir): index
                            for index, job in enumerate(planned)}

@@ -1,0 +1,127 @@
+"""The seed spread of recorded DC-ViT comparisons: rows of several ``dcvit_sweep`` results at one baseline, together.
+
+    python -m vitrt.benchmarks.dcvit_seeds --results A.json,B.json --baseline 0.67 -o benchmarks/results/OUT
+
+Reads the rows of every ``--results`` file (``dcvit_sweep`` runs with ``--seeds`` / ``--first-seed``) at
+``--baseline`` and writes, per method, the top-1 of every seed with its mean and sample standard deviation
+(n − 1), and the paired difference of DC-ViT and whole blocks seed by seed (the same few-shot images and
+fine-tuning seed), with and without fine-tuning. Nothing is trained or compiled. Files of different settings
+(epochs, few-shot images, metric set) are refused: their seeds are not the same experiment.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.options import module_main, option
+
+SAME = ("few_shot", "metric_set", "epochs", "score_epochs", "preferred_mlp", "dense_top1")
+PAIRS = (("dcvit", "whole_blocks"), ("dcvit_no_finetune", "whole_blocks_no_finetune"))
+
+
+@dataclass(frozen=True)
+class DcvitSeedsConfig:
+    results: str = option("", "dcvit_sweep result files (.json), comma-separated; required", metavar="A.json,B.json")
+    baseline: float | None = option(None, "the --baseline of those runs; required", type=float, metavar="F")
+    out: Path | None = option(None, "write OUT.md and OUT.json", flag="-o/--out", type=Path, metavar="OUT")
+    quiet: bool = option(False, "no progress output")
+
+    def validate(self) -> "DcvitSeedsConfig":
+        if not self.paths or self.baseline is None:
+            raise VitrtError("pass --results A.json,B.json and --baseline F")
+        return self
+
+    @property
+    def paths(self) -> list[Path]:
+        return [Path(p.strip()) for p in self.results.split(",") if p.strip()]
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    import numpy as np
+
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def combine(results: list[dict], baseline: float) -> dict:
+    """Per method at ``baseline``: seeds, top-1 per seed, mean and sample std; the paired differences."""
+    for key in SAME:
+        if len({json.dumps(r.get(key)) for r in results}) > 1:
+            raise VitrtError(f"the results differ in {key}: their seeds are not one experiment")
+    rows = [row for r in results for row in r["rows"] if row["target"] == baseline]
+    if not rows:
+        raise VitrtError(f"no rows at --baseline {baseline:g} in these results")
+    by: dict[tuple[str, int], dict] = {}
+    for row in rows:
+        if (row["method"], row["seed"]) in by:
+            raise VitrtError(f"{row['method']} seed {row['seed']} is in more than one result")
+        by[row["method"], row["seed"]] = row
+    methods = []
+    for method in dict.fromkeys(row["method"] for row in rows):
+        picked = sorted((row for row in rows if row["method"] == method), key=lambda row: row["seed"])
+        mean, std = _spread([row["top1"] for row in picked])
+        methods.append({"method": method, "macs_fraction": picked[0]["macs_fraction"],
+                        "seeds": [row["seed"] for row in picked], "top1": [row["top1"] for row in picked],
+                        "top1_mean": mean, "top1_std": std,
+                        "metric_loss_mean": _spread([row["metric_loss"] for row in picked])[0]})
+    pairs = []
+    for a, b in PAIRS:
+        seeds = sorted(s for m, s in by if m == a and (b, s) in by)
+        if seeds:
+            diff = [by[a, s]["top1"] - by[b, s]["top1"] for s in seeds]
+            mean, std = _spread(diff)
+            pairs.append({"methods": [a, b], "seeds": seeds, "difference": diff, "mean": mean, "std": std,
+                          "ahead": sum(d > 1e-9 for d in diff), "tied": sum(abs(d) <= 1e-9 for d in diff),
+                          "behind": sum(d < -1e-9 for d in diff)})
+    first = results[0]
+    return {"baseline": baseline, "methods": methods, "pairs": pairs, "dense_top1": first["dense_top1"],
+            **{key: first.get(key) for key in SAME if key != "dense_top1"}}
+
+
+def format_table(result: dict) -> str:
+    dense = result["dense_top1"]
+    lines = ["| method | MACs | seeds | top-1 per seed | mean ± std (n − 1) | Δ points (mean) |",
+             "|---|---:|---|---|---:|---:|"]
+    for m in result["methods"]:
+        lines.append(f"| {m['method']} | {m['macs_fraction']:.3f} | {', '.join(map(str, m['seeds']))} | "
+                     f"{', '.join(f'{t * 100:.2f}' for t in m['top1'])} | {m['top1_mean'] * 100:.2f} ± "
+                     f"{m['top1_std'] * 100:.2f} % | {(m['top1_mean'] - dense) * 100:+.2f} |")
+    if result["pairs"]:
+        lines += ["", "| paired, seed by seed | seeds | difference per seed (points) | mean ± std | "
+                  "ahead / tied / behind |", "|---|---|---|---:|---|"]
+        for p in result["pairs"]:
+            lines.append(f"| {p['methods'][0]} − {p['methods'][1]} | {', '.join(map(str, p['seeds']))} | "
+                         f"{', '.join(f'{d * 100:+.2f}' for d in p['difference'])} | {p['mean'] * 100:+.2f} ± "
+                         f"{p['std'] * 100:.2f} | {p['ahead']} / {p['tied']} / {p['behind']} |")
+    return "\n".join(lines)
+
+
+def benchmark(config: DcvitSeedsConfig) -> int:
+    from vitrt.benchmarks.dcvit_record import record
+
+    config.validate()
+    results = []
+    for path in config.paths:
+        if not path.is_file():
+            raise VitrtError(f"no result file {path}")
+        results.append(json.loads(path.read_text()))
+    result = {**combine(results, config.baseline), "results": [str(p) for p in config.paths]}
+    table = format_table(result)
+    print(table)
+    if config.out is not None:
+        record(config.out, "vitrt.benchmarks.dcvit_seeds", f"DC-ViT against whole blocks at {config.baseline:g} of the "
+               "MACs: seed spread", result, table, notes=f"From {', '.join(result['results'])}: {result['epochs']} "
+               f"fine-tuning epochs per compressed block, {result['few_shot']} few-shot images per seed (seed k: "
+               "training images k·N..(k+1)·N), metric set " + str(result["metric_set"]) + ".")
+    return 0
+
+
+def main(argv=None) -> int:
+    return module_main(DcvitSeedsConfig, benchmark, argv, description=__doc__.splitlines()[0])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
