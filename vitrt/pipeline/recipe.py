@@ -32,7 +32,7 @@ FORMAT, VERSION = "vitrt.recipe", 1
 DIGITS_MODEL = "digits"
 # Options a replay may set on top of a recipe: where to write and what to check, not what to compile.
 REPLAY_OPTIONS = ("model", "out", "force", "quiet", "verify", "bench", "bench_iters", "bench_warmup", "lut",
-                  "refine_lut", "threads", "timing_cache", "recipe")
+                  "refine_lut", "threads", "timing_cache", "recipe", "eval_data", "metric_set")
 
 
 class RecipeError(VitrtError):
