@@ -69,20 +69,23 @@ def markdown(result: dict) -> str:
              f"{len(result['estimates'])} estimates of {result['recipes']} recipes "
              f"({result['dominated']} dropped as dominated by the table before any accuracy estimate).", "",
              "## Measured Pareto front", "",
-             "| recipe | fine-tune epochs / stage | predicted ms | measured ms (cpu) | error | speedup (cpu) | "
-             "wall ms | speedup (wall) | held-out top-1 | test top-1 | test drop (pt) | params | ONNX KB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| recipe | fine-tune epochs / stage | predicted ms | measured ms (cpu) | error | predicted speedup | "
+             "speedup (cpu) | speedup error | wall ms | speedup (wall) | held-out top-1 | test top-1 | test drop (pt) | "
+             "params | ONNX KB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in result["front"]:
         m = p["measured"]
         mark = " **(chosen)**" if p.get("chosen") else ""
         drop = None if m["top1"] is None or dense["test_top1"] is None else 100 * (dense["test_top1"] - m["top1"])
+        speedup = dense["predicted_ms"] / p["predicted_ms"]
         lines.append(f"| {p['label']}{mark} | {p['epochs']} | {_ms(p['predicted_ms'])} | {_ms(m['cpu_ms'])} | "
-                     f"{100 * (p['predicted_ms'] / m['cpu_ms'] - 1):+.1f} % | {m['speedup_cpu']:.2f}x | "
+                     f"{100 * (p['predicted_ms'] / m['cpu_ms'] - 1):+.1f} % | {speedup:.2f}x | {m['speedup_cpu']:.2f}x | "
+                     f"{100 * (speedup / m['speedup_cpu'] - 1):+.1f} % | "
                      f"{_ms(m['wall_ms'])} | {m['speedup_wall']:.2f}x | {_pct(p['holdout_top1'])} | {_pct(m['top1'])} | "
                      f"{'—' if drop is None else f'{drop:.2f}'} | {m['params']:,} | {m['onnx_bytes'] / 1024:.0f} |")
     d = dense["measured"]
     lines += [f"| dense fp32 (reference) | — | {_ms(dense['predicted_ms'])} | {_ms(d['cpu_ms'])} | "
-              f"{100 * (dense['predicted_ms'] / d['cpu_ms'] - 1):+.1f} % | 1.00x | {_ms(d['wall_ms'])} | 1.00x | "
+              f"{100 * (dense['predicted_ms'] / d['cpu_ms'] - 1):+.1f} % | 1.00x | 1.00x | — | {_ms(d['wall_ms'])} | 1.00x | "
               f"{_pct(dense['holdout_top1'])} | {_pct(d['top1'])} | 0.00 | {d['params']:,} | "
               f"{d['onnx_bytes'] / 1024:.0f} |", ""]
     scale = result.get("lut_scale", 1.0)
@@ -95,6 +98,11 @@ def markdown(result: dict) -> str:
                      f"{scale:.3f}, the dense engine's measured time over the table's prediction for it, timed at the "
                      f"start of the search (one factor for the whole model on this machine); the table alone would "
                      f"be off by at most {100 * max(raw):.1f} % (median {100 * sorted(raw)[len(raw) // 2]:.1f} %).")
+        speed = [abs(dense["predicted_ms"] / p["predicted_ms"] / p["measured"]["speedup_cpu"] - 1)
+                 for p in result["front"]]
+        lines.append(f"Predicted speedup over dense against the speedup measured side by side with the dense engine "
+                     f"in the same run (immune to the machine's load drifting between the search and the "
+                     f"measurement): max |error| {100 * max(speed):.1f} %, median {100 * sorted(speed)[len(speed) // 2]:.1f} %.")
     chosen = result.get("chosen")
     lines += ["", f"Chosen: {chosen['label'] if chosen else 'none'} — OUT/engine (verified: "
                   f"{result.get('engine_verify')}), OUT/recipe.json.", "",
