@@ -172,7 +172,7 @@ def test_readme_examples_run_in_order(tmp_path):
                 if not example.runs_here or example.line < first_line:
                     continue
                 if example.argv[:2] == ["vitrt", "serve"]:
-                    server = subprocess.Popen(example.argv, cwd=work, env=env, stdout=subprocess.DEVNULL,
+                    server = subprocess.Popen(example.argv, cwd=work, env=env, stdout=subprocess.PIPE,
                                               stderr=subprocess.PIPE, text=True, start_new_session=True)
                     _wait_for_server(server)
                     log.write(f"           serving  README.md:{example.line}  {example.text}\n")
@@ -185,16 +185,24 @@ def test_readme_examples_run_in_order(tmp_path):
 
 
 def _wait_for_server(server: subprocess.Popen, timeout: float = 180) -> None:
-    import urllib.request
+    """Until ``vitrt serve`` prints its one ready line (the model is loaded, not only the server up)."""
+    import queue
+    import threading
 
+    lines: queue.Queue = queue.Queue()
+
+    def pump(stream):
+        for line in stream:
+            lines.put(line)
+
+    threading.Thread(target=pump, args=(server.stdout,), daemon=True).start()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise AssertionError(f"vitrt serve exited {server.returncode}: {server.stderr.read()[-2000:]}")
         try:
-            with urllib.request.urlopen("http://127.0.0.1:8000/v2/health/ready", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
+            if " ready in " in lines.get(timeout=1):
+                return
+        except queue.Empty:
+            continue
     raise AssertionError("vitrt serve did not become ready")
