@@ -172,7 +172,7 @@ def test_readme_examples_run_in_order(tmp_path):
                 if not example.runs_here or example.line < first_line:
                     continue
                 if example.argv[:2] == ["vitrt", "serve"]:
-                    server = subprocess.Popen(example.argv, cwd=work, env=env, stdout=subprocess.PIPE,
+                    server = subprocess.Popen(example.argv, cwd=work, env=env, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.PIPE, text=True, start_new_session=True)
                     _wait_for_server(server)
                     log.write(f"           serving  README.md:{example.line}  {example.text}\n")
@@ -185,7 +185,7 @@ def test_readme_examples_run_in_order(tmp_path):
 
 
 def _wait_for_server(server: subprocess.Popen, timeout: float = 180) -> None:
-    """Until ``vitrt serve`` prints its one ready line (the model is loaded, not only the server up)."""
+    """Until ``vitrt serve`` logs its one ready line on stderr (the model is loaded, not only the server up)."""
     import queue
     import threading
 
@@ -195,11 +195,11 @@ def _wait_for_server(server: subprocess.Popen, timeout: float = 180) -> None:
         for line in stream:
             lines.put(line)
 
-    threading.Thread(target=pump, args=(server.stdout,), daemon=True).start()
+    threading.Thread(target=pump, args=(server.stderr,), daemon=True).start()  # keeps draining it afterwards
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise AssertionError(f"vitrt serve exited {server.returncode}: {server.stderr.read()[-2000:]}")
+            raise AssertionError(f"vitrt serve exited {server.returncode}: {''.join(lines.queue)[-2000:]}")
         try:
             if " ready in " in lines.get(timeout=1):
                 return
