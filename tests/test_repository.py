@@ -28,3 +28,11 @@ def test_no_profiler_dumps_models_or_big_files_are_tracked():
     "dcvit_table8.json", ".vitrt_ort_profile_1.json"])
 def test_outputs_of_the_readme_commands_are_ignored(path):
     assert git("check-ignore", "-q", "--no-index", path).returncode == 0, f"{path} is not ignored"
+
+
+def test_no_merge_conflict_markers_are_committed():
+    """A conflict resolved in a hurry once left its markers in the README's layout table."""
+    tracked = [f for f in git("ls-files").stdout.splitlines() if f.endswith((".py", ".md", ".txt", ".toml", ".cfg"))]
+    marked = [f for f in tracked if (ROOT / f).is_file() and any(
+        line.startswith(("<<<<<<< ", ">>>>>>> ")) for line in (ROOT / f).read_text(errors="replace").splitlines())]
+    assert marked == []
