@@ -58,6 +58,10 @@ def _ms(x):
     return "—" if x is None else f"{x:.3f}"
 
 
+def _max_median(errors: list[float]) -> str:
+    return f"max |error| {100 * max(errors):.1f} %, median {100 * sorted(errors)[len(errors) // 2]:.1f} %"
+
+
 def markdown(result: dict) -> str:
     dense, goal = result["dense"], result["goal"]
     lines = [f"# vitrt optimize: {result['model']}", "", "Command:", "", "```bash", result["command"], "```", "",
@@ -89,20 +93,19 @@ def markdown(result: dict) -> str:
               f"{_pct(dense['holdout_top1'])} | {_pct(d['top1'])} | 0.00 | {d['params']:,} | "
               f"{d['onnx_bytes'] / 1024:.0f} |", ""]
     scale = result.get("lut_scale", 1.0)
-    errors = [abs(p["predicted_ms"] / p["measured"]["cpu_ms"] - 1) for p in result["front"]]
-    if errors:
-        worst = max(result["front"], key=lambda p: abs(p["predicted_ms"] / p["measured"]["cpu_ms"] - 1))
-        raw = [abs(p["predicted_ms"] / scale / p["measured"]["cpu_ms"] - 1) for p in result["front"]]
-        lines.append(f"Prediction error on the front: max |error| {100 * max(errors):.1f} % ({worst['label']}), "
-                     f"median {100 * sorted(errors)[len(errors) // 2]:.1f} %. Predictions are the table's times x "
-                     f"{scale:.3f}, the dense engine's measured time over the table's prediction for it, timed at the "
-                     f"start of the search (one factor for the whole model on this machine); the table alone would "
-                     f"be off by at most {100 * max(raw):.1f} % (median {100 * sorted(raw)[len(raw) // 2]:.1f} %).")
-        speed = [abs(dense["predicted_ms"] / p["predicted_ms"] / p["measured"]["speedup_cpu"] - 1)
-                 for p in result["front"]]
+    front = result["front"]
+    if front:
+        errors = [abs(p["predicted_ms"] / p["measured"]["cpu_ms"] - 1) for p in front]
+        raw = [abs(p["predicted_ms"] / scale / p["measured"]["cpu_ms"] - 1) for p in front]
+        speed = [abs(dense["predicted_ms"] / p["predicted_ms"] / p["measured"]["speedup_cpu"] - 1) for p in front]
+        worst = front[errors.index(max(errors))]
+        lines.append(f"Prediction error on the front: {_max_median(errors)} ({worst['label']} the largest). "
+                     f"Predictions are the table's times x {scale:.3f}, the dense engine's measured time over the "
+                     f"table's prediction for it, timed at the start of the search (one factor for the whole model on "
+                     f"this machine); the table alone would be off by {_max_median(raw)}.")
         lines.append(f"Predicted speedup over dense against the speedup measured side by side with the dense engine "
                      f"in the same run (immune to the machine's load drifting between the search and the "
-                     f"measurement): max |error| {100 * max(speed):.1f} %, median {100 * sorted(speed)[len(speed) // 2]:.1f} %.")
+                     f"measurement): {_max_median(speed)}.")
     chosen = result.get("chosen")
     lines += ["", f"Chosen: {chosen['label'] if chosen else 'none'} — OUT/engine (verified: "
                   f"{result.get('engine_verify')}), OUT/recipe.json.", "",

@@ -22,16 +22,9 @@ from pathlib import Path
 
 from vitrt.compiler.errors import OptionError, VitrtError
 from vitrt.compiler.options import add_command, command_line, option
+from vitrt.search.space import lgtm_window, merge_step
 
 DENSE = "dense"
-
-
-def merge_step(spec=None) -> int:
-    """Tokens merged per block by the study's ToMe row: about 3 % of the patch tokens (2 on the digits reference's
-    64, 6 on a 224-pixel /16 model's 196), as the search's default space; DFE rows merge twice that."""
-    if spec is None:
-        return 2
-    return max(1, round((spec.tokens - spec.prefix_tokens) * 0.03))
 
 
 def rows(data: str, epochs: int, lut, spec=None) -> dict[str, tuple[str, dict]]:
@@ -39,9 +32,9 @@ def rows(data: str, epochs: int, lut, spec=None) -> dict[str, tuple[str, dict]]:
     calib = {"calib_data": data, "calib_images": 128}
     prune = {"prune": 0.5, "lut": lut, "data": data, "importance": "magnitude", "finetune_epochs": epochs}
     deep_prune = {**prune, "prune": 0.3}
-    step = merge_step(spec)
-    grid = spec.grid if spec is not None else 8
-    window = next((w for w in (grid // 2, grid // 4) if w >= 2 and grid % w == 0), 4)
+    # the search's merge sizes for ``spec``; without one (option checking) the digits reference's: r=2, window 4
+    step = merge_step(spec) if spec is not None else 2
+    window = (lgtm_window(spec) if spec is not None else None) or 4
     dfe = {"tome": str(2 * step)}
     return {
         DENSE: ("dense fp32", {}),
