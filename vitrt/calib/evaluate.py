@@ -1,4 +1,4 @@
-"""Top-1 accuracy of a torch model or of a compiled artifact through its backend runner."""
+"""Top-1 accuracy (and the cross-entropy) of a torch model or of a compiled artifact through its backend runner."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ def runner_logits(runner, data: ImageSet) -> np.ndarray:
 
 def top1(logits: np.ndarray, labels: torch.Tensor) -> float:
     return float((logits.argmax(axis=1) == labels.numpy()).mean())
+
+
+def cross_entropy(logits: np.ndarray, labels: torch.Tensor) -> float:
+    """Mean negative log-likelihood of the labels (nats): finer than top-1 where top-1 ties."""
+    return float(torch.nn.functional.cross_entropy(torch.from_numpy(logits).double(), labels.long()))
 
 
 def accuracy(model: torch.nn.Module, data: ImageSet) -> float:

@@ -271,6 +271,16 @@ class LatencyTable:
         """Whole-model prediction for a ViTSpec: runtime overhead + stem + Σ blocks + head."""
         return sum(self.model_breakdown(spec, precision=precision, sparsity=sparsity, clamp=clamp).values())
 
+    def merge_ms(self, spec, *, precision="fp32", sparsity="dense", clamp=False) -> float:
+        """The token-merge part of :meth:`model_ms`: Σ merge(emb, heads·qk, tokens, merged) over the merging blocks
+        (0 for a table without the ``merge`` sub-table, which predicts no merge cost)."""
+        parts = self._parts(precision, sparsity)
+        if "merge" not in parts:
+            return 0.0
+        return sum(parts["merge"].lookup({"emb": spec.emb, "keys": b.heads * b.qk, "tokens": b.tokens,
+                                          "merged": b.tokens - b.out_tokens}, clamp=clamp, what="token merge")
+                   for b in spec.blocks if b.heads and b.out_tokens < b.tokens)
+
     def model_breakdown(self, spec, *, precision="fp32", sparsity="dense", clamp=False) -> dict[str, float]:
         """Predicted ms per canonical group (``overhead``, ``stem``, ``blocks.{i}``, ``head``)."""
         self._check_spec(spec)

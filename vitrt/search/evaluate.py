@@ -1,5 +1,6 @@
 """Cheap estimates of a recipe: its latency from the table, its accuracy as the held-out top-1 of the twin the
-compile's planners leave (fake-quant, 2:4 masks, merging and factors applied) — no graph is lowered or built.
+compile's planners leave (fake-quant, 2:4 masks, merging and factors applied) and its held-out cross-entropy (what
+orders recipes whose top-1 ties) — no graph is lowered or built.
 
 Planning goes through the compile's own :func:`vitrt.pipeline.driver.plan_stages`, with the search's fit split as
 the planners' data (:class:`~vitrt.search.holdout.HoldoutContext`). Plans are cached by the options of the stages
@@ -13,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from vitrt.calib.evaluate import accuracy
+from vitrt.calib.evaluate import cross_entropy, top1, torch_logits
 from vitrt.compiler.cost import vit_flops, vit_params
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import as_dict, from_options
@@ -34,6 +35,7 @@ class Estimate:
     flops: int | None = None
     seconds: float = 0.0
     refused: str = ""  # why the compile refuses this recipe (one line), else empty
+    holdout_loss: float | None = None  # held-out cross-entropy: orders recipes whose top-1 ties
     plans: dict | None = field(default=None, repr=False, compare=False)  # in memory only
 
     @property
@@ -43,12 +45,13 @@ class Estimate:
     def to_dict(self) -> dict:
         return {"recipe": self.recipe.to_dict(), "label": self.recipe.label(), "key": self.recipe.key,
                 "epochs": self.epochs, "predicted_ms": self.predicted_ms, "holdout_top1": self.holdout_top1,
-                "params": self.params, "flops": self.flops, "seconds": round(self.seconds, 2), "refused": self.refused}
+                "params": self.params, "flops": self.flops, "seconds": round(self.seconds, 2), "refused": self.refused,
+                "holdout_loss": self.holdout_loss}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Estimate":
         return cls(Recipe.from_dict(data["recipe"]), data["epochs"], data["predicted_ms"], data["holdout_top1"],
-                   data["params"], data["flops"], data["seconds"], data["refused"])
+                   data["params"], data["flops"], data["seconds"], data["refused"], data.get("holdout_loss"))
 
 
 @dataclass
@@ -67,20 +70,25 @@ class Evaluator:
         self.cache: dict[str, object] = {}
         self.table_dense_ms = lut.model_ms(twin.spec, clamp=True)
         self.scale = 1.0  # measured / table time of the dense engine (:meth:`calibrate`)
-        self.dense_holdout = accuracy(twin, data.holdout)
+        self.merge_factor = 1.0  # measured / table cost of token merging in this model (:meth:`calibrate`)
+        logits = torch_logits(twin, data.holdout)
+        self.dense_holdout = top1(logits, data.holdout.labels)
+        self.dense_holdout_loss = cross_entropy(logits, data.holdout.labels)
 
     @property
     def dense_ms(self) -> float:
         return self.table_dense_ms * self.scale
 
-    def calibrate(self, scale: float) -> None:
-        """Scale every prediction by ``scale``: the dense engine's measured time over the table's prediction for it.
+    def calibrate(self, scale: float, merge_factor: float = 1.0) -> None:
+        """Scale every prediction by ``scale`` (the dense engine's measured time over the table's prediction for
+        it) and the table's token-merge part by ``merge_factor`` (:func:`merge_factor`).
 
         A table times each block alone; a whole engine adds what the blocks do not see in isolation (data moving
         between ops, the allocator, cache traffic of the neighbours), measured here as one factor for the model on
         this machine. The factor moves every prediction alike, so the search's ranking does not change; the
-        predictions reported beside the measurements do."""
-        self.scale = float(scale)
+        predictions reported beside the measurements do. The merge factor does change the ranking: it is what a
+        merge costs inside this model against what the table's two-block probe measured."""
+        self.scale, self.merge_factor = float(scale), float(merge_factor)
 
     def options(self, recipe: Recipe, epochs: int) -> dict:
         return recipe.options(epochs=epochs, data=self.data.source, lut=self.lut_path, batch=self.target.batch,
@@ -90,8 +98,17 @@ class Evaluator:
         return from_options(CompileConfig, {**self.options(recipe, epochs), "seed": self.seed, "quiet": True})
 
     def predict(self, recipe: Recipe, spec) -> float:
+        return self.table_ms(recipe, spec) * self.scale
+
+    def table_ms(self, recipe: Recipe, spec, merge_factor: float | None = None) -> float:
+        """The table's prediction for ``spec`` in ``recipe``'s key, its token-merge part scaled by the merge factor
+        (by ``merge_factor`` when given; 1 is the table alone)."""
         precision, sparsity = recipe.lut_key
-        return self.lut.model_ms(spec, precision=precision, sparsity=sparsity, clamp=True) * self.scale
+        k = self.merge_factor if merge_factor is None else merge_factor
+        total = self.lut.model_ms(spec, precision=precision, sparsity=sparsity, clamp=True)
+        if k != 1.0:
+            total += (k - 1.0) * self.lut.merge_ms(spec, precision=precision, sparsity=sparsity, clamp=True)
+        return total
 
     def lut_has(self, recipe: Recipe) -> bool:
         return "/".join(recipe.lut_key) in self.lut.tables
@@ -126,12 +143,29 @@ class Evaluator:
         except VitrtError as exc:
             return Estimate(recipe, epochs, refused=str(exc), seconds=time.perf_counter() - start)
         spec = planned.final.spec
-        top1 = accuracy(planned.final, self.data.holdout)
-        return Estimate(recipe, epochs, self.predict(recipe, spec), top1, vit_params(spec), vit_flops(spec),
-                        time.perf_counter() - start, plans=planned.plans)
+        logits = torch_logits(planned.final, self.data.holdout)
+        return Estimate(recipe, epochs, self.predict(recipe, spec), top1(logits, self.data.holdout.labels),
+                        vit_params(spec), vit_flops(spec), time.perf_counter() - start,
+                        holdout_loss=cross_entropy(logits, self.data.holdout.labels), plans=planned.plans)
 
     def predicted_spec(self, recipe: Recipe):
         """The spec ``recipe`` compiles to, planning only what changes dims (pruning without fine-tuning, merging,
         low rank): enough for the latency table."""
         structural = Recipe(recipe.prune, recipe.merge, recipe.lowrank)
         return self.plan(structural, 0).final.spec
+
+
+def merge_factor(*, dense_table_ms: float, merged_table_ms: float, merge_part_ms: float,
+                 measured_ratio: float) -> float:
+    """The factor on the table's token-merge part that makes the table's ratio of a merging engine to the dense one
+    equal the ``measured_ratio`` (timed side by side): ``dense · ratio = merged + (k - 1) · merge part``.
+
+    The table prices a merge by a two-block probe without MLPs; whole merging engines run slower than that.
+    Measured on the digits reference (ORT CPU, batch 8, side by side), a factor fitted on one schedule (2.7x on
+    DFE r=2) predicts the others' ratio to dense within 3 % (DFE r=3, 4, 6; ToMe r=2 in every block; r=1 in the
+    last 6 blocks) and within 5 % for one merge alone, and it stays right for pruned models (the missing time does
+    not shrink with the blocks, as the merge part does not); where the time goes is not established. One factor
+    per model, from one measured merging engine, clamped to [0, 10]; 1 when nothing merges."""
+    if merge_part_ms <= 0:
+        return 1.0
+    return min(max(1.0 + (dense_table_ms * measured_ratio - merged_table_ms) / merge_part_ms, 0.0), 10.0)

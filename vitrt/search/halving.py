@@ -1,7 +1,8 @@
 """The search: cheap estimates first, fine-tuning only for the finalists (successive halving), resumable.
 
     1. every recipe of the space gets its latency from the table (the structural stages planned without
-       fine-tuning); a recipe with a lossy extra (lower precision, 2:4, low rank) that the table does not predict
+       fine-tuning); a recipe with a lossy extra (lower precision, 2:4, low rank, token merging) that the table
+       (its merge part calibrated on the model, :func:`vitrt.search.evaluate.merge_factor`) does not predict
        faster than the same recipe without it is dominated and dropped (it cannot be faster, and the extra only
        costs accuracy);
     2. rung 0: every remaining recipe's held-out top-1 without fine-tuning (a pruned recipe goes on whatever its
@@ -10,7 +11,11 @@
        slack that shrinks rung by rung; with --target-speedup: the most accurate that are fast enough) are
        planned again with more fine-tuning epochs per trainable stage, and the population halves;
     4. the answer: the fastest recipe of the last rung within --max-drop (or the most accurate one at
-       --target-speedup), every estimate kept for the Pareto front.
+       --target-speedup), every estimate kept for the Pareto front;
+    5. filling the front: halving trains only the recipes near the goal, so the front (a recipe's estimate at its
+       largest budget) is short elsewhere. While it has fewer than --front-points points and the budget allows,
+       the trainable recipe nearest the middle of the front's widest latency gap (log scale; the region faster
+       than its fastest point counts as a gap) gets the last rung's epochs.
 
 Every estimate is written to the state file as it finishes and its plans as a recipe beside it, so an interrupted
 search (Ctrl-C) keeps what was measured and a rerun with the same arguments continues where it stopped. A time
@@ -20,6 +25,7 @@ budget stops a rung early (its remaining recipes are recorded as skipped) and le
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +35,7 @@ from vitrt.search.evaluate import Estimate, Evaluator
 from vitrt.search.space import Recipe
 
 DOMINANCE_MARGIN = 0.01  # a lossy extra must be predicted > 1 % faster to be worth an accuracy estimate
-AXES = ("precision", "sparsity", "lowrank")
+AXES = ("precision", "sparsity", "lowrank", "merge")
 
 
 @dataclass(frozen=True)
@@ -190,3 +196,44 @@ def run_rungs(evaluator: Evaluator, recipes: list[Recipe], goal: Goal, schedule:
         if skipped or not clock.fits(0.0):
             return admissible
     return results
+
+
+def fill_front(evaluator: Evaluator, recipes: list[Recipe], predicted: dict[str, float], epochs: int, want: int,
+               state: SearchState, clock: Clock, save_recipe, progress) -> int:
+    """Step 5; returns how many recipes it trained. ``predicted``: the table's ms of every recipe (step 1)."""
+    from vitrt.search.front import best_per_recipe, pareto
+
+    tried, costs = set(), [e["seconds"] for e in state.done.values() if e["epochs"] == epochs and e["seconds"] > 1]
+    while True:
+        front = pareto(best_per_recipe([Estimate.from_dict(e) for e in state.done.values()]))
+        if len(front) >= want or not front:
+            return len(tried)
+        candidates = [r for r in recipes if r.trainable() and r.key in predicted and r.key not in tried
+                      and (r.key, epochs) not in state.done]
+        recipe = widest_gap_candidate([e.predicted_ms for e in front], candidates, predicted)
+        expected = sum(costs) / len(costs) if costs else 0.0
+        if recipe is None or not clock.fits(expected):
+            if recipe is not None:
+                state.note(front_fill_stopped_for_budget=len(front))
+            return len(tried)
+        progress.log(f"front: {len(front)} point(s) of {want}; fine-tuning {recipe.label()} ({epochs} epochs) in "
+                     "its widest gap")
+        tried.add(recipe.key)
+        estimate = evaluator.estimate(recipe, epochs)
+        costs.append(estimate.seconds)
+        state.add(estimate, save_recipe(estimate) if estimate.ok else None)
+
+
+def widest_gap_candidate(front_ms: list[float], candidates: list[Recipe], predicted: dict[str, float]):
+    """The candidate nearest (in log latency) the middle of the widest gap of ``front_ms`` that holds one."""
+    ms = sorted(front_ms)
+    faster = [predicted[r.key] for r in candidates if predicted[r.key] < ms[0]]
+    edges = ([min(faster)] if faster else []) + ms
+    best, best_width = None, 0.0
+    for lo, hi in zip(edges, edges[1:]):
+        inside = [r for r in candidates if lo <= predicted[r.key] < hi and predicted[r.key] not in ms]
+        width = math.log(hi / lo)
+        if inside and width > best_width:
+            middle = math.sqrt(lo * hi)
+            best, best_width = min(inside, key=lambda r: abs(math.log(predicted[r.key] / middle))), width
+    return best

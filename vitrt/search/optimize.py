@@ -57,6 +57,8 @@ class OptimizeConfig:
     epochs: str = option("0,1,3,6", "fine-tuning epochs per trainable stage at each successive-halving rung "
                          "(comma-separated, rising)", metavar="LIST")
     front_max: int = option(10, "at most this many front points are compiled and measured", type=int, metavar="N")
+    front_points: int = option(8, "after the halving, fine-tune recipes in the front's widest latency gaps until it "
+                               "has this many points (within --budget-minutes; 0: off)", type=int, metavar="N")
     rounds: int = option(5, "interleaved timing rounds of the measurements", type=int, metavar="N")
     seed: int = option(0, "seed of the planners and the timing order", type=int, metavar="N")
     force: bool = option(False, "start over in a non-empty OUT (deletes it)")
@@ -73,8 +75,8 @@ class OptimizeConfig:
             raise OptionError(f"--max-drop must be >= 0, got {self.max_drop}")
         if self.target_speedup is not None and self.target_speedup <= 1:
             raise OptionError(f"--target-speedup must be > 1, got {self.target_speedup}")
-        if self.batch < 1 or self.front_max < 2 or self.rounds < 1:
-            raise OptionError("--batch must be >= 1, --front-max >= 2 and --rounds >= 1")
+        if self.batch < 1 or self.front_max < 2 or self.rounds < 1 or self.front_points < 0:
+            raise OptionError("--batch must be >= 1, --front-max >= 2, --rounds >= 1 and --front-points >= 0")
         if self.budget_minutes is not None and self.budget_minutes <= 0:
             raise OptionError(f"--budget-minutes must be positive, got {self.budget_minutes}")
         bad = [p for p in self.precision_list if p not in SEARCH_PRECISIONS]
@@ -137,7 +139,7 @@ class OptimizeConfig:
 
 def fingerprint(config: OptimizeConfig) -> dict:
     data = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-            if k not in ("out", "force", "quiet", "budget_minutes", "front_max", "rounds")}
+            if k not in ("out", "force", "quiet", "budget_minutes", "front_max", "front_points", "rounds")}
     if config.lut is not None:
         data["lut_mtime"] = Path(config.lut).stat().st_mtime_ns
     return data
@@ -213,7 +215,7 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
     from vitrt.pipeline.recipe import write_recipe
     from vitrt.search.evaluate import Evaluator, Target
     from vitrt.search.front import best_per_recipe, pareto, thin, write_report
-    from vitrt.search.halving import Clock, Goal, SearchState, run_rungs, structural_filter
+    from vitrt.search.halving import Clock, Goal, SearchState, fill_front, run_rungs, structural_filter
     from vitrt.search.holdout import search_data
 
     config = config.validate()
@@ -233,15 +235,15 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
     lut, lut_path = latency_table(config, twin.spec, work, progress)
     evaluator = Evaluator(twin, config.model, data, lut, lut_path, Target(config.batch, config.backend, 1), progress,
                           config.seed)
-    scale = next((entry["lut_scale"] for entry in state.log if "lut_scale" in entry), None)
-    if scale is None:  # a resumed search keeps the factor its estimates were made with
-        dense_cpu_ms = measure_dense(config, module, work, progress)
-        scale = dense_cpu_ms / evaluator.table_dense_ms
-        state.note(lut_scale=scale, dense_measured_ms=dense_cpu_ms, dense_table_ms=evaluator.table_dense_ms)
-    evaluator.calibrate(scale)
-    progress.log(f"latency table calibrated on the dense engine: measured / predicted = {scale:.3f}")
-    goal = Goal(config.max_drop, config.target_speedup)
     recipes = (space or search_space(config, twin.spec)).recipes()
+    calibration = next((entry for entry in state.log if "lut_scale" in entry), None)
+    if calibration is None:  # a resumed search keeps the factors its estimates were made with
+        calibration = calibrate(config, module, evaluator, recipes, work, progress)
+        state.note(**calibration)
+    evaluator.calibrate(calibration["lut_scale"], calibration.get("merge_factor", 1.0))
+    progress.log(f"latency table calibrated on the dense engine: measured / predicted = {evaluator.scale:.3f}; "
+                 f"token merging costs {evaluator.merge_factor:.2f}x what the table's merge probe measured in this model")
+    goal = Goal(config.max_drop, config.target_speedup)
     progress.log(f"{len(recipes)} recipes; dense: predicted {evaluator.dense_ms:.3f} ms, held-out top-1 "
                  f"{100 * evaluator.dense_holdout:.2f} % ({len(data.holdout)} images)")
     budget = None if config.budget_minutes is None else 60 * config.budget_minutes
@@ -258,7 +260,11 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
         kept, structural = structural_filter(evaluator, recipes, progress)
         progress.log(f"{len(kept)} recipes worth an accuracy estimate ({len(recipes) - len(kept)} dropped by the "
                      "latency table)")
-        run_rungs(evaluator, kept, goal, schedule or config.schedule, state, clock, save_recipe, progress)
+        schedule = schedule or config.schedule
+        run_rungs(evaluator, kept, goal, schedule, state, clock, save_recipe, progress)
+        if config.front_points:
+            fill_front(evaluator, kept, structural["predicted_ms"], schedule.epochs[-1], config.front_points, state,
+                       clock, save_recipe, progress)
     except KeyboardInterrupt:
         state.note(interrupted=True, seconds=clock.used_s - previous)
         raise VitrtError(f"interrupted: {len(state.done)} estimates are kept in '{work}'; run the same command again "
@@ -277,7 +283,7 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
         front.append(chosen)
     measured = measure_front(config, module, twin, front, state, evaluator, work, data, progress)
     result = assemble(config, evaluator, data, lut, lut_path, estimates, structural, recipes, front, measured,
-                      chosen, search_seconds)
+                      chosen, search_seconds, work)
     if chosen is not None:
         result["engine_verify"] = finalize_choice(config, out, state.recipe_dir(chosen.recipe, chosen.epochs),
                                                   module, progress)
@@ -303,14 +309,43 @@ def dense_engine(config, module, work: Path) -> Path:
     return out
 
 
-def measure_dense(config, module, work: Path, progress) -> float:
-    """Single-thread CPU time of the dense engine (ms), timed as the front is (:func:`vitrt.search.measure.measure`)."""
+def calibrate(config, module, evaluator, recipes, work: Path, progress) -> dict:
+    """The table's two model-level factors, from engines of this model timed side by side as the front is: the
+    dense engine's measured time over the table's (``lut_scale``), and, when the space merges tokens, the factor on
+    the table's merge part that reproduces the measured ratio to dense of the fp32 merge schedule with the largest
+    merge part (``merge_factor``, :func:`vitrt.search.evaluate.merge_factor`)."""
+    from vitrt.pipeline.driver import compile
+    from vitrt.search.evaluate import merge_factor
     from vitrt.search.measure import measure
+    from vitrt.search.space import Recipe
 
-    with progress.step("timing the dense engine to calibrate the latency table"):
-        out = dense_engine(config, module, work)
-        return measure({"dense": out}, "dense", rounds=config.rounds, iterations=5, threads=1,
-                       seed=config.seed)["dense"].cpu_ms
+    outs = {"dense": dense_engine(config, module, work)}
+    probe, probe_spec, part = None, None, 0.0
+    merging = {Recipe(merge=r.merge) for r in recipes if r.merge is not None}
+    for recipe in sorted(merging):  # the widest lever: the largest merge part
+        spec = evaluator.predicted_spec(recipe)
+        merge_ms = evaluator.lut.merge_ms(spec, clamp=True)
+        if merge_ms > part:
+            probe, probe_spec, part = recipe, spec, merge_ms
+    with progress.step("timing the dense engine" + (f" and {probe.label()}" if probe else "") +
+                       " to calibrate the latency table"):
+        if probe is not None:
+            outs["merge"] = work / "engines" / f"calibrate-{probe.key}"
+            options = {k: v for k, v in evaluator.options(probe, 0).items() if k not in ("lut", "data")}
+            compile(module, outs["merge"], name=config.model, force=True, quiet=True, **options)
+        # a ratio of ~1.1-1.3 read from a few short rounds swings by 0.1 on a shared machine; ~20 s buys it steady
+        timed = measure(outs, "dense", rounds=max(9, config.rounds), iterations=20, threads=1, seed=config.seed)
+    dense_ms = timed["dense"].cpu_ms
+    out = {"lut_scale": dense_ms / evaluator.table_dense_ms, "dense_measured_ms": dense_ms,
+           "dense_table_ms": evaluator.table_dense_ms}
+    if probe is not None:
+        ratio = 1.0 / timed["merge"].speedup_cpu
+        merged_ms = evaluator.table_ms(probe, probe_spec, merge_factor=1.0)
+        out.update(merge_factor=merge_factor(dense_table_ms=evaluator.table_dense_ms, merged_table_ms=merged_ms,
+                                             merge_part_ms=part, measured_ratio=ratio),
+                   merge_probe=probe.label(), merge_probe_ratio=ratio, merge_probe_table_ms=merged_ms,
+                   merge_probe_part_ms=part)
+    return out
 
 
 def measure_front(config, module, twin, front, state, evaluator, work: Path, data, progress) -> dict:
@@ -340,7 +375,8 @@ def finalize_choice(config, out: Path, recipe_dir: str, module, progress) -> dic
     target_dir = out / "recipe"
     if target_dir.exists():
         shutil.rmtree(target_dir)
-    shutil.copytree(source / "recipe", target_dir)
+    if (source / "recipe").is_dir():  # a recipe without planned stages (dense, fp32) has no plans beside it
+        shutil.copytree(source / "recipe", target_dir)
     shutil.copy2(source / "recipe.json", out / "recipe.json")
     with progress.step("compiling the chosen engine from OUT/recipe.json with --verify"):
         result = compile_recipe(out / "recipe.json", out=out / "engine", force=True, quiet=True, verify=True,
@@ -349,21 +385,30 @@ def finalize_choice(config, out: Path, recipe_dir: str, module, progress) -> dic
 
 
 def assemble(config, evaluator, data, lut, lut_path, estimates, structural, recipes, front, measured, chosen,
-             search_seconds) -> dict:
+             search_seconds, work: Path) -> dict:
+    from vitrt.compiler.jsonfile import read_json
+    from vitrt.compiler.spec import ViTSpec
+
     dense = measured["dense"]
     labels = {r.key: r.label() for r in recipes}
     rows = []
     for point in front:
         name = f"{point.recipe.key}-e{point.epochs}"
-        rows.append({**point.to_dict(), "measured": measured[name].to_dict(), "chosen": point is chosen})
+        manifest = read_json(work / "engines" / name / "manifest.json", "a front engine's manifest")
+        spec = ViTSpec.from_dict(manifest["spec_after"])
+        rows.append({**point.to_dict(), "measured": measured[name].to_dict(), "chosen": point is chosen,
+                     "table_ms": evaluator.table_ms(point.recipe, spec),
+                     "table_alone_ms": evaluator.table_ms(point.recipe, spec, merge_factor=1.0)})
     return {
         "command": command_line(), "model": config.model, "goal": config.goal_text, "backend": config.backend,
         "batch": config.batch, "lut": str(lut_path), "lut_clock": lut.clock, "device": lut.device,
         "lut_scale": evaluator.scale, "dense_table_ms": evaluator.table_dense_ms,
+        "merge_factor": evaluator.merge_factor, "front_scale": dense.cpu_ms / evaluator.table_dense_ms,
         "holdout_images": len(data.holdout), "test_images": len(data.test) if data.test is not None else 0,
         "recipes": len(recipes), "dominated": sum(1 for n in structural["notes"].values() if n.startswith("dominated")),
         "search_seconds": round(search_seconds, 1),
         "dense": {"predicted_ms": evaluator.dense_ms, "holdout_top1": evaluator.dense_holdout,
+                  "holdout_loss": evaluator.dense_holdout_loss,
                   "test_top1": dense.top1, "measured": dense.to_dict()},
         "front": rows, "chosen": rows[[p is chosen for p in front].index(True)] if chosen in front else None,
         "estimates": [e.to_dict() for e in estimates], "structural": structural, "labels": labels,

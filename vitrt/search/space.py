@@ -64,13 +64,16 @@ class Recipe:
         return " + ".join(parts)
 
     def without(self, axis: str) -> "Recipe | None":
-        """The same recipe without one lossy extra (precision back to fp32, dense instead of 2:4, no low rank)."""
+        """The same recipe without one lossy extra (precision back to fp32, dense instead of 2:4, no low rank, no
+        token merging)."""
         if axis == "precision" and self.precision != "fp32":
             return Recipe(self.prune, self.merge, self.lowrank, self.sparsity, "fp32")
         if axis == "sparsity" and self.sparsity:
             return Recipe(self.prune, self.merge, self.lowrank, False, self.precision)
         if axis == "lowrank" and self.lowrank:
             return Recipe(self.prune, self.merge, None, self.sparsity, self.precision)
+        if axis == "merge" and self.merge:
+            return Recipe(self.prune, None, self.lowrank, self.sparsity, self.precision)
         return None
 
     @property
