@@ -322,7 +322,7 @@ def calibrate(config, module, evaluator, recipes, work: Path, progress) -> dict:
     outs = {"dense": dense_engine(config, module, work)}
     probe, probe_spec, part = None, None, 0.0
     merging = {Recipe(merge=r.merge) for r in recipes if r.merge is not None}
-    for recipe in sorted(merging):  # the widest lever: the largest merge part
+    for recipe in sorted(merging, key=lambda r: r.key):  # the widest lever: the largest merge part
         spec = evaluator.predicted_spec(recipe)
         merge_ms = evaluator.lut.merge_ms(spec, clamp=True)
         if merge_ms > part:
