@@ -201,3 +201,62 @@ def test_a_pruned_recipe_is_judged_after_fine_tuning_not_before():
     assert not goal.admissible(Estimate(merged, 0, **chance), 1.0, 8.0, slack=30.0)  # nothing will train it
     assert not goal.admissible(Estimate(pruned, 6, **chance), 1.0, 8.0, slack=3.0)  # trained: judged
     assert not goal.admissible(Estimate(pruned, 0, **chance), 1.0, 8.0, slack=0.0)  # the final choice: never
+
+
+def test_front_ties_in_top1_are_broken_by_the_held_out_cross_entropy():
+    """On a few hundred held-out images many recipes tie at the same top-1 (100 % most often): among them a slower
+    recipe is on the front only when its held-out cross-entropy is lower."""
+    def point(ms, top1, loss):
+        return Estimate(Recipe(prune=ms / 10), 6, ms, top1, holdout_loss=loss)
+
+    points = [point(2.0, 0.99, 0.30), point(3.0, 1.0, 0.20), point(4.0, 1.0, 0.25), point(5.0, 1.0, 0.10),
+              point(6.0, 0.995, 0.01)]
+    assert [p.predicted_ms for p in pareto(points)] == [2.0, 3.0, 5.0]  # 4 ms: same top-1, worse loss; 6: lower top-1
+    old = Estimate(Recipe(), 0, 9.0, 1.0)  # a state written before the loss was kept: never beats a tie
+    assert old not in pareto(points + [old])
+    assert Estimate.from_dict(points[1].to_dict()).holdout_loss == 0.20
+
+
+def test_merge_is_a_dominance_axis_and_the_merge_factor_reproduces_the_measured_ratio(digits_reference):
+    """The merge factor scales the table's merge part so that the table's ratio of the probe engine to dense is the
+    measured one; a merging recipe the calibrated table does not predict faster than without merging is dropped."""
+    from vitrt.compiler.lut import LatencyTable
+    from vitrt.compiler.models import canonicalize
+    from vitrt.search.evaluate import Evaluator, Target, merge_factor
+    from vitrt.search.holdout import search_data
+
+    assert Recipe(0.5, Merge(2), 0.9).without("merge") == Recipe(0.5, None, 0.9)
+    assert Recipe(0.5).without("merge") is None
+    twin = canonicalize(digits_reference[0]).eval()
+    lut = LatencyTable.load(DIGITS_LUT)
+    evaluator = Evaluator(twin, "digits", search_data("digits", twin.spec.img), lut, DIGITS_LUT,
+                          Target(8, "ort", 1), Progress(enabled=False))
+    probe = Recipe(merge=Merge(2))
+    spec = evaluator.predicted_spec(probe)
+    part = lut.merge_ms(spec, clamp=True)
+    assert part > 0 and lut.merge_ms(twin.spec) == 0.0
+    merged = evaluator.table_ms(probe, spec)
+    k = merge_factor(dense_table_ms=evaluator.table_dense_ms, merged_table_ms=merged, merge_part_ms=part,
+                     measured_ratio=1.15)
+    evaluator.calibrate(1.0, k)
+    assert evaluator.table_ms(probe, spec) / evaluator.table_dense_ms == pytest.approx(1.15)
+    assert evaluator.table_ms(probe, spec, merge_factor=1.0) == pytest.approx(merged)
+    assert merge_factor(dense_table_ms=8.0, merged_table_ms=7.0, merge_part_ms=0.0, measured_ratio=2.0) == 1.0
+    assert merge_factor(dense_table_ms=8.0, merged_table_ms=7.0, merge_part_ms=0.1, measured_ratio=9.0) == 10.0
+    from vitrt.search.halving import structural_filter
+
+    kept, structural = structural_filter(evaluator, [Recipe(), probe], Progress(enabled=False))
+    assert kept == [Recipe()]  # at 1.15x the dense time, merging cannot pay on this model
+    assert structural["notes"][probe.key].startswith("dominated: predicted not faster than fp32")
+
+
+def test_the_front_is_filled_in_its_widest_latency_gap():
+    from vitrt.search.halving import widest_gap_candidate
+
+    recipes = {ms: Recipe(prune=ms / 10) for ms in (0.5, 1.5, 2.2, 4.5, 5.5, 7.0)}
+    predicted = {r.key: ms for ms, r in recipes.items()}
+    front = [1.0, 2.0, 8.0]  # widest gap (log): 2 -> 8; its middle is 4 ms
+    assert widest_gap_candidate(front, list(recipes.values()), predicted) == recipes[4.5]
+    inside_none = [recipes[0.5], recipes[1.5]]  # 0.5 ms is faster than the front: the gap 0.5 -> 1 is widest
+    assert widest_gap_candidate(front, inside_none, predicted) == recipes[0.5]
+    assert widest_gap_candidate(front, [], predicted) is None
