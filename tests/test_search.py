@@ -260,3 +260,60 @@ def test_the_front_is_filled_in_its_widest_latency_gap():
     inside_none = [recipes[0.5], recipes[1.5]]  # 0.5 ms is faster than the front: the gap 0.5 -> 1 is widest
     assert widest_gap_candidate(front, inside_none, predicted) == recipes[0.5]
     assert widest_gap_candidate(front, [], predicted) is None
+
+
+def test_dcvit_is_a_search_axis_apart_from_nvit_pruning():
+    from vitrt.search.space import DCVIT_FEW_SHOT
+
+    space = Space(prune=(None, 0.5), merge=(None,), lowrank=(None,), sparsity=(False,), precision=("fp32",),
+                  dcvit=(None, 0.7))
+    assert set(space.recipes()) == {Recipe(), Recipe(0.5), Recipe(dcvit=0.7)}  # never NViT and DC-ViT together
+    with pytest.raises(OptionError, match="not both"):
+        Recipe(prune=0.5, dcvit=0.7)
+    r = Recipe(merge=Merge(6), precision="int8", dcvit=0.7)
+    assert r.label() == "DC-ViT 0.7 MACs + DFE r=6 + int8" and r.key.endswith("-dc0.7")
+    assert Recipe(0.5).key == "p0.5-m0-lr0-dense-fp32"  # keys without DC-ViT are those older states hold
+    assert r.trainable() == ["dcvit", "quant"] and Recipe.from_dict(r.to_dict()) == r
+    assert r.without("precision") == Recipe(merge=Merge(6), dcvit=0.7) and r.structural().precision == "fp32"
+    rung0 = r.options(epochs=0, data="digits", lut=None, batch=8, backend="ort", threads=1)
+    assert rung0["dcvit_epochs"] == 0 and rung0["dcvit_score_epochs"] == 0  # explicit: DC-ViT's default is 50
+    assert rung0["dcvit_metric"] == "digits" and rung0["few_shot"] == DCVIT_FEW_SHOT and "prune" not in rung0
+    assert r.options(epochs=6, data="digits", lut=None, batch=8, backend="ort", threads=1)["dcvit_epochs"] == 6
+    goal = Goal(max_drop=1.0)
+    assert goal.admissible(Estimate(Recipe(dcvit=0.7), 0, 1.0, 0.5), 1.0, 8.0, slack=30.0)  # judged once trained
+    config = OptimizeConfig(model="digits", out=Path("x"), max_drop=1.0, dcvit_macs="0.8,1")
+    assert config.space_override(space).dcvit == (None, 0.8)
+    from vitrt.compiler.known_models import known_spec
+    from vitrt.search.space import default_space
+
+    assert default_space(known_spec("deit_small_patch16_224")).dcvit == (None, 0.85, 0.7)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dcvit-macs", "0.7,x"], "comma-separated numbers"),
+    (["--dcvit-macs", "1.5"], "--dcvit-macs must lie in"),
+])
+def test_bad_dcvit_axis_is_one_line(tmp_path, capsys, args, message):
+    assert cli(["optimize", "digits", "-o", str(tmp_path / "OUT"), "--max-drop", "1", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "OUT").exists()
+
+
+def test_a_dcvit_recipe_is_estimated_on_the_fit_split(digits_reference):
+    """Rung 0 of a DC-ViT recipe on the digits reference: blocks scored and compressed on the fit split (no
+    fine-tuning), the latency table predicting the compressed spec (attention removed, MLP reduced)."""
+    from vitrt.compiler.lut import LatencyTable
+    from vitrt.compiler.models import canonicalize
+    from vitrt.search.evaluate import Evaluator, Target
+    from vitrt.search.holdout import search_data
+
+    twin = canonicalize(digits_reference[0]).eval()
+    lut = LatencyTable.load(DIGITS_LUT)
+    evaluator = Evaluator(twin, "digits", search_data("digits", twin.spec.img), lut, DIGITS_LUT,
+                          Target(8, "ort", 1), Progress(enabled=False))
+    e = evaluator.estimate(Recipe(dcvit=0.7), 0)
+    assert e.ok, e.refused
+    meta = e.plans["prune"].meta["dcvit"]
+    assert meta["macs_fraction"] <= 0.7 and meta["metric_set"]["images"] == 256 and meta["epochs"] == 0
+    assert e.params < 607_946  # the dense reference's
+    assert e.predicted_ms < 0.8 * evaluator.dense_ms and e.holdout_top1 > 0.9 and e.holdout_loss is not None

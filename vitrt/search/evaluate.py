@@ -151,8 +151,7 @@ class Evaluator:
     def predicted_spec(self, recipe: Recipe):
         """The spec ``recipe`` compiles to, planning only what changes dims (pruning without fine-tuning, merging,
         low rank): enough for the latency table."""
-        structural = Recipe(recipe.prune, recipe.merge, recipe.lowrank)
-        return self.plan(structural, 0).final.spec
+        return self.plan(recipe.structural(), 0).final.spec
 
 
 def merge_factor(*, dense_table_ms: float, merged_table_ms: float, merge_part_ms: float,

@@ -60,10 +60,11 @@ class Goal:
     def admissible(self, e: Estimate, dense_top1: float, dense_ms: float, slack: float) -> bool:
         if not e.ok or e.holdout_top1 is None:
             return False
-        if self.max_drop is not None and e.epochs == 0 and "prune" in e.recipe.trainable() and slack > 0:
+        if self.max_drop is not None and e.epochs == 0 and {"prune", "dcvit"} & set(e.recipe.trainable()) \
+                and slack > 0:
             # a structurally pruned twin before any fine-tuning is near chance at large cuts (NViT fine-tunes
-            # after pruning): its rung-0 accuracy says nothing about what fine-tuning recovers, so it is judged
-            # from the first rung that trains it
+            # after pruning, DC-ViT after each block): its rung-0 accuracy says nothing about what fine-tuning
+            # recovers, so it is judged from the first rung that trains it
             return True
         if self.max_drop is not None:
             return (dense_top1 - e.holdout_top1) * 100 <= self.max_drop + slack

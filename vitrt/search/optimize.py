@@ -51,6 +51,9 @@ class OptimizeConfig:
     no_lowrank: bool = option(False, "leave low rank out of the search")
     prune_fractions: str | None = option(None, "prune latency fractions to search, comma-separated (default "
                                          "0.7,0.5,0.4,0.3; 1 means no pruning, always included)", metavar="LIST")
+    dcvit_macs: str | None = option(None, "DC-ViT MACs fractions to search, comma-separated (default 0.85,0.7 "
+                                    "where the blocks are all alike; 1 means no DC-ViT, always included)",
+                                    metavar="LIST")
     merge_r: str | None = option(None, "constant token-merge r values to search (DFE schedules, first depth // 6 "
                                  "blocks dense), comma-separated (default: ToMe / DFE / DFE+LGTM at about 3, 6 and "
                                  "9 %% of the tokens per block; 0 means no merging, always included)", metavar="LIST")
@@ -85,7 +88,8 @@ class OptimizeConfig:
         try:
             self.schedule, self.space_override(None)
         except ValueError:
-            raise OptionError("--epochs, --prune-fractions and --merge-r take comma-separated numbers") from None
+            raise OptionError("--epochs, --prune-fractions, --dcvit-macs and --merge-r take comma-separated numbers") \
+                from None
         if self.lut is not None and not Path(self.lut).is_file():
             raise OptionError(f"--lut '{self.lut}' does not exist or is not a file")
         from vitrt.pipeline.config import check_data_source
@@ -114,21 +118,27 @@ class OptimizeConfig:
         return Schedule(epochs, keep, slack)
 
     def space_override(self, space):
-        """``space`` with the --prune-fractions / --merge-r axes replaced where given."""
+        """``space`` with the --prune-fractions / --dcvit-macs / --merge-r axes replaced where given."""
         from vitrt.search.space import Merge
 
-        prune = None if self.prune_fractions is None else \
-            tuple(sorted({None} | {float(f) for f in self.prune_fractions.split(",") if float(f) != 1},
-                         key=lambda f: -(f or 1)))
+        def fractions(text):
+            return None if text is None else \
+                tuple(sorted({None} | {float(f) for f in text.split(",") if f.strip() and float(f) != 1},
+                             key=lambda f: -(f or 1)))
+
+        prune, dcvit = fractions(self.prune_fractions), fractions(self.dcvit_macs)
         merge = None if self.merge_r is None else \
             (None,) + tuple(Merge(int(r)) for r in self.merge_r.split(",") if int(r) > 0)
         if prune is not None and any(not 0 < f < 1 for f in prune if f is not None):
             raise OptionError(f"--prune-fractions must lie in (0, 1], got '{self.prune_fractions}'")
+        if dcvit is not None and any(not 0 < f < 1 for f in dcvit if f is not None):
+            raise OptionError(f"--dcvit-macs must lie in (0, 1], got '{self.dcvit_macs}'")
         if space is None:
             return None
         from dataclasses import replace
 
-        return replace(space, **{k: v for k, v in (("prune", prune), ("merge", merge)) if v is not None})
+        return replace(space, **{k: v for k, v in (("prune", prune), ("dcvit", dcvit), ("merge", merge))
+                                 if v is not None})
 
     @property
     def goal_text(self) -> str:
@@ -205,7 +215,8 @@ def search_space(config: OptimizeConfig, spec):
 
     space = config.space_override(default_space(spec))
     return Space(prune=space.prune, merge=space.merge, lowrank=(None,) if config.no_lowrank else space.lowrank,
-                 sparsity=(False,) if config.no_sparsity else space.sparsity, precision=tuple(config.precision_list))
+                 sparsity=(False,) if config.no_sparsity else space.sparsity, precision=tuple(config.precision_list),
+                 dcvit=space.dcvit)
 
 
 def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> dict:

@@ -34,7 +34,8 @@ class PruneConfig:
     few_shot: int | None = option(None, "DC-ViT: unlabelled images of --data used for importance and "
                                   "feature-mimicking fine-tuning (default 100)", type=int, metavar="N")
     dcvit_metric: str | None = option(None, "DC-ViT: metric set scoring each block's recoverability, e.g. synth:SET "
-                                      "from vitrt synth (default: 50 images synthesised during the compile)",
+                                      "from vitrt synth, or a labelled source (its first 256 images; default: 50 images "
+                                      "synthesised during the compile)",
                                       metavar="DATA")
     dcvit_mlp: float | None = option(None, "DC-ViT: preferred fraction of the MLP a compressed block keeps "
                                      "(default 0.5); the exact fraction is solved to land on --dcvit-macs",

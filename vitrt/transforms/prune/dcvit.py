@@ -244,6 +244,9 @@ def compress(twin, teacher, few_shot: ImageSet, metric: MetricSet, settings: Set
 # --- the planning mode ---------------------------------------------------------------------------------------
 FEW_SHOT = 100
 METRIC_IMAGES, METRIC_ITERATIONS = 50, 2000  # grown during a compile without --dcvit-metric (DC-ViT's settings)
+# --dcvit-metric reads at most this many images: a metric set is scored ~2 x depth times per compression, and a
+# few hundred images rank blocks as well as a training split (DC-ViT's synthetic sets are 50-500 images)
+METRIC_LIMIT = 256
 
 
 def settings_from(options, seed: int) -> Settings:
@@ -258,7 +261,8 @@ def settings_from(options, seed: int) -> Settings:
 def metric_set(ctx, options) -> tuple[MetricSet, dict]:
     """``--dcvit-metric`` (with the dense model's argmax where it has no labels), or a set synthesised now."""
     if options.dcvit_metric is not None:
-        metric = MetricSet.of(in_memory(ctx.data(options.dcvit_metric), "--dcvit-metric data"), ctx.teacher)
+        source = ctx.data(options.dcvit_metric, limit=METRIC_LIMIT)
+        metric = MetricSet.of(in_memory(source, "--dcvit-metric data"), ctx.teacher)
         return metric, {"source": options.dcvit_metric, "images": len(metric)}
     config = SynthesisConfig(images=METRIC_IMAGES, iterations=METRIC_ITERATIONS, seed=ctx.seed)
     with ctx.progress.step(f"synthesising a {METRIC_IMAGES}-image metric set ({config.iterations} iterations)"):
