@@ -256,10 +256,13 @@ def test_the_front_is_filled_in_its_widest_latency_gap():
     recipes = {ms: Recipe(prune=ms / 10) for ms in (0.5, 1.5, 2.2, 4.5, 5.5, 7.0)}
     predicted = {r.key: ms for ms, r in recipes.items()}
     front = [1.0, 2.0, 8.0]  # widest gap (log): 2 -> 8; its middle is 4 ms
-    assert widest_gap_candidate(front, list(recipes.values()), predicted) == recipes[4.5]
-    inside_none = [recipes[0.5], recipes[1.5]]  # 0.5 ms is faster than the front: the gap 0.5 -> 1 is widest
-    assert widest_gap_candidate(front, inside_none, predicted) == recipes[0.5]
-    assert widest_gap_candidate(front, [], predicted) is None
+    assert widest_gap_candidate(front, list(recipes.values()), predicted) == (recipes[4.5], (2.0, 8.0))
+    # a gap that was tried and did not gain a point is passed over: next widest, 0.5 (faster than the front) -> 1
+    assert widest_gap_candidate(front, list(recipes.values()), predicted, {(2.0, 8.0)}) == \
+        (recipes[0.5], (0.5, 1.0))
+    # slower than the slowest point is a gap too (up to the slowest candidate)
+    assert widest_gap_candidate([1.0, 2.0], [recipes[7.0], recipes[1.5]], predicted) == (recipes[7.0], (2.0, 7.0))
+    assert widest_gap_candidate(front, [], predicted) == (None, None)
 
 
 def test_dcvit_is_a_search_axis_apart_from_nvit_pruning():

@@ -201,40 +201,51 @@ def run_rungs(evaluator: Evaluator, recipes: list[Recipe], goal: Goal, schedule:
 
 def fill_front(evaluator: Evaluator, recipes: list[Recipe], predicted: dict[str, float], epochs: int, want: int,
                state: SearchState, clock: Clock, save_recipe, progress) -> int:
-    """Step 5; returns how many recipes it trained. ``predicted``: the table's ms of every recipe (step 1)."""
+    """Step 5; returns how many recipes it trained. ``predicted``: the table's ms of every recipe (step 1). A gap
+    whose recipe did not join the front is not tried again until the front changes around it."""
     from vitrt.search.front import best_per_recipe, pareto
 
-    tried, costs = set(), [e["seconds"] for e in state.done.values() if e["epochs"] == epochs and e["seconds"] > 1]
+    tried, failed = set(), set()
+    costs = [e["seconds"] for e in state.done.values() if e["epochs"] == epochs and e["seconds"] > 1]
     while True:
         front = pareto(best_per_recipe([Estimate.from_dict(e) for e in state.done.values()]))
         if len(front) >= want or not front:
             return len(tried)
         candidates = [r for r in recipes if r.trainable() and r.key in predicted and r.key not in tried
                       and (r.key, epochs) not in state.done]
-        recipe = widest_gap_candidate([e.predicted_ms for e in front], candidates, predicted)
+        recipe, gap = widest_gap_candidate([e.predicted_ms for e in front], candidates, predicted, failed)
         expected = sum(costs) / len(costs) if costs else 0.0
         if recipe is None or not clock.fits(expected):
             if recipe is not None:
                 state.note(front_fill_stopped_for_budget=len(front))
             return len(tried)
         progress.log(f"front: {len(front)} point(s) of {want}; fine-tuning {recipe.label()} ({epochs} epochs) in "
-                     "its widest gap")
+                     f"its widest gap ({gap[0]:.2f}-{gap[1]:.2f} ms)")
         tried.add(recipe.key)
         estimate = evaluator.estimate(recipe, epochs)
         costs.append(estimate.seconds)
         state.add(estimate, save_recipe(estimate) if estimate.ok else None)
+        joined = any(e.recipe.key == recipe.key for e in
+                     pareto(best_per_recipe([Estimate.from_dict(e) for e in state.done.values()])))
+        if not joined:
+            failed.add(gap)
 
 
-def widest_gap_candidate(front_ms: list[float], candidates: list[Recipe], predicted: dict[str, float]):
-    """The candidate nearest (in log latency) the middle of the widest gap of ``front_ms`` that holds one."""
+def widest_gap_candidate(front_ms: list[float], candidates: list[Recipe], predicted: dict[str, float],
+                         skip: set = frozenset()):
+    """(the candidate nearest, in log latency, the middle of the widest gap of ``front_ms`` that holds one, that
+    gap) or (None, None). The regions faster than the fastest point and slower than the slowest are gaps too,
+    bounded by the candidates there; gaps in ``skip`` are passed over."""
     ms = sorted(front_ms)
     faster = [predicted[r.key] for r in candidates if predicted[r.key] < ms[0]]
-    edges = ([min(faster)] if faster else []) + ms
-    best, best_width = None, 0.0
+    slower = [predicted[r.key] for r in candidates if predicted[r.key] > ms[-1]]
+    edges = ([min(faster)] if faster else []) + ms + ([max(slower)] if slower else [])
+    best, best_gap, best_width = None, None, 0.0
     for lo, hi in zip(edges, edges[1:]):
-        inside = [r for r in candidates if lo <= predicted[r.key] < hi and predicted[r.key] not in ms]
+        inside = [r for r in candidates if lo <= predicted[r.key] <= hi and predicted[r.key] not in ms]
         width = math.log(hi / lo)
-        if inside and width > best_width:
+        if inside and width > best_width and (lo, hi) not in skip:
             middle = math.sqrt(lo * hi)
-            best, best_width = min(inside, key=lambda r: abs(math.log(predicted[r.key] / middle))), width
-    return best
+            best = min(inside, key=lambda r: abs(math.log(predicted[r.key] / middle)))
+            best_gap, best_width = (lo, hi), width
+    return best, best_gap
