@@ -167,6 +167,13 @@ def plot(result: dict, path: Path) -> None:
     ax.axhline(100 * (dense["measured"]["top1"] or dense["holdout_top1"]), color="grey", lw=0.8, ls="--",
                label="dense (test)")
     ax.set(xlabel="speedup over dense fp32", ylabel="top-1 %", title=f"{result['model']}: {result['goal']}")
+    shown = [100 * p["measured"]["top1"] for p in front if p["measured"]["top1"] is not None]
+    floor = min(shown, default=50.0) - 5
+    hidden = sum(1 for e in est if 100 * e["holdout_top1"] < floor)
+    if hidden:  # pruned twins before fine-tuning sit near chance: they would flatten everything else
+        ax.set_ylim(bottom=floor)
+        ax.text(0.01, 0.01, f"{hidden} estimate(s) below {floor:.0f} % not shown (pruned, before fine-tuning)",
+                transform=ax.transAxes, fontsize=7, color="grey")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
