@@ -221,11 +221,12 @@ def test_front_ties_in_top1_are_broken_by_the_held_out_cross_entropy():
 
 
 def test_merge_is_a_dominance_axis_and_the_merge_factor_reproduces_the_measured_ratio(digits_reference):
-    """The merge factor scales the table's merge part so that the table's ratio of the probe engine to dense is the
-    measured one; a merging recipe the calibrated table does not predict faster than without merging is dropped."""
+    """The offset makes the table's ratio of a small engine to dense the measured one, the merge factor then that
+    of the merging probe; a merging recipe the calibrated table does not predict faster than without merging is
+    dropped."""
     from vitrt.compiler.lut import LatencyTable
     from vitrt.compiler.models import canonicalize
-    from vitrt.search.evaluate import Evaluator, Target, merge_factor
+    from vitrt.search.evaluate import Evaluator, Target, merge_factor, table_offset
     from vitrt.search.holdout import search_data
 
     assert Recipe(0.5, Merge(2), 0.9).without("merge") == Recipe(0.5, None, 0.9)
@@ -239,13 +240,18 @@ def test_merge_is_a_dominance_axis_and_the_merge_factor_reproduces_the_measured_
     part = lut.merge_ms(spec, clamp=True)
     assert part > 0 and lut.merge_ms(twin.spec) == 0.0
     merged = evaluator.table_ms(probe, spec)
-    k = merge_factor(dense_table_ms=evaluator.table_dense_ms, merged_table_ms=merged, merge_part_ms=part,
-                     measured_ratio=1.15)
-    evaluator.calibrate(1.0, k)
-    assert evaluator.table_ms(probe, spec) / evaluator.table_dense_ms == pytest.approx(1.15)
-    assert evaluator.table_ms(probe, spec, merge_factor=1.0) == pytest.approx(merged)
+    offset = table_offset(dense_table_ms=evaluator.dense_table_ms, small_table_ms=0.5 * evaluator.dense_table_ms,
+                          measured_ratio=0.55)  # the small engine ran slower than the table says: a per-run cost
+    assert (0.5 * evaluator.dense_table_ms + offset) / (evaluator.dense_table_ms + offset) == pytest.approx(0.55)
+    k = merge_factor(dense_table_ms=evaluator.dense_table_ms + offset, merged_table_ms=merged + offset,
+                     merge_part_ms=part, measured_ratio=1.15)
+    evaluator.calibrate(1.0, k, offset)
+    assert evaluator.table_ms(probe, spec) / evaluator.dense_table_ms == pytest.approx(1.15)
+    assert evaluator.table_ms(probe, spec, calibrated=False) == pytest.approx(merged)
     assert merge_factor(dense_table_ms=8.0, merged_table_ms=7.0, merge_part_ms=0.0, measured_ratio=2.0) == 1.0
     assert merge_factor(dense_table_ms=8.0, merged_table_ms=7.0, merge_part_ms=0.1, measured_ratio=9.0) == 10.0
+    assert table_offset(dense_table_ms=8.0, small_table_ms=4.0, measured_ratio=0.4) == 0.0  # faster than the table
+    assert table_offset(dense_table_ms=8.0, small_table_ms=4.0, measured_ratio=1.2) == 0.0  # cannot tell
     from vitrt.search.halving import structural_filter
 
     kept, structural = structural_filter(evaluator, [Recipe(), probe], Progress(enabled=False))

@@ -107,11 +107,12 @@ def markdown(result: dict) -> str:
                      f"{_error(predicted, m['cpu_ms'])} | {_error(p.get('table_alone_ms'), m['cpu_ms'])} | "
                      f"{speedup:.2f}x | {m['speedup_cpu']:.2f}x | {100 * (speedup / m['speedup_cpu'] - 1):+.1f} % | "
                      f"{_ms(m['wall_ms'])} | {m['speedup_wall']:.2f}x | {_pct(p['holdout_top1'])} | "
-                     f"{_loss(p.get('holdout_loss'))} | {_pct(m['top1'])} | {'—' if drop is None else f'{drop:.2f}'} | "
+                     f"{_loss(p.get('holdout_loss'))} | {_pct(m['top1'])} | "
+                     f"{'—' if drop is None else f'{drop:.2f}'} | "
                      f"{m['params']:,} | {m['onnx_bytes'] / 1024:.0f} |")
     d = dense["measured"]
-    table_dense = result.get("dense_table_ms")
-    lines += [f"| dense fp32 (reference) | — | {_ms(table_dense * scale if table_dense else None)} | "
+    table_dense, offset = result.get("dense_table_ms"), result.get("table_offset_ms", 0.0)
+    lines += [f"| dense fp32 (reference) | — | {_ms((table_dense + offset) * scale if table_dense else None)} | "
               f"{_ms(d['cpu_ms'])} | (calibration) | {_error(table_dense, d['cpu_ms'])} | 1.00x | 1.00x | — | "
               f"{_ms(d['wall_ms'])} | 1.00x | {_pct(dense['holdout_top1'])} | "
               f"{_loss(dense.get('holdout_loss'))} | {_pct(d['top1'])} | 0.00 | {d['params']:,} | "
@@ -123,12 +124,13 @@ def markdown(result: dict) -> str:
         speed = [abs(dense["predicted_ms"] / p["predicted_ms"] / p["measured"]["speedup_cpu"] - 1) for p in front]
         worst = front[errors.index(max(errors))]
         lines.append(f"Prediction error on the {len(front)} front points: {_max_median(errors)} ({worst['label']} the "
-                     f"largest). A prediction is the table's time for the compiled engine's spec (its token-merge part x "
-                     f"{result.get('merge_factor', 1.0):.2f}, the factor one merging engine of this model measured at "
-                     f"the start of the search), times {scale:.3f}: the dense engine's time "
-                     f"measured in this same timing run over the table's (one factor for the machine at that moment, "
-                     f"which makes the dense row exact by construction)." +
-                     (f" The table alone (no factor at all) is off by {_max_median(alone)}." if alone else ""))
+                     f"largest). A prediction is the table's time for the compiled engine's spec, calibrated on "
+                     f"engines of this model timed at the start of the search — + {offset:.3f} ms a run (what the "
+                     f"smallest pruned engine measured beyond the table), its token-merge part x "
+                     f"{result.get('merge_factor', 1.0):.2f} (what the merging one measured) — times {scale:.3f}: "
+                     f"the dense engine's time measured in this same timing run over its calibrated table time (one "
+                     f"factor for the machine at that moment, which makes the dense row exact by construction)." +
+                     (f" The table alone (no calibration at all) is off by {_max_median(alone)}." if alone else ""))
         lines.append(f"Predicted speedup over dense against the speedup measured side by side with the dense engine "
                      f"(median of per-round ratios): {_max_median(speed)}.")
     chosen = result.get("chosen")

@@ -251,9 +251,10 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
     if calibration is None:  # a resumed search keeps the factors its estimates were made with
         calibration = calibrate(config, module, evaluator, recipes, work, progress)
         state.note(**calibration)
-    evaluator.calibrate(calibration["lut_scale"], calibration.get("merge_factor", 1.0))
-    progress.log(f"latency table calibrated on the dense engine: measured / predicted = {evaluator.scale:.3f}; "
-                 f"token merging costs {evaluator.merge_factor:.2f}x what the table's merge probe measured in this model")
+    evaluator.calibrate(calibration["lut_scale"], calibration.get("merge_factor", 1.0),
+                        calibration.get("table_offset_ms", 0.0))
+    progress.log(f"latency table calibrated: + {evaluator.offset:.3f} ms a run, token merging "
+                 f"{evaluator.merge_factor:.2f}x the table's probe, x {evaluator.scale:.3f} (the dense engine now)")
     goal = Goal(config.max_drop, config.target_speedup)
     progress.log(f"{len(recipes)} recipes; dense: predicted {evaluator.dense_ms:.3f} ms, held-out top-1 "
                  f"{100 * evaluator.dense_holdout:.2f} % ({len(data.holdout)} images)")
@@ -321,42 +322,56 @@ def dense_engine(config, module, work: Path) -> Path:
 
 
 def calibrate(config, module, evaluator, recipes, work: Path, progress) -> dict:
-    """The table's two model-level factors, from engines of this model timed side by side as the front is: the
-    dense engine's measured time over the table's (``lut_scale``), and, when the space merges tokens, the factor on
-    the table's merge part that reproduces the measured ratio to dense of the fp32 merge schedule with the largest
-    merge part (``merge_factor``, :func:`vitrt.search.evaluate.merge_factor`)."""
+    """The table's model-level calibration, from engines of this model timed side by side as the front is: the
+    dense engine; the space's smallest pruned engine (no fine-tuning), whose ratio to dense gives the per-run
+    offset the table's parts do not hold (``table_offset_ms``, :func:`vitrt.search.evaluate.table_offset`); the
+    fp32 merge schedule with the largest merge part, whose ratio gives the factor on the table's merge part
+    (``merge_factor``, :func:`vitrt.search.evaluate.merge_factor`); and the dense engine's measured time over its
+    calibrated table time (``lut_scale``)."""
+    from vitrt.compiler.jsonfile import read_json
+    from vitrt.compiler.spec import ViTSpec
     from vitrt.pipeline.driver import compile
-    from vitrt.search.evaluate import merge_factor
+    from vitrt.search.evaluate import merge_factor, table_offset
     from vitrt.search.measure import measure
     from vitrt.search.space import Recipe
 
+    pruned = sorted({r.prune for r in recipes if r.prune})
+    small = Recipe(prune=pruned[0]) if pruned else None
+    probe, part = None, 0.0
+    for recipe in sorted({Recipe(merge=r.merge) for r in recipes if r.merge is not None}, key=lambda r: r.key):
+        merge_ms = evaluator.lut.merge_ms(evaluator.predicted_spec(recipe), clamp=True)
+        if merge_ms > part:  # the widest lever: the largest merge part
+            probe, part = recipe, merge_ms
     outs = {"dense": dense_engine(config, module, work)}
-    probe, probe_spec, part = None, None, 0.0
-    merging = {Recipe(merge=r.merge) for r in recipes if r.merge is not None}
-    for recipe in sorted(merging, key=lambda r: r.key):  # the widest lever: the largest merge part
-        spec = evaluator.predicted_spec(recipe)
-        merge_ms = evaluator.lut.merge_ms(spec, clamp=True)
-        if merge_ms > part:
-            probe, probe_spec, part = recipe, spec, merge_ms
-    with progress.step("timing the dense engine" + (f" and {probe.label()}" if probe else "") +
-                       " to calibrate the latency table"):
-        if probe is not None:
-            outs["merge"] = work / "engines" / f"calibrate-{probe.key}"
-            options = {k: v for k, v in evaluator.options(probe, 0).items() if k not in ("lut", "data")}
-            compile(module, outs["merge"], name=config.model, force=True, quiet=True, **options)
+    engines = {name: recipe for name, recipe in (("small", small), ("merge", probe)) if recipe is not None}
+    names = ", ".join(["the dense engine"] + [r.label() for r in engines.values()])
+    with progress.step(f"timing {names} to calibrate the latency table"):
+        for name, recipe in engines.items():
+            outs[name] = work / "engines" / f"calibrate-{recipe.key}"
+            compile(module, outs[name], name=config.model, force=True, quiet=True, **evaluator.options(recipe, 0))
         # a ratio of ~1.1-1.3 read from a few short rounds swings by 0.1 on a shared machine; ~20 s buys it steady
         timed = measure(outs, "dense", rounds=max(9, config.rounds), iterations=20, threads=1, seed=config.seed)
-    dense_ms = timed["dense"].cpu_ms
-    out = {"lut_scale": dense_ms / evaluator.table_dense_ms, "dense_measured_ms": dense_ms,
-           "dense_table_ms": evaluator.table_dense_ms}
+
+    def table_alone(name):
+        manifest = read_json(outs[name] / "manifest.json", "a calibration engine's manifest")
+        spec = ViTSpec.from_dict(manifest["spec_after"])
+        return evaluator.table_ms(engines[name], spec, calibrated=False)
+
+    dense_table, out = evaluator.dense_table_alone_ms, {}
+    offset = 0.0
+    if small is not None:
+        ratio = 1.0 / timed["small"].speedup_cpu
+        offset = table_offset(dense_table_ms=dense_table, small_table_ms=table_alone("small"), measured_ratio=ratio)
+        out.update(small_probe=small.label(), small_probe_ratio=ratio, small_probe_table_ms=table_alone("small"))
     if probe is not None:
-        ratio = 1.0 / timed["merge"].speedup_cpu
-        merged_ms = evaluator.table_ms(probe, probe_spec, merge_factor=1.0)
-        out.update(merge_factor=merge_factor(dense_table_ms=evaluator.table_dense_ms, merged_table_ms=merged_ms,
+        ratio, merged = 1.0 / timed["merge"].speedup_cpu, table_alone("merge")
+        out.update(merge_factor=merge_factor(dense_table_ms=dense_table + offset, merged_table_ms=merged + offset,
                                              merge_part_ms=part, measured_ratio=ratio),
-                   merge_probe=probe.label(), merge_probe_ratio=ratio, merge_probe_table_ms=merged_ms,
+                   merge_probe=probe.label(), merge_probe_ratio=ratio, merge_probe_table_ms=merged,
                    merge_probe_part_ms=part)
-    return out
+    dense_ms = timed["dense"].cpu_ms
+    return {"lut_scale": dense_ms / (dense_table + offset), "table_offset_ms": offset, "dense_measured_ms": dense_ms,
+            "dense_table_ms": dense_table, **out}
 
 
 def measure_front(config, module, twin, front, state, evaluator, work: Path, data, progress) -> dict:
@@ -409,12 +424,13 @@ def assemble(config, evaluator, data, lut, lut_path, estimates, structural, reci
         spec = ViTSpec.from_dict(manifest["spec_after"])
         rows.append({**point.to_dict(), "measured": measured[name].to_dict(), "chosen": point is chosen,
                      "table_ms": evaluator.table_ms(point.recipe, spec),
-                     "table_alone_ms": evaluator.table_ms(point.recipe, spec, merge_factor=1.0)})
+                     "table_alone_ms": evaluator.table_ms(point.recipe, spec, calibrated=False)})
     return {
         "command": command_line(), "model": config.model, "goal": config.goal_text, "backend": config.backend,
         "batch": config.batch, "lut": str(lut_path), "lut_clock": lut.clock, "device": lut.device,
-        "lut_scale": evaluator.scale, "dense_table_ms": evaluator.table_dense_ms,
-        "merge_factor": evaluator.merge_factor, "front_scale": dense.cpu_ms / evaluator.table_dense_ms,
+        "lut_scale": evaluator.scale, "dense_table_ms": evaluator.dense_table_alone_ms,
+        "table_offset_ms": evaluator.offset, "merge_factor": evaluator.merge_factor,
+        "front_scale": dense.cpu_ms / evaluator.dense_table_ms,
         "holdout_images": len(data.holdout), "test_images": len(data.test) if data.test is not None else 0,
         "recipes": len(recipes), "dominated": sum(1 for n in structural["notes"].values() if n.startswith("dominated")),
         "search_seconds": round(search_seconds, 1),
