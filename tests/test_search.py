@@ -311,9 +311,12 @@ def test_bad_dcvit_axis_is_one_line(tmp_path, capsys, args, message):
     assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "OUT").exists()
 
 
-def test_a_dcvit_recipe_is_estimated_on_the_fit_split(digits_reference):
+def test_a_dcvit_recipe_is_estimated_on_the_fit_split_and_replays(digits_reference, tmp_path):
     """Rung 0 of a DC-ViT recipe on the digits reference: blocks scored and compressed on the fit split (no
-    fine-tuning), the latency table predicting the compressed spec (attention removed, MLP reduced)."""
+    fine-tuning), the latency table predicting the compressed spec (attention removed, MLP reduced); its recipe
+    replays the plan (a front point is compiled that way)."""
+    from vitrt.pipeline.recipe import compile_recipe, write_recipe
+
     from vitrt.compiler.lut import LatencyTable
     from vitrt.compiler.models import canonicalize
     from vitrt.search.evaluate import Evaluator, Target
@@ -329,3 +332,7 @@ def test_a_dcvit_recipe_is_estimated_on_the_fit_split(digits_reference):
     assert meta["macs_fraction"] <= 0.7 and meta["metric_set"]["images"] == 256 and meta["epochs"] == 0
     assert e.params < 607_946  # the dense reference's
     assert e.predicted_ms < 0.8 * evaluator.dense_ms and e.holdout_top1 > 0.9 and e.holdout_loss is not None
+    recipe = write_recipe(tmp_path / "r" / "recipe.json", "digits", evaluator.options(e.recipe, 0), e.plans)
+    assert "dcvit_macs" not in recipe.options and "prune_plan" in recipe.options
+    replay = compile_recipe(tmp_path / "r" / "recipe.json", out=tmp_path / "engine", quiet=True, verify=True)
+    assert replay.manifest["verify"]["ok"] and replay.manifest["params"]["after"] == e.params

@@ -166,8 +166,9 @@ def write_recipe(path: Path, model: str, options: dict, plans: dict[str, Any], m
         raise RecipeError(f"recipe options {unknown} are not compile options")
     replay = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in options.items()
               if k not in PLANNING_ONLY and k not in REPLAY_OPTIONS}
-    if "prune" in plans:
+    if "prune" in plans:  # an NViT or a DC-ViT plan: either way the replay loads it
         replay.pop("prune", None)
+        replay.pop("dcvit_macs", None)
         replay["prune_plan"] = files["prune"]
     if "lowrank" in plans:
         for key in ("lowrank", "lowrank_budget"):
@@ -184,7 +185,8 @@ def write_recipe(path: Path, model: str, options: dict, plans: dict[str, Any], m
 PLANNING_ONLY = ("data", "importance", "eta", "prune_samples", "finetune_epochs", "revit", "tome_lut", "tome_flops",
                  "tome_latency", "sparse_finetune_epochs", "sparse_data", "permute", "calib_data", "calib_method",
                  "calib_images", "qat_epochs", "scale_table", "lowrank_finetune_epochs", "lowrank_data", "lowrank_layers",
-                 "lowrank_align", "prune_plan", "lowrank_plan", "distill_data")
+                 "lowrank_align", "prune_plan", "lowrank_plan", "distill_data", "few_shot", "dcvit_metric", "dcvit_mlp",
+                 "dcvit_epochs", "dcvit_score_epochs", "dcvit_whole_blocks")
 
 
 def read_recipe(path) -> Recipe:

@@ -253,6 +253,10 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
         state.note(**calibration)
     evaluator.calibrate(calibration["lut_scale"], calibration.get("merge_factor", 1.0),
                         calibration.get("table_offset_ms", 0.0))
+    if evaluator.offset >= 0.25 * evaluator.dense_table_alone_ms * 0.999 or not 0.5 < evaluator.scale < 2.0:
+        progress.log(f"note: the table's parts do not add up to this machine's engines (offset "
+                     f"{evaluator.offset:.2f} ms a run, scale {evaluator.scale:.2f}); predictions will be rough: "
+                     "rebuild it here with vitrt lut build --backend ort --clock cpu --threads 1")
     progress.log(f"latency table calibrated: + {evaluator.offset:.3f} ms a run, token merging "
                  f"{evaluator.merge_factor:.2f}x the table's probe, x {evaluator.scale:.3f} (the dense engine now)")
     goal = Goal(config.max_drop, config.target_speedup)
