@@ -236,3 +236,17 @@ def test_sustained_load_at_concurrency_16_against_in_process_batch_8(server, dig
     assert level["seconds"] < 30 + 15 and level["top1"] >= 0.98
     assert level["server_mean_batch"] > 1.0
     assert level["versus_in_process"] >= 0.6, result
+
+
+def test_a_client_that_cannot_connect_is_not_a_sent_request():
+    """A load level whose clients cannot connect (the server stopping, say) sends nothing, so nothing is lost and
+    no request error is counted: ok + errors == sent holds, the failures are counted apart with their message."""
+    from vitrt.compiler.errors import VitrtError
+    from vitrt.serving.loadtest import run_level
+
+    def refuse():
+        raise VitrtError("model 'm' at http://127.0.0.1:1: Request for unknown model")
+
+    result = run_level(refuse, 3, np.zeros((4, 3, 8, 8), np.float32), None, 1, 0.2, 10, 5.0)
+    assert (result.sent, result.ok, result.errors, result.lost, result.unconnected) == (0, 0, 0, 0, 3)
+    assert "unknown model" in result.first_error and result.summary(1)["unconnected"] == 3

@@ -120,7 +120,8 @@ class LevelResult:
     seconds: float = 0.0
     sent: int = 0
     ok: int = 0
-    errors: int = 0
+    errors: int = 0  # requests sent and answered with an error
+    unconnected: int = 0  # client threads that could not connect (no request sent; e.g. the server stopping)
     correct: int = 0
     labelled: int = 0
     images: int = 0
@@ -135,7 +136,8 @@ class LevelResult:
     def summary(self, batch: int) -> dict:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.asarray([np.nan])
         out = {"concurrency": self.concurrency, "seconds": round(self.seconds, 2), "requests": self.sent,
-               "ok": self.ok, "errors": self.errors, "lost": self.lost, "request_batch": batch,
+               "ok": self.ok, "errors": self.errors, "lost": self.lost, "unconnected": self.unconnected,
+               "request_batch": batch,
                "images_per_s": round(self.images / self.seconds, 1) if self.seconds else 0.0,
                "p50_ms": round(float(np.percentile(lat, 50)), 3), "p90_ms": round(float(np.percentile(lat, 90)), 3),
                "p99_ms": round(float(np.percentile(lat, 99)), 3), "first_error": self.first_error}
@@ -184,9 +186,12 @@ def run_level(connect, concurrency: int, images: np.ndarray, labels: np.ndarray 
     ready = threading.Barrier(concurrency + 1, timeout=timeout + JOIN_GRACE_S,
                               action=lambda: deadline.__setitem__(0, time.monotonic() + duration))
 
-    def fail(exc: BaseException) -> None:
+    def fail(exc: BaseException, connecting: bool = False) -> None:
         with lock:
-            result.errors += 1
+            if connecting:  # not a request: counting it as an error would make ok + errors exceed what was sent
+                result.unconnected += 1
+            else:
+                result.errors += 1
             result.first_error = result.first_error or _message(exc)
 
     def send(client: RemoteModel, start: int) -> None:
@@ -212,7 +217,7 @@ def run_level(connect, concurrency: int, images: np.ndarray, labels: np.ndarray 
         try:
             client = connect()
         except VitrtError as exc:
-            fail(exc)
+            fail(exc, connecting=True)
             client = None
         try:
             ready.wait()
