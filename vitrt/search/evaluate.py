@@ -185,9 +185,10 @@ def merge_factor(*, dense_table_ms: float, merged_table_ms: float, merge_part_ms
     The table prices a merge by a two-block probe without MLPs; whole merging engines run slower than that.
     Measured on the digits reference (ORT CPU, batch 8, side by side), a factor fitted on one schedule (2.7x on
     DFE r=2) predicts the others' ratio to dense within 3 % (DFE r=3, 4, 6; ToMe r=2 in every block; r=1 in the
-    last 6 blocks) and within 5 % for one merge alone, and it stays right for pruned models (the missing time does
-    not shrink with the blocks, as the merge part does not); where the time goes is not established. One factor
-    per model, from one measured merging engine, clamped to [0, 10]; 1 when nothing merges."""
+    last 6 blocks) and within 5 % for one merge alone; what the table misses does not shrink with pruning (two
+    pruned + merged engines, prune 0.3 / 0.5 + DFE r=6, missed about the ~1 ms the unpruned one did), as the merge
+    part does not. Where the time goes is not established. One factor per model, from one measured merging engine,
+    clamped to [0, 10]; 1 when nothing merges."""
     if merge_part_ms <= 0:
         return 1.0
     return min(max(1.0 + (dense_table_ms * measured_ratio - merged_table_ms) / merge_part_ms, 0.0), 10.0)

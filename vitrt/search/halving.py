@@ -14,8 +14,8 @@
        --target-speedup), every estimate kept for the Pareto front;
     5. filling the front: halving trains only the recipes near the goal, so the front (a recipe's estimate at its
        largest budget) is short elsewhere. While it has fewer than --front-points points and the budget allows,
-       the trainable recipe nearest the middle of the front's widest latency gap (log scale; the region faster
-       than its fastest point counts as a gap) gets the last rung's epochs.
+       the trainable recipe nearest the middle of the front's widest latency gap (log scale; the regions faster
+       than its fastest point and slower than its slowest count as gaps) gets the last rung's epochs.
 
 Every estimate is written to the state file as it finishes and its plans as a recipe beside it, so an interrupted
 search (Ctrl-C) keeps what was measured and a rerun with the same arguments continues where it stopped. A time
