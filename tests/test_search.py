@@ -336,3 +336,10 @@ def test_a_dcvit_recipe_is_estimated_on_the_fit_split_and_replays(digits_referen
     assert "dcvit_macs" not in recipe.options and "prune_plan" in recipe.options
     replay = compile_recipe(tmp_path / "r" / "recipe.json", out=tmp_path / "engine", quiet=True, verify=True)
     assert replay.manifest["verify"]["ok"] and replay.manifest["params"]["after"] == e.params
+
+
+def test_the_table_check_needs_a_table(tmp_path, capsys):
+    from vitrt.search.table_check import main
+
+    assert main(["-o", str(tmp_path / "x")]) == 2
+    assert "pass --lut LUT" in capsys.readouterr().err and not list(tmp_path.iterdir())

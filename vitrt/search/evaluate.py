@@ -168,8 +168,9 @@ def table_offset(*, dense_table_ms: float, small_table_ms: float, measured_ratio
 
     A table's parts are timed alone, the runtime's empty-graph overhead subtracted once; a whole engine pays a
     per-run cost beyond that which does not shrink with pruning (on the digits reference, ORT CPU, batch 8:
-    ~0.12 ms, fitted over 9 engines from 0.12 to 1.0 of the dense latency; with it, every one was predicted within
-    2 %, without it the smallest 9 % too fast). Clamped to [0, dense / 4]; 0 when the ratio cannot tell."""
+    ~0.12 ms; fitted by least squares over the 9 engines of ``optimize_digits_run7.md``, 0.12 to 1.0 of the dense
+    latency, every one within 2 %, where one scale alone left the smallest 9 % too fast). Clamped to
+    [0, dense / 4]; 0 when the ratio cannot tell."""
     if not 0 < measured_ratio < 1 or small_table_ms >= dense_table_ms:
         return 0.0
     offset = (small_table_ms - measured_ratio * dense_table_ms) / (measured_ratio - 1.0)
@@ -182,13 +183,13 @@ def merge_factor(*, dense_table_ms: float, merged_table_ms: float, merge_part_ms
     equal the ``measured_ratio`` (timed side by side): ``dense · ratio = merged + (k - 1) · merge part`` (both
     table times with the offset of :func:`table_offset` added).
 
-    The table prices a merge by a two-block probe without MLPs; whole merging engines run slower than that.
-    Measured on the digits reference (ORT CPU, batch 8, side by side), a factor fitted on one schedule (2.7x on
-    DFE r=2) predicts the others' ratio to dense within 3 % (DFE r=3, 4, 6; ToMe r=2 in every block; r=1 in the
-    last 6 blocks) and within 5 % for one merge alone; what the table misses does not shrink with pruning (two
-    pruned + merged engines, prune 0.3 / 0.5 + DFE r=6, missed about the ~1 ms the unpruned one did), as the merge
-    part does not. Where the time goes is not established. One factor per model, from one measured merging engine,
-    clamped to [0, 10]; 1 when nothing merges."""
+    The table prices a merge by a two-block probe without MLPs; whole merging engines run slower than that. On
+    the digits reference (ORT CPU, batch 8, side by side; ``benchmarks/results/table_calibration_digits.md``) the
+    table alone puts merging engines 12-38 % too fast; with the offset and a factor fitted on ToMe r=2 (2.85x),
+    DFE r = 2, 3, 4, 6, r=1 in the last six blocks and one merge alone are predicted within 5 %, prune 0.3 / 0.5
+    + DFE r=6 within 7 % (two runs; what the table misses does not shrink with pruning, as the merge part does
+    not). Where the time goes is not established. One factor per model, from one measured merging engine, clamped to [0, 10];
+    1 when nothing merges."""
     if merge_part_ms <= 0:
         return 1.0
     return min(max(1.0 + (dense_table_ms * measured_ratio - merged_table_ms) / merge_part_ms, 0.0), 10.0)
