@@ -185,7 +185,7 @@ def merge_factor(*, dense_table_ms: float, merged_table_ms: float, merge_part_ms
 
     The table prices a merge by a two-block probe without MLPs; whole merging engines run slower than that. On
     the digits reference (ORT CPU, batch 8, side by side; ``benchmarks/results/table_calibration_digits.md``) the
-    table alone puts merging engines 12-38 % too fast; with the offset and a factor fitted on ToMe r=2 (2.85x),
+    table alone puts merging engines up to 38 % too fast; with the offset and a factor fitted on ToMe r=2 (2.85x),
     DFE r = 2, 3, 4, 6, r=1 in the last six blocks and one merge alone are predicted within 5 %, prune 0.3 / 0.5
     + DFE r=6 within 7 % (two runs; what the table misses does not shrink with pruning, as the merge part does
     not). Where the time goes is not established. One factor per model, from one measured merging engine, clamped to [0, 10];
