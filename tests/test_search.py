@@ -343,3 +343,19 @@ def test_the_table_check_needs_a_table(tmp_path, capsys):
 
     assert main(["-o", str(tmp_path / "x")]) == 2
     assert "pass --lut LUT" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_the_dense_recipe_can_be_the_choice(tmp_path, digits_reference):
+    """A recipe with no planned stage (dense fp32) has no plan directory; choosing it still writes OUT/recipe.json and
+    a verified OUT/engine."""
+    from vitrt.pipeline.recipe import write_recipe
+    from vitrt.search.optimize import finalize_choice
+
+    out = tmp_path / "OUT"
+    source = out / ".search" / "recipes" / "p1-m0-lr0-dense-fp32-e0"
+    write_recipe(source / "recipe.json", "digits", Recipe().options(epochs=0, data="digits", lut=None, batch=8,
+                                                                      backend="ort", threads=1), {})
+    assert not (source / "recipe").exists()
+    config = OptimizeConfig(model="digits", out=out, max_drop=1.0, quiet=True)
+    verify = finalize_choice(config, out, str(source.relative_to(out)), digits_reference[0], Progress(enabled=False))
+    assert verify["ok"] and (out / "recipe.json").is_file() and (out / "engine" / "model.onnx").is_file()
