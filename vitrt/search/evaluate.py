@@ -162,6 +162,9 @@ class Evaluator:
         return self.plan(recipe.structural(), 0).final.spec
 
 
+OFFSET_LIMIT = 0.25  # an offset this large (x the dense table time) says the table was built on another machine
+
+
 def table_offset(*, dense_table_ms: float, small_table_ms: float, measured_ratio: float) -> float:
     """The constant (ms) that, added to both table times, makes the table's ratio of a small engine to the dense
     one equal the ``measured_ratio`` (timed side by side): ``(small + c) / (dense + c) = ratio``.
@@ -170,11 +173,11 @@ def table_offset(*, dense_table_ms: float, small_table_ms: float, measured_ratio
     per-run cost beyond that which does not shrink with pruning (on the digits reference, ORT CPU, batch 8:
     ~0.12 ms; fitted by least squares over the 9 engines of ``optimize_digits_run7.md``, 0.12 to 1.0 of the dense
     latency, every one within 2 %, where one scale alone left the smallest 9 % too fast). Clamped to
-    [0, dense / 4]; 0 when the ratio cannot tell."""
+    [0, OFFSET_LIMIT x dense]; 0 when the ratio cannot tell."""
     if not 0 < measured_ratio < 1 or small_table_ms >= dense_table_ms:
         return 0.0
     offset = (small_table_ms - measured_ratio * dense_table_ms) / (measured_ratio - 1.0)
-    return min(max(offset, 0.0), dense_table_ms / 4)
+    return min(max(offset, 0.0), OFFSET_LIMIT * dense_table_ms)
 
 
 def merge_factor(*, dense_table_ms: float, merged_table_ms: float, merge_part_ms: float,
@@ -188,8 +191,21 @@ def merge_factor(*, dense_table_ms: float, merged_table_ms: float, merge_part_ms
     table alone puts merging engines up to 38 % too fast; with the offset and a factor fitted on ToMe r=2 (2.85x),
     DFE r = 2, 3, 4, 6, r=1 in the last six blocks and one merge alone are predicted within 5 %, prune 0.3 / 0.5
     + DFE r=6 within 7 % (two runs; what the table misses does not shrink with pruning, as the merge part does
-    not). Where the time goes is not established. One factor per model, from one measured merging engine, clamped to [0, 10];
-    1 when nothing merges."""
+    not). Where the time goes is not established. One factor per model, from one measured merging engine,
+    clamped to [0, 10]; 1 when nothing merges."""
     if merge_part_ms <= 0:
         return 1.0
     return min(max(1.0 + (dense_table_ms * measured_ratio - merged_table_ms) / merge_part_ms, 0.0), 10.0)
+
+
+def fit_calibration(dense_table_ms: float, small: tuple[float, float] | None = None,
+                    merge: tuple[float, float, float] | None = None) -> tuple[float, float]:
+    """(offset, merge factor) from the table alone and measured ratios to dense: ``small`` = (table ms of a small
+    non-merging engine, its measured ratio), ``merge`` = (table ms of a merging engine, its table merge part, its
+    measured ratio); the offset first (:func:`table_offset`), the merge factor on top of it (:func:`merge_factor`)."""
+    offset = 0.0 if small is None else table_offset(dense_table_ms=dense_table_ms, small_table_ms=small[0],
+                                                     measured_ratio=small[1])
+    k = 1.0 if merge is None else merge_factor(dense_table_ms=dense_table_ms + offset,
+                                               merged_table_ms=merge[0] + offset, merge_part_ms=merge[1],
+                                               measured_ratio=merge[2])
+    return offset, k

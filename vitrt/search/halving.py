@@ -205,10 +205,12 @@ def fill_front(evaluator: Evaluator, recipes: list[Recipe], predicted: dict[str,
     whose recipe did not join the front is not tried again until the front changes around it."""
     from vitrt.search.front import best_per_recipe, pareto
 
-    tried, failed = set(), set()
+    tried, failed, last = set(), set(), None  # last: (the recipe trained in the previous round, its gap)
     costs = [e["seconds"] for e in state.done.values() if e["epochs"] == epochs and e["seconds"] > 1]
     while True:
         front = pareto(best_per_recipe([Estimate.from_dict(e) for e in state.done.values()]))
+        if last is not None and all(e.recipe.key != last[0].key for e in front):
+            failed.add(last[1])
         if len(front) >= want or not front:
             return len(tried)
         candidates = [r for r in recipes if r.trainable() and r.key in predicted and r.key not in tried
@@ -225,10 +227,7 @@ def fill_front(evaluator: Evaluator, recipes: list[Recipe], predicted: dict[str,
         estimate = evaluator.estimate(recipe, epochs)
         costs.append(estimate.seconds)
         state.add(estimate, save_recipe(estimate) if estimate.ok else None)
-        joined = any(e.recipe.key == recipe.key for e in
-                     pareto(best_per_recipe([Estimate.from_dict(e) for e in state.done.values()])))
-        if not joined:
-            failed.add(gap)
+        last = (recipe, gap)
 
 
 def widest_gap_candidate(front_ms: list[float], candidates: list[Recipe], predicted: dict[str, float],

@@ -121,18 +121,17 @@ class OptimizeConfig:
         """``space`` with the --prune-fractions / --dcvit-macs / --merge-r axes replaced where given."""
         from vitrt.search.space import Merge
 
-        def fractions(text):
-            return None if text is None else \
-                tuple(sorted({None} | {float(f) for f in text.split(",") if f.strip() and float(f) != 1},
-                             key=lambda f: -(f or 1)))
+        def fractions(text, flag):
+            if text is None:
+                return None
+            given = {float(f) for f in text.split(",") if f.strip() and float(f) != 1}
+            if any(not 0 < f < 1 for f in given):
+                raise OptionError(f"{flag} must lie in (0, 1], got '{text}'")
+            return tuple(sorted({None} | given, key=lambda f: -(f or 1)))
 
-        prune, dcvit = fractions(self.prune_fractions), fractions(self.dcvit_macs)
+        prune, dcvit = fractions(self.prune_fractions, "--prune-fractions"), fractions(self.dcvit_macs, "--dcvit-macs")
         merge = None if self.merge_r is None else \
             (None,) + tuple(Merge(int(r)) for r in self.merge_r.split(",") if int(r) > 0)
-        if prune is not None and any(not 0 < f < 1 for f in prune if f is not None):
-            raise OptionError(f"--prune-fractions must lie in (0, 1], got '{self.prune_fractions}'")
-        if dcvit is not None and any(not 0 < f < 1 for f in dcvit if f is not None):
-            raise OptionError(f"--dcvit-macs must lie in (0, 1], got '{self.dcvit_macs}'")
         if space is None:
             return None
         from dataclasses import replace
@@ -224,7 +223,7 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
     halving ``schedule`` instead of the defaults."""
     from vitrt.compiler.progress import progress_for
     from vitrt.pipeline.recipe import write_recipe
-    from vitrt.search.evaluate import Evaluator, Target
+    from vitrt.search.evaluate import OFFSET_LIMIT, Evaluator, Target
     from vitrt.search.front import best_per_recipe, pareto, thin, write_report
     from vitrt.search.halving import Clock, Goal, SearchState, fill_front, run_rungs, structural_filter
     from vitrt.search.holdout import search_data
@@ -253,7 +252,7 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
         state.note(**calibration)
     evaluator.calibrate(calibration["lut_scale"], calibration.get("merge_factor", 1.0),
                         calibration.get("table_offset_ms", 0.0))
-    if evaluator.offset >= 0.25 * evaluator.dense_table_alone_ms * 0.999 or not 0.5 < evaluator.scale < 2.0:
+    if evaluator.offset >= OFFSET_LIMIT * evaluator.dense_table_alone_ms * 0.999 or not 0.5 < evaluator.scale < 2.0:
         progress.log(f"note: the table's parts do not add up to this machine's engines (offset "
                      f"{evaluator.offset:.2f} ms a run, scale {evaluator.scale:.2f}); predictions will be rough: "
                      "rebuild it here with vitrt lut build --backend ort --clock cpu --threads 1")
@@ -335,7 +334,7 @@ def calibrate(config, module, evaluator, recipes, work: Path, progress) -> dict:
     from vitrt.compiler.jsonfile import read_json
     from vitrt.compiler.spec import ViTSpec
     from vitrt.pipeline.driver import compile
-    from vitrt.search.evaluate import merge_factor, table_offset
+    from vitrt.search.evaluate import fit_calibration
     from vitrt.search.measure import measure
     from vitrt.search.space import Recipe
 
@@ -358,21 +357,20 @@ def calibrate(config, module, evaluator, recipes, work: Path, progress) -> dict:
 
     def table_alone(name):
         manifest = read_json(outs[name] / "manifest.json", "a calibration engine's manifest")
-        spec = ViTSpec.from_dict(manifest["spec_after"])
-        return evaluator.table_ms(engines[name], spec, calibrated=False)
+        return evaluator.table_ms(engines[name], ViTSpec.from_dict(manifest["spec_after"]), calibrated=False)
 
     dense_table, out = evaluator.dense_table_alone_ms, {}
-    offset = 0.0
     if small is not None:
-        ratio = 1.0 / timed["small"].speedup_cpu
-        offset = table_offset(dense_table_ms=dense_table, small_table_ms=table_alone("small"), measured_ratio=ratio)
-        out.update(small_probe=small.label(), small_probe_ratio=ratio, small_probe_table_ms=table_alone("small"))
+        out.update(small_probe=small.label(), small_probe_ratio=1.0 / timed["small"].speedup_cpu,
+                   small_probe_table_ms=table_alone("small"))
     if probe is not None:
-        ratio, merged = 1.0 / timed["merge"].speedup_cpu, table_alone("merge")
-        out.update(merge_factor=merge_factor(dense_table_ms=dense_table + offset, merged_table_ms=merged + offset,
-                                             merge_part_ms=part, measured_ratio=ratio),
-                   merge_probe=probe.label(), merge_probe_ratio=ratio, merge_probe_table_ms=merged,
-                   merge_probe_part_ms=part)
+        out.update(merge_probe=probe.label(), merge_probe_ratio=1.0 / timed["merge"].speedup_cpu,
+                   merge_probe_table_ms=table_alone("merge"), merge_probe_part_ms=part)
+    offset, k = fit_calibration(
+        dense_table, small=(out["small_probe_table_ms"], out["small_probe_ratio"]) if small else None,
+        merge=(out["merge_probe_table_ms"], part, out["merge_probe_ratio"]) if probe else None)
+    if probe is not None:
+        out["merge_factor"] = k
     dense_ms = timed["dense"].cpu_ms
     return {"lut_scale": dense_ms / (dense_table + offset), "table_offset_ms": offset, "dense_measured_ms": dense_ms,
             "dense_table_ms": dense_table, **out}

@@ -197,6 +197,8 @@ def default_space(spec) -> Space:
     merges = [None, Merge(step), Merge(2 * step), Merge(3 * step), Merge(2 * step, skip=0)]
     if window:
         merges.append(Merge(2 * step, window=window))
-    uniform = all(b == spec.blocks[0] for b in spec.blocks) and spec.blocks[0].heads and spec.blocks[0].mlp
+    from vitrt.transforms.prune.dcvit import compressible
+
+    dcvit = (None, 0.85, 0.7) if compressible(spec) else (None,)
     return Space(prune=(None, 0.7, 0.5, 0.4, 0.3), merge=tuple(merges), lowrank=(None, 0.9),
-                 sparsity=(False, True), precision=PRECISIONS, dcvit=(None, 0.85, 0.7) if uniform else (None,))
+                 sparsity=(False, True), precision=PRECISIONS, dcvit=dcvit)

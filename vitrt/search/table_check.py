@@ -62,7 +62,7 @@ def benchmark(config: TableCalibrationConfig) -> int:
     from vitrt.compiler.progress import Progress
     from vitrt.compiler.spec import ViTSpec
     from vitrt.pipeline.driver import compile
-    from vitrt.search.evaluate import merge_factor, table_offset
+    from vitrt.search.evaluate import fit_calibration
     from vitrt.search.measure import measure
 
     config = config.validate()
@@ -87,9 +87,8 @@ def benchmark(config: TableCalibrationConfig) -> int:
     ratio = {name: 1.0 / timed[name].speedup_cpu for name in outs}
     small = min((n for n in VARIANTS if merge[n] == 0 and n != "dense"), key=lambda n: table[n])
     probe = max((n for n in VARIANTS if "prune" not in VARIANTS[n]), key=lambda n: merge[n])
-    offset = table_offset(dense_table_ms=table["dense"], small_table_ms=table[small], measured_ratio=ratio[small])
-    k = merge_factor(dense_table_ms=table["dense"] + offset, merged_table_ms=table[probe] + offset,
-                     merge_part_ms=merge[probe], measured_ratio=ratio[probe])
+    offset, k = fit_calibration(table["dense"], small=(table[small], ratio[small]),
+                                merge=(table[probe], merge[probe], ratio[probe]))
     rows = []
     for name in VARIANTS:
         alone = table[name] / table["dense"]

@@ -76,12 +76,17 @@ class Structure:
         return len(self.mlp)
 
 
-def _uniform_block(spec):
+def compressible(spec) -> bool:
+    """Whether DC-ViT can compress ``spec``: its blocks are all alike and complete (attention and MLP)."""
     first = spec.blocks[0]
-    if any(b != first for b in spec.blocks) or not first.heads or not first.mlp:
+    return all(b == first for b in spec.blocks) and bool(first.heads) and bool(first.mlp)
+
+
+def _uniform_block(spec):
+    if not compressible(spec):
         raise UnsupportedModelError("DC-ViT compresses a model whose blocks are all alike and complete (attention and "
                                     "MLP); this model's blocks differ — put --dcvit-macs first, on the unpruned model")
-    return first
+    return spec.blocks[0]
 
 
 def structure(spec, settings: Settings) -> Structure:
