@@ -279,6 +279,13 @@ def test_seed_spread_combines_sweep_results(tmp_path):
     (pair,) = out["pairs"]
     assert pair["difference"] == pytest.approx([0.01, -0.01, 0.0])
     assert (pair["ahead"], pair["tied"], pair["behind"]) == (1, 1, 1)
+    assert "test_kl_ratio" not in pair  # rows recorded before the test KL was measured
+    fewest = result([0], [{"dcvit_fewest_blocks": 0.99, "whole_blocks": 0.97}])
+    for row, kl in zip(fewest["rows"], (0.004, 0.008)):
+        row["test_kl"] = kl
+    (pair,) = combine([fewest], 0.67)["pairs"]
+    assert pair["methods"] == ["dcvit_fewest_blocks", "whole_blocks"] and pair["difference"] == pytest.approx([0.02])
+    assert pair["test_kl_ratio"] == pytest.approx([0.5]) and pair["test_kl_closer"] == 1
     with pytest.raises(VitrtError, match="differ in epochs"):
         combine([first, result([2], [{"dcvit": 0.97}], epochs=10)], 0.67)
     with pytest.raises(VitrtError, match="seed 0 is in more than one"):
@@ -292,3 +299,13 @@ def test_seed_spread_combines_sweep_results(tmp_path):
     assert benchmark(DcvitSeedsConfig(results=str(tmp_path / "a.json"), baseline=0.67, out=tmp_path / "s_0.7")) == 0
     assert (tmp_path / "s_0.7.md").is_file() and (tmp_path / "s_0.7.json").is_file()
     assert not (tmp_path / "s_0.md").exists()
+
+
+def test_sweep_table_shows_the_test_kl_where_rows_carry_it():
+    """Rows recorded before the test KL was measured still format (a dash), newer rows show it."""
+    from vitrt.benchmarks.dcvit_sweep import format_table
+
+    row = {"method": "whole_blocks", "target": 0.7, "seed": 0, "macs_fraction": 0.668, "params_fraction": 0.67,
+           "blocks": [5, 6], "mlp": [0, 0], "top1": 0.98, "metric_loss": 0.002, "verify_max_abs_err": 1e-6}
+    table = format_table({"dense_top1": 0.99, "comparison": [], "rows": [row, {**row, "seed": 1, "test_kl": 0.00611}]})
+    assert "| -1.00 | – | 0.002000 |" in table and "| -1.00 | 0.00611 | 0.002000 |" in table

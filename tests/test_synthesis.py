@@ -166,6 +166,9 @@ def test_compile_reports_the_data_free_estimate_beside_real_accuracy(tmp_path, m
     assert accuracy["metric"]["images"] == 6 and accuracy["real"]["images"] == 450
     assert accuracy["metric"]["compiled"]["loss"] == pytest.approx(accuracy["metric"]["dense"]["loss"], abs=1e-4)
     assert accuracy["real"]["top1_compiled"] == pytest.approx(accuracy["real"]["top1_dense"], abs=1e-9)
+    # the dense artifact is the dense model: its KL to it on the real test split is ~0, its cross entropy the same
+    assert accuracy["real"]["kl_to_dense"] == pytest.approx(0.0, abs=1e-4)
+    assert accuracy["real"]["ce_compiled"] == pytest.approx(accuracy["real"]["ce_dense"], abs=1e-3)
     merged = vitrt.compile(model, tmp_path / "tome", quiet=True, tome="4", dfe_skip=0,
                            metric_set=f"synth:{made_set[0]}")
     assert merged.manifest["accuracy"]["metric"]["compiled"]["loss"] != accuracy["metric"]["compiled"]["loss"]

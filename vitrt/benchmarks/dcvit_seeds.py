@@ -4,8 +4,9 @@
 
 Reads the rows of every ``--results`` file (``dcvit_sweep`` runs with ``--seeds`` / ``--first-seed``) at
 ``--baseline`` and writes, per method, the top-1 of every seed with its mean and sample standard deviation
-(n − 1), and the paired difference of DC-ViT and whole blocks seed by seed (the same few-shot images and
-fine-tuning seed), with and without fine-tuning. Nothing is trained or compiled. Files of different settings
+(n − 1), and the paired difference of DC-ViT (either structure rule) and whole blocks seed by seed (the same
+few-shot images and fine-tuning seed), with and without fine-tuning: in top-1, and as the ratio of their KL to
+the dense model on the test images where the rows carry it. Nothing is trained or compiled. Files of different settings
 (epochs, few-shot images, metric set) are refused: their seeds are not the same experiment.
 """
 
@@ -19,7 +20,8 @@ from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import module_main, option
 
 SAME = ("few_shot", "metric_set", "epochs", "score_epochs", "preferred_mlp", "dense_top1")
-PAIRS = (("dcvit", "whole_blocks"), ("dcvit_no_finetune", "whole_blocks_no_finetune"))
+PAIRS = (("dcvit", "whole_blocks"), ("dcvit_no_finetune", "whole_blocks_no_finetune"),
+         ("dcvit_fewest_blocks", "whole_blocks"), ("dcvit_fewest_blocks_no_finetune", "whole_blocks_no_finetune"))
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,13 @@ def combine(results: list[dict], baseline: float) -> dict:
         if seeds:
             diff = [by[a, s]["top1"] - by[b, s]["top1"] for s in seeds]
             mean, std = _spread(diff)
-            pairs.append({"methods": [a, b], "seeds": seeds, "difference": diff, "mean": mean, "std": std,
-                          "ahead": sum(d > 1e-9 for d in diff), "tied": sum(abs(d) <= 1e-9 for d in diff),
-                          "behind": sum(d < -1e-9 for d in diff)})
+            pair = {"methods": [a, b], "seeds": seeds, "difference": diff, "mean": mean, "std": std,
+                    "ahead": sum(d > 1e-9 for d in diff), "tied": sum(abs(d) <= 1e-9 for d in diff),
+                    "behind": sum(d < -1e-9 for d in diff)}
+            if all("test_kl" in by[m, s] for m in (a, b) for s in seeds):  # rows recorded since it is measured
+                ratio = [by[a, s]["test_kl"] / max(by[b, s]["test_kl"], 1e-12) for s in seeds]
+                pair.update({"test_kl_ratio": ratio, "test_kl_closer": sum(r < 1 for r in ratio)})
+            pairs.append(pair)
     first = results[0]
     return {"baseline": baseline, "methods": methods, "pairs": pairs, "dense_top1": first["dense_top1"],
             **{key: first.get(key) for key in SAME if key != "dense_top1"}}
@@ -90,12 +96,15 @@ def format_table(result: dict) -> str:
                      f"{', '.join(f'{t * 100:.2f}' for t in m['top1'])} | {m['top1_mean'] * 100:.2f} ± "
                      f"{m['top1_std'] * 100:.2f} % | {(m['top1_mean'] - dense) * 100:+.2f} |")
     if result["pairs"]:
-        lines += ["", "| paired, seed by seed | seeds | difference per seed (points) | mean ± std | "
-                  "ahead / tied / behind |", "|---|---|---|---:|---|"]
+        lines += ["", "| paired, seed by seed | seeds | top-1 difference per seed (points) | mean ± std | "
+                  "ahead / tied / behind | test KL to dense, ratio per seed | closer to dense |",
+                  "|---|---|---|---:|---|---|---|"]
         for p in result["pairs"]:
+            kl = (", ".join(f"{r:.2f}" for r in p["test_kl_ratio"]), f"{p['test_kl_closer']} of {len(p['seeds'])}") \
+                if "test_kl_ratio" in p else ("–", "–")
             lines.append(f"| {p['methods'][0]} − {p['methods'][1]} | {', '.join(map(str, p['seeds']))} | "
                          f"{', '.join(f'{d * 100:+.2f}' for d in p['difference'])} | {p['mean'] * 100:+.2f} ± "
-                         f"{p['std'] * 100:.2f} | {p['ahead']} / {p['tied']} / {p['behind']} |")
+                         f"{p['std'] * 100:.2f} | {p['ahead']} / {p['tied']} / {p['behind']} | {kl[0]} | {kl[1]} |")
     return "\n".join(lines)
 
 

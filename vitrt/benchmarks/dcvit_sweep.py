@@ -10,7 +10,8 @@
 3. For every ``--targets`` fraction of the MACs: DC-ViT's progressive compression and feature-mimicking
    fine-tuning (:func:`vitrt.transforms.prune.dcvit.compress`), the plan saved and compiled with
    ``vitrt.compile(prune_plan=..., verify=True)`` (ONNX Runtime, verified against the pruned twin), and the
-   compiled artifact's top-1 on the 450 test digits and metric loss on SET (``--eval-data`` / ``--metric-set``).
+   compiled artifact's top-1 and KL(dense ‖ artifact) on the 450 test digits (the KL separates variants whose
+   top-1 ties at 450 images) and metric loss on SET (``--eval-data`` / ``--metric-set``).
 4. At ``--baseline`` (0.7), over ``--seeds`` disjoint few-shot subsets (seed k: training images k·N..(k+1)·N, and
    seed k for the fine-tuning; k counts from ``--first-seed``, 0): DC-ViT at the preferred MLP fraction, DC-ViT
    with the official code's fewest-blocks rule (``--dcvit-mlp 0``), and the same machinery removing whole blocks
@@ -106,6 +107,7 @@ def compile_plan(model, plan, name: str, workdir: Path, config: DcvitSweepConfig
     return {"name": name, "plan": str(plan_path), "macs_fraction": m["flops"]["after"] / m["flops"]["before"],
             "params_fraction": m["params"]["after"] / m["params"]["before"],
             "top1": m["accuracy"]["real"]["top1_compiled"], "dense_top1": m["accuracy"]["real"]["top1_dense"],
+            "test_kl": m["accuracy"]["real"]["kl_to_dense"], "test_ce": m["accuracy"]["real"]["ce_compiled"],
             "metric_loss": m["accuracy"]["metric"]["compiled"]["loss"],
             "metric_ce": m["accuracy"]["metric"]["compiled"]["ce"],
             "metric_top1": m["accuracy"]["metric"]["compiled"]["top1"],
@@ -263,13 +265,14 @@ def comparison(rows: list[dict], baseline: float | None) -> list[dict]:
 
 def format_table(result: dict) -> str:
     dense = result["dense_top1"]
-    lines = ["| method | target | seed | MACs | params | compressed blocks (MLP kept) | top-1 | Δ points | metric loss | "
-             "verify max err |", "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+    lines = ["| method | target | seed | MACs | params | compressed blocks (MLP kept) | top-1 | Δ points | test KL to dense "
+             "| metric loss | verify max err |", "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         blocks = ", ".join(f"{b}({m})" for b, m in zip(r["blocks"], r["mlp"]))
+        test_kl = f"{r['test_kl']:.5f}" if "test_kl" in r else "–"  # rows recorded before it was measured
         lines.append(f"| {r['method']} | {r['target']:g} | {r['seed']} | {r['macs_fraction']:.3f} | "
                      f"{r['params_fraction']:.3f} | {blocks} | {r['top1'] * 100:.2f} % | {(r['top1'] - dense) * 100:+.2f} "
-                     f"| {r['metric_loss']:.6f} | {r['verify_max_abs_err']:.1e} |")
+                     f"| {test_kl} | {r['metric_loss']:.6f} | {r['verify_max_abs_err']:.1e} |")
     if result["comparison"]:
         lines += ["", "| method (at the baseline MACs) | MACs | seeds | top-1 per seed | mean | Δ points (mean) | std |",
                   "|---|---:|---:|---|---:|---:|---:|"]

@@ -4,8 +4,9 @@
 of the outputs on the set — with the cross entropy against the set's labels (a synthetic set's assigned classes;
 the dense model's argmax for data without labels) and the fraction still classified as labelled, for the
 artifact and for the dense model.
-``--eval-data DATA``: top-1 of the artifact and of the dense model on DATA's test split (digits: the 450 test
-images; an ImageFolder: the folder). Both run the artifact through its backend runner, so what is measured is
+``--eval-data DATA``: top-1 and cross entropy of the artifact and of the dense model on DATA's test split (digits:
+the 450 test images; an ImageFolder: the folder), and the artifact's KL(dense ‖ artifact) there — the metric loss
+on real images, finer than top-1 where a few hundred images leave top-1 tied. Both run the artifact through its backend runner, so what is measured is
 what ships.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from vitrt.calib.data import in_memory, load_data
 from vitrt.calib.evaluate import runner_logits, top1, torch_logits
-from vitrt.calib.synthesis import MetricSet
+from vitrt.calib.synthesis import MetricSet, metric_loss
 from vitrt.compiler.errors import DataError
 
 
@@ -30,7 +31,12 @@ def artifact_accuracy(runner, dense, *, metric_set: str | None, eval_data: str |
         test = in_memory(load_data(eval_data, img, split="test", seed=seed), f"evaluation data '{eval_data}'")
         if test.labels is None:
             raise DataError(f"--eval-data '{eval_data}' has no labels: pass labelled data (digits or an ImageFolder)")
+        compiled, reference = runner_logits(runner, test), torch_logits(dense, test)
+        divergence = metric_loss(compiled, test.labels, reference)
         out["real"] = {"data": f"{eval_data}:test" if eval_data == "digits" else eval_data, "images": len(test),
-                       "top1_compiled": round(top1(runner_logits(runner, test), test.labels), 6),
-                       "top1_dense": round(top1(torch_logits(dense, test), test.labels), 6)}
+                       "top1_compiled": round(top1(compiled, test.labels), 6),
+                       "top1_dense": round(top1(reference, test.labels), 6),
+                       "ce_compiled": divergence["ce"],
+                       "ce_dense": metric_loss(reference, test.labels, reference)["ce"],
+                       "kl_to_dense": divergence["loss"]}
     return out
