@@ -6,8 +6,8 @@ Reads the rows of every ``--results`` file (``dcvit_sweep`` runs with ``--seeds`
 ``--baseline`` and writes, per method, the top-1 of every seed with its mean and sample standard deviation
 (n − 1), and the paired difference of DC-ViT (either structure rule) and whole blocks seed by seed (the same
 few-shot images and fine-tuning seed), with and without fine-tuning: in top-1, and as the ratio of their KL to
-the dense model on the test images where the rows carry it. Nothing is trained or compiled. Files of different settings
-(epochs, few-shot images, metric set) are refused: their seeds are not the same experiment.
+the dense model on the test images where the rows carry it. Nothing is trained or compiled. Files of different
+settings (epochs, few-shot images, metric set) are refused: their seeds are not the same experiment.
 """
 
 from __future__ import annotations

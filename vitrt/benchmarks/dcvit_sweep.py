@@ -265,14 +265,16 @@ def comparison(rows: list[dict], baseline: float | None) -> list[dict]:
 
 def format_table(result: dict) -> str:
     dense = result["dense_top1"]
-    lines = ["| method | target | seed | MACs | params | compressed blocks (MLP kept) | top-1 | Δ points | test KL to dense "
-             "| metric loss | verify max err |", "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    lines = ["| method | target | seed | MACs | params | compressed blocks (MLP kept) | top-1 | Δ points | "
+             "test KL to dense | metric loss | verify max err |",
+             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in result["rows"]:
         blocks = ", ".join(f"{b}({m})" for b, m in zip(r["blocks"], r["mlp"]))
         test_kl = f"{r['test_kl']:.5f}" if "test_kl" in r else "–"  # rows recorded before it was measured
         lines.append(f"| {r['method']} | {r['target']:g} | {r['seed']} | {r['macs_fraction']:.3f} | "
-                     f"{r['params_fraction']:.3f} | {blocks} | {r['top1'] * 100:.2f} % | {(r['top1'] - dense) * 100:+.2f} "
-                     f"| {test_kl} | {r['metric_loss']:.6f} | {r['verify_max_abs_err']:.1e} |")
+                     f"{r['params_fraction']:.3f} | {blocks} | {r['top1'] * 100:.2f} % | "
+                     f"{(r['top1'] - dense) * 100:+.2f} | {test_kl} | {r['metric_loss']:.6f} | "
+                     f"{r['verify_max_abs_err']:.1e} |")
     if result["comparison"]:
         lines += ["", "| method (at the baseline MACs) | MACs | seeds | top-1 per seed | mean | Δ points (mean) | std |",
                   "|---|---:|---:|---|---:|---:|---:|"]

@@ -6,8 +6,8 @@ the dense model's argmax for data without labels) and the fraction still classif
 artifact and for the dense model.
 ``--eval-data DATA``: top-1 and cross entropy of the artifact and of the dense model on DATA's test split (digits:
 the 450 test images; an ImageFolder: the folder), and the artifact's KL(dense ‖ artifact) there — the metric loss
-on real images, finer than top-1 where a few hundred images leave top-1 tied. Both run the artifact through its backend runner, so what is measured is
-what ships.
+on real images, finer than top-1 where a few hundred images leave top-1 tied. Both run the artifact through its
+backend runner, so what is measured is what ships.
 """
 
 from __future__ import annotations
