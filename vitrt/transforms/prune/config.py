@@ -38,7 +38,8 @@ class PruneConfig:
                                       "synthesised during the compile)",
                                       metavar="DATA")
     dcvit_mlp: float | None = option(None, "DC-ViT: preferred fraction of the MLP a compressed block keeps "
-                                     "(default 0.5); the exact fraction is solved to land on --dcvit-macs",
+                                     "(default 0.5); the exact fraction is solved to land on --dcvit-macs; 0: "
+                                     "the official code's rule, the fewest compressed blocks",
                                      type=float, metavar="R")
     dcvit_epochs: int | None = option(None, "DC-ViT: fine-tuning epochs after each compressed block (default 50)",
                                       type=int, metavar="N")
