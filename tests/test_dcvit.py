@@ -286,6 +286,11 @@ def test_seed_spread_combines_sweep_results(tmp_path):
     (pair,) = combine([fewest], 0.67)["pairs"]
     assert pair["methods"] == ["dcvit_fewest_blocks", "whole_blocks"] and pair["difference"] == pytest.approx([0.02])
     assert pair["test_kl_ratio"] == pytest.approx([0.5]) and pair["test_kl_closer"] == 1
+    larger = result([0], [{"whole_blocks": 0.995}])
+    for row in larger["rows"]:
+        row["target"] = 0.76  # whole blocks run at another target: paired with DC-ViT at 0.67 on request
+    (pair,) = combine([fewest, larger], 0.67, whole_blocks_at=0.76)["pairs"]
+    assert pair["difference"] == pytest.approx([-0.005])
     with pytest.raises(VitrtError, match="differ in epochs"):
         combine([first, result([2], [{"dcvit": 0.97}], epochs=10)], 0.67)
     with pytest.raises(VitrtError, match="seed 0 is in more than one"):
