@@ -8,8 +8,8 @@ Reads the rows of every ``--results`` file (``dcvit_sweep`` runs with ``--seeds`
 few-shot images and fine-tuning seed), with and without fine-tuning: in top-1, and as the ratio of their KL to
 the dense model on the test images where the rows carry it. ``--whole-blocks-at G`` pairs DC-ViT at the baseline
 with the whole-block rows of the runs at G (whole blocks reach only steps of one block: 0.751 or 0.668 of the MACs
-of the digits reference, never 0.7). Nothing is trained or compiled. Files of different
-settings (epochs, few-shot images, metric set) are refused: their seeds are not the same experiment.
+of the digits reference, never 0.7). Nothing is trained or compiled. Files of different settings (epochs, few-shot
+images, metric set) are refused: their seeds are not the same experiment.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ def combine(results: list[dict], baseline: float, whole_blocks_at: float | None 
                 pair.update({"test_kl_ratio": ratio, "test_kl_closer": sum(r < 1 for r in ratio)})
             pairs.append(pair)
     first = results[0]
-    return {"baseline": baseline, "whole_blocks_at": whole_blocks_at, "methods": methods, "pairs": pairs, "dense_top1": first["dense_top1"],
+    return {"baseline": baseline, "whole_blocks_at": whole_blocks_at, "methods": methods, "pairs": pairs,
+            "dense_top1": first["dense_top1"],
             **{key: first.get(key) for key in SAME if key != "dense_top1"}}
 
 
@@ -132,9 +133,10 @@ def benchmark(config: DcvitSeedsConfig) -> int:
     if config.out is not None:
         versus = "" if config.whole_blocks_at is None else f" (whole blocks: the runs at {config.whole_blocks_at:g})"
         record(config.out, "vitrt.benchmarks.dcvit_seeds", f"DC-ViT against whole blocks at {config.baseline:g} of the "
-               f"MACs{versus}: seed spread", result, table, notes=f"From {', '.join(result['results'])}: {result['epochs']} "
-               f"fine-tuning epochs per compressed block, {result['few_shot']} few-shot images per seed (seed k: "
-               "training images k·N..(k+1)·N), metric set " + str(result["metric_set"]) + ".")
+               f"MACs{versus}: seed spread", result, table,
+               notes=f"From {', '.join(result['results'])}: {result['epochs']} fine-tuning epochs per compressed "
+               f"block, {result['few_shot']} few-shot images per seed (seed k: training images k·N..(k+1)·N), metric "
+               f"set {result['metric_set']}.")
     return 0
 
 
