@@ -161,6 +161,12 @@ def _block_point(emb, heads, qk, v, mlp, tokens, tokens_out) -> dict:
             "tokens": tokens, "tokens_out": tokens if tokens_out is None else tokens_out}
 
 
+def _merge_lookup(parts, *, emb, keys, tokens, tokens_out, clamp) -> float:
+    """One block's token-merge cost from the ``merge`` sub-table (the block and the model's merge part share it)."""
+    return parts["merge"].lookup({"emb": emb, "keys": keys, "tokens": tokens, "merged": tokens - tokens_out},
+                                 clamp=clamp, what="token merge")
+
+
 def _log_distance(a: dict, b: dict, fields) -> float:
     return math.sqrt(sum((math.log2(float(a[f]) + 1.0) - math.log2(float(b[f]) + 1.0)) ** 2 for f in fields))
 
@@ -242,8 +248,8 @@ class LatencyTable:
             total += parts["attn"].lookup({"emb": emb, "heads": heads, "qk": qk, "v": v, "tokens": tokens},
                                           clamp=clamp, what="attention")
             if tokens_out < tokens and "merge" in parts:
-                total += parts["merge"].lookup({"emb": emb, "keys": heads * qk, "tokens": tokens,
-                                                "merged": tokens - tokens_out}, clamp=clamp, what="token merge")
+                total += _merge_lookup(parts, emb=emb, keys=heads * qk, tokens=tokens, tokens_out=tokens_out,
+                                       clamp=clamp)
         if mlp:
             total += parts["mlp"].lookup({"emb": emb, "mlp": mlp, "tokens": tokens_out}, clamp=clamp, what="MLP")
         return total
@@ -277,8 +283,8 @@ class LatencyTable:
         parts = self._parts(precision, sparsity)
         if "merge" not in parts:
             return 0.0
-        return sum(parts["merge"].lookup({"emb": spec.emb, "keys": b.heads * b.qk, "tokens": b.tokens,
-                                          "merged": b.tokens - b.out_tokens}, clamp=clamp, what="token merge")
+        return sum(_merge_lookup(parts, emb=spec.emb, keys=b.heads * b.qk, tokens=b.tokens, tokens_out=b.out_tokens,
+                                 clamp=clamp)
                    for b in spec.blocks if b.heads and b.out_tokens < b.tokens)
 
     def model_breakdown(self, spec, *, precision="fp32", sparsity="dense", clamp=False) -> dict[str, float]:
