@@ -97,6 +97,36 @@ def test_compressing_a_block_keeps_plan_and_student_in_step(twin):
     assert all(torch.equal(v, before[k]) for k, v in twin.state_dict().items())  # the input twin is untouched
 
 
+def _block_error(original, compressed, index: int, images: torch.Tensor) -> float:
+    """Relative error of ``compressed``'s block ``index`` against ``original``'s on the same inputs."""
+    with torch.no_grad():
+        x = original.embed(images)
+        for block in original.blocks[:index]:
+            x = block(x)
+        want = original.blocks[index](x)
+        return ((compressed.blocks[index](x) - want).norm() / (want - x).norm()).item()
+
+
+def test_refit_lets_the_kept_mlp_stand_in_for_the_whole_block(twin):
+    images = torch.randn(48, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    fit, held_out = ImageSet(images[:32], None), images[32:]
+    scores = torch.rand(256, generator=torch.Generator().manual_seed(3))
+    plan = PruningPlan.keep_all(twin.spec)
+    before = _state(twin)
+    plain, plain_plan = dcvit.compress_block(twin, plan, 1, 128, scores)
+    refit, refit_plan = dcvit.compress_block(twin, plan, 1, 128, scores, refit_on=fit)
+    assert refit_plan == plain_plan  # the refit changes weights, never the structure
+    changed = {k for k, v in refit.state_dict().items() if not torch.equal(v, plain.state_dict()[k])}
+    assert changed == {"blocks.1.mlp.fc2.weight", "blocks.1.mlp.fc2.bias"}
+    for images in (fit.images, held_out):  # the attention's part of the residual is now carried by the MLP
+        assert _block_error(twin, refit, 1, images) < 0.7 * _block_error(twin, plain, 1, images)
+    assert all(torch.equal(v, before[k]) for k, v in twin.state_dict().items())
+    # A block that already has no attention and keeps every channel is reproduced (up to the ridge term)
+    keep = torch.arange(128, dtype=torch.float32)
+    again, _ = dcvit.compress_block(plain, plain_plan, 1, 128, keep, refit_on=fit)
+    assert _block_error(plain, again, 1, held_out) < 0.03
+
+
 def test_mimicking_updates_only_the_prefix(twin, few_shot):
     student, _ = dcvit.compress_block(copy.deepcopy(twin), PruningPlan.keep_all(twin.spec), 1, 128,
                                       torch.rand(256, generator=torch.Generator().manual_seed(0)))
@@ -129,6 +159,10 @@ def test_dcvit_options_are_checked():
         PruneConfig(dcvit_macs=0.7, fraction=0.5, data="digits").validate()
     with pytest.raises(VitrtError, match="drop --dcvit-mlp"):
         PruneConfig(dcvit_macs=0.7, data="digits", dcvit_mlp=0.5, dcvit_whole_blocks=True).validate()
+    with pytest.raises(VitrtError, match="no MLP to refit"):
+        PruneConfig(dcvit_macs=0.7, data="digits", dcvit_refit=True, dcvit_whole_blocks=True).validate()
+    with pytest.raises(VitrtError, match="--dcvit-refit is a DC-ViT option"):
+        PruneConfig(dcvit_refit=True).validate()
     with pytest.raises(VitrtError, match=r"in \(0, 1\)"):
         PruneConfig(dcvit_macs=1.5, data="digits").validate()
     assert PruneConfig(dcvit_macs=0.7, data="digits").validate().enabled
@@ -143,7 +177,8 @@ def test_compile_dcvit_verified_against_the_pruned_twin(tmp_path, metric_dir):
     model = tiny_vit(depth=4)
     state = _state(model)
     result = vitrt.compile(model, tmp_path / "dc", quiet=True, verify=True, batch=2, dcvit_macs=0.7, data="digits",
-                           few_shot=16, dcvit_epochs=1, dcvit_score_epochs=0, dcvit_metric=f"synth:{metric_dir}",
+                           few_shot=16, dcvit_epochs=1, dcvit_score_epochs=0, dcvit_refit=True,
+                           dcvit_metric=f"synth:{metric_dir}",
                            metric_set=f"synth:{metric_dir}", eval_data="digits")
     m = result.manifest
     assert m["verify"]["ok"] and m["verify"]["max_abs_err"] <= FP32_TOLERANCE
@@ -154,6 +189,7 @@ def test_compile_dcvit_verified_against_the_pruned_twin(tmp_path, metric_dir):
     assert m["flops"]["after"] / m["flops"]["before"] == pytest.approx(info["macs_fraction"])
     assert info["macs_fraction"] <= 0.7
     assert info["accuracy"]["images"] == 450 and len(info["recoverability"]) == 4 and info["few_shot"]["images"] == 16
+    assert info["refit"]
     assert m["accuracy"]["metric"]["compiled"]["loss"] == pytest.approx(info["metric"]["compressed"]["loss"], abs=1e-4)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # the caller's model is untouched
     saved = json.loads((tmp_path / "dc" / "pruning_plan.json").read_text())

@@ -52,6 +52,7 @@ class DcvitSweepConfig:
     epochs: int = option(50, "fine-tuning epochs after each compressed block", type=int, metavar="N")
     score_epochs: int = option(10, "fine-tuning epochs before a candidate block is scored", type=int, metavar="N")
     mlp: float = option(0.5, "preferred MLP fraction of a compressed block", type=float, metavar="R")
+    refit: bool = option(False, "DC-ViT's compressed blocks get the least-squares refit (--dcvit-refit)")
     baseline: float | None = option(None, "compare DC-ViT with removing whole blocks at this MACs fraction",
                                     type=float, metavar="F")
     seeds: int = option(1, "few-shot subsets / fine-tuning seeds of the comparison", type=int, metavar="N")
@@ -122,7 +123,7 @@ def jobs(config: DcvitSweepConfig, settings) -> list[tuple[str, float, object, i
     out = [("dcvit", f, settings, 0) for f in config.fractions]
     if config.baseline is not None:
         fewest = replace(settings, mlp=0.0)
-        whole = replace(settings, whole_blocks=True)
+        whole = replace(settings, whole_blocks=True, refit=False)
         for seed in range(config.first_seed, config.first_seed + config.seeds):
             for method, variant in (("dcvit", settings), ("dcvit_fewest_blocks", fewest), ("whole_blocks", whole)):
                 if method not in config.compared:
@@ -201,7 +202,8 @@ def run(config: DcvitSweepConfig, on_row=None) -> dict:
     config.validate()
     progress = progress_for(config)
     _, twin, teacher, train, metric = _context(config.metric_set, config.threads)
-    settings = dcvit.Settings(macs=0.5, mlp=config.mlp, epochs=config.epochs, score_epochs=config.score_epochs)
+    settings = dcvit.Settings(macs=0.5, mlp=config.mlp, epochs=config.epochs, score_epochs=config.score_epochs,
+                              refit=config.refit)
     start = time.perf_counter()
     planned = [(method, fraction, replace(job_settings, macs=fraction, seed=seed), seed)
                for method, fraction, job_settings, seed in jobs(config, settings)]
@@ -245,7 +247,8 @@ def summary(rows: list[dict], rankings: dict, config: DcvitSweepConfig, metric_i
     return {"rows": rows, "rankings": {f"{k}_seed{s}": v for (k, s), v in rankings.items()},
             "comparison": comparison(rows, config.baseline), "few_shot": config.few_shot,
             "metric_set": str(config.metric_set), "metric_images": metric_images, "epochs": config.epochs,
-            "score_epochs": config.score_epochs, "preferred_mlp": config.mlp, "dense_top1": rows[0]["dense_top1"],
+            "score_epochs": config.score_epochs, "preferred_mlp": config.mlp, "refit": config.refit,
+            "dense_top1": rows[0]["dense_top1"],
             "test_images": 450, "seconds": round(time.perf_counter() - start, 1), "complete": complete}
 
 

@@ -47,6 +47,9 @@ class PruneConfig:
                                             "recoverability is measured (default 10; 0 = right after removal)",
                                             type=int, metavar="N")
     dcvit_whole_blocks: bool = option(False, "DC-ViT baseline: remove whole blocks (attention and MLP) instead")
+    dcvit_refit: bool = option(False, "DC-ViT: re-solve each compressed block's kept MLP output layer by least "
+                               "squares on the few-shot images so it stands in for the whole block, attention "
+                               "included; with --dcvit-epochs 0 a training-free compression")
 
     @property
     def enabled(self) -> bool:
@@ -57,7 +60,8 @@ class PruneConfig:
         """The DC-ViT knobs that were given (None = default)."""
         names = ("few_shot", "dcvit_metric", "dcvit_mlp", "dcvit_epochs", "dcvit_score_epochs")
         given = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
-        return given | ({"dcvit_whole_blocks": True} if self.dcvit_whole_blocks else {})
+        flags = {name: True for name in ("dcvit_whole_blocks", "dcvit_refit") if getattr(self, name)}
+        return given | flags
 
     def validate(self) -> "PruneConfig":
         if self.fraction is not None and not 0 < self.fraction <= 1:
@@ -91,6 +95,8 @@ class PruneConfig:
             raise OptionError(f"--dcvit-mlp {self.dcvit_mlp} must be a fraction in [0, 1]")
         if self.dcvit_whole_blocks and self.dcvit_mlp is not None:
             raise OptionError("--dcvit-whole-blocks removes the MLP too: drop --dcvit-mlp")
+        if self.dcvit_whole_blocks and self.dcvit_refit:
+            raise OptionError("--dcvit-whole-blocks keeps no MLP to refit: drop --dcvit-refit")
         return self
 
     def check(self, spec, target):

@@ -16,6 +16,10 @@ paper's Table 8) — in pruning terms ``heads = 0`` and a reduced MLP, so the pl
                         importance, NViT eq. 6, on the few-shot images), then feature mimicking — MSE between
                         the compressed and the dense model's output of the block after the last compressed one
                         — updating only the stem and the blocks up to that one              :func:`compress`
+    refit (vitrt's)     with ``--dcvit-refit``, before the fine-tuning, the kept channels' output layer (fc2
+                        and its bias) is re-solved by ridge least squares so that the reduced MLP stands in for
+                        the whole block it replaces, attention included, on the few-shot images
+                                                                                        :func:`refit_mlp`
 
 Fine-tuning runs through the shared trainer with a FeatureMimic objective on a prefix of the model
 (:class:`MimicPrefix`); the few-shot images are used without labels. ``--dcvit-whole-blocks`` is the baseline
@@ -61,6 +65,7 @@ class Settings:
     epochs: int = 50  # fine-tuning epochs after each compressed block
     score_epochs: int = 10  # fine-tuning epochs before a candidate block is scored
     importance: str = "hessian"  # MLP channel importance: hessian (NViT eq. 6) or magnitude
+    refit: bool = False  # re-solve each compressed block's fc2 by least squares before fine-tuning
     seed: int = 0
 
 
@@ -175,18 +180,54 @@ def mlp_scores(student, few_shot: ImageSet, teacher, method: str, seed: int) -> 
     return {i: scores[f"blocks.{i}.mlp"] for i, b in enumerate(student.spec.blocks) if b.heads and b.mlp}
 
 
-def compress_block(student, plan: PruningPlan, index: int, width: int, scores: torch.Tensor | None):
+def compress_block(student, plan: PruningPlan, index: int, width: int, scores: torch.Tensor | None,
+                   refit_on: ImageSet | None = None):
     """(new student, new plan) with block ``index``'s attention removed and its ``width`` best MLP channels kept.
 
-    ``plan`` indexes the original model; the student is sliced from its own (fine-tuned) weights."""
+    ``plan`` indexes the original model; the student is sliced from its own (fine-tuned) weights. With
+    ``refit_on`` the kept channels' output layer is then re-solved on those images (:func:`refit_mlp`)."""
     positions = tuple(sorted(torch.argsort(scores, descending=True)[:width].tolist())) if width else ()
     local = PruningPlan.keep_all(student.spec)
     blocks = list(local.blocks)
     blocks[index] = BlockPlan((), (), (), positions)
     new_student = prune_twin(student, replace(local, blocks=tuple(blocks)).validate())
+    if width and refit_on is not None:
+        refit_mlp(student, new_student, index, refit_on)
     original = list(plan.blocks)
     original[index] = BlockPlan((), (), (), tuple(plan.blocks[index].mlp[p] for p in positions))
     return new_student, replace(plan, blocks=tuple(original)).validate()
+
+
+REFIT_BATCH = 32  # images per pass while the least-squares statistics accumulate (bounded memory on a ViT-B)
+REFIT_RIDGE = 1e-3  # Tikhonov term, relative to the Gram matrix's mean diagonal: kept channels can be collinear
+
+
+@torch.no_grad()
+def refit_mlp(original, compressed, index: int, images: ImageSet) -> None:
+    """Re-solve ``compressed.blocks[index].mlp.fc2`` (weight and bias) in place so the block's residual branch
+    reproduces ``original.blocks[index]``'s — attention plus MLP — on the tokens ``images`` bring to the block.
+
+    The block's input is the same in both models (only block ``index`` differs), so this is one ridge
+    regression from the kept hidden activations to the original block's output minus its input, accumulated
+    over batches in float64. Removing the attention leaves nothing to carry its part of the residual; the
+    least-squares output layer lets the kept MLP channels stand in for it before any fine-tuning."""
+    block = compressed.blocks[index]
+    width = block.mlp.fc1.out_features
+    gram = torch.zeros(width + 1, width + 1, dtype=torch.float64)
+    cross = torch.zeros(width + 1, compressed.spec.emb, dtype=torch.float64)
+    for batch in images.images.split(REFIT_BATCH):
+        x = original.embed(batch)
+        for earlier in original.blocks[:index]:
+            x = earlier(x)
+        target = (original.blocks[index](x) - x).flatten(0, 1).double()
+        hidden = block.mlp.act(block.mlp.fc1(block.norm2(x))).flatten(0, 1).double()
+        hidden = torch.cat([hidden, hidden.new_ones(len(hidden), 1)], dim=1)  # the last column fits the bias
+        gram += hidden.T @ hidden
+        cross += hidden.T @ target
+    gram += REFIT_RIDGE * gram.diagonal().mean() * torch.eye(width + 1, dtype=gram.dtype)
+    solution = torch.linalg.solve(gram, cross)
+    block.mlp.fc2.weight.copy_(solution[:-1].T)
+    block.mlp.fc2.bias.copy_(solution[-1])
 
 
 def candidate_width(spec, settings: Settings) -> int:
@@ -207,7 +248,8 @@ def recoverability(twin, teacher, few_shot: ImageSet, metric: MetricSet, setting
     out = []
     with progress.bar(twin.spec.depth, "recoverability of each block") as bar:
         for index in range(twin.spec.depth):
-            student, _ = compress_block(twin, base, index, width, scores[index] if width else None)
+            student, _ = compress_block(twin, base, index, width, scores[index] if width else None,
+                                        few_shot if settings.refit else None)
             last = min(index + 1, twin.spec.depth - 1)
             mimic(student, teacher, few_shot, last, settings.score_epochs, settings.seed)
             out.append({"block": index, "metric_loss": metric.evaluate(student)["loss"]})
@@ -229,7 +271,7 @@ def compress(twin, teacher, few_shot: ImageSet, metric: MetricSet, settings: Set
         start = time.perf_counter()
         scores = mlp_scores(student, few_shot, teacher, settings.importance, settings.seed + step)[index] \
             if width else None
-        student, plan = compress_block(student, plan, index, width, scores)
+        student, plan = compress_block(student, plan, index, width, scores, few_shot if settings.refit else None)
         done.append(index)
         last = min(max(done) + 1, twin.spec.depth - 1)
         before = metric.evaluate(student)["loss"]
@@ -257,7 +299,8 @@ METRIC_LIMIT = 256
 def settings_from(options, seed: int) -> Settings:
     defaults = Settings(macs=options.dcvit_macs)
     return replace(defaults, mlp=defaults.mlp if options.dcvit_mlp is None else options.dcvit_mlp,
-                   whole_blocks=options.dcvit_whole_blocks, importance=options.importance, seed=seed,
+                   whole_blocks=options.dcvit_whole_blocks, refit=options.dcvit_refit,
+                   importance=options.importance, seed=seed,
                    epochs=defaults.epochs if options.dcvit_epochs is None else options.dcvit_epochs,
                    score_epochs=defaults.score_epochs if options.dcvit_score_epochs is None
                    else options.dcvit_score_epochs)
@@ -291,6 +334,7 @@ def plan(twin, ctx, options) -> PruningPlan:
                                ctx.progress)
     student = apply_plan(twin, found)
     info.update({"target_macs": settings.macs, "preferred_mlp": settings.mlp, "whole_blocks": settings.whole_blocks,
+                 "refit": settings.refit,
                  "few_shot": {"data": options.data, "images": len(few_shot)}, "metric_set": metric_info,
                  "recoverability": ranked, "epochs": settings.epochs, "score_epochs": settings.score_epochs,
                  "importance": settings.importance, "seconds": round(time.perf_counter() - start, 2),
