@@ -229,6 +229,11 @@ def test_benchmark_configs(tmp_path):
         few_shot_images(train, later, 4)
     with pytest.raises(VitrtError, match="--first-seed must be >= 0"):
         DcvitSweepConfig(metric_set=tmp_path, baseline=0.7, first_seed=-1).validate()
+    refit = [(m, s.refit) for m, _, s, _ in jobs(later, dcvit.Settings(macs=0.5, refit=True))]
+    assert refit[:2] == [("dcvit_refit", True), ("dcvit_refit_no_finetune", True)]  # beside recorded plain rows
+    whole = DcvitSweepConfig(metric_set=tmp_path, targets="", baseline=0.7, methods="whole_blocks").validate()
+    assert [(m, s.refit) for m, _, s, _ in jobs(whole, dcvit.Settings(macs=0.5, refit=True))] == [
+        ("whole_blocks", False), ("whole_blocks_no_finetune", False)]
     only = DcvitSweepConfig(metric_set=tmp_path, targets="", baseline=0.7, methods="whole_blocks").validate()
     assert [m for m, *_ in jobs(only, dcvit.Settings(macs=0.5))] == ["whole_blocks", "whole_blocks_no_finetune"]
     with pytest.raises(VitrtError, match="--methods must name"):
@@ -327,6 +332,12 @@ def test_seed_spread_combines_sweep_results(tmp_path):
         row["target"] = 0.76  # whole blocks run at another target: paired with DC-ViT at 0.67 on request
     (pair,) = combine([fewest, larger], 0.67, whole_blocks_at=0.76)["pairs"]
     assert pair["difference"] == pytest.approx([-0.005])
+    refit = result([0], [{"dcvit_refit": 0.975, "dcvit_refit_no_finetune": 0.96}])  # a refit run beside recorded rows
+    plain = result([0], [{"dcvit": 0.98, "whole_blocks": 0.97, "whole_blocks_no_finetune": 0.91}])
+    pairs = {tuple(p["methods"]): p["difference"] for p in combine([plain, refit], 0.67)["pairs"]}
+    assert pairs == {("dcvit", "whole_blocks"): pytest.approx([0.01]),
+                     ("dcvit_refit", "whole_blocks"): pytest.approx([0.005]),
+                     ("dcvit_refit_no_finetune", "whole_blocks_no_finetune"): pytest.approx([0.05])}
     with pytest.raises(VitrtError, match="differ in epochs"):
         combine([first, result([2], [{"dcvit": 0.97}], epochs=10)], 0.67)
     with pytest.raises(VitrtError, match="seed 0 is in more than one"):

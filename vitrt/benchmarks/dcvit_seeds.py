@@ -22,8 +22,11 @@ from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import module_main, option
 
 SAME = ("few_shot", "metric_set", "epochs", "score_epochs", "preferred_mlp", "dense_top1")
-PAIRS = (("dcvit", "whole_blocks"), ("dcvit_no_finetune", "whole_blocks_no_finetune"),
-         ("dcvit_fewest_blocks", "whole_blocks"), ("dcvit_fewest_blocks_no_finetune", "whole_blocks_no_finetune"))
+
+
+def whole_blocks_for(method: str) -> str:
+    """The whole-block row a DC-ViT method (either structure rule, with or without the refit) is paired with."""
+    return "whole_blocks_no_finetune" if method.endswith("_no_finetune") else "whole_blocks"
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def combine(results: list[dict], baseline: float, whole_blocks_at: float | None 
                         "top1_mean": mean, "top1_std": std,
                         "metric_loss_mean": _spread([row["metric_loss"] for row in picked])[0]})
     pairs = []
-    for a, b in PAIRS:
+    for a, b in ((m, whole_blocks_for(m)) for m in dict.fromkeys(m for m, _ in by) if m.startswith("dcvit")):
         seeds = sorted(s for m, s in by if m == a and (b, s) in by)
         if seeds:
             diff = [by[a, s]["top1"] - by[b, s]["top1"] for s in seeds]

@@ -120,7 +120,8 @@ def compile_plan(model, plan, name: str, workdir: Path, config: DcvitSweepConfig
 
 def jobs(config: DcvitSweepConfig, settings) -> list[tuple[str, float, object, int]]:
     """(method, MACs fraction, settings, seed) of every compression the command runs."""
-    out = [("dcvit", f, settings, 0) for f in config.fractions]
+    refit = "_refit" if settings.refit else ""  # a refit row is a method of its own beside recorded plain rows
+    out = [(f"dcvit{refit}", f, settings, 0) for f in config.fractions]
     if config.baseline is not None:
         fewest = replace(settings, mlp=0.0)
         whole = replace(settings, whole_blocks=True, refit=False)
@@ -128,8 +129,9 @@ def jobs(config: DcvitSweepConfig, settings) -> list[tuple[str, float, object, i
             for method, variant in (("dcvit", settings), ("dcvit_fewest_blocks", fewest), ("whole_blocks", whole)):
                 if method not in config.compared:
                     continue
-                out.append((method, config.baseline, variant, seed))
-                out.append((f"{method}_no_finetune", config.baseline, replace(variant, epochs=0), seed))
+                name = method + (refit if variant.refit else "")
+                out.append((name, config.baseline, variant, seed))
+                out.append((f"{name}_no_finetune", config.baseline, replace(variant, epochs=0), seed))
     return list(dict.fromkeys(out))  # the sweep's row at the baseline fraction is not run twice
 
 
