@@ -300,6 +300,31 @@ def test_the_cli_refuses_dcvit_knobs_without_dcvit_macs(tmp_path, capsys):
     assert "--few-shot is a DC-ViT option" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
+def test_sweep_overlay_draws_recorded_results(tmp_path):
+    """``dcvit_sweep --overlay``: recorded sweeps side by side (nothing runs); labels name the refit and untuned rows."""
+    from vitrt.benchmarks.dcvit_sweep import DcvitSweepConfig, benchmark, style
+
+    assert style("dcvit_fewest_blocks_refit_no_finetune")[1:] == (
+        "DC-ViT, fewest blocks (official code's rule) + LS refit, no fine-tuning", True)
+    assert style("whole_blocks") == ("s", "whole blocks removed", False)
+    with pytest.raises(VitrtError, match="add -o OUT"):
+        DcvitSweepConfig(overlay="a.json").validate()
+
+    def sweep(method, epochs, top1):
+        rows = [{"method": method, "seed": 0, "target": f, "macs_fraction": f, "top1": t} for f, t in top1]
+        return {"rows": rows, "epochs": epochs, "seconds": 1.0, "dense_top1": 0.99}
+
+    (tmp_path / "a.json").write_text(json.dumps(sweep("dcvit", 5, [(0.9, 0.98), (0.7, 0.97)])))
+    (tmp_path / "b.json").write_text(json.dumps(sweep("dcvit_refit", 0, [(0.7, 0.96)])))
+    config = DcvitSweepConfig(overlay=f"{tmp_path / 'a.json'},{tmp_path / 'b.json'}", out=tmp_path / "both")
+    assert benchmark(config) == 0
+    table = (tmp_path / "both.md").read_text()
+    assert "| a | dcvit | 5 | 1.0 | 0.900: 98.00 %, 0.700: 97.00 % |" in table and "| b | dcvit_refit | 0 |" in table
+    assert (tmp_path / "both.png").stat().st_size > 0
+    with pytest.raises(VitrtError, match="no result file"):
+        benchmark(DcvitSweepConfig(overlay=str(tmp_path / "c.json"), out=tmp_path / "c"))
+
+
 def test_seed_spread_combines_sweep_results(tmp_path):
     """``dcvit_seeds``: rows of two sweep results at one baseline, sample std and per-seed paired differences;
     results of other settings or with a seed twice are refused (nothing trained)."""

@@ -21,8 +21,11 @@
    cores, not the results, change); the result files are rewritten after every row (``complete`` false until the
    last).
 
-Writes OUT.md / OUT.json (with the command) and OUT.png (top-1 against the fraction of the MACs); ``--keep DIR``
-keeps every compiled OUT and plan (the ranking benchmark reads the plans from there).
+``--refit`` gives DC-ViT's compressed blocks the least-squares refit (``--dcvit-refit``; rows ``dcvit_refit``, …,
+beside recorded plain rows; whole blocks have nothing to refit). Writes OUT.md / OUT.json (with the command) and
+OUT.png (top-1 against the fraction of the MACs); ``--keep DIR`` keeps every compiled OUT and plan (the ranking
+benchmark reads the plans from there). ``--overlay A.json,B.json -o OUT`` runs nothing: it draws recorded sweeps on
+one plot.
 """
 
 from __future__ import annotations
@@ -66,9 +69,19 @@ class DcvitSweepConfig:
                           metavar="N")
     keep: Path | None = option(None, "keep every plan and compiled OUT under this directory", type=Path, metavar="DIR")
     out: Path | None = option(None, "write OUT.md, OUT.json and OUT.png", flag="-o/--out", type=Path, metavar="OUT")
+    overlay: str = option("", "instead of running: draw the seed-0 rows of these recorded results on one plot "
+                          "(needs -o)", metavar="A.json,B.json")
     quiet: bool = option(False, "no progress output")
 
+    @property
+    def overlay_paths(self) -> list[Path]:
+        return [Path(p.strip()) for p in self.overlay.split(",") if p.strip()]
+
     def validate(self) -> "DcvitSweepConfig":
+        if self.overlay:
+            if self.out is None:
+                raise VitrtError("--overlay writes OUT.png and OUT.md: add -o OUT")
+            return self
         if self.metric_set is None:
             raise VitrtError("pass --metric-set SET (make it with: vitrt synth digits-reference -o SET)")
         fractions = self.fractions + ([self.baseline] if self.baseline is not None else [])
@@ -290,25 +303,76 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+STYLES = {"dcvit": ("o-", "DC-ViT (attention removed, MLP reused)"),
+          "dcvit_fewest_blocks": ("^", "DC-ViT, fewest blocks (official code's rule)"),
+          "whole_blocks": ("s", "whole blocks removed")}
+
+
+def style(method: str) -> tuple[str, str, bool]:
+    """(marker, label, untuned) of a row's method: a DC-ViT rule or whole blocks, with ``_refit`` and
+    ``_no_finetune`` suffixes."""
+    untuned = method.endswith("_no_finetune")
+    base = method.removesuffix("_no_finetune")
+    refit = base.endswith("_refit")
+    marker, label = STYLES[base.removesuffix("_refit")]
+    return marker, label + (" + LS refit" if refit else "") + (", no fine-tuning" if untuned else ""), untuned
+
+
+def _draw(ax, result: dict, suffix: str = "") -> None:
+    """The seed-0 rows of ``result``, one line per method (hollow markers: no fine-tuning)."""
+    for method in dict.fromkeys(r["method"] for r in result["rows"]):
+        rows = sorted((r for r in result["rows"] if r["method"] == method and r["seed"] == 0),
+                      key=lambda r: r["macs_fraction"])
+        if rows:
+            marker, label, untuned = style(method)
+            ax.plot([r["macs_fraction"] for r in rows], [r["top1"] * 100 for r in rows], marker,
+                    label=label + suffix, fillstyle="none" if untuned else "full")
+
+
 def plot(result: dict, path: Path) -> None:
     from vitrt.benchmarks.dcvit_record import axes
 
-    styles = {"dcvit": ("o-", "DC-ViT (attention removed, MLP reused)"),
-              "dcvit_fewest_blocks": ("^", "DC-ViT, fewest blocks (official code's rule)"),
-              "whole_blocks": ("s", "whole blocks removed"),
-              "dcvit_no_finetune": ("o", "DC-ViT, no fine-tuning"),
-              "dcvit_fewest_blocks_no_finetune": ("^", "DC-ViT fewest blocks, no fine-tuning"),
-              "whole_blocks_no_finetune": ("s", "whole blocks, no fine-tuning")}
     with axes(path, "fraction of the dense model's MACs", "top-1 on the 450 test digits (%)",
               f"digits reference, {result['few_shot']} unlabelled images, compiled (ORT), verified") as ax:
-        for method, (style, label) in styles.items():
-            rows = sorted((r for r in result["rows"] if r["method"] == method and r["seed"] == 0),
-                          key=lambda r: r["macs_fraction"])
-            if rows:
-                ax.plot([r["macs_fraction"] for r in rows], [r["top1"] * 100 for r in rows], style, label=label,
-                        fillstyle="none" if "no_finetune" in method else "full")
+        _draw(ax, result)
         ax.plot([1.0], [result["dense_top1"] * 100], "k*", markersize=10, label="dense")
         ax.legend(fontsize=8)
+
+
+def overlay(config: DcvitSweepConfig) -> int:
+    """``--overlay``: the seed-0 rows of recorded sweeps on one plot (OUT.png) and their top-1 side by side
+    (OUT.md); nothing is run."""
+    import json
+
+    from vitrt.benchmarks.dcvit_record import axes, record
+
+    results = []
+    for path in config.overlay_paths:
+        if not path.is_file():
+            raise VitrtError(f"no result file {path} (write one with python -m vitrt.benchmarks.dcvit_sweep -o)")
+        results.append((path.stem, json.loads(path.read_text())))
+
+    def draw(_, png: Path) -> None:
+        with axes(png, "fraction of the dense model's MACs", "top-1 on the 450 test digits (%)",
+                  "digits reference: recorded DC-ViT sweeps", size=(7.2, 4.8)) as ax:
+            for name, result in results:
+                _draw(ax, result, f", {result['epochs']} epochs/block ({name})")
+            ax.plot([1.0], [results[0][1]["dense_top1"] * 100], "k*", markersize=10, label="dense")
+            ax.legend(fontsize=7)
+
+    lines = ["| result | method | epochs per block | seconds in all | top-1 at each MACs fraction (seed 0) |",
+             "|---|---|---:|---:|---|"]
+    for name, result in results:
+        for method in dict.fromkeys(r["method"] for r in result["rows"]):
+            rows = sorted((r for r in result["rows"] if r["method"] == method and r["seed"] == 0),
+                          key=lambda r: -r["macs_fraction"])
+            points = ", ".join(f"{r['macs_fraction']:.3f}: {r['top1'] * 100:.2f} %" for r in rows)
+            lines.append(f"| {name} | {method} | {result['epochs']} | {result['seconds']} | {points} |")
+    table = "\n".join(lines)
+    print(table)
+    record(config.out, "vitrt.benchmarks.dcvit_sweep", "Recorded DC-ViT sweeps side by side",
+           {"overlay": [str(p) for p in config.overlay_paths]}, table, draw)
+    return 0
 
 
 def benchmark(config: DcvitSweepConfig) -> int:
@@ -323,6 +387,8 @@ def benchmark(config: DcvitSweepConfig) -> int:
                    f"images; {result['epochs']} fine-tuning epochs per compressed block, {result['score_epochs']} "
                    f"before scoring; metric set {result['metric_images']} synthetic images; {result['seconds']} s in all.")
 
+    if config.overlay:
+        return overlay(config.validate())
     result = run(config, on_row=write)
     print(format_table(result))
     write(result)
