@@ -318,15 +318,21 @@ def style(method: str) -> tuple[str, str, bool]:
     return marker, label + (" + LS refit" if refit else "") + (", no fine-tuning" if untuned else ""), untuned
 
 
-def _draw(ax, result: dict, suffix: str = "") -> None:
-    """The seed-0 rows of ``result``, one line per method (hollow markers: no fine-tuning)."""
+def _seed0_rows(result: dict):
+    """(method, its seed-0 rows by increasing MACs) for every method of ``result`` that has them."""
     for method in dict.fromkeys(r["method"] for r in result["rows"]):
         rows = sorted((r for r in result["rows"] if r["method"] == method and r["seed"] == 0),
                       key=lambda r: r["macs_fraction"])
         if rows:
-            marker, label, untuned = style(method)
-            ax.plot([r["macs_fraction"] for r in rows], [r["top1"] * 100 for r in rows], marker,
-                    label=label + suffix, fillstyle="none" if untuned else "full")
+            yield method, rows
+
+
+def _draw(ax, result: dict, suffix: str = "") -> None:
+    """The seed-0 rows of ``result``, one line per method (hollow markers: no fine-tuning)."""
+    for method, rows in _seed0_rows(result):
+        marker, label, untuned = style(method)
+        ax.plot([r["macs_fraction"] for r in rows], [r["top1"] * 100 for r in rows], marker,
+                label=label + suffix, fillstyle="none" if untuned else "full")
 
 
 def plot(result: dict, path: Path) -> None:
@@ -339,7 +345,7 @@ def plot(result: dict, path: Path) -> None:
         ax.legend(fontsize=8)
 
 
-def overlay(config: DcvitSweepConfig) -> int:
+def draw_overlay(config: DcvitSweepConfig) -> int:
     """``--overlay``: the seed-0 rows of recorded sweeps on one plot (OUT.png) and their top-1 side by side
     (OUT.md); nothing is run."""
     import json
@@ -363,10 +369,8 @@ def overlay(config: DcvitSweepConfig) -> int:
     lines = ["| result | method | epochs per block | seconds in all | top-1 at each MACs fraction (seed 0) |",
              "|---|---|---:|---:|---|"]
     for name, result in results:
-        for method in dict.fromkeys(r["method"] for r in result["rows"]):
-            rows = sorted((r for r in result["rows"] if r["method"] == method and r["seed"] == 0),
-                          key=lambda r: -r["macs_fraction"])
-            points = ", ".join(f"{r['macs_fraction']:.3f}: {r['top1'] * 100:.2f} %" for r in rows)
+        for method, rows in _seed0_rows(result):
+            points = ", ".join(f"{r['macs_fraction']:.3f}: {r['top1'] * 100:.2f} %" for r in reversed(rows))
             lines.append(f"| {name} | {method} | {result['epochs']} | {result['seconds']} | {points} |")
     table = "\n".join(lines)
     print(table)
@@ -388,7 +392,7 @@ def benchmark(config: DcvitSweepConfig) -> int:
                    f"before scoring; metric set {result['metric_images']} synthetic images; {result['seconds']} s in all.")
 
     if config.overlay:
-        return overlay(config.validate())
+        return draw_overlay(config.validate())
     result = run(config, on_row=write)
     print(format_table(result))
     write(result)
