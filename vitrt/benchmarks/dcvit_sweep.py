@@ -382,6 +382,9 @@ def draw_overlay(config: DcvitSweepConfig) -> int:
 def benchmark(config: DcvitSweepConfig) -> int:
     from vitrt.benchmarks.dcvit_record import record
 
+    if config.overlay:
+        return draw_overlay(config.validate())
+
     def write(result: dict) -> None:  # after every row, so that a long sweep cut short keeps what it measured
         if config.out is not None:
             state = "" if result["complete"] else f"**Partial: {len(result['rows'])} rows so far (still running).** "
@@ -391,8 +394,6 @@ def benchmark(config: DcvitSweepConfig) -> int:
                    f"images; {result['epochs']} fine-tuning epochs per compressed block, {result['score_epochs']} "
                    f"before scoring; metric set {result['metric_images']} synthetic images; {result['seconds']} s in all.")
 
-    if config.overlay:
-        return draw_overlay(config.validate())
     result = run(config, on_row=write)
     print(format_table(result))
     write(result)

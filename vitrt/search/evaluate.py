@@ -111,12 +111,11 @@ class Evaluator:
         scaled by the merge factor and the offset added (before the machine's scale); else the table alone."""
         precision, sparsity = recipe.lut_key
         total = self.lut.model_ms(spec, precision=precision, sparsity=sparsity, clamp=True)
-        if calibrated:
-            if self.merge_factor != 1.0:
-                total += (self.merge_factor - 1.0) * self.lut.merge_ms(spec, precision=precision,
-                                                                       sparsity=sparsity, clamp=True)
-            total += self.offset
-        return total
+        if not calibrated:
+            return total
+        merge = self.lut.merge_ms(spec, precision=precision, sparsity=sparsity, clamp=True) \
+            if self.merge_factor != 1.0 else 0.0
+        return calibrated_ms(total, merge, offset=self.offset, merge_factor=self.merge_factor)
 
     def lut_has(self, recipe: Recipe) -> bool:
         return "/".join(recipe.lut_key) in self.lut.tables
@@ -160,6 +159,12 @@ class Evaluator:
         """The spec ``recipe`` compiles to, planning only what changes dims (pruning without fine-tuning, merging,
         low rank): enough for the latency table."""
         return self.plan(recipe.structural(), 0).final.spec
+
+
+def calibrated_ms(table_ms: float, merge_part_ms: float, *, offset: float, merge_factor: float) -> float:
+    """A table time with the calibration applied (before the machine's scale): its token-merge part scaled by
+    ``merge_factor`` (:func:`merge_factor`) and the per-run ``offset`` (:func:`table_offset`) added."""
+    return table_ms + (merge_factor - 1.0) * merge_part_ms + offset
 
 
 OFFSET_LIMIT = 0.25  # an offset this large (x the dense table time) says the table was built on another machine

@@ -62,7 +62,7 @@ def benchmark(config: TableCalibrationConfig) -> int:
     from vitrt.compiler.progress import Progress
     from vitrt.compiler.spec import ViTSpec
     from vitrt.pipeline.driver import compile
-    from vitrt.search.evaluate import fit_calibration
+    from vitrt.search.evaluate import calibrated_ms, fit_calibration
     from vitrt.search.measure import measure
 
     config = config.validate()
@@ -92,7 +92,8 @@ def benchmark(config: TableCalibrationConfig) -> int:
     rows = []
     for name in VARIANTS:
         alone = table[name] / table["dense"]
-        calibrated = (table[name] + offset + (k - 1) * merge[name]) / (table["dense"] + offset)
+        calibrated = calibrated_ms(table[name], merge[name], offset=offset, merge_factor=k) / \
+            calibrated_ms(table["dense"], merge["dense"], offset=offset, merge_factor=k)
         rows.append({"variant": name, "measured_ms": timed[name].cpu_ms, "measured_ratio": ratio[name],
                      "table_ratio": alone, "table_error": alone / ratio[name] - 1,
                      "calibrated_ratio": calibrated, "calibrated_error": calibrated / ratio[name] - 1,
