@@ -346,12 +346,15 @@ def test_seed_spread_combines_sweep_results(tmp_path):
     assert pair["difference"] == pytest.approx([0.01, -0.01, 0.0])
     assert (pair["ahead"], pair["tied"], pair["behind"]) == (1, 1, 1)
     assert "test_kl_ratio" not in pair  # rows recorded before the test KL was measured
+    # 95 % CI of the paired mean: 0 ± t(0.975, 2) · 0.01 / sqrt(3) = ± 0.02484; it includes 0: a tie
+    assert pair["ci95"] == pytest.approx([-0.024841, 0.024841], abs=1e-5) and pair["verdict"] == "tie"
     fewest = result([0], [{"dcvit_fewest_blocks": 0.99, "whole_blocks": 0.97}])
     for row, kl in zip(fewest["rows"], (0.004, 0.008)):
         row["test_kl"] = kl
     (pair,) = combine([fewest], 0.67)["pairs"]
     assert pair["methods"] == ["dcvit_fewest_blocks", "whole_blocks"] and pair["difference"] == pytest.approx([0.02])
     assert pair["test_kl_ratio"] == pytest.approx([0.5]) and pair["test_kl_closer"] == 1
+    assert pair["ci95"] is None and pair["verdict"] == "one seed" and pair["test_kl_sign_p"] == pytest.approx(1.0)
     larger = result([0], [{"whole_blocks": 0.995}])
     for row in larger["rows"]:
         row["target"] = 0.76  # whole blocks run at another target: paired with DC-ViT at 0.67 on request
@@ -363,6 +366,12 @@ def test_seed_spread_combines_sweep_results(tmp_path):
     assert pairs == {("dcvit", "whole_blocks"): pytest.approx([0.01]),
                      ("dcvit_refit", "whole_blocks"): pytest.approx([0.005]),
                      ("dcvit_refit_no_finetune", "whole_blocks_no_finetune"): pytest.approx([0.05])}
+    from vitrt.benchmarks.dcvit_seeds import paired_interval, sign_test, verdict
+
+    assert verdict(paired_interval([0.01, 0.02, 0.015])) == "ahead"  # every seed ahead, little spread
+    assert verdict(paired_interval([-0.01, -0.02, -0.015])) == "behind"
+    assert verdict(paired_interval([0.022, -0.0022, 0.0044, 0.0022])) == "tie"  # ahead on average, not beyond noise
+    assert sign_test(12, 12) == pytest.approx(2 * 0.5 ** 12) and sign_test(0, 0) == 1.0
     with pytest.raises(VitrtError, match="differ in epochs"):
         combine([first, result([2], [{"dcvit": 0.97}], epochs=10)], 0.67)
     with pytest.raises(VitrtError, match="seed 0 is in more than one"):

@@ -6,7 +6,10 @@ Reads the rows of every ``--results`` file (``dcvit_sweep`` runs with ``--seeds`
 ``--baseline`` and writes, per method, the top-1 of every seed with its mean and sample standard deviation
 (n − 1), and the paired difference of DC-ViT (either structure rule) and whole blocks seed by seed (the same
 few-shot images and fine-tuning seed), with and without fine-tuning: in top-1, and as the ratio of their KL to
-the dense model on the test images where the rows carry it. ``--whole-blocks-at G`` pairs DC-ViT at the baseline
+the dense model on the test images where the rows carry it. Each paired difference comes with its 95 % confidence
+interval (Student t over the seeds) and a verdict: DC-ViT *ahead* or *behind* only where the interval excludes 0, a
+*tie* otherwise (450 test images move top-1 in 0.22-point steps: a mean of a few tenths is not a win by itself); the
+KL count with its two-sided sign-test p-value. ``--whole-blocks-at G`` pairs DC-ViT at the baseline
 with the whole-block rows of the runs at G (whole blocks reach only steps of one block: 0.751 or 0.668 of the MACs
 of the digits reference, never 0.7). Nothing is trained or compiled. Files of different settings (epochs, few-shot
 images, metric set) are refused: their seeds are not the same experiment.
@@ -56,6 +59,32 @@ def _spread(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
+def paired_interval(diff: list[float]) -> tuple[float, float] | None:
+    """The 95 % confidence interval of the mean of paired differences (Student t, n − 1 degrees of freedom);
+    None with fewer than two seeds."""
+    if len(diff) < 2:
+        return None
+    from scipy import stats
+
+    mean, std = _spread(diff)
+    half = float(stats.t.ppf(0.975, len(diff) - 1)) * std / len(diff) ** 0.5
+    return mean - half, mean + half
+
+
+def verdict(interval: tuple[float, float] | None) -> str:
+    """ahead / behind where the 95 % interval excludes no difference, tie where it includes it."""
+    if interval is None:
+        return "one seed"
+    return "ahead" if interval[0] > 0 else "behind" if interval[1] < 0 else "tie"
+
+
+def sign_test(successes: int, trials: int) -> float:
+    """Two-sided sign-test p-value of ``successes`` in ``trials`` (ties left out) against a coin toss."""
+    from scipy import stats
+
+    return float(stats.binomtest(successes, trials).pvalue) if trials else 1.0
+
+
 def combine(results: list[dict], baseline: float, whole_blocks_at: float | None = None) -> dict:
     """Per method at ``baseline`` (whole blocks at ``whole_blocks_at`` where given): seeds, top-1 per seed, mean and
     sample std; the paired differences."""
@@ -87,17 +116,25 @@ def combine(results: list[dict], baseline: float, whole_blocks_at: float | None 
         if seeds:
             diff = [by[a, s]["top1"] - by[b, s]["top1"] for s in seeds]
             mean, std = _spread(diff)
+            interval = paired_interval(diff)
             pair = {"methods": [a, b], "seeds": seeds, "difference": diff, "mean": mean, "std": std,
+                    "ci95": interval, "verdict": verdict(interval),
                     "ahead": sum(d > 1e-9 for d in diff), "tied": sum(abs(d) <= 1e-9 for d in diff),
                     "behind": sum(d < -1e-9 for d in diff)}
             if all("test_kl" in by[m, s] for m in (a, b) for s in seeds):  # rows recorded since it is measured
                 ratio = [by[a, s]["test_kl"] / max(by[b, s]["test_kl"], 1e-12) for s in seeds]
-                pair.update({"test_kl_ratio": ratio, "test_kl_closer": sum(r < 1 for r in ratio)})
+                closer = sum(r < 1 for r in ratio)
+                pair.update({"test_kl_ratio": ratio, "test_kl_closer": closer,
+                             "test_kl_sign_p": sign_test(closer, sum(r != 1 for r in ratio))})
             pairs.append(pair)
     first = results[0]
     return {"baseline": baseline, "whole_blocks_at": whole_blocks_at, "methods": methods, "pairs": pairs,
             "dense_top1": first["dense_top1"],
             **{key: first.get(key) for key in SAME if key != "dense_top1"}}
+
+
+def p_value(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def format_table(result: dict) -> str:
@@ -109,15 +146,18 @@ def format_table(result: dict) -> str:
                      f"{', '.join(f'{t * 100:.2f}' for t in m['top1'])} | {m['top1_mean'] * 100:.2f} ± "
                      f"{m['top1_std'] * 100:.2f} % | {(m['top1_mean'] - dense) * 100:+.2f} |")
     if result["pairs"]:
-        lines += ["", "| paired, seed by seed | seeds | top-1 difference per seed (points) | mean ± std | "
-                  "ahead / tied / behind | test KL to dense, ratio per seed | closer to dense |",
-                  "|---|---|---|---:|---|---|---|"]
+        lines += ["", "| paired, seed by seed | seeds | top-1 difference per seed (points) | mean ± std | 95 % CI | "
+                  "top-1 verdict | ahead / tied / behind | test KL to dense, ratio per seed | closer to dense (sign "
+                  "test p) |", "|---|---|---|---:|---:|---|---|---|---|"]
         for p in result["pairs"]:
-            kl = (", ".join(f"{r:.2f}" for r in p["test_kl_ratio"]), f"{p['test_kl_closer']} of {len(p['seeds'])}") \
+            kl = (", ".join(f"{r:.2f}" for r in p["test_kl_ratio"]), f"{p['test_kl_closer']} of {len(p['seeds'])}"
+                  + (f" ({p_value(p['test_kl_sign_p'])})" if "test_kl_sign_p" in p else "")) \
                 if "test_kl_ratio" in p else ("–", "–")
+            ci = "–" if p.get("ci95") is None else f"[{p['ci95'][0] * 100:+.2f}, {p['ci95'][1] * 100:+.2f}]"
             lines.append(f"| {p['methods'][0]} − {p['methods'][1]} | {', '.join(map(str, p['seeds']))} | "
                          f"{', '.join(f'{d * 100:+.2f}' for d in p['difference'])} | {p['mean'] * 100:+.2f} ± "
-                         f"{p['std'] * 100:.2f} | {p['ahead']} / {p['tied']} / {p['behind']} | {kl[0]} | {kl[1]} |")
+                         f"{p['std'] * 100:.2f} | {ci} | {p.get('verdict', '–')} | {p['ahead']} / {p['tied']} / "
+                         f"{p['behind']} | {kl[0]} | {kl[1]} |")
     return "\n".join(lines)
 
 
