@@ -72,7 +72,7 @@ def paired_interval(diff: list[float]) -> tuple[float, float] | None:
 
 
 def verdict(interval: tuple[float, float] | None) -> str:
-    """ahead / behind where the 95 % interval excludes no difference, tie where it includes it."""
+    """ahead / behind where the 95 % interval lies above / below zero, tie where it contains zero."""
     if interval is None:
         return "one seed"
     return "ahead" if interval[0] > 0 else "behind" if interval[1] < 0 else "tie"
@@ -134,6 +134,7 @@ def combine(results: list[dict], baseline: float, whole_blocks_at: float | None 
 
 
 def p_value(p: float) -> str:
+    """A p-value as the table prints it."""
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
@@ -153,10 +154,10 @@ def format_table(result: dict) -> str:
             kl = (", ".join(f"{r:.2f}" for r in p["test_kl_ratio"]), f"{p['test_kl_closer']} of {len(p['seeds'])}"
                   + (f" ({p_value(p['test_kl_sign_p'])})" if "test_kl_sign_p" in p else "")) \
                 if "test_kl_ratio" in p else ("–", "–")
-            ci = "–" if p.get("ci95") is None else f"[{p['ci95'][0] * 100:+.2f}, {p['ci95'][1] * 100:+.2f}]"
+            ci = "–" if p["ci95"] is None else f"[{p['ci95'][0] * 100:+.2f}, {p['ci95'][1] * 100:+.2f}]"
             lines.append(f"| {p['methods'][0]} − {p['methods'][1]} | {', '.join(map(str, p['seeds']))} | "
                          f"{', '.join(f'{d * 100:+.2f}' for d in p['difference'])} | {p['mean'] * 100:+.2f} ± "
-                         f"{p['std'] * 100:.2f} | {ci} | {p.get('verdict', '–')} | {p['ahead']} / {p['tied']} / "
+                         f"{p['std'] * 100:.2f} | {ci} | {p['verdict']} | {p['ahead']} / {p['tied']} / "
                          f"{p['behind']} | {kl[0]} | {kl[1]} |")
     return "\n".join(lines)
 
