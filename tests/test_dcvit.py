@@ -97,6 +97,40 @@ def test_compressing_a_block_keeps_plan_and_student_in_step(twin):
     assert all(torch.equal(v, before[k]) for k, v in twin.state_dict().items())  # the input twin is untouched
 
 
+def test_the_mlp_only_ablation_keeps_every_attention_module(twin, few_shot, metric_dir):
+    """``Settings.mlp_only``: whole MLPs go and attention stays — on the MACs target, in the plan and on the twin,
+    through the ranking and the progressive compression."""
+    from vitrt.calib.synthesis import MetricSet, load_metric_set
+
+    spec = twin.spec
+    settings = dcvit.Settings(macs=0.7, mlp_only=True, epochs=0, score_epochs=0)
+    shape = dcvit.structure(spec, settings)
+    assert set(shape.mlp) == {0} and shape.macs_fraction <= 0.7
+    fewer = spec.with_blocks([dataclasses.replace(b, mlp=0) if i < shape.blocks - 1 else b
+                              for i, b in enumerate(spec.blocks)])
+    assert vit_flops(fewer) / vit_flops(spec) > 0.7  # the fewest MLPs that reach the target
+    with pytest.raises(VitrtError, match="below what removing every MLP reaches"):
+        dcvit.structure(spec, dataclasses.replace(settings, macs=0.2))
+    before = _state(twin)
+    student, plan = dcvit.compress_block(twin, PruningPlan.keep_all(spec), 1, 0, None, keep_attention=True)
+    assert plan.blocks[1].mlp == () and plan.blocks[1].heads == PruningPlan.keep_all(spec).blocks[1].heads
+    assert [(b.heads, b.mlp) for b in student.spec.blocks] == [(2, 256), (2, 0), (2, 256), (2, 256)]
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():  # the block is its attention branch alone: the original adds its MLP on top of that
+        x = twin.blocks[0](twin.embed(images))
+        attended = student.blocks[1](x)
+        original = twin.blocks[1]
+        assert torch.allclose(original(x), attended + original.mlp(original.norm2(attended)), atol=1e-5)
+        assert torch.allclose(student(images), apply_plan(twin, plan)(images), atol=1e-6)
+    metric = MetricSet.of(load_metric_set(metric_dir), twin)
+    ranked = dcvit.recoverability(twin, twin, few_shot, metric, settings)
+    found, info = dcvit.compress(twin, twin, few_shot, metric, settings, [r["block"] for r in ranked])
+    compressed = {i for i, b in enumerate(found.blocks) if not b.mlp}
+    assert compressed == set(info["blocks"]) and len(compressed) == shape.blocks
+    assert all(len(b.heads) == 2 for b in found.blocks)
+    assert all(torch.equal(v, before[k]) for k, v in twin.state_dict().items())
+
+
 def _block_error(original, compressed, index: int, images: torch.Tensor) -> float:
     """Relative error of ``compressed``'s block ``index`` against ``original``'s on the same inputs."""
     with torch.no_grad():
@@ -234,6 +268,10 @@ def test_benchmark_configs(tmp_path):
     whole = DcvitSweepConfig(metric_set=tmp_path, targets="", baseline=0.7, methods="whole_blocks").validate()
     assert [(m, s.refit) for m, _, s, _ in jobs(whole, dcvit.Settings(macs=0.5, refit=True))] == [
         ("whole_blocks", False), ("whole_blocks_no_finetune", False)]
+    ablation = DcvitSweepConfig(metric_set=tmp_path, targets="", baseline=0.7, methods="mlp_only").validate()
+    assert [(m, s.mlp_only, s.refit) for m, _, s, _ in jobs(ablation, dcvit.Settings(macs=0.5, refit=True))] == [
+        ("mlp_only", True, False), ("mlp_only_no_finetune", True, False)]  # not a default method
+    assert "mlp_only" not in DcvitSweepConfig().compared
     only = DcvitSweepConfig(metric_set=tmp_path, targets="", baseline=0.7, methods="whole_blocks").validate()
     assert [m for m, *_ in jobs(only, dcvit.Settings(macs=0.5))] == ["whole_blocks", "whole_blocks_no_finetune"]
     with pytest.raises(VitrtError, match="--methods must name"):
@@ -366,6 +404,11 @@ def test_seed_spread_combines_sweep_results(tmp_path):
     assert pairs == {("dcvit", "whole_blocks"): pytest.approx([0.01]),
                      ("dcvit_refit", "whole_blocks"): pytest.approx([0.005]),
                      ("dcvit_refit_no_finetune", "whole_blocks_no_finetune"): pytest.approx([0.05])}
+    ablation = result([0], [{"mlp_only": 0.98, "mlp_only_no_finetune": 0.95, "whole_blocks": 0.97,
+                              "whole_blocks_no_finetune": 0.91}])
+    pairs = {tuple(p["methods"]): p["difference"] for p in combine([ablation], 0.67)["pairs"]}
+    assert pairs == {("mlp_only", "whole_blocks"): pytest.approx([0.01]),
+                     ("mlp_only_no_finetune", "whole_blocks_no_finetune"): pytest.approx([0.04])}
     from vitrt.benchmarks.dcvit_seeds import paired_interval, sign_test, verdict
 
     assert verdict(paired_interval([0.01, 0.02, 0.015])) == "ahead"  # every seed ahead, little spread

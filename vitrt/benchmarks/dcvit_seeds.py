@@ -4,15 +4,15 @@
 
 Reads the rows of every ``--results`` file (``dcvit_sweep`` runs with ``--seeds`` / ``--first-seed``) at
 ``--baseline`` and writes, per method, the top-1 of every seed with its mean and sample standard deviation
-(n − 1), and the paired difference of DC-ViT (either structure rule) and whole blocks seed by seed (the same
-few-shot images and fine-tuning seed), with and without fine-tuning: in top-1, and as the ratio of their KL to
-the dense model on the test images where the rows carry it. Each paired difference comes with its 95 % confidence
-interval (Student t over the seeds) and a verdict: DC-ViT *ahead* or *behind* only where the interval excludes 0, a
-*tie* otherwise (450 test images move top-1 in 0.22-point steps: a mean of a few tenths is not a win by itself); the
-KL count with its two-sided sign-test p-value. ``--whole-blocks-at G`` pairs DC-ViT at the baseline
-with the whole-block rows of the runs at G (whole blocks reach only steps of one block: 0.751 or 0.668 of the MACs
-of the digits reference, never 0.7). Nothing is trained or compiled. Files of different settings (epochs, few-shot
-images, metric set) are refused: their seeds are not the same experiment.
+(n − 1), and the paired difference of DC-ViT (either structure rule, or the ``mlp_only`` ablation) and whole
+blocks seed by seed (the same few-shot images and fine-tuning seed), with and without fine-tuning: in top-1, and
+as the ratio of their KL to the dense model on the test images where the rows carry it. Each paired difference
+comes with its 95 % confidence interval (Student t over the seeds) and a verdict: *ahead* or *behind* only where
+the interval excludes 0, a *tie* otherwise (450 test images move top-1 in 0.22-point steps: a mean of a few tenths
+is not a win by itself); the KL count with its two-sided sign-test p-value. ``--whole-blocks-at G`` pairs DC-ViT
+at the baseline with the whole-block rows of the runs at G (whole blocks reach only steps of one block: 0.751 or
+0.668 of the MACs of the digits reference, never 0.7). Nothing is trained or compiled. Files of different
+settings (epochs, few-shot images, metric set) are refused: their seeds are not the same experiment.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import module_main, option
 
+PAIRED = ("dcvit", "mlp_only")  # the methods paired with whole blocks: every DC-ViT rule and the MLP-only ablation
 SAME = ("few_shot", "metric_set", "epochs", "score_epochs", "preferred_mlp", "dense_top1")
 
 
@@ -111,7 +112,7 @@ def combine(results: list[dict], baseline: float, whole_blocks_at: float | None 
                         "top1_mean": mean, "top1_std": std,
                         "metric_loss_mean": _spread([row["metric_loss"] for row in picked])[0]})
     pairs = []
-    for a, b in ((m, whole_blocks_for(m)) for m in dict.fromkeys(m for m, _ in by) if m.startswith("dcvit")):
+    for a, b in ((m, whole_blocks_for(m)) for m in dict.fromkeys(m for m, _ in by) if m.startswith(PAIRED)):
         seeds = sorted(s for m, s in by if m == a and (b, s) in by)
         if seeds:
             diff = [by[a, s]["top1"] - by[b, s]["top1"] for s in seeds]

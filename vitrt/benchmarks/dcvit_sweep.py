@@ -16,7 +16,9 @@
    seed k for the fine-tuning; k counts from ``--first-seed``, 0): DC-ViT at the preferred MLP fraction, DC-ViT
    with the official code's fewest-blocks rule (``--dcvit-mlp 0``), and the same machinery removing whole blocks
    (its own recoverability ranking, the same fine-tuning) — each with and without fine-tuning; mean and spread over the seeds
-   (``--methods`` picks which of the three).
+   (``--methods`` picks which of the three). ``--methods`` may add ``mlp_only``, the ablation that removes whole
+   MLPs and keeps every attention module (the same machinery, ranking and fine-tuning): which part of a block
+   costs the model least.
 5. ``--workers N`` runs the compressions of 3. and 4. in N processes once the rankings are known (the machine's
    cores, not the results, change); the result files are rewritten after every row (``complete`` false until the
    last).
@@ -41,7 +43,8 @@ from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import module_main, option
 
 
-METHODS = ("dcvit", "dcvit_fewest_blocks", "whole_blocks")
+DEFAULT_METHODS = ("dcvit", "dcvit_fewest_blocks", "whole_blocks")
+METHODS = DEFAULT_METHODS + ("mlp_only",)
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class DcvitSweepConfig:
     seeds: int = option(1, "few-shot subsets / fine-tuning seeds of the comparison", type=int, metavar="N")
     first_seed: int = option(0, "the comparison's seeds are FIRST..FIRST+N-1 (more seeds in a second run)", type=int,
                              metavar="FIRST")
-    methods: str = option(",".join(METHODS), "methods compared at --baseline (each also without fine-tuning)",
+    methods: str = option(",".join(DEFAULT_METHODS), "methods compared at --baseline (each also without fine-tuning)",
                           metavar="M1,M2,..")
     batch: int = option(50, "compile batch", type=int, metavar="N")
     threads: int = option(1, "torch and ONNX Runtime threads (1: steady on a shared machine)", type=int, metavar="N")
@@ -138,8 +141,11 @@ def jobs(config: DcvitSweepConfig, settings) -> list[tuple[str, float, object, i
     if config.baseline is not None:
         fewest = replace(settings, mlp=0.0)
         whole = replace(settings, whole_blocks=True, refit=False)
+        mlp_only = replace(settings, mlp_only=True, refit=False)
+        variants = (("dcvit", settings), ("dcvit_fewest_blocks", fewest), ("whole_blocks", whole),
+                    ("mlp_only", mlp_only))
         for seed in range(config.first_seed, config.first_seed + config.seeds):
-            for method, variant in (("dcvit", settings), ("dcvit_fewest_blocks", fewest), ("whole_blocks", whole)):
+            for method, variant in variants:
                 if method not in config.compared:
                     continue
                 name = method + (refit if variant.refit else "")
@@ -227,7 +233,7 @@ def run(config: DcvitSweepConfig, on_row=None) -> dict:
     def order(job) -> list[int]:
         """The job's recoverability ranking (one per candidate width and seed, computed when first needed)."""
         _, _, job_settings, seed = job
-        kind = f"mlp{dcvit.candidate_width(twin.spec, job_settings)}"
+        kind = "attention" if job_settings.mlp_only else f"mlp{dcvit.candidate_width(twin.spec, job_settings)}"
         if (kind, seed) not in rankings:
             with progress.step(f"recoverability of every block (candidates keep {kind}, seed {seed})"):
                 rankings[kind, seed] = dcvit.recoverability(twin, teacher, few_shot_images(train, config, seed),
@@ -305,7 +311,8 @@ def format_table(result: dict) -> str:
 
 STYLES = {"dcvit": ("o-", "DC-ViT (attention removed, MLP reused)"),
           "dcvit_fewest_blocks": ("^", "DC-ViT, fewest blocks (official code's rule)"),
-          "whole_blocks": ("s", "whole blocks removed")}
+          "whole_blocks": ("s", "whole blocks removed"),
+          "mlp_only": ("D", "MLPs removed (attention kept)")}
 
 
 def style(method: str) -> tuple[str, str, bool]:

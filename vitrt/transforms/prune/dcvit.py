@@ -23,7 +23,9 @@ paper's Table 8) — in pruning terms ``heads = 0`` and a reduced MLP, so the pl
 
 Fine-tuning runs through the shared trainer with a FeatureMimic objective on a prefix of the model
 (:class:`MimicPrefix`); the few-shot images are used without labels. ``--dcvit-whole-blocks`` is the baseline
-that removes whole blocks (``heads = 0, mlp = 0``) with the same selection and fine-tuning.
+that removes whole blocks (``heads = 0, mlp = 0``) with the same selection and fine-tuning; ``Settings.mlp_only``
+(the benchmarks' ablation, no CLI option) removes whole MLPs and keeps every attention module — the part of a block
+DC-ViT keeps goes, the part it removes stays.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Settings:
     macs: float  # target fraction of the dense model's MACs
     mlp: float = 0.5  # preferred fraction of the MLP a compressed block keeps
     whole_blocks: bool = False  # baseline: remove whole blocks
+    mlp_only: bool = False  # ablation: remove whole MLPs, keep every attention module
     epochs: int = 50  # fine-tuning epochs after each compressed block
     score_epochs: int = 10  # fine-tuning epochs before a candidate block is scored
     importance: str = "hessian"  # MLP channel importance: hessian (NViT eq. 6) or magnitude
@@ -109,6 +112,12 @@ def structure(spec, settings: Settings) -> Structure:
     if settings.whole_blocks:
         n = math.ceil(saving / (attention + mlp) - 1e-9)
         return Structure((0,) * n, 1 - n * (attention + mlp) / dense)
+    if settings.mlp_only:
+        n = math.ceil(saving / mlp - 1e-9)
+        if n > spec.depth:
+            raise OptionError(f"--dcvit-macs {settings.macs:g} is below what removing every MLP reaches "
+                              f"({1 - spec.depth * mlp / dense:.3f} of the MACs)")
+        return Structure((0,) * n, 1 - n * mlp / dense)
     if saving < attention - 1e-9:
         raise OptionError(f"--dcvit-macs {settings.macs:g} keeps more than removing one attention module allows: "
                           f"the largest compressed model has {1 - attention / dense:.3f} of the MACs")
@@ -181,20 +190,25 @@ def mlp_scores(student, few_shot: ImageSet, teacher, method: str, seed: int) -> 
 
 
 def compress_block(student, plan: PruningPlan, index: int, width: int, scores: torch.Tensor | None,
-                   refit_on: ImageSet | None = None):
-    """(new student, new plan) with block ``index``'s attention removed and its ``width`` best MLP channels kept.
+                   refit_on: ImageSet | None = None, keep_attention: bool = False):
+    """(new student, new plan) with block ``index``'s attention removed (kept with ``keep_attention``) and its
+    ``width`` best MLP channels kept.
 
     ``plan`` indexes the original model; the student is sliced from its own (fine-tuned) weights. With
     ``refit_on`` the kept channels' output layer is then re-solved on those images (:func:`refit_mlp`)."""
     positions = tuple(sorted(torch.argsort(scores, descending=True)[:width].tolist())) if width else ()
+
+    def reduced(block: BlockPlan, mlp: tuple[int, ...]) -> BlockPlan:
+        return replace(block, mlp=mlp) if keep_attention else BlockPlan((), (), (), mlp)
+
     local = PruningPlan.keep_all(student.spec)
     blocks = list(local.blocks)
-    blocks[index] = BlockPlan((), (), (), positions)
+    blocks[index] = reduced(blocks[index], positions)
     new_student = prune_twin(student, replace(local, blocks=tuple(blocks)).validate())
     if width and refit_on is not None:
         refit_mlp(student, new_student, index, refit_on)
     original = list(plan.blocks)
-    original[index] = BlockPlan((), (), (), tuple(plan.blocks[index].mlp[p] for p in positions))
+    original[index] = reduced(plan.blocks[index], tuple(plan.blocks[index].mlp[p] for p in positions))
     return new_student, replace(plan, blocks=tuple(original)).validate()
 
 
@@ -232,8 +246,8 @@ def refit_mlp(original, compressed, index: int, images: ImageSet) -> None:
 
 def candidate_width(spec, settings: Settings) -> int:
     """The MLP width a candidate block keeps while its recoverability is measured: the preferred fraction
-    (aligned), 0 for whole blocks. It does not depend on the target, so one ranking serves every size."""
-    if settings.whole_blocks:
+    (aligned), 0 for whole blocks or MLPs. It does not depend on the target, so one ranking serves every size."""
+    if settings.whole_blocks or settings.mlp_only:
         return 0
     return round(settings.mlp * _uniform_block(spec).mlp / CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
 
@@ -252,7 +266,8 @@ def recoverability(twin, teacher, few_shot: ImageSet, metric: MetricSet, setting
     out = []
     with progress.bar(twin.spec.depth, "recoverability of each block") as bar:
         for index in range(twin.spec.depth):
-            student, _ = compress_block(twin, base, index, width, scores[index] if width else None)
+            student, _ = compress_block(twin, base, index, width, scores[index] if width else None,
+                                        keep_attention=settings.mlp_only)
             last = min(index + 1, twin.spec.depth - 1)
             mimic(student, teacher, few_shot, last, settings.score_epochs, settings.seed)
             out.append({"block": index, "metric_loss": metric.evaluate(student)["loss"]})
@@ -274,7 +289,8 @@ def compress(twin, teacher, few_shot: ImageSet, metric: MetricSet, settings: Set
         start = time.perf_counter()
         scores = mlp_scores(student, few_shot, teacher, settings.importance, settings.seed + step)[index] \
             if width else None
-        student, plan = compress_block(student, plan, index, width, scores, few_shot if settings.refit else None)
+        student, plan = compress_block(student, plan, index, width, scores, few_shot if settings.refit else None,
+                                       settings.mlp_only)
         done.append(index)
         last = min(max(done) + 1, twin.spec.depth - 1)
         before = metric.evaluate(student)["loss"]
@@ -284,7 +300,8 @@ def compress(twin, teacher, few_shot: ImageSet, metric: MetricSet, settings: Set
         steps.append({"block": index, "mlp": width, "metric_loss_compressed": before,
                       "metric_loss_finetuned": after["loss"], "metric_top1_finetuned": after["top1"],
                       "finetune": tuned, "seconds": round(time.perf_counter() - start, 2)})
-        progress.log(f"DC-ViT: block {index} -> attention removed, MLP {width}; metric loss {before:.5f} -> "
+        removed = "MLP removed, attention kept" if settings.mlp_only else f"attention removed, MLP {width}"
+        progress.log(f"DC-ViT: block {index} -> {removed}; metric loss {before:.5f} -> "
                      f"{after['loss']:.5f} after fine-tuning (blocks 0..{last} updated)")
     info = {"blocks": list(order[: shape.blocks]), "mlp": list(shape.mlp), "macs_fraction": shape.macs_fraction,
             "steps": steps}
