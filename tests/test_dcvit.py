@@ -195,6 +195,12 @@ def test_dcvit_options_are_checked():
         PruneConfig(dcvit_macs=0.7, data="digits", dcvit_mlp=0.5, dcvit_whole_blocks=True).validate()
     with pytest.raises(VitrtError, match="no MLP to refit"):
         PruneConfig(dcvit_macs=0.7, data="digits", dcvit_refit=True, dcvit_whole_blocks=True).validate()
+    with pytest.raises(VitrtError, match="alternatives"):
+        PruneConfig(dcvit_macs=0.7, data="digits", dcvit_mlp_only=True, dcvit_whole_blocks=True).validate()
+    with pytest.raises(VitrtError, match="drop --dcvit-mlp and --dcvit-refit"):
+        PruneConfig(dcvit_macs=0.7, data="digits", dcvit_mlp_only=True, dcvit_refit=True).validate()
+    with pytest.raises(VitrtError, match="--dcvit-mlp-only is a DC-ViT option"):
+        PruneConfig(dcvit_mlp_only=True).validate()
     with pytest.raises(VitrtError, match="--dcvit-refit is a DC-ViT option"):
         PruneConfig(dcvit_refit=True).validate()
     with pytest.raises(VitrtError, match=r"in \(0, 1\)"):
@@ -236,6 +242,24 @@ def test_compile_dcvit_verified_against_the_pruned_twin(tmp_path, metric_dir):
     second = run_onnx(onnx.load(tmp_path / "again" / "model.onnx"), images, 2)
     assert abs(first - second).max() <= 1e-6
     assert abs(run_torch(result.twin, images) - first).max() <= FP32_TOLERANCE
+
+
+def test_compile_with_mlp_only_keeps_attention_and_verifies(tmp_path, metric_dir):
+    """``--dcvit-mlp-only`` through the compile: whole MLPs gone, every attention module kept, the ONNX verified
+    against the twin, the choice in the manifest."""
+    import vitrt
+
+    result = vitrt.compile(tiny_vit(depth=4), tmp_path / "mlp", quiet=True, verify=True, batch=2, dcvit_macs=0.7,
+                           data="digits", few_shot=8, dcvit_epochs=0, dcvit_score_epochs=0, dcvit_mlp_only=True,
+                           dcvit_metric=f"synth:{metric_dir}")
+    m = result.manifest
+    info = m["pruning"]["dcvit"]
+    assert m["verify"]["ok"] and m["verify"]["max_abs_err"] <= FP32_TOLERANCE and info["mlp_only"]
+    blocks = m["spec_after"]["blocks"]
+    assert all(b["heads"] == 2 for b in blocks) and {i for i, b in enumerate(blocks) if not b["mlp"]} == set(
+        info["blocks"])
+    assert m["flops"]["after"] / m["flops"]["before"] == pytest.approx(info["macs_fraction"])
+    assert info["macs_fraction"] <= 0.7
 
 
 def test_benchmark_configs(tmp_path):

@@ -47,6 +47,9 @@ class PruneConfig:
                                             "recoverability is measured (default 10; 0 = right after removal)",
                                             type=int, metavar="N")
     dcvit_whole_blocks: bool = option(False, "DC-ViT baseline: remove whole blocks (attention and MLP) instead")
+    dcvit_mlp_only: bool = option(False, "DC-ViT ablation: remove whole MLPs and keep every attention module, with "
+                                  "the same ranking and fine-tuning (on the digits reference the better choice at "
+                                  "the same MACs: benchmarks/results/dcvit.md)")
     dcvit_refit: bool = option(False, "DC-ViT: re-solve each compressed block's kept MLP output layer by least "
                                "squares on the few-shot images so it stands in for the whole block, attention "
                                "included; with --dcvit-epochs 0 a training-free compression")
@@ -60,7 +63,7 @@ class PruneConfig:
         """The DC-ViT knobs that were given (None = default)."""
         names = ("few_shot", "dcvit_metric", "dcvit_mlp", "dcvit_epochs", "dcvit_score_epochs")
         given = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
-        flags = {name: True for name in ("dcvit_whole_blocks", "dcvit_refit") if getattr(self, name)}
+        flags = {name: True for name in ("dcvit_whole_blocks", "dcvit_mlp_only", "dcvit_refit") if getattr(self, name)}
         return given | flags
 
     def validate(self) -> "PruneConfig":
@@ -97,6 +100,10 @@ class PruneConfig:
             raise OptionError("--dcvit-whole-blocks removes the MLP too: drop --dcvit-mlp")
         if self.dcvit_whole_blocks and self.dcvit_refit:
             raise OptionError("--dcvit-whole-blocks keeps no MLP to refit: drop --dcvit-refit")
+        if self.dcvit_mlp_only and self.dcvit_whole_blocks:
+            raise OptionError("--dcvit-mlp-only and --dcvit-whole-blocks are alternatives: pass one of them")
+        if self.dcvit_mlp_only and (self.dcvit_mlp is not None or self.dcvit_refit):
+            raise OptionError("--dcvit-mlp-only removes whole MLPs: drop --dcvit-mlp and --dcvit-refit")
         return self
 
     def check(self, spec, target):

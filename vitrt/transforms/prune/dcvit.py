@@ -23,9 +23,9 @@ paper's Table 8) — in pruning terms ``heads = 0`` and a reduced MLP, so the pl
 
 Fine-tuning runs through the shared trainer with a FeatureMimic objective on a prefix of the model
 (:class:`MimicPrefix`); the few-shot images are used without labels. ``--dcvit-whole-blocks`` is the baseline
-that removes whole blocks (``heads = 0, mlp = 0``) with the same selection and fine-tuning; ``Settings.mlp_only``
-(the benchmarks' ablation, no CLI option) removes whole MLPs and keeps every attention module — the part of a block
-DC-ViT keeps goes, the part it removes stays.
+that removes whole blocks (``heads = 0, mlp = 0``) with the same selection and fine-tuning; ``--dcvit-mlp-only``
+(``Settings.mlp_only``, an ablation) removes whole MLPs and keeps every attention module — the part of a block DC-ViT
+keeps goes, the part it removes stays.
 """
 
 from __future__ import annotations
@@ -301,8 +301,9 @@ def compress(twin, teacher, few_shot: ImageSet, metric: MetricSet, settings: Set
                       "metric_loss_finetuned": after["loss"], "metric_top1_finetuned": after["top1"],
                       "finetune": tuned, "seconds": round(time.perf_counter() - start, 2)})
         removed = "MLP removed, attention kept" if settings.mlp_only else f"attention removed, MLP {width}"
-        progress.log(f"DC-ViT: block {index} -> {removed}; metric loss {before:.5f} -> "
-                     f"{after['loss']:.5f} after fine-tuning (blocks 0..{last} updated)")
+        tuning = f"-> {after['loss']:.5f} after fine-tuning (blocks 0..{last} updated)" if settings.epochs \
+            else "(no fine-tuning)"
+        progress.log(f"DC-ViT: block {index} -> {removed}; metric loss {before:.5f} {tuning}")
     info = {"blocks": list(order[: shape.blocks]), "mlp": list(shape.mlp), "macs_fraction": shape.macs_fraction,
             "steps": steps}
     return plan.with_weights(parameter_state(student)), info
@@ -319,7 +320,8 @@ METRIC_LIMIT = 256
 def settings_from(options, seed: int) -> Settings:
     defaults = Settings(macs=options.dcvit_macs)
     return replace(defaults, mlp=defaults.mlp if options.dcvit_mlp is None else options.dcvit_mlp,
-                   whole_blocks=options.dcvit_whole_blocks, refit=options.dcvit_refit,
+                   whole_blocks=options.dcvit_whole_blocks, mlp_only=options.dcvit_mlp_only,
+                   refit=options.dcvit_refit,
                    importance=options.importance, seed=seed,
                    epochs=defaults.epochs if options.dcvit_epochs is None else options.dcvit_epochs,
                    score_epochs=defaults.score_epochs if options.dcvit_score_epochs is None
@@ -354,7 +356,7 @@ def plan(twin, ctx, options) -> PruningPlan:
                                ctx.progress)
     student = apply_plan(twin, found)
     info.update({"target_macs": settings.macs, "preferred_mlp": settings.mlp, "whole_blocks": settings.whole_blocks,
-                 "refit": settings.refit,
+                 "mlp_only": settings.mlp_only, "refit": settings.refit,
                  "few_shot": {"data": options.data, "images": len(few_shot)}, "metric_set": metric_info,
                  "recoverability": ranked, "epochs": settings.epochs, "score_epochs": settings.score_epochs,
                  "importance": settings.importance, "seconds": round(time.perf_counter() - start, 2),
