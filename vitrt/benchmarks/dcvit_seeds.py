@@ -29,7 +29,8 @@ SAME = ("few_shot", "metric_set", "epochs", "score_epochs", "preferred_mlp", "de
 
 
 def whole_blocks_for(method: str) -> str:
-    """The whole-block row a DC-ViT method (either structure rule, with or without the refit) is paired with."""
+    """The whole-block row a paired method (a DC-ViT rule with or without the refit, or the MLP-only ablation) is
+    compared with: the untuned one for an untuned method."""
     return "whole_blocks_no_finetune" if method.endswith("_no_finetune") else "whole_blocks"
 
 

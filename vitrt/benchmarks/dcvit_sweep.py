@@ -231,9 +231,9 @@ def run(config: DcvitSweepConfig, on_row=None) -> dict:
     rankings: dict = {}
 
     def order(job) -> list[int]:
-        """The job's recoverability ranking (one per candidate width and seed, computed when first needed)."""
+        """The job's recoverability ranking (one per candidate kind and seed, computed when first needed)."""
         _, _, job_settings, seed = job
-        kind = "attention" if job_settings.mlp_only else f"mlp{dcvit.candidate_width(twin.spec, job_settings)}"
+        kind = dcvit.candidate_kind(twin.spec, job_settings)
         if (kind, seed) not in rankings:
             with progress.step(f"recoverability of every block (candidates keep {kind}, seed {seed})"):
                 rankings[kind, seed] = dcvit.recoverability(twin, teacher, few_shot_images(train, config, seed),

@@ -252,6 +252,12 @@ def candidate_width(spec, settings: Settings) -> int:
     return round(settings.mlp * _uniform_block(spec).mlp / CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
 
 
+def candidate_kind(spec, settings: Settings) -> str:
+    """What a candidate block keeps while it is ranked — ``attention`` (the MLP-only ablation) or ``mlpW`` (its
+    :func:`candidate_width`): settings of the same kind share one recoverability ranking."""
+    return "attention" if settings.mlp_only else f"mlp{candidate_width(spec, settings)}"
+
+
 def recoverability(twin, teacher, few_shot: ImageSet, metric: MetricSet, settings: Settings,
                    progress=QUIET) -> list[dict]:
     """(c): per block, the metric loss after compressing it alone (to :func:`candidate_width`) from the dense
@@ -290,7 +296,7 @@ def compress(twin, teacher, few_shot: ImageSet, metric: MetricSet, settings: Set
         scores = mlp_scores(student, few_shot, teacher, settings.importance, settings.seed + step)[index] \
             if width else None
         student, plan = compress_block(student, plan, index, width, scores, few_shot if settings.refit else None,
-                                       settings.mlp_only)
+                                       keep_attention=settings.mlp_only)
         done.append(index)
         last = min(max(done) + 1, twin.spec.depth - 1)
         before = metric.evaluate(student)["loss"]
