@@ -71,6 +71,14 @@ def test_bench_cli(outs, tmp_path, capsys):
     assert table["rows"][0]["speedup"] == pytest.approx(1.0) and table["rows"][1]["params_x"] > 1.0
     assert "| Model | #Para (x) |" in (tmp_path / "nvit.md").read_text()
     assert run("nvit-table", dense) == 2
+    assert run("nvit-table", dense, small, "--clock", "cpu", "--threads", 1, "--rounds", 2, "--iterations", 2,
+               "-o", tmp_path / "nvit_cpu", "--quiet") == 0
+    table = json.loads((tmp_path / "nvit_cpu.json").read_text())
+    assert table["clock"] == "cpu" and all(r["median_ms"] > 0 for r in table["rows"])
+    assert "least single-thread CPU time" in (tmp_path / "nvit_cpu.md").read_text()
+    capsys.readouterr()
+    assert run("nvit-table", dense, small, "--clock", "cpu", "--threads", 2) == 2  # the CPU clock needs one thread
+    assert "--threads 1" in capsys.readouterr().err
 
 
 def test_bench_a_model_name_at_several_batches(capsys):

@@ -39,6 +39,8 @@ class NvitTableConfig:
     rounds: int = option(5, "interleaved timing rounds", type=int, metavar="N")
     iterations: int = option(5, "timed runs per artifact per round", type=int, metavar="N")
     threads: int | None = option(None, "ONNX Runtime intra-op threads", type=int, metavar="N")
+    clock: str = option("wall", "wall (median) or cpu (least CPU time of a single-threaded run: needs --threads 1; "
+                        "steadier for ratios on a shared machine)", choices=("wall", "cpu"))
     out: Path | None = option(None, "write OUT.json and OUT.md", flag="-o/--out", type=Path, metavar="OUT")
     quiet: bool = option(False, "no progress output")
 
@@ -63,7 +65,7 @@ def _cmd_nvit_table(args) -> int:
 
     config = from_args(NvitTableConfig, args)
     result = nvit_table(list(config.outs), rounds=config.rounds, iterations=config.iterations,
-                        threads=config.threads, progress=progress_for(config))
+                        threads=config.threads, clock=config.clock, progress=progress_for(config))
     text = format_nvit(result)
     print(text)
     if config.out:
