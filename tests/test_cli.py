@@ -142,5 +142,29 @@ def test_compile_digits_reference_by_name(tmp_path, capsys):
     manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert manifest["model"] == "digits" and manifest["input_shape"] == [1, 3, 32, 32]
     assert manifest["verify"]["ok"] and manifest["accuracy"]["real"]["top1_compiled"] > 0.98
+    # what a server must do to an image: the digits pipeline's normalisation, not ImageNet's
+    assert manifest["preprocessing"]["mean"] == [0.5] * 3 and manifest["preprocessing"]["crop_pct"] == 1.0
     assert main(["compile", "digits", "-o", str(tmp_path / "e"), "--img-size", "64"]) == 2
     assert "--img-size does not apply to digits" in capsys.readouterr().err and not (tmp_path / "e").exists()
+    # every command takes the reference's other spellings (vitrt synth digits-reference, sensitivity digits_reference)
+    assert main(["compile", "digits-reference", "-o", str(tmp_path / "e"), "--img-size", "64"]) == 2
+    assert "--img-size does not apply to digits" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--metric-set", "synth:{missing}"], "--metric-set 'synth:{missing}' is neither digits"),
+    (["--eval-data", "{missing}"], "--eval-data '{missing}' is neither digits"),
+    (["--metric-set", "synth:{set}/images"], "not a synthetic metric set (no metadata.json); the set is its parent: "
+                                             "synth:{set}"),
+    (["--metric-set", "{set}"], "is a synthetic metric set, not an ImageFolder: name it synth:{set}"),
+    (["--dcvit-macs", "0.7", "--data", "digits", "--dcvit-metric", "{missing}"], "--dcvit-metric '{missing}'"),
+])
+def test_data_options_are_checked_before_any_work(tmp_path, capsys, flags, message):
+    """A wrong data path is refused in one line before the model is even loaded (not after hours of planning)."""
+    fake_set = tmp_path / "set"
+    (fake_set / "images" / "0").mkdir(parents=True)
+    (fake_set / "metadata.json").write_text("{}")
+    names = {"missing": str(tmp_path / "nope"), "set": str(fake_set)}
+    argv = ["compile", "digits", "-o", str(tmp_path / "out")] + [f.format(**names) for f in flags]
+    assert main(argv) == 2
+    assert message.format(**names) in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -205,7 +205,36 @@ def test_dcvit_options_are_checked():
         PruneConfig(dcvit_refit=True).validate()
     with pytest.raises(VitrtError, match=r"in \(0, 1\)"):
         PruneConfig(dcvit_macs=1.5, data="digits").validate()
+    with pytest.raises(VitrtError, match="would rank blocks on noise"):
+        PruneConfig(dcvit_macs=0.7, data="digits", dcvit_metric="synthetic").validate()
     assert PruneConfig(dcvit_macs=0.7, data="digits").validate().enabled
+
+
+def test_an_unreachable_target_is_refused_from_the_spec_alone(twin, capsys):
+    """The structure needs only the spec: ``check`` refuses before any weights exist (the CLI before a download)."""
+    from vitrt.cli import main
+
+    with pytest.raises(VitrtError, match="keeps more than removing one attention module allows"):
+        PruneConfig(dcvit_macs=0.999, data="digits").validate().check(twin.spec, None)
+    assert PruneConfig(dcvit_macs=0.7, data="digits").validate().check(twin.spec, None) is None
+    assert main(["compile", "deit_tiny_patch16_224", "--pretrained", "-o", "/nonexistent/out", "--dcvit-macs",
+                 "0.999", "--data", "digits"]) == 2  # refused from timm's config: no download, no model built
+    assert "keeps more than removing one attention module allows" in capsys.readouterr().err
+
+
+def test_the_compile_notes_what_it_could_not_do_as_asked(tmp_path, metric_dir, twin):
+    """Fewer few-shot images than asked for, and compressed blocks left with no MLP: said and recorded."""
+    import vitrt
+
+    whole_two = dcvit.structure(twin.spec, dcvit.Settings(macs=0.6, whole_blocks=True)).macs_fraction
+    result = vitrt.compile(tiny_vit(depth=4), tmp_path / "out", quiet=True, batch=2, dcvit_macs=whole_two,
+                           dcvit_mlp=0.0, data=f"synth:{metric_dir}", few_shot=500, dcvit_epochs=0,
+                           dcvit_score_epochs=0, dcvit_metric=f"synth:{metric_dir}")
+    m = result.manifest
+    assert m["pruning"]["dcvit"]["few_shot"] == {"data": f"synth:{metric_dir}", "images": 8, "requested": 500}
+    notes = [a["note"] for a in m["adjustments"]]
+    assert any("500 few-shot images asked for" in n and "holds 8" in n for n in notes)
+    assert any("2 of the 2 compressed blocks keep no MLP channel" in n for n in notes)
 
 
 def test_compile_dcvit_verified_against_the_pruned_twin(tmp_path, metric_dir):

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ import torch
 
 from conftest import tiny_vit
 from vitrt.calib.data import load_data
+from vitrt.calib.digits import ImageSet
 from vitrt.calib.synthesis import (Inversion, MetricSet, SynthesisConfig, balanced_labels, block_statistics,
                                    load_metric_set, metric_loss, pixel_bounds, reference_statistics, synthesize,
                                    total_variation)
@@ -84,9 +88,20 @@ def test_a_set_on_disk(made_set, twin):
     assert MetricSet.of(data, twin).evaluate(twin) == meta["model_metric"] and meta["model_metric"]["loss"] == 0
     assert len(load_data(f"synth:{out}", 32, limit=4)) == 4
     assert load_data(f"synth:{out}", 16).images.shape[-1] == 16  # resized for another input size
-    # the exported ImageFolder holds the same pictures (8-bit): ImageFolder tools can read it
-    folder = load_data(str(out / "images"), 32)
+    # the exported ImageFolder holds the same pictures (8-bit): read back through the model's preprocessing
+    # (mean = std = 0.5, no crop) it gives the exact images to within the 8-bit rounding
+    digits_like = {"mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0, "interpolation": "bilinear"}
+    folder = load_data(str(out / "images"), 32, preprocessing=digits_like)
+    exact = load_metric_set(out).images
     assert len(folder) == 6
+    for position, (path, _) in enumerate(folder.dataset.samples):
+        image = folder.dataset[position][0]
+        assert (image - exact[int(Path(path).stem)]).abs().max() <= 1.01 / 255 / 0.5
+    # without the model's preprocessing timm's ImageNet defaults would be used: not the images the model saw
+    imagenet = next(load_data(str(out / "images"), 32).batches(6))[0]
+    assert (imagenet.abs().max() > 1.5)
+    with pytest.raises(VitrtError, match=f"synthetic metric set, not an ImageFolder: name it synth:{out}"):
+        load_data(str(out), 32)
 
 
 def test_resuming_an_interrupted_set_repeats_no_finished_batch(tmp_path, twin, made_set, monkeypatch):
@@ -113,17 +128,47 @@ def test_resuming_an_interrupted_set_repeats_no_finished_batch(tmp_path, twin, m
 
 def test_refusals(tmp_path, twin, made_set):
     out = made_set[0]
-    with pytest.raises(VitrtError, match="another model or settings"):
-        synthesize(twin, out, SynthesisConfig(images=6, iterations=41, batch_size=4), mean=0.5, std=0.5, model="tiny")
+    with pytest.raises(VitrtError, match=r"made with other settings \(--iters 40 \(now 41\)\)"):
+        synthesize(twin, out, replace(SMALL, iterations=41), mean=0.5, std=0.5, model="tiny")
+    with pytest.raises(VitrtError, match=r"other settings \(the model fingerprint\)"):
+        synthesize(canonicalize(tiny_vit(depth=1)), out, SMALL, mean=0.5, std=0.5, model="tiny")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("not a set")
-    with pytest.raises(VitrtError, match="holds other data"):
-        synthesize(twin, tmp_path / "other", SMALL, mean=0.5, std=0.5)
-    assert (tmp_path / "other" / "x.txt").exists()  # nothing touched without --force
+    for force in (False, True):  # --force starts over a synthetic set, never a directory of something else
+        with pytest.raises(VitrtError, match="holds no synthetic metric set"):
+            synthesize(twin, tmp_path / "other", SMALL, mean=0.5, std=0.5, force=force)
+        assert (tmp_path / "other" / "x.txt").exists()
     with pytest.raises(VitrtError, match="not a synthetic metric set"):
         load_data(f"synth:{tmp_path / 'other'}", 32)
     with pytest.raises(VitrtError, match="--images, --iters and --batch"):
         SynthesisConfig(images=0).validate()
+    for bad in ({"lr": float("nan")}, {"tv": float("inf")}):
+        with pytest.raises(VitrtError, match="must be a finite number"):
+            replace(SMALL, **bad).validate()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(VitrtError, match="cannot create the set's directory"):
+        synthesize(twin, tmp_path / "file" / "set", SMALL, mean=0.5, std=0.5)
+    # a set from another model: its labels do not fit this one (refused in one line, not an IndexError)
+    five_classes = canonicalize(tiny_vit(depth=1, num_classes=5))
+    with pytest.raises(VitrtError, match="labels go up to 9 but the model has 5 classes"):
+        MetricSet.of(ImageSet(torch.zeros(2, 3, 32, 32), torch.tensor([1, 9])), five_classes)
+
+
+def test_a_damaged_batch_is_grown_again(tmp_path, twin, made_set, monkeypatch):
+    """A truncated batch file (a full disk, a killed copy) is not trusted on resume: that batch alone runs again."""
+    out = tmp_path / "set"
+    shutil.copytree(made_set[0], out)
+    damaged = out / "batches" / "b00001.npz"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.raises(VitrtError, match="unreadable"):
+        load_metric_set(out)
+    calls = []
+    real = Inversion.invert
+    monkeypatch.setattr(Inversion, "invert", lambda self, labels, seed, on_step=None: calls.append(seed) or
+                        real(self, labels, seed, on_step))
+    synthesize(twin, out, SMALL, mean=0.5, std=0.5, model="tiny")
+    assert calls == [SMALL.seed * 100_003 + 1]
+    assert torch.equal(load_metric_set(out).images, load_metric_set(made_set[0]).images)
 
 
 def test_metric_loss():
@@ -151,7 +196,7 @@ def test_cli_synth(tmp_path, capsys):
     assert main(argv) == 0  # a finished set made with the same model and settings: nothing to redo
     torch.manual_seed(1)
     assert main(argv) == 2  # other weights: refused without --force
-    assert "another model or settings" in capsys.readouterr().err
+    assert "other settings (the model fingerprint)" in capsys.readouterr().err
     assert main(["synth", "vit_tiny_patch16_224", "--images", "3"]) == 2  # no -o: one line, exit 2
     assert "pass -o SET" in capsys.readouterr().err
 

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Iterator, Mapping, Protocol
 
 import torch
 
 from vitrt.calib.digits import ImageSet, digits_split
+from vitrt.calib.synthesis_config import SET_METADATA, SYNTH_PREFIX
 from vitrt.compiler.errors import DataError
 
 Batch = tuple[torch.Tensor, "torch.Tensor | None"]
-SYNTH_PREFIX = "synth:"  # synth:SET names a synthetic metric set directory
+TIMM_KEYS = ("mean", "std", "interpolation", "crop_pct", "crop_mode")  # what a data config sets besides the size
 
 
 class Dataset(Protocol):
@@ -73,9 +74,13 @@ class ImageFolderSet:
             yield images, labels
 
 
-def image_folder(path: str | Path, img_size: int, limit: int | None = None, model: torch.nn.Module | None = None,
+def image_folder(path: str | Path, img_size: int, limit: int | None = None, preprocessing: Mapping | None = None,
                  seed: int = 0) -> ImageFolderSet:
-    """Up to ``limit`` images (a seeded random subset) of an ImageFolder tree, streamed from disk."""
+    """Up to ``limit`` images (a seeded random subset) of an ImageFolder tree, streamed from disk.
+
+    ``preprocessing``: the model's input pipeline as the manifest records it (timm's data config: mean, std,
+    interpolation, crop_pct, crop_mode); without one, timm's defaults (ImageNet mean / std, crop 0.875), which
+    are wrong for a model trained otherwise."""
     from timm.data import create_transform, resolve_data_config
     from torchvision.datasets import ImageFolder
 
@@ -83,7 +88,10 @@ def image_folder(path: str | Path, img_size: int, limit: int | None = None, mode
     if not path.is_dir():
         raise DataError(f"data '{path}' is neither 'digits', 'synthetic' nor an ImageFolder directory (a synthetic "
                         "metric set is named synth:SET)")
-    data_config = resolve_data_config({"input_size": (3, img_size, img_size)}, model=model)
+    if (path / SET_METADATA).is_file():
+        raise DataError(f"'{path}' is a synthetic metric set, not an ImageFolder: name it {SYNTH_PREFIX}{path}")
+    data_config = resolve_data_config({"input_size": (3, img_size, img_size)},
+                                      pretrained_cfg={k: v for k, v in (preprocessing or {}).items() if k in TIMM_KEYS})
     try:
         dataset = ImageFolder(str(path), transform=create_transform(**data_config, is_training=False))
     except (FileNotFoundError, RuntimeError) as exc:
@@ -118,8 +126,9 @@ def in_memory(data: Dataset, what: str = "data") -> ImageSet:
 
 
 def load_data(source: str, img_size: int, *, split: str = "train", limit: int | None = None, seed: int = 0,
-              model: torch.nn.Module | None = None) -> Dataset:
-    """The named data source at ``img_size``; ``split`` selects the digits train or test split."""
+              preprocessing: Mapping | None = None) -> Dataset:
+    """The named data source at ``img_size``; ``split`` selects the digits train or test split; ``preprocessing``
+    (the manifest's section: the model's timm data config) prepares ImageFolder images."""
     if source == "digits":
         train, test = digits_split(img_size)
         data = train if split == "train" else test
@@ -130,4 +139,4 @@ def load_data(source: str, img_size: int, *, split: str = "train", limit: int | 
         from vitrt.calib.synthesis import load_metric_set
 
         return load_metric_set(source[len(SYNTH_PREFIX):], img_size, limit)
-    return image_folder(source, img_size, limit, model, seed)
+    return image_folder(source, img_size, limit, preprocessing, seed)

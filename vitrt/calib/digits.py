@@ -16,6 +16,7 @@ DIGITS_IMG_SIZE = 32
 DIGITS_CLASSES = 10
 TEST_FRACTION = 0.25
 SPLIT_SEED = 0
+DIGITS_NORMALIZATION = (0.5, 0.5)  # (mean, std): the digits pipeline maps pixels 0..1 to -1..1
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ def digits_split(size: int = DIGITS_IMG_SIZE) -> tuple[ImageSet, ImageSet]:
     data = load_digits()
     raw = torch.from_numpy(data.images.astype(np.float32) / 16.0).unsqueeze(1)  # [N, 1, 8, 8] in [0, 1]
     images = F.interpolate(raw, size=(size, size), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
-    images = (images - 0.5) / 0.5
+    mean, std = DIGITS_NORMALIZATION
+    images = (images - mean) / std
     labels = torch.from_numpy(data.target.astype(np.int64))
     train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=TEST_FRACTION, random_state=SPLIT_SEED,
                                            stratify=data.target)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from vitrt.calib.digits import DIGITS_CLASSES, DIGITS_IMG_SIZE, digits_split
+from vitrt.calib.digits import DIGITS_CLASSES, DIGITS_IMG_SIZE, DIGITS_NORMALIZATION, digits_split
 from vitrt.calib.evaluate import accuracy
 from vitrt.calib.losses import HardLabel, Objective
 from vitrt.calib.trainer import TrainConfig, train
@@ -55,9 +55,16 @@ class ReferenceRecipe:
 def build_reference_model(recipe: ReferenceRecipe = ReferenceRecipe()) -> torch.nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
-    return VisionTransformer(img_size=recipe.img_size, patch_size=recipe.patch_size, in_chans=3,
-                             num_classes=DIGITS_CLASSES, embed_dim=recipe.embed_dim, depth=recipe.depth,
-                             num_heads=recipe.num_heads, mlp_ratio=recipe.mlp_ratio)
+    model = VisionTransformer(img_size=recipe.img_size, patch_size=recipe.patch_size, in_chans=3,
+                              num_classes=DIGITS_CLASSES, embed_dim=recipe.embed_dim, depth=recipe.depth,
+                              num_heads=recipe.num_heads, mlp_ratio=recipe.mlp_ratio)
+    # timm's data config of the model (what the manifest's preprocessing and ImageFolder data read): the digits
+    # pipeline's normalisation at the model's own size — no ImageNet mean / std, no crop
+    mean, std = DIGITS_NORMALIZATION
+    model.pretrained_cfg = {"input_size": (3, recipe.img_size, recipe.img_size), "interpolation": "bilinear",
+                            "crop_pct": 1.0, "crop_mode": "center", "mean": (mean,) * 3, "std": (std,) * 3,
+                            "num_classes": DIGITS_CLASSES}
+    return model
 
 
 def train_reference(recipe: ReferenceRecipe = ReferenceRecipe(), progress=None) -> tuple[torch.nn.Module, dict]:

@@ -40,7 +40,9 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,10 +50,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vitrt.calib.digits import ImageSet
+from vitrt.calib.digits import DIGITS_NORMALIZATION, ImageSet
 from vitrt.calib.evaluate import torch_logits
-from vitrt.calib.synthesis_config import DIGITS_REFERENCE, SynthesisConfig
-from vitrt.compiler.errors import DataError, OptionError, OutputError
+from vitrt.calib.synthesis_config import DIGITS_REFERENCE, SET_METADATA, SynthesisConfig
+from vitrt.compiler.errors import DataError, OptionError, OutputError, VitrtError
+from vitrt.compiler.known_models import is_digits_model
 
 SET_FORMAT = "vitrt.synth"
 SET_VERSION = 1
@@ -225,7 +228,7 @@ def _batch_path(root: Path, index: int) -> Path:
 def _read_metadata(root: Path) -> dict:
     from vitrt.compiler.jsonfile import read_json
 
-    data = read_json(root / "metadata.json", "synthetic metric set metadata", "make the set with vitrt synth")
+    data = read_json(root / SET_METADATA, "synthetic metric set metadata", "make the set with vitrt synth")
     if not isinstance(data, dict) or data.get("format") != SET_FORMAT or data.get("version") != SET_VERSION:
         raise DataError(f"'{root}' is not a vitrt synthetic metric set (format {SET_FORMAT} v{SET_VERSION})")
     return data
@@ -240,8 +243,6 @@ def synthesize(twin, out: str | Path, config: SynthesisConfig, *, mean, std, mod
     An existing ``out`` made with the same model and settings is resumed from its finished batches; one made
     otherwise is refused unless ``force`` (then it is started over). ``twin`` is not modified.
     """
-    import shutil
-
     from vitrt.compiler.progress import QUIET
 
     config = config.validate()
@@ -252,26 +253,29 @@ def synthesize(twin, out: str | Path, config: SynthesisConfig, *, mean, std, mod
     identity = {"model": model, "model_fingerprint": model_fingerprint(twin), "config": asdict(config),
                 "normalization": {"mean": [float(m) for m in np.broadcast_to(mean, spec.in_chans)],
                                   "std": [float(s) for s in np.broadcast_to(std, spec.in_chans)]},
-                "feature_reference_images": 0 if feature_reference is None else len(feature_reference)}
-    if root.exists() and not root.is_dir():
-        raise OutputError(f"'{root}' exists and is not a directory; choose another -o")
-    if root.is_dir() and any(root.iterdir()):
-        existing = _read_metadata(root) if (root / "metadata.json").is_file() else None
-        same = existing is not None and all(existing.get(k) == v for k, v in identity.items())
-        if not same and not force:
-            raise OutputError(f"'{root}' holds other data or a set made with another model or settings; pass --force "
-                              "to start over, or choose another -o")
-        if not same:
-            shutil.rmtree(root)
-    (root / "batches").mkdir(parents=True, exist_ok=True)
+                "feature_reference_images": 0 if feature_reference is None else len(feature_reference),
+                "feature_reference_digest": None if feature_reference is None else _digest(feature_reference)}
+    if _prepare_set_dir(root, identity, config, force):
+        shutil.rmtree(root)
+    try:
+        (root / "batches").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the set's directory '{root}' ({exc.strerror}); choose another -o") from None
     labels = balanced_labels(config.images, spec.num_classes, config.seed)
     batches = math.ceil(config.images / config.batch_size)
-    meta_path = root / "metadata.json"
+    meta_path = root / SET_METADATA
     meta = _read_metadata(root) if meta_path.is_file() else {
         "format": SET_FORMAT, "version": SET_VERSION, **identity, "img_size": spec.img, "in_chans": spec.in_chans,
         "num_classes": spec.num_classes, "labels": labels.tolist(), "batches": {}, "complete": False}
+    # a batch that cannot be read back (a truncated file, a disk error) is grown again like a missing one
+    todo = [b for b in range(batches) if str(b) not in meta["batches"] or not _readable(_batch_path(root, b))]
+    if not todo and meta.get("complete") and (root / "images").is_dir():
+        progress.log(f"{root} is already complete: {batches} batch(es) of {config.iterations} iterations")
+        return meta
+    for b in todo:
+        meta["batches"].pop(str(b), None)
+    meta["complete"] = False
     _write_json(meta_path, meta)
-    todo = [b for b in range(batches) if str(b) not in meta["batches"] or not _batch_path(root, b).is_file()]
     if todo:
         targets = None
         if feature_reference is not None:
@@ -306,6 +310,54 @@ def synthesize(twin, out: str | Path, config: SynthesisConfig, *, mean, std, mod
     return meta
 
 
+def _prepare_set_dir(root: Path, identity: dict, config: SynthesisConfig, force: bool) -> bool:
+    """Check that ``root`` may hold this set; True when it holds a set made otherwise that ``force`` starts over.
+
+    Missing or empty: a new set. A set with the same ``identity``: resumed. A set made otherwise: refused, naming
+    what differs, unless ``force``. Anything else (files that are not a synthetic set) is never deleted."""
+    if root.exists() and not root.is_dir():
+        raise OutputError(f"'{root}' exists and is not a directory; choose another -o")
+    if not root.is_dir() or not any(root.iterdir()):
+        return False
+    try:
+        existing = _read_metadata(root) if (root / SET_METADATA).is_file() else None
+    except VitrtError:
+        existing = None
+    if existing is None:
+        raise OutputError(f"'{root}' is not empty and holds no synthetic metric set; choose another -o (--force only "
+                          "starts over a directory made by vitrt synth)")
+    differences = config.differences(existing.get("config") or {})
+    differences += [f"the {key.replace('_', ' ')}" for key, value in identity.items()
+                    if key != "config" and existing.get(key) != value]
+    if not differences:
+        return False
+    if force:
+        return True
+    raise OutputError(f"'{root}' is a synthetic metric set made with other settings ({'; '.join(differences)}): "
+                      "rerun with its settings to resume it, pass --force to start it over, or choose another -o")
+
+
+def _digest(images: torch.Tensor) -> str:
+    return hashlib.sha256(images.detach().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            archive["images"], archive["labels"]
+        return True
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        return False
+
+
+def finished_batches(root: str | Path) -> int:
+    """How many batches of the set at ``root`` are finished and saved (0 where there is no set)."""
+    try:
+        return len(_read_metadata(Path(root)).get("batches", {}))
+    except VitrtError:
+        return 0
+
+
 def _save_batch(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
     with open(path, "wb") as f:
         np.savez(f, images=images.numpy().astype(np.float32), labels=labels.numpy())
@@ -319,16 +371,14 @@ def _load_batches(root: Path, meta: dict) -> tuple[torch.Tensor, torch.Tensor]:
             with np.load(path, allow_pickle=False) as archive:
                 images.append(torch.from_numpy(archive["images"]))
                 labels.append(torch.from_numpy(archive["labels"]).long())
-        except (OSError, ValueError, KeyError) as exc:
-            raise DataError(f"synthetic metric set batch '{path}' is unreadable ({exc}): run vitrt synth again "
-                            "to regenerate it") from None
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            raise DataError(f"synthetic metric set batch '{path}' is unreadable ({exc}): run the vitrt synth command "
+                            "that made the set again to regenerate it") from None
     return torch.cat(images), torch.cat(labels)
 
 
 def _export_image_folder(root: Path, images: torch.Tensor, labels: torch.Tensor, meta: dict) -> None:
     """``root/images/<class>/<index>.png``: 8-bit pixels (de-normalised, clipped to 0..255)."""
-    import shutil
-
     from PIL import Image
 
     folder = root / "images"
@@ -348,7 +398,6 @@ def _export_image_folder(root: Path, images: torch.Tensor, labels: torch.Tensor,
 
 
 # --- the Python API ----------------------------------------------------------------------------------------
-DIGITS_NORMALIZATION = (0.5, 0.5)  # the digits pipeline maps pixels 0..1 to -1..1
 
 
 def model_for_synthesis(model, *, checkpoint=None, pretrained: bool = False, img_size: int | None = None):
@@ -358,7 +407,7 @@ def model_for_synthesis(model, *, checkpoint=None, pretrained: bool = False, img
 
     from vitrt.compiler.models import canonicalize, check_supported, load_timm_model
 
-    if model == DIGITS_REFERENCE:
+    if is_digits_model(model):
         from vitrt.calib.reference import load_reference
 
         if checkpoint or pretrained or img_size:
@@ -395,7 +444,7 @@ def synth(model, out: str | Path, config: SynthesisConfig | None = None, *, chec
 def load_metric_set(path: str | Path, img_size: int | None = None, limit: int | None = None) -> ImageSet:
     """The exact images and assigned labels of a finished set (the first ``limit``), resized to ``img_size``."""
     root = Path(path)
-    if not (root / "metadata.json").is_file():
+    if not (root / SET_METADATA).is_file():
         raise DataError(f"'{root}' is not a synthetic metric set (no metadata.json): make one with vitrt synth MODEL "
                         f"-o {root}")
     meta = _read_metadata(root)
@@ -433,7 +482,16 @@ class MetricSet:
 
     @classmethod
     def of(cls, data: ImageSet, dense) -> "MetricSet":
-        """``data`` (a synthetic set; labels default to the dense model's argmax) scored by ``dense``."""
+        """``data`` (a synthetic set; labels default to the dense model's argmax) scored by ``dense``.
+
+        Refuses (one line) a set whose images or labels do not fit ``dense`` — e.g. one grown from another model."""
+        spec = dense.spec
+        if data.images.shape[1] != spec.in_chans:
+            raise DataError(f"the metric set has {data.images.shape[1]}-channel images but the model takes "
+                            f"{spec.in_chans}: grow the set from this model (vitrt synth MODEL -o SET)")
+        if data.labels is not None and len(data.labels) and int(data.labels.max()) >= spec.num_classes:
+            raise DataError(f"the metric set's labels go up to {int(data.labels.max())} but the model has "
+                            f"{spec.num_classes} classes: grow the set from this model (vitrt synth MODEL -o SET)")
         logits = torch_logits(dense, data)
         labels = data.labels if data.labels is not None else torch.from_numpy(logits.argmax(1))
         return cls(data.images, labels, logits)

@@ -3,12 +3,15 @@ that the command line parses and refuses options without importing torch."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 from vitrt.compiler.errors import OptionError
 from vitrt.compiler.options import option
 
 DIGITS_REFERENCE = "digits-reference"  # the shipped digits reference ViT, by name
+SYNTH_PREFIX = "synth:"  # synth:SET names a synthetic metric set directory wherever vitrt takes data
+SET_METADATA = "metadata.json"  # what makes a directory a synthetic metric set
 PAPER_JITTER, PAPER_RESOLUTION = 30, 224  # DeepInversion: 30 pixels at 224; scaled with the image size
 
 
@@ -31,6 +34,9 @@ class SynthesisConfig:
     seed: int = option(0, "seed of the noise, the labels and the jitter", type=int, metavar="N")
 
     def validate(self) -> "SynthesisConfig":
+        for name in ("lr", "tv", "l2", "feature_weight"):
+            if not math.isfinite(getattr(self, name)):
+                raise OptionError(f"{flag_of(name)} must be a finite number, got {getattr(self, name)}")
         if self.images < 1 or self.iterations < 1 or self.batch_size < 1:
             raise OptionError("--images, --iters and --batch must be >= 1")
         if self.lr <= 0 or self.tv < 0 or self.l2 < 0 or self.feature_weight < 0:
@@ -39,7 +45,19 @@ class SynthesisConfig:
             raise OptionError(f"--jitter must be >= 0, got {self.jitter}")
         return self
 
+    def differences(self, recorded: dict) -> list[str]:
+        """The settings in which ``recorded`` (a set's metadata ``config``) differs from these, as flags."""
+        mine = {f.name: getattr(self, f.name) for f in fields(self)}
+        return [f"{flag_of(name)} {recorded.get(name)} (now {value})" for name, value in mine.items()
+                if recorded.get(name) != value]
+
     def jitter_for(self, img_size: int) -> int:
         if self.jitter is not None:
             return self.jitter
         return max(1, round(PAPER_JITTER * img_size / PAPER_RESOLUTION))
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of a :class:`SynthesisConfig` field (``iterations`` -> ``--iters``)."""
+    field = SynthesisConfig.__dataclass_fields__[name]
+    return field.metadata.get("flag") or "--" + name.replace("_", "-")

@@ -54,9 +54,9 @@ def _cmd_compile(args) -> int:
                  if getattr(args, leaf.name, None) is not None and leaf.name not in ("model", "recipe")}
         print_summary(compile_recipe(config.recipe, model=config.model, **given).manifest)
         return 0
-    from vitrt.pipeline.recipe import DIGITS_MODEL
+    from vitrt.compiler.known_models import is_digits_model
 
-    if config.model == DIGITS_MODEL:  # the shipped digits reference: real weights, real test data
+    if is_digits_model(config.model):  # the shipped digits reference: real weights, real test data
         return _compile_digits(config)
     check_known_model(config)
     from vitrt.pipeline.driver import compile

@@ -5,6 +5,7 @@ weights) or ``digits-reference``, the shipped digits reference ViT. Use the set 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ FEATURE_IMAGES = 256  # reference images of --feature-stats
 
 @dataclass(frozen=True)
 class SynthCommandConfig:
-    model: str = option(None, f"timm model name, or {DIGITS_REFERENCE} (the shipped digits reference ViT)",
+    model: str = option(None, f"timm model name, or {DIGITS_REFERENCE} / digits (the shipped digits reference ViT)",
                         positional=True, metavar="MODEL")
     out: Path | None = option(None, "the set's directory (an unfinished set made with the same settings is resumed)",
                               flag="-o/--out", type=Path, metavar="SET")
@@ -34,7 +35,7 @@ class SynthCommandConfig:
 
 def run(config: SynthCommandConfig) -> int:
     from vitrt.calib.data import in_memory, load_data
-    from vitrt.calib.synthesis import model_for_synthesis, synthesize
+    from vitrt.calib.synthesis import finished_batches, model_for_synthesis, synthesize
     from vitrt.compiler.errors import OptionError
     from vitrt.compiler.progress import progress_for
 
@@ -47,8 +48,13 @@ def run(config: SynthCommandConfig) -> int:
     if config.feature_stats is not None:
         reference = in_memory(load_data(config.feature_stats, twin.spec.img, limit=FEATURE_IMAGES, seed=synthesis.seed),
                               "--feature-stats data").images
-    meta = synthesize(twin, config.out, synthesis, mean=mean, std=std, model=name, feature_reference=reference,
-                      force=config.force, progress=progress_for(config))
+    try:
+        meta = synthesize(twin, config.out, synthesis, mean=mean, std=std, model=name, feature_reference=reference,
+                          force=config.force, progress=progress_for(config))
+    except KeyboardInterrupt:  # finished batches are on disk: say so, rather than the generic "nothing was written"
+        print(f"vitrt: interrupted; {finished_batches(config.out)} finished batch(es) are kept in {config.out}: run "
+              "the same command again to resume", file=sys.stderr)
+        return 130
     per_iteration = [b["seconds_per_iteration"] for b in meta["batches"].values()]
     print(f"{config.out}: {len(meta['labels'])} images, {meta['seconds']:.1f} s of inversion "
           f"({sum(per_iteration) / len(per_iteration):.3f} s per iteration of a batch of "

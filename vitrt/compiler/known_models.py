@@ -83,6 +83,15 @@ SUPPORTED_FAMILIES = "timm VisionTransformer models with a class token (vit_*, d
 SUPPORTED_MODULES = ("timm.models.vision_transformer", "timm.models.deit")
 
 
+DIGITS_MODEL = "digits"  # the shipped digits reference ViT (vitrt.calib.reference), as manifests name it
+DIGITS_SPELLINGS = frozenset({DIGITS_MODEL, "digits-reference", "digits_reference"})  # every command takes each
+
+
+def is_digits_model(name) -> bool:
+    """Whether ``name`` names the shipped digits reference (any of its spellings)."""
+    return isinstance(name, str) and name in DIGITS_SPELLINGS
+
+
 def check_model_name(name: str) -> None:
     """Refuse names timm does not know and families vitrt does not lower, in one line. Fast for the listed
     models; for the others timm's registry is read from a cache (:func:`timm_modules`)."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitrt.compiler.errors import OptionError, VitrtError
+from vitrt.compiler.known_models import is_digits_model
 from vitrt.compiler.options import option
 from vitrt.pipeline.config import check_data_source
 
@@ -111,7 +112,7 @@ class SensitivityConfig:
         if self.precision == "int4w" and self.quantize_attention:
             raise OptionError("int4w is weight-only: --quantize-attention applies to int8 and fp8")
         if (self.checkpoint is not None or self.img_size is not None) and (
-                self.model == DIGITS_REFERENCE or Path(self.model).is_dir()):
+                is_digits_model(self.model) or Path(self.model).is_dir()):
             raise OptionError("--checkpoint / --img-size apply to a timm model name")
         if self.checkpoint is not None and not Path(self.checkpoint).is_file():
             raise OptionError(f"--checkpoint '{self.checkpoint}' does not exist or is not a file")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from vitrt.debug.config import DIGITS_REFERENCE, SensitivityConfig
+from vitrt.compiler.known_models import is_digits_model
+from vitrt.debug.config import SensitivityConfig
 
 RANKING_FORMAT = 1
 
@@ -24,7 +25,7 @@ def load_twin(config: SensitivityConfig, progress):
     record), or a timm model."""
     from vitrt.compiler.models import canonicalize, load_timm_model
 
-    if config.model == DIGITS_REFERENCE:
+    if is_digits_model(config.model):
         from vitrt.calib.reference import load_reference
 
         return canonicalize(load_reference()[0])

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from vitrt.calib.synthesis_config import SET_METADATA, SYNTH_PREFIX
 from vitrt.compiler.errors import DataError, OptionError
 from vitrt.compiler.options import option, replace_options, section
 from vitrt.compiler.target import TargetConfig
@@ -112,7 +113,10 @@ class CompileConfig:
                 ("--sparse-data", self.sparsity.data, self.sparsity.finetune_epochs > 0),
                 ("--lowrank-data", self.lowrank.data, self.lowrank.finetune_epochs > 0),
                 ("--distill-data", self.distill.data, self.distill.epochs > 0),
-                ("--calib-data", self.quant.calib_data, self.quant.calib_data is not None)]
+                ("--calib-data", self.quant.calib_data, self.quant.calib_data is not None),
+                ("--data", self.prune.data, self.prune.dcvit_macs is not None),
+                ("--dcvit-metric", self.prune.dcvit_metric, self.prune.dcvit_macs is not None),
+                ("--metric-set", self.checks.metric_set, True), ("--eval-data", self.checks.eval_data, True)]
         for flag, source, needed in used:
             if needed and source is not None:
                 check_data_source(flag, source)
@@ -144,10 +148,19 @@ def section_enabled(options, target) -> bool:
 
 
 def check_data_source(flag: str, source: str) -> None:
-    """``digits``, ``synthetic``, ``synth:DIR`` (a synthetic metric set) or an ImageFolder directory."""
+    """``digits``, ``synthetic``, ``synth:DIR`` (a synthetic metric set) or an ImageFolder directory; a set named
+    without ``synth:`` or by its ``images`` folder gets a hint. Nothing but directory entries is read."""
     if source in ("digits", "synthetic"):
         return
-    path = Path(source.removeprefix("synth:"))
+    synth = source.startswith(SYNTH_PREFIX)
+    path = Path(source.removeprefix(SYNTH_PREFIX))
     if not path.is_dir():
         raise DataError(f"{flag} '{source}' is neither digits, synthetic nor an existing directory (an ImageFolder: "
-                        "PATH/<class>/<images>)")
+                        "PATH/<class>/<images>; a synthetic metric set: synth:SET)")
+    is_set = (path / SET_METADATA).is_file()
+    if synth and not is_set:
+        hint = (f"; the set is its parent: synth:{path.parent}" if (path.parent / SET_METADATA).is_file()
+                else f": make one with vitrt synth MODEL -o {path}")
+        raise DataError(f"{flag} '{source}' is not a synthetic metric set (no {SET_METADATA}){hint}")
+    if not synth and is_set:
+        raise DataError(f"{flag} '{source}' is a synthetic metric set, not an ImageFolder: name it synth:{source}")

@@ -148,12 +148,14 @@ class Planned:
 
 
 def plan_stages(config: CompileConfig, twin: torch.nn.Module, *, lut=None, name: str = "",
-                progress: Progress | None = None, given: dict | None = None, context=PlanContext) -> Planned:
+                progress: Progress | None = None, given: dict | None = None, context=PlanContext,
+                preprocessing: dict | None = None) -> Planned:
     """Plan every stage ``config`` runs, in STAGES order, each on the twin the stages before it left.
 
     ``given``: plans by transform name used instead of planning that stage (a replayed recipe, a search's cached
     prefix); a value may also be a callable ``twin -> plan`` (a plan that must be read against the spec it meets).
     ``context``: the PlanContext class the planners get (a search supplies one whose ``data`` holds out a split).
+    ``preprocessing``: the model's input pipeline (:func:`preprocessing`), for ImageFolder data.
     ``twin`` is never modified.
     """
     progress = progress or Progress(enabled=False)
@@ -170,7 +172,7 @@ def plan_stages(config: CompileConfig, twin: torch.nn.Module, *, lut=None, name:
             plan = plan(final) if callable(plan) else plan
         else:
             ctx = context(target=config.target, teacher=teacher, plans=dict(plans), lut=lut, lut_path=config.checks.lut,
-                          model=name, seed=config.seed, progress=progress)
+                          model=name, seed=config.seed, progress=progress, preprocessing=preprocessing)
             plan = stage.plan(final, ctx, stage_options(config, stage))
         after = stage.graph_pass(plan).apply_to_twin(final)
         for note in plan_notes(plan):
@@ -211,9 +213,11 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
         config.check_against(source.spec)
         PassManager([s.graph_pass for s in stages] + list(FINAL_PASSES))  # the whole schedule, before any work
         original, twin = load_source(config, source, progress)
+        prep = preprocessing(original, source.spec)
 
         # Plan every stage on the twin the stages before it left.
-        planned = plan_stages(config, twin, lut=lut, name=name or config.model or "", progress=progress, given=plans)
+        planned = plan_stages(config, twin, lut=lut, name=name or config.model or "", progress=progress, given=plans,
+                              preprocessing=prep)
         reports, adjustments, final, plans = planned.reports, planned.adjustments, planned.final, planned.plans
 
         # One pass manager over every stage's pass.
@@ -254,7 +258,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
             "flops": {"before": vit_flops(spec_before), "after": vit_flops(view.spec)},
             "adjustments": adjustments,
             "io": graph_io(final_onnx),
-            "preprocessing": preprocessing(original, spec_before),
+            "preprocessing": prep,
             "trt_lint": trt_lint.to_dict(),
         }
         if checks.verify:
@@ -278,7 +282,8 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
                     manifest["accuracy"] = artifact_accuracy(backend.load(staging / backend.artifact_name,
                                                                           build_options),
                                                              twin, metric_set=checks.metric_set,
-                                                             eval_data=checks.eval_data, seed=config.seed)
+                                                             eval_data=checks.eval_data, seed=config.seed,
+                                                             preprocessing=prep)
         stage_reports = {}
         for stage, plan, before, after in reports:
             if stage.report is None:

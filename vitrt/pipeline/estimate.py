@@ -18,17 +18,19 @@ from vitrt.calib.synthesis import MetricSet, metric_loss
 from vitrt.compiler.errors import DataError
 
 
-def artifact_accuracy(runner, dense, *, metric_set: str | None, eval_data: str | None, seed: int = 0) -> dict:
-    """The manifest's ``accuracy`` section for the artifact behind ``runner``; ``dense``: the untransformed twin."""
+def artifact_accuracy(runner, dense, *, metric_set: str | None, eval_data: str | None, seed: int = 0,
+                      preprocessing: dict | None = None) -> dict:
+    """The manifest's ``accuracy`` section for the artifact behind ``runner``; ``dense``: the untransformed twin;
+    ``preprocessing``: the model's input pipeline, for ImageFolder data."""
     img = dense.spec.img
     out: dict = {}
     if metric_set is not None:
-        metric = MetricSet.of(in_memory(load_data(metric_set, img, seed=seed), f"metric set '{metric_set}'"), dense)
+        metric = MetricSet.of(in_memory(load_data(metric_set, img, seed=seed, preprocessing=preprocessing), f"metric set '{metric_set}'"), dense)
         out["metric"] = {"data": metric_set, "images": len(metric),
                          "compiled": metric.loss(runner_logits(runner, metric.as_image_set())),
                          "dense": metric.loss(metric.dense_logits)}
     if eval_data is not None:
-        test = in_memory(load_data(eval_data, img, split="test", seed=seed), f"evaluation data '{eval_data}'")
+        test = in_memory(load_data(eval_data, img, split="test", seed=seed, preprocessing=preprocessing), f"evaluation data '{eval_data}'")
         if test.labels is None:
             raise DataError(f"--eval-data '{eval_data}' has no labels: pass labelled data (digits or an ImageFolder)")
         compiled, reference = runner_logits(runner, test), torch_logits(dense, test)

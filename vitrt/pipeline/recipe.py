@@ -27,9 +27,9 @@ import numpy as np
 
 from vitrt.compiler.errors import OptionError, VitrtError
 from vitrt.compiler.jsonfile import read_json
+from vitrt.compiler.known_models import DIGITS_MODEL, is_digits_model
 
 FORMAT, VERSION = "vitrt.recipe", 1
-DIGITS_MODEL = "digits"
 # Options a replay may set on top of a recipe: where to write and what to check, not what to compile.
 REPLAY_OPTIONS = ("model", "out", "force", "quiet", "verify", "bench", "bench_iters", "bench_warmup", "lut",
                   "refine_lut", "threads", "timing_cache", "recipe", "eval_data", "metric_set")
@@ -210,10 +210,10 @@ def read_recipe(path) -> Recipe:
 
 def resolve_model(name: str):
     """(module or None, name): the digits reference for ``digits``, else the timm name as given."""
-    if name == DIGITS_MODEL:
+    if is_digits_model(name):
         from vitrt.calib.reference import load_reference
 
-        return load_reference()[0], name
+        return load_reference()[0], DIGITS_MODEL
     return None, name
 
 

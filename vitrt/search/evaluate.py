@@ -138,7 +138,7 @@ class Evaluator:
             given[stage.name] = self.cache[key]
         context = functools.partial(HoldoutContext, search=self.data)
         planned = plan_stages(config, self.twin, lut=self.lut, name=self.name, progress=self.progress, given=given,
-                              context=context)
+                              context=context, preprocessing=self.data.preprocessing)
         for stage, key in zip(stages, keys):
             self.cache[key] = planned.plans[stage.name]
         return planned

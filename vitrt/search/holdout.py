@@ -55,15 +55,17 @@ class SearchData:
     fit: ImageSet
     holdout: ImageSet
     test: ImageSet | None  # the labelled test split when the source has one (digits)
+    preprocessing: dict | None = None  # the model's input pipeline, for ImageFolder data (the planners' too)
 
 
-def search_data(source: str, img_size: int, seed: int = 0, limit: int | None = None) -> SearchData:
+def search_data(source: str, img_size: int, seed: int = 0, limit: int | None = None,
+                preprocessing: dict | None = None) -> SearchData:
     from vitrt.calib.data import load_data
 
-    train = in_memory(load_data(source, img_size, split="train", limit=limit, seed=seed))
+    train = in_memory(load_data(source, img_size, split="train", limit=limit, seed=seed, preprocessing=preprocessing))
     fit, holdout = split_holdout(train)
     test = in_memory(load_data(source, img_size, split="test", seed=seed)) if source == "digits" else None
-    return SearchData(source, fit, holdout, test)
+    return SearchData(source, fit, holdout, test, preprocessing)
 
 
 @dataclass(frozen=True)

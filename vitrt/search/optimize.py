@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vitrt.compiler.errors import OptionError, VitrtError
+from vitrt.compiler.known_models import is_digits_model
 from vitrt.compiler.options import add_command, command_line, option
 
 SEARCH_PRECISIONS = ("fp32", "int8", "fp16", "int4w")
@@ -197,7 +198,7 @@ def latency_table(config: OptimizeConfig, spec, work: Path, progress):
     from vitrt.compiler.timing import Timing
 
     path = work / "lut.json"
-    grid = "digits" if config.model == "digits" else "coarse"
+    grid = "digits" if is_digits_model(config.model) else "coarse"
     timing = Timing(LUT_TIMING.warmup, LUT_TIMING.iterations, LUT_TIMING.min_seconds, clock="cpu")
     for precision, sparsity in DEFAULT_LUT_KEYS:
         parts = LatencyTable.load(path).tables.get(table_key(precision, sparsity), {}) if path.is_file() else {}
@@ -222,6 +223,7 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
     """The command; the Python API may pass a timm ``module`` (named ``config.model``), a search ``space`` and a
     halving ``schedule`` instead of the defaults."""
     from vitrt.compiler.progress import progress_for
+    from vitrt.pipeline.driver import preprocessing
     from vitrt.pipeline.recipe import write_recipe
     from vitrt.search.evaluate import OFFSET_LIMIT, Evaluator, Target
     from vitrt.search.front import best_per_recipe, pareto, thin, write_report
@@ -241,7 +243,7 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
         from vitrt.compiler.models import canonicalize
 
         twin = canonicalize(module).eval()
-    data = search_data(config.data, twin.spec.img, seed=config.seed)
+    data = search_data(config.data, twin.spec.img, seed=config.seed, preprocessing=preprocessing(module, twin.spec))
     lut, lut_path = latency_table(config, twin.spec, work, progress)
     evaluator = Evaluator(twin, config.model, data, lut, lut_path, Target(config.batch, config.backend, 1), progress,
                           config.seed)

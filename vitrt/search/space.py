@@ -197,7 +197,7 @@ def default_space(spec) -> Space:
     merges = [None, Merge(step), Merge(2 * step), Merge(3 * step), Merge(2 * step, skip=0)]
     if window:
         merges.append(Merge(2 * step, window=window))
-    from vitrt.transforms.prune.dcvit import compressible
+    from vitrt.transforms.prune.dcvit_structure import compressible
 
     dcvit = (None, 0.85, 0.7) if compressible(spec) else (None,)
     return Space(prune=(None, 0.7, 0.5, 0.4, 0.3), merge=tuple(merges), lowrank=(None, 0.9),

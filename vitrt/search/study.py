@@ -112,7 +112,7 @@ class StudyConfig:
 def run(config: StudyConfig) -> dict:
     from vitrt.calib.data import load_data
     from vitrt.compiler.progress import progress_for
-    from vitrt.pipeline.driver import compile
+    from vitrt.pipeline.driver import compile, preprocessing
     from vitrt.search.holdout import in_memory
     from vitrt.search.measure import measure
     from vitrt.search.optimize import load_model
@@ -147,7 +147,8 @@ def run(config: StudyConfig) -> dict:
         outs[name] = out / "engines" / name
         results[name] = {"label": label, "options": _jsonable(options), "compile_seconds":
                          round(time.perf_counter() - start, 1), "verify": result.manifest.get("verify", {})}
-    test = in_memory(load_data(config.data, twin.spec.img, split="test" if config.data == "digits" else "train"))
+    test = in_memory(load_data(config.data, twin.spec.img, split="test" if config.data == "digits" else "train",
+                               preprocessing=preprocessing(module, twin.spec)))
     measured = measure(outs, DENSE, test=test, rounds=config.rounds, iterations=5, threads=1, seed=config.seed,
                        progress=progress)
     for name, m in measured.items():

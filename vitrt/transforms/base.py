@@ -42,12 +42,15 @@ class PlanContext:
     model: str = ""
     seed: int = 0
     progress: Progress = QUIET
+    preprocessing: Mapping[str, Any] | None = None  # the model's input pipeline (the manifest's section)
 
     def data(self, source: str, split: str = "train", limit: int | None = None):
-        """A :class:`~vitrt.calib.data.Dataset` of ``source`` (digits, synthetic or an ImageFolder path)."""
+        """A :class:`~vitrt.calib.data.Dataset` of ``source`` (digits, synthetic, synth:SET or an ImageFolder path,
+        whose images go through ``preprocessing``)."""
         from vitrt.calib.data import load_data
 
-        return load_data(source, self.teacher.spec.img, split=split, limit=limit, seed=self.seed)
+        return load_data(source, self.teacher.spec.img, split=split, limit=limit, seed=self.seed,
+                         preprocessing=self.preprocessing)
 
 
 @dataclass(frozen=True)

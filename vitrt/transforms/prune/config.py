@@ -89,6 +89,9 @@ class PruneConfig:
         if self.data == "synthetic":
             raise OptionError("DC-ViT fine-tunes on a few real (unlabelled) images or on a synthetic metric set, not on "
                               "noise: pass --data PATH, --data digits or --data synth:SET")
+        if self.dcvit_metric == "synthetic":
+            raise OptionError("--dcvit-metric synthetic would rank blocks on noise: pass synth:SET (vitrt synth), "
+                              "real images, or leave it out to grow a metric set during the compile")
         if self.finetune_epochs:
             raise OptionError("--finetune-epochs is NViT's fine-tuning; DC-ViT fine-tunes each block (--dcvit-epochs)")
         if (self.few_shot is not None and self.few_shot < 1) or (self.dcvit_epochs or 0) < 0 \
@@ -108,9 +111,15 @@ class PruneConfig:
 
     def check(self, spec, target):
         """A given plan is read and matched against the model before any work; its pruned spec is then known
-        (None otherwise: the search decides the dims)."""
+        (None otherwise: the search decides the dims). A DC-ViT target the model cannot reach, or a model DC-ViT
+        cannot compress, is refused here, from the spec alone."""
         from vitrt.transforms.prune.plan import PruningPlan
 
+        if self.dcvit_macs is not None and spec is not None:
+            from vitrt.transforms.prune.dcvit_structure import settings_from, structure
+
+            structure(spec, settings_from(self, seed=0))
+            return None
         if self.plan is None or spec is None:
             return None
         plan = PruningPlan.load(self.plan)

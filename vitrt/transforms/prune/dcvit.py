@@ -7,7 +7,8 @@ paper's Table 8) — in pruning terms ``heads = 0`` and a reduced MLP, so the pl
     (a) structure       the target fraction of the MACs fixes how many blocks are compressed (n) and the MLP
                         channels they keep: n is the count whose common MLP fraction comes closest to the
                         preferred one (``--dcvit-mlp``, 0.5), the fraction is then solved so the model lands on
-                        the target (MLP widths in multiples of 16, never above the target)      :func:`structure`
+                        the target (MLP widths in multiples of 16, never above the target)
+                                                        :func:`~vitrt.transforms.prune.dcvit_structure.structure`
     (b) metric set      synthetic images (vitrt.calib.synthesis), given as ``--dcvit-metric`` or grown here
     (c) recoverability  every block compressed alone (preferred fraction) from the dense model, fine-tuned
                         briefly on the few-shot images, scored by the metric loss on the metric set; the n
@@ -33,7 +34,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
@@ -41,101 +42,21 @@ from vitrt.calib.data import in_memory
 from vitrt.calib.digits import ImageSet
 from vitrt.calib.evaluate import accuracy
 from vitrt.calib.losses import FeatureMimic, Objective
-from vitrt.calib.synthesis import MetricSet, SynthesisConfig, invert_images
+from vitrt.calib.synthesis import MetricSet, SynthesisConfig, invert_images, pixel_bounds
 from vitrt.calib.trainer import TrainConfig, train
-from vitrt.compiler.cost import block_flops, vit_flops
-from vitrt.compiler.errors import OptionError, UnsupportedModelError
+from vitrt.compiler.errors import OptionError
 from vitrt.compiler.progress import QUIET
 from vitrt.compiler.weights import parameter_state
 from vitrt.transforms.prune.gates import hessian_importance, magnitude_importance
-from vitrt.transforms.prune.plan import CHANNEL_MULTIPLE, BlockPlan, PruningPlan
+from vitrt.transforms.prune.plan import BlockPlan, PruningPlan
+from vitrt.transforms.prune.dcvit_structure import candidate_kind  # noqa: F401  (dcvit.candidate_kind)
+from vitrt.transforms.prune.dcvit_structure import Settings, candidate_width, settings_from, structure
 from vitrt.transforms.prune.twin import apply_plan, prune_twin
 
 # Feature-mimicking fine-tuning on the few-shot images (AdamW, cosine; random shifts as augmentation: with a
 # hundred images the student would otherwise fit the exact pixels).
 FINETUNE = TrainConfig(epochs=0, lr=2e-4, batch_size=32, weight_decay=1e-4, augment=True)
 IMPORTANCE_BATCH = 32
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How one DC-ViT compression runs (the ``--dcvit-*`` options, resolved)."""
-
-    macs: float  # target fraction of the dense model's MACs
-    mlp: float = 0.5  # preferred fraction of the MLP a compressed block keeps
-    whole_blocks: bool = False  # baseline: remove whole blocks
-    mlp_only: bool = False  # ablation: remove whole MLPs, keep every attention module
-    epochs: int = 50  # fine-tuning epochs after each compressed block
-    score_epochs: int = 10  # fine-tuning epochs before a candidate block is scored
-    importance: str = "hessian"  # MLP channel importance: hessian (NViT eq. 6) or magnitude
-    refit: bool = False  # re-solve each compressed block's fc2 by least squares before fine-tuning
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class Structure:
-    """What the target asks for: the MLP width of each of the ``len(mlp)`` compressed blocks."""
-
-    mlp: tuple[int, ...]  # kept MLP channels, widest first (the most recoverable block gets the widest)
-    macs_fraction: float  # the compressed model's MACs / the dense model's
-
-    @property
-    def blocks(self) -> int:
-        return len(self.mlp)
-
-
-def compressible(spec) -> bool:
-    """Whether DC-ViT can compress ``spec``: its blocks are all alike and complete (attention and MLP)."""
-    first = spec.blocks[0]
-    return all(b == first for b in spec.blocks) and bool(first.heads) and bool(first.mlp)
-
-
-def _uniform_block(spec):
-    if not compressible(spec):
-        raise UnsupportedModelError("DC-ViT compresses a model whose blocks are all alike and complete (attention and "
-                                    "MLP); this model's blocks differ — put --dcvit-macs first, on the unpruned model")
-    return spec.blocks[0]
-
-
-def structure(spec, settings: Settings) -> Structure:
-    """(a): the number of compressed blocks and their MLP widths for ``settings.macs`` of the MACs."""
-    block = _uniform_block(spec)
-    dense = vit_flops(spec)
-    attention = block_flops(spec.emb, block) - block_flops(spec.emb, replace(block, heads=0))
-    mlp = block_flops(spec.emb, block) - attention
-    per_channel = mlp / block.mlp
-    saving = (1 - settings.macs) * dense
-    most = spec.depth * (attention + mlp)
-    if saving > most + 1e-9:
-        raise OptionError(f"--dcvit-macs {settings.macs:g} is below what removing every block reaches "
-                          f"({1 - most / dense:.3f} of the MACs)")
-    if settings.whole_blocks:
-        n = math.ceil(saving / (attention + mlp) - 1e-9)
-        return Structure((0,) * n, 1 - n * (attention + mlp) / dense)
-    if settings.mlp_only:
-        n = math.ceil(saving / mlp - 1e-9)
-        if n > spec.depth:
-            raise OptionError(f"--dcvit-macs {settings.macs:g} is below what removing every MLP reaches "
-                              f"({1 - spec.depth * mlp / dense:.3f} of the MACs)")
-        return Structure((0,) * n, 1 - n * mlp / dense)
-    if saving < attention - 1e-9:
-        raise OptionError(f"--dcvit-macs {settings.macs:g} keeps more than removing one attention module allows: "
-                          f"the largest compressed model has {1 - attention / dense:.3f} of the MACs")
-    fewest = math.ceil(saving / (attention + mlp) - 1e-9)
-    most_blocks = min(spec.depth, math.floor(saving / attention + 1e-9))
-    preferred = saving / (attention + (1 - settings.mlp) * mlp)
-    n = min(max(round(preferred), fewest), most_blocks)
-    removed = math.ceil((saving - n * attention) / per_channel - 1e-9)  # MLP channels to remove, all blocks
-    kept_total = n * block.mlp - removed
-    base = (kept_total // n) // CHANNEL_MULTIPLE * CHANNEL_MULTIPLE
-    widths = [base] * n
-    spare = kept_total - base * n
-    for i in range(n):  # hand out the rest in aligned steps, never above the target
-        if spare >= CHANNEL_MULTIPLE and widths[i] + CHANNEL_MULTIPLE <= block.mlp:
-            widths[i] += CHANNEL_MULTIPLE
-            spare -= CHANNEL_MULTIPLE
-    achieved = dense - n * attention - (n * block.mlp - sum(widths)) * per_channel
-    return Structure(tuple(widths), achieved / dense)
 
 
 # --- fine-tuning a prefix -----------------------------------------------------------------------------------
@@ -244,20 +165,6 @@ def refit_mlp(original, compressed, index: int, images: ImageSet) -> None:
     block.mlp.fc2.bias.copy_(solution[-1])
 
 
-def candidate_width(spec, settings: Settings) -> int:
-    """The MLP width a candidate block keeps while its recoverability is measured: the preferred fraction
-    (aligned), 0 for whole blocks or MLPs. It does not depend on the target, so one ranking serves every size."""
-    if settings.whole_blocks or settings.mlp_only:
-        return 0
-    return round(settings.mlp * _uniform_block(spec).mlp / CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
-
-
-def candidate_kind(spec, settings: Settings) -> str:
-    """What a candidate block keeps while it is ranked — ``attention`` (the MLP-only ablation) or ``mlpW`` (its
-    :func:`candidate_width`): settings of the same kind share one recoverability ranking."""
-    return "attention" if settings.mlp_only else f"mlp{candidate_width(spec, settings)}"
-
-
 def recoverability(twin, teacher, few_shot: ImageSet, metric: MetricSet, settings: Settings,
                    progress=QUIET) -> list[dict]:
     """(c): per block, the metric loss after compressing it alone (to :func:`candidate_width`) from the dense
@@ -306,7 +213,8 @@ def compress(twin, teacher, few_shot: ImageSet, metric: MetricSet, settings: Set
         steps.append({"block": index, "mlp": width, "metric_loss_compressed": before,
                       "metric_loss_finetuned": after["loss"], "metric_top1_finetuned": after["top1"],
                       "finetune": tuned, "seconds": round(time.perf_counter() - start, 2)})
-        removed = "MLP removed, attention kept" if settings.mlp_only else f"attention removed, MLP {width}"
+        removed = ("MLP removed, attention kept" if settings.mlp_only else
+                   "whole block removed" if not width else f"attention removed, MLP {width}")
         tuning = f"-> {after['loss']:.5f} after fine-tuning (blocks 0..{last} updated)" if settings.epochs \
             else "(no fine-tuning)"
         progress.log(f"DC-ViT: block {index} -> {removed}; metric loss {before:.5f} {tuning}")
@@ -323,17 +231,6 @@ METRIC_IMAGES, METRIC_ITERATIONS = 50, 2000  # grown during a compile without --
 METRIC_LIMIT = 256
 
 
-def settings_from(options, seed: int) -> Settings:
-    defaults = Settings(macs=options.dcvit_macs)
-    return replace(defaults, mlp=defaults.mlp if options.dcvit_mlp is None else options.dcvit_mlp,
-                   whole_blocks=options.dcvit_whole_blocks, mlp_only=options.dcvit_mlp_only,
-                   refit=options.dcvit_refit,
-                   importance=options.importance, seed=seed,
-                   epochs=defaults.epochs if options.dcvit_epochs is None else options.dcvit_epochs,
-                   score_epochs=defaults.score_epochs if options.dcvit_score_epochs is None
-                   else options.dcvit_score_epochs)
-
-
 def metric_set(ctx, options) -> tuple[MetricSet, dict]:
     """``--dcvit-metric`` (with the dense model's argmax where it has no labels), or a set synthesised now."""
     if options.dcvit_metric is not None:
@@ -341,10 +238,13 @@ def metric_set(ctx, options) -> tuple[MetricSet, dict]:
         metric = MetricSet.of(in_memory(source, "--dcvit-metric data"), ctx.teacher)
         return metric, {"source": options.dcvit_metric, "images": len(metric)}
     config = SynthesisConfig(images=METRIC_IMAGES, iterations=METRIC_ITERATIONS, seed=ctx.seed)
-    with ctx.progress.step(f"synthesising a {METRIC_IMAGES}-image metric set ({config.iterations} iterations)"):
-        images, cost = invert_images(ctx.teacher, config, progress=ctx.progress)
-    return MetricSet.of(images, ctx.teacher), {"source": "synthesised during the compile (unclamped: the model's normalisation is unknown)",
-                    **cost}
+    prep = ctx.preprocessing or {}
+    # clamped to the pixel range where the model's normalisation is known (a timm model, the digits reference)
+    bounds = pixel_bounds(prep["mean"], prep["std"], ctx.teacher.spec.in_chans) if "mean" in prep else None
+    with ctx.progress.step(f"synthesising a {METRIC_IMAGES}-image metric set ({config.iterations} iterations; "
+                           "save one with vitrt synth and pass --dcvit-metric synth:SET to reuse it)"):
+        images, cost = invert_images(ctx.teacher, config, bounds=bounds, progress=ctx.progress)
+    return MetricSet.of(images, ctx.teacher), {"source": "synthesised during the compile", **cost}
 
 
 def plan(twin, ctx, options) -> PruningPlan:
@@ -353,6 +253,13 @@ def plan(twin, ctx, options) -> PruningPlan:
     shape = structure(twin.spec, settings)  # refuse an unreachable target before any work
     count = options.few_shot or FEW_SHOT
     few_shot = ImageSet(in_memory(ctx.data(options.data, limit=count), "--data source").images, None)
+    notes = []
+    if len(few_shot) < count:
+        notes.append(f"DC-ViT: {count} few-shot images asked for, --data {options.data} holds {len(few_shot)}: "
+                     f"fine-tuning on those {len(few_shot)}")
+    if not (settings.whole_blocks or settings.mlp_only) and 0 in shape.mlp:
+        notes.append(f"DC-ViT: at {settings.macs:g} of the MACs {shape.mlp.count(0)} of the {shape.blocks} compressed "
+                     "blocks keep no MLP channel: those blocks are removed whole")
     metric, metric_info = metric_set(ctx, options)
     start = time.perf_counter()
     with ctx.progress.step(f"DC-ViT: recoverability of {twin.spec.depth} blocks on {len(few_shot)} few-shot images"):
@@ -363,7 +270,8 @@ def plan(twin, ctx, options) -> PruningPlan:
     student = apply_plan(twin, found)
     info.update({"target_macs": settings.macs, "preferred_mlp": settings.mlp, "whole_blocks": settings.whole_blocks,
                  "mlp_only": settings.mlp_only, "refit": settings.refit,
-                 "few_shot": {"data": options.data, "images": len(few_shot)}, "metric_set": metric_info,
+                 "few_shot": {"data": options.data, "images": len(few_shot), "requested": count},
+                 "metric_set": metric_info,
                  "recoverability": ranked, "epochs": settings.epochs, "score_epochs": settings.score_epochs,
                  "importance": settings.importance, "seconds": round(time.perf_counter() - start, 2),
                  "metric": {"dense": metric.evaluate(twin), "compressed": metric.evaluate(student)}})
@@ -371,4 +279,4 @@ def plan(twin, ctx, options) -> PruningPlan:
         test = ctx.data("digits", split="test")
         info["accuracy"] = {"data": "digits:test", "images": len(test), "top1_dense": round(accuracy(twin, test), 5),
                             "top1_compressed": round(accuracy(student, test), 5)}
-    return found.with_meta({"source": "dcvit", "dcvit": info})
+    return found.with_meta({"source": "dcvit", "dcvit": info, "notes": notes})

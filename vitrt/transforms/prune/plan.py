@@ -120,12 +120,14 @@ class PruningPlan:
         }
 
     def notes(self) -> list[str]:
-        """Dims that break the hardware rules (kept as planned, said in one line and recorded in the manifest)."""
+        """What the planner changed from what was asked (``meta["notes"]``) and dims that break the hardware rules
+        (kept as planned), one line each, recorded in the manifest."""
+        notes = list(self.meta.get("notes") or [])
         violations = alignment_violations(self)
-        if not violations:
-            return []
-        return [f"pruning: {len(violations)} dim(s) break the alignment rules TensorRT's kernels want, first: "
-                f"{violations[0]}"]
+        if violations:
+            notes.append(f"pruning: {len(violations)} dim(s) break the alignment rules TensorRT's kernels want, "
+                         f"first: {violations[0]}")
+        return notes
 
     def block_dims(self) -> list[dict]:
         return [dict(vars(b.dims())) for b in self.blocks]
