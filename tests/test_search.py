@@ -359,3 +359,15 @@ def test_the_dense_recipe_can_be_the_choice(tmp_path, digits_reference):
     config = OptimizeConfig(model="digits", out=out, max_drop=1.0, quiet=True)
     verify = finalize_choice(config, out, str(source.relative_to(out)), digits_reference[0], Progress(enabled=False))
     assert verify["ok"] and (out / "recipe.json").is_file() and (out / "engine" / "model.onnx").is_file()
+
+
+def test_dropped_recipes_are_counted_by_reason():
+    """The search's log says why recipes were dropped before training: a refusal is not a missing table key."""
+    from vitrt.search.halving import dropped_summary
+
+    notes = {"a": "refused: --dcvit-macs 0.99 keeps more than removing one attention module allows",
+             "b": "dominated: predicted not faster than dense", "c": "the latency table has no x key",
+             "d": "refused: other"}
+    assert dropped_summary(notes) == ("2 refused, 1 dominated, 1 no latency-table key; first refusal: --dcvit-macs "
+                                      "0.99 keeps more than removing one attention module allows")
+    assert dropped_summary({}) == "none dropped"

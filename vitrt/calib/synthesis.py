@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vitrt._version import __version__
 from vitrt.calib.digits import DIGITS_NORMALIZATION, ImageSet
 from vitrt.calib.evaluate import torch_logits
 from vitrt.calib.synthesis_config import DIGITS_REFERENCE, SET_METADATA, SynthesisConfig
@@ -266,7 +267,8 @@ def synthesize(twin, out: str | Path, config: SynthesisConfig, *, mean, std, mod
     meta_path = root / SET_METADATA
     meta = _read_metadata(root) if meta_path.is_file() else {
         "format": SET_FORMAT, "version": SET_VERSION, **identity, "img_size": spec.img, "in_chans": spec.in_chans,
-        "num_classes": spec.num_classes, "labels": labels.tolist(), "batches": {}, "complete": False}
+        "num_classes": spec.num_classes, "jitter_pixels": config.jitter_for(spec.img), "vitrt_version": __version__,
+        "labels": labels.tolist(), "batches": {}, "complete": False}
     # a batch that cannot be read back (a truncated file, a disk error) is grown again like a missing one
     todo = [b for b in range(batches) if str(b) not in meta["batches"] or not _readable(_batch_path(root, b))]
     if not todo and meta.get("complete") and (root / "images").is_dir():

@@ -19,19 +19,20 @@ PAPER_JITTER, PAPER_RESOLUTION = 30, 224  # DeepInversion: 30 pixels at 224; sca
 class SynthesisConfig:
     """How a synthetic metric set is grown (the flags of ``vitrt synth``)."""
 
-    images: int = option(50, "number of synthetic images", type=int, metavar="N")
-    iterations: int = option(2000, "optimisation steps per batch (DC-ViT: 2000)", flag="--iters", type=int,
+    images: int = option(50, "number of synthetic images (default 50)", type=int, metavar="N")
+    iterations: int = option(2000, "optimisation steps per batch (default 2000, DC-ViT's)", flag="--iters", type=int,
                              metavar="T")
-    batch_size: int = option(50, "images optimised together (DC-ViT: 50)", flag="--batch", type=int, metavar="B")
-    lr: float = option(0.25, "Adam learning rate on the pixels", type=float, metavar="LR")
-    tv: float = option(0.05, "weight of the total-variation prior", type=float, metavar="W")
-    l2: float = option(0.01, "weight of the L2 prior", type=float, metavar="W")
+    batch_size: int = option(50, "images optimised together (default 50, DC-ViT's)", flag="--batch", type=int,
+                             metavar="B")
+    lr: float = option(0.25, "Adam learning rate on the pixels (default 0.25)", type=float, metavar="LR")
+    tv: float = option(0.05, "weight of the total-variation prior (default 0.05)", type=float, metavar="W")
+    l2: float = option(0.01, "weight of the L2 prior (default 0.01)", type=float, metavar="W")
     jitter: int | None = option(None, "random roll of up to J pixels per step (default: 30 at 224, scaled)",
                                 type=int, metavar="J")
     no_flip: bool = option(False, "no random horizontal flips during the optimisation")
-    feature_weight: float = option(0.01, "weight of the per-block feature-statistics term (with --feature-stats)",
-                                   type=float, metavar="W")
-    seed: int = option(0, "seed of the noise, the labels and the jitter", type=int, metavar="N")
+    feature_weight: float = option(0.01, "weight of the per-block feature-statistics term (with --feature-stats; "
+                                   "default 0.01)", type=float, metavar="W")
+    seed: int = option(0, "seed of the noise, the labels and the jitter (default 0)", type=int, metavar="N")
 
     def validate(self) -> "SynthesisConfig":
         for name in ("lr", "tv", "l2", "feature_weight"):

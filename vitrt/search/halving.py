@@ -158,6 +158,16 @@ def structural_filter(evaluator: Evaluator, recipes: list[Recipe], progress) -> 
     return kept, {"predicted_ms": predicted, "notes": notes}
 
 
+def dropped_summary(notes: dict[str, str]) -> str:
+    """Why recipes were dropped before any training, counted by reason (``3 refused, 2 dominated``), with the
+    first refusal spelled out: an option the model cannot take should not read like a missing table key."""
+    reasons = {"refused": "refused", "dominated": "dominated", "the latency table": "no latency-table key"}
+    counts = {label: sum(1 for n in notes.values() if n.startswith(prefix)) for prefix, label in reasons.items()}
+    text = ", ".join(f"{count} {label}" for label, count in counts.items() if count) or "none dropped"
+    refusal = next((n for n in notes.values() if n.startswith("refused")), None)
+    return text + (f"; first refusal: {refusal.removeprefix('refused: ')}" if refusal else "")
+
+
 def run_rungs(evaluator: Evaluator, recipes: list[Recipe], goal: Goal, schedule: Schedule, state: SearchState,
               clock: Clock, save_recipe, progress) -> list[Estimate]:
     """Steps 2-4; returns the estimates of the last rung reached, best first. ``save_recipe(estimate)`` writes an

@@ -227,7 +227,8 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
     from vitrt.pipeline.recipe import write_recipe
     from vitrt.search.evaluate import OFFSET_LIMIT, Evaluator, Target
     from vitrt.search.front import best_per_recipe, pareto, thin, write_report
-    from vitrt.search.halving import Clock, Goal, SearchState, fill_front, run_rungs, structural_filter
+    from vitrt.search.halving import (Clock, Goal, SearchState, dropped_summary, fill_front, run_rungs,
+                                      structural_filter)
     from vitrt.search.holdout import search_data
 
     config = config.validate()
@@ -275,8 +276,7 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
 
     try:
         kept, structural = structural_filter(evaluator, recipes, progress)
-        progress.log(f"{len(kept)} recipes worth an accuracy estimate ({len(recipes) - len(kept)} dropped by the "
-                     "latency table)")
+        progress.log(f"{len(kept)} recipes worth an accuracy estimate ({dropped_summary(structural['notes'])})")
         schedule = schedule or config.schedule
         run_rungs(evaluator, kept, goal, schedule, state, clock, save_recipe, progress)
         if config.front_points:

@@ -13,7 +13,8 @@ class DistillConfig:
     epochs: int = option(0, "fine-tune the compressed twin (after pruning and token merging) from the dense model "
                          "for N epochs: hard labels + soft logits (knowledge distillation)", flag="--distill-epochs",
                          type=int, metavar="N")
-    data: str = option("synthetic", "data for --distill-epochs: digits, synthetic or an ImageFolder PATH",
+    data: str = option("synthetic", "data for --distill-epochs: digits, synthetic, "
+                       "synth:SET (vitrt synth) or an ImageFolder PATH",
                        flag="--distill-data", metavar="digits|PATH|synthetic")
 
     @property

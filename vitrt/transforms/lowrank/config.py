@@ -28,7 +28,8 @@ class LowRankConfig:
                         choices=ALIGNMENTS)
     finetune_epochs: int = option(0, "fine-tune the factored twin from the dense model for N epochs",
                                   flag="--lowrank-finetune-epochs", type=int, metavar="N")
-    data: str = option("synthetic", "data for low-rank fine-tuning: digits, synthetic or an ImageFolder PATH",
+    data: str = option("synthetic", "data for low-rank fine-tuning: digits, synthetic, "
+                       "synth:SET (vitrt synth) or an ImageFolder PATH",
                        flag="--lowrank-data", metavar="digits|PATH|synthetic")
 
     @property

@@ -18,7 +18,8 @@ class PruneConfig:
                                "with its fine-tuned weights) instead of searching", flag="--prune-plan", type=Path,
                                metavar="PLAN")
     revit: bool = option(False, "set per-block dims by NViT's ReViT rule (Table 6); importance picks the indices")
-    data: str = option("synthetic", "data for importance and fine-tuning: digits, synthetic or an ImageFolder PATH",
+    data: str = option("synthetic", "data for importance and fine-tuning: digits, synthetic, "
+                       "synth:SET (vitrt synth) or an ImageFolder PATH",
                        metavar="digits|PATH|synthetic")
     importance: str = option("hessian", "pruning importance: hessian (NViT eq. 6) or magnitude (baseline)",
                              choices=("hessian", "magnitude"))
@@ -94,9 +95,11 @@ class PruneConfig:
                               "real images, or leave it out to grow a metric set during the compile")
         if self.finetune_epochs:
             raise OptionError("--finetune-epochs is NViT's fine-tuning; DC-ViT fine-tunes each block (--dcvit-epochs)")
-        if (self.few_shot is not None and self.few_shot < 1) or (self.dcvit_epochs or 0) < 0 \
-                or (self.dcvit_score_epochs or 0) < 0:
-            raise OptionError("--few-shot must be >= 1 and --dcvit-epochs / --dcvit-score-epochs >= 0")
+        if self.few_shot is not None and self.few_shot < 1:
+            raise OptionError(f"--few-shot {self.few_shot} must be >= 1 (images of --data)")
+        for flag, epochs in (("--dcvit-epochs", self.dcvit_epochs), ("--dcvit-score-epochs", self.dcvit_score_epochs)):
+            if epochs is not None and epochs < 0:
+                raise OptionError(f"{flag} {epochs} must be >= 0 (0: no fine-tuning)")
         if self.dcvit_mlp is not None and not 0 <= self.dcvit_mlp <= 1:
             raise OptionError(f"--dcvit-mlp {self.dcvit_mlp} must be a fraction in [0, 1]")
         if self.dcvit_whole_blocks and self.dcvit_mlp is not None:

@@ -14,7 +14,8 @@ CALIB_METHODS = ("max", "percentile", "entropy", "mse")
 
 @dataclass(frozen=True)
 class QuantConfig:
-    calib_data: str | None = option(None, "calibration / QAT data: digits, synthetic or an ImageFolder PATH "
+    calib_data: str | None = option(None, "calibration / QAT data: digits, synthetic, "
+                                    "synth:SET (vitrt synth) or an ImageFolder PATH "
                                     "(default synthetic)", metavar="DATA")
     calib_method: str = option("max", "activation calibrator (weights always use max)", choices=CALIB_METHODS)
     calib_images: int = option(512, "images used for calibration", type=int, metavar="N")

@@ -20,7 +20,8 @@ class SparsityConfig:
     finetune_epochs: int = option(0, "with --sparsity: epochs of sparse fine-tuning (masks fixed, GPUSQ-ViT "
                                      "distillation loss against the dense model)", flag="--sparse-finetune-epochs",
                                   type=int, metavar="N")
-    data: str | None = option(None, "data for sparse fine-tuning: digits, synthetic or an ImageFolder PATH",
+    data: str | None = option(None, "data for sparse fine-tuning: digits, synthetic, "
+                              "synth:SET (vitrt synth) or an ImageFolder PATH",
                               flag="--sparse-data", metavar="digits|synthetic|PATH")
     include: str | None = option(None, "with --sparsity: only layers matching these comma-separated name patterns "
                                        "(fnmatch, e.g. 'blocks.*.mlp.*')", flag="--sparse-include", metavar="PATTERN")
