@@ -219,6 +219,7 @@ def run(config: DcvitSweepConfig, on_row=None) -> dict:
     from vitrt.benchmarks import dcvit_sweep  # by its import name: spawned workers cannot find __main__'s functions
     from vitrt.compiler.progress import progress_for
     from vitrt.transforms.prune import dcvit
+    from vitrt.transforms.prune.dcvit_structure import candidate_kind
 
     config.validate()
     progress = progress_for(config)
@@ -233,7 +234,7 @@ def run(config: DcvitSweepConfig, on_row=None) -> dict:
     def order(job) -> list[int]:
         """The job's recoverability ranking (one per candidate kind and seed, computed when first needed)."""
         _, _, job_settings, seed = job
-        kind = dcvit.candidate_kind(twin.spec, job_settings)
+        kind = candidate_kind(twin.spec, job_settings)
         if (kind, seed) not in rankings:
             with progress.step(f"recoverability of every block (candidates keep {kind}, seed {seed})"):
                 rankings[kind, seed] = dcvit.recoverability(twin, teacher, few_shot_images(train, config, seed),

@@ -400,8 +400,6 @@ def _export_image_folder(root: Path, images: torch.Tensor, labels: torch.Tensor,
 
 
 # --- the Python API ----------------------------------------------------------------------------------------
-
-
 def model_for_synthesis(model, *, checkpoint=None, pretrained: bool = False, img_size: int | None = None):
     """(canonical twin, input mean, input std, name) for a timm model name, ``digits-reference``, or a timm
     VisionTransformer module (its pretrained config gives the normalisation)."""

@@ -25,12 +25,14 @@ def artifact_accuracy(runner, dense, *, metric_set: str | None, eval_data: str |
     img = dense.spec.img
     out: dict = {}
     if metric_set is not None:
-        metric = MetricSet.of(in_memory(load_data(metric_set, img, seed=seed, preprocessing=preprocessing), f"metric set '{metric_set}'"), dense)
+        data = load_data(metric_set, img, seed=seed, preprocessing=preprocessing)
+        metric = MetricSet.of(in_memory(data, f"metric set '{metric_set}'"), dense)
         out["metric"] = {"data": metric_set, "images": len(metric),
                          "compiled": metric.loss(runner_logits(runner, metric.as_image_set())),
                          "dense": metric.loss(metric.dense_logits)}
     if eval_data is not None:
-        test = in_memory(load_data(eval_data, img, split="test", seed=seed, preprocessing=preprocessing), f"evaluation data '{eval_data}'")
+        data = load_data(eval_data, img, split="test", seed=seed, preprocessing=preprocessing)
+        test = in_memory(data, f"evaluation data '{eval_data}'")
         if test.labels is None:
             raise DataError(f"--eval-data '{eval_data}' has no labels: pass labelled data (digits or an ImageFolder)")
         compiled, reference = runner_logits(runner, test), torch_logits(dense, test)

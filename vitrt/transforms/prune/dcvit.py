@@ -47,10 +47,9 @@ from vitrt.calib.trainer import TrainConfig, train
 from vitrt.compiler.errors import OptionError
 from vitrt.compiler.progress import QUIET
 from vitrt.compiler.weights import parameter_state
+from vitrt.transforms.prune.dcvit_structure import Settings, candidate_width, settings_from, structure
 from vitrt.transforms.prune.gates import hessian_importance, magnitude_importance
 from vitrt.transforms.prune.plan import BlockPlan, PruningPlan
-from vitrt.transforms.prune.dcvit_structure import candidate_kind  # noqa: F401  (dcvit.candidate_kind)
-from vitrt.transforms.prune.dcvit_structure import Settings, candidate_width, settings_from, structure
 from vitrt.transforms.prune.twin import apply_plan, prune_twin
 
 # Feature-mimicking fine-tuning on the few-shot images (AdamW, cosine; random shifts as augmentation: with a
