@@ -85,7 +85,9 @@ def test_ort_static_batch(outs, tmp_path):
     assert config.instance_group[0].kind == config.instance_group[0].KIND_CPU
     assert (entry / "1" / "model.onnx").read_bytes() == (outs / "static" / "model.ort.onnx").read_bytes()
     assert (entry / "labels.txt").read_text().splitlines() == [f"class_{i}" for i in range(10)]
-    assert config.output[0].label_filename == "labels.txt"
+    # a static batch of 2 answers [2, 10] per request: Triton's classification would flatten class indices across
+    # the images, so the label file is written but not attached
+    assert config.output[0].label_filename == ""
     check_triton_rules(config)
 
 
@@ -206,6 +208,8 @@ def test_batching_options_on_a_static_engine_are_refused(outs, tmp_path, capsys,
     (["--queue-delay-us", "-1"], "--queue-delay-us must be >= 0"),
     (["--instances", "0"], "--instances must be >= 1"),
     (["--name", "my model/v2"], "not valid for Triton"),
+    (["--name", "."], "not valid for Triton"),  # '.' would be the repository itself (--force would wipe it)
+    (["--name", ".."], "not valid for Triton"),
 ])
 def test_bad_options_are_one_line_and_write_nothing(outs, tmp_path, capsys, args, message):
     assert export(outs / "dynamic", tmp_path / "repo", *args) == 2
@@ -272,6 +276,9 @@ def test_clients_refuse_anything_but_loopback(url, capsys):
     (["--concurrency", "0"], "--concurrency"), (["--concurrency", "1,x"], "--concurrency"),
     (["--duration", "0"], "--duration"), (["--duration", "99999"], "--duration"),
     (["--max-requests", "0"], "--max-requests"), ([], "--model"),
+    (["--timeout", "nan"], "--timeout"), (["--timeout", "inf"], "--timeout"), (["--versus-seconds", "-1"],
+                                                                                "--versus-seconds"),
+    (["--json", "/nonexistent/dir/x.json"], "its directory '/nonexistent/dir' does not exist"),
 ])
 def test_loadtest_bounds_are_checked(args, message, capsys):
     from vitrt.cli import main
@@ -279,3 +286,18 @@ def test_loadtest_bounds_are_checked(args, message, capsys):
     model = [] if args == [] else ["--model", "m"]
     assert main(["loadtest", "http://127.0.0.1:9", *model, *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_load_test_that_mostly_failed_exits_1(monkeypatch, capsys):
+    """Figures from a level where most requests failed do not measure the model: the command says so and fails."""
+    import vitrt.serving.loadtest as lt
+    from vitrt.cli import main
+
+    levels = [{"concurrency": 1, "requests": 10, "ok": 9, "errors": 1, "lost": 0, "first_error": "x"},
+              {"concurrency": 4, "requests": 500, "ok": 20, "errors": 470, "lost": 10, "first_error": "refused"}]
+    monkeypatch.setattr(lt, "loadtest", lambda config, progress=None: {"levels": levels})
+    monkeypatch.setattr(lt, "format_table", lambda result: "table")
+    assert main(["loadtest", "http://127.0.0.1:9", "--model", "m", "--quiet"]) == 1
+    assert "at concurrency 4 480 of 500 requests failed (first: refused)" in capsys.readouterr().err
+    monkeypatch.setattr(lt, "loadtest", lambda config, progress=None: {"levels": levels[:1]})
+    assert main(["loadtest", "http://127.0.0.1:9", "--model", "m", "--quiet"]) == 0

@@ -90,6 +90,9 @@ def test_timm_normalisation():
 
     mean, std, source = normalisation("deit_small_patch16_224")
     assert mean == (0.485, 0.456, 0.406) and std == (0.229, 0.224, 0.225) and "timm" in source
+    # the manifest's record wins over the name: a model compiled under any name keeps its own normalisation
+    mean, std, source = normalisation("my_vit", {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]})
+    assert mean == std == (0.5, 0.5, 0.5) and "manifest" in source
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from vitrt.compiler.options import add_arguments, add_command, command_line, from_args
 from vitrt.compiler.progress import progress_for
 from vitrt.serving.loadtest import LoadtestConfig
@@ -18,8 +20,6 @@ def _export_triton(config: ExportTritonConfig) -> int:
 
 
 def _serve(config: ServeConfig) -> int:
-    import sys
-
     from vitrt.serving.server import serve
 
     serve(config, log=lambda line: print(line, file=sys.stderr, flush=True))
@@ -34,6 +34,13 @@ def _loadtest(config: LoadtestConfig) -> int:
     print(format_table(result))
     if config.json:
         write_json(config.json, {**result, "command": command_line()})
+    failing = [row for row in result["levels"] if row["errors"] + row["lost"] > row["ok"]]
+    if failing:  # a load test whose requests mostly failed is not a measurement: say so, and fail a CI step
+        row = failing[0]
+        print(f"vitrt: error: at concurrency {row['concurrency']} {row['errors'] + row['lost']} of {row['requests']} "
+              f"requests failed (first: {row['first_error']}); the figures above do not measure the model",
+              file=sys.stderr)
+        return 1
     return 0
 
 

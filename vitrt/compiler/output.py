@@ -35,6 +35,19 @@ def check_output_dir(out: Path, force: bool) -> None:
         raise OutputError(f"output directory '{out}' is not empty; pass --force to replace it or choose another -o")
 
 
+def check_output_file(path: Path, flag: str) -> None:
+    """``path`` (a result file written at the end of a long run) can be written: its directory exists and is
+    writable and the path is not a directory — checked before the run, not after it."""
+    path = Path(path).absolute()
+    if path.is_dir():
+        raise OutputError(f"{flag} '{path}' is a directory; name a file")
+    if not path.parent.is_dir():
+        raise OutputError(f"{flag} '{path}': its directory '{path.parent}' does not exist; create it or choose another "
+                          "path")
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutputError(f"{flag} '{path}' cannot be written; choose another path")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

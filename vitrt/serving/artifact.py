@@ -52,6 +52,7 @@ class CompiledArtifact:
     static_batch: int | None  # the batch baked into the engine; None: dynamic
     batch_limit: int | None  # the largest batch a dynamic engine accepts (TensorRT profile max); None: no limit
     io_source: str  # where inputs and outputs were read from
+    preprocessing: dict | None = None  # the manifest's record of the model's input pipeline (mean, std, ...)
 
     @property
     def num_classes(self) -> int:
@@ -97,8 +98,10 @@ def open_artifact(out) -> CompiledArtifact:
     if static != (declared if isinstance(declared, int) else None):
         raise VitrtError(f"'{out}' is inconsistent: the manifest's input batch is {declared} but {source} has "
                          f"{first}; compile OUT again")
+    preprocessing = manifest.get("preprocessing")
+    preprocessing = preprocessing if isinstance(preprocessing, dict) else None
     return CompiledArtifact(out, str(manifest["model"]), backend, path, inputs, outputs, static,
-                            None if static else limit, source)
+                            None if static else limit, source, preprocessing)
 
 
 def onnx_io(path: Path) -> tuple[tuple[TensorIO, ...], tuple[TensorIO, ...]]:

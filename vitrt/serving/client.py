@@ -97,6 +97,9 @@ class RemoteModel:
         self.input = config["input"][0]
         self.output = config["output"][0]
         self.input_dims = tuple(int(d) for d in self.input["dims"])  # gRPC's JSON spells them as strings
+        if self.input.get("data_type", "TYPE_FP32") != "TYPE_FP32":
+            raise VitrtError(f"model '{model}' takes {self.input.get('data_type')} input; vitrt's clients send float32 "
+                             "image tensors: name the engine model itself (not its _ensemble or _preprocess)")
         self.output_dims = tuple(int(d) for d in self.output["dims"])
 
     def _config(self) -> dict:
@@ -111,6 +114,10 @@ class RemoteModel:
         except OSError as exc:
             raise VitrtError(f"no Triton server answers at {self.endpoint.url} ({exc.strerror or exc}); start one "
                              "with vitrt serve OUT") from None
+        except Exception as exc:  # the client's own parse errors: e.g. an http:// URL on the gRPC port
+            raise VitrtError(f"the server at {self.endpoint.url} does not speak {self.endpoint.protocol} "
+                             f"({type(exc).__name__}): check the scheme and port (vitrt serve: http :8000, "
+                             "grpc :8001)") from None
 
     @property
     def request_batch(self) -> int | None:

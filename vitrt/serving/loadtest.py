@@ -15,6 +15,7 @@ in-process windows are timed by the shared timing loop (:mod:`vitrt.compiler.tim
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -26,6 +27,7 @@ import numpy as np
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import option
+from vitrt.compiler.output import check_output_file
 from vitrt.serving.client import RemoteModel, parse_endpoint
 
 MAX_DURATION_S = 3600.0
@@ -76,8 +78,12 @@ def check(config: LoadtestConfig) -> None:
         raise VitrtError(f"--duration must be in (0, {MAX_DURATION_S:.0f}] seconds, got {config.duration}")
     if config.max_requests < 1:
         raise VitrtError(f"--max-requests must be >= 1, got {config.max_requests}")
-    if config.timeout <= 0:
-        raise VitrtError(f"--timeout must be > 0, got {config.timeout}")
+    if not (math.isfinite(config.timeout) and config.timeout > 0):
+        raise VitrtError(f"--timeout must be a finite number of seconds > 0, got {config.timeout}")
+    if config.versus_seconds is not None and not (math.isfinite(config.versus_seconds) and config.versus_seconds > 0):
+        raise VitrtError(f"--versus-seconds must be a finite number of seconds > 0, got {config.versus_seconds}")
+    if config.json is not None:
+        check_output_file(config.json, "--json")
     if config.batch is not None and config.batch < 1:
         raise VitrtError(f"--batch must be >= 1, got {config.batch}")
     if config.versus_batch < 1:

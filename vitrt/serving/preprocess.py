@@ -68,8 +68,13 @@ class TritonPythonModel:
 RAW_INPUT = "raw"
 
 
-def normalisation(model: str) -> tuple[tuple[float, ...], tuple[float, ...], str]:
-    """(mean, std, where they come from) for the manifest's model name."""
+def normalisation(model: str, preprocessing: dict | None = None) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """(mean, std, where they come from): the manifest's ``preprocessing`` record where it has them (what the model
+    was compiled with, whatever its name), else from the manifest's model name (OUTs compiled before vitrt recorded
+    them)."""
+    if preprocessing and "mean" in preprocessing and "std" in preprocessing:
+        return (tuple(float(m) for m in preprocessing["mean"]), tuple(float(s) for s in preprocessing["std"]),
+                "the manifest's preprocessing (the model's timm data config)")
     if model.startswith("digits"):
         return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "the digits reference's data pipeline"
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD

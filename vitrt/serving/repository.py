@@ -110,8 +110,11 @@ def _parse_sizes(text: str | None) -> tuple[int, ...]:
 
 
 def check_model_name(name: str) -> str:
-    if not MODEL_NAME.match(name):
-        raise VitrtError(f"model name '{name}' is not valid for Triton: use letters, digits, '_', '.' and '-'")
+    """``name`` as a Triton model name: one directory inside the repository (never '.' or '..', which would
+    replace the repository itself or its parent)."""
+    if not MODEL_NAME.match(name) or set(name) == {"."}:
+        raise VitrtError(f"model name '{name}' is not valid for Triton: use letters, digits, '_', '.' and '-' (not "
+                         "only dots)")
     return name
 
 
@@ -133,6 +136,9 @@ def model_config(artifact: CompiledArtifact, name: str, batching: Batching, labe
     config = mc.ModelConfig(name=check_model_name(name), platform=platform, max_batch_size=batching.max_batch_size,
                             default_model_filename=filename)
     dims = (lambda t: t.shape[1:]) if batching.dynamic else (lambda t: t.shape)
+    # Triton's classification reads the label file along the last axis of one image's output: a static engine
+    # of batch > 1 returns [B, classes] per request, where class indices would be flattened across images
+    labels = labels if artifact.static_batch in (None, 1) else None
     for tensor in artifact.inputs:
         config.input.add(name=tensor.name, data_type=triton_dtype(tensor.dtype), dims=dims(tensor))
     for i, tensor in enumerate(artifact.outputs):
@@ -251,7 +257,7 @@ def export_triton(config: ExportTritonConfig, command: str = "") -> Path:
     if config.preprocess:
         from vitrt.serving.preprocess import model_py, normalisation
 
-        mean, std, source = normalisation(artifact.model)
+        mean, std, source = normalisation(artifact.model, artifact.preprocessing)
         pre, ens = ensemble_configs(artifact, name, batching, mean, std)
         configs.update({pre.name: pre, ens.name: ens})
         files[pre.name] = {"1/model.py": model_py(artifact.inputs[0].name)}
