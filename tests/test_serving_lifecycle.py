@@ -163,3 +163,13 @@ def test_port_in_use_and_static_batching_options_are_one_line(digits_outs, capsy
     assert code == 2 and err.strip() == f"vitrt: error: port {port} on 127.0.0.1 is in use; choose another --http-port"
     code, err = run_serve(capsys, digits_outs / "static", "--max-batch", "16")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "compiled for static batch 8" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "0"], "--threads must be >= 1"), (["--name", ""], "--name is empty"),
+    (["--name", ".."], "not valid for Triton"),
+    (["--server-log", "/nonexistent/dir/triton.log"], "its directory '/nonexistent/dir' does not exist"),
+])
+def test_bad_serve_options_are_one_line_before_any_server(digits_outs, capsys, args, message):
+    code, err = run_serve(capsys, digits_outs / "dynamic", *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err

@@ -42,6 +42,7 @@ import numpy as np
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import option, section
+from vitrt.compiler.output import check_output_file
 from vitrt.serving.artifact import CompiledArtifact, open_artifact
 from vitrt.serving.repository import SERVE_HINT, Batching, BatchingOptions, batching_for, check_model_name
 
@@ -229,10 +230,16 @@ def serve(config: ServeConfig, log=print) -> ServeStats:
         raise VitrtError("pass the compiled OUT: vitrt serve OUT")
     artifact = open_artifact(config.out)
     artifact.check_single_io()
+    if config.name is not None and not config.name:
+        raise VitrtError("--name is empty: pass a model name, or leave --name out for the manifest's")
     name = check_model_name(config.name or artifact.default_name())
     batching = batching_for(artifact, config.batching)
     if config.drain_timeout < 0:
         raise VitrtError(f"--drain-timeout must be >= 0, got {config.drain_timeout}")
+    if config.threads is not None and config.threads < 1:
+        raise VitrtError(f"--threads must be >= 1, got {config.threads}")
+    if config.server_log is not None:
+        check_output_file(config.server_log, "--server-log")
     check_ports(config)
     try:
         from pytriton.exceptions import PyTritonError
