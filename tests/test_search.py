@@ -5,6 +5,7 @@ search on the digits reference whose chosen engine the recipe replays byte for b
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -70,13 +71,14 @@ def test_state_persists_resumes_and_refuses_other_arguments(tmp_path):
     path = tmp_path / ".search" / "state.json"
     path.parent.mkdir()
     state = SearchState(path, {"model": "digits", "max_drop": 1.0})
+    assert path.is_file()  # written at once: a run stopped before its first estimate is still resumable
     e = Estimate(Recipe(0.5), 2, 4.0, 0.98, 100, 200, 1.5)
     state.add(e, "recipes/x")
     state.note(rung=0, skipped_for_budget=["a"])
     again = SearchState(path, {"model": "digits", "max_drop": 1.0})
     assert again.get(Recipe(0.5), 2).to_dict() == e.to_dict() and again.get(Recipe(0.5), 1) is None
     assert again.recipe_dir(Recipe(0.5), 2) == "recipes/x" and again.log == [{"rung": 0, "skipped_for_budget": ["a"]}]
-    with pytest.raises(VitrtError, match="other arguments"):
+    with pytest.raises(VitrtError, match=r"other arguments \(--max-drop\)"):
         SearchState(path, {"model": "digits", "max_drop": 2.0})
 
 
@@ -92,6 +94,12 @@ def test_state_persists_resumes_and_refuses_other_arguments(tmp_path):
     (["-o", "OUT", "--max-drop", "1", "--prune-fractions", "1.5"], "must lie in"),
     (["-o", "OUT", "--max-drop", "1", "--data", "synthetic"], "must be labelled"),
     (["-o", "OUT", "--max-drop", "1", "--lut", "missing.json"], "does not exist"),
+    (["-o", "OUT", "--max-drop", "nan"], "--max-drop must be a finite number"),
+    (["-o", "OUT", "--target-speedup", "inf"], "--target-speedup must be a finite number"),
+    (["-o", "OUT", "--max-drop", "1", "--budget-minutes", "nan"], "--budget-minutes must be a finite number"),
+    (["-o", "OUT", "--max-drop", "1", "--seed", "-1"], "--seed must be >= 0"),
+    (["-o", "OUT", "--max-drop", "1", "--merge-r", "-3"], "--merge-r takes tokens merged per block"),
+    (["-o", "OUT", "--max-drop", "1", "--precisions", "fp32,fp32"], "each once"),
 ])
 def test_bad_options_are_one_line_errors_and_write_nothing(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
@@ -107,6 +115,18 @@ def test_a_non_empty_output_without_a_search_is_refused(tmp_path, capsys):
     assert cli(["optimize", "digits", "-o", str(tmp_path / "OUT"), "--max-drop", "1"]) == 2
     assert "holds no search to resume" in capsys.readouterr().err
     assert (tmp_path / "OUT" / "mine.txt").read_text() == "keep me"
+    # --force starts over a search, never a directory of something else
+    assert cli(["optimize", "digits", "-o", str(tmp_path / "OUT"), "--max-drop", "1", "--force"]) == 2
+    assert "--force only starts over a directory made by vitrt optimize" in capsys.readouterr().err
+    assert (tmp_path / "OUT" / "mine.txt").read_text() == "keep me"
+
+
+def test_force_never_deletes_the_searchs_own_inputs(tmp_path, capsys):
+    (tmp_path / "OUT" / ".search").mkdir(parents=True)
+    shutil.copy(DIGITS_LUT, tmp_path / "OUT" / "lut.json")
+    assert cli(["optimize", "digits", "-o", str(tmp_path / "OUT"), "--max-drop", "1", "--force",
+                "--lut", str(tmp_path / "OUT" / "lut.json")]) == 2
+    assert "lies inside" in capsys.readouterr().err and (tmp_path / "OUT" / "lut.json").is_file()
 
 
 def test_the_latency_table_drops_recipes_it_shows_cannot_pay(digits_reference):
@@ -185,12 +205,26 @@ def test_study_rows_and_refusals(tmp_path, capsys):
     assert deit["lgtm"][1]["lgtm_window"] == 7  # a window dividing the 14 x 14 grid
     every = StudyConfig(model="digits", out=tmp_path / "s", lut=DIGITS_LUT).row_names
     assert every[0] == "dense" and set(every) == set(table)
-    no_lut = StudyConfig(model="digits", out=tmp_path / "s", rows="int8,prune,tome").row_names
-    assert no_lut == ["dense", "int8", "tome"]  # pruning needs the latency table
+    assert "prune" not in StudyConfig(model="digits", out=tmp_path / "s").validate().row_names  # no table: left out
+    with pytest.raises(OptionError, match="--rows prune prune to a latency target: add --lut"):
+        StudyConfig(model="digits", out=tmp_path / "s", rows="int8,prune,tome").validate()  # asked for: said
     assert cli(["study", "digits", "-o", str(tmp_path / "s"), "--rows", "int8,bogus"]) == 2
     assert "unknown row(s) bogus" in capsys.readouterr().err
-    assert cli(["study", "digits", "-o", str(tmp_path / "s"), "--epochs", "-1"]) == 2
+    for bad in (["--epochs", "-1"], ["--seed", "-1"], ["--data", "synthetic"]):
+        assert cli(["study", "digits", "-o", str(tmp_path / "s"), *bad]) == 2
     assert not (tmp_path / "s").exists()
+    # a study's engines are reused on resume only with the settings they were made with
+    (tmp_path / "s" / "engines").mkdir(parents=True)
+    (tmp_path / "s" / "engines" / "settings.json").write_text(json.dumps(
+        StudyConfig(model="digits", out=tmp_path / "s", epochs=0).settings()))
+    with pytest.raises(OptionError, match=r"other settings \(--epochs\)"):
+        StudyConfig(model="digits", out=tmp_path / "s", epochs=5).validate()
+    StudyConfig(model="digits", out=tmp_path / "s", epochs=0).validate()
+    # --force starts over a study, never a directory of something else
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("keep")
+    assert cli(["study", "digits", "-o", str(tmp_path / "mine"), "--force"]) == 2
+    assert "holds no study" in capsys.readouterr().err and (tmp_path / "mine" / "thesis.tex").is_file()
 
 
 def test_a_pruned_recipe_is_judged_after_fine_tuning_not_before():
@@ -371,3 +405,12 @@ def test_dropped_recipes_are_counted_by_reason():
     assert dropped_summary(notes) == ("2 refused, 1 dominated, 1 no latency-table key; first refusal: --dcvit-macs "
                                       "0.99 keeps more than removing one attention module allows")
     assert dropped_summary({}) == "none dropped"
+
+
+def test_the_report_claims_only_what_was_written():
+    from vitrt.search.front import chosen_line
+
+    assert chosen_line(None, None) == "Chosen: none — no recipe met the goal; no engine or recipe was written."
+    line = chosen_line({"label": "prune 0.5 + fp32"}, {"ok": True, "max_abs_err": 3.2e-6, "tolerance": 1e-4})
+    assert line == "Chosen: prune 0.5 + fp32 — OUT/engine (verified, max abs error 3.2e-06), OUT/recipe.json."
+    assert "VERIFICATION FAILED" in chosen_line({"label": "x"}, {"ok": False, "max_abs_err": 1.0})

@@ -10,9 +10,10 @@ import importlib
 import sys
 
 from vitrt._version import __version__
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import Interrupted, VitrtError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as a shell reports it
 
 COMMAND_MODULES = (
     "vitrt.cli.compile",  # compile, prune-plan
@@ -57,6 +58,9 @@ def main(argv=None) -> int:
     except VitrtError as exc:
         print(f"vitrt: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as exc:
+        print(f"vitrt: interrupted; {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("vitrt: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

@@ -5,7 +5,6 @@ weights) or ``digits-reference``, the shipped digits reference ViT. Use the set 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +35,7 @@ class SynthCommandConfig:
 def run(config: SynthCommandConfig) -> int:
     from vitrt.calib.data import in_memory, load_data
     from vitrt.calib.synthesis import finished_batches, model_for_synthesis, synthesize
-    from vitrt.compiler.errors import OptionError
+    from vitrt.compiler.errors import Interrupted, OptionError
     from vitrt.compiler.progress import progress_for
 
     if config.out is None:
@@ -52,9 +51,8 @@ def run(config: SynthCommandConfig) -> int:
         meta = synthesize(twin, config.out, synthesis, mean=mean, std=std, model=name, feature_reference=reference,
                           force=config.force, progress=progress_for(config))
     except KeyboardInterrupt:  # finished batches are on disk: say so, rather than the generic "nothing was written"
-        print(f"vitrt: interrupted; {finished_batches(config.out)} finished batch(es) are kept in {config.out}: run "
-              "the same command again to resume", file=sys.stderr)
-        return 130
+        raise Interrupted(f"{finished_batches(config.out)} finished batch(es) are kept in {config.out}: run the same "
+                          "command again to resume") from None
     per_iteration = [b["seconds_per_iteration"] for b in meta["batches"].values()]
     print(f"{config.out}: {len(meta['labels'])} images, {meta['seconds']:.1f} s of inversion "
           f"({sum(per_iteration) / len(per_iteration):.3f} s per iteration of a batch of "

@@ -1,8 +1,13 @@
 """User-facing errors: one line that says what failed and how to fix it.
 
 Anything raised as :class:`VitrtError` is printed by the CLI as a single line and exits with code 2;
-every other exception is a bug and keeps its traceback.
+:class:`Interrupted` (Ctrl-C in a resumable command) says what was kept and exits 130; every other exception is
+a bug and keeps its traceback.
 """
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a resumable command: the message says what was kept and how to resume (exit 130)."""
 
 
 class VitrtError(Exception):

@@ -243,7 +243,8 @@ def compile_recipe(recipe_path, model: str | None = None, progress=None, module=
     from vitrt.pipeline.driver import compile
 
     recipe = read_recipe(recipe_path)
-    if model is not None and model != recipe.model:
+    same = model == recipe.model or (is_digits_model(model) and is_digits_model(recipe.model))
+    if model is not None and not same:
         raise RecipeError(f"recipe '{recipe_path}' was made for model '{recipe.model}', not '{model}'")
     name = recipe.model
     if module is None:

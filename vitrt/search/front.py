@@ -81,6 +81,19 @@ def _max_median(errors: list[float]) -> str:
     return f"max |error| {100 * max(errors):.1f} %, median {100 * sorted(errors)[len(errors) // 2]:.1f} %"
 
 
+def chosen_line(chosen: dict | None, verify: dict | None) -> str:
+    """What was chosen and where it was written; nothing is claimed that was not written."""
+    if chosen is None:
+        return "Chosen: none — no recipe met the goal; no engine or recipe was written."
+    if not verify:
+        checked = "not verified"
+    else:
+        err = verify.get("max_abs_err")
+        checked = ("verified" if verify.get("ok") else "VERIFICATION FAILED") + (
+            f", max abs error {err:.1e}" if isinstance(err, (int, float)) else "")
+    return f"Chosen: {chosen['label']} — OUT/engine ({checked}), OUT/recipe.json."
+
+
 def markdown(result: dict) -> str:
     dense, goal = result["dense"], result["goal"]
     lines = [f"# vitrt optimize: {result['model']}", "", "Command:", "", "```bash", result["command"], "```", "",
@@ -134,10 +147,12 @@ def markdown(result: dict) -> str:
         lines.append(f"Predicted speedup over dense against the speedup measured side by side with the dense engine "
                      f"(median of per-round ratios): {_max_median(speed)}.")
     chosen = result.get("chosen")
-    lines += ["", f"Chosen: {chosen['label'] if chosen else 'none'} — OUT/engine (verified: "
-                  f"{result.get('engine_verify')}), OUT/recipe.json.", "",
+    lines += ["", chosen_line(chosen, result.get("engine_verify")), "",
               "## Every estimate", "",
-              "| recipe | epochs | predicted ms | predicted speedup | held-out top-1 | params | note |",
+              f"Predicted times here use the calibration made at the start of the search (x "
+              f"{result.get('lut_scale', 1.0):.3f}), the one the search ranked with; the front above is re-scaled by "
+              f"the dense engine timed beside it (x {scale:.3f}), so the same recipe can read differently.", "",
+              "| recipe | epochs | predicted ms (search) | predicted speedup | held-out top-1 | params | note |",
               "|---|---|---|---|---|---|---|"]
     for e in sorted(result["estimates"], key=lambda e: (e["predicted_ms"] or 1e9, e["epochs"])):
         speed = "—" if not e["predicted_ms"] else f"{dense['predicted_ms'] / e['predicted_ms']:.2f}x"

@@ -24,13 +24,14 @@ budget stops a rung early (its remaining recipes are recorded as skipped) and le
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import Interrupted, VitrtError
 from vitrt.search.evaluate import Estimate, Evaluator
 from vitrt.search.space import Recipe
 
@@ -77,6 +78,19 @@ class Goal:
         return (-e.holdout_top1, e.predicted_ms)
 
 
+ARGUMENT_NAMES = {"lut_mtime": "the --lut file's contents", "model": "MODEL"}  # fingerprint keys that are no flag
+
+
+@contextlib.contextmanager
+def resumable(state: "SearchState", work: Path):
+    """Ctrl-C anywhere in a search (calibrating, training, measuring) says what is kept and how to continue."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"{len(state.done)} estimates are kept in '{work}': run the same command again to "
+                          "continue") from None
+
+
 class SearchState:
     """Finished estimates by (recipe key, epochs), persisted as JSON after each one (resume after Ctrl-C)."""
 
@@ -86,11 +100,17 @@ class SearchState:
         self.log: list[dict] = []
         if self.path.is_file():
             data = json.loads(self.path.read_text())
-            if data.get("fingerprint") != fingerprint:
-                raise VitrtError(f"'{self.path.parent.parent}' holds a search with other arguments; choose another -o "
-                                 "or pass --force to start over")
+            old = data.get("fingerprint") or {}
+            if old != fingerprint:
+                differ = [ARGUMENT_NAMES.get(k, "--" + k.replace("_", "-")) for k in sorted(set(old) | set(fingerprint))
+                          if old.get(k) != fingerprint.get(k)]
+                raise VitrtError(f"'{self.path.parent.parent}' holds a search with other arguments "
+                                 f"({', '.join(differ)}); rerun with its arguments to resume, choose another -o, or "
+                                 "pass --force to start over")
             self.done = {(e["key"], e["epochs"]): e for e in data["estimates"]}
             self.log = data.get("log", [])
+        else:  # at once: a run stopped before its first estimate still leaves a search the same command resumes
+            self.save()
 
     def get(self, recipe: Recipe, epochs: int) -> Estimate | None:
         data = self.done.get((recipe.key, epochs))

@@ -15,14 +15,16 @@ fastest recipe within --max-drop on the held-out split (the test split is only u
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vitrt.compiler.errors import OptionError, VitrtError
+from vitrt.compiler.errors import Interrupted, OptionError, VitrtError
 from vitrt.compiler.known_models import is_digits_model
 from vitrt.compiler.options import add_command, command_line, option
+from vitrt.compiler.output import check_output_dir
 
 SEARCH_PRECISIONS = ("fp32", "int8", "fp16", "int4w")
 DEFAULT_LUT_KEYS = (("fp32", "dense"), ("int8", "dense"))
@@ -75,17 +77,24 @@ class OptimizeConfig:
             raise OptionError("no output directory: pass -o OUT")
         if (self.max_drop is None) == (self.target_speedup is None):
             raise OptionError("pass exactly one of --max-drop POINTS and --target-speedup X")
+        for flag, value in (("--max-drop", self.max_drop), ("--target-speedup", self.target_speedup),
+                            ("--budget-minutes", self.budget_minutes)):
+            if value is not None and not math.isfinite(value):
+                raise OptionError(f"{flag} must be a finite number, got {value}")
         if self.max_drop is not None and self.max_drop < 0:
             raise OptionError(f"--max-drop must be >= 0, got {self.max_drop}")
         if self.target_speedup is not None and self.target_speedup <= 1:
             raise OptionError(f"--target-speedup must be > 1, got {self.target_speedup}")
+        if self.seed < 0:
+            raise OptionError(f"--seed must be >= 0, got {self.seed}")
         if self.batch < 1 or self.front_max < 2 or self.rounds < 1 or self.front_points < 0:
             raise OptionError("--batch must be >= 1, --front-max >= 2, --rounds >= 1 and --front-points >= 0")
         if self.budget_minutes is not None and self.budget_minutes <= 0:
             raise OptionError(f"--budget-minutes must be positive, got {self.budget_minutes}")
         bad = [p for p in self.precision_list if p not in SEARCH_PRECISIONS]
-        if bad or not self.precision_list:
-            raise OptionError(f"--precisions takes a comma-separated subset of {', '.join(SEARCH_PRECISIONS)}")
+        if bad or not self.precision_list or len(set(self.precision_list)) < len(self.precision_list):
+            raise OptionError(f"--precisions takes a comma-separated subset of {', '.join(SEARCH_PRECISIONS)}, each "
+                              f"once; got '{self.precisions}'")
         try:
             self.schedule, self.space_override(None)
         except ValueError:
@@ -131,6 +140,8 @@ class OptimizeConfig:
             return tuple(sorted({None} | given, key=lambda f: -(f or 1)))
 
         prune, dcvit = fractions(self.prune_fractions, "--prune-fractions"), fractions(self.dcvit_macs, "--dcvit-macs")
+        if self.merge_r is not None and any(int(r) < 0 for r in self.merge_r.split(",")):
+            raise OptionError(f"--merge-r takes tokens merged per block, >= 0 (0: no merging), got '{self.merge_r}'")
         merge = None if self.merge_r is None else \
             (None,) + tuple(Merge(int(r)) for r in self.merge_r.split(",") if int(r) > 0)
         if space is None:
@@ -148,7 +159,9 @@ class OptimizeConfig:
 
 
 def fingerprint(config: OptimizeConfig) -> dict:
-    data = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
+    """The arguments a resumed search must share with the one it resumes (paths resolved: the same table given by
+    another path is the same table)."""
+    data = {k: (str(Path(v).resolve()) if isinstance(v, Path) else v) for k, v in asdict(config).items()
             if k not in ("out", "force", "quiet", "budget_minutes", "front_max", "front_points", "rounds")}
     if config.lut is not None:
         data["lut_mtime"] = Path(config.lut).stat().st_mtime_ns
@@ -156,18 +169,24 @@ def fingerprint(config: OptimizeConfig) -> dict:
 
 
 def prepare_out(config: OptimizeConfig) -> Path:
-    """OUT ready for this search: new, a resumable search of the same arguments, or (--force) emptied."""
+    """OUT ready for this search: new, a search to resume, or (--force) a search started over. Only a directory a
+    search made (it holds ``.search``) is ever deleted, and never one that holds this run's own inputs."""
     out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise OptionError(f"output '{out}' exists and is not a directory")
-    state = out / ".search" / "state.json"
+    check_output_dir(out, force=True)  # not a file; its parents can be created
     if out.is_dir() and any(out.iterdir()):
+        if not (out / ".search").is_dir():
+            raise OptionError(f"output directory '{out}' is not empty and holds no search to resume; choose another -o "
+                              "(--force only starts over a directory made by vitrt optimize)")
         if config.force:
+            for flag, path in (("--lut", config.lut), ("--data", config.data)):
+                if path is not None and Path(path).exists() and Path(path).resolve().is_relative_to(out.resolve()):
+                    raise OptionError(f"{flag} '{path}' lies inside '{out}', which --force would delete; move it or "
+                                      "choose another -o")
             shutil.rmtree(out)
-        elif not state.is_file():
-            raise OptionError(f"output directory '{out}' is not empty and holds no search to resume; pass --force or "
-                              "choose another -o")
-    (out / ".search").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / ".search").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OptionError(f"cannot create the output directory '{out}' ({exc.strerror}); choose another -o") from None
     return out
 
 
@@ -227,7 +246,7 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
     from vitrt.pipeline.recipe import write_recipe
     from vitrt.search.evaluate import OFFSET_LIMIT, Evaluator, Target
     from vitrt.search.front import best_per_recipe, pareto, thin, write_report
-    from vitrt.search.halving import (Clock, Goal, SearchState, dropped_summary, fill_front, run_rungs,
+    from vitrt.search.halving import (Clock, Goal, SearchState, dropped_summary, fill_front, resumable, run_rungs,
                                       structural_filter)
     from vitrt.search.holdout import search_data
 
@@ -237,77 +256,78 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
     out = prepare_out(config)
     work = out / ".search"
     state = SearchState(work / "state.json", fingerprint(config))
-    previous = sum(entry.get("seconds", 0.0) for entry in state.log if "seconds" in entry)
-    if module is None:
-        module, twin = load_model(config.model, progress)
-    else:
-        from vitrt.compiler.models import canonicalize
+    with resumable(state, work):
+        previous = sum(entry.get("seconds", 0.0) for entry in state.log if "seconds" in entry)
+        if module is None:
+            module, twin = load_model(config.model, progress)
+        else:
+            from vitrt.compiler.models import canonicalize
 
-        twin = canonicalize(module).eval()
-    data = search_data(config.data, twin.spec.img, seed=config.seed, preprocessing=preprocessing(module, twin.spec))
-    lut, lut_path = latency_table(config, twin.spec, work, progress)
-    evaluator = Evaluator(twin, config.model, data, lut, lut_path, Target(config.batch, config.backend, 1), progress,
-                          config.seed)
-    recipes = (space or search_space(config, twin.spec)).recipes()
-    calibration = next((entry for entry in state.log if "lut_scale" in entry), None)
-    if calibration is None:  # a resumed search keeps the factors its estimates were made with
-        calibration = calibrate(config, module, evaluator, recipes, work, progress)
-        state.note(**calibration)
-    evaluator.calibrate(calibration["lut_scale"], calibration.get("merge_factor", 1.0),
-                        calibration.get("table_offset_ms", 0.0))
-    if evaluator.offset >= OFFSET_LIMIT * evaluator.dense_table_alone_ms * 0.999 or not 0.5 < evaluator.scale < 2.0:
-        progress.log(f"note: the table's parts do not add up to this machine's engines (offset "
-                     f"{evaluator.offset:.2f} ms a run, scale {evaluator.scale:.2f}); predictions will be rough: "
-                     "rebuild it here with vitrt lut build --backend ort --clock cpu --threads 1")
-    progress.log(f"latency table calibrated: + {evaluator.offset:.3f} ms a run, token merging "
-                 f"{evaluator.merge_factor:.2f}x the table's probe, x {evaluator.scale:.3f} (the dense engine now)")
-    goal = Goal(config.max_drop, config.target_speedup)
-    progress.log(f"{len(recipes)} recipes; dense: predicted {evaluator.dense_ms:.3f} ms, held-out top-1 "
-                 f"{100 * evaluator.dense_holdout:.2f} % ({len(data.holdout)} images)")
-    budget = None if config.budget_minutes is None else 60 * config.budget_minutes
-    clock = Clock(budget, reserve_s=measure_reserve(config), already_s=previous)
+            twin = canonicalize(module).eval()
+        data = search_data(config.data, twin.spec.img, seed=config.seed, preprocessing=preprocessing(module, twin.spec))
+        lut, lut_path = latency_table(config, twin.spec, work, progress)
+        evaluator = Evaluator(twin, config.model, data, lut, lut_path, Target(config.batch, config.backend, 1), progress,
+                              config.seed)
+        recipes = (space or search_space(config, twin.spec)).recipes()
+        calibration = next((entry for entry in state.log if "lut_scale" in entry), None)
+        if calibration is None:  # a resumed search keeps the factors its estimates were made with
+            calibration = calibrate(config, module, evaluator, recipes, work, progress)
+            state.note(**calibration)
+        evaluator.calibrate(calibration["lut_scale"], calibration.get("merge_factor", 1.0),
+                            calibration.get("table_offset_ms", 0.0))
+        if evaluator.offset >= OFFSET_LIMIT * evaluator.dense_table_alone_ms * 0.999 or not 0.5 < evaluator.scale < 2.0:
+            progress.log(f"note: the table's parts do not add up to this machine's engines (offset "
+                         f"{evaluator.offset:.2f} ms a run, scale {evaluator.scale:.2f}); predictions will be rough: "
+                         "rebuild it here with vitrt lut build --backend ort --clock cpu --threads 1")
+        progress.log(f"latency table calibrated: + {evaluator.offset:.3f} ms a run, token merging "
+                     f"{evaluator.merge_factor:.2f}x the table's probe, x {evaluator.scale:.3f} (the dense engine now)")
+        goal = Goal(config.max_drop, config.target_speedup)
+        progress.log(f"{len(recipes)} recipes; dense: predicted {evaluator.dense_ms:.3f} ms, held-out top-1 "
+                     f"{100 * evaluator.dense_holdout:.2f} % ({len(data.holdout)} images)")
+        budget = None if config.budget_minutes is None else 60 * config.budget_minutes
+        clock = Clock(budget, reserve_s=measure_reserve(config), already_s=previous)
 
-    def save_recipe(estimate) -> str:
-        directory = work / "recipes" / f"{estimate.recipe.key}-e{estimate.epochs}"
-        write_recipe(directory / "recipe.json", config.model, evaluator.options(estimate.recipe, estimate.epochs),
-                     estimate.plans, {"search": estimate.to_dict()})
-        estimate.plans = None  # written: free the memory
-        return str(directory.relative_to(out))
+        def save_recipe(estimate) -> str:
+            directory = work / "recipes" / f"{estimate.recipe.key}-e{estimate.epochs}"
+            write_recipe(directory / "recipe.json", config.model, evaluator.options(estimate.recipe, estimate.epochs),
+                         estimate.plans, {"search": estimate.to_dict()})
+            estimate.plans = None  # written: free the memory
+            return str(directory.relative_to(out))
 
-    try:
-        kept, structural = structural_filter(evaluator, recipes, progress)
-        progress.log(f"{len(kept)} recipes worth an accuracy estimate ({dropped_summary(structural['notes'])})")
-        schedule = schedule or config.schedule
-        run_rungs(evaluator, kept, goal, schedule, state, clock, save_recipe, progress)
-        if config.front_points:
-            fill_front(evaluator, kept, structural["predicted_ms"], schedule.epochs[-1], config.front_points, state,
-                       clock, save_recipe, progress)
-    except KeyboardInterrupt:
-        state.note(interrupted=True, seconds=clock.used_s - previous)
-        raise VitrtError(f"interrupted: {len(state.done)} estimates are kept in '{work}'; run the same command again "
-                         "to continue") from None
-    search_seconds = clock.used_s
-    state.note(search_done=True, seconds=search_seconds - previous)
+        try:
+            kept, structural = structural_filter(evaluator, recipes, progress)
+            progress.log(f"{len(kept)} recipes worth an accuracy estimate ({dropped_summary(structural['notes'])})")
+            schedule = schedule or config.schedule
+            run_rungs(evaluator, kept, goal, schedule, state, clock, save_recipe, progress)
+            if config.front_points:
+                fill_front(evaluator, kept, structural["predicted_ms"], schedule.epochs[-1], config.front_points, state,
+                           clock, save_recipe, progress)
+        except KeyboardInterrupt:
+            state.note(interrupted=True, seconds=clock.used_s - previous)
+            raise Interrupted(f"{len(state.done)} estimates are kept in '{work}': run the same command again to "
+                              "continue") from None
+        search_seconds = clock.used_s
+        state.note(search_done=True, seconds=search_seconds - previous)
 
-    from vitrt.search.evaluate import Estimate
+        from vitrt.search.evaluate import Estimate
 
-    estimates = [Estimate.from_dict(e) for e in state.done.values()]
-    points = best_per_recipe(estimates)
-    final = [e for e in points if goal.admissible(e, evaluator.dense_holdout, evaluator.dense_ms, 0.0)]
-    chosen = min(final, key=goal.rank) if final else None
-    front = thin(pareto(points), config.front_max, [chosen] if chosen else [])
-    if chosen is not None and all(p is not chosen for p in front):
-        front.append(chosen)
-    measured = measure_front(config, module, twin, front, state, evaluator, work, data, progress)
-    result = assemble(config, evaluator, data, lut, lut_path, estimates, structural, recipes, front, measured,
-                      chosen, search_seconds, work)
-    if chosen is not None:
-        result["engine_verify"] = finalize_choice(config, out, state.recipe_dir(chosen.recipe, chosen.epochs),
-                                                  module, progress)
-    result["total_seconds"] = round(time.perf_counter() - started + previous, 1)
-    write_report(out, result)
-    progress.log(f"wrote {out}/pareto.md" + (f"; chosen: {chosen.recipe.label()}" if chosen else "; nothing chosen"))
-    return result
+        estimates = [Estimate.from_dict(e) for e in state.done.values()]
+        points = best_per_recipe(estimates)
+        final = [e for e in points if goal.admissible(e, evaluator.dense_holdout, evaluator.dense_ms, 0.0)]
+        chosen = min(final, key=goal.rank) if final else None
+        front = thin(pareto(points), config.front_max, [chosen] if chosen else [])
+        if chosen is not None and all(p is not chosen for p in front):
+            front.append(chosen)
+        measured = measure_front(config, module, twin, front, state, evaluator, work, data, progress)
+        result = assemble(config, evaluator, data, lut, lut_path, estimates, structural, recipes, front, measured,
+                          chosen, search_seconds, work)
+        if chosen is not None:
+            result["engine_verify"] = finalize_choice(config, out, state.recipe_dir(chosen.recipe, chosen.epochs),
+                                                      module, progress)
+        result["total_seconds"] = round(time.perf_counter() - started + previous, 1)
+        write_report(out, result)
+        progress.log(f"wrote {out}/pareto.md" + (f"; chosen: {chosen.recipe.label()}" if chosen else "; nothing chosen"))
+        return result
 
 
 def measure_reserve(config: OptimizeConfig) -> float:
@@ -455,7 +475,13 @@ def _run(config: OptimizeConfig) -> int:
     if chosen is None:
         print(f"no recipe met the goal ({result['goal']}); see {config.out}/pareto.md")
         return 1
+    from vitrt.search.space import Recipe
+
     m = chosen["measured"]
+    if chosen["label"] == Recipe().label():  # the dense model: its ratio to itself is timing noise, not a speedup
+        print(f"no compressed recipe met the goal ({result['goal']}): the dense fp32 model stays the choice (test "
+              f"top-1 {100 * m['top1']:.2f} %); engine in {config.out}/engine, the front in {config.out}/pareto.md")
+        return 0
     print(f"chosen: {chosen['label']} ({chosen['epochs']} fine-tuning epochs per stage): {m['speedup_cpu']:.2f}x "
           f"faster than dense fp32 (cpu clock), test top-1 {100 * m['top1']:.2f} % vs "
           f"{100 * result['dense']['test_top1']:.2f} %; engine in {config.out}/engine, recipe {config.out}/recipe.json")

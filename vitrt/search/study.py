@@ -15,6 +15,7 @@ DFE, DFE + LGTM, and stacks. Training rows get ``--epochs`` epochs on ``--data``
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -84,29 +85,66 @@ class StudyConfig:
             raise OptionError("no model: pass digits or a timm model name")
         if self.out is None:
             raise OptionError("no output directory: pass -o OUT")
-        if self.epochs < 0 or self.batch < 1 or self.rounds < 1:
-            raise OptionError("--epochs must be >= 0, --batch and --rounds >= 1")
+        if self.epochs < 0 or self.batch < 1 or self.rounds < 1 or self.seed < 0:
+            raise OptionError("--epochs and --seed must be >= 0, --batch and --rounds >= 1")
+        if self.data == "synthetic":
+            raise OptionError("--data must be labelled (digits or an ImageFolder PATH): the study measures top-1")
         if self.lut is not None and not Path(self.lut).is_file():
             raise OptionError(f"--lut '{self.lut}' does not exist or is not a file")
         unknown = sorted(set(self.row_names) - set(rows(self.data, self.epochs, self.lut)))
         if unknown:
             raise OptionError(f"--rows: unknown row(s) {', '.join(unknown)} (known: "
                               f"{', '.join(rows(self.data, 0, None))})")
+        needs_lut = [r for r in self.asked_rows if "prune" in r] if self.rows is not None else []
+        if needs_lut and self.lut is None:
+            raise OptionError(f"--rows {', '.join(needs_lut)} prune to a latency target: add --lut LUT (vitrt lut "
+                              "build), or leave those rows out")
         from vitrt.compiler.output import check_output_dir
         from vitrt.pipeline.config import check_data_source
 
         check_data_source("--data", self.data)
-        if not (Path(self.out) / "engines").is_dir():  # else: an interrupted study, resumed
-            check_output_dir(self.out, self.force)
+        out = Path(self.out)
+        if (out / "engines").is_dir():  # a study made here: resumed with the same settings, or started over
+            recorded = read_settings(out)
+            differ = ["MODEL" if k == "model" else f"--{k.replace('_', '-')}" for k, v in self.settings().items()
+                      if recorded.get(k, v) != v]
+            if differ and not self.force:
+                raise OptionError(f"'{out}' holds a study made with other settings ({', '.join(differ)}), whose "
+                                  "engines would be reused: rerun with its settings, pass --force to start over, or "
+                                  "choose another -o")
+        elif out.is_dir() and any(out.iterdir()):  # not a study: never deleted, even with --force
+            raise OptionError(f"output directory '{out}' is not empty and holds no study; choose another -o (--force "
+                              "only starts over a directory made by vitrt study)")
+        else:
+            check_output_dir(out, force=True)
         return self
+
+    def settings(self) -> dict:
+        """What the engines of a study depend on (a resumed study must share them)."""
+        return {"model": self.model, "data": self.data, "epochs": self.epochs, "batch": self.batch,
+                "seed": self.seed, "lut": None if self.lut is None else str(Path(self.lut).resolve())}
+
+    @property
+    def asked_rows(self) -> list[str]:
+        every = list(rows(self.data, self.epochs, self.lut))
+        return every if self.rows is None else [r.strip() for r in self.rows.split(",") if r.strip()]
 
     @property
     def row_names(self) -> list[str]:
-        every = list(rows(self.data, self.epochs, self.lut))
-        chosen = every if self.rows is None else [r.strip() for r in self.rows.split(",") if r.strip()]
-        if self.lut is None:
+        chosen = self.asked_rows
+        if self.lut is None:  # the default set without a table: the pruning rows are left out (said in --help)
             chosen = [r for r in chosen if "prune" not in r]
         return [DENSE] + [r for r in chosen if r != DENSE]
+
+
+SETTINGS_FILE = "settings.json"  # OUT/engines/settings.json: what the study's engines were compiled with
+
+
+def read_settings(out: Path) -> dict:
+    from vitrt.compiler.jsonfile import read_json
+
+    path = out / "engines" / SETTINGS_FILE
+    return read_json(path, "study settings") if path.is_file() else {}
 
 
 def run(config: StudyConfig) -> dict:
@@ -120,8 +158,10 @@ def run(config: StudyConfig) -> dict:
     config = config.validate()
     progress = progress_for(config)
     out = Path(config.out)
-    if out.exists() and config.force:
+    if (out / "engines").is_dir() and config.force:  # validate() let --force through only for a study
         shutil.rmtree(out)
+    (out / "engines").mkdir(parents=True, exist_ok=True)
+    (out / "engines" / SETTINGS_FILE).write_text(json.dumps(config.settings(), indent=1) + "\n")
     started = time.perf_counter()
     module, twin = load_model(config.model, progress)
     table = rows(config.data, config.epochs, config.lut, twin.spec)
@@ -131,8 +171,6 @@ def run(config: StudyConfig) -> dict:
         start = time.perf_counter()
         done = out / "engines" / name / "manifest.json"
         if done.is_file():  # compiled by the interrupted run this one resumes
-            import json
-
             outs[name] = done.parent
             results[name] = {"label": label, "options": _jsonable(options), "compile_seconds": None,
                              "verify": json.loads(done.read_text()).get("verify", {})}
@@ -168,8 +206,6 @@ def _jsonable(options: dict) -> dict:
 
 
 def write_report(out: Path, report: dict) -> None:
-    import json
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "study.md").write_text(markdown(report) + "\n")
