@@ -142,6 +142,7 @@ def test_compile_digits_reference_by_name(tmp_path, capsys):
     manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert manifest["model"] == "digits" and manifest["input_shape"] == [1, 3, 32, 32]
     assert manifest["verify"]["ok"] and manifest["accuracy"]["real"]["top1_compiled"] > 0.98
+    assert "98.89 % (dense 98.89 %) on 450 images of digits:test" in capsys.readouterr().out
     # what a server must do to an image: the digits pipeline's normalisation, not ImageNet's
     assert manifest["preprocessing"]["mean"] == [0.5] * 3 and manifest["preprocessing"]["crop_pct"] == 1.0
     assert main(["compile", "digits", "-o", str(tmp_path / "e"), "--img-size", "64"]) == 2

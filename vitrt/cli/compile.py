@@ -14,6 +14,15 @@ def print_summary(manifest: dict) -> None:
             ("GFLOPs/image", f"{manifest['flops']['before'] / 1e9:.3f} -> {manifest['flops']['after'] / 1e9:.3f}")]
     if "verify" in manifest:
         rows.append(("max abs err", f"{manifest['verify']['max_abs_err']:.2e} vs {manifest['verify']['reference']}"))
+    accuracy = manifest.get("accuracy", {})
+    if "real" in accuracy:
+        real = accuracy["real"]
+        rows.append(("top-1", f"{100 * real['top1_compiled']:.2f} % (dense {100 * real['top1_dense']:.2f} %) on "
+                              f"{real['images']} images of {real['data']}; KL to dense {real['kl_to_dense']:.4f}"))
+    if "metric" in accuracy:
+        metric = accuracy["metric"]
+        rows.append(("metric loss", f"{metric['compiled']['loss']:.5f} on {metric['images']} images of "
+                                    f"{metric['data']} (data-free estimate; dense {metric['dense']['loss']:.5f})"))
     if "latency" in manifest:
         lat = manifest["latency"]
         rows.append(("latency", f"{lat['median_ms']:.2f} ms median, {lat['p90_ms']:.2f} ms p90, "
