@@ -64,7 +64,8 @@ def test_pareto_front_goal_and_thinning():
     assert not goal.admissible(Estimate(Recipe(), 0, refused="no"), 0.99, 10.0, 0.0)
     many = [estimate(float(i), 0.5 + i / 100) for i in range(1, 21)]
     kept = thin(many, 5, [many[7]])
-    assert many[0] in kept and many[-1] in kept and many[7] in kept and len(kept) <= 6
+    assert many[0] in kept and many[-1] in kept and many[7] in kept and len(kept) == 5  # --front-max is a limit
+    assert thin(many, 2, [many[7]]) == [many[0], many[7]]
 
 
 def test_state_persists_resumes_and_refuses_other_arguments(tmp_path):

@@ -40,13 +40,19 @@ def pareto(points: list[Estimate]) -> list[Estimate]:
 
 
 def thin(front: list[Estimate], limit: int, must: list[Estimate]) -> list[Estimate]:
-    """At most ``limit`` front points spread along it (always the ``must`` ones)."""
+    """At most ``limit`` front points spread along it, the ``must`` ones among them (they count towards the limit;
+    the rest are spread evenly over the other points, both ends first)."""
     if len(front) <= limit:
         return front
-    step = (len(front) - 1) / (limit - 1)
-    chosen = {round(i * step) for i in range(limit)}
-    keep = [e for i, e in enumerate(front) if i in chosen or any(e is m for m in must)]
-    return keep
+    kept = {i for i, e in enumerate(front) if any(e is m for m in must)}
+    others = [i for i in range(len(front)) if i not in kept]
+    slots = max(0, limit - len(kept))
+    if slots == 1:
+        kept.add(others[0])
+    elif slots > 1:
+        step = (len(others) - 1) / (slots - 1)
+        kept |= {others[round(i * step)] for i in range(slots)}
+    return [e for i, e in enumerate(front) if i in kept]
 
 
 def write_report(out: Path, result: dict) -> None:
@@ -121,7 +127,7 @@ def markdown(result: dict) -> str:
                      f"{speedup:.2f}x | {m['speedup_cpu']:.2f}x | {100 * (speedup / m['speedup_cpu'] - 1):+.1f} % | "
                      f"{_ms(m['wall_ms'])} | {m['speedup_wall']:.2f}x | {_pct(p['holdout_top1'])} | "
                      f"{_loss(p.get('holdout_loss'))} | {_pct(m['top1'])} | "
-                     f"{'—' if drop is None else f'{drop:.2f}'} | "
+                     f"{'—' if drop is None else f'{round(drop, 2) + 0.0:.2f}'} | "  # no '-0.00'
                      f"{m['params']:,} | {m['onnx_bytes'] / 1024:.0f} |")
     d = dense["measured"]
     table_dense, offset = result.get("dense_table_ms"), result.get("table_offset_ms", 0.0)
@@ -146,6 +152,10 @@ def markdown(result: dict) -> str:
                      (f" The table alone (no calibration at all) is off by {_max_median(alone)}." if alone else ""))
         lines.append(f"Predicted speedup over dense against the speedup measured side by side with the dense engine "
                      f"(median of per-round ratios): {_max_median(speed)}.")
+    replayable = [p for p in front if p.get("recipe")]
+    if replayable:
+        lines += ["", "Each front point compiles again from its recipe: `vitrt compile --recipe OUT/RECIPE -o ENGINE`.",
+                  ""] + [f"* {p['label']} ({p['epochs']} epochs): `{p['recipe']}`" for p in replayable]
     chosen = result.get("chosen")
     lines += ["", chosen_line(chosen, result.get("engine_verify")), "",
               "## Every estimate", "",

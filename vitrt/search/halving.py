@@ -198,7 +198,7 @@ def run_rungs(evaluator: Evaluator, recipes: list[Recipe], goal: Goal, schedule:
     for rung, epochs in enumerate(schedule.epochs):
         slack = schedule.slack[rung]
         progress.log(f"rung {rung}: {len(population)} recipe(s), {epochs} epoch(s) per trainable stage, "
-                     f"{clock.used_s / 60:.1f} min used" + (f" of {clock.budget_s / 60:.0f}" if clock.budget_s else ""))
+                     f"{clock.used_s / 60:.1f} min used" + (f" of {clock.budget_s / 60:.1f}" if clock.budget_s else ""))
         results, costs, skipped = [], [], []
         with progress.bar(len(population), f"rung {rung} ({epochs} epochs)") as bar:
             for recipe in population:

@@ -321,6 +321,9 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
         measured = measure_front(config, module, twin, front, state, evaluator, work, data, progress)
         result = assemble(config, evaluator, data, lut, lut_path, estimates, structural, recipes, front, measured,
                           chosen, search_seconds, work)
+        for row, point in zip(result["front"], front):  # where to replay each point from (OUT-relative)
+            directory = state.recipe_dir(point.recipe, point.epochs)
+            row["recipe"] = f"{directory}/recipe.json" if directory else None
         if chosen is not None:
             result["engine_verify"] = finalize_choice(config, out, state.recipe_dir(chosen.recipe, chosen.epochs),
                                                       module, progress)
