@@ -79,6 +79,9 @@ def test_bench_cli(outs, tmp_path, capsys):
     capsys.readouterr()
     assert run("nvit-table", dense, small, "--clock", "cpu", "--threads", 2) == 2  # the CPU clock needs one thread
     assert "--threads 1" in capsys.readouterr().err
+    assert run("nvit-table", dense, small, "--rounds", 0) == 2 and "--rounds must be >= 1" in capsys.readouterr().err
+    assert run("bench", dense, "--clock", "cuda") == 2 and "needs a GPU backend" in capsys.readouterr().err
+    assert run("bench", dense, "--json", tmp_path) == 2 and "is a directory" in capsys.readouterr().err
 
 
 def test_bench_a_model_name_at_several_batches(capsys):

@@ -103,7 +103,9 @@ def test_check_rejects_mismatches_in_one_line(table):
                             ({"batch": 8}, "built for batch 1, not 8"),
                             ({"precision": "int8"}, "no 'int8/dense' entries"),
                             ({"sparsity": "2:4"}, "no 'fp32/2:4' entries"),
-                            ({"clock": "cpu"}, "wall-clock times")]:
+                            ({"clock": "cpu"}, "wall-clock times"),
+                            ({"threads": 2}, "the measurement would use 2 intra-op thread"),
+                            ({"device": "GPU: X"}, "measured on")]:
         with pytest.raises(VitrtError, match=message) as info:
             table.check(**kwargs)
         assert "\n" not in str(info.value)
@@ -126,7 +128,17 @@ def test_check_rejects_mismatches_in_one_line(table):
     (lambda d: json.dumps({**d, "points": [{"kind": "block", "table": "fp32/dense", "key": {"emb": 64},
                                             "ms": [1.0], "sources": []}]}), "lacks one of emb, heads"),
     (lambda d: json.dumps({**d, "points": [{"kind": "stem", "table": "fp32/dense", "key": {"emb": 64, "patches": 16},
-                                            "ms": [-1.0], "sources": []}]}), "non-positive latency"),
+                                            "ms": [-1.0], "sources": []}]}), "not a positive number"),
+    (lambda d: json.dumps({**d, "points": [{"kind": "stem", "table": "fp32/dense", "key": {"emb": 64, "patches": 16},
+                                            "ms": [1.0]}]}), "no list of sources"),
+    (lambda d: json.dumps({**d, "overhead_ms": -5}), "'overhead_ms' is -5"),
+    (lambda d: json.dumps({**d, "batch": 1.7}), "'batch' is 1.7, not a positive integer"),
+    (lambda d: json.dumps({**d, "clock": "sundial"}), "clock 'sundial'"),
+    (lambda d: json.dumps({**d, "tables": {"fp32/dense": {**d["tables"]["fp32/dense"],
+                                                           "mlp": {**d["tables"]["fp32/dense"]["mlp"],
+                                                                   "ms": (np.asarray(d["tables"]["fp32/dense"]["mlp"]
+                                                                                     ["ms"]) * np.inf).tolist()}}}}),
+     "infinite latencies"),
 ])
 def test_malformed_files_give_one_line_errors(lut_path, tmp_path, mutate, message):
     data = json.loads(lut_path.read_text())
@@ -229,6 +241,21 @@ def test_compile_with_lut_predicts_and_refines(lut_path, tmp_path):
     with pytest.raises(VitrtError, match="built for batch 1, not 2"):  # fails before any work: OUT not created
         compile(tiny_vit(depth=2, **TINY_ARGS), tmp_path / "out2", bench=True, batch=2, lut=lut, quiet=True)
     assert not (tmp_path / "out2").exists()
+    # what goes into the table must be measured like it: same threads, same machine, a stem / head it holds
+    before = lut.read_bytes()
+    with pytest.raises(VitrtError, match="the measurement would use 2 intra-op thread"):
+        compile(tiny_vit(depth=2, **TINY_ARGS), tmp_path / "out3", bench=True, threads=2, lut=lut, refine_lut=True,
+                quiet=True)
+    other = json.loads(before)
+    other["device"] = "GPU: another machine"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(VitrtError, match="measured on 'GPU: another machine'"):
+        compile(tiny_vit(depth=2, **TINY_ARGS), tmp_path / "out3", bench=True, lut=tmp_path / "other.json",
+                refine_lut=True, quiet=True)
+    with pytest.raises(VitrtError, match="stem/head were measured with patch="):
+        compile(tiny_vit(depth=2, **{**TINY_ARGS, "patch_size": 4}), tmp_path / "out3", bench=True, lut=lut,
+                refine_lut=True, quiet=True)
+    assert not (tmp_path / "out3").exists() and lut.read_bytes() == before
 
 
 def run(*argv):
@@ -261,6 +288,16 @@ def test_cli_exit_codes(lut_path, tmp_path, capsys):
     assert "needs --bench" in capsys.readouterr().err
     png = tmp_path / "lut.png"
     assert run("lut", "plot", lut_path, "-o", png) == 0 and png.stat().st_size > 10_000
+    capsys.readouterr()
+    assert run("lut", "plot", lut_path, "-o", tmp_path) == 2  # a directory: one line, no stray temporary file
+    assert "is a directory" in capsys.readouterr().err and not list(tmp_path.glob(".*.tmp*"))
+    copy = tmp_path / "copy.json"
+    shutil.copy(lut_path, copy)
+    before = copy.read_bytes()
+    assert run("lut", "merge", copy, lut_path, "-o", copy) == 2  # never over one of its own inputs
+    assert "is one of the tables being merged" in capsys.readouterr().err and copy.read_bytes() == before
+    assert run("lut", "build", "--grid", "tiny", "--threads", 0, "-o", tmp_path / "t0.json") == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err.replace("--iterations and ", "")
 
 
 def test_refine_is_exact_even_where_overhead_subtraction_left_no_time(table):

@@ -124,6 +124,13 @@ def build_onnx(onnx_path: Path, workdir: Path, backend: str, options) -> object:
     return be.load(be.build(onnx_path, folder, options), options)
 
 
+def check_counts(**counts) -> None:
+    """Timed runs, rounds and threads are whole numbers >= 1 (threads may be None: the runtime's default)."""
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise VitrtError(f"--{name} must be >= 1, got {value}")
+
+
 def bench_target(target: str, batches: list[int], *, backend: str | list[str] | None = None, device: str | None = None,
                  torch_compile: str = "off", iterations: int = 20, warmup: int = 3, img_size: int | None = None,
                  threads: int | None = None, clock: str | None = None, rounds: int = 5, progress=None) -> dict:
@@ -136,6 +143,7 @@ def bench_target(target: str, batches: list[int], *, backend: str | list[str] | 
     from vitrt.compiler.backends import BuildOptions
     from vitrt.compiler.timing import check_clock
 
+    check_counts(iterations=iterations, rounds=rounds, threads=threads)
     backends = [backend] if isinstance(backend, str) else backend
     options = BuildOptions(threads=threads, device=device or "cpu", torch_compile=torch_compile,
                            batch_profile=(min(batches), max(batches), max(batches)))
@@ -150,6 +158,8 @@ def bench_target(target: str, batches: list[int], *, backend: str | list[str] | 
             if loaded.batch is not None and set(batches) != {loaded.batch}:
                 raise VitrtError(f"'{target}' was compiled for batch {loaded.batch}; bench it with --batch "
                                  f"{loaded.batch}, or compile it with --dynamic-batch to sweep batch sizes")
+            if not backends and clock is not None:  # the OUT's own backend: its clock is checked now
+                check_clock(clock, loaded.manifest["backend"], threads, device)
             backends = backends or [loaded.manifest["backend"]]
             onnx_path = path / "model.onnx"
             runners = {b: loaded.runner if b == loaded.manifest["backend"] and device is None and torch_compile == "off"
@@ -241,6 +251,7 @@ def nvit_table(outs: list[str], *, rounds: int = 5, iterations: int = 5, threads
     time of a single-threaded run: ``threads`` must be 1 — the steadier clock for ratios on a shared machine)."""
     if len(outs) < 2:
         raise VitrtError("nvit-table needs the dense reference OUT first and at least one variant OUT")
+    check_counts(iterations=iterations, rounds=rounds, threads=threads)
     loaded = [load_out(Path(o), threads) for o in outs]
     for x in loaded:
         check_clock(clock, x.manifest["backend"], threads)

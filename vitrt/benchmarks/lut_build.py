@@ -38,9 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import Interrupted, VitrtError
 from vitrt.benchmarks.lut_passes import TimedGraph, compiled_model, with_key_passes
-from vitrt.compiler.lut import OPTIONAL_PARTS, PART_AXES, REQUIRED_PARTS, LatencyTable, SubTable, table_key
+from vitrt.compiler.lut import (OPTIONAL_PARTS, PART_AXES, REQUIRED_PARTS, RUNTIME_DEFAULT_THREADS, LatencyTable,
+                               SubTable, table_key)
 from vitrt.compiler.timing import Timing, check_clock, measure, typical_ms
 
 # Grid presets. "coarse" builds on a 2-core CPU in minutes; "dense" is NViT's grid (heads {1,3,6,9,12},
@@ -436,7 +437,7 @@ def new_table(backend: str, device: str, batch: int, grid: dict, preset: str, pr
     key = table_key(precision, sparsity)
     meta = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "libraries": library_versions(backend), "grid_preset": preset, "grid": grid,
-            "threads": threads or "runtime default", "complete": False, "provenance": {}}
+            "threads": threads or RUNTIME_DEFAULT_THREADS, "complete": False, "provenance": {}}
     table = LatencyTable(backend=backend, device=device, batch=batch, tables={}, patch=grid["patch"], in_chans=3,
                          num_classes=grid["num_classes"], meta=meta)
     add_key(table, grid, key)
@@ -519,7 +520,7 @@ def build_table(out, *, backend: str = "ort", grid="coarse", batch: int = 1, pre
     try:
         device_name = timer.backend.device_name()
         key = table_key(precision, sparsity)
-        table = _resume(out, backend, device_name, batch, grid, key, clock, shard)
+        table = _resume(out, backend, device_name, batch, grid, key, clock, shard, threads)
         if table is None:
             table = new_table(backend, device_name, batch, grid, preset, precision, sparsity, threads)
             table.clock = clock
@@ -550,8 +551,8 @@ def build_table(out, *, backend: str = "ort", grid="coarse", batch: int = 1, pre
                 table.meta["build_seconds"] = round(spent + time.perf_counter() - start, 1)
                 table.save(out)
                 done = sum(int(np.isfinite(p.ms).sum()) for p in parts.values())
-                raise VitrtError(f"interrupted: {done} grid points are saved in '{out}'; run the same command again "
-                                 "to resume") from None
+                raise Interrupted(f"{done} grid points are saved in '{out}': run the same command again to "
+                                  "resume") from None
         table.meta["build_seconds"] = round(spent + time.perf_counter() - start, 1)
         table.meta["complete"] = all(measured(parts_, grid, shard) for parts_ in table.tables.values())
         for part in parts.values():
@@ -563,18 +564,21 @@ def build_table(out, *, backend: str = "ort", grid="coarse", batch: int = 1, pre
 
 
 def _resume(out: Path, backend: str, device: str, batch: int, grid: dict, key: str,
-            timer_clock: str = "wall", shard: tuple[int, int] | None = None) -> LatencyTable | None:
+            timer_clock: str = "wall", shard: tuple[int, int] | None = None,
+            threads: int | None = None) -> LatencyTable | None:
     """The table in ``out`` to continue: the same build interrupted, or another key of the same table (which
     gains ``key``). None when ``out`` does not exist."""
     if not out.exists():
         return None
     table = LatencyTable.load(out)
-    same = (table.backend == backend and table.device == device and table.batch == batch and table.clock == timer_clock
-            and table.meta.get("grid") == grid
-            and table.meta.get("shard") == ({"index": shard[0], "count": shard[1]} if shard else None))
-    if not same:
-        raise VitrtError(f"'{out}' holds a different table (backend/device/batch/clock/grid/shard); choose another -o "
-                         "or delete it")
+    differ = [name for name, same in (
+        ("backend", table.backend == backend), ("device", table.device == device), ("batch", table.batch == batch),
+        ("clock", table.clock == timer_clock), ("grid", table.meta.get("grid") == grid),
+        ("shard", table.meta.get("shard") == ({"index": shard[0], "count": shard[1]} if shard else None)),
+        ("threads", table.threads == (threads or RUNTIME_DEFAULT_THREADS))) if not same]
+    if differ:
+        raise VitrtError(f"'{out}' holds a different table (its {', '.join(differ)} differ); rerun with its settings to "
+                         "resume it, choose another -o, or delete it")
     if key not in table.tables:
         add_key(table, grid, key)
     elif measured(table.tables[key], grid, shard):

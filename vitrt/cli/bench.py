@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import add_arguments, command_line, from_args, option
 from vitrt.compiler.progress import progress_for
 from vitrt.compiler.target import TORCH_COMPILE_MODES
@@ -50,6 +51,8 @@ def _cmd_bench(args) -> int:
     from vitrt.benchmarks.harness import bench_target, format_bench, parse_backends, parse_batches, write_json
 
     config = from_args(BenchConfig, args)
+    if config.json is not None and config.json.is_dir():
+        raise VitrtError(f"--json '{config.json}' is a directory; name a file")
     result = bench_target(config.target, parse_batches(config.batch), backend=parse_backends(config.backend),
                           device=config.device, torch_compile=config.torch_compile, iterations=config.iterations,
                           warmup=config.warmup, img_size=config.img_size, threads=config.threads, clock=config.clock,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.lut import PRECISIONS, SPARSITIES
 from vitrt.compiler.options import add_arguments, from_args, option
+from vitrt.compiler.output import check_output_file
 from vitrt.compiler.progress import progress_for
 from vitrt.compiler.target import BACKENDS
 from vitrt.compiler.timing import CLOCKS
@@ -100,8 +101,8 @@ def _cmd_lut_build(args) -> int:
     config = from_args(LutBuildConfig, args)
     if config.out is None:
         raise VitrtError("no output file: pass -o LUT")
-    if config.iterations < 1:
-        raise VitrtError(f"--iterations must be >= 1, got {config.iterations}")
+    if config.iterations < 1 or (config.threads is not None and config.threads < 1):
+        raise VitrtError(f"--iterations and --threads must be >= 1, got {config.iterations} and {config.threads}")
     shard = parse_shard(config.shard)
     table = build_table(config.out, backend=config.backend, grid=config.grid, batch=config.batch,
                         precision=config.precision, sparsity=config.sparsity, threads=config.threads,
@@ -120,6 +121,9 @@ def _cmd_lut_merge(args) -> int:
     config = from_args(LutMergeConfig, args)
     if config.out is None:
         raise VitrtError("no output file: pass -o LUT")
+    if any(Path(part).resolve() == Path(config.out).resolve() for part in config.parts):
+        raise VitrtError(f"-o {config.out} is one of the tables being merged; write the merged table elsewhere")
+    check_output_file(config.out, "-o")
     table = merge_tables(list(config.parts))
     table.save(config.out)
     print(f"wrote {config.out}: {len(config.parts)} parts, keys {', '.join(table.keys())}, {table.backend} on "
@@ -147,6 +151,15 @@ def _cmd_lut_query(args) -> int:
 
     config = from_args(LutQueryConfig, args)
     table = LatencyTable.load(config.lut)
+    if config.manifest:  # a compiled model is answered for its own batch, backend and precision, or refused
+        from vitrt.pipeline.feedback import compile_precision, read_manifest
+
+        manifest = read_manifest(config.manifest)
+        precision, sparsity = compile_precision(None, manifest)
+        batch = manifest.get("input_shape", [None])[0]
+        table.check(backend=manifest.get("backend"), batch=batch if isinstance(batch, int) else None,
+                    precision=precision, sparsity=sparsity)
+        config = replace(config, precision=precision, sparsity=sparsity)
     kw = dict(precision=config.precision, sparsity=config.sparsity, clamp=config.clamp)
     if config.model or config.manifest:
         parts = table.model_breakdown(_spec_for_query(config), **kw)
@@ -184,6 +197,7 @@ def _cmd_lut_plot(args) -> int:
     config = from_args(LutPlotConfig, args)
     if config.out is None:
         raise VitrtError("no output file: pass -o PNG")
+    check_output_file(config.out, "-o")
     plot_table(LatencyTable.load(config.lut), config.out, precision=config.precision, sparsity=config.sparsity)
     print(f"wrote {config.out}")
     return 0

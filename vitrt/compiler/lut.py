@@ -62,6 +62,11 @@ import numpy as np
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.jsonfile import read_json
+from vitrt.compiler.timing import CLOCKS
+
+UNCHECKED = object()  # LatencyTable.check: an argument that is not compared
+RUNTIME_DEFAULT_THREADS = "runtime default"  # the threads of a table or compile without --threads
+BACKEND_NAMES = ("ort", "trt", "torch")
 
 FORMAT = "vitrt.lut"
 FORMAT_VERSION = 1
@@ -221,8 +226,16 @@ class LatencyTable:
                              f"build one with vitrt lut build --precision {precision} --sparsity {sparsity}")
         return self.tables[key]
 
-    def check(self, *, backend=None, batch=None, precision="fp32", sparsity="dense", device=None, clock=None) -> None:
-        """Raise VitrtError when this table cannot answer for that backend / batch / precision / sparsity."""
+    def check(self, *, backend=None, batch=None, precision="fp32", sparsity="dense", device=None, clock=None,
+              threads=UNCHECKED) -> None:
+        """Raise VitrtError when this table cannot answer for that backend / batch / precision / sparsity (and, where
+        given, device, clock and intra-op threads: what a measurement compared with it must share)."""
+        if threads is not UNCHECKED and self.threads != (threads or RUNTIME_DEFAULT_THREADS):
+            def said(t):
+                return f"{t} intra-op thread(s)" if isinstance(t, int) else "the runtime's default threads"
+            fix = f"pass --threads {self.threads}" if isinstance(self.threads, int) else "leave --threads out"
+            raise VitrtError(f"the latency table was timed with {said(self.threads)}, the measurement would use "
+                             f"{said(threads or RUNTIME_DEFAULT_THREADS)}; {fix}, or build a table with those threads")
         if clock is not None and clock != self.clock:
             raise VitrtError(f"the latency table holds {self.clock}-clock times, the measurement is {clock}-clock; "
                              f"use a table built with --clock {clock}")
@@ -235,6 +248,11 @@ class LatencyTable:
         if device is not None and device != self.device:
             raise VitrtError(f"the latency table was measured on '{self.device}', not '{device}'; build one on this device")
         self._parts(precision, sparsity)
+
+    @property
+    def threads(self):
+        """The intra-op threads the table was timed with (an int, or ``runtime default``)."""
+        return self.meta.get("threads", RUNTIME_DEFAULT_THREADS)
 
     def grid_block_ms(self, *, emb, heads, qk, v, mlp, tokens, tokens_out=None, precision="fp32",
                       sparsity="dense", clamp=False) -> float:
@@ -289,7 +307,7 @@ class LatencyTable:
 
     def model_breakdown(self, spec, *, precision="fp32", sparsity="dense", clamp=False) -> dict[str, float]:
         """Predicted ms per canonical group (``overhead``, ``stem``, ``blocks.{i}``, ``head``)."""
-        self._check_spec(spec)
+        self.check_spec(spec)
         out = {"overhead": self.overhead_ms,
                "stem": self.stem_ms(emb=spec.emb, patches=spec.num_patches, precision=precision, sparsity=sparsity,
                                     clamp=clamp)}
@@ -319,7 +337,8 @@ class LatencyTable:
         factored = parts["lowrank"].lookup({**point, "rank": rank}, clamp=clamp, what=f"{layer} (low rank)")
         return factored - dense
 
-    def _check_spec(self, spec) -> None:
+    def check_spec(self, spec) -> None:
+        """Raise VitrtError when the table's stem / head were measured for another patch, channels or classes."""
         for name in ("patch", "in_chans", "num_classes"):
             if getattr(spec, name) != getattr(self, name):
                 raise VitrtError(f"the latency table's stem/head were measured with {name}={getattr(self, name)}, "
@@ -394,7 +413,7 @@ class LatencyTable:
         self.check(backend=latency.get("backend", manifest.get("backend")), batch=latency.get("batch"),
                    precision=precision, sparsity=sparsity, device=latency.get("device"),
                    clock=latency.get("clock", "wall"))
-        self._check_spec(spec)
+        self.check_spec(spec)
         groups = {k: float(v) for k, v in (latency.get("per_block_ms") or {}).items()}
         spanning = latency.get("spanning_layers") or []
         order = model_groups(spec)
@@ -480,8 +499,10 @@ class LatencyTable:
                     for a, v in axes.items():
                         if not v or any(x >= y for x, y in zip(v, v[1:])):
                             raise ValueError(f"{key} {name} axis '{a}' is empty or not strictly increasing")
-                    if np.any(ms[np.isfinite(ms)] < 0):
-                        raise ValueError(f"{key} {name} has negative latencies")
+                    if np.any(ms[np.isfinite(ms)] < 0) or np.any(np.isinf(ms)):
+                        raise ValueError(f"{key} {name} has negative or infinite latencies")
+                    if any(x < 0 for v in axes.values() for x in v):
+                        raise ValueError(f"{key} {name} has a negative axis value")
                     tables[key][name] = SubTable(axes, ms)
                 absent = set(REQUIRED_PARTS) - set(tables[key])
                 if absent:
@@ -490,12 +511,23 @@ class LatencyTable:
             for p in points:
                 if p["kind"] not in ("block", "stem", "head") or p["table"] not in tables or not p["ms"]:
                     raise ValueError("a refined point is malformed")
-                if any(not (isinstance(m, (int, float)) and m > 0) for m in p["ms"]):
-                    raise ValueError("a refined point has a non-positive latency")
+                if any(isinstance(m, bool) or not (isinstance(m, (int, float)) and 0 < m < math.inf) for m in p["ms"]):
+                    raise ValueError("a refined point has a latency that is not a positive number")
+                if not isinstance(p.get("sources"), list):
+                    raise ValueError("a refined point has no list of sources")
                 fields = {"block": BLOCK_KEY_FIELDS, "stem": STEM_KEY_FIELDS, "head": HEAD_KEY_FIELDS}[p["kind"]]
                 if not isinstance(p["key"], dict) or any(not isinstance(p["key"].get(f), (int, float)) or p["key"][f] < 0
                                                          for f in fields):
                     raise ValueError(f"a refined {p['kind']} point lacks one of {', '.join(fields)}")
+            for name in ("batch", "patch", "in_chans", "num_classes"):
+                if isinstance(data[name], bool) or not isinstance(data[name], int) or data[name] < 1:
+                    raise ValueError(f"'{name}' is {data[name]!r}, not a positive integer")
+            overhead = data.get("overhead_ms", 0.0)
+            if isinstance(overhead, bool) or not isinstance(overhead, (int, float)) or not 0 <= overhead < math.inf:
+                raise ValueError(f"'overhead_ms' is {overhead!r}, not a finite number >= 0")
+            if data.get("clock", "wall") not in CLOCKS or data["backend"] not in BACKEND_NAMES:
+                raise ValueError(f"clock '{data.get('clock')}' / backend '{data['backend']}' is not one of "
+                                 f"{'/'.join(CLOCKS)} / {'/'.join(BACKEND_NAMES)}")
             table = cls(backend=str(data["backend"]), device=str(data["device"]), batch=int(data["batch"]),
                         tables=tables, overhead_ms=float(data.get("overhead_ms", 0.0)), patch=int(data["patch"]),
                         in_chans=int(data["in_chans"]), num_classes=int(data["num_classes"]),

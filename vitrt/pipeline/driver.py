@@ -207,8 +207,11 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
     with atomic_output_dir(config.out, config.force) as staging:
         # fails fast (before any work) when its runtime is missing; --no-build needs none
         backend = None if target.no_build else get_backend(target.backend, target.device)
-        lut = open_for_compile(config)
+        refining = backend is not None and checks.lut is not None and checks.refine_lut
+        lut = open_for_compile(config, device=backend.device_name() if refining else None)
         source = inspect_source(config, module, progress)
+        if lut is not None and checks.refine_lut:  # the measurement will go into the table: its stem / head must fit
+            lut.check_spec(source.spec)
         stages = active_stages(config)
         config.check_against(source.spec)
         PassManager([s.graph_pass for s in stages] + list(FINAL_PASSES))  # the whole schedule, before any work

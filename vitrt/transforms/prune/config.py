@@ -3,6 +3,7 @@ few-shot block compression (``--dcvit-macs`` and the ``--dcvit-*`` / ``--few-sho
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +73,11 @@ class PruneConfig:
             raise OptionError(f"--prune {self.fraction} must be a latency fraction in (0, 1], e.g. 0.5")
         if sum([self.fraction is not None, self.plan is not None, self.revit, self.dcvit_macs is not None]) > 1:
             raise OptionError("--prune, --prune-plan, --revit and --dcvit-macs are alternatives: pass one of them")
-        if self.finetune_epochs < 0 or self.samples < 1 or self.eta < 0:
-            raise OptionError("--finetune-epochs and --eta must be >= 0 and --prune-samples >= 1")
+        if not (math.isfinite(self.eta) and self.eta >= 0):
+            raise OptionError(f"--eta must be a finite number >= 0, got {self.eta}")
+        if self.finetune_epochs < 0 or self.samples < 1:
+            raise OptionError(f"--finetune-epochs must be >= 0 and --prune-samples >= 1, got {self.finetune_epochs} "
+                              f"and {self.samples}")
         if self.finetune_epochs and not self.enabled:
             raise OptionError("--finetune-epochs fine-tunes a pruned model: add --prune, --prune-plan or --revit")
         return self.validate_dcvit()
