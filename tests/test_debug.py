@@ -266,3 +266,19 @@ def test_a_table_written_with_float_layers_is_reused_with_the_same_exclusion(tmp
     assert "head.input.quantize" not in {n.name for n in graphs[1].node}
     for a, b in zip(*(sorted(g.initializer, key=lambda i: i.name) for g in graphs)):
         assert a.name == b.name and np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+
+
+def test_bisect_reverts_token_merging_with_flags_compile_accepts(tmp_path):
+    """A token-merged OUT bisects (the reverted schedule is per block, with no DFE skip added) and the printed
+    flags compile."""
+    from vitrt.debug.bisect import bisect_record
+
+    model = tiny_vit(depth=3)
+    vitrt.compile(model, tmp_path / "tome", tome="4", dfe_skip=0, **COMMON)
+    record = load_record(tmp_path / "tome")
+    images = np.random.default_rng(3).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    found = bisect_record(record, images, None, max_drop=0.0, stages=("tome",))
+    assert found["flags"].startswith("--tome-schedule ") and "--dfe-skip" not in found["flags"]
+    schedule = found["flags"].split()[1]
+    again = vitrt.compile(model, tmp_path / "again", tome_schedule=schedule, verify=True, **COMMON)
+    assert again.manifest["verify"]["ok"]

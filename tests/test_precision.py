@@ -239,6 +239,17 @@ def test_int4w_for_ort_keeps_fp32_activations(tmp_path, twin, images):
     for dq in (n for n in model.graph.node if n.op_type == "DequantizeLinear"):
         assert types[dq.input[1]] == F32 and types[dq.output[0]] == F32
     assert manifest["verify"]["ok"]
+    # the engine that ships is the function that was verified: ONNX Runtime's MatMulNBits fusion keeps the
+    # activations fp32 (accuracy level 0), where its default would quantize them to int8
+    engine = onnx.load(str(tmp_path / "out" / "model.ort.onnx"))
+    fused = [n for n in engine.graph.node if n.op_type == "MatMulNBits"]
+    assert fused and all(a.i == 0 for n in fused for a in n.attribute if a.name == "accuracy_level")
+    from vitrt.compiler.backends import BuildOptions, get_backend
+
+    runner = get_backend("ort").load(tmp_path / "out" / "model.ort.onnx", BuildOptions())
+    graph = ort_session(model, level="basic")  # the graph as --verify runs it
+    x = np.asarray(images)[:BATCH]  # one batch of the verification images
+    assert abs(runner.infer(x) - graph.run(None, {graph.get_inputs()[0].name: x})[0]).max() <= 1e-4
 
 
 def test_typing_passes_are_stateless_and_never_mutate_the_twin(twin, images):

@@ -79,7 +79,7 @@ def reverted_plans(record, units) -> dict:
         plan = record.plans["tome"]
         r = [0 if f"blocks.{b.index}" in by_stage["tome"] else b.merges for b in plan.blocks]
         before = record.twins[record.stages.index("tome")].spec
-        plans["tome"] = resolve(TomeSchedule(per_block=tuple(r), skip=0), before)
+        plans["tome"] = resolve(TomeSchedule(per_block=tuple(r)), before)  # per block: no DFE skip to add
     return plans
 
 
@@ -94,7 +94,7 @@ def exclude_flags(record, units) -> str:
         flags.append(f"--sparse-exclude {','.join(sparse)}")
     if any(u.stage == "tome" for u in units):
         plan = reverted_plans(record, [u for u in units if u.stage == "tome"])["tome"]
-        flags.append(f"--tome-schedule {','.join(str(r) for r in plan.r)} --dfe-skip 0")
+        flags.append(f"--tome-schedule {','.join(str(r) for r in plan.r)}")
     return " ".join(flags)
 
 

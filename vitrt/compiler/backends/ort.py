@@ -53,6 +53,10 @@ def ort_session(model, *, threads: int | None = None, level: str = "all", optimi
                                    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                                    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
     so.log_severity_level = 3
+    # ONNX Runtime fuses an int4 weight's DequantizeLinear + MatMul into MatMulNBits and, by default (accuracy level
+    # 4), quantizes the activations to int8 inside it: a different function from the int4-weight / fp32-activation
+    # graph --verify checks (0.03 on the digits logits). Level 0 keeps the activations fp32: what was verified ships.
+    so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     if threads:
         so.intra_op_num_threads = threads
     if optimized_path is not None:
