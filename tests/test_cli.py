@@ -169,3 +169,11 @@ def test_data_options_are_checked_before_any_work(tmp_path, capsys, flags, messa
     argv = ["compile", "digits", "-o", str(tmp_path / "out")] + [f.format(**names) for f in flags]
     assert main(argv) == 2
     assert message.format(**names) in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_reference_output_is_checked_before_training(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["reference", "-o", str(tmp_path / "w")]) == 2
+    assert "add --retrain" in capsys.readouterr().err
+    assert main(["reference", "--retrain", "-o", str(tmp_path / "file")]) == 2  # refused at once, not after training
+    assert "exists and is not a directory" in capsys.readouterr().err

@@ -108,6 +108,11 @@ def test_compare_command_writes_table_and_plot(outs, tmp_path, capsys):
     assert (report / "error_growth.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "largest contributor: blocks." in printed and "first point over its tolerance" in printed
+    # two unrelated models (10 and 5 classes): refused, not "every point within tolerance"
+    vitrt.compile(tiny_vit(depth=3, num_classes=5), tmp_path / "other", **COMMON)
+    assert cli_main(["compare", str(outs / "fp32"), str(tmp_path / "other"), "--images", "4", "-o",
+                     str(tmp_path / "r2")]) == 2
+    assert "cannot be compared: their logits differ" in capsys.readouterr().err and not (tmp_path / "r2").exists()
 
 
 def test_compare_a_b_same_graph_is_exact(outs):
@@ -138,6 +143,23 @@ def test_compare_refusals(outs, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
     with pytest.raises(VitrtError, match="drop B"):
         CompareConfig(outs / "fp32", outs / "int8", bisect=True).validate()
+    for options, message in (({"max_drop": float("nan")}, "--max-drop must be a number of points"),
+                             ({"max_drop": float("inf")}, "--max-drop must be a number of points"),
+                             ({"bisect_stages": "foo"}, "--bisect-stages takes a comma-separated subset"),
+                             ({"threads": 0}, "--threads must be >= 1")):
+        with pytest.raises(VitrtError, match=message):  # before the compare runs, not after it
+            CompareConfig(outs / "int8", bisect=True, **options).validate()
+
+
+def test_debug_digits_never_replaces_a_directory_it_did_not_make(tmp_path, capsys):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "thesis.txt").write_text("keep")
+    assert cli_main(["debug-digits", "--work", str(tmp_path / "work"), "--results", str(tmp_path / "r")]) == 2
+    assert "was not made by vitrt debug-digits" in capsys.readouterr().err
+    assert (tmp_path / "work" / "thesis.txt").read_text() == "keep" and not (tmp_path / "r").exists()
+    for bad in (["--keep-float-top", "x"], ["--max-drop", "nan"], ["--ranking", str(tmp_path / "missing.json")]):
+        assert cli_main(["debug-digits", "--work", str(tmp_path / "w2"), *bad]) == 2
+    assert not (tmp_path / "w2").exists()
 
 
 # --- sensitivity and fallback ---------------------------------------------------------------------------------------

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from vitrt.compiler.errors import OptionError
 from vitrt.compiler.options import add_command, option
+from vitrt.compiler.output import check_output_dir
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,10 @@ def run(config: ReferenceConfig) -> int:
     from vitrt.compiler.progress import Progress
 
     recipe = ReferenceRecipe()
+    if config.out is not None:  # checked before minutes of training, not after
+        if not config.retrain:
+            raise OptionError("-o writes retrained weights: add --retrain")
+        check_output_dir(config.out, force=False)
     if not config.retrain:
         _, info = load_reference(recipe)
         weights, _ = shipped_paths(recipe)
@@ -30,7 +37,12 @@ def run(config: ReferenceConfig) -> int:
         return 0
     report = retrain_and_compare(recipe, config.out, Progress(enabled=not config.quiet))
     print(json.dumps(report, indent=2))
-    return 0 if report.get("matches_shipped", True) else 1
+    if not report.get("matches_shipped", True):
+        print(f"vitrt: the retrained weights differ from the shipped ones (max abs difference "
+              f"{report['max_abs_weight_difference']:.3g}; test top-1 {100 * report['test_top1']:.2f} % vs shipped "
+              f"{100 * report['shipped_test_top1']:.2f} %)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def add_subcommands(sub) -> None:

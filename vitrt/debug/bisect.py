@@ -25,8 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vitrt.compiler.errors import VitrtError
-
-BISECT_STAGES = ("quant", "sparsity", "tome")
+from vitrt.debug.config import BISECT_STAGES
 
 
 @dataclass(frozen=True)

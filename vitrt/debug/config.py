@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,8 @@ from vitrt.compiler.errors import OptionError, VitrtError
 from vitrt.compiler.known_models import is_digits_model
 from vitrt.compiler.options import option
 from vitrt.pipeline.config import check_data_source
+
+BISECT_STAGES = ("quant", "sparsity", "tome")  # the stages whose layers --bisect may revert
 
 AGAINST = ("twin", "float")
 PROBE_BACKENDS = ("ort", "torch")  # backends that can return a graph's intermediate tensors (vitrt.debug.probes)
@@ -58,10 +61,17 @@ class CompareConfig:
             raise OptionError("--bisect and --against compare one OUT with its twin: drop B")
         if self.b is None and self.backend_b is not None:
             raise OptionError("--backend-b needs a second OUT B")
-        if self.max_drop < 0:
-            raise OptionError(f"--max-drop must be >= 0, got {self.max_drop}")
+        if not (math.isfinite(self.max_drop) and 0 <= self.max_drop <= 100):
+            raise OptionError(f"--max-drop must be a number of points in [0, 100], got {self.max_drop}")
         if (self.bisect_stages is not None or self.max_drop != 0.5) and not self.bisect:
             raise OptionError("--bisect-stages / --max-drop need --bisect")
+        stages = [s.strip() for s in (self.bisect_stages or "").split(",") if s.strip()]
+        unknown = [s for s in stages if s not in BISECT_STAGES]
+        if unknown or (self.bisect_stages is not None and not stages):
+            raise OptionError(f"--bisect-stages takes a comma-separated subset of {', '.join(BISECT_STAGES)}; got "
+                              f"'{self.bisect_stages}'")
+        if self.threads is not None and self.threads < 1:
+            raise OptionError(f"--threads must be >= 1, got {self.threads}")
         for path in (self.a, self.b):
             if path is not None:
                 check_out(path)

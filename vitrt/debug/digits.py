@@ -17,6 +17,7 @@ the data it is given); the ``--keep-float-top`` rows never see the test labels.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,7 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from vitrt.compiler.errors import OptionError
 from vitrt.compiler.options import option
+
+WORK_MARKER = ".vitrt-debug-digits"  # what marks a --work directory as this command's own (safe to replace)
 
 AGGRESSIVE = dict(precision="int8", quantize_attention=True, calib_data="synthetic", calib_images=2)
 AGGRESSIVE_FLAGS = "--precision int8 --quantize-attention --calib-data synthetic --calib-images 2"
@@ -44,6 +48,28 @@ class DigitsDebugConfig:
     ranking: Path | None = option(None, "a sensitivity.json to rank --keep-float-top by (default: score it)",
                                   type=Path, metavar="FILE")
     quiet: bool = option(False, "no progress output")
+
+    def validate(self) -> "DigitsDebugConfig":
+        """Every option checked before anything is deleted or compiled."""
+        try:
+            ks = [int(k) for k in self.keep_float_top.split(",")]
+        except ValueError:
+            ks = []
+        if not ks or any(k < 1 for k in ks):
+            raise OptionError(f"--keep-float-top takes comma-separated counts >= 1, got '{self.keep_float_top}'")
+        if not (math.isfinite(self.max_drop) and 0 <= self.max_drop <= 100):
+            raise OptionError(f"--max-drop must be a number of points in [0, 100], got {self.max_drop}")
+        if self.ranking_images < 1 or (self.threads is not None and self.threads < 1):
+            raise OptionError("--ranking-images and --threads must be >= 1")
+        if self.ranking is not None and not self.ranking.is_file():
+            raise OptionError(f"--ranking '{self.ranking}' does not exist or is not a file")
+        work = Path(self.work)
+        if work.exists() and not work.is_dir():
+            raise OptionError(f"--work '{work}' is not a directory")
+        if work.is_dir() and any(work.iterdir()) and not (work / WORK_MARKER).is_file():
+            raise OptionError(f"--work '{work}' is not empty and was not made by vitrt debug-digits (it replaces its "
+                              "--work); choose another --work")
+        return self
 
 
 def digits_test_images():
@@ -191,12 +217,14 @@ def run(config: DigitsDebugConfig) -> int:
     from vitrt.compiler.output import write_json
     from vitrt.compiler.progress import progress_for
 
+    config = config.validate()
     progress = progress_for(config)
     command = command_line()
     model, _ = load_reference()
-    if config.work.exists():
+    if config.work.exists():  # validate() allows only a --work this command made
         shutil.rmtree(config.work)
     config.work.mkdir(parents=True)
+    (config.work / WORK_MARKER).write_text("made by vitrt debug-digits; replaced by its next run\n")
     compare = None if config.skip_compare else compare_reports(model, config, progress)
     table = fallback_table(model, config, progress)
     config.results.mkdir(parents=True, exist_ok=True)

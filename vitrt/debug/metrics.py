@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vitrt.compiler.errors import VitrtError
 from vitrt.debug.points import Point
 
 
@@ -185,7 +186,11 @@ def compare_probes(candidate, reference, points: list[Point], batches, tolerance
                 missing.setdefault(p.name, f"shapes differ: {list(a[p.name].shape[1:])} vs {list(b[p.name].shape[1:])}")
             else:
                 stats[p.name].update(a[p.name], b[p.name])
-        if "logits" in a and "logits" in b:
+        if "logits" in a and "logits" in b and a["logits"].shape == b["logits"].shape:
             head.update(a["logits"], b["logits"], labels)
     kept = [stats[p.name] for p in points if p.name not in missing]
+    if not kept or "logits" in missing:  # two unrelated models: nothing (or not even the outputs) compares
+        reason = missing.get("logits", "no point is in both graphs")
+        raise VitrtError(f"the two graphs cannot be compared: their logits differ ({reason}); compare an OUT with "
+                         "its twin, or two compiles of the same model")
     return Comparison(kept, head, tolerance, missing)
