@@ -122,7 +122,7 @@ class SubTable:
             if not lo <= x <= hi:
                 if not clamp:
                     raise VitrtError(f"{what}: {name}={point[name]:g} is outside the table's grid [{lo}, {hi}]; "
-                                     "rebuild the table with a wider grid or query with clamping (--clamp)")
+                                     "rebuild the table with a wider grid (or, for vitrt lut query, pass --clamp)")
                 x = min(max(x, lo), hi)
             coords.append(x)
         if not self.complete:
@@ -342,8 +342,9 @@ class LatencyTable:
         for name in ("patch", "in_chans", "num_classes"):
             if getattr(spec, name) != getattr(self, name):
                 raise VitrtError(f"the latency table's stem/head were measured with {name}={getattr(self, name)}, "
-                                 f"the model has {name}={getattr(spec, name)}; build a table with --{name.replace('_', '-')} "
-                                 f"{getattr(spec, name)}")
+                                 f"the model has {name}={getattr(spec, name)}; build a table whose grid has "
+                                 f"{name}={getattr(spec, name)} (vitrt lut build --grid digits for the digits "
+                                 "reference, coarse or dense for ImageNet ViTs)")
 
     # --- refinement ----------------------------------------------------------------------------
     def _correction(self, kind: str, point: dict, precision: str, sparsity: str) -> float:
