@@ -93,7 +93,7 @@ def test_model_ms_is_overhead_plus_stem_plus_blocks_plus_head(table):
     with pytest.raises(VitrtError, match="tokens=18 is outside"):  # 2 prefix tokens: 18 tokens, grid ends at 17
         table.model_ms(distilled)
     wrong_patch = spec_of_timm(tiny_vit(depth=1, patch_size=4, **TINY_ARGS))
-    with pytest.raises(VitrtError, match="patch=8.*patch 4"):
+    with pytest.raises(VitrtError, match="patch=8.*grid has patch=4"):
         table.model_ms(wrong_patch)
 
 
