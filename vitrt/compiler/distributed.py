@@ -9,6 +9,7 @@ gloo for CPU tensors and NCCL for CUDA tensors (``cpu:gloo,cuda:nccl`` where CUD
 
 from __future__ import annotations
 
+import atexit
 import os
 
 
@@ -21,7 +22,17 @@ def world() -> tuple[int, int] | None:
 
     if not dist.is_initialized():
         dist.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+        # torn down before the interpreter exits: a group left to process teardown can abort a rank ("terminate
+        # called without an active exception", seen once in CI under load) after all its work succeeded
+        atexit.register(_destroy_process_group)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_writer() -> bool:
