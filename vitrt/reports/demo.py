@@ -127,7 +127,7 @@ def format_table(result: dict) -> str:
         lines.append(f"| {r['variant']} | {r['compiled_top1'] * 100:.2f} % | {r['delta_points']:+.2f} pt | "
                      f"{r['torch_top1'] * 100:.2f} % | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
                      f"{r['speedup']:.2f}x | {r['artifact_mb']:.2f} | {r['max_abs_err']:.1e} |")
-    slower = [r for r in result["rows"][1:] if r["speedup"] < 1.0]
+    slower = [r for r in result["rows"][1:] if round(r["speedup"], 2) < 1.0]  # as printed: "1.00x" is not slower
     reasons = SLOWER_BECAUSE.get(result["backend"], {})
     busy = result["load_average"] > result["cores"]
     for r in slower:
