@@ -137,8 +137,9 @@ def format_table(result: dict) -> str:
     if busy:
         lines.append(f"\nWarning: load average {result['load_average']} on {result['cores']} cores while timing: other "
                      "work shared the CPU, so latencies are inflated and ratios noisy.")
-    lines.append(f"\ntop-1: the compiled artifact; Δ: points against the dense artifact; artifact: the backend's "
-                 f"deployable file. CPU time of the whole demo: {result['cpu_seconds']} s.")
+    lines.append(f"\ntop-1: the compiled artifact; Δ: points against the dense artifact; speedup: the median of the "
+                 f"per-round ratios to dense (robust to a busy round; it can differ from the ratio of the medians); "
+                 f"artifact: the backend's deployable file. CPU time of the whole demo: {result['cpu_seconds']} s.")
     return "\n".join(lines)
 
 
