@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -177,3 +178,10 @@ def test_reference_output_is_checked_before_training(tmp_path, capsys):
     assert "add --retrain" in capsys.readouterr().err
     assert main(["reference", "--retrain", "-o", str(tmp_path / "file")]) == 2  # refused at once, not after training
     assert "exists and is not a directory" in capsys.readouterr().err
+
+
+def test_prune_plan_takes_the_digits_reference_by_name(tmp_path, capsys):
+    lut = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lut_ort_digits_b8_cpu.json"
+    assert main(["prune-plan", "digits", "--prune", "0.7", "--lut", str(lut), "--batch", "8", "--quiet",
+                 "-o", str(tmp_path / "plan.json")]) == 0
+    assert len(json.loads((tmp_path / "plan.json").read_text())["emb"]) == 64 and "plan: emb" in capsys.readouterr().out

@@ -108,7 +108,10 @@ def _cmd_prune_plan(args) -> int:
     if out.exists() and not config.force:
         raise VitrtError(f"{out} exists: pass --force to replace it")
     progress = Progress(enabled=not config.quiet)
-    _, twin = load_source(config, inspect_source(config, None, progress), progress)
+    from vitrt.pipeline.recipe import resolve_model
+
+    module, _ = resolve_model(config.model)  # the digits reference by name, as in vitrt compile
+    _, twin = load_source(config, inspect_source(config, module, progress), progress)
     ctx = PlanContext(target=config.target, teacher=twin, lut=open_for_compile(config), lut_path=config.checks.lut,
                       model=config.model, seed=config.seed, progress=progress)
     plan = structure(twin, ctx, config.prune)
