@@ -271,7 +271,12 @@ def test_cli_exit_codes(lut_path, tmp_path, capsys):
     assert "outside the table's grid" in capsys.readouterr().err
     assert run("lut", "query", lut_path, "--emb", 64, "--heads", 2, "--qk", 32, "--v", 32, "--mlp", 128,
                "--tokens", 40, "--clamp", "--json") == 0
-    assert "block_ms" in json.loads(capsys.readouterr().out)
+    answer = json.loads(capsys.readouterr().out)
+    assert "block_ms" in answer and answer["clamped_to_grid"] is True  # said, not silent
+    assert run("lut", "query", lut_path, "--emb", 64, "--heads", 2, "--qk", 32, "--v", 32, "--mlp", 128,
+               "--tokens", 40, "--clamp") == 0 and "clamped: outside the table's grid" in capsys.readouterr().out
+    assert run("lut", "query", lut_path, "--emb", -5, "--heads", 2, "--qk", 32, "--v", 32, "--mlp", 128,
+               "--tokens", 17, "--clamp") == 2 and "--emb -5 is not a size" in capsys.readouterr().err
     assert run("lut", "query", lut_path, "--emb", 64) == 2
     assert "block query needs --heads" in capsys.readouterr().err
     corrupt = tmp_path / "corrupt.json"

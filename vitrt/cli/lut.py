@@ -160,20 +160,37 @@ def _cmd_lut_query(args) -> int:
         table.check(backend=manifest.get("backend"), batch=batch if isinstance(batch, int) else None,
                     precision=precision, sparsity=sparsity)
         config = replace(config, precision=precision, sparsity=sparsity)
-    kw = dict(precision=config.precision, sparsity=config.sparsity, clamp=config.clamp)
+    kw = dict(precision=config.precision, sparsity=config.sparsity)
     if config.model or config.manifest:
-        parts = table.model_breakdown(_spec_for_query(config), **kw)
-        result = {"model_ms": sum(parts.values()), "parts_ms": parts}
-        text = f"{result['model_ms']:.3f} ms (batch {table.batch}, {table.backend})"
+        spec = _spec_for_query(config)
+
+        def query(clamp):
+            return table.model_breakdown(spec, **kw, clamp=clamp)
     else:
         dims = {k: getattr(config, k) for k in ("emb", "heads", "qk", "v", "mlp", "tokens")}
         missing = [k for k, val in dims.items() if val is None and not (k in ("qk", "v") and dims["heads"] == 0)]
         if missing:
             raise VitrtError(f"block query needs --{' --'.join(missing)} (or --model / --manifest for a whole model)")
         dims = {k: (val or 0) for k, val in dims.items()}
-        ms = table.block_ms(**dims, tokens_out=config.tokens_out, **kw)
-        result = {"block_ms": ms, "grid_ms": table.grid_block_ms(**dims, tokens_out=config.tokens_out, **kw)}
-        text = f"{ms:.3f} ms (batch {table.batch}, {table.backend})"
+        bad = [k for k, val in dims.items() if val < 0 or (val == 0 and k in ("emb", "tokens"))]
+        if bad:  # 0 heads / mlp: that half removed; nothing else is a size
+            raise VitrtError(f"--{bad[0]} {dims[bad[0]]} is not a size: dims are >= 1 (--heads / --mlp 0: removed)")
+
+        def query(clamp):
+            return {"block_ms": table.block_ms(**dims, tokens_out=config.tokens_out, **kw, clamp=clamp),
+                    "grid_ms": table.grid_block_ms(**dims, tokens_out=config.tokens_out, **kw, clamp=clamp)}
+    try:
+        result, clamped = query(False), False
+    except VitrtError:
+        if not config.clamp:
+            raise
+        result, clamped = query(True), True
+    if "block_ms" not in result:
+        result = {"model_ms": sum(result.values()), "parts_ms": result}
+    result["clamped_to_grid"] = clamped
+    ms = result.get("model_ms", result.get("block_ms"))
+    text = f"{ms:.3f} ms (batch {table.batch}, {table.backend})" + (
+        "; clamped: outside the table's grid, the nearest grid edge answered" if clamped else "")
     print(json.dumps(result, indent=2) if config.json else text)
     return 0
 
