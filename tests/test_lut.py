@@ -293,6 +293,13 @@ def test_cli_exit_codes(lut_path, tmp_path, capsys):
     assert "needs --bench" in capsys.readouterr().err
     png = tmp_path / "lut.png"
     assert run("lut", "plot", lut_path, "-o", png) == 0 and png.stat().st_size > 10_000
+    assert run("lut", "plot", lut_path, "-o", tmp_path / "lut.pdf") == 0  # the format follows the suffix
+    assert (tmp_path / "lut.pdf").read_bytes()[:4] == b"%PDF"
+    unfinished = json.loads(lut_path.read_text())
+    unfinished["tables"]["fp32/dense"]["mlp"]["ms"][0][0][0] = float("nan")  # a point an interrupted build left
+    (tmp_path / "unfinished.json").write_text(json.dumps(unfinished))
+    assert run("lut", "plot", tmp_path / "unfinished.json", "-o", tmp_path / "u.png") == 2
+    assert "incomplete" in capsys.readouterr().err and not (tmp_path / "u.png").exists()
     capsys.readouterr()
     assert run("lut", "plot", lut_path, "-o", tmp_path) == 2  # a directory: one line, no stray temporary file
     assert "is a directory" in capsys.readouterr().err and not list(tmp_path.glob(".*.tmp*"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.lut import LatencyTable, table_key
 
 
@@ -18,6 +19,9 @@ def plot_table(table: LatencyTable, out, *, precision: str = "fp32", sparsity: s
     table.check(precision=precision, sparsity=sparsity)
     parts = table.tables[table_key(precision, sparsity)]
     attn, mlp = parts["attn"], parts["mlp"]
+    if not all(part.complete for part in parts.values()):
+        raise VitrtError(f"the table's {precision}/{sparsity} entries are incomplete (an interrupted build): resume it "
+                         "with the same vitrt lut build command, then plot")
     ax_a, ax_m = attn.axes, mlp.axes
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     t = len(ax_a["tokens"]) - 1
@@ -42,11 +46,12 @@ def plot_table(table: LatencyTable, out, *, precision: str = "fp32", sparsity: s
     for ax in axes.flat:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{table.backend} on {table.device}, batch {table.batch}, {precision}/{sparsity}")
+    fig.suptitle(f"{table.backend} on {table.device}, batch {table.batch}, {precision}/{sparsity}, {table.clock} "
+                 f"clock, threads: {table.threads}")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix or '.png'}")
+    fig.savefig(tmp, dpi=100)  # the format follows the name's suffix (.png, .pdf, .svg)
     plt.close(fig)
     tmp.replace(out)
