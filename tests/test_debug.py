@@ -231,7 +231,9 @@ def test_fallback_refusals(tmp_path):
     bad.write_text(json.dumps({"precision": "fp8", "layers": [{"layer": "head"}]}))
     with pytest.raises(VitrtError, match="scored at fp8"):
         vitrt.compile(model, tmp_path / "c", precision="int8", keep_float_top=1, sensitivity=bad, **COMMON)
-    assert not any((tmp_path / d).exists() for d in "abc")
+    with pytest.raises(VitrtError, match="keeps every one of the .* quantizable layers float"):
+        vitrt.compile(model, tmp_path / "d", precision="int8", keep_float_top=999, calib_images=4, **COMMON)
+    assert not any((tmp_path / d).exists() for d in "abcd")
 
 
 # --- bisection -------------------------------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ class QuantConfig:
         if self.keep_float_top < 0:
             raise OptionError(f"--keep-float-top must be >= 0, got {self.keep_float_top}")
         if self.sensitivity is not None and not self.keep_float_top:
-            raise OptionError("--sensitivity ranks layers for --keep-float-top K: add it (or drop --sensitivity)")
+            raise OptionError("--sensitivity ranks layers for --keep-float-top K: pass a K >= 1 (or drop "
+                              "--sensitivity)")
         if self.sensitivity is not None and not Path(self.sensitivity).is_file():
             raise OptionError(f"--sensitivity '{self.sensitivity}' does not exist or is not a file")
         return self

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from vitrt.calib.data import take_images
+from vitrt.compiler.errors import VitrtError
 from vitrt.transforms.base import PlanContext
 from vitrt.transforms.quant.scale_table import ScaleTable, excluded_layers, read_ranking
 from vitrt.transforms.quant.sensitivity import score_layers, table_layers
@@ -28,6 +29,9 @@ def most_sensitive(twin, table, ctx: PlanContext, options, skip) -> dict[str, st
     """The ``--keep-float-top`` K most sensitive layers not in ``skip`` -> why: from the ``--sensitivity`` ranking,
     else scored on the calibration data (KL of the output with only that layer quantized)."""
     candidates = [layer for layer in table_layers(table) if layer not in skip]
+    if options.keep_float_top >= len(candidates):
+        raise VitrtError(f"--keep-float-top {options.keep_float_top} keeps every one of the {len(candidates)} "
+                         f"quantizable layers float: nothing would be {table.precision}; pass fewer (or compile fp32)")
     if options.sensitivity is not None:
         ranking = read_ranking(options.sensitivity, table.precision, candidates + list(skip))
         ranked = [layer for layer in ranking if layer in candidates]
