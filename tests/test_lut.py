@@ -202,6 +202,9 @@ def test_refine_fixes_the_refined_model_and_leaves_distant_ones_alone(table):
     assert kinds == ["block", "head", "stem"]  # both identical blocks share one point with two observations
     block = next(p for p in table.points if p["kind"] == "block")
     assert len(block["ms"]) == 2 and block["sources"][0]["source"] == "out/manifest.json"
+    with pytest.raises(VitrtError, match="already folded into this table"):  # the same measurement is one, not two
+        table.refine(manifest, source="out/manifest.json")
+    assert len(block["ms"]) == 2
     # A nearby block (one head fewer) gets part of the correction; the grid itself is untouched.
     grid = table.grid_block_ms(emb=64, heads=1, qk=32, v=32, mlp=128, tokens=17)
     near = table.block_ms(emb=64, heads=1, qk=32, v=32, mlp=128, tokens=17)

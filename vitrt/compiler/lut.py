@@ -437,6 +437,11 @@ class LatencyTable:
                       "measured_median_ms": float(latency["median_ms"]),
                       "attribution": f"{len(spanning)} layer(s) spanning several blocks shared by the table's "
                                      "predictions" if spanning else "per-layer profiler names"}
+        for done in self.meta.get("refinements", []):  # the same measurement twice would count as two
+            if source and done.get("source") == str(source) and done.get("measured_median_ms") == \
+                    provenance["measured_median_ms"]:
+                raise VitrtError(f"'{source}' (measured {provenance['measured_median_ms']:g} ms) is already folded "
+                                 "into this table; benchmark the model again for a new measurement")
         kw = dict(precision=precision, sparsity=sparsity, source=provenance)
         self.add_point("stem", {"emb": spec.emb, "patches": spec.num_patches}, groups["stem"] * scale, **kw)
         for i, b in enumerate(spec.blocks):
