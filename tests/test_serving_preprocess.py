@@ -43,6 +43,13 @@ def test_preprocess_matches_torch_bilinear(height, width, size):
     assert np.max(np.abs(out - torch_reference(raw, size, mean, std)) * scale) <= 5e-5
 
 
+def test_an_empty_image_is_a_clear_error():
+    from vitrt.serving.preprocess import preprocess
+
+    with pytest.raises(ValueError, match=r"height >= 1, width >= 1, 3\], got shape \[1, 0, 0, 3\]"):
+        preprocess(np.zeros((1, 0, 0, 3), np.uint8), 32, (0.5,) * 3, (0.5,) * 3)
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, digits_reference):
     import vitrt

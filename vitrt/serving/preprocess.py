@@ -6,8 +6,9 @@ input size or normalisation.
 
 The step resizes to the engine's input size (bilinear, half-pixel centres: ``torch.nn.functional.interpolate(...,
 mode="bilinear", align_corners=False)``, no crop), scales to [0, 1] and normalises with the model's mean and std:
-timm's pretrained configuration for a timm model name, (0.5, 0.5, 0.5) for the digits reference (its data
-pipeline), ImageNet's otherwise. The functions below are the implementation: ``model.py`` is written from their
+the manifest's recorded ``preprocessing`` (timm's data config of the compiled model); for an OUT compiled before
+vitrt recorded it, timm's pretrained configuration of the model name, (0.5, 0.5, 0.5) for the digits reference,
+ImageNet's otherwise. The functions below are the implementation: ``model.py`` is written from their
 source, so what the tests check here is what Triton runs (numpy only: the Python backend has nothing else).
 """
 
@@ -34,7 +35,9 @@ def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def preprocess(raw: np.ndarray, size: int, mean, std) -> np.ndarray:
-    """Raw uint8 images [B, H, W, 3] -> normalised float32 [B, 3, size, size]."""
+    """Raw uint8 images [B, H, W, 3] -> normalised float32 [B, 3, size, size]; an empty image is a ValueError."""
+    if raw.ndim != 4 or raw.shape[1] < 1 or raw.shape[2] < 1:
+        raise ValueError(f"expected images [batch, height >= 1, width >= 1, 3], got shape {list(raw.shape)}")
     images = resize_bilinear(raw.astype(np.float32) / 255.0, size)
     images = (images - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
@@ -60,7 +63,11 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             raw = pb_utils.get_input_tensor_by_name(request, "{raw}").as_numpy()
-            images = preprocess(raw, self.size, self.mean, self.std)
+            try:
+                images = preprocess(raw, self.size, self.mean, self.std)
+            except ValueError as exc:  # a bad image is this request's error, not the model's crash
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+                continue
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("{images}", images)]))
         return responses
 '''
