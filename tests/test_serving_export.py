@@ -301,3 +301,15 @@ def test_a_load_test_that_mostly_failed_exits_1(monkeypatch, capsys):
     assert "at concurrency 4 480 of 500 requests failed (first: refused)" in capsys.readouterr().err
     monkeypatch.setattr(lt, "loadtest", lambda config, progress=None: {"levels": levels[:1]})
     assert main(["loadtest", "http://127.0.0.1:9", "--model", "m", "--quiet"]) == 0
+
+
+def test_metrics_are_read_beside_default_ports_only():
+    """Port 8002 is Triton's metrics port only beside its default http/grpc ports; elsewhere no guess is made
+    (another server's counters would be read as this one's)."""
+    from vitrt.serving.loadtest import LoadtestConfig, metrics_url_for
+
+    assert metrics_url_for(LoadtestConfig("http://127.0.0.1:8000", "m")) == "http://127.0.0.1:8002/metrics"
+    assert metrics_url_for(LoadtestConfig("grpc://127.0.0.1:8001", "m")) == "http://127.0.0.1:8002/metrics"
+    assert metrics_url_for(LoadtestConfig("http://127.0.0.1:9100", "m")) is None
+    assert metrics_url_for(LoadtestConfig("http://127.0.0.1:9100", "m", metrics_url="http://127.0.0.1:9102/metrics")) \
+        == "http://127.0.0.1:9102/metrics"

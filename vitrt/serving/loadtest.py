@@ -48,8 +48,8 @@ class LoadtestConfig:
     data: str = option("synthetic", "request images: digits (the 450 labelled test images: top-1 through the "
                        "server) or synthetic (random)", choices=("digits", "synthetic"))
     timeout: float = option(10.0, "seconds a request may take before it counts as an error", type=float, metavar="S")
-    metrics_url: str | None = option(None, "Triton's metrics (default http://HOST:8002/metrics; 'none' to skip)",
-                                     metavar="URL")
+    metrics_url: str | None = option(None, "Triton's metrics (default http://HOST:8002/metrics beside a server on "
+                                     "the default ports 8000/8001, else none; 'none' to skip)", metavar="URL")
     versus: Path | None = option(None, "a compiled OUT timed in this process between the levels, side by side",
                                  type=Path, metavar="OUT")
     versus_batch: int = option(8, "batch of the in-process runs", type=int, metavar="B")
@@ -111,10 +111,19 @@ def read_metrics(url: str | None, model: str) -> dict[str, float] | None:
     return counts
 
 
+DEFAULT_PORTS = {"http": "8000", "grpc": "8001"}  # vitrt serve's (and Triton's) defaults; metrics then on 8002
+
+
 def metrics_url_for(config: LoadtestConfig) -> str | None:
+    """Triton's metrics URL: --metrics-url, else port 8002 beside a server on the default ports; None when unknown
+    (a server on other ports: guessing 8002 could read another server's counters)."""
     if config.metrics_url == "none":
         return None
-    url = config.metrics_url or f"http://{parse_endpoint(config.url).address.rsplit(':', 1)[0]}:8002/metrics"
+    endpoint = parse_endpoint(config.url)
+    host, port = endpoint.address.rsplit(":", 1)
+    if config.metrics_url is None and port != DEFAULT_PORTS.get(endpoint.protocol):
+        return None
+    url = config.metrics_url or f"http://{host}:8002/metrics"
     parse_endpoint(url.rsplit("/metrics", 1)[0])  # loopback only, like the server URL
     return url
 
@@ -290,6 +299,8 @@ def loadtest(config: LoadtestConfig, progress=None) -> dict:
     probe.close()
     versus = _versus(config, images) if config.versus else None
     metrics_url = metrics_url_for(config)
+    if metrics_url is None and config.metrics_url != "none":
+        log("server-side counts: n/a (the server is not on the default ports; pass --metrics-url to read them)")
     windows: list[float] = []
     rows = []
     for concurrency in levels:
