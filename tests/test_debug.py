@@ -76,6 +76,17 @@ def test_compare_with_twin_is_within_tolerance(outs):
                and s.point.name != "patch_embed")
 
 
+def test_attention_qdq_points_are_all_compared(tmp_path):
+    """With --quantize-attention every attention Q/DQ point is compared with the twin, QKᵀ's second operand
+    included (the graph holds Kᵀ, the twin's quantizer K: compared transposed, not listed as 'shapes differ')."""
+    vitrt.compile(tiny_vit(depth=2), tmp_path / "qa", precision="int8", calib_data="synthetic", calib_images=8,
+                  quantize_attention=True, **COMMON)
+    comparison, _ = compare_with_twin(config(tmp_path / "qa"), QUIET)
+    assert not comparison.missing, comparison.missing
+    compared = {s.point.name: s for s in comparison.stats}
+    assert "blocks.1.attn.qk.input_b" in compared and comparison.first_exceeding() is None
+
+
 def planted(outs, tmp_path, layer: str, factor: float = 10.0):
     """A copy of the fp32 OUT whose ``layer`` weight initializer is scaled by ``factor`` in the ONNX."""
     out = tmp_path / "planted"
