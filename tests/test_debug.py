@@ -317,3 +317,13 @@ def test_bisect_reverts_token_merging_with_flags_compile_accepts(tmp_path):
     schedule = found["flags"].split()[1]
     again = vitrt.compile(model, tmp_path / "again", tome_schedule=schedule, verify=True, **COMMON)
     assert again.manifest["verify"]["ok"]
+
+
+def test_a_merged_graph_against_a_dense_one_says_which_blocks_it_could_not_compare(tmp_path, capsys):
+    model = tiny_vit(depth=3)
+    vitrt.compile(model, tmp_path / "dense", **COMMON)
+    vitrt.compile(model, tmp_path / "merged", tome_schedule="0,4,0", **COMMON)
+    assert cli_main(["compare", str(tmp_path / "dense"), str(tmp_path / "merged"), "--images", "4", "-o",
+                     str(tmp_path / "r"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "largest contributor: blocks.0" in printed and "block output(s) 1, 2 could not be compared" in printed

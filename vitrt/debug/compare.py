@@ -176,9 +176,16 @@ def summary_lines(comparison: Comparison, meta: dict) -> list[str]:
         measure = ("max abs", first.max_abs) if first.point.name == "logits" else ("rel L2 error", first.rel)
         lines.append(f"first point over its tolerance: {first.point.name} ({measure[0]} {measure[1]:.3g} > "
                      f"{comparison.point_tolerance(first):.3g})")
+    uncompared = sorted({int(n.split(".")[1]) for n in comparison.missing if n.endswith(".output")
+                         and n.startswith("blocks.")})
     if top is not None:
         lines.append(f"largest contributor: blocks.{top['block']} (stream rel L2 error {top['rel_in']:.3g} -> "
-                     f"{top['rel_out']:.3g}; worst inside: {top['worst_point']})")
+                     f"{top['rel_out']:.3g}; worst inside: {top['worst_point']})"
+                     + (f" among the blocks compared; block output(s) {', '.join(map(str, uncompared))} could not "
+                        "be compared (see below), so the error may grow there" if uncompared else ""))
+    elif uncompared:
+        lines.append(f"largest contributor: undetermined (block output(s) {', '.join(map(str, uncompared))} could "
+                     "not be compared, see below)")
     return lines
 
 
