@@ -378,6 +378,9 @@ def format_table(result: dict) -> str:
         lines.append(f"\nin-process {v['backend']} runner of {v['out']} at batch {v['batch']}: "
                      f"{v['images_per_s']:.1f} images/s (median of windows {v['images_per_s_windows']}, "
                      f"{v['seconds_per_window']:g} s each, before every level and after the last)")
+    if has_top1:
+        lines.append("\ntop-1: the fraction of answered images classified as labelled, over every answer of the "
+                     "level (the labelled images are sent in a cycle, so an image answered twice counts twice)")
     errors = [r for r in result["levels"] if r["first_error"]]
     for r in errors:
         lines.append(f"\nconcurrency {r['concurrency']}: first error: {r['first_error']}")
