@@ -17,7 +17,7 @@ from conftest import tiny_vit  # noqa: E402
 from vitrt.calib.digits import ImageSet  # noqa: E402
 from vitrt.calib.losses import FeatureMimic, HardLabel, Objective  # noqa: E402
 from vitrt.calib.trainer import TrainConfig, train  # noqa: E402
-from vitrt.compiler.distributed import world  # noqa: E402
+from vitrt.compiler.distributed import finish, world  # noqa: E402
 from vitrt.compiler.models import canonicalize  # noqa: E402
 
 
@@ -47,3 +47,4 @@ def main(out: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    finish(0)  # as the vitrt CLI ends under torchrun

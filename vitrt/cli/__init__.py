@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run one command; its exit status (under torchrun, the process ends here: :func:`finish`)."""
+    from vitrt.compiler.distributed import finish
+
+    return finish(_run(argv))
+
+
+def _run(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
