@@ -312,7 +312,7 @@ def test_cli_exit_codes(lut_path, tmp_path, capsys):
     assert run("lut", "merge", copy, lut_path, "-o", copy) == 2  # never over one of its own inputs
     assert "is one of the tables being merged" in capsys.readouterr().err and copy.read_bytes() == before
     assert run("lut", "build", "--grid", "tiny", "--threads", 0, "-o", tmp_path / "t0.json") == 2
-    assert "--threads must be >= 1" in capsys.readouterr().err.replace("--iterations and ", "")
+    assert "--threads must be >= 1" in capsys.readouterr().err
 
 
 def test_refine_is_exact_even_where_overhead_subtraction_left_no_time(table):

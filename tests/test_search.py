@@ -415,3 +415,16 @@ def test_the_report_claims_only_what_was_written():
     line = chosen_line({"label": "prune 0.5 + fp32"}, {"ok": True, "max_abs_err": 3.2e-6, "tolerance": 1e-4})
     assert line == "Chosen: prune 0.5 + fp32 — OUT/engine (verified, max abs error 3.2e-06), OUT/recipe.json."
     assert "VERIFICATION FAILED" in chosen_line({"label": "x"}, {"ok": False, "max_abs_err": 1.0})
+
+
+def test_ctrl_c_in_a_search_says_what_is_kept(tmp_path):
+    from vitrt.compiler.errors import Interrupted
+    from vitrt.search.halving import resumable
+
+    path = tmp_path / ".search" / "state.json"
+    path.parent.mkdir()
+    state = SearchState(path, {"model": "digits"})
+    state.add(Estimate(Recipe(0.5), 2, 4.0, 0.98, 100, 200, 1.5), "recipes/x")
+    with pytest.raises(Interrupted, match="1 estimates are kept in .*: run the same command again to continue"):
+        with resumable(state, tmp_path / ".search"):
+            raise KeyboardInterrupt

@@ -56,6 +56,7 @@ from vitrt.calib.evaluate import torch_logits
 from vitrt.calib.synthesis_config import DIGITS_REFERENCE, SET_METADATA, SynthesisConfig
 from vitrt.compiler.errors import DataError, OptionError, OutputError, VitrtError
 from vitrt.compiler.known_models import is_digits_model
+from vitrt.compiler.output import refuse_foreign_dir
 
 SET_FORMAT = "vitrt.synth"
 SET_VERSION = 1
@@ -325,9 +326,7 @@ def _prepare_set_dir(root: Path, identity: dict, config: SynthesisConfig, force:
         existing = _read_metadata(root) if (root / SET_METADATA).is_file() else None
     except VitrtError:
         existing = None
-    if existing is None:
-        raise OutputError(f"'{root}' is not empty and holds no synthetic metric set; choose another -o (--force only "
-                          "starts over a directory made by vitrt synth)")
+    refuse_foreign_dir(root, existing is not None, command="synth", what="synthetic metric set")
     differences = config.differences(existing.get("config") or {})
     differences += [f"the {key.replace('_', ' ')}" for key, value in identity.items()
                     if key != "config" and existing.get(key) != value]

@@ -95,14 +95,14 @@ class LutPlotConfig:
 def _cmd_lut_build(args) -> int:
     import dataclasses
 
+    from vitrt.benchmarks.harness import check_counts
     from vitrt.benchmarks.lut_build import LUT_TIMING, build_table, parse_shard, shard_path
     from vitrt.compiler.timing import default_clock
 
     config = from_args(LutBuildConfig, args)
     if config.out is None:
         raise VitrtError("no output file: pass -o LUT")
-    if config.iterations < 1 or (config.threads is not None and config.threads < 1):
-        raise VitrtError(f"--iterations and --threads must be >= 1, got {config.iterations} and {config.threads}")
+    check_counts(iterations=config.iterations, threads=config.threads)
     shard = parse_shard(config.shard)
     table = build_table(config.out, backend=config.backend, grid=config.grid, batch=config.batch,
                         precision=config.precision, sparsity=config.sparsity, threads=config.threads,

@@ -35,6 +35,15 @@ def check_output_dir(out: Path, force: bool) -> None:
         raise OutputError(f"output directory '{out}' is not empty; pass --force to replace it or choose another -o")
 
 
+def refuse_foreign_dir(out: Path, own: bool, *, command: str, what: str, flag: str = "-o") -> None:
+    """A non-empty ``out`` that ``vitrt command`` did not make (``own`` false: it holds no ``what``) is refused
+    whatever the flags: --force only ever starts over a directory the command made itself."""
+    out = Path(out)
+    if not own and out.is_dir() and any(out.iterdir()):
+        raise OutputError(f"{flag} '{out}' is not empty and holds no {what} (it was not made by vitrt {command}); "
+                          f"choose another {flag} (--force only starts over a directory made by vitrt {command})")
+
+
 def check_output_file(path: Path, flag: str) -> None:
     """``path`` (a result file written at the end of a long run) can be written: its directory exists and is
     writable and the path is not a directory — checked before the run, not after it."""

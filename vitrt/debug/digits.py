@@ -27,6 +27,7 @@ import numpy as np
 
 from vitrt.compiler.errors import OptionError
 from vitrt.compiler.options import option
+from vitrt.compiler.output import refuse_foreign_dir
 
 WORK_MARKER = ".vitrt-debug-digits"  # what marks a --work directory as this command's own (safe to replace)
 
@@ -66,9 +67,8 @@ class DigitsDebugConfig:
         work = Path(self.work)
         if work.exists() and not work.is_dir():
             raise OptionError(f"--work '{work}' is not a directory")
-        if work.is_dir() and any(work.iterdir()) and not (work / WORK_MARKER).is_file():
-            raise OptionError(f"--work '{work}' is not empty and was not made by vitrt debug-digits (it replaces its "
-                              "--work); choose another --work")
+        refuse_foreign_dir(work, (work / WORK_MARKER).is_file(), command="debug-digits", what="debug-digits work",
+                           flag="--work")
         return self
 
 

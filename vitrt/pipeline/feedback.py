@@ -36,15 +36,15 @@ def open_for_compile(config, device: str | None = None) -> LatencyTable | None:
     """Load and check ``--lut`` before any work, so a wrong table fails the compile fast.
 
     The clock and threads matter only where the prediction meets --bench's measurement (wall clock; CUDA events for
-    the torch backend on a GPU); --prune alone compares predictions with each other and can use any table. With
-    --refine-lut the measurement goes into the table: ``device`` (this machine's) must be the table's too."""
+    the torch backend on a GPU); --prune alone compares predictions with each other and can use any table. ``device``
+    (given with --refine-lut, whose measurement goes into the table: this machine's) must be the table's too."""
     if config.checks.lut is None:
         return None
     table = LatencyTable.load(config.checks.lut)
     precision, sparsity = compile_precision(config)
     measured = {"clock": config.target.bench_clock, "threads": config.target.threads} if config.checks.bench else {}
     table.check(backend=config.target.backend, batch=config.target.batch, precision=precision, sparsity=sparsity,
-                device=device if config.checks.refine_lut else None, **measured)
+                device=device, **measured)
     return table
 
 

@@ -21,10 +21,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vitrt.compiler.errors import Interrupted, OptionError, VitrtError
+from vitrt.compiler.errors import OptionError, VitrtError
 from vitrt.compiler.known_models import is_digits_model
 from vitrt.compiler.options import add_command, command_line, option
-from vitrt.compiler.output import check_output_dir
+from vitrt.compiler.output import check_output_dir, refuse_foreign_dir
 
 SEARCH_PRECISIONS = ("fp32", "int8", "fp16", "int4w")
 DEFAULT_LUT_KEYS = (("fp32", "dense"), ("int8", "dense"))
@@ -173,10 +173,8 @@ def prepare_out(config: OptimizeConfig) -> Path:
     search made (it holds ``.search``) is ever deleted, and never one that holds this run's own inputs."""
     out = Path(config.out)
     check_output_dir(out, force=True)  # not a file; its parents can be created
+    refuse_foreign_dir(out, (out / ".search").is_dir(), command="optimize", what="search to resume")
     if out.is_dir() and any(out.iterdir()):
-        if not (out / ".search").is_dir():
-            raise OptionError(f"output directory '{out}' is not empty and holds no search to resume; choose another -o "
-                              "(--force only starts over a directory made by vitrt optimize)")
         if config.force:
             for flag, path in (("--lut", config.lut), ("--data", config.data)):
                 if path is not None and Path(path).exists() and Path(path).resolve().is_relative_to(out.resolve()):
@@ -302,10 +300,9 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
             if config.front_points:
                 fill_front(evaluator, kept, structural["predicted_ms"], schedule.epochs[-1], config.front_points, state,
                            clock, save_recipe, progress)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # resumable() says what is kept
             state.note(interrupted=True, seconds=clock.used_s - previous)
-            raise Interrupted(f"{len(state.done)} estimates are kept in '{work}': run the same command again to "
-                              "continue") from None
+            raise
         search_seconds = clock.used_s
         state.note(search_done=True, seconds=search_seconds - previous)
 

@@ -99,7 +99,7 @@ class StudyConfig:
         if needs_lut and self.lut is None:
             raise OptionError(f"--rows {', '.join(needs_lut)} prune to a latency target: add --lut LUT (vitrt lut "
                               "build), or leave those rows out")
-        from vitrt.compiler.output import check_output_dir
+        from vitrt.compiler.output import check_output_dir, refuse_foreign_dir
         from vitrt.pipeline.config import check_data_source
 
         check_data_source("--data", self.data)
@@ -112,10 +112,8 @@ class StudyConfig:
                 raise OptionError(f"'{out}' holds a study made with other settings ({', '.join(differ)}), whose "
                                   "engines would be reused: rerun with its settings, pass --force to start over, or "
                                   "choose another -o")
-        elif out.is_dir() and any(out.iterdir()):  # not a study: never deleted, even with --force
-            raise OptionError(f"output directory '{out}' is not empty and holds no study; choose another -o (--force "
-                              "only starts over a directory made by vitrt study)")
-        else:
+        else:  # not a study: never deleted, even with --force
+            refuse_foreign_dir(out, False, command="study", what="study")
             check_output_dir(out, force=True)
         return self
 
