@@ -60,14 +60,18 @@ def test_sigterm_completes_requests_in_flight_exits_0_and_leaves_no_process(digi
         threads = [threading.Thread(target=queued, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()
+        # the four are counted alone before the steady load starts: counted together, four pending requests
+        # could be partly the load's, and a request of the four that reached Triton after the signal was
+        # (rightly) refused
+        deadline = time.monotonic() + QUEUE_DELAY_S / 2
+        while pending(server) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pending(server) >= 4, "the requests should be waiting in Triton's queue"
         load = {}
         loader = threading.Thread(target=lambda: load.update(result=run_level(
             lambda: RemoteModel(server.http, MODEL, timeout_s=30), 4, images, None, 1, 20.0, 2000, 30.0)))
         loader.start()
-        deadline = time.monotonic() + QUEUE_DELAY_S
-        while pending(server) < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert pending(server) >= 4, "the requests should be waiting in Triton's queue"
+        time.sleep(0.2)  # the load is under way when the signal comes (its later requests are refused)
         stopped = time.monotonic()
         assert server.stop(signal.SIGTERM) == 0, server.stderr()[-2000:]
         for t in threads:
