@@ -78,8 +78,13 @@ def test_calibration_methods_and_int4_table(tiny):
         quantize_twin(tiny, "int8", data, method="minmax")
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
 def test_calibration_shows_a_bar_over_its_batches(tiny, capsys):
-    stream = io.StringIO()
+    stream = Terminal()  # tqdm's bar (a log file gets plain lines: tests/test_progress.py)
     _, table = quantize_twin(tiny, "int8", synthetic(32, 100, seed=5), max_images=100, progress=Progress(stream=stream))
     assert "[vitrt] calibration batches" in stream.getvalue() and "0/2" in stream.getvalue()  # 100 images, 64 a batch
     assert table.meta["calib_images"] == 100
