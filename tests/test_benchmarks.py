@@ -91,6 +91,17 @@ def test_bench_a_model_name_at_several_batches(capsys):
     assert [line.split()[0] for line in lines[2:]] == ["1", "2"]
 
 
+def test_bench_the_digits_reference_on_the_cpu_clock_shows_its_least_time(capsys):
+    assert run("bench", "digits", "--batch", "1", "--iterations", 3, "--warmup", 0, "--threads", 1,
+               "--clock", "cpu", "--quiet") == 0
+    title, header, row = capsys.readouterr().out.splitlines()
+    assert title.startswith("digits on ort") and title.endswith("cpu clock") and header.split()[-2:] == ["least", "ms"]
+    median, least = float(row.split()[1]), float(row.split()[-1])
+    assert 0 < least <= median
+    assert run("bench", "digits-reference", "--img-size", 64, "--quiet") == 2
+    assert "runs at its trained 32x32 input" in capsys.readouterr().err
+
+
 def test_dcvit_table_loads_each_variant_from_its_build_output(tmp_path, capsys):
     """Defect 7: the table reloads every variant from the artifact its build wrote. Runners do not expose an
     ``artifact`` attribute (the TensorRT runner never had one), so reading it from a runner fails here too."""

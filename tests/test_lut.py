@@ -261,6 +261,36 @@ def test_compile_with_lut_predicts_and_refines(lut_path, tmp_path):
     assert not (tmp_path / "out3").exists() and lut.read_bytes() == before
 
 
+def test_a_cpu_clock_table_is_predicted_and_refined_by_a_cpu_clock_bench(tmp_path, capsys):
+    """--bench-clock cpu: the project's steady clock for the feedback loop (its least time, as the table holds)."""
+    from vitrt.pipeline.driver import compile
+
+    lut = tmp_path / "cpu.json"
+    build_table(lut, backend="ort", grid="tiny", batch=1, timing=Timing(warmup=1, iterations=3, clock="cpu"),
+                threads=1)
+    model = tiny_vit(depth=2, **TINY_ARGS)
+    result = compile(model, tmp_path / "out", bench=True, bench_iters=6, bench_warmup=2, bench_clock="cpu",
+                     threads=1, lut=lut, refine_lut=True, quiet=True)
+    latency = result.manifest["latency"]
+    assert latency["clock"] == "cpu" and "CPU time" in latency["timer"]
+    assert 0 < latency["typical_ms"] <= latency["median_ms"]  # the least CPU time, beside the median
+    assert latency["predicted_error"] == pytest.approx(latency["predicted_ms"] / latency["typical_ms"] - 1, abs=1e-3)
+    refined = LatencyTable.load(lut)
+    assert refined.meta["refinements"][0]["measured_median_ms"] == latency["typical_ms"]
+    assert refined.model_ms(spec_of_timm(model)) == pytest.approx(latency["typical_ms"], rel=0.05)
+    # the default clock on the CPU is wall: refused before any work, with the fix named
+    before = lut.read_bytes()
+    with pytest.raises(VitrtError, match="holds cpu-clock times, the measurement is wall-clock; measure with "
+                                         "--bench-clock cpu"):
+        compile(model, tmp_path / "wall", bench=True, threads=1, lut=lut, refine_lut=True, quiet=True)
+    assert not (tmp_path / "wall").exists() and lut.read_bytes() == before
+    assert run("compile", "digits", "-o", tmp_path / "o", "--bench", "--bench-clock", "cpu") == 2
+    assert "--bench-clock cpu measures the caller thread's CPU time: it needs --threads 1" in capsys.readouterr().err
+    assert run("compile", "digits", "-o", tmp_path / "o", "--bench-clock", "cpu", "--threads", "1") == 2
+    assert "--bench-clock sets the clock of --bench: add --bench" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def run(*argv):
     return main([str(a) for a in argv])
 

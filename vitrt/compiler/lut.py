@@ -238,7 +238,7 @@ class LatencyTable:
                              f"{said(threads or RUNTIME_DEFAULT_THREADS)}; {fix}, or build a table with those threads")
         if clock is not None and clock != self.clock:
             raise VitrtError(f"the latency table holds {self.clock}-clock times, the measurement is {clock}-clock; "
-                             f"use a table built with --clock {clock}")
+                             f"measure with --bench-clock {self.clock}, or use a table built with --clock {clock}")
         if backend is not None and backend != self.backend:
             raise VitrtError(f"the latency table was built for backend '{self.backend}', not '{backend}'; "
                              f"build one with vitrt lut build --backend {backend}")
@@ -396,8 +396,9 @@ class LatencyTable:
     def refine(self, manifest: dict, *, source: str | None = None, precision="fp32", sparsity="dense") -> dict:
         """Fold a compiled model's measured per-block latency into the table; returns a summary.
 
-        Needs ``latency`` (median_ms, per_block_ms, batch, backend, device) and ``spec_after``. The profiler's
-        per-group times are scaled so that overhead + stem + Σ blocks + head equals the measured median.
+        Needs ``latency`` (median_ms, per_block_ms, batch, backend, device, clock) and ``spec_after``. The
+        profiler's per-group times are scaled so that overhead + stem + Σ blocks + head equals the measured typical
+        time (``typical_ms``: the median, the least time on the cpu clock; the median in older manifests).
         """
         from vitrt.compiler.spec import ViTSpec
 
@@ -427,14 +428,15 @@ class LatencyTable:
             raise VitrtError(f"the manifest's per_block_ms lacks {', '.join(missing)}: benchmark it again with --bench")
         # Unattributed nodes ('other') are spread over the groups in proportion, by scaling only the named ones.
         profiled = sum(groups[k] for k in expected)
-        target = float(latency["median_ms"]) - self.overhead_ms
+        measured = float(latency.get("typical_ms", latency["median_ms"]))
+        target = measured - self.overhead_ms
         if profiled <= 0 or target <= 0:
             raise VitrtError("the manifest's latency figures are not positive; benchmark it again with --bench")
         scale = target / profiled
         before = self.model_ms(spec, precision=precision, sparsity=sparsity, clamp=True)
         provenance = {"source": str(source) if source else None, "model": manifest.get("model"),
                       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                      "measured_median_ms": float(latency["median_ms"]),
+                      "measured_median_ms": measured,  # the clock's typical time (the name predates the cpu clock)
                       "attribution": f"{len(spanning)} layer(s) spanning several blocks shared by the table's "
                                      "predictions" if spanning else "per-layer profiler names"}
         for done in self.meta.get("refinements", []):  # the same measurement twice would count as two
@@ -452,7 +454,7 @@ class LatencyTable:
         after = self.model_ms(spec, precision=precision, sparsity=sparsity, clamp=True)
         self.meta.setdefault("refinements", []).append({**provenance, "predicted_before_ms": round(before, 4),
                                                         "predicted_after_ms": round(after, 4)})
-        return {"model": manifest.get("model"), "measured_ms": float(latency["median_ms"]),
+        return {"model": manifest.get("model"), "measured_ms": measured,
                 "predicted_before_ms": before, "predicted_after_ms": after, "attribution": provenance["attribution"]}
 
     # --- serialisation -------------------------------------------------------------------------

@@ -100,13 +100,6 @@ class TargetConfig:
                               "ort)")
         return self
 
-    @property
-    def bench_clock(self) -> str:
-        """The clock ``--bench`` measures on: CUDA events on a GPU (trt, torch on cuda), else the wall clock."""
-        from vitrt.compiler.timing import default_clock
-
-        return default_clock(self.backend, self.device)
-
     def build_options(self, sparse_weights: bool = False):
         """The backend's BuildOptions for this target."""
         from vitrt.compiler.backends.base import BuildOptions

@@ -31,6 +31,8 @@ import numpy as np
 from vitrt.compiler.errors import VitrtError
 
 CLOCKS = ("wall", "cpu", "cuda")
+CLOCK_TIMERS = {"wall": "wall clock", "cpu": "CPU time of the calling thread (single-threaded runtime)",
+                "cuda": "CUDA events around the call on the current stream (GPU time)"}  # what the samples measure
 _CLOCK_FNS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
@@ -70,7 +72,8 @@ def default_clock(backend: str, device: str | None = None) -> str:
     return "cuda" if on_gpu(backend, device) else "wall"
 
 
-def check_clock(clock: str, backend: str, threads: int | None, device: str | None = None) -> None:
+def check_clock(clock: str, backend: str, threads: int | None, device: str | None = None,
+                flag: str = "--clock") -> None:
     """Refuse a clock that cannot see the runtime's work (one line).
 
     ``cpu`` reads the calling thread's CPU time: only a single-threaded CPU runtime computes there (ONNX Runtime
@@ -78,10 +81,10 @@ def check_clock(clock: str, backend: str, threads: int | None, device: str | Non
     torch on a CUDA device), each timed on the stream it enqueues on (``Runner.latency_samples``)."""
     gpu = on_gpu(backend, device)
     if clock == "cpu" and (backend not in ("ort", "torch") or threads != 1 or gpu):
-        raise VitrtError("--clock cpu measures the caller thread's CPU time: it needs --threads 1 and a CPU backend "
-                         "(--backend ort, or torch on --device cpu)")
+        raise VitrtError(f"{flag} cpu measures the caller thread's CPU time: it needs --threads 1 and a CPU "
+                         "backend (--backend ort, or torch on --device cpu)")
     if clock == "cuda" and not gpu:
-        raise VitrtError("--clock cuda reads CUDA events: it needs a GPU backend (--backend trt, or --backend torch "
+        raise VitrtError(f"{flag} cuda reads CUDA events: it needs a GPU backend (--backend trt, or --backend torch "
                          "--device cuda)")
 
 

@@ -14,6 +14,7 @@ from vitrt.calib.synthesis_config import SET_METADATA, SYNTH_PREFIX
 from vitrt.compiler.errors import DataError, OptionError
 from vitrt.compiler.options import option, replace_options, section
 from vitrt.compiler.target import TargetConfig
+from vitrt.compiler.timing import CLOCKS, check_clock, default_clock
 from vitrt.transforms.distill.config import DistillConfig
 from vitrt.transforms.lowrank.config import LowRankConfig
 from vitrt.transforms.prune.config import PruneConfig
@@ -30,6 +31,9 @@ class CheckConfig:
     bench: bool = option(False, "benchmark the built artifact (median / p90 / p99 latency, per-block times)")
     bench_iters: int = option(50, "timed iterations for --bench", type=int, metavar="N")
     bench_warmup: int = option(10, "warm-up iterations for --bench", type=int, metavar="N")
+    bench_clock: str | None = option(None, "clock of --bench: wall (default on the CPU), cpu (least single-thread "
+                                     "CPU time: steady on a shared machine, needs --threads 1; for a cpu-clock "
+                                     "--lut) or cuda (CUDA events, default on a GPU)", choices=CLOCKS)
     lut: Path | None = option(None, "latency table (vitrt lut build): add its prediction as latency.predicted_ms "
                               "(needs --bench); also steers --prune", type=Path, metavar="LUT")
     refine_lut: bool = option(False, "after a successful compile, fold the measured per-block latency into --lut")
@@ -87,6 +91,11 @@ class CompileConfig:
         self.quant.validate(self.target.precision)
         if self.checks.lut is not None and not self.checks.bench and self.prune.fraction is None:
             raise OptionError("--lut needs --bench (or --prune): the prediction is recorded beside the measured latency")
+        if self.checks.bench_clock is not None:
+            if not self.checks.bench:
+                raise OptionError("--bench-clock sets the clock of --bench: add --bench")
+            check_clock(self.checks.bench_clock, self.target.backend, self.target.threads, self.target.device,
+                        flag="--bench-clock")
         if self.target.no_build and (self.checks.bench or self.checks.refine_lut):
             raise OptionError("--no-build builds no engine to benchmark: drop --bench / --refine-lut, or --no-build")
         if self.target.no_build and (self.checks.metric_set is not None or self.checks.eval_data is not None):
@@ -99,6 +108,12 @@ class CompileConfig:
                               "are not masked (--sparsity), quantized or typed (--precision) yet")
         self.check_paths()
         return self
+
+    @property
+    def bench_clock(self) -> str:
+        """The clock ``--bench`` measures on: ``--bench-clock``, else CUDA events on a GPU (trt, torch on cuda) and
+        the wall clock on the CPU."""
+        return self.checks.bench_clock or default_clock(self.target.backend, self.target.device)
 
     def check_paths(self) -> None:
         """Every file and data source an option names exists (cheap: nothing is read yet)."""

@@ -35,14 +35,14 @@ def compile_precision(config, manifest: dict | None = None) -> tuple[str, str]:
 def open_for_compile(config, device: str | None = None) -> LatencyTable | None:
     """Load and check ``--lut`` before any work, so a wrong table fails the compile fast.
 
-    The clock and threads matter only where the prediction meets --bench's measurement (wall clock; CUDA events for
-    the torch backend on a GPU); --prune alone compares predictions with each other and can use any table. ``device``
+    The clock and threads matter only where the prediction meets --bench's measurement (``config.bench_clock``:
+    --bench-clock, else wall on the CPU and CUDA events on a GPU); --prune alone compares predictions with each other and can use any table. ``device``
     (given with --refine-lut, whose measurement goes into the table: this machine's) must be the table's too."""
     if config.checks.lut is None:
         return None
     table = LatencyTable.load(config.checks.lut)
     precision, sparsity = compile_precision(config)
-    measured = {"clock": config.target.bench_clock, "threads": config.target.threads} if config.checks.bench else {}
+    measured = {"clock": config.bench_clock, "threads": config.target.threads} if config.checks.bench else {}
     table.check(backend=config.target.backend, batch=config.target.batch, precision=precision, sparsity=sparsity,
                 device=device, **measured)
     return table
@@ -66,7 +66,7 @@ def add_prediction(table: LatencyTable | None, config, spec, manifest: dict) -> 
         latency["prediction_unavailable"] = str(exc)
         return
     latency["predicted_ms"] = round(predicted, 4)
-    latency["predicted_error"] = round(predicted / latency["median_ms"] - 1.0, 4)
+    latency["predicted_error"] = round(predicted / latency.get("typical_ms", latency["median_ms"]) - 1.0, 4)
 
 
 def refine_after_compile(config, manifest: dict, progress=None) -> dict | None:

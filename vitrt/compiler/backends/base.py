@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from vitrt.compiler.errors import VitrtError
-from vitrt.compiler.timing import Timing, samples_ms
+from vitrt.compiler.timing import CLOCK_TIMERS, Timing, samples_ms
+from vitrt.compiler.timing import typical_ms as typical_of
 
 _BACKENDS = {"ort": "vitrt.compiler.backends.ort:OrtBackend", "trt": "vitrt.compiler.backends.trt:TrtBackend",
              "torch": "vitrt.compiler.backends.torch_backend:TorchBackend"}
@@ -100,10 +101,16 @@ class LatencyStats:
     spanning_layers: list[dict] = field(default_factory=list)  # layers covering several groups (layer_span)
     timer: str = "wall clock"  # what the samples measure ("cuda events": GPU compute time, as trtexec reports)
     transfers_ms: dict[str, float] = field(default_factory=dict)  # host<->device copies, timed apart (GPU backends)
+    typical_ms: float | None = None  # the clock's summary (vitrt.compiler.timing.typical_ms); None: the median
 
     @property
     def images_per_s(self) -> float:
         return self.batch * 1000.0 / self.median_ms
+
+    @property
+    def typical(self) -> float:
+        """What a latency table holds for this clock: the median of wall / CUDA times, the least CPU time."""
+        return self.median_ms if self.typical_ms is None else self.typical_ms
 
     @classmethod
     def from_samples(cls, samples_ms: list[float], *, backend: str, device: str, batch: int,
@@ -111,12 +118,13 @@ class LatencyStats:
         data = np.asarray(samples_ms, dtype=np.float64)
         return cls(backend=backend, device=device, batch=batch, median_ms=float(np.median(data)),
                    p90_ms=float(np.percentile(data, 90)), p99_ms=float(np.percentile(data, 99)),
-                   mean_ms=float(statistics.fmean(data)), iterations=len(data), clock=clock)
+                   mean_ms=float(statistics.fmean(data)), iterations=len(data), clock=clock,
+                   typical_ms=typical_of(list(data), clock))
 
     def to_dict(self) -> dict:
         return {"backend": self.backend, "device": self.device, "batch": self.batch,
                 "median_ms": round(self.median_ms, 4), "p90_ms": round(self.p90_ms, 4), "p99_ms": round(self.p99_ms, 4),
-                "mean_ms": round(self.mean_ms, 4), "iterations": self.iterations,
+                "mean_ms": round(self.mean_ms, 4), "typical_ms": round(self.typical, 4), "iterations": self.iterations,
                 "images_per_s": round(self.images_per_s, 2), "clock": self.clock,
                 "per_block_ms": {k: round(v, 4) for k, v in self.per_block_ms.items()}, "timer": self.timer,
                 **({"transfers_ms": {k: round(v, 4) for k, v in self.transfers_ms.items()}} if self.transfers_ms else {}),
@@ -186,13 +194,16 @@ class Runner(ABC):
         return {}
 
     def benchmark(self, images: np.ndarray, *, warmup: int = 10, iterations: int = 50, min_seconds: float = 0.0,
-                  per_block: bool = True, progress=None) -> LatencyStats:
-        """Latency through the shared timing loop (:mod:`vitrt.compiler.timing`) on the runner's clock (wall, or
-        CUDA events for a GPU runner that declares ``clock = "cuda"``), then per-block profiler times."""
-        samples = self.latency_samples(images, Timing(warmup, iterations, min_seconds, clock=self.clock), progress)
+                  per_block: bool = True, progress=None, clock: str | None = None) -> LatencyStats:
+        """Latency through the shared timing loop (:mod:`vitrt.compiler.timing`) on ``clock`` (default: the runner's
+        own — wall, or CUDA events for a GPU runner that declares ``clock = "cuda"``; ``cpu`` needs a single-threaded
+        CPU runtime, :func:`~vitrt.compiler.timing.check_clock`), then per-block profiler times."""
+        clock = clock or self.clock
+        samples = self.latency_samples(images, Timing(warmup, iterations, min_seconds, clock=clock), progress)
         stats = LatencyStats.from_samples(samples, backend=self.backend, device=self.device, batch=len(images),
-                                          clock=self.clock)
-        stats.timer, stats.transfers_ms = self.timer, self.transfer_ms(images)
+                                          clock=clock)
+        stats.timer = self.timer if clock == self.clock else CLOCK_TIMERS[clock]
+        stats.transfers_ms = self.transfer_ms(images)
         if per_block:
             stats.per_block_ms, stats.spanning_layers = self.block_times(images, iterations=max(3, iterations // 5))
         return stats
