@@ -14,7 +14,8 @@ from vitrt.compiler.timing import CLOCKS
 
 @dataclass(frozen=True)
 class BenchConfig:
-    target: str = option(None, "a compiled OUT directory, a timm model name (random weights) or digits (the reference)", positional=True, metavar="OUT|MODEL")
+    target: str = option(None, "a compiled OUT directory, a timm model name (random weights) or digits (the "
+                         "reference)", positional=True, metavar="OUT|MODEL")
     batch: str = option("1", "comma-separated batch sizes, e.g. 1,8,32", metavar="B1,B2,..")
     backend: str | None = option(None, "backend(s), comma-separated: several (e.g. ort,torch) time the same graph "
                                  "side by side (default: the OUT's own backend; ort for a model name)",
