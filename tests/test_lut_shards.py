@@ -176,6 +176,9 @@ def test_the_default_clock_is_cuda_events_on_a_gpu(backend, device, clock):
     benchmarks of one backend agree without flags; the compile's bench clock says the same."""
     from vitrt.compiler.target import TargetConfig
     from vitrt.compiler.timing import default_clock
+    from vitrt.pipeline.config import CheckConfig, CompileConfig
 
     assert default_clock(backend, device) == clock
-    assert TargetConfig(backend=backend, device=device).bench_clock == clock
+    assert CompileConfig(target=TargetConfig(backend=backend, device=device)).bench_clock == clock
+    assert CompileConfig(target=TargetConfig(backend=backend, device=device, threads=1),
+                         checks=CheckConfig(bench=True, bench_clock="wall")).bench_clock == "wall"  # --bench-clock
