@@ -180,8 +180,9 @@ def test_bf16_needs_the_trt_backend_and_is_refused_on_ort_in_one_line(tmp_path):
 # --- INT4 weight-only: W4A16 for TensorRT, FP32 activations for ONNX Runtime -----------------------------------
 
 def test_activation_dtype_per_precision_and_backend():
-    expected = {("fp32", "ort"): "fp32", ("fp16", "ort"): "fp16", ("int8", "trt"): "fp32", ("fp8", "trt"): "fp32",
-                ("int4w", "ort"): "fp32", ("int4w", "trt"): "fp16", ("bf16", "trt"): "bf16", ("fp16", "trt"): "fp16"}
+    expected = {("fp32", "ort"): "fp32", ("fp16", "ort"): "fp16", ("int8", "trt"): "fp16", ("fp8", "trt"): "fp16",
+                ("int8", "ort"): "fp32", ("int4w", "ort"): "fp32", ("int4w", "trt"): "fp16", ("bf16", "trt"): "bf16",
+                ("fp16", "trt"): "fp16"}
     for (precision, backend), dtype in expected.items():
         target = TargetConfig(backend=backend, precision=precision)
         assert target.activation_dtype == dtype

@@ -397,6 +397,32 @@ def test_every_stack_compiles_trt_clean(stack, tmp_path):
     assert_trt_clean(onnx.load(str(result.onnx_path)))
 
 
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_quantized_graphs_for_tensorrt_carry_fp16_between_the_quantized_layers(precision, tmp_path):
+    """A strongly typed engine runs each layer in its graph's type: Q/DQ around FP16 activations (FP16 scales, so
+    opset >= 19) with LayerNorm in FP32, as Model Optimizer's high_precision_dtype default; ONNX Runtime keeps FP32."""
+    import vitrt
+
+    result = vitrt.compile(tiny_vit(depth=2, img_size=64), tmp_path / "out", name="tiny", batch=2, quiet=True,
+                           backend="trt", no_build=True, verify=True, precision=precision, calib_data="synthetic",
+                           quantize_attention=True)
+    model = onnx.load(str(result.onnx_path))
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    section = result.manifest["quantization"]
+    assert opset == section["opset"] >= 19 and section["activations"] == "fp16"
+    assert "strongly typed" in section["activations_why"] and result.manifest["verify"]["ok"]
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    scales = [types[n.input[1]] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert scales and set(scales) == {onnx.TensorProto.FLOAT16}
+    produced = {o: n for n in model.graph.node for o in n.output}
+    norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    assert norms and all(produced[n.input[0]].op_type == "Cast" for n in norms)  # LayerNorm kept in FP32
+    assert_trt_clean(model)
+    ort = vitrt.compile(tiny_vit(depth=2, img_size=64), tmp_path / "ort", name="tiny", batch=2, quiet=True,
+                        precision=precision, calib_data="synthetic")
+    assert ort.manifest["quantization"]["activations"] == "fp32"
+
+
 def test_pruned_model_with_removed_attention_is_trt_clean(tmp_path):
     import dataclasses
 

@@ -36,6 +36,30 @@ def quiet_graphsurgeon():
         G_LOGGER.severity = severity
 
 
+def set_opset(graph: gs.Graph, opset: int) -> None:
+    """Raise the default-domain opset (graphsurgeon exports ``import_domains`` when set, else ``opset``)."""
+    graph.opset = opset
+    if graph.import_domains is not None:
+        graph.import_domains = [d for d in graph.import_domains if d.domain not in ("", "ai.onnx")] + \
+            [onnx.helper.make_opsetid("", opset)]
+
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+ONNX_FLOAT_TYPES = {"fp16": "tensor(float16)", "bf16": "tensor(bfloat16)"}  # the typed activations' schema names
+
+
+def typed_qdq_opset(dtype: str, opset: int) -> int:
+    """The first opset from ``opset`` whose QuantizeLinear and DequantizeLinear take ``dtype`` (fp16 | bf16)
+    scales (19 for both). Typing a quantized graph's activations types its Q/DQ scales (DequantizeLinear's output
+    type is its scale's), so such a graph needs it."""
+    onnx_type = ONNX_FLOAT_TYPES[dtype]
+    for candidate in range(opset, onnx.defs.onnx_opset_version() + 1):
+        if all(any(onnx_type in c.allowed_type_strs for c in onnx.defs.get_schema(op, candidate).type_constraints)
+               for op in QDQ_OPS):
+            return candidate
+    raise SpecError(f"no ONNX opset up to {onnx.defs.onnx_opset_version()} has {onnx_type} Q/DQ scales")
+
+
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
     """``gs.import_onnx``, quietly."""
     with quiet_graphsurgeon():

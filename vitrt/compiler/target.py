@@ -55,12 +55,14 @@ class TargetConfig:
     def activation_dtype(self) -> str:
         """The float type the graph's activations carry: fp16 / bf16 when typed, else fp32.
 
-        INT4 weight-only is W4A16 for TensorRT — block-wise INT4 weights, FP16 activations, LayerNorm
-        in FP32: TensorRT's and Model Optimizer's scheme — and keeps FP32 activations for ONNX Runtime's CPU
-        provider, where it runs faster (benchmarks/results/quantization.md, "INT4 activations")."""
+        Quantized graphs for TensorRT carry FP16 between the quantized layers (LayerNorm in FP32): a strongly
+        typed engine runs each layer in its graph's type, so FP32 there would run LayerNorm's neighbours, GELU,
+        Softmax and the residual Adds in FP32 (Model Optimizer's ``high_precision_dtype`` default is fp16). For
+        INT4 weight-only that is W4A16, TensorRT's and Model Optimizer's scheme. ONNX Runtime's CPU provider keeps
+        FP32 (for int4w it runs faster: benchmarks/results/quantization.md, "INT4 activations")."""
         if self.precision in ("fp16", "bf16"):
             return self.precision
-        if self.precision == "int4w" and self.backend == "trt":
+        if self.precision in ("int4w", "int8", "fp8") and self.backend == "trt":
             return "fp16"
         return "fp32"
 

@@ -34,7 +34,7 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
 from vitrt.compiler.errors import VitrtError
-from vitrt.compiler.graph import GraphView
+from vitrt.compiler.graph import QDQ_OPS, GraphView, set_opset, typed_qdq_opset
 from vitrt.compiler.pass_manager import CANONICAL, Pass, PassContext, PassResult
 from vitrt.transforms.precision.plan import DEFAULT_KEEP_FP32, PrecisionPlan, ops_without_type
 from vitrt.transforms.precision.twin import typed_twin
@@ -70,6 +70,8 @@ def type_float(view: GraphView, dtype: str = "fp16", keep_fp32=DEFAULT_KEEP_FP32
         return out
 
     original_nodes = list(graph.nodes)
+    if any(n.op in QDQ_OPS for n in original_nodes) and "QuantizeLinear" not in keep:
+        set_opset(graph, typed_qdq_opset(dtype, graph.opset))  # int8 at 13: fp16 scales from 19
     untyped = set(ops_without_type(dtype, graph.opset, sorted({n.op for n in original_nodes}))) - keep
     if untyped:
         raise VitrtError(f"cannot type the graph {dtype}: ONNX opset {graph.opset} has no {dtype} for "

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.graph import ONNX_FLOAT_TYPES
 
 # LayerNorm stays fp32 (its mean/variance over 192..768 channels loses accuracy in fp16, and TensorRT's
 # strongly typed networks follow the graph's types). Softmax is typed: its input (QKᵀ) and its output (into ·V)
@@ -26,7 +27,7 @@ FP16_TOLERANCE = 5e-2
 BF16_TOLERANCE = 0.25
 TOLERANCES = {"fp16": FP16_TOLERANCE, "bf16": BF16_TOLERANCE}
 DTYPES = tuple(TOLERANCES)
-ONNX_TYPES = {"fp16": "tensor(float16)", "bf16": "tensor(bfloat16)"}
+ONNX_TYPES = ONNX_FLOAT_TYPES
 # The float-computing ops of vitrt's graphs (lowering, token merging). Each is checked against
 # ONNX's schema at the graph's opset: one whose schema has no bf16 there (Conv before opset 22, TopK before 24,
 # ConstantOfShape before 20) stays in fp32 behind casts; the typing pass refuses a graph with any other.

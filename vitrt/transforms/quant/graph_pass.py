@@ -26,7 +26,7 @@ from onnx import numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from vitrt.compiler.errors import VitrtError
-from vitrt.compiler.graph import GraphView, quiet_graphsurgeon
+from vitrt.compiler.graph import GraphView, quiet_graphsurgeon, set_opset
 from vitrt.compiler.pass_manager import CANONICAL, Pass, PassContext, PassResult
 from vitrt.compiler.trt_lint import qdq_findings
 from vitrt.compiler.weights import write_state
@@ -84,16 +84,6 @@ def _zero_point(name: str, dtype: str, shape) -> gs.Constant:
 
     np_dtype = {"int8": np.int8, "fp8-e4m3": ml_dtypes.float8_e4m3fn, "int4-block": ml_dtypes.int4}[dtype]
     return _stored_constant(name, np.zeros(shape, dtype=np_dtype))
-
-
-def set_opset(graph: gs.Graph, opset: int) -> None:
-    """Raise the default-domain opset (graphsurgeon exports ``import_domains`` when set, else ``opset``)."""
-    import onnx
-
-    graph.opset = opset
-    if graph.import_domains is not None:
-        graph.import_domains = [d for d in graph.import_domains if d.domain not in ("", "ai.onnx")] + \
-            [onnx.helper.make_opsetid("", opset)]
 
 
 class QDQInserter:
