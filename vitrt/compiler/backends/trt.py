@@ -26,7 +26,7 @@ call                                                                     release
 ``Builder.create_optimization_profile()``                                10.0-11.1
 ``IOptimizationProfile.set_shape(name, min, opt, max)``, ``Dims(list)``  10.0-11.1   (raises)
 ``IBuilderConfig.add_optimization_profile(profile)``                     10.0-11.1   index, -1 on failure
-``IBuilderConfig.create_timing_cache(bytes)``                            10.0-11.1
+``IBuilderConfig.create_timing_cache(bytes)``                            10.0-11.1   None (unreadable bytes)
 ``IBuilderConfig.set_timing_cache(cache, ignore_mismatch=False)``        10.0-11.1   bool
 ``IBuilderConfig.get_timing_cache()``, ``ITimingCache.serialize()``      10.0-11.1
 ``Builder.build_serialized_network(network, config)``                    10.0-11.1   None
@@ -154,7 +154,8 @@ class TrtBackend(Backend):
         self._add_batch_profile(builder, network, config, options.batch_profile)
         cache_path = Path(options.timing_cache) if options.timing_cache else None
         cache_bytes = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
-        if not config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False):
+        cache = config.create_timing_cache(cache_bytes)  # None for bytes it cannot read (TensorRT's samples check)
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
             raise VitrtError(f"TensorRT refused the timing cache '{cache_path}' (made by another TensorRT version or "
                              "GPU?): delete it or pass another --timing-cache")
         plan = builder.build_serialized_network(network, config)
