@@ -232,6 +232,22 @@ def test_int4_is_weight_only():
     assert any(f.rule == "qdq-int4" and "weights only" in f.message for f in lint(m).findings)
 
 
+def test_int4_weights_need_an_even_last_dimension(tmp_path):
+    """TensorRT's ONNX parser packs INT4 in pairs along the last dimension: a 37-class head is refused, with the fix."""
+    import vitrt
+
+    model = tiny_vit(depth=1, num_classes=37, mlp_ratio=2.0)
+    with pytest.raises(VitrtError, match=r"int4-packing.*head.*odd last dimension.*quant.exclude head"):
+        vitrt.compile(model, tmp_path / "odd", quiet=True, backend="trt", no_build=True, precision="int4w")
+    assert not (tmp_path / "odd").exists()
+    result = vitrt.compile(model, tmp_path / "ok", quiet=True, backend="trt", no_build=True, precision="int4w",
+                           quant_exclude="head")
+    assert result.manifest["trt_lint"]["errors"] == [] and "head" not in result.manifest["quantization"]["layers"]
+    ort = vitrt.compile(model, tmp_path / "ort", quiet=True, precision="int4w")  # ONNX Runtime packs any width
+    assert "head" in ort.manifest["quantization"]["layers"]
+    assert [f["rule"] for f in ort.manifest["trt_lint"]["errors"]] == ["int4-packing"]  # recorded, for the record
+
+
 def test_qdq_pairs():
     m = matmul_qdq(extra=[helper.make_node("Relu", ["xq"], ["r"], name="relu")])
     assert any(f.rule == "qdq-pairs" and "feeds Relu" in f.message for f in lint(m).findings)

@@ -167,6 +167,15 @@ def qdq_int4(g: LintGraph):
                                f"needs per-block scales with block size in {set(INT4_BLOCK_SIZES)}"
 
 
+def int4_packing(g: LintGraph):
+    for q in qdq_nodes(g):
+        if q.qtype == TensorProto.INT4 and q.input_constant and q.input_shape and \
+                isinstance(q.input_shape[-1], int) and q.input_shape[-1] % 2:
+            yield q.node.name, f"{q.where}: INT4 weight {q.input_shape} has an odd last dimension; TensorRT's ONNX " \
+                               "parser packs INT4 in pairs along it: keep this layer float (--quant-exclude " \
+                               f"{q.node.name.rsplit('.weight', 1)[0]})"
+
+
 def qdq_pairs(g: LintGraph):
     for q in qdq_nodes(g):
         if q.node.op_type != "QuantizeLinear":
@@ -224,6 +233,7 @@ def qdq_placement(g: LintGraph):
 
 CHECKS = {
     "qdq-opset": qdq_opset, "qdq-scale": qdq_scale, "qdq-zero-point": qdq_zero_point, "qdq-types": qdq_types,
-    "qdq-per-channel": qdq_per_channel, "qdq-block": qdq_block, "qdq-int4": qdq_int4, "qdq-pairs": qdq_pairs,
+    "qdq-per-channel": qdq_per_channel, "qdq-block": qdq_block, "qdq-int4": qdq_int4, "int4-packing": int4_packing,
+    "qdq-pairs": qdq_pairs,
     "qdq-weight-axis": qdq_weight_axis, "qdq-placement": qdq_placement,
 }

@@ -5,7 +5,8 @@ not run as quantized); a ``warning`` is a graph TensorRT builds but runs slower 
 make). Categories: ``operator`` (the ONNX-TensorRT parser's operator list and per-op restrictions), ``qdq``
 (explicit quantization: NvInfer.h and the quantization guide; the Q/DQ pass's postcondition) and ``fusion``.
 
-The checks themselves are in :mod:`vitrt.compiler.trt_lint.checks`, one function per rule id; the operator list
+The checks themselves are in :mod:`vitrt.compiler.trt_lint.ops`, :mod:`~vitrt.compiler.trt_lint.qdq` and
+:mod:`~vitrt.compiler.trt_lint.fusion`, one function per rule id; the operator list
 and the per-op restrictions they read are data in :mod:`vitrt.compiler.trt_lint.operators`.
 """
 
@@ -53,6 +54,10 @@ QUANT_SCHEMES = Source("TensorRT developer guide, Working with Quantized Types",
                        "scales, block sizes {64, 128}, block dimension one of the last two; INT4 weights only)",
                        "10.x latest, 11.0",
                        "https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/quantized-types-schemes.html")
+ONNX_TRT_INT4 = Source("ONNX-TensorRT parser (onnx/onnx-tensorrt onnxOpImporters.cpp, QuantizeLinear / "
+                       "DequantizeLinear import)", "'INT4 requires an even last-dimension due to packing "
+                       "restrictions'", "10.1 (later releases document odd-count packing; not assumed here)",
+                       "https://github.com/onnx/onnx-tensorrt/blob/release/10.1-GA/onnxOpImporters.cpp")
 QDQ_PLACEMENT = Source("TensorRT developer guide, Working with Quantized Types", "Q/DQ layer-placement recommendations "
                        "(quantize the inputs of weighted operations; activations per tensor, weights per output "
                        "channel)", "10.x, 11.0",
@@ -86,6 +91,9 @@ _RULES = (
     Rule("topk-k", ERROR, OPERATOR, "TopK's K is a constant below 3840", OPERATORS_MD),
     Rule("output-unsupported", ERROR, OPERATOR, "no optional output the parser does not produce is used "
          "(LayerNormalization: only Y; MaxPool: no Indices)", OPERATORS_MD),
+    Rule("int4-packing", ERROR, OPERATOR, "an INT4 weight has an even last dimension (the parser packs two values "
+         "per byte; a parser limit, not the Q/DQ form, so not the Q/DQ pass's postcondition): a head with an odd "
+         "number of classes stays float (--quant-exclude head)", ONNX_TRT_INT4),
     Rule("dropout-training", ERROR, OPERATOR, "Dropout's training_mode evaluates to False", OPERATORS_MD),
     Rule("gathernd-batch-dims", ERROR, OPERATOR, "GatherND: 0 <= batch_dims < rank(data) - 1, the first batch_dims "
          "dims of data and indices equal (no broadcast), the last dim of indices static", NVINFER_GATHER),
