@@ -4,6 +4,8 @@ sparse weights from the inspector, the install hint); the runner itself is teste
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -128,6 +130,24 @@ def test_cuda_graph_replay_matches_enqueue(tiny_onnx, tmp_path):
     images = verification_inputs(twin.spec, batch=2)
     assert np.array_equal(plain.infer(images), graphed.infer(images))
     assert graphed._bindings[(2, 3, 32, 32)].graph is not None
+
+
+@pytest.mark.gpu
+@needs_trt
+def test_cuda_graphs_of_a_dynamic_batch_replay_right_when_shapes_alternate(tiny_onnx, tmp_path):
+    """A captured graph keeps its context's state for its shape: each captured shape has a context of its own, so
+    batch 1's graph replayed after batch 8 ran gives batch 1's answer (new images every call)."""
+    twin, _, dynamic = tiny_onnx
+    backend = get_backend("trt")
+    options = BuildOptions(batch_profile=(1, 4, 8))
+    artifact = backend.build(dynamic, tmp_path, options)
+    plain = backend.load(artifact, options)
+    graphed = backend.load(artifact, dataclasses.replace(options, cuda_graph=True))
+    for seed, batch in enumerate((1, 8, 1, 8, 1)):
+        images = verification_inputs(twin.spec, batch=batch, seed=seed)
+        assert np.array_equal(plain.infer(images), graphed.infer(images)), (seed, batch)
+    one, eight = graphed._bindings[(1, 3, 32, 32)], graphed._bindings[(8, 3, 32, 32)]
+    assert one.graph is not None and eight.graph is not None and one.context is not eight.context
 
 
 @pytest.mark.gpu

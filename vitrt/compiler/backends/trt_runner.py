@@ -8,7 +8,10 @@
 
 For each input shape the runner allocates the input and output buffers once (torch tensors on the GPU; TensorRT
 I/O types map through torch, BF16 and FP8 included) and binds them to the execution context; with
-``cuda_graph`` it also captures the enqueue into a CUDA graph and replays it. The TensorRT calls are listed in
+``cuda_graph`` it also captures the enqueue into a CUDA graph and replays it. A captured graph holds the
+context's shape-dependent state as it was at capture, so each captured shape gets an execution context of its
+own (its own activation memory, an engine's worth per shape), never re-bound to another shape: replaying the
+graph of batch 1 after batch 8 ran cannot meet batch 8's state. The TensorRT calls are listed in
 :mod:`vitrt.compiler.backends.trt`; every one that reports failure by its return value is checked.
 """
 
@@ -59,6 +62,7 @@ class Binding:
     shape: tuple[int, ...]
     input: torch.Tensor
     outputs: dict[str, torch.Tensor]
+    context: trt.IExecutionContext  # the runner's shared one; a context of its own when its enqueue is captured
     graph: torch.cuda.CUDAGraph | None = None
 
 
@@ -107,20 +111,28 @@ class TrtRunner(Runner):
 
         binding = self._bindings.get(shape)
         if binding is None:
-            self._set_input_shape(shape)
-            outputs = {name: torch.empty(dims(self.context.get_tensor_shape(name)), dtype=self.dtypes[name],
+            context = self._new_context() if self.cuda_graph and self._bindings else self.context
+            self._set_input_shape(context, shape)
+            outputs = {name: torch.empty(dims(context.get_tensor_shape(name)), dtype=self.dtypes[name],
                                          device="cuda") for name in self.outputs}
-            binding = Binding(shape, torch.empty(shape, dtype=self.dtypes[self.input_name], device="cuda"), outputs)
+            binding = Binding(shape, torch.empty(shape, dtype=self.dtypes[self.input_name], device="cuda"), outputs,
+                              context)
             self._bindings[shape] = binding
             self._activate(binding)
             if self.cuda_graph:
                 self._capture(binding)
-        elif self._active != shape:
+        elif binding.context is self.context and self._active != shape:  # a captured one stays bound to its shape
             self._activate(binding)
         return binding
 
-    def _set_input_shape(self, shape: tuple[int, ...]) -> None:
-        if not self.context.set_input_shape(self.input_name, shape):
+    def _new_context(self) -> trt.IExecutionContext:
+        context = self.engine.create_execution_context()
+        if context is None:
+            raise VitrtError("TensorRT could not create an execution context (out of GPU memory?)")
+        return context
+
+    def _set_input_shape(self, context: trt.IExecutionContext, shape: tuple[int, ...]) -> None:
+        if not context.set_input_shape(self.input_name, shape):
             profile = ""
             if self._batch is None:
                 low, _, high = self.engine.get_tensor_profile_shape(self.input_name, 0)
@@ -128,14 +140,15 @@ class TrtRunner(Runner):
             raise VitrtError(f"TensorRT rejected input shape {list(shape)} for '{self.input_name}'{profile}")
 
     def _activate(self, binding: Binding) -> None:
-        self._set_input_shape(binding.shape)
+        self._set_input_shape(binding.context, binding.shape)
         for name, tensor in [(self.input_name, binding.input), *binding.outputs.items()]:
-            if not self.context.set_tensor_address(name, tensor.data_ptr()):
+            if not binding.context.set_tensor_address(name, tensor.data_ptr()):
                 raise VitrtError(f"TensorRT refused the device address of tensor '{name}'")
-        self._active = binding.shape
+        if binding.context is self.context:
+            self._active = binding.shape
 
-    def _execute(self) -> None:
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+    def _execute(self, binding: Binding) -> None:
+        if not binding.context.execute_async_v3(self.stream.cuda_stream):
             raise VitrtError("TensorRT execute_async_v3 failed (see the TensorRT log)")
 
     def _capture(self, binding: Binding) -> None:
@@ -143,11 +156,11 @@ class TrtRunner(Runner):
         shape-dependent setup outside the capture)."""
         import torch
 
-        self._execute()
+        self._execute(binding)
         self.stream.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=self.stream):
-            self._execute()
+            self._execute(binding)
         binding.graph = graph
 
     def _enqueue(self, binding: Binding) -> None:
@@ -156,7 +169,7 @@ class TrtRunner(Runner):
 
         self._bind(binding.shape)
         if binding.graph is None:
-            self._execute()
+            self._execute(binding)
             return
         with torch.cuda.stream(self.stream):
             binding.graph.replay()
@@ -241,13 +254,13 @@ class TrtRunner(Runner):
             def report_layer_time(self, layer_name: str, ms: float) -> None:
                 self.samples.setdefault(layer_name, []).append(ms)
 
-        self._stage(images)
+        binding = self._stage(images)
         profiler = LayerTimes()
-        self.context.profiler = profiler
+        binding.context.profiler = profiler
         try:
             for _ in range(iterations):
-                self._execute()  # never a graph replay: the profiler reports only on enqueue
+                self._execute(binding)  # never a graph replay: the profiler reports only on enqueue
                 self.synchronize()
         finally:
-            self.context.profiler = None  # type: ignore[assignment]  # the stubs omit None, the binding takes it
+            binding.context.profiler = None  # type: ignore[assignment]  # the stubs omit None, the binding takes it
         return {name: float(np.median(ms)) for name, ms in profiler.samples.items()}
