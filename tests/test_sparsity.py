@@ -304,6 +304,7 @@ def test_pass_sets_the_tensorrt_flag_and_reports_sparse_tactics(tmp_path):
     inspector = {"Layers": [{"Name": "blocks.0.mlp.fc1 + blocks.0.mlp.act.div", "HasSparseWeights": 1,
                              "TacticName": "sm80_xmma_gemm_f16f16_f16f32_tn"},
                             {"Name": "blocks.0.attn.q", "HasSparseWeights": 0, "TacticName": "sparse_lookalike_tn"},
+                            {"Name": "blocks.0.attn.qk_sparse_probe", "HasSparseWeights": 1},  # not attn.q's name
                             {"Name": "{ForeignNode[blocks.0.attn.qk...blocks.0.attn.av]}", "TacticName": "0x0"}]}
     files = report.finish(plan, section, Finished(tmp_path, {"engine_inspector": inspector}, None))
     files["sparse_tactics.json"](tmp_path / "sparse_tactics.json")
