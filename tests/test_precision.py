@@ -224,6 +224,24 @@ def test_int4w_for_trt_is_w4a16(twin, images):
     assert section["activations"] == "fp16" and "W4A16" in section["activations_why"]
 
 
+def test_an_all_zero_int4_block_keeps_a_normal_fp16_scale(images):
+    """A block of zero weights (amax 0) gets the floor range, whose scale is FP16's smallest normal number: typed
+    W4A16 it stays a positive scale (a 1e-8 floor became 0 in FP16 and the graph was refused)."""
+    from vitrt.compiler.trt_lint import qdq_findings
+
+    zeroed = canonicalize(tiny_vit(depth=2))
+    with torch.no_grad():
+        zeroed.blocks[0].mlp.fc2.weight[:, :64] = 0  # the first block of K = 64 input channels
+    passes, _ = int4_passes(zeroed, "trt")
+    amax = passes[0].plan.table.entries["blocks.0.mlp.fc2.weight"].amax
+    assert np.float16(amax.min() / 7) == np.float16(2.0 ** -14)
+    model, _, records = run_passes(passes + [CleanupPass()], zeroed, images=images)
+    assert qdq_findings(model) == [] and records[1].stats["verify_max_abs_err"] <= FP16_TOLERANCE
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and "blocks.0.mlp.fc2" in n.name)
+    weights = {t.name: t for t in model.graph.initializer}
+    assert onnx.numpy_helper.to_array(weights[dq.input[1]])[0].min() > 0  # the zero block's FP16 scale
+
+
 def test_int4w_for_ort_keeps_fp32_activations(tmp_path, twin, images):
     passes, _ = int4_passes(twin, "ort")
     assert [type(p) for p in passes] == [QDQPass]

@@ -250,8 +250,14 @@ def int4_table(twin: CanonicalViT, block_size: int | None = None) -> ScaleTable:
         w = twin.get_submodule(name).weight.detach().float().T  # B[K, N]
         k, n = w.shape
         amax = w.abs().reshape(k // block, block, n).amax(dim=1).numpy()
-        entries[f"{name}.weight"] = ScaleEntry("int4-block", np.maximum(amax, np.float32(1e-8)), 0, block)
+        entries[f"{name}.weight"] = ScaleEntry("int4-block", np.maximum(amax, INT4_AMAX_FLOOR), 0, block)
     return ScaleTable("int4w", entries, "weights:max", {"block_size": block})
+
+
+# The smallest block range kept: its scale amax / 7 is FP16's smallest normal number, so the scale survives the
+# W4A16 typing (an all-zero or tiny block's scale would become 0 or subnormal in FP16); weights of such a block
+# are below 4.3e-4 and quantize to 0 or ±1 step either way.
+INT4_AMAX_FLOOR = np.float32(QMAX["int4-block"] * 2.0 ** -14)
 
 
 def fake_quant_int4(weight_kn: torch.Tensor, amax: np.ndarray, block: int) -> torch.Tensor:
