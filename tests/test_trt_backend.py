@@ -189,7 +189,9 @@ def test_no_build_writes_the_trt_graph_and_how_to_build_it(tmp_path, capsys):
     assert manifest["engine_build"] == {"built": False, "command": (
         "cd OUT && trtexec --onnx=model.onnx --stronglyTyped --saveEngine=model.plan --profilingVerbosity=detailed "
         "--exportLayerInfo=engine_inspector.json --sparsity=enable --minShapes=images:1x3x64x64 "
-        "--optShapes=images:8x3x64x64 --maxShapes=images:32x3x64x64")}
+        "--optShapes=images:8x3x64x64 --maxShapes=images:32x3x64x64"),
+        "requires": ["2:4 sparse weights: sparse tensor cores need compute capability >= 8.0 (Ampere or newer); older "
+                     "GPUs build the dense engine"]}
     assert "no engine built (--no-build); build it on the GPU machine with: cd OUT && trtexec" in capsys.readouterr().err
     # what needs an engine says so in one line and writes nothing
     assert main(["export", "triton", str(tmp_path / "out"), "-o", str(tmp_path / "repo")]) == 2

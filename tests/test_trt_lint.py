@@ -243,6 +243,9 @@ def test_int4_weights_need_an_even_last_dimension(tmp_path):
     result = vitrt.compile(model, tmp_path / "ok", quiet=True, backend="trt", no_build=True, precision="int4w",
                            quant_exclude="head")
     assert result.manifest["trt_lint"]["errors"] == [] and "head" not in result.manifest["quantization"]["layers"]
+    assert result.manifest["opset"] == 21 and result.manifest["engine_build"]["requires"] == [
+        "ONNX opset 21: TensorRT 10.0/10.1's parser documents opsets up to 20, 10.15's up to 24: use a release after "
+        "10.1"]
     ort = vitrt.compile(model, tmp_path / "ort", quiet=True, precision="int4w")  # ONNX Runtime packs any width
     assert "head" in ort.manifest["quantization"]["layers"]
     assert [f["rule"] for f in ort.manifest["trt_lint"]["errors"]] == ["int4-packing"]  # recorded, for the record
@@ -425,7 +428,9 @@ def test_quantized_graphs_for_tensorrt_carry_fp16_between_the_quantized_layers(p
     model = onnx.load(str(result.onnx_path))
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     section = result.manifest["quantization"]
-    assert opset == section["opset"] >= 19 and section["activations"] == "fp16"
+    assert opset == section["opset"] == result.manifest["opset"] >= 19 and section["activations"] == "fp16"
+    needs = result.manifest["engine_build"].get("requires", [])
+    assert any("compute capability >= 8.9" in n for n in needs) == (precision == "fp8")
     assert "strongly typed" in section["activations_why"] and result.manifest["verify"]["ok"]
     types = {t.name: t.data_type for t in model.graph.initializer}
     scales = [types[n.input[1]] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
