@@ -431,6 +431,7 @@ def test_quantized_graphs_for_tensorrt_carry_fp16_between_the_quantized_layers(p
     assert opset == section["opset"] == result.manifest["opset"] >= 19 and section["activations"] == "fp16"
     needs = result.manifest["engine_build"].get("requires", [])
     assert any("compute capability >= 8.9" in n for n in needs) == (precision == "fp8")
+    assert any("per-channel scaling for FP8 GEMMs" in n for n in needs) == (precision == "fp8")
     assert "strongly typed" in section["activations_why"] and result.manifest["verify"]["ok"]
     types = {t.name: t.data_type for t in model.graph.initializer}
     scales = [types[n.input[1]] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]

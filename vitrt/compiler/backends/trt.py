@@ -138,9 +138,14 @@ def tensorrt_requirements(model, options: BuildOptions) -> list[str]:
         needs.append(f"ONNX opset {opset}: TensorRT 10.0/10.1's parser documents opsets up to "
                      f"{PARSER_OPSETS['10.1']}, 10.15's up to {PARSER_OPSETS['10.15']}: use a release after 10.1")
     fp8 = {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT8E4M3FN}
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") and
-           (len(n.input) > 2 and n.input[2] in fp8 or n.input[0] in fp8) for n in model.graph.node):
+    scales = {t.name: t.dims for t in model.graph.initializer}
+    fp8_nodes = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and
+                 (len(n.input) > 2 and n.input[2] in fp8 or n.input[0] in fp8)]
+    if fp8_nodes:
         needs.append("FP8 Q/DQ: a GPU of compute capability >= %d.%d (Ada, Hopper or newer)" % FP8_COMPUTE_CAPABILITY)
+    if any(n.input[0] in fp8 and list(scales.get(n.input[1], [])) not in ([], [1]) for n in fp8_nodes):
+        needs.append("FP8 weights with per-channel scales: TensorRT 10.6 added per-channel scaling for FP8 GEMMs "
+                     "on Hopper GPUs (release notes): build there with TensorRT >= 10.6")
     if options.sparse_weights:
         needs.append("2:4 sparse weights: sparse tensor cores need compute capability >= %d.%d (Ampere or newer); "
                      "older GPUs build the dense engine" % SPARSE_COMPUTE_CAPABILITY)
