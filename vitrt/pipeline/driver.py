@@ -334,7 +334,8 @@ def engine_build_later(model: onnx.ModelProto, io: dict, options: BuildOptions) 
     """The manifest's ``engine_build`` of a ``--no-build`` compile (``io``: the manifest's, :func:`graph_io`): the
     trtexec command that builds the engine and, when the graph needs more than TensorRT 10.0 on any GPU, what
     (``requires``)."""
-    from vitrt.compiler.backends.trt import tensorrt_requirements, trtexec_command
+    from vitrt.compiler.backends.trt import trtexec_command
+    from vitrt.compiler.trt_lint.requirements import tensorrt_requirements
 
     inputs = {v["name"]: v["shape"][1:] for v in io["inputs"]}
     needs = tensorrt_requirements(model, options)
