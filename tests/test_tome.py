@@ -524,3 +524,26 @@ def test_tome_bench_cli(tmp_path, capsys):
     assert main(["tome-bench", "--targets", "0.6,1.5", "--no-throughput", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--targets" in err and not out.exists()
+
+
+def test_verification_pins_merge_decisions_so_reduced_precision_near_ties_do_not_fail_it(digits_reference, tmp_path):
+    """In fp16 a near tie can go one way in the graph and the other in the twin (one image then differs by a whole
+    merge: 0.33 against 0.05 here, before verification pinned the decisions). Verification runs the twin with the
+    graph's decisions, so what it checks is the arithmetic, and counts the images that would have merged
+    differently."""
+    import vitrt
+    from vitrt.compiler.verify import compare, decision_modules
+
+    result = vitrt.compile(digits_reference[0], tmp_path / "out", tome="4", precision="fp16", verify=True, seed=4,
+                           quiet=True)
+    verify = result.manifest["verify"]
+    assert verify["ok"] and verify["max_abs_err"] <= FP16_TOLERANCE and verify["decision_flips"] >= 1
+    model, twin = onnx.load(str(result.onnx_path)), result.twin
+    deciders = decision_modules(twin)
+    assert [m.decision_tensors[0] for m in deciders] == [f"blocks.{i}.tome.edges.indices" for i in range(12)
+                                                          if result.manifest["token_merge"]["r"][i]]
+    images = verification_inputs(twin.spec, 1, seed=4, count=2)
+    unpinned = float(np.max(np.abs(run_onnx(model, images, 1) - run_torch(twin, images))))
+    pinned = compare(model, twin, images, 1, "torch twin", FP16_TOLERANCE)
+    assert pinned.ok and pinned.decision_flips >= 1 and unpinned > FP16_TOLERANCE  # the flip that pinning sets apart
+    assert all(m.forced is None and m.disagree is None for m in deciders)  # verification leaves the twin as it was

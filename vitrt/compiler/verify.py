@@ -3,6 +3,14 @@
 A graph that computes in bfloat16 (``--precision bf16``, for TensorRT) runs in onnx's reference evaluator instead:
 ONNX Runtime's CPU provider has no bf16 kernels for MatMul, Add, Erf, Softmax and the like (only data movement),
 and the reference evaluator executes the graph as written, rounding every op's result to bf16.
+
+Discrete decisions (which tokens a merge picks) are compared apart from the arithmetic. Computed in fp16 or on
+int8-rounded activations, a near tie between two candidates can go one way in the graph and the other in the
+twin, and one image's logits then differ by a whole merge — not a defect of either. A twin submodule that makes
+such decisions declares them (``decision_tensors``: the int64 graph tensors that hold them; it reads them from
+its ``forced`` dict and marks the images it would have decided otherwise in ``disagree``); the graph is run with those tensors as extra outputs, the twin is run with its decisions
+forced to the graph's, and the logits are compared under equal decisions. How many images the two would have
+decided differently is reported beside (``decision_flips``).
 """
 
 from __future__ import annotations
@@ -54,15 +62,25 @@ def reference_evaluator(model: onnx.ModelProto):
 def run_onnx(model: onnx.ModelProto, images: np.ndarray, batch: int | None) -> np.ndarray:
     """Run ``model`` over ``images`` in chunks of ``batch``: in ONNX Runtime (CPU, basic optimisations only), or
     in onnx's reference evaluator when the graph computes in bfloat16."""
+    return np.concatenate([outputs[0] for outputs in _run_chunks(model, images, batch)])
+
+
+def _run_chunks(model: onnx.ModelProto, images: np.ndarray, batch: int | None, extra: tuple[str, ...] = ()):
+    """Every output of ``model`` (the logits, then the ``extra`` tensors made outputs) per chunk of ``batch``."""
+    if extra:  # decision tensors: int64 indices
+        copied = onnx.ModelProto()
+        copied.CopyFrom(model)
+        copied.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.INT64, None) for n in extra)
+        model = copied
     name = model.graph.input[0].name
     if computes_in_bfloat16(model):
         evaluator = reference_evaluator(model)
-        run = lambda x: evaluator.run(None, {name: x})[0]  # noqa: E731
+        run = lambda x: evaluator.run(None, {name: x})  # noqa: E731
     else:
         session = ort_session(model, level="basic")
-        run = lambda x: session.run(None, {name: x})[0]  # noqa: E731
+        run = lambda x: session.run(None, {name: x})  # noqa: E731
     step = batch or len(images)
-    return np.concatenate([run(images[i:i + step]) for i in range(0, len(images), step)])
+    return [run(images[i:i + step]) for i in range(0, len(images), step)]
 
 
 @torch.no_grad()
@@ -75,20 +93,49 @@ class Verification:
     max_abs_err: float
     reference: str
     tolerance: float
+    decision_flips: int | None = None  # images the twin would have decided differently (None: no decisions)
 
     @property
     def ok(self) -> bool:
         return self.max_abs_err <= self.tolerance
 
     def to_dict(self) -> dict:
+        flips = {} if self.decision_flips is None else {
+            "decision_flips": self.decision_flips,
+            "decisions": "the twin ran with the graph's token-merge decisions (near ties can go either way in "
+                         "reduced precision); decision_flips counts the images it would have decided differently"}
         return {"max_abs_err": self.max_abs_err, "reference": self.reference, "tolerance": self.tolerance,
-                "ok": self.ok}
+                "ok": self.ok, **flips}
+
+
+def decision_modules(reference: torch.nn.Module) -> list[torch.nn.Module]:
+    """The reference's submodules that make discrete decisions the graph also makes (``decision_tensors``)."""
+    return [m for m in reference.modules() if getattr(m, "decision_tensors", ())]
 
 
 def compare(model: onnx.ModelProto, reference: torch.nn.Module, images: np.ndarray, batch: int | None,
             reference_name: str, tolerance: float = FP32_TOLERANCE) -> Verification:
-    err = float(np.max(np.abs(run_onnx(model, images, batch) - run_torch(reference, images))))
-    return Verification(err, reference_name, tolerance)
+    deciders = decision_modules(reference)
+    if not deciders:
+        err = float(np.max(np.abs(run_onnx(model, images, batch) - run_torch(reference, images))))
+        return Verification(err, reference_name, tolerance)
+    names = tuple(n for m in deciders for n in m.decision_tensors)
+    step = batch or len(images)
+    err, flips = 0.0, 0
+    for start, outputs in zip(range(0, len(images), step), _run_chunks(model, images, batch, names)):
+        chunk = images[start:start + step]
+        values = dict(zip(names, outputs[1:]))
+        try:
+            for m in deciders:
+                m.forced = {n: torch.from_numpy(values[n]) for n in m.decision_tensors}
+                m.disagree = torch.zeros(len(chunk), dtype=torch.bool)
+            expected = run_torch(reference, chunk)
+            flips += int(torch.stack([m.disagree for m in deciders]).any(0).sum())
+        finally:
+            for m in deciders:
+                m.forced = m.disagree = None
+        err = max(err, float(np.max(np.abs(outputs[0] - expected))))
+    return Verification(err, reference_name, tolerance, flips)
 
 
 class VerifyInstrument(Instrument):
@@ -108,6 +155,8 @@ class VerifyInstrument(Instrument):
         tolerance = self.tolerance = max(self.tolerance, record.tolerance)
         check = compare(result.view.to_onnx(), twin, self.images, self.batch, "torch twin", tolerance)
         record.stats["verify_max_abs_err"] = check.max_abs_err
+        if check.decision_flips is not None:
+            record.stats["verify_decision_flips"] = check.decision_flips
         if not check.ok:
             raise VitrtError(f"pass '{p.name}' broke numerical equivalence with the torch twin: max abs error "
                              f"{check.max_abs_err:.3g} > {tolerance:g}")

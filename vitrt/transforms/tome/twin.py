@@ -19,6 +19,7 @@ lives outside the tensors.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -26,13 +27,30 @@ from torch import nn
 from vitrt.transforms.tome.schedule import BlockMerge, MergePlan, quadtree_order
 
 
+@dataclass
+class ForcedDecisions:
+    """Merge decisions to use instead of computing them (the graph's, during verification): ``src`` [W, r] the
+    merged A tokens, ``dst`` [W, r] their B tokens. The merge sets ``disagree`` [W]: the rows whose computed
+    decisions differ."""
+
+    src: torch.Tensor
+    dst: torch.Tensor
+    disagree: torch.Tensor | None = None
+
+
+def decision_tensors(block_index: int) -> tuple[str, str]:
+    """The graph tensors holding block ``block_index``'s merge decisions (src, dst), as the pass names them."""
+    return f"blocks.{block_index}.tome.edges.indices", f"blocks.{block_index}.tome.dst.out"
+
+
 def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, sizes: torch.Tensor, r: int,
-                    extras: tuple[torch.Tensor, ...] = ()):
+                    extras: tuple[torch.Tensor, ...] = (), forced: ForcedDecisions | None = None):
     """Merge ``r`` tokens in every row of a batch of windows.
 
     x [W, n, C], metric [W, n, d] (unnormalised), sizes [W, n, 1] -> (x [W, n - r, C], sizes [W, n - r, 1],
     extras summed the same way, e.g. a source map [W, n, P] for visualisation). Output rows: the kept A tokens
     in their original order, then the B tokens (each the size-weighted average of itself and its merged A's).
+    ``forced``: merge as its decisions say instead of the computed ones (and record where they differ).
     """
     n = x.shape[1]
     na, nb = (n + 1) // 2, n // 2
@@ -51,11 +69,14 @@ def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, sizes: torch.Tensor, 
     node_idx = top.gather(-1, choice)[..., 0]  # [W, na]
     distance = distances.gather(-1, choice)[..., 0]
     src = torch.sort(distance, dim=-1, stable=True).indices[:, :r]  # r closest; ties: lower index (TopK's rule)
+    if forced is not None:
+        forced.disagree = ((src != forced.src) | (node_idx.gather(1, src) != forced.dst)).any(-1)
+        src = forced.src.to(src.device)
     iota_a = torch.arange(na, device=x.device)
     merged = (src[:, :, None] == iota_a).to(x.dtype).sum(1)  # [W, na]: 1 where the A token merges
     kept_key = (1.0 - merged) * (na - iota_a).to(x.dtype)  # largest for the earliest kept token
     unm = torch.sort(kept_key, dim=-1, descending=True, stable=True).indices[:, : na - r]
-    dst = node_idx.gather(1, src)  # [W, r]
+    dst = node_idx.gather(1, src) if forced is None else forced.dst.to(src.device)  # [W, r]
     onehot = (dst[:, None, :] == torch.arange(nb, device=x.device)[:, None]).to(x.dtype)  # [W, nb, r]
 
     def take(t, index):  # rows 2·index of t (the A tokens), per window: GatherND with batch_dims=1
@@ -71,7 +92,7 @@ def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, sizes: torch.Tensor, 
 
 
 def merge_tokens(x: torch.Tensor, keys: torch.Tensor, sizes: torch.Tensor, merge: BlockMerge, prefix: int, order,
-                 heads: int, extras: tuple[torch.Tensor, ...] = ()):
+                 heads: int, extras: tuple[torch.Tensor, ...] = (), forced: ForcedDecisions | None = None):
     """One block's merge on [B, N, C] tokens (prefix first); ``keys`` [B, N, heads·qk]; ``sizes`` [B, N - prefix, 1]."""
     batch, tokens, channels = x.shape
     metric = keys.reshape(batch, tokens, heads, -1).sum(2)[:, prefix:]  # mean up to 1/heads: same cosine
@@ -87,7 +108,7 @@ def merge_tokens(x: torch.Tensor, keys: torch.Tensor, sizes: torch.Tensor, merge
         return t.reshape(batch * w, per, t.shape[-1])
 
     body, sizes, extras = bipartite_merge(split(body), split(metric), split(sizes), merge.per_window,
-                                          tuple(split(e) for e in extras))
+                                          tuple(split(e) for e in extras), forced)
 
     def join(t):
         return t.reshape(batch, -1, t.shape[-1])
@@ -100,7 +121,9 @@ class MergingBlock(nn.Module):
 
     Holds the original block's ``norm1`` / ``attn`` / ``norm2`` / ``mlp`` as its own children, so module paths
     (``blocks.3.attn.q``) are unchanged. Input carries sizes as a last channel when ``sized_in``; output
-    carries them when ``sized_out``.
+    carries them when ``sized_out``. A merging block declares its decisions (``decision_tensors``) for
+    verification, which sets ``forced`` (graph tensor name -> value) and reads ``disagree`` (per image): see
+    :mod:`vitrt.compiler.verify`.
     """
 
     def __init__(self, block, merge: BlockMerge, prefix: int, order, sized_in: bool, sized_out: bool):
@@ -109,6 +132,9 @@ class MergingBlock(nn.Module):
         self.norm1, self.attn, self.norm2, self.mlp = block.norm1, block.attn, block.norm2, block.mlp
         self.merge, self.prefix, self.order = merge, prefix, order
         self.sized_in, self.sized_out = sized_in, sized_out
+        self.decision_tensors = decision_tensors(merge.index) if merge.merges else ()
+        self.forced: dict[str, torch.Tensor] | None = None
+        self.disagree: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, extras: tuple[torch.Tensor, ...] = ()):
         if self.sized_in:
@@ -126,8 +152,11 @@ class MergingBlock(nn.Module):
                 keys = self.attn.k(h)
             x = x + self.attn(h, attn_bias=bias)
         if self.merge.merges:
+            forced = None if self.forced is None else ForcedDecisions(*(self.forced[n] for n in self.decision_tensors))
             x, sizes, extras = merge_tokens(x, keys, sizes, self.merge, self.prefix, self.order, self.attn.heads,
-                                            extras)
+                                            extras, forced)
+            if forced is not None and self.disagree is not None:
+                self.disagree |= forced.disagree.reshape(x.shape[0], -1).any(1).cpu()
         if self.mlp is not None:
             x = x + self.mlp(self.norm2(x))
         if self.sized_out:
