@@ -81,6 +81,26 @@ def test_the_python_api_words_errors_for_python(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
+def test_the_python_api_takes_digits_by_name_and_refuses_name_options_for_a_module(tmp_path, digits_reference):
+    import torch
+
+    import vitrt
+    from vitrt.compiler.errors import OptionError
+
+    result = vitrt.compile("digits-reference", tmp_path / "named", quiet=True)  # any spelling, as the CLI
+    assert result.manifest["model"] == "digits" and result.manifest["spec_after"]["img"] == 32
+    with pytest.raises(OptionError, match="^img_size does not apply to digits"):
+        vitrt.compile("digits", tmp_path / "sized", img_size=64)
+    checkpoint = tmp_path / "ck.pt"
+    torch.save(digits_reference[0].state_dict(), checkpoint)
+    with pytest.raises(OptionError, match="^checkpoint / img_size: for a model name only; a model object is compiled "
+                                          "as it is"):  # silently ignored before
+        vitrt.compile(digits_reference[0], tmp_path / "module", checkpoint=checkpoint, img_size=64)
+    with pytest.raises(OptionError, match="^pretrained=True: for a model name only"):
+        vitrt.compile(digits_reference[0], tmp_path / "module", pretrained=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt", "named"]
+
+
 def test_a_default_int8_compile_prints_only_vitrt_lines(tmp_path):
     """No third-party noise on stdout or stderr in a normal (not --quiet) run: every stderr line is vitrt's
     progress (tqdm bars included, they carry the [vitrt] prefix), stdout is the summary."""

@@ -65,28 +65,12 @@ def _cmd_compile(args) -> int:
         return 0
     from vitrt.compiler.known_models import is_digits_model
 
-    if is_digits_model(config.model):  # the shipped digits reference: real weights, real test data
-        return _compile_digits(config)
-    check_known_model(config)
+    if not is_digits_model(config.model):  # the shipped digits reference: the driver loads it
+        check_known_model(config)
     from vitrt.pipeline.driver import compile
 
     result = compile(config=config)
     print_summary(result.manifest)
-    return 0
-
-
-def _compile_digits(config) -> int:
-    """``vitrt compile digits``: the shipped digits reference ViT (32x32, 10 classes) compiled like a timm model."""
-    for flag, given in (("--checkpoint", config.checkpoint is not None), ("--pretrained", config.pretrained),
-                        ("--img-size", config.img_size is not None)):
-        if given:
-            raise VitrtError(f"{flag} does not apply to digits (the shipped digits reference has its own weights and "
-                             "32x32 input); pass a timm model name to use it")
-    from vitrt.pipeline.driver import compile
-    from vitrt.pipeline.recipe import resolve_model
-
-    module, name = resolve_model(config.model)
-    print_summary(compile(module, config=config.replace(model=None), name=name).manifest)
     return 0
 
 
@@ -108,7 +92,7 @@ def _cmd_prune_plan(args) -> int:
     if out.exists() and not config.force:
         raise VitrtError(f"{out} exists: pass --force to replace it")
     progress = Progress(enabled=not config.quiet)
-    from vitrt.pipeline.recipe import resolve_model
+    from vitrt.pipeline.driver import resolve_model
 
     module, _ = resolve_model(config.model)  # the digits reference by name, as in vitrt compile
     _, twin = load_source(config, inspect_source(config, module, progress), progress)

@@ -39,6 +39,7 @@ from vitrt.compiler.backends import BuildOptions, get_backend
 from vitrt.compiler.cost import vit_flops, vit_params
 from vitrt.compiler.distributed import is_writer
 from vitrt.compiler.errors import OptionError, VitrtError
+from vitrt.compiler.known_models import DIGITS_MODEL, is_digits_model
 from vitrt.compiler.graph import GraphView
 from vitrt.compiler.lower import lower
 from vitrt.compiler.models import (canonicalize, check_supported, checkpoint_classes, load_timm_model, model_spec,
@@ -104,10 +105,24 @@ class Source:
     num_classes: int | None = None  # the checkpoint's classifier width where it differs from the model's default
 
 
+def resolve_model(name: str):
+    """(module or None, name): the digits reference for ``digits`` (any spelling), else the timm name as given."""
+    if is_digits_model(name):
+        from vitrt.calib.reference import load_reference
+
+        return load_reference()[0], DIGITS_MODEL
+    return None, name
+
+
 def inspect_source(config: CompileConfig, module: torch.nn.Module | None, progress: Progress) -> Source:
     """The spec of what will be compiled — from the Python module, or from the timm name on the meta device
     (no weights) — so every model-dependent option is checked before anything slow happens."""
     if module is not None:
+        given = [flag for flag, value in (("--checkpoint", config.checkpoint), ("--pretrained", config.pretrained),
+                                          ("--img-size", config.img_size)) if value]
+        if given:  # they build a model from its name: a module handed over already has its weights and size
+            raise OptionError(f"{' / '.join(given)}: for a model name only; a model object is compiled as it is "
+                              "(load the weights into it, or make it at that size, before passing it)")
         if isinstance(module, CanonicalViT):
             return Source(module.spec, module)
         check_supported(module)
@@ -200,6 +215,14 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
                           "recipe=PATH) and vitrt compile --recipe call it)")
     config = make_config(model, out, config, options).validate()
     module = model if isinstance(model, torch.nn.Module) else None
+    if module is None and is_digits_model(config.model):  # the shipped digits reference: real weights, real data
+        for flag, given in (("--checkpoint", config.checkpoint), ("--pretrained", config.pretrained),
+                            ("--img-size", config.img_size)):
+            if given:
+                raise OptionError(f"{flag} does not apply to digits (the shipped digits reference has its own "
+                                  "weights and 32x32 input); pass a timm model name to use it")
+        module, resolved = resolve_model(config.model)
+        name, config = name or resolved, config.replace(model=None)
     if config.out is None:
         raise VitrtError("no output directory: pass -o OUT")
     progress = progress or Progress(enabled=not config.quiet)

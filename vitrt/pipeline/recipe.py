@@ -27,7 +27,7 @@ import numpy as np
 
 from vitrt.compiler.errors import OptionError, VitrtError
 from vitrt.compiler.jsonfile import read_json
-from vitrt.compiler.known_models import DIGITS_MODEL, is_digits_model
+from vitrt.compiler.known_models import is_digits_model
 
 FORMAT, VERSION = "vitrt.recipe", 1
 # Options a replay may set on top of a recipe: where to write and what to check, not what to compile.
@@ -208,15 +208,6 @@ def read_recipe(path) -> Recipe:
     return recipe
 
 
-def resolve_model(name: str):
-    """(module or None, name): the digits reference for ``digits``, else the timm name as given."""
-    if is_digits_model(name):
-        from vitrt.calib.reference import load_reference
-
-        return load_reference()[0], DIGITS_MODEL
-    return None, name
-
-
 def replay_config(recipe: Recipe, overrides: dict):
     """The CompileConfig of ``recipe`` with ``overrides`` (only the options in REPLAY_OPTIONS may be given)."""
     from vitrt.compiler.options import from_options
@@ -240,7 +231,7 @@ def compile_recipe(recipe_path, model: str | None = None, progress=None, module=
 
     ``module``: the model itself (Python API), for a recipe made for a module rather than a name. The same model
     weights and recipe give the same ``model.onnx`` bytes (a timm name without --checkpoint has random weights)."""
-    from vitrt.pipeline.driver import compile
+    from vitrt.pipeline.driver import compile, resolve_model
 
     recipe = read_recipe(recipe_path)
     same = model == recipe.model or (is_digits_model(model) and is_digits_model(recipe.model))

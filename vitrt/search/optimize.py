@@ -191,7 +191,7 @@ def prepare_out(config: OptimizeConfig) -> Path:
 def load_model(name: str, progress):
     """(timm module, canonical twin) of ``digits`` or a timm model name (random weights)."""
     from vitrt.compiler.models import canonicalize, load_timm_model
-    from vitrt.pipeline.recipe import resolve_model
+    from vitrt.pipeline.driver import resolve_model
 
     module, _ = resolve_model(name)
     if module is None:
