@@ -4,6 +4,7 @@ corrupted and driven through the CLI. No assertion is about absolute speed."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -288,7 +289,19 @@ def test_a_cpu_clock_table_is_predicted_and_refined_by_a_cpu_clock_bench(tmp_pat
     assert "--bench-clock cpu measures the caller thread's CPU time: it needs --threads 1" in capsys.readouterr().err
     assert run("compile", "digits", "-o", tmp_path / "o", "--bench-clock", "cpu", "--threads", "1") == 2
     assert "--bench-clock sets the clock of --bench: add --bench" in capsys.readouterr().err
+    assert run("compile", "digits", "-o", tmp_path / "o", "--lut", lut, "--refine-lut", "--prune", "0.5") == 2
+    assert "--refine-lut folds --bench's measurement into --lut: add --bench" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_load_warning_advises_by_the_clock_measured():
+    from vitrt.compiler.target import TargetConfig
+    from vitrt.pipeline.driver import machine_state
+
+    busy = 10.0 * (os.cpu_count() or 1)  # a load above the cores
+    wall = machine_state(TargetConfig(), busy, "wall")["load_warning"]
+    cpu = machine_state(TargetConfig(threads=1), busy, "cpu")["load_warning"]
+    assert "use --threads 1 --bench-clock cpu" in wall and "--bench-clock" not in cpu and "least CPU time" in cpu
 
 
 def run(*argv):

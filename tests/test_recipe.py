@@ -40,9 +40,11 @@ def test_replay_gives_the_same_bytes_as_compiling_with_the_plans(tmp_path):
     assert "calib_data" not in recipe.options and "calib_images" not in recipe.options  # planning only: in the plans
     direct = compile(model, tmp_path / "direct", plans=planned.plans, quiet=True, **OPTIONS)
     first = compile_recipe(tmp_path / "recipe.json", module=model, out=tmp_path / "a", quiet=True)
-    again = compile_recipe(tmp_path / "recipe.json", module=model, out=tmp_path / "b", quiet=True, verify=True)
+    again = compile_recipe(tmp_path / "recipe.json", module=model, out=tmp_path / "b", quiet=True, verify=True,
+                           keep_twin=True, bench=True, bench_iters=2, bench_clock="cpu", threads=1)
     assert onnx_bytes(tmp_path / "a") == onnx_bytes(tmp_path / "b") == onnx_bytes(tmp_path / "direct")
-    assert again.manifest["verify"]["ok"]
+    assert again.manifest["verify"]["ok"] and again.manifest["latency"]["clock"] == "cpu"  # measured on a shared
+    assert (tmp_path / "b" / "twin").is_dir()  # machine's steady clock; inspectable with vitrt compare
     assert first.manifest["params"] == direct.manifest["params"]
 
 

@@ -50,6 +50,8 @@ class CheckConfig:
             raise OptionError("--bench-iters must be >= 1 and --bench-warmup >= 0")
         if self.refine_lut and self.lut is None:
             raise OptionError("--refine-lut needs --lut LUT (the table to update)")
+        if self.refine_lut and not self.bench:
+            raise OptionError("--refine-lut folds --bench's measurement into --lut: add --bench")
         return self
 
 

@@ -329,7 +329,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
             with progress.bar(checks.bench_iters, f"benchmarking ({config.bench_clock} clock)") as bar:
                 stats = runner.benchmark(bench_images, warmup=checks.bench_warmup, iterations=checks.bench_iters,
                                          progress=bar.update, clock=config.bench_clock)
-            manifest["latency"] = {**stats.to_dict(), **machine_state(target, load_before)}
+            manifest["latency"] = {**stats.to_dict(), **machine_state(target, load_before, stats.clock)}
             if "load_warning" in manifest["latency"]:
                 progress.log(manifest["latency"]["load_warning"])
             if result.changes_function:
@@ -393,15 +393,17 @@ def preprocessing(model: torch.nn.Module, spec: ViTSpec) -> dict:
             "crop_mode": cfg.get("crop_mode", "center"), "mean": list(cfg["mean"]), "std": list(cfg["std"])}
 
 
-def machine_state(target, load_before: float) -> dict:
+def machine_state(target, load_before: float, clock: str = "wall") -> dict:
     """Thread settings and machine load while benchmarking; a warning when other work shared the CPU."""
     cores = os.cpu_count() or 1
     load = round(max(load_before, os.getloadavg()[0]), 2)
     state = {"threads": target.threads or f"runtime default ({cores} cores)", "load_average": load, "cores": cores}
     if load > cores:
+        advice = ("the least CPU time (typical_ms) is the figure least disturbed; the medians are inflated"
+                  if clock == "cpu" else "latencies are inflated (compare variants side by side, or use --threads 1 "
+                  "--bench-clock cpu)")
         state["load_warning"] = (f"load average {load} on {cores} cores while benchmarking: other work shared the "
-                                 "CPU, so latencies are inflated (compare variants side by side, or use --threads 1 "
-                                 "with a cpu-clock benchmark)")
+                                 f"CPU, so {advice}")
     return state
 
 

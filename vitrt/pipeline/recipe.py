@@ -31,8 +31,8 @@ from vitrt.compiler.known_models import is_digits_model
 
 FORMAT, VERSION = "vitrt.recipe", 1
 # Options a replay may set on top of a recipe: where to write and what to check, not what to compile.
-REPLAY_OPTIONS = ("model", "out", "force", "quiet", "verify", "bench", "bench_iters", "bench_warmup", "lut",
-                  "refine_lut", "threads", "timing_cache", "recipe", "eval_data", "metric_set")
+REPLAY_OPTIONS = ("model", "out", "force", "quiet", "verify", "bench", "bench_iters", "bench_warmup", "bench_clock",
+                  "lut", "refine_lut", "threads", "timing_cache", "recipe", "eval_data", "metric_set", "keep_twin")
 
 
 class RecipeError(VitrtError):
