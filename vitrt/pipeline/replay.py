@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Mapping
 
 import numpy as np
@@ -39,29 +40,18 @@ def plan_arrays(plan) -> dict[str, np.ndarray]:
 
 
 def load_plan(stage: str, data: Mapping[str, Any], arrays: Mapping[str, np.ndarray], spec: ViTSpec):
-    """A stage's plan from its JSON and arrays, validated against the spec its stage planned on."""
-    weights = {k[len("weight/"):]: v for k, v in arrays.items() if k.startswith("weight/")} or None
-    if stage == "prune":
-        from vitrt.transforms.prune.plan import PruningPlan
+    """A stage's plan from its JSON and arrays, validated against the spec its stage planned on: the recipe's
+    decoder of that stage (one reader of plan files for recipes and records alike)."""
+    from vitrt.pipeline.recipe import RecipeError, codec
 
-        return PruningPlan.from_dict(data).with_weights(weights)
-    if stage == "tome":
-        from vitrt.transforms.tome.schedule import MergePlan
-
-        return MergePlan.from_dict(data)
-    if stage == "sparsity":
-        from vitrt.transforms.sparsity.plan import SparsityPlan
-
-        return SparsityPlan.from_dict(data, arrays)
-    if stage == "quant":
-        from vitrt.transforms.quant.plan import QuantPlan
-
-        return QuantPlan.from_dict(data, arrays, spec)
-    if stage == "precision":
-        from vitrt.transforms.precision.plan import PrecisionPlan
-
-        return PrecisionPlan.from_dict(data)
-    raise VitrtError(f"twin record: no loader for the plan of stage '{stage}' (made by a newer vitrt?)")
+    try:
+        decode = codec(stage)[1]
+    except RecipeError:
+        raise VitrtError(f"twin record: no loader for the plan of stage '{stage}' (made by a newer vitrt?)") from None
+    plan = decode(data, arrays)
+    if not hasattr(plan, "to_dict"):  # decoded against the spec its stage meets (the scale table's shapes)
+        plan = plan(SimpleNamespace(spec=spec))
+    return plan
 
 
 def save_record(directory: Path, twin, plans: Mapping[str, Any], target: TargetConfig, seed: int = 0) -> None:
