@@ -63,3 +63,21 @@ def test_fine_tuning_runs_on_a_streamed_folder(folder):
 def test_a_path_that_is_no_folder_is_one_line(tmp_path):
     with pytest.raises(VitrtError, match="neither 'digits', 'synthetic' nor an ImageFolder"):
         load_data(str(tmp_path / "missing"), 32)
+
+
+def test_labels_are_used_only_from_a_folder_with_the_models_classes(folder, tmp_path, capsys):
+    """ImageFolder labels its sub-folders 0, 1, ... in sorted order: a tree of two digit classes would be
+    scored as classes 0 and 1 (top-1 0.00 % for the review's 3 and 7). Where labels count it is refused; calibration still takes it."""
+    import shutil
+
+    from vitrt.cli import main
+
+    two = tmp_path / "two"
+    for label in sorted(p.name for p in folder.iterdir())[:2]:  # two of the fixture's classes
+        shutil.copytree(folder / label, two / label)
+    with pytest.raises(VitrtError, match=r"has 2 class folder\(s\), the model 10 classes"):
+        load_data(str(two), 32, num_classes=10)
+    assert len(load_data(str(two), 32)) == sum(1 for _ in two.rglob("*.png"))  # unlabelled use: fine
+    assert main(["compile", "digits", "-o", str(tmp_path / "out"), "--eval-data", str(two), "--quiet"]) == 2
+    assert "has 2 class folder(s), the model 10 classes" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -75,12 +75,14 @@ class ImageFolderSet:
 
 
 def image_folder(path: str | Path, img_size: int, limit: int | None = None, preprocessing: Mapping | None = None,
-                 seed: int = 0) -> ImageFolderSet:
+                 seed: int = 0, num_classes: int | None = None) -> ImageFolderSet:
     """Up to ``limit`` images (a seeded random subset) of an ImageFolder tree, streamed from disk.
 
     ``preprocessing``: the model's input pipeline as the manifest records it (timm's data config: mean, std,
     interpolation, crop_pct, crop_mode); without one, timm's defaults (ImageNet mean / std, crop 0.875), which
-    are wrong for a model trained otherwise."""
+    are wrong for a model trained otherwise. ``num_classes`` (where the labels are used): the model's classes,
+    which the tree must have as sub-folders — ImageFolder labels the sub-folders 0, 1, … in sorted order, so a
+    tree with fewer would be scored against the wrong classes."""
     from timm.data import create_transform, resolve_data_config
     from torchvision.datasets import ImageFolder
 
@@ -96,6 +98,10 @@ def image_folder(path: str | Path, img_size: int, limit: int | None = None, prep
         dataset = ImageFolder(str(path), transform=create_transform(**data_config, is_training=False))
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"'{path}' is not a usable ImageFolder (expected PATH/<class>/<image files>): {exc}") from None
+    if num_classes is not None and len(dataset.classes) != num_classes:
+        raise DataError(f"'{path}' has {len(dataset.classes)} class folder(s), the model {num_classes} classes: "
+                        "ImageFolder labels the folders in sorted order, so its labels would not be the model's; "
+                        "give one sub-folder per class of the model")
     indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
     return ImageFolderSet(dataset, indices[:limit] if limit else indices)
 
@@ -126,9 +132,10 @@ def in_memory(data: Dataset, what: str = "data") -> ImageSet:
 
 
 def load_data(source: str, img_size: int, *, split: str = "train", limit: int | None = None, seed: int = 0,
-              preprocessing: Mapping | None = None) -> Dataset:
+              preprocessing: Mapping | None = None, num_classes: int | None = None) -> Dataset:
     """The named data source at ``img_size``; ``split`` selects the digits train or test split; ``preprocessing``
-    (the manifest's section: the model's timm data config) prepares ImageFolder images."""
+    (the manifest's section: the model's timm data config) prepares ImageFolder images; ``num_classes``: given
+    where the labels are used, an ImageFolder must have that many classes."""
     if source == "digits":
         train, test = digits_split(img_size)
         data = train if split == "train" else test
@@ -139,4 +146,4 @@ def load_data(source: str, img_size: int, *, split: str = "train", limit: int | 
         from vitrt.calib.synthesis import load_metric_set
 
         return load_metric_set(source[len(SYNTH_PREFIX):], img_size, limit)
-    return image_folder(source, img_size, limit, preprocessing, seed)
+    return image_folder(source, img_size, limit, preprocessing, seed, num_classes)

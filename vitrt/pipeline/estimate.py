@@ -31,7 +31,8 @@ def artifact_accuracy(runner, dense, *, metric_set: str | None, eval_data: str |
                          "compiled": metric.loss(runner_logits(runner, metric.as_image_set())),
                          "dense": metric.loss(metric.dense_logits)}
     if eval_data is not None:
-        data = load_data(eval_data, img, split="test", seed=seed, preprocessing=preprocessing)
+        data = load_data(eval_data, img, split="test", seed=seed, preprocessing=preprocessing,
+                         num_classes=dense.spec.num_classes)
         test = in_memory(data, f"evaluation data '{eval_data}'")
         if test.labels is None:
             raise DataError(f"--eval-data '{eval_data}' has no labels: pass labelled data (digits or an ImageFolder)")

@@ -59,10 +59,11 @@ class SearchData:
 
 
 def search_data(source: str, img_size: int, seed: int = 0, limit: int | None = None,
-                preprocessing: dict | None = None) -> SearchData:
+                preprocessing: dict | None = None, num_classes: int | None = None) -> SearchData:
     from vitrt.calib.data import load_data
 
-    train = in_memory(load_data(source, img_size, split="train", limit=limit, seed=seed, preprocessing=preprocessing))
+    train = in_memory(load_data(source, img_size, split="train", limit=limit, seed=seed, preprocessing=preprocessing,
+                                num_classes=num_classes))
     fit, holdout = split_holdout(train)
     test = in_memory(load_data(source, img_size, split="test", seed=seed)) if source == "digits" else None
     return SearchData(source, fit, holdout, test, preprocessing)

@@ -262,7 +262,8 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
             from vitrt.compiler.models import canonicalize
 
             twin = canonicalize(module).eval()
-        data = search_data(config.data, twin.spec.img, seed=config.seed, preprocessing=preprocessing(module, twin.spec))
+        data = search_data(config.data, twin.spec.img, seed=config.seed, preprocessing=preprocessing(module, twin.spec),
+                           num_classes=twin.spec.num_classes)
         lut, lut_path = latency_table(config, twin.spec, work, progress)
         evaluator = Evaluator(twin, config.model, data, lut, lut_path, Target(config.batch, config.backend, 1), progress,
                               config.seed)

@@ -184,7 +184,7 @@ def run(config: StudyConfig) -> dict:
         results[name] = {"label": label, "options": _jsonable(options), "compile_seconds":
                          round(time.perf_counter() - start, 1), "verify": result.manifest.get("verify", {})}
     test = in_memory(load_data(config.data, twin.spec.img, split="test" if config.data == "digits" else "train",
-                               preprocessing=preprocessing(module, twin.spec)))
+                               preprocessing=preprocessing(module, twin.spec), num_classes=twin.spec.num_classes))
     measured = measure(outs, DENSE, test=test, rounds=config.rounds, iterations=5, threads=1, seed=config.seed,
                        progress=progress)
     for name, m in measured.items():

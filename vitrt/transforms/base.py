@@ -44,13 +44,15 @@ class PlanContext:
     progress: Progress = QUIET
     preprocessing: Mapping[str, Any] | None = None  # the model's input pipeline (the manifest's section)
 
-    def data(self, source: str, split: str = "train", limit: int | None = None):
+    def data(self, source: str, split: str = "train", limit: int | None = None, labelled: bool = False):
         """A :class:`~vitrt.calib.data.Dataset` of ``source`` (digits, synthetic, synth:SET or an ImageFolder path,
-        whose images go through ``preprocessing``)."""
+        whose images go through ``preprocessing``); ``labelled``: its labels are used (training with the hard
+        label, top-1), so an ImageFolder must have the model's classes."""
         from vitrt.calib.data import load_data
 
         return load_data(source, self.teacher.spec.img, split=split, limit=limit, seed=self.seed,
-                         preprocessing=self.preprocessing)
+                         preprocessing=self.preprocessing,
+                         num_classes=self.teacher.spec.num_classes if labelled else None)
 
 
 @dataclass(frozen=True)

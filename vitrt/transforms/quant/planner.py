@@ -49,12 +49,12 @@ def plan(twin, ctx: PlanContext, options: QuantConfig) -> QuantPlan:
         sparsity = ctx.plans.get("sparsity")
         masks = sparsity.torch_masks() if sparsity is not None else None
         prior = (sparsity.finetune or {}).get("per_feature_losses") if sparsity is not None else None
-        info["qat"] = qat(qtwin, twin, ctx.data(source), epochs=options.qat_epochs, seed=ctx.seed, masks=masks,
+        info["qat"] = qat(qtwin, twin, ctx.data(source, labelled=True), epochs=options.qat_epochs, seed=ctx.seed, masks=masks,
                           prior_feature_losses=prior, progress=ctx.progress)
         table = table_from_twin(qtwin, precision, quantize_attention=att, source=f"{table.source}+qat",
                                 meta=table.meta, exclude=float_layers)
         weights = parameter_state(qtwin)
-    test = ctx.data(source, split="test") if source != "synthetic" else None
+    test = ctx.data(source, split="test", labelled=True) if source != "synthetic" else None
     if test is not None and test.labelled:
         info["accuracy"] = {"data": f"{source}:test" if source == "digits" else f"{source} (calibration set)",
                             "images": len(test), "top1_fp32_twin": round(accuracy(twin, test), 5),
