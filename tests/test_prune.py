@@ -84,8 +84,8 @@ def _same_state(a: dict, b: dict) -> bool:
 class FewImages(PlanContext):
     """A PlanContext whose data sources (the real ones) are capped at a few images, to keep fine-tuning fast."""
 
-    def data(self, source, split="train", limit=None):
-        return super().data(source, split, limit=min(limit or 48, 48))
+    def data(self, source, split="train", limit=None, labelled=False):
+        return super().data(source, split, limit=min(limit or 48, 48), labelled=labelled)
 
 
 def _ctx(twin):
