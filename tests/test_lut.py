@@ -294,6 +294,21 @@ def test_a_cpu_clock_table_is_predicted_and_refined_by_a_cpu_clock_bench(tmp_pat
     assert not (tmp_path / "o").exists()
 
 
+def test_tome_latency_reads_lut_and_refuses_a_table_of_another_batch_or_backend(lut_path, tmp_path):
+    """--tome-lut defaults to --lut (which --tome-latency alone now accepts), and the table must be the target's."""
+    from vitrt.pipeline.driver import compile
+
+    model = tiny_vit(depth=2, **TINY_ARGS)
+    # read as the merge's table (at 17 tokens merging costs more than it saves: the solver says so)
+    with pytest.raises(VitrtError, match="the most merging this schedule allows keeps 1.[0-9]+ of the dense latency"):
+        compile(model, tmp_path / "ok", tome_latency=0.999, lut=lut_path, quiet=True)
+    with pytest.raises(VitrtError, match="built for batch 1, not 2"):
+        compile(model, tmp_path / "b2", tome_latency=0.999, tome_lut=lut_path, batch=2, quiet=True)
+    with pytest.raises(VitrtError, match="built for backend 'ort', not 'torch'"):
+        compile(model, tmp_path / "torch", tome_latency=0.999, tome_lut=lut_path, backend="torch", quiet=True)
+    assert not (tmp_path / "b2").exists() and not (tmp_path / "torch").exists()
+
+
 def test_a_load_warning_advises_by_the_clock_measured():
     from vitrt.compiler.target import TargetConfig
     from vitrt.pipeline.driver import machine_state

@@ -91,8 +91,10 @@ class CompileConfig:
         self.lowrank.validate()
         self.sparsity.validate()
         self.quant.validate(self.target.precision)
-        if self.checks.lut is not None and not self.checks.bench and self.prune.fraction is None:
-            raise OptionError("--lut needs --bench (or --prune): the prediction is recorded beside the measured latency")
+        if self.checks.lut is not None and not self.checks.bench and self.prune.fraction is None \
+                and self.tome.latency is None:
+            raise OptionError("--lut needs --bench (or --prune, --tome-latency): the prediction is recorded beside the "
+                              "measured latency")
         if self.checks.bench_clock is not None:
             if not self.checks.bench:
                 raise OptionError("--bench-clock sets the clock of --bench: add --bench")

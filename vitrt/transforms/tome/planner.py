@@ -21,4 +21,4 @@ def plan(twin, ctx: PlanContext, options: TomeConfig) -> MergePlan:
     table = options.lut or ctx.lut_path
     if table is None:
         raise VitrtError("--tome-latency needs --tome-lut PATH (a latency table built with vitrt)")
-    return solve_latency(spec, options.latency, table, **placement)
+    return solve_latency(spec, options.latency, table, target=ctx.target, **placement)

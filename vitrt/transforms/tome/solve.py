@@ -34,11 +34,15 @@ def solve_flops(spec, fraction: float, **kwargs) -> MergePlan:
     return _search(spec, fraction, vit_flops, "flops", **kwargs)
 
 
-def solve_latency(spec, fraction: float, table_path, **kwargs) -> MergePlan:
-    """Smallest constant r whose latency-table prediction is <= ``fraction`` of the dense prediction."""
+def solve_latency(spec, fraction: float, table_path, target=None, **kwargs) -> MergePlan:
+    """Smallest constant r whose latency-table prediction is <= ``fraction`` of the dense prediction. ``target``
+    (the compile's): the table must be of its backend and batch — how much merging saves depends on both — and
+    its predictions are those of its fp32 part (a ratio, merged / dense, of one precision)."""
     if table_path is None:
         raise VitrtError("--tome-latency needs --tome-lut PATH (a latency table built with vitrt)")
     table = LatencyTable.load(table_path)
+    if target is not None:
+        table.check(backend=target.backend, batch=target.batch)
     # Token counts below the table's grid are clamped to its smallest row: that over-predicts the merged
     # latency, so the solver errs towards merging more, never towards missing the target.
     return _search(spec, fraction, lambda s: table.model_ms(s, clamp=True), "latency", **kwargs)
