@@ -185,3 +185,21 @@ def test_prune_plan_takes_the_digits_reference_by_name(tmp_path, capsys):
     assert main(["prune-plan", "digits", "--prune", "0.7", "--lut", str(lut), "--batch", "8", "--quiet",
                  "-o", str(tmp_path / "plan.json")]) == 0
     assert len(json.loads((tmp_path / "plan.json").read_text())["emb"]) == 64 and "plan: emb" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--bench-iters", "5"], "--bench-iters acts only with --bench"),
+    (["--eta", "0.1"], "--eta acts only with --prune, --prune-plan, --revit or --dcvit-macs"),
+    (["--distill-data", "digits"], "--distill-data acts only with --distill-epochs"),
+    (["--tome-lut", "lut.json"], "--tome-lut acts only with --tome-latency"),
+    (["--lowrank-plan", "p.json", "--lowrank-layers", "blocks.0.*"], "--lowrank-layers acts only with --lowrank or"),
+    (["--sparse-min-weights", "5"], "--sparse-min-weights acts only with --sparsity 2:4"),
+    (["--calib-method", "entropy"], "--calib-method acts only with --precision int8, fp8 or int4w"),
+    (["--timing-cache", "t.cache"], "--timing-cache acts only with --backend trt"),
+])
+def test_an_option_given_without_what_it_acts_through_is_refused(tmp_path, capsys, flags, message):
+    """Accepted and silently ignored before (review): each names what it needs, and nothing is written."""
+    assert main(["compile", "digits", "-o", str(tmp_path / "out"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -91,6 +91,7 @@ class CompileConfig:
         self.lowrank.validate()
         self.sparsity.validate()
         self.quant.validate(self.target.precision)
+        self.check_parents()  # after the sections' own checks, whose messages are more specific
         if self.checks.lut is not None and not self.checks.bench and self.prune.fraction is None \
                 and self.tome.latency is None:
             raise OptionError("--lut needs --bench (or --prune, --tome-latency): the prediction is recorded beside the "
@@ -112,6 +113,36 @@ class CompileConfig:
                               "are not masked (--sparsity), quantized or typed (--precision) yet")
         self.check_paths()
         return self
+
+    # Options that act only through another: given (not at their default) without it, they would be ignored.
+    # (section, option names, whether what they act through is on, how to turn it on)
+    PARENTS = (
+        ("checks", ("bench_iters", "bench_warmup"), lambda c: c.checks.bench, "--bench"),
+        ("prune", ("data", "importance", "eta", "samples"), lambda c: c.prune.enabled,
+         "--prune, --prune-plan, --revit or --dcvit-macs"),
+        ("distill", ("data",), lambda c: c.distill.enabled, "--distill-epochs"),
+        ("tome", ("lut",), lambda c: c.tome.latency is not None, "--tome-latency"),
+        ("lowrank", ("layers", "align"), lambda c: c.lowrank.energy is not None or c.lowrank.budget is not None,
+         "--lowrank or --lowrank-budget (a --lowrank-plan names its layers and ranks)"),
+        ("lowrank", ("data",), lambda c: c.lowrank.enabled, "--lowrank, --lowrank-budget or --lowrank-plan"),
+        ("sparsity", ("data", "min_weights"), lambda c: c.sparsity.enabled, "--sparsity 2:4"),
+        ("quant", ("calib_method", "calib_images"), lambda c: c.target.precision in QUANT_PRECISIONS,
+         "--precision int8, fp8 or int4w"),
+        ("target", ("timing_cache",), lambda c: c.target.backend == "trt", "--backend trt"),
+    )
+
+    def check_parents(self) -> None:
+        """Refuse an option given without what it acts through (:attr:`PARENTS`), naming both."""
+        from vitrt.compiler.options import leaves
+
+        flags = {leaf.path: leaf.flags[0] for leaf in leaves(CompileConfig)}
+        for section_name, names, on, parent in self.PARENTS:
+            section = getattr(self, section_name)
+            defaults = {f.name: f.default for f in dataclasses.fields(section)}
+            given = [n for n in names if getattr(section, n) != defaults[n]]
+            if given and not on(self):
+                flag = flags[(section_name, given[0])]
+                raise OptionError(f"{flag} acts only with {parent}; without it, drop {flag}")
 
     @property
     def bench_clock(self) -> str:

@@ -28,6 +28,7 @@ import numpy as np
 from vitrt.compiler.errors import OptionError, VitrtError
 from vitrt.compiler.jsonfile import read_json
 from vitrt.compiler.known_models import is_digits_model
+from vitrt.pipeline.plan_codecs import STAGES_WITH_PLANS, stage_codec
 
 FORMAT, VERSION = "vitrt.recipe", 1
 # Options a replay may set on top of a recipe: where to write and what to check, not what to compile.
@@ -40,54 +41,12 @@ class RecipeError(VitrtError):
 
 
 # --- plans <-> files -----------------------------------------------------------------------------------------
-def _prune_codec():
-    from vitrt.transforms.prune.plan import PruningPlan
-
-    def encode(plan):
-        return plan.to_dict(), {f"weight/{k}": np.asarray(v) for k, v in (plan.weights or {}).items()}
-
-    def decode(data, arrays):
-        weights = {k[len("weight/"):]: v for k, v in arrays.items() if k.startswith("weight/")}
-        return PruningPlan.from_dict(data).with_weights(weights or None)
-    return encode, decode
-
-
-def _tome_codec():
-    from vitrt.transforms.tome.schedule import MergePlan
-
-    return (lambda plan: (plan.to_dict(), {})), (lambda data, arrays: MergePlan.from_dict(data))
-
-
-def _arrays_codec(cls):
-    return (lambda plan: (plan.to_dict(), plan.arrays())), (lambda data, arrays: cls.from_dict(data, arrays))
-
-
-def _quant_codec():
-    from vitrt.transforms.quant.plan import QuantPlan
-
-    # The scale table is validated against the spec the stage meets: decoded when the replay reaches the stage.
-    return (lambda plan: (plan.to_dict(), plan.arrays())), \
-        (lambda data, arrays: (lambda twin: QuantPlan.from_dict(data, arrays, twin.spec)))
-
-
-def _precision_codec():
-    from vitrt.transforms.precision.plan import PrecisionPlan
-
-    return (lambda plan: (plan.to_dict(), {})), (lambda data, arrays: PrecisionPlan.from_dict(data))
-
-
 def codec(stage: str) -> tuple[Callable, Callable]:
     """(plan -> (JSON dict, arrays), (JSON dict, arrays) -> plan or twin -> plan) for the stage's plan type."""
-    from vitrt.transforms.distill.plan import DistillPlan
-    from vitrt.transforms.lowrank.plan import LowRankPlan
-    from vitrt.transforms.sparsity.plan import SparsityPlan
-
-    codecs = {"prune": _prune_codec, "tome": _tome_codec, "distill": lambda: _arrays_codec(DistillPlan),
-              "lowrank": lambda: _arrays_codec(LowRankPlan),
-              "sparsity": lambda: _arrays_codec(SparsityPlan), "quant": _quant_codec, "precision": _precision_codec}
-    if stage not in codecs:
-        raise RecipeError(f"recipe names an unknown stage '{stage}' (known: {', '.join(codecs)})")
-    return codecs[stage]()
+    found = stage_codec(stage)
+    if found is None:
+        raise RecipeError(f"recipe names an unknown stage '{stage}' (known: {', '.join(STAGES_WITH_PLANS)})")
+    return found
 
 
 def write_plan(stage: str, plan, directory: Path) -> str:

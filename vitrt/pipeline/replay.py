@@ -25,6 +25,7 @@ from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.jsonfile import read_json
 from vitrt.compiler.spec import ViTSpec
 from vitrt.compiler.target import TargetConfig
+from vitrt.pipeline.plan_codecs import stage_codec
 
 RECORD_DIR = "twin"
 RECORD_FORMAT = 1
@@ -41,14 +42,11 @@ def plan_arrays(plan) -> dict[str, np.ndarray]:
 
 def load_plan(stage: str, data: Mapping[str, Any], arrays: Mapping[str, np.ndarray], spec: ViTSpec):
     """A stage's plan from its JSON and arrays, validated against the spec its stage planned on: the recipe's
-    decoder of that stage (one reader of plan files for recipes and records alike)."""
-    from vitrt.pipeline.recipe import RecipeError, codec
-
-    try:
-        decode = codec(stage)[1]
-    except RecipeError:
-        raise VitrtError(f"twin record: no loader for the plan of stage '{stage}' (made by a newer vitrt?)") from None
-    plan = decode(data, arrays)
+    decoder of that stage (:mod:`vitrt.pipeline.plan_codecs`, one reader for recipes and records alike)."""
+    found = stage_codec(stage)
+    if found is None:
+        raise VitrtError(f"twin record: no loader for the plan of stage '{stage}' (made by a newer vitrt?)")
+    plan = found[1](data, arrays)
     if not hasattr(plan, "to_dict"):  # decoded against the spec its stage meets (the scale table's shapes)
         plan = plan(SimpleNamespace(spec=spec))
     return plan
