@@ -443,6 +443,11 @@ def test_compile_skips_merging_where_attention_was_pruned(tmp_path):
     measured = json.loads((result.out / "token_merge_bench.json").read_text())
     assert measured == m["token_merge"]["measured"]
     assert measured["speedup"] == m["latency"]["versus_dense"]["speedup"] > 0
+    # it times the whole compile (pruned and merged) against the dense model, and says so; the FLOPs reduction
+    # beside it is the whole compile's too, not merging's against the pruned model (review)
+    assert measured["scope"] == "the whole compile (prune, tome) against the dense model"
+    assert measured["flops_reduction"] == round(m["flops"]["before"] / m["flops"]["after"], 4)
+    assert m["pruning"]["dense_latency"]["scope"] == measured["scope"]
     with pytest.raises(VitrtError, match="block 2 has no attention"):
         vitrt_compile(model, tmp_path / "bad", prune_plan=plan_path, tome_schedule="4,4,4,4", batch=BATCH,
                       quiet=True)

@@ -335,6 +335,9 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
             if result.changes_function:
                 versus_dense = time_against_dense(twin, runner, bench_images, config, backend, build_options,
                                                   progress)
+                # the whole compile against the dense model: every stage's report says so, with the FLOPs of both
+                versus_dense.update(stages=[stage.name for stage, _, _, _ in reports],
+                                    flops_dense=manifest["flops"]["before"], flops_compiled=manifest["flops"]["after"])
                 manifest["latency"]["versus_dense"] = versus_dense
             add_prediction(lut, config, view.spec, manifest)
             least = f"least CPU time {stats.typical:.2f} ms, " if stats.clock == "cpu" else ""

@@ -42,8 +42,11 @@ def report(plan: PruningPlan, ctx: ReportContext) -> StageReport:
 
 def finish(plan: PruningPlan, section: dict, finished: Finished) -> dict:
     """With --bench: the dense model's latency, measured side by side with the pruned one."""
-    if finished.versus_dense is not None:
-        section["dense_latency"] = {"median_ms": finished.versus_dense["dense_median_ms"],
-                                    "speedup": finished.versus_dense["speedup"],
-                                    "method": finished.versus_dense["method"]}
+    versus = finished.versus_dense
+    if versus is not None:
+        stages = versus.get("stages", ["prune"])
+        section["dense_latency"] = {"median_ms": versus["dense_median_ms"], "speedup": versus["speedup"],
+                                    "scope": "pruning alone" if stages == ["prune"] else
+                                             f"the whole compile ({', '.join(stages)}) against the dense model",
+                                    "method": versus["method"]}
     return {}
