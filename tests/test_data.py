@@ -67,7 +67,8 @@ def test_a_path_that_is_no_folder_is_one_line(tmp_path):
 
 def test_labels_are_used_only_from_a_folder_with_the_models_classes(folder, tmp_path, capsys):
     """ImageFolder labels its sub-folders 0, 1, ... in sorted order: a tree of two digit classes would be
-    scored as classes 0 and 1 (top-1 0.00 % for the review's 3 and 7). Where labels count it is refused; calibration still takes it."""
+    scored as classes 0 and 1 (top-1 0.00 % for the review's 3 and 7). Where labels count it is refused;
+    calibration still takes it."""
     import shutil
 
     from vitrt.cli import main

@@ -55,7 +55,8 @@ STUB_PATCHES = (  # (pattern, replacement, exact number of changes, why)
     (r"(\w): bool\b", r"\1: builtins.bool", 26, "the module's own 'bool: DataType' shadows the builtin"),
 )
 WRONG_CALLS = (  # (correct text in trt.py, deliberate mistake, what mypy must say)
-    ("not config.set_timing_cache(cache, ignore_mismatch=False)", 'not config.set_timing_cache(cache, ignore_mismatch="no")',
+    ("not config.set_timing_cache(cache, ignore_mismatch=False)",
+     'not config.set_timing_cache(cache, ignore_mismatch="no")',
      'Argument "ignore_mismatch" to "set_timing_cache" of "IBuilderConfig" has incompatible type "str"'),
     ("builder.build_serialized_network(network, config)", "builder.build_engine(network, config)",
      '"Builder" has no attribute "build_engine"'),

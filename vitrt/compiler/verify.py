@@ -5,12 +5,13 @@ ONNX Runtime's CPU provider has no bf16 kernels for MatMul, Add, Erf, Softmax an
 and the reference evaluator executes the graph as written, rounding every op's result to bf16.
 
 Discrete decisions (which tokens a merge picks) are compared apart from the arithmetic. Computed in fp16 or on
-int8-rounded activations, a near tie between two candidates can go one way in the graph and the other in the
-twin, and one image's logits then differ by a whole merge — not a defect of either. A twin submodule that makes
-such decisions declares them (``decision_tensors``: the int64 graph tensors that hold them; it reads them from
-its ``forced`` dict and marks the images it would have decided otherwise in ``disagree``); the graph is run with those tensors as extra outputs, the twin is run with its decisions
-forced to the graph's, and the logits are compared under equal decisions. How many images the two would have
-decided differently is reported beside (``decision_flips``).
+int8-rounded activations, a near tie between two candidates can go one way in the graph and the other in the twin,
+and one image's logits then differ by a whole merge — not a defect of either. A twin submodule that makes such
+decisions declares them (``decision_tensors``: the int64 graph tensors that hold them; it reads them from its
+``forced`` dict and marks the images it would have decided otherwise in ``disagree``); the graph is run with those
+tensors as extra outputs, the twin is run with its decisions forced to the graph's, and the logits are compared
+under equal decisions. How many images the two would have decided differently is reported beside
+(``decision_flips``).
 """
 
 from __future__ import annotations

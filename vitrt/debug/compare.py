@@ -104,6 +104,13 @@ def compare_artifacts(config: CompareConfig, progress) -> tuple[Comparison, dict
     if (a.spec.img, a.spec.in_chans) != (b.spec.img, b.spec.in_chans):
         raise VitrtError(f"'{config.a}' takes {a.spec.in_chans}x{a.spec.img}x{a.spec.img} images, '{config.b}' "
                          f"{b.spec.in_chans}x{b.spec.img}x{b.spec.img}: they cannot see the same images")
+    # what no vitrt stage changes (pruning narrows widths, DC-ViT empties blocks, merging drops tokens)
+    fixed = ("patch", "depth", "num_classes", "distilled")
+    differ = [f"{k} {getattr(a.spec, k)} vs {getattr(b.spec, k)}" for k in fixed
+              if getattr(a.spec, k) != getattr(b.spec, k)]
+    if differ:
+        raise VitrtError(f"'{config.a}' and '{config.b}' are compiles of different models ({', '.join(differ)}): "
+                         "compare two compiles of one model")
     points_a, points_b = shared_points(a.model, b.model)
     backend_a, backend_b = a.probe_backend(config.backend), b.probe_backend(config.backend_b)
     reference = graph_probe(a.model, points_a, backend_a, config.threads)

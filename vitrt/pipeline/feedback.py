@@ -36,8 +36,9 @@ def open_for_compile(config, device: str | None = None) -> LatencyTable | None:
     """Load and check ``--lut`` before any work, so a wrong table fails the compile fast.
 
     The clock and threads matter only where the prediction meets --bench's measurement (``config.bench_clock``:
-    --bench-clock, else wall on the CPU and CUDA events on a GPU); --prune alone compares predictions with each other and can use any table. ``device``
-    (given with --refine-lut, whose measurement goes into the table: this machine's) must be the table's too."""
+    --bench-clock, else wall on the CPU and CUDA events on a GPU); --prune alone compares predictions with each
+    other and can use any table. ``device`` (given with --refine-lut, whose measurement goes into the table: this
+    machine's) must be the table's too."""
     if config.checks.lut is None:
         return None
     table = LatencyTable.load(config.checks.lut)

@@ -84,8 +84,8 @@ def finetune(student, ctx: PlanContext, options: PruneConfig, epochs: int) -> di
     limit = None if options.data != "synthetic" else SYNTHETIC_FINETUNE_IMAGES
     objective = Objective(HardLabel(), SoftLogits(FINETUNE_ALPHA, FINETUNE_TEMPERATURE), teacher=ctx.teacher)
     config = TrainConfig(**{**vars(FINETUNE), "epochs": epochs, "seed": ctx.seed})
-    result = train(student, ctx.data(options.data, limit=limit, labelled=True), objective, config, progress=ctx.progress,
-                   desc="fine-tuning the pruned twin")
+    result = train(student, ctx.data(options.data, limit=limit, labelled=True), objective, config,
+                   progress=ctx.progress, desc="fine-tuning the pruned twin")
     return {"epochs": epochs, "lr": config.lr, "alpha": FINETUNE_ALPHA, "temperature": FINETUNE_TEMPERATURE,
             "loss_per_epoch": [h["total"] for h in result.history], "seconds": result.seconds}
 

@@ -49,8 +49,8 @@ def plan(twin, ctx: PlanContext, options: QuantConfig) -> QuantPlan:
         sparsity = ctx.plans.get("sparsity")
         masks = sparsity.torch_masks() if sparsity is not None else None
         prior = (sparsity.finetune or {}).get("per_feature_losses") if sparsity is not None else None
-        info["qat"] = qat(qtwin, twin, ctx.data(source, labelled=True), epochs=options.qat_epochs, seed=ctx.seed, masks=masks,
-                          prior_feature_losses=prior, progress=ctx.progress)
+        info["qat"] = qat(qtwin, twin, ctx.data(source, labelled=True), epochs=options.qat_epochs, seed=ctx.seed,
+                          masks=masks, prior_feature_losses=prior, progress=ctx.progress)
         table = table_from_twin(qtwin, precision, quantize_attention=att, source=f"{table.source}+qat",
                                 meta=table.meta, exclude=float_layers)
         weights = parameter_state(qtwin)
