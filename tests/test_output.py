@@ -69,3 +69,25 @@ def test_a_parent_that_cannot_be_created_is_one_line_and_leaves_nothing(tmp_path
         with atomic_output_dir(blocker / "sub" / "out", force=False):
             pass
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_sigterm_during_a_compile_unwinds_like_ctrl_c_and_leaves_no_staging_directory(tmp_path):
+    """A job scheduler's SIGTERM: exit 143, one line, no OUT and no hidden .OUT.staging-* left beside it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "vitrt.cli", "compile", "digits", "-o", str(tmp_path / "OUT"), "--sparsity",
+               "2:4", "--sparse-finetune-epochs", "200", "--sparse-data", "digits"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".OUT.staging-") for p in tmp_path.iterdir()):  # the compile is under way
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.1)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "vitrt: terminated; nothing was written"
+    assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ from vitrt.compiler.errors import Interrupted, VitrtError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as a shell reports it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 COMMAND_MODULES = (
     "vitrt.cli.compile",  # compile, prune-plan
@@ -57,9 +58,23 @@ def main(argv=None) -> int:
     return finish(_run(argv))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it unwinds as Ctrl-C does (staging directories removed)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def _run(argv) -> int:
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:  # a command that handles SIGTERM itself (vitrt serve) installs its own handler, and restores this one
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         return args.func(args) or 0
     except VitrtError as exc:
@@ -67,7 +82,11 @@ def _run(argv) -> int:
         return EXIT_USAGE
     except Interrupted as exc:
         print(f"vitrt: interrupted; {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        print("vitrt: interrupted; nothing was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(exc.__context__, Terminated) else EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        print(f"vitrt: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; nothing was written",
+              file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
