@@ -133,7 +133,13 @@ def test_compare_command_writes_table_and_plot(outs, tmp_path, capsys):
     vitrt.compile(tiny_vit(depth=3, num_classes=5), tmp_path / "other", **COMMON)
     assert cli_main(["compare", str(outs / "fp32"), str(tmp_path / "other"), "--images", "4", "-o",
                      str(tmp_path / "r2")]) == 2
-    assert "cannot be compared: their logits differ" in capsys.readouterr().err and not (tmp_path / "r2").exists()
+    assert "are compiles of different models (num_classes 10 vs 5)" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
+    # the review's case: same classes and image size, another patch (and so other points): refused the same way
+    vitrt.compile(tiny_vit(depth=3, patch_size=4), tmp_path / "patch4", **COMMON)
+    assert cli_main(["compare", str(outs / "fp32"), str(tmp_path / "patch4"), "--images", "4", "-o",
+                     str(tmp_path / "r3")]) == 2
+    assert "(patch 8 vs 4)" in capsys.readouterr().err and not (tmp_path / "r3").exists()
 
 
 def test_compare_a_b_same_graph_is_exact(outs):

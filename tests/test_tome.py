@@ -552,3 +552,24 @@ def test_verification_pins_merge_decisions_so_reduced_precision_near_ties_do_not
     pinned = compare(model, twin, images, 1, "torch twin", FP16_TOLERANCE)
     assert pinned.ok and pinned.decision_flips >= 1 and unpinned > FP16_TOLERANCE  # the flip that pinning sets apart
     assert all(m.forced is None and m.disagree is None for m in deciders)  # verification leaves the twin as it was
+
+
+def test_the_built_artifact_is_verified_against_the_graph(digits_reference, tmp_path):
+    """--verify checks what ships (ONNX Runtime's optimised graph) as well as the graph it was built from; a
+    runtime that changed the result fails the check, except for merge decisions tipped in reduced precision."""
+    import vitrt
+    from vitrt.compiler.verify import verify_artifact
+
+    result = vitrt.compile(digits_reference[0], tmp_path / "out", tome="4", verify=True, quiet=True)
+    artifact = result.manifest["verify"]["artifact"]
+    assert artifact["ok"] and artifact["max_abs_err"] <= artifact["tolerance"] == FP32_TOLERANCE
+    model = onnx.load(str(result.onnx_path))
+    images = verification_inputs(result.twin.spec, 1, count=2)
+
+    class Shifted:  # a runtime whose rewrites moved every logit
+        def infer(self, x):
+            return run_onnx(model, x, 1) + 0.5
+
+    assert not verify_artifact(Shifted(), model, images, 1, FP32_TOLERANCE, decisions=False)["ok"]
+    tipped = verify_artifact(Shifted(), model, images, 1, FP16_TOLERANCE, decisions=True)
+    assert tipped["ok"] and "recorded, not failed" in tipped["note"]

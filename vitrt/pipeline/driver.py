@@ -47,12 +47,12 @@ from vitrt.compiler.models import (canonicalize, check_supported, checkpoint_cla
 from vitrt.compiler.spec import ViTSpec
 from vitrt.compiler.options import from_options
 from vitrt.compiler.output import atomic_output_dir, write_json
-from vitrt.compiler.pass_manager import OpCountInstrument, PassContext, PassManager
+from vitrt.compiler.pass_manager import FP32_TOLERANCE, OpCountInstrument, PassContext, PassManager
 from vitrt.compiler.progress import Progress
 from vitrt.compiler.timing import Timing, interleaved, synced
 from vitrt.compiler.trt_lint import check_trt, lint
 from vitrt.compiler.twin import CanonicalViT
-from vitrt.compiler.verify import VerifyInstrument, compare, verification_inputs
+from vitrt.compiler.verify import VerifyInstrument, compare, decision_modules, verification_inputs, verify_artifact
 from vitrt.pipeline.config import CompileConfig
 from vitrt.pipeline.estimate import artifact_accuracy
 from vitrt.pipeline.feedback import add_prediction, open_for_compile, refine_after_compile
@@ -305,6 +305,16 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
         else:
             with progress.step(f"building the {target.backend} artifact"):
                 backend.build(onnx_path, staging, build_options)
+            if checks.verify:  # what ships, not only the graph it was built from
+                with progress.step("verifying the built artifact"):
+                    merges = bool(decision_modules(final)) and result.tolerance > FP32_TOLERANCE
+                    check = verify_artifact(backend.load(staging / backend.artifact_name, build_options), final_onnx,
+                                            images, batch, result.tolerance, decisions=merges)
+                manifest["verify"]["artifact"] = check
+                if not check["ok"]:
+                    raise VitrtError(f"the built {target.backend} artifact differs from the verified graph by "
+                                     f"{check['max_abs_err']:.3g} > {check['tolerance']:g} (the runtime's own graph "
+                                     "rewrites changed the result)")
             if checks.metric_set is not None or checks.eval_data is not None:
                 with progress.step("measuring the artifact's accuracy"):
                     manifest["accuracy"] = artifact_accuracy(backend.load(staging / backend.artifact_name,
