@@ -343,3 +343,14 @@ def test_a_merged_graph_against_a_dense_one_says_which_blocks_it_could_not_compa
                      str(tmp_path / "r"), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "largest contributor: blocks.0" in printed and "block output(s) 1, 2 could not be compared" in printed
+
+
+def test_compare_sets_merge_decisions_apart_from_the_arithmetic(digits_reference, tmp_path):
+    """fp16 + token merging: near ties merge one way in the graph and the other in the twin (10 of 64 digits here),
+    which showed as a block 'over its tolerance' (review); the twin now merges as the probed graph decided."""
+    vitrt.compile(digits_reference[0], tmp_path / "out", tome="2", precision="fp16", keep_twin=True, quiet=True)
+    comparison, meta = compare_with_twin(CompareConfig(str(tmp_path / "out"), images=64, quiet=True).validate(),
+                                         QUIET)
+    assert comparison.first_exceeding() is None and not comparison.missing
+    assert "merging as the graph decided" in meta["reference"] and "of 64 images would merge otherwise" in \
+        meta["reference"]

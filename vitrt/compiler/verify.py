@@ -16,6 +16,7 @@ under equal decisions. How many images the two would have decided differently is
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,8 +67,8 @@ def run_onnx(model: onnx.ModelProto, images: np.ndarray, batch: int | None) -> n
     return np.concatenate([outputs[0] for outputs in _run_chunks(model, images, batch)])
 
 
-def _run_chunks(model: onnx.ModelProto, images: np.ndarray, batch: int | None, extra: tuple[str, ...] = ()):
-    """Every output of ``model`` (the logits, then the ``extra`` tensors made outputs) per chunk of ``batch``."""
+def _runner(model: onnx.ModelProto, extra: tuple[str, ...] = ()):
+    """images -> every output of ``model`` (the logits, then the ``extra`` tensors made outputs), one session."""
     if extra:  # decision tensors: int64 indices
         copied = onnx.ModelProto()
         copied.CopyFrom(model)
@@ -76,10 +77,14 @@ def _run_chunks(model: onnx.ModelProto, images: np.ndarray, batch: int | None, e
     name = model.graph.input[0].name
     if computes_in_bfloat16(model):
         evaluator = reference_evaluator(model)
-        run = lambda x: evaluator.run(None, {name: x})  # noqa: E731
-    else:
-        session = ort_session(model, level="basic")
-        run = lambda x: session.run(None, {name: x})  # noqa: E731
+        return lambda x: evaluator.run(None, {name: x})
+    session = ort_session(model, level="basic")
+    return lambda x: session.run(None, {name: x})
+
+
+def _run_chunks(model: onnx.ModelProto, images: np.ndarray, batch: int | None, extra: tuple[str, ...] = ()):
+    """Every output of ``model`` (the logits, then the ``extra`` tensors made outputs) per chunk of ``batch``."""
+    run = _runner(model, extra)
     step = batch or len(images)
     return [run(images[i:i + step]) for i in range(0, len(images), step)]
 
@@ -125,18 +130,27 @@ def compare(model: onnx.ModelProto, reference: torch.nn.Module, images: np.ndarr
     err, flips = 0.0, 0
     for start, outputs in zip(range(0, len(images), step), _run_chunks(model, images, batch, names)):
         chunk = images[start:start + step]
-        values = dict(zip(names, outputs[1:]))
-        try:
-            for m in deciders:
-                m.forced = {n: torch.from_numpy(values[n]) for n in m.decision_tensors}
-                m.disagree = torch.zeros(len(chunk), dtype=torch.bool)
+        with pinned(deciders, dict(zip(names, outputs[1:])), len(chunk)) as flipped:
             expected = run_torch(reference, chunk)
-            flips += int(torch.stack([m.disagree for m in deciders]).any(0).sum())
-        finally:
-            for m in deciders:
-                m.forced = m.disagree = None
+        flips += flipped()
         err = max(err, float(np.max(np.abs(outputs[0] - expected))))
     return Verification(err, reference_name, tolerance, flips)
+
+
+@contextlib.contextmanager
+def pinned(deciders: list[torch.nn.Module], values: dict[str, np.ndarray], images: int):
+    """Run the twin's ``deciders`` with the graph's decisions (``values``: tensor name -> array) on ``images``
+    images; yields a function that, after the run, counts the images they would have decided otherwise."""
+    try:
+        for m in deciders:
+            m.forced = {n: torch.from_numpy(np.asarray(values[n])) for n in m.decision_tensors}
+            m.disagree = torch.zeros(images, dtype=torch.bool)
+        counts: list[int] = []
+        yield lambda: counts[0] if counts else 0
+        counts.append(int(torch.stack([m.disagree for m in deciders]).any(0).sum()))
+    finally:
+        for m in deciders:
+            m.forced = m.disagree = None
 
 
 def verify_artifact(runner, model: onnx.ModelProto, images: np.ndarray, batch: int | None, tolerance: float,

@@ -22,9 +22,10 @@ import onnx
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.spec import ViTSpec
+from vitrt.compiler.verify import decision_modules, pinned
 from vitrt.debug.config import PROBE_BACKENDS, CompareConfig, check_out
 from vitrt.debug.metrics import Comparison, compare_probes, dtype_tolerance
-from vitrt.debug.points import graph_points, layer_input_point
+from vitrt.debug.points import Point, graph_points, layer_input_point
 from vitrt.debug.probes import graph_probe, twin_probe
 
 PRECISION_STAGES = ("quant", "precision")  # what --against float leaves out of the twin
@@ -87,15 +88,46 @@ def compare_with_twin(config: CompareConfig, progress) -> tuple[Comparison, dict
         skip = PRECISION_STAGES if config.against == "float" else ()
         twin = record.twin_after(skip=skip)
     points = graph_points(artifact.model, artifact.spec)
-    candidate = graph_probe(artifact.model, points, artifact.probe_backend(config.backend), config.threads)
+    deciders = decision_modules(twin)
+    # the merge decisions as extra outputs of the candidate (taken out again before the comparison)
+    decided = [Point(f"decision:{n}", "head", None, n, ()) for m in deciders for n in m.decision_tensors]
+    candidate = graph_probe(artifact.model, points + decided, artifact.probe_backend(config.backend), config.threads)
     reference = twin_probe(twin, points)
+    flips: list[int] = []
+    if deciders:  # the twin merges as the candidate graph decided (see vitrt.compiler.verify): near ties set apart
+        candidate, reference = pinned_probes(candidate, reference, deciders, flips)
     with progress.step(f"comparing {len(points)} points on {config.images} {config.data} images"):
         comparison = compare_probes(candidate, reference, points, image_batches(config.data, artifact.spec,
                                                                                  config.images, config.seed),
                                     dtype_tolerance(artifact.precision))
     reference_name = "float twin (no quantization / precision typing)" if config.against == "float" else "twin"
+    if deciders:
+        reference_name += (f", merging as the graph decided ({sum(flips)} of {config.images} images would merge "
+                           "otherwise)")
     return comparison, {"candidate": f"{config.a} ({artifact.probe_backend(config.backend)})", "reference": reference_name,
                         "precision": artifact.precision}
+
+
+def pinned_probes(candidate, reference, deciders, flips: list[int]):
+    """(candidate, reference) probes where the reference twin merges tokens as the candidate graph just decided on
+    the same images (:func:`~vitrt.debug.metrics.compare_probes` runs the candidate, then the reference, per
+    batch). The candidate's ``decision:<tensor>`` values are taken out of its result; ``flips`` gets, per batch,
+    the images the twin would have merged otherwise."""
+    last: dict[str, np.ndarray] = {}
+
+    def run_candidate(images):
+        values = candidate(images)
+        last.clear()
+        last.update({name[len("decision:"):]: values.pop(name).astype(np.int64)
+                     for name in [n for n in values if n.startswith("decision:")]})
+        return values
+
+    def run_reference(images):
+        with pinned(deciders, last, len(images)) as flipped:
+            values = reference(images)
+        flips.append(flipped())
+        return values
+    return run_candidate, run_reference
 
 
 def compare_artifacts(config: CompareConfig, progress) -> tuple[Comparison, dict]:
