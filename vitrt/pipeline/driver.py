@@ -114,12 +114,17 @@ def resolve_model(name: str):
     return None, name
 
 
+def name_only_options(config: CompileConfig) -> list[str]:
+    """The given options that build a model from its timm name (weights, size): none apply to a model object."""
+    return [flag for flag, value in (("--checkpoint", config.checkpoint), ("--pretrained", config.pretrained),
+                                     ("--img-size", config.img_size)) if value]
+
+
 def inspect_source(config: CompileConfig, module: torch.nn.Module | None, progress: Progress) -> Source:
     """The spec of what will be compiled — from the Python module, or from the timm name on the meta device
     (no weights) — so every model-dependent option is checked before anything slow happens."""
     if module is not None:
-        given = [flag for flag, value in (("--checkpoint", config.checkpoint), ("--pretrained", config.pretrained),
-                                          ("--img-size", config.img_size)) if value]
+        given = name_only_options(config)
         if given:  # they build a model from its name: a module handed over already has its weights and size
             raise OptionError(f"{' / '.join(given)}: for a model name only; a model object is compiled as it is "
                               "(load the weights into it, or make it at that size, before passing it)")
@@ -216,11 +221,9 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
     config = make_config(model, out, config, options).validate()
     module = model if isinstance(model, torch.nn.Module) else None
     if module is None and is_digits_model(config.model):  # the shipped digits reference: real weights, real data
-        for flag, given in (("--checkpoint", config.checkpoint), ("--pretrained", config.pretrained),
-                            ("--img-size", config.img_size)):
-            if given:
-                raise OptionError(f"{flag} does not apply to digits (the shipped digits reference has its own "
-                                  "weights and 32x32 input); pass a timm model name to use it")
+        for flag in name_only_options(config):
+            raise OptionError(f"{flag} does not apply to digits (the shipped digits reference has its own "
+                              "weights and 32x32 input); pass a timm model name to use it")
         module, resolved = resolve_model(config.model)
         name, config = name or resolved, config.replace(model=None)
     if config.out is None:
