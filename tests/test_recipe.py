@@ -43,6 +43,8 @@ def test_replay_gives_the_same_bytes_as_compiling_with_the_plans(tmp_path):
     again = compile_recipe(tmp_path / "recipe.json", module=model, out=tmp_path / "b", quiet=True, verify=True,
                            keep_twin=True, bench=True, bench_iters=2, bench_clock="cpu", threads=1)
     assert onnx_bytes(tmp_path / "a") == onnx_bytes(tmp_path / "b") == onnx_bytes(tmp_path / "direct")
+    assert again.manifest["replay_of"]["recipe"] == str(tmp_path / "recipe.json") and "replay_of" not in \
+        direct.manifest
     assert again.manifest["verify"]["ok"] and again.manifest["latency"]["clock"] == "cpu"  # measured on a shared
     assert (tmp_path / "b" / "twin").is_dir()  # machine's steady clock; inspectable with vitrt compare
     assert first.manifest["params"] == direct.manifest["params"]

@@ -206,12 +206,13 @@ def plan_stages(config: CompileConfig, twin: torch.nn.Module, *, lut=None, name:
 
 def compile(model: torch.nn.Module | str | None = None, out: str | Path | None = None,
             config: CompileConfig | None = None, progress: Progress | None = None, name: str | None = None,
-            plans: dict | None = None, **options) -> CompileResult:
+            plans: dict | None = None, replay_of: str | Path | None = None, **options) -> CompileResult:
     """Compile ``model`` (a timm model name, a timm ViT module or a CanonicalViT) into ``out``.
 
     ``config`` and/or keyword ``options`` (the CLI's option names: ``batch=8``, ``prune=0.5``, ``tome="13"``)
     select backend, batch, stages and checks; ``name`` is what the manifest calls a module passed as ``model``;
-    ``plans`` (transform name -> plan, see :func:`plan_stages`) replaces those stages' planning (a recipe replay).
+    ``plans`` (transform name -> plan, see :func:`plan_stages`) replaces those stages' planning (a recipe replay;
+    ``replay_of``: the recipe they came from, named in the manifest).
     Raises VitrtError for bad input; on any failure nothing is written to ``out``. ``model`` itself is never
     modified.
     """
@@ -286,6 +287,9 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
             "params": {"before": vit_params(spec_before), "after": vit_params(view.spec)},
             "flops": {"before": vit_flops(spec_before), "after": vit_flops(view.spec)},
             "adjustments": adjustments,
+            **({"replay_of": {"recipe": str(replay_of), "note": "plans read from the recipe, nothing planned again: "
+                              "each stage's section says how its plan was made (calibration, fine-tuning) when the "
+                              "recipe was"}} if replay_of is not None else {}),
             "io": graph_io(final_onnx),
             "preprocessing": prep,
             "trt_lint": trt_lint.to_dict(),

@@ -203,4 +203,4 @@ def compile_recipe(recipe_path, model: str | None = None, progress=None, module=
     if module is not None:
         config = config.replace(model=None)
     return compile(module if module is not None else name, config=config, progress=progress, name=name,
-                   plans=recipe.plans())
+                   plans=recipe.plans(), replay_of=recipe_path)
