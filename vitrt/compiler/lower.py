@@ -160,11 +160,16 @@ def lower(twin: CanonicalViT, *, batch: int | None = 1, opset: int = DEFAULT_OPS
     return finalize(graph, spec)
 
 
+def model_opset(model: onnx.ModelProto, default=None):
+    """The default-domain opset ``model`` imports (``default`` when it imports none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default)
+
+
 def finalize(graph: gs.Graph, spec: ViTSpec) -> onnx.ModelProto:
     """Export a gs graph to ONNX with the spec attached, IR version set, and shapes inferred."""
     graph.cleanup().toposort()
     model = gs.export_onnx(graph)
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    opset = model_opset(model)
     model.ir_version = ir_version_for(opset)
     model.producer_name = "vitrt"
     spec.attach(model)

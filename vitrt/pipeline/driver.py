@@ -41,7 +41,7 @@ from vitrt.compiler.distributed import is_writer
 from vitrt.compiler.errors import OptionError, VitrtError
 from vitrt.compiler.known_models import DIGITS_MODEL, is_digits_model
 from vitrt.compiler.graph import GraphView
-from vitrt.compiler.lower import lower
+from vitrt.compiler.lower import lower, model_opset
 from vitrt.compiler.models import (canonicalize, check_supported, checkpoint_classes, load_timm_model, model_spec,
                                    read_checkpoint, spec_of_timm)
 from vitrt.compiler.spec import ViTSpec
@@ -279,7 +279,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
             "input_shape": ["batch" if batch is None else batch, view.spec.in_chans, view.spec.img, view.spec.img],
             "batch_profile": list(target.batch_profile) if target.batch_profile else None,
             "backend": target.backend,
-            "opset": graph_opset(final_onnx),  # --opset, or above it where a pass needs more (Q/DQ forms)
+            "opset": model_opset(final_onnx),  # --opset, or above it where a pass needs more (Q/DQ forms)
             "artifact": None if backend is None else backend.artifact_name,
             "spec_before": spec_before.to_dict(),
             "spec_after": view.spec.to_dict(),
@@ -304,7 +304,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
 
         build_options = target.build_options(sparse_weights=bool(result.build_hints.get("sparse_weights")))
         if backend is None:
-            manifest["engine_build"] = engine_build_later(final_onnx, manifest["io"], build_options)
+            manifest["engine_build"] = engine_build_later(final_onnx, build_options)
             progress.log(f"no engine built (--no-build); build it on the GPU machine with: "
                          f"{manifest['engine_build']['command']}")
             for need in manifest["engine_build"].get("requires", []):
@@ -373,22 +373,16 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
     return CompileResult(Path(config.out), manifest, final, plans)
 
 
-def engine_build_later(model: onnx.ModelProto, io: dict, options: BuildOptions) -> dict:
-    """The manifest's ``engine_build`` of a ``--no-build`` compile (``io``: the manifest's, :func:`graph_io`): the
-    trtexec command that builds the engine and, when the graph needs more than TensorRT 10.0 on any GPU, what
-    (``requires``)."""
+def engine_build_later(model: onnx.ModelProto, options: BuildOptions) -> dict:
+    """The manifest's ``engine_build`` of a ``--no-build`` compile of ``model``: the trtexec command that builds
+    the engine and, when the graph needs more than TensorRT 10.0 on any GPU, what (``requires``)."""
     from vitrt.compiler.backends.trt import trtexec_command
     from vitrt.compiler.trt_lint.requirements import tensorrt_requirements
 
-    inputs = {v["name"]: v["shape"][1:] for v in io["inputs"]}
+    inputs = {v["name"]: v["shape"][1:] for v in graph_io(model)["inputs"]}
     needs = tensorrt_requirements(model, options)
     return {"built": False, "command": f"cd OUT && {trtexec_command('model.onnx', inputs, options)}",
             **({"requires": needs} if needs else {})}
-
-
-def graph_opset(model: onnx.ModelProto) -> int:
-    """The default-domain opset the compiled graph declares."""
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def graph_io(model: onnx.ModelProto) -> dict:

@@ -44,26 +44,18 @@ def _precision_codec():
     return (lambda plan: (plan.to_dict(), {})), (lambda data, arrays: PrecisionPlan.from_dict(data))
 
 
-def _distill_codec():
+def _plan_arrays_codec(stage: str):
+    """The codec of a plan that carries its own arrays (``to_dict`` / ``arrays`` / ``from_dict(data, arrays)``)."""
     from vitrt.transforms.distill.plan import DistillPlan
-
-    return _arrays_codec(DistillPlan)
-
-
-def _lowrank_codec():
     from vitrt.transforms.lowrank.plan import LowRankPlan
-
-    return _arrays_codec(LowRankPlan)
-
-
-def _sparsity_codec():
     from vitrt.transforms.sparsity.plan import SparsityPlan
 
-    return _arrays_codec(SparsityPlan)
+    return _arrays_codec({"distill": DistillPlan, "lowrank": LowRankPlan, "sparsity": SparsityPlan}[stage])
 
 
-CODECS = {"prune": _prune_codec, "tome": _tome_codec, "distill": _distill_codec, "lowrank": _lowrank_codec,
-          "sparsity": _sparsity_codec, "quant": _quant_codec, "precision": _precision_codec}
+CODECS = {"prune": _prune_codec, "tome": _tome_codec, "distill": lambda: _plan_arrays_codec("distill"),
+          "lowrank": lambda: _plan_arrays_codec("lowrank"), "sparsity": lambda: _plan_arrays_codec("sparsity"),
+          "quant": _quant_codec, "precision": _precision_codec}
 STAGES_WITH_PLANS = tuple(CODECS)
 
 

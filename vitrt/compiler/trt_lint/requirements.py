@@ -8,6 +8,7 @@ import onnx
 from onnx import TensorProto
 
 from vitrt.compiler.backends.base import BuildOptions
+from vitrt.compiler.lower import model_opset
 
 PARSER_OPSETS = {"10.0": 20, "10.1": 20, "10.15": 24}  # onnx-tensorrt docs/operators.md: opset 9 to N
 FP8_COMPUTE_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9) and Hopper (9.0) or newer
@@ -18,7 +19,7 @@ def tensorrt_requirements(model: onnx.ModelProto, options: BuildOptions) -> list
     """What building ``model`` with ``options`` needs beyond TensorRT 10.0 on any GPU, one
     line each: a newer parser for an opset above 20, an FP8-capable GPU for FP8 Q/DQ, Ampere or newer for 2:4."""
     needs = []
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = model_opset(model, 0)
     if opset > PARSER_OPSETS["10.0"]:
         needs.append(f"ONNX opset {opset}: TensorRT 10.0/10.1's parser documents opsets up to "
                      f"{PARSER_OPSETS['10.1']}, 10.15's up to {PARSER_OPSETS['10.15']}: use a release after 10.1")

@@ -44,7 +44,7 @@ def finish(plan: PruningPlan, section: dict, finished: Finished) -> dict:
     """With --bench: the dense model's latency, measured side by side with the pruned one."""
     versus = finished.versus_dense
     if versus is not None:
-        stages = versus.get("stages", ["prune"])
+        stages = versus["stages"]
         section["dense_latency"] = {"median_ms": versus["dense_median_ms"], "speedup": versus["speedup"],
                                     "scope": "pruning alone" if stages == ["prune"] else
                                              f"the whole compile ({', '.join(stages)}) against the dense model",

@@ -105,9 +105,8 @@ def finish(plan: MergePlan, section: dict, finished: Finished) -> dict:
     versus = finished.versus_dense
     if versus is None or not plan.merges_anything:
         return {}
-    stages = versus.get("stages", ["tome"])
-    flops_reduction = versus.get("flops_dense", section["flops_before"]) / \
-        versus.get("flops_compiled", section["flops_after"])
+    stages = versus["stages"]
+    flops_reduction = versus["flops_dense"] / versus["flops_compiled"]
     measured = {"dense_median_ms": versus["dense_median_ms"],
                 "merged_median_ms": versus["compiled_median_ms"], "speedup": versus["speedup"],
                 "flops_reduction": round(flops_reduction, 4),
