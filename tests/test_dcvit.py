@@ -184,6 +184,37 @@ def test_recoverability_scores_every_block(twin, few_shot, metric_dir):
     assert losses == sorted(losses) and len(set(losses)) == 4
 
 
+def test_a_candidate_is_scored_after_mimicking_the_block_after_it(twin, few_shot, metric_dir):
+    """(c): block i's score is the metric loss once it alone is compressed and the prefix up to block i + 1 is
+    fine-tuned to the dense model's output there (recomputed here step by step from the contract)."""
+    from vitrt.calib.synthesis import MetricSet, load_metric_set
+
+    metric = MetricSet.of(load_metric_set(metric_dir), twin)
+    settings = dcvit.Settings(macs=0.7, score_epochs=1, importance="magnitude")
+    ranked = {r["block"]: r["metric_loss"] for r in dcvit.recoverability(twin, twin, few_shot, metric, settings)}
+    width = dcvit.candidate_width(twin.spec, settings)
+    scores = dcvit.mlp_scores(twin, few_shot, twin, "magnitude", settings.seed)
+    for index in (1, 3):  # block 3 is the last: its prefix ends at itself
+        student, _ = dcvit.compress_block(twin, PruningPlan.keep_all(twin.spec), index, width, scores[index])
+        dcvit.mimic(student, twin, few_shot, min(index + 1, 3), 1, settings.seed)
+        assert metric.evaluate(student)["loss"] == pytest.approx(ranked[index], rel=1e-6)
+
+
+def test_progressive_compression_fine_tunes_up_to_the_block_after_the_last_compressed(twin, few_shot, metric_dir):
+    """(d): after each compressed block the prefix up to the block after the deepest one compressed so far is
+    fine-tuned (not the block after the current one: compressing block 0 after block 2 still updates block 3)."""
+    from vitrt.calib.synthesis import MetricSet, load_metric_set
+
+    metric = MetricSet.of(load_metric_set(metric_dir), twin)
+    settings = dcvit.Settings(macs=0.6, epochs=1, importance="magnitude")
+    assert dcvit.structure(twin.spec, settings).blocks >= 2
+    plan, info = dcvit.compress(twin, twin, few_shot, metric, settings, [2, 0, 1, 3])
+    updated = [step["finetune"]["last_updated_block"] for step in info["steps"]]
+    assert updated and all(u == 3 for u in updated)
+    _, early = dcvit.compress(twin, twin, few_shot, metric, settings, [0, 1, 2, 3])
+    assert [s["finetune"]["last_updated_block"] for s in early["steps"]][:2] == [1, 2]
+
+
 def test_dcvit_options_are_checked():
     with pytest.raises(VitrtError, match="--few-shot is a DC-ViT option"):
         PruneConfig(few_shot=10).validate()

@@ -14,8 +14,8 @@ from vitrt.cli import main as cli
 from vitrt.compiler.errors import OptionError, VitrtError
 from vitrt.compiler.progress import Progress
 from vitrt.search.evaluate import Estimate
-from vitrt.search.front import pareto, thin
-from vitrt.search.halving import Goal, SearchState
+from vitrt.search.front import best_per_recipe, pareto, thin
+from vitrt.search.halving import Clock, Goal, Schedule, SearchState, run_rungs, structural_filter
 from vitrt.search.optimize import OptimizeConfig
 from vitrt.search.space import Merge, Recipe, Space
 
@@ -66,6 +66,68 @@ def test_pareto_front_goal_and_thinning():
     kept = thin(many, 5, [many[7]])
     assert many[0] in kept and many[-1] in kept and many[7] in kept and len(kept) == 5  # --front-max is a limit
     assert thin(many, 2, [many[7]]) == [many[0], many[7]]
+
+
+def test_a_drop_of_exactly_max_drop_points_is_admissible():
+    """top-1 is a ratio of image counts: 297/300 -> 294/300 is one point, which floats make 1.0000000000000009."""
+    goal = Goal(max_drop=1.0)
+    assert goal.admissible(estimate(5.0, 294 / 300), 297 / 300, 10.0, 0.0)
+    assert not goal.admissible(estimate(5.0, 293 / 300), 297 / 300, 10.0, 0.0)
+
+
+def test_ties_go_to_the_more_accurate_or_the_faster_point():
+    """At equal latency only the more accurate point is on the front and ranks first under --max-drop; at equal
+    top-1 the faster ranks first under --target-speedup. A front point is a recipe at its largest budget."""
+    slow, sure = estimate(5.0, 0.95, prune=0.5), estimate(5.0, 0.99, prune=0.6)
+    assert pareto([slow, sure]) == [sure] and pareto([sure, slow]) == [sure]
+    assert min([slow, sure], key=Goal(max_drop=5.0).rank) is sure
+    fast = estimate(4.0, 0.99, prune=0.4)
+    assert min([sure, fast], key=Goal(target_speedup=1.5).rank) is fast
+    trained = Estimate(Recipe(prune=0.5), 6, 5.0, 0.97)
+    refused = Estimate(Recipe(prune=0.5), 9, refused="no")
+    assert best_per_recipe([trained, slow, refused]) == [trained] == best_per_recipe([slow, trained])
+
+
+class ScriptedEvaluator:
+    """The evaluator's interface with each recipe's predicted ms and held-out top-1 (``top1[recipe, epochs]``, or
+    ``top1[recipe]`` at any budget) given: what the search selects from them, without compiling anything."""
+
+    def __init__(self, ms: dict, top1: dict, dense_ms=10.0, dense_holdout=0.99):
+        self.ms, self.top1, self.dense_ms, self.dense_holdout = ms, top1, dense_ms, dense_holdout
+        self.estimated: list[tuple[Recipe, int]] = []
+
+    def lut_has(self, recipe):
+        return True
+
+    def predicted_spec(self, recipe):
+        return None
+
+    def predict(self, recipe, spec):
+        return self.ms[recipe]
+
+    def estimate(self, recipe, epochs):
+        self.estimated.append((recipe, epochs))
+        return Estimate(recipe, epochs, self.ms[recipe], self.top1.get((recipe, epochs), self.top1.get(recipe)))
+
+
+def test_a_lossy_extra_needs_to_be_predicted_more_than_the_margin_faster():
+    barely, clearly = Recipe(prune=0.5, precision="int8"), Recipe(prune=0.4, precision="int8")
+    ms = {Recipe(prune=0.5): 5.0, barely: 5.0 / 1.005, Recipe(prune=0.4): 4.0, clearly: 4.0 / 1.02}
+    kept, structural = structural_filter(ScriptedEvaluator(ms, {}), list(ms), Progress(enabled=False))
+    assert barely not in kept and structural["notes"][barely.key].startswith("dominated")
+    assert clearly in kept and Recipe(prune=0.5) in kept
+
+
+def test_each_rung_trains_the_fastest_admissible_recipes_of_the_rung_before(tmp_path):
+    recipes = [Recipe(prune=p) for p in (0.3, 0.4, 0.5, 0.6, 0.7)]
+    ms = {r: 10 * r.prune for r in recipes}
+    top1 = {r: 0.99 for r in recipes} | {(recipes[0], 2): 0.90}  # the fastest fails the goal once trained
+    evaluator = ScriptedEvaluator(ms, top1)
+    last = run_rungs(evaluator, recipes, Goal(max_drop=1.0), Schedule(epochs=(0, 2), keep=(2,), slack=(5.0, 0.0)),
+                     SearchState(tmp_path / "state.json", {}), Clock(None, 0.0), lambda e: None,
+                     Progress(enabled=False))
+    assert [r for r, epochs in evaluator.estimated if epochs == 2] == recipes[:2]
+    assert [e.recipe for e in last] == [recipes[1]]
 
 
 def test_state_persists_resumes_and_refuses_other_arguments(tmp_path):

@@ -32,7 +32,7 @@ from vitrt.transforms.prune.graph_pass import PrunePass
 from vitrt.transforms.prune.plan import BlockPlan, PruningPlan
 from vitrt.transforms.tome.graph_pass import TokenMergePass
 from vitrt.transforms.tome.report import describe, merge_figure
-from vitrt.transforms.tome.schedule import MergePlan, TomeSchedule, parse_per_block, parse_r, quadtree_order, resolve
+from vitrt.transforms.tome.schedule import BlockMerge, MergePlan, TomeSchedule, parse_per_block, parse_r, quadtree_order, resolve
 from vitrt.transforms.tome.solve import solve_flops
 from vitrt.transforms.tome.twin import MergingBlock, bipartite_merge, trace_sources
 
@@ -325,6 +325,25 @@ def test_proportional_attention_adds_log_size_right_after_qk():
             assert add.output[0] == names[f"blocks.{i}.attn.softmax"].input[0]
         else:
             assert score_path(model.graph, i) == ["MatMul", "Softmax"]
+
+
+def test_proportional_attention_counts_a_merged_token_as_the_tokens_it_stands_for():
+    """ToMe's proportional attention: a key of size s weighs as s identical keys. So a block that reads sizes gives
+    every token the output the plain block gives it when each token is repeated ``size`` times (an independent
+    reference: the graph is checked against this twin elsewhere, so a wrong bias in both would pass there)."""
+    twin = small_twin()
+    block, prefix = twin.blocks[1], twin.spec.prefix_tokens
+    x = torch.randn(1, prefix + 6, twin.spec.emb, generator=torch.Generator().manual_seed(5))
+    sizes = torch.tensor([1.0, 3.0, 1.0, 2.0, 1.0, 4.0])
+    sized = MergingBlock(block, BlockMerge(1, prefix + 6, 1, 0, False), prefix, None, sized_in=True, sized_out=False)
+    size_channel = torch.cat([torch.ones(prefix), sizes])[None, :, None]
+    repeated = torch.cat([x[:, :prefix]] + [x[:, prefix + i:prefix + i + 1].expand(1, int(s), -1)
+                                            for i, s in enumerate(sizes)], dim=1)
+    first = [*range(prefix), *(prefix + int(sum(sizes[:i])) for i in range(len(sizes)))]
+    with torch.no_grad():
+        want = block(repeated)[:, first]
+        assert max_abs(sized(torch.cat([x, size_channel], dim=-1)), want) < 1e-5
+        assert max_abs(block(x), want) > 1e-2  # without the sizes the outputs differ: the check can fail
 
 
 def state_of(twin):
