@@ -204,12 +204,14 @@ def test_batching_options_on_a_static_engine_are_refused(outs, tmp_path, capsys,
     (["--max-batch", "0"], "--max-batch must be >= 1"),
     (["--preferred-batch", "8,4"], "ascending"),
     (["--preferred-batch", "4,64"], "must lie in 1..32"),
+    (["--preferred-batch", "32,33"], "must lie in 1..32"),  # the edge: --max-batch itself is allowed, one more not
     (["--preferred-batch", "a,b"], "comma-separated integers"),
     (["--queue-delay-us", "-1"], "--queue-delay-us must be >= 0"),
     (["--instances", "0"], "--instances must be >= 1"),
     (["--name", "my model/v2"], "not valid for Triton"),
     (["--name", "."], "not valid for Triton"),  # '.' would be the repository itself (--force would wipe it)
     (["--name", ".."], "not valid for Triton"),
+    (["--name", "digits\n"], "not valid for Triton"),  # a directory name ending in a newline
 ])
 def test_bad_options_are_one_line_and_write_nothing(outs, tmp_path, capsys, args, message):
     assert export(outs / "dynamic", tmp_path / "repo", *args) == 2
@@ -288,19 +290,19 @@ def test_loadtest_bounds_are_checked(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_a_load_test_that_mostly_failed_exits_1(monkeypatch, capsys):
-    """Figures from a level where most requests failed do not measure the model: the command says so and fails."""
-    import vitrt.serving.loadtest as lt
-    from vitrt.cli import main
+def test_a_load_test_that_mostly_failed_is_not_a_measurement():
+    """Figures from a level where most requests failed do not measure the model: the first such level is named
+    (``vitrt loadtest`` prints it and exits 1; against a healthy server it exits 0, tests/test_serving.py)."""
+    from vitrt.serving.loadtest import failure_line
 
-    levels = [{"concurrency": 1, "requests": 10, "ok": 9, "errors": 1, "lost": 0, "first_error": "x"},
-              {"concurrency": 4, "requests": 500, "ok": 20, "errors": 470, "lost": 10, "first_error": "refused"}]
-    monkeypatch.setattr(lt, "loadtest", lambda config, progress=None: {"levels": levels})
-    monkeypatch.setattr(lt, "format_table", lambda result: "table")
-    assert main(["loadtest", "http://127.0.0.1:9", "--model", "m", "--quiet"]) == 1
-    assert "at concurrency 4 480 of 500 requests failed (first: refused)" in capsys.readouterr().err
-    monkeypatch.setattr(lt, "loadtest", lambda config, progress=None: {"levels": levels[:1]})
-    assert main(["loadtest", "http://127.0.0.1:9", "--model", "m", "--quiet"]) == 0
+    healthy = {"concurrency": 1, "requests": 10, "ok": 9, "errors": 1, "lost": 0, "first_error": "x"}
+    refused = {"concurrency": 4, "requests": 500, "ok": 20, "errors": 470, "lost": 10, "first_error": "refused"}
+    assert failure_line({"levels": [healthy, refused]}) == ("at concurrency 4 480 of 500 requests failed (first: "
+                                                           "refused); the figures above do not measure the model")
+    assert failure_line({"levels": [healthy]}) is None
+    half = {**healthy, "ok": 5, "errors": 3, "lost": 2}  # as many failed as answered: still a measurement
+    assert failure_line({"levels": [half]}) is None
+    assert failure_line({"levels": [{**half, "lost": 3}]}) is not None
 
 
 def test_metrics_are_read_beside_default_ports_only():

@@ -48,6 +48,9 @@ def test_an_empty_image_is_a_clear_error():
 
     with pytest.raises(ValueError, match=r"height >= 1, width >= 1, 3\], got shape \[1, 0, 0, 3\]"):
         preprocess(np.zeros((1, 0, 0, 3), np.uint8), 32, (0.5,) * 3, (0.5,) * 3)
+    for channels in (1, 4):  # grey or RGBA would broadcast or fail inside numpy: the engine wants RGB
+        with pytest.raises(ValueError, match=rf"3\], got shape \[1, 4, 4, {channels}\]"):
+            preprocess(np.zeros((1, 4, 4, channels), np.uint8), 32, (0.5,) * 3, (0.5,) * 3)
 
 
 @pytest.fixture(scope="module")

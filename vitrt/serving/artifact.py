@@ -28,7 +28,8 @@ from vitrt.compiler.jsonfile import read_json
 from vitrt.compiler.output import artifact_in
 
 NOT_AN_OUT_HINT = "pass the OUT directory written by vitrt compile MODEL -o OUT"
-MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")  # what Triton accepts as a model (directory) name
+# what Triton accepts as a model (directory) name; use fullmatch ("$" would let a trailing newline through)
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)

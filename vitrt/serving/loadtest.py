@@ -357,6 +357,17 @@ def _versus(config: LoadtestConfig, images: np.ndarray) -> dict:
     return {"call": synced(runner, chunk), "backend": artifact.backend, "seconds": seconds}
 
 
+def failure_line(result: dict) -> str | None:
+    """Why ``result`` is not a measurement: the first level where failed and lost requests outnumber the answered
+    ones (the figures then time refusals, not the model); None when every level mostly succeeded."""
+    for row in result["levels"]:
+        failed = row["errors"] + row["lost"]
+        if failed > row["ok"]:
+            return (f"at concurrency {row['concurrency']} {failed} of {row['requests']} requests failed (first: "
+                    f"{row['first_error']}); the figures above do not measure the model")
+    return None
+
+
 def format_table(result: dict) -> str:
     has_top1 = any("top1" in r for r in result["levels"])
     has_versus = "in_process" in result

@@ -36,7 +36,7 @@ def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
 
 def preprocess(raw: np.ndarray, size: int, mean, std) -> np.ndarray:
     """Raw uint8 images [B, H, W, 3] -> normalised float32 [B, 3, size, size]; an empty image is a ValueError."""
-    if raw.ndim != 4 or raw.shape[1] < 1 or raw.shape[2] < 1:
+    if raw.ndim != 4 or raw.shape[1] < 1 or raw.shape[2] < 1 or raw.shape[3] != 3:
         raise ValueError(f"expected images [batch, height >= 1, width >= 1, 3], got shape {list(raw.shape)}")
     images = resize_bilinear(raw.astype(np.float32) / 255.0, size)
     images = (images - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)

@@ -112,8 +112,8 @@ def _parse_sizes(text: str | None) -> tuple[int, ...]:
 def check_model_name(name: str) -> str:
     """``name`` as a Triton model name: one directory inside the repository (never '.' or '..', which would
     replace the repository itself or its parent)."""
-    if not MODEL_NAME.match(name) or set(name) == {"."}:
-        raise VitrtError(f"model name '{name}' is not valid for Triton: use letters, digits, '_', '.' and '-' (not "
+    if not MODEL_NAME.fullmatch(name) or set(name) == {"."}:
+        raise VitrtError(f"model name {name!r} is not valid for Triton: use letters, digits, '_', '.' and '-' (not "
                          "only dots)")
     return name
 
