@@ -2,6 +2,7 @@
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,29 @@ def test_sigterm_during_a_compile_unwinds_like_ctrl_c_and_leaves_no_staging_dire
     assert process.returncode == 143, err
     assert err.strip().splitlines()[-1] == "vitrt: terminated; nothing was written"
     assert list(tmp_path.iterdir()) == []
+
+
+DIGITS_LUT = str(Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lut_ort_digits_b8_cpu.json")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench", "digits", "--json", "{missing}/r.json"], "does not exist"),
+    (["bench", "digits", "--json", "/proc/vitrt-results.json"], "cannot be written"),  # os.access says yes to root
+    (["lint-trt", "m.onnx", "--json", "{tmp}"], "is a directory"),
+    (["nvit-table", "a", "b", "-o", "{missing}/table"], "does not exist"),
+    (["dcvit-table", "--model", "digits", "-o", "{missing}/table"], "does not exist"),
+    (["lut", "build", "--grid", "tiny", "-o", "{missing}/lut.json"], "does not exist"),
+    (["lut", "merge", DIGITS_LUT, "-o", "{missing}/lut.json"], "does not exist"),
+    (["lut", "plot", DIGITS_LUT, "-o", "{tmp}/surface.txt"], "name a .png"),
+    (["bench-quant-accuracy", "--json-out", "{missing}/q.json"], "does not exist"),
+])
+def test_result_files_are_checked_before_any_work(tmp_path, capsys, args, message):
+    """A result path a command writes at the end of its run is refused up front, in one line with exit 2 — not
+    as a traceback after the work (or after a whole table build)."""
+    from vitrt.cli import main
+
+    args = [a.format(tmp=tmp_path, missing=tmp_path / "missing") for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -368,6 +368,9 @@ def test_cli_lint_trt(tmp_path, capsys):
     (tmp_path / "junk.onnx").write_text("not a model")
     assert main(["lint-trt", str(tmp_path / "junk.onnx")]) == 2
     assert capsys.readouterr().err.startswith("vitrt: error: cannot read")
+    (tmp_path / "empty.onnx").write_bytes(b"")  # protobuf parses it as an empty model: not "a rule broken" (exit 1)
+    assert main(["lint-trt", str(tmp_path / "empty.onnx")]) == 2
+    assert "is not an ONNX model" in capsys.readouterr().err
     assert main(["lint-trt", "--rules"]) == 0 and "source: NvInfer.h" in capsys.readouterr().out
 
 

@@ -41,7 +41,8 @@ class DcvitConfig:
     threads: int | None = option(None, "ONNX Runtime intra-op threads", type=int, metavar="N")
     clock: str = option("wall", "wall: median wall-clock latency; cpu: least CPU time of a single-threaded run, "
                         "robust on a shared machine (needs --threads 1)", choices=CLOCKS)
-    out: Path | None = option(None, "write OUT.json and OUT.md", flag="-o/--out", type=Path, metavar="OUT")
+    out: Path | None = option(None, "write OUT.json and OUT.md",
+                              writes=".json", flag="-o/--out", type=Path, metavar="OUT")
     quiet: bool = option(False, "no progress output")
 
 

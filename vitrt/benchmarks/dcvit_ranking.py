@@ -50,7 +50,8 @@ class DcvitRankingConfig:
     threads: int = option(1, "ONNX Runtime and torch threads", type=int, metavar="N")
     combine: str | None = option(None, "compile nothing: rank the rows of earlier dcvit_ranking / dcvit_sweep "
                                  "results together (comma-separated JSON files, one metric set)", metavar="A.json,..")
-    out: Path | None = option(None, "write OUT.md, OUT.json and OUT.png", flag="-o/--out", type=Path, metavar="OUT")
+    out: Path | None = option(None, "write OUT.md, OUT.json and OUT.png",
+                              writes=".json", flag="-o/--out", type=Path, metavar="OUT")
     quiet: bool = option(False, "no progress output")
 
     def validate(self) -> "DcvitRankingConfig":

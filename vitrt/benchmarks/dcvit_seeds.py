@@ -41,7 +41,8 @@ class DcvitSeedsConfig:
     whole_blocks_at: float | None = option(None, "take the whole-block rows from the runs at this --baseline instead "
                                            "(DC-ViT at F against a larger or smaller whole-block model)",
                                            type=float, metavar="G")
-    out: Path | None = option(None, "write OUT.md and OUT.json", flag="-o/--out", type=Path, metavar="OUT")
+    out: Path | None = option(None, "write OUT.md and OUT.json",
+                              writes=".json", flag="-o/--out", type=Path, metavar="OUT")
     quiet: bool = option(False, "no progress output")
 
     def validate(self) -> "DcvitSeedsConfig":

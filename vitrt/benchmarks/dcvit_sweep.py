@@ -71,7 +71,8 @@ class DcvitSweepConfig:
     workers: int = option(1, "compressions run side by side in this many processes (after the rankings)", type=int,
                           metavar="N")
     keep: Path | None = option(None, "keep every plan and compiled OUT under this directory", type=Path, metavar="DIR")
-    out: Path | None = option(None, "write OUT.md, OUT.json and OUT.png", flag="-o/--out", type=Path, metavar="OUT")
+    out: Path | None = option(None, "write OUT.md, OUT.json and OUT.png",
+                              writes=".json", flag="-o/--out", type=Path, metavar="OUT")
     overlay: str = option("", "instead of running: draw the seed-0 rows of these recorded results on one plot "
                           "(needs -o)", metavar="A.json,B.json")
     quiet: bool = option(False, "no progress output")

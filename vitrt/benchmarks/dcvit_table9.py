@@ -34,7 +34,8 @@ class Table9Config:
     warmup: int = option(1, "untimed updates first", type=int, metavar="N")
     clock: str = option("cpu", "cpu: least single-thread CPU time (torch on 1 thread); wall: median wall time",
                         choices=CLOCKS)
-    out: Path | None = option(None, "write OUT.json and OUT.md", flag="-o/--out", type=Path, metavar="OUT")
+    out: Path | None = option(None, "write OUT.json and OUT.md",
+                              writes=".json", flag="-o/--out", type=Path, metavar="OUT")
     quiet: bool = option(False, "no progress output")
 
 

@@ -29,7 +29,8 @@ BATCH = 64
 class DistributedDigitsConfig:
     sparse_epochs: int = option(2, "epochs of 2:4 sparse fine-tuning", type=int, metavar="N")
     qat_epochs: int = option(1, "epochs of int8 QAT", type=int, metavar="N")
-    out: Path | None = option(None, "write the results as JSON (rank 0)", flag="-o/--out", type=Path, metavar="JSON")
+    out: Path | None = option(None, "write the results as JSON (rank 0)",
+                              writes="file", flag="-o/--out", type=Path, metavar="JSON")
     quiet: bool = option(False, "no progress output")
 
 

@@ -72,7 +72,8 @@ CASES = (
 
 @dataclass(frozen=True)
 class FirstHourConfig:
-    out: Path | None = option(None, "write OUT.md and OUT.json", flag="-o/--out", type=Path, metavar="OUT")
+    out: Path | None = option(None, "write OUT.md and OUT.json",
+                              writes=".json", flag="-o/--out", type=Path, metavar="OUT")
 
 
 def run_case(case: Case) -> dict:

@@ -29,7 +29,7 @@ class Int4ActivationsConfig:
     iters: int = option(3, "timed inferences per variant and round", type=int, metavar="N")
     threads: int = option(1, "ONNX Runtime intra-op threads", type=int, metavar="N")
     clock: str = option("cpu", "cpu (single-thread CPU time, steady on a shared machine) or wall", choices=("cpu", "wall"))
-    json_out: Path | None = option(None, "also write the results as JSON", type=Path, metavar="FILE")
+    json_out: Path | None = option(None, "also write the results as JSON", writes="file", type=Path, metavar="FILE")
 
 
 def int4_graphs(twin, batch: int) -> dict:

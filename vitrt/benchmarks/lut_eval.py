@@ -146,7 +146,8 @@ class LutEvalConfig:
     seed: int = option(0, "seed of the configurations, weights and inputs", type=int, metavar="N")
     similar: float = option(0.8, "also time the first model with MLPs pruned to this fraction (0: no)", type=float,
                             metavar="F")
-    out: Path | None = option(None, "write OUT.json and OUT.md", flag="-o/--out", type=Path, metavar="OUT")
+    out: Path | None = option(None, "write OUT.json and OUT.md",
+                              writes=".json", flag="-o/--out", type=Path, metavar="OUT")
 
 
 def run(config: LutEvalConfig) -> int:

@@ -42,7 +42,8 @@ class PruningDigitsConfig:
     threads: int | None = option(None, "ONNX Runtime intra-op threads", type=int, metavar="N")
     weights: Path | None = option(None, "state dict of the reference architecture (default: the shipped reference "
                                   "weights)", type=Path, metavar="PATH")
-    out: Path | None = option(None, "write the results as JSON", flag="-o/--out", type=Path, metavar="FILE")
+    out: Path | None = option(None, "write the results as JSON",
+                              writes="file", flag="-o/--out", type=Path, metavar="FILE")
 
     def validate(self) -> "PruningDigitsConfig":
         if self.lut is None:

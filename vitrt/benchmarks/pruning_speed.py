@@ -39,7 +39,8 @@ class PruningSpeedConfig:
     rounds: int = option(5, "interleaved timing rounds", type=int, metavar="N")
     samples: int = option(16, "importance images per re-scoring (--prune-samples)", type=int, metavar="N")
     eta: float = option(1.0, "weight of the latency saving in the search (--eta)", type=float, metavar="X")
-    out: Path | None = option(None, "write OUT.json and OUT.md", flag="-o/--out", type=Path, metavar="OUT")
+    out: Path | None = option(None, "write OUT.json and OUT.md",
+                              writes=".json", flag="-o/--out", type=Path, metavar="OUT")
 
     def validate(self) -> "PruningSpeedConfig":
         if self.lut is None:

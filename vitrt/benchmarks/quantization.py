@@ -32,7 +32,7 @@ class SpeedConfig:
     iters: int = option(5, "timed inferences per variant and round", type=int, metavar="N")
     threads: int | None = option(None, "ONNX Runtime intra-op threads", type=int, metavar="N")
     img_size: int | None = option(None, "input image size (default: the model's)", type=int, metavar="N")
-    json_out: Path | None = option(None, "also write the results as JSON", type=Path, metavar="FILE")
+    json_out: Path | None = option(None, "also write the results as JSON", writes="file", type=Path, metavar="FILE")
 
 
 def ort_quantize_static(fp32_onnx: Path, out: Path, calib: np.ndarray, batch: int) -> Path:
@@ -129,7 +129,7 @@ class AccuracyConfig:
     calib_method: str = option("max", "activation calibrator", choices=CALIB_METHODS)
     calib_images: int = option(512, "digits training images used for calibration", type=int, metavar="N")
     batch: int = option(50, "batch size compiled", type=int, metavar="N")
-    json_out: Path | None = option(None, "also write the results as JSON", type=Path, metavar="FILE")
+    json_out: Path | None = option(None, "also write the results as JSON", writes="file", type=Path, metavar="FILE")
     reference_dir: Path | None = option(None, "a cached digits reference directory (model.pt + info.json) to use "
                                         "instead of the current recipe's", type=Path, metavar="DIR")
 

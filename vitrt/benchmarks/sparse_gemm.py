@@ -110,7 +110,8 @@ def to_markdown(results: dict, command: str) -> str:
 class SparseGemmConfig:
     batch: int = option(256, "images per batch (X = [batch·tokens, K])", type=int, metavar="N")
     iterations: int = option(50, "timed runs per GEMM", type=int, metavar="N")
-    out: Path | None = option(None, "write a markdown table here (and the JSON beside it)", flag="-o/--out",
+    out: Path | None = option(None, "write a markdown table here (and the JSON beside it)",
+                              writes=".json", flag="-o/--out",
                               type=Path, metavar="MD")
 
 

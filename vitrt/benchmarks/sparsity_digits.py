@@ -21,7 +21,8 @@ from vitrt.compiler.progress import Progress
 @dataclass(frozen=True)
 class SparsityDigitsConfig:
     epochs: int = option(5, "epochs of sparse fine-tuning", type=int, metavar="N")
-    out: Path | None = option(None, "write the table as JSON here", flag="-o/--out", type=Path, metavar="FILE")
+    out: Path | None = option(None, "write the table as JSON here",
+                              writes="file", flag="-o/--out", type=Path, metavar="FILE")
     permute: str = option("both", "variants without channel permutation, with it, or both",
                           choices=("without", "with", "both"))
     quiet: bool = option(False, "no progress output")

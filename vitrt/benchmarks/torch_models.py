@@ -29,7 +29,8 @@ class TorchModelsConfig:
     batch: int = option(1, "batch size compiled and timed", type=int, metavar="N")
     rounds: int = option(3, "interleaved timing rounds", type=int, metavar="N")
     iterations: int = option(2, "timed runs per backend per round", type=int, metavar="N")
-    out: Path | None = option(None, "write a markdown table here (and the JSON beside it)", flag="-o/--out",
+    out: Path | None = option(None, "write a markdown table here (and the JSON beside it)",
+                              writes=".json", flag="-o/--out",
                               type=Path, metavar="MD")
 
 

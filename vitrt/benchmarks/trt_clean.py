@@ -38,7 +38,8 @@ STACKS = {
 @dataclass(frozen=True)
 class TrtCleanConfig:
     stack_model: str = option("deit_small_patch16_224", "the model every stack is compiled for", metavar="MODEL")
-    out: Path | None = option(None, "write OUT.md and OUT.json", flag="-o/--out", type=Path, metavar="OUT")
+    out: Path | None = option(None, "write OUT.md and OUT.json",
+                              writes=".json", flag="-o/--out", type=Path, metavar="OUT")
 
 
 def removed_attention_plan(model: str, path: Path) -> None:

@@ -31,7 +31,7 @@ class BenchConfig:
                                "on a GPU, else wall; wall side by side)", choices=CLOCKS)
     threads: int | None = option(None, "intra-op threads (ONNX Runtime per session, torch process-wide)", type=int,
                                  metavar="N")
-    json: Path | None = option(None, "also write the results as JSON", type=Path, metavar="PATH")
+    json: Path | None = option(None, "also write the results as JSON", writes="file", type=Path, metavar="PATH")
     quiet: bool = option(False, "no progress output")
 
 
@@ -43,7 +43,8 @@ class NvitTableConfig:
     threads: int | None = option(None, "ONNX Runtime intra-op threads", type=int, metavar="N")
     clock: str = option("wall", "wall (median) or cpu (least CPU time of a single-threaded run: needs --threads 1; "
                         "steadier for ratios on a shared machine)", choices=("wall", "cpu"))
-    out: Path | None = option(None, "write OUT.json and OUT.md", flag="-o/--out", type=Path, metavar="OUT")
+    out: Path | None = option(None, "write OUT.json and OUT.md",
+                              writes=".json", flag="-o/--out", type=Path, metavar="OUT")
     quiet: bool = option(False, "no progress output")
 
 
@@ -52,8 +53,6 @@ def _cmd_bench(args) -> int:
     from vitrt.benchmarks.harness import bench_target, format_bench, parse_backends, parse_batches, write_json
 
     config = from_args(BenchConfig, args)
-    if config.json is not None and config.json.is_dir():
-        raise VitrtError(f"--json '{config.json}' is a directory; name a file")
     result = bench_target(config.target, parse_batches(config.batch), backend=parse_backends(config.backend),
                           device=config.device, torch_compile=config.torch_compile, iterations=config.iterations,
                           warmup=config.warmup, img_size=config.img_size, threads=config.threads, clock=config.clock,

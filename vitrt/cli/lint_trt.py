@@ -18,7 +18,7 @@ from vitrt.compiler.options import add_command, option
 class LintTrtConfig:
     model: Path | None = option(None, "the ONNX model to check (e.g. OUT/model.onnx)", positional=True, type=Path,
                                 metavar="MODEL.onnx", nargs="?")
-    json: Path | None = option(None, "also write the report as JSON", type=Path, metavar="PATH")
+    json: Path | None = option(None, "also write the report as JSON", writes="file", type=Path, metavar="PATH")
     strict: bool = option(False, "exit 1 on warnings (fusions TensorRT cannot make) too")
     rules: bool = option(False, "list the rules with their severity and source, and exit")
 
@@ -38,7 +38,10 @@ def run(config: LintTrtConfig) -> int:
     try:
         model = onnx.load(str(config.model), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input: one line
-        raise VitrtError(f"cannot read '{config.model}' as an ONNX model: {str(exc).splitlines()[0]}") from None
+        first = (str(exc) or type(exc).__name__).splitlines()[0]
+        raise VitrtError(f"cannot read '{config.model}' as an ONNX model: {first}") from None
+    if not model.graph.node or not model.opset_import:  # protobuf reads an empty (or foreign) file as an empty model
+        raise VitrtError(f"'{config.model}' is not an ONNX model (no graph nodes or no opset); pass OUT/model.onnx")
     report = lint(model)
     for finding in report.errors + report.warnings:
         where = f" {finding.node}:" if finding.node else ""

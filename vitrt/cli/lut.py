@@ -9,10 +9,11 @@ from pathlib import Path
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.lut import PRECISIONS, SPARSITIES
 from vitrt.compiler.options import add_arguments, from_args, option
-from vitrt.compiler.output import check_output_file
 from vitrt.compiler.progress import progress_for
 from vitrt.compiler.target import BACKENDS
 from vitrt.compiler.timing import CLOCKS
+
+PLOT_FORMATS = (".png", ".svg", ".pdf")
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,10 @@ class LutBuildConfig:
                                "cuda: CUDA events (what --bench measures on a GPU). Default: cuda on a GPU backend, "
                                "else wall", choices=CLOCKS)
     shard: str | None = option(None, "time only shard K of N (0 <= K < N: every N-th grid point from the K-th) and "
-                               "write OUT as LUT.partK-of-N.json; 'env' takes K/N from torchrun (RANK/WORLD_SIZE) or a "
+                               "write -o lut.json as lut.partK-of-N.json; 'env' takes K/N from torchrun (RANK/WORLD_SIZE) or a "
                                "Slurm array (SLURM_ARRAY_TASK_ID/COUNT); join the parts with vitrt lut merge",
                                metavar="K/N")
-    out: Path | None = option(None, "the table file to write (an interrupted build of it is resumed)",
+    out: Path | None = option(None, "the table file to write (an interrupted build of it is resumed)", writes="file",
                               flag="-o/--out", type=Path, metavar="LUT")
     quiet: bool = option(False, "no progress output")
 
@@ -49,7 +50,8 @@ class LutBuildConfig:
 class LutMergeConfig:
     parts: list[Path] = option(None, "partial tables (vitrt lut build --shard K/N outputs) and whole tables of other "
                                "precision/sparsity keys", positional=True, type=Path, nargs="+", metavar="PART")
-    out: Path | None = option(None, "the merged table to write", flag="-o/--out", type=Path, metavar="LUT")
+    out: Path | None = option(None, "the merged table to write",
+                              writes="file", flag="-o/--out", type=Path, metavar="LUT")
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class LutRefineConfig:
 @dataclass(frozen=True)
 class LutPlotConfig:
     lut: Path = option(None, "latency table file", positional=True, type=Path, metavar="LUT")
-    out: Path | None = option(None, "PNG to write", flag="-o/--out", type=Path, metavar="PNG")
+    out: Path | None = option(None, "PNG to write", writes="file", flag="-o/--out", type=Path, metavar="PNG")
     precision: str = option("fp32", "precision key", choices=PRECISIONS)
     sparsity: str = option("dense", "sparsity key", choices=SPARSITIES)
 
@@ -106,7 +108,8 @@ def _cmd_lut_build(args) -> int:
     shard = parse_shard(config.shard)
     table = build_table(config.out, backend=config.backend, grid=config.grid, batch=config.batch,
                         precision=config.precision, sparsity=config.sparsity, threads=config.threads,
-                        timing=dataclasses.replace(LUT_TIMING, iterations=config.iterations, clock=config.clock or default_clock(config.backend, config.device)),
+                        timing=dataclasses.replace(LUT_TIMING, iterations=config.iterations,
+                                                   clock=config.clock or default_clock(config.backend, config.device)),
                         progress=progress_for(config), device=config.device, shard=shard)
     part = f", shard {shard[0]} of {shard[1]}" if shard else ""
     print(f"wrote {shard_path(config.out, shard)}: {config.backend} on {table.device}, batch {table.batch}, grid "
@@ -123,7 +126,6 @@ def _cmd_lut_merge(args) -> int:
         raise VitrtError("no output file: pass -o LUT")
     if any(Path(part).resolve() == Path(config.out).resolve() for part in config.parts):
         raise VitrtError(f"-o {config.out} is one of the tables being merged; write the merged table elsewhere")
-    check_output_file(config.out, "-o")
     table = merge_tables(list(config.parts))
     table.save(config.out)
     print(f"wrote {config.out}: {len(config.parts)} parts, keys {', '.join(table.keys())}, {table.backend} on "
@@ -214,7 +216,8 @@ def _cmd_lut_plot(args) -> int:
     config = from_args(LutPlotConfig, args)
     if config.out is None:
         raise VitrtError("no output file: pass -o PNG")
-    check_output_file(config.out, "-o")
+    if Path(config.out).suffix.lower() not in PLOT_FORMATS:
+        raise VitrtError(f"-o {config.out}: name a {', '.join(PLOT_FORMATS)} file (the format follows the suffix)")
     plot_table(LatencyTable.load(config.lut), config.out, precision=config.precision, sparsity=config.sparsity)
     print(f"wrote {config.out}")
     return 0

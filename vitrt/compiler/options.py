@@ -27,7 +27,9 @@ from vitrt.compiler.errors import VitrtError
 
 
 def option(default, help: str, **meta):
-    """A dataclass field with CLI metadata (``flag``, ``positional``, ``choices``, ``type``, ``metavar``)."""
+    """A dataclass field with CLI metadata (``flag``, ``positional``, ``choices``, ``type``, ``metavar``, and
+    ``writes`` for a result path written at the end of the run: "file" for the path itself, a suffix such as
+    ".json" for an OUT prefix whose OUT.json, OUT.md, ... are written — :func:`from_args` checks it up front)."""
     return field(default=default, metadata={"help": help, **meta})
 
 
@@ -129,11 +131,29 @@ def _construct(config_cls, values: dict):
 
 
 def from_args(config_cls, args: argparse.Namespace, **overrides):
-    """Build ``config_cls`` from parsed args; options left unset (None) keep the dataclass defaults."""
+    """Build ``config_cls`` from parsed args; options left unset (None) keep the dataclass defaults. The result
+    paths it names (options with ``writes``) are checked writable now, before the command's work: a bad path
+    found when the results are written would lose the run."""
     values = {leaf_.name: getattr(args, leaf_.name) for leaf_ in leaves(config_cls)
               if getattr(args, leaf_.name, None) is not None}
     values.update(overrides)
-    return build(config_cls, values)
+    config = build(config_cls, values)
+    check_result_paths(config)
+    return config
+
+
+def check_result_paths(config) -> None:
+    """Every ``writes`` option of ``config`` that is set names a file this process can create (a one-line
+    OutputError otherwise)."""
+    from pathlib import Path
+
+    from vitrt.compiler.output import check_output_file
+
+    for leaf_ in leaves(type(config)):
+        writes, value = leaf_.field.metadata.get("writes"), get(config, leaf_)
+        if writes and value is not None:
+            path = Path(value)
+            check_output_file(path if writes == "file" else path.with_suffix(writes), leaf_.flag)
 
 
 def from_options(config_cls, options: dict, *, what: str = "option"):

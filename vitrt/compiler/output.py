@@ -55,6 +55,12 @@ def check_output_file(path: Path, flag: str) -> None:
                           "path")
     if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise OutputError(f"{flag} '{path}' cannot be written; choose another path")
+    try:  # os.access answers yes to root on a read-only file system (or /proc): a real file answers truly
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"{flag} '{path}' cannot be written ({exc.strerror}); choose another path") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _umask() -> int:

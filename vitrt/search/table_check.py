@@ -47,7 +47,8 @@ class TableCalibrationConfig:
     lut: Path | None = option(None, "latency table built on this machine (fp32/dense, batch 8, cpu clock); required",
                               type=Path, metavar="LUT")
     rounds: int = option(9, "interleaved timing rounds", type=int, metavar="N")
-    out: Path | None = option(None, "write OUT.md and OUT.json", flag="-o/--out", type=Path, metavar="OUT")
+    out: Path | None = option(None, "write OUT.md and OUT.json",
+                              writes=".json", flag="-o/--out", type=Path, metavar="OUT")
     quiet: bool = option(False, "no progress output")
 
     def validate(self) -> "TableCalibrationConfig":

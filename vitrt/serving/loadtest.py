@@ -55,7 +55,7 @@ class LoadtestConfig:
     versus_batch: int = option(8, "batch of the in-process runs", type=int, metavar="B")
     versus_seconds: float | None = option(None, "seconds per in-process window (default: min(duration, 10))",
                                           type=float, metavar="S")
-    json: Path | None = option(None, "also write the results as JSON", type=Path, metavar="PATH")
+    json: Path | None = option(None, "also write the results as JSON", writes="file", type=Path, metavar="PATH")
     quiet: bool = option(False, "no progress output")
 
 
