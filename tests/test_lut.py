@@ -260,6 +260,16 @@ def test_compile_with_lut_predicts_and_refines(lut_path, tmp_path):
         compile(tiny_vit(depth=2, **{**TINY_ARGS, "patch_size": 4}), tmp_path / "out3", bench=True, lut=lut,
                 refine_lut=True, quiet=True)
     assert not (tmp_path / "out3").exists() and lut.read_bytes() == before
+    # a refined table is no grid part, first in the list or not (its points would be dropped without a word)
+    from vitrt.benchmarks.lut_merge import merge_tables
+    from vitrt.pipeline.feedback import refine_file
+
+    with pytest.raises(VitrtError, match="holds refined points"):
+        merge_tables([lut])
+    # a table that is not there is refused before a lock file is made beside it
+    with pytest.raises(VitrtError, match="does not exist|cannot read|not found"):
+        refine_file(tmp_path / "missing.json", tmp_path / "out" / "manifest.json")
+    assert not list(tmp_path.glob(".missing.json*"))
 
 
 def test_a_cpu_clock_table_is_predicted_and_refined_by_a_cpu_clock_bench(tmp_path, capsys):

@@ -29,6 +29,9 @@ AGREE_META = {"libraries": "library versions", "grid": "grid", "threads": "threa
 
 def _check_agreement(parts: list[tuple[Path, LatencyTable]]) -> None:
     first_path, first = parts[0]
+    for path, table in parts:
+        if table.points:  # any part, the first too: the merged table keeps no refined points
+            raise VitrtError(f"'{path}' holds refined points: merge the grid parts first, then refine the merged table")
     for path, table in parts[1:]:
         for attr, what in AGREE.items():
             if getattr(table, attr) != getattr(first, attr):
@@ -37,8 +40,6 @@ def _check_agreement(parts: list[tuple[Path, LatencyTable]]) -> None:
         for key, what in AGREE_META.items():
             if table.meta.get(key) != first.meta.get(key):
                 raise VitrtError(f"'{path}' differs from '{first_path}' in {what}; merge only parts of one build")
-        if table.points:
-            raise VitrtError(f"'{path}' holds refined points: merge the grid parts first, then refine the merged table")
 
 
 def _merge_key(key: str, parts: list[tuple[Path, LatencyTable]]):

@@ -15,6 +15,7 @@ from pathlib import Path
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.jsonfile import read_json
 from vitrt.compiler.lut import PRECISIONS, SPARSITIES, LatencyTable
+from vitrt.compiler.output import check_output_file
 
 
 def compile_precision(config, manifest: dict | None = None) -> tuple[str, str]:
@@ -100,6 +101,8 @@ def read_manifest(path) -> dict:
 def refine_file(lut_path, manifest_path, *, precision=None, sparsity=None) -> dict:
     """``vitrt lut refine LUT --from OUT/manifest.json``."""
     manifest = read_manifest(manifest_path)
+    LatencyTable.load(lut_path)  # a missing or foreign table is refused before its lock file is made beside it
+    check_output_file(lut_path, "LUT")  # and one that cannot be rewritten, before waiting on a lock
     with _locked(lut_path):
         table = LatencyTable.load(lut_path)
         p, s = compile_precision(None, manifest)
