@@ -185,6 +185,18 @@ def test_prune_plan_takes_the_digits_reference_by_name(tmp_path, capsys):
     assert main(["prune-plan", "digits", "--prune", "0.7", "--lut", str(lut), "--batch", "8", "--quiet",
                  "-o", str(tmp_path / "plan.json")]) == 0
     assert len(json.loads((tmp_path / "plan.json").read_text())["emb"]) == 64 and "plan: emb" in capsys.readouterr().out
+    # the compile options prune-plan does not act on are not offered (they were accepted and ignored)
+    for ignored in (["--tome", "2"], ["--lowrank", "0.9"], ["--eval-data", "digits"], ["--dynamic-batch"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["prune-plan", "digits", "--prune", "0.7", "--lut", str(lut), *ignored, "-o", str(tmp_path / "x")])
+        assert exc.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+    (tmp_path / "plans").mkdir()
+    for args, message in ((["--force"], "is a directory"), (["--prune-samples", "0"], "--prune-samples must be")):
+        assert main(["prune-plan", "digits", "--prune", "0.7", "--lut", str(lut), "--batch", "8", "--quiet", *args,
+                     "-o", str(tmp_path / "plans")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not list((tmp_path / "plans").iterdir())
 
 
 @pytest.mark.parametrize("flags, message", [

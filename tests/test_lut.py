@@ -267,7 +267,7 @@ def test_compile_with_lut_predicts_and_refines(lut_path, tmp_path):
     with pytest.raises(VitrtError, match="holds refined points"):
         merge_tables([lut])
     # a table that is not there is refused before a lock file is made beside it
-    with pytest.raises(VitrtError, match="does not exist|cannot read|not found"):
+    with pytest.raises(VitrtError, match="does not exist"):
         refine_file(tmp_path / "missing.json", tmp_path / "out" / "manifest.json")
     assert not list(tmp_path.glob(".missing.json*"))
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from vitrt.compiler.errors import VitrtError
-from vitrt.compiler.options import add_arguments, from_args
+from vitrt.compiler.options import add_arguments, from_args, leaves
+from vitrt.compiler.output import check_output_file
+
+# The compile options prune-plan acts on (the model, the planner and its latency table); the rest of vitrt
+# compile's would be accepted and ignored
+PRUNE_PLAN_OPTIONS = frozenset({"model", "img_size", "checkpoint", "pretrained", "force", "seed", "quiet", "batch",
+                                "lut", "prune", "revit", "data", "importance", "eta", "prune_samples"})
 
 
 def print_summary(manifest: dict) -> None:
@@ -91,6 +97,7 @@ def _cmd_prune_plan(args) -> int:
         raise VitrtError("prune-plan needs --prune FRACTION (with --lut LUT) or --revit")
     if out.exists() and not config.force:
         raise VitrtError(f"{out} exists: pass --force to replace it")
+    check_output_file(out, "-o")  # a directory is refused even with --force; an unwritable path before the search
     progress = Progress(enabled=not config.quiet)
     from vitrt.pipeline.driver import resolve_model
 
@@ -123,7 +130,7 @@ def add_subcommands(sub) -> None:
     parser = sub.add_parser("prune-plan", help="search a latency-aware structural pruning plan and write it as JSON",
                             description="Score NViT importance on the torch twin, search under the latency table, "
                                         "write the kept indices per group (apply with vitrt compile --prune-plan).")
-    add_arguments(parser, CompileConfig, skip=("backend", "verify", "bench", "bench_iters", "bench_warmup", "opset",
-                                               "threads", "timing_cache", "prune_plan", "finetune_epochs",
-                                               "refine_lut", "precision"))
+    add_arguments(parser, CompileConfig, skip=[leaf_.name for leaf_ in leaves(CompileConfig)
+                                               if leaf_.name not in PRUNE_PLAN_OPTIONS])
+    parser.add_argument("-o", "--out", dest="out", metavar="PLAN", help="the plan JSON to write (--force replaces it)")
     parser.set_defaults(func=_cmd_prune_plan)

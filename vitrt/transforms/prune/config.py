@@ -75,9 +75,10 @@ class PruneConfig:
             raise OptionError("--prune, --prune-plan, --revit and --dcvit-macs are alternatives: pass one of them")
         if not (math.isfinite(self.eta) and self.eta >= 0):
             raise OptionError(f"--eta must be a finite number >= 0, got {self.eta}")
-        if self.finetune_epochs < 0 or self.samples < 1:
-            raise OptionError(f"--finetune-epochs must be >= 0 and --prune-samples >= 1, got {self.finetune_epochs} "
-                              f"and {self.samples}")
+        if self.finetune_epochs < 0:
+            raise OptionError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
+        if self.samples < 1:
+            raise OptionError(f"--prune-samples must be >= 1, got {self.samples}")
         if self.finetune_epochs and not self.enabled:
             raise OptionError("--finetune-epochs fine-tunes a pruned model: add --prune, --prune-plan or --revit")
         return self.validate_dcvit()
