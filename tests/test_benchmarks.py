@@ -111,3 +111,17 @@ def test_dcvit_table_loads_each_variant_from_its_build_output(tmp_path, capsys):
     result = json.loads((tmp_path / "t8.json").read_text())
     assert len(result["table"]["Attn"]) == 12 and result["dense"]["mean_ms"] > 0
     assert "| block | Block | Attn | FFN | Attn+0.5·FFN |" in (tmp_path / "t8.md").read_text()
+    from vitrt.benchmarks.dcvit import format_table
+
+    assert "ms, median CUDA-event" in format_table({**result, "clock": "cuda"})  # a trt table (KeyError before)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0"], "--seeds must be >= 1"),  # a table of nan ± nan
+    (["--batch", "0"], "--batch must be >= 1"),
+    (["--threads", "0"], "--threads must be >= 1"),
+    (["--warmup", "-1"], "--warmup must be >= 0"),
+])
+def test_dcvit_table_counts_are_checked(capsys, args, message):
+    assert run("dcvit-table", "--model", "digits", *args, "--quiet") == 2
+    assert message in capsys.readouterr().err

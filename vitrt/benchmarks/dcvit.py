@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import command_line, module_main, option
 from vitrt.compiler.timing import CLOCKS, Timing, measure, synced
 
@@ -63,10 +64,13 @@ def run_table(config: DcvitConfig, progress=None) -> dict:
     from vitrt.compiler.models import load_timm_model, spec_of_timm
     from vitrt.compiler.progress import Progress
     from vitrt.compiler.twin import CanonicalViT
-    from vitrt.benchmarks.harness import build_twin, images_for
+    from vitrt.benchmarks.harness import build_twin, check_counts, images_for
     from vitrt.benchmarks.lut_build import check_clock
 
     progress = progress or Progress(enabled=not config.quiet)
+    check_counts(batch=config.batch, seeds=config.seeds, iterations=config.iterations, threads=config.threads)
+    if config.warmup < 0:
+        raise VitrtError(f"--warmup must be >= 0, got {config.warmup}")
     check_clock(config.clock, config.backend, config.threads)
     spec = spec_of_timm(load_timm_model(config.model, img_size=config.img_size))
     variants = [("dense", None, spec)] + [(f"{i}:{r}", (i, r), removed(spec, i, r))
@@ -114,7 +118,8 @@ def run_table(config: DcvitConfig, progress=None) -> dict:
 
 
 def format_table(result: dict) -> str:
-    clock = {"wall": "median wall-clock", "cpu": "least single-thread CPU time"}[result["clock"]]
+    clock = {"wall": "median wall-clock", "cpu": "least single-thread CPU time", "cuda": "median CUDA-event"}.get(
+        result["clock"], result["clock"])
     lines = [f"Latency (ms, {clock}) of {result['model']} (batch {result['batch']}, {result['backend']} on "
              f"{result['device']}, threads {result['threads']}) "
              f"with one block's part removed; mean ± std over {result['seeds']} seeds. "
