@@ -125,3 +125,16 @@ def test_dcvit_table_loads_each_variant_from_its_build_output(tmp_path, capsys):
 def test_dcvit_table_counts_are_checked(capsys, args, message):
     assert run("dcvit-table", "--model", "digits", *args, "--quiet") == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench-quant-accuracy", "--variants", "fp32,foo"], "unknown variant 'foo'"),  # before fp32 compiles
+    (["bench-quant-accuracy", "--reference-dir", "{tmp}"], "has no model.pt or info.json"),
+    (["bench-quant-speed", "digits", "--calib-images", "4", "--batch", "8"], "must be at least --batch"),
+    (["bench-quant-speed", "digits", "--rounds", "0"], "--rounds must be >= 1"),  # nan ms before
+    (["bench-quant-speed", "digits", "--iters", "0"], "--iters must be >= 1"),  # after three compiles before
+])
+def test_quantization_benchmarks_refuse_bad_options_before_any_compile(tmp_path, capsys, args, message):
+    assert run(*[a.format(tmp=tmp_path) for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

@@ -178,6 +178,11 @@ def test_reference_output_is_checked_before_training(tmp_path, capsys):
     assert "add --retrain" in capsys.readouterr().err
     assert main(["reference", "--retrain", "-o", str(tmp_path / "file")]) == 2  # refused at once, not after training
     assert "exists and is not a directory" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep").write_text("x")
+    assert main(["reference", "--retrain", "-o", str(tmp_path / "full")]) == 2  # the --force it names exists
+    assert "pass --force to replace it" in capsys.readouterr().err
+    assert main(["reference", "--force"]) == 2 and "add -o" in capsys.readouterr().err
 
 
 def test_prune_plan_takes_the_digits_reference_by_name(tmp_path, capsys):

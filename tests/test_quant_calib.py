@@ -379,7 +379,7 @@ def test_bench_quant_speed_runs_on_the_new_api(tmp_path, monkeypatch, capsys):
 
     from vitrt.cli import main
 
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its work directory is kept: keep it here
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its scratch directory goes here, and away at the end
     out = tmp_path / "speed.json"
     assert main(["bench-quant-speed", "vit_tiny_patch16_224", "--img-size", "32", "--batch", "2", "--rounds", "2",
                  "--iters", "1", "--calib-images", "8", "--json-out", str(out)]) == 0
@@ -389,3 +389,4 @@ def test_bench_quant_speed_runs_on_the_new_api(tmp_path, monkeypatch, capsys):
     assert data["samples_per_variant"] == 2 and data["speedup_int8_vs_fp32"] > 0
     assert data["ops_vitrt_int8"].get("MatMulIntegerToFloat", 0) > 0  # the integer kernels run
     assert "vitrt int8 speed / ORT quantize_static int8 speed" in capsys.readouterr().out
+    assert not list(tmp_path.glob("vitrt-quant-*"))  # its scratch directory is gone

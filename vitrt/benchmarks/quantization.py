@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import add_command, option
 from vitrt.transforms.quant.config import CALIB_METHODS
 
@@ -62,12 +63,24 @@ def calibration_images(img_size: int, count: int, seed: int = 0) -> np.ndarray:
 
 
 def run_speed(config: SpeedConfig) -> dict:
+    """Compile fp32, vitrt int8 and ONNX Runtime's quantize_static int8 in a scratch directory (removed at the end)
+    and time them side by side."""
+    from vitrt.benchmarks.harness import check_counts
+
+    check_counts(batch=config.batch, calib_images=config.calib_images, rounds=config.rounds, iters=config.iters,
+                 threads=config.threads)
+    if config.calib_images < config.batch:  # quantize_static reads whole batches: it would see none
+        raise VitrtError(f"--calib-images ({config.calib_images}) must be at least --batch ({config.batch})")
+    with tempfile.TemporaryDirectory(prefix="vitrt-quant-bench-") as work:
+        return _speed(config, Path(work))
+
+
+def _speed(config: SpeedConfig, work: Path) -> dict:
     from vitrt.compiler.backends import BuildOptions, get_backend
     from vitrt.compiler.timing import Timing, interleaved, synced
     from vitrt.compiler.verify import verification_inputs
     from vitrt.pipeline.driver import compile
 
-    work = Path(tempfile.mkdtemp(prefix="vitrt-quant-bench-"))
     common = dict(batch=config.batch, quiet=True, threads=config.threads, img_size=config.img_size)
     t0 = time.perf_counter()
     fp32 = compile(config.model, work / "fp32", **common)
@@ -100,8 +113,7 @@ def run_speed(config: SpeedConfig) -> dict:
                         "variant (vitrt.compiler.timing.interleaved); median_ms: median of the per-round medians; "
                         "speedups: median of the per-round ratios",
               "ops_vitrt_int8": _op_counts(int8.artifact_path),
-              "ops_ort_static": _op_counts(ort_dir / backend.artifact_name), "compile_s": round(compile_s, 1),
-              "work_dir": str(work)}
+              "ops_ort_static": _op_counts(ort_dir / backend.artifact_name), "compile_s": round(compile_s, 1)}
     print(f"{config.model}, batch {config.batch}, {result['device']}; {config.rounds} interleaved rounds of "
           f"{config.iters} inferences each")
     for name, ms in median.items():
@@ -140,6 +152,10 @@ def load_reference_dir(directory: Path):
 
     from vitrt.calib.reference import build_reference_model
 
+    missing = [name for name in ("model.pt", "info.json") if not (Path(directory) / name).is_file()]
+    if missing:
+        raise VitrtError(f"--reference-dir '{directory}' has no {' or '.join(missing)}: pass a directory that holds "
+                         "a cached reference's model.pt and info.json")
     model = build_reference_model()
     model.load_state_dict(torch.load(Path(directory) / "model.pt", map_location="cpu", weights_only=True))
     return model.eval(), json.loads((Path(directory) / "info.json").read_text())
@@ -150,33 +166,45 @@ VARIANT_OPTIONS = {"fp32": {}, "fp16": {"precision": "fp16"}, "int8": {"precisio
                    "int8-attn": {"precision": "int8", "quantize_attention": True}}
 
 
-def run_accuracy(config: AccuracyConfig) -> dict:
-    from vitrt.calib.digits import digits_split
+def _accuracy_row(config: AccuracyConfig, name: str, model, test, out: Path) -> dict:
+    """Compile one variant of the digits reference into ``out`` (verified) and measure its top-1 on ``test``."""
     from vitrt.calib.evaluate import runner_accuracy
-    from vitrt.calib.reference import load_reference
-    from vitrt.pipeline.driver import compile
     from vitrt.compiler.backends import BuildOptions, get_backend
+    from vitrt.pipeline.driver import compile
 
+    options = dict(VARIANT_OPTIONS[name])
+    if options.get("precision") in ("int8", "fp8"):
+        options.update(calib_data="digits", calib_method=config.calib_method, calib_images=config.calib_images)
+    if name == "int8-qat":
+        options["qat_epochs"] = config.qat_epochs
+    start = time.perf_counter()
+    result = compile(model, out, batch=config.batch, quiet=True, verify=True, **options)
+    top1 = runner_accuracy(get_backend("ort").load(result.artifact_path, BuildOptions()), test)
+    q = result.manifest.get("quantization", {})
+    row = {"variant": name, "top1": top1, "verify_max_abs_err": result.manifest["verify"]["max_abs_err"],
+           "verify_tolerance": result.manifest["verify"]["tolerance"], "scale_source": q.get("scale_source"),
+           "seconds": round(time.perf_counter() - start, 1)}
+    print(f"  {name:<9} top-1 {top1 * 100:6.2f}%  verify max|err| {row['verify_max_abs_err']:.2e} "
+          f"(tol {row['verify_tolerance']:g})  {row['seconds']}s", flush=True)
+    return row
+
+
+def run_accuracy(config: AccuracyConfig) -> dict:
+    from vitrt.benchmarks.harness import check_counts
+    from vitrt.calib.digits import digits_split
+    from vitrt.calib.reference import load_reference
+
+    names = config.variants.split(",")
+    unknown = [n for n in names if n not in VARIANT_OPTIONS]
+    if unknown:
+        raise VitrtError(f"--variants: unknown variant '{unknown[0]}'; choose from {', '.join(VARIANT_OPTIONS)}")
+    check_counts(batch=config.batch, calib_images=config.calib_images)
+    if config.qat_epochs < 0:
+        raise VitrtError(f"--qat-epochs must be >= 0, got {config.qat_epochs}")
     model, info = load_reference_dir(config.reference_dir) if config.reference_dir else load_reference()
     _, test = digits_split(info["recipe"]["img_size"])
-    work = Path(tempfile.mkdtemp(prefix="vitrt-quant-acc-"))
-    backend = get_backend("ort")
-    rows = []
-    for name in config.variants.split(","):
-        options = dict(VARIANT_OPTIONS[name])
-        if options.get("precision") in ("int8", "fp8"):
-            options.update(calib_data="digits", calib_method=config.calib_method, calib_images=config.calib_images)
-        if name == "int8-qat":
-            options["qat_epochs"] = config.qat_epochs
-        start = time.perf_counter()
-        result = compile(model, work / name, batch=config.batch, quiet=True, verify=True, **options)
-        top1 = runner_accuracy(backend.load(result.artifact_path, BuildOptions()), test)
-        q = result.manifest.get("quantization", {})
-        rows.append({"variant": name, "top1": top1, "verify_max_abs_err": result.manifest["verify"]["max_abs_err"],
-                     "verify_tolerance": result.manifest["verify"]["tolerance"],
-                     "scale_source": q.get("scale_source"), "seconds": round(time.perf_counter() - start, 1)})
-        print(f"  {name:<9} top-1 {top1 * 100:6.2f}%  verify max|err| {rows[-1]['verify_max_abs_err']:.2e} "
-              f"(tol {rows[-1]['verify_tolerance']:g})  {rows[-1]['seconds']}s", flush=True)
+    with tempfile.TemporaryDirectory(prefix="vitrt-quant-acc-") as work:
+        rows = [_accuracy_row(config, name, model, test, Path(work) / name) for name in names]
     base = next((r["top1"] for r in rows if r["variant"] == "fp32"), None)
     print(f"\ndigits reference ViT, {len(test)} test images, compiled with the ort backend (batch {config.batch})")
     print(f"{'variant':<10} {'top-1':>8} {'loss (pt)':>10}  scale source")

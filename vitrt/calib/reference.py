@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -97,8 +96,13 @@ def load_reference(recipe: ReferenceRecipe = ReferenceRecipe(), progress=None) -
 
 
 def retrain_and_compare(recipe: ReferenceRecipe = ReferenceRecipe(), out: Path | None = None,
-                        progress=None) -> dict:
-    """``vitrt reference --retrain``: train again, compare with the shipped weights, optionally save to ``out``."""
+                        progress=None, force: bool = False) -> dict:
+    """``vitrt reference --retrain``: train again, compare with the shipped weights, optionally save to ``out``
+    (staged and renamed into place: a failed write leaves no half of it; a non-empty ``out`` needs ``force``)."""
+    from vitrt.compiler.output import atomic_output_dir, check_output_dir
+
+    if out is not None:
+        check_output_dir(out, force)  # before minutes of training, not after
     model, info = train_reference(recipe, progress)
     report = {"recipe": recipe.key(), "test_top1": info["test_top1"], "train_seconds": info["train_seconds"]}
     weights, info_path = shipped_paths(recipe)
@@ -110,11 +114,8 @@ def retrain_and_compare(recipe: ReferenceRecipe = ReferenceRecipe(), out: Path |
         report["max_abs_weight_difference"] = max(diffs)
         report["shipped_test_top1"] = json.loads(info_path.read_text())["test_top1"]
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".{recipe.name}.pt.tmp"
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, out / f"{recipe.name}.pt")
-        (out / f"{recipe.name}.json").write_text(json.dumps(info, indent=2) + "\n")
+        with atomic_output_dir(out, force) as staging:
+            torch.save(model.state_dict(), staging / f"{recipe.name}.pt")
+            (staging / f"{recipe.name}.json").write_text(json.dumps(info, indent=2) + "\n")
         report["written"] = str(out)
     return report

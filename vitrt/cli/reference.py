@@ -18,6 +18,7 @@ class ReferenceConfig:
                                   "the shipped weights (about 3.5 minutes on an idle 2-core machine)")
     out: Path | None = option(None, "with --retrain: also write the trained weights and their info here",
                               flag="-o/--out", type=Path, metavar="DIR")
+    force: bool = option(False, "replace a non-empty -o DIR")
     quiet: bool = option(False, "no progress output")
 
 
@@ -29,13 +30,15 @@ def run(config: ReferenceConfig) -> int:
     if config.out is not None:  # checked before minutes of training, not after
         if not config.retrain:
             raise OptionError("-o writes retrained weights: add --retrain")
-        check_output_dir(config.out, force=False)
+        check_output_dir(config.out, config.force)
+    elif config.force:
+        raise OptionError("--force replaces -o DIR: add -o (with --retrain)")
     if not config.retrain:
         _, info = load_reference(recipe)
         weights, _ = shipped_paths(recipe)
         print(f"digits reference {recipe.name}: {info['test_top1'] * 100:.2f} % test top-1, weights {weights}")
         return 0
-    report = retrain_and_compare(recipe, config.out, Progress(enabled=not config.quiet))
+    report = retrain_and_compare(recipe, config.out, Progress(enabled=not config.quiet), force=config.force)
     print(json.dumps(report, indent=2))
     if not report.get("matches_shipped", True):
         print(f"vitrt: the retrained weights differ from the shipped ones (max abs difference "
