@@ -548,6 +548,13 @@ def test_tome_bench_cli(tmp_path, capsys):
     assert main(["tome-bench", "--targets", "0.6,1.5", "--no-throughput", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--targets" in err and not out.exists()
+    assert main(["tome-bench", "--no-throughput"]) == 2  # no default: it wrote into ./benchmarks/results
+    assert "no output directory" in capsys.readouterr().err
+    out.mkdir()
+    (out / "tome_sweep.md").write_text("the recorded sweep")
+    assert main(["tome-bench", "--no-throughput", "-o", str(out)]) == 2
+    assert "already holds tome_sweep.md: pass --force" in capsys.readouterr().err
+    assert (out / "tome_sweep.md").read_text() == "the recorded sweep"
 
 
 def test_verification_pins_merge_decisions_so_reduced_precision_near_ties_do_not_fail_it(digits_reference, tmp_path):

@@ -27,6 +27,7 @@ import numpy as np
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import add_command, option
+from vitrt.compiler.output import check_output_dir, check_output_file
 
 CONFIGS = {  # name -> (skip, window) per model family; None skip = the default depth // 6
     "ToMe": {"skip": 0, "window": None},
@@ -37,8 +38,10 @@ CONFIGS = {  # name -> (skip, window) per model family; None skip = the default 
 
 @dataclass(frozen=True)
 class TomeBenchConfig:
-    out: Path = option(Path("benchmarks/results"), "directory for the table, JSON and plots", flag="-o/--out",
-                       type=Path, metavar="OUT")
+    out: Path | None = option(None, "directory for tome_sweep.md/.json/.png and tome_merges.png (may hold other "
+                              "files; the recorded run: -o benchmarks/results)", flag="-o/--out", type=Path,
+                              metavar="OUT")
+    force: bool = option(False, "replace those four files where OUT already has them")
     targets: str = option("0.8,0.7,0.6,0.5", "FLOPs fractions to solve r for (comma-separated)", metavar="LIST")
     model: str = option("deit_small_patch16_224", "timm model timed for throughput", metavar="NAME")
     batch: int = option(8, "batch size of the throughput runs", type=int, metavar="N")
@@ -213,6 +216,25 @@ def plot(path: Path, dense: dict, acc_rows, thr_meta, thr_rows) -> None:
     plt.close(fig)
 
 
+SWEEP_FILES = ("tome_sweep.md", "tome_sweep.json", "tome_sweep.png", "tome_merges.png")
+
+
+def check_sweep_dir(out: Path | None, force: bool) -> Path:
+    """``out`` can take the sweep's files: a directory that exists or can be made, holding none of them unless
+    ``force`` (other files are left alone: the recorded run writes into benchmarks/results)."""
+    if out is None:
+        raise VitrtError("no output directory: pass -o OUT (the recorded sweep: -o benchmarks/results)")
+    out = Path(out)
+    check_output_dir(out, force=True)  # a directory, or its parent writable; other files may stay
+    if out.is_dir():
+        check_output_file(out / SWEEP_FILES[0], "-o")
+    existing = [name for name in SWEEP_FILES if (out / name).exists()]
+    if existing and not force:
+        raise VitrtError(f"-o {out} already holds {', '.join(existing)}: pass --force to replace them or choose "
+                         "another -o")
+    return out
+
+
 def run(config: TomeBenchConfig, argv: list[str] | None = None) -> dict:
     from vitrt.compiler.progress import Progress
     from vitrt.transforms.tome.report import merge_figure
@@ -221,13 +243,13 @@ def run(config: TomeBenchConfig, argv: list[str] | None = None) -> dict:
     targets = parse_targets(config.targets)
     if config.iters < 1 or config.batch < 1:
         raise VitrtError("--iters and --batch must be >= 1")
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_sweep_dir(config.out, config.force)
     command = "vitrt tome-bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[2:]))
     dense, acc_rows, extra = digits_points(targets, progress)
     thr_meta, thr_rows = ({}, []) if config.no_throughput else throughput_points(config, targets, progress)
     result = {"command": command, "digits_dense": dense, "digits": acc_rows, "throughput": thr_meta,
               "throughput_rows": thr_rows}
+    out.mkdir(parents=True, exist_ok=True)  # only now: a sweep that fails leaves no empty OUT
     (out / "tome_sweep.json").write_text(json.dumps(result, indent=2) + "\n")
     write_table(out / "tome_sweep.md", command, dense, acc_rows, thr_meta, thr_rows, extra["test_images"])
     plot(out / "tome_sweep.png", dense, acc_rows, thr_meta, thr_rows)
