@@ -160,6 +160,10 @@ def test_compile_digits_reference_by_name(tmp_path, capsys):
                                              "synth:{set}"),
     (["--metric-set", "{set}"], "is a synthetic metric set, not an ImageFolder: name it synth:{set}"),
     (["--dcvit-macs", "0.7", "--data", "digits", "--dcvit-metric", "{missing}"], "--dcvit-metric '{missing}'"),
+    # real top-1 on images grown from assigned labels reads 100 %: not an accuracy (it was computed and reported)
+    (["--eval-data", "synth:{set}"], "--eval-data must be labelled data (digits or an ImageFolder PATH): it measures "
+                                     "real top-1; its data-free estimate is --metric-set synth:{set}"),
+    (["--eval-data", "synthetic"], "--eval-data must be labelled data"),  # refused after the compile before
 ])
 def test_data_options_are_checked_before_any_work(tmp_path, capsys, flags, message):
     """A wrong data path is refused in one line before the model is even loaded (not after hours of planning)."""

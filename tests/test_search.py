@@ -156,6 +156,7 @@ def test_state_persists_resumes_and_refuses_other_arguments(tmp_path):
     (["-o", "OUT", "--max-drop", "1", "--prune-fractions", "0.5,x"], "comma-separated numbers"),
     (["-o", "OUT", "--max-drop", "1", "--prune-fractions", "1.5"], "must lie in"),
     (["-o", "OUT", "--max-drop", "1", "--data", "synthetic"], "must be labelled"),
+    (["-o", "OUT", "--max-drop", "1", "--lut", "manifest.json"], "is not a vitrt latency table"),
     (["-o", "OUT", "--max-drop", "1", "--lut", "missing.json"], "does not exist"),
     (["-o", "OUT", "--max-drop", "nan"], "--max-drop must be a finite number"),
     (["-o", "OUT", "--target-speedup", "inf"], "--target-speedup must be a finite number"),
@@ -166,6 +167,7 @@ def test_state_persists_resumes_and_refuses_other_arguments(tmp_path):
 ])
 def test_bad_options_are_one_line_errors_and_write_nothing(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"model": "digits"}')  # a compile's manifest, not a latency table
     assert cli(["optimize", "digits", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
@@ -273,8 +275,15 @@ def test_study_rows_and_refusals(tmp_path, capsys):
         StudyConfig(model="digits", out=tmp_path / "s", rows="int8,prune,tome").validate()  # asked for: said
     assert cli(["study", "digits", "-o", str(tmp_path / "s"), "--rows", "int8,bogus"]) == 2
     assert "unknown row(s) bogus" in capsys.readouterr().err
-    for bad in (["--epochs", "-1"], ["--seed", "-1"], ["--data", "synthetic"]):
+    (tmp_path / "set" / "images").mkdir(parents=True)  # a synthetic metric set: its labels were assigned
+    (tmp_path / "set" / "metadata.json").write_text("{}")
+    (tmp_path / "manifest.json").write_text('{"model": "digits"}')
+    for bad, message in ((["--epochs", "-1"], "--epochs and --seed must be >= 0"), (["--seed", "-1"], "--seed"),
+                         (["--data", "synthetic"], "--data must be labelled"),
+                         (["--data", f"synth:{tmp_path / 'set'}"], "its data-free estimate is --metric-set"),
+                         (["--lut", str(tmp_path / "manifest.json")], "is not a vitrt latency table")):
         assert cli(["study", "digits", "-o", str(tmp_path / "s"), *bad]) == 2
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
     # a study's engines are reused on resume only with the settings they were made with
     (tmp_path / "s" / "engines").mkdir(parents=True)

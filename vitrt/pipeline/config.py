@@ -170,6 +170,8 @@ class CompileConfig:
         for flag, source, needed in used:
             if needed and source is not None:
                 check_data_source(flag, source)
+        if self.checks.eval_data is not None:
+            check_real_labels("--eval-data", self.checks.eval_data, "it measures real top-1")
 
     def check_against(self, spec) -> None:
         """Every stage's options checked against the spec that stage will meet, before any weights exist.
@@ -195,6 +197,14 @@ def section_enabled(options, target) -> bool:
     """Whether the stage a section configures runs (the quantization stage follows the target's precision)."""
     enabled = getattr(options, "enabled", None)
     return enabled if enabled is not None else target.precision in QUANT_PRECISIONS
+
+
+def check_real_labels(flag: str, source: str, why: str) -> None:
+    """``source`` has real labels: not ``synthetic`` (none) and not a ``synth:`` set (labels assigned before the
+    images were grown from them, so nearly every variant classifies them all "correctly")."""
+    if source == "synthetic" or source.startswith(SYNTH_PREFIX):
+        hint = f"; its data-free estimate is --metric-set {source}" if source.startswith(SYNTH_PREFIX) else ""
+        raise OptionError(f"{flag} must be labelled data (digits or an ImageFolder PATH): {why}{hint}")
 
 
 def check_data_source(flag: str, source: str) -> None:

@@ -102,10 +102,13 @@ class OptimizeConfig:
                 from None
         if self.lut is not None and not Path(self.lut).is_file():
             raise OptionError(f"--lut '{self.lut}' does not exist or is not a file")
-        from vitrt.pipeline.config import check_data_source
+        if self.lut is not None:  # another file kind (a manifest) is refused now, not as a row refused later
+            from vitrt.compiler.lut import LatencyTable
 
-        if self.data == "synthetic":
-            raise OptionError("--data must be labelled (digits or an ImageFolder PATH): accuracy is the constraint")
+            LatencyTable.load(self.lut)
+        from vitrt.pipeline.config import check_data_source, check_real_labels
+
+        check_real_labels("--data", self.data, "accuracy is the constraint")
         check_data_source("--data", self.data)
         return self
 

@@ -87,10 +87,15 @@ class StudyConfig:
             raise OptionError("no output directory: pass -o OUT")
         if self.epochs < 0 or self.batch < 1 or self.rounds < 1 or self.seed < 0:
             raise OptionError("--epochs and --seed must be >= 0, --batch and --rounds >= 1")
-        if self.data == "synthetic":
-            raise OptionError("--data must be labelled (digits or an ImageFolder PATH): the study measures top-1")
+        from vitrt.pipeline.config import check_data_source, check_real_labels
+
+        check_real_labels("--data", self.data, "the study measures top-1")
         if self.lut is not None and not Path(self.lut).is_file():
             raise OptionError(f"--lut '{self.lut}' does not exist or is not a file")
+        if self.lut is not None:  # another file kind (a manifest) is refused now, not as a row refused later
+            from vitrt.compiler.lut import LatencyTable
+
+            LatencyTable.load(self.lut)
         unknown = sorted(set(self.row_names) - set(rows(self.data, self.epochs, self.lut)))
         if unknown:
             raise OptionError(f"--rows: unknown row(s) {', '.join(unknown)} (known: "
@@ -100,7 +105,6 @@ class StudyConfig:
             raise OptionError(f"--rows {', '.join(needs_lut)} prune to a latency target: add --lut LUT (vitrt lut "
                               "build), or leave those rows out")
         from vitrt.compiler.output import check_output_dir, refuse_foreign_dir
-        from vitrt.pipeline.config import check_data_source
 
         check_data_source("--data", self.data)
         out = Path(self.out)
