@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -354,6 +355,14 @@ def test_cli_exit_codes(lut_path, tmp_path, capsys):
                "--tokens", 17, "--clamp") == 2 and "--emb -5 is not a size" in capsys.readouterr().err
     assert run("lut", "query", lut_path, "--emb", 64) == 2
     assert "block query needs --heads" in capsys.readouterr().err
+    assert run("lut", "query", lut_path, "--emb", 64, "--heads", 2, "--qk", 0, "--v", 32, "--mlp", 128,
+               "--tokens", 17, "--clamp") == 2 and "--qk 0 is not a size" in capsys.readouterr().err  # heads > 0
+    for both, message in ((["--model", "digits", "--manifest", "m.json"], "pass one"),
+                          (["--model", "digits", "--emb", "64"], "--emb sizes a single block")):
+        assert run("lut", "query", lut_path, *both) == 2 and message in capsys.readouterr().err
+    digits_lut = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lut_ort_digits_b8_cpu.json"
+    assert run("lut", "query", digits_lut, "--model", "digits") == 0  # the reference by name, as compile takes it
+    assert "ms (batch 8, ort)" in capsys.readouterr().out
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text('{"format": "vitrt.lut", ')
     assert run("lut", "query", corrupt, "--emb", 64, "--heads", 2, "--qk", 32, "--v", 32, "--mlp", 128,

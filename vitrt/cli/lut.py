@@ -138,8 +138,10 @@ def _spec_for_query(config):
 
     if config.model:
         from vitrt.compiler.models import load_timm_model, spec_of_timm
+        from vitrt.pipeline.driver import resolve_model
 
-        return spec_of_timm(load_timm_model(config.model))
+        module, name = resolve_model(config.model)  # digits: the reference, as compile, bench and synth take it
+        return spec_of_timm(module if module is not None else load_timm_model(name))
     from vitrt.pipeline.feedback import read_manifest
 
     manifest = read_manifest(config.manifest)
@@ -152,6 +154,14 @@ def _cmd_lut_query(args) -> int:
     from vitrt.compiler.lut import LatencyTable
 
     config = from_args(LutQueryConfig, args)
+    given = [flag for flag, value in (("--emb", config.emb), ("--heads", config.heads), ("--qk", config.qk),
+                                      ("--v", config.v), ("--mlp", config.mlp), ("--tokens", config.tokens),
+                                      ("--tokens-out", config.tokens_out)) if value is not None]
+    if config.model and config.manifest:
+        raise VitrtError("--model and --manifest both name the model to predict: pass one")
+    if (config.model or config.manifest) and given:
+        raise VitrtError(f"{given[0]} sizes a single block; a whole model (--model / --manifest) brings its own "
+                         "dims: drop it, or query the block alone")
     table = LatencyTable.load(config.lut)
     if config.manifest:  # a compiled model is answered for its own batch, backend and precision, or refused
         from vitrt.pipeline.feedback import compile_precision, read_manifest
@@ -174,7 +184,8 @@ def _cmd_lut_query(args) -> int:
         if missing:
             raise VitrtError(f"block query needs --{' --'.join(missing)} (or --model / --manifest for a whole model)")
         dims = {k: (val or 0) for k, val in dims.items()}
-        bad = [k for k, val in dims.items() if val < 0 or (val == 0 and k in ("emb", "tokens"))]
+        bad = [k for k, val in dims.items() if val < 0 or (val == 0 and k in ("emb", "tokens"))
+               or (val == 0 and k in ("qk", "v") and dims["heads"] > 0)]
         if bad:  # 0 heads / mlp: that half removed; nothing else is a size
             raise VitrtError(f"--{bad[0]} {dims[bad[0]]} is not a size: dims are >= 1 (--heads / --mlp 0: removed)")
 
