@@ -66,6 +66,8 @@ def test_bench_cli(outs, tmp_path, capsys):
     assert run("bench", dense, "--batch", "1,2") == 2  # static batch 1: one line saying how to fix it
     assert "compile it with --dynamic-batch" in capsys.readouterr().err
     assert run("bench", tmp_path, "--batch", "1") == 2  # a directory that is not an OUT
+    assert run("bench", dense, "--img-size", 64) == 2  # an OUT's size is fixed: not silently ignored
+    assert "--img-size applies to a model name" in capsys.readouterr().err
     assert run("nvit-table", dense, small, "--rounds", 2, "--iterations", 2, "-o", tmp_path / "nvit", "--quiet") == 0
     table = json.loads((tmp_path / "nvit.json").read_text())
     assert table["rows"][0]["speedup"] == pytest.approx(1.0) and table["rows"][1]["params_x"] > 1.0

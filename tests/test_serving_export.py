@@ -212,6 +212,7 @@ def test_batching_options_on_a_static_engine_are_refused(outs, tmp_path, capsys,
     (["--name", "."], "not valid for Triton"),  # '.' would be the repository itself (--force would wipe it)
     (["--name", ".."], "not valid for Triton"),
     (["--name", "digits\n"], "not valid for Triton"),  # a directory name ending in a newline
+    (["--name", ""], "not valid for Triton"),  # not the default name in silence
 ])
 def test_bad_options_are_one_line_and_write_nothing(outs, tmp_path, capsys, args, message):
     assert export(outs / "dynamic", tmp_path / "repo", *args) == 2

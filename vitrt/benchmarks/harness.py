@@ -164,6 +164,9 @@ def bench_target(target: str, batches: list[int], *, backend: str | list[str] | 
     with tempfile.TemporaryDirectory(prefix="vitrt-bench-") as tmp:
         work = Path(tmp)
         if path.is_dir():
+            if img_size is not None:  # the OUT's input size was fixed when it was compiled
+                raise VitrtError(f"--img-size applies to a model name; '{target}' was compiled for its own size "
+                                 "(compile again with --img-size to time another)")
             loaded = load_out(path, threads)
             if loaded.batch is not None and set(batches) != {loaded.batch}:
                 raise VitrtError(f"'{target}' was compiled for batch {loaded.batch}; bench it with --batch "

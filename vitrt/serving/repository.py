@@ -244,7 +244,7 @@ def export_triton(config: ExportTritonConfig, command: str = "") -> Path:
         raise VitrtError("pass the compiled OUT and -o REPO: vitrt export triton OUT -o REPO")
     artifact = open_artifact(config.out)
     check_exportable(artifact)
-    name = check_model_name(config.name or artifact.default_name())
+    name = check_model_name(artifact.default_name() if config.name is None else config.name)
     batching = batching_for(artifact, config.batching)
     header = f"# written by vitrt export triton from {artifact.out.absolute()}\n"
     labels = "\n".join(class_labels(artifact.model, artifact.num_classes)) + "\n"
