@@ -111,8 +111,7 @@ class SparseGemmConfig:
     batch: int = option(256, "images per batch (X = [batch·tokens, K])", type=int, metavar="N")
     iterations: int = option(50, "timed runs per GEMM", type=int, metavar="N")
     out: Path | None = option(None, "write a markdown table here (and the JSON beside it)",
-                              writes=".json", flag="-o/--out",
-                              type=Path, metavar="MD")
+                              writes=".json", flag="-o/--out", type=Path, metavar="MD")
 
 
 def main(config: SparseGemmConfig) -> int:

@@ -30,8 +30,7 @@ class TorchModelsConfig:
     rounds: int = option(3, "interleaved timing rounds", type=int, metavar="N")
     iterations: int = option(2, "timed runs per backend per round", type=int, metavar="N")
     out: Path | None = option(None, "write a markdown table here (and the JSON beside it)",
-                              writes=".json", flag="-o/--out",
-                              type=Path, metavar="MD")
+                              writes=".json", flag="-o/--out", type=Path, metavar="MD")
 
 
 def run(config: TorchModelsConfig) -> dict:

@@ -38,9 +38,9 @@ class LutBuildConfig:
                                "cuda: CUDA events (what --bench measures on a GPU). Default: cuda on a GPU backend, "
                                "else wall", choices=CLOCKS)
     shard: str | None = option(None, "time only shard K of N (0 <= K < N: every N-th grid point from the K-th) and "
-                               "write -o lut.json as lut.partK-of-N.json; 'env' takes K/N from torchrun (RANK/WORLD_SIZE) or a "
-                               "Slurm array (SLURM_ARRAY_TASK_ID/COUNT); join the parts with vitrt lut merge",
-                               metavar="K/N")
+                               "write -o lut.json as lut.partK-of-N.json; 'env' takes K/N from torchrun "
+                               "(RANK/WORLD_SIZE) or a Slurm array (SLURM_ARRAY_TASK_ID/COUNT); join the parts with "
+                               "vitrt lut merge", metavar="K/N")
     out: Path | None = option(None, "the table file to write (an interrupted build of it is resumed)", writes="file",
                               flag="-o/--out", type=Path, metavar="LUT")
     quiet: bool = option(False, "no progress output")

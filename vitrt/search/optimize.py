@@ -100,9 +100,7 @@ class OptimizeConfig:
         except ValueError:
             raise OptionError("--epochs, --prune-fractions, --dcvit-macs and --merge-r take comma-separated numbers") \
                 from None
-        if self.lut is not None and not Path(self.lut).is_file():
-            raise OptionError(f"--lut '{self.lut}' does not exist or is not a file")
-        if self.lut is not None:  # another file kind (a manifest) is refused now, not as a row refused later
+        if self.lut is not None:  # missing, or another file kind (a manifest): refused now, not rows later
             from vitrt.compiler.lut import LatencyTable
 
             LatencyTable.load(self.lut)

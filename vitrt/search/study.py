@@ -90,9 +90,7 @@ class StudyConfig:
         from vitrt.pipeline.config import check_data_source, check_real_labels
 
         check_real_labels("--data", self.data, "the study measures top-1")
-        if self.lut is not None and not Path(self.lut).is_file():
-            raise OptionError(f"--lut '{self.lut}' does not exist or is not a file")
-        if self.lut is not None:  # another file kind (a manifest) is refused now, not as a row refused later
+        if self.lut is not None:  # missing, or another file kind (a manifest): refused now, not rows later
             from vitrt.compiler.lut import LatencyTable
 
             LatencyTable.load(self.lut)

@@ -232,7 +232,7 @@ def serve(config: ServeConfig, log=print) -> ServeStats:
     artifact.check_single_io()
     if config.name is not None and not config.name:
         raise VitrtError("--name is empty: pass a model name, or leave --name out for the manifest's")
-    name = check_model_name(artifact.default_name() if config.name is None else config.name)
+    name = check_model_name(config.name or artifact.default_name())
     batching = batching_for(artifact, config.batching)
     if config.drain_timeout < 0:
         raise VitrtError(f"--drain-timeout must be >= 0, got {config.drain_timeout}")
