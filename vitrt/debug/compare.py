@@ -218,7 +218,9 @@ def summary_lines(comparison: Comparison, meta: dict) -> list[str]:
     uncompared = sorted({int(n.split(".")[1]) for n in comparison.missing if n.endswith(".output")
                          and n.startswith("blocks.")})
     if top is not None:
-        lines.append(f"largest contributor: blocks.{top['block']} (stream rel L2 error {top['rel_in']:.3g} -> "
+        where = ("the stem (input quantization / patch embedding)" if top["block"] == "stem"
+                 else f"blocks.{top['block']}")
+        lines.append(f"largest contributor: {where} (stream rel L2 error {top['rel_in']:.3g} -> "
                      f"{top['rel_out']:.3g}; worst inside: {top['worst_point']})"
                      + (f" among the blocks compared; block output(s) {', '.join(map(str, uncompared))} could not "
                         "be compared (see below), so the error may grow there" if uncompared else ""))

@@ -155,9 +155,24 @@ class Comparison:
             previous = out
         return rows
 
+    def stem_growth(self) -> dict | None:
+        """The error the stream already has entering block 0 (input quantization, patch embedding), as a row like
+        :meth:`block_growth`'s with ``block`` "stem"; None when the stream was not compared there."""
+        names = [s.point.name for s in self.stats]
+        if "embed" not in names:
+            return None
+        stem = self.stats[: names.index("embed") + 1]  # computation order: the points before block 0
+        embed, worst = stem[-1], max(stem, key=lambda s: s.rel)
+        return {"block": "stem", "rel_in": 0.0, "rel_out": embed.rel, "growth": embed.rel,
+                "max_abs_out": embed.max_abs, "cosine_out": embed.cosine, "exceeds": self.exceeds(embed),
+                "worst_point": worst.point.name, "worst_rel": worst.rel}
+
     def largest_contributor(self) -> dict | None:
+        """The block (or the stem) that adds the most relative error to the stream."""
         rows = self.block_growth()
-        return max(rows, key=lambda r: r["growth"]) if rows else None
+        stem = self.stem_growth()
+        candidates = rows + ([stem] if stem is not None and rows else [])
+        return max(candidates, key=lambda r: r["growth"]) if candidates else None
 
     def rows(self) -> list[dict]:
         return [{"point": s.point.name, "kind": s.point.kind, "block": s.point.block, "shape": list(s.shape),

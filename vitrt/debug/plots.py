@@ -67,8 +67,12 @@ def plot_error_growth(comparison: Comparison, out: Path, title: str = "") -> Non
         bottom.plot(blocks, [r["rel_out"] for r in rows], marker="o", label="stream rel L2 error after the block")
         bottom.bar(blocks, [r["growth"] for r in rows], alpha=0.4, color="tab:orange", label="growth in the block")
         top_row = comparison.largest_contributor()
-        bottom.annotate(f"largest: blocks.{top_row['block']}", (top_row["block"], top_row["growth"]),
-                        fontsize=8, xytext=(5, 5), textcoords="offset points")
+        if top_row["block"] == "stem":  # the error came in before block 0
+            bottom.annotate("largest: the stem, before block 0", (blocks[0], rows[0]["rel_out"]), fontsize=8,
+                            xytext=(5, 5), textcoords="offset points")
+        else:
+            bottom.annotate(f"largest: blocks.{top_row['block']}", (top_row["block"], top_row["growth"]),
+                            fontsize=8, xytext=(5, 5), textcoords="offset points")
         bottom.axhline(0, color="black", linewidth=0.6)
         bottom.set(xlabel="block", ylabel="relative L2 error", xticks=blocks)
         bottom.grid(alpha=0.3)
