@@ -25,7 +25,7 @@ from vitrt.compiler.progress import QUIET
 from vitrt.debug.bisect import minimal_set
 from vitrt.debug.compare import compare_artifacts, compare_with_twin, load_artifact
 from vitrt.debug.compare import run as compare_run
-from vitrt.debug.config import CompareConfig
+from vitrt.debug.config import CompareConfig, SensitivityConfig
 from vitrt.debug.points import graph_points
 from vitrt.pipeline.replay import load_record
 from vitrt.transforms.quant.fakequant import apply_scale_table, quantize_twin
@@ -189,6 +189,13 @@ def test_compare_refusals(outs, tmp_path, capsys):
                              ({"threads": 0}, "--threads must be >= 1")):
         with pytest.raises(VitrtError, match=message):  # before the compare runs, not after it
             CompareConfig(outs / "int8", bisect=True, **options).validate()
+
+
+def test_sensitivity_split_applies_to_digits_only(tmp_path, capsys):
+    """--split chooses a split of the digits data; with synthetic images it was accepted and ignored."""
+    assert cli_main(["sensitivity", "digits", "--split", "train", "-o", str(tmp_path / "r")]) == 2
+    assert "--split chooses a split of --data digits; synthetic has none" in capsys.readouterr().err
+    assert SensitivityConfig("digits", data="digits", out=tmp_path / "r").validate().scoring_split == "test"
 
 
 def test_debug_digits_never_replaces_a_directory_it_did_not_make(tmp_path, capsys):

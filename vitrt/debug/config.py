@@ -98,8 +98,8 @@ class SensitivityConfig:
     data: str = option("synthetic", "images scored on: digits (its test split, with labels: top-1 too), synthetic "
                        "or an ImageFolder PATH", metavar="digits|synthetic|PATH")
     images: int = option(256, "number of images scored on", type=int, metavar="N")
-    split: str = option("test", "with --data digits: the split scored on (train keeps the test images out of a "
-                        "ranking that later compiles are judged on)", choices=("train", "test"))
+    split: str | None = option(None, "with --data digits: the split scored on (default test; train keeps the test "
+                               "images out of a ranking that later compiles are judged on)", choices=("train", "test"))
     calib_data: str | None = option(None, "calibration images (default: --data; digits calibrates on its train split)",
                                     metavar="DATA")
     calib_method: str = option("max", "activation calibrator", choices=("max", "percentile", "entropy", "mse"))
@@ -127,6 +127,12 @@ class SensitivityConfig:
         if self.checkpoint is not None and not Path(self.checkpoint).is_file():
             raise OptionError(f"--checkpoint '{self.checkpoint}' does not exist or is not a file")
         check_data_source("--data", self.data)
+        if self.split is not None and self.data != "digits":
+            raise OptionError(f"--split chooses a split of --data digits; {self.data} has none: drop --split")
         if self.calib_data is not None:
             check_data_source("--calib-data", self.calib_data)
         return self
+
+    @property
+    def scoring_split(self) -> str:
+        return self.split or "test"

@@ -63,7 +63,7 @@ def sensitivity(config: SensitivityConfig, progress) -> dict:
         _, table = quantize_twin(twin, config.precision, calib, method=config.calib_method,
                                  quantize_attention=config.quantize_attention, max_images=config.calib_images,
                                  progress=progress)
-    images, labels = scoring_images(config.data, twin.spec.img, config.images, config.seed, config.split)
+    images, labels = scoring_images(config.data, twin.spec.img, config.images, config.seed, config.scoring_split)
     scored, summary = score_layers(twin, table, images, labels, quantize_attention=config.quantize_attention,
                                    float_one=config.float_one, progress=progress)
     rows = [dict(rank=rank, **row.to_dict()) for rank, row in enumerate(scored, 1)]
@@ -72,7 +72,7 @@ def sensitivity(config: SensitivityConfig, progress) -> dict:
             row["top1_drop_points"] = round((summary["top1_float"] - row["top1"]) * 100, 4)
     return {"format": RANKING_FORMAT, "model": str(config.model), "precision": config.precision,
             "quantize_attention": config.quantize_attention, "data": config.data,
-            "split": config.split if config.data == "digits" else None, "images": len(images),
+            "split": config.scoring_split if config.data == "digits" else None, "images": len(images),
             "calibration": {"data": None if calib is None else calib_source, "method": config.calib_method,
                             "images": None if calib is None else min(len(calib), config.calib_images),
                             "source": table.source},
