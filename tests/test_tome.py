@@ -548,6 +548,8 @@ def test_tome_bench_cli(tmp_path, capsys):
     assert main(["tome-bench", "--targets", "0.6,1.5", "--no-throughput", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--targets" in err and not out.exists()
+    assert main(["tome-bench", "--targets", "0.05", "--no-throughput", "-o", str(out)]) == 2
+    assert "--targets 0.05: ToMe keeps at least" in capsys.readouterr().err and not out.exists()  # not --tome-flops
     assert main(["tome-bench", "--no-throughput"]) == 2  # no default: it wrote into ./benchmarks/results
     assert "no output directory" in capsys.readouterr().err
     out.mkdir()

@@ -57,10 +57,16 @@ def _window(spec, kind):
 
 
 def _plans(spec, target):
-    from vitrt.transforms.tome.solve import solve_flops
+    from vitrt.transforms.tome.solve import UnreachableTarget, solve_flops
 
-    return {name: solve_flops(spec, target, skip=c["skip"], window=_window(spec, c["window"]))
-            for name, c in CONFIGS.items()}
+    plans = {}
+    for name, c in CONFIGS.items():
+        try:
+            plans[name] = solve_flops(spec, target, skip=c["skip"], window=_window(spec, c["window"]))
+        except UnreachableTarget as exc:  # said in this command's terms, not compile's --tome-flops / --dfe-skip
+            raise VitrtError(f"--targets {target:g}: {name} keeps at least {exc.least:.3f} of the FLOPs on a "
+                             f"{spec.tokens}-token model; raise the target") from None
+    return plans
 
 
 def parse_targets(text: str) -> list[float]:

@@ -12,6 +12,14 @@ from vitrt.compiler.lut import LatencyTable
 from vitrt.transforms.tome.schedule import MergePlan, TomeSchedule, resolve
 
 
+class UnreachableTarget(VitrtError):
+    """The most merging a schedule allows stays above the target fraction (``least``: the fraction it keeps)."""
+
+    def __init__(self, message: str, least: float):
+        super().__init__(message)
+        self.least = least
+
+
 def _search(spec, fraction: float, cost, what: str, *, skip=None, window=None, transition=None) -> MergePlan:
     if not 0.0 < fraction <= 1.0:
         raise VitrtError(f"--tome-{what} must be a fraction in (0, 1], got {fraction}")
@@ -25,8 +33,8 @@ def _search(spec, fraction: float, cost, what: str, *, skip=None, window=None, t
         if best is not None and plan.r == best.r:
             break
         best = plan
-    raise VitrtError(f"--tome-{what} {fraction}: the most merging this schedule allows keeps "
-                     f"{ratio:.3f} of the dense {what}; raise the fraction or lower --dfe-skip")
+    raise UnreachableTarget(f"--tome-{what} {fraction}: the most merging this schedule allows keeps "
+                            f"{ratio:.3f} of the dense {what}; raise the fraction or lower --dfe-skip", ratio)
 
 
 def solve_flops(spec, fraction: float, **kwargs) -> MergePlan:
