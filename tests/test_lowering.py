@@ -53,9 +53,20 @@ def test_canonical_structure_names_and_metadata():
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [4, 3, 32, 32]
 
 
+def with_random_biases(model, seed=0):
+    """``model`` with every bias and LayerNorm parameter drawn at random: timm initialises biases to zero, and a
+    lowering that drops or misscales a bias would then pass against it (a trained checkpoint has them)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias") or ".norm" in name:
+                param.copy_(param + 0.5 * torch.randn(param.shape, generator=generator))
+    return model
+
+
 def test_attention_scale_is_folded_into_q_so_the_score_path_has_no_mul():
     """TensorRT fuses MatMul -> (Add) -> Softmax -> MatMul only with the scale applied before QKᵀ."""
-    timm_model = tiny_vit(depth=2)
+    timm_model = with_random_biases(tiny_vit(depth=2))
     model = lower(canonicalize(timm_model), batch=2)
     for i in range(2):
         assert score_path(model.graph, i) == ["MatMul", "Softmax"]
@@ -73,6 +84,10 @@ def test_attention_scale_is_folded_into_q_so_the_score_path_has_no_mul():
     # The latency table's block subgraphs come from emit_block too.
     lut_block, _ = block_model(batch=1, emb=64, tokens=17, heads=2, qk=32, v=32)
     assert score_path(lut_block.graph, 0) == ["MatMul", "Softmax"]
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = timm_model(images).numpy()
+    assert max_abs(run_onnx(model, images.numpy(), 2), want) <= FP32_TOLERANCE  # every bias lowered as timm uses it
 
 
 def test_dynamic_batch_runs_any_batch():

@@ -231,3 +231,12 @@ def test_latency_table_prices_factored_layers(tmp_path):
     with pytest.raises(VitrtError, match="no linear / lowrank"):
         table.model_ms(spec)
     assert LatencyTable.load(tmp_path / "t.json").tables["fp32/dense"].keys() >= {"linear", "lowrank"}
+
+
+def test_a_rank_at_the_break_even_point_stays_dense():
+    """rank · (k + n) == k · n saves no parameters and adds a MatMul: the layer is left dense."""
+    from vitrt.transforms.lowrank.planner import choose
+
+    even = choose("x", 16, 16, np.ones(16), energy=0.5, align=8)  # rank 8: 8 · 32 == 16 · 16
+    assert even.rank == 0 and "saves nothing" in even.reason
+    assert choose("x", 16, 16, np.ones(16), energy=0.25, align=4).rank == 4  # 4 · 32 < 256: factored

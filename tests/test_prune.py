@@ -119,6 +119,10 @@ def test_pruned_onnx_equals_pruned_twin(distilled):
     record = result.records[0]
     assert record.changes_function and record.tolerance == FP32_TOLERANCE
     assert alignment_violations(plan) == ["emb 34 is not a multiple of 16"]  # v 24, mlp 32, qk 16 are aligned
+    blocks = list(plan.blocks)
+    blocks[0] = BlockPlan(blocks[0].heads, blocks[0].qk[:8], blocks[0].v, blocks[0].mlp)  # a multiple of 8, below 16
+    assert "block 0: qk 8 per head is not a multiple of 8 >= 16" in alignment_violations(
+        dataclasses.replace(plan, blocks=tuple(blocks)))
     assert {k: record.stats[k] for k in ("emb", "alignment_violations", "attention_removed", "mlp_removed")} == \
         {"emb": 34, "alignment_violations": 1, "attention_removed": 1, "mlp_removed": 1}
 

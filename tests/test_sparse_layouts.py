@@ -184,3 +184,12 @@ def test_gpu_library_consumes_our_metadata(fmt, dtype):
     gpu = SparseSemiStructuredTensorCUTLASS.from_dense(torch.from_numpy(a).cuda())
     assert torch.equal(gpu.meta.cpu(), torch.from_numpy(packed.meta))
     assert torch.equal(gpu.packed.cpu().view(-1)[: packed.values.size], torch.from_numpy(packed.values).view(-1))
+
+
+def test_int4_pairs_pack_the_lower_column_into_the_low_nibble():
+    """CUTLASS's sub-byte arrays (int4b_t) are little-endian: element 2j in bits 0-3, element 2j + 1 in bits 4-7."""
+    from vitrt.kernels.sparse24 import _pack_int4, _unpack_int4
+
+    values = np.array([[1, -2, 7, -8]], np.int8)
+    assert _pack_int4(values).tolist() == [[0xE1, 0x87]]
+    assert _unpack_int4(_pack_int4(values)).tolist() == values.tolist()

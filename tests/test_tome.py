@@ -601,3 +601,9 @@ def test_the_built_artifact_is_verified_against_the_graph(digits_reference, tmp_
     assert not verify_artifact(Shifted(), model, images, 1, FP32_TOLERANCE, decisions=False)["ok"]
     tipped = verify_artifact(Shifted(), model, images, 1, FP16_TOLERANCE, decisions=True)
     assert tipped["ok"] and "recorded, not failed" in tipped["note"]
+
+
+def test_windows_are_listed_in_z_order():
+    """Quad-tree (Z) order: each 2 x 2 group of windows is contiguous, row before column inside it."""
+    assert quadtree_order(4, 1)[:8] == [0, 1, 4, 5, 2, 3, 6, 7]
+    assert quadtree_order(4, 2)[:8] == [0, 1, 4, 5, 2, 3, 6, 7]  # window (0, 0) then (0, 1)
