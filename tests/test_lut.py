@@ -3,6 +3,7 @@ corrupted and driven through the CLI. No assertion is about absolute speed."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -91,6 +92,12 @@ def test_model_ms_is_overhead_plus_stem_plus_blocks_plus_head(table):
     block = table.block_ms(emb=64, heads=2, qk=32, v=32, mlp=128, tokens=17)
     want = table.overhead_ms + table.stem_ms(emb=64, patches=16) + 3 * block + table.head_ms(emb=64, tokens=17)
     assert table.model_ms(spec) == pytest.approx(want, rel=1e-9)
+    # the head (final norm) runs on what the last block leaves: after a merge in it, its tokens_out
+    blocks = list(spec.blocks)
+    blocks[-1] = dataclasses.replace(blocks[-1], tokens_out=9)
+    merged = table.model_breakdown(spec.with_blocks(blocks))
+    assert merged["head"] == pytest.approx(table.head_ms(emb=64, tokens=9), rel=1e-9)
+    assert merged["head"] != pytest.approx(table.head_ms(emb=64, tokens=17), rel=1e-6)  # the check can fail
     distilled = spec_of_timm(tiny_vit(depth=3, distilled=True, **TINY_ARGS))
     with pytest.raises(VitrtError, match="tokens=18 is outside"):  # 2 prefix tokens: 18 tokens, grid ends at 17
         table.model_ms(distilled)

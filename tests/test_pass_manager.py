@@ -149,6 +149,17 @@ def test_properties_are_checked_against_the_graph_under_verify(setup):
         PassManager([ClaimsShapes()], check_properties=True).run(setup[0])
 
 
+def test_only_the_batch_dimension_may_be_symbolic():
+    """A dynamic-batch graph has shapes inferred (its batch is the one symbolic dimension); a tensor symbolic in
+    any other dimension has not."""
+    dynamic = GraphView.from_onnx(lower(canonicalize(tiny_vit()), batch=None))
+    assert check_properties(dynamic, {SHAPES_INFERRED}) == []
+    tensor = next(t for t in dynamic.graph.tensors().values() if isinstance(t, gs.Variable) and t.shape
+                  and len(t.shape) == 3)
+    tensor.shape = [tensor.shape[0], "tokens", tensor.shape[2]]
+    assert "has a non-static shape" in check_properties(dynamic, {SHAPES_INFERRED})[0]
+
+
 def test_a_pass_that_breaks_a_preserved_property_is_named(tiny_model):
     view = GraphView.from_onnx(lower(canonicalize(tiny_model), batch=2))
     with pytest.raises(VitrtError, match="after pass 'unsorts'.*toposorted: node"):

@@ -498,3 +498,16 @@ def test_fp16_compile_verifies(tmp_path):
     onnx.checker.check_model(model)
     assert {t.data_type for t in model.graph.initializer if t.name.endswith("attn.q.weight.fp16")} == \
         {onnx.TensorProto.FLOAT16}
+
+
+def test_fused_attention_takes_qdq_only_at_head_sizes_16_32_64():
+    """TensorRT's fused attention quantizes its matmuls for head sizes 16 / 32 / 64 of Q·K *and* V: a pruned V of
+    24 per head keeps them float even where Q·K is 32."""
+    import dataclasses
+
+    from vitrt.transforms.quant.scale_table import fused_attention_ok
+
+    spec = canonicalize(tiny_vit(depth=1)).spec  # 2 heads of 32, 17 tokens
+    assert fused_attention_ok(spec, 0, "int8")
+    for change in ({"v": 24}, {"qk": 24}, {"heads": 0}):
+        assert not fused_attention_ok(spec.with_blocks([dataclasses.replace(spec.blocks[0], **change)]), 0, "int8")

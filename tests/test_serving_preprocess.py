@@ -61,7 +61,7 @@ def repo(tmp_path_factory, digits_reference):
     root = tmp_path_factory.mktemp("preprocess")
     vitrt.compile(digits_reference[0], root / "out", name="digits_vit", dynamic_batch=True, quiet=True)
     assert main(["export", "triton", str(root / "out"), "-o", str(root / "repo"), "--preprocess",
-                 "--max-batch", "16"]) == 0
+                 "--max-batch", "16", "--queue-delay-us", "250"]) == 0
     return root / "repo"
 
 
@@ -75,6 +75,9 @@ def test_ensemble_configs(repo):
     ens = parse_config((repo / "digits_vit_ensemble" / "config.pbtxt").read_text())
     assert pre.backend == "python" and ens.platform == "ensemble"
     assert pre.max_batch_size == ens.max_batch_size == model.max_batch_size == 16
+    # both batching steps wait as long for a batch to fill (the preprocessing one was left at Triton's 0)
+    assert pre.dynamic_batching.max_queue_delay_microseconds == model.dynamic_batching.max_queue_delay_microseconds \
+        == 250
     assert [(t.name, mc.DataType.Name(t.data_type), list(t.dims)) for t in pre.output] == \
         [(t.name, mc.DataType.Name(t.data_type), list(t.dims)) for t in model.input]
     steps = ens.ensemble_scheduling.step
