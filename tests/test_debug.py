@@ -268,6 +268,24 @@ def test_quant_exclude_and_keep_float_top_in_compile(outs, tmp_path):
     assert list(floats) == ranked[:2] and "sensitivity rank 1" in floats[ranked[0]]
 
 
+def test_keep_float_top_without_a_ranking_keeps_the_layers_scored_most_sensitive(tmp_path):
+    """No --sensitivity: the compile scores every layer on its calibration images (KL of the output with that layer
+    alone quantized) and keeps the K highest float — recomputed here from the same images and calibration."""
+    from vitrt.calib.data import take_images
+    from vitrt.pipeline.config import CompileConfig
+    from vitrt.transforms.base import PlanContext
+
+    model = tiny_vit(depth=3)
+    vitrt.compile(model, tmp_path / "top", precision="int8", calib_data="synthetic", calib_images=16,
+                  keep_float_top=2, **COMMON)
+    floats = json.loads((tmp_path / "top" / "manifest.json").read_text())["quantization"]["float_layers"]
+    twin = canonicalize(model)
+    ctx = PlanContext(target=CompileConfig(model="tiny").target, teacher=twin)
+    _, table = quantize_twin(twin, "int8", ctx.data("synthetic", limit=16), max_images=16)
+    scored, _ = score_layers(twin, table, torch.cat(list(take_images(ctx.data("synthetic", limit=16), 16))))
+    assert list(floats) == [row.layer for row in scored[:2]] and scored[1].kl > scored[2].kl
+
+
 def test_fallback_refusals(tmp_path):
     model = tiny_vit(depth=2)
     with pytest.raises(VitrtError, match="matches no quantized layer"):
