@@ -193,3 +193,21 @@ def test_int4_pairs_pack_the_lower_column_into_the_low_nibble():
     values = np.array([[1, -2, 7, -8]], np.int8)
     assert _pack_int4(values).tolist() == [[0xE1, 0x87]]
     assert _unpack_int4(_pack_int4(values)).tolist() == values.tolist()
+
+
+def test_a_conv_weight_pruned_along_channels_is_2_4_along_the_gemm_k():
+    """Conv [M, C, R, S] pruned 2:4 along C: its GEMM operand is [M, R·S·C] with C fastest (NHWC), so every group of
+    4 consecutive K columns holds two non-zeros; element (m, c, r, s) sits at column (r·S + s)·C + c."""
+    from vitrt.kernels.sparse24 import conv_operand
+
+    rng = np.random.default_rng(0)
+    m, c, r, s = 4, 8, 2, 3
+    w = rng.standard_normal((m, c, r, s)).astype(np.float32)
+    keep = np.zeros((m, c // 4, 4, r, s), bool)
+    for index in np.ndindex(m, c // 4, r, s):
+        keep[index[0], index[1], rng.choice(4, 2, replace=False), index[2], index[3]] = True
+    w = w * keep.reshape(m, c, r, s)
+    a = conv_operand(w)
+    assert a.shape == (m, r * s * c)
+    assert np.all((a.reshape(m, -1, 4) != 0).sum(axis=-1) == 2)
+    assert a[1, (1 * s + 2) * c + 5] == w[1, 5, 1, 2]
