@@ -149,6 +149,28 @@ def test_properties_are_checked_against_the_graph_under_verify(setup):
         PassManager([ClaimsShapes()], check_properties=True).run(setup[0])
 
 
+class HonestUnsorts(Unsorts):
+    """Unsorts the graph and says so: it does not preserve TOPOSORTED."""
+
+    name = "honest_unsorts"
+    preserves = frozenset({CANONICAL, SHAPES_INFERRED})
+
+
+class KeepsAll(NoOp):
+    name = "keeps_all"
+    preserves = frozenset({CANONICAL, SHAPES_INFERRED, TOPOSORTED})
+
+
+def test_a_property_a_modifying_pass_gave_up_is_not_expected_afterwards(tiny_model):
+    """After a pass that modified the graph and did not preserve TOPOSORTED, a later pass that preserves
+    everything is not held to TOPOSORTED; a pass that did not modify the graph keeps every property."""
+    view = GraphView.from_onnx(lower(canonicalize(tiny_model), batch=2))
+    PassManager([HonestUnsorts(), KeepsAll()], check_properties=True).run(view)
+    fresh = GraphView.from_onnx(lower(canonicalize(tiny_model), batch=2))
+    with pytest.raises(VitrtError, match="after pass 'unsorts'"):  # not modified -> nothing given up
+        PassManager([NoOp(), Unsorts()], check_properties=True).run(fresh)
+
+
 def test_only_the_batch_dimension_may_be_symbolic():
     """A dynamic-batch graph has shapes inferred (its batch is the one symbolic dimension); a tensor symbolic in
     any other dimension has not."""
