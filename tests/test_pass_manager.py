@@ -117,6 +117,9 @@ def test_cleanup_folds_constants_removes_dead_nodes_and_infers_shapes(setup):
     assert stats["tensors_without_static_shape"] == 0
     assert all(t.shape is not None for t in result_view.graph.tensors().values())
     assert stats["verify_max_abs_err"] <= 1e-4
+    # a dynamic batch is the one symbolic dimension allowed: it is no tensor "without a static shape"
+    dynamic = GraphView.from_onnx(lower(twin, batch=None))
+    assert CleanupPass().run(dynamic, PassContext()).stats["tensors_without_static_shape"] == 0
 
 
 class ClaimsShapes(Pass):
