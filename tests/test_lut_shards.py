@@ -182,3 +182,27 @@ def test_the_default_clock_is_cuda_events_on_a_gpu(backend, device, clock):
     assert CompileConfig(target=TargetConfig(backend=backend, device=device)).bench_clock == clock
     assert CompileConfig(target=TargetConfig(backend=backend, device=device, threads=1),
                          checks=CheckConfig(bench=True, bench_clock="wall")).bench_clock == "wall"  # --bench-clock
+
+
+class SizeTimer:
+    """Times a model as its number of nodes (ms): the table arithmetic without a clock's noise."""
+
+    def time_model(self, model, inputs):
+        return float(len(model.graph.node))
+
+
+def test_a_grid_point_is_its_time_less_the_per_call_overhead():
+    """Each point holds the model's time less the runtime's per-call overhead (never negative); a merge point is
+    the difference of the block with and without merging, where the overhead cancels."""
+    from vitrt.benchmarks.lut_build import merge_models, time_point
+
+    grid, timer = grid_of("tiny"), SizeTimer()
+    point = {"emb": 32, "mlp": 64, "tokens": 9}
+    model, inputs = part_model("mlp", point, batch=2, grid=grid)
+    nodes = len(model.graph.node)
+    assert time_point(timer, "mlp", point, batch=2, grid=grid, overhead_ms=1.5) == nodes - 1.5
+    assert time_point(timer, "mlp", point, batch=2, grid=grid, overhead_ms=nodes + 1.0) == 0.0
+    merge = {"emb": 32, "keys": 64, "tokens": 9, "merged": 8}
+    without, with_merge = merge_models(batch=2, grid=grid, **merge)
+    assert time_point(timer, "merge", merge, batch=2, grid=grid, overhead_ms=1.5) == \
+        len(with_merge[0].graph.node) - len(without[0].graph.node)
