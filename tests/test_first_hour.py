@@ -78,6 +78,12 @@ def test_the_python_api_words_errors_for_python(tmp_path):
         vitrt.compile("deit_tiny_patch16_224", tmp_path / "b")
     with pytest.raises(vitrt.VitrtError, match="unknown option 'bacth' \\(did you mean 'batch'\\?\\); valid options: "):
         vitrt.compile("deit_tiny_patch16_224", tmp_path / "c", bacth=8)
+    # a keyword with choices is checked as argparse checks its flag (precision='int9' compiled fp32 in silence)
+    with pytest.raises(vitrt.VitrtError, match="precision='int9' is not one of 'fp32'"):
+        vitrt.compile("deit_tiny_patch16_224", tmp_path / "d", precision="int9")
+    # flags with a value read as keywords; a vitrt command quoted in the message keeps its flags
+    with pytest.raises(OptionError, match=r"^prune needs lut=LUT \(build one with: vitrt lut build --backend ort"):
+        vitrt.compile("deit_tiny_patch16_224", tmp_path / "e", prune=0.5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 

@@ -164,6 +164,10 @@ def from_options(config_cls, options: dict, *, what: str = "option"):
         close = difflib.get_close_matches(unknown[0], names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise VitrtError(f"unknown {what} '{unknown[0]}'{hint}; valid {what}s: {', '.join(sorted(names))}")
+    for leaf_ in leaves(config_cls):  # argparse checks choices on the command line; here they are checked alike
+        choices, value = leaf_.field.metadata.get("choices"), options.get(leaf_.name)
+        if choices is not None and value is not None and value not in choices:
+            raise VitrtError(f"{what} {leaf_.name}={value!r} is not one of {', '.join(map(repr, choices))}")
     return build(config_cls, {k: v for k, v in options.items() if v is not None})
 
 
@@ -227,15 +231,21 @@ def command_line(prog: str = "vitrt") -> str:
 
 def api_wording(message: str, config_cls) -> str:
     """A message written for the command line, reworded for the Python API: ``--force`` becomes ``force=True``,
-    ``--batch`` becomes ``batch`` (the keyword that sets it)."""
+    ``--lut LUT`` becomes ``lut=LUT``, ``--batch`` becomes ``batch`` (the keyword that sets it). A ``vitrt ...``
+    command quoted in the message (a command to run in a shell) keeps its flags."""
     import re
 
     names = {flag: leaf_ for leaf_ in leaves(config_cls) for flag in leaf_.flags}
 
     def keyword(match):
-        leaf_ = names.get(match.group(0))
+        flag, value = match.group(1), match.group(2)
+        leaf_ = names.get(flag)
         if leaf_ is None:
             return match.group(0)
-        return f"{leaf_.name}=True" if leaf_.annotation is bool else leaf_.name
+        if leaf_.annotation is bool:
+            return f"{leaf_.name}=True" + (value or "")
+        return f"{leaf_.name}={value.strip()}" if value else leaf_.name
 
-    return re.sub(r"(?<![\w-])--?[a-z][a-z0-9-]*", keyword, message)
+    parts = re.split(r"(vitrt [a-z][a-z-]*[^);]*)", message)
+    return "".join(part if part.startswith("vitrt ") else
+                   re.sub(r"(?<![\w-])(--?[a-z][a-z0-9-]*)( [A-Z][A-Z0-9_]*\b)?", keyword, part) for part in parts)
