@@ -5,6 +5,7 @@ sparse weights from the inspector, the install hint); the runner itself is teste
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -172,7 +173,8 @@ def test_trtexec_command_builds_what_the_backend_would():
     dynamic = trtexec_command("model.onnx", {"images": [3, 224, 224]},
                               BuildOptions(sparse_weights=True, batch_profile=(1, 8, 64), timing_cache="t.cache"))
     assert dynamic.endswith("--sparsity=enable --minShapes=images:1x3x224x224 --optShapes=images:8x3x224x224 "
-                            "--maxShapes=images:64x3x224x224 --timingCacheFile=t.cache")
+                            f"--maxShapes=images:64x3x224x224 --timingCacheFile={Path('t.cache').absolute()}")
+    # absolute: engine_build.command runs it after `cd OUT`, where a relative t.cache would be OUT/t.cache
 
 
 def test_no_build_writes_the_trt_graph_and_how_to_build_it(tmp_path, capsys):

@@ -54,6 +54,7 @@ tactic names.
 from __future__ import annotations
 
 import os
+import shlex
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -114,8 +115,8 @@ def trtexec_command(onnx_name: str, inputs: dict[str, list[int]], options: Build
         for flag, batch in zip(("--minShapes", "--optShapes", "--maxShapes"), options.batch_profile):
             flags.append(flag + "=" + ",".join(f"{name}:{'x'.join(map(str, [batch, *shape]))}"
                                                for name, shape in inputs.items()))
-    if options.timing_cache is not None:
-        flags.append(f"--timingCacheFile={options.timing_cache}")
+    if options.timing_cache is not None:  # absolute: the command runs after `cd OUT`
+        flags.append(f"--timingCacheFile={shlex.quote(str(Path(options.timing_cache).absolute()))}")
     if options.workspace_mb:
         flags.append(f"--memPoolSize=workspace:{options.workspace_mb}M")
     return " ".join(["trtexec", *flags])
