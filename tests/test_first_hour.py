@@ -81,6 +81,13 @@ def test_the_python_api_words_errors_for_python(tmp_path):
     # a keyword with choices is checked as argparse checks its flag (precision='int9' compiled fp32 in silence)
     with pytest.raises(vitrt.VitrtError, match="precision='int9' is not one of 'fp32'"):
         vitrt.compile("deit_tiny_patch16_224", tmp_path / "d", precision="int9")
+    # keyword types are checked as argparse converts flags: a str, a float or a list where an int, a bool or a str
+    # is wanted is one line, not a TypeError from deep inside (or, for force="no", a truthy value)
+    for options, message in ((dict(batch="8"), "batch takes an int, got '8'"), (dict(seed=1.5), "seed takes an int"),
+                             (dict(quant_exclude=["head"]), "quant_exclude takes a str"),
+                             (dict(verify="no"), "verify takes a bool")):
+        with pytest.raises(OptionError, match=message):
+            vitrt.compile("deit_tiny_patch16_224", tmp_path / "t", **options)
     # flags with a value read as keywords; a vitrt command quoted in the message keeps its flags
     with pytest.raises(OptionError, match=r"^prune needs lut=LUT \(build one with: vitrt lut build --backend ort"):
         vitrt.compile("deit_tiny_patch16_224", tmp_path / "e", prune=0.5)

@@ -118,3 +118,22 @@ def test_result_files_are_checked_before_any_work(tmp_path, capsys, args, messag
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_force_never_replaces_an_out_that_holds_the_compiles_own_inputs(tmp_path, digits_reference):
+    """--force replaces OUT: a table, plan or data directory the compile reads from inside OUT would be deleted by
+    it, so the compile is refused and OUT kept; and force="no" is no bool (it was truthy and replaced OUT)."""
+    import shutil
+
+    import vitrt
+
+    out = tmp_path / "out"
+    vitrt.compile(digits_reference[0], out, batch=8, quiet=True)
+    shutil.copy(DIGITS_LUT, out / "lut.json")
+    before = sorted(p.name for p in out.iterdir())
+    for options, message in ((dict(lut=out / "lut.json", bench=True, force=True), "lut '.*' lies inside"),
+                             (dict(eval_data=str(out), force=True), "eval_data '.*' lies inside"),
+                             (dict(force="no"), "force takes a bool, got 'no'")):
+        with pytest.raises(VitrtError, match=message):
+            vitrt.compile(digits_reference[0], out, batch=8, quiet=True, **options)
+        assert sorted(p.name for p in out.iterdir()) == before

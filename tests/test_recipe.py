@@ -5,6 +5,7 @@ plus its refusals (one line, exit 2, nothing written)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -70,6 +71,17 @@ def test_cli_replays_a_recipe_for_the_digits_reference(tmp_path, digits_referenc
                 str(tmp_path / "y")]) == 2
     assert "was made for model 'digits'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    # --force replaces OUT: never when the recipe (or another input) lies inside it
+    inside = tmp_path / "o1" / "kept"
+    shutil.copytree(tmp_path, inside, ignore=shutil.ignore_patterns("o1", "o2"))
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "o1").rglob("*"))
+    assert cli(["compile", "digits", "--recipe", str(inside / "recipe.json"), "-o", str(tmp_path / "o1"),
+                "--force"]) == 2
+    assert "lies inside" in capsys.readouterr().err
+    assert cli(["compile", "digits", "-o", str(tmp_path / "o1"), "--force", "--precision", "int8",
+                "--scale-table", str(tmp_path / "o1" / "scale_table.json")]) == 2
+    assert "--scale-table" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "o1").rglob("*")) == before
 
 
 @pytest.mark.parametrize("mutate, message", [

@@ -23,7 +23,7 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import OptionError, VitrtError
 
 
 def option(default, help: str, **meta):
@@ -164,11 +164,42 @@ def from_options(config_cls, options: dict, *, what: str = "option"):
         close = difflib.get_close_matches(unknown[0], names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise VitrtError(f"unknown {what} '{unknown[0]}'{hint}; valid {what}s: {', '.join(sorted(names))}")
-    for leaf_ in leaves(config_cls):  # argparse checks choices on the command line; here they are checked alike
-        choices, value = leaf_.field.metadata.get("choices"), options.get(leaf_.name)
-        if choices is not None and value is not None and value not in choices:
+    values = {}
+    for leaf_ in leaves(config_cls):  # argparse checks types and choices on the command line; here alike
+        if options.get(leaf_.name) is None:
+            continue
+        value = values[leaf_.name] = _typed(leaf_, options[leaf_.name], what)
+        choices = leaf_.field.metadata.get("choices")
+        if choices is not None and value not in choices:
             raise VitrtError(f"{what} {leaf_.name}={value!r} is not one of {', '.join(map(repr, choices))}")
-    return build(config_cls, {k: v for k, v in options.items() if v is not None})
+    return build(config_cls, values)
+
+
+def _typed(leaf_, value, what: str):
+    """``value`` checked against the option's annotation: a bool is a bool (``force="no"`` is not False), an int
+    an int, a float any real number, a path a str or path-like; a path-like given for a str option (a data
+    directory) reads as its string."""
+    import numbers
+    import os
+
+    kinds = [k for k in (typing.get_args(leaf_.annotation) or (leaf_.annotation,)) if k is not type(None)]
+    if isinstance(value, os.PathLike) and str in kinds:
+        value = os.fspath(value)
+    checks = {bool: lambda v: isinstance(v, bool),
+              int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+              float: lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
+              str: lambda v: isinstance(v, str), "path": lambda v: isinstance(v, (str, os.PathLike))}
+    known = [("path" if getattr(k, "__name__", "") in ("Path", "PurePath") else k) for k in kinds]
+    known = [k for k in known if k in checks]
+    if known and not any(checks[k](value) for k in known):
+        article = {bool: "a bool", int: "an int", float: "a number", str: "a str", "path": "a path"}
+        names = " or ".join(article[k] for k in known)
+        raise OptionError(f"{what} {leaf_.name} takes {names}, got {value!r} ({type(value).__name__})")
+    if int in known and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)  # numpy's integers too: what is written to JSON and ONNX is a Python int
+    if float in known and isinstance(value, numbers.Real) and not isinstance(value, (bool, int)):
+        return float(value)
+    return value
 
 
 def replace_options(config, **options):

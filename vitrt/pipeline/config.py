@@ -7,12 +7,13 @@ from it (:mod:`vitrt.compiler.options`). A stage's section belongs to its transf
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 from vitrt.calib.synthesis_config import SET_METADATA, SYNTH_PREFIX
 from vitrt.compiler.errors import DataError, OptionError
-from vitrt.compiler.options import option, replace_options, section
+from vitrt.compiler.options import get, leaves, option, replace_options, section
 from vitrt.compiler.target import TargetConfig
 from vitrt.compiler.timing import CLOCKS, check_clock, default_clock
 from vitrt.transforms.distill.config import DistillConfig
@@ -53,6 +54,11 @@ class CheckConfig:
         if self.refine_lut and not self.bench:
             raise OptionError("--refine-lut folds --bench's measurement into --lut: add --bench")
         return self
+
+
+# The options that name a data source (digits, synthetic, synth:SET or an ImageFolder directory)
+DATA_OPTIONS = frozenset({"data", "calib_data", "distill_data", "lowrank_data", "sparse_data", "eval_data",
+                          "metric_set", "dcvit_metric"})
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,22 @@ class CompileConfig:
                 check_data_source(flag, source)
         if self.checks.eval_data is not None:
             check_real_labels("--eval-data", self.checks.eval_data, "it measures real top-1")
+        if self.force and self.out is not None:
+            self.check_inputs_outside_out()
+
+    def check_inputs_outside_out(self) -> None:
+        """``--force`` replaces OUT: no file or data the compile reads (a recipe, a plan, a checkpoint, a table, a
+        data directory) may lie inside it, or the compile would delete its own input."""
+        out = Path(self.out).resolve()
+        for leaf_ in leaves(type(self)):
+            value = get(self, leaf_)
+            is_input = leaf_.name in DATA_OPTIONS or Path in typing.get_args(leaf_.annotation)
+            if leaf_.name == "out" or value is None or not is_input:
+                continue
+            path = Path(str(value).removeprefix(SYNTH_PREFIX))
+            if path.exists() and path.resolve().is_relative_to(out):
+                raise OptionError(f"{leaf_.flag} '{value}' lies inside '{self.out}', which --force would replace; "
+                                  "move it or choose another -o")
 
     def check_against(self, spec) -> None:
         """Every stage's options checked against the spec that stage will meet, before any weights exist.

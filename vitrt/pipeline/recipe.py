@@ -200,6 +200,10 @@ def compile_recipe(recipe_path, model: str | None = None, progress=None, module=
     if module is None:
         module, name = resolve_model(recipe.model)
     config = replay_config(recipe, overrides)
+    if config.force and config.out is not None and \
+            Path(recipe_path).resolve().is_relative_to(Path(config.out).resolve()):
+        raise RecipeError(f"--recipe '{recipe_path}' lies inside '{config.out}', which --force would replace; move it "
+                          "or choose another -o")
     if module is not None:
         config = config.replace(model=None)
     return compile(module if module is not None else name, config=config, progress=progress, name=name,
