@@ -88,6 +88,15 @@ def test_the_python_api_words_errors_for_python(tmp_path):
                              (dict(verify="no"), "verify takes a bool")):
         with pytest.raises(OptionError, match=message):
             vitrt.compile("deit_tiny_patch16_224", tmp_path / "t", **options)
+    # a model object vitrt would copy wrongly is refused in one line: another dtype (the twin is fp32; precision=
+    # chooses the engine's), no values (the meta device), an image size timm crops to the patch grid
+    from conftest import tiny_vit
+    from vitrt.compiler.errors import UnsupportedModelError
+
+    for model, message in ((tiny_vit().half(), "parameters are torch.float16: pass it in float32"),
+                           (tiny_vit(img_size=30, patch_size=8), r"image size \(30, 30\) is not a multiple")):
+        with pytest.raises(UnsupportedModelError, match=message):
+            vitrt.compile(model, tmp_path / "m")
     # flags with a value read as keywords; a vitrt command quoted in the message keeps its flags
     with pytest.raises(OptionError, match=r"^prune needs lut=LUT \(build one with: vitrt lut build --backend ort"):
         vitrt.compile("deit_tiny_patch16_224", tmp_path / "e", prune=0.5)

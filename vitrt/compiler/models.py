@@ -199,6 +199,15 @@ def check_supported(model: nn.Module) -> None:
     if problems:
         raise UnsupportedModelError(f"unsupported ViT variant {type(model).__name__}: {'; '.join(problems)}; "
                                     f"vitrt supports {SUPPORTED_FAMILIES}")
+    dtypes = {p.dtype for p in model.parameters()}
+    if dtypes != {torch.float32}:  # the twin holds the weights in fp32; --precision chooses what the engine runs
+        raise UnsupportedModelError(f"the model's parameters are {', '.join(sorted(map(str, dtypes)))}: pass it in "
+                                    "float32 (model.float()); precision= chooses what the engine runs")
+    if any(p.is_meta for p in model.parameters()):
+        raise UnsupportedModelError("the model's parameters are on the meta device (no values): load its weights")
+    image, patch = model.patch_embed.img_size, model.patch_embed.patch_size
+    if any(i % p for i, p in zip(image, patch)):  # timm would drop the border pixels without a word
+        raise UnsupportedModelError(f"image size {tuple(image)} is not a multiple of the patch size {tuple(patch)}")
 
 
 def spec_of_timm(model: nn.Module) -> ViTSpec:
