@@ -64,6 +64,10 @@ def test_calibration_methods_and_int4_table(tiny):
     a_max = t_max.entries["blocks.0.mlp.fc2.input"].amax
     a_pct = t_pct.entries["blocks.0.mlp.fc2.input"].amax
     assert 0 < a_pct < a_max  # percentile clips the tail max keeps
+    _, t_pct9999 = quantize_twin(tiny, "int8", data, method="percentile", percentile=99.99)
+    assert a_pct < t_pct9999.entries["blocks.0.mlp.fc2.input"].amax <= a_max  # the percentile asked for is used
+    _, t_entropy = quantize_twin(tiny, "int8", data, method="entropy")
+    assert 0 < t_entropy.entries["blocks.0.mlp.fc2.input"].amax < a_max  # a histogram calibrator, not max's
     assert 0 < t_mse.entries["blocks.0.mlp.fc2.input"].amax <= a_max  # mse trades clipping for resolution
     assert t_pct.source == "calibration:percentile@99.0" and t_mse.source == "calibration:mse"
     for other in (t_pct, t_mse):  # weights: max in every method

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from vitrt.cli import main as cli
 from vitrt.compiler.errors import OptionError, VitrtError
@@ -499,3 +500,15 @@ def test_ctrl_c_in_a_search_says_what_is_kept(tmp_path):
     with pytest.raises(Interrupted, match="1 estimates are kept in .*: run the same command again to continue"):
         with resumable(state, tmp_path / ".search"):
             raise KeyboardInterrupt
+
+
+def test_the_held_out_split_is_a_fifth_of_every_class_and_never_fitted_on():
+    from vitrt.calib.digits import ImageSet
+    from vitrt.search.holdout import split_holdout
+
+    labels = torch.tensor([c for c in range(3) for _ in range(10 * (c + 1))])  # 10, 20, 30 images
+    data = ImageSet(torch.arange(len(labels), dtype=torch.float32).reshape(-1, 1, 1, 1), labels)
+    fit, held = split_holdout(data)
+    assert [int((held.labels == c).sum()) for c in range(3)] == [2, 4, 6] and len(fit) == 48
+    assert not set(fit.images.flatten().tolist()) & set(held.images.flatten().tolist())
+    assert torch.equal(split_holdout(data)[1].images, held.images)  # a fixed seed: the same split every run
