@@ -522,3 +522,16 @@ def test_sweep_table_shows_the_test_kl_where_rows_carry_it():
            "blocks": [5, 6], "mlp": [0, 0], "top1": 0.98, "metric_loss": 0.002, "verify_max_abs_err": 1e-6}
     table = format_table({"dense_top1": 0.99, "comparison": [], "rows": [row, {**row, "seed": 1, "test_kl": 0.00611}]})
     assert "| -1.00 | – | 0.002000 |" in table and "| -1.00 | 0.00611 | 0.002000 |" in table
+
+
+def test_the_mlp_only_ablation_reaches_a_target_that_every_mlp_meets_exactly(twin):
+    """A target equal to what removing all the MLPs leaves is reachable (n == depth), one below it is not."""
+    from vitrt.compiler.cost import vit_flops
+
+    spec = twin.spec
+    none_left = spec.with_blocks([dataclasses.replace(b, mlp=0) for b in spec.blocks])
+    exact = vit_flops(none_left) / vit_flops(spec)
+    shape = dcvit.structure(spec, dcvit.Settings(macs=exact, mlp_only=True))
+    assert shape.mlp == (0,) * spec.depth and shape.macs_fraction == pytest.approx(exact)
+    with pytest.raises(VitrtError, match="below what removing every MLP reaches"):
+        dcvit.structure(spec, dcvit.Settings(macs=exact - 0.01, mlp_only=True))

@@ -607,3 +607,12 @@ def test_windows_are_listed_in_z_order():
     """Quad-tree (Z) order: each 2 x 2 group of windows is contiguous, row before column inside it."""
     assert quadtree_order(4, 1)[:8] == [0, 1, 4, 5, 2, 3, 6, 7]
     assert quadtree_order(4, 2)[:8] == [0, 1, 4, 5, 2, 3, 6, 7]  # window (0, 0) then (0, 1)
+
+
+def test_the_solver_takes_a_target_met_exactly():
+    """A FLOPs target equal to what r merges reach is met by that r (<=, not <): not by merging more."""
+    twin = small_twin()
+    for r in (2, 5):
+        plan = resolve(TomeSchedule(r=r, skip=0), twin.spec)
+        exact = vit_flops(plan.apply_to_spec(twin.spec)) / vit_flops(twin.spec)
+        assert solve_flops(twin.spec, exact, skip=0).schedule.r == r
