@@ -59,6 +59,13 @@ def test_priors_and_labels():
     stripes = flat.clone()
     stripes[..., ::2] = 1.0  # every horizontal and diagonal neighbour differs by 1, vertical ones not at all
     assert float(total_variation(stripes)) == pytest.approx(3.0)
+    diagonal = torch.eye(8).reshape(1, 1, 8, 8)  # the two diagonal directions differ here: both must be counted
+    want = 0.0
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        pairs = [(float(diagonal[0, 0, y + dy, x + dx] - diagonal[0, 0, y, x])) ** 2
+                 for y in range(8 - dy) for x in range(max(0, -dx), 8 - max(0, dx))]
+        want += sum(pairs) / len(pairs)
+    assert float(total_variation(diagonal)) == pytest.approx(want)
     labels = balanced_labels(23, 10, seed=1)
     assert sorted(np.bincount(labels.numpy()).tolist()) == [2] * 7 + [3] * 3
     assert not torch.equal(labels, balanced_labels(23, 10, seed=2))
@@ -222,3 +229,19 @@ def test_compile_reports_the_data_free_estimate_beside_real_accuracy(tmp_path, m
         vitrt.compile(model, tmp_path / "nobuild", quiet=True, backend="trt", no_build=True,
                       metric_set=f"synth:{made_set[0]}")
     assert not (tmp_path / "nobuild").exists()
+
+
+def test_the_inversion_loss_is_cross_entropy_plus_its_image_priors(twin):
+    """total = CE + tv · TV(x) + l2 · mean(x²) (no feature term here), on the un-augmented image's priors; a
+    horizontal flip is what the augmentation mirrors."""
+    config = SynthesisConfig(images=2, iterations=1, batch_size=2, tv=0.3, l2=0.7)
+    inversion = Inversion(twin, replace(config, no_flip=True))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    total, parts = inversion.loss(x, torch.tensor([1, 2]), torch.Generator().manual_seed(0))
+    assert float(total) == pytest.approx(parts["ce"] + 0.3 * parts["tv"] + 0.7 * parts["l2"], rel=1e-5)
+    assert parts["l2"] == pytest.approx(float(x.pow(2).mean())) and parts["tv"] == pytest.approx(
+        float(total_variation(x)))
+    flipping = Inversion(twin, replace(config, jitter=0, no_flip=False))
+    flips = [flipping.augment(x, torch.Generator().manual_seed(seed)) for seed in range(8)]
+    assert all(torch.equal(f, x) or torch.equal(f, x.flip(3)) for f in flips)
+    assert any(torch.equal(f, x.flip(3)) for f in flips)
