@@ -316,3 +316,16 @@ def test_metrics_are_read_beside_default_ports_only():
     assert metrics_url_for(LoadtestConfig("http://127.0.0.1:9100", "m")) is None
     assert metrics_url_for(LoadtestConfig("http://127.0.0.1:9100", "m", metrics_url="http://127.0.0.1:9102/metrics")) \
         == "http://127.0.0.1:9102/metrics"
+
+
+def test_a_level_counts_lost_requests_apart_from_errors_and_reports_images_per_second():
+    """lost = sent - answered - answered with an error; throughput counts images (a request carries a batch), and the
+    percentiles are numpy's over the latencies."""
+    from vitrt.serving.loadtest import LevelResult
+
+    level = LevelResult(concurrency=2, seconds=2.0, sent=10, ok=6, errors=3, images=24,
+                        latencies_ms=[float(v) for v in range(1, 101)])
+    summary = level.summary(batch=4)
+    assert (summary["requests"], summary["ok"], summary["errors"], summary["lost"]) == (10, 6, 3, 1)
+    assert summary["images_per_s"] == 12.0 and summary["request_batch"] == 4
+    assert (summary["p50_ms"], summary["p90_ms"], summary["p99_ms"]) == (50.5, 90.1, 99.01)
