@@ -245,3 +245,18 @@ def test_the_inversion_loss_is_cross_entropy_plus_its_image_priors(twin):
     flips = [flipping.augment(x, torch.Generator().manual_seed(seed)) for seed in range(8)]
     assert all(torch.equal(f, x) or torch.equal(f, x.flip(3)) for f in flips)
     assert any(torch.equal(f, x.flip(3)) for f in flips)
+
+
+def test_the_python_api_checks_options_as_the_cli_does(tmp_path, twin):
+    """vitrt.synth takes the fields' names and the flags' (iterations= or iters=); a wrong type, an unknown name or
+    a name-only option with a module is one line worded for Python, and nothing is written."""
+    import vitrt
+
+    for options, message in ((dict(iters=0), "^images, iters and batch must be >= 1"),
+                             (dict(iterations="2"), "iters takes an int, got '2'"),
+                             (dict(batch=4.5), "batch takes an int"), (dict(bogus=1), "unknown option 'bogus'")):
+        with pytest.raises(VitrtError, match=message):
+            vitrt.synth("digits", tmp_path / "set", **options)
+    with pytest.raises(VitrtError, match="build a model from its name"):
+        vitrt.synth(tiny_vit(), tmp_path / "set", img_size=64)
+    assert not (tmp_path / "set").exists()

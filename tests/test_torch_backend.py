@@ -274,3 +274,17 @@ def test_a_torch_table_predicts_and_is_refined_by_a_torch_compile(tmp_path):
     assert latency["clock"] == "wall" and latency["predicted_ms"] > 0 and latency["median_ms"] > 0
     refined = LatencyTable.load(lut)
     assert {p["kind"] for p in refined.points} == {"stem", "block", "head"}
+
+
+def test_a_compile_leaves_the_callers_torch_threads_and_random_state_alone(tmp_path):
+    """threads= sets torch's thread count process-wide while compiling; vitrt.compile gives the caller back its own
+    count and its random number generator where they were."""
+    import vitrt
+
+    torch.manual_seed(5)
+    want = torch.rand(1)
+    torch.manual_seed(5)
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    vitrt.compile("digits", tmp_path / "out", backend="torch", threads=other, quiet=True)
+    assert torch.get_num_threads() == before and torch.equal(torch.rand(1), want)

@@ -16,23 +16,31 @@ def compile(*args, **kwargs):
     """Compile a timm ViT; see :func:`vitrt.pipeline.driver.compile` for the arguments.
 
     Errors are :class:`VitrtError` subclasses (OptionError, OutputError, CheckpointError, DataError,
-    UnsupportedModelError, ...) worded for Python: they name keywords (``force=True``), not flags.
+    UnsupportedModelError, ...) worded for Python: they name keywords (``force=True``), not flags. The caller's
+    torch state is left as it was: its thread count (``threads=`` sets torch's, process-wide, while compiling)
+    and its random number generator (the compile seeds its own).
     """
+    import torch
+
     from vitrt.compiler.options import api_wording
     from vitrt.pipeline.config import CompileConfig
     from vitrt.pipeline.driver import compile as _compile
 
+    threads = torch.get_num_threads()
     try:
-        if kwargs.get("recipe") is not None:  # a replay: the recipe's options and plans, nothing planned again
-            from vitrt.pipeline.recipe import compile_recipe
+        with torch.random.fork_rng(devices=[]):
+            if kwargs.get("recipe") is not None:  # a replay: the recipe's options and plans, nothing planned again
+                from vitrt.pipeline.recipe import compile_recipe
 
-            model = args[0] if args else kwargs.pop("model", None)
-            out = args[1] if len(args) > 1 else kwargs.pop("out", None)
-            return compile_recipe(kwargs.pop("recipe"), model=model if isinstance(model, str) else None,
-                                  module=None if isinstance(model, str) else model, out=out, **kwargs)
-        return _compile(*args, **kwargs)
+                model = args[0] if args else kwargs.pop("model", None)
+                out = args[1] if len(args) > 1 else kwargs.pop("out", None)
+                return compile_recipe(kwargs.pop("recipe"), model=model if isinstance(model, str) else None,
+                                      module=None if isinstance(model, str) else model, out=out, **kwargs)
+            return _compile(*args, **kwargs)
     except VitrtError as exc:
         raise type(exc)(api_wording(str(exc), CompileConfig)) from None
+    finally:
+        torch.set_num_threads(threads)
 
 
 def synth(*args, **kwargs):

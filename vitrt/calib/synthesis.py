@@ -430,9 +430,19 @@ def synth(model, out: str | Path, config: SynthesisConfig | None = None, *, chec
     ``model``: a timm model name, ``digits-reference`` or a timm ViT module; ``options``: SynthesisConfig fields;
     ``feature_reference``: images whose per-block statistics the feature term matches. Returns the set's metadata.
     """
-    from dataclasses import replace
+    from vitrt.compiler.options import api_wording, from_options, leaves, replace_options
 
-    config = replace(config or SynthesisConfig(), **options).validate()
+    try:
+        # the fields' names (iterations=, batch_size=) and the flags' (iters=, batch=) both name an option
+        by_field = {leaf_.path[-1]: leaf_.name for leaf_ in leaves(SynthesisConfig)}
+        named = {by_field.get(key, key): value for key, value in options.items()}
+        checked = from_options(SynthesisConfig, named)  # unknown names, types and choices, in one line
+        config = (replace_options(config, **named) if config is not None else checked).validate()
+        if not isinstance(model, str) and (checkpoint is not None or pretrained or img_size is not None):
+            raise OptionError("checkpoint=, pretrained= and img_size= build a model from its name; load them into "
+                              "the module you pass instead")
+    except VitrtError as exc:
+        raise type(exc)(api_wording(str(exc), SynthesisConfig)) from None
     twin, mean, std, name = model_for_synthesis(model, checkpoint=checkpoint, pretrained=pretrained,
                                                 img_size=img_size)
     return synthesize(twin, out, config, mean=mean, std=std, model=name, feature_reference=feature_reference,
