@@ -87,7 +87,7 @@ def test_cli_replays_a_recipe_for_the_digits_reference(tmp_path, digits_referenc
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d.update(format="other"), "is not a vitrt recipe"),
     (lambda d: d.update(version=7), "has version 7"),
-    (lambda d: d["plans"].update(tome="../elsewhere.json"), "is not a file beside it"),
+    (lambda d: d["plans"].update(tome="../elsewhere.json"), "is not a file beside it"),  # the file exists (below)
     (lambda d: d["plans"].update(nope="recipe/tome.json"), "unknown stage 'nope'"),
     (lambda d: d.pop("options"), "malformed"),
 ])
@@ -95,6 +95,7 @@ def test_malformed_recipes_are_refused_in_one_line(tmp_path, mutate, message):
     model = tiny_vit(depth=2, img_size=64)
     planned_recipe(tmp_path, model, "tiny", {"batch": 2, "tome": "2"})
     path = tmp_path / "recipe.json"
+    (tmp_path.parent / "elsewhere.json").write_text(path.read_text())  # a real file outside the recipe's folder
     data = json.loads(path.read_text())
     mutate(data)
     path.write_text(json.dumps(data))
