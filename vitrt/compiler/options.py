@@ -182,6 +182,8 @@ def _typed(leaf_, value, what: str):
     import numbers
     import os
 
+    if typing.get_origin(leaf_.annotation) in (list, tuple, dict):  # a container (nargs): its items not checked
+        return value
     kinds = [k for k in (typing.get_args(leaf_.annotation) or (leaf_.annotation,)) if k is not type(None)]
     if isinstance(value, os.PathLike) and str in kinds:
         value = os.fspath(value)
