@@ -512,3 +512,21 @@ def test_the_held_out_split_is_a_fifth_of_every_class_and_never_fitted_on():
     assert [int((held.labels == c).sum()) for c in range(3)] == [2, 4, 6] and len(fit) == 48
     assert not set(fit.images.flatten().tolist()) & set(held.images.flatten().tolist())
     assert torch.equal(split_holdout(data)[1].images, held.images)  # a fixed seed: the same split every run
+
+
+def test_the_search_trains_on_the_fit_split_and_its_test_split_stays_the_sources():
+    """A planner asking the search's context for the source's training data gets the fit split (never the held-out
+    part); asking for the test split gets the source's own test split."""
+    from conftest import tiny_vit
+    from vitrt.calib.digits import ImageSet
+    from vitrt.compiler.models import canonicalize
+    from vitrt.compiler.target import TargetConfig
+    from vitrt.search.holdout import HoldoutContext, SearchData
+
+    fit = ImageSet(torch.zeros(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
+    held = ImageSet(torch.ones(2, 3, 32, 32), torch.tensor([0, 1]))
+    ctx = HoldoutContext(target=TargetConfig(), teacher=canonicalize(tiny_vit()),
+                         search=SearchData("digits", fit, held, None))
+    assert ctx.data("digits") is fit and len(ctx.data("digits", limit=2)) == 2
+    test = ctx.data("digits", split="test")
+    assert len(test) == 450  # the digits test split, not the fit images
