@@ -530,3 +530,18 @@ def test_the_search_trains_on_the_fit_split_and_its_test_split_stays_the_sources
     assert ctx.data("digits") is fit and len(ctx.data("digits", limit=2)) == 2
     test = ctx.data("digits", split="test")
     assert len(test) == 450  # the digits test split, not the fit images
+
+
+def test_measured_speedups_say_how_many_times_faster_than_the_reference(tmp_path, digits_reference):
+    """The front's measurement: a model pruned to half the FLOPs is timed side by side with the dense one and its
+    speedup is > 1 — dense time over its time, as the two clocks' typical times say (not the inverse)."""
+    import vitrt
+    from vitrt.search.measure import measure
+
+    vitrt.compile(digits_reference[0], tmp_path / "dense", batch=8, quiet=True)
+    vitrt.compile(digits_reference[0], tmp_path / "small", batch=8, quiet=True, prune=0.5, lut=DIGITS_LUT,
+                  data="digits", prune_samples=16)
+    timed = measure({"dense": tmp_path / "dense", "small": tmp_path / "small"}, "dense", rounds=3, iterations=3)
+    dense, small = timed["dense"], timed["small"]
+    assert dense.speedup_cpu == dense.speedup_wall == 1.0
+    assert small.speedup_cpu > 1.0 and small.speedup_cpu == pytest.approx(dense.cpu_ms / small.cpu_ms, rel=0.3)
