@@ -214,6 +214,23 @@ def _search(twin, target=0.5, method="hessian", seed=0):
     return search(twin.spec, importance, _flops_latency, SearchConfig(target=target, rounds=3))
 
 
+def test_search_rescores_importance_on_the_way_and_stops_at_the_target():
+    """Importance is scored again as the model shrinks (NViT's iterative pruning: ``rounds`` times on the way), and
+    the search stops at the first structure at or under the target."""
+    twin = _twin()
+    calls = []
+
+    def importance(kept):
+        calls.append(1)
+        return magnitude_importance(twin, kept)
+
+    result = search(twin.spec, importance, _flops_latency, SearchConfig(target=0.5, rounds=3))
+    assert 2 <= len(calls) <= 3 + 1
+    at_target = search(twin.spec, lambda kept: magnitude_importance(twin, kept), _flops_latency,
+                       SearchConfig(target=result.predicted_ms / result.dense_ms, rounds=3))
+    assert at_target.steps == result.steps  # a target met exactly stops there, not one removal later
+
+
 def test_search_meets_target_and_alignment_and_is_deterministic():
     twin = _twin()
     result = _search(twin)
