@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vitrt.compiler.lut import LatencyTable
+from vitrt.compiler.lut import MIN_GRID_MS, LatencyTable
 from vitrt.benchmarks.lut_build import build_table, grid_of
 from vitrt.compiler.timing import Timing
 from vitrt.cli import main
@@ -73,7 +73,9 @@ def test_removed_halves_and_token_merging(table):
     assert table.block_ms(emb=64, heads=0, qk=0, v=0, mlp=0, tokens=17) == 0.0
     merged = table.block_ms(emb=64, heads=2, qk=32, v=32, mlp=128, tokens=17, tokens_out=9)
     merge = parts(table)["merge"]  # axes emb, keys (= heads · qk), tokens, merged: 64, 64, 17, 8
-    assert merged == pytest.approx(attn.ms[1, 1, 1, 1, 1] + merge.ms[1, 0, 1, 0] + mlp.ms[1, 1, 0])
+    # each part is floored at MIN_GRID_MS: a merge timed under load can come out at 0 (with - without merging)
+    floor = lambda ms: max(float(ms), MIN_GRID_MS)  # noqa: E731
+    assert merged == pytest.approx(floor(attn.ms[1, 1, 1, 1, 1]) + floor(merge.ms[1, 0, 1, 0]) + floor(mlp.ms[1, 1, 0]))
 
 
 def test_outside_the_grid_is_an_error_unless_clamped(table):
