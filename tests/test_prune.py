@@ -231,6 +231,17 @@ def test_search_rescores_importance_on_the_way_and_stops_at_the_target():
     assert at_target.steps == result.steps  # a target met exactly stops there, not one removal later
 
 
+def test_eta_weighs_the_latency_a_removal_saves_against_its_importance():
+    """NViT eq. 7: a unit's score is its importance less eta times the latency it saves. At eta 0 the least
+    important unit goes (here 16 MLP channels); at a large eta the one that saves the most (16 EMB channels)."""
+    twin = _twin()
+    one_step = [search(twin.spec, lambda kept: magnitude_importance(twin, kept), _flops_latency,
+                       SearchConfig(target=0.999, eta=eta, rounds=1)) for eta in (0.0, 1e3)]
+    assert [r.steps for r in one_step] == [1, 1]
+    assert one_step[0].removed["mlp"] == 1 and one_step[1].removed["emb"] == 1
+    assert one_step[1].predicted_ms < one_step[0].predicted_ms
+
+
 def test_search_meets_target_and_alignment_and_is_deterministic():
     twin = _twin()
     result = _search(twin)
