@@ -101,6 +101,11 @@ def test_the_python_api_words_errors_for_python(tmp_path):
     with pytest.raises(OptionError, match=r"^prune needs lut=LUT \(build one with: vitrt lut build --backend ort"):
         vitrt.compile("deit_tiny_patch16_224", tmp_path / "e", prune=0.5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    from vitrt.compiler.options import api_wording
+    from vitrt.pipeline.config import CompileConfig
+
+    assert api_wording("use --precision fp16 with --backend ort, or pass --threads 1", CompileConfig) == \
+        "use precision='fp16' with backend='ort', or pass threads=1"  # keyword syntax a user can paste
 
 
 def test_the_python_api_takes_digits_by_name_and_refuses_name_options_for_a_module(tmp_path, digits_reference):

@@ -40,7 +40,7 @@ def test_replay_gives_the_same_bytes_as_compiling_with_the_plans(tmp_path):
     assert set(recipe.plan_files) == {"tome", "sparsity", "quant"}
     assert "calib_data" not in recipe.options and "calib_images" not in recipe.options  # planning only: in the plans
     direct = compile(model, tmp_path / "direct", plans=planned.plans, quiet=True, **OPTIONS)
-    first = compile_recipe(tmp_path / "recipe.json", module=model, out=tmp_path / "a", quiet=True)
+    first = compile_recipe(tmp_path / "recipe.json", module=model, out=tmp_path / "a", quiet=True, name="mine")
     again = compile_recipe(tmp_path / "recipe.json", module=model, out=tmp_path / "b", quiet=True, verify=True,
                            keep_twin=True, bench=True, bench_iters=2, bench_clock="cpu", threads=1)
     assert onnx_bytes(tmp_path / "a") == onnx_bytes(tmp_path / "b") == onnx_bytes(tmp_path / "direct")
@@ -49,6 +49,7 @@ def test_replay_gives_the_same_bytes_as_compiling_with_the_plans(tmp_path):
     assert again.manifest["verify"]["ok"] and again.manifest["latency"]["clock"] == "cpu"  # measured on a shared
     assert (tmp_path / "b" / "twin").is_dir()  # machine's steady clock; inspectable with vitrt compare
     assert first.manifest["params"] == direct.manifest["params"]
+    assert first.manifest["model"] == "mine"  # a replay takes the label the Python API gives a module
 
 
 @pytest.mark.slow  # the digits reference calibrated and compiled twice: minutes on a loaded 2-core machine

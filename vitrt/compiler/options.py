@@ -277,8 +277,15 @@ def api_wording(message: str, config_cls) -> str:
             return match.group(0)
         if leaf_.annotation is bool:
             return f"{leaf_.name}=True" + (value or "")
-        return f"{leaf_.name}={value.strip()}" if value else leaf_.name
+        token = (value or "").strip()
+        if re.fullmatch(r"[A-Z][A-Z0-9_]*", token):  # a metavar: lut=LUT
+            return f"{leaf_.name}={token}"
+        if token and token in (leaf_.field.metadata.get("choices") or ()):  # a choice: precision='fp16'
+            return f"{leaf_.name}={token!r}"
+        if re.fullmatch(r"-?\d+(\.\d+)?", token):  # a number: threads=1
+            return f"{leaf_.name}={token}"
+        return leaf_.name + (value or "")
 
     parts = re.split(r"(vitrt [a-z][a-z-]*[^);]*)", message)
     return "".join(part if part.startswith("vitrt ") else
-                   re.sub(r"(?<![\w-])(--?[a-z][a-z0-9-]*)( [A-Z][A-Z0-9_]*\b)?", keyword, part) for part in parts)
+                   re.sub(r"(?<![\w-])(--?[a-z][a-z0-9-]*)( [\w.:/-]+)?", keyword, part) for part in parts)

@@ -185,20 +185,22 @@ def replay_config(recipe: Recipe, overrides: dict):
     return from_options(CompileConfig, options)
 
 
-def compile_recipe(recipe_path, model: str | None = None, progress=None, module=None, **overrides):
+def compile_recipe(recipe_path, model: str | None = None, progress=None, module=None, name: str | None = None,
+                   **overrides):
     """``vitrt compile MODEL --recipe recipe.json -o OUT``: the recipe's options and plans, nothing planned again.
 
-    ``module``: the model itself (Python API), for a recipe made for a module rather than a name. The same model
-    weights and recipe give the same ``model.onnx`` bytes (a timm name without --checkpoint has random weights)."""
+    ``module``: the model itself (Python API), for a recipe made for a module rather than a name; ``name``: what the
+    manifest calls it (default: the recipe's model). The same model weights and recipe give the same ``model.onnx``
+    bytes (a timm name without --checkpoint has random weights)."""
     from vitrt.pipeline.driver import compile, resolve_model
 
     recipe = read_recipe(recipe_path)
     same = model == recipe.model or (is_digits_model(model) and is_digits_model(recipe.model))
     if model is not None and not same:
         raise RecipeError(f"recipe '{recipe_path}' was made for model '{recipe.model}', not '{model}'")
-    name = recipe.model
+    label = recipe.model
     if module is None:
-        module, name = resolve_model(recipe.model)
+        module, label = resolve_model(recipe.model)
     config = replay_config(recipe, overrides)
     if config.force and config.out is not None and \
             Path(recipe_path).resolve().is_relative_to(Path(config.out).resolve()):
@@ -206,5 +208,5 @@ def compile_recipe(recipe_path, model: str | None = None, progress=None, module=
                           "or choose another -o")
     if module is not None:
         config = config.replace(model=None)
-    return compile(module if module is not None else name, config=config, progress=progress, name=name,
+    return compile(module if module is not None else label, config=config, progress=progress, name=name or label,
                    plans=recipe.plans(), replay_of=recipe_path)
