@@ -290,7 +290,7 @@ def test_fallback_refusals(tmp_path):
     model = tiny_vit(depth=2)
     with pytest.raises(VitrtError, match="matches no quantized layer"):
         vitrt.compile(model, tmp_path / "a", precision="int8", quant_exclude="blocks.9.*", **COMMON)
-    with pytest.raises(VitrtError, match="need.*precision int8"):
+    with pytest.raises(VitrtError, match="need.*precision='int8'"):
         vitrt.compile(model, tmp_path / "b", quant_exclude="head", **COMMON)
     bad = tmp_path / "ranking.json"
     bad.write_text(json.dumps({"precision": "fp8", "layers": [{"layer": "head"}]}))

@@ -168,7 +168,7 @@ def test_bf16_composes_with_pruning_token_merging_and_2to4(twin, images):
 def test_bf16_needs_the_trt_backend_and_is_refused_on_ort_in_one_line(tmp_path):
     import vitrt
 
-    with pytest.raises(VitrtError, match="^precision bf16 needs backend trt") as info:  # worded for the API
+    with pytest.raises(VitrtError, match="^precision='bf16' needs backend='trt'") as info:  # worded for the API
         vitrt.compile(tiny_vit(depth=1), tmp_path / "out", precision="bf16", quiet=True)
     assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
     assert TargetConfig(backend="trt", precision="bf16").validate().activation_dtype == "bf16"
