@@ -66,19 +66,11 @@ def load_model_name(name: str, workdir: Path, *, backend: str = "ort", img_size:
     it on ``backend`` for ``batches``."""
     import torch
 
-    from vitrt.compiler.known_models import is_digits_model
-    from vitrt.compiler.models import canonicalize, load_timm_model
+    from vitrt.compiler.models import canonicalize
+    from vitrt.pipeline.driver import model_by_name
 
     torch.manual_seed(seed)
-    if is_digits_model(name):
-        from vitrt.calib.reference import load_reference
-
-        if img_size is not None:
-            raise VitrtError("the digits reference runs at its trained 32x32 input: drop --img-size")
-        model = load_reference()[0]
-    else:
-        model = load_timm_model(name, img_size=img_size)
-    twin = canonicalize(model)
+    twin = canonicalize(model_by_name(name, img_size))
     return build_twin(twin, workdir, name=name, backend=backend, threads=threads, keep_onnx=keep_onnx,
                       options=options, batch_profile=(min(batches), max(batches), max(batches)))
 

@@ -137,11 +137,10 @@ def _spec_for_query(config):
     from vitrt.compiler.spec import ViTSpec
 
     if config.model:
-        from vitrt.compiler.models import load_timm_model, spec_of_timm
-        from vitrt.pipeline.driver import resolve_model
+        from vitrt.compiler.models import spec_of_timm
+        from vitrt.pipeline.driver import model_by_name
 
-        module, name = resolve_model(config.model)  # digits: the reference, as compile, bench and synth take it
-        return spec_of_timm(module if module is not None else load_timm_model(name))
+        return spec_of_timm(model_by_name(config.model))  # digits: the reference, as compile, bench and synth take it
     from vitrt.pipeline.feedback import read_manifest
 
     manifest = read_manifest(config.manifest)

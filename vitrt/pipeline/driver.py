@@ -114,6 +114,17 @@ def resolve_model(name: str):
     return None, name
 
 
+def model_by_name(name: str, img_size: int | None = None) -> torch.nn.Module:
+    """The module a model name stands for: the digits reference (its shipped weights, at its trained 32x32 input)
+    or timm's model (random weights) at ``img_size``."""
+    module, resolved = resolve_model(name)
+    if module is None:
+        return load_timm_model(resolved, img_size=img_size)
+    if img_size is not None:
+        raise OptionError("the digits reference runs at its trained 32x32 input: drop --img-size")
+    return module
+
+
 def name_only_options(config: CompileConfig) -> list[str]:
     """The given options that build a model from its timm name (weights, size): none apply to a model object."""
     return [flag for flag, value in (("--checkpoint", config.checkpoint), ("--pretrained", config.pretrained),
@@ -312,11 +323,12 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
         else:
             with progress.step(f"building the {target.backend} artifact"):
                 backend.build(onnx_path, staging, build_options)
+            if checks.verify or checks.bench or checks.metric_set is not None or checks.eval_data is not None:
+                runner = backend.load(staging / backend.artifact_name, build_options)  # once, for every check
             if checks.verify:  # what ships, not only the graph it was built from
                 with progress.step("verifying the built artifact"):
                     merges = bool(decision_modules(final)) and result.tolerance > FP32_TOLERANCE
-                    check = verify_artifact(backend.load(staging / backend.artifact_name, build_options), final_onnx,
-                                            images, batch, result.tolerance, decisions=merges)
+                    check = verify_artifact(runner, final_onnx, images, batch, result.tolerance, decisions=merges)
                 manifest["verify"]["artifact"] = check
                 if not check["ok"]:
                     raise VitrtError(f"the built {target.backend} artifact differs from the verified graph by "
@@ -324,9 +336,7 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
                                      "rewrites changed the result)")
             if checks.metric_set is not None or checks.eval_data is not None:
                 with progress.step("measuring the artifact's accuracy"):
-                    manifest["accuracy"] = artifact_accuracy(backend.load(staging / backend.artifact_name,
-                                                                          build_options),
-                                                             twin, metric_set=checks.metric_set,
+                    manifest["accuracy"] = artifact_accuracy(runner, twin, metric_set=checks.metric_set,
                                                              eval_data=checks.eval_data, seed=config.seed,
                                                              preprocessing=prep)
         stage_reports = {}
@@ -340,7 +350,6 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
                 writer(staging / name)
         versus_dense = None
         if checks.bench:
-            runner = backend.load(staging / backend.artifact_name, build_options)
             bench_images = images[: target.batch]
             load_before = os.getloadavg()[0]
             with progress.bar(checks.bench_iters, f"benchmarking ({config.bench_clock} clock)") as bar:
