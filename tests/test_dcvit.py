@@ -174,6 +174,21 @@ def test_mimicking_updates_only_the_prefix(twin, few_shot):
     assert result["mse_last"] < result["mse_first"] and result["last_updated_block"] == 2
 
 
+def test_the_fine_tuning_learning_rate_sets_the_step(twin, few_shot):
+    """``lr`` is the fine-tuning's peak learning rate: AdamW's first steps move a parameter by about lr each, so a
+    tenth of the rate moves the prefix about a tenth as far (the ranking keeps the default)."""
+    start, _ = dcvit.compress_block(copy.deepcopy(twin), PruningPlan.keep_all(twin.spec), 1, 128,
+                                    torch.rand(256, generator=torch.Generator().manual_seed(0)))
+    moved = {}
+    for lr in (2e-4, 2e-5):
+        student = copy.deepcopy(start)
+        record = dcvit.mimic(student, twin, few_shot, last=2, epochs=1, seed=0, lr=lr)
+        assert record["lr"] == lr
+        moved[lr] = (student.blocks[0].mlp.fc1.weight - start.blocks[0].mlp.fc1.weight).abs().max().item()
+    assert 5 < moved[2e-4] / moved[2e-5] < 20
+    assert dcvit.Settings(macs=0.7).lr == dcvit.FINETUNE.lr
+
+
 def test_recoverability_scores_every_block(twin, few_shot, metric_dir):
     from vitrt.calib.synthesis import MetricSet, load_metric_set
 
@@ -362,6 +377,8 @@ def test_benchmark_configs(tmp_path):
         DcvitSweepConfig(metric_set=tmp_path, baseline=0.7, methods="dcvit,blocks").validate()
     with pytest.raises(VitrtError, match="--workers must be >= 1"):
         DcvitSweepConfig(metric_set=tmp_path, workers=0).validate()
+    with pytest.raises(VitrtError, match="--lr must be > 0"):
+        DcvitSweepConfig(metric_set=tmp_path, lr=0.0).validate()
     names = [name for name, _ in variants(DcvitRankingConfig(metric_set=tmp_path))]
     assert len(names) == 10 and "int8 PTQ (synthetic calibration)" in names and "ToMe r=8" in names
     (tmp_path / "dcvit_0.7.plan.json").write_text("{}")

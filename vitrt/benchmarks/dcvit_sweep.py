@@ -57,6 +57,9 @@ class DcvitSweepConfig:
                            metavar="N")
     epochs: int = option(50, "fine-tuning epochs after each compressed block", type=int, metavar="N")
     score_epochs: int = option(10, "fine-tuning epochs before a candidate block is scored", type=int, metavar="N")
+    lr: float = option(2e-4, "peak learning rate of the fine-tuning after each compressed block (both methods; "
+                       "the ranking's fine-tuning keeps 2e-4, so the blocks chosen do not change)", type=float,
+                       metavar="LR")
     mlp: float = option(0.5, "preferred MLP fraction of a compressed block", type=float, metavar="R")
     refit: bool = option(False, "DC-ViT's compressed blocks get the least-squares refit (--dcvit-refit)")
     baseline: float | None = option(None, "compare DC-ViT with removing whole blocks at this MACs fraction",
@@ -92,6 +95,8 @@ class DcvitSweepConfig:
         if not fractions or any(not 0 < f < 1 for f in fractions):
             raise VitrtError(f"--targets / --baseline must be fractions in (0, 1), got '{self.targets}' / "
                              f"{self.baseline}")
+        if not self.lr > 0:
+            raise VitrtError(f"--lr must be > 0, got {self.lr:g}")
         if self.seeds < 1 or self.workers < 1:
             raise VitrtError("--seeds and --workers must be >= 1")
         if self.first_seed < 0:
@@ -201,7 +206,7 @@ def run_job(config: DcvitSweepConfig, job, order: list[int], workdir: Path) -> d
     with progress.step(f"{name}: compile, verify, measure"):
         row = compile_plan(model, plan, name, workdir, config)
     row.update({"method": method, "target": fraction, "seed": seed, "blocks": record["blocks"], "mlp": record["mlp"],
-                "epochs": job_settings.epochs, "seconds": round(time.perf_counter() - t0, 1)})
+                "epochs": job_settings.epochs, "lr": job_settings.lr, "seconds": round(time.perf_counter() - t0, 1)})
     progress.log(f"{name}: MACs {row['macs_fraction']:.3f}, top-1 {row['top1'] * 100:.2f} %, metric loss "
                  f"{row['metric_loss']:.6f}, verify {row['verify_max_abs_err']:.1e}")
     return row
@@ -226,7 +231,7 @@ def run(config: DcvitSweepConfig, on_row=None) -> dict:
     progress = progress_for(config)
     _, twin, teacher, train, metric = _context(config.metric_set, config.threads)
     settings = dcvit.Settings(macs=0.5, mlp=config.mlp, epochs=config.epochs, score_epochs=config.score_epochs,
-                              refit=config.refit)
+                              refit=config.refit, lr=config.lr)
     start = time.perf_counter()
     planned = [(method, fraction, replace(job_settings, macs=fraction, seed=seed), seed)
                for method, fraction, job_settings, seed in jobs(config, settings)]
@@ -270,7 +275,7 @@ def summary(rows: list[dict], rankings: dict, config: DcvitSweepConfig, metric_i
     return {"rows": rows, "rankings": {f"{k}_seed{s}": v for (k, s), v in rankings.items()},
             "comparison": comparison(rows, config.baseline), "few_shot": config.few_shot,
             "metric_set": str(config.metric_set), "metric_images": metric_images, "epochs": config.epochs,
-            "score_epochs": config.score_epochs, "preferred_mlp": config.mlp, "refit": config.refit,
+            "score_epochs": config.score_epochs, "lr": config.lr, "preferred_mlp": config.mlp, "refit": config.refit,
             "dense_top1": rows[0]["dense_top1"],
             "test_images": 450, "seconds": round(time.perf_counter() - start, 1), "complete": complete}
 
@@ -400,7 +405,8 @@ def benchmark(config: DcvitSweepConfig) -> int:
             record(config.out, "vitrt.benchmarks.dcvit_sweep", "DC-ViT on the digits reference: dense compression sweep "
                    "and whole-block baseline", result, format_table(result), plot,
                    f"{state}Dense top-1 {result['dense_top1'] * 100:.2f} %; {result['few_shot']} unlabelled few-shot "
-                   f"images; {result['epochs']} fine-tuning epochs per compressed block, {result['score_epochs']} "
+                   f"images; {result['epochs']} fine-tuning epochs per compressed block (peak lr "
+                   f"{result.get('lr', 2e-4):g}), {result['score_epochs']} "
                    f"before scoring; metric set {result['metric_images']} synthetic images; {result['seconds']} s in all.")
 
     result = run(config, on_row=write)

@@ -85,15 +85,15 @@ class MimicPrefix(torch.nn.Module):
 
 
 def mimic(student, teacher, few_shot: ImageSet, last: int, epochs: int, seed: int, progress=QUIET,
-          desc: str = "feature mimicking") -> dict:
+          desc: str = "feature mimicking", lr: float = FINETUNE.lr) -> dict:
     """Fine-tune ``student`` in place: MSE to ``teacher``'s output of block ``last``, only the prefix updated."""
     if epochs <= 0:
         return {"epochs": 0}
     prefix = MimicPrefix(student, last)
     objective = Objective(FeatureMimic(), teacher=MimicPrefix(teacher, last))
-    config = replace(FINETUNE, epochs=epochs, seed=seed)
+    config = replace(FINETUNE, epochs=epochs, seed=seed, lr=lr)
     result = train(prefix, few_shot, objective, config, params=prefix.trainable(), progress=progress, desc=desc)
-    return {"epochs": epochs, "last_updated_block": last, "mse_first": result.history[0]["total"],
+    return {"epochs": epochs, "lr": lr, "last_updated_block": last, "mse_first": result.history[0]["total"],
             "mse_last": result.history[-1]["total"], "seconds": result.seconds}
 
 
@@ -207,7 +207,7 @@ def compress(twin, teacher, few_shot: ImageSet, metric: MetricSet, settings: Set
         last = min(max(done) + 1, twin.spec.depth - 1)
         before = metric.evaluate(student)["loss"]
         tuned = mimic(student, teacher, few_shot, last, settings.epochs, settings.seed + step, progress,
-                      desc=f"DC-ViT step {step + 1}/{shape.blocks}: block {index}")
+                      desc=f"DC-ViT step {step + 1}/{shape.blocks}: block {index}", lr=settings.lr)
         after = metric.evaluate(student)
         steps.append({"block": index, "mlp": width, "metric_loss_compressed": before,
                       "metric_loss_finetuned": after["loss"], "metric_top1_finetuned": after["top1"],

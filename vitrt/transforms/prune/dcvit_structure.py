@@ -28,6 +28,7 @@ class Settings:
     score_epochs: int = 10  # fine-tuning epochs before a candidate block is scored
     importance: str = "hessian"  # MLP channel importance: hessian (NViT eq. 6) or magnitude
     refit: bool = False  # re-solve each compressed block's fc2 by least squares before fine-tuning
+    lr: float = 2e-4  # peak learning rate of the fine-tuning after each compressed block (not of the ranking's)
     seed: int = 0
 
 
