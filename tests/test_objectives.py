@@ -1,5 +1,6 @@
-"""The shared trainer's pieces on known inputs: each loss term against its formula, the learning-rate schedule, the
-digits shift augmentation, and the timing statistics every benchmark reports."""
+"""The shared trainer's pieces on known inputs: each loss term against its formula, the learning-rate schedule,
+AdamW's decoupled weight decay, gradient clipping, the digits shift augmentation, and the timing statistics every
+benchmark reports."""
 
 from __future__ import annotations
 
@@ -84,3 +85,46 @@ def test_a_speedup_is_the_median_of_the_per_round_ratios():
     timed = Interleaved({"a": [[1.0], [4.0], [4.0]], "b": [[2.0], [1.0], [8.0]]}, "wall")
     assert timed.speedup("a", "b") == 0.5  # ratios 0.5, 4, 0.5; the ratio of the medians would be 4 / 2 = 2
     assert timed.typical("a") == 4.0
+
+
+class Scalar(torch.nn.Module):
+    """One weight w; the loss its objective builds from it decides the gradient exactly."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([value]))
+
+
+def _steps_lr(config, steps: int) -> list[float]:
+    factor = cosine_schedule(config.epochs * steps, config.warmup_epochs * steps)
+    return [config.lr * factor(t) for t in range(config.epochs * steps)]
+
+
+def test_weight_decay_is_decoupled_and_follows_the_schedule():
+    """With a zero gradient Adam's update is 0, so only AdamW's decoupled decay moves w: w ← w·(1 − lr_t·wd)."""
+    from vitrt.calib.digits import ImageSet
+    from vitrt.calib.trainer import TrainConfig, train
+
+    model = Scalar(3.0)
+    config = TrainConfig(epochs=2, lr=0.1, batch_size=1, weight_decay=0.5)
+    train(model, ImageSet(torch.zeros(3, 1, 2, 2), None), lambda m, images, labels: (0.0 * m.w.sum(), {}), config)
+    expected = 3.0 * math.prod(1 - lr * 0.5 for lr in _steps_lr(config, 3))
+    assert model.w.item() == pytest.approx(expected, rel=1e-6) and expected < 2.9
+
+
+def test_gradient_clipping_bounds_each_steps_gradient_norm():
+    """Gradients of 10 and 100 clipped to norm 1 are the same gradient, so every Adam step is exactly lr_t (the
+    ratio m̂ / √v̂ is 1); unclipped, the second step is not."""
+    from vitrt.calib.digits import ImageSet
+    from vitrt.calib.trainer import TrainConfig, train
+
+    data = ImageSet(torch.tensor([10.0, 100.0]).reshape(2, 1, 1, 1), None)
+    objective = lambda m, images, labels: ((images.sum() * m.w).sum(), {})  # noqa: E731 (gradient = the pixel)
+    results = {}
+    for clip in (1.0, None):
+        model = Scalar(0.0)
+        config = TrainConfig(epochs=1, lr=0.01, batch_size=1, weight_decay=0.0, grad_clip=clip)
+        train(model, data, objective, config)
+        results[clip] = model.w.item()
+    assert results[1.0] == pytest.approx(-sum(_steps_lr(config, 2)), rel=1e-5)
+    assert results[None] != pytest.approx(results[1.0], rel=1e-3)
