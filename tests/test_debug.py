@@ -392,3 +392,24 @@ def test_compare_sets_merge_decisions_apart_from_the_arithmetic(digits_reference
     assert comparison.first_exceeding() is None and not comparison.missing
     assert "merging as the graph decided" in meta["reference"] and "of 64 images would merge otherwise" in \
         meta["reference"]
+
+
+def test_a_twin_record_keeps_a_fine_tuned_pruning_plans_weights(tmp_path):
+    """A pruning plan whose planner fine-tuned the model carries its weights apart from its JSON: the record
+    writes them with the codec its loader reads, and the rebuilt twin is the fine-tuned one, not the dense one."""
+    from vitrt.compiler.target import TargetConfig
+    from vitrt.compiler.weights import parameter_state
+    from vitrt.pipeline.replay import save_record
+    from vitrt.transforms.prune.plan import PruningPlan
+
+    twin = canonicalize(tiny_vit(depth=2))
+    tuned = {k: v + 0.25 for k, v in parameter_state(twin).items()}  # every parameter moved by fine-tuning
+    save_record(tmp_path / "twin", twin, {"prune": PruningPlan.keep_all(twin.spec).with_weights(tuned)},
+                TargetConfig())
+    record = load_record(tmp_path)
+    kept = record.plans["prune"].weights
+    assert set(kept) == set(tuned) and all(np.array_equal(kept[k], tuned[k]) for k in tuned)
+    rebuilt = parameter_state(record.twin_after())
+    assert np.array_equal(rebuilt["blocks.1.mlp.fc2.weight"], tuned["blocks.1.mlp.fc2.weight"])
+    assert np.array_equal(parameter_state(record.twin)["blocks.1.mlp.fc2.weight"],
+                          parameter_state(twin)["blocks.1.mlp.fc2.weight"])  # the dense twin is kept beside it

@@ -32,14 +32,6 @@ RECORD_FORMAT = 1
 TARGET_FIELDS = ("backend", "batch", "dynamic_batch", "precision", "opset")
 
 
-def plan_arrays(plan) -> dict[str, np.ndarray]:
-    """The arrays a plan carries beside its JSON (masks, fine-tuned / QAT weights)."""
-    if hasattr(plan, "arrays"):
-        return {k: np.asarray(v) for k, v in plan.arrays().items()}
-    weights = getattr(plan, "weights", None)  # a fine-tuned pruning plan keeps its weights apart from its JSON
-    return {f"weight/{k}": np.asarray(v) for k, v in (weights or {}).items()}
-
-
 def load_plan(stage: str, data: Mapping[str, Any], arrays: Mapping[str, np.ndarray], spec: ViTSpec):
     """A stage's plan from its JSON and arrays, validated against the spec its stage planned on: the recipe's
     decoder of that stage (:mod:`vitrt.pipeline.plan_codecs`, one reader for recipes and records alike)."""
@@ -59,11 +51,15 @@ def save_record(directory: Path, twin, plans: Mapping[str, Any], target: TargetC
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {f"twin/{k}": v for k, v in parameter_state(twin).items()}
-    for stage, plan in plans.items():
-        arrays.update({f"{stage}/{k}": v for k, v in plan_arrays(plan).items()})
+    encoded = {}
+    for stage, plan in plans.items():  # the codec :func:`load_plan` decodes with: one format for recipes and records
+        found = stage_codec(stage)
+        if found is None:
+            raise VitrtError(f"twin record: no codec for the plan of stage '{stage}'")
+        encoded[stage], plan_arrays = found[0](plan)
+        arrays.update({f"{stage}/{k}": np.asarray(v) for k, v in plan_arrays.items()})
     record = {"format": RECORD_FORMAT, "spec": twin.spec.to_dict(), "seed": seed,
-              "target": {k: getattr(target, k) for k in TARGET_FIELDS},
-              "stages": list(plans), "plans": {stage: plan.to_dict() for stage, plan in plans.items()}}
+              "target": {k: getattr(target, k) for k in TARGET_FIELDS}, "stages": list(plans), "plans": encoded}
     with open(directory / "arrays.npz", "wb") as f:
         np.savez(f, **arrays)
     (directory / "record.json").write_text(json.dumps(record, indent=1) + "\n")
