@@ -189,6 +189,31 @@ def test_the_fine_tuning_learning_rate_sets_the_step(twin, few_shot):
     assert dcvit.Settings(macs=0.7).lr == dcvit.FINETUNE.lr
 
 
+def test_mimicking_the_final_features_still_updates_only_the_prefix(twin, few_shot):
+    """``feature="final"`` (the official code's pre_GAP): the loss is on the whole model's normalised tokens, the
+    later blocks pass gradients back but stay as they are, and the final features come closer to the teacher's."""
+    student, _ = dcvit.compress_block(copy.deepcopy(twin), PruningPlan.keep_all(twin.spec), 1, 128,
+                                      torch.rand(256, generator=torch.Generator().manual_seed(0)))
+    before = _state(student)
+    images = few_shot.images[:16]
+    with torch.no_grad():
+        final = dcvit.MimicPrefix(student, 1, "final").forward_with_features(images)[1][0]
+        block = dcvit.MimicPrefix(student, 1).forward_with_features(images)[1][0]
+        assert torch.equal(final, student.forward_features(images))
+        assert torch.equal(block, student.blocks[1](student.blocks[0](student.embed(images))))
+        gap_before = (student.forward_features(images) - twin.forward_features(images)).pow(2).mean()
+    result = dcvit.mimic(student, twin, few_shot, last=1, epochs=3, seed=0, feature="final")
+    after = student.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and all(k.startswith(("patch_embed", "cls_token", "pos_embed", "blocks.0.", "blocks.1."))
+                           for k in changed)
+    with torch.no_grad():
+        gap_after = (student.forward_features(images) - twin.forward_features(images)).pow(2).mean()
+    assert result["feature"] == "final" and gap_after < gap_before
+    with pytest.raises(VitrtError, match="one of block, final"):
+        dcvit.mimic(student, twin, few_shot, last=1, epochs=1, seed=0, feature="logits")
+
+
 def test_recoverability_scores_every_block(twin, few_shot, metric_dir):
     from vitrt.calib.synthesis import MetricSet, load_metric_set
 

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import module_main, option
+from vitrt.transforms.prune.dcvit_structure import MIMIC_FEATURES
 
 
 DEFAULT_METHODS = ("dcvit", "dcvit_fewest_blocks", "whole_blocks")
@@ -60,6 +61,9 @@ class DcvitSweepConfig:
     lr: float = option(2e-4, "peak learning rate of the fine-tuning after each compressed block (both methods; "
                        "the ranking's fine-tuning keeps 2e-4, so the blocks chosen do not change)", type=float,
                        metavar="LR")
+    feature: str = option("block", "what that fine-tuning mimics: the output of the block after the last compressed "
+                          "one, or the final normalised tokens (the official code's pre_GAP; the ranking keeps "
+                          "block)", choices=MIMIC_FEATURES)
     mlp: float = option(0.5, "preferred MLP fraction of a compressed block", type=float, metavar="R")
     refit: bool = option(False, "DC-ViT's compressed blocks get the least-squares refit (--dcvit-refit)")
     baseline: float | None = option(None, "compare DC-ViT with removing whole blocks at this MACs fraction",
@@ -206,7 +210,8 @@ def run_job(config: DcvitSweepConfig, job, order: list[int], workdir: Path) -> d
     with progress.step(f"{name}: compile, verify, measure"):
         row = compile_plan(model, plan, name, workdir, config)
     row.update({"method": method, "target": fraction, "seed": seed, "blocks": record["blocks"], "mlp": record["mlp"],
-                "epochs": job_settings.epochs, "lr": job_settings.lr, "seconds": round(time.perf_counter() - t0, 1)})
+                "epochs": job_settings.epochs, "lr": job_settings.lr,
+                "feature": job_settings.feature, "seconds": round(time.perf_counter() - t0, 1)})
     progress.log(f"{name}: MACs {row['macs_fraction']:.3f}, top-1 {row['top1'] * 100:.2f} %, metric loss "
                  f"{row['metric_loss']:.6f}, verify {row['verify_max_abs_err']:.1e}")
     return row
@@ -231,7 +236,7 @@ def run(config: DcvitSweepConfig, on_row=None) -> dict:
     progress = progress_for(config)
     _, twin, teacher, train, metric = _context(config.metric_set, config.threads)
     settings = dcvit.Settings(macs=0.5, mlp=config.mlp, epochs=config.epochs, score_epochs=config.score_epochs,
-                              refit=config.refit, lr=config.lr)
+                              refit=config.refit, lr=config.lr, feature=config.feature)
     start = time.perf_counter()
     planned = [(method, fraction, replace(job_settings, macs=fraction, seed=seed), seed)
                for method, fraction, job_settings, seed in jobs(config, settings)]
@@ -275,7 +280,8 @@ def summary(rows: list[dict], rankings: dict, config: DcvitSweepConfig, metric_i
     return {"rows": rows, "rankings": {f"{k}_seed{s}": v for (k, s), v in rankings.items()},
             "comparison": comparison(rows, config.baseline), "few_shot": config.few_shot,
             "metric_set": str(config.metric_set), "metric_images": metric_images, "epochs": config.epochs,
-            "score_epochs": config.score_epochs, "lr": config.lr, "preferred_mlp": config.mlp, "refit": config.refit,
+            "score_epochs": config.score_epochs, "lr": config.lr, "feature": config.feature,
+            "preferred_mlp": config.mlp, "refit": config.refit,
             "dense_top1": rows[0]["dense_top1"],
             "test_images": 450, "seconds": round(time.perf_counter() - start, 1), "complete": complete}
 
@@ -406,7 +412,8 @@ def benchmark(config: DcvitSweepConfig) -> int:
                    "and whole-block baseline", result, format_table(result), plot,
                    f"{state}Dense top-1 {result['dense_top1'] * 100:.2f} %; {result['few_shot']} unlabelled few-shot "
                    f"images; {result['epochs']} fine-tuning epochs per compressed block (peak lr "
-                   f"{result.get('lr', 2e-4):g}), {result['score_epochs']} "
+                   f"{result.get('lr', 2e-4):g}, mimicking the {result.get('feature', 'block')} feature), "
+                   f"{result['score_epochs']} "
                    f"before scoring; metric set {result['metric_images']} synthetic images; {result['seconds']} s in all.")
 
     result = run(config, on_row=write)

@@ -47,7 +47,8 @@ from vitrt.calib.trainer import TrainConfig, train
 from vitrt.compiler.errors import OptionError
 from vitrt.compiler.progress import QUIET
 from vitrt.compiler.weights import parameter_state
-from vitrt.transforms.prune.dcvit_structure import Settings, candidate_width, settings_from, structure
+from vitrt.transforms.prune.dcvit_structure import (MIMIC_FEATURES, Settings, candidate_width, settings_from,
+                                                    structure)
 from vitrt.transforms.prune.gates import hessian_importance, magnitude_importance
 from vitrt.transforms.prune.plan import BlockPlan, PruningPlan
 from vitrt.transforms.prune.twin import apply_plan, prune_twin
@@ -60,18 +61,25 @@ IMPORTANCE_BATCH = 32
 
 # --- fine-tuning a prefix -----------------------------------------------------------------------------------
 class MimicPrefix(torch.nn.Module):
-    """The stem and ``blocks[:last + 1]`` of a twin; ``forward_with_features`` gives the output of block ``last``
-    as the one feature a :class:`~vitrt.calib.losses.FeatureMimic` term compares (the logits are not computed)."""
+    """The stem and ``blocks[:last + 1]`` of a twin, the parameters a fine-tuning step updates.
 
-    def __init__(self, twin, last: int):
+    ``forward_with_features`` gives the one feature a :class:`~vitrt.calib.losses.FeatureMimic` term compares
+    (the logits are not computed): the output of block ``last`` (``feature="block"``, vitrt's default: only the
+    prefix runs), or the normalised tokens of the whole model (``"final"``, the official code's ``pre_GAP``: the
+    later blocks run and pass gradients back, but stay as they are)."""
+
+    def __init__(self, twin, last: int, feature: str = "block"):
         super().__init__()
-        self.twin, self.last = twin, last
+        if feature not in MIMIC_FEATURES:
+            raise OptionError(f"the feature mimicked is one of {', '.join(MIMIC_FEATURES)}, got '{feature}'")
+        self.twin, self.last, self.feature = twin, last, feature
 
     def forward_with_features(self, images: torch.Tensor):
         x = self.twin.embed(images)
-        for block in self.twin.blocks[: self.last + 1]:
+        final = self.feature == "final"
+        for block in self.twin.blocks if final else self.twin.blocks[: self.last + 1]:
             x = block(x)
-        return None, [x]
+        return None, [self.twin.norm(x) if final else x]
 
     def trainable(self) -> list[torch.nn.Parameter]:
         """The stem (patch embedding, prefix tokens, position embedding) and the blocks up to ``last``."""
@@ -85,16 +93,17 @@ class MimicPrefix(torch.nn.Module):
 
 
 def mimic(student, teacher, few_shot: ImageSet, last: int, epochs: int, seed: int, progress=QUIET,
-          desc: str = "feature mimicking", lr: float = FINETUNE.lr) -> dict:
-    """Fine-tune ``student`` in place: MSE to ``teacher``'s output of block ``last``, only the prefix updated."""
+          desc: str = "feature mimicking", lr: float = FINETUNE.lr, feature: str = "block") -> dict:
+    """Fine-tune ``student`` in place: MSE to ``teacher``'s ``feature`` (:class:`MimicPrefix`), only the stem and
+    blocks up to ``last`` updated."""
     if epochs <= 0:
         return {"epochs": 0}
-    prefix = MimicPrefix(student, last)
-    objective = Objective(FeatureMimic(), teacher=MimicPrefix(teacher, last))
+    prefix = MimicPrefix(student, last, feature)
+    objective = Objective(FeatureMimic(), teacher=MimicPrefix(teacher, last, feature))
     config = replace(FINETUNE, epochs=epochs, seed=seed, lr=lr)
     result = train(prefix, few_shot, objective, config, params=prefix.trainable(), progress=progress, desc=desc)
-    return {"epochs": epochs, "lr": lr, "last_updated_block": last, "mse_first": result.history[0]["total"],
-            "mse_last": result.history[-1]["total"], "seconds": result.seconds}
+    return {"epochs": epochs, "lr": lr, "feature": feature, "last_updated_block": last,
+            "mse_first": result.history[0]["total"], "mse_last": result.history[-1]["total"], "seconds": result.seconds}
 
 
 # --- compressing one block -----------------------------------------------------------------------------------
@@ -207,7 +216,8 @@ def compress(twin, teacher, few_shot: ImageSet, metric: MetricSet, settings: Set
         last = min(max(done) + 1, twin.spec.depth - 1)
         before = metric.evaluate(student)["loss"]
         tuned = mimic(student, teacher, few_shot, last, settings.epochs, settings.seed + step, progress,
-                      desc=f"DC-ViT step {step + 1}/{shape.blocks}: block {index}", lr=settings.lr)
+                      desc=f"DC-ViT step {step + 1}/{shape.blocks}: block {index}", lr=settings.lr,
+                      feature=settings.feature)
         after = metric.evaluate(student)
         steps.append({"block": index, "mlp": width, "metric_loss_compressed": before,
                       "metric_loss_finetuned": after["loss"], "metric_top1_finetuned": after["top1"],

@@ -16,6 +16,9 @@ from vitrt.compiler.errors import OptionError, UnsupportedModelError
 from vitrt.transforms.prune.plan import CHANNEL_MULTIPLE
 
 
+MIMIC_FEATURES = ("block", "final")  # what fine-tuning mimics (vitrt.transforms.prune.dcvit.MimicPrefix)
+
+
 @dataclass(frozen=True)
 class Settings:
     """How one DC-ViT compression runs (the ``--dcvit-*`` options, resolved)."""
@@ -29,6 +32,7 @@ class Settings:
     importance: str = "hessian"  # MLP channel importance: hessian (NViT eq. 6) or magnitude
     refit: bool = False  # re-solve each compressed block's fc2 by least squares before fine-tuning
     lr: float = 2e-4  # peak learning rate of the fine-tuning after each compressed block (not of the ranking's)
+    feature: str = "block"  # what that fine-tuning mimics: block after the last compressed, or "final" tokens
     seed: int = 0
 
 
