@@ -278,6 +278,11 @@ def test_dcvit_options_are_checked():
         PruneConfig(dcvit_macs=1.5, data="digits").validate()
     with pytest.raises(VitrtError, match="would rank blocks on noise"):
         PruneConfig(dcvit_macs=0.7, data="digits", dcvit_metric="synthetic").validate()
+    with pytest.raises(VitrtError, match="--dcvit-lr is a DC-ViT option"):
+        PruneConfig(dcvit_lr=3e-5).validate()
+    for lr in (0.0, -1e-4, 2.0, float("nan")):
+        with pytest.raises(VitrtError, match="must be a learning rate in"):
+            PruneConfig(dcvit_macs=0.7, data="digits", dcvit_lr=lr).validate()
     assert PruneConfig(dcvit_macs=0.7, data="digits").validate().enabled
 
 
@@ -317,7 +322,7 @@ def test_compile_dcvit_verified_against_the_pruned_twin(tmp_path, metric_dir):
     model = tiny_vit(depth=4)
     state = _state(model)
     result = vitrt.compile(model, tmp_path / "dc", quiet=True, verify=True, batch=2, dcvit_macs=0.7, data="digits",
-                           few_shot=16, dcvit_epochs=1, dcvit_score_epochs=0, dcvit_refit=True,
+                           few_shot=16, dcvit_epochs=1, dcvit_score_epochs=0, dcvit_refit=True, dcvit_lr=3e-5,
                            dcvit_metric=f"synth:{metric_dir}",
                            metric_set=f"synth:{metric_dir}", eval_data="digits")
     m = result.manifest
@@ -329,7 +334,7 @@ def test_compile_dcvit_verified_against_the_pruned_twin(tmp_path, metric_dir):
     assert m["flops"]["after"] / m["flops"]["before"] == pytest.approx(info["macs_fraction"])
     assert info["macs_fraction"] <= 0.7
     assert info["accuracy"]["images"] == 450 and len(info["recoverability"]) == 4 and info["few_shot"]["images"] == 16
-    assert info["refit"]
+    assert info["refit"] and info["lr"] == 3e-5 and all(s["finetune"]["lr"] == 3e-5 for s in info["steps"])
     assert m["accuracy"]["metric"]["compiled"]["loss"] == pytest.approx(info["metric"]["compressed"]["loss"], abs=1e-4)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # the caller's model is untouched
     saved = json.loads((tmp_path / "dc" / "pruning_plan.json").read_text())

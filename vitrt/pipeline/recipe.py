@@ -145,7 +145,8 @@ PLANNING_ONLY = ("data", "importance", "eta", "prune_samples", "finetune_epochs"
                  "tome_latency", "sparse_finetune_epochs", "sparse_data", "permute", "calib_data", "calib_method",
                  "calib_images", "qat_epochs", "scale_table", "lowrank_finetune_epochs", "lowrank_data", "lowrank_layers",
                  "lowrank_align", "prune_plan", "lowrank_plan", "distill_data", "few_shot", "dcvit_metric", "dcvit_mlp",
-                 "dcvit_epochs", "dcvit_score_epochs", "dcvit_whole_blocks", "dcvit_mlp_only", "dcvit_refit")
+                 "dcvit_epochs", "dcvit_score_epochs", "dcvit_lr", "dcvit_whole_blocks", "dcvit_mlp_only",
+                 "dcvit_refit")
 
 
 def read_recipe(path) -> Recipe:

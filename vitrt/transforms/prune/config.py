@@ -48,6 +48,9 @@ class PruneConfig:
     dcvit_score_epochs: int | None = option(None, "DC-ViT: fine-tuning epochs before a candidate block's "
                                             "recoverability is measured (default 10; 0 = right after removal)",
                                             type=int, metavar="N")
+    dcvit_lr: float | None = option(None, "DC-ViT: peak learning rate of that fine-tuning (default 2e-4; the official "
+                                    "code's 3e-5 keeps more of what --dcvit-refit gives: benchmarks/results/dcvit.md)",
+                                    type=float, metavar="LR")
     dcvit_whole_blocks: bool = option(False, "DC-ViT baseline: remove whole blocks (attention and MLP) instead")
     dcvit_mlp_only: bool = option(False, "DC-ViT ablation: remove whole MLPs and keep every attention module, with "
                                   "the same ranking and fine-tuning (on the digits reference the better choice at "
@@ -63,7 +66,7 @@ class PruneConfig:
     @property
     def dcvit_options(self) -> dict:
         """The DC-ViT knobs that were given (None = default)."""
-        names = ("few_shot", "dcvit_metric", "dcvit_mlp", "dcvit_epochs", "dcvit_score_epochs")
+        names = ("few_shot", "dcvit_metric", "dcvit_mlp", "dcvit_epochs", "dcvit_score_epochs", "dcvit_lr")
         given = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
         flags = {name: True for name in ("dcvit_whole_blocks", "dcvit_mlp_only", "dcvit_refit") if getattr(self, name)}
         return given | flags
@@ -105,6 +108,8 @@ class PruneConfig:
         for flag, epochs in (("--dcvit-epochs", self.dcvit_epochs), ("--dcvit-score-epochs", self.dcvit_score_epochs)):
             if epochs is not None and epochs < 0:
                 raise OptionError(f"{flag} {epochs} must be >= 0 (0: no fine-tuning)")
+        if self.dcvit_lr is not None and not (0 < self.dcvit_lr < 1):  # also refuses nan
+            raise OptionError(f"--dcvit-lr {self.dcvit_lr:g} must be a learning rate in (0, 1), e.g. 3e-5")
         if self.dcvit_mlp is not None and not 0 <= self.dcvit_mlp <= 1:
             raise OptionError(f"--dcvit-mlp {self.dcvit_mlp} must be a fraction in [0, 1]")
         if self.dcvit_whole_blocks and self.dcvit_mlp is not None:

@@ -281,7 +281,8 @@ def plan(twin, ctx, options) -> PruningPlan:
                  "mlp_only": settings.mlp_only, "refit": settings.refit,
                  "few_shot": {"data": options.data, "images": len(few_shot), "requested": count},
                  "metric_set": metric_info,
-                 "recoverability": ranked, "epochs": settings.epochs, "score_epochs": settings.score_epochs,
+                 "recoverability": ranked, "epochs": settings.epochs, "lr": settings.lr,
+                 "score_epochs": settings.score_epochs,
                  "importance": settings.importance, "seconds": round(time.perf_counter() - start, 2),
                  "metric": {"dense": metric.evaluate(twin), "compressed": metric.evaluate(student)}})
     if options.data == "digits":  # real accuracy beside the data-free estimate where a labelled test split exists

@@ -121,7 +121,7 @@ def settings_from(options, seed: int) -> Settings:
     defaults = Settings(macs=options.dcvit_macs)
     return replace(defaults, mlp=defaults.mlp if options.dcvit_mlp is None else options.dcvit_mlp,
                    whole_blocks=options.dcvit_whole_blocks, mlp_only=options.dcvit_mlp_only,
-                   refit=options.dcvit_refit,
+                   refit=options.dcvit_refit, lr=defaults.lr if options.dcvit_lr is None else options.dcvit_lr,
                    importance=options.importance, seed=seed,
                    epochs=defaults.epochs if options.dcvit_epochs is None else options.dcvit_epochs,
                    score_epochs=defaults.score_epochs if options.dcvit_score_epochs is None
