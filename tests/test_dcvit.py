@@ -548,6 +548,11 @@ def test_seed_spread_combines_sweep_results(tmp_path):
     assert sign_test(12, 12) == pytest.approx(2 * 0.5 ** 12) and sign_test(0, 0) == 1.0
     with pytest.raises(VitrtError, match="differ in epochs"):
         combine([first, result([2], [{"dcvit": 0.97}], epochs=10)], 0.67)
+    lower = result([2], [{"dcvit": 0.97}])
+    assert combine([first, {**lower, "lr": 2e-4, "feature": "block"}], 0.67)["lr"] == 2e-4  # recorded before: 2e-4
+    for key, value in (("lr", 3e-5), ("feature", "final")):  # another fine-tuning is another experiment
+        with pytest.raises(VitrtError, match=f"differ in {key}"):
+            combine([first, {**lower, key: value}], 0.67)
     with pytest.raises(VitrtError, match="seed 0 is in more than one"):
         combine([first, first], 0.67)
     with pytest.raises(VitrtError, match="no rows at --baseline 0.7"):

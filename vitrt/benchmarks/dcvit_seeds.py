@@ -25,7 +25,13 @@ from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import module_main, option
 
 PAIRED = ("dcvit", "mlp_only")  # the methods paired with whole blocks: every DC-ViT rule and the MLP-only ablation
-SAME = ("few_shot", "metric_set", "epochs", "score_epochs", "preferred_mlp", "dense_top1")
+SAME = ("few_shot", "metric_set", "epochs", "score_epochs", "preferred_mlp", "dense_top1", "lr", "feature")
+# what a result recorded before a setting existed ran with (the fine-tuning's peak lr and feature were fixed then)
+RECORDED_BEFORE = {"lr": 2e-4, "feature": "block"}
+
+
+def setting(result: dict, key: str):
+    return result.get(key, RECORDED_BEFORE.get(key))
 
 
 def whole_blocks_for(method: str) -> str:
@@ -92,7 +98,7 @@ def combine(results: list[dict], baseline: float, whole_blocks_at: float | None 
     """Per method at ``baseline`` (whole blocks at ``whole_blocks_at`` where given): seeds, top-1 per seed, mean and
     sample std; the paired differences."""
     for key in SAME:
-        if len({json.dumps(r.get(key)) for r in results}) > 1:
+        if len({json.dumps(setting(r, key)) for r in results}) > 1:
             raise VitrtError(f"the results differ in {key}: their seeds are not one experiment")
     def target(method: str) -> float:
         return whole_blocks_at if whole_blocks_at is not None and method.startswith("whole_blocks") else baseline
@@ -133,7 +139,7 @@ def combine(results: list[dict], baseline: float, whole_blocks_at: float | None 
     first = results[0]
     return {"baseline": baseline, "whole_blocks_at": whole_blocks_at, "methods": methods, "pairs": pairs,
             "dense_top1": first["dense_top1"],
-            **{key: first.get(key) for key in SAME if key != "dense_top1"}}
+            **{key: setting(first, key) for key in SAME if key != "dense_top1"}}
 
 
 def p_value(p: float) -> str:
@@ -182,7 +188,8 @@ def benchmark(config: DcvitSeedsConfig) -> int:
         record(config.out, "vitrt.benchmarks.dcvit_seeds", f"DC-ViT against whole blocks at {config.baseline:g} of the "
                f"MACs{versus}: seed spread", result, table,
                notes=f"From {', '.join(result['results'])}: {result['epochs']} fine-tuning epochs per compressed "
-               f"block, {result['few_shot']} few-shot images per seed (seed k: training images k·N..(k+1)·N), metric "
+               f"block (peak lr {result['lr']:g}, mimicking the {result['feature']} feature), {result['few_shot']} "
+               f"few-shot images per seed (seed k: training images k·N..(k+1)·N), metric "
                f"set {result['metric_set']}.")
     return 0
 
