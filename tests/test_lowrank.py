@@ -108,6 +108,9 @@ def test_budget_rule_fits_the_budget():
     plan = plan_lowrank(twin, budget=0.5, layers="blocks.*.mlp.*", align=8)
     summary = plan.summary()
     assert summary["params_after"] <= 0.5 * summary["params_before"]
+    held = sum(plan.factors[f"{layer.name}.u"].size + plan.factors[f"{layer.name}.weight"].size if layer.factored
+               else layer.k * layer.n for layer in plan.layers)  # the weights the factors really hold
+    assert plan.factored() and summary["params_after"] == held
     looser = plan_lowrank(twin, budget=0.9, layers="blocks.*.mlp.*", align=8)
     assert looser.summary()["params_after"] >= summary["params_after"]
     with pytest.raises(VitrtError, match="even rank"):
@@ -240,3 +243,31 @@ def test_a_rank_at_the_break_even_point_stays_dense():
     even = choose("x", 16, 16, np.ones(16), energy=0.5, align=8)  # rank 8: 8 · 32 == 16 · 16
     assert even.rank == 0 and "saves nothing" in even.reason
     assert choose("x", 16, 16, np.ones(16), energy=0.25, align=4).rank == 4  # 4 · 32 < 256: factored
+
+
+def test_a_low_rank_plan_applies_to_dense_layers_only():
+    """A factored twin is refused by any low-rank plan (the earlier factorisation would be lost from the spec)."""
+    from vitrt.transforms.lowrank.twin import factor_twin
+
+    twin = twin_of()
+    plan = planner.plan_with_ranks(twin, {"blocks.0.mlp.fc1": 16})
+    factored = factor_twin(twin, plan)
+    with pytest.raises(LowRankPlanError, match="already factored"):
+        plan.check_matches(factored.spec)
+    with pytest.raises(LowRankPlanError, match="already factored"):
+        factor_twin(factored, planner.plan_with_ranks(twin, {"blocks.1.mlp.fc1": 16}))
+
+
+def test_layer_patterns_skip_an_mlp_that_pruning_removed():
+    """After a block lost its whole MLP, blocks.*.mlp.* plans the other blocks' MLPs, and a pattern naming only the
+    removed one matches nothing."""
+    import dataclasses
+
+    spec = twin_of(depth=3).spec
+    blocks = list(spec.blocks)
+    blocks[1] = dataclasses.replace(blocks[1], mlp=0)
+    pruned = spec.replace(blocks=tuple(blocks))
+    assert planner.candidate_layers(pruned, "blocks.*.mlp.*") == [
+        "blocks.0.mlp.fc1", "blocks.0.mlp.fc2", "blocks.2.mlp.fc1", "blocks.2.mlp.fc2"]
+    with pytest.raises(VitrtError, match="'blocks.1.mlp.\\*' matches no linear layer"):
+        planner.candidate_layers(pruned, "blocks.1.mlp.*")

@@ -26,6 +26,7 @@ def outs(tmp_path_factory):
     model = tiny_vit()
     vitrt.compile(model, root / "static", name="tiny vit", batch=2, quiet=True)
     vitrt.compile(model, root / "dynamic", name="tiny vit", dynamic_batch=True, quiet=True)
+    vitrt.compile(model, root / "single", name="tiny vit", quiet=True)  # the compile default: static batch 1
     return root
 
 
@@ -111,6 +112,16 @@ def test_ort_dynamic_defaults(outs, tmp_path):
     config = read_config(tmp_path / "repo" / "tiny_vit" / "config.pbtxt")
     assert config.max_batch_size == 32 and config.dynamic_batching.max_queue_delay_microseconds == 100
     assert list(config.model_warmup[0].inputs["images"].dims) == [3, 32, 32]
+    assert config.output[0].label_filename == "labels.txt"  # one image's output per request: labels attach
+
+
+def test_a_static_batch_of_one_attaches_its_labels(outs, tmp_path):
+    """Batch 1, static (the compile default): a request's output holds one image's classes, so Triton's
+    classification can read the label file along it."""
+    assert export(outs / "single", tmp_path / "repo") == 0
+    config = read_config(tmp_path / "repo" / "tiny_vit" / "config.pbtxt")
+    assert config.max_batch_size == 0 and config.output[0].label_filename == "labels.txt"
+    assert (tmp_path / "repo" / "tiny_vit" / "labels.txt").read_text().splitlines()[0] == "class_0"
 
 
 TRT_PROFILE = [1, 8, 64]  # the (min, opt, max) batch a dynamic plan records in its manifest

@@ -225,6 +225,29 @@ def test_storage_accounting_and_export(tmp_path):
         expected = weights[entry["initializer"]].T.astype(np.float16)
         assert sparse24.decompress(packed).tobytes() == expected.tobytes(), name
         assert entry["bytes"] / entry["dense_bytes"] == 1 - 0.4375
+        # CUTLASS-ordered where the tile fits: FP16 metadata reorders in tiles of 32 rows and pairs of 16-column
+        # metadata words (sparse24's module doc), else row-major
+        m, k = entry["operand_shape"]
+        assert entry["layout"] == ("cutlass" if m % 32 == 0 and k % 32 == 0 else "rowmajor"), name
+    assert any(entry["layout"] == "cutlass" for entry in index["layers"].values())
+
+
+def test_an_eligible_conv_is_exported_as_its_nhwc_gemm_operand(tmp_path):
+    """A Conv weight [M, C, R, S] pruned 2:4 along C is exported as the GEMM operand [M, R·S·C], C fastest."""
+    from vitrt.transforms.sparsity.export import write_sparse_weights
+    from vitrt.transforms.sparsity.plan import LayerDecision
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((32, 4, 2, 2)).astype(np.float32)
+    weight *= sparse24.mask_2to4(weight, axis=1)
+    write_sparse_weights(tmp_path / "w.npz", [LayerDecision("patch_embed", "conv", weight.shape, 1, True)],
+                         {"patch_embed.weight": weight})
+    entry = json.loads((tmp_path / "sparse_weights.json").read_text())["layers"]["patch_embed"]
+    with np.load(tmp_path / "w.npz") as arrays:
+        packed = sparse24.Compressed("fp16", entry["layout"], tuple(entry["operand_shape"]),
+                                     tuple(entry["padded_shape"]), arrays[entry["values"]], arrays[entry["meta"]])
+    expected = weight.transpose(0, 2, 3, 1).reshape(32, 16).astype(np.float16)
+    assert entry["operand_shape"] == [32, 16] and np.array_equal(sparse24.decompress(packed), expected)
 
 
 def test_plan_round_trips_through_json_and_arrays(tmp_path):

@@ -32,7 +32,8 @@ from vitrt.transforms.prune.graph_pass import PrunePass
 from vitrt.transforms.prune.plan import BlockPlan, PruningPlan
 from vitrt.transforms.tome.graph_pass import TokenMergePass
 from vitrt.transforms.tome.report import describe, merge_figure
-from vitrt.transforms.tome.schedule import BlockMerge, MergePlan, TomeSchedule, parse_per_block, parse_r, quadtree_order, resolve
+from vitrt.transforms.tome.schedule import (BlockMerge, MergePlan, TomeSchedule, parse_per_block, parse_r,
+                                            quadtree_order, requested_r, resolve, window_levels)
 from vitrt.transforms.tome.solve import solve_flops
 from vitrt.transforms.tome.twin import MergingBlock, bipartite_merge, trace_sources
 
@@ -158,6 +159,9 @@ def test_malformed_or_foreign_merge_plan_is_refused_in_one_line():
     refused(lambda d: d["windows"].__setitem__(1, 3), "block 1 cannot split 64 mergeable tokens into 3")
     refused(lambda d: d["per_window"].__setitem__(1, 3), "more than half")
     refused(lambda d: d["schedule"].update(depth=4), "unknown field")
+    # windows only split the full grid: a plan that merges inside windows after a global merge is foreign
+    refused(lambda d: d.update(tokens=[65, 49, 33, 29], windows=[1, 16, 4, 1], per_window=[16, 1, 1, 4]),
+            "block 1 merges inside windows after tokens were merged globally")
     plan = MergePlan.from_dict(data)
     for other in (small_twin(depth=3).spec, small_twin(distilled=True).spec):
         one_line_error(lambda: plan.apply_to_spec(other), "merge plan made for 4 blocks")
@@ -616,3 +620,27 @@ def test_the_solver_takes_a_target_met_exactly():
         plan = resolve(TomeSchedule(r=r, skip=0), twin.spec)
         exact = vit_flops(plan.apply_to_spec(twin.spec)) / vit_flops(twin.spec)
         assert solve_flops(twin.spec, exact, skip=0).schedule.r == r
+
+
+def test_a_ramp_over_one_merging_block_is_the_constant_r():
+    """ToMe's ramp spreads r·(1 ± inflection) over the merging blocks; over a single block it is r itself (the
+    step would divide by zero)."""
+    assert requested_r(TomeSchedule(r=4, inflection=0.5, skip=11), 12) == ([0] * 11 + [4], 11)
+    assert requested_r(TomeSchedule(r=4, inflection=0.5, skip=10), 12) == ([0] * 10 + [2, 6], 10)
+
+
+def test_window_levels_stop_where_the_window_grid_side_turns_odd():
+    """Only a 2 x 2 join of windows keeps them spatial: 14 / 2 = 7 windows a side is one level (ViT-B/16 at 224
+    with --lgtm-window 2), 20 / 2 = 10 joins once to 5 and stops."""
+    assert window_levels(14, 2) == [49]
+    assert window_levels(20, 2) == [100, 25]
+    assert window_levels(16, 2) == [64, 16, 4]
+
+
+def test_near_duplicate_tokens_merge_into_the_closer_one_by_distance():
+    """A0 has two candidates whose cosines both round to 1 in float32; the distance picks the truly closer B1 (as
+    the ONNX graph's ArgMin does), not the lower index."""
+    metric = torch.tensor([[[1.0, 0, 0], [1.0, 2e-4, 0], [0, 0, 1.0], [1.0, 1e-4, 0]]])  # A0, B0, A1, B1
+    x = torch.tensor([[[0.0], [10.0], [20.0], [30.0]]])
+    new_x, sizes, _ = bipartite_merge(x, metric, torch.ones(1, 4, 1), r=1)
+    assert new_x.flatten().tolist() == [20.0, 10.0, 15.0] and sizes.flatten().tolist() == [1.0, 1.0, 2.0]
