@@ -555,6 +555,31 @@ def test_seed_spread_combines_sweep_results(tmp_path):
             combine([first, {**lower, key: value}], 0.67)
     with pytest.raises(VitrtError, match="seed 0 is in more than one"):
         combine([first, first], 0.67)
+    # --choose-lr: every method and seed keeps the learning rate of lowest metric loss, the labels play no part
+    def tuned(lr, dcvit, whole):  # (top-1, metric loss) per method for seeds 0 and 1
+        out = result([0, 1], [{"dcvit": dcvit[0][0], "whole_blocks": whole[0][0]},
+                              {"dcvit": dcvit[1][0], "whole_blocks": whole[1][0]}])
+        for row in out["rows"]:
+            row["metric_loss"] = (dcvit if row["method"] == "dcvit" else whole)[row["seed"]][1]
+        return {**out, "lr": lr}
+
+    low = tuned(3e-5, dcvit=[(0.98, 0.01), (0.97, 0.03)], whole=[(0.96, 0.04), (0.95, 0.05)])
+    high = tuned(2e-4, dcvit=[(0.99, 0.02), (0.96, 0.02)], whole=[(0.975, 0.01), (0.97, 0.06)])
+    chosen = combine([low, high], 0.67, choose_lr=True)
+    by_method = {m["method"]: m for m in chosen["methods"]}
+    assert by_method["dcvit"]["lr"] == [3e-5, 2e-4] and by_method["dcvit"]["top1"] == [0.98, 0.96]
+    assert by_method["whole_blocks"]["lr"] == [2e-4, 3e-5] and by_method["whole_blocks"]["top1"] == [0.975, 0.95]
+    assert chosen["pairs"][0]["difference"] == pytest.approx([0.005, 0.01]) and chosen["lr"] == [3e-5, 2e-4]
+    with pytest.raises(VitrtError, match="differ in lr"):
+        combine([low, high], 0.67)
+    with pytest.raises(VitrtError, match="in more than one result with the same lr"):
+        combine([low, low], 0.67, choose_lr=True)
+    (tmp_path / "low.json").write_text(json.dumps(low))
+    (tmp_path / "high.json").write_text(json.dumps(high))
+    assert benchmark(DcvitSeedsConfig(results=f"{tmp_path / 'low.json'},{tmp_path / 'high.json'}", baseline=0.67,
+                                      choose_lr=True, out=tmp_path / "chosen")) == 0
+    text = (tmp_path / "chosen.md").read_text()
+    assert "| dcvit | 0.668 | 0, 1 | 3e-05, 0.0002 | 98.00, 96.00 |" in text and "lowest metric loss of 3e-05" in text
     with pytest.raises(VitrtError, match="no rows at --baseline 0.7"):
         combine([first], 0.7)
     (tmp_path / "a.json").write_text(json.dumps(first))

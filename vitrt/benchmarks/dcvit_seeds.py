@@ -12,7 +12,10 @@ the interval excludes 0, a *tie* otherwise (450 test images move top-1 in 0.22-p
 is not a win by itself); the KL count with its two-sided sign-test p-value. ``--whole-blocks-at G`` pairs DC-ViT
 at the baseline with the whole-block rows of the runs at G (whole blocks reach only steps of one block: 0.751 or
 0.668 of the MACs of the digits reference, never 0.7). Nothing is trained or compiled. Files of different
-settings (epochs, few-shot images, metric set) are refused: their seeds are not the same experiment.
+settings (epochs, few-shot images, metric set, fine-tuning lr or feature) are refused: their seeds are not the
+same experiment — except with ``--choose-lr``: the files may then differ in the fine-tuning's learning rate, and
+each method keeps, seed by seed, the run whose *metric loss* (on the synthetic metric set, no label) is lowest —
+every method with its own learning rate, chosen without labels, as DC-ViT chooses blocks.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class DcvitSeedsConfig:
     whole_blocks_at: float | None = option(None, "take the whole-block rows from the runs at this --baseline instead "
                                            "(DC-ViT at F against a larger or smaller whole-block model)",
                                            type=float, metavar="G")
+    choose_lr: bool = option(False, "the results differ in the fine-tuning lr: per method and seed keep the run with "
+                             "the lowest metric loss (label-free selection)")
     out: Path | None = option(None, "write OUT.md and OUT.json",
                               writes=".json", flag="-o/--out", type=Path, metavar="OUT")
     quiet: bool = option(False, "no progress output")
@@ -94,29 +99,37 @@ def sign_test(successes: int, trials: int) -> float:
     return float(stats.binomtest(successes, trials).pvalue) if trials else 1.0
 
 
-def combine(results: list[dict], baseline: float, whole_blocks_at: float | None = None) -> dict:
+def combine(results: list[dict], baseline: float, whole_blocks_at: float | None = None,
+            choose_lr: bool = False) -> dict:
     """Per method at ``baseline`` (whole blocks at ``whole_blocks_at`` where given): seeds, top-1 per seed, mean and
-    sample std; the paired differences."""
+    sample std; the paired differences. ``choose_lr``: results may differ in the fine-tuning lr, and each (method,
+    seed) keeps the run of lowest metric loss."""
     for key in SAME:
-        if len({json.dumps(setting(r, key)) for r in results}) > 1:
+        if (key != "lr" or not choose_lr) and len({json.dumps(setting(r, key)) for r in results}) > 1:
             raise VitrtError(f"the results differ in {key}: their seeds are not one experiment")
     def target(method: str) -> float:
         return whole_blocks_at if whole_blocks_at is not None and method.startswith("whole_blocks") else baseline
 
-    rows = [row for r in results for row in r["rows"] if row["target"] == target(row["method"])]
+    rows = [{**row, "lr": row.get("lr", setting(r, "lr"))} for r in results for row in r["rows"]
+            if row["target"] == target(row["method"])]
     if not rows:
         raise VitrtError(f"no rows at --baseline {baseline:g} in these results")
     by: dict[tuple[str, int], dict] = {}
     for row in rows:
-        if (row["method"], row["seed"]) in by:
-            raise VitrtError(f"{row['method']} seed {row['seed']} is in more than one result")
-        by[row["method"], row["seed"]] = row
+        key = row["method"], row["seed"]
+        if key in by and not (choose_lr and by[key]["lr"] != row["lr"]):
+            raise VitrtError(f"{row['method']} seed {row['seed']} is in more than one result"
+                             + (" with the same lr" if choose_lr else ""))
+        if key not in by or row["metric_loss"] < by[key]["metric_loss"]:  # label-free: the metric set decides
+            by[key] = row
+    rows = list(by.values())
     methods = []
     for method in dict.fromkeys(row["method"] for row in rows):
         picked = sorted((row for row in rows if row["method"] == method), key=lambda row: row["seed"])
         mean, std = _spread([row["top1"] for row in picked])
         methods.append({"method": method, "macs_fraction": picked[0]["macs_fraction"],
-                        "seeds": [row["seed"] for row in picked], "top1": [row["top1"] for row in picked],
+                        "seeds": [row["seed"] for row in picked], "lr": [row["lr"] for row in picked],
+                        "top1": [row["top1"] for row in picked],
                         "top1_mean": mean, "top1_std": std,
                         "metric_loss_mean": _spread([row["metric_loss"] for row in picked])[0]})
     pairs = []
@@ -137,9 +150,11 @@ def combine(results: list[dict], baseline: float, whole_blocks_at: float | None 
                              "test_kl_sign_p": sign_test(closer, sum(r != 1 for r in ratio))})
             pairs.append(pair)
     first = results[0]
-    return {"baseline": baseline, "whole_blocks_at": whole_blocks_at, "methods": methods, "pairs": pairs,
+    return {"baseline": baseline, "whole_blocks_at": whole_blocks_at, "choose_lr": choose_lr, "methods": methods,
+            "pairs": pairs,
             "dense_top1": first["dense_top1"],
-            **{key: setting(first, key) for key in SAME if key != "dense_top1"}}
+            **{key: setting(first, key) for key in SAME if key != "dense_top1"},
+            **({"lr": sorted({setting(r, "lr") for r in results})} if choose_lr else {})}
 
 
 def p_value(p: float) -> str:
@@ -149,11 +164,14 @@ def p_value(p: float) -> str:
 
 def format_table(result: dict) -> str:
     dense = result["dense_top1"]
-    lines = ["| method | MACs | seeds | top-1 per seed | mean ± std (n − 1) | Δ points (mean) |",
-             "|---|---:|---|---|---:|---:|"]
+    chosen = result.get("choose_lr")
+    lines = ["| method | MACs | seeds |" + (" lr chosen by the metric loss, per seed |" if chosen else "")
+             + " top-1 per seed | mean ± std (n − 1) | Δ points (mean) |",
+             "|---|---:|---|" + ("---|" if chosen else "") + "---|---:|---:|"]
     for m in result["methods"]:
         lines.append(f"| {m['method']} | {m['macs_fraction']:.3f} | {', '.join(map(str, m['seeds']))} | "
-                     f"{', '.join(f'{t * 100:.2f}' for t in m['top1'])} | {m['top1_mean'] * 100:.2f} ± "
+                     + (f"{', '.join(f'{lr:g}' for lr in m['lr'])} | " if chosen else "")
+                     + f"{', '.join(f'{t * 100:.2f}' for t in m['top1'])} | {m['top1_mean'] * 100:.2f} ± "
                      f"{m['top1_std'] * 100:.2f} % | {(m['top1_mean'] - dense) * 100:+.2f} |")
     if result["pairs"]:
         lines += ["", "| paired, seed by seed | seeds | top-1 difference per seed (points) | mean ± std | 95 % CI | "
@@ -180,15 +198,18 @@ def benchmark(config: DcvitSeedsConfig) -> int:
         if not path.is_file():
             raise VitrtError(f"no result file {path}")
         results.append(json.loads(path.read_text()))
-    result = {**combine(results, config.baseline, config.whole_blocks_at), "results": [str(p) for p in config.paths]}
+    result = {**combine(results, config.baseline, config.whole_blocks_at, config.choose_lr),
+              "results": [str(p) for p in config.paths]}
     table = format_table(result)
     print(table)
     if config.out is not None:
         versus = "" if config.whole_blocks_at is None else f" (whole blocks: the runs at {config.whole_blocks_at:g})"
+        lr = (f"peak lr per method and seed, the lowest metric loss of {', '.join(f'{v:g}' for v in result['lr'])}"
+              if config.choose_lr else f"peak lr {result['lr']:g}")
         record(config.out, "vitrt.benchmarks.dcvit_seeds", f"DC-ViT against whole blocks at {config.baseline:g} of the "
                f"MACs{versus}: seed spread", result, table,
                notes=f"From {', '.join(result['results'])}: {result['epochs']} fine-tuning epochs per compressed "
-               f"block (peak lr {result['lr']:g}, mimicking the {result['feature']} feature), {result['few_shot']} "
+               f"block ({lr}, mimicking the {result['feature']} feature), {result['few_shot']} "
                f"few-shot images per seed (seed k: training images k·N..(k+1)·N), metric "
                f"set {result['metric_set']}.")
     return 0
