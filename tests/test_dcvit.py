@@ -580,6 +580,10 @@ def test_seed_spread_combines_sweep_results(tmp_path):
                                       choose_lr=True, out=tmp_path / "chosen")) == 0
     text = (tmp_path / "chosen.md").read_text()
     assert "| dcvit | 0.668 | 0, 1 | 3e-05, 0.0002 | 98.00, 96.00 |" in text and "lowest metric loss of 3e-05" in text
+    untuned = [{**low, "rows": [{**row, "method": "dcvit_no_finetune"} for row in low["rows"][:1]]},
+               {**high, "rows": [{**row, "method": "dcvit_no_finetune"} for row in high["rows"][:1]]}]
+    (row,) = combine(untuned, 0.67, choose_lr=True)["methods"]
+    assert row["lr"] == [None]  # not fine-tuned: the same model whatever the lr
     with pytest.raises(VitrtError, match="no rows at --baseline 0.7"):
         combine([first], 0.7)
     (tmp_path / "a.json").write_text(json.dumps(first))

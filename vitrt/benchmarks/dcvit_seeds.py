@@ -128,7 +128,8 @@ def combine(results: list[dict], baseline: float, whole_blocks_at: float | None 
         picked = sorted((row for row in rows if row["method"] == method), key=lambda row: row["seed"])
         mean, std = _spread([row["top1"] for row in picked])
         methods.append({"method": method, "macs_fraction": picked[0]["macs_fraction"],
-                        "seeds": [row["seed"] for row in picked], "lr": [row["lr"] for row in picked],
+                        "seeds": [row["seed"] for row in picked],
+                        "lr": [None if method.endswith("_no_finetune") else row["lr"] for row in picked],  # untrained
                         "top1": [row["top1"] for row in picked],
                         "top1_mean": mean, "top1_std": std,
                         "metric_loss_mean": _spread([row["metric_loss"] for row in picked])[0]})
@@ -170,7 +171,7 @@ def format_table(result: dict) -> str:
              "|---|---:|---|" + ("---|" if chosen else "") + "---|---:|---:|"]
     for m in result["methods"]:
         lines.append(f"| {m['method']} | {m['macs_fraction']:.3f} | {', '.join(map(str, m['seeds']))} | "
-                     + (f"{', '.join(f'{lr:g}' for lr in m['lr'])} | " if chosen else "")
+                     + (f"{', '.join('–' if lr is None else f'{lr:g}' for lr in m['lr'])} | " if chosen else "")
                      + f"{', '.join(f'{t * 100:.2f}' for t in m['top1'])} | {m['top1_mean'] * 100:.2f} ± "
                      f"{m['top1_std'] * 100:.2f} % | {(m['top1_mean'] - dense) * 100:+.2f} |")
     if result["pairs"]:
