@@ -192,8 +192,9 @@ def test_the_fine_tuning_learning_rate_sets_the_step(twin, few_shot):
 def test_mimicking_the_final_features_still_updates_only_the_prefix(twin, few_shot):
     """``feature="final"`` (the official code's pre_GAP): the loss is on the whole model's normalised tokens, the
     later blocks pass gradients back but stay as they are, and the final features come closer to the teacher's."""
-    student, _ = dcvit.compress_block(copy.deepcopy(twin), PruningPlan.keep_all(twin.spec), 1, 128,
-                                      torch.rand(256, generator=torch.Generator().manual_seed(0)))
+    start, _ = dcvit.compress_block(copy.deepcopy(twin), PruningPlan.keep_all(twin.spec), 1, 128,
+                                    torch.rand(256, generator=torch.Generator().manual_seed(0)))
+    student = copy.deepcopy(start)
     before = _state(student)
     images = few_shot.images[:16]
     with torch.no_grad():
@@ -210,6 +211,12 @@ def test_mimicking_the_final_features_still_updates_only_the_prefix(twin, few_sh
     with torch.no_grad():
         gap_after = (student.forward_features(images) - twin.forward_features(images)).pow(2).mean()
     assert result["feature"] == "final" and gap_after < gap_before
+    block = copy.deepcopy(start)  # the same steps aimed at block 1's output leave the final tokens farther away
+    dcvit.mimic(block, twin, few_shot, last=1, epochs=3, seed=0)
+    with torch.no_grad():
+        assert gap_after < (block.forward_features(images) - twin.forward_features(images)).pow(2).mean()
+    assert not any(p.grad is not None for p in student.blocks[2:].parameters())  # later blocks: no gradients kept
+    assert all(p.requires_grad for p in student.parameters())  # and trainable again afterwards
     with pytest.raises(VitrtError, match="one of block, final"):
         dcvit.mimic(student, twin, few_shot, last=1, epochs=1, seed=0, feature="logits")
 
@@ -255,6 +262,23 @@ def test_progressive_compression_fine_tunes_up_to_the_block_after_the_last_compr
     assert [s["finetune"]["last_updated_block"] for s in early["steps"]][:2] == [1, 2]
 
 
+def test_the_fine_tuning_settings_reach_every_step_and_not_the_ranking(twin, few_shot, metric_dir):
+    """``Settings.lr`` / ``feature`` set the progressive fine-tuning; the recoverability ranking keeps the defaults,
+    so runs at other rates compress the same blocks (and pair seed by seed with recorded ones)."""
+    from vitrt.calib.synthesis import MetricSet, load_metric_set
+
+    metric = MetricSet.of(load_metric_set(metric_dir), twin)
+    plain = dcvit.Settings(macs=0.6, epochs=1, score_epochs=1, importance="magnitude")
+    other = dataclasses.replace(plain, lr=1e-6, feature="final")
+    assert dcvit.recoverability(twin, twin, few_shot, metric, other) == \
+        dcvit.recoverability(twin, twin, few_shot, metric, plain)
+    _, info = dcvit.compress(twin, twin, few_shot, metric, other, [2, 0, 1, 3])
+    assert {(s["finetune"]["lr"], s["finetune"]["feature"]) for s in info["steps"]} == {(1e-6, "final")}
+    for bad, match in (({"lr": float("inf")}, "learning rate in"), ({"feature": "logits"}, "one of block, final")):
+        with pytest.raises(VitrtError, match=match):
+            dataclasses.replace(plain, **bad)
+
+
 def test_dcvit_options_are_checked():
     with pytest.raises(VitrtError, match="--few-shot is a DC-ViT option"):
         PruneConfig(few_shot=10).validate()
@@ -280,6 +304,8 @@ def test_dcvit_options_are_checked():
         PruneConfig(dcvit_macs=0.7, data="digits", dcvit_metric="synthetic").validate()
     with pytest.raises(VitrtError, match="--dcvit-lr is a DC-ViT option"):
         PruneConfig(dcvit_lr=3e-5).validate()
+    with pytest.raises(VitrtError, match="--dcvit-epochs 0 fine-tunes nothing"):
+        PruneConfig(dcvit_macs=0.7, data="digits", dcvit_lr=3e-5, dcvit_epochs=0).validate()
     for lr in (0.0, -1e-4, 2.0, float("nan")):
         with pytest.raises(VitrtError, match="must be a learning rate in"):
             PruneConfig(dcvit_macs=0.7, data="digits", dcvit_lr=lr).validate()
@@ -407,8 +433,14 @@ def test_benchmark_configs(tmp_path):
         DcvitSweepConfig(metric_set=tmp_path, baseline=0.7, methods="dcvit,blocks").validate()
     with pytest.raises(VitrtError, match="--workers must be >= 1"):
         DcvitSweepConfig(metric_set=tmp_path, workers=0).validate()
-    with pytest.raises(VitrtError, match="--lr must be > 0"):
-        DcvitSweepConfig(metric_set=tmp_path, lr=0.0).validate()
+    for bad, match in (({"lr": 0.0}, "--lr 0 must be"), ({"lr": float("inf")}, "--lr inf must be"),
+                       ({"feature": "x"}, "one of block, final")):
+        with pytest.raises(VitrtError, match=match):
+            DcvitSweepConfig(metric_set=tmp_path, **bad).validate()
+    from vitrt.benchmarks.dcvit_sweep import base_settings
+
+    wired = base_settings(DcvitSweepConfig(metric_set=tmp_path, lr=3e-5, feature="final", epochs=7, refit=True))
+    assert (wired.lr, wired.feature, wired.epochs, wired.refit) == (3e-5, "final", 7, True)
     names = [name for name, _ in variants(DcvitRankingConfig(metric_set=tmp_path))]
     assert len(names) == 10 and "int8 PTQ (synthetic calibration)" in names and "ToMe r=8" in names
     (tmp_path / "dcvit_0.7.plan.json").write_text("{}")
@@ -569,7 +601,17 @@ def test_seed_spread_combines_sweep_results(tmp_path):
     by_method = {m["method"]: m for m in chosen["methods"]}
     assert by_method["dcvit"]["lr"] == [3e-5, 2e-4] and by_method["dcvit"]["top1"] == [0.98, 0.96]
     assert by_method["whole_blocks"]["lr"] == [2e-4, 3e-5] and by_method["whole_blocks"]["top1"] == [0.975, 0.95]
-    assert chosen["pairs"][0]["difference"] == pytest.approx([0.005, 0.01]) and chosen["lr"] == [3e-5, 2e-4]
+    assert chosen["pairs"][0]["difference"] == pytest.approx([0.005, 0.01])
+    assert chosen["lr_candidates"] == [3e-5, 2e-4] and chosen["lr"] is None
+    assert by_method["dcvit"]["lr_candidates"] == [3e-5, 2e-4]
+    reordered = combine([high, low], 0.67, choose_lr=True)  # the files' order does not matter
+    assert [m["lr"] for m in reordered["methods"]] == [m["lr"] for m in chosen["methods"]]
+    with pytest.raises(VitrtError, match="with the same lr"):  # a file twice, another between them
+        combine([low, high, low], 0.67, choose_lr=True)
+    diverged = tuned(1e-1, dcvit=[(0.5, float("nan")), (0.5, float("inf"))], whole=[(0.97, 0.04), (0.97, 0.01)])
+    for files in ([diverged, low], [low, diverged]):  # a diverged run is never chosen; on a tie the lower lr is
+        both = {m["method"]: m["lr"] for m in combine(files, 0.67, choose_lr=True)["methods"]}
+        assert both == {"dcvit": [3e-5, 3e-5], "whole_blocks": [3e-5, 0.1]}  # seed 0: 0.04 at both rates
     with pytest.raises(VitrtError, match="differ in lr"):
         combine([low, high], 0.67)
     with pytest.raises(VitrtError, match="in more than one result with the same lr"):
@@ -579,11 +621,15 @@ def test_seed_spread_combines_sweep_results(tmp_path):
     assert benchmark(DcvitSeedsConfig(results=f"{tmp_path / 'low.json'},{tmp_path / 'high.json'}", baseline=0.67,
                                       choose_lr=True, out=tmp_path / "chosen")) == 0
     text = (tmp_path / "chosen.md").read_text()
-    assert "| dcvit | 0.668 | 0, 1 | 3e-05, 0.0002 | 98.00, 96.00 |" in text and "lowest metric loss of 3e-05" in text
+    assert "| dcvit | 0.668 | 0, 1 | 3e-05, 0.0002 (of 3e-05, 0.0002) | 98.00, 96.00 |" in text
+    assert "lowest metric loss of 3e-05, 0.0002" in text
     untuned = [{**low, "rows": [{**row, "method": "dcvit_no_finetune"} for row in low["rows"][:1]]},
                {**high, "rows": [{**row, "method": "dcvit_no_finetune"} for row in high["rows"][:1]]}]
     (row,) = combine(untuned, 0.67, choose_lr=True)["methods"]
     assert row["lr"] == [None]  # not fine-tuned: the same model whatever the lr
+    zero = [{**r, "rows": [{**row, "epochs": 0} for row in r["rows"][:1]]} for r in (low, high)]  # --epochs 0
+    (row,) = combine(zero, 0.67, choose_lr=True)["methods"]
+    assert row["lr"] == [None]
     with pytest.raises(VitrtError, match="no rows at --baseline 0.7"):
         combine([first], 0.7)
     (tmp_path / "a.json").write_text(json.dumps(first))

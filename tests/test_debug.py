@@ -413,3 +413,10 @@ def test_a_twin_record_keeps_a_fine_tuned_pruning_plans_weights(tmp_path):
     assert np.array_equal(rebuilt["blocks.1.mlp.fc2.weight"], tuned["blocks.1.mlp.fc2.weight"])
     assert np.array_equal(parameter_state(record.twin)["blocks.1.mlp.fc2.weight"],
                           parameter_state(twin)["blocks.1.mlp.fc2.weight"])  # the dense twin is kept beside it
+
+
+def test_every_stage_has_the_codec_its_record_and_recipe_use():
+    from vitrt.pipeline.plan_codecs import CODECS
+    from vitrt.pipeline.stages import STAGES
+
+    assert set(CODECS) == {stage.name for stage in STAGES}

@@ -21,20 +21,56 @@ every method with its own learning rate, chosen without labels, as DC-ViT choose
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import module_main, option
+from vitrt.transforms.prune.dcvit_structure import FINETUNE_LR
 
 PAIRED = ("dcvit", "mlp_only")  # the methods paired with whole blocks: every DC-ViT rule and the MLP-only ablation
 SAME = ("few_shot", "metric_set", "epochs", "score_epochs", "preferred_mlp", "dense_top1", "lr", "feature")
 # what a result recorded before a setting existed ran with (the fine-tuning's peak lr and feature were fixed then)
-RECORDED_BEFORE = {"lr": 2e-4, "feature": "block"}
+RECORDED_BEFORE = {"lr": FINETUNE_LR, "feature": "block"}
 
 
 def setting(result: dict, key: str):
+    """``result``'s value of the setting ``key``, with what results recorded before it existed ran with."""
     return result.get(key, RECORDED_BEFORE.get(key))
+
+
+def untrained(row: dict) -> bool:
+    """A row with no fine-tuning: the same model whatever the learning rate."""
+    return row.get("epochs") == 0 or row["method"].endswith("_no_finetune")
+
+
+def pick_runs(rows: list[dict], choose_lr: bool) -> dict[tuple[str, int], dict]:
+    """One run per (method, seed).
+
+    Without ``choose_lr`` a (method, seed) in two rows is refused. With it, the runs of one (method, seed) must
+    differ in their learning rate (the same one twice is refused), and the run of lowest metric loss is kept — a
+    diverged run (loss not finite) never over a finite one, the lower rate on a tie, so the files' order does not
+    matter; the kept row lists the rates it was chosen from (``lr_candidates``). An untrained row is kept once,
+    with no rate."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["seed"]), []).append(row)
+    picked = {}
+    for (method, seed), runs in groups.items():
+        if choose_lr and untrained(runs[0]):
+            picked[method, seed] = {**runs[0], "lr": None, "lr_candidates": []}
+            continue
+        rates = [run["lr"] for run in runs]
+        if len(runs) > 1 and (not choose_lr or len(set(rates)) < len(rates)):
+            raise VitrtError(f"{method} seed {seed} is in more than one result"
+                             + (" with the same lr" if choose_lr else ""))
+
+        def rank(run: dict) -> tuple:  # label-free: the metric set decides
+            finite = math.isfinite(run["metric_loss"])
+            return not finite, run["metric_loss"] if finite else 0.0, run["lr"]
+        picked[method, seed] = {**min(runs, key=rank), "lr_candidates": sorted(rates)}
+    return picked
 
 
 def whole_blocks_for(method: str) -> str:
@@ -114,22 +150,15 @@ def combine(results: list[dict], baseline: float, whole_blocks_at: float | None 
             if row["target"] == target(row["method"])]
     if not rows:
         raise VitrtError(f"no rows at --baseline {baseline:g} in these results")
-    by: dict[tuple[str, int], dict] = {}
-    for row in rows:
-        key = row["method"], row["seed"]
-        if key in by and not (choose_lr and by[key]["lr"] != row["lr"]):
-            raise VitrtError(f"{row['method']} seed {row['seed']} is in more than one result"
-                             + (" with the same lr" if choose_lr else ""))
-        if key not in by or row["metric_loss"] < by[key]["metric_loss"]:  # label-free: the metric set decides
-            by[key] = row
+    by = pick_runs(rows, choose_lr)
     rows = list(by.values())
     methods = []
     for method in dict.fromkeys(row["method"] for row in rows):
         picked = sorted((row for row in rows if row["method"] == method), key=lambda row: row["seed"])
         mean, std = _spread([row["top1"] for row in picked])
         methods.append({"method": method, "macs_fraction": picked[0]["macs_fraction"],
-                        "seeds": [row["seed"] for row in picked],
-                        "lr": [None if method.endswith("_no_finetune") else row["lr"] for row in picked],  # untrained
+                        "seeds": [row["seed"] for row in picked], "lr": [row["lr"] for row in picked],
+                        "lr_candidates": sorted({lr for row in picked for lr in row.get("lr_candidates", [])}),
                         "top1": [row["top1"] for row in picked],
                         "top1_mean": mean, "top1_std": std,
                         "metric_loss_mean": _spread([row["metric_loss"] for row in picked])[0]})
@@ -155,7 +184,7 @@ def combine(results: list[dict], baseline: float, whole_blocks_at: float | None 
             "pairs": pairs,
             "dense_top1": first["dense_top1"],
             **{key: setting(first, key) for key in SAME if key != "dense_top1"},
-            **({"lr": sorted({setting(r, "lr") for r in results})} if choose_lr else {})}
+            **({"lr": None, "lr_candidates": sorted({setting(r, "lr") for r in results})} if choose_lr else {})}
 
 
 def p_value(p: float) -> str:
@@ -166,12 +195,14 @@ def p_value(p: float) -> str:
 def format_table(result: dict) -> str:
     dense = result["dense_top1"]
     chosen = result.get("choose_lr")
-    lines = ["| method | MACs | seeds |" + (" lr chosen by the metric loss, per seed |" if chosen else "")
+    lines = ["| method | MACs | seeds |" + (" lr chosen by the metric loss, per seed (of) |" if chosen else "")
              + " top-1 per seed | mean ± std (n − 1) | Δ points (mean) |",
              "|---|---:|---|" + ("---|" if chosen else "") + "---|---:|---:|"]
     for m in result["methods"]:
         lines.append(f"| {m['method']} | {m['macs_fraction']:.3f} | {', '.join(map(str, m['seeds']))} | "
-                     + (f"{', '.join('–' if lr is None else f'{lr:g}' for lr in m['lr'])} | " if chosen else "")
+                     + (f"{', '.join('–' if lr is None else f'{lr:g}' for lr in m['lr'])}"
+                        + (f" (of {', '.join(f'{lr:g}' for lr in m['lr_candidates'])})" if m["lr_candidates"] else "")
+                        + " | " if chosen else "")
                      + f"{', '.join(f'{t * 100:.2f}' for t in m['top1'])} | {m['top1_mean'] * 100:.2f} ± "
                      f"{m['top1_std'] * 100:.2f} % | {(m['top1_mean'] - dense) * 100:+.2f} |")
     if result["pairs"]:
@@ -205,7 +236,8 @@ def benchmark(config: DcvitSeedsConfig) -> int:
     print(table)
     if config.out is not None:
         versus = "" if config.whole_blocks_at is None else f" (whole blocks: the runs at {config.whole_blocks_at:g})"
-        lr = (f"peak lr per method and seed, the lowest metric loss of {', '.join(f'{v:g}' for v in result['lr'])}"
+        lr = (f"peak lr per method and seed, the lowest metric loss of "
+              f"{', '.join(f'{v:g}' for v in result['lr_candidates'])}"
               if config.choose_lr else f"peak lr {result['lr']:g}")
         record(config.out, "vitrt.benchmarks.dcvit_seeds", f"DC-ViT against whole blocks at {config.baseline:g} of the "
                f"MACs{versus}: seed spread", result, table,

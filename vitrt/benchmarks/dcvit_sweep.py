@@ -41,7 +41,7 @@ from pathlib import Path
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import module_main, option
-from vitrt.transforms.prune.dcvit_structure import MIMIC_FEATURES
+from vitrt.transforms.prune.dcvit_structure import FINETUNE_LR, MIMIC_FEATURES, check_finetune
 
 
 DEFAULT_METHODS = ("dcvit", "dcvit_fewest_blocks", "whole_blocks")
@@ -58,9 +58,9 @@ class DcvitSweepConfig:
                            metavar="N")
     epochs: int = option(50, "fine-tuning epochs after each compressed block", type=int, metavar="N")
     score_epochs: int = option(10, "fine-tuning epochs before a candidate block is scored", type=int, metavar="N")
-    lr: float = option(2e-4, "peak learning rate of the fine-tuning after each compressed block (both methods; "
-                       "the ranking's fine-tuning keeps 2e-4, so the blocks chosen do not change)", type=float,
-                       metavar="LR")
+    lr: float = option(FINETUNE_LR, "peak learning rate of the fine-tuning after each compressed block (both "
+                       f"methods; the ranking's fine-tuning keeps {FINETUNE_LR:g}, so the blocks chosen do not change)",
+                       type=float, metavar="LR")
     feature: str = option("block", "what that fine-tuning mimics: the output of the block after the last compressed "
                           "one, or the final normalised tokens (the official code's pre_GAP; the ranking keeps "
                           "block)", choices=MIMIC_FEATURES)
@@ -99,8 +99,7 @@ class DcvitSweepConfig:
         if not fractions or any(not 0 < f < 1 for f in fractions):
             raise VitrtError(f"--targets / --baseline must be fractions in (0, 1), got '{self.targets}' / "
                              f"{self.baseline}")
-        if not self.lr > 0:
-            raise VitrtError(f"--lr must be > 0, got {self.lr:g}")
+        check_finetune(self.lr, self.feature, lr_flag="--lr")
         if self.seeds < 1 or self.workers < 1:
             raise VitrtError("--seeds and --workers must be >= 1")
         if self.first_seed < 0:
@@ -217,6 +216,14 @@ def run_job(config: DcvitSweepConfig, job, order: list[int], workdir: Path) -> d
     return row
 
 
+def base_settings(config: DcvitSweepConfig):
+    """The DC-ViT settings every job starts from (each job then sets its method, target and seed)."""
+    from vitrt.transforms.prune.dcvit_structure import Settings
+
+    return Settings(macs=0.5, mlp=config.mlp, epochs=config.epochs, score_epochs=config.score_epochs,
+                    refit=config.refit, lr=config.lr, feature=config.feature)
+
+
 def run(config: DcvitSweepConfig, on_row=None) -> dict:
     """Every job of ``config``; ``on_row(result)`` gets the result so far (``complete`` false) after each row.
 
@@ -235,8 +242,7 @@ def run(config: DcvitSweepConfig, on_row=None) -> dict:
     config.validate()
     progress = progress_for(config)
     _, twin, teacher, train, metric = _context(config.metric_set, config.threads)
-    settings = dcvit.Settings(macs=0.5, mlp=config.mlp, epochs=config.epochs, score_epochs=config.score_epochs,
-                              refit=config.refit, lr=config.lr, feature=config.feature)
+    settings = base_settings(config)
     start = time.perf_counter()
     planned = [(method, fraction, replace(job_settings, macs=fraction, seed=seed), seed)
                for method, fraction, job_settings, seed in jobs(config, settings)]
@@ -412,7 +418,7 @@ def benchmark(config: DcvitSweepConfig) -> int:
                    "and whole-block baseline", result, format_table(result), plot,
                    f"{state}Dense top-1 {result['dense_top1'] * 100:.2f} %; {result['few_shot']} unlabelled few-shot "
                    f"images; {result['epochs']} fine-tuning epochs per compressed block (peak lr "
-                   f"{result.get('lr', 2e-4):g}, mimicking the {result.get('feature', 'block')} feature), "
+                   f"{result.get('lr', FINETUNE_LR):g}, mimicking the {result.get('feature', 'block')} feature), "
                    f"{result['score_epochs']} "
                    f"before scoring; metric set {result['metric_images']} synthetic images; {result['seconds']} s in all.")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from vitrt.compiler.errors import OptionError
 from vitrt.compiler.options import option
+from vitrt.transforms.prune.dcvit_structure import FINETUNE_LR, check_finetune
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,10 @@ class PruneConfig:
     dcvit_score_epochs: int | None = option(None, "DC-ViT: fine-tuning epochs before a candidate block's "
                                             "recoverability is measured (default 10; 0 = right after removal)",
                                             type=int, metavar="N")
-    dcvit_lr: float | None = option(None, "DC-ViT: peak learning rate of that fine-tuning (default 2e-4, the best "
-                                    "after 50 epochs on the digits reference; the official code uses 3e-5, which "
-                                    "spares a --dcvit-refit start in short budgets: benchmarks/results/dcvit.md)",
-                                    type=float, metavar="LR")
+    dcvit_lr: float | None = option(None, f"DC-ViT: peak learning rate of that fine-tuning (default {FINETUNE_LR:g}, "
+                                    "the best after 50 epochs on the digits reference; the official code uses 3e-5, "
+                                    "which spares a --dcvit-refit start in short budgets: "
+                                    "benchmarks/results/dcvit.md)", type=float, metavar="LR")
     dcvit_whole_blocks: bool = option(False, "DC-ViT baseline: remove whole blocks (attention and MLP) instead")
     dcvit_mlp_only: bool = option(False, "DC-ViT ablation: remove whole MLPs and keep every attention module, with "
                                   "the same ranking and fine-tuning (on the digits reference the better choice at "
@@ -109,8 +110,11 @@ class PruneConfig:
         for flag, epochs in (("--dcvit-epochs", self.dcvit_epochs), ("--dcvit-score-epochs", self.dcvit_score_epochs)):
             if epochs is not None and epochs < 0:
                 raise OptionError(f"{flag} {epochs} must be >= 0 (0: no fine-tuning)")
-        if self.dcvit_lr is not None and not (0 < self.dcvit_lr < 1):  # also refuses nan
-            raise OptionError(f"--dcvit-lr {self.dcvit_lr:g} must be a learning rate in (0, 1), e.g. 3e-5")
+        if self.dcvit_lr is not None:
+            check_finetune(self.dcvit_lr, "block")
+            if self.dcvit_epochs == 0:
+                raise OptionError("--dcvit-lr sets the fine-tuning's rate and --dcvit-epochs 0 fine-tunes nothing: "
+                                  "drop one of them")
         if self.dcvit_mlp is not None and not 0 <= self.dcvit_mlp <= 1:
             raise OptionError(f"--dcvit-mlp {self.dcvit_mlp} must be a fraction in [0, 1]")
         if self.dcvit_whole_blocks and self.dcvit_mlp is not None:

@@ -47,15 +47,15 @@ from vitrt.calib.trainer import TrainConfig, train
 from vitrt.compiler.errors import OptionError
 from vitrt.compiler.progress import QUIET
 from vitrt.compiler.weights import parameter_state
-from vitrt.transforms.prune.dcvit_structure import (MIMIC_FEATURES, Settings, candidate_width, settings_from,
-                                                    structure)
+from vitrt.transforms.prune.dcvit_structure import (FINETUNE_LR, Settings, candidate_width, check_finetune,
+                                                    settings_from, structure)
 from vitrt.transforms.prune.gates import hessian_importance, magnitude_importance
 from vitrt.transforms.prune.plan import BlockPlan, PruningPlan
 from vitrt.transforms.prune.twin import apply_plan, prune_twin
 
 # Feature-mimicking fine-tuning on the few-shot images (AdamW, cosine; random shifts as augmentation: with a
 # hundred images the student would otherwise fit the exact pixels).
-FINETUNE = TrainConfig(epochs=0, lr=2e-4, batch_size=32, weight_decay=1e-4, augment=True)
+FINETUNE = TrainConfig(epochs=0, lr=FINETUNE_LR, batch_size=32, weight_decay=1e-4, augment=True)
 IMPORTANCE_BATCH = 32
 
 
@@ -70,8 +70,7 @@ class MimicPrefix(torch.nn.Module):
 
     def __init__(self, twin, last: int, feature: str = "block"):
         super().__init__()
-        if feature not in MIMIC_FEATURES:
-            raise OptionError(f"the feature mimicked is one of {', '.join(MIMIC_FEATURES)}, got '{feature}'")
+        check_finetune(FINETUNE_LR, feature)
         self.twin, self.last, self.feature = twin, last, feature
 
     def forward_with_features(self, images: torch.Tensor):
@@ -101,7 +100,17 @@ def mimic(student, teacher, few_shot: ImageSet, last: int, epochs: int, seed: in
     prefix = MimicPrefix(student, last, feature)
     objective = Objective(FeatureMimic(), teacher=MimicPrefix(teacher, last, feature))
     config = replace(FINETUNE, epochs=epochs, seed=seed, lr=lr)
-    result = train(prefix, few_shot, objective, config, params=prefix.trainable(), progress=progress, desc=desc)
+    trained = {id(p) for p in prefix.trainable()}
+    # the later blocks and the norm pass gradients back under "final" but are not trained: without this their
+    # weight gradients would be computed (and all-reduced under DDP) for nothing and pile up, never zeroed
+    frozen = [p for p in student.parameters() if p.requires_grad and id(p) not in trained]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        result = train(prefix, few_shot, objective, config, params=prefix.trainable(), progress=progress, desc=desc)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     return {"epochs": epochs, "lr": lr, "feature": feature, "last_updated_block": last,
             "mse_first": result.history[0]["total"], "mse_last": result.history[-1]["total"], "seconds": result.seconds}
 
@@ -281,7 +290,7 @@ def plan(twin, ctx, options) -> PruningPlan:
                  "mlp_only": settings.mlp_only, "refit": settings.refit,
                  "few_shot": {"data": options.data, "images": len(few_shot), "requested": count},
                  "metric_set": metric_info,
-                 "recoverability": ranked, "epochs": settings.epochs, "lr": settings.lr,
+                 "recoverability": ranked, "epochs": settings.epochs, "lr": settings.lr, "feature": settings.feature,
                  "score_epochs": settings.score_epochs,
                  "importance": settings.importance, "seconds": round(time.perf_counter() - start, 2),
                  "metric": {"dense": metric.evaluate(twin), "compressed": metric.evaluate(student)}})
