@@ -82,3 +82,12 @@ def test_labels_are_used_only_from_a_folder_with_the_models_classes(folder, tmp_
     assert main(["compile", "digits", "-o", str(tmp_path / "out"), "--eval-data", str(two), "--quiet"]) == 2
     assert "has 2 class folder(s), the model 10 classes" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_subset_of_a_limited_folder_reads_its_own_images(folder):
+    """subset(i) indexes the (seeded, limited) set it is taken from — what a DDP rank's share reads."""
+    data = load_data(str(folder), 32, limit=5, seed=1)
+    part = data.subset([0, 2])
+    assert part.indices == [data.indices[0], data.indices[2]]
+    whole = torch.cat([images for images, _ in data.batches(8)])
+    assert torch.equal(torch.cat([images for images, _ in part.batches(8)]), whole[[0, 2]])

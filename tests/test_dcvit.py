@@ -662,3 +662,16 @@ def test_the_mlp_only_ablation_reaches_a_target_that_every_mlp_meets_exactly(twi
     assert shape.mlp == (0,) * spec.depth and shape.macs_fraction == pytest.approx(exact)
     with pytest.raises(VitrtError, match="below what removing every MLP reaches"):
         dcvit.structure(spec, dcvit.Settings(macs=exact - 0.01, mlp_only=True))
+
+
+def test_spare_mlp_channels_go_to_the_first_block_up_to_its_full_width(twin):
+    """Two attention modules and 10 MLP channels to remove with a preferred fraction of 1: the 16-aligned widths
+    are 240 and 240 + the spare 16 = 256, the whole MLP, for the most recoverable block."""
+    from vitrt.compiler.cost import block_flops
+
+    spec = twin.spec
+    block = spec.blocks[0]
+    attention = block_flops(spec.emb, block) - block_flops(spec.emb, dataclasses.replace(block, heads=0))
+    channel = 4 * block.tokens * spec.emb
+    macs = 1 - (2 * attention + 10 * channel) / vit_flops(spec)
+    assert dcvit.structure(spec, dcvit.Settings(macs=macs, mlp=1.0)).mlp == (256, 240)

@@ -420,3 +420,29 @@ def test_every_stage_has_the_codec_its_record_and_recipe_use():
     from vitrt.pipeline.stages import STAGES
 
     assert set(CODECS) == {stage.name for stage in STAGES}
+
+
+def test_sensitivity_kl_is_the_float_models_kl_to_each_variant():
+    """kl: KL(p_float ‖ p_quant) with that one layer quantized; kl_float_one: with every layer quantized but it —
+    each recomputed here from the scale table."""
+    import torch.nn.functional as F
+
+    from vitrt.transforms.quant.sensitivity import _kl
+
+    # p = softmax(0, 0) = (1/2, 1/2), q = softmax(ln 3, 0) = (3/4, 1/4): KL(p ‖ q) = ½ ln(2/3) + ½ ln 2
+    assert _kl(torch.tensor([[0.0, 0.0]]), torch.tensor([[np.log(3.0), 0.0]])) == pytest.approx(
+        0.5 * np.log(0.5 / 0.75) + 0.5 * np.log(0.5 / 0.25), rel=1e-6)
+    twin = canonicalize(tiny_vit())
+    _, table = quantize_twin(twin, "int8", synthetic(32, 16, seed=3), max_images=16)
+    images = torch.from_numpy(np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+    scored, _ = score_layers(twin, table, images, float_one=True)
+    layers = {name.rpartition(".")[0] for name in table.entries}
+
+    def kl(table_used):
+        with torch.no_grad():
+            ref, out = twin(images).double(), apply_scale_table(twin, table_used)(images).double()
+        return float(F.kl_div(F.log_softmax(out, -1), F.log_softmax(ref, -1), reduction="batchmean",
+                              log_target=True))
+    for row in scored[:3]:
+        assert row.kl == pytest.approx(kl(table.without(sorted(layers - {row.layer}))), rel=1e-6)
+        assert row.kl_float_one == pytest.approx(kl(table.without([row.layer])), rel=1e-6)

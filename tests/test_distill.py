@@ -100,3 +100,27 @@ def test_compile_runs_distillation_after_merging_and_verifies(tmp_path):
     with pytest.raises(VitrtError, match="distill-epochs"):
         compile(tiny_vit(), tmp_path / "bad", distill_epochs=-1, quiet=True)
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_recipe_distils_at_temperature_two_on_1024_synthetic_images():
+    """Without --distill-data the planner asks for 1024 synthetic images, and the soft-logit term runs at τ = 2
+    (the recipe's eq. 4); negative epochs are refused."""
+    from vitrt.compiler.errors import OptionError
+    from vitrt.compiler.target import TargetConfig
+    from vitrt.transforms.base import PlanContext
+    from vitrt.transforms.distill import planner
+    from vitrt.transforms.distill.config import DistillConfig
+
+    asked = []
+
+    @dataclass(frozen=True)
+    class Recording(PlanContext):
+        def data(self, source, split="train", limit=None, labelled=False):
+            asked.append((source, limit))
+            return ImageSet(torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)), None)
+
+    twin = canonicalize(tiny_vit())
+    plan = planner.plan(twin, Recording(target=TargetConfig(batch=2), teacher=twin), DistillConfig(epochs=1))
+    assert asked == [("synthetic", 1024)] and plan.record["temperature"] == 2.0
+    with pytest.raises(OptionError):
+        DistillConfig(epochs=-1).validate()

@@ -431,6 +431,17 @@ def test_compile_prune_with_a_real_tiny_latency_table(tmp_path):
     assert pruning["dense_predicted_ms"] == pytest.approx(table.model_ms(ViTSpec.from_dict(m["spec_before"])))
     assert pruning["alignment_violations"] == [] and m["verify"]["ok"]
     assert pruning["meta"]["importance"] == "hessian" and pruning["source"] == "search"
+    # a hand-made plan (no search, no prediction of its own) is priced by the same table
+    twin = canonicalize(model)
+    halved = PruningPlan.keep_all(twin.spec)
+    halved = dataclasses.replace(halved, blocks=(dataclasses.replace(halved.blocks[0], mlp=tuple(range(64))),
+                                                 *halved.blocks[1:])).validate()
+    halved.save(tmp_path / "halved.json")
+    given = vitrt_compile(model, tmp_path / "given", prune_plan=tmp_path / "halved.json", lut=lut, batch=BATCH,
+                          quiet=True, bench=True, bench_iters=2).manifest
+    assert given["pruning"]["predicted_ms"] == pytest.approx(table.model_ms(ViTSpec.from_dict(given["spec_after"])))
+    assert given["pruning"]["dense_predicted_ms"] == pytest.approx(pruning["dense_predicted_ms"])
+    assert given["pruning"]["predicted_ms"] < given["pruning"]["dense_predicted_ms"]
 
 
 # --- vitrt prune-plan --------------------------------------------------------------------------------------
@@ -515,3 +526,56 @@ def test_benchmark_without_a_table_is_refused_with_one_line(capsys):
         assert module.main([]) == 2
         err = capsys.readouterr().err
         assert "pass --lut LUT" in err and err.strip().count("\n") == 0
+
+
+def test_a_bias_gate_is_one_minus_the_product_of_its_branch_gates():
+    """The output projection's bias survives while any head does: multiplier 1 − Π(1 − g) (½, ½ → ¾)."""
+    from vitrt.transforms.prune.gates import gate_multipliers
+
+    spec = canonicalize(tiny_vit()).spec
+    gates = ones_gates(spec)
+    gates["blocks.0.heads"] = torch.tensor([0.5, 0.5])
+    gates["blocks.0.mlp"] = torch.full((256,), 0.5)
+    multipliers = gate_multipliers(spec, gates)
+    assert torch.allclose(multipliers["blocks.0.attn.proj.bias"], torch.full((64,), 0.75))
+    assert torch.allclose(multipliers["blocks.0.mlp.fc2.bias"], torch.ones(64))  # 1 − ½²⁵⁶
+
+
+def test_importance_reads_exactly_the_batches_asked_for():
+    from vitrt.calib.digits import ImageSet
+
+    twin = canonicalize(tiny_vit())
+    data = ImageSet(torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.arange(32) % 10)
+    sizes = []
+    hook = twin.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
+    hessian_importance(twin, data, batch_size=8, batches=2)
+    hook.remove()
+    assert sizes == [8, 8]
+
+
+def test_pruning_units_stop_at_the_sixteen_channel_floor():
+    """EMB and per-head QK / V shrink in aligned units down to 16 channels, not below: emb 32 removes 16 at a time,
+    heads of 24 remove 8 (24 → 16)."""
+    from vitrt.transforms.prune.search import _State
+
+    narrow = _State(canonicalize(tiny_vit(embed_dim=32, num_heads=1)).spec)
+    assert narrow.unit_size(None, "emb") == 16
+    odd = _State(canonicalize(tiny_vit(embed_dim=72, num_heads=3, mlp_ratio=3.0)).spec)
+    assert odd.unit_size(0, "qk") == odd.unit_size(0, "v") == 8
+
+
+def test_removing_the_last_head_costs_its_dimensions_importance():
+    """A block's last head takes its QK and V dimensions with it: their importance counts, so an important last
+    head is not removed for free even when its own gate scores nothing."""
+    from vitrt.transforms.prune.gates import gate_sizes
+
+    spec = canonicalize(tiny_vit(num_heads=1, depth=1)).spec
+
+    def importance(kept):
+        scores = {key: torch.ones(n) for key, n in gate_sizes(spec).items()}
+        scores["blocks.0.heads"] = torch.zeros(1)
+        scores["blocks.0.qk"] = torch.full((64,), 10.0)
+        scores["blocks.0.v"] = torch.full((64,), 10.0)
+        return scores
+    result = search(spec, importance, _flops_latency, SearchConfig(target=0.999, eta=0.0, rounds=1))
+    assert result.removed["heads"] == 0 and result.steps == 1

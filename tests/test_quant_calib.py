@@ -402,3 +402,56 @@ def test_bench_quant_speed_runs_on_the_new_api(tmp_path, monkeypatch, capsys):
     assert data["ops_vitrt_int8"].get("MatMulIntegerToFloat", 0) > 0  # the integer kernels run
     assert "vitrt int8 speed / ORT quantize_static int8 speed" in capsys.readouterr().out
     assert not list(tmp_path.glob("vitrt-quant-*"))  # its scratch directory is gone
+
+
+def _calibration(twin, count=16):
+    return synthetic(twin.spec.img, count, seed=3)
+
+
+def test_int4_weights_round_to_the_asymmetric_int4_range():
+    """INT4 is [-8, 7]: with amax 0.7 the step is 0.1, so -1.0 clips to -0.8 (not -0.7) and 1.0 to 0.7."""
+    from vitrt.transforms.quant.fakequant import fake_quant_int4
+
+    w = torch.tensor([[-1.0], [-0.5], [1.0], [0.2]])
+    out = fake_quant_int4(w, np.array([[0.7], [0.7]], np.float32), 2)
+    assert torch.allclose(out.flatten(), torch.tensor([-0.8, -0.5, 0.7, 0.2]))
+
+
+def test_the_scale_table_records_the_images_it_was_calibrated_on():
+    from vitrt.transforms.quant.fakequant import quantize_twin
+
+    twin = canonicalize(tiny_vit())
+    _, table = quantize_twin(twin, "int8", _calibration(twin, 24), max_images=16)
+    assert table.meta["calib_images"] == 16
+
+
+def test_plan_notes_name_what_the_graph_cannot_do():
+    """int4w blocks of 128 need no note (64 does); quantized attention is noted for exactly the blocks whose head
+    size the fused kernel does not take (head dim 24 here, 32 is taken)."""
+    from vitrt.transforms.quant.fakequant import quantize_twin
+    from vitrt.transforms.quant.plan import QuantPlan
+
+    wide = canonicalize(tiny_vit(embed_dim=128, num_heads=2))
+    _, table = quantize_twin(wide, "int4w")
+    assert table.meta["block_size"] == 128 and QuantPlan("int4w", table).notes() == []
+    _, table = quantize_twin(canonicalize(tiny_vit()), "int4w")
+    assert table.meta["block_size"] == 64 and "block size 64" in QuantPlan("int4w", table).notes()[0]
+    fused = canonicalize(tiny_vit())
+    _, table = quantize_twin(fused, "int8", _calibration(fused), quantize_attention=True, max_images=16)
+    assert QuantPlan("int8", table, quantize_attention=True).notes() == []
+    odd = canonicalize(tiny_vit(embed_dim=72, num_heads=3, mlp_ratio=3.0))
+    _, table = quantize_twin(odd, "int8", _calibration(odd), quantize_attention=True, max_images=16)
+    (note,) = QuantPlan("int8", table, quantize_attention=True).notes()
+    assert "blocks [0, 1]" in note
+
+
+def test_a_calibrated_twin_is_the_twin_its_scale_table_builds():
+    """Where attention cannot be quantized (head dim 24) PTQ's twin leaves it float, as the scale table's twin and
+    the graph do: the two twins agree exactly."""
+    from vitrt.transforms.quant.fakequant import apply_scale_table, quantize_twin
+
+    odd = canonicalize(tiny_vit(embed_dim=72, num_heads=3, mlp_ratio=3.0))
+    model, table = quantize_twin(odd, "int8", _calibration(odd), quantize_attention=True, max_images=16)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    with torch.no_grad():
+        assert torch.equal(model(x), apply_scale_table(odd, table, quantize_attention=True)(x))

@@ -45,3 +45,27 @@ def test_malformed_spec_is_refused(mutate, message):
 def test_missing_metadata_is_a_clear_error():
     with pytest.raises(SpecError, match="carries no 'vitrt.spec' metadata"):
         ViTSpec.from_onnx(onnx.ModelProto())
+
+
+def test_block_flops_follow_the_formula_where_qk_and_v_differ():
+    """2 FLOPs per multiply-accumulate: Q, K, V projections h·(2·qk + v)·emb per token, QKᵀ and attention·V
+    h·n²·(qk + v), the output projection h·v·emb per token; the MLP 2·2·emb·mlp on the tokens left after a merge."""
+    from vitrt.compiler.cost import block_flops
+
+    attention = BlockSpec(heads=2, qk=16, v=32, mlp=0, tokens=10, scale=0.25)
+    assert block_flops(64, attention) == 2 * 10 * 64 * 2 * (2 * 16 + 32) + 2 * 2 * 10 * 10 * (16 + 32) \
+        + 2 * 10 * 2 * 32 * 64
+    merged = BlockSpec(heads=0, qk=0, v=0, mlp=128, tokens=17, tokens_out=9, scale=1.0)
+    assert block_flops(64, merged) == 4 * 9 * 64 * 128
+
+
+def test_parameters_and_head_flops_count_the_twin():
+    """vit_params equals the twin's parameter count (q/k biases and the distilled head included); a distilled
+    model's two heads both cost FLOPs."""
+    from vitrt.compiler.cost import head_flops, vit_params
+    from vitrt.compiler.models import canonicalize
+
+    for distilled in (False, True):
+        twin = canonicalize(tiny_vit(distilled=distilled))
+        assert vit_params(twin.spec) == sum(p.numel() for p in twin.parameters())
+        assert head_flops(twin.spec) == 2 * 64 * 10 * (2 if distilled else 1)

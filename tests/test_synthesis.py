@@ -260,3 +260,11 @@ def test_the_python_api_checks_options_as_the_cli_does(tmp_path, twin):
     with pytest.raises(VitrtError, match="build a model from its name"):
         vitrt.synth(tiny_vit(), tmp_path / "set", img_size=64)
     assert not (tmp_path / "set").exists()
+
+
+def test_a_limited_metric_set_keeps_its_labels_in_step_with_its_images(made_set):
+    from vitrt.calib.synthesis import load_metric_set
+
+    out, meta = made_set
+    limited = load_metric_set(out, limit=3)
+    assert len(limited.images) == len(limited.labels) == 3 and limited.labels.tolist() == meta["labels"][:3]
