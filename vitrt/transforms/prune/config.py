@@ -111,7 +111,7 @@ class PruneConfig:
             if epochs is not None and epochs < 0:
                 raise OptionError(f"{flag} {epochs} must be >= 0 (0: no fine-tuning)")
         if self.dcvit_lr is not None:
-            check_finetune(self.dcvit_lr, "block")
+            check_finetune(self.dcvit_lr, "block")  # the compile always mimics the block feature
             if self.dcvit_epochs == 0:
                 raise OptionError("--dcvit-lr sets the fine-tuning's rate and --dcvit-epochs 0 fine-tunes nothing: "
                                   "drop one of them")

@@ -47,7 +47,7 @@ from vitrt.calib.trainer import TrainConfig, train
 from vitrt.compiler.errors import OptionError
 from vitrt.compiler.progress import QUIET
 from vitrt.compiler.weights import parameter_state
-from vitrt.transforms.prune.dcvit_structure import (FINETUNE_LR, Settings, candidate_width, check_finetune,
+from vitrt.transforms.prune.dcvit_structure import (FINETUNE_LR, Settings, candidate_width, check_feature,
                                                     settings_from, structure)
 from vitrt.transforms.prune.gates import hessian_importance, magnitude_importance
 from vitrt.transforms.prune.plan import BlockPlan, PruningPlan
@@ -70,7 +70,7 @@ class MimicPrefix(torch.nn.Module):
 
     def __init__(self, twin, last: int, feature: str = "block"):
         super().__init__()
-        check_finetune(FINETUNE_LR, feature)
+        check_feature(feature)
         self.twin, self.last, self.feature = twin, last, feature
 
     def forward_with_features(self, images: torch.Tensor):

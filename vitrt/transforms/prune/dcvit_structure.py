@@ -22,12 +22,17 @@ MIMIC_FEATURES = ("block", "final")  # what fine-tuning mimics (vitrt.transforms
 FINETUNE_LR = 2e-4
 
 
+def check_feature(feature: str) -> None:
+    """Refuse (one line) a mimicked feature that is not one of :data:`MIMIC_FEATURES`."""
+    if feature not in MIMIC_FEATURES:
+        raise OptionError(f"the feature mimicked is one of {', '.join(MIMIC_FEATURES)}, got '{feature}'")
+
+
 def check_finetune(lr: float, feature: str, lr_flag: str = "--dcvit-lr") -> None:
     """Refuse (one line) a learning rate outside (0, 1) — nan and inf included — or an unknown mimicked feature."""
     if not 0 < lr < 1:
         raise OptionError(f"{lr_flag} {lr:g} must be a learning rate in (0, 1), e.g. 3e-5")
-    if feature not in MIMIC_FEATURES:
-        raise OptionError(f"the feature mimicked is one of {', '.join(MIMIC_FEATURES)}, got '{feature}'")
+    check_feature(feature)
 
 
 @dataclass(frozen=True)
