@@ -14,6 +14,7 @@ from vitrt.compiler.target import BACKENDS
 from vitrt.compiler.timing import CLOCKS
 
 PLOT_FORMATS = (".png", ".svg", ".pdf")
+BLOCK_DIMS = ("emb", "heads", "qk", "v", "mlp", "tokens")  # what a block query sizes (and --tokens-out, optional)
 
 
 @dataclass(frozen=True)
@@ -153,9 +154,7 @@ def _cmd_lut_query(args) -> int:
     from vitrt.compiler.lut import LatencyTable
 
     config = from_args(LutQueryConfig, args)
-    given = [flag for flag, value in (("--emb", config.emb), ("--heads", config.heads), ("--qk", config.qk),
-                                      ("--v", config.v), ("--mlp", config.mlp), ("--tokens", config.tokens),
-                                      ("--tokens-out", config.tokens_out)) if value is not None]
+    given = ["--" + k.replace("_", "-") for k in (*BLOCK_DIMS, "tokens_out") if getattr(config, k) is not None]
     if config.model and config.manifest:
         raise VitrtError("--model and --manifest both name the model to predict: pass one")
     if (config.model or config.manifest) and given:
@@ -178,7 +177,7 @@ def _cmd_lut_query(args) -> int:
         def query(clamp):
             return table.model_breakdown(spec, **kw, clamp=clamp)
     else:
-        dims = {k: getattr(config, k) for k in ("emb", "heads", "qk", "v", "mlp", "tokens")}
+        dims = {k: getattr(config, k) for k in BLOCK_DIMS}
         missing = [k for k, val in dims.items() if val is None and not (k in ("qk", "v") and dims["heads"] == 0)]
         if missing:
             raise VitrtError(f"block query needs --{' --'.join(missing)} (or --model / --manifest for a whole model)")

@@ -184,16 +184,11 @@ class CompileConfig:
     def check_inputs_outside_out(self) -> None:
         """``--force`` replaces OUT: no file or data the compile reads (a recipe, a plan, a checkpoint, a table, a
         data directory) may lie inside it, or the compile would delete its own input."""
-        out = Path(self.out).resolve()
         for leaf_ in leaves(type(self)):
             value = get(self, leaf_)
             is_input = leaf_.name in DATA_OPTIONS or Path in typing.get_args(leaf_.annotation)
-            if leaf_.name == "out" or value is None or not is_input:
-                continue
-            path = Path(str(value).removeprefix(SYNTH_PREFIX))
-            if path.exists() and path.resolve().is_relative_to(out):
-                raise OptionError(f"{leaf_.flag} '{value}' lies inside '{self.out}', which --force would replace; "
-                                  "move it or choose another -o")
+            if leaf_.name != "out" and value is not None and is_input:
+                check_outside_out(leaf_.flag, value, self.out)
 
     def check_against(self, spec) -> None:
         """Every stage's options checked against the spec that stage will meet, before any weights exist.
@@ -219,6 +214,15 @@ def section_enabled(options, target) -> bool:
     """Whether the stage a section configures runs (the quantization stage follows the target's precision)."""
     enabled = getattr(options, "enabled", None)
     return enabled if enabled is not None else target.precision in QUANT_PRECISIONS
+
+
+def check_outside_out(flag: str, value, out) -> None:
+    """The input ``flag`` names (a file, a directory or a ``synth:`` set) does not lie inside ``out``, which
+    ``--force`` replaces."""
+    path = Path(str(value).removeprefix(SYNTH_PREFIX))
+    if path.exists() and path.resolve().is_relative_to(Path(out).resolve()):
+        raise OptionError(f"{flag} '{value}' lies inside '{out}', which --force would replace; move it or choose "
+                          "another -o")
 
 
 def check_real_labels(flag: str, source: str, why: str) -> None:

@@ -193,6 +193,7 @@ def compile_recipe(recipe_path, model: str | None = None, progress=None, module=
     ``module``: the model itself (Python API), for a recipe made for a module rather than a name; ``name``: what the
     manifest calls it (default: the recipe's model). The same model weights and recipe give the same ``model.onnx``
     bytes (a timm name without --checkpoint has random weights)."""
+    from vitrt.pipeline.config import check_outside_out
     from vitrt.pipeline.driver import compile, resolve_model
 
     recipe = read_recipe(recipe_path)
@@ -203,10 +204,8 @@ def compile_recipe(recipe_path, model: str | None = None, progress=None, module=
     if module is None:
         module, label = resolve_model(recipe.model)
     config = replay_config(recipe, overrides)
-    if config.force and config.out is not None and \
-            Path(recipe_path).resolve().is_relative_to(Path(config.out).resolve()):
-        raise RecipeError(f"--recipe '{recipe_path}' lies inside '{config.out}', which --force would replace; move it "
-                          "or choose another -o")
+    if config.force and config.out is not None:  # the replay's config does not carry the recipe's own path
+        check_outside_out("--recipe", recipe_path, config.out)
     if module is not None:
         config = config.replace(model=None)
     return compile(module if module is not None else label, config=config, progress=progress, name=name or label,
