@@ -346,8 +346,8 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
             report = stage.report(plan, ReportContext(before, after, target, name or config.model or "", progress))
             manifest[stage.manifest_key] = report.manifest
             stage_reports[stage.name] = report
-            for name, writer in report.files.items():
-                writer(staging / name)
+            for file_name, writer in report.files.items():  # not `name`: the model's name is read above
+                writer(staging / file_name)
         versus_dense = None
         if checks.bench:
             bench_images = images[: target.batch]
@@ -373,8 +373,8 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
         for stage, plan, _, _ in reports:
             if stage.finish is not None:
                 section = manifest.setdefault(stage.manifest_key, {})
-                for name, writer in stage.finish(plan, section, finished).items():
-                    writer(staging / name)
+                for file_name, writer in stage.finish(plan, section, finished).items():
+                    writer(staging / file_name)
         write_json(staging / "manifest.json", manifest)
     progress.log(f"wrote {config.out}")
     if is_writer():  # under torchrun only rank 0 writes
