@@ -94,6 +94,7 @@ def test_the_python_api_words_errors_for_python(tmp_path):
     from vitrt.compiler.errors import UnsupportedModelError
 
     for model, message in ((tiny_vit().half(), "parameters are torch.float16: pass it in float32"),
+                           (tiny_vit().to("meta"), "on the meta device"),
                            (tiny_vit(img_size=30, patch_size=8), r"image size \(30, 30\) is not a multiple")):
         with pytest.raises(UnsupportedModelError, match=message):
             vitrt.compile(model, tmp_path / "m")

@@ -69,3 +69,34 @@ def test_parameters_and_head_flops_count_the_twin():
         twin = canonicalize(tiny_vit(distilled=distilled))
         assert vit_params(twin.spec) == sum(p.numel() for p in twin.parameters())
         assert head_flops(twin.spec) == 2 * 64 * 10 * (2 if distilled else 1)
+
+
+@pytest.mark.parametrize("name, img_size", [("vit_small_patch32_224", None), ("vit_tiny_patch16_384", 64),
+                                            ("deit_tiny_patch16_224.fb_in1k", 32)])
+def test_a_model_outside_the_table_has_its_spec_from_timm(name, img_size):
+    """A name the table of known models does not list (another patch or size, a pretrained tag) is specified by
+    timm on the meta device — weights are not needed for a spec — and equals the created model's spec."""
+    import timm
+    from vitrt.compiler.models import model_spec
+
+    kwargs = {} if img_size is None else {"img_size": img_size}
+    assert model_spec(name, img_size=img_size) == spec_of_timm(timm.create_model(name, **kwargs))
+
+
+def test_a_model_outside_the_table_compiles_by_name(tmp_path):
+    from vitrt.cli import main
+
+    out = tmp_path / "s32"
+    assert main(["compile", "vit_small_patch32_224", "--img-size", "64", "-o", str(out), "--verify", "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["spec_before"]["patch"] == 32 and manifest["verify"]["ok"]
+
+
+def test_an_image_size_below_the_patch_names_one_size():
+    from vitrt.compiler.errors import OptionError
+    from vitrt.compiler.known_models import check_img_size
+
+    with pytest.raises(OptionError, match=r"patch size 16: use 16$"):
+        check_img_size("deit_tiny_patch16_224", 15, 16)
+    with pytest.raises(OptionError, match=r"use 32 or 48$"):
+        check_img_size("deit_tiny_patch16_224", 40, 16)

@@ -71,8 +71,8 @@ def check_img_size(name: str, img_size: int | None, patch: int) -> None:
     """Refuse an image size that is not a multiple of the patch size (timm would silently floor it)."""
     if img_size is not None and img_size % patch:
         lower, upper = (img_size // patch) * patch, (img_size // patch + 1) * patch
-        raise OptionError(f"--img-size {img_size} is not a multiple of {name}'s patch size {patch}: use "
-                          f"{lower or upper} or {upper}")
+        either = f"{lower} or {upper}" if lower else f"{upper}"  # no 0-pixel image
+        raise OptionError(f"--img-size {img_size} is not a multiple of {name}'s patch size {patch}: use {either}")
 
 
 SUPPORTED_EXAMPLES = (

@@ -154,7 +154,20 @@ def load_state(model: nn.Module, state: dict, path, name: str) -> None:
 
 
 def check_supported(model: nn.Module) -> None:
-    """Raise :class:`UnsupportedModelError` naming the first feature vitrt cannot lower."""
+    """Raise :class:`UnsupportedModelError` naming the first feature vitrt cannot lower, or weights it cannot
+    compile (another dtype than float32, or none: on the meta device)."""
+    check_architecture(model)
+    dtypes = {p.dtype for p in model.parameters()}
+    if dtypes != {torch.float32}:  # the twin holds the weights in fp32; --precision chooses what the engine runs
+        raise UnsupportedModelError(f"the model's parameters are {', '.join(sorted(map(str, dtypes)))}: pass it in "
+                                    "float32 (model.float()); precision= chooses what the engine runs")
+    if any(p.is_meta for p in model.parameters()):
+        raise UnsupportedModelError("the model's parameters are on the meta device (no values): load its weights")
+
+
+def check_architecture(model: nn.Module) -> None:
+    """Raise :class:`UnsupportedModelError` naming the first feature of ``model``'s architecture vitrt cannot lower.
+    The weights are not read: a model on the meta device (no values) passes, so its spec can be taken."""
     from timm.layers import Mlp, PatchEmbed
     from timm.layers.attention import Attention
     from timm.models.vision_transformer import Block, VisionTransformer
@@ -199,20 +212,15 @@ def check_supported(model: nn.Module) -> None:
     if problems:
         raise UnsupportedModelError(f"unsupported ViT variant {type(model).__name__}: {'; '.join(problems)}; "
                                     f"vitrt supports {SUPPORTED_FAMILIES}")
-    dtypes = {p.dtype for p in model.parameters()}
-    if dtypes != {torch.float32}:  # the twin holds the weights in fp32; --precision chooses what the engine runs
-        raise UnsupportedModelError(f"the model's parameters are {', '.join(sorted(map(str, dtypes)))}: pass it in "
-                                    "float32 (model.float()); precision= chooses what the engine runs")
-    if any(p.is_meta for p in model.parameters()):
-        raise UnsupportedModelError("the model's parameters are on the meta device (no values): load its weights")
     image, patch = model.patch_embed.img_size, model.patch_embed.patch_size
     if any(i % p for i, p in zip(image, patch)):  # timm would drop the border pixels without a word
         raise UnsupportedModelError(f"image size {tuple(image)} is not a multiple of the patch size {tuple(patch)}")
 
 
 def spec_of_timm(model: nn.Module) -> ViTSpec:
-    """The ViTSpec of a supported timm ViT (before any compression)."""
-    check_supported(model)
+    """The ViTSpec of a supported timm ViT (before any compression); its weights are not read (a model on the meta
+    device has a spec too)."""
+    check_architecture(model)
     patch_embed = model.patch_embed
     grid = tuple(patch_embed.grid_size)
     patch = tuple(patch_embed.patch_size)
@@ -238,6 +246,7 @@ def canonicalize(model: nn.Module) -> CanonicalViT:
 
     The twin's ``q`` holds timm's query projection times the block's attention scale (see
     :class:`~vitrt.compiler.twin.CanonicalAttention`)."""
+    check_supported(model)
     spec = spec_of_timm(model)
     twin = CanonicalViT(spec)
     twin.patch_embed.load_state_dict(model.patch_embed.proj.state_dict())
