@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vitrt.compiler.errors import VitrtError
-from vitrt.compiler.output import atomic_output_dir
+from vitrt.compiler.output import OUTPUT_MARKER, atomic_output_dir
 
 
 def _hidden(directory):
@@ -37,6 +37,7 @@ def test_a_failing_second_rename_puts_the_old_out_back(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     (out / "file").write_text("old")
+    (out / OUTPUT_MARKER).write_text("")  # a directory vitrt wrote: --force may replace it
     real_replace, calls = os.replace, []
 
     def flaky(src, dst):
@@ -137,3 +138,61 @@ def test_force_never_replaces_an_out_that_holds_the_compiles_own_inputs(tmp_path
         with pytest.raises(VitrtError, match=message):
             vitrt.compile(digits_reference[0], out, batch=8, quiet=True, **options)
         assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_force_replaces_only_a_directory_vitrt_wrote(tmp_path, monkeypatch):
+    """--force starts over an OUT vitrt wrote (it holds the marker); a directory of the user's own files, the
+    current directory (or one above it) and "/" are refused in one line and left as they were."""
+    out = tmp_path / "out"
+    with atomic_output_dir(out, force=False) as staging:
+        (staging / "file").write_text("first")
+    assert (out / OUTPUT_MARKER).is_file()
+    with atomic_output_dir(out, force=True) as staging:
+        (staging / "file").write_text("second")
+    assert (out / "file").read_text() == "second"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    with pytest.raises(VitrtError, match=r"was not written by vitrt \(it holds no \.vitrt-output\)"):
+        with atomic_output_dir(mine, force=True):
+            pass
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    monkeypatch.chdir(out)
+    for where in (out, tmp_path, Path("/")):
+        with pytest.raises(VitrtError, match="holds the current directory"):
+            with atomic_output_dir(where, force=True):
+                pass
+    assert (out / "file").read_text() == "second" and _hidden(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def compiled_digits(tmp_path_factory):
+    import vitrt
+
+    out = tmp_path_factory.mktemp("inputs") / "OUT"
+    vitrt.compile("digits", out, batch=1, quiet=True)
+    return out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench", "{out}", "--iterations", "2", "--json", "{out}/manifest.json"], "would overwrite a file of the input"),
+    (["lint-trt", "{out}/model.onnx", "--json", "{out}/model.onnx"], "is the input"),
+    (["nvit-table", "{out}", "{out}", "-o", "{out}/manifest"], "would overwrite a file of the input"),
+    (["compare", "{out}", "--images", "2", "-o", "{out}", "--force"], "lies inside"),
+    (["export", "triton", "{out}", "-o", "{out}/..", "--name", "OUT", "--force"], "lies inside"),
+])
+def test_results_never_replace_the_commands_inputs(compiled_digits, capsys, args, message):
+    """A result file or directory that is an input, or would overwrite a file inside an input OUT, is refused in one
+    line with exit 2 — the compile OUT is byte-identical afterwards."""
+    import hashlib
+
+    from vitrt.cli import main
+
+    def digest():
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in compiled_digits.iterdir() if p.is_file()}
+
+    before = digest()
+    assert main([a.format(out=compiled_digits) for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert digest() == before

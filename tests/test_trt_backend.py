@@ -185,7 +185,7 @@ def test_no_build_writes_the_trt_graph_and_how_to_build_it(tmp_path, capsys):
     result = vitrt.compile(model, tmp_path / "out", name="tiny", batch=8, backend="trt", no_build=True,
                            precision="fp16", sparsity="2:4", dynamic_batch=True, max_batch=32, verify=True)
     manifest = result.manifest
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json", "model.onnx"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".vitrt-output", "manifest.json", "model.onnx"]
     assert manifest["artifact"] is None and result.artifact_path is None and manifest["verify"]["ok"]
     assert manifest["backend"] == "trt" and manifest["batch_profile"] == [1, 8, 32]
     assert manifest["engine_build"] == {"built": False, "command": (

@@ -143,17 +143,31 @@ def from_args(config_cls, args: argparse.Namespace, **overrides):
 
 
 def check_result_paths(config) -> None:
-    """Every ``writes`` option of ``config`` that is set names a file this process can create (a one-line
-    OutputError otherwise)."""
+    """Every ``writes`` option of ``config`` that is set names a file this process can create and that is not one
+    of the command's inputs — an input file, or a file already inside an input directory (``bench OUT --json
+    OUT/manifest.json`` would replace the compile's manifest) — a one-line OutputError otherwise."""
     from pathlib import Path
 
+    from vitrt.compiler.errors import OutputError
     from vitrt.compiler.output import check_output_file
 
+    results, inputs = [], []
     for leaf_ in leaves(type(config)):
         writes, value = leaf_.field.metadata.get("writes"), get(config, leaf_)
         if writes and value is not None:
             path = Path(value)
-            check_output_file(path if writes == "file" else path.with_suffix(writes), leaf_.flag)
+            files = [path] if writes == "file" else [path.with_suffix(writes), path.with_suffix(".md")]
+            check_output_file(files[0], leaf_.flag)
+            results += [(leaf_.flag, file) for file in files]
+        elif not writes:  # an option naming an existing file or directory is read by the command
+            values = value if isinstance(value, (list, tuple)) else [value]
+            inputs += [Path(v).resolve() for v in values if isinstance(v, (str, Path)) and v and Path(v).exists()]
+    for flag, file in results:
+        target = file.resolve()
+        for source in inputs:
+            if target == source or (target.exists() and target.is_relative_to(source)):
+                what = "is the input" if target == source else "would overwrite a file of the input"
+                raise OutputError(f"{flag} '{file}' {what} '{source}'; write the result elsewhere")
 
 
 def from_options(config_cls, options: dict, *, what: str = "option"):

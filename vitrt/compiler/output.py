@@ -19,11 +19,17 @@ from pathlib import Path
 from vitrt.compiler.errors import OutputError, VitrtError
 
 
+# Written into every directory vitrt writes atomically: --force replaces only a directory that holds it, never one
+# vitrt did not make (a home directory, the current directory, a folder of the user's own files).
+OUTPUT_MARKER = ".vitrt-output"
+
+
 def check_output_dir(out: Path, force: bool) -> None:
-    """OUT can be written: it is missing or an empty directory (or ``force``), and its nearest existing ancestor
-    is a directory this process may write into (so its missing parents can be created)."""
+    """OUT can be written: it is missing or an empty directory (or, with ``force``, a directory vitrt wrote: it holds
+    :data:`OUTPUT_MARKER`; not the current directory or one above it), and its nearest existing ancestor is a
+    directory this process may write into (so its missing parents can be created)."""
     out = Path(out).absolute()
-    ancestor = next(p for p in out.parents if p.exists())
+    ancestor = next((p for p in out.parents if p.exists()), out)  # "/" has no parents
     if not ancestor.is_dir():
         raise OutputError(f"cannot create the output's parent directory '{out.parent}': '{ancestor}' is not a "
                           "directory")
@@ -31,8 +37,24 @@ def check_output_dir(out: Path, force: bool) -> None:
         raise OutputError(f"cannot create the output directory '{out}': '{ancestor}' is not writable")
     if out.exists() and not out.is_dir():
         raise OutputError(f"output '{out}' exists and is not a directory; choose another -o")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise OutputError(f"output directory '{out}' is not empty; pass --force to replace it or choose another -o")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise OutputError(f"output directory '{out}' is not empty; pass --force to replace it or choose another -o")
+        if Path.cwd().resolve().is_relative_to(out.resolve()):
+            raise OutputError(f"output directory '{out}' holds the current directory, which --force would delete; "
+                              "choose another -o")
+        if not (out / OUTPUT_MARKER).is_file():
+            raise OutputError(f"output directory '{out}' was not written by vitrt (it holds no {OUTPUT_MARKER}), so "
+                              "--force does not replace it; choose another -o, or empty it yourself")
+
+
+def check_outside_out(flag: str, value, out: Path, *, shown=None) -> None:
+    """The input ``flag`` names (a file or directory, ``shown`` as ``shown``) does not lie inside ``out``, which
+    ``--force`` replaces."""
+    path = Path(value)
+    if path.exists() and path.resolve().is_relative_to(Path(out).resolve()):
+        raise OutputError(f"{flag} '{shown or value}' lies inside '{out}', which --force would replace; move it or "
+                          "choose another -o")
 
 
 def refuse_foreign_dir(out: Path, own: bool, *, command: str, what: str, flag: str = "-o") -> None:
@@ -127,6 +149,7 @@ def atomic_output_dir(out: Path, force: bool):
         _remove_empty(created)
         raise OutputError(f"cannot write into '{out.parent}': {exc.strerror}") from None
     staging.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; OUT gets the user's usual permissions
+    (staging / OUTPUT_MARKER).write_text("written by vitrt: vitrt ... --force may replace this directory\n")
     try:
         yield staging
         _swap_in(staging, out, force)

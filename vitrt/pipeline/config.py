@@ -219,10 +219,9 @@ def section_enabled(options, target) -> bool:
 def check_outside_out(flag: str, value, out) -> None:
     """The input ``flag`` names (a file, a directory or a ``synth:`` set) does not lie inside ``out``, which
     ``--force`` replaces."""
-    path = Path(str(value).removeprefix(SYNTH_PREFIX))
-    if path.exists() and path.resolve().is_relative_to(Path(out).resolve()):
-        raise OptionError(f"{flag} '{value}' lies inside '{out}', which --force would replace; move it or choose "
-                          "another -o")
+    from vitrt.compiler.output import check_outside_out as check_path
+
+    check_path(flag, str(value).removeprefix(SYNTH_PREFIX), out, shown=value)
 
 
 def check_real_labels(flag: str, source: str, why: str) -> None:

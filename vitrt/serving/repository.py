@@ -237,7 +237,7 @@ class ExportTritonConfig:
 def export_triton(config: ExportTritonConfig, command: str = "") -> Path:
     """Write REPO/<name>/ (and with ``preprocess`` REPO/<name>_preprocess/, REPO/<name>_ensemble/), each entry
     atomically; every check runs before anything is written. Returns REPO/<name>."""
-    from vitrt.compiler.output import check_output_dir
+    from vitrt.compiler.output import check_output_dir, check_outside_out
     from vitrt.serving.artifact import open_artifact
 
     if config.out is None or config.repo is None:
@@ -267,6 +267,7 @@ def export_triton(config: ExportTritonConfig, command: str = "") -> Path:
     texts = {entry: config_text(c) for entry, c in configs.items()}
     for entry, text in texts.items():
         parse_config(text)  # what Triton will parse, checked before anything is written
+        check_outside_out("OUT", artifact.out, Path(config.repo) / entry)  # --force would replace what it exports
         check_output_dir(Path(config.repo) / entry, config.force)
     for entry, text in texts.items():
         with atomic_output_dir(Path(config.repo) / entry, config.force) as staging:

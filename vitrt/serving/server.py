@@ -64,7 +64,7 @@ class ServeConfig:
     drain_timeout: int = option(30, "seconds a stop waits for the requests in flight (default 30)", type=int,
                                 metavar="S")
     server_log: Path | None = option(None, "write Triton's own log here (default: a temporary file, shown on failure)",
-                                     type=Path, metavar="PATH")
+                                     writes="file", type=Path, metavar="PATH")
 
 
 @dataclass
