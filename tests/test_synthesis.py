@@ -149,6 +149,11 @@ def test_refusals(tmp_path, twin, made_set):
         load_data(f"synth:{tmp_path / 'other'}", 32)
     with pytest.raises(VitrtError, match="--images, --iters and --batch"):
         SynthesisConfig(images=0).validate()
+    with pytest.raises(VitrtError, match="--lr must be > 0"):
+        SynthesisConfig(lr=0).validate()
+    with pytest.raises(VitrtError, match="--jitter must be >= 0, got -1"):
+        SynthesisConfig(jitter=-1).validate()
+    assert SynthesisConfig(jitter=0).validate().jitter_for(224) == 0  # no jitter at all is a setting
     for bad in ({"lr": float("nan")}, {"tv": float("inf")}):
         with pytest.raises(VitrtError, match="must be a finite number"):
             replace(SMALL, **bad).validate()
@@ -159,6 +164,10 @@ def test_refusals(tmp_path, twin, made_set):
     five_classes = canonicalize(tiny_vit(depth=1, num_classes=5))
     with pytest.raises(VitrtError, match="labels go up to 9 but the model has 5 classes"):
         MetricSet.of(ImageSet(torch.zeros(2, 3, 32, 32), torch.tensor([1, 9])), five_classes)
+    with pytest.raises(VitrtError, match="labels go up to 5 but the model has 5 classes"):  # classes are 0..4
+        MetricSet.of(ImageSet(torch.zeros(2, 3, 32, 32), torch.tensor([1, 5])), five_classes)
+    with pytest.raises(VitrtError, match="the metric set has 1-channel images but the model takes 3"):
+        MetricSet.of(ImageSet(torch.zeros(2, 1, 32, 32), torch.tensor([1, 2])), five_classes)
 
 
 def test_a_damaged_batch_is_grown_again(tmp_path, twin, made_set, monkeypatch):
@@ -268,3 +277,50 @@ def test_a_limited_metric_set_keeps_its_labels_in_step_with_its_images(made_set)
     out, meta = made_set
     limited = load_metric_set(out, limit=3)
     assert len(limited.images) == len(limited.labels) == 3 and limited.labels.tolist() == meta["labels"][:3]
+
+
+def test_resuming_with_another_normalisation_or_feature_reference_is_refused(tmp_path, twin, made_set):
+    """The pixel range (mean / std) and the feature term's reference images shape the images as much as the flags:
+    a set made with others is not resumed (the same number of other reference images included)."""
+    with pytest.raises(VitrtError, match=r"other settings \(the normalization\)"):
+        synthesize(twin, made_set[0], SMALL, mean=0.5, std=0.25, model="tiny")
+    tiny = SynthesisConfig(images=2, iterations=2, batch_size=2)
+    references = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    synthesize(twin, tmp_path / "set", tiny, mean=0.5, std=0.5, model="tiny", feature_reference=references[0])
+    with pytest.raises(VitrtError, match=r"other settings \(the feature reference digest\)"):
+        synthesize(twin, tmp_path / "set", tiny, mean=0.5, std=0.5, model="tiny", feature_reference=references[1])
+
+
+def test_the_jitter_rolls_both_ways(twin):
+    """DeepInversion's jitter is a roll by -J..J pixels in each direction, not only towards larger indices."""
+    inversion = Inversion(twin, SynthesisConfig(jitter=3, no_flip=True))
+    x = torch.zeros(1, 3, 32, 32)
+    x[0, 0, 16, 16] = 1.0
+    generator = torch.Generator().manual_seed(0)
+    shifts = set()
+    for _ in range(200):
+        y, x_ = (int(i) for i in inversion.augment(x, generator)[0, 0].nonzero()[0])
+        shifts.add((y - 16, x_ - 16))
+    rows, columns = {dy for dy, _ in shifts}, {dx for _, dx in shifts}
+    assert rows == columns == set(range(-3, 4))
+
+
+def test_the_last_iteration_is_in_the_history(tmp_path, twin):
+    """Losses are recorded every 10 % of the steps and at the last one, also when 10 % does not divide them: the
+    metadata's 'final' is the loss of the images saved."""
+    config = SynthesisConfig(images=2, iterations=25, batch_size=2)
+    meta = synthesize(twin, tmp_path / "set", config, mean=0.5, std=0.5, model="tiny")
+    history = meta["batches"]["0"]["history"]
+    assert [h["iteration"] for h in history] == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 25]
+    assert meta["batches"]["0"]["final"] == history[-1]
+
+
+def test_a_set_without_its_image_folder_is_finished_again(tmp_path, twin, made_set, monkeypatch):
+    """A complete set whose images/ folder was deleted is not complete: rerunning writes the folder again from the
+    saved batches, without growing any batch again."""
+    out = tmp_path / "set"
+    shutil.copytree(made_set[0], out)
+    shutil.rmtree(out / "images")
+    monkeypatch.setattr(Inversion, "invert", lambda *args, **kwargs: pytest.fail("a finished batch was grown again"))
+    meta = synthesize(twin, out, SMALL, mean=0.5, std=0.5, model="tiny")
+    assert meta["complete"] and len(list((out / "images").rglob("*.png"))) == 6
