@@ -250,3 +250,20 @@ def test_a_client_that_cannot_connect_is_not_a_sent_request():
     result = run_level(refuse, 3, np.zeros((4, 3, 8, 8), np.float32), None, 1, 0.2, 10, 5.0)
     assert (result.sent, result.ok, result.errors, result.lost, result.unconnected) == (0, 0, 0, 0, 3)
     assert "unknown model" in result.first_error and result.summary(1)["unconnected"] == 3
+
+
+def test_top1_counts_every_image_of_a_request():
+    """A request of 2 labelled images adds 2 to the labelled count (not 1): top-1 is a fraction of images."""
+    from types import SimpleNamespace
+
+    from vitrt.serving.loadtest import run_level
+
+    images, labels = np.zeros((4, 3, 8, 8), np.float32), np.array([0, 1, 2, 3])
+    logits = np.eye(10, dtype=np.float32)[[0, 1]]  # classes 0 and 1: right for images 0, 1, wrong for 2, 3
+
+    def connect():
+        return SimpleNamespace(infer=lambda batch: logits, close=lambda: None)
+
+    result = run_level(connect, 1, images, labels, 2, 5.0, 4, 5.0)
+    assert (result.sent, result.ok, result.images, result.labelled, result.correct) == (4, 4, 8, 8, 4)
+    assert result.summary(2)["top1"] == 0.5

@@ -293,6 +293,7 @@ def test_clients_refuse_anything_but_loopback(url, capsys):
     (["--timeout", "nan"], "--timeout"), (["--timeout", "inf"], "--timeout"), (["--versus-seconds", "-1"],
                                                                                 "--versus-seconds"),
     (["--json", "/nonexistent/dir/x.json"], "its directory '/nonexistent/dir' does not exist"),
+    (["--versus-batch", "0"], "--versus-batch must be >= 1"), (["--concurrency", "1,257"], "--concurrency"),
 ])
 def test_loadtest_bounds_are_checked(args, message, capsys):
     from vitrt.cli import main
@@ -340,3 +341,83 @@ def test_a_level_counts_lost_requests_apart_from_errors_and_reports_images_per_s
     assert (summary["requests"], summary["ok"], summary["errors"], summary["lost"]) == (10, 6, 3, 1)
     assert summary["images_per_s"] == 12.0 and summary["request_batch"] == 4
     assert (summary["p50_ms"], summary["p90_ms"], summary["p99_ms"]) == (50.5, 90.1, 99.01)
+
+
+def test_concurrency_levels_go_up_to_256():
+    from vitrt.serving.loadtest import MAX_CONCURRENCY, parse_levels
+
+    assert parse_levels("256") == [MAX_CONCURRENCY] and parse_levels("1,4") == [1, 4]
+
+
+def test_each_level_is_set_against_the_mean_of_the_in_process_windows_around_it():
+    """Windows are timed before every level and after the last: level i is divided by the mean of windows i, i + 1."""
+    from vitrt.serving.loadtest import versus_ratios
+
+    assert versus_ratios([20.0], [10.0, 30.0]) == [1.0]
+    assert versus_ratios([20.0, 60.0], [10.0, 30.0, 90.0]) == [1.0, 1.0]
+    assert versus_ratios([10.0], [10.0, 30.0]) == [0.5]
+
+
+def test_the_request_batch_follows_the_served_model():
+    """A static-shape engine takes its own batch only; a dynamic one any batch up to its max_batch_size (default 1)."""
+    from types import SimpleNamespace
+
+    from vitrt.compiler.errors import VitrtError
+    from vitrt.serving.loadtest import LoadtestConfig, _request_batch
+
+    static = SimpleNamespace(request_batch=8, max_batch_size=8)
+    dynamic = SimpleNamespace(request_batch=None, max_batch_size=4)
+    for batch in (None, 8):
+        assert _request_batch(LoadtestConfig("http://127.0.0.1:8000", "m", batch=batch), static) == 8
+    with pytest.raises(VitrtError, match="takes requests of exactly batch 8 .* pass --batch 8"):
+        _request_batch(LoadtestConfig("http://127.0.0.1:8000", "m", batch=4), static)
+    assert [_request_batch(LoadtestConfig("http://127.0.0.1:8000", "m", batch=b), dynamic) for b in (None, 4)] == [1, 4]
+    with pytest.raises(VitrtError, match="--batch 5 exceeds the model's max_batch_size 4"):
+        _request_batch(LoadtestConfig("http://127.0.0.1:8000", "m", batch=5), dynamic)
+
+
+def test_versus_runs_at_the_batch_the_out_was_compiled_for(monkeypatch):
+    """--versus OUT with a static batch needs --versus-batch equal to it; a dynamic OUT runs at any batch."""
+    from types import SimpleNamespace
+
+    import vitrt.compiler.backends
+    import vitrt.serving.artifact
+    from vitrt.compiler.errors import VitrtError
+    from vitrt.serving.loadtest import LoadtestConfig, _versus
+
+    artifact = SimpleNamespace(static_batch=8, backend="ort", path="OUT/model.ort.onnx")
+    monkeypatch.setattr(vitrt.serving.artifact, "open_artifact", lambda out: artifact)
+    shapes = []
+    runner = SimpleNamespace(timed_call=lambda images: shapes.append(images.shape) or (lambda: None),
+                             synchronize=lambda: None)
+    monkeypatch.setattr(vitrt.compiler.backends, "get_backend", lambda name: SimpleNamespace(load=lambda *_: runner))
+    images = np.zeros((3, 3, 8, 8), np.float32)
+    config = LoadtestConfig("http://127.0.0.1:8000", "m", versus="OUT", versus_batch=4, duration=2.0)
+    with pytest.raises(VitrtError, match="compiled for batch 8; pass --versus-batch 8"):
+        _versus(config, images)
+    for artifact.static_batch in (None, 4):
+        versus = _versus(config, images)
+        assert versus["seconds"] == 2.0 and versus["backend"] == "ort" and shapes[-1] == (4, 3, 8, 8)
+
+
+def test_server_counts_are_the_named_models_only(monkeypatch):
+    """Triton's metrics list every model it serves: only the lines of model="m" are summed (over its versions)."""
+    import io
+    import urllib.request
+
+    from vitrt.serving.loadtest import read_metrics
+
+    text = "\n".join([
+        "# HELP nv_inference_request_success Number of successful inference requests",
+        'nv_inference_request_success{model="m",version="1"} 10',
+        'nv_inference_request_success{model="m",version="2"} 5',
+        'nv_inference_request_success{model="m2",version="1"} 100',
+        'nv_inference_count{model="other",version="1"} 1000',
+        'nv_inference_count{model="m",version="1"} 30',
+        'nv_inference_exec_count{model="m",version="1"} 6',
+        'nv_gpu_utilization{gpu_uuid="GPU-0"} 0.5'])
+    urls = []
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: urls.append(url) or io.BytesIO(text.encode()))
+    assert read_metrics("http://127.0.0.1:8002/metrics", "m") == {
+        "nv_inference_request_success": 15.0, "nv_inference_count": 30.0, "nv_inference_exec_count": 6.0}
+    assert read_metrics(None, "m") is None and urls == ["http://127.0.0.1:8002/metrics"]

@@ -321,13 +321,19 @@ def loadtest(config: LoadtestConfig, progress=None) -> dict:
     if versus is not None:
         log(f"in-process {config.versus}: batch {config.versus_batch} for {versus['seconds']:.0f} s")
         windows.append(inprocess_images_per_s(versus["call"], config.versus_batch, versus["seconds"]))
-        for i, row in enumerate(rows):
-            row["versus_in_process"] = round(row["images_per_s"] / ((windows[i] + windows[i + 1]) / 2), 3)
+        for row, ratio in zip(rows, versus_ratios([row["images_per_s"] for row in rows], windows)):
+            row["versus_in_process"] = ratio
         out["in_process"] = {"out": str(config.versus), "backend": versus["backend"], "batch": config.versus_batch,
                              "seconds_per_window": versus["seconds"],
                              "images_per_s_windows": [round(w, 1) for w in windows],
                              "images_per_s": round(float(np.median(windows)), 1)}
     return out
+
+
+def versus_ratios(images_per_s: list[float], windows: list[float]) -> list[float]:
+    """Each level's throughput over the mean of the in-process windows around it: ``windows`` holds one window
+    before every level and one after the last (one more than the levels)."""
+    return [round(rate / ((windows[i] + windows[i + 1]) / 2), 3) for i, rate in enumerate(images_per_s)]
 
 
 def _request_batch(config: LoadtestConfig, model: RemoteModel) -> int:
