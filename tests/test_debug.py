@@ -23,9 +23,10 @@ from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.models import canonicalize
 from vitrt.compiler.progress import QUIET
 from vitrt.debug.bisect import minimal_set
-from vitrt.debug.compare import compare_artifacts, compare_with_twin, load_artifact
+from vitrt.debug.compare import compare_artifacts, compare_with_twin, load_artifact, shared_points
 from vitrt.debug.compare import run as compare_run
 from vitrt.debug.config import CompareConfig, SensitivityConfig
+from vitrt.debug.metrics import dtype_tolerance
 from vitrt.debug.points import graph_points
 from vitrt.pipeline.replay import load_record
 from vitrt.transforms.quant.fakequant import apply_scale_table, quantize_twin
@@ -95,6 +96,13 @@ def test_attention_qdq_points_are_all_compared(tmp_path):
     assert not comparison.missing, comparison.missing
     compared = {s.point.name: s for s in comparison.stats}
     assert "blocks.1.attn.qk.input_b" in compared and comparison.first_exceeding() is None
+    # against a dense compile the attention Q/DQ points have no counterpart: listed as not compared, either way round
+    vitrt.compile(tiny_vit(depth=2), tmp_path / "dense", **COMMON)
+    only_quantized = {f"blocks.{i}.attn.{op}.input_{side}": "in one graph only" for i in range(2)
+                      for op in ("qk", "av") for side in "ab"}
+    for pair in (("dense", "qa"), ("qa", "dense")):
+        comparison, _ = compare_artifacts(config(*(tmp_path / out for out in pair)), QUIET)
+        assert comparison.missing == only_quantized
 
 
 def planted(outs, tmp_path, layer: str, factor: float = 10.0):
@@ -135,6 +143,7 @@ def test_compare_command_writes_table_and_plot(outs, tmp_path, capsys):
     assert compare_run(config(outs / "fp32", outs / "int8", out=report)) == 0
     data = json.loads((report / "compare.json").read_text())
     assert data["precision"] == "fp32 vs int8" and data["head"]["images"] == 8
+    assert data["tolerance_logits"] == dtype_tolerance("int8")  # the looser precision's: int8's, not fp32's
     names = [p["point"] for p in data["points"]]
     assert "blocks.2.attn.probs" in names and "blocks.0.attn.q.input" in names  # Q/DQ'd input vs the float input
     assert [b["block"] for b in data["blocks"]] == [0, 1, 2]
@@ -153,6 +162,32 @@ def test_compare_command_writes_table_and_plot(outs, tmp_path, capsys):
     assert cli_main(["compare", str(outs / "fp32"), str(tmp_path / "patch4"), "--images", "4", "-o",
                      str(tmp_path / "r3")]) == 2
     assert "(patch 8 vs 4)" in capsys.readouterr().err and not (tmp_path / "r3").exists()
+
+
+def test_compare_refuses_compiles_of_another_depth_or_image_size(outs, tmp_path):
+    """Two compiles of different models (another depth) or for other images (size, channels) are refused before
+    anything runs."""
+    vitrt.compile(tiny_vit(depth=2), tmp_path / "depth2", **COMMON)
+    with pytest.raises(VitrtError, match=r"compiles of different models \(depth 3 vs 2\)"):
+        compare_artifacts(config(outs / "fp32", tmp_path / "depth2"), QUIET)
+    vitrt.compile(tiny_vit(depth=3, img_size=64), tmp_path / "img64", **COMMON)
+    vitrt.compile(tiny_vit(depth=3, in_chans=1), tmp_path / "gray", **COMMON)
+    for other, shape in (("img64", "3x64x64"), ("gray", "1x32x32")):
+        with pytest.raises(VitrtError, match=f"takes 3x32x32 images, '.*{other}' {shape}: they cannot see the same"):
+            compare_artifacts(config(outs / "fp32", tmp_path / other), QUIET)
+
+
+def test_shared_points_are_in_computation_order(outs):
+    """A Q/DQ'd graph holds more points than its float compile: the points both hold are listed in computation
+    order whichever side has fewer (the Q/DQ'd layer inputs matched in the float graph at their place)."""
+    fp32, int8 = load_artifact(outs / "fp32").model, load_artifact(outs / "int8").model
+    in_order = [p.name for p in graph_points(int8, load_artifact(outs / "int8").spec)]
+    for a, b in ((fp32, int8), (int8, fp32)):
+        points_a, points_b = shared_points(a, b)
+        names = [p.name for p in points_b]
+        assert [p.name for p in points_a] == names == in_order  # every point of the int8 graph is shared
+        assert names.index("blocks.0.attn.q.input") < names.index("blocks.0.output") < names.index(
+            "blocks.1.attn.q.input")
 
 
 def test_compare_a_b_same_graph_is_exact(outs):
