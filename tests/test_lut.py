@@ -78,6 +78,12 @@ def test_removed_halves_and_token_merging(table):
     assert merged == pytest.approx(floor(attn.ms[1, 1, 1, 1, 1]) + floor(merge.ms[1, 0, 1, 0]) + floor(mlp.ms[1, 1, 0]))
 
 
+def test_a_block_query_refuses_more_tokens_out_than_in(table):
+    for tokens_out in (17, 0):
+        with pytest.raises(VitrtError, match=rf"tokens_out={tokens_out} must be in 1..tokens \(9\)"):
+            table.block_ms(emb=64, heads=2, qk=32, v=32, mlp=128, tokens=9, tokens_out=tokens_out)
+
+
 def test_outside_the_grid_is_an_error_unless_clamped(table):
     with pytest.raises(VitrtError, match=r"tokens=40 is outside the table's grid \[9, 17\].*clamp"):
         table.block_ms(emb=64, heads=2, qk=32, v=32, mlp=128, tokens=40)
@@ -106,6 +112,9 @@ def test_model_ms_is_overhead_plus_stem_plus_blocks_plus_head(table):
     wrong_patch = spec_of_timm(tiny_vit(depth=1, patch_size=4, **TINY_ARGS))
     with pytest.raises(VitrtError, match="patch=8.*grid has patch=4"):
         table.model_ms(wrong_patch)
+    gray = spec_of_timm(tiny_vit(depth=1, in_chans=1, **TINY_ARGS))
+    with pytest.raises(VitrtError, match="in_chans=3, the model has in_chans=1"):
+        table.model_ms(gray)
 
 
 def test_check_rejects_mismatches_in_one_line(table):
@@ -122,6 +131,12 @@ def test_check_rejects_mismatches_in_one_line(table):
         assert "\n" not in str(info.value)
     with pytest.raises(VitrtError, match="int8"):
         table.block_ms(emb=64, heads=2, qk=32, v=32, mlp=128, tokens=17, precision="int8")
+    # a table timed with 1 thread: a measurement with the runtime's default threads (None) is another measurement
+    table.meta["threads"] = 1
+    table.check(threads=1)
+    with pytest.raises(VitrtError, match="timed with 1 intra-op thread.*would use the runtime's default threads; "
+                                         "pass --threads 1"):
+        table.check(threads=None)
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -141,7 +156,14 @@ def test_check_rejects_mismatches_in_one_line(table):
     (lambda d: json.dumps({**d, "points": [{"kind": "stem", "table": "fp32/dense", "key": {"emb": 64, "patches": 16},
                                             "ms": [-1.0], "sources": []}]}), "not a positive number"),
     (lambda d: json.dumps({**d, "points": [{"kind": "stem", "table": "fp32/dense", "key": {"emb": 64, "patches": 16},
+                                            "ms": [0], "sources": []}]}), "not a positive number"),
+    (lambda d: json.dumps({**d, "points": [{"kind": "stem", "table": "fp32/dense", "key": {"emb": 64, "patches": 16},
                                             "ms": [1.0]}]}), "no list of sources"),
+    (lambda d: json.dumps({**d, "tables": {"fp32/dense": {**d["tables"]["fp32/dense"],
+                                                           "mlp": {**d["tables"]["fp32/dense"]["mlp"],
+                                                                   "axes": {**d["tables"]["fp32/dense"]["mlp"]["axes"],
+                                                                            "tokens": [9, 9]}}}}}),
+     "axis 'tokens' is empty or not strictly increasing"),
     (lambda d: json.dumps({**d, "overhead_ms": -5}), "'overhead_ms' is -5"),
     (lambda d: json.dumps({**d, "batch": 1.7}), "'batch' is 1.7, not a positive integer"),
     (lambda d: json.dumps({**d, "clock": "sundial"}), "clock 'sundial'"),
@@ -235,6 +257,33 @@ def test_refine_rejects_incomplete_or_mismatched_manifests(table):
     assert table.points == []
 
 
+def test_refine_refuses_a_measurement_with_other_threads(table):
+    """What compile --lut --refine-lut refuses up front, vitrt lut refine refuses too: the manifest records the
+    measurement's threads (an int, or 'runtime default (N cores)'); a manifest that does not say is not refused."""
+    spec = spec_of_timm(tiny_vit(depth=2, **TINY_ARGS))
+    table.meta["threads"] = 1
+    manifest = _manifest(spec, {"stem": 1.0, "blocks.0": 1.0, "blocks.1": 1.0, "head": 1.0}, 5.0, table)
+    for threads, said in ((2, "would use 2 intra-op thread"), ("runtime default (2 cores)", "would use the runtime's")):
+        manifest["latency"]["threads"] = threads
+        with pytest.raises(VitrtError, match=f"timed with 1 intra-op thread.*{said}"):
+            table.refine(manifest)
+    assert table.points == []
+    manifest["latency"]["threads"] = 1
+    table.refine(manifest, source="one.json")
+    del manifest["latency"]["threads"]
+    table.refine(manifest, source="unsaid.json")
+    assert len(table.meta["refinements"]) == 2
+
+
+def test_a_distilled_heads_point_leaves_the_plain_head_alone(table):
+    """Head points are kept apart by ``distilled``: correcting the two-head variant must not move the plain head
+    (without the filter it would get e^-4 of the correction, the distilled flag being one log2 unit away)."""
+    plain, distilled = table.head_ms(emb=64, tokens=17), table.head_ms(emb=64, tokens=17, distilled=True)
+    table.add_point("head", {"emb": 64, "tokens": 17, "distilled": 1}, 100.0 * distilled)
+    assert table.head_ms(emb=64, tokens=17, distilled=True) == pytest.approx(100.0 * distilled)
+    assert table.head_ms(emb=64, tokens=17) == pytest.approx(plain, rel=1e-9)
+
+
 def test_compile_with_lut_predicts_and_refines(lut_path, tmp_path):
     from vitrt.pipeline.driver import compile
 
@@ -280,6 +329,35 @@ def test_compile_with_lut_predicts_and_refines(lut_path, tmp_path):
     with pytest.raises(VitrtError, match="does not exist"):
         refine_file(tmp_path / "missing.json", tmp_path / "out" / "manifest.json")
     assert not list(tmp_path.glob(".missing.json*"))
+
+
+def test_lut_refine_files_a_typed_compiles_measurement_under_its_precision(lut_path, tmp_path):
+    """vitrt lut refine reads the key from the manifest as compile --refine-lut does: fp16 / bf16 compiles name their
+    type only in the ``precision`` section, quantized ones in ``quantization`` (also when typed), 2:4 in
+    ``sparsity``."""
+    from vitrt.pipeline.feedback import compile_precision, refine_file
+    from vitrt.transforms.precision.plan import plan_for
+
+    fp16 = {"precision": plan_for("fp16", 17).report()}  # the section a --precision fp16 compile writes
+    assert compile_precision(None, fp16) == ("fp16", "dense")
+    assert compile_precision(None, {"precision": {"activations": "bf16"}}) == ("bf16", "dense")
+    assert compile_precision(None, {**fp16, "quantization": {"precision": "int8"}}) == ("int8", "dense")
+    assert compile_precision(None, {"quantization": {"precision": "int4w"}}) == ("int4w", "dense")
+    assert compile_precision(None, {"sparsity": {"pattern": "2:4"}}) == ("fp32", "2:4")
+    assert compile_precision(None, {}) == ("fp32", "dense")
+    data = json.loads(lut_path.read_text())
+    data["tables"]["fp16/dense"] = data["tables"]["fp32/dense"]
+    lut = tmp_path / "lut.json"
+    lut.write_text(json.dumps(data))
+    spec = spec_of_timm(tiny_vit(depth=2, **TINY_ARGS))
+    table = LatencyTable.load(lut)
+    manifest = {**_manifest(spec, {"stem": 1.0, "blocks.0": 3.0, "blocks.1": 3.0, "head": 0.5}, 9.0, table), **fp16}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    refine_file(lut, tmp_path / "manifest.json")
+    refined = LatencyTable.load(lut)
+    assert {p["table"] for p in refined.points} == {"fp16/dense"}
+    assert refined.model_ms(spec) == pytest.approx(table.model_ms(spec), rel=1e-9)  # fp32 untouched
+    assert refined.model_ms(spec, precision="fp16") == pytest.approx(9.0, rel=1e-3)
 
 
 def test_a_cpu_clock_table_is_predicted_and_refined_by_a_cpu_clock_bench(tmp_path, capsys):
@@ -419,6 +497,40 @@ def test_refine_is_exact_even_where_overhead_subtraction_left_no_time(table):
     assert table.model_ms(spec) == pytest.approx(measured, rel=1e-3)
 
 
+def test_a_whole_block_removed_model_refines_a_table_that_still_loads(table, tmp_path):
+    """DC-ViT's --dcvit-whole-blocks leaves a block with no attention and no MLP: it has no nodes, so a real
+    manifest's per_block_ms omits it (a hand-made one may say 0 ms). It is skipped, not refused and not stored;
+    a group profiled at 0 ms stores nothing either, and a tiny positive time is not rounded to 0."""
+    spec = spec_of_timm(tiny_vit(depth=3, **TINY_ARGS))
+    spec = spec.with_blocks([dataclasses.replace(spec.blocks[0], heads=0, mlp=0), *spec.blocks[1:]])
+    measured = 1.5 * table.model_ms(spec)
+    table.refine(_manifest(spec, {"stem": 1.0, "blocks.1": 3.0, "blocks.2": 3.0, "head": 0.5}, measured, table),
+                 source="real.json")
+    path = tmp_path / "refined.json"
+    table.save(path)
+    refined = LatencyTable.load(path)
+    assert refined.model_ms(spec) == pytest.approx(measured, rel=1e-3)  # the remaining blocks are corrected
+    assert refined.block_ms(emb=64, heads=0, qk=0, v=0, mlp=0, tokens=17) == 0.0
+    assert sorted(p["kind"] for p in refined.points) == ["block", "head", "stem"]  # blocks 1 and 2 share one point
+    # the audit's hand-made form: 0 ms for the emptied block and for the head
+    refined.refine(_manifest(spec, {"stem": 1.0, "blocks.0": 0.0, "blocks.1": 3.0, "blocks.2": 3.0, "head": 0.0},
+                             measured, table), source="zero.json")
+    refined.save(path)
+    again = LatencyTable.load(path)
+    assert all(m > 0 for p in again.points for m in p["ms"]) and len(again.points) == 3
+    # a time below the stored 5 decimals keeps its significant digits; a non-positive one is refused
+    again.add_point("stem", {"emb": 32, "patches": 16}, 4e-6)
+    assert again.points[-1]["ms"] == [4e-6]
+    with pytest.raises(VitrtError, match="not a positive latency"):
+        again.add_point("stem", {"emb": 32, "patches": 16}, 0.0)
+    again.save(path)
+    LatencyTable.load(path)
+    # a table an older vitrt refined with an emptied block (a positive time stored for it) still answers: that
+    # point has no grid time to correct, and the block stays at 0 ms
+    again.add_point("block", {"emb": 64, "heads": 0, "qk": 0, "v": 0, "mlp": 0, "tokens": 17, "tokens_out": 17}, 0.3)
+    assert again.block_ms(emb=64, heads=0, qk=0, v=0, mlp=0, tokens=17) == 0.0
+
+
 # TensorRT's per-layer profile of a ViT it compiled into one Myelin graph: layers are named after ONNX nodes, a
 # Myelin region "{ForeignNode[first...last]}" after its first and last node, reformat layers after their target.
 TRT_LAYERS_ONE_MYELIN_GRAPH = {
@@ -458,6 +570,16 @@ def test_refine_shares_a_myelin_region_by_the_tables_own_predictions(table):
         stem_share / (1.874 * predicted["blocks.0"] / (predicted["stem"] + predicted["blocks.0"] + predicted["blocks.1"])),
         rel=1e-3)
     assert table.model_ms(spec) == pytest.approx(measured, rel=1e-3)
+
+
+def test_a_spanning_layer_may_cover_a_single_group():
+    from vitrt.compiler.lut import distribute_spanning
+
+    order = ["stem", "blocks.0", "blocks.1", "head"]
+    predicted = {"stem": 1.0, "blocks.0": 2.0, "blocks.1": 3.0, "head": 1.0}
+    got = distribute_spanning({"stem": 0.5}, [{"layer": "x", "ms": 1.5, "first": "blocks.0", "last": "blocks.0"}],
+                              order, predicted)
+    assert got == {"stem": 0.5, "blocks.0": 1.5}
 
 
 def test_refine_rejects_a_spanning_layer_outside_the_model(table):

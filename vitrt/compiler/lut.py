@@ -35,7 +35,9 @@ per-block times. A profiled layer that spans several blocks (TensorRT compiles a
 its time splits: its time is distributed over the blocks it covers in proportion to the table's own per-block
 predictions (:func:`distribute_spanning`), never given to the block its name starts with. The per-block times
 are then scaled so that they add up to the measured median (the profiler sees kernel time only) and stored as
-*measured points* with their provenance (manifest path, model, date). A query
+*measured points* with their provenance (manifest path, model, date); an emptied block (heads = mlp = 0, which has no
+nodes and which the table predicts at 0 ms) and a group profiled at 0 ms are not stored. The measurement must have
+run with the table's intra-op threads (the manifest's ``latency.threads``). A query
 multiplies the grid prediction by a correction factor::
 
     log c(x) = Σ_i w_i log(m_i / g_i) / max(1, Σ_i w_i),    w_i = exp(-(d(x, x_i) / REFINE_RADIUS)²)
@@ -170,6 +172,28 @@ def _merge_lookup(parts, *, emb, keys, tokens, tokens_out, clamp) -> float:
     """One block's token-merge cost from the ``merge`` sub-table (the block and the model's merge part share it)."""
     return parts["merge"].lookup({"emb": emb, "keys": keys, "tokens": tokens, "merged": tokens - tokens_out},
                                  clamp=clamp, what="token merge")
+
+
+def measured_threads(latency: dict):
+    """The intra-op threads a manifest's measurement ran with, as :meth:`LatencyTable.check` takes them: the int
+    of --threads, None for the runtime's default (recorded as ``runtime default (N cores)``), UNCHECKED where the
+    manifest does not say."""
+    threads = latency.get("threads")
+    if threads is None:
+        return UNCHECKED
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) else None
+
+
+def empty_block(block) -> bool:
+    """A block that computes nothing (DC-ViT's whole-block removal: no attention, no MLP): it has no nodes, so no
+    profiled time, and the table predicts 0 ms for it."""
+    return not block.heads and not block.mlp
+
+
+def _stored_ms(ms: float) -> float:
+    """A refined time as stored: 5 decimals, but a positive time below that keeps 3 significant digits (rounded to
+    0 it would make the table unloadable)."""
+    return round(ms, 5) or float(f"{ms:.3g}")
 
 
 def _log_distance(a: dict, b: dict, fields) -> float:
@@ -381,24 +405,29 @@ class LatencyTable:
 
     def add_point(self, kind: str, key: dict, ms: float, *, precision="fp32", sparsity="dense",
                   source: dict | None = None) -> None:
-        """Record a measured value for a block / stem / head configuration (merged with earlier ones)."""
+        """Record a measured value for a block / stem / head configuration (merged with earlier ones); ``ms`` must be
+        a positive finite number, as the loader requires."""
         table = table_key(precision, sparsity)
         self._parts(precision, sparsity)
+        ms = float(ms)
+        if not 0 < ms < math.inf:
+            raise VitrtError(f"a refined {kind} point of {ms:g} ms is not a positive latency; it cannot be stored")
         for p in self.points:
             if p["kind"] == kind and p["table"] == table and p["key"] == key:
-                p["ms"].append(round(float(ms), 5))
+                p["ms"].append(_stored_ms(ms))
                 if source and source not in p["sources"]:
                     p["sources"].append(source)
                 return
-        self.points.append({"kind": kind, "table": table, "key": dict(key), "ms": [round(float(ms), 5)],
+        self.points.append({"kind": kind, "table": table, "key": dict(key), "ms": [_stored_ms(ms)],
                             "sources": [source] if source else []})
 
     def refine(self, manifest: dict, *, source: str | None = None, precision="fp32", sparsity="dense") -> dict:
         """Fold a compiled model's measured per-block latency into the table; returns a summary.
 
-        Needs ``latency`` (median_ms, per_block_ms, batch, backend, device, clock) and ``spec_after``. The
-        profiler's per-group times are scaled so that overhead + stem + Σ blocks + head equals the measured typical
-        time (``typical_ms``: the median, the least time on the cpu clock; the median in older manifests).
+        Needs ``latency`` (median_ms, per_block_ms, batch, backend, device, clock; threads where recorded) and
+        ``spec_after``. The profiler's per-group times are scaled so that overhead + stem + Σ blocks + head equals the
+        measured typical time (``typical_ms``: the median, the least time on the cpu clock; the median in older
+        manifests).
         """
         from vitrt.compiler.spec import ViTSpec
 
@@ -414,7 +443,7 @@ class LatencyTable:
                              "not describe: refining with it is not supported")
         self.check(backend=latency.get("backend", manifest.get("backend")), batch=latency.get("batch"),
                    precision=precision, sparsity=sparsity, device=latency.get("device"),
-                   clock=latency.get("clock", "wall"))
+                   clock=latency.get("clock", "wall"), threads=measured_threads(latency))
         self.check_spec(spec)
         groups = {k: float(v) for k, v in (latency.get("per_block_ms") or {}).items()}
         spanning = latency.get("spanning_layers") or []
@@ -422,12 +451,18 @@ class LatencyTable:
         if spanning:  # a layer covering several blocks: share its time by the table's predictions
             predicted = self.model_breakdown(spec, precision=precision, sparsity=sparsity, clamp=True)
             groups = distribute_spanning(groups, spanning, order, predicted)
-        expected = set(order)
-        missing = sorted(expected - set(groups))
+        # An emptied block (whole-block removal) has no nodes and so no profiled time; the table predicts 0 ms for
+        # it whatever is stored, so it is neither required nor refined. Time a profiler gave it counts as 'other'.
+        keys = {"stem": ("stem", {"emb": spec.emb, "patches": spec.num_patches}),
+                **{f"blocks.{i}": ("block", _block_point(spec.emb, b.heads, b.qk, b.v, b.mlp, b.tokens, b.tokens_out))
+                   for i, b in enumerate(spec.blocks) if not empty_block(b)},
+                "head": ("head", {"emb": spec.emb, "tokens": spec.blocks[-1].out_tokens,
+                                  "distilled": int(spec.distilled)})}
+        missing = [g for g in order if g in keys and g not in groups]
         if missing:
             raise VitrtError(f"the manifest's per_block_ms lacks {', '.join(missing)}: benchmark it again with --bench")
         # Unattributed nodes ('other') are spread over the groups in proportion, by scaling only the named ones.
-        profiled = sum(groups[k] for k in expected)
+        profiled = sum(groups[k] for k in keys)
         measured = float(latency.get("typical_ms", latency["median_ms"]))
         target = measured - self.overhead_ms
         if profiled <= 0 or target <= 0:
@@ -444,13 +479,10 @@ class LatencyTable:
                     provenance["measured_median_ms"]:
                 raise VitrtError(f"'{source}' (measured {provenance['measured_median_ms']:g} ms) is already folded "
                                  "into this table; benchmark the model again for a new measurement")
-        kw = dict(precision=precision, sparsity=sparsity, source=provenance)
-        self.add_point("stem", {"emb": spec.emb, "patches": spec.num_patches}, groups["stem"] * scale, **kw)
-        for i, b in enumerate(spec.blocks):
-            self.add_point("block", _block_point(spec.emb, b.heads, b.qk, b.v, b.mlp, b.tokens, b.tokens_out),
-                           groups[f"blocks.{i}"] * scale, **kw)
-        self.add_point("head", {"emb": spec.emb, "tokens": spec.blocks[-1].out_tokens, "distilled": int(spec.distilled)},
-                       groups["head"] * scale, **kw)
+        for group, (kind, key) in keys.items():
+            if groups[group] > 0:  # a group profiled at 0 ms (below the profiler's resolution) tells nothing
+                self.add_point(kind, key, groups[group] * scale, precision=precision, sparsity=sparsity,
+                               source=provenance)
         after = self.model_ms(spec, precision=precision, sparsity=sparsity, clamp=True)
         self.meta.setdefault("refinements", []).append({**provenance, "predicted_before_ms": round(before, 4),
                                                         "predicted_after_ms": round(after, 4)})

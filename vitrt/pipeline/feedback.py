@@ -21,12 +21,16 @@ from vitrt.compiler.output import check_output_file
 def compile_precision(config, manifest: dict | None = None) -> tuple[str, str]:
     """The (precision, sparsity) table key of a compile: the manifest's fields, else the config's.
 
+    A quantized compile's manifest names its precision in ``quantization`` (int8 / fp8 / int4w, whatever its
+    activations are typed to); a typed one (fp16 / bf16) only in ``precision.activations``; an fp32 one in neither.
     Every precision is its own key (an int4w engine is never predicted from fp32 entries); a table without
     the key answers with a one-line error or, after the build, an unavailable prediction.
     """
     manifest = manifest or {}
     quantization, sparse = manifest.get("quantization") or {}, manifest.get("sparsity") or {}
-    precision = quantization.get("precision") or (config.target.precision if config is not None else "fp32")
+    typed = manifest.get("precision") or {}
+    precision = quantization.get("precision") or typed.get("activations") or \
+        (config.target.precision if config is not None else "fp32")
     sparsity = sparse.get("pattern") or (config.sparsity.pattern if config is not None else None) or "dense"
     if precision not in PRECISIONS or sparsity not in SPARSITIES:
         raise VitrtError(f"the latency table has no key for precision '{precision}' with sparsity '{sparsity}'")
