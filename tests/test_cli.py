@@ -165,8 +165,12 @@ def test_compile_digits_reference_by_name(tmp_path, capsys):
                                      "real top-1; its data-free estimate is --metric-set synth:{set}"),
     (["--eval-data", "synthetic"], "--eval-data must be labelled data"),  # refused after the compile before
 ])
-def test_data_options_are_checked_before_any_work(tmp_path, capsys, flags, message):
+def test_data_options_are_checked_before_any_work(tmp_path, capsys, monkeypatch, flags, message):
     """A wrong data path is refused in one line before the model is even loaded (not after hours of planning)."""
+    def load_source(*args):
+        raise AssertionError("the model was loaded before the data options were checked")
+
+    monkeypatch.setattr("vitrt.pipeline.driver.load_source", load_source)
     fake_set = tmp_path / "set"
     (fake_set / "images" / "0").mkdir(parents=True)
     (fake_set / "metadata.json").write_text("{}")

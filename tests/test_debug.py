@@ -87,6 +87,20 @@ def test_records_of_low_rank_and_distilled_compiles_are_compared(tmp_path):
     assert not comparison.missing and comparison.first_exceeding() is None
 
 
+def test_a_record_without_a_weight_of_the_twin_is_refused(outs, tmp_path):
+    """A twin record whose arrays lack one of the twin's parameters is refused in one line, not loaded with that
+    parameter left at its random initial value."""
+    shutil.copytree(outs / "fp32" / "twin", tmp_path / "twin")
+    with np.load(tmp_path / "twin" / "arrays.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    del arrays["twin/blocks.1.mlp.fc1.weight"]
+    with open(tmp_path / "twin" / "arrays.npz", "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(VitrtError, match="no weights for 'blocks.1.mlp.fc1.weight' \\(1 missing\\)") as info:
+        load_record(tmp_path)
+    assert "\n" not in str(info.value)
+
+
 def test_attention_qdq_points_are_all_compared(tmp_path):
     """With --quantize-attention every attention Q/DQ point is compared with the twin, QKᵀ's second operand
     included (the graph holds Kᵀ, the twin's quantizer K: compared transposed, not listed as 'shapes differ')."""

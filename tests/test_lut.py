@@ -421,6 +421,20 @@ def test_a_load_warning_advises_by_the_clock_measured():
     assert "use --threads 1 --bench-clock cpu" in wall and "--bench-clock" not in cpu and "least CPU time" in cpu
 
 
+def test_a_load_warning_starts_above_the_cores(monkeypatch):
+    """The machine is called shared once the load average (the higher of before and after the benchmark) exceeds
+    its cores; a load up to the cores gets no warning."""
+    from vitrt.compiler.target import TargetConfig
+    from vitrt.pipeline.driver import machine_state
+
+    cores = os.cpu_count() or 1
+    for before, after, warned in ((cores - 0.5, cores - 0.5, False), (cores, cores, False),
+                                  (cores + 0.5, cores + 0.5, True), (cores + 0.5, 0.0, True), (0.0, cores + 0.5, True)):
+        monkeypatch.setattr(os, "getloadavg", lambda: (after, after, after))
+        state = machine_state(TargetConfig(), before)
+        assert ("load_warning" in state) == warned and state["load_average"] == max(before, after), (before, after)
+
+
 def run(*argv):
     return main([str(a) for a in argv])
 

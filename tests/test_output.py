@@ -131,13 +131,16 @@ def test_force_never_replaces_an_out_that_holds_the_compiles_own_inputs(tmp_path
     out = tmp_path / "out"
     vitrt.compile(digits_reference[0], out, batch=8, quiet=True)
     shutil.copy(DIGITS_LUT, out / "lut.json")
+    (out / "set" / "images").mkdir(parents=True)  # a synthetic metric set, named synth:SET
+    (out / "set" / "metadata.json").write_text("{}")
     before = sorted(p.name for p in out.iterdir())
     for options, message in ((dict(lut=out / "lut.json", bench=True, force=True), "lut '.*' lies inside"),
                              (dict(eval_data=str(out), force=True), "eval_data '.*' lies inside"),
+                             (dict(metric_set=f"synth:{out}/set", force=True), "metric_set 'synth:.*' lies inside"),
                              (dict(force="no"), "force takes a bool, got 'no'")):
         with pytest.raises(VitrtError, match=message):
             vitrt.compile(digits_reference[0], out, batch=8, quiet=True, **options)
-        assert sorted(p.name for p in out.iterdir()) == before
+        assert sorted(p.name for p in out.iterdir()) == before and (out / "set" / "metadata.json").is_file()
 
 
 def test_force_replaces_only_a_directory_vitrt_wrote(tmp_path, monkeypatch):

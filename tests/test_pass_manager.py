@@ -164,6 +164,20 @@ class KeepsAll(NoOp):
     preserves = frozenset({CANONICAL, SHAPES_INFERRED, TOPOSORTED})
 
 
+def test_the_final_check_names_the_reference_it_compared_with(tmp_path):
+    """--verify compares the compiled graph with the timm model where no pass changed the function (the twin's
+    error reported beside it), with the twin where one did, and a compiled CanonicalViT with itself: the twin."""
+    from vitrt.pipeline.driver import compile
+
+    model = tiny_vit()
+    plain = compile(model, tmp_path / "plain", verify=True, batch=2, quiet=True).manifest["verify"]
+    assert plain["reference"] == "timm model" and 0 <= plain["max_abs_err_twin"] <= plain["tolerance"]
+    merged = compile(model, tmp_path / "tome", tome="2", verify=True, batch=2, quiet=True).manifest["verify"]
+    assert merged["reference"] == "torch twin" and "max_abs_err_twin" not in merged
+    twin = compile(canonicalize(model), tmp_path / "twin", verify=True, batch=2, quiet=True).manifest["verify"]
+    assert twin["reference"] == "torch twin" and "max_abs_err_twin" not in twin
+
+
 def test_a_property_a_modifying_pass_gave_up_is_not_expected_afterwards(tiny_model):
     """After a pass that modified the graph and did not preserve TOPOSORTED, a later pass that preserves
     everything is not held to TOPOSORTED; a pass that did not modify the graph keeps every property."""
