@@ -100,3 +100,18 @@ def test_an_image_size_below_the_patch_names_one_size():
         check_img_size("deit_tiny_patch16_224", 15, 16)
     with pytest.raises(OptionError, match=r"use 32 or 48$"):
         check_img_size("deit_tiny_patch16_224", 40, 16)
+
+
+def test_random_weights_are_the_same_model_every_run_and_leave_the_callers_rng():
+    """Without --pretrained or --checkpoint the weights are timm's initialisation under a fixed seed: two compiles of
+    one name are of one model (vitrt compare A B, a plan or scale table made from one applied to the other)."""
+    import torch
+
+    from vitrt.compiler.models import load_timm_model
+
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    first = load_timm_model("deit_tiny_patch16_224", img_size=32).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    second = load_timm_model("deit_tiny_patch16_224", img_size=32).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)

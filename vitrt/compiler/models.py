@@ -23,6 +23,7 @@ from vitrt.compiler.twin import CanonicalViT
 
 HUB_HOST = "huggingface.co"  # where timm downloads pretrained weights from
 MAX_KEYS_NAMED = 3  # how many mismatched checkpoint keys an error names
+RANDOM_WEIGHTS_SEED = 0  # timm's initialisation of a model without weights (load_timm_model)
 
 
 def load_timm_model(name: str, *, pretrained: bool = False, checkpoint: str | Path | None = None,
@@ -34,7 +35,9 @@ def load_timm_model(name: str, *, pretrained: bool = False, checkpoint: str | Pa
     ``torch.load(weights_only=True)`` — or pass ``state``, already read by :func:`read_checkpoint`; a checkpoint
     whose classifier has another number of classes than the model's default (a fine-tuned model) sets
     ``num_classes`` (announced through ``progress``). ``pretrained`` needs a reachable model hub (checked in
-    seconds, not after minutes of retries).
+    seconds, not after minutes of retries). Random weights (neither) are timm's initialisation seeded with
+    :data:`RANDOM_WEIGHTS_SEED`: every run makes the same model, so two compiles of one name can be compared, and
+    a plan or scale table made from one fits the other. The caller's random state is left as it was.
     """
     check_model_name(name)
     import timm
@@ -47,7 +50,9 @@ def load_timm_model(name: str, *, pretrained: bool = False, checkpoint: str | Pa
         check_hub_reachable()
     kwargs = {k: v for k, v in (("img_size", img_size), ("num_classes", num_classes)) if v is not None}
     try:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError, ValueError) as exc:
         what = "download pretrained weights for" if pretrained else "create"
         raise VitrtError(f"could not {what} '{name}': {_first_line(exc)}") from None
