@@ -492,7 +492,7 @@ def test_cli_exit_codes(lut_path, tmp_path, capsys):
     shutil.copy(lut_path, copy)
     before = copy.read_bytes()
     assert run("lut", "merge", copy, lut_path, "-o", copy) == 2  # never over one of its own inputs
-    assert "is one of the tables being merged" in capsys.readouterr().err and copy.read_bytes() == before
+    assert "is the input" in capsys.readouterr().err and copy.read_bytes() == before
     assert run("lut", "build", "--grid", "tiny", "--threads", 0, "-o", tmp_path / "t0.json") == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
 

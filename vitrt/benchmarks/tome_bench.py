@@ -27,7 +27,7 @@ import numpy as np
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import add_command, option
-from vitrt.compiler.output import check_output_dir, check_output_file
+from vitrt.compiler.output import check_output_file, check_writable_dir
 
 CONFIGS = {  # name -> (skip, window) per model family; None skip = the default depth // 6
     "ToMe": {"skip": 0, "window": None},
@@ -231,7 +231,7 @@ def check_sweep_dir(out: Path | None, force: bool) -> Path:
     if out is None:
         raise VitrtError("no output directory: pass -o OUT (the recorded sweep: -o benchmarks/results)")
     out = Path(out)
-    check_output_dir(out, force=True)  # a directory, or its parent writable; other files may stay
+    check_writable_dir(out)  # other files may stay
     if out.is_dir():
         check_output_file(out / SWEEP_FILES[0], "-o")
     existing = [name for name in SWEEP_FILES if (out / name).exists()]

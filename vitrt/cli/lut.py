@@ -125,8 +125,6 @@ def _cmd_lut_merge(args) -> int:
     config = from_args(LutMergeConfig, args)
     if config.out is None:
         raise VitrtError("no output file: pass -o LUT")
-    if any(Path(part).resolve() == Path(config.out).resolve() for part in config.parts):
-        raise VitrtError(f"-o {config.out} is one of the tables being merged; write the merged table elsewhere")
     table = merge_tables(list(config.parts))
     table.save(config.out)
     print(f"wrote {config.out}: {len(config.parts)} parts, keys {', '.join(table.keys())}, {table.backend} on "

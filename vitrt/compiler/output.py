@@ -25,18 +25,10 @@ OUTPUT_MARKER = ".vitrt-output"
 
 
 def check_output_dir(out: Path, force: bool) -> None:
-    """OUT can be written: it is missing or an empty directory (or, with ``force``, a directory vitrt wrote: it holds
-    :data:`OUTPUT_MARKER`; not the current directory or one above it), and its nearest existing ancestor is a
-    directory this process may write into (so its missing parents can be created)."""
+    """OUT can be written (:func:`check_writable_dir`) and replaced: it is missing or an empty directory (or, with
+    ``force``, a directory vitrt wrote: it holds :data:`OUTPUT_MARKER`; not the current directory or one above it)."""
     out = Path(out).absolute()
-    ancestor = next((p for p in out.parents if p.exists()), out)  # "/" has no parents
-    if not ancestor.is_dir():
-        raise OutputError(f"cannot create the output's parent directory '{out.parent}': '{ancestor}' is not a "
-                          "directory")
-    if not out.exists() and not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot create the output directory '{out}': '{ancestor}' is not writable")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output '{out}' exists and is not a directory; choose another -o")
+    check_writable_dir(out)
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise OutputError(f"output directory '{out}' is not empty; pass --force to replace it or choose another -o")
@@ -46,6 +38,20 @@ def check_output_dir(out: Path, force: bool) -> None:
         if not (out / OUTPUT_MARKER).is_file():
             raise OutputError(f"output directory '{out}' was not written by vitrt (it holds no {OUTPUT_MARKER}), so "
                               "--force does not replace it; choose another -o, or empty it yourself")
+
+
+def check_writable_dir(out: Path) -> None:
+    """``out`` is a directory or can be made one: not a file, and its nearest existing ancestor is a directory this
+    process may write into (so its missing parents can be created). What ``out`` holds is not looked at."""
+    out = Path(out).absolute()
+    ancestor = next((p for p in out.parents if p.exists()), out)  # "/" has no parents
+    if not ancestor.is_dir():
+        raise OutputError(f"cannot create the output's parent directory '{out.parent}': '{ancestor}' is not a "
+                          "directory")
+    if not out.exists() and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot create the output directory '{out}': '{ancestor}' is not writable")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output '{out}' exists and is not a directory; choose another -o")
 
 
 def check_outside_out(flag: str, value, out: Path, *, shown=None) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from vitrt.compiler.errors import OptionError, VitrtError
 from vitrt.compiler.known_models import is_digits_model
 from vitrt.compiler.options import add_command, command_line, option
-from vitrt.compiler.output import check_output_dir, refuse_foreign_dir
+from vitrt.compiler.output import check_writable_dir, refuse_foreign_dir
 
 SEARCH_PRECISIONS = ("fp32", "int8", "fp16", "int4w")
 DEFAULT_LUT_KEYS = (("fp32", "dense"), ("int8", "dense"))
@@ -173,7 +173,7 @@ def prepare_out(config: OptimizeConfig) -> Path:
     """OUT ready for this search: new, a search to resume, or (--force) a search started over. Only a directory a
     search made (it holds ``.search``) is ever deleted, and never one that holds this run's own inputs."""
     out = Path(config.out)
-    check_output_dir(out, force=True)  # not a file; its parents can be created
+    check_writable_dir(out)  # not a file; its parents can be created
     refuse_foreign_dir(out, (out / ".search").is_dir(), command="optimize", what="search to resume")
     if out.is_dir() and any(out.iterdir()):
         if config.force:

@@ -102,7 +102,7 @@ class StudyConfig:
         if needs_lut and self.lut is None:
             raise OptionError(f"--rows {', '.join(needs_lut)} prune to a latency target: add --lut LUT (vitrt lut "
                               "build), or leave those rows out")
-        from vitrt.compiler.output import check_output_dir, refuse_foreign_dir
+        from vitrt.compiler.output import check_writable_dir, refuse_foreign_dir
 
         check_data_source("--data", self.data)
         out = Path(self.out)
@@ -116,7 +116,7 @@ class StudyConfig:
                                   "choose another -o")
         else:  # not a study: never deleted, even with --force
             refuse_foreign_dir(out, False, command="study", what="study")
-            check_output_dir(out, force=True)
+            check_writable_dir(out)
         return self
 
     def settings(self) -> dict:
