@@ -228,3 +228,32 @@ def test_an_option_given_without_what_it_acts_through_is_refused(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def corrupt_out(tmp_path_factory):
+    """A digits OUT whose artifact was overwritten (a disk error, a stray copy)."""
+    import vitrt
+
+    out = tmp_path_factory.mktemp("corrupt") / "OUT"
+    vitrt.compile("digits", out, batch=1, quiet=True)
+    (out / "model.ort.onnx").write_bytes(b"not a model")
+    return out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compile", "digits", "-o", "{tmp}/o", "--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["compile", "deit_tiny_patch16_224", "-o", "{tmp}/o", "--batch", "100000000", "--quiet"],
+     "out of memory (Unable to allocate"),
+    (["bench", "digits", "--clock", "cpu", "--iterations", "2"], "--clock cpu measures the caller thread's CPU time"),
+    (["lut", "build", "--grid", "tiny", "--precision", "bf16", "-o", "{tmp}/lut.json"], "--precision bf16 needs"),
+    (["bench", "{corrupt}", "--batch", "1", "--iterations", "2"], "model.ort.onnx' as an ONNX model"),
+    (["lint-trt", "{corrupt}/model.ort.onnx"], "as an ONNX model"),
+])
+def test_what_raised_a_traceback_is_one_line(tmp_path, capsys, corrupt_out, args, message):
+    """Bad input that used to end in a traceback (numpy's seed or allocation error, a CUDA driver probe, ONNX
+    Runtime's missing bf16 kernel, protobuf's DecodeError) is one line with exit 2, and writes nothing."""
+    assert main([a.format(tmp=tmp_path, corrupt=corrupt_out) for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert list(tmp_path.iterdir()) == []

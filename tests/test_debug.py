@@ -345,6 +345,16 @@ def test_fallback_refusals(tmp_path):
     bad.write_text(json.dumps({"precision": "fp8", "layers": [{"layer": "head"}]}))
     with pytest.raises(VitrtError, match="scored at fp8"):
         vitrt.compile(model, tmp_path / "c", precision="int8", keep_float_top=1, sensitivity=bad, **COMMON)
+    other = tmp_path / "other.json"  # another model's ranking: the layer names are the same, the order is not
+    other.write_text(json.dumps({"precision": "int8", "model_name": "deit_tiny_patch16_224",
+                                 "layers": [{"layer": "head"}]}))
+    with pytest.raises(VitrtError, match="was scored on deit_tiny_patch16_224, the compile is of digits"):
+        vitrt.compile("digits", tmp_path / "c", precision="int8", keep_float_top=1, sensitivity=other, calib_images=4,
+                      quiet=True)
+    other.write_text(json.dumps({"precision": "int8", "model_name": "digits-reference", "layers": [{"layer": "head"}]}))
+    vitrt.compile("digits", tmp_path / "e", precision="int8", keep_float_top=1, sensitivity=other, calib_images=4,
+                  quiet=True)  # digits by any of its names
+    shutil.rmtree(tmp_path / "e")
     with pytest.raises(VitrtError, match="keeps every one of the .* quantizable layers float"):
         vitrt.compile(model, tmp_path / "d", precision="int8", keep_float_top=999, calib_images=4, **COMMON)
     assert not any((tmp_path / d).exists() for d in "abcd")

@@ -172,6 +172,8 @@ def bench_target(target: str, batches: list[int], *, backend: str | list[str] | 
         elif path.exists():
             raise VitrtError(f"'{target}' is neither a compiled OUT directory nor a timm model name")
         else:
+            if not backends and clock is not None:  # a model name runs on ort unless told: its clock is checked now
+                check_clock(clock, "ort", threads, device)
             backends = backends or ["ort"]
             loaded = load_model_name(target, work / "lowered", backend=backends[0], img_size=img_size,
                                      threads=threads, keep_onnx=True, options=options, batches=tuple(batches))

@@ -80,6 +80,11 @@ def _run(argv) -> int:
     except VitrtError as exc:
         print(f"vitrt: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except MemoryError as exc:  # numpy's says how much it wanted: a batch or image count this machine cannot hold
+        wanted = f" ({exc})" if str(exc) else ""
+        print(f"vitrt: error: out of memory{wanted}: use a smaller --batch or fewer images; nothing was written",
+              file=sys.stderr)
+        return EXIT_USAGE
     except Interrupted as exc:
         print(f"vitrt: interrupted; {exc}", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc.__context__, Terminated) else EXIT_INTERRUPTED

@@ -24,9 +24,8 @@ class LintTrtConfig:
 
 
 def run(config: LintTrtConfig) -> int:
-    import onnx
-
     from vitrt.compiler.errors import VitrtError
+    from vitrt.compiler.onnx_file import read_onnx
     from vitrt.compiler.trt_lint import RULES, lint
 
     if config.rules:
@@ -35,13 +34,7 @@ def run(config: LintTrtConfig) -> int:
         return 0
     if config.model is None:
         raise VitrtError("no model given: vitrt lint-trt MODEL.onnx (or --rules)")
-    try:
-        model = onnx.load(str(config.model), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input: one line
-        first = (str(exc) or type(exc).__name__).splitlines()[0]
-        raise VitrtError(f"cannot read '{config.model}' as an ONNX model: {first}") from None
-    if not model.graph.node or not model.opset_import:  # protobuf reads an empty (or foreign) file as an empty model
-        raise VitrtError(f"'{config.model}' is not an ONNX model (no graph nodes or no opset); pass OUT/model.onnx")
+    model = read_onnx(config.model, fix="pass OUT/model.onnx")
     report = lint(model)
     for finding in report.errors + report.warnings:
         where = f" {finding.node}:" if finding.node else ""

@@ -10,7 +10,7 @@ from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.lut import PRECISIONS, SPARSITIES
 from vitrt.compiler.options import add_arguments, from_args, option
 from vitrt.compiler.progress import progress_for
-from vitrt.compiler.target import BACKENDS
+from vitrt.compiler.target import BACKENDS, check_precision_runs
 from vitrt.compiler.timing import CLOCKS
 
 PLOT_FORMATS = (".png", ".svg", ".pdf")
@@ -106,6 +106,7 @@ def _cmd_lut_build(args) -> int:
     if config.out is None:
         raise VitrtError("no output file: pass -o LUT")
     check_counts(iterations=config.iterations, threads=config.threads)
+    check_precision_runs(config.precision, config.backend)
     shard = parse_shard(config.shard)
     table = build_table(config.out, backend=config.backend, grid=config.grid, batch=config.batch,
                         precision=config.precision, sparsity=config.sparsity, threads=config.threads,

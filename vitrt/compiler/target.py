@@ -18,6 +18,13 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "int4w")
 MIN_OPSET, MAX_OPSET = 17, 21
 
 
+def check_precision_runs(precision: str, backend: str) -> None:
+    """Refuse (one line) a precision ``backend`` has no kernels for (compile's target, lut build's key)."""
+    if precision == "bf16" and backend == "ort":  # checked by tests/test_precision.py
+        raise OptionError("--precision bf16 needs --backend trt or torch: ONNX Runtime's CPU provider has no "
+                          "bfloat16 kernels for MatMul, Add, Erf or Softmax (use --precision fp16 with --backend ort)")
+
+
 @dataclass(frozen=True)
 class TargetConfig:
     backend: str = option("ort", "inference backend: ort (ONNX Runtime CPU, default), trt (TensorRT) or torch "
@@ -96,10 +103,7 @@ class TargetConfig:
         if self.no_build and self.backend != "trt":
             raise OptionError("--no-build is for --backend trt (the engine is built later on a GPU machine); the "
                               f"{self.backend} artifact builds here: drop --no-build")
-        if self.precision == "bf16" and self.backend == "ort":  # checked by tests/test_precision.py
-            raise OptionError("--precision bf16 needs --backend trt or torch: ONNX Runtime's CPU provider has no "
-                              "bfloat16 kernels for MatMul, Add, Erf or Softmax (use --precision fp16 with --backend "
-                              "ort)")
+        check_precision_runs(self.precision, self.backend)
         return self
 
     def build_options(self, sparse_weights: bool = False):

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.onnx_file import read_onnx
 from vitrt.compiler.spec import ViTSpec
 from vitrt.compiler.verify import decision_modules, pinned
 from vitrt.debug.config import PROBE_BACKENDS, CompareConfig, check_out
@@ -65,7 +66,7 @@ def load_artifact(path: Path) -> Artifact:
 
     check_out(path)
     manifest = read_json(Path(path) / "manifest.json", "manifest")
-    model = onnx.load(str(Path(path) / "model.onnx"))
+    model = read_onnx(Path(path) / "model.onnx")
     return Artifact(Path(path), model, ViTSpec.from_onnx(model), manifest)
 
 

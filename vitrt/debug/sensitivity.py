@@ -39,6 +39,16 @@ def load_twin(config: SensitivityConfig, progress):
         return canonicalize(load_timm_model(config.model, checkpoint=config.checkpoint, img_size=config.img_size))
 
 
+def scored_model(config: SensitivityConfig) -> str:
+    """The model name the ranking is for (what a compile's --sensitivity checks): the name given, or the model a
+    compiled OUT was compiled from (its manifest's)."""
+    import json
+
+    if is_digits_model(config.model) or not Path(config.model).is_dir():
+        return str(config.model)
+    return str(json.loads((Path(config.model) / "manifest.json").read_text()).get("model", ""))
+
+
 def scoring_images(source: str, img: int, count: int, seed: int, split: str = "test"
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``count`` images of ``source`` (digits: its ``split``) and their labels (None when unlabelled)."""
@@ -70,7 +80,8 @@ def sensitivity(config: SensitivityConfig, progress) -> dict:
     if labels is not None:
         for row in rows:
             row["top1_drop_points"] = round((summary["top1_float"] - row["top1"]) * 100, 4)
-    return {"format": RANKING_FORMAT, "model": str(config.model), "precision": config.precision,
+    return {"format": RANKING_FORMAT, "model": str(config.model), "model_name": scored_model(config),
+            "precision": config.precision,
             "quantize_attention": config.quantize_attention, "data": config.data,
             "split": config.scoring_split if config.data == "digits" else None, "images": len(images),
             "calibration": {"data": None if calib is None else calib_source, "method": config.calib_method,

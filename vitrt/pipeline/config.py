@@ -89,6 +89,8 @@ class CompileConfig:
         """Option-level checks, before any model is loaded (one-line VitrtError naming the flag)."""
         if self.img_size is not None and self.img_size < 1:
             raise OptionError(f"--img-size must be positive, got {self.img_size}")
+        if self.seed < 0:  # numpy's generators take none below 0
+            raise OptionError(f"--seed must be >= 0, got {self.seed}")
         self.target.validate()
         self.checks.validate()
         self.prune.validate()

@@ -109,10 +109,9 @@ def onnx_io(path: Path) -> tuple[tuple[TensorIO, ...], tuple[TensorIO, ...]]:
     """Graph inputs (initializers excluded) and outputs of an ONNX model, as the runtime will see them."""
     import onnx
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, ValueError, ... for a file that is not a model
-        raise VitrtError(f"cannot read '{path}' as an ONNX model ({type(exc).__name__}); compile OUT again") from None
+    from vitrt.compiler.onnx_file import read_onnx
+
+    model = read_onnx(path)
     initializers = {t.name for t in model.graph.initializer}
 
     def tensor(value) -> TensorIO:

@@ -69,7 +69,9 @@ def ort_session(model, *, threads: int | None = None, level: str = "all", optimi
     elif isinstance(model, bytes):
         proto, source = onnx.load_from_string(model), model
     else:
-        proto, source = onnx.load(str(model), load_external_data=False), str(model)
+        from vitrt.compiler.onnx_file import read_onnx
+
+        proto, source = read_onnx(model), str(model)
     return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=disabled_optimizers(proto))
 

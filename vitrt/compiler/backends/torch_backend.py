@@ -25,6 +25,7 @@ import onnx
 
 from vitrt.compiler.backends.base import Backend, BuildOptions, Runner
 from vitrt.compiler.errors import BackendUnavailableError, VitrtError
+from vitrt.compiler.onnx_file import read_onnx
 
 RECORD_KEY = "vitrt.torch"
 COMPILE_MODES = ("off", "default", "max-autotune")
@@ -87,7 +88,7 @@ class TorchBackend(Backend):
 
         check_options(options)
         device = torch_device(options.device)
-        model = onnx.load(str(onnx_path))
+        model = read_onnx(onnx_path, external_data=True)
         imported = import_onnx(model, device, sparse_weights=options.sparse_weights)
         record = {"device": options.device, "device_name": device_label(device), "torch_compile": options.torch_compile,
                   "cuda_graph": options.cuda_graph, "sparse_weights": options.sparse_weights,
@@ -101,7 +102,7 @@ class TorchBackend(Backend):
         return artifact
 
     def load(self, artifact: Path, options: BuildOptions) -> "TorchRunner":
-        model = onnx.load(str(artifact))
+        model = read_onnx(artifact, external_data=True)
         props = {p.key: p.value for p in model.metadata_props}
         if RECORD_KEY not in props:
             raise VitrtError(f"'{artifact}' has no torch build record: it was not built by vitrt's torch backend")

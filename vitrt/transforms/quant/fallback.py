@@ -33,7 +33,7 @@ def most_sensitive(twin, table, ctx: PlanContext, options, skip) -> dict[str, st
         raise VitrtError(f"--keep-float-top {options.keep_float_top} keeps every one of the {len(candidates)} "
                          f"quantizable layers float: nothing would be {table.precision}; pass fewer (or compile fp32)")
     if options.sensitivity is not None:
-        ranking = read_ranking(options.sensitivity, table.precision, candidates + list(skip))
+        ranking = read_ranking(options.sensitivity, table.precision, candidates + list(skip), model=ctx.model)
         ranked = [layer for layer in ranking if layer in candidates]
         return {layer: f"sensitivity rank {ranking.index(layer) + 1} in {options.sensitivity.name}"
                 for layer in ranked[:options.keep_float_top]}

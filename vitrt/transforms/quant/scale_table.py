@@ -213,11 +213,21 @@ def excluded_layers(patterns: str | None, spec, precision: str, quantize_attenti
     return out
 
 
-def read_ranking(path, precision: str, layers: list[str]) -> list[str]:
-    """The layer order of a ``vitrt sensitivity`` result (checked: its precision, and layers this model has)."""
+def read_ranking(path, precision: str, layers: list[str], model: str = "") -> list[str]:
+    """The layer order of a ``vitrt sensitivity`` result (checked: its precision, layers this model has and, where
+    ``model`` names the compiled model, that it was scored on that model: another's layers share the names)."""
+    from vitrt.compiler.known_models import DIGITS_MODEL, is_digits_model
+
     data = read_json(path, "sensitivity ranking", "write one with vitrt sensitivity MODEL -o DIR (DIR/sensitivity.json)")
     if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
         raise VitrtError(f"sensitivity ranking '{path}': expected the JSON vitrt sensitivity writes (a 'layers' list)")
+    def named(name: str) -> str:  # digits has several spellings
+        return DIGITS_MODEL if is_digits_model(name) else name
+
+    scored = str(data.get("model_name") or "")  # rankings written before it was recorded are not checked
+    if model and scored and named(scored) != named(model):
+        raise VitrtError(f"sensitivity ranking '{path}' was scored on {scored}, the compile is of {model}; score "
+                         f"this model: vitrt sensitivity {model} -o DIR")
     if data.get("precision") != precision:
         raise VitrtError(f"sensitivity ranking '{path}' was scored at {data.get('precision')}, the compile is {precision}")
     ranking = [row.get("layer") if isinstance(row, dict) else None for row in data["layers"]]
