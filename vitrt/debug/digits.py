@@ -27,7 +27,8 @@ import numpy as np
 
 from vitrt.compiler.errors import OptionError
 from vitrt.compiler.options import option
-from vitrt.compiler.output import refuse_foreign_dir
+from vitrt.compiler.errors import OutputError
+from vitrt.compiler.output import check_output_file, check_writable_dir, refuse_foreign_dir
 
 WORK_MARKER = ".vitrt-debug-digits"  # what marks a --work directory as this command's own (safe to replace)
 
@@ -69,6 +70,14 @@ class DigitsDebugConfig:
             raise OptionError(f"--work '{work}' is not a directory")
         refuse_foreign_dir(work, (work / WORK_MARKER).is_file(), command="debug-digits", what="debug-digits work",
                            flag="--work")
+        check_writable_dir(self.results)
+        # the tables are written after minutes of compiles: a --results nothing can be written into is refused now
+        nearest = next(p for p in (self.results.absolute(), *self.results.absolute().parents) if p.exists())
+        try:
+            check_output_file(nearest / "debug_fallback_digits.json", "--results")
+        except OutputError:
+            raise OutputError(f"--results '{self.results}': nothing can be written there; choose another directory") \
+                from None
         return self
 
 
@@ -221,6 +230,13 @@ def run(config: DigitsDebugConfig) -> int:
     progress = progress_for(config)
     command = command_line()
     model, _ = load_reference()
+    if config.ranking is not None:  # its precision, layers and model, before minutes of compiles
+        from vitrt.compiler.known_models import DIGITS_MODEL
+        from vitrt.compiler.models import spec_of_timm
+        from vitrt.transforms.quant.scale_table import quantizable_layers, read_ranking
+
+        read_ranking(config.ranking, AGGRESSIVE["precision"], quantizable_layers(
+            spec_of_timm(model), AGGRESSIVE["precision"], quantize_attention=True), model=DIGITS_MODEL)
     if config.work.exists():  # validate() allows only a --work this command made
         shutil.rmtree(config.work)
     config.work.mkdir(parents=True)
