@@ -5,7 +5,9 @@ search on the digits reference whose chosen engine the recipe replays byte for b
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,8 @@ from vitrt.compiler.errors import OptionError, VitrtError
 from vitrt.compiler.progress import Progress
 from vitrt.search.evaluate import Estimate
 from vitrt.search.front import best_per_recipe, pareto, thin
-from vitrt.search.halving import Clock, Goal, Schedule, SearchState, run_rungs, structural_filter
-from vitrt.search.optimize import OptimizeConfig
+from vitrt.search.halving import Clock, Goal, Schedule, SearchState, choose, fill_front, run_rungs, structural_filter
+from vitrt.search.optimize import OptimizeConfig, fingerprint
 from vitrt.search.space import Merge, Recipe, Space
 
 DIGITS_LUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lut_ort_digits_b8_cpu.json"
@@ -45,6 +47,11 @@ def test_space_leaves_out_what_the_compile_refuses_and_recipes_round_trip():
     fp32 = Recipe(None, Merge(4, skip=0), None, False, "fp32").options(epochs=1, data="digits", lut=None, batch=8,
                                                                        backend="ort", threads=1)
     assert fp32["distill_epochs"] == 1 and fp32["dfe_skip"] == 0 and "calib_data" not in fp32
+    for precision in ("fp16", "int4w"):  # no QAT after the merge: distilled at every precision but int8
+        merged = Recipe(merge=Merge(4), precision=precision)
+        assert merged.trainable() == ["distill"]
+        o = merged.options(epochs=1, data="digits", lut=None, batch=8, backend="ort", threads=1)
+        assert o["distill_epochs"] == 1 and o["distill_data"] == "digits"
     assert Recipe(precision="int8").options(epochs=0, data="digits", lut=None, batch=8, backend="ort",
                                             threads=1).get("qat_epochs") is None
     with pytest.raises(OptionError, match="search precision"):
@@ -59,7 +66,9 @@ def test_pareto_front_goal_and_thinning():
     goal = Goal(max_drop=1.0)
     ok = [p for p in points if goal.admissible(p, 0.99, 10.0, 0.0)]
     assert min(ok, key=goal.rank).predicted_ms == 5.0
-    assert goal.admissible(points[2], 0.99, 10.0, slack=1.5)  # 2 points within 1 + 1.5
+    trained = Estimate(points[2].recipe, 1, 6.0, 0.97)  # trained: a pruned recipe at epochs 0 is let through anyway
+    assert goal.admissible(trained, 0.99, 10.0, slack=1.5)  # 2 points within 1 + 1.5
+    assert not goal.admissible(trained, 0.99, 10.0, slack=0.5)
     speed = Goal(target_speedup=2.2)
     assert min((p for p in points if speed.admissible(p, 0.99, 10.0, 0.0)), key=speed.rank).predicted_ms == 4.0
     assert not goal.admissible(Estimate(Recipe(), 0, refused="no"), 0.99, 10.0, 0.0)
@@ -74,6 +83,28 @@ def test_a_drop_of_exactly_max_drop_points_is_admissible():
     goal = Goal(max_drop=1.0)
     assert goal.admissible(estimate(5.0, 294 / 300), 297 / 300, 10.0, 0.0)
     assert not goal.admissible(estimate(5.0, 293 / 300), 297 / 300, 10.0, 0.0)
+
+
+def test_the_rung_slack_widens_max_drop_and_the_target_speedup_is_inclusive():
+    """A recipe judged at rung 0 (merging: nothing trains it before it is judged) is admissible within --max-drop plus
+    the rung's slack, not beyond; a predicted speedup of exactly --target-speedup meets it."""
+    merged = estimate(5.0, 0.97, merge=Merge(4))  # 2 points below the dense 99 %
+    assert Goal(max_drop=1.0).admissible(merged, 0.99, 10.0, slack=1.5)
+    assert not Goal(max_drop=1.0).admissible(merged, 0.99, 10.0, slack=0.5)
+    assert Goal(target_speedup=2.0).admissible(estimate(5.0, 0.9), 0.99, 10.0, 0.0)  # 10 / 5 = 2 exactly
+    assert not Goal(target_speedup=2.0).admissible(estimate(5.1, 0.9), 0.99, 10.0, 0.0)
+
+
+def test_the_final_choice_is_the_fastest_recipe_within_max_drop_itself():
+    """No rung's slack at the end: a faster recipe beyond --max-drop is never chosen (a pruned one neither, whatever
+    its budget), the fastest within it is; under --target-speedup the most accurate fast enough."""
+    beyond, pruned = estimate(3.0, 0.95, merge=Merge(4)), estimate(2.0, 0.10, prune=0.3)
+    within, slower = estimate(5.0, 0.985, prune=0.5), estimate(6.0, 0.99, prune=0.6)
+    points = [slower, beyond, within, pruned]
+    assert choose(points, Goal(max_drop=1.0), 0.99, 10.0) is within
+    assert choose(points, Goal(target_speedup=1.8), 0.99, 10.0) is within  # 6 ms is 1.67x: not fast enough
+    assert choose(points, Goal(max_drop=10.0), 0.99, 10.0) is beyond
+    assert choose([beyond, pruned], Goal(max_drop=1.0), 0.99, 10.0) is None
 
 
 def test_ties_go_to_the_more_accurate_or_the_faster_point():
@@ -93,8 +124,9 @@ class ScriptedEvaluator:
     """The evaluator's interface with each recipe's predicted ms and held-out top-1 (``top1[recipe, epochs]``, or
     ``top1[recipe]`` at any budget) given: what the search selects from them, without compiling anything."""
 
-    def __init__(self, ms: dict, top1: dict, dense_ms=10.0, dense_holdout=0.99):
+    def __init__(self, ms: dict, top1: dict, dense_ms=10.0, dense_holdout=0.99, seconds=0.0):
         self.ms, self.top1, self.dense_ms, self.dense_holdout = ms, top1, dense_ms, dense_holdout
+        self.seconds = seconds  # what each estimate says it took
         self.estimated: list[tuple[Recipe, int]] = []
 
     def lut_has(self, recipe):
@@ -108,7 +140,8 @@ class ScriptedEvaluator:
 
     def estimate(self, recipe, epochs):
         self.estimated.append((recipe, epochs))
-        return Estimate(recipe, epochs, self.ms[recipe], self.top1.get((recipe, epochs), self.top1.get(recipe)))
+        return Estimate(recipe, epochs, self.ms[recipe], self.top1.get((recipe, epochs), self.top1.get(recipe)),
+                        seconds=self.seconds)
 
 
 def test_a_lossy_extra_needs_to_be_predicted_more_than_the_margin_faster():
@@ -129,6 +162,45 @@ def test_each_rung_trains_the_fastest_admissible_recipes_of_the_rung_before(tmp_
                      Progress(enabled=False))
     assert [r for r, epochs in evaluator.estimated if epochs == 2] == recipes[:2]
     assert [e.recipe for e in last] == [recipes[1]]
+
+
+def test_the_budget_keeps_back_the_reserve_and_skips_a_recipe_the_last_ones_cost_says_will_not_fit(tmp_path):
+    """A clock fits a cost only within the budget less the reserve (the measurements'); a rung skips the recipes
+    whose expected cost (the mean of the estimates it made) no longer fits, and says so in the state's log."""
+    assert not Clock(100.0, reserve_s=60.0, already_s=50.0).fits(0.0)
+    assert Clock(100.0, reserve_s=60.0, already_s=30.0).fits(5.0)
+    recipes = [Recipe(prune=0.3), Recipe(prune=0.5)]
+    evaluator = ScriptedEvaluator({r: 10 * r.prune for r in recipes}, {r: 0.99 for r in recipes}, seconds=50.0)
+    state = SearchState(tmp_path / "state.json", {})
+    run_rungs(evaluator, recipes, Goal(max_drop=1.0), Schedule(epochs=(0,), keep=(), slack=(0.0,)), state,
+              Clock(100.0, reserve_s=0.0, already_s=60.0), lambda e: None, Progress(enabled=False))
+    assert evaluator.estimated == [(recipes[0], 0)]  # 60 s used + 50 s expected > 100 s
+    assert state.log == [{"rung": 0, "skipped_for_budget": [recipes[1].key]}]
+
+
+def test_filling_the_front_stops_at_the_points_wanted_and_leaves_a_gap_that_gained_none(tmp_path):
+    """The front is filled until it has --front-points points, no more; a gap whose recipe did not join the front
+    (less accurate than a faster point) is not tried again: the next recipe comes from another gap."""
+    def front_state(name):
+        state = SearchState(tmp_path / name, {})
+        for e in (Estimate(Recipe(prune=0.2), 6, 2.0, 0.90), Estimate(Recipe(prune=0.8), 6, 8.0, 0.99)):
+            state.add(e, None)
+        return state
+
+    # widest gap 2 -> 8 ms (two recipes there, 4 ms nearest its middle); faster than the front: 1 -> 2 ms
+    wide, also_wide, fast = Recipe(prune=0.4), Recipe(prune=0.45), Recipe(prune=0.1)
+    ms = {wide: 4.0, also_wide: 4.5, fast: 1.0}
+    predicted = {r.key: v for r, v in ms.items()}
+
+    def fill(evaluator, state):
+        return fill_front(evaluator, list(ms), predicted, 6, 3, state, Clock(None, 0.0), lambda e: None,
+                          Progress(enabled=False))
+
+    joins = ScriptedEvaluator(ms, {r: 0.95 for r in ms})
+    assert fill(joins, front_state("joins.json")) == 1 and joins.estimated == [(wide, 6)]
+    off_front = ScriptedEvaluator(ms, {wide: 0.85, also_wide: 0.85, fast: 0.5})  # 0.85 at 4 ms: beaten by 2 ms
+    assert fill(off_front, front_state("off.json")) == 2
+    assert off_front.estimated == [(wide, 6), (fast, 6)]
 
 
 def test_state_persists_resumes_and_refuses_other_arguments(tmp_path):
@@ -156,6 +228,8 @@ def test_state_persists_resumes_and_refuses_other_arguments(tmp_path):
     (["-o", "OUT", "--max-drop", "1", "--epochs", "2,1"], "--epochs must be rising"),
     (["-o", "OUT", "--max-drop", "1", "--prune-fractions", "0.5,x"], "comma-separated numbers"),
     (["-o", "OUT", "--max-drop", "1", "--prune-fractions", "1.5"], "must lie in"),
+    (["-o", "OUT", "--max-drop", "1", "--prune-fractions", "0"], "--prune-fractions must lie in (0, 1]"),
+    (["-o", "OUT", "--max-drop", "1", "--front-max", "1"], "--front-max >= 2"),
     (["-o", "OUT", "--max-drop", "1", "--data", "synthetic"], "must be labelled"),
     (["-o", "OUT", "--max-drop", "1", "--lut", "manifest.json"], "is not a vitrt latency table"),
     (["-o", "OUT", "--max-drop", "1", "--lut", "missing.json"], "does not exist"),
@@ -193,6 +267,38 @@ def test_force_never_deletes_the_searchs_own_inputs(tmp_path, capsys):
     assert cli(["optimize", "digits", "-o", str(tmp_path / "OUT"), "--max-drop", "1", "--force",
                 "--lut", str(tmp_path / "OUT" / "lut.json")]) == 2
     assert "lies inside" in capsys.readouterr().err and (tmp_path / "OUT" / "lut.json").is_file()
+
+
+def test_force_never_deletes_an_image_folder_given_as_data(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "OUT" / ".search").mkdir(parents=True)
+    images = tmp_path / "OUT" / "imgs" / "zero"
+    images.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, i, i)).save(images / f"{i}.png")
+    assert cli(["optimize", "digits", "-o", str(tmp_path / "OUT"), "--max-drop", "1", "--force",
+                "--data", str(tmp_path / "OUT" / "imgs")]) == 2
+    assert "--data" in (err := capsys.readouterr().err) and "lies inside" in err
+    assert sorted(p.name for p in images.iterdir()) == ["0.png", "1.png", "2.png"]
+
+
+def test_the_default_schedule_is_the_documented_one():
+    """12, 6, 3 recipes go on; the slack on --max-drop shrinks 30, 3, 1 points to 0 at the last rung."""
+    config = OptimizeConfig(model="digits", out=Path("x"), max_drop=1.0)
+    assert config.schedule == Schedule(epochs=(0, 1, 3, 6), keep=(12, 6, 3), slack=(30.0, 3.0, 1.0, 0.0))
+
+
+def test_a_resumed_search_must_share_the_seed_and_the_tables_contents(tmp_path):
+    lut = tmp_path / "lut.json"
+    shutil.copy(DIGITS_LUT, lut)
+    config = OptimizeConfig(model="digits", out=tmp_path / "OUT", max_drop=1.0, lut=lut)
+    before = fingerprint(config)
+    assert before != fingerprint(replace(config, seed=1))
+    assert before == fingerprint(replace(config, budget_minutes=5.0, force=True))  # these may change on a resume
+    mtime = lut.stat().st_mtime_ns
+    os.utime(lut, ns=(mtime, mtime + 10**9))  # the table rebuilt in place
+    assert fingerprint(config) != before
 
 
 def test_the_latency_table_drops_recipes_it_shows_cannot_pay(digits_reference):
@@ -366,6 +472,21 @@ def test_merge_is_a_dominance_axis_and_the_merge_factor_reproduces_the_measured_
     assert structural["notes"][probe.key].startswith("dominated: predicted not faster than fp32")
 
 
+def test_the_calibration_formulas_clamp_and_chain():
+    """The offset is clamped at a quarter of the dense table time, the merge factor at 0 below; the merge factor is
+    fitted on the table times with the offset added; the machine's scale makes the calibrated dense time the
+    measured one."""
+    from vitrt.search.evaluate import fit_calibration, lut_scale, merge_factor, table_offset
+
+    # (7.9 + c) / (8 + c) = 0.999 needs c = 92 ms: more than 0.25 x 8
+    assert table_offset(dense_table_ms=8.0, small_table_ms=7.9, measured_ratio=0.999) == 2.0
+    assert merge_factor(dense_table_ms=8.0, merged_table_ms=9.0, merge_part_ms=0.1, measured_ratio=0.5) == 0.0
+    # by hand: (4 + c) / (8 + c) = 0.55 -> c = 0.4 / 0.45 = 8/9; (8 + c) * 0.9 = 7 + c + (k - 1) * 0.5 -> k = 11/9
+    assert fit_calibration(8.0, small=(4.0, 0.55), merge=(7.0, 0.5, 0.9)) == pytest.approx((8 / 9, 11 / 9))
+    assert fit_calibration(8.0) == (0.0, 1.0)
+    assert lut_scale(10.0, 8.0, 2.0) == 1.0 and lut_scale(12.0, 8.0, 0.0) == 1.5
+
+
 def test_the_front_is_filled_in_its_widest_latency_gap():
     from vitrt.search.halving import widest_gap_candidate
 
@@ -397,7 +518,8 @@ def test_dcvit_is_a_search_axis_apart_from_nvit_pruning():
     rung0 = r.options(epochs=0, data="digits", lut=None, batch=8, backend="ort", threads=1)
     assert rung0["dcvit_epochs"] == 0 and rung0["dcvit_score_epochs"] == 0  # explicit: DC-ViT's default is 50
     assert rung0["dcvit_metric"] == "digits" and rung0["few_shot"] == DCVIT_FEW_SHOT and "prune" not in rung0
-    assert r.options(epochs=6, data="digits", lut=None, batch=8, backend="ort", threads=1)["dcvit_epochs"] == 6
+    trained = r.options(epochs=6, data="digits", lut=None, batch=8, backend="ort", threads=1)
+    assert trained["dcvit_epochs"] == 6 and trained["dcvit_score_epochs"] == 2  # scoring's brief fine-tuning: capped
     goal = Goal(max_drop=1.0)
     assert goal.admissible(Estimate(Recipe(dcvit=0.7), 0, 1.0, 0.5), 1.0, 8.0, slack=30.0)  # judged once trained
     config = OptimizeConfig(model="digits", out=Path("x"), max_drop=1.0, dcvit_macs="0.8,1")
@@ -489,6 +611,15 @@ def test_the_report_claims_only_what_was_written():
     assert "VERIFICATION FAILED" in chosen_line({"label": "x"}, {"ok": False, "max_abs_err": 1.0})
 
 
+def test_the_report_re_scales_a_front_points_table_time():
+    """pareto.md predicts a front point as its table time x the scale of the measuring run, not the search's
+    prediction; a result written before table_ms was kept falls back to that."""
+    from vitrt.search.front import predicted_ms
+
+    assert predicted_ms({"table_ms": 2.0, "predicted_ms": 9.0}, 1.5) == 3.0
+    assert predicted_ms({"predicted_ms": 9.0}, 1.5) == 9.0
+
+
 def test_ctrl_c_in_a_search_says_what_is_kept(tmp_path):
     from vitrt.compiler.errors import Interrupted
     from vitrt.search.halving import resumable
@@ -512,6 +643,8 @@ def test_the_held_out_split_is_a_fifth_of_every_class_and_never_fitted_on():
     assert [int((held.labels == c).sum()) for c in range(3)] == [2, 4, 6] and len(fit) == 48
     assert not set(fit.images.flatten().tolist()) & set(held.images.flatten().tolist())
     assert torch.equal(split_holdout(data)[1].images, held.images)  # a fixed seed: the same split every run
+    few = ImageSet(torch.zeros(10, 1, 1, 1), torch.tensor([0, 0] + [1] * 8))
+    assert split_holdout(few)[1].labels.tolist().count(0) == 1  # a fifth of 2 rounds to none: one still held out
 
 
 def test_the_search_trains_on_the_fit_split_and_its_test_split_stays_the_sources():

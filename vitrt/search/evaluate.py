@@ -203,6 +203,13 @@ def merge_factor(*, dense_table_ms: float, merged_table_ms: float, merge_part_ms
     return min(max(1.0 + (dense_table_ms * measured_ratio - merged_table_ms) / merge_part_ms, 0.0), 10.0)
 
 
+def lut_scale(dense_measured_ms: float, dense_table_ms: float, offset: float) -> float:
+    """The machine's scale (:meth:`Evaluator.calibrate`): the dense engine's measured ms over its calibrated table
+    time, the table alone plus the per-run ``offset`` (the dense engine merges nothing), so the calibrated
+    prediction of the dense engine is the measured time."""
+    return dense_measured_ms / (dense_table_ms + offset)
+
+
 def fit_calibration(dense_table_ms: float, small: tuple[float, float] | None = None,
                     merge: tuple[float, float, float] | None = None) -> tuple[float, float]:
     """(offset, merge factor) from the table alone and measured ratios to dense: ``small`` = (table ms of a small

@@ -81,6 +81,13 @@ class Goal:
         return (-e.holdout_top1, e.predicted_ms)
 
 
+def choose(points: list[Estimate], goal: Goal, dense_top1: float, dense_ms: float) -> Estimate | None:
+    """The answer (step 4): the best of ``points`` by :meth:`Goal.rank` among those admissible with no slack (within
+    --max-drop itself, or at least --target-speedup), the fastest under --max-drop; None when none is."""
+    final = [e for e in points if goal.admissible(e, dense_top1, dense_ms, 0.0)]
+    return min(final, key=goal.rank) if final else None
+
+
 ARGUMENT_NAMES = {"lut_mtime": "the --lut file's contents", "model": "MODEL"}  # fingerprint keys that are no flag
 
 

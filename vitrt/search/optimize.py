@@ -245,8 +245,8 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
     from vitrt.pipeline.recipe import write_recipe
     from vitrt.search.evaluate import OFFSET_LIMIT, Evaluator, Target
     from vitrt.search.front import best_per_recipe, pareto, thin, write_report
-    from vitrt.search.halving import (Clock, Goal, SearchState, dropped_summary, fill_front, resumable, run_rungs,
-                                      structural_filter)
+    from vitrt.search.halving import (Clock, Goal, SearchState, choose, dropped_summary, fill_front, resumable,
+                                      run_rungs, structural_filter)
     from vitrt.search.holdout import search_data
 
     config = config.validate()
@@ -312,8 +312,7 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
 
         estimates = [Estimate.from_dict(e) for e in state.done.values()]
         points = best_per_recipe(estimates)
-        final = [e for e in points if goal.admissible(e, evaluator.dense_holdout, evaluator.dense_ms, 0.0)]
-        chosen = min(final, key=goal.rank) if final else None
+        chosen = choose(points, goal, evaluator.dense_holdout, evaluator.dense_ms)
         front = thin(pareto(points), config.front_max, [chosen] if chosen else [])
         if chosen is not None and all(p is not chosen for p in front):
             front.append(chosen)
@@ -358,7 +357,7 @@ def calibrate(config, module, evaluator, recipes, work: Path, progress) -> dict:
     from vitrt.compiler.jsonfile import read_json
     from vitrt.compiler.spec import ViTSpec
     from vitrt.pipeline.driver import compile
-    from vitrt.search.evaluate import fit_calibration
+    from vitrt.search.evaluate import fit_calibration, lut_scale
     from vitrt.search.measure import measure
     from vitrt.search.space import Recipe
 
@@ -396,8 +395,8 @@ def calibrate(config, module, evaluator, recipes, work: Path, progress) -> dict:
     if probe is not None:
         out["merge_factor"] = k
     dense_ms = timed["dense"].cpu_ms
-    return {"lut_scale": dense_ms / (dense_table + offset), "table_offset_ms": offset, "dense_measured_ms": dense_ms,
-            "dense_table_ms": dense_table, **out}
+    return {"lut_scale": lut_scale(dense_ms, dense_table, offset), "table_offset_ms": offset,
+            "dense_measured_ms": dense_ms, "dense_table_ms": dense_table, **out}
 
 
 def measure_front(config, module, twin, front, state, evaluator, work: Path, data, progress) -> dict:
