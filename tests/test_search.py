@@ -239,14 +239,36 @@ def test_state_persists_resumes_and_refuses_other_arguments(tmp_path):
     (["-o", "OUT", "--max-drop", "1", "--seed", "-1"], "--seed must be >= 0"),
     (["-o", "OUT", "--max-drop", "1", "--merge-r", "-3"], "--merge-r takes tokens merged per block"),
     (["-o", "OUT", "--max-drop", "1", "--precisions", "fp32,fp32"], "each once"),
+    (["-o", "OUT", "--max-drop", "1", "--budget-minutes", "2"], "--budget-minutes 2 leaves no time to search"),
+    (["-o", "OUT", "--max-drop", "1", "--lut", str(DIGITS_LUT), "--batch", "4"], "built for batch 8, not 4"),
 ])
 def test_bad_options_are_one_line_errors_and_write_nothing(tmp_path, monkeypatch, capsys, args, message):
+    """Refused in one line before any work (a table that does not fit: before anything was recorded), and no OUT
+    left behind: there is nothing to resume."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "manifest.json").write_text('{"model": "digits"}')  # a compile's manifest, not a latency table
     assert cli(["optimize", "digits", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "OUT").exists()
+
+
+@pytest.mark.parametrize("command, model, args, message", [
+    ("optimize", "nosuch", ["--max-drop", "1"], "unknown model 'nosuch'"),
+    ("optimize", "swin_tiny_patch4_window7_224", ["--max-drop", "1"], "unsupported architecture"),
+    ("optimize", "digits", ["--max-drop", "1", "--backend", "trt"], "TensorRT is not installed"),
+    ("study", "nosuch", [], "unknown model 'nosuch'"),
+])
+def test_a_model_or_runtime_that_cannot_run_is_refused_before_out_is_made(tmp_path, capsys, command, model, args,
+                                                                          message):
+    from vitrt.compiler.backends.trt import tensorrt_available
+
+    if "trt" in args and tensorrt_available():
+        pytest.skip("TensorRT is installed: --backend trt runs")
+    assert cli([command, model, "-o", str(tmp_path / "OUT"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_non_empty_output_without_a_search_is_refused(tmp_path, capsys):

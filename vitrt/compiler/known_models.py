@@ -106,6 +106,12 @@ def check_model_name(name: str) -> None:
                                     f"vitrt supports {SUPPORTED_FAMILIES}, e.g. {SUPPORTED_EXAMPLES}")
 
 
+def check_model(name: str) -> None:
+    """:func:`check_model_name` for a name a command takes: the shipped digits reference (any spelling) or timm's."""
+    if not is_digits_model(name):
+        check_model_name(name)
+
+
 # timm registers a model by decorating its entrypoint function; reading that from the sources finds every name
 # without importing timm (and torch), which takes seconds. tests/test_first_hour.py checks the scan against
 # timm.list_models() for the installed timm.

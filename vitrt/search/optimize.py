@@ -15,14 +15,16 @@ fastest recipe within --max-drop on the held-out split (the test split is only u
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 from vitrt.compiler.errors import OptionError, VitrtError
-from vitrt.compiler.known_models import is_digits_model
+from vitrt.compiler.known_models import check_model, is_digits_model
 from vitrt.compiler.options import add_command, command_line, option
 from vitrt.compiler.output import check_writable_dir, refuse_foreign_dir
 
@@ -75,6 +77,7 @@ class OptimizeConfig:
             raise OptionError("no model: pass digits or a timm model name")
         if self.out is None:
             raise OptionError("no output directory: pass -o OUT")
+        check_model(self.model)
         if (self.max_drop is None) == (self.target_speedup is None):
             raise OptionError("pass exactly one of --max-drop POINTS and --target-speedup X")
         for flag, value in (("--max-drop", self.max_drop), ("--target-speedup", self.target_speedup),
@@ -91,6 +94,10 @@ class OptimizeConfig:
             raise OptionError("--batch must be >= 1, --front-max >= 2, --rounds >= 1 and --front-points >= 0")
         if self.budget_minutes is not None and self.budget_minutes <= 0:
             raise OptionError(f"--budget-minutes must be positive, got {self.budget_minutes}")
+        if self.budget_minutes is not None and 60 * self.budget_minutes <= measure_reserve(self):
+            raise OptionError(f"--budget-minutes {self.budget_minutes:g} leaves no time to search: measuring the front "
+                              f"and the chosen engine keeps {measure_reserve(self) / 60:g} min (--front-max "
+                              f"{self.front_max}); pass more minutes or a smaller --front-max")
         bad = [p for p in self.precision_list if p not in SEARCH_PRECISIONS]
         if bad or not self.precision_list or len(set(self.precision_list)) < len(self.precision_list):
             raise OptionError(f"--precisions takes a comma-separated subset of {', '.join(SEARCH_PRECISIONS)}, each "
@@ -100,6 +107,10 @@ class OptimizeConfig:
         except ValueError:
             raise OptionError("--epochs, --prune-fractions, --dcvit-macs and --merge-r take comma-separated numbers") \
                 from None
+        if self.backend == "trt":  # not the clock's refusal later: the runtime is what is missing
+            from vitrt.compiler.backends import get_backend
+
+            get_backend("trt")
         if self.lut is not None:  # missing, or another file kind (a manifest): refused now, not rows later
             from vitrt.compiler.lut import LatencyTable
 
@@ -189,6 +200,18 @@ def prepare_out(config: OptimizeConfig) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def removed_unless_started(out: Path, created: bool, state) -> Iterator[None]:
+    """A search that fails before it recorded anything (a table that does not fit, data it cannot read) leaves no
+    OUT it created: there is nothing to resume."""
+    try:
+        yield
+    except BaseException:
+        if created and not state.done and not state.log:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
 def load_model(name: str, progress):
     """(timm module, canonical twin) of ``digits`` or a timm model name (random weights)."""
     from vitrt.compiler.models import canonicalize, load_timm_model
@@ -252,10 +275,11 @@ def run(config: OptimizeConfig, *, module=None, space=None, schedule=None) -> di
     config = config.validate()
     progress = progress_for(config)
     started = time.perf_counter()
+    created = not Path(config.out).exists()
     out = prepare_out(config)
     work = out / ".search"
     state = SearchState(work / "state.json", fingerprint(config))
-    with resumable(state, work):
+    with removed_unless_started(out, created, state), resumable(state, work):
         previous = sum(entry.get("seconds", 0.0) for entry in state.log if "seconds" in entry)
         if module is None:
             module, twin = load_model(config.model, progress)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitrt.compiler.errors import OptionError, VitrtError
+from vitrt.compiler.known_models import check_model
 from vitrt.compiler.options import add_command, command_line, option
 from vitrt.search.space import lgtm_window, merge_step
 
@@ -85,6 +86,7 @@ class StudyConfig:
             raise OptionError("no model: pass digits or a timm model name")
         if self.out is None:
             raise OptionError("no output directory: pass -o OUT")
+        check_model(self.model)
         if self.epochs < 0 or self.batch < 1 or self.rounds < 1 or self.seed < 0:
             raise OptionError("--epochs and --seed must be >= 0, --batch and --rounds >= 1")
         from vitrt.pipeline.config import check_data_source, check_real_labels
