@@ -250,6 +250,10 @@ def corrupt_out(tmp_path_factory):
     (["lut", "build", "--grid", "tiny", "--precision", "bf16", "-o", "{tmp}/lut.json"], "--precision bf16 needs"),
     (["bench", "{corrupt}", "--batch", "1", "--iterations", "2"], "model.ort.onnx' as an ONNX model"),
     (["lint-trt", "{corrupt}/model.ort.onnx"], "as an ONNX model"),
+    (["lint-trt", "--rules", "{corrupt}/model.onnx"], "--rules lists the rules and reads no model"),
+    (["bench", "digits", "--device", "cuda", "--iterations", "2"], "--device applies to the torch backend"),
+    (["bench", "digits", "--backend", "ort", "--torch-compile", "default"], "--torch-compile applies to the torch"),
+    (["bench", "digits", "--warmup", "-1"], "--warmup must be >= 0, got -1"),
 ])
 def test_what_raised_a_traceback_is_one_line(tmp_path, capsys, corrupt_out, args, message):
     """Bad input that used to end in a traceback (numpy's seed or allocation error, a CUDA driver probe, ONNX

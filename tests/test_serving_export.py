@@ -294,6 +294,7 @@ def test_clients_refuse_anything_but_loopback(url, capsys):
                                                                                 "--versus-seconds"),
     (["--json", "/nonexistent/dir/x.json"], "its directory '/nonexistent/dir' does not exist"),
     (["--versus-batch", "0"], "--versus-batch must be >= 1"), (["--concurrency", "1,257"], "--concurrency"),
+    (["--versus-batch", "4"], "--versus-batch is the batch of the --versus runs"),
 ])
 def test_loadtest_bounds_are_checked(args, message, capsys):
     from vitrt.cli import main

@@ -133,6 +133,14 @@ def check_counts(**counts) -> None:
             raise VitrtError(f"--{name} must be >= 1, got {value}")
 
 
+def check_torch_options(backends: list[str], device: str | None, torch_compile: str) -> None:
+    """--device and --torch-compile choose how the torch backend runs: refused where no torch backend is timed."""
+    given = [flag for flag, on in (("--device", device is not None), ("--torch-compile", torch_compile != "off")) if on]
+    if given and "torch" not in backends:
+        raise VitrtError(f"{given[0]} applies to the torch backend, and {', '.join(backends)} is timed: add "
+                         f"--backend {','.join([*backends, 'torch'])} or drop {given[0]}")
+
+
 def bench_target(target: str, batches: list[int], *, backend: str | list[str] | None = None, device: str | None = None,
                  torch_compile: str = "off", iterations: int = 20, warmup: int = 3, img_size: int | None = None,
                  threads: int | None = None, clock: str | None = None, rounds: int = 5, progress=None) -> dict:
@@ -146,7 +154,11 @@ def bench_target(target: str, batches: list[int], *, backend: str | list[str] | 
     from vitrt.compiler.timing import check_clock
 
     check_counts(iterations=iterations, rounds=rounds, threads=threads)
+    if warmup < 0:
+        raise VitrtError(f"--warmup must be >= 0, got {warmup}")
     backends = [backend] if isinstance(backend, str) else backend
+    if backends:
+        check_torch_options(backends, device, torch_compile)
     options = BuildOptions(threads=threads, device=device or "cpu", torch_compile=torch_compile,
                            batch_profile=(min(batches), max(batches), max(batches)))
     for name in backends or ():
@@ -166,6 +178,7 @@ def bench_target(target: str, batches: list[int], *, backend: str | list[str] | 
             if not backends and clock is not None:  # the OUT's own backend: its clock is checked now
                 check_clock(clock, loaded.manifest["backend"], threads, device)
             backends = backends or [loaded.manifest["backend"]]
+            check_torch_options(backends, device, torch_compile)
             onnx_path = path / "model.onnx"
             runners = {b: loaded.runner if b == loaded.manifest["backend"] and device is None and torch_compile == "off"
                        else build_onnx(onnx_path, work, b, options) for b in backends}
@@ -175,6 +188,7 @@ def bench_target(target: str, batches: list[int], *, backend: str | list[str] | 
             if not backends and clock is not None:  # a model name runs on ort unless told: its clock is checked now
                 check_clock(clock, "ort", threads, device)
             backends = backends or ["ort"]
+            check_torch_options(backends, device, torch_compile)
             loaded = load_model_name(target, work / "lowered", backend=backends[0], img_size=img_size,
                                      threads=threads, keep_onnx=True, options=options, batches=tuple(batches))
             runners = {backends[0]: loaded.runner}

@@ -88,6 +88,8 @@ def check(config: LoadtestConfig) -> None:
         raise VitrtError(f"--batch must be >= 1, got {config.batch}")
     if config.versus_batch < 1:
         raise VitrtError(f"--versus-batch must be >= 1, got {config.versus_batch}")
+    if config.versus is None and config.versus_batch != LoadtestConfig.versus_batch:
+        raise VitrtError("--versus-batch is the batch of the --versus runs: add --versus OUT or drop --versus-batch")
 
 
 # --- the server's own counts -------------------------------------------------------------------------
