@@ -93,6 +93,9 @@ def test_the_python_api_words_errors_for_python(tmp_path):
     from conftest import tiny_vit
     from vitrt.compiler.errors import UnsupportedModelError
 
+    with pytest.raises(OptionError, match="model must be a timm model name, a timm ViT module or a CanonicalViT, "
+                                          "got int"):
+        vitrt.compile(42, tmp_path / "n")
     for model, message in ((tiny_vit().half(), "parameters are torch.float16: pass it in float32"),
                            (tiny_vit().to("meta"), "on the meta device"),
                            (tiny_vit(img_size=30, patch_size=8), r"image size \(30, 30\) is not a multiple")):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -38,6 +39,7 @@ from vitrt.transforms.prune.search import SearchConfig, revit_dims, revit_plan, 
 from vitrt.transforms.prune.twin import apply_plan, prune_twin
 
 BATCH = 2
+DIGITS_LUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lut_ort_digits_b8_cpu.json"
 CLI_MODEL = ["deit_tiny_patch16_224", "--img-size", "32", "--batch", str(BATCH)]  # emb 192, 12 blocks, 5 tokens
 # A latency grid around CLI_MODEL's dims at img 32 (no preset has patch 16 with 4 patches).
 CLI_GRID = {"emb": [96, 192], "heads": [1, 3], "qk": [32, 64], "v": [32, 64], "tokens": [5], "mlp": [384, 768],
@@ -301,6 +303,8 @@ def test_plan_json_round_trip_and_refusals(tmp_path):
             PruningPlan.load(path)
         assert "\n" not in str(info.value)
 
+    refused(lambda d: d.pop("format"), "has no 'format': it is not a vitrt pruning plan; make one with vitrt prune-plan")
+    refused(lambda d: d.update(format=9), "format 9 is not supported")
     refused(lambda d: d["blocks"].update({"7": d["blocks"]["0"]}), "unknown block '7'")
     refused(lambda d: d["blocks"]["0"].update({"mlp": [0, 300]}), "index 300 is out of range 0..255")
     refused(lambda d: d["blocks"]["2"].update({"qk": [0, 0, 1]}), "index 0 is listed twice")
@@ -466,7 +470,9 @@ def test_prune_plan_cli_revit(tmp_path, capsys):
     # An existing plan is kept unless --force; a missing -o and a missing mode are refused; all one line, exit 2.
     for argv, message in ((["--revit", "-o", str(plan_path)], "exists: pass --force"),
                           (["--revit"], "no output file: pass -o PLAN"),
-                          (["-o", str(tmp_path / "none.json")], "needs --prune FRACTION (with --lut LUT) or --revit")):
+                          (["-o", str(tmp_path / "none.json")], "needs --prune FRACTION (with --lut LUT) or --revit"),
+                          (["--lut", str(DIGITS_LUT), "-o", str(tmp_path / "none.json")],  # not "--lut needs --bench"
+                           "needs --prune FRACTION (with --lut LUT) or --revit")):
         assert main(["prune-plan", *CLI_MODEL, *argv, "--quiet"]) == 2
         err = capsys.readouterr().err
         assert message in err and err.strip().count("\n") == 0

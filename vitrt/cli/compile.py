@@ -90,11 +90,12 @@ def _cmd_prune_plan(args) -> int:
     from vitrt.transforms.prune.planner import structure
 
     out = Path(args.out) if args.out else None
-    config = from_args(CompileConfig, args, out=None).validate()
+    config = from_args(CompileConfig, args, out=None)
     if out is None:
         raise VitrtError("no output file: pass -o PLAN")
-    if config.prune.fraction is None and not config.prune.revit:
+    if config.prune.fraction is None and not config.prune.revit:  # before validate's "--lut needs --bench"
         raise VitrtError("prune-plan needs --prune FRACTION (with --lut LUT) or --revit")
+    config = config.validate()
     if out.exists() and not config.force:
         raise VitrtError(f"{out} exists: pass --force to replace it")
     check_output_file(out, "-o")  # a directory is refused even with --force; an unwritable path before the search

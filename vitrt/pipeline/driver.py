@@ -227,6 +227,9 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
     Raises VitrtError for bad input; on any failure nothing is written to ``out``. ``model`` itself is never
     modified.
     """
+    if model is not None and not isinstance(model, (str, torch.nn.Module)):
+        raise OptionError(f"model must be a timm model name, a timm ViT module or a CanonicalViT, got "
+                          f"{type(model).__name__}")
     if options.get("recipe") is not None:
         raise OptionError("a recipe is replayed by vitrt.pipeline.recipe.compile_recipe (vitrt.compile(..., "
                           "recipe=PATH) and vitrt compile --recipe call it)")

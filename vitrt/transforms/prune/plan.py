@@ -198,7 +198,9 @@ class PruningPlan:
         if not isinstance(data, Mapping):
             raise PlanError("malformed pruning plan: expected a JSON object")
         if data.get("format") != PLAN_FORMAT and data.get("format") not in INDICES_ONLY_FORMATS:
-            raise PlanError(f"pruning plan format {data.get('format')!r} is not supported (expected {PLAN_FORMAT})")
+            what = ("has no 'format': it is not a vitrt pruning plan" if data.get("format") is None else
+                    f"format {data.get('format')!r} is not supported (expected {PLAN_FORMAT})")
+            raise PlanError(f"pruning plan {what}; make one with vitrt prune-plan MODEL -o PLAN.json")
         if data.get("format") in INDICES_ONLY_FORMATS and data.get("weights_file") is not None:
             raise PlanError(f"pruning plan format {data['format']} has fine-tuned weights from before vitrt folded the "
                             "attention scale into q: make the plan again with vitrt prune-plan (or drop "

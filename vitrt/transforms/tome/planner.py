@@ -20,5 +20,5 @@ def plan(twin, ctx: PlanContext, options: TomeConfig) -> MergePlan:
         return solve_flops(spec, options.flops, **placement)
     table = options.lut or ctx.lut_path
     if table is None:
-        raise VitrtError("--tome-latency needs --tome-lut PATH (a latency table built with vitrt)")
+        raise VitrtError("--tome-latency needs a latency table: --tome-lut PATH or --lut PATH (vitrt lut build)")
     return solve_latency(spec, options.latency, table, target=ctx.target, **placement)
