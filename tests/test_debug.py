@@ -505,3 +505,14 @@ def test_sensitivity_kl_is_the_float_models_kl_to_each_variant():
     for row in scored[:3]:
         assert row.kl == pytest.approx(kl(table.without(sorted(layers - {row.layer}))), rel=1e-6)
         assert row.kl_float_one == pytest.approx(kl(table.without([row.layer])), rel=1e-6)
+
+
+def test_the_images_compared_are_counted_as_used():
+    """--images above what the source holds compares (and says) what there is: digits' test split has 450."""
+    from vitrt.compiler.models import spec_of_timm
+    from vitrt.debug.compare import image_batches
+
+    spec = spec_of_timm(vitrt.pipeline.driver.model_by_name("digits"))
+    count, batches = image_batches("digits", spec, 100_000)
+    assert count == 450 == sum(len(images) for images, _ in batches)
+    assert image_batches("digits", spec, 7)[0] == 7

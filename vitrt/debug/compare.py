@@ -71,12 +71,16 @@ def load_artifact(path: Path) -> Artifact:
 
 
 def image_batches(source: str, spec: ViTSpec, count: int, seed: int = 0):
-    """``count`` images of ``source`` at the model's size, as (images [B, C, H, W] float32, labels or None)."""
+    """(how many, batches): up to ``count`` images of ``source`` at the model's size — fewer where the source has
+    fewer (digits' test split: 450) — as (images [B, C, H, W] float32, labels or None)."""
     from vitrt.calib.data import load_data
 
     data = load_data(source, spec.img, split="test", limit=count, seed=seed)
-    for images, labels in data.batches(DATA_BATCH):
-        yield images.numpy(), (labels.numpy() if labels is not None else None)
+
+    def batches():
+        for images, labels in data.batches(DATA_BATCH):
+            yield images.numpy(), (labels.numpy() if labels is not None else None)
+    return len(data), batches()
 
 
 def compare_with_twin(config: CompareConfig, progress) -> tuple[Comparison, dict]:
@@ -97,13 +101,12 @@ def compare_with_twin(config: CompareConfig, progress) -> tuple[Comparison, dict
     flips: list[int] = []
     if deciders:  # the twin merges as the candidate graph decided (see vitrt.compiler.verify): near ties set apart
         candidate, reference = pinned_probes(candidate, reference, deciders, flips)
-    with progress.step(f"comparing {len(points)} points on {config.images} {config.data} images"):
-        comparison = compare_probes(candidate, reference, points, image_batches(config.data, artifact.spec,
-                                                                                 config.images, config.seed),
-                                    dtype_tolerance(artifact.precision))
+    count, batches = image_batches(config.data, artifact.spec, config.images, config.seed)
+    with progress.step(f"comparing {len(points)} points on {count} {config.data} images"):
+        comparison = compare_probes(candidate, reference, points, batches, dtype_tolerance(artifact.precision))
     reference_name = "float twin (no quantization / precision typing)" if config.against == "float" else "twin"
     if deciders:
-        reference_name += (f", merging as the graph decided ({sum(flips)} of {config.images} images would merge "
+        reference_name += (f", merging as the graph decided ({sum(flips)} of {count} images would merge "
                            "otherwise)")
     return comparison, {"candidate": f"{config.a} ({artifact.probe_backend(config.backend)})", "reference": reference_name,
                         "precision": artifact.precision}
@@ -149,9 +152,9 @@ def compare_artifacts(config: CompareConfig, progress) -> tuple[Comparison, dict
     reference = graph_probe(a.model, points_a, backend_a, config.threads)
     candidate = graph_probe(b.model, points_b, backend_b, config.threads)
     tolerance = max(dtype_tolerance(a.precision), dtype_tolerance(b.precision))
-    with progress.step(f"comparing {len(points_b)} shared points on {config.images} {config.data} images"):
-        comparison = compare_probes(candidate, reference, points_b, image_batches(config.data, a.spec, config.images,
-                                                                                   config.seed), tolerance)
+    count, batches = image_batches(config.data, a.spec, config.images, config.seed)
+    with progress.step(f"comparing {len(points_b)} shared points on {count} {config.data} images"):
+        comparison = compare_probes(candidate, reference, points_b, batches, tolerance)
     every = {p.name for p in graph_points(a.model, a.spec)} | {p.name for p in graph_points(b.model, b.spec)}
     comparison.missing.update({name: "in one graph only" for name in sorted(every - {p.name for p in points_b})})
     return comparison, {"candidate": f"{config.b} ({backend_b}, {b.precision})",
