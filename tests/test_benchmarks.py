@@ -116,6 +116,15 @@ def test_dcvit_table_loads_each_variant_from_its_build_output(tmp_path, capsys):
     from vitrt.benchmarks.dcvit import format_table
 
     assert "ms, median CUDA-event" in format_table({**result, "clock": "cuda"})  # a trt table (KeyError before)
+    assert "one seed (no spread" in format_table(result) and "±" not in format_table(result)  # not "± 0.00"
+    assert format_table({**result, "seeds": 2}).count("±") == 2 + 12 * 4
+
+
+def test_dcvit_table_of_the_digits_reference(tmp_path):
+    """digits (the shipped reference) is a model dcvit-table takes, as compile and bench do."""
+    assert run("dcvit-table", "--model", "digits", "--seeds", 1, "--iterations", 1, "--warmup", 0, "--threads", 1,
+               "-o", tmp_path / "t8", "--quiet") == 0
+    assert len(json.loads((tmp_path / "t8.json").read_text())["table"]["Attn"]) == 12
 
 
 @pytest.mark.parametrize("args, message", [

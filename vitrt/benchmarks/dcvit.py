@@ -61,7 +61,7 @@ def run_table(config: DcvitConfig, progress=None) -> dict:
     import torch
 
     from vitrt.compiler.backends import get_backend
-    from vitrt.compiler.models import load_timm_model, spec_of_timm
+    from vitrt.compiler.models import spec_of_timm
     from vitrt.compiler.progress import Progress
     from vitrt.compiler.twin import CanonicalViT
     from vitrt.benchmarks.harness import build_twin, check_counts, images_for
@@ -72,7 +72,9 @@ def run_table(config: DcvitConfig, progress=None) -> dict:
     if config.warmup < 0:
         raise VitrtError(f"--warmup must be >= 0, got {config.warmup}")
     check_clock(config.clock, config.backend, config.threads)
-    spec = spec_of_timm(load_timm_model(config.model, img_size=config.img_size))
+    from vitrt.pipeline.driver import model_by_name
+
+    spec = spec_of_timm(model_by_name(config.model, config.img_size))  # digits too: the table needs only its spec
     variants = [("dense", None, spec)] + [(f"{i}:{r}", (i, r), removed(spec, i, r))
                                           for i in range(spec.depth) for r in REMOVALS]
     backend = get_backend(config.backend)
@@ -120,14 +122,19 @@ def run_table(config: DcvitConfig, progress=None) -> dict:
 def format_table(result: dict) -> str:
     clock = {"wall": "median wall-clock", "cpu": "least single-thread CPU time", "cuda": "median CUDA-event"}.get(
         result["clock"], result["clock"])
+    spread = result["seeds"] > 1  # one seed has no spread to show (its std would read ± 0.00)
+
+    def cell(stats) -> str:
+        return f"{stats['mean_ms']:.2f} ± {stats['std_ms']:.2f}" if spread else f"{stats['mean_ms']:.2f}"
+
+    over = f"mean ± std over {result['seeds']} seeds" if spread else "one seed (no spread: pass --seeds 5)"
     lines = [f"Latency (ms, {clock}) of {result['model']} (batch {result['batch']}, {result['backend']} on "
-             f"{result['device']}, threads {result['threads']}) "
-             f"with one block's part removed; mean ± std over {result['seeds']} seeds. "
-             f"Dense model: {result['dense']['mean_ms']:.2f} ± {result['dense']['std_ms']:.2f} ms.", "",
+             f"{result['device']}, threads {result['threads']}) with one block's part removed; {over}. "
+             f"Dense model: {cell(result['dense'])} ms.", "",
              "| block | " + " | ".join(REMOVALS) + " |", "|---" * (len(REMOVALS) + 1) + "|"]
     depth = len(result["table"][REMOVALS[0]])
     for i in range(depth):
-        cells = [f"{result['table'][r][i]['mean_ms']:.2f} ± {result['table'][r][i]['std_ms']:.2f}" for r in REMOVALS]
+        cells = [cell(result["table"][r][i]) for r in REMOVALS]
         lines.append(f"| {i} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
