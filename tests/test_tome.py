@@ -556,6 +556,10 @@ def test_tome_bench_cli(tmp_path, capsys):
     assert "--targets 0.05: ToMe keeps at least" in capsys.readouterr().err and not out.exists()  # not --tome-flops
     assert main(["tome-bench", "--no-throughput"]) == 2  # no default: it wrote into ./benchmarks/results
     assert "no output directory" in capsys.readouterr().err
+    assert main(["tome-bench", "--model", "swin_tiny_patch4_window7_224", "-o", str(out)]) == 2  # before the sweep
+    assert "unsupported architecture" in capsys.readouterr().err and not out.exists()
+    assert main(["tome-bench", "--no-throughput"]) == 2
+    assert "no output directory" in capsys.readouterr().err
     out.mkdir()
     (out / "tome_sweep.md").write_text("the recorded sweep")
     assert main(["tome-bench", "--no-throughput", "-o", str(out)]) == 2

@@ -250,6 +250,10 @@ def run(config: TomeBenchConfig, argv: list[str] | None = None) -> dict:
     if config.iters < 1 or config.batch < 1:
         raise VitrtError("--iters and --batch must be >= 1")
     out = check_sweep_dir(config.out, config.force)
+    if not config.no_throughput:  # its model is timed after the digits sweep: refused before it, not after
+        from vitrt.compiler.known_models import check_model_name
+
+        check_model_name(config.model)
     command = "vitrt tome-bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[2:]))
     dense, acc_rows, extra = digits_points(targets, progress)
     thr_meta, thr_rows = ({}, []) if config.no_throughput else throughput_points(config, targets, progress)
