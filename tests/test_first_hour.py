@@ -23,8 +23,6 @@ print(json.dumps({"code": code, "torch": "torch" in sys.modules, "timm": "timm" 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.kind == OPTION], ids=lambda c: c.name)
 def test_option_errors_come_before_torch_is_imported(case, tmp_path):
-    from vitrt.compiler.known_models import timm_modules
-
     if case.setup:
         subprocess.run([sys.executable, "-c", case.setup], cwd=tmp_path, check=True)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in case.argv]

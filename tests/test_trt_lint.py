@@ -14,7 +14,6 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import tiny_vit
-from vitrt.compiler.backends.ort import ort_session
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.lower import lower
 from vitrt.compiler.models import canonicalize

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import add_arguments, command_line, from_args, option
 from vitrt.compiler.progress import progress_for
 from vitrt.compiler.target import TORCH_COMPILE_MODES

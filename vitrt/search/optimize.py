@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from vitrt.compiler.errors import OptionError, VitrtError
+from vitrt.compiler.errors import OptionError
 from vitrt.compiler.known_models import check_model, is_digits_model
 from vitrt.compiler.options import add_command, command_line, option
 from vitrt.compiler.output import check_writable_dir, refuse_foreign_dir
