@@ -149,3 +149,12 @@ def test_quantization_benchmarks_refuse_bad_options_before_any_compile(tmp_path,
     assert run(*[a.format(tmp=tmp_path) for a in args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_bench_refusals_name_the_flag_and_the_file(tmp_path, capsys):
+    """A count is named as its flag is spelled; a manifest vitrt did not write is not 'compiled with --no-build'."""
+    assert run("bench-quant-accuracy", "--calib-images", 0) == 2
+    assert "--calib-images must be >= 1, got 0" in capsys.readouterr().err
+    (tmp_path / "manifest.json").write_text("{}")
+    assert run("bench", tmp_path) == 2
+    assert "manifest.json' lacks 'artifact': it was not written by vitrt compile" in capsys.readouterr().err

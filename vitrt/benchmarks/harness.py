@@ -48,6 +48,9 @@ def load_out(out: Path, threads: int | None = None) -> Loaded:
     from vitrt.pipeline.feedback import read_manifest
 
     manifest = read_manifest(out / "manifest.json")
+    missing = [key for key in ("artifact", "backend", "input_shape", "spec_after") if key not in manifest]
+    if missing:  # not "compiled with --no-build": that is an artifact recorded as None
+        raise VitrtError(f"'{out}/manifest.json' lacks '{missing[0]}': it was not written by vitrt compile")
     try:
         artifact = artifact_in(Path(out), manifest)
         backend = get_backend(manifest["backend"])
@@ -130,7 +133,7 @@ def check_counts(**counts) -> None:
     """Timed runs, rounds and threads are whole numbers >= 1 (threads may be None: the runtime's default)."""
     for name, value in counts.items():
         if value is not None and value < 1:
-            raise VitrtError(f"--{name} must be >= 1, got {value}")
+            raise VitrtError(f"--{name.replace('_', '-')} must be >= 1, got {value}")  # the flag's spelling
 
 
 def check_torch_options(backends: list[str], device: str | None, torch_compile: str) -> None:
