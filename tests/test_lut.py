@@ -440,6 +440,11 @@ def run(*argv):
 
 
 def test_cli_exit_codes(lut_path, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    assert run("lut", "build", "--grid", "tiny", "-o", notes) == 2  # not a table to resume: kept, one line
+    assert "exists and is not a vitrt latency table this build could resume" in capsys.readouterr().err
+    assert notes.read_text() == "mine"
     assert run("lut", "query", lut_path, "--emb", 64, "--heads", 2, "--qk", 32, "--v", 32, "--mlp", 128,
                "--tokens", 17) == 0
     assert "ms (batch 1, ort)" in capsys.readouterr().out

@@ -570,7 +570,11 @@ def _resume(out: Path, backend: str, device: str, batch: int, grid: dict, key: s
     gains ``key``). None when ``out`` does not exist."""
     if not out.exists():
         return None
-    table = LatencyTable.load(out)
+    try:
+        table = LatencyTable.load(out)
+    except VitrtError:  # its own advice ("make one with vitrt lut build") is what was being done
+        raise VitrtError(f"-o '{out}' exists and is not a vitrt latency table this build could resume; choose another "
+                         "-o (or delete the file)") from None
     differ = [name for name, same in (
         ("backend", table.backend == backend), ("device", table.device == device), ("batch", table.batch == batch),
         ("clock", table.clock == timer_clock), ("grid", table.meta.get("grid") == grid),
