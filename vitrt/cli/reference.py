@@ -18,7 +18,7 @@ class ReferenceConfig:
                                   "the shipped weights (about 3.5 minutes on an idle 2-core machine)")
     out: Path | None = option(None, "with --retrain: also write the trained weights and their info here",
                               flag="-o/--out", type=Path, metavar="DIR")
-    force: bool = option(False, "replace a non-empty -o DIR")
+    force: bool = option(False, "replace a non-empty -o DIR that vitrt wrote")
     quiet: bool = option(False, "no progress output")
 
 

@@ -44,7 +44,7 @@ class CompareConfig:
                                        "(quant, sparsity, tome; default: all the compile ran)", metavar="STAGES")
     out: Path | None = option(None, "report directory (default OUT/compare, or B/compare with two OUTs)",
                               flag="-o/--out", type=Path, metavar="DIR")
-    force: bool = option(False, "replace a non-empty report directory")
+    force: bool = option(False, "replace a non-empty report directory that vitrt wrote")
     seed: int = option(0, "seed of synthetic images and ImageFolder subsets", type=int, metavar="N")
     quiet: bool = option(False, "no progress output")
 
@@ -107,7 +107,7 @@ class SensitivityConfig:
     float_one: bool = option(False, "also score every layer kept float with all the others quantized")
     out: Path | None = option(None, "report directory (sensitivity.json, sensitivity.md, sensitivity.png)",
                               flag="-o/--out", type=Path, metavar="DIR")
-    force: bool = option(False, "replace a non-empty report directory")
+    force: bool = option(False, "replace a non-empty report directory that vitrt wrote")
     seed: int = option(0, "seed of synthetic images and ImageFolder subsets", type=int, metavar="N")
     quiet: bool = option(False, "no progress output")
 

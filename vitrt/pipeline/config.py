@@ -70,7 +70,7 @@ class CompileConfig:
     checkpoint: Path | None = option(None, "state dict to load (read with torch.load(weights_only=True))",
                                      type=Path, metavar="PATH")
     pretrained: bool = option(False, "download timm's pretrained weights (needs a reachable model hub)")
-    force: bool = option(False, "replace a non-empty output directory")
+    force: bool = option(False, "replace a non-empty output directory that vitrt wrote")
     seed: int = option(0, "seed for verification inputs and data-driven passes", type=int, metavar="N")
     quiet: bool = option(False, "no progress output")
     recipe: Path | None = option(None, "replay a recipe (OUT/recipe.json of vitrt optimize): its options and plans, "

@@ -27,7 +27,7 @@ class DemoConfig:
     batch: int = option(8, "batch size compiled and timed", type=int, metavar="N")
     rounds: int = option(5, "interleaved timing rounds (every variant timed once per round)", type=int, metavar="N")
     iterations: int = option(10, "timed runs per variant per round", type=int, metavar="N")
-    force: bool = option(False, "replace a non-empty output directory")
+    force: bool = option(False, "replace a non-empty output directory that vitrt wrote")
     dense_only: bool = option(False, "compile only the dense model (skip the fp16 / int8 / token-merging variants)")
     quiet: bool = option(False, "no progress output")
 
