@@ -256,6 +256,18 @@ def test_debug_digits_never_replaces_a_directory_it_did_not_make(tmp_path, capsy
     for bad in (["--keep-float-top", "x"], ["--max-drop", "nan"], ["--ranking", str(tmp_path / "missing.json")]):
         assert cli_main(["debug-digits", "--work", str(tmp_path / "w2"), *bad]) == 2
     assert not (tmp_path / "w2").exists()
+    # checked before a minute of compiles: --results that takes nothing, a report directory vitrt did not write,
+    # a ranking that is not one
+    (tmp_path / "text.json").write_text("not json")
+    reports = tmp_path / "r2" / "debug_compare_int8_float"
+    reports.mkdir(parents=True)
+    (reports / "mine.md").write_text("keep")
+    for bad, message in ((["--results", "/proc/vitrt-results"], "nothing can be written there"),
+                         (["--results", str(tmp_path / "r2")], "holds no .vitrt-output"),
+                         (["--ranking", str(tmp_path / "text.json"), "--skip-compare"], "is corrupt: not valid JSON")):
+        assert cli_main(["debug-digits", "--work", str(tmp_path / "w2"), *bad]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "w2").exists() and (reports / "mine.md").read_text() == "keep"
 
 
 # --- sensitivity and fallback ---------------------------------------------------------------------------------------
@@ -354,6 +366,10 @@ def test_fallback_refusals(tmp_path):
     other.write_text(json.dumps({"precision": "int8", "model_name": "digits-reference", "layers": [{"layer": "head"}]}))
     vitrt.compile("digits", tmp_path / "e", precision="int8", keep_float_top=1, sensitivity=other, calib_images=4,
                   quiet=True)  # digits by any of its names
+    shutil.rmtree(tmp_path / "e")
+    reference = vitrt.pipeline.driver.model_by_name("digits")  # a label (debug-digits' "digits_vit") is not checked
+    vitrt.compile(reference, tmp_path / "e", name="digits_vit", precision="int8", keep_float_top=1, sensitivity=other,
+                  calib_images=4, quiet=True)
     shutil.rmtree(tmp_path / "e")
     with pytest.raises(VitrtError, match="keeps every one of the .* quantizable layers float"):
         vitrt.compile(model, tmp_path / "d", precision="int8", keep_float_top=999, calib_images=4, **COMMON)

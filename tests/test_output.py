@@ -1,6 +1,8 @@
 """Atomic output directories: nothing half-written, an old OUT never lost, no directories left behind."""
 
+import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -156,10 +158,15 @@ def test_force_replaces_only_a_directory_vitrt_wrote(tmp_path, monkeypatch):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("precious")
-    with pytest.raises(VitrtError, match=r"was not written by vitrt \(it holds no \.vitrt-output\)"):
+    with pytest.raises(VitrtError, match=r"holds no \.vitrt-output, the mark of a directory vitrt wrote"):
         with atomic_output_dir(mine, force=True):
             pass
     assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    (mine / "manifest.json").write_text('{"vitrt_version": "0.9"}')  # a compile OUT of a vitrt before the mark
+    with atomic_output_dir(mine, force=True) as staging:
+        (staging / "file").write_text("third")
+    assert sorted(p.name for p in mine.iterdir()) == [OUTPUT_MARKER, "file"]
+    assert (mine / OUTPUT_MARKER).read_text().splitlines()[1:] == ["file"]  # what it wrote, listed
     monkeypatch.chdir(out)
     for where in (out, tmp_path, Path("/")):
         with pytest.raises(VitrtError, match="holds the current directory"):
@@ -178,10 +185,11 @@ def compiled_digits(tmp_path_factory):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["bench", "{out}", "--iterations", "2", "--json", "{out}/manifest.json"], "would overwrite a file of the input"),
+    (["bench", "{out}", "--iterations", "2", "--json", "{out}/manifest.json"], "would overwrite manifest.json of the"),
     (["lint-trt", "{out}/model.onnx", "--json", "{out}/model.onnx"], "is the input"),
-    (["nvit-table", "{out}", "{out}", "-o", "{out}/manifest"], "would overwrite a file of the input"),
+    (["nvit-table", "{out}", "{out}", "-o", "{out}/manifest"], "would overwrite manifest.json of the input"),
     (["compare", "{out}", "--images", "2", "-o", "{out}", "--force"], "lies inside"),
+    (["sensitivity", "{out}", "--images", "2", "-o", "{out}", "--force"], "MODEL '{out}' lies inside"),
     (["export", "triton", "{out}", "-o", "{out}/..", "--name", "OUT", "--force"], "lies inside"),
 ])
 def test_results_never_replace_the_commands_inputs(compiled_digits, capsys, args, message):
@@ -197,5 +205,35 @@ def test_results_never_replace_the_commands_inputs(compiled_digits, capsys, args
     before = digest()
     assert main([a.format(out=compiled_digits) for a in args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
+    assert len(err) == 1 and message.format(out=compiled_digits) in err[0], err
     assert digest() == before
+
+
+def test_a_result_beside_an_inputs_files_is_written_again_on_a_rerun(compiled_digits, tmp_path, capsys):
+    """A new file inside an input OUT (bench OUT --json OUT/bench.json) is not one vitrt wrote there: the rerun that
+    meets it rewrites it. In a directory vitrt did not write, an existing file is never overwritten."""
+    from vitrt.cli import main
+
+    for _ in range(2):
+        assert main(["bench", str(compiled_digits), "--iterations", "2", "--json",
+                     str(compiled_digits / "bench.json"), "--quiet"]) == 0
+    assert json.loads((compiled_digits / "bench.json").read_text())["iterations"] == 2
+    (compiled_digits / "bench.json").unlink()
+    legacy = tmp_path / "legacy"  # an OUT without the mark: what it holds is not known, so nothing in it is written
+    shutil.copytree(compiled_digits, legacy)
+    (legacy / OUTPUT_MARKER).unlink()
+    (legacy / "notes.json").write_text("mine")
+    assert main(["bench", str(legacy), "--iterations", "2", "--json", str(legacy / "notes.json")]) == 2
+    assert "would overwrite notes.json of the input" in capsys.readouterr().err
+    assert (legacy / "notes.json").read_text() == "mine"
+
+
+def test_a_plan_is_never_written_over_the_table_it_is_made_from(tmp_path, capsys):
+    from vitrt.cli import main
+
+    lut = tmp_path / "lut.json"
+    shutil.copy(DIGITS_LUT, lut)
+    before = lut.read_bytes()
+    assert main(["prune-plan", "digits", "--prune", "0.7", "--lut", str(lut), "--batch", "8", "-o", str(lut),
+                 "--force"]) == 2
+    assert "is the --lut the plan is made from" in capsys.readouterr().err and lut.read_bytes() == before

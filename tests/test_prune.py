@@ -303,7 +303,8 @@ def test_plan_json_round_trip_and_refusals(tmp_path):
             PruningPlan.load(path)
         assert "\n" not in str(info.value)
 
-    refused(lambda d: d.pop("format"), "has no 'format': it is not a vitrt pruning plan; make one with vitrt prune-plan")
+    refused(lambda d: d.pop("format"), "has no 'format': it is not a vitrt pruning plan; make one with vitrt "
+                                       "prune-plan")
     refused(lambda d: d.update(format=9), "format 9 is not supported")
     refused(lambda d: d["blocks"].update({"7": d["blocks"]["0"]}), "unknown block '7'")
     refused(lambda d: d["blocks"]["0"].update({"mlp": [0, 300]}), "index 300 is out of range 0..255")

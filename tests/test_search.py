@@ -291,6 +291,17 @@ def test_force_never_deletes_the_searchs_own_inputs(tmp_path, capsys):
     assert "lies inside" in capsys.readouterr().err and (tmp_path / "OUT" / "lut.json").is_file()
 
 
+def test_force_never_deletes_a_studys_own_table(tmp_path, capsys):
+    """study --force starts over a study, never deleting the --lut it is given from inside it."""
+    (tmp_path / "S" / "engines").mkdir(parents=True)
+    (tmp_path / "S" / "engines" / "settings.json").write_text("{}")
+    shutil.copy(DIGITS_LUT, tmp_path / "S" / "lut.json")
+    assert cli(["study", "digits", "-o", str(tmp_path / "S"), "--force", "--lut", str(tmp_path / "S" / "lut.json"),
+                "--rows", "dense", "--quiet"]) == 2
+    assert "--lut" in (err := capsys.readouterr().err) and "lies inside" in err
+    assert (tmp_path / "S" / "lut.json").is_file()
+
+
 def test_force_never_deletes_an_image_folder_given_as_data(tmp_path, capsys):
     from PIL import Image
 
@@ -700,3 +711,20 @@ def test_measured_speedups_say_how_many_times_faster_than_the_reference(tmp_path
     dense, small = timed["dense"], timed["small"]
     assert dense.speedup_cpu == dense.speedup_wall == 1.0
     assert small.speedup_cpu > 1.0 and small.speedup_cpu == pytest.approx(dense.cpu_ms / small.cpu_ms, rel=0.3)
+
+
+def test_an_interrupted_new_search_keeps_its_half_built_table(tmp_path, monkeypatch):
+    """Ctrl-C while a new search builds its latency table keeps OUT (the same command resumes the table), as the
+    message says; a refusal before anything was made leaves no OUT (test_bad_options_...)."""
+    import vitrt.benchmarks.lut_build as lut_build
+    from vitrt.compiler.errors import Interrupted
+    from vitrt.search.optimize import run
+
+    def interrupted_build(path, **_):
+        Path(path).write_text("{}")  # the first points of the table, saved as it goes
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lut_build, "build_table", interrupted_build)
+    with pytest.raises(Interrupted, match="run the same command again to continue"):
+        run(OptimizeConfig(model="digits", out=tmp_path / "OUT", max_drop=1.0, quiet=True))
+    assert (tmp_path / "OUT" / ".search" / "lut.json").is_file()

@@ -113,5 +113,6 @@ def test_random_weights_are_the_same_model_every_run_and_leave_the_callers_rng()
     state = torch.random.get_rng_state()
     first = load_timm_model("deit_tiny_patch16_224", img_size=32).state_dict()
     assert torch.equal(torch.random.get_rng_state(), state)
+    torch.manual_seed(456)  # another caller state: the same weights
     second = load_timm_model("deit_tiny_patch16_224", img_size=32).state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)

@@ -82,8 +82,7 @@ def _run(argv) -> int:
         return EXIT_USAGE
     except MemoryError as exc:  # numpy's says how much it wanted: a batch or image count this machine cannot hold
         wanted = f" ({exc})" if str(exc) else ""
-        print(f"vitrt: error: out of memory{wanted}: use a smaller --batch or fewer images; nothing was written",
-              file=sys.stderr)
+        print(f"vitrt: error: out of memory{wanted}: use a smaller --batch or fewer images", file=sys.stderr)
         return EXIT_USAGE
     except Interrupted as exc:
         print(f"vitrt: interrupted; {exc}", file=sys.stderr)

@@ -50,8 +50,8 @@ def load_timm_model(name: str, *, pretrained: bool = False, checkpoint: str | Pa
         check_hub_reachable()
     kwargs = {k: v for k, v in (("img_size", img_size), ("num_classes", num_classes)) if v is not None}
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        with torch.random.fork_rng(devices=[]):  # the CPU generator initialises the model; CUDA's is not touched
+            torch.default_generator.manual_seed(RANDOM_WEIGHTS_SEED)
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError, ValueError) as exc:
         what = "download pretrained weights for" if pretrained else "create"

@@ -144,12 +144,13 @@ def from_args(config_cls, args: argparse.Namespace, **overrides):
 
 def check_result_paths(config) -> None:
     """Every ``writes`` option of ``config`` that is set names a file this process can create and that is not one
-    of the command's inputs — an input file, or a file already inside an input directory (``bench OUT --json
-    OUT/manifest.json`` would replace the compile's manifest) — a one-line OutputError otherwise."""
+    of the command's inputs: an input file, what vitrt wrote into an input directory (``bench OUT --json
+    OUT/manifest.json`` would replace the compile's manifest; ``OUT/bench.json`` is a new file, rewritten on a rerun)
+    or, in a directory vitrt did not write, a file already there — a one-line OutputError otherwise."""
     from pathlib import Path
 
     from vitrt.compiler.errors import OutputError
-    from vitrt.compiler.output import check_output_file
+    from vitrt.compiler.output import check_output_file, entries_written
 
     results, inputs = [], []
     for leaf_ in leaves(type(config)):
@@ -165,9 +166,14 @@ def check_result_paths(config) -> None:
     for flag, file in results:
         target = file.resolve()
         for source in inputs:
-            if target == source or (target.exists() and target.is_relative_to(source)):
-                what = "is the input" if target == source else "would overwrite a file of the input"
-                raise OutputError(f"{flag} '{file}' {what} '{source}'; write the result elsewhere")
+            if target == source:
+                raise OutputError(f"{flag} '{file}' is the input '{source}'; write the result elsewhere")
+            if source.is_dir() and target.is_relative_to(source):
+                written = entries_written(source)
+                entry = target.relative_to(source).parts[0]
+                if (entry in written) if written is not None else target.exists():
+                    raise OutputError(f"{flag} '{file}' would overwrite {entry} of the input '{source}'; write the "
+                                      "result elsewhere")
 
 
 def from_options(config_cls, options: dict, *, what: str = "option"):

@@ -19,14 +19,36 @@ from pathlib import Path
 from vitrt.compiler.errors import OutputError, VitrtError
 
 
-# Written into every directory vitrt writes atomically: --force replaces only a directory that holds it, never one
-# vitrt did not make (a home directory, the current directory, a folder of the user's own files).
+# Written into every directory vitrt writes atomically, listing what it wrote there: --force replaces only a
+# directory that holds it, never one vitrt did not make (a home directory, the current directory, a folder of the
+# user's own files), and a result file never overwrites what a vitrt output it reads holds.
 OUTPUT_MARKER = ".vitrt-output"
+MARKER_HEADER = "# written by vitrt: --force may replace this directory; the entries it wrote:"
+
+
+def written_by_vitrt(directory: Path) -> bool:
+    """``directory`` holds :data:`OUTPUT_MARKER`, or is a compile OUT of a vitrt older than the marker (its
+    manifest records ``vitrt_version``)."""
+    directory = Path(directory)
+    if (directory / OUTPUT_MARKER).is_file():
+        return True
+    try:
+        return "vitrt_version" in json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def entries_written(directory: Path) -> set[str] | None:
+    """The top-level entries vitrt wrote into ``directory`` (its marker's list), or None where it holds no marker."""
+    marker = Path(directory) / OUTPUT_MARKER
+    if not marker.is_file():
+        return None
+    return {line for line in marker.read_text().splitlines() if line and not line.startswith("#")}
 
 
 def check_output_dir(out: Path, force: bool) -> None:
     """OUT can be written (:func:`check_writable_dir`) and replaced: it is missing or an empty directory (or, with
-    ``force``, a directory vitrt wrote: it holds :data:`OUTPUT_MARKER`; not the current directory or one above it)."""
+    ``force``, a directory vitrt wrote, :func:`written_by_vitrt`; not the current directory or one above it)."""
     out = Path(out).absolute()
     check_writable_dir(out)
     if out.is_dir() and any(out.iterdir()):
@@ -35,16 +57,23 @@ def check_output_dir(out: Path, force: bool) -> None:
         if Path.cwd().resolve().is_relative_to(out.resolve()):
             raise OutputError(f"output directory '{out}' holds the current directory, which --force would delete; "
                               "choose another -o")
-        if not (out / OUTPUT_MARKER).is_file():
-            raise OutputError(f"output directory '{out}' was not written by vitrt (it holds no {OUTPUT_MARKER}), so "
-                              "--force does not replace it; choose another -o, or empty it yourself")
+        if not written_by_vitrt(out):
+            raise OutputError(f"output directory '{out}' holds no {OUTPUT_MARKER}, the mark of a directory vitrt "
+                              "wrote, so --force does not replace it: choose another -o (if an older vitrt wrote it, "
+                              f"touch {out / OUTPUT_MARKER})")
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` (absolute) or its nearest ancestor that exists ("/" at the latest)."""
+    path = Path(path).absolute()
+    return next(p for p in (path, *path.parents) if p.exists())
 
 
 def check_writable_dir(out: Path) -> None:
     """``out`` is a directory or can be made one: not a file, and its nearest existing ancestor is a directory this
     process may write into (so its missing parents can be created). What ``out`` holds is not looked at."""
     out = Path(out).absolute()
-    ancestor = next((p for p in out.parents if p.exists()), out)  # "/" has no parents
+    ancestor = nearest_existing(out.parent)
     if not ancestor.is_dir():
         raise OutputError(f"cannot create the output's parent directory '{out.parent}': '{ancestor}' is not a "
                           "directory")
@@ -155,9 +184,10 @@ def atomic_output_dir(out: Path, force: bool):
         _remove_empty(created)
         raise OutputError(f"cannot write into '{out.parent}': {exc.strerror}") from None
     staging.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; OUT gets the user's usual permissions
-    (staging / OUTPUT_MARKER).write_text("written by vitrt: vitrt ... --force may replace this directory\n")
     try:
         yield staging
+        entries = sorted(p.name for p in staging.iterdir() if p.name != OUTPUT_MARKER)
+        (staging / OUTPUT_MARKER).write_text("\n".join([MARKER_HEADER, *entries]) + "\n")
         _swap_in(staging, out, force)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

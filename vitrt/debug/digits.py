@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from vitrt.compiler.errors import OptionError
+from vitrt.compiler.errors import OptionError, OutputError
 from vitrt.compiler.options import option
-from vitrt.compiler.errors import OutputError
-from vitrt.compiler.output import check_output_file, check_writable_dir, refuse_foreign_dir
+from vitrt.compiler.output import (check_output_dir, check_output_file, check_writable_dir, nearest_existing,
+                                   refuse_foreign_dir)
 
 WORK_MARKER = ".vitrt-debug-digits"  # what marks a --work directory as this command's own (safe to replace)
 
@@ -72,12 +72,14 @@ class DigitsDebugConfig:
                            flag="--work")
         check_writable_dir(self.results)
         # the tables are written after minutes of compiles: a --results nothing can be written into is refused now
-        nearest = next(p for p in (self.results.absolute(), *self.results.absolute().parents) if p.exists())
         try:
-            check_output_file(nearest / "debug_fallback_digits.json", "--results")
+            check_output_file(nearest_existing(self.results) / "debug_fallback_digits.json", "--results")
         except OutputError:
             raise OutputError(f"--results '{self.results}': nothing can be written there; choose another directory") \
                 from None
+        if not self.skip_compare:  # replaced after the int8 compile: a directory vitrt did not write is refused now
+            for against in ("twin", "float"):
+                check_output_dir(self.results / f"debug_compare_int8_{against}", force=True)
         return self
 
 

@@ -42,11 +42,11 @@ def load_twin(config: SensitivityConfig, progress):
 def scored_model(config: SensitivityConfig) -> str:
     """The model name the ranking is for (what a compile's --sensitivity checks): the name given, or the model a
     compiled OUT was compiled from (its manifest's)."""
-    import json
+    from vitrt.pipeline.feedback import read_manifest
 
     if is_digits_model(config.model) or not Path(config.model).is_dir():
         return str(config.model)
-    return str(json.loads((Path(config.model) / "manifest.json").read_text()).get("model", ""))
+    return str(read_manifest(Path(config.model) / "manifest.json").get("model", ""))
 
 
 def scoring_images(source: str, img: int, count: int, seed: int, split: str = "test"
@@ -120,10 +120,15 @@ def summary_line(report: dict) -> str:
 def run(config: SensitivityConfig) -> int:
     from vitrt.compiler.options import command_line
     from vitrt.compiler.output import atomic_output_dir, check_output_dir, write_json
+    from vitrt.pipeline.config import check_outside_out  # a synth:SET too
     from vitrt.compiler.progress import progress_for
     from vitrt.debug.plots import plot_sensitivity
 
     config = config.validate()
+    for flag, path in (("MODEL", config.model), ("--checkpoint", config.checkpoint), ("--data", config.data),
+                       ("--calib-data", config.calib_data)):  # -o OUT --force would delete what is scored
+        if path is not None:
+            check_outside_out(flag, path, config.out)
     check_output_dir(config.out, config.force)
     progress = progress_for(config)
     report = {"command": command_line(), **sensitivity(config, progress)}

@@ -192,7 +192,7 @@ def compile_recipe(recipe_path, model: str | None = None, progress=None, module=
 
     ``module``: the model itself (Python API), for a recipe made for a module rather than a name; ``name``: what the
     manifest calls it (default: the recipe's model). The same model weights and recipe give the same ``model.onnx``
-    bytes (a timm name without --checkpoint has random weights)."""
+    bytes (a timm name without --checkpoint has timm's initialisation under a fixed seed: the same weights too)."""
     from vitrt.pipeline.config import check_outside_out
     from vitrt.pipeline.driver import compile, resolve_model
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from vitrt.compiler.errors import OptionError
+from vitrt.compiler.errors import OptionError, VitrtError
 from vitrt.compiler.known_models import check_model, is_digits_model
 from vitrt.compiler.options import add_command, command_line, option
 from vitrt.compiler.output import check_writable_dir, refuse_foreign_dir
@@ -188,10 +188,11 @@ def prepare_out(config: OptimizeConfig) -> Path:
     refuse_foreign_dir(out, (out / ".search").is_dir(), command="optimize", what="search to resume")
     if out.is_dir() and any(out.iterdir()):
         if config.force:
+            from vitrt.pipeline.config import check_outside_out
+
             for flag, path in (("--lut", config.lut), ("--data", config.data)):
-                if path is not None and Path(path).exists() and Path(path).resolve().is_relative_to(out.resolve()):
-                    raise OptionError(f"{flag} '{path}' lies inside '{out}', which --force would delete; move it or "
-                                      "choose another -o")
+                if path is not None:
+                    check_outside_out(flag, path, out)
             shutil.rmtree(out)
     try:
         (out / ".search").mkdir(parents=True, exist_ok=True)
@@ -202,12 +203,14 @@ def prepare_out(config: OptimizeConfig) -> Path:
 
 @contextlib.contextmanager
 def removed_unless_started(out: Path, created: bool, state) -> Iterator[None]:
-    """A search that fails before it recorded anything (a table that does not fit, data it cannot read) leaves no
-    OUT it created: there is nothing to resume."""
+    """A search refused before it made anything (a table that does not fit, data it cannot read: its work directory
+    holds only the empty state) leaves no OUT it created: there is nothing to resume. An interrupted one (Ctrl-C)
+    keeps what it has, as it says: a latency table half built is resumed by the same command."""
     try:
         yield
-    except BaseException:
-        if created and not state.done and not state.log:
+    except VitrtError:
+        work = state.path.parent
+        if created and not state.done and not state.log and {p.name for p in work.iterdir()} <= {state.path.name}:
             shutil.rmtree(out, ignore_errors=True)
         raise
 
