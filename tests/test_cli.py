@@ -156,7 +156,7 @@ def test_compile_digits_reference_by_name(tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, message", [
     (["--metric-set", "synth:{missing}"], "--metric-set 'synth:{missing}' is neither digits"),
-    (["--eval-data", "{missing}"], "--eval-data '{missing}' is neither digits"),
+    (["--eval-data", "{missing}"], "--eval-data '{missing}' is neither digits nor an existing directory (an ImageF"),
     (["--metric-set", "synth:{set}/images"], "not a synthetic metric set (no metadata.json); the set is its parent: "
                                              "synth:{set}"),
     (["--metric-set", "{set}"], "is a synthetic metric set, not an ImageFolder: name it synth:{set}"),

@@ -58,10 +58,16 @@ def repo(tmp_path_factory, digits_reference):
     import vitrt
     from vitrt.cli import main
 
+    import contextlib
+    import io
+
     root = tmp_path_factory.mktemp("preprocess")
     vitrt.compile(digits_reference[0], root / "out", name="digits_vit", dynamic_batch=True, quiet=True)
-    assert main(["export", "triton", str(root / "out"), "-o", str(root / "repo"), "--preprocess",
-                 "--max-batch", "16", "--queue-delay-us", "250"]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["export", "triton", str(root / "out"), "-o", str(root / "repo"), "--preprocess",
+                     "--max-batch", "16", "--queue-delay-us", "250"]) == 0
+    assert "with digits_vit_preprocess/ and digits_vit_ensemble/ beside it" in printed.getvalue()  # all it wrote
     return root / "repo"
 
 

@@ -15,7 +15,9 @@ def _export_triton(config: ExportTritonConfig) -> int:
     from vitrt.serving.repository import export_triton
 
     target = export_triton(config, command_line())
-    print(f"wrote {target} (config.pbtxt, 1/, labels.txt, vitrt.json)")
+    also = (f"; with {target.name}_preprocess/ and {target.name}_ensemble/ beside it (send raw images to "
+            f"{target.name}_ensemble)" if config.preprocess else "")
+    print(f"wrote {target} (config.pbtxt, 1/, labels.txt, vitrt.json){also}")
     return 0
 
 

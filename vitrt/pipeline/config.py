@@ -175,11 +175,11 @@ class CompileConfig:
                 ("--data", self.prune.data, self.prune.dcvit_macs is not None),
                 ("--dcvit-metric", self.prune.dcvit_metric, self.prune.dcvit_macs is not None),
                 ("--metric-set", self.checks.metric_set, True), ("--eval-data", self.checks.eval_data, True)]
+        if self.checks.eval_data is not None:  # first: its choices are fewer (no synthetic, no synth:SET)
+            check_real_labels("--eval-data", self.checks.eval_data, "it measures real top-1")
         for flag, source, needed in used:
             if needed and source is not None:
-                check_data_source(flag, source)
-        if self.checks.eval_data is not None:
-            check_real_labels("--eval-data", self.checks.eval_data, "it measures real top-1")
+                check_data_source(flag, source, labelled=flag == "--eval-data")
         if self.force and self.out is not None:
             self.check_inputs_outside_out()
 
@@ -234,14 +234,18 @@ def check_real_labels(flag: str, source: str, why: str) -> None:
         raise OptionError(f"{flag} must be labelled data (digits or an ImageFolder PATH): {why}{hint}")
 
 
-def check_data_source(flag: str, source: str) -> None:
+def check_data_source(flag: str, source: str, *, labelled: bool = False) -> None:
     """``digits``, ``synthetic``, ``synth:DIR`` (a synthetic metric set) or an ImageFolder directory; a set named
-    without ``synth:`` or by its ``images`` folder gets a hint. Nothing but directory entries is read."""
+    without ``synth:`` or by its ``images`` folder gets a hint. Nothing but directory entries is read. ``labelled``:
+    the option takes real labels only (:func:`check_real_labels`), so the refusal names only those sources."""
     if source in ("digits", "synthetic"):
         return
     synth = source.startswith(SYNTH_PREFIX)
     path = Path(source.removeprefix(SYNTH_PREFIX))
     if not path.is_dir():
+        if labelled:
+            raise DataError(f"{flag} '{source}' is neither digits nor an existing directory (an ImageFolder: "
+                            "PATH/<class>/<images>)")
         raise DataError(f"{flag} '{source}' is neither digits, synthetic nor an existing directory (an ImageFolder: "
                         "PATH/<class>/<images>; a synthetic metric set: synth:SET)")
     is_set = (path / SET_METADATA).is_file()

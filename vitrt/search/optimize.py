@@ -118,7 +118,7 @@ class OptimizeConfig:
         from vitrt.pipeline.config import check_data_source, check_real_labels
 
         check_real_labels("--data", self.data, "accuracy is the constraint")
-        check_data_source("--data", self.data)
+        check_data_source("--data", self.data, labelled=True)
         return self
 
     @property

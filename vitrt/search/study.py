@@ -106,7 +106,7 @@ class StudyConfig:
                               "build), or leave those rows out")
         from vitrt.compiler.output import check_writable_dir, refuse_foreign_dir
 
-        check_data_source("--data", self.data)
+        check_data_source("--data", self.data, labelled=True)
         out = Path(self.out)
         if (out / "engines").is_dir():  # a study made here: resumed with the same settings, or started over
             recorded = read_settings(out)
