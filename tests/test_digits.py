@@ -46,6 +46,8 @@ def test_demo_writes_the_table_side_by_side(tmp_path, capsys):
     for label, sub in (("dense fp32", "dense"), ("fp16", "fp16"), ("int8 PTQ", "int8"), ("ToMe 60% FLOPs", "tome")):
         manifest = json.loads((out / sub / "manifest.json").read_text())
         assert manifest["verify"]["ok"] and manifest["model"] == "digits_vit"
+        twin_error = manifest["verify"].get("max_abs_err_twin", manifest["verify"]["max_abs_err"])
+        assert rows[label]["max_abs_err"] == twin_error  # the column is "vs twin" in every row, dense included
         assert rows[label]["median_ms"] > 0 and rows[label]["p90_ms"] >= rows[label]["median_ms"] * 0.5
     assert [p.name for p in tmp_path.iterdir()] == ["demo"]  # nothing else left beside OUT
 

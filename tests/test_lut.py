@@ -315,6 +315,11 @@ def test_compile_with_lut_predicts_and_refines(lut_path, tmp_path):
     with pytest.raises(VitrtError, match="measured on 'GPU: another machine'"):
         compile(tiny_vit(depth=2, **TINY_ARGS), tmp_path / "out3", bench=True, lut=tmp_path / "other.json",
                 refine_lut=True, quiet=True)
+    assert "prediction_note" not in latency  # the table of this machine: nothing to say
+    elsewhere = compile(tiny_vit(depth=2, **TINY_ARGS), tmp_path / "out4", bench=True, bench_iters=2,
+                        lut=tmp_path / "other.json", quiet=True).manifest["latency"]  # predicting, not refining
+    assert elsewhere["prediction_note"].startswith("the table was timed on GPU: another machine, this measurement on")
+    shutil.rmtree(tmp_path / "out4")
     with pytest.raises(VitrtError, match="stem/head were measured with patch="):
         compile(tiny_vit(depth=2, **{**TINY_ARGS, "patch_size": 4}), tmp_path / "out3", bench=True, lut=lut,
                 refine_lut=True, quiet=True)

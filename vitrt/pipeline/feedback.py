@@ -58,13 +58,18 @@ def add_prediction(table: LatencyTable | None, config, spec, manifest: dict) -> 
     """Put the table's whole-model prediction beside the measured median in ``manifest['latency']``.
 
     A model outside the table's grid does not fail the compile (the table was checked for backend, batch
-    and precision up front): ``predicted_ms`` is null and ``prediction_unavailable`` says why.
+    and precision up front): ``predicted_ms`` is null and ``prediction_unavailable`` says why. A table timed on
+    another machine predicts that machine (pruning only compares its predictions): ``prediction_note`` says so.
     """
     if table is None or "latency" not in manifest:
         return
     precision, sparsity = compile_precision(config, manifest)
     latency = manifest["latency"]
     latency["lut"] = str(config.checks.lut)
+    if latency.get("device") and table.device != latency["device"]:
+        latency["prediction_note"] = (f"the table was timed on {table.device}, this measurement on "
+                                      f"{latency['device']}: the prediction is of that machine (build a table here, "
+                                      "or fold this measurement in with --refine-lut, to predict this one)")
     try:
         predicted = table.model_ms(spec, precision=precision, sparsity=sparsity)
     except VitrtError as exc:

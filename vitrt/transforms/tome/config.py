@@ -11,7 +11,8 @@ from vitrt.compiler.options import option
 
 @dataclass(frozen=True)
 class TomeConfig:
-    r: str | None = option(None, "merge R tokens per block (ToMe), or R,INFLECTION for ToMe's ramp", flag="--tome",
+    r: str | None = option(None, "merge R tokens per block after the first --dfe-skip blocks (default depth // 6, "
+                           "DFE; --dfe-skip 0 for plain ToMe), or R,INFLECTION for ToMe's ramp", flag="--tome",
                            metavar="R")
     schedule: str | None = option(None, "explicit r of every block, comma-separated (refused where a block cannot "
                                   "merge that many)", flag="--tome-schedule", metavar="LIST")
