@@ -3,8 +3,8 @@ layers, and parameters.
 
 A linear layer factored to rank r (``spec.ranks``, low rank) costs r·(K + N) instead of K·N multiply-accumulates
 per token and holds r·(K + N) weights instead of K·N. A token merge's own products (its bipartite similarity scores
-and the one-hot gather / average MatMuls of the static graph) are not counted, as ToMe counts them: they add
-0.7-0.9 % on the digits reference at r = 2-4 (LayerNorm, Softmax and GELU are not counted either).
+and the one-hot gather / average MatMuls of the static graph) are not counted: they add 0.7-0.9 % to a graph count
+on the digits reference at r = 2-4 (LayerNorm, Softmax and GELU are not counted either).
 """
 
 from __future__ import annotations
