@@ -220,6 +220,8 @@ def test_prune_plan_takes_the_digits_reference_by_name(tmp_path, capsys):
     (["--tome-lut", "lut.json"], "--tome-lut acts only with --tome-latency"),
     (["--lowrank-plan", "p.json", "--lowrank-layers", "blocks.0.*"], "--lowrank-layers acts only with --lowrank or"),
     (["--sparse-min-weights", "5"], "--sparse-min-weights acts only with --sparsity 2:4"),
+    (["--sparsity", "2:4", "--sparse-data", "digits"], "--sparse-data acts only with --sparse-finetune-epochs"),
+    (["--lowrank", "0.9", "--lowrank-data", "digits"], "--lowrank-data acts only with --lowrank-finetune-epochs"),
     (["--calib-method", "entropy"], "--calib-method acts only with --precision int8, fp8 or int4w"),
     (["--timing-cache", "t.cache"], "--timing-cache acts only with --backend trt"),
 ])

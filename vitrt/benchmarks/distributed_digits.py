@@ -45,7 +45,8 @@ def run(config: DistributedDigitsConfig) -> dict:
     ranks = world() or (0, 1)
     model, info = load_reference()
     _, test = digits_split(info["recipe"]["img_size"])
-    stacks = {"sparse_finetune": dict(sparsity="2:4", sparse_finetune_epochs=config.sparse_epochs, sparse_data="digits"),
+    stacks = {"sparse_finetune": dict(sparsity="2:4", sparse_finetune_epochs=config.sparse_epochs,
+                                      sparse_data="digits" if config.sparse_epochs else None),
               "qat": dict(precision="int8", calib_data="digits", calib_images=256, qat_epochs=config.qat_epochs)}
     rows = {}
     with tempfile.TemporaryDirectory(prefix="vitrt-distributed-digits-") as work:

@@ -131,9 +131,10 @@ class Recipe:
             if self.distills and epochs:
                 o.update(distill_epochs=epochs, distill_data=data)
         if self.lowrank:
-            o.update(lowrank=self.lowrank, lowrank_align=8, lowrank_finetune_epochs=epochs, lowrank_data=data)
+            o.update(lowrank=self.lowrank, lowrank_align=8, lowrank_finetune_epochs=epochs,
+                     lowrank_data=data if epochs else None)  # data only trains
         if self.sparsity:
-            o.update(sparsity="2:4", sparse_finetune_epochs=epochs, sparse_data=data)
+            o.update(sparsity="2:4", sparse_finetune_epochs=epochs, sparse_data=data if epochs else None)
         if self.precision in ("int8", "fp8"):
             o.update(calib_data=data, calib_images=calib_images, qat_epochs=epochs)
         # None: the compile's default; a zero epoch count: that training is off (dfe_skip=0 is a real value: ToMe)

@@ -47,10 +47,11 @@ def rows(data: str, epochs: int, lut, spec=None) -> dict[str, tuple[str, dict]]:
         "fp16": ("fp16", {"precision": "fp16"}),
         "lowrank90": ("low rank, 0.9 energy", {"lowrank": 0.9, "lowrank_align": 8}),
         "lowrank70": (f"low rank, 0.7 energy + fine-tune ({epochs})",
-                      {"lowrank": 0.7, "lowrank_align": 8, "lowrank_finetune_epochs": epochs, "lowrank_data": data}),
+                      {"lowrank": 0.7, "lowrank_align": 8, "lowrank_finetune_epochs": epochs,
+                       "lowrank_data": data if epochs else None}),  # data only trains: none at --epochs 0
         "prune": (f"NViT prune 0.5 + fine-tune ({epochs})", prune),
         "sparse": (f"2:4 + sparse fine-tune ({epochs})",
-                   {"sparsity": "2:4", "sparse_finetune_epochs": epochs, "sparse_data": data}),
+                   {"sparsity": "2:4", "sparse_finetune_epochs": epochs, "sparse_data": data if epochs else None}),
         "tome": (f"ToMe r={step}", {"tome": str(step), "dfe_skip": 0}),
         "dfe": (f"DFE r={2 * step}", dfe),
         "lgtm": (f"DFE + LGTM (window {window}) r={2 * step}", {**dfe, "lgtm_window": window}),
