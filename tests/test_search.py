@@ -696,6 +696,8 @@ def test_the_search_trains_on_the_fit_split_and_its_test_split_stays_the_sources
     assert ctx.data("digits") is fit and len(ctx.data("digits", limit=2)) == 2
     test = ctx.data("digits", split="test")
     assert len(test) == 450  # the digits test split, not the fit images
+    # as QAT asks (labels used): the same answers, a PlanContext's signature (a TypeError broke int8 searches)
+    assert ctx.data("digits", labelled=True) is fit and len(ctx.data("digits", split="test", labelled=True)) == 450
 
 
 def test_measured_speedups_say_how_many_times_faster_than_the_reference(tmp_path, digits_reference):

@@ -76,8 +76,10 @@ class HoldoutContext(PlanContext):
 
     search: SearchData | None = None
 
-    def data(self, source: str, split: str = "train", limit: int | None = None):
+    def data(self, source: str, split: str = "train", limit: int | None = None, labelled: bool = False):
+        """The search's fit split for its own source's train split (labelled: its labels are the model's classes,
+        checked when the split was made); anything else as :meth:`PlanContext.data` gives it."""
         if self.search is not None and source == self.search.source and split == "train":
             fit = self.search.fit
             return ImageSet(fit.images[:limit], fit.labels[:limit]) if limit else fit
-        return super().data(source, split, limit)
+        return super().data(source, split, limit, labelled=labelled)
