@@ -65,12 +65,15 @@ def pick_runs(rows: list[dict], choose_lr: bool) -> dict[tuple[str, int], dict]:
         if len(runs) > 1 and (not choose_lr or len(set(rates)) < len(rates)):
             raise VitrtError(f"{method} seed {seed} is in more than one result"
                              + (" with the same lr" if choose_lr else ""))
-
-        def rank(run: dict) -> tuple:  # label-free: the metric set decides
-            finite = math.isfinite(run["metric_loss"])
-            return not finite, run["metric_loss"] if finite else 0.0, run["lr"]
-        picked[method, seed] = {**min(runs, key=rank), "lr_candidates": sorted(rates)}
+        picked[method, seed] = {**min(runs, key=label_free_rank), "lr_candidates": sorted(rates)}
     return picked
+
+
+def label_free_rank(run: dict) -> tuple:
+    """The metric set decides: lowest metric loss first, a diverged run (loss not finite) last, the lower rate on a
+    tie."""
+    finite = math.isfinite(run["metric_loss"])
+    return not finite, run["metric_loss"] if finite else 0.0, run["lr"]
 
 
 def whole_blocks_for(method: str) -> str:

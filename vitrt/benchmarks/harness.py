@@ -136,12 +136,16 @@ def check_counts(**counts) -> None:
             raise VitrtError(f"--{name.replace('_', '-')} must be >= 1, got {value}")  # the flag's spelling
 
 
-def check_torch_options(backends: list[str], device: str | None, torch_compile: str) -> None:
-    """--device and --torch-compile choose how the torch backend runs: refused where no torch backend is timed."""
+def check_backend_options(backends: list[str], *, clock: str | None, threads: int | None, device: str | None,
+                          torch_compile: str) -> None:
+    """The options of what is timed: --device and --torch-compile choose how the torch backend runs (refused where
+    no torch backend is timed); --clock must suit every backend timed."""
     given = [flag for flag, on in (("--device", device is not None), ("--torch-compile", torch_compile != "off")) if on]
     if given and "torch" not in backends:
         raise VitrtError(f"{given[0]} applies to the torch backend, and {', '.join(backends)} is timed: add "
                          f"--backend {','.join([*backends, 'torch'])} or drop {given[0]}")
+    for name in backends if clock is not None else ():
+        check_clock(clock, name, threads, device)
 
 
 def bench_target(target: str, batches: list[int], *, backend: str | list[str] | None = None, device: str | None = None,
@@ -154,19 +158,16 @@ def bench_target(target: str, batches: list[int], *, backend: str | list[str] | 
     lowered with a dynamic batch — is built on each and timed side by side (:func:`interleaved`, ``rounds``
     rounds of ``iterations`` runs), with each backend's speedup over the first."""
     from vitrt.compiler.backends import BuildOptions
-    from vitrt.compiler.timing import check_clock
 
     check_counts(iterations=iterations, rounds=rounds, threads=threads)
     if warmup < 0:
         raise VitrtError(f"--warmup must be >= 0, got {warmup}")
     backends = [backend] if isinstance(backend, str) else backend
-    if backends:
-        check_torch_options(backends, device, torch_compile)
+    timed = dict(clock=clock, threads=threads, device=device, torch_compile=torch_compile)
+    if backends:  # named: checked now; else once the default is known (the OUT's own backend, ort for a name)
+        check_backend_options(backends, **timed)
     options = BuildOptions(threads=threads, device=device or "cpu", torch_compile=torch_compile,
                            batch_profile=(min(batches), max(batches), max(batches)))
-    for name in backends or ():
-        if clock is not None:
-            check_clock(clock, name, threads, device)
     path = Path(target)
     with tempfile.TemporaryDirectory(prefix="vitrt-bench-") as tmp:
         work = Path(tmp)
@@ -178,20 +179,18 @@ def bench_target(target: str, batches: list[int], *, backend: str | list[str] | 
             if loaded.batch is not None and set(batches) != {loaded.batch}:
                 raise VitrtError(f"'{target}' was compiled for batch {loaded.batch}; bench it with --batch "
                                  f"{loaded.batch}, or compile it with --dynamic-batch to sweep batch sizes")
-            if not backends and clock is not None:  # the OUT's own backend: its clock is checked now
-                check_clock(clock, loaded.manifest["backend"], threads, device)
-            backends = backends or [loaded.manifest["backend"]]
-            check_torch_options(backends, device, torch_compile)
+            if not backends:
+                backends = [loaded.manifest["backend"]]
+                check_backend_options(backends, **timed)
             onnx_path = path / "model.onnx"
             runners = {b: loaded.runner if b == loaded.manifest["backend"] and device is None and torch_compile == "off"
                        else build_onnx(onnx_path, work, b, options) for b in backends}
         elif path.exists():
             raise VitrtError(f"'{target}' is neither a compiled OUT directory nor a timm model name")
         else:
-            if not backends and clock is not None:  # a model name runs on ort unless told: its clock is checked now
-                check_clock(clock, "ort", threads, device)
-            backends = backends or ["ort"]
-            check_torch_options(backends, device, torch_compile)
+            if not backends:
+                backends = ["ort"]
+                check_backend_options(backends, **timed)
             loaded = load_model_name(target, work / "lowered", backend=backends[0], img_size=img_size,
                                      threads=threads, keep_onnx=True, options=options, batches=tuple(batches))
             runners = {backends[0]: loaded.runner}

@@ -112,6 +112,16 @@ def check_model(name: str) -> None:
         check_model_name(name)
 
 
+def model_identity(name: str) -> str | None:
+    """The model a name stands for — the digits reference (any spelling) or a timm model name — or None for a label
+    (``name=`` of a Python object, "digits_vit"), which says nothing about the weights."""
+    try:
+        check_model(name)
+    except UnsupportedModelError:
+        return None
+    return DIGITS_MODEL if is_digits_model(name) else name
+
+
 # timm registers a model by decorating its entrypoint function; reading that from the sources finds every name
 # without importing timm (and torch), which takes seconds. tests/test_first_hour.py checks the scan against
 # timm.list_models() for the installed timm.

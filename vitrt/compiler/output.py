@@ -84,8 +84,10 @@ def check_writable_dir(out: Path) -> None:
 
 
 def check_outside_out(flag: str, value, out: Path, *, shown=None) -> None:
-    """The input ``flag`` names (a file or directory, ``shown`` as ``shown``) does not lie inside ``out``, which
-    ``--force`` replaces."""
+    """The input ``flag`` names (a file or directory, ``shown`` as ``shown``; None: not given) does not lie inside
+    ``out``, which ``--force`` replaces."""
+    if value is None:
+        return
     path = Path(value)
     if path.exists() and path.resolve().is_relative_to(Path(out).resolve()):
         raise OutputError(f"{flag} '{shown or value}' lies inside '{out}', which --force would replace; move it or "

@@ -258,8 +258,7 @@ def run(config: CompareConfig) -> int:
     config = config.validate()
     report_dir = config.report_dir
     for what, compiled in (("OUT", config.a), ("B", config.b)):  # -o A would delete A with --force
-        if compiled is not None:
-            check_outside_out(what, compiled, report_dir)
+        check_outside_out(what, compiled, report_dir)
     check_output_dir(report_dir, config.force)
     progress = progress_for(config)
     command = command_line()

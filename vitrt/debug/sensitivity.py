@@ -120,15 +120,14 @@ def summary_line(report: dict) -> str:
 def run(config: SensitivityConfig) -> int:
     from vitrt.compiler.options import command_line
     from vitrt.compiler.output import atomic_output_dir, check_output_dir, write_json
-    from vitrt.pipeline.config import check_outside_out  # a synth:SET too
     from vitrt.compiler.progress import progress_for
     from vitrt.debug.plots import plot_sensitivity
+    from vitrt.pipeline.config import check_outside_out  # a synth:SET too
 
     config = config.validate()
     for flag, path in (("MODEL", config.model), ("--checkpoint", config.checkpoint), ("--data", config.data),
                        ("--calib-data", config.calib_data)):  # -o OUT --force would delete what is scored
-        if path is not None:
-            check_outside_out(flag, path, config.out)
+        check_outside_out(flag, path, config.out)
     check_output_dir(config.out, config.force)
     progress = progress_for(config)
     report = {"command": command_line(), **sensitivity(config, progress)}

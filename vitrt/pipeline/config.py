@@ -191,7 +191,7 @@ class CompileConfig:
         for leaf_ in leaves(type(self)):
             value = get(self, leaf_)
             is_input = leaf_.name in DATA_OPTIONS or Path in typing.get_args(leaf_.annotation)
-            if leaf_.name != "out" and value is not None and is_input:
+            if leaf_.name != "out" and is_input:
                 check_outside_out(leaf_.flag, value, self.out)
 
     def check_against(self, spec) -> None:
@@ -221,11 +221,12 @@ def section_enabled(options, target) -> bool:
 
 
 def check_outside_out(flag: str, value, out) -> None:
-    """The input ``flag`` names (a file, a directory or a ``synth:`` set) does not lie inside ``out``, which
-    ``--force`` replaces."""
+    """The input ``flag`` names (a file, a directory or a ``synth:`` set; None: not given) does not lie inside
+    ``out``, which ``--force`` replaces."""
     from vitrt.compiler.output import check_outside_out as check_path
 
-    check_path(flag, str(value).removeprefix(SYNTH_PREFIX), out, shown=value)
+    if value is not None:
+        check_path(flag, str(value).removeprefix(SYNTH_PREFIX), out, shown=value)
 
 
 def check_real_labels(flag: str, source: str, why: str) -> None:

@@ -191,8 +191,7 @@ def prepare_out(config: OptimizeConfig) -> Path:
             from vitrt.pipeline.config import check_outside_out
 
             for flag, path in (("--lut", config.lut), ("--data", config.data)):
-                if path is not None:
-                    check_outside_out(flag, path, out)
+                check_outside_out(flag, path, out)
             shutil.rmtree(out)
     try:
         (out / ".search").mkdir(parents=True, exist_ok=True)

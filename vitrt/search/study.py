@@ -165,8 +165,7 @@ def run(config: StudyConfig) -> dict:
         from vitrt.pipeline.config import check_outside_out  # a synth:SET too
 
         for flag, path in (("--lut", config.lut), ("--data", config.data)):
-            if path is not None:
-                check_outside_out(flag, path, out)
+            check_outside_out(flag, path, out)
         shutil.rmtree(out)
     (out / "engines").mkdir(parents=True, exist_ok=True)
     (out / "engines" / SETTINGS_FILE).write_text(json.dumps(config.settings(), indent=1) + "\n")

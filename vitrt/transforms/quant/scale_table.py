@@ -213,21 +213,6 @@ def excluded_layers(patterns: str | None, spec, precision: str, quantize_attenti
     return out
 
 
-def model_identity(name: str) -> str | None:
-    """The model a name stands for — the digits reference (any spelling) or a timm model name — or None for a label
-    (``name=`` of a Python object, "digits_vit"), which says nothing about the weights."""
-    from vitrt.compiler.errors import UnsupportedModelError
-    from vitrt.compiler.known_models import DIGITS_MODEL, check_model_name, is_digits_model
-
-    if is_digits_model(name):
-        return DIGITS_MODEL
-    try:
-        check_model_name(name)
-    except UnsupportedModelError:
-        return None
-    return name
-
-
 def read_ranking(path, precision: str, layers: list[str], model: str = "") -> list[str]:
     """The layer order of a ``vitrt sensitivity`` result (checked: its precision, layers this model has and, where
     both it and ``model`` name a model rather than a label, that it was scored on that model: another's layers share
@@ -235,6 +220,8 @@ def read_ranking(path, precision: str, layers: list[str], model: str = "") -> li
     data = read_json(path, "sensitivity ranking", "write one with vitrt sensitivity MODEL -o DIR (DIR/sensitivity.json)")
     if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
         raise VitrtError(f"sensitivity ranking '{path}': expected the JSON vitrt sensitivity writes (a 'layers' list)")
+    from vitrt.compiler.known_models import model_identity
+
     scored = str(data.get("model_name") or "")  # rankings written before it was recorded are not checked
     ours, theirs = (model_identity(model) if model else None), (model_identity(scored) if scored else None)
     if ours and theirs and ours != theirs:
