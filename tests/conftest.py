@@ -11,9 +11,14 @@ if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
 
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402  (after the thread count: torch reads it on import)
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# the recorded latency table of the digits reference (ort, batch 8): what pruning and searching on digits use
+DIGITS_LUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lut_ort_digits_b8_cpu.json"
 
 
 def tiny_vit(distilled: bool = False, depth: int = 2, **kwargs):

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch
 from vitrt.cli import main
 from vitrt.compiler.backends.trt import tensorrt_available
 
-from conftest import tiny_vit
+from conftest import DIGITS_LUT, tiny_vit
 
 MANIFEST_KEYS = {"vitrt_version", "model", "input_shape", "spec_before", "spec_after", "passes", "params", "flops",
                  "verify", "latency"}
@@ -195,7 +194,7 @@ def test_reference_output_is_checked_before_training(tmp_path, capsys):
 
 
 def test_prune_plan_takes_the_digits_reference_by_name(tmp_path, capsys):
-    lut = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lut_ort_digits_b8_cpu.json"
+    lut = DIGITS_LUT
     assert main(["prune-plan", "digits", "--prune", "0.7", "--lut", str(lut), "--batch", "8", "--quiet",
                  "-o", str(tmp_path / "plan.json")]) == 0
     assert len(json.loads((tmp_path / "plan.json").read_text())["emb"]) == 64 and "plan: emb" in capsys.readouterr().out

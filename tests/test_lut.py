@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from vitrt.cli import main
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.models import spec_of_timm
 
-from conftest import tiny_vit
+from conftest import DIGITS_LUT, tiny_vit
 
 QUICK = Timing(warmup=1, iterations=2, min_seconds=0.005)
 # tiny_vit(mlp_ratio=2): emb 64, 2 heads of 32, MLP 128, 17 tokens, patch 8, 10 classes — inside the tiny grid.
@@ -471,7 +470,7 @@ def test_cli_exit_codes(lut_path, tmp_path, capsys):
     for both, message in ((["--model", "digits", "--manifest", "m.json"], "pass one"),
                           (["--model", "digits", "--emb", "64"], "--emb sizes a single block")):
         assert run("lut", "query", lut_path, *both) == 2 and message in capsys.readouterr().err
-    digits_lut = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lut_ort_digits_b8_cpu.json"
+    digits_lut = DIGITS_LUT
     assert run("lut", "query", digits_lut, "--model", "digits") == 0  # the reference by name, as compile takes it
     assert "ms (batch 8, ort)" in capsys.readouterr().out
     corrupt = tmp_path / "corrupt.json"

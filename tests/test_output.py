@@ -11,6 +11,8 @@ import pytest
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.output import OUTPUT_MARKER, atomic_output_dir
 
+from conftest import DIGITS_LUT as DIGITS_LUT_PATH
+
 
 def _hidden(directory):
     return [p.name for p in directory.iterdir() if p.name.startswith(".")]
@@ -97,7 +99,7 @@ def test_sigterm_during_a_compile_unwinds_like_ctrl_c_and_leaves_no_staging_dire
     assert list(tmp_path.iterdir()) == []
 
 
-DIGITS_LUT = str(Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lut_ort_digits_b8_cpu.json")
+DIGITS_LUT = str(DIGITS_LUT_PATH)  # a command-line argument
 
 
 @pytest.mark.parametrize("args, message", [

@@ -11,14 +11,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
 
-from conftest import max_abs, tiny_vit
+from conftest import DIGITS_LUT, max_abs, tiny_vit
 from vitrt.calib.data import synthetic
 from vitrt.cli import main
 from vitrt.compiler.cost import vit_flops
@@ -39,7 +38,6 @@ from vitrt.transforms.prune.search import SearchConfig, revit_dims, revit_plan, 
 from vitrt.transforms.prune.twin import apply_plan, prune_twin
 
 BATCH = 2
-DIGITS_LUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lut_ort_digits_b8_cpu.json"
 CLI_MODEL = ["deit_tiny_patch16_224", "--img-size", "32", "--batch", str(BATCH)]  # emb 192, 12 blocks, 5 tokens
 # A latency grid around CLI_MODEL's dims at img 32 (no preset has patch 16 with 4 patches).
 CLI_GRID = {"emb": [96, 192], "heads": [1, 3], "qk": [32, 64], "v": [32, 64], "tokens": [5], "mlp": [384, 768],

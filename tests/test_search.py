@@ -22,7 +22,7 @@ from vitrt.search.halving import Clock, Goal, Schedule, SearchState, choose, fil
 from vitrt.search.optimize import OptimizeConfig, fingerprint
 from vitrt.search.space import Merge, Recipe, Space
 
-DIGITS_LUT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lut_ort_digits_b8_cpu.json"
+from conftest import DIGITS_LUT
 
 
 def estimate(ms, top1, **recipe):
