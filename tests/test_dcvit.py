@@ -641,6 +641,52 @@ def test_seed_spread_combines_sweep_results(tmp_path):
     assert not (tmp_path / "s_0.md").exists()
 
 
+def test_seed_spread_chooses_the_mimicked_feature_by_the_metric_loss(tmp_path):
+    """``--choose-feature`` (alone or with ``--choose-lr``): each method and seed keeps the fine-tuning of lowest
+    metric loss among results that differ in the mimicked feature (and lr); the labels play no part."""
+    from vitrt.benchmarks.dcvit_seeds import DcvitSeedsConfig, benchmark, combine
+
+    def run(lr, feature, dcvit, whole):  # (top-1, metric loss) per method for seeds 0 and 1
+        rows = [{"method": m, "target": 0.67, "seed": s, "macs_fraction": 0.668, "top1": v[s][0],
+                 "metric_loss": v[s][1]} for m, v in (("dcvit", dcvit), ("whole_blocks", whole)) for s in (0, 1)]
+        rows.append({"method": "whole_blocks_no_finetune", "target": 0.67, "seed": 0, "macs_fraction": 0.668,
+                     "top1": 0.9, "metric_loss": 0.5})
+        return {"rows": rows, "few_shot": 100, "metric_set": "set", "epochs": 50, "score_epochs": 5,
+                "preferred_mlp": 0.25, "dense_top1": 0.99, "lr": lr, "feature": feature}
+
+    block = run(2e-4, "block", dcvit=[(0.98, 0.03), (0.97, 0.01)], whole=[(0.985, 0.02), (0.98, 0.02)])
+    final = run(2e-4, "final", dcvit=[(0.99, 0.02), (0.99, 0.02)], whole=[(0.97, 0.03), (0.99, 0.02)])
+    with pytest.raises(VitrtError, match="differ in feature"):
+        combine([block, final], 0.67)
+    chosen = combine([final, block], 0.67, choose_feature=True)
+    by_method = {m["method"]: m for m in chosen["methods"]}
+    assert by_method["dcvit"]["feature"] == ["final", "block"] and by_method["dcvit"]["top1"] == [0.99, 0.97]
+    # seed 1 of whole blocks ties at 0.02: the block feature, whatever the files' order
+    assert by_method["whole_blocks"]["feature"] == ["block", "block"]
+    assert by_method["whole_blocks_no_finetune"]["feature"] == [None]  # untrained: no fine-tuning to choose
+    assert chosen["pairs"][0]["difference"] == pytest.approx([0.005, -0.01])
+    assert chosen["feature"] is None and chosen["feature_candidates"] == ["block", "final"] and chosen["lr"] == 2e-4
+    with pytest.raises(VitrtError, match="with the same feature"):
+        combine([block, final, block], 0.67, choose_feature=True)
+    with pytest.raises(VitrtError, match="differ in lr"):  # choosing the feature does not let the lr differ
+        combine([block, {**final, "lr": 3e-5}], 0.67, choose_feature=True)
+    slow = run(3e-5, "final", dcvit=[(0.995, 0.001), (0.9, 0.5)], whole=[(0.9, 0.5), (0.9, 0.5)])
+    both = combine([block, final, slow], 0.67, choose_lr=True, choose_feature=True)
+    dcvit = next(m for m in both["methods"] if m["method"] == "dcvit")
+    assert list(zip(dcvit["lr"], dcvit["feature"])) == [(3e-5, "final"), (2e-4, "block")]
+    with pytest.raises(VitrtError, match="with the same lr and feature"):
+        combine([block, final, slow, slow], 0.67, choose_lr=True, choose_feature=True)
+    for name, data in (("block", block), ("final", final), ("slow", slow)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    files = ",".join(str(tmp_path / f"{n}.json") for n in ("block", "final", "slow"))
+    assert benchmark(DcvitSeedsConfig(results=files, baseline=0.67, choose_lr=True, choose_feature=True,
+                                      out=tmp_path / "chosen")) == 0
+    text = (tmp_path / "chosen.md").read_text()
+    assert "| dcvit | 0.668 | 0, 1 | 3e-05 final, 0.0002 block (of 3e-05, 0.0002; block, final) | 99.50, 97.00 |" \
+        in text
+    assert "the feature of lowest metric loss of block, final" in text
+
+
 def test_sweep_table_shows_the_test_kl_where_rows_carry_it():
     """Rows recorded before the test KL was measured still format (a dash), newer rows show it."""
     from vitrt.benchmarks.dcvit_sweep import format_table

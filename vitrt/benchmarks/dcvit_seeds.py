@@ -13,9 +13,10 @@ is not a win by itself); the KL count with its two-sided sign-test p-value. ``--
 at the baseline with the whole-block rows of the runs at G (whole blocks reach only steps of one block: 0.751 or
 0.668 of the MACs of the digits reference, never 0.7). Nothing is trained or compiled. Files of different
 settings (epochs, few-shot images, metric set, fine-tuning lr or feature) are refused: their seeds are not the
-same experiment — except with ``--choose-lr``: the files may then differ in the fine-tuning's learning rate, and
-each method keeps, seed by seed, the run whose *metric loss* (on the synthetic metric set, no label) is lowest —
-every method with its own learning rate, chosen without labels, as DC-ViT chooses blocks.
+same experiment — except with ``--choose-lr`` / ``--choose-feature``: the files may then differ in the fine-tuning's
+learning rate / the feature it mimics, and each method keeps, seed by seed, the run whose *metric loss* (on the
+synthetic metric set, no label) is lowest — every method with its own fine-tuning, chosen without labels, as DC-ViT
+chooses blocks.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from vitrt.transforms.prune.dcvit_structure import FINETUNE_LR
 
 PAIRED = ("dcvit", "mlp_only")  # the methods paired with whole blocks: every DC-ViT rule and the MLP-only ablation
 SAME = ("few_shot", "metric_set", "epochs", "score_epochs", "preferred_mlp", "dense_top1", "lr", "feature")
+CHOSEN = ("lr", "feature")  # the fine-tuning settings a method may choose by the metric loss (--choose-lr, --choose-feature)
 # what a result recorded before a setting existed ran with (the fine-tuning's peak lr and feature were fixed then)
 RECORDED_BEFORE = {"lr": FINETUNE_LR, "feature": "block"}
 
@@ -45,35 +47,38 @@ def untrained(row: dict) -> bool:
     return row.get("epochs") == 0 or row["method"].endswith("_no_finetune")
 
 
-def pick_runs(rows: list[dict], choose_lr: bool) -> dict[tuple[str, int], dict]:
+def pick_runs(rows: list[dict], choose: tuple[str, ...] = ()) -> dict[tuple[str, int], dict]:
     """One run per (method, seed).
 
-    Without ``choose_lr`` a (method, seed) in two rows is refused. With it, the runs of one (method, seed) must
-    differ in their learning rate (the same one twice is refused), and the run of lowest metric loss is kept — a
-    diverged run (loss not finite) never over a finite one, the lower rate on a tie, so the files' order does not
-    matter; the kept row lists the rates it was chosen from (``lr_candidates``). An untrained row is kept once,
-    with no rate."""
+    ``choose`` names the fine-tuning settings the runs may differ in (``lr``, ``feature``; :data:`CHOSEN`). Without
+    any, a (method, seed) in two rows is refused. With them, the runs of one (method, seed) must differ in those
+    settings (the same ones twice are refused), and the run of lowest metric loss is kept — a diverged run (loss not
+    finite) never over a finite one, the lower rate (then the block feature) on a tie, so the files' order does not
+    matter; the kept row lists what it was chosen from (``lr_candidates``, ``feature_candidates``). An untrained row
+    is kept once, with no setting."""
     groups: dict[tuple[str, int], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["method"], row["seed"]), []).append(row)
     picked = {}
     for (method, seed), runs in groups.items():
-        if choose_lr and untrained(runs[0]):
-            picked[method, seed] = {**runs[0], "lr": None, "lr_candidates": []}
+        if choose and untrained(runs[0]):
+            picked[method, seed] = {**runs[0], **dict.fromkeys(choose), "lr_candidates": [],
+                                    "feature_candidates": []}
             continue
-        rates = [run["lr"] for run in runs]
-        if len(runs) > 1 and (not choose_lr or len(set(rates)) < len(rates)):
+        variants = [tuple(run[key] for key in choose) for run in runs]
+        if len(runs) > 1 and (not choose or len(set(variants)) < len(variants)):
             raise VitrtError(f"{method} seed {seed} is in more than one result"
-                             + (" with the same lr" if choose_lr else ""))
-        picked[method, seed] = {**min(runs, key=label_free_rank), "lr_candidates": sorted(rates)}
+                             + (f" with the same {' and '.join(choose)}" if choose else ""))
+        picked[method, seed] = {**min(runs, key=label_free_rank), "lr_candidates": sorted({r["lr"] for r in runs}),
+                                "feature_candidates": sorted({r["feature"] for r in runs})}
     return picked
 
 
 def label_free_rank(run: dict) -> tuple:
-    """The metric set decides: lowest metric loss first, a diverged run (loss not finite) last, the lower rate on a
-    tie."""
+    """The metric set decides: lowest metric loss first, a diverged run (loss not finite) last, the lower rate (then
+    the block feature) on a tie."""
     finite = math.isfinite(run["metric_loss"])
-    return not finite, run["metric_loss"] if finite else 0.0, run["lr"]
+    return not finite, run["metric_loss"] if finite else 0.0, run["lr"], run["feature"]
 
 
 def whole_blocks_for(method: str) -> str:
@@ -91,6 +96,9 @@ class DcvitSeedsConfig:
                                            type=float, metavar="G")
     choose_lr: bool = option(False, "the results differ in the fine-tuning lr: per method and seed keep the run with "
                              "the lowest metric loss (label-free selection)")
+    choose_feature: bool = option(False, "the results differ in the feature the fine-tuning mimics (block, final): per "
+                                  "method and seed keep the run with the lowest metric loss (with --choose-lr: over "
+                                  "both)")
     out: Path | None = option(None, "write OUT.md and OUT.json",
                               writes=".json", flag="-o/--out", type=Path, metavar="OUT")
     quiet: bool = option(False, "no progress output")
@@ -139,29 +147,32 @@ def sign_test(successes: int, trials: int) -> float:
 
 
 def combine(results: list[dict], baseline: float, whole_blocks_at: float | None = None,
-            choose_lr: bool = False) -> dict:
+            choose_lr: bool = False, choose_feature: bool = False) -> dict:
     """Per method at ``baseline`` (whole blocks at ``whole_blocks_at`` where given): seeds, top-1 per seed, mean and
-    sample std; the paired differences. ``choose_lr``: results may differ in the fine-tuning lr, and each (method,
-    seed) keeps the run of lowest metric loss."""
+    sample std; the paired differences. ``choose_lr`` / ``choose_feature``: results may differ in the fine-tuning lr
+    / mimicked feature, and each (method, seed) keeps the run of lowest metric loss."""
+    choose = tuple(key for key, on in zip(CHOSEN, (choose_lr, choose_feature)) if on)
     for key in SAME:
-        if (key != "lr" or not choose_lr) and len({json.dumps(setting(r, key)) for r in results}) > 1:
+        if key not in choose and len({json.dumps(setting(r, key)) for r in results}) > 1:
             raise VitrtError(f"the results differ in {key}: their seeds are not one experiment")
     def target(method: str) -> float:
         return whole_blocks_at if whole_blocks_at is not None and method.startswith("whole_blocks") else baseline
 
-    rows = [{**row, "lr": row.get("lr", setting(r, "lr"))} for r in results for row in r["rows"]
+    rows = [{**row, **{key: row.get(key, setting(r, key)) for key in CHOSEN}} for r in results for row in r["rows"]
             if row["target"] == target(row["method"])]
     if not rows:
         raise VitrtError(f"no rows at --baseline {baseline:g} in these results")
-    by = pick_runs(rows, choose_lr)
+    by = pick_runs(rows, choose)
     rows = list(by.values())
     methods = []
     for method in dict.fromkeys(row["method"] for row in rows):
         picked = sorted((row for row in rows if row["method"] == method), key=lambda row: row["seed"])
         mean, std = _spread([row["top1"] for row in picked])
         methods.append({"method": method, "macs_fraction": picked[0]["macs_fraction"],
-                        "seeds": [row["seed"] for row in picked], "lr": [row["lr"] for row in picked],
-                        "lr_candidates": sorted({lr for row in picked for lr in row.get("lr_candidates", [])}),
+                        "seeds": [row["seed"] for row in picked],
+                        **{key: [row[key] for row in picked] for key in CHOSEN},
+                        **{f"{key}_candidates": sorted({v for row in picked for v in row.get(f"{key}_candidates", [])})
+                           for key in CHOSEN},
                         "top1": [row["top1"] for row in picked],
                         "top1_mean": mean, "top1_std": std,
                         "metric_loss_mean": _spread([row["metric_loss"] for row in picked])[0]})
@@ -183,11 +194,12 @@ def combine(results: list[dict], baseline: float, whole_blocks_at: float | None 
                              "test_kl_sign_p": sign_test(closer, sum(r != 1 for r in ratio))})
             pairs.append(pair)
     first = results[0]
-    return {"baseline": baseline, "whole_blocks_at": whole_blocks_at, "choose_lr": choose_lr, "methods": methods,
-            "pairs": pairs,
+    return {"baseline": baseline, "whole_blocks_at": whole_blocks_at, "choose_lr": choose_lr,
+            "choose_feature": choose_feature, "methods": methods, "pairs": pairs,
             "dense_top1": first["dense_top1"],
             **{key: setting(first, key) for key in SAME if key != "dense_top1"},
-            **({"lr": None, "lr_candidates": sorted({setting(r, "lr") for r in results})} if choose_lr else {})}
+            **{k: v for key in choose
+               for k, v in ((key, None), (f"{key}_candidates", sorted({setting(r, key) for r in results})))}}
 
 
 def p_value(p: float) -> str:
@@ -195,17 +207,29 @@ def p_value(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
+def _setting_text(value) -> str:
+    return "–" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _chosen_cell(method: dict, choose: list[str]) -> str:
+    """The settings a method chose per seed, with what they were chosen from: ``3e-05, 0.0002 (of 3e-05, 0.0002)``,
+    or ``0.0002 final, …`` for two settings."""
+    per_seed = ", ".join(" ".join(_setting_text(method[key][i]) for key in choose) for i in range(len(method["seeds"])))
+    candidates = "; ".join(", ".join(map(_setting_text, method[f"{key}_candidates"])) for key in choose
+                           if method[f"{key}_candidates"])
+    return per_seed + (f" (of {candidates})" if candidates else "")
+
+
 def format_table(result: dict) -> str:
     dense = result["dense_top1"]
-    chosen = result.get("choose_lr")
-    lines = ["| method | MACs | seeds |" + (" lr chosen by the metric loss, per seed (of) |" if chosen else "")
+    choose = [key for key in CHOSEN if result.get(f"choose_{key}")]
+    lines = ["| method | MACs | seeds |" + (f" {' and '.join(choose)} chosen by the metric loss, per seed (of) |"
+                                               if choose else "")
              + " top-1 per seed | mean ± std (n − 1) | Δ points (mean) |",
-             "|---|---:|---|" + ("---|" if chosen else "") + "---|---:|---:|"]
+             "|---|---:|---|" + ("---|" if choose else "") + "---|---:|---:|"]
     for m in result["methods"]:
         lines.append(f"| {m['method']} | {m['macs_fraction']:.3f} | {', '.join(map(str, m['seeds']))} | "
-                     + (f"{', '.join('–' if lr is None else f'{lr:g}' for lr in m['lr'])}"
-                        + (f" (of {', '.join(f'{lr:g}' for lr in m['lr_candidates'])})" if m["lr_candidates"] else "")
-                        + " | " if chosen else "")
+                     + (f"{_chosen_cell(m, choose)} | " if choose else "")
                      + f"{', '.join(f'{t * 100:.2f}' for t in m['top1'])} | {m['top1_mean'] * 100:.2f} ± "
                      f"{m['top1_std'] * 100:.2f} % | {(m['top1_mean'] - dense) * 100:+.2f} |")
     if result["pairs"]:
@@ -233,7 +257,7 @@ def benchmark(config: DcvitSeedsConfig) -> int:
         if not path.is_file():
             raise VitrtError(f"no result file {path}")
         results.append(json.loads(path.read_text()))
-    result = {**combine(results, config.baseline, config.whole_blocks_at, config.choose_lr),
+    result = {**combine(results, config.baseline, config.whole_blocks_at, config.choose_lr, config.choose_feature),
               "results": [str(p) for p in config.paths]}
     table = format_table(result)
     print(table)
@@ -242,10 +266,12 @@ def benchmark(config: DcvitSeedsConfig) -> int:
         lr = (f"peak lr per method and seed, the lowest metric loss of "
               f"{', '.join(f'{v:g}' for v in result['lr_candidates'])}"
               if config.choose_lr else f"peak lr {result['lr']:g}")
+        feature = (f"per method and seed the feature of lowest metric loss of {', '.join(result['feature_candidates'])}"
+                   if config.choose_feature else f"the {result['feature']} feature")
         record(config.out, "vitrt.benchmarks.dcvit_seeds", f"DC-ViT against whole blocks at {config.baseline:g} of the "
                f"MACs{versus}: seed spread", result, table,
                notes=f"From {', '.join(result['results'])}: {result['epochs']} fine-tuning epochs per compressed "
-               f"block ({lr}, mimicking the {result['feature']} feature), {result['few_shot']} "
+               f"block ({lr}, mimicking {feature}), {result['few_shot']} "
                f"few-shot images per seed (seed k: training images k·N..(k+1)·N), metric "
                f"set {result['metric_set']}.")
     return 0
