@@ -32,7 +32,7 @@ from vitrt.transforms.prune.dcvit_structure import FINETUNE_LR
 
 PAIRED = ("dcvit", "mlp_only")  # the methods paired with whole blocks: every DC-ViT rule and the MLP-only ablation
 SAME = ("few_shot", "metric_set", "epochs", "score_epochs", "preferred_mlp", "dense_top1", "lr", "feature")
-CHOSEN = ("lr", "feature")  # the fine-tuning settings a method may choose by the metric loss (--choose-lr, --choose-feature)
+CHOSEN = ("lr", "feature")  # what a method may choose by the metric loss (--choose-lr, --choose-feature)
 # what a result recorded before a setting existed ran with (the fine-tuning's peak lr and feature were fixed then)
 RECORDED_BEFORE = {"lr": FINETUNE_LR, "feature": "block"}
 
