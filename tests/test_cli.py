@@ -223,6 +223,9 @@ def test_prune_plan_takes_the_digits_reference_by_name(tmp_path, capsys):
     (["--lowrank", "0.9", "--lowrank-data", "digits"], "--lowrank-data acts only with --lowrank-finetune-epochs"),
     (["--calib-method", "entropy"], "--calib-method acts only with --precision int8, fp8 or int4w"),
     (["--timing-cache", "t.cache"], "--timing-cache acts only with --backend trt"),
+    # distillation runs before low rank, 2:4 and int8: it would fine-tune the dense model, recovering nothing
+    (["--distill-epochs", "1"], "--distill-epochs fine-tunes a pruned or token-merged model"),
+    (["--lowrank", "0.9", "--distill-epochs", "1"], "nothing before it compresses; low rank, 2:4 and int8 have"),
 ])
 def test_an_option_given_without_what_it_acts_through_is_refused(tmp_path, capsys, flags, message):
     """Accepted and silently ignored before (review): each names what it needs, and nothing is written."""

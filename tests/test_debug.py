@@ -80,9 +80,10 @@ def test_compare_with_twin_is_within_tolerance(outs):
 def test_records_of_low_rank_and_distilled_compiles_are_compared(tmp_path):
     """Every stage's plan reads back from a twin record (low rank and distillation could not: 'no loader')."""
     model = tiny_vit(depth=2)
-    vitrt.compile(model, tmp_path / "out", lowrank=0.9, distill_epochs=1, distill_data="synthetic", **COMMON)
+    vitrt.compile(model, tmp_path / "out", tome="1", lowrank=0.9, distill_epochs=1, distill_data="synthetic",
+                  **COMMON)
     record = load_record(tmp_path / "out")
-    assert record.stages == ["distill", "lowrank"]
+    assert record.stages == ["tome", "distill", "lowrank"]
     comparison, _ = compare_with_twin(config(tmp_path / "out"), QUIET)
     assert not comparison.missing and comparison.first_exceeding() is None
 

@@ -100,6 +100,12 @@ class CompileConfig:
         self.sparsity.validate()
         self.quant.validate(self.target.precision)
         self.check_parents()  # after the sections' own checks, whose messages are more specific
+        if self.distill.enabled and not (self.prune.enabled or self.tome.enabled):
+            # distillation runs after pruning and merging and before low rank, sparsity and quantization: with
+            # nothing before it, it would fine-tune the dense model and recover nothing the later stages lose
+            raise OptionError("--distill-epochs fine-tunes a pruned or token-merged model (--prune, --prune-plan, "
+                              "--revit, --dcvit-macs, --tome...): nothing before it compresses; low rank, 2:4 and "
+                              "int8 have their own (--lowrank-finetune-epochs, --sparse-finetune-epochs, --qat-epochs)")
         if self.checks.lut is not None and not self.checks.bench and self.prune.fraction is None \
                 and self.tome.latency is None:
             raise OptionError("--lut needs --bench (or --prune, --tome-latency): the prediction is recorded beside the "
