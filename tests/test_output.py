@@ -193,6 +193,8 @@ def compiled_digits(tmp_path_factory):
     (["compare", "{out}", "--images", "2", "-o", "{out}", "--force"], "lies inside"),
     (["sensitivity", "{out}", "--images", "2", "-o", "{out}", "--force"], "MODEL '{out}' lies inside"),
     (["export", "triton", "{out}", "-o", "{out}/..", "--name", "OUT", "--force"], "lies inside"),
+    # the mark itself: overwritten, every file vitrt wrote would lose its protection
+    (["bench", "{out}", "--iterations", "2", "--json", "{out}/.vitrt-output"], "would overwrite .vitrt-output of"),
 ])
 def test_results_never_replace_the_commands_inputs(compiled_digits, capsys, args, message):
     """A result file or directory that is an input, or would overwrite a file inside an input OUT, is refused in one
@@ -239,3 +241,115 @@ def test_a_plan_is_never_written_over_the_table_it_is_made_from(tmp_path, capsys
     assert main(["prune-plan", "digits", "--prune", "0.7", "--lut", str(lut), "--batch", "8", "-o", str(lut),
                  "--force"]) == 2
     assert "is the --lut the plan is made from" in capsys.readouterr().err and lut.read_bytes() == before
+
+
+def test_force_and_results_are_safe_around_links_nested_outputs_and_the_current_directory(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """Found by the seventh mutation audit: an OUT given as a symbolic link (replacing it swapped the link for a
+    directory); an interrupt between the two renames of --force (the old OUT stayed hidden); a vitrt output nested
+    in an input OUT (compare's OUT/compare) overwritten by a result file; a hard link to an input; "-o ." in an empty
+    current directory (the shell was left in a deleted directory). Each is refused in one line or undone."""
+    from vitrt.cli import main
+
+    out = tmp_path / "out"
+    with atomic_output_dir(out, force=False) as staging:
+        (staging / "file").write_text("first")
+    link = tmp_path / "link"
+    link.symlink_to(out)
+    with pytest.raises(VitrtError, match="is a symbolic link; pass the directory it points to"):
+        with atomic_output_dir(link, force=True):
+            pass
+    assert link.is_symlink() and (out / "file").read_text() == "first"
+    real_replace, calls = os.replace, []
+
+    def interrupted(src, dst):
+        calls.append(src)
+        if len(calls) == 2:  # OUT moved aside, then Ctrl-C before the staging directory is moved in
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output_dir(out, force=True) as staging:
+            (staging / "file").write_text("second")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (out / "file").read_text() == "first" and _hidden(tmp_path) == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    with pytest.raises(VitrtError, match="holds the current directory"):
+        with atomic_output_dir(Path("."), force=False):
+            pass
+    assert empty.is_dir() and Path.cwd() == empty
+
+
+def test_results_never_overwrite_a_nested_vitrt_output_or_a_hard_link_to_an_input(compiled_digits, tmp_path, capsys):
+    """A report vitrt wrote inside an input OUT (compare's default OUT/compare) is protected by its own mark; a
+    result path that is a hard link to an input is the input."""
+    from vitrt.cli import main
+
+    out = tmp_path / "OUT"
+    shutil.copytree(compiled_digits, out)
+    with atomic_output_dir(out / "compare", force=False) as staging:  # as vitrt compare OUT writes its report
+        (staging / "compare.md").write_text("report")
+    report = (out / "compare" / "compare.md").read_text()
+    for result, message in (("compare/compare.md", "would overwrite compare/compare.md of the input"),
+                            ("compare/.vitrt-output", "would overwrite compare/.vitrt-output of the input")):
+        assert main(["bench", str(out), "--iterations", "2", "--json", str(out / result)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert (out / "compare" / "compare.md").read_text() == report
+    os.link(out / "model.onnx", tmp_path / "hard.onnx")
+    model = (out / "model.onnx").read_bytes()
+    assert main(["lint-trt", str(out / "model.onnx"), "--json", str(tmp_path / "hard.onnx")]) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert (out / "model.onnx").read_bytes() == model
+
+
+def test_the_deepest_mark_decides_what_a_result_inside_an_input_would_overwrite(tmp_path):
+    """``written_entry``: inside a directory vitrt wrote (``twin``, listed by OUT's mark) every file is vitrt's; a
+    nested output's own mark decides below it; a new file is not an entry; without any mark an existing file is."""
+    from vitrt.compiler.options import written_entry
+
+    out = tmp_path / "OUT"
+    (out / "twin").mkdir(parents=True)
+    (out / OUTPUT_MARKER).write_text("# header\nmanifest.json\ntwin\n")
+    (out / "report").mkdir()
+    (out / "report" / OUTPUT_MARKER).write_text("# header\nreport.md\n")
+    assert written_entry(out, out / "twin" / "record.json") == "twin/record.json"
+    assert written_entry(out, out / "manifest.json") == "manifest.json"
+    assert written_entry(out, out / OUTPUT_MARKER) == OUTPUT_MARKER
+    assert written_entry(out, out / "bench.json") is None
+    assert written_entry(out, out / "report" / "report.md") == "report/report.md"
+    assert written_entry(out, out / "report" / "notes.md") is None  # the nested mark decides, not OUT's
+    plain = tmp_path / "plain"
+    (plain / "sub").mkdir(parents=True)
+    (plain / "sub" / "mine.txt").write_text("x")
+    assert written_entry(plain, plain / "sub" / "mine.txt") == "sub/mine.txt"
+    assert written_entry(plain, plain / "sub" / "new.txt") is None
+
+
+def test_inputs_inside_what_a_run_replaces_are_refused_before_any_work(compiled_digits, tmp_path, capsys):
+    """``compare --data`` inside the report directory ``--force`` replaces, and ``debug-digits --ranking`` inside the
+    ``--work`` it replaces (where an earlier run scored it), are refused in one line and kept."""
+    from vitrt.cli import main
+
+    report = tmp_path / "R"
+    with atomic_output_dir(report, force=False) as staging:
+        (staging / "compare.md").write_text("old report")
+    (report / "imgs" / "0").mkdir(parents=True)
+    (report / "imgs" / "0" / "a.png").write_bytes(b"png")
+    assert main(["compare", str(compiled_digits), str(compiled_digits), "--data", str(report / "imgs"),
+                 "-o", str(report), "--force"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--data" in err[0] and "lies inside" in err[0], err
+    assert (report / "imgs" / "0" / "a.png").is_file()
+    work = tmp_path / "W"
+    (work / "sensitivity").mkdir(parents=True)
+    (work / ".vitrt-debug-digits").write_text("made by vitrt debug-digits\n")
+    (work / "sensitivity" / "sensitivity.json").write_text("{}")
+    assert main(["debug-digits", "--work", str(work), "--results", str(tmp_path / "res"),
+                 "--ranking", str(work / "sensitivity" / "sensitivity.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--ranking" in err[0] and "lies inside" in err[0], err
+    assert (work / "sensitivity" / "sensitivity.json").is_file()

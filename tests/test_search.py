@@ -281,6 +281,18 @@ def test_a_non_empty_output_without_a_search_is_refused(tmp_path, capsys):
     assert cli(["optimize", "digits", "-o", str(tmp_path / "OUT"), "--max-drop", "1", "--force"]) == 2
     assert "--force only starts over a directory made by vitrt optimize" in capsys.readouterr().err
     assert (tmp_path / "OUT" / "mine.txt").read_text() == "keep me"
+    # a search started over is never the current directory (or one above it): --force would delete the shell's
+    (tmp_path / "OUT" / "mine.txt").unlink()
+    (tmp_path / "OUT" / ".search").mkdir()
+    (tmp_path / "OUT" / "notes.tex").write_text("keep me")
+    for here, out in ((tmp_path / "OUT", "."), (tmp_path / "OUT" / ".search", "..")):
+        os.chdir(here)
+        try:
+            assert cli(["optimize", "digits", "-o", out, "--max-drop", "1", "--force"]) == 2
+        finally:
+            os.chdir(tmp_path)
+        assert "holds the current directory" in capsys.readouterr().err
+        assert (tmp_path / "OUT" / "notes.tex").read_text() == "keep me"
 
 
 def test_force_never_deletes_the_searchs_own_inputs(tmp_path, capsys):
@@ -437,6 +449,13 @@ def test_study_rows_and_refusals(tmp_path, capsys):
     (tmp_path / "mine" / "thesis.tex").write_text("keep")
     assert cli(["study", "digits", "-o", str(tmp_path / "mine"), "--force"]) == 2
     assert "holds no study" in capsys.readouterr().err and (tmp_path / "mine" / "thesis.tex").is_file()
+    # a folder that merely has an engines directory is not a study: not resumed into, not deleted with --force
+    (tmp_path / "mine" / "engines").mkdir()
+    (tmp_path / "mine" / "engines" / "my.plan").write_text("keep")
+    for force in ([], ["--force"]):
+        assert cli(["study", "digits", "-o", str(tmp_path / "mine"), "--rows", "dense", "--epochs", "0", *force]) == 2
+        assert "holds no study" in capsys.readouterr().err
+        assert (tmp_path / "mine" / "thesis.tex").is_file() and (tmp_path / "mine" / "engines" / "my.plan").is_file()
 
 
 def test_a_pruned_recipe_is_judged_after_fine_tuning_not_before():

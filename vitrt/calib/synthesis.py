@@ -56,7 +56,7 @@ from vitrt.calib.evaluate import torch_logits
 from vitrt.calib.synthesis_config import DIGITS_REFERENCE, SET_METADATA, SynthesisConfig
 from vitrt.compiler.errors import DataError, OptionError, OutputError, VitrtError
 from vitrt.compiler.known_models import is_digits_model
-from vitrt.compiler.output import refuse_foreign_dir
+from vitrt.compiler.output import refuse_foreign_dir, start_over
 
 SET_FORMAT = "vitrt.synth"
 SET_VERSION = 1
@@ -258,7 +258,7 @@ def synthesize(twin, out: str | Path, config: SynthesisConfig, *, mean, std, mod
                 "feature_reference_images": 0 if feature_reference is None else len(feature_reference),
                 "feature_reference_digest": None if feature_reference is None else _digest(feature_reference)}
     if _prepare_set_dir(root, identity, config, force):
-        shutil.rmtree(root)
+        start_over(root)
     try:
         (root / "batches").mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -143,14 +143,16 @@ def from_args(config_cls, args: argparse.Namespace, **overrides):
 
 
 def check_result_paths(config) -> None:
-    """Every ``writes`` option of ``config`` that is set names a file this process can create and that is not one
-    of the command's inputs: an input file, what vitrt wrote into an input directory (``bench OUT --json
-    OUT/manifest.json`` would replace the compile's manifest; ``OUT/bench.json`` is a new file, rewritten on a rerun)
-    or, in a directory vitrt did not write, a file already there — a one-line OutputError otherwise."""
+    """Every ``writes`` option of ``config`` that is set names files this process can create and that are not the
+    command's inputs: an input file (by path or hard link), what vitrt wrote into an input directory or a vitrt
+    output nested in it (``bench OUT --json OUT/manifest.json`` would replace the compile's manifest, ``--json
+    OUT/compare/compare.md`` a report; ``OUT/bench.json`` is a new file, rewritten on a rerun) or, in a directory
+    vitrt did not write, a file already there — a one-line OutputError otherwise."""
+    import os
     from pathlib import Path
 
     from vitrt.compiler.errors import OutputError
-    from vitrt.compiler.output import check_output_file, entries_written
+    from vitrt.compiler.output import check_output_file
 
     results, inputs = [], []
     for leaf_ in leaves(type(config)):
@@ -158,7 +160,8 @@ def check_result_paths(config) -> None:
         if writes and value is not None:
             path = Path(value)
             files = [path] if writes == "file" else [path.with_suffix(writes), path.with_suffix(".md")]
-            check_output_file(files[0], leaf_.flag)
+            for file in files:
+                check_output_file(file, leaf_.flag)
             results += [(leaf_.flag, file) for file in files]
         elif not writes:  # an option naming an existing file or directory is read by the command
             values = value if isinstance(value, (list, tuple)) else [value]
@@ -166,14 +169,30 @@ def check_result_paths(config) -> None:
     for flag, file in results:
         target = file.resolve()
         for source in inputs:
-            if target == source:
+            if target == source or (source.is_file() and target.exists() and os.path.samefile(target, source)):
                 raise OutputError(f"{flag} '{file}' is the input '{source}'; write the result elsewhere")
             if source.is_dir() and target.is_relative_to(source):
-                written = entries_written(source)
-                entry = target.relative_to(source).parts[0]
-                if (entry in written) if written is not None else target.exists():
+                entry = written_entry(source, target)
+                if entry is not None:
                     raise OutputError(f"{flag} '{file}' would overwrite {entry} of the input '{source}'; write the "
                                       "result elsewhere")
+
+
+def written_entry(source: Path, target: Path) -> str | None:
+    """What ``target`` (inside the input directory ``source``) would overwrite, or None where it is a new file: an
+    entry vitrt wrote into ``source`` or into a vitrt output nested in it (their markers list them, the marker
+    itself included), or, where no marker covers it, a file already there."""
+    from vitrt.compiler.output import OUTPUT_MARKER, entries_written
+
+    shown = str(target.relative_to(source))
+    directory = target.parent
+    while True:  # the deepest marked directory between target and source decides
+        written = entries_written(directory)
+        if written is not None:
+            return shown if target.relative_to(directory).parts[0] in written | {OUTPUT_MARKER} else None
+        if directory == source:
+            return shown if target.exists() else None
+        directory = directory.parent
 
 
 def from_options(config_cls, options: dict, *, what: str = "option"):

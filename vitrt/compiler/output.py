@@ -46,17 +46,42 @@ def entries_written(directory: Path) -> set[str] | None:
     return {line for line in marker.read_text().splitlines() if line and not line.startswith("#")}
 
 
+def check_not_link(out: Path, flag: str = "-o") -> None:
+    """``out`` is not a symbolic link: replacing it would swap the link for a directory and leave what it points to
+    as it was (and deleting it is refused by the file system)."""
+    out = Path(out).absolute()
+    if out.is_symlink():
+        raise OutputError(f"{flag} '{out}' is a symbolic link; pass the directory it points to ('{out.resolve()}') or "
+                          f"choose another {flag}")
+
+
+def check_not_cwd(out: Path, flag: str = "-o") -> None:
+    """``out`` is not the current directory or one above it: replacing or deleting it would pull the directory out
+    from under the shell (and, with ``--force``, delete what it holds)."""
+    out = Path(out).absolute()
+    if out.exists() and Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise OutputError(f"{flag} '{out}' holds the current directory, which vitrt would replace; choose another "
+                          f"{flag} (a new directory below this one)")
+
+
+def start_over(out: Path, flag: str = "-o") -> None:
+    """Delete ``out`` for ``--force`` — a directory the caller has checked it made — never the current directory or
+    one above it."""
+    check_not_link(out, flag)
+    check_not_cwd(out, flag)
+    shutil.rmtree(out)
+
+
 def check_output_dir(out: Path, force: bool) -> None:
     """OUT can be written (:func:`check_writable_dir`) and replaced: it is missing or an empty directory (or, with
-    ``force``, a directory vitrt wrote, :func:`written_by_vitrt`; not the current directory or one above it)."""
+    ``force``, a directory vitrt wrote, :func:`written_by_vitrt`); never the current directory or one above it."""
     out = Path(out).absolute()
     check_writable_dir(out)
+    check_not_link(out)
+    check_not_cwd(out)
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise OutputError(f"output directory '{out}' is not empty; pass --force to replace it or choose another -o")
-        if Path.cwd().resolve().is_relative_to(out.resolve()):
-            raise OutputError(f"output directory '{out}' holds the current directory, which --force would delete; "
-                              "choose another -o")
         if not written_by_vitrt(out):
             raise OutputError(f"output directory '{out}' holds no {OUTPUT_MARKER}, the mark of a directory vitrt "
                               "wrote, so --force does not replace it: choose another -o (if an older vitrt wrote it, "
@@ -158,7 +183,7 @@ def _swap_in(staging: Path, out: Path, force: bool) -> None:
         os.replace(out, old)
     try:
         os.replace(staging, out)
-    except OSError:
+    except BaseException:  # an interrupt between the two renames too: the old OUT goes back
         if old is not None:
             os.replace(old, out)
         raise

@@ -252,13 +252,15 @@ def write_report(directory: Path, comparison: Comparison, meta: dict, command: s
 
 def run(config: CompareConfig) -> int:
     from vitrt.compiler.options import command_line
-    from vitrt.compiler.output import atomic_output_dir, check_output_dir, check_outside_out
+    from vitrt.compiler.output import atomic_output_dir, check_output_dir
     from vitrt.compiler.progress import progress_for
+    from vitrt.pipeline.config import check_outside_out  # a synth:SET too
 
     config = config.validate()
     report_dir = config.report_dir
-    for what, compiled in (("OUT", config.a), ("B", config.b)):  # -o A would delete A with --force
-        check_outside_out(what, compiled, report_dir)
+    # -o A would delete A with --force, and an image folder inside the report with it
+    for what, source in (("OUT", config.a), ("B", config.b), ("--data", config.data)):
+        check_outside_out(what, source, report_dir)
     check_output_dir(report_dir, config.force)
     progress = progress_for(config)
     command = command_line()

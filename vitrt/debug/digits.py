@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,8 @@ import numpy as np
 
 from vitrt.compiler.errors import OptionError, OutputError
 from vitrt.compiler.options import option
-from vitrt.compiler.output import (check_output_dir, check_output_file, check_writable_dir, nearest_existing,
-                                   refuse_foreign_dir)
+from vitrt.compiler.output import (check_not_cwd, check_output_dir, check_output_file, check_outside_out,
+                                   check_writable_dir, nearest_existing, refuse_foreign_dir, start_over)
 
 WORK_MARKER = ".vitrt-debug-digits"  # what marks a --work directory as this command's own (safe to replace)
 
@@ -70,6 +69,9 @@ class DigitsDebugConfig:
             raise OptionError(f"--work '{work}' is not a directory")
         refuse_foreign_dir(work, (work / WORK_MARKER).is_file(), command="debug-digits", what="debug-digits work",
                            flag="--work")
+        check_not_cwd(work, "--work")
+        # --work is replaced before the compiles: a ranking an earlier run scored there would be deleted with it
+        check_outside_out("--ranking", self.ranking, work)
         check_writable_dir(self.results)
         # the tables are written after minutes of compiles: a --results nothing can be written into is refused now
         try:
@@ -240,7 +242,7 @@ def run(config: DigitsDebugConfig) -> int:
         read_ranking(config.ranking, AGGRESSIVE["precision"], quantizable_layers(
             spec_of_timm(model), AGGRESSIVE["precision"], quantize_attention=True), model=DIGITS_MODEL)
     if config.work.exists():  # validate() allows only a --work this command made
-        shutil.rmtree(config.work)
+        start_over(config.work, "--work")
     config.work.mkdir(parents=True)
     (config.work / WORK_MARKER).write_text("made by vitrt debug-digits; replaced by its next run\n")
     compare = None if config.skip_compare else compare_reports(model, config, progress)

@@ -26,7 +26,7 @@ from typing import Iterator
 from vitrt.compiler.errors import OptionError, VitrtError
 from vitrt.compiler.known_models import check_model, is_digits_model
 from vitrt.compiler.options import add_command, command_line, option
-from vitrt.compiler.output import check_writable_dir, refuse_foreign_dir
+from vitrt.compiler.output import check_writable_dir, refuse_foreign_dir, start_over
 
 SEARCH_PRECISIONS = ("fp32", "int8", "fp16", "int4w")
 DEFAULT_LUT_KEYS = (("fp32", "dense"), ("int8", "dense"))
@@ -192,7 +192,7 @@ def prepare_out(config: OptimizeConfig) -> Path:
 
             for flag, path in (("--lut", config.lut), ("--data", config.data)):
                 check_outside_out(flag, path, out)
-            shutil.rmtree(out)
+            start_over(out)
     try:
         (out / ".search").mkdir(parents=True, exist_ok=True)
     except OSError as exc:

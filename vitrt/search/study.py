@@ -16,7 +16,6 @@ DFE, DFE + LGTM, and stacks. Training rows get ``--epochs`` epochs on ``--data``
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +108,7 @@ class StudyConfig:
 
         check_data_source("--data", self.data, labelled=True)
         out = Path(self.out)
-        if (out / "engines").is_dir():  # a study made here: resumed with the same settings, or started over
+        if is_study(out):  # a study made here: resumed with the same settings, or started over
             recorded = read_settings(out)
             differ = ["MODEL" if k == "model" else f"--{k.replace('_', '-')}" for k, v in self.settings().items()
                       if recorded.get(k, v) != v]
@@ -143,11 +142,16 @@ class StudyConfig:
 SETTINGS_FILE = "settings.json"  # OUT/engines/settings.json: what the study's engines were compiled with
 
 
+def is_study(out: Path) -> bool:
+    """``out`` holds a study (its engines' settings): a folder that merely has an ``engines`` directory is not one,
+    and is never resumed into or deleted."""
+    return (Path(out) / "engines" / SETTINGS_FILE).is_file()
+
+
 def read_settings(out: Path) -> dict:
     from vitrt.compiler.jsonfile import read_json
 
-    path = out / "engines" / SETTINGS_FILE
-    return read_json(path, "study settings") if path.is_file() else {}
+    return read_json(out / "engines" / SETTINGS_FILE, "study settings")
 
 
 def run(config: StudyConfig) -> dict:
@@ -161,12 +165,13 @@ def run(config: StudyConfig) -> dict:
     config = config.validate()
     progress = progress_for(config)
     out = Path(config.out)
-    if (out / "engines").is_dir() and config.force:  # validate() let --force through only for a study
+    if is_study(out) and config.force:  # validate() let --force through only for a study
+        from vitrt.compiler.output import start_over
         from vitrt.pipeline.config import check_outside_out  # a synth:SET too
 
         for flag, path in (("--lut", config.lut), ("--data", config.data)):
             check_outside_out(flag, path, out)
-        shutil.rmtree(out)
+        start_over(out)
     (out / "engines").mkdir(parents=True, exist_ok=True)
     (out / "engines" / SETTINGS_FILE).write_text(json.dumps(config.settings(), indent=1) + "\n")
     started = time.perf_counter()
