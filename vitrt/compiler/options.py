@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from vitrt.compiler.errors import OptionError, VitrtError
 
@@ -149,7 +150,6 @@ def check_result_paths(config) -> None:
     OUT/compare/compare.md`` a report; ``OUT/bench.json`` is a new file, rewritten on a rerun) or, in a directory
     vitrt did not write, a file already there — a one-line OutputError otherwise."""
     import os
-    from pathlib import Path
 
     from vitrt.compiler.errors import OutputError
     from vitrt.compiler.output import check_output_file
