@@ -91,3 +91,17 @@ def test_a_subset_of_a_limited_folder_reads_its_own_images(folder):
     assert part.indices == [data.indices[0], data.indices[2]]
     whole = torch.cat([images for images, _ in data.batches(8)])
     assert torch.equal(torch.cat([images for images, _ in part.batches(8)]), whole[[0, 2]])
+
+
+def test_int8_calibrates_on_a_streamed_folder(folder, tmp_path):
+    """``--calib-data PATH`` (an ImageFolder, as ``imagenet/train`` in the README): calibration streams it; the
+    twins' accuracy report is the digits test split's only (it crashed on every folder: a streamed set holds no
+    labels array), a folder's real accuracy being --eval-data's."""
+    import json
+
+    import vitrt
+
+    vitrt.compile("digits", tmp_path / "out", precision="int8", calib_data=str(folder), calib_images=8, batch=1,
+                  quiet=True)
+    quant = json.loads((tmp_path / "out" / "manifest.json").read_text())["quantization"]
+    assert quant["calib_data"] == str(folder) and "accuracy" not in quant

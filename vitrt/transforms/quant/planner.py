@@ -54,9 +54,11 @@ def plan(twin, ctx: PlanContext, options: QuantConfig) -> QuantPlan:
         table = table_from_twin(qtwin, precision, quantize_attention=att, source=f"{table.source}+qat",
                                 meta=table.meta, exclude=float_layers)
         weights = parameter_state(qtwin)
-    test = ctx.data(source, split="test", labelled=True) if source != "synthetic" else None
-    if test is not None and test.labelled:
-        info["accuracy"] = {"data": f"{source}:test" if source == "digits" else f"{source} (calibration set)",
+    # the twins' top-1 on the digits test split; an ImageFolder (--calib-data imagenet/train) is streamed, may be
+    # large and need not hold the model's classes: its real accuracy is --eval-data's, on the compiled artifact
+    test = ctx.data(source, split="test", labelled=True) if source == "digits" else None
+    if test is not None:
+        info["accuracy"] = {"data": f"{source}:test",
                             "images": len(test), "top1_fp32_twin": round(accuracy(twin, test), 5),
                             f"top1_{precision}_twin": round(accuracy(qtwin, test), 5)}
     return QuantPlan(precision, table, att, weights, info, float_layers)
