@@ -108,6 +108,12 @@ def test_the_python_api_words_errors_for_python(tmp_path):
 
     assert api_wording("use --precision fp16 with --backend ort, or pass --threads 1", CompileConfig) == \
         "use precision='fp16' with backend='ort', or pass threads=1"  # keyword syntax a user can paste
+    # an error class built from more than a message is raised as itself, reworded (it was a TypeError)
+    from vitrt.transforms.tome.solve import UnreachableTarget
+
+    with pytest.raises(UnreachableTarget, match=r"dense flops; raise the fraction or lower dfe_skip") as info:
+        vitrt.compile("digits", tmp_path / "f", tome_flops=0.05, quiet=True)
+    assert 0 < info.value.least < 1 and not (tmp_path / "f").exists()
 
 
 def test_the_python_api_takes_digits_by_name_and_refuses_name_options_for_a_module(tmp_path, digits_reference):

@@ -38,7 +38,10 @@ def compile(*args, **kwargs):
                                       module=None if isinstance(model, str) else model, out=out, **kwargs)
             return _compile(*args, **kwargs)
     except VitrtError as exc:
-        raise type(exc)(api_wording(str(exc), CompileConfig)) from None
+        # the same exception, its message in keyword wording: a subclass may take more than a message to build
+        # (UnreachableTarget), and its attributes stay for a caller that reads them
+        exc.args = (api_wording(str(exc), CompileConfig), *exc.args[1:])
+        raise
     finally:
         torch.set_num_threads(threads)
 
