@@ -99,6 +99,17 @@ def test_the_python_api_words_errors_for_python(tmp_path):
                            (tiny_vit(img_size=30, patch_size=8), r"image size \(30, 30\) is not a multiple")):
         with pytest.raises(UnsupportedModelError, match=message):
             vitrt.compile(model, tmp_path / "m")
+    # a head vitrt would lower as one Linear, and hooks lowering cannot see, are refused, not compiled differently
+    import torch
+
+    custom = tiny_vit()
+    custom.head = torch.nn.Sequential(torch.nn.Linear(custom.embed_dim, 8), torch.nn.GELU(), torch.nn.Linear(8, 10))
+    hooked = tiny_vit()
+    hooked.blocks[1].register_forward_hook(lambda module, args, output: output * 2)
+    for model, message in ((custom, "head is Sequential \\(only nn.Linear\\)"),
+                           (hooked, "forward hooks on blocks.1 \\(remove them\\)")):
+        with pytest.raises(UnsupportedModelError, match=message):
+            vitrt.compile(model, tmp_path / "m")
     # flags with a value read as keywords; a vitrt command quoted in the message keeps its flags
     with pytest.raises(OptionError, match=r"^prune needs lut=LUT \(build one with: vitrt lut build --backend ort"):
         vitrt.compile("deit_tiny_patch16_224", tmp_path / "e", prune=0.5)

@@ -200,6 +200,15 @@ def check_architecture(model: nn.Module) -> None:
         problems.append("patch embedding other than a plain Conv")
     if not isinstance(model.norm, nn.LayerNorm):
         problems.append("final norm other than LayerNorm")
+    for name in ("head", "head_dist"):  # the canonical head is one Linear (head_dist: a distilled model's second)
+        head = getattr(model, name, None)
+        if head is not None and not isinstance(head, nn.Linear) and not (isinstance(head, nn.Identity)
+                                                                          and model.num_classes == 0):
+            problems.append(f"{name} is {type(head).__name__} (only nn.Linear)")
+    hooked = [name or type(model).__name__ for name, m in model.named_modules()
+              if m._forward_hooks or m._forward_pre_hooks]
+    if hooked:  # lowering traces the architecture, not what a hook does to it: the engine would differ silently
+        problems.append(f"forward hooks on {', '.join(hooked[:3])}{' …' if len(hooked) > 3 else ''} (remove them)")
     for i, block in enumerate(model.blocks):
         if type(block) is not Block or type(block.attn) is not Attention or type(block.mlp) is not Mlp:
             problems.append(f"block {i} is {type(block).__name__} (only timm's Block/Attention/Mlp)")
