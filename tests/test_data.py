@@ -105,3 +105,22 @@ def test_int8_calibrates_on_a_streamed_folder(folder, tmp_path):
                   quiet=True)
     quant = json.loads((tmp_path / "out" / "manifest.json").read_text())["quantization"]
     assert quant["calib_data"] == str(folder) and "accuracy" not in quant
+
+
+def test_data_the_model_cannot_take_is_refused_in_one_line(tmp_path):
+    """A model with one input channel calibrates on synthetic images of one channel, and refuses 3-channel digits;
+    a model with fewer classes than digits' ten refuses them wherever labels are used (it crashed deep in torch or
+    ONNX Runtime: "expected input[64, 3, 32, 32]", "Target 9 is out of bounds")."""
+    import vitrt
+    from vitrt.compiler.errors import DataError
+
+    from conftest import tiny_vit
+
+    assert load_data("synthetic", 32, limit=4, in_chans=1).images.shape == (4, 1, 32, 32)
+    gray = tiny_vit(in_chans=1)
+    vitrt.compile(gray, tmp_path / "int8", precision="int8", calib_images=8, quiet=True)  # synthetic calibration
+    with pytest.raises(DataError, match="'digits' holds 3-channel images but the model takes 1"):
+        vitrt.compile(gray, tmp_path / "eval", eval_data="digits", quiet=True)
+    with pytest.raises(DataError, match="digits has 10 classes but the model has 5"):
+        vitrt.compile(tiny_vit(num_classes=5), tmp_path / "five", eval_data="digits", quiet=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8"]

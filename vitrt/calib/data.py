@@ -24,6 +24,8 @@ from vitrt.calib.digits import ImageSet, digits_split
 from vitrt.calib.synthesis_config import SET_METADATA, SYNTH_PREFIX
 from vitrt.compiler.errors import DataError
 
+DIGIT_CLASSES = 10  # scikit-learn's handwritten digits: labels 0..9
+
 Batch = tuple[torch.Tensor, "torch.Tensor | None"]
 TIMM_KEYS = ("mean", "std", "interpolation", "crop_pct", "crop_mode")  # what a data config sets besides the size
 
@@ -132,18 +134,28 @@ def in_memory(data: Dataset, what: str = "data") -> ImageSet:
 
 
 def load_data(source: str, img_size: int, *, split: str = "train", limit: int | None = None, seed: int = 0,
-              preprocessing: Mapping | None = None, num_classes: int | None = None) -> Dataset:
+              preprocessing: Mapping | None = None, num_classes: int | None = None, in_chans: int = 3) -> Dataset:
     """The named data source at ``img_size``; ``split`` selects the digits train or test split; ``preprocessing``
     (the manifest's section: the model's timm data config) prepares ImageFolder images; ``num_classes``: given
-    where the labels are used, an ImageFolder must have that many classes."""
+    where the labels are used, the source's labels must be the model's classes; ``in_chans``: the model's input
+    channels (synthetic images are drawn with them; a source with other channels is refused in one line)."""
+    if source == "synthetic":
+        return synthetic(img_size, limit or 256, seed, in_chans)
     if source == "digits":
         train, test = digits_split(img_size)
         data = train if split == "train" else test
-        return ImageSet(data.images[:limit], data.labels[:limit]) if limit else data
-    if source == "synthetic":
-        return synthetic(img_size, limit or 256, seed)
-    if source.startswith(SYNTH_PREFIX):
+        data = ImageSet(data.images[:limit], data.labels[:limit]) if limit else data
+        if num_classes is not None and num_classes < DIGIT_CLASSES:
+            raise DataError(f"digits has {DIGIT_CLASSES} classes but the model has {num_classes}: use data with "
+                            "the model's classes")
+    elif source.startswith(SYNTH_PREFIX):
         from vitrt.calib.synthesis import load_metric_set
 
-        return load_metric_set(source[len(SYNTH_PREFIX):], img_size, limit)
-    return image_folder(source, img_size, limit, preprocessing, seed, num_classes)
+        data = load_metric_set(source[len(SYNTH_PREFIX):], img_size, limit)
+    else:
+        data = image_folder(source, img_size, limit, preprocessing, seed, num_classes)
+    channels = data.images.shape[1] if hasattr(data, "images") else 3  # an ImageFolder is read as RGB
+    if channels != in_chans:
+        raise DataError(f"'{source}' holds {channels}-channel images but the model takes {in_chans} (in_chans): use "
+                        "data with the model's channels (synthetic images follow the model)")
+    return data

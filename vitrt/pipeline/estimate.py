@@ -25,14 +25,14 @@ def artifact_accuracy(runner, dense, *, metric_set: str | None, eval_data: str |
     img = dense.spec.img
     out: dict = {}
     if metric_set is not None:
-        data = load_data(metric_set, img, seed=seed, preprocessing=preprocessing)
+        data = load_data(metric_set, img, seed=seed, preprocessing=preprocessing, in_chans=dense.spec.in_chans)
         metric = MetricSet.of(in_memory(data, f"metric set '{metric_set}'"), dense)
         out["metric"] = {"data": metric_set, "images": len(metric),
                          "compiled": metric.loss(runner_logits(runner, metric.as_image_set())),
                          "dense": metric.loss(metric.dense_logits)}
     if eval_data is not None:
         data = load_data(eval_data, img, split="test", seed=seed, preprocessing=preprocessing,
-                         num_classes=dense.spec.num_classes)
+                         num_classes=dense.spec.num_classes, in_chans=dense.spec.in_chans)
         test = in_memory(data, f"evaluation data '{eval_data}'")
         if test.labels is None:
             raise DataError(f"--eval-data '{eval_data}' has no labels: pass labelled data (digits or an ImageFolder)")

@@ -50,9 +50,9 @@ class PlanContext:
         label, top-1), so an ImageFolder must have the model's classes."""
         from vitrt.calib.data import load_data
 
-        return load_data(source, self.teacher.spec.img, split=split, limit=limit, seed=self.seed,
-                         preprocessing=self.preprocessing,
-                         num_classes=self.teacher.spec.num_classes if labelled else None)
+        spec = self.teacher.spec
+        return load_data(source, spec.img, split=split, limit=limit, seed=self.seed, preprocessing=self.preprocessing,
+                         num_classes=spec.num_classes if labelled else None, in_chans=spec.in_chans)
 
 
 @dataclass(frozen=True)
