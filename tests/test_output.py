@@ -160,9 +160,13 @@ def test_force_replaces_only_a_directory_vitrt_wrote(tmp_path, monkeypatch):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("precious")
-    with pytest.raises(VitrtError, match=r"holds no \.vitrt-output, the mark of a directory vitrt wrote"):
+    with pytest.raises(VitrtError, match=r"holds no \.vitrt-output, the mark of a directory written by vitrt"):
         with atomic_output_dir(mine, force=True):
             pass
+    import vitrt  # the Python API words the same refusal for keywords
+
+    with pytest.raises(VitrtError, match="so force=True does not replace it: choose another out"):
+        vitrt.compile("digits", mine, force=True)
     assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
     (mine / "manifest.json").write_text('{"vitrt_version": "0.9"}')  # a compile OUT of a vitrt before the mark
     with atomic_output_dir(mine, force=True) as staging:

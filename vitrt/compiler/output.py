@@ -60,7 +60,7 @@ def check_not_cwd(out: Path, flag: str = "-o") -> None:
     from under the shell (and, with ``--force``, delete what it holds)."""
     out = Path(out).absolute()
     if out.exists() and Path.cwd().resolve().is_relative_to(out.resolve()):
-        raise OutputError(f"{flag} '{out}' holds the current directory, which vitrt would replace; choose another "
+        raise OutputError(f"{flag} '{out}' holds the current directory, which would be replaced; choose another "
                           f"{flag} (a new directory below this one)")
 
 
@@ -83,9 +83,10 @@ def check_output_dir(out: Path, force: bool) -> None:
         if not force:
             raise OutputError(f"output directory '{out}' is not empty; pass --force to replace it or choose another -o")
         if not written_by_vitrt(out):
-            raise OutputError(f"output directory '{out}' holds no {OUTPUT_MARKER}, the mark of a directory vitrt "
-                              "wrote, so --force does not replace it: choose another -o (if an older vitrt wrote it, "
-                              f"touch {out / OUTPUT_MARKER})")
+            # no "vitrt <word>" in the message: the Python API keeps the flags of a quoted vitrt command
+            raise OutputError(f"output directory '{out}' holds no {OUTPUT_MARKER}, the mark of a directory written by "
+                              "vitrt, so --force does not replace it: choose another -o (if it was written by an older "
+                              f"vitrt, touch {out / OUTPUT_MARKER})")
 
 
 def nearest_existing(path: Path) -> Path:
