@@ -286,6 +286,22 @@ def test_the_python_api_checks_options_as_the_cli_does(tmp_path, twin):
     with pytest.raises(VitrtError, match="build a model from its name"):
         vitrt.synth(tiny_vit(), tmp_path / "set", img_size=64)
     assert not (tmp_path / "set").exists()
+    # a refusal after the options (the output directory) is worded for Python too
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(VitrtError, match="choose another out=") as info:
+        vitrt.synth("digits", tmp_path / "mine", images=2, iters=1, quiet=True)
+    assert " -o" not in str(info.value) and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_the_python_api_shows_progress_unless_quiet(tmp_path, capsys):
+    """vitrt.synth shows its progress on stderr by default, as vitrt.compile does (it was silent for minutes)."""
+    import vitrt
+
+    vitrt.synth("digits", tmp_path / "loud", images=2, iters=1, batch=2)
+    assert "synth" in capsys.readouterr().err.lower()
+    vitrt.synth("digits", tmp_path / "quiet", images=2, iters=1, batch=2, quiet=True)
+    assert capsys.readouterr().err == ""
 
 
 def test_a_limited_metric_set_keeps_its_labels_in_step_with_its_images(made_set):

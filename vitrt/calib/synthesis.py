@@ -424,13 +424,16 @@ def model_for_synthesis(model, *, checkpoint=None, pretrained: bool = False, img
 
 def synth(model, out: str | Path, config: SynthesisConfig | None = None, *, checkpoint=None, pretrained: bool = False,
           img_size: int | None = None, feature_reference: torch.Tensor | None = None, force: bool = False,
-          progress=None, **options) -> dict:
+          quiet: bool = False, progress=None, **options) -> dict:
     """``vitrt synth`` from Python: ``synth("digits-reference", "SET", images=64, iterations=300)``.
 
     ``model``: a timm model name, ``digits-reference`` or a timm ViT module; ``options``: SynthesisConfig fields;
-    ``feature_reference``: images whose per-block statistics the feature term matches. Returns the set's metadata.
+    ``feature_reference``: images whose per-block statistics the feature term matches; progress with its ETA on
+    stderr unless ``quiet`` (or a ``progress`` of the caller's). Returns the set's metadata. Errors are worded for
+    keywords (``out=``, ``force=True``, ``iters=``), as :func:`vitrt.compile`'s.
     """
     from vitrt.compiler.options import api_wording, from_options, leaves, replace_options
+    from vitrt.compiler.progress import Progress
 
     try:
         # the fields' names (iterations=, batch_size=) and the flags' (iters=, batch=) both name an option
@@ -441,12 +444,14 @@ def synth(model, out: str | Path, config: SynthesisConfig | None = None, *, chec
         if not isinstance(model, str) and (checkpoint is not None or pretrained or img_size is not None):
             raise OptionError("checkpoint=, pretrained= and img_size= build a model from its name; load them into "
                               "the module you pass instead")
-    except VitrtError as exc:
-        raise type(exc)(api_wording(str(exc), SynthesisConfig)) from None
-    twin, mean, std, name = model_for_synthesis(model, checkpoint=checkpoint, pretrained=pretrained,
-                                                img_size=img_size)
-    return synthesize(twin, out, config, mean=mean, std=std, model=name, feature_reference=feature_reference,
-                      force=force, progress=progress)
+        twin, mean, std, name = model_for_synthesis(model, checkpoint=checkpoint, pretrained=pretrained,
+                                                    img_size=img_size)
+        return synthesize(twin, out, config, mean=mean, std=std, model=name, feature_reference=feature_reference,
+                          force=force, progress=progress if progress is not None else Progress(enabled=not quiet))
+    except VitrtError as exc:  # the same exception, reworded: its class and attributes stay
+        message = api_wording(str(exc), SynthesisConfig)
+        exc.args = (message.replace("--force", "force=True").replace(" -o", " out="), *exc.args[1:])
+        raise
 
 
 # --- using a set ---------------------------------------------------------------------------------------------
