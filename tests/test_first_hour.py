@@ -144,6 +144,13 @@ def test_the_python_api_takes_digits_by_name_and_refuses_name_options_for_a_modu
         vitrt.compile(digits_reference[0], tmp_path / "module", checkpoint=checkpoint, img_size=64)
     with pytest.raises(OptionError, match="^pretrained=True: for a model name only"):
         vitrt.compile(digits_reference[0], tmp_path / "module", pretrained=True)
+    # a config naming a model does not label a module passed beside it
+    from vitrt.compiler.options import from_options
+    from vitrt.pipeline.config import CompileConfig
+
+    config = from_options(CompileConfig, {"model": "deit_base_patch16_224"})
+    labelled = vitrt.compile(digits_reference[0], tmp_path / "named" / "labelled", config=config, quiet=True)
+    assert labelled.manifest["model"] != "deit_base_patch16_224"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt", "named"]
 
 

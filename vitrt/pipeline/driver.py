@@ -88,6 +88,8 @@ def make_config(model=None, out=None, config: CompileConfig | None = None, optio
     options = dict(options or {})
     if isinstance(model, str):
         options["model"] = model
+    elif model is not None and config is not None and config.model is not None:
+        options["model"] = None  # a module is compiled as it is: a config's model name would label it wrongly
     if out is not None:
         options["out"] = Path(out)
     if config is None:
