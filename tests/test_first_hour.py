@@ -94,6 +94,10 @@ def test_the_python_api_words_errors_for_python(tmp_path):
     with pytest.raises(OptionError, match="model must be a timm model name, a timm ViT module or a CanonicalViT, "
                                           "got int"):
         vitrt.compile(42, tmp_path / "n")
+    for kwargs, message in ((dict(out=123), "out must be a path"), (dict(config="x"), "config must be a CompileConfig"),
+                            (dict(progress="x"), "progress must be a vitrt Progress"), (dict(name=123), "name must be")):
+        with pytest.raises(OptionError, match=message):  # TypeError / AttributeError before, or 123 in the manifest
+            vitrt.compile(tiny_vit(), **{"out": tmp_path / "n", **kwargs})
     for model, message in ((tiny_vit().half(), "parameters are torch.float16: pass it in float32"),
                            (tiny_vit().to("meta"), "on the meta device"),
                            (tiny_vit(img_size=30, patch_size=8), r"image size \(30, 30\) is not a multiple")):

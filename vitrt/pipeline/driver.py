@@ -232,6 +232,12 @@ def compile(model: torch.nn.Module | str | None = None, out: str | Path | None =
     if model is not None and not isinstance(model, (str, torch.nn.Module)):
         raise OptionError(f"model must be a timm model name, a timm ViT module or a CanonicalViT, got "
                           f"{type(model).__name__}")
+    for what, value, kinds, expected in (("out", out, (str, os.PathLike), "a path (str or Path)"),
+                                         ("config", config, (CompileConfig,), "a CompileConfig"),
+                                         ("progress", progress, (Progress,), "a vitrt Progress"),
+                                         ("name", name, (str,), "a str")):
+        if value is not None and not isinstance(value, kinds):
+            raise OptionError(f"{what} must be {expected}, got {type(value).__name__}")
     if options.get("recipe") is not None:
         raise OptionError("a recipe is replayed by vitrt.pipeline.recipe.compile_recipe (vitrt.compile(..., "
                           "recipe=PATH) and vitrt compile --recipe call it)")
