@@ -190,3 +190,13 @@ def test_timm_registry_cache_is_per_version_and_read_back(tmp_path, monkeypatch)
     with pytest.raises(UnsupportedModelError, match="'my_vit_variant' \\(timm family 'swin_transformer'\\)"):
         check_model_name("my_vit_variant")  # answered from the cache, not from timm
     check_model_name("vit_base_patch16_224.augreg_in21k")  # a pretrained tag names the same model
+
+
+def test_the_python_api_expands_a_home_directory_in_out(tmp_path, monkeypatch):
+    """out="~/x" is the home directory's x, as a shell expands it on the command line (it made a literal ./~)."""
+    import vitrt
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    vitrt.compile("digits", "~/x", batch=1, quiet=True)
+    assert (tmp_path / "home" / "x" / "manifest.json").is_file() and not (tmp_path / "~").exists()

@@ -91,7 +91,7 @@ def make_config(model=None, out=None, config: CompileConfig | None = None, optio
     elif model is not None and config is not None and config.model is not None:
         options["model"] = None  # a module is compiled as it is: a config's model name would label it wrongly
     if out is not None:
-        options["out"] = Path(out)
+        options["out"] = Path(out).expanduser()  # "~/x" from Python, as a shell expands it on the command line
     if config is None:
         return from_options(CompileConfig, options)
     return config.replace(**options) if options else config
