@@ -353,3 +353,28 @@ def test_inputs_inside_what_a_run_replaces_are_refused_before_any_work(compiled_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--ranking" in err[0] and "lies inside" in err[0], err
     assert (work / "sensitivity" / "sensitivity.json").is_file()
+
+
+def test_only_a_manifest_vitrt_wrote_marks_an_older_output_and_odd_outs_are_refused(tmp_path):
+    """Mutation-audit survivors: a manifest.json of something else (no vitrt_version, or not an object) does not
+    let --force replace a directory; an existing empty directory is an OUT without --force; a FIFO is refused as
+    not a directory (it would have been renamed aside)."""
+    for name, manifest in (("webapp", '{"name": "webapp"}'), ("number", "1"), ("broken", "{")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "manifest.json").write_text(manifest)
+        with pytest.raises(VitrtError, match="holds no .vitrt-output"):
+            with atomic_output_dir(folder, force=True):
+                pass
+        assert [p.name for p in folder.iterdir()] == ["manifest.json"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with atomic_output_dir(empty, force=False) as staging:
+        (staging / "file").write_text("x")
+    assert (empty / "file").read_text() == "x"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(VitrtError, match="exists and is not a directory"):
+        with atomic_output_dir(fifo, force=True):
+            pass
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
