@@ -378,3 +378,40 @@ def test_only_a_manifest_vitrt_wrote_marks_an_older_output_and_odd_outs_are_refu
         with atomic_output_dir(fifo, force=True):
             pass
     assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_inputs_are_recognised_through_links_dots_and_second_positions(compiled_digits, tmp_path, capsys):
+    """Mutation-audit survivors: an input named through a symbolic link or "..", a result path that is a link to
+    an input, the second artifact of compare, a --checkpoint: each refused in one line, nothing changed."""
+    import hashlib
+
+    from vitrt.cli import main
+
+    a = tmp_path / "A"
+    shutil.copytree(compiled_digits, a)
+    (tmp_path / "d").mkdir()
+    shutil.copy(DIGITS_LUT_PATH, tmp_path / "lut.json")
+    (tmp_path / "ck.pt").write_bytes(b"weights")
+    (tmp_path / "link.onnx").symlink_to(a / "model.onnx")
+    plan = ["prune-plan", "digits", "--prune", "0.7", "--batch", "8", "--force"]
+    cases = [
+        (["lint-trt", str(a / "model.onnx"), "--json", str(tmp_path / "link.onnx")], "is the input"),
+        (["lint-trt", str(tmp_path / "link.onnx"), "--json", str(a / "model.onnx")], "is the input"),
+        (["compare", str(a), str(compiled_digits), "-o", str(compiled_digits), "--force"], "B '"),
+        ([*plan, "--lut", str(tmp_path / "d" / ".." / "lut.json"), "-o", str(tmp_path / "lut.json")],
+         "is the --lut the plan is made from"),
+        ([*plan, "--lut", str(tmp_path / "lut.json"), "--checkpoint", str(tmp_path / "ck.pt"),
+          "-o", str(tmp_path / "ck.pt")], "is the --checkpoint the plan is made from"),
+    ]
+
+    def digest():
+        return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (*a.iterdir(), *compiled_digits.iterdir(),
+                                                                        tmp_path / "lut.json", tmp_path / "ck.pt")
+                if p.is_file()}
+
+    before = digest()
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)
+    assert digest() == before
