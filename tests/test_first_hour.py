@@ -200,3 +200,16 @@ def test_the_python_api_expands_a_home_directory_in_out(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     vitrt.compile("digits", "~/x", batch=1, quiet=True)
     assert (tmp_path / "home" / "x" / "manifest.json").is_file() and not (tmp_path / "~").exists()
+
+
+def test_option_value_refusals_are_option_errors(tmp_path):
+    """``except OptionError`` catches every refusal of an option's value from Python (some were bare VitrtError:
+    unknown options, choices, token-merging ranges, the bench clock)."""
+    import vitrt
+    from vitrt.compiler.errors import OptionError
+
+    for options in (dict(bogus=1), dict(precision="fp7"), dict(tome_flops=1.5), dict(tome="2", dfe_skip=-1),
+                    dict(tome="2", lgtm_window=0), dict(tome_schedule="a,b"), dict(bench=True, bench_clock="cpu")):
+        with pytest.raises(OptionError):
+            vitrt.compile("digits", tmp_path / "o", quiet=True, **options)
+    assert not (tmp_path / "o").exists()

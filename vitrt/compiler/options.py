@@ -202,7 +202,7 @@ def from_options(config_cls, options: dict, *, what: str = "option"):
     if unknown:
         close = difflib.get_close_matches(unknown[0], names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise VitrtError(f"unknown {what} '{unknown[0]}'{hint}; valid {what}s: {', '.join(sorted(names))}")
+        raise OptionError(f"unknown {what} '{unknown[0]}'{hint}; valid {what}s: {', '.join(sorted(names))}")
     values = {}
     for leaf_ in leaves(config_cls):  # argparse checks types and choices on the command line; here alike
         if options.get(leaf_.name) is None:
@@ -210,7 +210,7 @@ def from_options(config_cls, options: dict, *, what: str = "option"):
         value = values[leaf_.name] = _typed(leaf_, options[leaf_.name], what)
         choices = leaf_.field.metadata.get("choices")
         if choices is not None and value not in choices:
-            raise VitrtError(f"{what} {leaf_.name}={value!r} is not one of {', '.join(map(repr, choices))}")
+            raise OptionError(f"{what} {leaf_.name}={value!r} is not one of {', '.join(map(repr, choices))}")
     return build(config_cls, values)
 
 
@@ -249,7 +249,7 @@ def replace_options(config, **options):
     values = {leaf_.name: get(config, leaf_) for leaf_ in leaves(cls)}
     unknown = [k for k in options if k not in values]
     if unknown:
-        raise VitrtError(f"unknown option '{unknown[0]}'; valid options: {', '.join(sorted(values))}")
+        raise OptionError(f"unknown option '{unknown[0]}'; valid options: {', '.join(sorted(values))}")
     values.update(options)
     return build(cls, values)
 

@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import OptionError
 
 CLOCKS = ("wall", "cpu", "cuda")
 CLOCK_TIMERS = {"wall": "wall clock", "cpu": "CPU time of the calling thread (single-threaded runtime)",
@@ -57,9 +57,9 @@ class Timing:
 
     def __post_init__(self):
         if self.clock not in CLOCKS:
-            raise VitrtError(f"unknown clock '{self.clock}': choose one of {', '.join(CLOCKS)}")
+            raise OptionError(f"unknown clock '{self.clock}': choose one of {', '.join(CLOCKS)}")
         if self.iterations < 1 or self.warmup < 0:
-            raise VitrtError("timing needs >= 1 iteration and >= 0 warm-up runs")
+            raise OptionError("timing needs >= 1 iteration and >= 0 warm-up runs")
 
 
 def on_gpu(backend: str, device: str | None = None) -> bool:
@@ -81,10 +81,10 @@ def check_clock(clock: str, backend: str, threads: int | None, device: str | Non
     torch on a CUDA device), each timed on the stream it enqueues on (``Runner.latency_samples``)."""
     gpu = on_gpu(backend, device)
     if clock == "cpu" and (backend not in ("ort", "torch") or threads != 1 or gpu):
-        raise VitrtError(f"{flag} cpu measures the caller thread's CPU time: it needs --threads 1 and a CPU "
+        raise OptionError(f"{flag} cpu measures the caller thread's CPU time: it needs --threads 1 and a CPU "
                          "backend (--backend ort, or torch on --device cpu)")
     if clock == "cuda" and not gpu:
-        raise VitrtError(f"{flag} cuda reads CUDA events: it needs a GPU backend (--backend trt, or --backend torch "
+        raise OptionError(f"{flag} cuda reads CUDA events: it needs a GPU backend (--backend trt, or --backend torch "
                          "--device cuda)")
 
 

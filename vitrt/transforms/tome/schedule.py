@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import OptionError, VitrtError
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,11 @@ class TomeSchedule:
         if self.per_block is not None and any(not isinstance(v, int) or v < 0 for v in self.per_block):
             raise VitrtError(f"token merging: per-block r must be non-negative integers, got {list(self.per_block)}")
         if self.skip is not None and self.skip < 0:
-            raise VitrtError(f"--dfe-skip must be >= 0, got {self.skip}")
+            raise OptionError(f"--dfe-skip must be >= 0, got {self.skip}")
         if self.window is not None and self.window < 1:
-            raise VitrtError(f"--lgtm-window must be >= 1, got {self.window}")
+            raise OptionError(f"--lgtm-window must be >= 1, got {self.window}")
         if self.transition is not None and self.transition < 0:
-            raise VitrtError(f"--lgtm-transition must be >= 0, got {self.transition}")
+            raise OptionError(f"--lgtm-transition must be >= 0, got {self.transition}")
 
     # --- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -96,7 +96,7 @@ def parse_r(text: str) -> tuple[int, float]:
             return int(parts[0]), float(parts[1])
     except ValueError:
         pass
-    raise VitrtError(f"--tome expects R or R,INFLECTION (e.g. 13 or 16,0.5), got {text!r}")
+    raise OptionError(f"--tome expects R or R,INFLECTION (e.g. 13 or 16,0.5), got {text!r}")
 
 
 def parse_per_block(text: str) -> tuple[int, ...]:
@@ -104,7 +104,7 @@ def parse_per_block(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in str(text).split(","))
     except ValueError:
-        raise VitrtError(f"--tome-schedule expects comma-separated integers (one r per block), got {text!r}") from None
+        raise OptionError(f"--tome-schedule expects comma-separated integers (one r per block), got {text!r}") from None
     return values
 
 
@@ -236,14 +236,14 @@ def requested_r(schedule: TomeSchedule, depth: int) -> tuple[list[int], int]:
     """(r asked of every block before capping, DFE skip)."""
     if schedule.per_block is not None:
         if len(schedule.per_block) != depth:
-            raise VitrtError(f"--tome-schedule lists {len(schedule.per_block)} values but the model has {depth} blocks")
+            raise OptionError(f"--tome-schedule lists {len(schedule.per_block)} values but the model has {depth} blocks")
         if schedule.skip is not None:
             raise VitrtError("--dfe-skip cannot be combined with --tome-schedule: write the skipped blocks as 0")
         skip = next((i for i, v in enumerate(schedule.per_block) if v), depth)
         return list(schedule.per_block), skip
     skip = depth // 6 if schedule.skip is None else schedule.skip
     if skip > depth:
-        raise VitrtError(f"--dfe-skip {skip} is larger than the model's {depth} blocks")
+        raise OptionError(f"--dfe-skip {skip} is larger than the model's {depth} blocks")
     merging = depth - skip
     r, inflect = schedule.r, float(schedule.inflection)
     if merging <= 1 or inflect == 0.0:
@@ -259,7 +259,7 @@ def requested_r(schedule: TomeSchedule, depth: int) -> tuple[list[int], int]:
 def window_levels(grid: int, window: int) -> list[int]:
     """Windows per local level: (grid/window)², then joined 2 × 2 while the window grid side stays even."""
     if grid % window:
-        raise VitrtError(f"--lgtm-window {window} does not divide the {grid}x{grid} patch grid; pick a divisor of {grid}")
+        raise OptionError(f"--lgtm-window {window} does not divide the {grid}x{grid} patch grid; pick a divisor of {grid}")
     side = grid // window
     levels = []
     while side > 1:
@@ -284,7 +284,7 @@ def resolve(schedule: TomeSchedule, spec) -> MergePlan:
         levels = window_levels(grid, schedule.window)
         transition = len(levels) if schedule.transition is None else schedule.transition
         if transition > len(levels):
-            raise VitrtError(f"--lgtm-transition {transition}: windows of side {schedule.window} on the {grid}x{grid} "
+            raise OptionError(f"--lgtm-transition {transition}: windows of side {schedule.window} on the {grid}x{grid} "
                              f"grid allow at most {len(levels)} local block(s) before they cover the grid")
         levels = levels[:transition]
     elif schedule.transition:

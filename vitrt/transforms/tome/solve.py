@@ -7,7 +7,7 @@ smallest r whose predicted cost is at most the target fraction — the least mer
 from __future__ import annotations
 
 from vitrt.compiler.cost import vit_flops
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import OptionError, VitrtError
 from vitrt.compiler.lut import LatencyTable
 from vitrt.transforms.tome.schedule import MergePlan, TomeSchedule, resolve
 
@@ -22,7 +22,7 @@ class UnreachableTarget(VitrtError):
 
 def _search(spec, fraction: float, cost, what: str, *, skip=None, window=None, transition=None) -> MergePlan:
     if not 0.0 < fraction <= 1.0:
-        raise VitrtError(f"--tome-{what} must be a fraction in (0, 1], got {fraction}")
+        raise OptionError(f"--tome-{what} must be a fraction in (0, 1], got {fraction}")
     dense = cost(spec)
     best = None
     for r in range(0, spec.tokens):  # capping makes large r equivalent; stop when it no longer changes the plan
