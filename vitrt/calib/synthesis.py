@@ -430,7 +430,7 @@ def synth(model, out: str | Path, config: SynthesisConfig | None = None, *, chec
     ``model``: a timm model name, ``digits-reference`` or a timm ViT module; ``options``: SynthesisConfig fields;
     ``feature_reference``: images whose per-block statistics the feature term matches; progress with its ETA on
     stderr unless ``quiet`` (or a ``progress`` of the caller's). Returns the set's metadata. Errors are worded for
-    keywords (``out=``, ``force=True``, ``iters=``), as :func:`vitrt.compile`'s.
+    keywords (``out``, ``force=True``, ``iters=``), as :func:`vitrt.compile`'s.
     """
     from vitrt.compiler.options import api_wording, from_options, leaves, replace_options
     from vitrt.compiler.progress import Progress
@@ -450,7 +450,7 @@ def synth(model, out: str | Path, config: SynthesisConfig | None = None, *, chec
                           force=force, progress=progress if progress is not None else Progress(enabled=not quiet))
     except VitrtError as exc:  # the same exception, reworded: its class and attributes stay
         message = api_wording(str(exc), SynthesisConfig)
-        exc.args = (message.replace("--force", "force=True").replace(" -o", " out="), *exc.args[1:])
+        exc.args = (message.replace("--force", "force=True").replace(" -o", " out"), *exc.args[1:])
         raise
 
 
