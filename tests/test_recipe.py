@@ -118,6 +118,11 @@ def test_a_replay_refuses_what_would_change_the_compile_or_delete_the_recipe(tmp
     recipe = out / "kept" / "recipe.json"
     with pytest.raises(VitrtError, match="--recipe sets what is compiled; drop --tome"):
         compile_recipe(recipe, module=model, out=tmp_path / "x", tome="2", quiet=True)
+    with pytest.raises(VitrtError, match="unknown option 'bogus' for a recipe replay"):  # said "drop --bogus"
+        compile_recipe(recipe, module=model, out=tmp_path / "x", bogus=1, quiet=True)
+    import vitrt  # a keyword given as None is not given (config=None was refused as "drop --config")
+
+    vitrt.compile(model, out / "none", recipe=recipe, config=None, quiet=True)
     with pytest.raises(VitrtError, match="was made for model 'tiny', not 'other'"):
         compile_recipe(recipe, model="other", module=model, out=tmp_path / "y", quiet=True)
     before = sorted(p.relative_to(out) for p in out.rglob("*"))

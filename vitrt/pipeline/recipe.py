@@ -173,6 +173,14 @@ def replay_config(recipe: Recipe, overrides: dict):
     from vitrt.compiler.options import from_options
     from vitrt.pipeline.config import CompileConfig
 
+    from vitrt.compiler.options import leaves
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}  # None: not given (config=None from Python)
+    known = {leaf_.name for leaf_ in leaves(CompileConfig)}
+    unknown = sorted(k for k in overrides if k not in known and k != "recipe")
+    if unknown:
+        raise OptionError(f"unknown option '{unknown[0]}' for a recipe replay (it takes only output and check "
+                          "options)")
     refused = sorted(k for k in overrides if k not in REPLAY_OPTIONS)
     if refused:
         raise OptionError(f"--recipe sets what is compiled; drop --{refused[0].replace('_', '-')} (a replay takes only "
