@@ -235,6 +235,10 @@ def test_compile_reports_the_data_free_estimate_beside_real_accuracy(tmp_path, m
                            metric_set=f"synth:{made_set[0]}")
     assert merged.manifest["accuracy"]["metric"]["compiled"]["loss"] != accuracy["metric"]["compiled"]["loss"]
     assert "real" not in merged.manifest["accuracy"]
+    # the set was grown from this model (its fingerprint); another model's set is measured, and said to be another's
+    assert accuracy["metric"]["grown_from_this_model"] is True
+    other = vitrt.compile(tiny_vit(depth=3), tmp_path / "other", quiet=True, metric_set=f"synth:{made_set[0]}")
+    assert other.manifest["accuracy"]["metric"]["grown_from_this_model"] is False
     with pytest.raises(VitrtError, match="no engine to measure"):
         vitrt.compile(model, tmp_path / "nobuild", quiet=True, backend="trt", no_build=True,
                       metric_set=f"synth:{made_set[0]}")

@@ -455,6 +455,13 @@ def synth(model, out: str | Path, config: SynthesisConfig | None = None, *, chec
 
 
 # --- using a set ---------------------------------------------------------------------------------------------
+def grown_from(twin, path: str | Path) -> bool:
+    """Whether the finished set at ``path`` was grown from ``twin`` (the same architecture and weights, by the
+    fingerprint its metadata records): a set grown from another model still loads, but its metric loss says little
+    about this one."""
+    return _read_metadata(Path(path)).get("model_fingerprint") == model_fingerprint(twin)
+
+
 def load_metric_set(path: str | Path, img_size: int | None = None, limit: int | None = None) -> ImageSet:
     """The exact images and assigned labels of a finished set (the first ``limit``), resized to ``img_size``."""
     root = Path(path)

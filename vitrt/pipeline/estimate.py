@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from vitrt.calib.data import in_memory, load_data
 from vitrt.calib.evaluate import runner_logits, top1, torch_logits
-from vitrt.calib.synthesis import MetricSet, metric_loss
+from vitrt.calib.synthesis import MetricSet, grown_from, metric_loss
+from vitrt.calib.synthesis_config import SYNTH_PREFIX
 from vitrt.compiler.errors import DataError
 
 
@@ -30,6 +31,8 @@ def artifact_accuracy(runner, dense, *, metric_set: str | None, eval_data: str |
         out["metric"] = {"data": metric_set, "images": len(metric),
                          "compiled": metric.loss(runner_logits(runner, metric.as_image_set())),
                          "dense": metric.loss(metric.dense_logits)}
+        if metric_set.startswith(SYNTH_PREFIX):  # another model's set loads too: say whether it is this one's
+            out["metric"]["grown_from_this_model"] = grown_from(dense, metric_set.removeprefix(SYNTH_PREFIX))
     if eval_data is not None:
         data = load_data(eval_data, img, split="test", seed=seed, preprocessing=preprocessing,
                          num_classes=dense.spec.num_classes, in_chans=dense.spec.in_chans)
