@@ -415,3 +415,47 @@ def test_inputs_are_recognised_through_links_dots_and_second_positions(compiled_
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (args, err)
     assert digest() == before
+
+
+def test_read_onnx_refuses_models_without_nodes_or_opset_in_one_line(tmp_path):
+    """Mutation-audit survivors: a model protobuf reads without nodes, or without an opset, is refused in one line
+    ending in the fix, as a corrupt file is."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from vitrt.compiler.onnx_file import read_onnx
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    good = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x],
+                                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]))
+    no_opset = onnx.ModelProto()
+    no_opset.CopyFrom(good)
+    del no_opset.opset_import[:]
+    no_nodes = onnx.ModelProto()
+    no_nodes.CopyFrom(good)
+    del no_nodes.graph.node[:]
+    for name, model in (("ok", good), ("no_opset", no_opset), ("no_nodes", no_nodes)):
+        onnx.save(model, tmp_path / f"{name}.onnx")
+    assert read_onnx(tmp_path / "ok.onnx").graph.node[0].op_type == "Relu"
+    (tmp_path / "corrupt.onnx").write_bytes(b"\xff\xfe not a protobuf")
+    for name in ("no_opset", "no_nodes", "corrupt"):
+        with pytest.raises(VitrtError, match="; compile OUT again$") as info:
+            read_onnx(tmp_path / f"{name}.onnx")
+        assert "\n" not in str(info.value)
+
+
+def test_a_non_empty_out_is_refused_before_any_work(tmp_path, monkeypatch):
+    """Mutation-audit survivor: compile refuses a non-empty OUT before it inspects or lowers the model, and leaves
+    the directory as it was."""
+    import vitrt
+    import vitrt.pipeline.driver as driver
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before OUT was checked")
+
+    monkeypatch.setattr(driver, "inspect_source", no_work)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("keep")
+    with pytest.raises(VitrtError, match="is not empty; pass force=True"):
+        vitrt.compile("digits", tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["mine.txt"]
