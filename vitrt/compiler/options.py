@@ -24,7 +24,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitrt.compiler.errors import OptionError, VitrtError
+from vitrt.compiler.errors import OptionError, OutputError, VitrtError
 
 
 def option(default, help: str, **meta):
@@ -151,7 +151,6 @@ def check_result_paths(config) -> None:
     vitrt did not write, a file already there — a one-line OutputError otherwise."""
     import os
 
-    from vitrt.compiler.errors import OutputError
     from vitrt.compiler.output import check_output_file
 
     results, inputs = [], []

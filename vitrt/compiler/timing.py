@@ -82,10 +82,10 @@ def check_clock(clock: str, backend: str, threads: int | None, device: str | Non
     gpu = on_gpu(backend, device)
     if clock == "cpu" and (backend not in ("ort", "torch") or threads != 1 or gpu):
         raise OptionError(f"{flag} cpu measures the caller thread's CPU time: it needs --threads 1 and a CPU "
-                         "backend (--backend ort, or torch on --device cpu)")
+                          "backend (--backend ort, or torch on --device cpu)")
     if clock == "cuda" and not gpu:
         raise OptionError(f"{flag} cuda reads CUDA events: it needs a GPU backend (--backend trt, or --backend torch "
-                         "--device cuda)")
+                          "--device cuda)")
 
 
 def samples_ms(call: Callable[[], object], timing: Timing, *, synchronize: Callable[[], None] | None = None,

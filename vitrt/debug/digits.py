@@ -26,8 +26,8 @@ import numpy as np
 
 from vitrt.compiler.errors import OptionError, OutputError
 from vitrt.compiler.options import option
-from vitrt.compiler.output import (check_not_cwd, check_output_dir, check_output_file, check_outside_out,
-                                   check_writable_dir, nearest_existing, refuse_foreign_dir, start_over)
+from vitrt.compiler.output import (check_output_dir, check_output_file, check_outside_out, check_writable_dir,
+                                   nearest_existing, refuse_foreign_dir, start_over)
 
 WORK_MARKER = ".vitrt-debug-digits"  # what marks a --work directory as this command's own (safe to replace)
 
@@ -69,7 +69,6 @@ class DigitsDebugConfig:
             raise OptionError(f"--work '{work}' is not a directory")
         refuse_foreign_dir(work, (work / WORK_MARKER).is_file(), command="debug-digits", what="debug-digits work",
                            flag="--work")
-        check_not_cwd(work, "--work")
         # --work is replaced before the compiles: a ranking an earlier run scored there would be deleted with it
         check_outside_out("--ranking", self.ranking, work)
         check_writable_dir(self.results)

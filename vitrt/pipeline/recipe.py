@@ -170,10 +170,8 @@ def read_recipe(path) -> Recipe:
 
 def replay_config(recipe: Recipe, overrides: dict):
     """The CompileConfig of ``recipe`` with ``overrides`` (only the options in REPLAY_OPTIONS may be given)."""
-    from vitrt.compiler.options import from_options
+    from vitrt.compiler.options import from_options, leaves
     from vitrt.pipeline.config import CompileConfig
-
-    from vitrt.compiler.options import leaves
 
     overrides = {k: v for k, v in overrides.items() if v is not None}  # None: not given (config=None from Python)
     known = {leaf_.name for leaf_ in leaves(CompileConfig)}

@@ -94,9 +94,10 @@ class OptimizeConfig:
             raise OptionError("--batch must be >= 1, --front-max >= 2, --rounds >= 1 and --front-points >= 0")
         if self.budget_minutes is not None and self.budget_minutes <= 0:
             raise OptionError(f"--budget-minutes must be positive, got {self.budget_minutes}")
-        if self.budget_minutes is not None and 60 * self.budget_minutes <= measure_reserve(self):
+        reserve = measure_reserve(self)
+        if self.budget_minutes is not None and 60 * self.budget_minutes <= reserve:
             raise OptionError(f"--budget-minutes {self.budget_minutes:g} leaves no time to search: measuring the front "
-                              f"and the chosen engine keeps {measure_reserve(self) / 60:g} min (--front-max "
+                              f"and the chosen engine keeps {reserve / 60:g} min (--front-max "
                               f"{self.front_max}); pass more minutes or a smaller --front-max")
         bad = [p for p in self.precision_list if p not in SEARCH_PRECISIONS]
         if bad or not self.precision_list or len(set(self.precision_list)) < len(self.precision_list):

@@ -285,7 +285,7 @@ def resolve(schedule: TomeSchedule, spec) -> MergePlan:
         transition = len(levels) if schedule.transition is None else schedule.transition
         if transition > len(levels):
             raise OptionError(f"--lgtm-transition {transition}: windows of side {schedule.window} on the {grid}x{grid} "
-                             f"grid allow at most {len(levels)} local block(s) before they cover the grid")
+                              f"grid allow at most {len(levels)} local block(s) before they cover the grid")
         levels = levels[:transition]
     elif schedule.transition:
         raise VitrtError("--lgtm-transition needs --lgtm-window")
