@@ -444,7 +444,9 @@ def test_compile_prune_with_a_real_tiny_latency_table(tmp_path):
                           quiet=True, bench=True, bench_iters=2).manifest
     assert given["pruning"]["predicted_ms"] == pytest.approx(table.model_ms(ViTSpec.from_dict(given["spec_after"])))
     assert given["pruning"]["dense_predicted_ms"] == pytest.approx(pruning["dense_predicted_ms"])
-    assert given["pruning"]["predicted_ms"] < given["pruning"]["dense_predicted_ms"]
+    # The price is the table's at the plan's own dimensions. Whether half the MLP is cheaper is the machine's
+    # business: two iterations per point on a shared 2-core CPU can time MLP 64 above MLP 128.
+    assert [b["mlp"] for b in given["spec_after"]["blocks"]] == [64, 128]
 
 
 # --- vitrt prune-plan --------------------------------------------------------------------------------------
