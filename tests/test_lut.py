@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from vitrt.compiler.lut import MIN_GRID_MS, LatencyTable
+from vitrt.compiler.lut import MIN_GRID_MS, LatencyTable, SubTable
 from vitrt.benchmarks.lut_build import build_table, grid_of
 from vitrt.compiler.timing import Timing
 from vitrt.cli import main
@@ -50,6 +50,33 @@ def test_build_writes_a_complete_table_with_provenance(table):
     assert attn.ms.shape == (2, 2, 2, 2, 2) and np.all(np.isfinite(attn.ms)) and np.all(attn.ms > 0)
     assert parts(table)["mlp"].ms.shape == (2, 2, 2) and parts(table)["stem"].ms.shape == (2, 2)
     assert table.overhead_ms >= 0 and table.points == []
+
+
+def test_build_reports_where_a_larger_size_timed_faster(table, tmp_path):
+    """Inversions: a grid value its larger neighbour undercuts by more than 10 % (a loaded machine, or a real kernel
+    effect) is recorded in meta and named in one line, with the worst one; merged tokens are not a work axis."""
+    from vitrt.compiler.lut import inversion_note, inversions
+
+    recorded = table.meta["inversions"]
+    assert recorded["tolerance"] == 0.10 and recorded["compared"] > 100  # the tiny grid's neighbouring pairs
+    assert recorded["found"] == table.inversions()[1]
+    mlp = dataclasses.replace(parts(table)["mlp"])  # (emb, mlp, tokens), 2 x 2 x 2
+    mlp.ms = np.array([[[1.0, 2.0], [1.0, 2.0]], [[2.0, 4.0], [1.5, 5.0]]])  # emb 64, tokens 9: mlp 128 25 % faster
+    compared, found = inversions(mlp)
+    assert compared == 12 and found == [{"axis": "mlp", "at": {"emb": 64, "mlp": 64, "tokens": 9}, "larger": 128,
+                                         "faster_by": 0.25}]
+    mlp.ms[1, 1, 0] = 1.85  # 7.5 % faster: within the tolerance
+    assert inversions(mlp)[1] == []
+    note = inversion_note(compared, [{"part": "mlp", **found[0]}])
+    assert note.startswith("1 of 12 neighbouring grid values are faster at the larger size by more than 10% (worst: "
+                           "mlp mlp 64 → 128, 25% faster, at emb 64, tokens 9)") and "\n" not in note
+    assert inversion_note(compared, []) is None
+    # merging more tokens may cost less (fewer left to concatenate): not an inversion; more tokens in is
+    merge = SubTable(axes={"emb": [32], "keys": [64], "tokens": [9, 17], "merged": [1, 8]},
+                     ms=np.array([[[[2.0, 1.0], [2.0, 1.0]]]]))
+    assert inversions(merge)[1] == []
+    merge.ms[0, 0, 1, 0] = 1.0
+    assert [(inv["axis"], inv["faster_by"]) for inv in inversions(merge)[1]] == [("tokens", 0.5)]
 
 
 def test_query_is_exact_at_grid_points_and_linear_between(table):

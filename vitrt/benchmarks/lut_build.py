@@ -540,8 +540,9 @@ def build_table(out, *, backend: str = "ort", grid="coarse", batch: int = 1, pre
         with progress.bar(len(todo), f"timing {len(todo)} grid points on {backend}") as bar:
             try:
                 for name, index, point in todo:
-                    parts[name].ms[index] = time_point(timer, name, point, batch=batch, grid=grid,
-                                                       overhead_ms=table.overhead_ms, seed=seed, **passes_key)
+                    ms = time_point(timer, name, point, batch=batch, grid=grid, overhead_ms=table.overhead_ms,
+                                    seed=seed, **passes_key)
+                    parts[name].ms[index] = round(ms, 5)  # as saved: the returned table is the file's
                     bar.update(1)
                     if time.perf_counter() - last_save > save_every_s:
                         table.meta["build_seconds"] = round(spent + time.perf_counter() - start, 1)
@@ -555,6 +556,8 @@ def build_table(out, *, backend: str = "ort", grid="coarse", batch: int = 1, pre
                                   "resume") from None
         table.meta["build_seconds"] = round(spent + time.perf_counter() - start, 1)
         table.meta["complete"] = all(measured(parts_, grid, shard) for parts_ in table.tables.values())
+        if note := table.record_inversions():
+            progress.log(note)
         for part in parts.values():
             part._interp = None
         table.save(out)

@@ -102,6 +102,8 @@ def merge_tables(paths: list[Path]) -> LatencyTable:
                    "build_seconds": t.meta.get("build_seconds")} for p, t in parts],
         "overhead": "median of the parts' measured per-call overheads (each part's values had its own subtracted)",
     })
-    return LatencyTable(backend=first.backend, device=first.device, batch=first.batch, tables=tables,
-                        overhead_ms=float(statistics.median(t.overhead_ms for _, t in parts)), patch=first.patch,
-                        in_chans=first.in_chans, num_classes=first.num_classes, clock=first.clock, meta=meta)
+    merged = LatencyTable(backend=first.backend, device=first.device, batch=first.batch, tables=tables,
+                          overhead_ms=float(statistics.median(t.overhead_ms for _, t in parts)), patch=first.patch,
+                          in_chans=first.in_chans, num_classes=first.num_classes, clock=first.clock, meta=meta)
+    merged.record_inversions()  # across the shards' seams too, which no part could compare
+    return merged

@@ -122,6 +122,7 @@ def _cmd_lut_build(args) -> int:
 
 def _cmd_lut_merge(args) -> int:
     from vitrt.benchmarks.lut_merge import merge_tables
+    from vitrt.compiler.lut import inversion_note
 
     config = from_args(LutMergeConfig, args)
     if config.out is None:
@@ -130,6 +131,8 @@ def _cmd_lut_merge(args) -> int:
     table.save(config.out)
     print(f"wrote {config.out}: {len(config.parts)} parts, keys {', '.join(table.keys())}, {table.backend} on "
           f"{table.device}, batch {table.batch}, {table.clock} clock")
+    if note := inversion_note(table.meta["inversions"]["compared"], table.meta["inversions"]["found"]):
+        print(f"note: {note}")
     return 0
 
 

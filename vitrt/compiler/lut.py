@@ -152,6 +152,43 @@ class SubTable:
 
 
 MIN_GRID_MS = 1e-4
+# Axes along which a larger value is more work (``merged`` is not: merging more tokens costs about the same).
+WORK_AXES = ("emb", "heads", "qk", "v", "tokens", "mlp", "patches", "keys", "k", "n", "rank")
+INVERSION_TOLERANCE = 0.10  # a grid value its larger neighbour undercuts by more than this is reported
+
+
+def inversions(sub: SubTable, tolerance: float = INVERSION_TOLERANCE) -> tuple[int, list[dict]]:
+    """Neighbouring grid values along a work axis where the larger size is faster by more than ``tolerance``.
+
+    Returns (pairs compared, inversions); each inversion is ``{"axis", "at" (the smaller point), "larger",
+    "faster_by"}``. Timings on a loaded machine make them, and so can a real kernel effect (a size that tiles
+    better): the build reports them so that whoever reads the table can tell the two apart by timing again."""
+    names, compared, found = list(sub.axes), 0, []
+    for axis, name in enumerate(names):
+        values = sub.axes[name]
+        if name not in WORK_AXES or len(values) < 2:
+            continue
+        small = np.take(sub.ms, range(len(values) - 1), axis=axis)
+        large = np.take(sub.ms, range(1, len(values)), axis=axis)
+        usable = np.isfinite(small) & np.isfinite(large) & (small > MIN_GRID_MS)  # below the floor: no ratio
+        compared += int(usable.sum())
+        for index in zip(*np.nonzero(usable & (large < small * (1 - tolerance)))):
+            at = {n: sub.axes[n][i] for n, i in zip(names, index)}
+            found.append({"axis": name, "at": at, "larger": values[index[axis] + 1],
+                          "faster_by": round(float(1 - large[index] / small[index]), 3)})
+    return compared, found
+
+
+def inversion_note(compared: int, found: list[dict]) -> str | None:
+    """One line on a table's inversions (None without any): how many, the worst, and what to do."""
+    if not found:
+        return None
+    worst = max(found, key=lambda inv: inv["faster_by"])
+    where = ", ".join(f"{n} {v}" for n, v in worst["at"].items() if n != worst["axis"])
+    return (f"{len(found)} of {compared} neighbouring grid values are faster at the larger size by more than "
+            f"{INVERSION_TOLERANCE:.0%} (worst: {worst.get('part', '')} {worst['axis']} {worst['at'][worst['axis']]} → "
+            f"{worst['larger']}, {worst['faster_by']:.0%} faster, at {where}): timings on a loaded machine, or a real "
+            "kernel effect; time them again (a new -o, more --iterations) to tell which")
 
 
 def factored_layers(spec) -> dict[int, dict[str, tuple[int, int, int, int]]]:
@@ -347,6 +384,22 @@ class LatencyTable:
         out["head"] = self.head_ms(emb=spec.emb, tokens=last, distilled=spec.distilled, precision=precision,
                                    sparsity=sparsity, clamp=clamp)
         return out
+
+    def inversions(self, tolerance: float = INVERSION_TOLERANCE) -> tuple[int, list[dict]]:
+        """:func:`inversions` over every key and part (each inversion gains ``key`` and ``part``)."""
+        compared, found = 0, []
+        for key, parts in self.tables.items():
+            for part, sub in parts.items():
+                n, part_found = inversions(sub, tolerance)
+                compared += n
+                found += [{"key": key, "part": part, **inv} for inv in part_found]
+        return compared, found
+
+    def record_inversions(self) -> str | None:
+        """Store :meth:`inversions` in ``meta["inversions"]``; the one-line note on them (None without any)."""
+        compared, found = self.inversions()
+        self.meta["inversions"] = {"tolerance": INVERSION_TOLERANCE, "compared": compared, "found": found}
+        return inversion_note(compared, found)
 
     def lowrank_delta_ms(self, *, tokens, k, rank, n, precision="fp32", sparsity="dense", clamp=False,
                          layer="a factored layer") -> float:
