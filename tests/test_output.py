@@ -217,6 +217,36 @@ def test_results_never_replace_the_commands_inputs(compiled_digits, capsys, args
     assert digest() == before
 
 
+def test_compare_and_sensitivity_refuse_a_non_empty_report_before_any_work(compiled_digits, tmp_path, monkeypatch,
+                                                                           capsys):
+    """Mutation-audit survivors: a non-empty report directory is refused before the comparison or the scoring runs
+    (minutes on a real model), and a --data folder inside sensitivity's -o (which --force would delete) is refused."""
+    import vitrt.debug.compare as compare
+    import vitrt.debug.sensitivity as sensitivity
+    from vitrt.cli import main
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the report directory was checked")
+
+    for module, name in ((compare, "compare_with_twin"), (compare, "compare_artifacts"),
+                         (sensitivity, "sensitivity")):
+        monkeypatch.setattr(module, name, no_work)
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "mine.txt").write_text("keep")
+    for args in (["compare", str(compiled_digits)], ["compare", str(compiled_digits), str(compiled_digits)],
+                 ["sensitivity", str(compiled_digits)]):
+        assert main([*args, "--images", "2", "-o", str(report)]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is not empty" in err[0], (args, err)
+    (report / "images").mkdir()
+    assert main(["sensitivity", str(compiled_digits), "--images", "2", "--data", str(report / "images"), "-o",
+                 str(report), "--force"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--data" in err[0] and "lies inside" in err[0], err
+    assert sorted(p.name for p in report.iterdir()) == ["images", "mine.txt"]
+
+
 def test_a_result_beside_an_inputs_files_is_written_again_on_a_rerun(compiled_digits, tmp_path, capsys):
     """A new file inside an input OUT (bench OUT --json OUT/bench.json) is not one vitrt wrote there: the rerun that
     meets it rewrites it. In a directory vitrt did not write, an existing file is never overwritten."""
@@ -281,6 +311,23 @@ def test_force_is_safe_around_links_interrupts_and_the_current_directory(tmp_pat
         with atomic_output_dir(Path("."), force=False):
             pass
     assert empty.is_dir() and Path.cwd() == empty
+
+
+def test_the_current_directory_is_recognised_through_a_symbolic_link_above_it(tmp_path, monkeypatch):
+    """Mutation-audit survivor: -o LINK/sub, where LINK links to a directory holding the current one, names the
+    current directory's ancestor by another path: refused as the direct path is, by start_over and check_output_dir."""
+    from vitrt.compiler.output import check_output_dir, start_over
+
+    work = tmp_path / "real" / "work"
+    (work / "here").mkdir(parents=True)
+    (work / "here" / "file").write_text("keep")
+    (work / OUTPUT_MARKER).write_text("")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(work / "here")
+    for check in (start_over, lambda out: check_output_dir(out, force=True)):
+        with pytest.raises(VitrtError, match="holds the current directory"):
+            check(tmp_path / "link" / "work")
+    assert (work / "here" / "file").read_text() == "keep"
 
 
 def test_results_never_overwrite_a_nested_vitrt_output_or_a_hard_link_to_an_input(compiled_digits, tmp_path, capsys):
@@ -442,6 +489,28 @@ def test_read_onnx_refuses_models_without_nodes_or_opset_in_one_line(tmp_path):
         with pytest.raises(VitrtError, match="; compile OUT again$") as info:
             read_onnx(tmp_path / f"{name}.onnx")
         assert "\n" not in str(info.value)
+
+
+def test_read_onnx_loads_external_weights_only_when_asked(tmp_path):
+    """Mutation-audit survivor: ``external_data=True`` (the torch backend's import) reads weights stored beside the
+    model; the default leaves them outside (a graph pass reads shapes only, a large model need not fit in memory)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vitrt.compiler.onnx_file import read_onnx
+
+    weight = np.arange(4096, dtype=np.float32).reshape(64, 64)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y],
+                              [numpy_helper.from_array(weight, "w")])
+    onnx.save(helper.make_model(graph), tmp_path / "m.onnx", save_as_external_data=True, location="m.weights",
+              size_threshold=0)
+    loaded = read_onnx(tmp_path / "m.onnx", external_data=True).graph.initializer[0]
+    assert np.array_equal(numpy_helper.to_array(loaded), weight)
+    outside = read_onnx(tmp_path / "m.onnx").graph.initializer[0]
+    assert outside.data_location == TensorProto.EXTERNAL and not outside.raw_data
 
 
 def test_a_non_empty_out_is_refused_before_any_work(tmp_path, monkeypatch):

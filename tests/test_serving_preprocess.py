@@ -104,6 +104,22 @@ def test_preprocess_needs_a_dynamic_batch_engine(tmp_path, capsys):
     assert not (tmp_path / "repo").exists()
 
 
+def test_a_foreign_entry_beside_the_model_stops_the_whole_export(repo, tmp_path, capsys):
+    """Mutation-audit survivor: every entry --preprocess writes is checked before any is written — a folder of the
+    user's named like the ensemble stops the export (with --force too: vitrt did not write it), REPO/<name> included."""
+    from vitrt.cli import main
+
+    target = tmp_path / "repo"
+    (target / "digits_vit_ensemble").mkdir(parents=True)
+    (target / "digits_vit_ensemble" / "mine.txt").write_text("keep")
+    for force in ([], ["--force"]):
+        assert main(["export", "triton", str(repo.parent / "out"), "-o", str(target), "--preprocess", *force]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "digits_vit_ensemble" in err[0], err
+        assert [p.relative_to(target).as_posix() for p in sorted(target.rglob("*"))] == \
+            ["digits_vit_ensemble", "digits_vit_ensemble/mine.txt"]
+
+
 def test_timm_normalisation():
     from vitrt.serving.preprocess import normalisation
 
