@@ -49,7 +49,10 @@ def test_attribute_layers_keeps_spanning_layers_apart():
 
 def test_batch_profile_from_the_target():
     assert from_options(TargetConfig, {"batch": 8}).batch_profile is None
-    assert from_options(TargetConfig, {"batch": 8, "dynamic_batch": True}).batch_profile == (1, 8, 8)
+    assert from_options(TargetConfig, {"batch": 8, "dynamic_batch": True}).batch_profile == (1, 8, 32)
+    # a profile that ended at the batch it is tuned for took one image at --batch 1: a server could not batch
+    assert from_options(TargetConfig, {"dynamic_batch": True}).batch_profile == (1, 1, 32)
+    assert from_options(TargetConfig, {"batch": 64, "dynamic_batch": True}).batch_profile == (1, 64, 64)
     config = from_options(TargetConfig, {"batch": 8, "dynamic_batch": True, "min_batch": 2, "max_batch": 32})
     assert config.validate().batch_profile == (2, 8, 32)
     with pytest.raises(VitrtError, match="add --dynamic-batch"):

@@ -15,6 +15,9 @@ from vitrt.compiler.options import option
 BACKENDS = ("ort", "trt", "torch")
 TORCH_COMPILE_MODES = ("off", "default", "max-autotune")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "int4w")
+# A dynamic batch without --max-batch goes up to this (or --batch, if larger): a profile that ended at --batch 1
+# built a TensorRT engine that takes one image, which a server cannot batch.
+DEFAULT_MAX_BATCH = 32
 MIN_OPSET, MAX_OPSET = 17, 21
 
 
@@ -46,7 +49,8 @@ class TargetConfig:
     min_batch: int | None = option(None, "with --dynamic-batch: smallest batch of the TensorRT optimisation profile "
                                    "(default 1)", type=int, metavar="N")
     max_batch: int | None = option(None, "with --dynamic-batch: largest batch of the TensorRT optimisation profile "
-                                   "(default --batch, which is the batch it is optimised for)", type=int, metavar="N")
+                                   "(default: the larger of --batch, the batch it is optimised for, and "
+                                   f"{DEFAULT_MAX_BATCH})", type=int, metavar="N")
     cuda_graph: bool = option(False, "trt, or torch on --device cuda: capture each input shape's run into a CUDA "
                               "graph and replay it (torch with --torch-compile: torch.compile's reduce-overhead mode)")
     no_build: bool = option(False, "trt backend: write the TensorRT-ready OUT/model.onnx and the manifest without "
@@ -79,7 +83,7 @@ class TargetConfig:
         if not self.dynamic_batch:
             return None
         return (1 if self.min_batch is None else self.min_batch, self.batch,
-                self.batch if self.max_batch is None else self.max_batch)
+                max(self.batch, DEFAULT_MAX_BATCH) if self.max_batch is None else self.max_batch)
 
     def validate(self) -> "TargetConfig":
         if self.batch < 1:

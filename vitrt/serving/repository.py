@@ -28,9 +28,9 @@ from pathlib import Path
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import option, section
 from vitrt.compiler.output import atomic_output_dir, write_json
+from vitrt.compiler.target import DEFAULT_MAX_BATCH  # for engines without a batch limit of their own (ONNX Runtime)
 from vitrt.serving.artifact import MODEL_NAME, CompiledArtifact, class_labels
 
-DEFAULT_MAX_BATCH = 32  # for engines without a batch limit of their own (ONNX Runtime)
 DEFAULT_QUEUE_DELAY_US = 100
 PLATFORMS = {"trt": ("tensorrt_plan", "model.plan", "KIND_GPU"), "ort": ("onnxruntime_onnx", "model.onnx", "KIND_CPU")}
 SERVE_HINT = "install the serving extra: pip install 'vitrt[serve]'"
