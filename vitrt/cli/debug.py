@@ -43,5 +43,5 @@ def add_subcommands(sub) -> None:
                             "the float twin, the top-1 agreement and, with digits, the top-1; write the ranked "
                             "sensitivity.json / .md / .png into -o DIR.")
     add_command(sub, "debug-digits", DigitsDebugConfig, _digits,
-                "issue 17's figures on the digits reference: compare an int8 compile, recover an aggressive int8 "
-                "setting by --bisect and --keep-float-top (benchmarks/results/debug_*)")
+                "the accuracy-debugging figures on the digits reference: compare an int8 compile, recover an "
+                "aggressive int8 setting by --bisect and --keep-float-top (benchmarks/results/debug_*)")

@@ -1,4 +1,4 @@
-"""``vitrt debug-digits``: issue 17's figures on the digits reference and its 450 real test images.
+"""``vitrt debug-digits``: the accuracy-debugging figures on the digits reference and its 450 real test images.
 
 1. **compare**: an int8 compile (PTQ, 512 digits images, max) with its twin record; ``vitrt compare`` against the
    twin the compile verified against, and against the float twin (the quantization error, block by block): tables
@@ -200,7 +200,7 @@ def fallback_table(model, config: DigitsDebugConfig, progress) -> dict:
 
 
 def markdown(command: str, table: dict, compare: dict | None) -> str:
-    lines = ["# Accuracy debugging on the digits reference (issue 17)", "", "```bash", command, "```", ""]
+    lines = ["# Accuracy debugging on the digits reference", "", "```bash", command, "```", ""]
     if compare:
         lines += ["## vitrt compare: int8 (PTQ, 512 digits images) against its twin and the float twin", ""]
         for against, found in compare.items():

@@ -77,7 +77,7 @@ def ort_session(model, *, threads: int | None = None, level: str = "all", optimi
 
 
 def disabled_optimizers(model: onnx.ModelProto) -> list[str]:
-    """ONNX Runtime rewrites that defeat explicit quantization (issue 7).
+    """ONNX Runtime rewrites that defeat explicit quantization.
 
     MatMulAddFusion (level 1) turns ``DequantizeLinear -> MatMul -> Add(bias)`` into a float Gemm before the
     QDQ fusions (level 2) see it, so the integer kernel (MatMulIntegerToFloat) is never chosen: off for graphs
