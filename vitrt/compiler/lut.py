@@ -40,12 +40,17 @@ nodes and which the table predicts at 0 ms) and a group profiled at 0 ms are not
 run with the table's intra-op threads (the manifest's ``latency.threads``). A query
 multiplies the grid prediction by a correction factor::
 
-    log c(x) = Σ_i w_i log(m_i / g_i) / max(1, Σ_i w_i),    w_i = exp(-(d(x, x_i) / REFINE_RADIUS)²)
+    log c(x) = Σ_i w_i(x) a_i / max(1, Σ_i w_i(x)),    w_i(x) = exp(-(d(x, x_i) / REFINE_RADIUS)²)
 
-where m_i / g_i is the measured-over-grid ratio at point i and d the Euclidean distance in log2 of the
-dimensions. At a measured point the correction is exact; a block whose dimensions differ by 2× in one axis
-gets ~2 % of the correction; unrelated blocks are unaffected. The grid itself is never overwritten, so a
-refinement can always be traced and undone.
+where d is the Euclidean distance in log2(dimension + 1) (the + 1 keeps a removed half, 0, defined) and the a_i
+solve the linear system that makes the correction exact at every measured point: log c(x_j) = log(m_j / g_j), the
+measured-over-grid ratio there. So a refined model predicts its own measurement even where its blocks are near each
+other (a plain weighted mean of the ratios, a_i = log(m_i / g_i), blended blocks one head apart by 25 %); measured
+points too close for the system to tell apart (singular values below REFINE_RCOND of the largest, e.g. MLP 3071 and
+3072) share their mean instead of fitting their noise. A single point corrects its neighbours by its weight: ~2 % of
+the correction for a large dimension 2× away in one axis (more for small ones: heads 1 → 2 gets 25 %); unrelated
+blocks are unaffected. Points with the same ratio correct the space between them by that ratio (the max(1, ·)
+normalisation). The grid itself is never overwritten, so a refinement can always be traced and undone.
 
 File format: one JSON document (``format: "vitrt.lut"``), see :meth:`LatencyTable.to_dict`.
 """
@@ -75,6 +80,8 @@ FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "int4w")
 SPARSITIES = ("dense", "2:4")
 REFINE_RADIUS = 0.5  # log2 units: a point 2x away in one dimension gets weight e^-4 ≈ 0.018
+REFINE_RCOND = 1e-3  # measured points the correction's system cannot tell apart below this share their mean
+MIN_WEIGHT = 1e-6  # a measured point weighing less than this on a query does not correct it
 
 # The sub-tables and their axes, in array order.
 PART_AXES = {
@@ -233,8 +240,15 @@ def _stored_ms(ms: float) -> float:
     return round(ms, 5) or float(f"{ms:.3g}")
 
 
-def _log_distance(a: dict, b: dict, fields) -> float:
-    return math.sqrt(sum((math.log2(float(a[f]) + 1.0) - math.log2(float(b[f]) + 1.0)) ** 2 for f in fields))
+def _log_coords(keys: list[dict], fields) -> np.ndarray:
+    """[len(keys), len(fields)]: the refinement's coordinates, log2(dimension + 1)."""
+    return np.log2(np.asarray([[float(k[f]) for f in fields] for k in keys]) + 1.0)
+
+
+def _weights(coords: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """w_i(x) of the module docstring for every row of ``coords``; 0 below MIN_WEIGHT."""
+    weights = np.exp(-(np.linalg.norm(coords - x, axis=1) / REFINE_RADIUS) ** 2)
+    return np.where(weights < MIN_WEIGHT, 0.0, weights)
 
 
 def model_groups(spec) -> list[str]:
@@ -275,6 +289,8 @@ class LatencyTable:
     clock: str = "wall"  # "wall": median wall-clock latency; "cpu": least CPU time of a single-threaded run
     meta: dict = field(default_factory=dict)  # created, libraries, grid preset, threads, build seconds, ...
     points: list[dict] = field(default_factory=list)  # refined measured points, with provenance
+    # (kind, key, distilled) -> (the points it was solved for, coordinates, a_i): see _correction_fit
+    _fits: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # --- queries -----------------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -425,26 +441,44 @@ class LatencyTable:
 
     # --- refinement ----------------------------------------------------------------------------
     def _correction(self, kind: str, point: dict, precision: str, sparsity: str) -> float:
+        """The module docstring's c(x): 1 without measured points near ``point``."""
         fields = {"block": BLOCK_KEY_FIELDS, "stem": STEM_KEY_FIELDS, "head": HEAD_KEY_FIELDS}[kind]
-        key = table_key(precision, sparsity)
-        weight_sum, log_sum = 0.0, 0.0
-        for p in self.points:
-            if p["kind"] != kind or p["table"] != key:
-                continue
-            if kind == "head" and p["key"]["distilled"] != point["distilled"]:
-                continue
-            d = _log_distance(point, p["key"], fields)
-            w = math.exp(-(d / REFINE_RADIUS) ** 2)
-            if w < 1e-6:
-                continue
+        fit = self._correction_fit(kind, fields, table_key(precision, sparsity),
+                                   point["distilled"] if kind == "head" else None, precision, sparsity)
+        if fit is None:
+            return 1.0
+        coords, solution = fit
+        weights = _weights(coords, _log_coords([point], fields)[0])
+        total = float(weights.sum())
+        return math.exp(float(weights @ solution) / max(1.0, total)) if total else 1.0
+
+    def _correction_fit(self, kind: str, fields, key: str, distilled, precision: str, sparsity: str):
+        """(coordinates, a_i) of the measured points of one kind, key (and head variant); None without any.
+
+        Solved once per set of points: searches query thousands of times between refinements."""
+        group = [p for p in self.points if p["kind"] == kind and p["table"] == key
+                 and (kind != "head" or p["key"]["distilled"] == distilled)]
+        stamp = [(p["key"], tuple(p["ms"])) for p in group]
+        cache = (kind, key, distilled)
+        if cache in self._fits and self._fits[cache][0] == stamp:
+            return self._fits[cache][1]
+        measured, ratios = [], []
+        for p in group:
             base = self._grid_value(kind, p["key"], precision, sparsity)
-            if base <= 0:
-                continue
-            weight_sum += w
-            # The mean keeps the total: identical blocks of one model share a point, and their observations
-            # were scaled to add up to the measured model latency.
-            log_sum += w * math.log(float(np.mean(p["ms"])) / base)
-        return math.exp(log_sum / max(1.0, weight_sum)) if weight_sum else 1.0
+            if base > 0:
+                measured.append(p["key"])
+                # The mean keeps the total: identical blocks of one model share a point, and their observations
+                # were scaled to add up to the measured model latency.
+                ratios.append(math.log(float(np.mean(p["ms"])) / base))
+        fit = None
+        if measured:
+            coords = _log_coords(measured, fields)
+            system = np.stack([_weights(coords, x) for x in coords])
+            system /= np.maximum(1.0, system.sum(axis=1, keepdims=True))
+            solution = np.linalg.lstsq(system, np.asarray(ratios), rcond=REFINE_RCOND)[0]
+            fit = (coords, solution)
+        self._fits[cache] = (stamp, fit)
+        return fit
 
     def _grid_value(self, kind: str, key: dict, precision: str, sparsity: str) -> float:
         if kind == "block":
