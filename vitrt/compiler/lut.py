@@ -293,7 +293,7 @@ class LatencyTable:
     clock: str = "wall"  # "wall": median wall-clock latency; "cpu": least CPU time of a single-threaded run
     meta: dict = field(default_factory=dict)  # created, libraries, grid preset, threads, build seconds, ...
     points: list[dict] = field(default_factory=list)  # refined measured points, with provenance
-    # (kind, key, distilled) -> (the points it was solved for, coordinates, a_i): see _correction_fit
+    # (kind, key, distilled) -> (the points it was solved for, their fit or None): see _correction_fit
     _fits: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # --- queries -----------------------------------------------------------------------------
