@@ -49,6 +49,16 @@ def test_help_and_version_start_without_torch(case, tmp_path):
 @pytest.mark.parametrize("case", [c for c in CASES if c.kind == CHECKPOINT],
                          ids=lambda c: c.name)
 def test_model_and_checkpoint_errors_are_one_line_and_leave_nothing(case):
+    if "--pretrained" in case.argv:
+        from vitrt.compiler.errors import VitrtError
+        from vitrt.compiler.models import check_hub_reachable
+
+        try:  # the refusal is what an offline machine sees; where the hub answers, --pretrained downloads instead
+            check_hub_reachable()
+        except VitrtError:
+            pass
+        else:
+            pytest.skip("the model hub is reachable from here: the offline refusal cannot be observed")
     row = run_case(case)
     assert row["exit"] == 2 and row["one_line"] and not row["traceback"], row
     assert row["left_behind"] == [], row

@@ -7,7 +7,15 @@ import io
 from vitrt.compiler.progress import LineBar, Progress
 
 
-def test_a_log_file_gets_plain_lines_with_eta_and_a_closing_line_only_after_one():
+def test_a_log_file_gets_plain_lines_with_eta_and_a_closing_line_only_after_one(monkeypatch):
+    import time
+    from types import SimpleNamespace
+
+    import vitrt.compiler.progress as progress
+
+    # a still clock: the lines below read 00:00 however long a loaded machine keeps this test off the CPU (on the
+    # real clock, a pause of 1/3 s between the bar's start and its first update makes the ETA read 00:01)
+    monkeypatch.setattr(progress, "time", SimpleNamespace(monotonic=lambda: 100.0, perf_counter=time.perf_counter))
     stream = io.StringIO()  # not a terminal
     with Progress(stream=stream).bar(3, "short loop") as bar:
         bar.update(3)
