@@ -266,18 +266,19 @@ def test_near_points_are_each_corrected_exactly_and_the_space_between_by_their_c
 
 
 def test_points_too_close_to_tell_apart_share_their_mean():
-    """MLP 112 and 128 (weight 0.87, 13 % apart): the system that would fit both exactly is near singular (its small
-    singular value below REFINE_RCOND of the large one), so the two measurements share their mean in log instead of
-    fitting their noise with large opposite coefficients that would swing the prediction of every block nearby."""
-    table = hand_table()
-    close = {**BLOCK_KEY, "mlp": 112}
-    table.add_point("block", BLOCK_KEY, 1.5 * table.grid_block_ms(**BLOCK))
-    table.add_point("block", close, 3.0 * table.grid_block_ms(**{**BLOCK, "mlp": 112}))
-    assert 0.85 < weight(BLOCK_KEY, close) < 0.9
-    ratios = [p["ms"][0] / table.grid_block_ms(**{f: p["key"][f] for f in BLOCK}) for p in table.points]
-    shared = math.exp(sum(map(math.log, ratios)) / 2)
-    for query in (BLOCK, {**BLOCK, "mlp": 112}, {**BLOCK, "mlp": 120}):
-        assert table.block_ms(**query) == pytest.approx(table.grid_block_ms(**query) * shared, rel=1e-3)
+    """MLP 127 and 128 (weight 0.9995): the system that would fit both exactly is near singular (its small singular
+    value below REFINE_RCOND of the large one), so the two measurements share their mean in log instead of fitting
+    their noise with huge opposite coefficients; MLP 112 and 128 (weight 0.87) are told apart, each exact."""
+    for other, exact in ((127, False), (112, True)):
+        table = hand_table()
+        close = {**BLOCK_KEY, "mlp": other}
+        table.add_point("block", BLOCK_KEY, 1.5 * table.grid_block_ms(**BLOCK))
+        table.add_point("block", close, 3.0 * table.grid_block_ms(**{**BLOCK, "mlp": other}))
+        ratios = [p["ms"][0] / table.grid_block_ms(**{f: p["key"][f] for f in BLOCK}) for p in table.points]
+        shared = math.exp(sum(map(math.log, ratios)) / 2)
+        for query, ratio in ((BLOCK, ratios[0]), ({**BLOCK, "mlp": other}, ratios[1])):
+            want = table.grid_block_ms(**query) * (ratio if exact else shared)
+            assert table.block_ms(**query) == pytest.approx(want, rel=1e-3), (other, query)
 
 
 def test_an_unrelated_point_leaves_a_block_exactly_as_the_grid_says():
@@ -321,7 +322,8 @@ def test_a_point_outside_the_grid_still_corrects_queries_inside_it():
 
 def test_two_noisy_neighbours_never_extrapolate_beyond_what_was_measured():
     """MLP 100 measured at the grid's value and MLP 128 at 1.5x (weight 0.61: told apart, each exact): the exact fit
-    continues the slope below MLP 100 (to 0.90 at MLP 64); the correction is clipped to the measured range, 1 .. 1.5."""
+    continues the slope below MLP 100 (to 0.90 at MLP 64); the correction is clipped to what the points that correct
+    a query measured, 1 .. 1.5 here. A point too far to correct it does not widen the range."""
     table = hand_table()
     for mlp, ratio in ((100, 1.0), (128, 1.5)):
         table.add_point("block", {**BLOCK_KEY, "mlp": mlp}, ratio * table.grid_block_ms(**{**BLOCK, "mlp": mlp}))
@@ -332,6 +334,10 @@ def test_two_noisy_neighbours_never_extrapolate_beyond_what_was_measured():
     assert table.block_ms(**low) == pytest.approx(table.grid_block_ms(**low), rel=1e-5)  # clipped at 1: the fit, 0.90
     between = {**BLOCK, "mlp": 114}
     assert table.grid_block_ms(**between) < table.block_ms(**between) < 1.5 * table.grid_block_ms(**between)
+    far = {"emb": 32, "heads": 1, "qk": 16, "v": 16, "mlp": 64, "tokens": 9, "tokens_out": 9}
+    assert weight({**BLOCK_KEY, "mlp": 64}, far) < 1e-6
+    table.add_point("block", far, 0.5 * table.grid_block_ms(**{f: far[f] for f in BLOCK}))
+    assert table.block_ms(**low) == pytest.approx(table.grid_block_ms(**low), rel=1e-5)
 
 
 # --- add_point ----------------------------------------------------------------------------------------------------

@@ -44,15 +44,15 @@ multiplies the grid prediction by a correction factor::
 
 where d is the Euclidean distance in log2(dimension + 1) (the + 1 keeps a removed half, 0, defined) and the a_i
 solve the linear system that makes the correction exact at every measured point: log c(x_j) = log(m_j / g_j), the
-measured-over-grid ratio there. So a refined model predicts its own measurement even where its blocks are near each
-other (a plain weighted mean of the ratios, a_i = log(m_i / g_i), blended blocks one head apart by 25 %). Points too
-close for the system to tell apart (singular values below REFINE_RCOND of the largest: closer than ~17 % in one
-dimension, MLP 1408 and 1536) share their mean instead of fitting their noise, and c is clipped to the range of the
-measured ratios and 1, so two noisy neighbours never extrapolate beyond what was measured. A single point corrects its
-neighbours by its weight: ~2 % of the correction for a large dimension 2× away in one axis (more for small ones:
-heads 1 → 2 gets 25 %); unrelated blocks are unaffected. Points with the same ratio correct the space between them by
-that ratio (the max(1, ·) normalisation). The grid itself is never overwritten, so a refinement can always be traced
-and undone.
+measured-over-grid ratio there. So a refined model predicts its own measurement, block by block, even where its
+blocks are near each other (a plain weighted mean of the ratios, a_i = log(m_i / g_i), blended a pruned digits model's
+blocks by up to 7 %). Points too close for the system to tell apart (singular values below REFINE_RCOND of the
+largest: closer than ~1.5 % in one dimension) share their mean. An exact fit continues the slope between two
+neighbours with different ratios, so log c(x) is clipped to the range of 0 (the grid) and the log ratios of the points
+that correct x: never beyond what was measured nearby. A single point corrects its neighbours by its weight: ~2 % of
+the correction for a large dimension 2× away in one axis (more for small ones: heads 1 → 2 gets 25 %); unrelated
+blocks are unaffected. Points with the same ratio correct the space between them by that ratio (the max(1, ·)
+normalisation). The grid itself is never overwritten, so a refinement can always be traced and undone.
 
 File format: one JSON document (``format: "vitrt.lut"``), see :meth:`LatencyTable.to_dict`.
 """
@@ -83,8 +83,8 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "int4w")
 SPARSITIES = ("dense", "2:4")
 REFINE_RADIUS = 0.5  # log2 units: a point 2x away in one dimension gets weight e^-4 ≈ 0.018
 # The correction's system: directions with singular values below this fraction of the largest are dropped, so points
-# closer than ~17 % in one dimension (weight > 0.82 to each other) share their mean rather than amplify its noise.
-REFINE_RCOND = 0.1
+# closer than ~1.5 % in one dimension (MLP 1520 and 1536), which no query tells apart, share their mean.
+REFINE_RCOND = 1e-3
 MIN_WEIGHT = 1e-6  # a measured point weighing less than this on a query does not correct it
 
 # The sub-tables and their axes, in array order.
@@ -451,14 +451,18 @@ class LatencyTable:
                                    point["distilled"] if kind == "head" else None, precision, sparsity)
         if fit is None:
             return 1.0
-        coords, solution, (low, high) = fit
+        coords, solution, ratios = fit
         weights = _weights(coords, _log_coords([point], fields)[0])
         total = float(weights.sum())
-        return math.exp(min(max(float(weights @ solution) / max(1.0, total), low), high)) if total else 1.0
+        if not total:
+            return 1.0
+        near = ratios[weights > 0]
+        low, high = min(0.0, float(near.min())), max(0.0, float(near.max()))
+        return math.exp(min(max(float(weights @ solution) / max(1.0, total), low), high))
 
     def _correction_fit(self, kind: str, fields, key: str, distilled, precision: str, sparsity: str):
-        """(coordinates, a_i, bounds of log c) of the measured points of one kind, key (and head variant); None
-        without any.
+        """(coordinates, a_i, log ratios) of the measured points of one kind, key (and head variant); None without
+        any.
 
         Solved once per set of points: searches query thousands of times between refinements."""
         group = [p for p in self.points if p["kind"] == kind and p["table"] == key
@@ -481,7 +485,7 @@ class LatencyTable:
             system = np.stack([_weights(coords, x) for x in coords])
             system /= np.maximum(1.0, system.sum(axis=1, keepdims=True))
             solution = np.linalg.lstsq(system, np.asarray(ratios), rcond=REFINE_RCOND)[0]
-            fit = (coords, solution, (min(0.0, *ratios), max(0.0, *ratios)))
+            fit = (coords, solution, np.asarray(ratios))
         self._fits[cache] = (stamp, fit)
         return fit
 
