@@ -94,12 +94,18 @@ def _groups_last(weight: np.ndarray, axis: int, size: int) -> tuple[np.ndarray, 
     return moved.reshape(*moved.shape[:-1], k // size, size), moved.shape
 
 
+def _magnitude(weight) -> np.ndarray:
+    """|w| in a type that holds it: np.abs of int8 -128 is -128, and -x of an unsigned value wraps."""
+    weight = np.asarray(weight)
+    return np.abs(weight.astype(np.float64) if weight.dtype.kind in "iub" else weight)
+
+
 def mask_2to4(weight: np.ndarray, axis: int) -> np.ndarray:
     """Magnitude 2:4 mask: in every 4 consecutive entries along ``axis`` keep the 2 largest |w|.
 
     Ties keep the lower position (stable sort), so the mask is deterministic. Returns bool, weight's shape.
     """
-    groups, moved_shape = _groups_last(np.abs(weight), axis, 4)
+    groups, moved_shape = _groups_last(_magnitude(weight), axis, 4)
     order = np.argsort(-groups, axis=-1, kind="stable")
     keep = np.zeros(groups.shape, dtype=bool)
     np.put_along_axis(keep, order[..., :2], True, axis=-1)
@@ -108,7 +114,7 @@ def mask_2to4(weight: np.ndarray, axis: int) -> np.ndarray:
 
 def mask_pairwise_4to8(weight: np.ndarray, axis: int) -> np.ndarray:
     """INT4's pair-wise 4:8 mask: in every 8 along ``axis``, keep the 2 of 4 two-wide pairs of largest Σ|w|."""
-    groups, moved_shape = _groups_last(np.abs(weight), axis, 8)
+    groups, moved_shape = _groups_last(_magnitude(weight), axis, 8)
     pairs = groups.reshape(*groups.shape[:-1], 4, 2).sum(-1)
     order = np.argsort(-pairs, axis=-1, kind="stable")
     keep_pairs = np.zeros(pairs.shape, dtype=bool)
