@@ -10,6 +10,7 @@ and the table's prediction in the same run, and top-1 of the built engine on the
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from vitrt.search.evaluate import Estimate
@@ -84,7 +85,7 @@ def predicted_ms(point: dict, scale: float) -> float:
 
 
 def _max_median(errors: list[float]) -> str:
-    return f"max |error| {100 * max(errors):.1f} %, median {100 * sorted(errors)[len(errors) // 2]:.1f} %"
+    return f"max |error| {100 * max(errors):.1f} %, median {100 * statistics.median(errors):.1f} %"
 
 
 def chosen_line(chosen: dict | None, verify: dict | None) -> str:

@@ -8,7 +8,8 @@
     2. rung 0: every remaining recipe's held-out top-1 without fine-tuning (a pruned recipe goes on whatever its
        rung-0 accuracy: before fine-tuning it is near chance and says nothing about what training recovers);
     3. rungs 1..k: the fastest admissible recipes of the rung before (held-out drop within --max-drop plus a
-       slack that shrinks rung by rung; with --target-speedup: the most accurate that are fast enough) are
+       slack that shrinks rung by rung; with --target-speedup: the most accurate that are fast enough, a pruned
+       recipe not yet fine-tuned first; "more accurate": top-1, then the cross-entropy) are
        planned again with more fine-tuning epochs per trainable stage, and the population halves;
     4. the answer: the fastest recipe of the last rung within --max-drop (or the most accurate one at
        --target-speedup), every estimate kept for the Pareto front;
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from vitrt.compiler.errors import Interrupted, VitrtError
 from vitrt.search.evaluate import Estimate, Evaluator
+from vitrt.search.front import accuracy_score
 from vitrt.search.space import Recipe
 
 DOMINANCE_MARGIN = 0.01  # a lossy extra must be predicted > 1 % faster to be worth an accuracy estimate
@@ -64,21 +66,27 @@ class Goal:
     def admissible(self, e: Estimate, dense_top1: float, dense_ms: float, slack: float) -> bool:
         if not e.ok or e.holdout_top1 is None:
             return False
-        if self.max_drop is not None and e.epochs == 0 and {"prune", "dcvit"} & set(e.recipe.trainable()) \
-                and slack > 0:
-            # a structurally pruned twin before any fine-tuning is near chance at large cuts (NViT fine-tunes
-            # after pruning, DC-ViT after each block): its rung-0 accuracy says nothing about what fine-tuning
-            # recovers, so it is judged from the first rung that trains it
+        if self.max_drop is not None and unjudged(e) and slack > 0:
             return True
         if self.max_drop is not None:
             return (dense_top1 - e.holdout_top1) * 100 <= self.max_drop + slack + DROP_TOLERANCE
         return dense_ms / e.predicted_ms >= self.target_speedup
 
-    def rank(self, e: Estimate):
-        """Sort key, best first: fastest (within the drop), or most accurate (at the speed)."""
+    def rank(self, e: Estimate, slack: float = 0.0):
+        """Sort key, best first: fastest (within the drop), or most accurate (at the speed); "more accurate" as on
+        the front: top-1, then the cross-entropy. While ``slack`` > 0 (a rung that selects for the next one), an
+        unjudged recipe counts as accurate as can be: its accuracy before fine-tuning says nothing (step 2)."""
+        accuracy = (-1.0, 0.0) if slack > 0 and unjudged(e) else tuple(-x for x in accuracy_score(e))
         if self.max_drop is not None:
-            return (e.predicted_ms, -e.holdout_top1)
-        return (-e.holdout_top1, e.predicted_ms)
+            return (e.predicted_ms, *accuracy)
+        return (*accuracy, e.predicted_ms)
+
+
+def unjudged(e: Estimate) -> bool:
+    """A structurally compressed twin before any fine-tuning: near chance at large cuts (NViT fine-tunes after
+    pruning, DC-ViT after each block), so its rung-0 accuracy says nothing about what fine-tuning recovers; it is
+    judged from the first rung that trains it."""
+    return e.epochs == 0 and bool({"prune", "dcvit"} & set(e.recipe.trainable()))
 
 
 def choose(points: list[Estimate], goal: Goal, dense_top1: float, dense_ms: float) -> Estimate | None:
@@ -227,7 +235,8 @@ def run_rungs(evaluator: Evaluator, recipes: list[Recipe], goal: Goal, schedule:
         if skipped:
             state.note(rung=rung, skipped_for_budget=skipped)
             progress.log(f"rung {rung}: time budget reached, {len(skipped)} recipe(s) not estimated")
-        admissible = sorted((e for e in results if goal.admissible(e, dense_top1, dense_ms, slack)), key=goal.rank)
+        admissible = sorted((e for e in results if goal.admissible(e, dense_top1, dense_ms, slack)),
+                            key=lambda e: goal.rank(e, slack))
         if rung == len(schedule.keep) or not admissible:
             return admissible or sorted((e for e in results if e.ok), key=lambda e: -(e.holdout_top1 or 0))
         nxt = [e.recipe for e in admissible[: schedule.keep[rung]] if e.recipe.trainable()]
