@@ -5,7 +5,6 @@ halving.py, space.py, holdout.py, measure.py, table_check.py, optimize.py) left 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
