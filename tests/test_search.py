@@ -23,6 +23,7 @@ from vitrt.search.optimize import OptimizeConfig, fingerprint
 from vitrt.search.space import Merge, Recipe, Space
 
 from conftest import DIGITS_LUT
+from search_support import ScriptedEvaluator
 
 
 def estimate(ms, top1, **recipe):
@@ -118,30 +119,6 @@ def test_ties_go_to_the_more_accurate_or_the_faster_point():
     trained = Estimate(Recipe(prune=0.5), 6, 5.0, 0.97)
     refused = Estimate(Recipe(prune=0.5), 9, refused="no")
     assert best_per_recipe([trained, slow, refused]) == [trained] == best_per_recipe([slow, trained])
-
-
-class ScriptedEvaluator:
-    """The evaluator's interface with each recipe's predicted ms and held-out top-1 (``top1[recipe, epochs]``, or
-    ``top1[recipe]`` at any budget) given: what the search selects from them, without compiling anything."""
-
-    def __init__(self, ms: dict, top1: dict, dense_ms=10.0, dense_holdout=0.99, seconds=0.0):
-        self.ms, self.top1, self.dense_ms, self.dense_holdout = ms, top1, dense_ms, dense_holdout
-        self.seconds = seconds  # what each estimate says it took
-        self.estimated: list[tuple[Recipe, int]] = []
-
-    def lut_has(self, recipe):
-        return True
-
-    def predicted_spec(self, recipe):
-        return None
-
-    def predict(self, recipe, spec):
-        return self.ms[recipe]
-
-    def estimate(self, recipe, epochs):
-        self.estimated.append((recipe, epochs))
-        return Estimate(recipe, epochs, self.ms[recipe], self.top1.get((recipe, epochs), self.top1.get(recipe)),
-                        seconds=self.seconds)
 
 
 def test_a_lossy_extra_needs_to_be_predicted_more_than_the_margin_faster():

@@ -20,36 +20,9 @@ from vitrt.search.halving import (DOMINANCE_MARGIN, Clock, Goal, Schedule, Searc
 from vitrt.search.optimize import OptimizeConfig, fingerprint
 from vitrt.search.space import Merge, Recipe, Space
 
+from search_support import ScriptedEvaluator
+
 QUIET = Progress(enabled=False)
-
-
-class ScriptedEvaluator:
-    """The evaluator's interface with each recipe's predicted ms and held-out top-1 given (``top1[recipe, epochs]``
-    or ``top1[recipe]``); recipes in ``refused`` are refused by the compile, those in ``unpriced`` by the table."""
-
-    def __init__(self, ms: dict, top1: dict, dense_ms=10.0, dense_holdout=0.99, seconds=0.0, refused=(),
-                 unpriced=()):
-        self.ms, self.top1, self.dense_ms, self.dense_holdout = ms, top1, dense_ms, dense_holdout
-        self.seconds, self.refused, self.unpriced = seconds, set(refused), set(unpriced)
-        self.estimated: list[tuple[Recipe, int]] = []
-
-    def lut_has(self, recipe):
-        return True
-
-    def predicted_spec(self, recipe):
-        return recipe
-
-    def predict(self, recipe, spec):
-        if recipe in self.unpriced:
-            raise VitrtError("the planner refuses this recipe")
-        return self.ms[recipe]
-
-    def estimate(self, recipe, epochs):
-        self.estimated.append((recipe, epochs))
-        if recipe in self.refused:
-            return Estimate(recipe, epochs, refused="the compile refuses it", seconds=self.seconds)
-        return Estimate(recipe, epochs, self.ms[recipe], self.top1.get((recipe, epochs), self.top1.get(recipe)),
-                        seconds=self.seconds)
 
 
 def rungs(evaluator, recipes, goal, schedule, state, clock=None, save_recipe=lambda e: None):

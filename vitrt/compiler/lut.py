@@ -447,8 +447,7 @@ class LatencyTable:
     def _correction(self, kind: str, point: dict, precision: str, sparsity: str) -> float:
         """The module docstring's c(x): 1 without measured points near ``point``."""
         fields = {"block": BLOCK_KEY_FIELDS, "stem": STEM_KEY_FIELDS, "head": HEAD_KEY_FIELDS}[kind]
-        fit = self._correction_fit(kind, fields, table_key(precision, sparsity),
-                                   point["distilled"] if kind == "head" else None, precision, sparsity)
+        fit = self._correction_fit(kind, fields, point["distilled"] if kind == "head" else None, precision, sparsity)
         if fit is None:
             return 1.0
         coords, solution, ratios = fit
@@ -460,11 +459,12 @@ class LatencyTable:
         low, high = min(0.0, float(near.min())), max(0.0, float(near.max()))
         return math.exp(min(max(float(weights @ solution) / max(1.0, total), low), high))
 
-    def _correction_fit(self, kind: str, fields, key: str, distilled, precision: str, sparsity: str):
+    def _correction_fit(self, kind: str, fields, distilled, precision: str, sparsity: str):
         """(coordinates, a_i, log ratios) of the measured points of one kind, key (and head variant); None without
         any.
 
         Solved once per set of points: searches query thousands of times between refinements."""
+        key = table_key(precision, sparsity)
         group = [p for p in self.points if p["kind"] == kind and p["table"] == key
                  and (kind != "head" or p["key"]["distilled"] == distilled)]
         stamp = [(p["key"], tuple(p["ms"])) for p in group]
