@@ -339,6 +339,22 @@ def test_the_compile_notes_what_it_could_not_do_as_asked(tmp_path, metric_dir, t
     assert any("2 of the 2 compressed blocks keep no MLP channel" in n for n in notes)
 
 
+def test_a_model_whose_attention_outweighs_its_mlp_is_compressed_below_the_target_and_says_so(tmp_path, metric_dir):
+    """257 tokens and MLP ratio 1: two attention modules already remove more than 0.3 of the MACs, so the structure
+    keeps whole MLPs (it returned negative widths) and the compile notes where it landed; verified as usual."""
+    import vitrt
+
+    result = vitrt.compile(tiny_vit(depth=4, patch_size=2, mlp_ratio=1.0), tmp_path / "out", quiet=True, batch=2,
+                           dcvit_macs=0.7, data=f"synth:{metric_dir}", few_shot=8, dcvit_epochs=0,
+                           dcvit_score_epochs=0, dcvit_metric=f"synth:{metric_dir}", verify=True)
+    m = result.manifest
+    blocks = m["spec_after"]["blocks"]
+    assert sum(1 for b in blocks if b["heads"] == 0) == 2 and all(b["mlp"] == 64 for b in blocks)
+    assert m["verify"]["ok"]
+    notes = [a["note"] for a in m["adjustments"]]
+    assert any("attention costs more MACs than its MLP" in n and "0.573 of the MACs" in n for n in notes)
+
+
 def test_compile_dcvit_verified_against_the_pruned_twin(tmp_path, metric_dir):
     """``vitrt.compile(..., dcvit_macs=0.7)``: attention removed and MLPs shrunk where the plan says, the ONNX
     verified against the fine-tuned pruned twin, the plan (with weights) round-tripping into a second compile."""

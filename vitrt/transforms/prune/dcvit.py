@@ -278,6 +278,11 @@ def plan(twin, ctx, options) -> PruningPlan:
     if not (settings.whole_blocks or settings.mlp_only) and 0 in shape.mlp:
         notes.append(f"DC-ViT: at {settings.macs:g} of the MACs {shape.mlp.count(0)} of the {shape.blocks} compressed "
                      "blocks keep no MLP channel: those blocks are removed whole")
+    if not (settings.whole_blocks or settings.mlp_only) and set(shape.mlp) == {twin.spec.blocks[0].mlp} \
+            and shape.macs_fraction < settings.macs - 1e-6:
+        notes.append(f"DC-ViT: a block's attention costs more MACs than its MLP here, so the nearest structure at or "
+                     f"below {settings.macs:g} of the MACs removes attention from {shape.blocks} blocks and keeps "
+                     f"their whole MLP: {shape.macs_fraction:.3f} of the MACs")
     metric, metric_info = metric_set(ctx, options)
     start = time.perf_counter()
     with ctx.progress.step(f"DC-ViT: recoverability of {twin.spec.depth} blocks on {len(few_shot)} few-shot images"):

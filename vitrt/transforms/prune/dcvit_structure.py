@@ -107,8 +107,11 @@ def structure(spec, settings: Settings) -> Structure:
     fewest = math.ceil(saving / (attention + mlp) - 1e-9)
     most_blocks = min(spec.depth, math.floor(saving / attention + 1e-9))
     preferred = saving / (attention + (1 - settings.mlp) * mlp)
-    n = min(max(round(preferred), fewest), most_blocks)
-    removed = math.ceil((saving - n * attention) / per_channel - 1e-9)  # MLP channels to remove, all blocks
+    # Where attention outweighs the MLP (many tokens, a narrow MLP), `fewest` attention modules alone can remove
+    # more than the saving (most_blocks < fewest): then `fewest` blocks lose attention and keep their whole MLP,
+    # the nearest structure below the target (negative MLP widths otherwise).
+    n = max(fewest, min(round(preferred), most_blocks))
+    removed = max(0, math.ceil((saving - n * attention) / per_channel - 1e-9))  # MLP channels to remove, all blocks
     kept_total = n * block.mlp - removed
     base = (kept_total // n) // CHANNEL_MULTIPLE * CHANNEL_MULTIPLE
     widths = [base] * n

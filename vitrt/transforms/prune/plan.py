@@ -217,8 +217,9 @@ class PruningPlan:
         if not isinstance(raw_blocks, Mapping):
             raise PlanError("malformed pruning plan: 'blocks' must map block index -> kept indices")
         depth = len(original_blocks)
+        names = {str(i) for i in range(depth)}  # exactly these ("01" would be looked up as "1" and ignored)
         for key in raw_blocks:
-            if not (isinstance(key, str) and key.isdigit() and int(key) < depth):
+            if key not in names:
                 raise PlanError(f"pruning plan names unknown block {key!r}: the model has blocks 0..{depth - 1}")
         blocks = []
         for i in range(depth):
