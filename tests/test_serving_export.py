@@ -177,6 +177,29 @@ def test_trt_artifact_without_tensorrt(outs, tmp_path, kind):
         assert not (tmp_path / "repo").exists()
 
 
+def test_an_engine_built_for_a_minimum_batch_is_refused_for_serving(outs, tmp_path, capsys):
+    """--min-batch 4 (profile 4..64): Triton has no minimum batch (warm-up and lone requests are batch 1), so export
+    and serve refuse it in one line and write nothing; the bounds come from the recorded profile."""
+    from vitrt.compiler.errors import VitrtError
+    from vitrt.serving.artifact import open_artifact
+    from vitrt.serving.repository import BatchingOptions, batching_for
+
+    if real_tensorrt() is not None:
+        pytest.skip("TensorRT is installed: the placeholder plan would be read as an engine")
+    out = trt_out(outs / "dynamic", tmp_path / "trt_min4")
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "batch_profile": [4, 8, 64]}))
+    artifact = open_artifact(out)
+    assert (artifact.batch_min, artifact.batch_limit) == (4, 64)
+    assert export(out, tmp_path / "repo") == 2
+    err = capsys.readouterr().err
+    assert "at least 4 (--min-batch 4)" in err and "--min-batch 1" in err and err.count("\n") == 1
+    assert not (tmp_path / "repo").exists()
+    with pytest.raises(VitrtError, match="built for batches of at least 4"):
+        batching_for(artifact, BatchingOptions())
+    assert open_artifact(trt_out(outs / "dynamic", tmp_path / "trt_min1")).batch_min == 1
+
+
 @pytest.mark.gpu
 def test_export_real_trt_plan(tmp_path):
     """A real TensorRT engine: the config's I/O equals the engine's tensors and its profile's max batch."""

@@ -45,7 +45,8 @@ import pytest
 import vitrt.compiler.backends.trt as trt_backend
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKEND_FILES = [ROOT / "vitrt/compiler/backends/trt.py", ROOT / "vitrt/compiler/backends/trt_runner.py"]
+BACKEND_FILES = [ROOT / "vitrt/compiler/backends/trt.py", ROOT / "vitrt/compiler/backends/trt_runner.py",
+                 ROOT / "vitrt/serving/artifact.py"]  # every module that calls TensorRT
 STUBS_VERSION = "10.13.0.35.1"
 STUB_PATCHES = (  # (pattern, replacement, exact number of changes, why)
     (r"power: Weights = None, channel_axis: int\)", "power: Weights = None, *, channel_axis: int)", 1,

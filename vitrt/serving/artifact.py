@@ -54,6 +54,7 @@ class CompiledArtifact:
     batch_limit: int | None  # the largest batch a dynamic engine accepts (TensorRT profile max); None: no limit
     io_source: str  # where inputs and outputs were read from
     preprocessing: dict | None = None  # the manifest's record of the model's input pipeline (mean, std, ...)
+    batch_min: int = 1  # the smallest batch a dynamic engine accepts (TensorRT profile min, --min-batch)
 
     @property
     def num_classes(self) -> int:
@@ -88,9 +89,9 @@ def open_artifact(out) -> CompiledArtifact:
         raise VitrtError(f"'{out}/manifest.json' names backend '{backend}'; vitrt serves {', '.join(BACKEND_NAMES)}")
     path = artifact_in(out, manifest)
     if backend in ("ort", "torch"):  # both artifacts are ONNX graphs: their I/O is what the runner takes
-        inputs, outputs, limit, source = *onnx_io(path), None, path.name
+        inputs, outputs, (smallest, limit), source = *onnx_io(path), (1, None), path.name
     else:
-        inputs, outputs, limit, source = trt_io(path, out / "model.onnx", manifest.get("batch_profile"))
+        inputs, outputs, (smallest, limit), source = trt_io(path, out / "model.onnx", manifest.get("batch_profile"))
     if not inputs or not outputs:
         raise VitrtError(f"'{path}' declares no inputs or no outputs")
     first = inputs[0].shape[0] if inputs[0].shape else -1
@@ -102,7 +103,7 @@ def open_artifact(out) -> CompiledArtifact:
     preprocessing = manifest.get("preprocessing")
     preprocessing = preprocessing if isinstance(preprocessing, dict) else None
     return CompiledArtifact(out, str(manifest["model"]), backend, path, inputs, outputs, static,
-                            None if static else limit, source, preprocessing)
+                            None if static else limit, source, preprocessing, 1 if static else smallest)
 
 
 def onnx_io(path: Path) -> tuple[tuple[TensorIO, ...], tuple[TensorIO, ...]]:
@@ -125,42 +126,46 @@ def onnx_io(path: Path) -> tuple[tuple[TensorIO, ...], tuple[TensorIO, ...]]:
 
 
 def trt_io(plan: Path, onnx_path: Path, batch_profile=None):
-    """(inputs, outputs, batch limit, source) of a TensorRT plan; from ``onnx_path`` and the compile's recorded
-    ``batch_profile`` (min, opt, max) where the plan cannot be read."""
+    """(inputs, outputs, (smallest, largest batch), source) of a TensorRT plan; from ``onnx_path`` and the
+    compile's recorded ``batch_profile`` (min, opt, max) where the plan cannot be read (largest None: no profile)."""
     try:
         return (*_engine_io(plan), plan.name)
     except BackendUnavailableError as exc:
         if not onnx_path.is_file():
             raise VitrtError(f"cannot read the TensorRT plan '{plan}' ({exc}) and '{onnx_path}' is missing") from None
         inputs, outputs = onnx_io(onnx_path)
-        limit = int(batch_profile[2]) if batch_profile else None
-        return inputs, outputs, limit, f"{onnx_path.name} (the network {plan.name} was built from; TensorRT cannot " \
+        bounds = (int(batch_profile[0]), int(batch_profile[2])) if batch_profile else (1, None)
+        return inputs, outputs, bounds, f"{onnx_path.name} (the network {plan.name} was built from; TensorRT cannot " \
             "read the plan on this machine)"
 
 
 def _engine_io(plan: Path):
-    """I/O tensors and the first optimisation profile's max batch, from the deserialized engine."""
+    """I/O tensors and the first optimisation profile's (min, max) batch, from the deserialized engine."""
     from vitrt.compiler.backends.trt import require_tensorrt
 
     require_tensorrt()
     import tensorrt as trt
     import torch
 
+    from vitrt.compiler.backends.trt_runner import dims
+
     if not torch.cuda.is_available():
         raise BackendUnavailableError("reading a TensorRT plan needs a CUDA device")
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan.read_bytes())
     if engine is None:
         raise VitrtError(f"TensorRT could not deserialize '{plan}' (built by another TensorRT version?)")
-    inputs, outputs = [], []
+    inputs: list[TensorIO] = []
+    outputs: list[TensorIO] = []
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         tensor = TensorIO(name, np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name,
-                          tuple(int(d) for d in engine.get_tensor_shape(name)))
+                          dims(engine.get_tensor_shape(name)))
         (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(tensor)
-    limit = None
+    bounds: tuple[int, int | None] = (1, None)
     if inputs and inputs[0].shape[0] == -1:
-        limit = int(engine.get_tensor_profile_shape(inputs[0].name, 0)[2][0])
-    return tuple(inputs), tuple(outputs), limit
+        smallest, _, largest = engine.get_tensor_profile_shape(inputs[0].name, 0)  # min, opt, max shapes
+        bounds = (int(smallest[0]), int(largest[0]))
+    return tuple(inputs), tuple(outputs), bounds
 
 
 def class_labels(model: str, num_classes: int) -> list[str]:

@@ -80,6 +80,10 @@ def batching_for(artifact: CompiledArtifact, options: BatchingOptions) -> Batchi
                              f"batch {artifact.static_batch} (Triton serves it with max_batch_size 0, requests of "
                              f"exactly that batch); compile with --dynamic-batch to batch requests")
         return Batching(0, (), 0, options.instances)
+    if artifact.batch_min > 1:  # Triton has no minimum batch: it forms and forwards any batch from 1 up
+        raise VitrtError(f"'{artifact.out}' was built for batches of at least {artifact.batch_min} (--min-batch "
+                         f"{artifact.batch_min}), but Triton sends any batch from 1 to max_batch_size (its warm-up "
+                         "and lone requests included); compile with --min-batch 1 to serve it")
     limit = artifact.batch_limit
     max_batch = options.max_batch if options.max_batch is not None else (limit or DEFAULT_MAX_BATCH)
     if max_batch < 1:
