@@ -1,4 +1,4 @@
-"""Tests from a mutation audit of vitrt/transforms/prune and vitrt/transforms/lowrank: each pins a behaviour that a
+"""Tests from two mutation audits of vitrt/transforms/prune and vitrt/transforms/lowrank: each pins a behaviour that a
 surviving mutation changed without any other test noticing.
 
 Tiny models, no training beyond what a function does on its own, no wall clock, no network.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import torch
 
 from conftest import DIGITS_LUT, tiny_vit
 from vitrt.calib.digits import ImageSet
-from vitrt.compiler.cost import vit_flops
+from vitrt.compiler.cost import block_flops, vit_flops
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.graph import GraphView
 from vitrt.compiler.lower import lower
@@ -545,3 +546,185 @@ def test_structure_widths_stay_in_range_when_attention_outweighs_the_mlp(macs):
         dataclasses.replace(block, heads=0, mlp=w) for w in shape.mlp) + spec.blocks[shape.blocks:])
     assert shape.macs_fraction == pytest.approx(_flops(compressed) / _flops(spec))
     assert shape.macs_fraction <= macs + 1e-9
+
+
+# --- from the second audit (the mutations the first did not run) ----------------------------------------------
+@pytest.fixture(scope="module")
+def dc_spec(dc_twin):
+    return dc_twin.spec
+
+
+def _costs(spec):
+    block = spec.blocks[0]
+    attention = block_flops(spec.emb, block) - block_flops(spec.emb, dataclasses.replace(block, heads=0))
+    mlp = block_flops(spec.emb, block) - attention
+    return attention, mlp / block.mlp, vit_flops(spec)
+
+
+# --- DC-ViT structure -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("preferred", [0.0, 0.5, 1.0])
+def test_structure_lands_within_one_aligned_step_per_block_below_every_target(dc_spec, preferred):
+    """structure() on a fine grid of targets and preferred fractions: never more blocks than the model has, widths
+    aligned and in range, the reported fraction the real one, at or below the target and at most 16 MLP channels
+    per compressed block below it (an MLP-heavy model: no attention module overshoots on its own)."""
+    spec = dc_spec
+    attention, channel, dense = _costs(spec)
+    for macs in np.linspace(0.12, 0.9, 157):
+        macs = float(macs)
+        shape = dcvit.structure(spec, dcvit.Settings(macs=macs, mlp=preferred))
+        assert 1 <= shape.blocks <= spec.depth
+        assert all(w % 16 == 0 and 0 <= w <= spec.blocks[0].mlp for w in shape.mlp)
+        compressed = spec.with_blocks([dataclasses.replace(b, heads=0, mlp=shape.mlp[i]) if i < shape.blocks else b
+                                       for i, b in enumerate(spec.blocks)])
+        fraction = vit_flops(compressed) / dense
+        assert fraction == pytest.approx(shape.macs_fraction, abs=1e-12)
+        assert macs - 16 * channel * shape.blocks / dense - 1e-12 <= fraction <= macs + 1e-9, macs
+
+
+@pytest.mark.parametrize("k", [1.5, 2.6])
+def test_no_more_blocks_lose_attention_than_the_saving_pays_for(dc_spec, k):
+    """At --dcvit-mlp 1 the preferred count rounds up past what the saving pays for (k attention modules' worth,
+    k = 1.5 or 2.6): floor(k) blocks are compressed, not round(k) with whole MLPs far below the target."""
+    attention, channel, dense = _costs(dc_spec)
+    macs = 1 - k * attention / dense
+    shape = dcvit.structure(dc_spec, dcvit.Settings(macs=macs, mlp=1.0))
+    assert shape.blocks == math.floor(k)
+    assert macs - 16 * channel * shape.blocks / dense <= shape.macs_fraction <= macs + 1e-9
+
+
+def test_a_fractional_channel_count_to_remove_rounds_up(dc_spec):
+    """Two attention modules and 16.5 MLP channels to remove at --dcvit-mlp 1: 17 channels, aligned to 32 (widths
+    240 and 240), never 16 (256 and 240), which would land above the target."""
+    attention, channel, dense = _costs(dc_spec)
+    macs = 1 - (2 * attention + 16.5 * channel) / dense
+    shape = dcvit.structure(dc_spec, dcvit.Settings(macs=macs, mlp=1.0))
+    assert shape.mlp == (240, 240) and shape.macs_fraction <= macs
+
+
+# --- DC-ViT compression ---------------------------------------------------------------------------------------
+def test_compress_refits_each_compressed_blocks_mlp_with_refit_set(dc_twin):
+    """compress() with ``Settings.refit`` (--dcvit-refit) re-solves each compressed block's fc2 on the few-shot
+    images before the (here: no) fine-tuning: same structure as without, different fc2 weights, and exactly the
+    weights compress_block(refit_on=few_shot) gives."""
+    import torch
+
+    from vitrt.calib.digits import ImageSet
+    from vitrt.calib.synthesis import MetricSet
+    from vitrt.transforms.prune.plan import PruningPlan
+
+    twin = dc_twin
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    few_shot = ImageSet(images, None)
+    metric = MetricSet.of(ImageSet(images[:2], None), twin)
+    plain = dcvit.Settings(macs=0.8, epochs=0, importance="magnitude")
+    assert dcvit.structure(twin.spec, plain).blocks == 1
+    found, _ = dcvit.compress(twin, twin, few_shot, metric, plain, [2, 0, 1, 3])
+    refit, _ = dcvit.compress(twin, twin, few_shot, metric, dataclasses.replace(plain, refit=True), [2, 0, 1, 3])
+    assert refit.blocks == found.blocks and found.blocks[2].heads == ()
+    changed = {k for k, v in refit.weights.items() if not np.array_equal(np.asarray(v), np.asarray(found.weights[k]))}
+    assert changed == {"blocks.2.mlp.fc2.weight", "blocks.2.mlp.fc2.bias"}
+    width = dcvit.structure(twin.spec, plain).mlp[0]
+    scores = dcvit.mlp_scores(twin, few_shot, twin, "magnitude", 0)[2]
+    expected, _ = dcvit.compress_block(twin, PruningPlan.keep_all(twin.spec), 2, width, scores, refit_on=few_shot)
+    assert torch.allclose(torch.as_tensor(np.asarray(refit.weights["blocks.2.mlp.fc2.weight"])),
+                          expected.blocks[2].mlp.fc2.weight, atol=1e-6)
+
+
+# --- the search -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", [0.0, -0.5, 1.5, float("nan")])
+def test_search_refuses_a_target_outside_the_unit_interval(dc_spec, target):
+    """search() itself refuses a latency fraction outside (0, 1] (nan included) before any work: 1.5 or nan would
+    otherwise return the dense plan as if pruned, 0 would strip every unit before failing."""
+    from vitrt.compiler.errors import VitrtError
+    from vitrt.transforms.prune.search import SearchConfig, search
+
+    calls = []
+
+    def importance(kept):
+        calls.append(1)
+        raise AssertionError("importance scored for an invalid target")
+    with pytest.raises(VitrtError, match="must be a latency fraction"):
+        search(dc_spec, importance, vit_flops, SearchConfig(target=target))
+    assert not calls
+
+
+def test_revit_keeps_at_most_64_v_dims_per_head(dc_spec):
+    """Table 6: V = 64 per head, whatever the model has above it (a 128-wide head keeps 64), never more than the
+    model has (32 stays 32)."""
+    from vitrt.transforms.prune.search import revit_dims
+
+    wide = dc_spec.with_blocks([dataclasses.replace(b, v=128) for b in dc_spec.blocks])
+    assert [d["v"] for d in revit_dims(wide)] == [64] * 4
+    assert [d["v"] for d in revit_dims(dc_spec)] == [32] * 4
+
+
+# --- low rank -------------------------------------------------------------------------------------------------
+def _plan_lowrank(twin, **options):
+    from vitrt.compiler.target import TargetConfig
+    from vitrt.transforms.base import PlanContext
+    from vitrt.transforms.lowrank import planner
+    from vitrt.transforms.lowrank.config import LowRankConfig
+
+    config = LowRankConfig(**options).validate()
+    return planner.plan(twin, PlanContext(target=TargetConfig(batch=2), teacher=twin), config)
+
+
+def test_a_layer_left_dense_keeps_all_its_parameters(dc_twin):
+    """LayerRank.params_after of a layer left dense is its K·N weights (not 0): the plan's summary and the budget
+    rule count it."""
+    from vitrt.transforms.lowrank.plan import LayerRank
+
+    assert LayerRank("blocks.0.mlp.fc1", 16, 24, 0, 1.0, "full rank").params_after == 16 * 24
+    plan = _plan_lowrank(dc_twin, energy=1.0, layers="blocks.*.mlp.*")
+    summary = plan.summary()
+    assert summary["factored"] == 0 and summary["params_after"] == summary["params_before"] == 4 * 2 * 64 * 256
+
+
+# --- the NViT planner -----------------------------------------------------------------------------------------
+def test_nvit_fine_tuning_runs_at_the_compile_seed(dc_twin, monkeypatch):
+    """planner.finetune(): the shared trainer gets the context's seed (--seed), not the TrainConfig default."""
+    import types
+
+    from vitrt.compiler.target import TargetConfig
+    from vitrt.transforms.base import PlanContext
+    from vitrt.transforms.prune import planner
+    from vitrt.transforms.prune.config import PruneConfig
+
+    seen = []
+
+    def fake_train(student, data, objective, config, **kwargs):
+        seen.append(config)
+        return types.SimpleNamespace(history=[{"total": 1.0}], seconds=0.0)
+
+    class Ctx(PlanContext):
+        def data(self, source, split="train", limit=None, labelled=False):
+            return None
+
+    monkeypatch.setattr(planner, "train", fake_train)
+    ctx = Ctx(target=TargetConfig(batch=2), teacher=dc_twin, seed=7)
+    options = PruneConfig(fraction=0.9, data="synthetic", finetune_epochs=1).validate()
+    record = planner.finetune(dc_twin, ctx, options, 1)
+    assert [(c.seed, c.epochs) for c in seen] == [(7, 1)] and record["epochs"] == 1
+
+
+def test_a_given_plan_is_matched_and_its_pruned_spec_passed_on_before_any_work(dc_spec, tmp_path):
+    """PruneConfig.check() with --prune-plan: the plan is read and matched against the model's spec (a plan for
+    another model is refused there, before any weights load) and the pruned spec is what later sections are
+    checked against."""
+    from vitrt.compiler.errors import VitrtError
+    from vitrt.compiler.target import TargetConfig
+    from vitrt.transforms.prune.config import PruneConfig
+    from vitrt.transforms.prune.plan import BlockPlan, PruningPlan
+
+    keep = PruningPlan.keep_all(dc_spec)
+    blocks = list(keep.blocks)
+    blocks[1] = BlockPlan(blocks[1].heads, blocks[1].qk, blocks[1].v, tuple(range(128)))
+    plan = dataclasses.replace(keep, blocks=tuple(blocks)).validate()
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    options = PruneConfig(plan=path).validate()
+    pruned = options.check(dc_spec, TargetConfig(batch=2))
+    assert pruned == plan.pruned_spec(dc_spec) and pruned.blocks[1].mlp == 128
+    other = dc_spec.with_blocks(list(dc_spec.blocks[:3]))
+    with pytest.raises(VitrtError):
+        options.check(other, TargetConfig(batch=2))

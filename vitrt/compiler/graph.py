@@ -211,7 +211,9 @@ class GraphView:
                 self._expect_shape(ref.name, ref.weight, shape)
                 if ref.bias is not None:
                     self._expect_shape(f"{ref.name}.bias", ref.bias, (shape[1],))
-        self._expect_shape("head", self.linear("head").weight, (spec.emb, spec.num_classes))
+        heads = ("head", "head_dist") if spec.distilled else ("head",)
+        for name in heads:
+            self._expect_shape(name, self.linear(name).weight, (spec.emb, spec.num_classes))
 
     @staticmethod
     def _expect_shape(name: str, tensor, shape) -> None:

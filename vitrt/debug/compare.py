@@ -46,10 +46,22 @@ class Artifact:
     def precision(self) -> str:
         return artifact_precision(self.manifest)
 
+    @property
+    def tolerance(self) -> float:
+        """The logits tolerance the compile verified this graph at: the loosest of what it quantized and typed
+        (int4w weights on fp16 activations: fp16's, as the pass manager keeps the passes' largest)."""
+        kinds = [self.precision]
+        if "precision" in self.manifest:
+            kinds.append(self.manifest["precision"].get("activations", "fp16"))
+        return max(dtype_tolerance(kind) for kind in kinds)
+
     def probe_backend(self, chosen: str | None) -> str:
-        """``chosen``, else the backend it was compiled for where that can probe (a TensorRT plan: ONNX Runtime)."""
+        """``chosen``, else the backend it was compiled for where that can probe (a TensorRT plan: ONNX Runtime, or
+        torch for a bf16 graph: ONNX Runtime has no bf16 kernels on CPU)."""
         compiled = self.manifest.get("backend", "ort")
-        return chosen or (compiled if compiled in PROBE_BACKENDS else "ort")
+        if compiled in PROBE_BACKENDS:
+            return chosen or compiled
+        return chosen or ("torch" if self.manifest.get("precision", {}).get("activations") == "bf16" else "ort")
 
 
 def artifact_precision(manifest: dict) -> str:
@@ -103,7 +115,7 @@ def compare_with_twin(config: CompareConfig, progress) -> tuple[Comparison, dict
         candidate, reference = pinned_probes(candidate, reference, deciders, flips)
     count, batches = image_batches(config.data, artifact.spec, config.images, config.seed)
     with progress.step(f"comparing {len(points)} points on {count} {config.data} images"):
-        comparison = compare_probes(candidate, reference, points, batches, dtype_tolerance(artifact.precision))
+        comparison = compare_probes(candidate, reference, points, batches, artifact.tolerance)
     reference_name = "float twin (no quantization / precision typing)" if config.against == "float" else "twin"
     if deciders:
         reference_name += (f", merging as the graph decided ({sum(flips)} of {count} images would merge "
@@ -151,7 +163,7 @@ def compare_artifacts(config: CompareConfig, progress) -> tuple[Comparison, dict
     backend_a, backend_b = a.probe_backend(config.backend), b.probe_backend(config.backend_b)
     reference = graph_probe(a.model, points_a, backend_a, config.threads)
     candidate = graph_probe(b.model, points_b, backend_b, config.threads)
-    tolerance = max(dtype_tolerance(a.precision), dtype_tolerance(b.precision))
+    tolerance = max(a.tolerance, b.tolerance)
     count, batches = image_batches(config.data, a.spec, config.images, config.seed)
     with progress.step(f"comparing {len(points_b)} shared points on {count} {config.data} images"):
         comparison = compare_probes(candidate, reference, points_b, batches, tolerance)

@@ -34,10 +34,10 @@ from vitrt.debug.points import Point
 def dtype_tolerance(precision: str) -> float:
     """Verification's logits tolerance for a graph of ``precision`` (the passes' own figures)."""
     from vitrt.compiler.pass_manager import FP32_TOLERANCE
-    from vitrt.transforms.precision.plan import FP16_TOLERANCE
+    from vitrt.transforms.precision.plan import TOLERANCES
     from vitrt.transforms.quant.graph_pass import QDQ_TOLERANCE
 
-    return {"fp32": FP32_TOLERANCE, "fp16": FP16_TOLERANCE, **QDQ_TOLERANCE}.get(precision, FP32_TOLERANCE)
+    return {"fp32": FP32_TOLERANCE, **TOLERANCES, **QDQ_TOLERANCE}.get(precision, FP32_TOLERANCE)
 
 
 @dataclass

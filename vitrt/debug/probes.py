@@ -74,6 +74,11 @@ def ort_probe(model: onnx.ModelProto, points: list[Point], threads: int | None =
     """The graph in ONNX Runtime (CPU) with every point as an output."""
     from vitrt.compiler.backends.ort import ort_session
 
+    bf16 = onnx.TensorProto.BFLOAT16
+    if any(t.data_type == bf16 for t in model.graph.initializer) or any(
+            a.name == "to" and a.i == bf16 for n in model.graph.node if n.op_type == "Cast" for a in n.attribute):
+        raise VitrtError("ONNX Runtime has no bfloat16 kernels on CPU, so it cannot run this bf16 graph: probe it "
+                         "with --backend torch")
     session = ort_session(mark_outputs(model, points), threads=threads, level="all")
     input_name = session.get_inputs()[0].name
     names = list(dict.fromkeys(p.tensor for p in points if p.tensor != input_name))
