@@ -14,23 +14,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import tiny_vit
+from lint_support import F, F16, model, rules_hit
 from vitrt.compiler.errors import SpecError, VitrtError
 from vitrt.compiler.trt_lint import lint
-
-F, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
-
-
-# --- helpers -------------------------------------------------------------------------------------------------------
-
-def model(nodes, inputs, outputs, inits=(), opset=17) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
-                              [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs],
-                              [numpy_helper.from_array(np.asarray(v), n) for n, v in inits])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
-
-
-def rules_hit(m: onnx.ModelProto) -> set[str]:
-    return {f.rule for f in lint(m).findings}
 
 
 def messages(m: onnx.ModelProto, rule: str) -> list[str]:

@@ -14,23 +14,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import tiny_vit
+from lint_support import F, F16, model, rules_hit
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.lower import lower
 from vitrt.compiler.models import canonicalize
 from vitrt.compiler.trt_lint import CHECKS, RULES, check_trt, lint, qdq_findings
-
-F, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
-
-
-def model(nodes, inputs, outputs, inits=(), opset=17) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
-                              [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs],
-                              [numpy_helper.from_array(np.asarray(v), n) for n, v in inits])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
-
-
-def rules_hit(m: onnx.ModelProto) -> set[str]:
-    return {f.rule for f in lint(m).findings}
 
 
 def matmul_qdq(act_scale=np.float32(0.1), act_zp=np.int8(0), w_scale=None, w_zp=None, axis=1, extra=(), opset=17,
