@@ -248,6 +248,9 @@ def synthesize(twin, out: str | Path, config: SynthesisConfig, *, mean, std, mod
     from vitrt.compiler.progress import QUIET
 
     config = config.validate()
+    if feature_reference is not None and len(feature_reference) == 0:
+        raise VitrtError("feature_reference holds no images: pass the images whose block statistics the feature "
+                         "term matches, or None to leave the term off")
     progress = progress or QUIET
     root = Path(out)
     twin = copy.deepcopy(twin).eval()
