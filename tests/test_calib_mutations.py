@@ -222,3 +222,12 @@ def test_an_empty_feature_reference_is_refused_before_anything_is_written(tmp_pa
         synthesize(twin, tmp_path / "set", SynthesisConfig(images=2, iterations=1, batch_size=2), mean=0.5, std=0.5,
                    feature_reference=torch.zeros(0, 3, 32, 32))
     assert not (tmp_path / "set").exists()
+
+
+def test_a_grayscale_model_grows_a_set(tmp_path):
+    """synth() of a 1-channel ViT: timm's RGB mean/std become one grey channel (it stopped in a numpy error)."""
+    from vitrt.calib.synthesis import synth
+
+    meta = synth(tiny_vit(depth=1, in_chans=1), tmp_path / "set", images=2, iterations=1, batch_size=2, quiet=True)
+    assert len(meta["normalization"]["mean"]) == 1 and len(meta["normalization"]["std"]) == 1
+    assert (tmp_path / "set" / "metadata.json").is_file()

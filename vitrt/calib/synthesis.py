@@ -422,7 +422,10 @@ def model_for_synthesis(model, *, checkpoint=None, pretrained: bool = False, img
         check_supported(model)
         name = type(model).__name__
     data_config = resolve_data_config({}, model=model)
-    return canonicalize(model), data_config["mean"], data_config["std"], name
+    twin, mean, std = canonicalize(model), data_config["mean"], data_config["std"]
+    if twin.spec.in_chans == 1 and len(mean) == 3:  # a grayscale model under an RGB config: one grey channel
+        mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
+    return twin, mean, std, name
 
 
 def synth(model, out: str | Path, config: SynthesisConfig | None = None, *, checkpoint=None, pretrained: bool = False,
