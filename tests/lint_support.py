@@ -22,3 +22,18 @@ def model(nodes, inputs, outputs, inits=(), opset=17) -> onnx.ModelProto:
 def rules_hit(m: onnx.ModelProto) -> set[str]:
     """The names of the rules ``m`` breaks."""
     return {f.rule for f in lint(m).findings}
+
+
+def matmul_qdq(act_scale=np.float32(0.1), act_zp=np.int8(0), w_scale=None, w_zp=None, axis=1, extra=(), opset=17,
+               weight=None, block=0):
+    """x[2, 8] -> Q -> DQ -> MatMul(·, DQ(W[8, 4])) -> y: TensorRT's placement, per-channel weights on axis 1."""
+    weight = np.ones((8, 4), np.int8) if weight is None else weight
+    w_scale = np.full(4, 0.01, np.float32) if w_scale is None else w_scale
+    w_zp = np.zeros(w_scale.shape, weight.dtype) if w_zp is None else w_zp
+    attrs = {"axis": axis} | ({"block_size": block} if block else {})
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], name="wdq", **attrs),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"], name="mm"), *extra]
+    inits = [("s", act_scale), ("z", act_zp), ("w", weight), ("ws", w_scale), ("wz", w_zp)]
+    return model(nodes, [("x", F, [2, 8])], [("y", F, [2, 4])], inits, opset)

@@ -14,25 +14,13 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import tiny_vit
-from lint_support import F, F16, model, rules_hit
+from lint_support import F, F16, matmul_qdq, model, rules_hit
 from vitrt.compiler.errors import SpecError, VitrtError
 from vitrt.compiler.trt_lint import lint
 
 
 def messages(m: onnx.ModelProto, rule: str) -> list[str]:
     return [f.message for f in lint(m).findings if f.rule == rule]
-
-
-def matmul_qdq(act_scale=np.float32(0.1), act_zp=np.int8(0), w_scale=None, axis=1, extra=(), opset=17):
-    """x[2, 8] -> Q -> DQ -> MatMul(·, DQ(W[8, 4])) -> y (TensorRT's placement, per-channel weights)."""
-    weight = np.ones((8, 4), np.int8)
-    w_scale = np.full(4, 0.01, np.float32) if w_scale is None else w_scale
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
-             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
-             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], name="wdq", axis=axis),
-             helper.make_node("MatMul", ["xd", "wd"], ["y"], name="mm"), *extra]
-    inits = [("s", act_scale), ("z", act_zp), ("w", weight), ("ws", w_scale), ("wz", np.zeros(w_scale.shape, np.int8))]
-    return model(nodes, [("x", F, [2, 8])], [("y", F, [2, 4])], inits, opset)
 
 
 def int4_matmul(block: int, k: int = 128, scale_shape=None, scale_dtype=np.float16, x_type=F16, untyped_x=False):

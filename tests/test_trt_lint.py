@@ -14,26 +14,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import tiny_vit
-from lint_support import F, F16, model, rules_hit
+from lint_support import F, F16, matmul_qdq, model, rules_hit
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.lower import lower
 from vitrt.compiler.models import canonicalize
 from vitrt.compiler.trt_lint import CHECKS, RULES, check_trt, lint, qdq_findings
-
-
-def matmul_qdq(act_scale=np.float32(0.1), act_zp=np.int8(0), w_scale=None, w_zp=None, axis=1, extra=(), opset=17,
-               weight=None, block=0):
-    """x[2, 8] -> Q -> DQ -> MatMul(·, DQ(W[8, 4])) -> y: TensorRT's placement, per-channel weights on axis 1."""
-    weight = np.ones((8, 4), np.int8) if weight is None else weight
-    w_scale = np.full(4, 0.01, np.float32) if w_scale is None else w_scale
-    w_zp = np.zeros(w_scale.shape, weight.dtype) if w_zp is None else w_zp
-    attrs = {"axis": axis} | ({"block_size": block} if block else {})
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
-             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
-             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], name="wdq", **attrs),
-             helper.make_node("MatMul", ["xd", "wd"], ["y"], name="mm"), *extra]
-    inits = [("s", act_scale), ("z", act_zp), ("w", weight), ("ws", w_scale), ("wz", w_zp)]
-    return model(nodes, [("x", F, [2, 8])], [("y", F, [2, 4])], inits, opset)
 
 
 def test_every_rule_has_a_check_and_a_source():

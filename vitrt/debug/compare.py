@@ -50,10 +50,7 @@ class Artifact:
     def tolerance(self) -> float:
         """The logits tolerance the compile verified this graph at: the loosest of what it quantized and typed
         (int4w weights on fp16 activations: fp16's, as the pass manager keeps the passes' largest)."""
-        kinds = [self.precision]
-        if "precision" in self.manifest:
-            kinds.append(self.manifest["precision"].get("activations", "fp16"))
-        return max(dtype_tolerance(kind) for kind in kinds)
+        return max(dtype_tolerance(self.precision), dtype_tolerance(activation_precision(self.manifest) or "fp32"))
 
     def probe_backend(self, chosen: str | None) -> str:
         """``chosen``, else the backend it was compiled for where that can probe (a TensorRT plan: ONNX Runtime, or
@@ -61,16 +58,19 @@ class Artifact:
         compiled = self.manifest.get("backend", "ort")
         if compiled in PROBE_BACKENDS:
             return chosen or compiled
-        return chosen or ("torch" if self.manifest.get("precision", {}).get("activations") == "bf16" else "ort")
+        return chosen or ("torch" if activation_precision(self.manifest) == "bf16" else "ort")
 
 
 def artifact_precision(manifest: dict) -> str:
     """The precision a compile built: its quantization section's, fp16 when typed, else fp32."""
     if "quantization" in manifest:
         return manifest["quantization"]["precision"]
-    if "precision" in manifest:
-        return manifest["precision"].get("activations", "fp16")
-    return "fp32"
+    return activation_precision(manifest) or "fp32"
+
+
+def activation_precision(manifest: dict) -> str | None:
+    """The type precision typing gave the activations (fp16 / bf16); None where the compile typed nothing."""
+    return manifest["precision"].get("activations", "fp16") if "precision" in manifest else None
 
 
 def load_artifact(path: Path) -> Artifact:
