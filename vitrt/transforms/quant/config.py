@@ -46,8 +46,11 @@ class QuantConfig:
             raise OptionError(f"--calib-images must be >= 1, got {self.calib_images}")
         if precision == "int4w" and (self.qat_epochs or self.quantize_attention):
             raise OptionError("int4w is weight-only: --qat-epochs and --quantize-attention apply to int8 and fp8")
-        if self.scale_table is not None and self.calib_data is not None and not self.qat_epochs:
-            raise OptionError("--scale-table replaces calibration: drop --calib-data (or add --qat-epochs to fine-tune)")
+        # beside a scale table, --calib-data is what QAT fine-tunes on or what --keep-float-top scores layers on
+        scores_layers = self.keep_float_top and self.sensitivity is None
+        if self.scale_table is not None and self.calib_data is not None and not (self.qat_epochs or scores_layers):
+            raise OptionError("--scale-table replaces calibration: drop --calib-data (or add --qat-epochs to fine-tune "
+                              "on it, or --keep-float-top K to score layers on it)")
         if not quant and (self.exclude or self.keep_float_top):
             raise OptionError(f"--quant-exclude / --keep-float-top need --precision int8, fp8 or int4w (got {precision})")
         if self.keep_float_top < 0:

@@ -34,7 +34,11 @@ def most_sensitive(twin, table, ctx: PlanContext, options, skip) -> dict[str, st
                          f"quantizable layers float: nothing would be {table.precision}; pass fewer (or compile fp32)")
     if options.sensitivity is not None:
         ranking = read_ranking(options.sensitivity, table.precision, candidates + list(skip), model=ctx.model)
-        ranked = [layer for layer in ranking if layer in candidates]
+        ranked = list(dict.fromkeys(layer for layer in ranking if layer in candidates))
+        if len(ranked) < options.keep_float_top:
+            raise VitrtError(f"--keep-float-top {options.keep_float_top}: {options.sensitivity.name} ranks only "
+                             f"{len(ranked)} of the {len(candidates)} layers it could keep float; score this model "
+                             "again (vitrt sensitivity) or pass a smaller K")
         return {layer: f"sensitivity rank {ranking.index(layer) + 1} in {options.sensitivity.name}"
                 for layer in ranked[:options.keep_float_top]}
     source = options.calib_data or "synthetic"

@@ -33,7 +33,8 @@ class QuantPlan:
         notes = []
         blocks = sorted(int(k.split(".")[1]) for k in self.table.entries if k.endswith(".attn.q.weight"))
         if self.quantize_attention:
-            plain = [i for i in blocks if f"blocks.{i}.attn.qk.input_a" not in self.table.entries]
+            plain = [i for i in blocks if f"blocks.{i}.attn.qk.input_a" not in self.table.entries
+                     and f"blocks.{i}.attn.qk" not in self.float_layers]
             if plain:
                 notes.append(f"quantize-attention: blocks {plain} keep float attention matmuls (TensorRT's fused "
                              "attention takes Q/DQ only for head size 16/32/64 and <= 512 tokens)")

@@ -26,7 +26,7 @@ from vitrt.transforms.quant.scale_table import excluded_layers, load_scale_table
 def plan(twin, ctx: PlanContext, options: QuantConfig) -> QuantPlan:
     precision, att = ctx.target.precision, options.quantize_attention
     source = options.calib_data or "synthetic"
-    info: dict = {"calib_data": source if options.scale_table is None else None}
+    info: dict = {"calib_data": source if options.scale_table is None and precision != "int4w" else None}
     start = time.perf_counter()
     if options.scale_table is not None:
         table = load_scale_table(options.scale_table, twin.spec, precision, quantize_attention=att,
