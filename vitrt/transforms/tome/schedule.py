@@ -45,11 +45,11 @@ class TomeSchedule:
         if (self.r is None) == (self.per_block is None):
             raise VitrtError("token merging: give either a constant r (--tome R) or a per-block list (--tome-schedule)")
         if self.r is not None and (not isinstance(self.r, int) or self.r < 0):
-            raise VitrtError(f"token merging: r must be a non-negative integer, got {self.r!r}")
+            raise OptionError(f"token merging: r must be a non-negative integer, got {self.r!r}")
         if not -1.0 <= float(self.inflection) <= 1.0:
-            raise VitrtError(f"token merging: ramp inflection must be in [-1, 1], got {self.inflection}")
+            raise OptionError(f"token merging: ramp inflection must be in [-1, 1], got {self.inflection}")
         if self.per_block is not None and any(not isinstance(v, int) or v < 0 for v in self.per_block):
-            raise VitrtError(f"token merging: per-block r must be non-negative integers, got {list(self.per_block)}")
+            raise OptionError(f"token merging: per-block r must be non-negative integers, got {list(self.per_block)}")
         if self.skip is not None and self.skip < 0:
             raise OptionError(f"--dfe-skip must be >= 0, got {self.skip}")
         if self.window is not None and self.window < 1:
@@ -82,7 +82,7 @@ class TomeSchedule:
     def from_json(cls, text: str) -> "TomeSchedule":
         try:
             return cls.from_dict(json.loads(text))
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError; so is float("x")
             raise VitrtError(f"malformed token-merge schedule JSON: {exc}") from None
 
 
@@ -216,6 +216,10 @@ class MergePlan:
         if first is not None and blocks[first].tokens != prefix + grid * grid:
             raise VitrtError(f"malformed merge plan: block {first} merges inside windows after tokens were merged "
                              f"globally ({blocks[first].tokens} tokens, the {grid}x{grid} grid has {grid * grid})")
+        if first is not None and (schedule.window is None or grid % schedule.window
+                                  or blocks[first].windows not in window_levels(grid, schedule.window)):
+            raise VitrtError(f"malformed merge plan: block {first} merges inside {blocks[first].windows} windows, which "
+                             f"--lgtm-window {schedule.window} does not make on the {grid}x{grid} grid")
         for a, b in zip(blocks, blocks[1:]):
             if a.tokens_out != b.tokens:
                 raise VitrtError(f"malformed merge plan: block {a.index} leaves {a.tokens_out} tokens, block "
@@ -230,6 +234,9 @@ class MergePlan:
             def say(depth, prefix, grid, tokens):
                 return f"{depth} blocks, {prefix} prefix token(s), a {grid}x{grid} grid, {tokens} tokens"
             raise VitrtError(f"merge plan made for {say(*made)}; the model has {say(*model)}")
+        bare = [b.index for b, s in zip(self.blocks, spec.blocks) if b.merges and not s.heads]
+        if bare:
+            raise VitrtError(f"merge plan merges in block(s) {bare}, which have no attention in this model")
 
 
 def requested_r(schedule: TomeSchedule, depth: int) -> tuple[list[int], int]:
@@ -238,7 +245,7 @@ def requested_r(schedule: TomeSchedule, depth: int) -> tuple[list[int], int]:
         if len(schedule.per_block) != depth:
             raise OptionError(f"--tome-schedule lists {len(schedule.per_block)} values but the model has {depth} blocks")
         if schedule.skip is not None:
-            raise VitrtError("--dfe-skip cannot be combined with --tome-schedule: write the skipped blocks as 0")
+            raise OptionError("--dfe-skip cannot be combined with --tome-schedule: write the skipped blocks as 0")
         skip = next((i for i, v in enumerate(schedule.per_block) if v), depth)
         return list(schedule.per_block), skip
     skip = depth // 6 if schedule.skip is None else schedule.skip
@@ -288,7 +295,7 @@ def resolve(schedule: TomeSchedule, spec) -> MergePlan:
                               f"grid allow at most {len(levels)} local block(s) before they cover the grid")
         levels = levels[:transition]
     elif schedule.transition:
-        raise VitrtError("--lgtm-transition needs --lgtm-window")
+        raise OptionError("--lgtm-transition needs --lgtm-window")
     tokens = spec.tokens
     layout: list[tuple[int, int, int]] = []  # (tokens in, windows, merges per window) of every block
     for i in range(depth):

@@ -24,15 +24,14 @@ def _search(spec, fraction: float, cost, what: str, *, skip=None, window=None, t
     if not 0.0 < fraction <= 1.0:
         raise OptionError(f"--tome-{what} must be a fraction in (0, 1], got {fraction}")
     dense = cost(spec)
-    best = None
-    for r in range(0, spec.tokens):  # capping makes large r equivalent; stop when it no longer changes the plan
+    most = resolve(TomeSchedule(r=spec.tokens, skip=skip, window=window, transition=transition), spec).r
+    for r in range(0, spec.tokens + 1):  # capping makes large r equivalent; stop at the most merging (every block capped)
         plan = resolve(TomeSchedule(r=r, skip=skip, window=window, transition=transition), spec)
         ratio = cost(plan.apply_to_spec(spec)) / dense
         if ratio <= fraction:
             return plan
-        if best is not None and plan.r == best.r:
+        if plan.r == most:  # not "the same plan as r - 1": under LGTM, ceil(r / windows) makes plateaus
             break
-        best = plan
     raise UnreachableTarget(f"--tome-{what} {fraction}: the most merging this schedule allows keeps "
                             f"{ratio:.3f} of the dense {what}; raise the fraction or lower --dfe-skip", ratio)
 
