@@ -140,9 +140,10 @@ def write_recipe(path: Path, model: str, options: dict, plans: dict[str, Any], m
     return recipe
 
 
-# Options only the planners read: a replay plans nothing, so they are recorded in meta, not in options.
-PLANNING_ONLY = ("data", "importance", "eta", "prune_samples", "finetune_epochs", "revit", "tome_lut", "tome_flops",
-                 "tome_latency", "sparse_finetune_epochs", "sparse_data", "permute", "calib_data", "calib_method",
+# Options only the planners read: a replay plans nothing, so they are recorded in meta, not in options. The token-merge
+# targets (--tome-flops, --tome-latency) stay: with the recipe's merge plan given they only switch the stage on.
+PLANNING_ONLY = ("data", "importance", "eta", "prune_samples", "finetune_epochs", "revit", "tome_lut",
+                 "sparse_finetune_epochs", "sparse_data", "permute", "calib_data", "calib_method",
                  "calib_images", "qat_epochs", "scale_table", "lowrank_finetune_epochs", "lowrank_data", "lowrank_layers",
                  "lowrank_align", "prune_plan", "lowrank_plan", "distill_data", "few_shot", "dcvit_metric", "dcvit_mlp",
                  "dcvit_epochs", "dcvit_score_epochs", "dcvit_lr", "dcvit_whole_blocks", "dcvit_mlp_only",
@@ -163,7 +164,8 @@ def read_recipe(path) -> Recipe:
         raise RecipeError(f"recipe '{path}' is malformed: missing or invalid field {exc}") from None
     for stage, name in recipe.plan_files.items():
         codec(stage)
-        if Path(name).is_absolute() or ".." in Path(name).parts or not (path.parent / name).is_file():
+        if (not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts
+                or not (path.parent / name).is_file()):
             raise RecipeError(f"recipe '{path}': the {stage} plan '{name}' is not a file beside it")
     return recipe
 

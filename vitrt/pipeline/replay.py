@@ -13,6 +13,7 @@ what ``vitrt compare`` and its bisection run.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -133,13 +134,14 @@ def load_record(out: Path) -> Record:
     try:
         with np.load(directory / "arrays.npz", allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise VitrtError(f"twin record '{directory}': cannot read arrays.npz ({exc})") from None
     try:
         spec = ViTSpec.from_dict(data["spec"])
         target = TargetConfig(**{k: data["target"][k] for k in TARGET_FIELDS})
-        stages, raw_plans = list(data["stages"]), data["plans"]
-    except (KeyError, TypeError) as exc:
+        stages, raw_plans = list(data["stages"]), {stage: data["plans"][stage] for stage in data["stages"]}
+        seed = int(data.get("seed", 0))
+    except (KeyError, TypeError, ValueError) as exc:
         raise VitrtError(f"twin record '{directory}': missing or invalid field {exc}") from None
     twin = CanonicalViT(spec).eval()
     state = {k[len("twin/"):]: v for k, v in arrays.items() if k.startswith("twin/")}
@@ -147,7 +149,7 @@ def load_record(out: Path) -> Record:
     if missing:
         raise VitrtError(f"twin record '{directory}': no weights for '{missing[0]}' ({len(missing)} missing)")
     load_parameter_state(twin, state)
-    record = Record(twin, target, {}, int(data.get("seed", 0)), [twin])
+    record = Record(twin, target, {}, seed, [twin])
     current = twin
     for stage in stages:
         prefix = f"{stage}/"
