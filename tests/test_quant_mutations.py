@@ -10,7 +10,6 @@ import json
 from types import SimpleNamespace
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from onnx import numpy_helper
@@ -224,7 +223,7 @@ def test_a_distilled_models_second_head_is_quantized(images):
 def test_expected_shapes_follow_a_pruned_v_width(images):
     """After pruning V to 16 per head (Q·K keeps 32), the v weight has N = heads·v and proj has K = heads·v: the
     table's shapes and the INT4 blocks follow the twin's real weights."""
-    from vitrt.transforms.prune.plan import BlockPlan, PruningPlan
+    from vitrt.transforms.prune.plan import PruningPlan
     from vitrt.transforms.prune.twin import apply_plan as prune
 
     dense = canonicalize(tiny_vit(depth=1))
