@@ -63,6 +63,20 @@ def attributes(node: onnx.NodeProto) -> dict:
     return out
 
 
+def constant_value(node: onnx.NodeProto) -> torch.Tensor:
+    """A Constant node's tensor, whichever attribute holds it (``value``, or ``value_float(s)`` / ``value_int(s)``:
+    float32 and int64, as ONNX defines them)."""
+    attrs = attributes(node)
+    if "value" in attrs:
+        return attrs["value"]
+    for name, dtype in (("value_float", torch.float32), ("value_floats", torch.float32), ("value_int", torch.int64),
+                        ("value_ints", torch.int64)):
+        if name in attrs:
+            return torch.tensor(attrs[name], dtype=dtype)
+    raise VitrtError(f"Constant '{node.name}' holds {sorted(attrs)}: the torch backend reads value, value_float(s) "
+                     "and value_int(s)")
+
+
 class _Constants(dict):
     """Constant tensors by ONNX name; a folded node's outputs are computed only when something reads them
     (an INT8 weight's dequantized float copy is never made when the integer kernel takes the weight)."""
@@ -129,7 +143,7 @@ class _Importer:
         base = re.sub(r"\W", "_", name).strip("_") or "t"
         base = f"t_{base}" if base[0].isdigit() else base
         candidate, i = base, 1
-        while candidate in self._names:
+        while candidate in self._names or hasattr(self.root, candidate):  # nn.Module's own: half, to, training...
             candidate, i = f"{base}_{i}", i + 1
         self._names.add(candidate)
         return candidate
@@ -174,7 +188,7 @@ class _Importer:
             if node.name in self.done:
                 continue
             if node.op_type == "Constant":
-                self.consts[node.output[0]] = attributes(node)["value"]
+                self.consts[node.output[0]] = constant_value(node)
             elif node.op_type == "MatMul" and (self.linear(node) or self.attention(node)):
                 pass
             elif node.op_type == "Div" and self.gelu(node):

@@ -244,8 +244,14 @@ QUANT_RANGES = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
 
 def quantize_linear(x, scale, zero_point=None, *, axis: int = 1, saturate: int = 1, block_size: int = 0,
                     output_dtype: int = 0):
-    """y = saturate(round_half_even(x / scale) + zero_point), in zero_point's type (int8 default)."""
-    dtype = zero_point.dtype if zero_point is not None else torch.uint8
+    """y = saturate(round_half_even(x / scale) + zero_point), in zero_point's type; without a zero point in
+    ``output_dtype``'s (opset 21), else uint8 — as ONNX defines it."""
+    if zero_point is not None:
+        dtype = zero_point.dtype
+    else:
+        dtype = ONNX_DTYPES.get(output_dtype) if output_dtype else torch.uint8
+    if dtype is None:
+        raise VitrtError(f"QuantizeLinear to ONNX type {output_dtype} is not supported by the torch backend")
     s = _per_axis(scale, x, axis, block_size)
     if dtype == torch.float8_e4m3fn:
         y = x / s
