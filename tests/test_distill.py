@@ -36,7 +36,7 @@ BATCH = 2
 class SmallData(PlanContext):
     """The planners' data source, 64 random images (the stage's own 1024 synthetic images take minutes here)."""
 
-    def data(self, source, split="train", limit=None):
+    def data(self, source, split="train", limit=None, labelled=False):
         return ImageSet(torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0)), None)
 
 

@@ -23,7 +23,8 @@ SYNTHETIC_IMAGES = 1024
 
 def plan(twin, ctx: PlanContext, options: DistillConfig) -> DistillPlan:
     student = copy.deepcopy(twin).train().requires_grad_(True)
-    data = ctx.data(options.data, limit=SYNTHETIC_IMAGES if options.data == "synthetic" else None)
+    data = ctx.data(options.data, limit=SYNTHETIC_IMAGES if options.data == "synthetic" else None,
+                    labelled=True)  # eq. 4's CE reads the labels: an ImageFolder must have the model's classes
     config = TrainConfig(**{**vars(RECIPE), "epochs": options.epochs, "seed": ctx.seed, "augment": data.labelled})
     with ctx.progress.step(f"distilling the compressed twin for {options.epochs} epoch(s)"):
         result = train(student, data, Objective(*LOSS, teacher=ctx.teacher), config, progress=ctx.progress,

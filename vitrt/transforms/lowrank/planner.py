@@ -123,7 +123,7 @@ def finetune(student, ctx: PlanContext, options: LowRankConfig) -> dict:
     objective = Objective(HardLabel(), SoftLogits(1.0, 2.0), teacher=ctx.teacher)
     config = TrainConfig(epochs=options.finetune_epochs, lr=5e-4, batch_size=32, weight_decay=0.05, augment=True,
                          seed=ctx.seed)
-    data = ctx.data(options.data, limit=None if options.data != "synthetic" else 1024)
+    data = ctx.data(options.data, limit=None if options.data != "synthetic" else 1024, labelled=True)  # HardLabel
     result = train(student, data, objective, config, progress=ctx.progress, desc="fine-tuning the factored twin")
     return {"epochs": options.finetune_epochs, "lr": config.lr, "data": options.data,
             "loss_per_epoch": [h["total"] for h in result.history], "seconds": result.seconds}

@@ -50,7 +50,7 @@ class TypedTwin(nn.Module):
             if kept and isinstance(module, kept):
                 parent, _, attr = name.rpartition(".")
                 setattr(model.get_submodule(parent) if parent else model, attr, _Fp32(module))
-            if isinstance(module, CanonicalAttention):
+            if type(module) is CanonicalAttention:  # a subclass (QuantAttention) keeps its own forward
                 module.__class__ = _MixedAttention
                 module.softmax_fp32 = "Softmax" in keep_fp32
         self.model, self.spec = model, twin.spec
