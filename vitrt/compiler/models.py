@@ -200,6 +200,8 @@ def check_architecture(model: nn.Module) -> None:
         problems.append("patch embedding other than a plain Conv")
     if not isinstance(model.norm, nn.LayerNorm):
         problems.append("final norm other than LayerNorm")
+    if any(isinstance(m, nn.LayerNorm) and (m.weight is None or m.bias is None) for m in model.modules()):
+        problems.append("LayerNorm without an affine weight and bias")  # the twin's LayerNorms hold both
     for name in ("head", "head_dist"):  # the canonical head is one Linear (head_dist: a distilled model's second)
         head = getattr(model, name, None)
         if head is not None and not isinstance(head, nn.Linear) and not (isinstance(head, nn.Identity)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -28,6 +29,11 @@ SPEC_METADATA_KEY = "vitrt.spec"
 SPEC_FORMAT_VERSION = 1
 BLOCK_LINEAR_NAMES = ("attn.q", "attn.k", "attn.v", "attn.proj", "mlp.fc1", "mlp.fc2")
 LOWRANK_KEY = "lowrank"  # extra[LOWRANK_KEY]["ranks"]: factored linear layers, canonical name -> rank
+
+
+def positive_number(value) -> bool:
+    """A finite number above zero (a bool is not a number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ class BlockSpec:
             raise SpecError(f"block {index}: a block with {self.heads} heads needs qk > 0 and v > 0")
         if self.tokens <= 0:
             raise SpecError(f"block {index}: tokens must be positive, got {self.tokens}")
-        if not (isinstance(self.scale, (int, float)) and self.scale > 0):
+        if not positive_number(self.scale):
             raise SpecError(f"block {index}: scale must be a positive number, got {self.scale!r}")
         if self.tokens_out is not None and not (0 < self.tokens_out <= self.tokens):
             raise SpecError(f"block {index}: tokens_out must be in 1..{self.tokens}, got {self.tokens_out}")
@@ -120,6 +126,8 @@ class ViTSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise SpecError(f"spec: {name} must be a positive int, got {value!r}")
+        if not positive_number(self.norm_eps):
+            raise SpecError(f"spec: norm_eps must be a positive number, got {self.norm_eps!r}")
         if self.img % self.patch:
             raise SpecError(f"spec: img {self.img} is not a multiple of patch {self.patch}")
         if self.prefix_tokens != 1 + int(self.distilled):
