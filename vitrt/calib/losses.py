@@ -98,7 +98,7 @@ class Objective:
             else:
                 losses = per_feature_mse(t_feats, s_feats)
                 w = torch.ones_like(losses) if term.feature_weights is None else \
-                    torch.as_tensor(term.feature_weights, dtype=losses.dtype)
+                    torch.as_tensor(term.feature_weights, dtype=losses.dtype, device=losses.device)
                 value = (w * losses).sum()
                 parts["per_feature"] = losses.detach()
             total = total + term.weight * value
