@@ -57,6 +57,20 @@ def max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
 
 
+class Fixed(torch.nn.Module):
+    """Returns given logits and features whatever the images (the objective's arithmetic alone)."""
+
+    def __init__(self, logits, features=()):
+        super().__init__()
+        self.logits, self.features = logits, list(features)
+
+    def forward(self, images):
+        return self.logits
+
+    def forward_with_features(self, images):
+        return self.logits, self.features
+
+
 def score_path(graph, block: int) -> list[str]:
     """Op types from ``blocks.{block}.attn.qk`` to the Softmax of an ONNX graph, following each output's single
     consumer (TensorRT fuses MatMul -> optional Add -> Softmax -> MatMul; a Mul in between defeats it)."""

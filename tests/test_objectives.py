@@ -10,24 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import Fixed
 from vitrt.calib.digits import augment
 from vitrt.calib.losses import FeatureMimic, HardLabel, Objective, SoftLogits
 from vitrt.calib.trainer import cosine_schedule
 from vitrt.compiler.timing import Interleaved, typical_ms
-
-
-class Fixed(torch.nn.Module):
-    """Returns given logits and features whatever the images (the objective's arithmetic alone)."""
-
-    def __init__(self, logits, features=()):
-        super().__init__()
-        self.logits, self.features = logits, list(features)
-
-    def forward(self, images):
-        return self.logits
-
-    def forward_with_features(self, images):
-        return self.logits, self.features
 
 
 LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.5, 0.3]])

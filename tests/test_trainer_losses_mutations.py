@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import Fixed
 from vitrt.calib.digits import ImageSet, augment
 from vitrt.calib.evaluate import cross_entropy, torch_logits
 from vitrt.calib.losses import (FeatureMimic, HardLabel, Objective, SoftLogits, feature_weight_factors,
@@ -22,20 +23,6 @@ class Scalar(torch.nn.Module):
     def __init__(self, value: float = 0.0):
         super().__init__()
         self.w = torch.nn.Parameter(torch.tensor([value]))
-
-
-class Fixed(torch.nn.Module):
-    """Returns given logits and features whatever the images."""
-
-    def __init__(self, logits, features=()):
-        super().__init__()
-        self.logits, self.features = logits, list(features)
-
-    def forward(self, images):
-        return self.logits
-
-    def forward_with_features(self, images):
-        return self.logits, self.features
 
 
 LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.5, 0.3]])
