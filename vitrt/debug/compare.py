@@ -56,9 +56,9 @@ class Artifact:
         """``chosen``, else the backend it was compiled for where that can probe (a TensorRT plan: ONNX Runtime, or
         torch for a bf16 graph: ONNX Runtime has no bf16 kernels on CPU)."""
         compiled = self.manifest.get("backend", "ort")
-        if compiled in PROBE_BACKENDS:
+        if chosen or compiled in PROBE_BACKENDS:
             return chosen or compiled
-        return chosen or ("torch" if activation_precision(self.manifest) == "bf16" else "ort")
+        return "torch" if activation_precision(self.manifest) == "bf16" else "ort"
 
 
 def artifact_precision(manifest: dict) -> str:

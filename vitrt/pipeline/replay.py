@@ -139,7 +139,8 @@ def load_record(out: Path) -> Record:
     try:
         spec = ViTSpec.from_dict(data["spec"])
         target = TargetConfig(**{k: data["target"][k] for k in TARGET_FIELDS})
-        stages, raw_plans = list(data["stages"]), {stage: data["plans"][stage] for stage in data["stages"]}
+        stages = list(data["stages"])
+        raw_plans = {stage: data["plans"][stage] for stage in stages}
         seed = int(data.get("seed", 0))
     except (KeyError, TypeError, ValueError) as exc:
         raise VitrtError(f"twin record '{directory}': missing or invalid field {exc}") from None
