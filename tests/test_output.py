@@ -528,3 +528,18 @@ def test_a_non_empty_out_is_refused_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(VitrtError, match="is not empty; pass force=True"):
         vitrt.compile("digits", tmp_path / "out")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["mine.txt"]
+
+
+def test_an_interrupt_while_a_class_is_created_is_recognised_as_the_interrupt():
+    """A SIGTERM (or Ctrl-C) that lands while an import creates a class reaches the CLI wrapped by Python in
+    "RuntimeError: Error calling __set_name__" (the CI flake of the SIGTERM test above): the CLI unwraps it."""
+    from vitrt.cli import Terminated, interruption_in
+
+    class Interrupting:
+        def __set_name__(self, owner, name):
+            raise Terminated()
+
+    with pytest.raises(RuntimeError) as caught:
+        type("Importing", (), {"field": Interrupting()})
+    assert isinstance(interruption_in(caught.value), Terminated)
+    assert interruption_in(RuntimeError("plain")) is None

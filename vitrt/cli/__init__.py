@@ -66,6 +66,13 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
+def interruption_in(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that ``exc`` wraps, if any: one raised while Python creates a class (an import under
+    way) reaches us as "RuntimeError: Error calling __set_name__", caused by the interrupt."""
+    cause = exc.__cause__
+    return cause if isinstance(cause, KeyboardInterrupt) else None
+
+
 def _run(argv) -> int:
     import signal
 
@@ -76,7 +83,10 @@ def _run(argv) -> int:
     except ValueError:  # not the main thread: leave signals alone
         previous = None
     try:
-        return args.func(args) or 0
+        try:
+            return args.func(args) or 0
+        except RuntimeError as exc:
+            raise interruption_in(exc) or exc
     except VitrtError as exc:
         print(f"vitrt: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
