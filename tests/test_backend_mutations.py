@@ -165,6 +165,25 @@ def test_cast_and_quantize_to_fp8_saturate_at_448():
         assert np.array_equal(got, _ort(model, {"x": x})[0])
 
 
+def test_cast_and_quantize_to_fp8_without_saturation_give_nan_out_of_range_as_the_onnx_reference_does():
+    # ONNX Runtime's own saturate=0 conversion is not monotone (479 -> NaN, 480 -> 448), so the reference
+    # implementation is the judge: above 464 (which rounds to even, down to 448) and at infinity, NaN.
+    from onnx.reference import ReferenceEvaluator
+
+    x = np.array([-np.inf, -465.0, -464.0, 1.0, 450.0, 464.0, 464.5, 500.0, np.inf], np.float32)
+    cast = _model([helper.make_node("Cast", ["x"], ["c"], to=TensorProto.FLOAT8E4M3FN, saturate=0),
+                   helper.make_node("Cast", ["c"], ["y"], to=F32)], [_vi("x", F32, [9])], [_vi("y")], opset=19)
+    quant = _model([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], saturate=0),
+                    helper.make_node("Cast", ["q"], ["y"], to=F32)], [_vi("x", F32, [9])], [_vi("y")],
+                   [_init("s", np.array(1.0, np.float32)),
+                    helper.make_tensor("z", TensorProto.FLOAT8E4M3FN, [], [0.0])], opset=19)
+    for model in (cast, quant):
+        got = _torch(model, {"x": x})[0]
+        want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+        assert np.array_equal(got, want, equal_nan=True), (got, want)
+        assert np.isnan(got).tolist() == [True, True, False, False, False, False, True, True, True]
+
+
 def test_dequantize_of_fp8_ignores_the_zero_point_and_blocked_scales_repeat_per_block():
     fp8 = _model([helper.make_node("DequantizeLinear", ["w", "s", "z"], ["y"])], [], [_vi("y")],
                  [helper.make_tensor("w", TensorProto.FLOAT8E4M3FN, [3], [1.0, -2.0, 4.0]),

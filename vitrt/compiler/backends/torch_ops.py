@@ -53,9 +53,25 @@ def cast(x, *, to: int, saturate: int = 1):
     dtype = ONNX_DTYPES.get(to)
     if dtype is None:
         raise VitrtError(f"Cast to ONNX type {to} is not supported by the torch backend")
-    if dtype == torch.float8_e4m3fn and saturate:
-        x = x.clamp(-448.0, 448.0)
+    if dtype == torch.float8_e4m3fn:
+        return _to_float8_e4m3fn(x, saturate)
     return x.to(dtype)
+
+
+# The largest float8 e4m3fn magnitude, and the largest input that still rounds to it (ties to even: 464 lies half way
+# to 480, whose bit pattern is NaN, and rounds down to 448's even mantissa).
+FLOAT8_E4M3FN_MAX = 448.0
+FLOAT8_E4M3FN_ROUNDS_TO_MAX = 464.0
+
+
+def _to_float8_e4m3fn(x, saturate: int):
+    """ONNX's conversion to float8 e4m3fn (the reference implementation's): with ``saturate`` out-of-range values
+    and infinities become ±448; without it they become NaN (the type has no infinity). torch's own conversion always
+    saturates, so the NaNs are put in by hand."""
+    if saturate:
+        return x.clamp(-FLOAT8_E4M3FN_MAX, FLOAT8_E4M3FN_MAX).to(torch.float8_e4m3fn)
+    overflow = x.abs() > FLOAT8_E4M3FN_ROUNDS_TO_MAX
+    return torch.where(overflow, torch.full_like(x, float("nan")), x).to(torch.float8_e4m3fn)
 
 
 def gelu(x, *, approximate: str = "none"):
@@ -254,8 +270,7 @@ def quantize_linear(x, scale, zero_point=None, *, axis: int = 1, saturate: int =
         raise VitrtError(f"QuantizeLinear to ONNX type {output_dtype} is not supported by the torch backend")
     s = _per_axis(scale, x, axis, block_size)
     if dtype == torch.float8_e4m3fn:
-        y = x / s
-        return (y.clamp(-448.0, 448.0) if saturate else y).to(dtype)
+        return _to_float8_e4m3fn(x / s, saturate)
     if dtype not in QUANT_RANGES:
         raise VitrtError(f"QuantizeLinear to {dtype} is not supported by the torch backend")
     zp = _per_axis(zero_point, x, axis, block_size).to(x.dtype) if zero_point is not None else 0
