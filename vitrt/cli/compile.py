@@ -96,12 +96,12 @@ def _cmd_prune_plan(args) -> int:
     if config.prune.fraction is None and not config.prune.revit:  # before validate's "--lut needs --bench"
         raise VitrtError("prune-plan needs --prune FRACTION (with --lut LUT) or --revit")
     config = config.validate()
+    check_output_file(out, "-o")  # a directory is refused even with --force; an unwritable path before the search
     if out.exists() and not config.force:
         raise VitrtError(f"{out} exists: pass --force to replace it")
     for flag, path in (("--lut", config.checks.lut), ("--checkpoint", config.checkpoint)):
         if path is not None and Path(path).resolve() == out.resolve():  # --force would write the plan over it
             raise VitrtError(f"-o {out} is the {flag} the plan is made from; write the plan elsewhere")
-    check_output_file(out, "-o")  # a directory is refused even with --force; an unwritable path before the search
     progress = Progress(enabled=not config.quiet)
     from vitrt.pipeline.driver import resolve_model
 

@@ -28,9 +28,11 @@ def run(config: LintTrtConfig) -> int:
     from vitrt.compiler.onnx_file import read_onnx
     from vitrt.compiler.trt_lint import RULES, lint
 
-    if config.rules and config.model is not None:
-        raise VitrtError(f"--rules lists the rules and reads no model: drop {config.model} or --rules")
     if config.rules:
+        ignored = [name for name, given in ((config.model, config.model is not None), ("--json", config.json),
+                                            ("--strict", config.strict)) if given]
+        if ignored:  # each would be silently ignored: --json wrote no file, --strict changed no exit code
+            raise VitrtError(f"--rules lists the rules and reads no model: drop {ignored[0]} or --rules")
         for rule in RULES.values():
             print(f"{rule.id:<24} {rule.severity:<8} {rule.summary}\n{'':<33}source: {rule.source}")
         return 0

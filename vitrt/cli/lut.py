@@ -168,7 +168,8 @@ def _cmd_lut_query(args) -> int:
 
         manifest = read_manifest(config.manifest)
         precision, sparsity = compile_precision(None, manifest)
-        batch = manifest.get("input_shape", [None])[0]
+        shape = manifest.get("input_shape")
+        batch = shape[0] if isinstance(shape, list) and shape else None  # a damaged shape: checked as no batch
         table.check(backend=manifest.get("backend"), batch=batch if isinstance(batch, int) else None,
                     precision=precision, sparsity=sparsity)
         config = replace(config, precision=precision, sparsity=sparsity)
@@ -183,11 +184,15 @@ def _cmd_lut_query(args) -> int:
         missing = [k for k, val in dims.items() if val is None and not (k in ("qk", "v") and dims["heads"] == 0)]
         if missing:
             raise VitrtError(f"block query needs --{' --'.join(missing)} (or --model / --manifest for a whole model)")
+        if dims["heads"] == 0 and (dims["qk"] or dims["v"]):  # they would be ignored: no attention is timed
+            raise VitrtError("--heads 0 removes the attention, which --qk / --v size: drop them")
         dims = {k: (val or 0) for k, val in dims.items()}
         bad = [k for k, val in dims.items() if val < 0 or (val == 0 and k in ("emb", "tokens"))
                or (val == 0 and k in ("qk", "v") and dims["heads"] > 0)]
         if bad:  # 0 heads / mlp: that half removed; nothing else is a size
             raise VitrtError(f"--{bad[0]} {dims[bad[0]]} is not a size: dims are >= 1 (--heads / --mlp 0: removed)")
+        if config.tokens_out is not None and not 1 <= config.tokens_out <= dims["tokens"]:
+            raise VitrtError(f"--tokens-out must be in 1..--tokens ({dims['tokens']}), got {config.tokens_out}")
 
         def query(clamp):
             return {"block_ms": table.block_ms(**dims, tokens_out=config.tokens_out, **kw, clamp=clamp),

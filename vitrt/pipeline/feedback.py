@@ -27,14 +27,21 @@ def compile_precision(config, manifest: dict | None = None) -> tuple[str, str]:
     the key answers with a one-line error or, after the build, an unavailable prediction.
     """
     manifest = manifest or {}
-    quantization, sparse = manifest.get("quantization") or {}, manifest.get("sparsity") or {}
-    typed = manifest.get("precision") or {}
+    quantization, sparse, typed = (_section(manifest, key) for key in ("quantization", "sparsity", "precision"))
     precision = quantization.get("precision") or typed.get("activations") or \
         (config.target.precision if config is not None else "fp32")
     sparsity = sparse.get("pattern") or (config.sparsity.pattern if config is not None else None) or "dense"
     if precision not in PRECISIONS or sparsity not in SPARSITIES:
         raise VitrtError(f"the latency table has no key for precision '{precision}' with sparsity '{sparsity}'")
     return precision, sparsity
+
+
+def _section(manifest: dict, key: str) -> dict:
+    """A manifest's section (``{}`` where absent); anything but a JSON object is a damaged manifest."""
+    section = manifest.get(key) or {}
+    if not isinstance(section, dict):
+        raise VitrtError(f"the manifest's '{key}' is not a JSON object: pass the manifest.json a vitrt compile wrote")
+    return section
 
 
 def open_for_compile(config, device: str | None = None) -> LatencyTable | None:
