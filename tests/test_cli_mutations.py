@@ -251,6 +251,16 @@ def test_a_manifest_query_is_answered_for_its_own_batch_and_precision(tmp_path, 
     assert code == 2 and "batch 8, not 1" in err
 
 
+def test_a_manifest_query_refuses_a_precision_or_sparsity_it_would_not_answer_for(tmp_path, capsys):
+    """--manifest M --precision int8 was answered for the manifest's fp16, silently."""
+    path, _ = _manifest(tmp_path, precision={"activations": "fp16"})
+    for flag, value in (("--precision", "int8"), ("--sparsity", "2:4")):
+        code, _, err = _query(capsys, "--manifest", path, flag, value)
+        assert code == 2 and f"--manifest brings its compile's precision and sparsity: drop {flag}" in err, err
+    code, _, err = _query(capsys, *BLOCK, "--precision", "fp16")  # a block query takes them
+    assert code == 0, err
+
+
 def test_lut_commands_without_their_output_are_refused(tmp_path, capsys):
     for argv, message in ((["lut", "build", "--grid", "tiny"], "no output file: pass -o LUT"),
                           (["lut", "merge", str(DIGITS_LUT)], "no output file: pass -o LUT"),
@@ -489,3 +499,11 @@ def test_a_block_query_refuses_attention_sizes_without_attention_and_tokens_out_
     for value in (-5, 0, 18):
         code, _, err = _query(capsys, *BLOCK, "--tokens-out", value)
         assert code == 2 and f"--tokens-out must be in 1..--tokens (17), got {value}" in err, err
+
+
+def test_synth_refuses_feature_statistics_of_noise(tmp_path, capsys):
+    """--feature-stats synthetic was accepted: the inversion then matched the per-block statistics of noise."""
+    assert main([*SYNTH, "-o", str(tmp_path / "set"), "--feature-stats", "synthetic"]) == 2
+    err = _err_lines(capsys)
+    assert len(err) == 1 and "would match the statistics of noise" in err[0], err
+    assert list(tmp_path.iterdir()) == []

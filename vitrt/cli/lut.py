@@ -70,8 +70,10 @@ class LutQueryConfig:
                                metavar="MODEL")
     manifest: Path | None = option(None, "predict the spec_after of a compiled OUT/manifest.json", type=Path,
                                    metavar="PATH")
-    precision: str = option("fp32", "precision key", choices=PRECISIONS)
-    sparsity: str = option("dense", "sparsity key", choices=SPARSITIES)
+    precision: str | None = option(None, "precision key (default: fp32; with --manifest, the manifest's)",
+                                   choices=PRECISIONS)
+    sparsity: str | None = option(None, "sparsity key (default: dense; with --manifest, the manifest's)",
+                                  choices=SPARSITIES)
     clamp: bool = option(False, "clamp points outside the grid to its edge instead of failing")
     json: bool = option(False, "print JSON")
 
@@ -162,6 +164,9 @@ def _cmd_lut_query(args) -> int:
     if (config.model or config.manifest) and given:
         raise VitrtError(f"{given[0]} sizes a single block; a whole model (--model / --manifest) brings its own "
                          "dims: drop it, or query the block alone")
+    keys = [flag for flag, value in (("--precision", config.precision), ("--sparsity", config.sparsity)) if value]
+    if config.manifest and keys:  # it would be answered for the manifest's keys, not for the one given
+        raise VitrtError(f"--manifest brings its compile's precision and sparsity: drop {keys[0]}")
     table = LatencyTable.load(config.lut)
     if config.manifest:  # a compiled model is answered for its own batch, backend and precision, or refused
         from vitrt.pipeline.feedback import compile_precision, read_manifest
@@ -173,7 +178,7 @@ def _cmd_lut_query(args) -> int:
         table.check(backend=manifest.get("backend"), batch=batch if isinstance(batch, int) else None,
                     precision=precision, sparsity=sparsity)
         config = replace(config, precision=precision, sparsity=sparsity)
-    kw = dict(precision=config.precision, sparsity=config.sparsity)
+    kw = dict(precision=config.precision or "fp32", sparsity=config.sparsity or "dense")
     if config.model or config.manifest:
         spec = _spec_for_query(config)
 

@@ -40,6 +40,9 @@ def run(config: SynthCommandConfig) -> int:
 
     if config.out is None:
         raise OptionError("no output directory: pass -o SET")
+    if config.feature_stats == "synthetic":  # noise: the statistics to match would be those of N(0, 1) inputs
+        raise OptionError("--feature-stats synthetic would match the statistics of noise: pass real images (digits, "
+                          "an ImageFolder PATH) or synth:SET")
     synthesis = config.synthesis.validate()
     twin, mean, std, name = model_for_synthesis(config.model, checkpoint=config.checkpoint,
                                                 pretrained=config.pretrained, img_size=config.img_size)
