@@ -206,11 +206,17 @@ def from_options(config_cls, options: dict, *, what: str = "option"):
     for leaf_ in leaves(config_cls):  # argparse checks types and choices on the command line; here alike
         if options.get(leaf_.name) is None:
             continue
-        value = values[leaf_.name] = _typed(leaf_, options[leaf_.name], what)
-        choices = leaf_.field.metadata.get("choices")
-        if choices is not None and value not in choices:
-            raise OptionError(f"{what} {leaf_.name}={value!r} is not one of {', '.join(map(repr, choices))}")
+        values[leaf_.name] = _checked(leaf_, options[leaf_.name], what)
     return build(config_cls, values)
+
+
+def _checked(leaf_, value, what: str):
+    """``value`` typed (:func:`_typed`) and within the option's choices."""
+    value = _typed(leaf_, value, what)
+    choices = leaf_.field.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise OptionError(f"{what} {leaf_.name}={value!r} is not one of {', '.join(map(repr, choices))}")
+    return value
 
 
 def _typed(leaf_, value, what: str):
@@ -243,13 +249,15 @@ def _typed(leaf_, value, what: str):
 
 
 def replace_options(config, **options):
-    """A copy of ``config`` with the named options (flat names, as :func:`from_options`) changed."""
+    """A copy of ``config`` with the named options (flat names, as :func:`from_options`) changed, each checked as
+    :func:`from_options` checks it; ``None`` clears an option."""
     cls = type(config)
-    values = {leaf_.name: get(config, leaf_) for leaf_ in leaves(cls)}
-    unknown = [k for k in options if k not in values]
+    by_name = {leaf_.name: leaf_ for leaf_ in leaves(cls)}
+    unknown = [k for k in options if k not in by_name]
     if unknown:
-        raise OptionError(f"unknown option '{unknown[0]}'; valid options: {', '.join(sorted(values))}")
-    values.update(options)
+        raise OptionError(f"unknown option '{unknown[0]}'; valid options: {', '.join(sorted(by_name))}")
+    values = {name: get(config, leaf_) for name, leaf_ in by_name.items()}
+    values.update({k: None if v is None else _checked(by_name[k], v, "option") for k, v in options.items()})
     return build(cls, values)
 
 
@@ -284,9 +292,9 @@ def module_main(config_cls, func, argv=None, description: str = "") -> int:
 
     parser = argparse.ArgumentParser(description=description)
     add_arguments(parser, config_cls)
-    config = from_args(config_cls, parser.parse_args(argv))
-    try:
-        return func(config) or 0
+    args = parser.parse_args(argv)
+    try:  # from_args checks the result paths: a bad one is a VitrtError too
+        return func(from_args(config_cls, args)) or 0
     except VitrtError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

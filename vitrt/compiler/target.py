@@ -13,6 +13,7 @@ from vitrt.compiler.errors import OptionError
 from vitrt.compiler.options import option
 
 BACKENDS = ("ort", "trt", "torch")
+FIXED_DEVICE = {"ort": "cpu", "trt": "cuda"}  # where these run; torch takes --device (cpu, cuda, cuda:N)
 TORCH_COMPILE_MODES = ("off", "default", "max-autotune")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "int4w")
 # A dynamic batch without --max-batch goes up to this (or --batch, if larger): a profile that ended at --batch 1
@@ -102,8 +103,10 @@ class TargetConfig:
             raise OptionError("--torch-compile needs --backend torch")
         if self.cuda_graph and not (self.backend == "trt" or (self.device or "cpu").startswith("cuda")):
             raise OptionError("--cuda-graph needs a GPU: --backend trt, or --backend torch --device cuda")
-        if self.device is not None and self.backend == "ort" and self.device != "cpu":
-            raise OptionError(f"--backend ort runs on the CPU; --device {self.device} needs --backend torch")
+        fixed = FIXED_DEVICE.get(self.backend)
+        if self.device is not None and fixed is not None and self.device.split(":")[0] != fixed:
+            raise OptionError(f"--backend {self.backend} runs on {'the CPU' if fixed == 'cpu' else 'the current GPU'}; "
+                              f"--device {self.device} needs --backend torch")
         if self.no_build and self.backend != "trt":
             raise OptionError("--no-build is for --backend trt (the engine is built later on a GPU machine); the "
                               f"{self.backend} artifact builds here: drop --no-build")

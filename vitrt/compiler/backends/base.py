@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.target import FIXED_DEVICE
 from vitrt.compiler.timing import CLOCK_TIMERS, Timing, samples_ms
 from vitrt.compiler.timing import typical_ms as typical_of
 
 _BACKENDS = {"ort": "vitrt.compiler.backends.ort:OrtBackend", "trt": "vitrt.compiler.backends.trt:TrtBackend",
              "torch": "vitrt.compiler.backends.torch_backend:TorchBackend"}
 BACKEND_NAMES = tuple(_BACKENDS)
-_FIXED_DEVICE = {"ort": "cpu", "trt": "cuda"}  # the others take a device (torch: cpu, cuda, cuda:N)
 
 # A canonical name inside a backend layer name: not preceded by a word char or '.', ended by a separator.
 _CANONICAL = re.compile(r"(?:^|[^\w.])(blocks\.\d+|patch_embed|prefix_tokens|pos_embed|norm|head_dist|head)(?=[./_\s\]}),+]|$)")
@@ -235,7 +235,7 @@ def get_backend(name: str, device: str | None = None) -> Backend:
     if name not in _BACKENDS:
         raise VitrtError(f"unknown backend '{name}': choose one of {', '.join(BACKEND_NAMES)}")
     module_name, class_name = _BACKENDS[name].split(":")
-    fixed = _FIXED_DEVICE.get(name)
+    fixed = FIXED_DEVICE.get(name)
     if fixed is not None and device is not None and device.split(":")[0] != fixed:
         raise VitrtError(f"backend '{name}' runs on {fixed} only; --device {device} needs --backend torch")
     cls = getattr(importlib.import_module(module_name), class_name)
