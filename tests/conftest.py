@@ -53,6 +53,25 @@ def digits_test():
     return digits_split()[1]
 
 
+def run_cli(*argv) -> int:
+    """``vitrt ARGV...`` in this process (each argument as its string); the exit code."""
+    from vitrt.cli import main
+
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="session")
+def tiny_outs(tmp_path_factory):
+    """Compiled ONNX Runtime OUTs of tiny ViTs: (2 blocks, 1 block, 1 block with a dynamic batch), batch 1, 1, 2."""
+    from vitrt.pipeline.driver import compile
+
+    root = tmp_path_factory.mktemp("tiny_outs")
+    dense = compile(tiny_vit(depth=2), root / "dense", quiet=True).out
+    small = compile(tiny_vit(depth=1), root / "small", quiet=True).out
+    dynamic = compile(tiny_vit(depth=1), root / "dynamic", batch=2, dynamic_batch=True, quiet=True).out
+    return dense, small, dynamic
+
+
 def max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
 

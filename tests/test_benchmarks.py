@@ -9,25 +9,11 @@ import pytest
 from vitrt.benchmarks.dcvit import REMOVALS, removed
 from vitrt.benchmarks.harness import parse_batches
 from vitrt.benchmarks.lut_eval import off_grid_configs
-from vitrt.cli import main
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.models import spec_of_timm
 
+from conftest import run_cli as run
 from conftest import tiny_vit
-
-
-def run(*argv):
-    return main([str(a) for a in argv])
-
-
-@pytest.fixture(scope="module")
-def outs(tmp_path_factory):
-    from vitrt.pipeline.driver import compile
-
-    root = tmp_path_factory.mktemp("bench")
-    dense = compile(tiny_vit(depth=2), root / "dense", quiet=True).out
-    small = compile(tiny_vit(depth=1), root / "small", quiet=True).out
-    return dense, small
 
 
 def test_dcvit_removals_change_exactly_one_block():
@@ -57,8 +43,8 @@ def test_off_grid_configs_are_inside_the_grid_and_off_it():
             assert grid[axis][0] < cfg[axis] < grid[axis][-1] and cfg[axis] not in grid[axis]
 
 
-def test_bench_cli(outs, tmp_path, capsys):
-    dense, small = outs
+def test_bench_cli(tiny_outs, tmp_path, capsys):
+    dense, small, _ = tiny_outs
     assert run("bench", dense, "--batch", "1", "--iterations", 3, "--json", tmp_path / "b.json", "--quiet") == 0
     assert "images/s" in capsys.readouterr().out
     data = json.loads((tmp_path / "b.json").read_text())

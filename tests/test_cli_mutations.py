@@ -305,13 +305,21 @@ def test_synth_feature_stats_use_256_images_drawn_with_the_sets_seed(tmp_path):
     assert meta["feature_reference_images"] == 256  # "up to 256 are used"
     expected = in_memory(load_data("digits", 32, limit=256, seed=3), "--feature-stats data").images
     assert meta["feature_reference_digest"] == _digest(expected)
-    # a source that is drawn (random images, an ImageFolder) is drawn with the set's --seed
-    out = tmp_path / "noise"
+    # a source that is drawn (an ImageFolder: a seeded order) is drawn with the set's --seed
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "folder"
+    for i in range(6):
+        (folder / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / f"c{i % 2}" / f"{i}.png")
+    out = tmp_path / "from_folder"
     assert main([*SYNTH, "-o", str(out), "--images", "1", "--batch", "1", "--seed", "3", "--feature-stats",
-                 "synthetic"]) == 0
+                 str(folder)]) == 0
     meta = json.loads((out / "metadata.json").read_text())
-    expected = in_memory(load_data("synthetic", 32, limit=256, seed=3), "--feature-stats data").images
-    assert meta["feature_reference_digest"] == _digest(expected)
+    drawn = {seed: _digest(in_memory(load_data(str(folder), 32, limit=256, seed=seed), "--feature-stats data").images)
+             for seed in (0, 3)}
+    assert meta["feature_reference_digest"] == drawn[3] != drawn[0]
 
 
 def test_synth_force_starts_over_a_set_made_with_other_settings(tmp_path, capsys):

@@ -14,11 +14,11 @@ import pytest
 from vitrt.compiler.lut import MIN_GRID_MS, LatencyTable, SubTable
 from vitrt.benchmarks.lut_build import build_table, grid_of
 from vitrt.compiler.timing import Timing
-from vitrt.cli import main
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.models import spec_of_timm
 
 from conftest import DIGITS_LUT, tiny_vit
+from conftest import run_cli as run
 
 QUICK = Timing(warmup=1, iterations=2, min_seconds=0.005)
 # tiny_vit(mlp_ratio=2): emb 64, 2 heads of 32, MLP 128, 17 tokens, patch 8, 10 classes — inside the tiny grid.
@@ -475,10 +475,6 @@ def test_a_load_warning_starts_above_the_cores(monkeypatch):
         monkeypatch.setattr(os, "getloadavg", lambda: (after, after, after))
         state = machine_state(TargetConfig(), before)
         assert ("load_warning" in state) == warned and state["load_average"] == max(before, after), (before, after)
-
-
-def run(*argv):
-    return main([str(a) for a in argv])
 
 
 def test_cli_exit_codes(lut_path, tmp_path, capsys):

@@ -11,29 +11,12 @@ import time
 
 import pytest
 
+from conftest import run_cli as run
 from conftest import tiny_vit
 from vitrt.benchmarks.harness import bench_target, build_twin, images_for, load_out, nvit_table, parse_backends
 from vitrt.compiler.errors import OptionError, VitrtError
 from vitrt.compiler.models import canonicalize
 from vitrt.compiler.timing import Interleaved, Timing, interleaved, samples_ms, synced, typical_ms
-
-
-def run(*argv):
-    from vitrt.cli import main
-
-    return main([str(a) for a in argv])
-
-
-@pytest.fixture(scope="module")
-def outs(tmp_path_factory):
-    """Two static batch-1 OUTs (2 and 1 blocks) and a dynamic-batch one, on ONNX Runtime."""
-    from vitrt.pipeline.driver import compile
-
-    root = tmp_path_factory.mktemp("timing_audit")
-    dense = compile(tiny_vit(depth=2), root / "dense", quiet=True).out
-    small = compile(tiny_vit(depth=1), root / "small", quiet=True).out
-    dynamic = compile(tiny_vit(depth=1), root / "dynamic", batch=2, dynamic_batch=True, quiet=True).out
-    return dense, small, dynamic
 
 
 # --- vitrt.compiler.timing ---------------------------------------------------------------------------------------
@@ -141,8 +124,8 @@ def test_build_twin_removes_the_lowered_onnx_unless_asked_to_keep_it(tmp_path):
     assert not (tmp_path / "a" / "model.onnx").exists() and (tmp_path / "b" / "model.onnx").is_file()
 
 
-def test_a_dynamic_batch_out_loads_without_a_batch_and_sweeps_any_batches(outs):
-    _, _, dynamic = outs
+def test_a_dynamic_batch_out_loads_without_a_batch_and_sweeps_any_batches(tiny_outs):
+    _, _, dynamic = tiny_outs
     assert load_out(dynamic).batch is None
     result = bench_target(str(dynamic), [1, 3], iterations=1, warmup=0)
     assert [r["batch"] for r in result["rows"]] == [1, 3]
@@ -153,8 +136,8 @@ def images_slack(batch: int, median_ms: float) -> float:
     return 0.0051 + batch * 1000.0 * 5.1e-5 / median_ms ** 2
 
 
-def test_a_single_backend_run_has_no_rounds_and_side_by_side_rows_agree_with_their_medians(outs):
-    dense, _, _ = outs
+def test_a_single_backend_run_has_no_rounds_and_side_by_side_rows_agree_with_their_medians(tiny_outs):
+    dense, _, _ = tiny_outs
     alone = bench_target(str(dense), [1], iterations=2, warmup=0, rounds=3)
     assert alone["rounds"] is None and alone["backends"] == ["ort"] and alone["rows"][0]["iterations"] == 2
     both = bench_target(str(dense), [1], backend=["ort", "torch"], iterations=3, warmup=0, rounds=1)
@@ -170,23 +153,23 @@ def test_a_single_backend_run_has_no_rounds_and_side_by_side_rows_agree_with_the
     assert torch_row["speedup_vs_ort"] == pytest.approx(ratio, abs=slack)
 
 
-def test_side_by_side_percentiles_are_the_90th_and_99th_of_the_pooled_samples(outs):
+def test_side_by_side_percentiles_are_the_90th_and_99th_of_the_pooled_samples(tiny_outs):
     """Two samples a <= b in one round: the median is (a + b) / 2, p90 = a + 0.9 (b - a), p99 = a + 0.99 (b - a), so
     p99 - median = 1.225 (p90 - median) whatever a and b are (up to the rows' rounding to 0.1 us)."""
-    dense, _, _ = outs
+    dense, _, _ = tiny_outs
     for row in bench_target(str(dense), [1], backend=["ort", "torch"], iterations=2, warmup=0, rounds=1)["rows"]:
         assert row["p99_ms"] - row["median_ms"] == pytest.approx(1.225 * (row["p90_ms"] - row["median_ms"]), abs=3e-4)
 
 
-def test_images_per_second_count_every_image_of_the_batch_side_by_side(outs):
-    _, _, dynamic = outs
+def test_images_per_second_count_every_image_of_the_batch_side_by_side(tiny_outs):
+    _, _, dynamic = tiny_outs
     rows = bench_target(str(dynamic), [3], backend=["ort", "torch"], iterations=1, warmup=0, rounds=1)["rows"]
     for r in rows:
         assert r["images_per_s"] == pytest.approx(3 * 1000.0 / r["median_ms"], abs=images_slack(3, r["median_ms"]))
 
 
-def test_nvit_table_ratios_are_the_reference_over_each_variant(outs):
-    dense, small, _ = outs
+def test_nvit_table_ratios_are_the_reference_over_each_variant(tiny_outs):
+    dense, small, _ = tiny_outs
     table = nvit_table([str(dense), str(small)], rounds=1, iterations=2)
     ref, variant = table["rows"]
     assert ref["speedup"] == 1.0 and ref["params_x"] == 1.0 and ref["flops_x"] == 1.0
@@ -195,8 +178,8 @@ def test_nvit_table_ratios_are_the_reference_over_each_variant(outs):
     assert variant["speedup"] == pytest.approx(ref["median_ms"] / variant["median_ms"], rel=1e-9)  # one round
 
 
-def test_nvit_table_refuses_a_dynamic_batch_out_and_a_cpu_clock_without_one_thread(outs):
-    dense, _, dynamic = outs
+def test_nvit_table_refuses_a_dynamic_batch_out_and_a_cpu_clock_without_one_thread(tiny_outs):
+    dense, _, dynamic = tiny_outs
     with pytest.raises(VitrtError, match="same static --batch"):
         nvit_table([str(dense), str(dynamic)], rounds=1, iterations=1)
     with pytest.raises(VitrtError, match="same static --batch"):  # one batch, but not a static one
@@ -216,8 +199,8 @@ def test_bench_and_nvit_table_defaults():
     assert (nvit.rounds, nvit.iterations, nvit.clock) == (5, 5, "wall")
 
 
-def test_bench_passes_rounds_through_and_nvit_table_takes_no_cuda_clock(outs, tmp_path, capsys):
-    dense, small, _ = outs
+def test_bench_passes_rounds_through_and_nvit_table_takes_no_cuda_clock(tiny_outs, tmp_path, capsys):
+    dense, small, _ = tiny_outs
     assert run("bench", dense, "--backend", "ort,torch", "--rounds", 2, "--iterations", 1, "--warmup", 0,
                "--json", tmp_path / "b.json", "--quiet") == 0
     assert json.loads((tmp_path / "b.json").read_text())["rounds"] == 2
@@ -255,12 +238,12 @@ def test_a_bench_row_timed_on_another_clock_than_the_runners_says_what_it_measur
     assert row["clock"] == "cpu" and row["timer"] == CLOCK_TIMERS["cpu"]
 
 
-def test_side_by_side_rows_on_the_cpu_clock_keep_the_median_apart_from_the_least_time_they_compare(outs):
+def test_side_by_side_rows_on_the_cpu_clock_keep_the_median_apart_from_the_least_time_they_compare(tiny_outs):
     """The side-by-side rows put the median over rounds of each round's least CPU time under 'median_ms' (and the
     table's 'median ms' column); now the median is the pooled samples' and the least time has its own column."""
     from vitrt.benchmarks.harness import format_bench
 
-    dense, _, _ = outs
+    dense, _, _ = tiny_outs
     result = bench_target(str(dense), [1], backend=["ort", "torch"], iterations=3, warmup=0, rounds=1, threads=1,
                           clock="cpu")
     for row in result["rows"]:

@@ -13,7 +13,6 @@ from vitrt.compiler.errors import OptionError
 from vitrt.compiler.options import option
 
 BACKENDS = ("ort", "trt", "torch")
-FIXED_DEVICE = {"ort": "cpu", "trt": "cuda"}  # where these run; torch takes --device (cpu, cuda, cuda:N)
 TORCH_COMPILE_MODES = ("off", "default", "max-autotune")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "int4w")
 # A dynamic batch without --max-batch goes up to this (or --batch, if larger): a profile that ended at --batch 1
@@ -103,6 +102,8 @@ class TargetConfig:
             raise OptionError("--torch-compile needs --backend torch")
         if self.cuda_graph and not (self.backend == "trt" or (self.device or "cpu").startswith("cuda")):
             raise OptionError("--cuda-graph needs a GPU: --backend trt, or --backend torch --device cuda")
+        from vitrt.compiler.backends.base import FIXED_DEVICE
+
         fixed = FIXED_DEVICE.get(self.backend)
         if self.device is not None and fixed is not None and self.device.split(":")[0] != fixed:
             raise OptionError(f"--backend {self.backend} runs on {'the CPU' if fixed == 'cpu' else 'the current GPU'}; "

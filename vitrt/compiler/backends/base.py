@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from vitrt.compiler.errors import VitrtError
-from vitrt.compiler.target import FIXED_DEVICE
 from vitrt.compiler.timing import CLOCK_TIMERS, Timing, samples_ms
 from vitrt.compiler.timing import typical_ms as typical_of
 
 _BACKENDS = {"ort": "vitrt.compiler.backends.ort:OrtBackend", "trt": "vitrt.compiler.backends.trt:TrtBackend",
              "torch": "vitrt.compiler.backends.torch_backend:TorchBackend"}
 BACKEND_NAMES = tuple(_BACKENDS)
+FIXED_DEVICE = {"ort": "cpu", "trt": "cuda"}  # where these run; torch takes a device (cpu, cuda, cuda:N)
 
 # A canonical name inside a backend layer name: not preceded by a word char or '.', ended by a separator.
 _CANONICAL = re.compile(r"(?:^|[^\w.])(blocks\.\d+|patch_embed|prefix_tokens|pos_embed|norm|head_dist|head)(?=[./_\s\]}),+]|$)")
