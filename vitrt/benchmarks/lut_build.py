@@ -294,7 +294,7 @@ def merge_models(*, batch: int, emb: int, keys: int, tokens: int, merged: int, g
 
     side = math.isqrt(tokens - 2) + 1 if tokens > 2 else 1
     surplus = side * side + 1 - tokens
-    merged = max(1, min(merged, (tokens - 1) // 2))
+    merged = min(merged, (tokens - 1) // 2)  # >= 1: time_point does not time a point that cannot merge
     torch.manual_seed(seed)
     blocks = tuple(BlockSpec(heads=1, qk=keys, v=16, mlp=0, tokens=t, scale=1.0 / math.sqrt(keys))
                    for t in (side * side + 1, tokens))
@@ -338,6 +338,8 @@ def part_model(part: str, point: dict, *, batch: int, grid: dict, seed=0, **key)
 def time_point(timer, part: str, point: dict, *, batch: int, grid: dict, overhead_ms: float, seed=0, **key) -> float:
     """The table value of one grid point: its time less the runtime overhead (a merge: the difference of two)."""
     if part == "merge":
+        if (point["tokens"] - 1) // 2 == 0:  # nothing can merge (one patch): timed "at that half", no merge
+            return 0.0
         without, with_merge = merge_models(batch=batch, grid=grid, seed=seed, **point, **key)
         return max(timer.time_model(*with_merge) - timer.time_model(*without), 0.0)
     return max(timer.time_model(*part_model(part, point, batch=batch, grid=grid, seed=seed, **key)) - overhead_ms, 0.0)
@@ -358,8 +360,9 @@ class Timer:
         self._dir = tempfile.TemporaryDirectory(prefix="vitrt-lut-")
 
     def time_model(self, model, inputs: np.ndarray) -> float:
-        """Build ``model``'s artifact, load it and time it. Runners take fp32 images; a block half inside a typed
-        model takes typed activations, so on ONNX Runtime such a subgraph runs in a session of its artifact."""
+        """Build ``model``'s artifact, load it and time it. A block half inside a typed model takes typed (fp16 /
+        bf16) activations: the torch runner takes them as they are, TensorRT's binds its engine's input type; ONNX
+        Runtime's runner takes fp32 images, so there such a subgraph runs in a session of its artifact."""
         import onnx
 
         work = Path(self._dir.name)
@@ -368,9 +371,7 @@ class Timer:
         path = work / "part.onnx"
         onnx.save(model, str(path))
         artifact = self.backend.build(path, work, self.options)
-        if inputs.dtype != np.float32:
-            if self.backend.name != "ort":
-                raise VitrtError(f"typed subgraphs are timed on ort only, not {self.backend.name}")
+        if inputs.dtype != np.float32 and self.backend.name == "ort":
             from vitrt.compiler.backends.ort import ort_session
 
             session = ort_session(artifact, threads=self.options.threads)
@@ -514,6 +515,8 @@ def build_table(out, *, backend: str = "ort", grid="coarse", batch: int = 1, pre
     grid = grid_of(grid)
     if batch < 1:
         raise VitrtError(f"--batch must be >= 1, got {batch}")
+    if shard is not None and not 0 <= shard[0] < shard[1]:  # parse_shard checks the CLI's; this is the API's
+        raise VitrtError(f"--shard {shard[0]}/{shard[1]}: K must satisfy 0 <= K < N")
     out = shard_path(out, shard)
     clock = timing.clock
     timer = Timer(backend, timing, threads, device, sparse_weights=sparsity == "2:4")
@@ -526,7 +529,7 @@ def build_table(out, *, backend: str = "ort", grid="coarse", batch: int = 1, pre
             table.clock = clock
             if shard is not None:
                 table.meta["shard"] = {"index": shard[0], "count": shard[1]}
-            table.overhead_ms = timer.overhead_ms()
+            table.overhead_ms = round(timer.overhead_ms(), 5)  # as saved: the returned table is the file's
             table.meta["build_seconds"] = 0.0
             table.save(out)
         else:

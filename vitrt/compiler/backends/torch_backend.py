@@ -148,6 +148,12 @@ class TorchRunner(Runner):
         return self._batch
 
     def _to_device(self, images: np.ndarray):
+        """fp32 images; fp16 / bf16 activations (what a typed subgraph, a latency-table point, takes) as they are."""
+        if images.dtype == np.float16:
+            return self.torch.from_numpy(np.ascontiguousarray(images)).to(self.dev)
+        if images.dtype.name == "bfloat16":  # ml_dtypes' bfloat16, which torch.from_numpy does not take
+            bits = self.torch.from_numpy(np.ascontiguousarray(images).view(np.uint16))
+            return bits.view(self.torch.bfloat16).to(self.dev)
         return self.torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.dev)
 
     def run(self, x):
