@@ -55,7 +55,7 @@ def rows(data: str, epochs: int, lut, spec=None) -> dict[str, tuple[str, dict]]:
         "dfe": (f"DFE r={2 * step}", dfe),
         "lgtm": (f"DFE + LGTM (window {window}) r={2 * step}", {**dfe, "lgtm_window": window}),
         "dfe_kd": (f"DFE r={2 * step} + distillation ({epochs})",
-                   {**dfe, "distill_epochs": epochs, "distill_data": data}),
+                   {**dfe, "distill_epochs": epochs, "distill_data": data if epochs else None}),
         "prune_int8": ("prune 0.5 + int8", {**prune, "precision": "int8", **calib}),
         "prune_dfe_int8": (f"prune 0.5 + DFE r={2 * step} + int8", {**prune, **dfe, "precision": "int8", **calib}),
         "prune30_dfe": (f"prune 0.3 + DFE r={2 * step}", {**deep_prune, **dfe}),
@@ -233,7 +233,7 @@ def markdown(report: dict) -> str:
              "ONNX KB | verify max err |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["rows"].values():
         if "measured" not in row:
-            lines.append(f"| {row['label']} | refused: {row['refused']} |||||||||||")
+            lines.append(f"| {row['label']} | refused: {row['refused']} |" + "|" * 9)  # 11 cells, as the header
             continue
         m, v = row["measured"], row.get("verify") or {}
         err = f"{v['max_abs_err']:.1e}" if "max_abs_err" in v else "—"
