@@ -149,11 +149,10 @@ class TorchRunner(Runner):
 
     def _to_device(self, images: np.ndarray):
         """fp32 images; fp16 / bf16 activations (what a typed subgraph, a latency-table point, takes) as they are."""
-        if images.dtype == np.float16:
-            return self.torch.from_numpy(np.ascontiguousarray(images)).to(self.dev)
-        if images.dtype.name == "bfloat16":  # ml_dtypes' bfloat16, which torch.from_numpy does not take
-            bits = self.torch.from_numpy(np.ascontiguousarray(images).view(np.uint16))
-            return bits.view(self.torch.bfloat16).to(self.dev)
+        if images.dtype.name in ("float16", "bfloat16"):
+            from vitrt.compiler.backends.torch_import import from_numpy
+
+            return from_numpy(np.ascontiguousarray(images)).to(self.dev)
         return self.torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.dev)
 
     def run(self, x):

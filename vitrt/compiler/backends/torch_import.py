@@ -37,16 +37,21 @@ from vitrt.compiler.errors import VitrtError
 SHAPE = "shape"  # value kind: a Python tuple produced by Shape (dynamic batch)
 
 
-def to_torch(tensor: onnx.TensorProto) -> torch.Tensor:
-    """An initializer as a CPU tensor (bfloat16, float8 and int4 through ml_dtypes, which numpy_helper returns)."""
-    array = numpy_helper.to_array(tensor)
-    if tensor.data_type == onnx.TensorProto.BFLOAT16:
+def from_numpy(array: np.ndarray) -> torch.Tensor:
+    """A CPU tensor copied from ``array``, also from ml_dtypes' bfloat16, float8 e4m3fn and int4 (what numpy_helper
+    returns for those ONNX types, and what a typed subgraph's activations are), which torch.from_numpy does not take."""
+    if array.dtype.name == "bfloat16":
         return torch.from_numpy(array.view(np.uint16).copy()).view(torch.bfloat16)
-    if tensor.data_type == onnx.TensorProto.FLOAT8E4M3FN:
+    if array.dtype.name == "float8_e4m3fn":
         return torch.from_numpy(array.view(np.uint8).copy()).view(torch.float8_e4m3fn)
-    if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+    if array.dtype.name in ("int4", "uint4"):
         return torch.from_numpy(array.astype(np.int8))
     return torch.from_numpy(np.array(array))
+
+
+def to_torch(tensor: onnx.TensorProto) -> torch.Tensor:
+    """An initializer as a CPU tensor."""
+    return from_numpy(numpy_helper.to_array(tensor))
 
 
 def attributes(node: onnx.NodeProto) -> dict:
