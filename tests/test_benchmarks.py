@@ -95,10 +95,11 @@ def test_dcvit_table_loads_each_variant_from_its_build_output(tmp_path, capsys):
     ``artifact`` attribute (the TensorRT runner never had one), so reading it from a runner fails here too."""
     assert not hasattr(__import__("vitrt.compiler.backends.base", fromlist=["Runner"]).Runner, "artifact")
     assert run("dcvit-table", "--model", "vit_tiny_patch16_224", "--img-size", 32, "--seeds", 1, "--iterations", 1,
-               "--warmup", 0, "--threads", 1, "--clock", "cpu", "-o", tmp_path / "t8", "--quiet") == 0
-    result = json.loads((tmp_path / "t8.json").read_text())
+               "--warmup", 0, "--threads", 1, "--clock", "cpu", "-o", tmp_path / "t8_b0.5", "--quiet") == 0
+    result = json.loads((tmp_path / "t8_b0.5.json").read_text())  # not t8_b0.json: the dot is part of the name
     assert len(result["table"]["Attn"]) == 12 and result["dense"]["mean_ms"] > 0
-    assert "| block | Block | Attn | FFN | Attn+0.5·FFN |" in (tmp_path / "t8.md").read_text()
+    assert result["command"].startswith("vitrt ")  # the CLI's command, not "python -m vitrt.benchmarks.dcvit"
+    assert "| block | Block | Attn | FFN | Attn+0.5·FFN |" in (tmp_path / "t8_b0.5.md").read_text()
     from vitrt.benchmarks.dcvit import format_table
 
     assert "ms, median CUDA-event" in format_table({**result, "clock": "cuda"})  # a trt table (KeyError before)

@@ -139,23 +139,15 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(result: dict, out: Path, command: str) -> None:
-    from vitrt.benchmarks.harness import write_json
-
-    out = Path(out)
-    write_json(out.with_suffix(".json"), {**result, "command": command})
-    text = (f"# DC-ViT appendix Table 8 on {result['backend']}\n\nCommand:\n\n```\n{command}\n```\n\n"
-            f"{format_table(result)}\n\nBuild {result['build_seconds']} s, total {result['total_seconds']} s.\n")
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(out.with_suffix(".md"))
-
-
 def main(config: DcvitConfig, command: str) -> int:
+    from vitrt.benchmarks.dcvit_record import record
+
     result = run_table(config)
-    print(format_table(result))
+    table = format_table(result)
+    print(table)
     if config.out is not None:
-        write_outputs(result, config.out, command)
+        record(config.out, "vitrt.benchmarks.dcvit", f"DC-ViT appendix Table 8 on {result['backend']}", result, table,
+               notes=f"Build {result['build_seconds']} s, total {result['total_seconds']} s.", command=command)
     return 0
 
 

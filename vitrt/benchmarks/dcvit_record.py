@@ -7,29 +7,22 @@ from pathlib import Path
 from typing import Callable
 
 
-def sibling(out: Path, suffix: str) -> Path:
-    """OUT with ``suffix``: OUT.md / OUT.json / OUT.png replace such a suffix, anything else is kept
-    (``-o results/dcvit_0.7`` writes dcvit_0.7.md, not dcvit_0.md)."""
-    out = Path(out)
-    if out.suffix in (".md", ".json", ".png"):
-        out = out.with_suffix("")
-    return out.with_name(out.name + suffix)
-
-
 def record(out: Path, module: str, title: str, result: dict, table: str, plot: Callable[[dict, Path], None] | None = None,
-           notes: str = "") -> None:
-    """Write ``out`` with the suffixes .json, .md (and .png when ``plot``); the command is this process's."""
+           notes: str = "", command: str | None = None) -> None:
+    """Write ``out`` with the suffixes .json, .md (and .png when ``plot``); the command recorded is ``command``, by
+    default this process's as ``python -m module``."""
     from vitrt.benchmarks.harness import write_json
     from vitrt.compiler.options import command_line
+    from vitrt.compiler.output import result_file
 
     out = Path(out)
-    command = command_line(f"python -m {module}")
-    write_json(sibling(out, ".json"), {**result, "command": command})
+    command = command or command_line(f"python -m {module}")
+    write_json(result_file(out, ".json"), {**result, "command": command})
     figure = ""
     if plot is not None:
-        plot(result, sibling(out, ".png"))
-        figure = f"\n\n![{title}]({sibling(out, '.png').name})"
-    sibling(out, ".md").write_text(f"# {title}\n\nCommand:\n\n```bash\n{command}\n```\n\n{table}{figure}\n\n{notes}\n")
+        plot(result, result_file(out, ".png"))
+        figure = f"\n\n![{title}]({result_file(out, '.png').name})"
+    result_file(out, ".md").write_text(f"# {title}\n\nCommand:\n\n```bash\n{command}\n```\n\n{table}{figure}\n\n{notes}\n")
 
 
 @contextlib.contextmanager

@@ -100,6 +100,9 @@ class DcvitSweepConfig:
             raise VitrtError(f"--targets / --baseline must be fractions in (0, 1), got '{self.targets}' / "
                              f"{self.baseline}")
         check_finetune(self.lr, self.feature, lr_flag="--lr")
+        if self.few_shot < 1 or self.epochs < 0 or self.score_epochs < 0 or not 0 <= self.mlp <= 1:
+            raise VitrtError(f"--few-shot must be >= 1, --epochs and --score-epochs >= 0 and --mlp in [0, 1], got "
+                             f"{self.few_shot}, {self.epochs}, {self.score_epochs} and {self.mlp}")
         if self.seeds < 1 or self.workers < 1:
             raise VitrtError("--seeds and --workers must be >= 1")
         if self.first_seed < 0:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitrt.compiler.options import command_line, module_main, option
+from vitrt.compiler.output import result_file
 
 OPTION, CHECKPOINT, START = "option/path/schedule", "checkpoint", "start-up"
 LIMIT_S = {OPTION: 1.5, CHECKPOINT: 15.0, START: 1.5}
@@ -129,9 +130,9 @@ def run(config: FirstHourConfig) -> int:
     print(table)
     if config.out is not None:
         command = command_line("python -m vitrt.benchmarks.first_hour")
-        config.out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
+        result_file(config.out, ".json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
         cores = os.cpu_count()
-        config.out.with_suffix(".md").write_text(
+        result_file(config.out, ".md").write_text(
             f"# First hour: bad input\n\nCommand:\n\n```\n{command}\n```\n\nEach case runs `vitrt ...` as a new "
             "process in an empty temporary directory with an empty cache (XDG_CACHE_HOME), as on a fresh machine. CPU s: the process's user + system time, the limit's "
             "measure here; wall s is what a user waits and equals CPU s plus waiting for a core, so it reads true "

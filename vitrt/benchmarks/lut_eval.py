@@ -24,6 +24,7 @@ from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.lut import LatencyTable
 from vitrt.benchmarks.lut_build import Timer, block_model
 from vitrt.compiler.options import command_line, module_main, option
+from vitrt.compiler.output import result_file
 from vitrt.compiler.timing import Timing, measure, synced
 
 
@@ -161,8 +162,8 @@ def run(config: LutEvalConfig) -> int:
     text = format_eval(result)
     print(text)
     if config.out:
-        write_json(config.out.with_suffix(".json"), {**result, "command": command})
-        config.out.with_suffix(".md").write_text(f"Command:\n\n```\n{command}\n```\n\n{text}\n")
+        write_json(result_file(config.out, ".json"), {**result, "command": command})
+        result_file(config.out, ".md").write_text(f"Command:\n\n```\n{command}\n```\n\n{text}\n")
     return 0
 
 

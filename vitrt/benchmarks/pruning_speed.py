@@ -23,6 +23,7 @@ from pathlib import Path
 
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import module_main, option
+from vitrt.compiler.output import result_file
 from vitrt.compiler.timing import Timing
 
 ROUND_TIMING = dict(warmup=1, iterations=3)  # per candidate and round
@@ -126,9 +127,8 @@ def benchmark(config: PruningSpeedConfig) -> int:
     text = format_report(report)
     print(text)
     if config.out is not None:
-        config.out.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{config.out}.json").write_text(json.dumps(report, indent=1))
-        Path(f"{config.out}.md").write_text(text + "\n")
+        result_file(config.out, ".json").write_text(json.dumps(report, indent=1))
+        result_file(config.out, ".md").write_text(text + "\n")
     return 0
 
 

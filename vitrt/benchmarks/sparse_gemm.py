@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from vitrt.compiler.options import module_main, option
+from vitrt.compiler.output import result_file
 
 SHAPES = {"attn.q/k/v": (768, 768), "attn.proj": (768, 768), "mlp.fc1": (768, 3072), "mlp.fc2": (3072, 768)}
 
@@ -110,8 +111,8 @@ def to_markdown(results: dict, command: str) -> str:
 class SparseGemmConfig:
     batch: int = option(256, "images per batch (X = [batch·tokens, K])", type=int, metavar="N")
     iterations: int = option(50, "timed runs per GEMM", type=int, metavar="N")
-    out: Path | None = option(None, "write a markdown table here (and the JSON beside it)",
-                              writes=".json", flag="-o/--out", type=Path, metavar="MD")
+    out: Path | None = option(None, "write OUT.md and OUT.json",
+                              writes=".json", flag="-o/--out", type=Path, metavar="OUT")
 
 
 def main(config: SparseGemmConfig) -> int:
@@ -120,8 +121,8 @@ def main(config: SparseGemmConfig) -> int:
     text = to_markdown(results, command)
     print(text)
     if config.out:
-        config.out.write_text(text)
-        config.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+        result_file(config.out, ".md").write_text(text)
+        result_file(config.out, ".json").write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vitrt.compiler.options import module_main, option
+from vitrt.compiler.output import result_file
 
 MODELS = tuple(f"{family}_{size}{distilled}_patch16_224" for family, distilled in
                (("vit", ""), ("deit", ""), ("deit", "_distilled")) for size in ("tiny", "small", "base"))
@@ -29,8 +30,8 @@ class TorchModelsConfig:
     batch: int = option(1, "batch size compiled and timed", type=int, metavar="N")
     rounds: int = option(3, "interleaved timing rounds", type=int, metavar="N")
     iterations: int = option(2, "timed runs per backend per round", type=int, metavar="N")
-    out: Path | None = option(None, "write a markdown table here (and the JSON beside it)",
-                              writes=".json", flag="-o/--out", type=Path, metavar="MD")
+    out: Path | None = option(None, "write OUT.md and OUT.json",
+                              writes=".json", flag="-o/--out", type=Path, metavar="OUT")
 
 
 def run(config: TorchModelsConfig) -> dict:
@@ -79,8 +80,8 @@ def main(config: TorchModelsConfig) -> int:
     text = to_markdown(result, command)
     print(text)
     if config.out:
-        config.out.write_text(text)
-        config.out.with_suffix(".json").write_text(json.dumps({**result, "command": command}, indent=2))
+        result_file(config.out, ".md").write_text(text)
+        result_file(config.out, ".json").write_text(json.dumps({**result, "command": command}, indent=2))
     return 0
 
 

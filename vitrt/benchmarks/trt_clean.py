@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitrt.compiler.options import command_line, module_main, option
+from vitrt.compiler.output import result_file
 
 MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224", "deit_tiny_patch16_224",
           "deit_small_patch16_224", "deit_base_patch16_224", "deit_tiny_distilled_patch16_224",
@@ -95,8 +96,8 @@ def run(config: TrtCleanConfig) -> int:
     print(table)
     if config.out is not None:
         command = command_line("python -m vitrt.benchmarks.trt_clean")
-        config.out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
-        config.out.with_suffix(".md").write_text(
+        result_file(config.out, ".json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
+        result_file(config.out, ".md").write_text(
             f"# Compiled for TensorRT, linted against its rules\n\nCommand:\n\n```\n{command}\n```\n\n"
             "Each row: `vitrt compile MODEL --backend trt --no-build STACK` then `vitrt lint-trt OUT/model.onnx "
             f"--strict` (exit 1 on any warning), in new processes; random timm weights.\n\n{table}\n")

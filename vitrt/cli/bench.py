@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitrt.compiler.options import add_arguments, command_line, from_args, option
+from vitrt.compiler.output import result_file
 from vitrt.compiler.progress import progress_for
 from vitrt.compiler.target import TORCH_COMPILE_MODES
 from vitrt.compiler.timing import CLOCKS
@@ -71,8 +72,8 @@ def _cmd_nvit_table(args) -> int:
     text = format_nvit(result)
     print(text)
     if config.out:
-        write_json(Path(config.out).with_suffix(".json"), {**result, "command": command_line()})
-        Path(config.out).with_suffix(".md").write_text(f"# NViT Table 1 style\n\nCommand:\n\n```\n{command_line()}\n"
+        write_json(result_file(config.out, ".json"), {**result, "command": command_line()})
+        result_file(config.out, ".md").write_text(f"# NViT Table 1 style\n\nCommand:\n\n```\n{command_line()}\n"
                                                        f"```\n\n{text}\n")
     return 0
 

@@ -151,14 +151,14 @@ def check_result_paths(config) -> None:
     vitrt did not write, a file already there — a one-line OutputError otherwise."""
     import os
 
-    from vitrt.compiler.output import check_output_file
+    from vitrt.compiler.output import check_output_file, result_file
 
     results, inputs = [], []
     for leaf_ in leaves(type(config)):
         writes, value = leaf_.field.metadata.get("writes"), get(config, leaf_)
         if writes and value is not None:
             path = Path(value)
-            files = [path] if writes == "file" else [path.with_suffix(writes), path.with_suffix(".md")]
+            files = [path] if writes == "file" else [result_file(path, writes), result_file(path, ".md")]
             for file in files:
                 check_output_file(file, leaf_.flag)
             results += [(leaf_.flag, file) for file in files]

@@ -223,6 +223,16 @@ def atomic_output_dir(out: Path, force: bool):
         raise
 
 
+def result_file(out: Path, suffix: str) -> Path:
+    """The file with ``suffix`` of a ``-o OUT`` result (OUT.json, OUT.md, OUT.png): a suffix vitrt writes is
+    replaced, any other dot stays part of the name (``-o results/dcvit_0.7`` writes dcvit_0.7.json, not
+    dcvit_0.json; ``-o t.md`` writes t.md and t.json)."""
+    out = Path(out)
+    if out.suffix in (".md", ".json", ".png"):
+        out = out.with_suffix("")
+    return out.with_name(out.name + suffix)
+
+
 def write_json(path: Path, data) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
