@@ -55,11 +55,13 @@ def int4_graphs(twin, batch: int) -> dict:
 def run(config: Int4ActivationsConfig) -> int:
     import onnx
 
+    from vitrt.benchmarks.harness import check_counts
     from vitrt.compiler.backends import BuildOptions, get_backend
     from vitrt.compiler.models import canonicalize, load_timm_model
     from vitrt.compiler.timing import Timing, interleaved, synced
     from vitrt.compiler.verify import verification_inputs
 
+    check_counts(batch=config.batch, rounds=config.rounds, iters=config.iters, threads=config.threads)
     twin = canonicalize(load_timm_model(config.model))
     backend, options = get_backend("ort"), BuildOptions(threads=config.threads)
     runners, ops = {}, {}

@@ -198,6 +198,9 @@ def run_accuracy(config: AccuracyConfig) -> dict:
     unknown = [n for n in names if n not in VARIANT_OPTIONS]
     if unknown:
         raise VitrtError(f"--variants: unknown variant '{unknown[0]}'; choose from {', '.join(VARIANT_OPTIONS)}")
+    twice = [n for i, n in enumerate(names) if n in names[:i]]
+    if twice:  # each variant compiles into its own directory: a second one collided after the first compile
+        raise VitrtError(f"--variants names '{twice[0]}' twice; list each variant once")
     check_counts(batch=config.batch, calib_images=config.calib_images)
     if config.qat_epochs < 0:
         raise VitrtError(f"--qat-epochs must be >= 0, got {config.qat_epochs}")

@@ -232,8 +232,8 @@ def check_sweep_dir(out: Path | None, force: bool) -> Path:
         raise VitrtError("no output directory: pass -o OUT (the recorded sweep: -o benchmarks/results)")
     out = Path(out)
     check_writable_dir(out)  # other files may stay
-    if out.is_dir():
-        check_output_file(out / SWEEP_FILES[0], "-o")
+    for name in SWEEP_FILES if out.is_dir() else ():  # each written after the sweep: a directory in the way now
+        check_output_file(out / name, "-o")
     existing = [name for name in SWEEP_FILES if (out / name).exists()]
     if existing and not force:
         raise VitrtError(f"-o {out} already holds {', '.join(existing)}: pass --force to replace them or choose "
@@ -247,8 +247,8 @@ def run(config: TomeBenchConfig, argv: list[str] | None = None) -> dict:
 
     progress = Progress(enabled=not config.quiet)
     targets = parse_targets(config.targets)
-    if config.iters < 1 or config.batch < 1:
-        raise VitrtError("--iters and --batch must be >= 1")
+    if config.iters < 1 or config.batch < 1 or (config.threads is not None and config.threads < 1):
+        raise VitrtError("--iters, --batch and --threads must be >= 1")
     out = check_sweep_dir(config.out, config.force)
     if not config.no_throughput:  # its model is timed after the digits sweep: refused before it, not after
         from vitrt.compiler.known_models import check_model_name

@@ -35,11 +35,12 @@ class TorchModelsConfig:
 
 
 def run(config: TorchModelsConfig) -> dict:
-    from vitrt.benchmarks.harness import build_onnx, images_for
+    from vitrt.benchmarks.harness import build_onnx, check_counts, images_for
     from vitrt.compiler.backends import BuildOptions, get_backend
     from vitrt.compiler.timing import Timing, interleaved, synced
     from vitrt.pipeline.driver import compile
 
+    check_counts(batch=config.batch, rounds=config.rounds, iterations=config.iterations)
     rows = []
     options = BuildOptions(threads=1)
     for name in config.models.split(","):

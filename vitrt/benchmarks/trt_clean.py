@@ -67,7 +67,7 @@ def check(model: str, extra: list[str], tmp: Path) -> dict:
                           capture_output=True, text=True, check=False)
     section = json.loads((out / "manifest.json").read_text())["trt_lint"]
     return {"compile_exit": 0, "lint_strict_exit": lint.returncode, "errors": len(section["errors"]),
-            "warnings": len(section["warnings"]), "summary": lint.stdout.strip().splitlines()[-1],
+            "warnings": len(section["warnings"]), "summary": " ".join(lint.stdout.strip().splitlines()[-1:]),
             "seconds": round(seconds, 1)}
 
 
