@@ -128,7 +128,8 @@ def test_dcvit_table_counts_are_checked(capsys, args, message):
 @pytest.mark.parametrize("args, message", [
     (["bench-quant-accuracy", "--variants", "fp32,foo"], "unknown variant 'foo'"),  # before fp32 compiles
     (["bench-quant-accuracy", "--reference-dir", "{tmp}"], "has no model.pt or info.json"),
-    (["bench-quant-speed", "digits", "--calib-images", "4", "--batch", "8"], "must be at least --batch"),
+    (["bench-quant-speed", "digits", "--calib-images", "4", "--batch", "8"], "must be a multiple of --batch"),
+    (["bench-quant-speed", "digits", "--calib-images", "12", "--batch", "8"], "must be a multiple of --batch"),
     (["bench-quant-speed", "digits", "--rounds", "0"], "--rounds must be >= 1"),  # nan ms before
     (["bench-quant-speed", "digits", "--iters", "0"], "--iters must be >= 1"),  # after three compiles before
 ])

@@ -69,8 +69,9 @@ def run_speed(config: SpeedConfig) -> dict:
 
     check_counts(batch=config.batch, calib_images=config.calib_images, rounds=config.rounds, iters=config.iters,
                  threads=config.threads)
-    if config.calib_images < config.batch:  # quantize_static reads whole batches: it would see none
-        raise VitrtError(f"--calib-images ({config.calib_images}) must be at least --batch ({config.batch})")
+    if config.calib_images % config.batch:  # the fp32 graph's batch is static: quantize_static reads whole batches
+        raise VitrtError(f"--calib-images ({config.calib_images}) must be a multiple of --batch ({config.batch}) so "
+                         "that both quantizers calibrate on the same images")
     with tempfile.TemporaryDirectory(prefix="vitrt-quant-bench-") as work:
         return _speed(config, Path(work))
 
