@@ -8,7 +8,6 @@ the value of a measured time."""
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 import pytest

@@ -178,10 +178,7 @@ def bisect_out(config, progress) -> dict:
     from vitrt.pipeline.replay import load_record
 
     record = load_record(config.a)
-    stages = tuple(s.strip() for s in config.bisect_stages.split(",")) if config.bisect_stages else BISECT_STAGES
-    unknown = [s for s in stages if s not in BISECT_STAGES]
-    if unknown:
-        raise VitrtError(f"--bisect-stages: unknown stage '{unknown[0]}'; choose from {', '.join(BISECT_STAGES)}")
+    stages = config.stages_to_bisect()  # checked by CompareConfig.validate
     data = load_data(config.data, record.twin.spec.img, split="test", limit=config.images, seed=config.seed)
     images = np.concatenate([x.numpy() for x, _ in data.batches(256)])
     labels = np.concatenate([y.numpy() for _, y in data.batches(256)]) if data.labelled else None

@@ -52,6 +52,14 @@ class CompareConfig:
     def report_dir(self) -> Path:
         return self.out or Path(self.b or self.a) / "compare"
 
+    def listed_stages(self) -> tuple[str, ...]:
+        """The stage names --bisect-stages lists (empty names dropped: "quant," is quant)."""
+        return tuple(s.strip() for s in (self.bisect_stages or "").split(",") if s.strip())
+
+    def stages_to_bisect(self) -> tuple[str, ...]:
+        """The stages whose layers --bisect may revert: those listed, by default every one."""
+        return self.listed_stages() or BISECT_STAGES
+
     def validate(self) -> "CompareConfig":
         if self.a is None:
             raise OptionError("no OUT given: vitrt compare OUT [B]")
@@ -65,7 +73,7 @@ class CompareConfig:
             raise OptionError(f"--max-drop must be a number of points in [0, 100], got {self.max_drop}")
         if (self.bisect_stages is not None or self.max_drop != 0.5) and not self.bisect:
             raise OptionError("--bisect-stages / --max-drop need --bisect")
-        stages = [s.strip() for s in (self.bisect_stages or "").split(",") if s.strip()]
+        stages = self.listed_stages()
         unknown = [s for s in stages if s not in BISECT_STAGES]
         if unknown or (self.bisect_stages is not None and not stages):
             raise OptionError(f"--bisect-stages takes a comma-separated subset of {', '.join(BISECT_STAGES)}; got "

@@ -187,10 +187,6 @@ class Comparison:
                 "largest_contributor": top, "not_compared": dict(self.missing)}
 
 
-# QKᵀ's second operand: the graph holds Kᵀ (what the MatMul takes), the twin's quantizer sees K
-TRANSPOSED_POINT = "attn.qk.input_b"
-
-
 def compare_probes(candidate, reference, points: list[Point], batches, tolerance: float) -> Comparison:
     """Run both probes over ``batches`` ((images, labels or None) pairs) and accumulate every shared point."""
     stats = {p.name: PointStats(p) for p in points}
@@ -202,12 +198,8 @@ def compare_probes(candidate, reference, points: list[Point], batches, tolerance
             if p.name not in a or p.name not in b:
                 missing.setdefault(p.name, "not in the candidate" if p.name not in a else "not in the reference")
             elif a[p.name].shape != b[p.name].shape:
-                swapped = np.swapaxes(b[p.name], -1, -2)
-                if p.name.endswith(TRANSPOSED_POINT) and a[p.name].shape == swapped.shape:
-                    stats[p.name].update(a[p.name], swapped)
-                else:
-                    missing.setdefault(p.name, f"shapes differ: {list(a[p.name].shape[1:])} vs "
-                                               f"{list(b[p.name].shape[1:])}")
+                missing.setdefault(p.name, f"shapes differ: {list(a[p.name].shape[1:])} vs "
+                                           f"{list(b[p.name].shape[1:])}")
             else:
                 stats[p.name].update(a[p.name], b[p.name])
         if "logits" in a and "logits" in b and a["logits"].shape == b["logits"].shape:

@@ -18,7 +18,8 @@ A point is one intermediate every lowering of a ViT has, found by the canonical 
     logits                     the graph output                         the twin's return value
 
 (``(qdq)``: every Q/DQ'd activation the graph holds — ``<layer>.input`` of each quantized MatMul / Conv and the
-attention matmuls' ``qk.input_a`` / ``qk.input_b`` / ``av.input_a`` / ``av.input_b``; a twin without quantizers
+attention matmuls' ``qk.input_a`` / ``qk.input_b`` (Kᵀ; the twin's quantizer holds K, which its probe
+transposes) / ``av.input_a`` / ``av.input_b``; a twin without quantizers
 gives the layer's float input for ``<layer>.input``, so a quantized graph compared with the float twin shows the
 error each Q/DQ adds.) The residual stream between
 blocks is read where the next LayerNorm takes it (``blocks.{i+1}.norm1``, or ``norm2`` when that block has no
@@ -44,7 +45,8 @@ class Point:
     block: int | None  # the block it belongs to (None: stem / head)
     tensor: str  # the ONNX tensor holding it
     twin: tuple[tuple[str, str], ...]  # alternatives, first present wins: (how, module path) with how = output |
-    #                                    input | softmax_input | softmax_output | result
+    #                                    output_transposed (last two axes) | input | softmax_input |
+    #                                    softmax_output | result
 
 
 def _attention_quantizer(local: str) -> str:
@@ -104,7 +106,9 @@ def graph_points(model: onnx.ModelProto, spec) -> list[Point]:
     def qdq(key, block):  # a twin without the quantizer (the float twin) has the layer's float input there
         layer, _, role = key.rpartition(".")
         plain = (("input", layer),) if role == "input" else ()
-        add(key, "qdq", block, nodes.out(f"{key}.dequantize"), ("output", qdq_twin_path(key)), *plain)
+        # QKᵀ's second operand: the graph holds Kᵀ (what the MatMul takes), the twin's quantizer K
+        how = "output_transposed" if key.endswith("attn.qk.input_b") else "output"
+        add(key, "qdq", block, nodes.out(f"{key}.dequantize"), (how, qdq_twin_path(key)), *plain)
 
     qdq("patch_embed.input", None)
     add("patch_embed", "stream", None, nodes.out("patch_embed"), ("output", "patch_embed"))

@@ -200,6 +200,9 @@ def twin_probe(twin: nn.Module, points: list[Point]) -> Probe:
                 if how == "output":
                     handles.append(module.register_forward_hook(
                         lambda m, a, out, name=point.name: keep(name, out)))
+                elif how == "output_transposed":  # reported in the graph's layout, whatever the two sizes
+                    handles.append(module.register_forward_hook(
+                        lambda m, a, out, name=point.name: keep(name, out.transpose(-1, -2))))
                 elif how == "input":
                     handles.append(module.register_forward_pre_hook(
                         lambda m, a, name=point.name: keep(name, a[0])))
