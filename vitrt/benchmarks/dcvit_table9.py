@@ -18,7 +18,6 @@ from pathlib import Path
 
 from vitrt.compiler.options import module_main, option
 
-
 PAPER_MS = {"vit_tiny_patch16_224": 296.2, "vit_small_patch16_224": 526.5, "vit_base_patch16_224": 985.5,
             "vit_large_patch16_224": 3204.2, "deit_base_patch16_224": 302.4}  # Table 9, one RTX 3090
 DIGITS = "digits-reference"
