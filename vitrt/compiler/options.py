@@ -158,6 +158,9 @@ def check_result_paths(config) -> None:
         writes, value = leaf_.field.metadata.get("writes"), get(config, leaf_)
         if writes and value is not None:
             path = Path(value)
+            if writes != "file" and path.name in ("", ".."):  # ".", "/", "..": no name to put .json / .md after
+                raise OutputError(f"{leaf_.flag} '{path}' names no file: it is the prefix of the result files "
+                                  f"(OUT{writes}, OUT.md); choose e.g. '{path / 'results'}'")
             files = [path] if writes == "file" else [result_file(path, writes), result_file(path, ".md")]
             for file in files:
                 check_output_file(file, leaf_.flag)
