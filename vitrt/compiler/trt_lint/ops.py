@@ -51,9 +51,9 @@ def attribute_value(g: LintGraph):
 
 def topk_k(g: LintGraph):
     for node in g.nodes:
-        if node.op_type != "TopK" or len(node.input) < 2:
+        if node.op_type != "TopK":
             continue
-        k = g.const(node.input[1])
+        k = g.const(node.input[1]) if len(node.input) > 1 else np.asarray(g.attrs(node).get("k", 1))  # TopK-1: k
         if k is not None and int(np.max(k)) >= ops.TOPK_MAX_K:
             yield node.name, f"TopK K={int(np.max(k))}: K must be less than {ops.TOPK_MAX_K}"
 
@@ -81,8 +81,8 @@ def gathernd_batch_dims(g: LintGraph):
             continue
         b = int(g.attrs(node).get("batch_dims", 0))
         data, indices = g.shape(node.input[0]), g.shape(node.input[1])
-        if b < 0 or (data is not None and b >= len(data) - 1):
-            yield node.name, f"GatherND batch_dims={b} must satisfy 0 <= batch_dims < rank(data) - 1 " \
+        if b < 0 or (data is not None and b >= len(data)):
+            yield node.name, f"GatherND batch_dims={b} must satisfy 0 <= batch_dims < rank(data) " \
                              f"(rank {None if data is None else len(data)})"
             continue
         if data is not None and indices is not None:

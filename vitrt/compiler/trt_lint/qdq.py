@@ -127,7 +127,8 @@ def qdq_per_channel(g: LintGraph):
         if not q.input_constant:
             yield q.node.name, f"{q.where}: per-channel scale {list(q.scale.shape)} on a computed tensor; " \
                                "activations are quantized per tensor (per-channel only for weights)"
-        elif q.scale.ndim != 1 or (q.axis is not None and q.input_shape[q.axis] not in (None, q.scale.size)):
+        elif q.scale.ndim != 1 or (q.axis is not None and (not 0 <= q.axis < len(q.input_shape) or
+                                                            q.input_shape[q.axis] not in (None, q.scale.size))):
             yield q.node.name, f"{q.where}: per-channel scale {list(q.scale.shape)} must be 1-D with one value per " \
                                f"element of axis {q.axis} (input {q.input_shape})"
 

@@ -26,7 +26,8 @@ def tensorrt_requirements(model: onnx.ModelProto, options: BuildOptions) -> list
     fp8 = {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT8E4M3FN}
     scales = {t.name: t.dims for t in model.graph.initializer}
     fp8_nodes = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and
-                 (len(n.input) > 2 and n.input[2] in fp8 or n.input[0] in fp8)]
+                 (len(n.input) > 2 and n.input[2] in fp8 or n.input[0] in fp8 or
+                  any(a.name == "output_dtype" and a.i == TensorProto.FLOAT8E4M3FN for a in n.attribute))]
     if fp8_nodes:
         needs.append("FP8 Q/DQ: a GPU of compute capability >= %d.%d (Ada, Hopper or newer)" % FP8_COMPUTE_CAPABILITY)
     if any(n.input[0] in fp8 and list(scales.get(n.input[1], [])) not in ([], [1]) for n in fp8_nodes):

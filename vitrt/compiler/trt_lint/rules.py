@@ -95,7 +95,7 @@ _RULES = (
          "per byte; a parser limit, not the Q/DQ form, so not the Q/DQ pass's postcondition): a head with an odd "
          "number of classes stays float (--quant-exclude head)", ONNX_TRT_INT4),
     Rule("dropout-training", ERROR, OPERATOR, "Dropout's training_mode evaluates to False", OPERATORS_MD),
-    Rule("gathernd-batch-dims", ERROR, OPERATOR, "GatherND: 0 <= batch_dims < rank(data) - 1, the first batch_dims "
+    Rule("gathernd-batch-dims", ERROR, OPERATOR, "GatherND: 0 <= batch_dims < rank(data), the first batch_dims "
          "dims of data and indices equal (no broadcast), the last dim of indices static", NVINFER_GATHER),
     # --- explicit quantization -----------------------------------------------------------------------------------
     Rule("qdq-opset", ERROR, QDQ, "the opset has the Q/DQ form used (int8 13, float8 19, int4 / block_size 21)",
