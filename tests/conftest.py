@@ -61,6 +61,18 @@ def run_cli(*argv) -> int:
 
 
 @pytest.fixture(scope="session")
+def lowered():
+    """(canonical twin, a factory of fresh GraphViews of it): the real lowering of a one-block tiny ViT, batch 2."""
+    from vitrt.compiler.graph import GraphView
+    from vitrt.compiler.lower import lower
+    from vitrt.compiler.models import canonicalize
+
+    twin = canonicalize(tiny_vit(depth=1))
+    model = lower(twin, batch=2)
+    return twin, lambda: GraphView.from_onnx(model)
+
+
+@pytest.fixture(scope="session")
 def tiny_outs(tmp_path_factory):
     """Compiled ONNX Runtime OUTs of tiny ViTs: (2 blocks, 1 block, 1 block with a dynamic batch), batch 1, 1, 2."""
     from vitrt.pipeline.driver import compile

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_vit
 from vitrt.compiler.errors import OptionError, OutputError, VitrtError
 
 
@@ -74,18 +73,6 @@ def test_build_options_carry_every_target_setting_and_default_to_the_cpu(tmp_pat
 
 
 # --- pass_manager.py ---------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def lowered():
-    """(canonical twin, a factory of fresh GraphViews of it): the real lowering of a one-block tiny ViT."""
-    from vitrt.compiler.graph import GraphView
-    from vitrt.compiler.lower import lower
-    from vitrt.compiler.models import canonicalize
-
-    twin = canonicalize(tiny_vit(depth=1))
-    model = lower(twin, batch=2)
-    return twin, lambda: GraphView.from_onnx(model)
-
 
 def _scale_pass():
     """A function-changing pass that doubles fc2's weight in ONNX and (as a new twin) in torch."""

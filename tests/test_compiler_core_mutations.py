@@ -138,18 +138,6 @@ def test_a_single_process_writes_whatever_rank_a_stale_environment_names(monkeyp
 
 # --- pass_manager.py ---------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def lowered():
-    """(canonical twin, a fresh GraphView of it) factory: the real lowering of a one-block tiny ViT."""
-    from vitrt.compiler.graph import GraphView
-    from vitrt.compiler.lower import lower
-    from vitrt.compiler.models import canonicalize
-
-    twin = canonicalize(tiny_vit(depth=1))
-    model = lower(twin, batch=2)
-    return twin, lambda: GraphView.from_onnx(model)
-
-
 def _passes():
     from vitrt.compiler.pass_manager import CANONICAL, SHAPES_INFERRED, TOPOSORTED, Pass, PassResult
 
