@@ -177,9 +177,14 @@ def pixel_bounds(mean, std, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def balanced_labels(count: int, num_classes: int, seed: int) -> torch.Tensor:
-    """``count`` labels, every class as often as possible (± 1), in a seeded random order."""
-    labels = torch.arange(count) % num_classes
-    return labels[torch.randperm(count, generator=torch.Generator().manual_seed(seed))]
+    """``count`` labels, every class as often as possible (± 1), in a seeded random order. The classes that get one
+    image more — every image's class when there are fewer images than classes (DC-ViT's 50 images of ImageNet's
+    1,000) — are drawn by the seed, not the first ones."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(count, generator=generator)  # drawn first: a whole number of rounds keeps its old labels
+    whole = count - count % num_classes
+    extra = torch.randperm(num_classes, generator=generator)[:count - whole]
+    return torch.cat([torch.arange(whole) % num_classes, extra])[order]
 
 
 def invert_images(twin, config: SynthesisConfig, *, bounds=None, progress=None) -> tuple[ImageSet, dict]:
