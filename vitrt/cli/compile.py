@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vitrt.calib.synthesis_config import SYNTH_PREFIX
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import add_arguments, from_args, leaves
 from vitrt.compiler.output import check_output_file
@@ -27,8 +28,10 @@ def print_summary(manifest: dict) -> None:
                               f"{real['images']} images of {real['data']}; KL to dense {real['kl_to_dense']:.4f}"))
     if "metric" in accuracy:
         metric = accuracy["metric"]
+        # data-free on a synthetic set; on real images it is still label-free (their labels are not read)
+        kind = "data-free" if str(metric["data"]).startswith(SYNTH_PREFIX) else "label-free"
         rows.append(("metric loss", f"{metric['compiled']['loss']:.5f} on {metric['images']} images of "
-                                    f"{metric['data']} (data-free estimate; dense {metric['dense']['loss']:.5f})"))
+                                    f"{metric['data']} ({kind} estimate; dense {metric['dense']['loss']:.5f})"))
     if "latency" in manifest:
         lat = manifest["latency"]
         rows.append(("latency", f"{lat['median_ms']:.2f} ms median, {lat['p90_ms']:.2f} ms p90, "

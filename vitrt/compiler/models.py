@@ -8,6 +8,7 @@ feature is unsupported, before any work is done.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -57,8 +58,30 @@ def load_timm_model(name: str, *, pretrained: bool = False, checkpoint: str | Pa
         what = "download pretrained weights for" if pretrained else "create"
         raise VitrtError(f"could not {what} '{name}': {_first_line(exc)}") from None
     if state is not None:
-        load_state(model, state, checkpoint, name)
+        load_state(model, fit_pos_embed(model, state, progress), checkpoint, name)
     return model.eval()
+
+
+def fit_pos_embed(model: nn.Module, state: dict, progress=None) -> dict:
+    """``state`` with its position embedding resampled to ``model``'s patch grid where only the grid differs (a
+    checkpoint trained at 224 compiled with another --img-size), as timm does for pretrained weights; ``state``
+    itself is left as it was. Anything else that differs is left for :func:`load_state` to refuse."""
+    theirs, ours = state.get("pos_embed"), getattr(model, "pos_embed", None)
+    if theirs is None or ours is None or theirs.shape == ours.shape or theirs.dim() != 3 \
+            or theirs.shape[-1] != ours.shape[-1]:
+        return state
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
+    old = math.isqrt(theirs.shape[1] - prefix)
+    if old * old != theirs.shape[1] - prefix:
+        return state  # not a square grid: load_state names the mismatch
+    grid = list(model.patch_embed.grid_size)
+    if progress is not None:
+        progress.log(f"the checkpoint's position embedding is for a {old}x{old} patch grid: resampled (bicubic, as "
+                     f"timm does) to the model's {grid[0]}x{grid[1]}")
+    resampled = resample_abs_pos_embed(theirs, new_size=grid, old_size=[old, old], num_prefix_tokens=prefix)
+    return {**state, "pos_embed": resampled}
 
 
 def model_spec(name: str, *, img_size: int | None = None, num_classes: int | None = None) -> ViTSpec:

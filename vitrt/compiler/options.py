@@ -148,7 +148,9 @@ def check_result_paths(config) -> None:
     command's inputs: an input file (by path or hard link), what vitrt wrote into an input directory or a vitrt
     output nested in it (``bench OUT --json OUT/manifest.json`` would replace the compile's manifest, ``--json
     OUT/compare/compare.md`` a report; ``OUT/bench.json`` is a new file, rewritten on a rerun) or, in a directory
-    vitrt did not write, a file already there — a one-line OutputError otherwise."""
+    vitrt did not write, a file already there — and never what vitrt wrote into any output, an input or not
+    (``lint-trt OUT/model.onnx --json OUT/manifest.json``, ``bench A --json B/manifest.json``): a one-line
+    OutputError otherwise."""
     import os
 
     from vitrt.compiler.output import check_output_file, result_file
@@ -178,23 +180,41 @@ def check_result_paths(config) -> None:
                 if entry is not None:
                     raise OutputError(f"{flag} '{file}' would overwrite {entry} of the input '{source}'; write the "
                                       "result elsewhere")
+        owner = marked_owner(target)
+        if owner is not None and overwrites_entry(owner, target):
+            raise OutputError(f"{flag} '{file}' would overwrite {target.relative_to(owner)}, which vitrt wrote into "
+                              f"'{owner}'; write the result elsewhere")
+
+
+def marked_owner(target: Path, stop: Path | None = None) -> Path | None:
+    """The deepest directory above ``target`` (``stop`` included, nothing above it) that holds a vitrt output
+    marker, or None: that output's marker decides whether ``target`` is one of its entries."""
+    from vitrt.compiler.output import entries_written
+
+    directory = target.parent
+    while entries_written(directory) is None:
+        if directory == stop or directory == directory.parent:
+            return None
+        directory = directory.parent
+    return directory
+
+
+def overwrites_entry(owner: Path, target: Path) -> bool:
+    """``target`` is (or lies inside) an entry the marker of the vitrt output ``owner`` lists, or is the marker."""
+    from vitrt.compiler.output import OUTPUT_MARKER, entries_written
+
+    return target.relative_to(owner).parts[0] in entries_written(owner) | {OUTPUT_MARKER}
 
 
 def written_entry(source: Path, target: Path) -> str | None:
     """What ``target`` (inside the input directory ``source``) would overwrite, or None where it is a new file: an
     entry vitrt wrote into ``source`` or into a vitrt output nested in it (their markers list them, the marker
     itself included), or, where no marker covers it, a file already there."""
-    from vitrt.compiler.output import OUTPUT_MARKER, entries_written
-
     shown = str(target.relative_to(source))
-    directory = target.parent
-    while True:  # the deepest marked directory between target and source decides
-        written = entries_written(directory)
-        if written is not None:
-            return shown if target.relative_to(directory).parts[0] in written | {OUTPUT_MARKER} else None
-        if directory == source:
-            return shown if target.exists() else None
-        directory = directory.parent
+    owner = marked_owner(target, stop=source)
+    if owner is None:
+        return shown if target.exists() else None
+    return shown if overwrites_entry(owner, target) else None
 
 
 def from_options(config_cls, options: dict, *, what: str = "option"):

@@ -159,7 +159,8 @@ def load_source(config: CompileConfig, source: Source, progress: Progress):
     if model is None:
         with progress.step(f"loading {config.model}"):
             model = load_timm_model(config.model, pretrained=config.pretrained, img_size=config.img_size,
-                                    num_classes=source.num_classes, state=source.state, checkpoint=config.checkpoint)
+                                    num_classes=source.num_classes, state=source.state, checkpoint=config.checkpoint,
+                                    progress=progress)
     if isinstance(model, CanonicalViT):
         twin = copy.deepcopy(model).eval()
         return twin, twin

@@ -42,6 +42,10 @@ class QuantPlan:
             names = list(self.float_layers)
             notes.append(f"quantization: {len(names)} layer(s) kept float: {', '.join(names[:4])}"
                          f"{' ...' if len(names) > 4 else ''} (why: manifest quantization.float_layers)")
+        images = self.info.get("calib_images")
+        if images and images["used"] < images["asked"]:
+            notes.append(f"calibration: on {images['used']} images, all that {self.info.get('calib_data')} holds "
+                         f"(--calib-images {images['asked']})")
         block = self.table.meta.get("block_size")
         if self.precision == "int4w" and block and block < 128:
             notes.append(f"int4w: block size {block}, since 128 does not divide every layer's input width")

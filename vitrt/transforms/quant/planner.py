@@ -39,6 +39,8 @@ def plan(twin, ctx: PlanContext, options: QuantConfig) -> QuantPlan:
                                          max_images=options.calib_images, progress=ctx.progress)
         if data is not None:
             table.meta["calib_data"] = source
+            # a set smaller than --calib-images calibrates on what it holds: the plan's notes say so
+            info["calib_images"] = {"asked": options.calib_images, "used": table.meta["calib_images"]}
     float_layers = float_layers_for(twin, table, ctx, options)  # --quant-exclude, --keep-float-top
     if float_layers:
         table = table.without(float_layers)

@@ -1,0 +1,146 @@
+"""Tests from an exploratory "first user" review (README commands, combinations of passes, bad input, follow-up
+commands on compiled OUTs): each pins a defect that review found. Tiny models, the digits reference and real
+components (timm, ONNX Runtime, vitrt's own commands): seconds each."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli, tiny_vit
+
+
+@pytest.fixture(scope="module")
+def tiny_out(tmp_path_factory):
+    """A compiled ONNX Runtime OUT of a one-block tiny ViT, with its twin record."""
+    from vitrt.pipeline.driver import compile
+
+    return compile(tiny_vit(depth=1), tmp_path_factory.mktemp("review") / "out", quiet=True, keep_twin=True).out
+
+
+def snapshot(out):
+    return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def one_error_line(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("entry", ["manifest.json", "twin/record.json", ".vitrt-output"])
+def test_a_result_file_never_replaces_what_vitrt_wrote_beside_an_input_file(tiny_out, entry, capsys):
+    """``vitrt lint-trt OUT/model.onnx --json OUT/manifest.json`` replaced the compile's manifest with the lint report
+    (exit 0): only an input *directory* was guarded, not the vitrt output holding an input *file*."""
+    before = snapshot(tiny_out)
+    assert run_cli("lint-trt", tiny_out / "model.onnx", "--json", tiny_out / entry) == 2
+    assert snapshot(tiny_out) == before
+    assert f"would overwrite {entry}, which vitrt wrote into '{tiny_out}'" in one_error_line(capsys)
+
+
+def test_a_result_file_never_replaces_another_compiles_entries(tiny_out, capsys):
+    """``vitrt bench digits --json OTHER_OUT/manifest.json`` replaced another compile's manifest (a later ``lut
+    refine --from`` then found no measured latency in it); a new file beside them is still written."""
+    before = snapshot(tiny_out)
+    bench = ("bench", "digits", "--iterations", "1", "--warmup", "0", "--quiet", "--json")
+    assert run_cli(*bench, tiny_out / "manifest.json") == 2
+    assert snapshot(tiny_out) == before
+    assert "would overwrite manifest.json" in one_error_line(capsys)
+    assert run_cli(*bench, tiny_out / "bench_digits.json") == 0
+    assert json.loads((tiny_out / "bench_digits.json").read_text())["rows"]
+    (tiny_out / "bench_digits.json").unlink()
+
+
+def test_a_side_by_side_bench_row_shows_the_time_its_images_per_second_reads(tiny_outs):
+    """On the wall clock a side-by-side row read 'median 7.03 ms ... 347.5 images/s' at batch 4: images/s (and the
+    speedup) read the median over rounds of each round's median, which the table never showed, beside the median of
+    every run pooled. The table now shows that time, and the row's numbers agree."""
+    from vitrt.benchmarks.harness import bench_target, format_bench
+
+    dense, _, _ = tiny_outs
+    result = bench_target(str(dense), [1], backend=["ort", "torch"], iterations=2, warmup=0, rounds=2, threads=1)
+    assert result["clock"] == "wall"
+    table = format_bench(result).splitlines()
+    assert "rounds ms" in table[3] and table[-1].startswith("rounds ms: the median over rounds of each round's median")
+    for row, line in zip(result["rows"], table[4:6]):
+        assert row["images_per_s"] == pytest.approx(1000.0 / row["typical_ms"], rel=1e-3)
+        assert line.split()[5] == f"{row['typical_ms']:.2f}" and line.split()[6] == f"{row['images_per_s']:.1f}"
+
+
+def test_calibration_on_fewer_images_than_asked_is_said_and_recorded(tmp_path):
+    """``--calib-images 100`` on a 2-image synthetic set calibrated on 2 images silently: only scale_table.json's meta
+    said so. The plan's note (printed, and in the manifest's adjustments) and its info say it now."""
+    sset, out = tmp_path / "set", tmp_path / "out"
+    assert run_cli("synth", "digits-reference", "-o", sset, "--images", "2", "--iters", "1", "--batch", "2",
+                   "--quiet") == 0
+    assert run_cli("compile", "digits", "-o", out, "--precision", "int8", "--calib-data", f"synth:{sset}",
+                   "--calib-images", "100", "--quiet") == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert json.loads((out / "scale_table.json").read_text())["meta"]["calib_images"] == 2
+    assert manifest["quantization"]["calib_images"] == {"asked": 100, "used": 2}
+    assert [a["note"] for a in manifest["adjustments"]] == [
+        f"calibration: on 2 images, all that synth:{sset} holds (--calib-images 100)"]
+
+
+def test_a_calibration_on_as_many_images_as_asked_notes_nothing():
+    from vitrt.transforms.quant.plan import QuantPlan
+    from vitrt.transforms.quant.scale_table import ScaleTable
+
+    table = ScaleTable("int8", {}, "calibration:max", {"calib_images": 8})
+    assert QuantPlan("int8", table, info={"calib_images": {"asked": 8, "used": 8}}).notes() == []
+
+
+def test_a_checkpoint_compiles_at_another_image_size_with_timms_resampled_position_embedding(tmp_path, capsys):
+    """A checkpoint trained at one size failed at another --img-size ("pos_embed [1,17,192] vs [1,5,192]"), though
+    the README says any square size. The position embedding is resampled as timm resamples pretrained weights: the
+    compiled model matches timm's own model at that size loaded through timm's checkpoint filter; the checkpoint
+    file is left as it was."""
+    import onnxruntime as ort
+    import timm
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    name = "deit_tiny_patch16_224"
+    torch.manual_seed(0)
+    state = timm.create_model(name, img_size=64, num_classes=10).state_dict()
+    state["pos_embed"] = torch.randn_like(state["pos_embed"])  # a grid with structure to resample
+    path, out = tmp_path / "ft64.pt", tmp_path / "out"
+    torch.save(state, path)
+    saved = path.read_bytes()
+    assert run_cli("compile", name, "--img-size", "32", "--checkpoint", path, "-o", out, "--verify") == 0
+    assert path.read_bytes() == saved
+    assert "position embedding is for a 4x4 patch grid: resampled" in capsys.readouterr().err
+
+    reference = timm.create_model(name, img_size=32, num_classes=10).eval()
+    reference.load_state_dict(checkpoint_filter_fn(torch.load(path, weights_only=True), reference))
+    images = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: images})[0]
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_a_checkpoint_of_another_width_is_still_refused_by_name(tmp_path, capsys):
+    import timm
+
+    state = timm.create_model("deit_tiny_patch16_224", img_size=64, num_classes=10).state_dict()
+    state["pos_embed"] = state["pos_embed"][..., :96]
+    torch.save(state, tmp_path / "bad.pt")
+    assert run_cli("compile", "deit_tiny_patch16_224", "--img-size", "32", "--checkpoint", tmp_path / "bad.pt",
+                   "-o", tmp_path / "out", "--quiet") == 2
+    assert "pos_embed [1, 17, 96] vs [1, 5, 192]" in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("data", "kind"), [("synth:/sets/digits", "data-free"), ("digits", "label-free")])
+def test_the_summary_calls_a_metric_loss_on_real_images_label_free(data, kind, capsys):
+    from vitrt.cli.compile import print_summary
+
+    manifest = {"model": "digits", "input_shape": [1, 3, 32, 32], "params": {"before": 1, "after": 1},
+                "flops": {"before": 1e9, "after": 1e9},
+                "accuracy": {"metric": {"data": data, "images": 4, "compiled": {"loss": 0.1}, "dense": {"loss": 0.0}}}}
+    print_summary(manifest)
+    assert f"({kind} estimate; dense 0.00000)" in capsys.readouterr().out
