@@ -127,6 +127,7 @@ def test_a_missing_eval_data_folder_names_only_labelled_sources(tmp_path):
 
 def test_force_refuses_a_data_folder_inside_out(tmp_path):
     (tmp_path / "out" / "images" / "cls").mkdir(parents=True)
+    (tmp_path / "out" / "images" / "cls" / "0.png").write_bytes(b"")
     with pytest.raises(VitrtError, match="--calib-data '.*images' lies inside"):
         config(out=tmp_path / "out", force=True, precision="int8", calib_data=str(tmp_path / "out" / "images"))
     assert config(out=tmp_path / "elsewhere", force=True, precision="int8",
@@ -140,8 +141,15 @@ def test_a_data_source_that_is_a_file_is_refused(tmp_path):
 
 
 def test_synthetic_metric_sets_are_named_with_synth_and_point_at_the_set(tmp_path):
+    from vitrt.calib.synthesis import SET_FORMAT, SET_VERSION
+
     (tmp_path / "set" / "images").mkdir(parents=True)
-    (tmp_path / "set" / "metadata.json").write_text("{}")
+    metadata = {"format": SET_FORMAT, "version": SET_VERSION, "batches": {"0": {}}, "complete": False}
+    (tmp_path / "set" / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(DataError, match=r"^--metric-set: synthetic metric set .* is incomplete \(1 batch\(es\) "
+                                        "finished\): run the same vitrt synth command again"):
+        check_data_source("--metric-set", f"synth:{tmp_path / 'set'}")  # found before the compile, not at its end
+    (tmp_path / "set" / "metadata.json").write_text(json.dumps({**metadata, "complete": True}))
     check_data_source("--metric-set", f"synth:{tmp_path / 'set'}")
     with pytest.raises(DataError, match=f"not a synthetic metric set .*the set is its parent: synth:{tmp_path / 'set'}$"):
         check_data_source("--metric-set", f"synth:{tmp_path / 'set' / 'images'}")
@@ -149,6 +157,19 @@ def test_synthetic_metric_sets_are_named_with_synth_and_point_at_the_set(tmp_pat
         check_data_source("--metric-set", f"synth:{tmp_path}")
     with pytest.raises(DataError, match=f"is a synthetic metric set, not an ImageFolder: name it synth:{tmp_path / 'set'}"):
         check_data_source("--calib-data", str(tmp_path / "set"))
+
+
+def test_an_image_folder_without_class_folders_or_files_is_refused_before_the_compile(tmp_path):
+    """``--eval-data EMPTY`` was refused only after the whole compile and build, when the data was first read."""
+    with pytest.raises(DataError, match="^--eval-data '.*' holds no class folder: an ImageFolder is PATH/<class>/"):
+        check_data_source("--eval-data", str(tmp_path), labelled=True)
+    (tmp_path / "cat" / "nested").mkdir(parents=True)
+    (tmp_path / "dog").mkdir()
+    with pytest.raises(DataError, match="holds class folders but no file in them"):
+        check_data_source("--eval-data", str(tmp_path), labelled=True)
+    (tmp_path / "dog" / "nested").mkdir()
+    (tmp_path / "dog" / "nested" / "0.png").write_bytes(b"")  # ImageFolder finds files at any depth
+    check_data_source("--eval-data", str(tmp_path), labelled=True)
 
 
 def test_an_explicit_merge_schedule_is_checked_against_the_model_before_any_weights():

@@ -473,9 +473,9 @@ def grown_from(twin, path: str | Path) -> bool:
     return _read_metadata(Path(path)).get("model_fingerprint") == model_fingerprint(twin)
 
 
-def load_metric_set(path: str | Path, img_size: int | None = None, limit: int | None = None) -> ImageSet:
-    """The exact images and assigned labels of a finished set (the first ``limit``), resized to ``img_size``."""
-    root = Path(path)
+def finished_metadata(root: Path) -> dict:
+    """The metadata of the finished synthetic metric set at ``root``; a one-line DataError where there is none or
+    the set is unfinished (read before any work, so that a compile does not find it out at its end)."""
     if not (root / SET_METADATA).is_file():
         raise DataError(f"'{root}' is not a synthetic metric set (no metadata.json): make one with vitrt synth MODEL "
                         f"-o {root}")
@@ -484,6 +484,13 @@ def load_metric_set(path: str | Path, img_size: int | None = None, limit: int | 
         done = len(meta.get("batches", {}))
         raise DataError(f"synthetic metric set '{root}' is incomplete ({done} batch(es) finished): run the same vitrt "
                         "synth command again to resume it")
+    return meta
+
+
+def load_metric_set(path: str | Path, img_size: int | None = None, limit: int | None = None) -> ImageSet:
+    """The exact images and assigned labels of a finished set (the first ``limit``), resized to ``img_size``."""
+    root = Path(path)
+    meta = finished_metadata(root)
     images, labels = _load_batches(root, meta)
     if limit:
         images, labels = images[:limit], labels[:limit]

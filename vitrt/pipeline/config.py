@@ -245,8 +245,10 @@ def check_real_labels(flag: str, source: str, why: str) -> None:
 
 def check_data_source(flag: str, source: str, *, labelled: bool = False) -> None:
     """``digits``, ``synthetic``, ``synth:DIR`` (a synthetic metric set) or an ImageFolder directory; a set named
-    without ``synth:`` or by its ``images`` folder gets a hint. Nothing but directory entries is read. ``labelled``:
-    the option takes real labels only (:func:`check_real_labels`), so the refusal names only those sources."""
+    without ``synth:`` or by its ``images`` folder gets a hint. ``labelled``: the option takes real labels only
+    (:func:`check_real_labels`), so the refusal names only those sources. A set must be finished and an ImageFolder
+    must hold a class folder with a file in it — found now, not after the work before the data is read; only
+    directory entries and a set's metadata are read."""
     if source in ("digits", "synthetic"):
         return
     synth = source.startswith(SYNTH_PREFIX)
@@ -264,3 +266,25 @@ def check_data_source(flag: str, source: str, *, labelled: bool = False) -> None
         raise DataError(f"{flag} '{source}' is not a synthetic metric set (no {SET_METADATA}){hint}")
     if not synth and is_set:
         raise DataError(f"{flag} '{source}' is a synthetic metric set, not an ImageFolder: name it synth:{source}")
+    if synth:
+        from vitrt.calib.synthesis import finished_metadata
+
+        try:
+            finished_metadata(path)
+        except DataError as exc:
+            raise DataError(f"{flag}: {exc}") from None
+    else:
+        check_image_folder(flag, source, path)
+
+
+def check_image_folder(flag: str, source: str, path: Path) -> None:
+    """``path`` holds a class folder with a file in it, as torchvision's ImageFolder needs (it looks at any depth
+    below the class folder); the walk stops at the first file, so a large tree costs a few directory listings."""
+    import os
+
+    classes = sorted(entry.path for entry in os.scandir(path) if entry.is_dir())
+    if not classes:
+        raise DataError(f"{flag} '{source}' holds no class folder: an ImageFolder is PATH/<class>/<image files>")
+    if not any(files for folder in classes for _, _, files in os.walk(folder, followlinks=True)):
+        raise DataError(f"{flag} '{source}' holds class folders but no file in them: an ImageFolder is "
+                        "PATH/<class>/<image files>")
