@@ -144,3 +144,20 @@ def test_the_summary_calls_a_metric_loss_on_real_images_label_free(data, kind, c
                 "accuracy": {"metric": {"data": data, "images": 4, "compiled": {"loss": 0.1}, "dense": {"loss": 0.0}}}}
     print_summary(manifest)
     assert f"({kind} estimate; dense 0.00000)" in capsys.readouterr().out
+
+
+def test_every_way_a_latency_table_does_not_fit_is_named_in_one_error():
+    """``compile digits --prune 0.6 --lut <the shipped digits table> --bench`` named the table's thread count, then
+    (after a rerun) its clock, then its batch: three runs to find a command line it accepts."""
+    from conftest import DIGITS_LUT
+    from vitrt.compiler.errors import VitrtError
+    from vitrt.compiler.lut import LatencyTable
+
+    table = LatencyTable.load(DIGITS_LUT)
+    assert (table.threads, table.clock, table.batch) == (1, "cpu", 8)
+    with pytest.raises(VitrtError) as error:
+        table.check(backend="ort", batch=1, clock="wall", threads=None)
+    message = str(error.value)
+    assert "\n" not in message and message.count("; also, ") == 2
+    assert "pass --threads 1" in message and "--bench-clock cpu" in message and "built for batch 8, not 1" in message
+    table.check(backend="ort", batch=8, clock="cpu", threads=1)

@@ -310,24 +310,28 @@ class LatencyTable:
     def check(self, *, backend=None, batch=None, precision="fp32", sparsity="dense", device=None, clock=None,
               threads=UNCHECKED) -> None:
         """Raise VitrtError when this table cannot answer for that backend / batch / precision / sparsity (and, where
-        given, device, clock and intra-op threads: what a measurement compared with it must share)."""
+        given, device, clock and intra-op threads: what a measurement compared with it must share), naming every
+        mismatch in one message."""
+        problems = []  # every mismatch in one message: a user should not discover them one run at a time
         if threads is not UNCHECKED and self.threads != (threads or RUNTIME_DEFAULT_THREADS):
             def said(t):
                 return f"{t} intra-op thread(s)" if isinstance(t, int) else "the runtime's default threads"
             fix = f"pass --threads {self.threads}" if isinstance(self.threads, int) else "leave --threads out"
-            raise VitrtError(f"the latency table was timed with {said(self.threads)}, the measurement would use "
-                             f"{said(threads or RUNTIME_DEFAULT_THREADS)}; {fix}, or build a table with those threads")
+            problems.append(f"the latency table was timed with {said(self.threads)}, the measurement would use "
+                            f"{said(threads or RUNTIME_DEFAULT_THREADS)}; {fix}, or build a table with those threads")
         if clock is not None and clock != self.clock:
-            raise VitrtError(f"the latency table holds {self.clock}-clock times, the measurement is {clock}-clock; "
-                             f"measure with --bench-clock {self.clock}, or use a table built with --clock {clock}")
+            problems.append(f"the latency table holds {self.clock}-clock times, the measurement is {clock}-clock; "
+                            f"measure with --bench-clock {self.clock}, or use a table built with --clock {clock}")
         if backend is not None and backend != self.backend:
-            raise VitrtError(f"the latency table was built for backend '{self.backend}', not '{backend}'; "
-                             f"build one with vitrt lut build --backend {backend}")
+            problems.append(f"the latency table was built for backend '{self.backend}', not '{backend}'; "
+                            f"build one with vitrt lut build --backend {backend}")
         if batch is not None and int(batch) != self.batch:
-            raise VitrtError(f"the latency table was built for batch {self.batch}, not {batch}; "
-                             f"build one with vitrt lut build --batch {batch}")
+            problems.append(f"the latency table was built for batch {self.batch}, not {batch}; "
+                            f"build one with vitrt lut build --batch {batch}")
         if device is not None and device != self.device:
-            raise VitrtError(f"the latency table was measured on '{self.device}', not '{device}'; build one on this device")
+            problems.append(f"the latency table was measured on '{self.device}', not '{device}'; build one on this device")
+        if problems:
+            raise VitrtError("; also, ".join(problems))
         self._parts(precision, sparsity)
 
     @property
