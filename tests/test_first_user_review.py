@@ -161,3 +161,22 @@ def test_every_way_a_latency_table_does_not_fit_is_named_in_one_error():
     assert "\n" not in message and message.count("; also, ") == 2
     assert "pass --threads 1" in message and "--bench-clock cpu" in message and "built for batch 8, not 1" in message
     table.check(backend="ort", batch=8, clock="cpu", threads=1)
+
+
+@pytest.mark.parametrize("command", [("bench",), ("nvit-table", "{dir}")])
+def test_a_folder_that_is_not_an_out_is_named_as_such(command, tmp_path, capsys):
+    """``vitrt bench DIR`` / ``nvit-table DIR DIR`` on a folder without a manifest said "pass OUT/manifest.json of a
+    vitrt compile --bench", the hint of ``lut refine --from``."""
+    argv = [c.format(dir=tmp_path) for c in command]
+    assert run_cli(*argv[:1], tmp_path, *argv[1:]) == 2
+    assert one_error_line(capsys).endswith(f"; '{tmp_path}' is not an OUT written by vitrt compile")
+
+
+def test_a_pruning_plan_for_another_model_says_how_to_make_one():
+    from vitrt.compiler.models import spec_of_timm
+    from vitrt.transforms.prune.plan import PlanError, PruningPlan
+
+    plan = PruningPlan.keep_all(spec_of_timm(tiny_vit(depth=2)))
+    with pytest.raises(PlanError, match="emb 64, the model has emb 32; make a plan for this model with vitrt "
+                                        "prune-plan MODEL$"):
+        plan.check_matches(spec_of_timm(tiny_vit(depth=2, embed_dim=32)))

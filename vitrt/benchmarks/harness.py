@@ -47,7 +47,7 @@ def load_out(out: Path, threads: int | None = None) -> Loaded:
     from vitrt.compiler.spec import ViTSpec
     from vitrt.pipeline.feedback import read_manifest
 
-    manifest = read_manifest(out / "manifest.json")
+    manifest = read_manifest(out / "manifest.json", f"'{out}' is not an OUT written by vitrt compile")
     missing = [key for key in ("artifact", "backend", "input_shape", "spec_after") if key not in manifest]
     if missing:  # not "compiled with --no-build": that is an artifact recorded as None
         raise VitrtError(f"'{out}/manifest.json' lacks '{missing[0]}': it was not written by vitrt compile")

@@ -46,7 +46,8 @@ def scored_model(config: SensitivityConfig) -> str:
 
     if is_digits_model(config.model) or not Path(config.model).is_dir():
         return str(config.model)
-    return str(read_manifest(Path(config.model) / "manifest.json").get("model", ""))
+    manifest = read_manifest(Path(config.model) / "manifest.json", "pass an OUT of vitrt compile --keep-twin")
+    return str(manifest.get("model", ""))
 
 
 def scoring_images(source: str, img: int, count: int, seed: int, split: str = "test"

@@ -104,11 +104,12 @@ def refine_after_compile(config, manifest: dict, progress=None) -> dict | None:
     return summary
 
 
-def read_manifest(path) -> dict:
+def read_manifest(path, hint: str = "pass OUT/manifest.json of a vitrt compile --bench") -> dict:
+    """The manifest at ``path`` (or in the directory ``path``); ``hint`` says what the command wanted instead."""
     path = Path(path)
     if path.is_dir():
         path = path / "manifest.json"
-    data = read_json(path, "manifest", "pass OUT/manifest.json of a vitrt compile --bench")
+    data = read_json(path, "manifest", hint)
     if not isinstance(data, dict):
         raise VitrtError(f"manifest '{path}' is not a JSON object")
     return data

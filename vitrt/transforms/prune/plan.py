@@ -152,16 +152,17 @@ class PruningPlan:
         return self
 
     def check_matches(self, spec: ViTSpec) -> None:
-        """Refuse a plan made for other dims than ``spec``'s (one line naming the first mismatch)."""
+        """Refuse a plan made for other dims than ``spec``'s (one line naming the first mismatch and the fix)."""
+        fix = "; make a plan for this model with vitrt prune-plan MODEL"
         if spec.emb != self.original_emb:
-            raise PlanError(f"plan was made for emb {self.original_emb}, the model has emb {spec.emb}")
+            raise PlanError(f"plan was made for emb {self.original_emb}, the model has emb {spec.emb}{fix}")
         if spec.depth != len(self.original_blocks):
-            raise PlanError(f"plan was made for {len(self.original_blocks)} blocks, the model has {spec.depth}")
+            raise PlanError(f"plan was made for {len(self.original_blocks)} blocks, the model has {spec.depth}{fix}")
         for i, (block, dims) in enumerate(zip(spec.blocks, self.original_blocks)):
             have = BlockDims(block.heads, block.qk, block.v, block.mlp)
             if have != dims:
                 raise PlanError(f"plan block {i} was made for heads/qk/v/mlp {dims.heads}/{dims.qk}/{dims.v}/{dims.mlp}, "
-                                f"the model's block {i} has {have.heads}/{have.qk}/{have.v}/{have.mlp}")
+                                f"the model's block {i} has {have.heads}/{have.qk}/{have.v}/{have.mlp}{fix}")
 
     # --- JSON ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
