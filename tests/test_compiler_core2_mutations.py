@@ -35,8 +35,8 @@ def test_a_batch_range_needs_a_dynamic_batch_and_must_contain_the_batch():
     with pytest.raises(OptionError, match="--min-batch / --max-batch set the dynamic batch range: add --dynamic-batch"):
         TargetConfig(min_batch=2).validate()
     with pytest.raises(OptionError, match=r"1 <= --min-batch <= --batch <= --max-batch, got 1 / 8 / 4"):
-        TargetConfig(dynamic_batch=True, batch=8, max_batch=4).validate()
-    TargetConfig(dynamic_batch=True, batch=8, max_batch=8).validate()
+        TargetConfig(backend="trt", dynamic_batch=True, batch=8, max_batch=4).validate()
+    TargetConfig(backend="trt", dynamic_batch=True, batch=8, max_batch=8).validate()
 
 
 def test_cuda_graphs_run_on_tensorrt_and_on_torch_only_with_a_cuda_device():
@@ -64,11 +64,13 @@ def test_build_options_carry_every_target_setting_and_default_to_the_cpu(tmp_pat
     assert plain.device == "cpu" and plain.batch_profile is None and plain.threads is None
     assert not plain.cuda_graph and plain.torch_compile == "off" and not plain.sparse_weights
     options = TargetConfig(backend="torch", device="cuda:1", torch_compile="max-autotune", cuda_graph=True,
-                           threads=3, dynamic_batch=True, batch=4, max_batch=16,
+                           threads=3, dynamic_batch=True, batch=4,
                            timing_cache=tmp_path / "cache").build_options(sparse_weights=True)
     assert (options.device, options.torch_compile, options.cuda_graph, options.threads) == \
         ("cuda:1", "max-autotune", True, 3)
-    assert options.batch_profile == (1, 4, 16) and options.timing_cache == tmp_path / "cache"
+    assert options.batch_profile == (1, 4, 32) and options.timing_cache == tmp_path / "cache"
+    assert TargetConfig(backend="trt", dynamic_batch=True, batch=4, max_batch=16).build_options().batch_profile == \
+        (1, 4, 16)
     assert options.sparse_weights
 
 

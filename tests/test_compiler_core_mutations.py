@@ -31,16 +31,19 @@ def test_target_validation_boundaries_are_inclusive_where_documented():
     from vitrt.compiler.target import TargetConfig
 
     for ok in (dict(batch=1), dict(opset=17), dict(opset=21), dict(threads=1),
-               dict(dynamic_batch=True, batch=2, min_batch=1, max_batch=2),
-               dict(dynamic_batch=True, batch=2, min_batch=2, max_batch=2),
+               dict(backend="trt", dynamic_batch=True, batch=2, min_batch=1, max_batch=2),
+               dict(backend="trt", dynamic_batch=True, batch=2, min_batch=2, max_batch=2),
                dict(backend="torch", device="cuda:0", cuda_graph=True), dict(backend="ort", device="cpu"),
                dict(backend="trt", no_build=True), dict(backend="torch", torch_compile="default")):
         TargetConfig(**ok).validate()
     for bad, message in ((dict(batch=0), "--batch must be >= 1"), (dict(opset=16), "--opset 16 is outside"),
                          (dict(opset=22), "--opset 22 is outside"), (dict(threads=0), "--threads must be >= 1"),
                          (dict(max_batch=8), "add --dynamic-batch"),
-                         (dict(dynamic_batch=True, batch=2, min_batch=3, max_batch=4), "1 <= --min-batch <= --batch"),
-                         (dict(dynamic_batch=True, batch=2, min_batch=0), "1 <= --min-batch"),
+                         (dict(backend="trt", dynamic_batch=True, batch=2, min_batch=3, max_batch=4),
+                          "1 <= --min-batch <= --batch"),
+                         (dict(backend="trt", dynamic_batch=True, batch=2, min_batch=0), "1 <= --min-batch"),
+                         (dict(dynamic_batch=True, batch=2, min_batch=2), "--backend ort runs any batch"),
+                         (dict(backend="torch", dynamic_batch=True, max_batch=8), "--backend torch runs any batch"),
                          (dict(torch_compile="default"), "--torch-compile needs --backend torch"),
                          (dict(backend="torch", device="cpu", cuda_graph=True), "--cuda-graph needs a GPU"),
                          (dict(device="cuda"), "--backend ort runs on the CPU"),

@@ -54,12 +54,15 @@ def test_batch_profile_from_the_target():
     # a profile that ended at the batch it is tuned for took one image at --batch 1: a server could not batch
     assert from_options(TargetConfig, {"dynamic_batch": True}).batch_profile == (1, 1, 32)
     assert from_options(TargetConfig, {"batch": 64, "dynamic_batch": True}).batch_profile == (1, 64, 64)
-    config = from_options(TargetConfig, {"batch": 8, "dynamic_batch": True, "min_batch": 2, "max_batch": 32})
+    trt = {"backend": "trt", "batch": 8}
+    config = from_options(TargetConfig, {**trt, "dynamic_batch": True, "min_batch": 2, "max_batch": 32})
     assert config.validate().batch_profile == (2, 8, 32)
     with pytest.raises(VitrtError, match="add --dynamic-batch"):
-        from_options(TargetConfig, {"batch": 8, "max_batch": 32}).validate()
+        from_options(TargetConfig, {**trt, "max_batch": 32}).validate()
     with pytest.raises(VitrtError, match="1 <= --min-batch <= --batch <= --max-batch, got 1 / 8 / 4"):
-        from_options(TargetConfig, {"batch": 8, "dynamic_batch": True, "max_batch": 4}).validate()
+        from_options(TargetConfig, {**trt, "dynamic_batch": True, "max_batch": 4}).validate()
+    with pytest.raises(VitrtError, match="--backend ort runs any batch of a --dynamic-batch graph: drop them"):
+        from_options(TargetConfig, {"batch": 8, "dynamic_batch": True, "min_batch": 2}).validate()
 
 
 def test_sparse_layers_come_from_has_sparse_weights_not_tactic_names():

@@ -90,6 +90,9 @@ class TargetConfig:
             raise OptionError(f"--batch must be >= 1, got {self.batch}")
         if (self.min_batch is not None or self.max_batch is not None) and not self.dynamic_batch:
             raise OptionError("--min-batch / --max-batch set the dynamic batch range: add --dynamic-batch")
+        if (self.min_batch is not None or self.max_batch is not None) and self.backend != "trt":
+            raise OptionError(f"--min-batch / --max-batch set the TensorRT optimisation profile; --backend "
+                              f"{self.backend} runs any batch of a --dynamic-batch graph: drop them")
         profile = self.batch_profile
         if profile is not None and not 1 <= profile[0] <= profile[1] <= profile[2]:
             raise OptionError(f"the batch profile needs 1 <= --min-batch <= --batch <= --max-batch, got "
