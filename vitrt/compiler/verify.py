@@ -158,14 +158,15 @@ def verify_artifact(runner, model: onnx.ModelProto, images: np.ndarray, batch: i
     """The built artifact (what ships: ONNX Runtime's optimised graph, the torch import, the TensorRT engine) on
     the verification images against the verified ``model``. ``decisions``: the graph merges tokens in reduced
     precision, where the runtime's own rewrites can tip a near tie the other way — the difference is recorded
-    then, not failed."""
+    then, not failed; a non-finite output never is (a decision tipping the other way moves logits by a finite
+    amount: NaN or inf is a broken artifact, an fp16 overflow)."""
     step = batch or len(images)
     built = np.concatenate([runner.infer(images[i:i + step]) for i in range(0, len(images), step)])
     err = float(np.max(np.abs(built - run_onnx(model, images, batch))))
     return {"max_abs_err": err, "against": "the verified graph", "tolerance": tolerance,
-            "ok": err <= tolerance or decisions,
+            "ok": err <= tolerance or (decisions and bool(np.isfinite(err))),
             **({"note": "token-merge decisions may differ between the runtimes near ties; recorded, not failed"}
-               if decisions and err > tolerance else {})}
+               if decisions and err > tolerance and np.isfinite(err) else {})}
 
 
 class VerifyInstrument(Instrument):

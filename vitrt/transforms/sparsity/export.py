@@ -11,10 +11,10 @@ from vitrt.kernels import sparse24
 from vitrt.transforms.sparsity.plan import LayerDecision
 
 
-def write_sparse_weights(path, decisions: list[LayerDecision], values: dict, fmt: str = "fp16") -> None:
+def write_sparse_weights(path, decisions: list[LayerDecision], values: dict) -> None:
     """``path`` (.npz): per eligible layer ``<layer>.values`` and ``<layer>.meta`` (FP16, CUTLASS-ordered
     metadata where the tile fits, else row-major), plus ``sparse_weights.json`` beside it as the index."""
-    path = Path(path)
+    path, fmt = Path(path), "fp16"  # the operand is cast to FP16 below: the one format this export writes
     arrays, index = {}, {"format": fmt, "operand": "A[M, K] = MatMul Bᵀ (Conv: W as [M, R·S·C]); 2:4 along K",
                          "layout_doc": "vitrt.kernels.sparse24", "layers": {}}
     for d in decisions:
