@@ -221,7 +221,7 @@ def test_prune_plan_takes_the_digits_reference_by_name(tmp_path, capsys):
     (["--sparse-min-weights", "5"], "--sparse-min-weights acts only with --sparsity 2:4"),
     (["--sparsity", "2:4", "--sparse-data", "digits"], "--sparse-data acts only with --sparse-finetune-epochs"),
     (["--lowrank", "0.9", "--lowrank-data", "digits"], "--lowrank-data acts only with --lowrank-finetune-epochs"),
-    (["--calib-method", "entropy"], "--calib-method acts only with --precision int8, fp8 or int4w"),
+    (["--calib-method", "entropy"], "--calib-method acts only with --precision int8 or fp8"),
     (["--timing-cache", "t.cache"], "--timing-cache acts only with --backend trt"),
     # distillation runs before low rank, 2:4 and int8: it would fine-tune the dense model, recovering nothing
     (["--distill-epochs", "1"], "--distill-epochs fine-tunes a pruned or token-merged model"),

@@ -180,3 +180,90 @@ def test_a_pruning_plan_for_another_model_says_how_to_make_one():
     with pytest.raises(PlanError, match="emb 64, the model has emb 32; make a plan for this model with vitrt "
                                         "prune-plan MODEL$"):
         plan.check_matches(spec_of_timm(tiny_vit(depth=2, embed_dim=32)))
+
+
+# --- the Python API, used from a training / deployment pipeline --------------------------------------------------
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_training_steps_run_inside_the_callers_no_grad_or_inference_mode(mode, tmp_path):
+    """QAT (like Hessian importance, every fine-tuning and model inversion) needs autograd: under the caller's
+    ``torch.no_grad()`` / ``torch.inference_mode()`` it raised a bare RuntimeError ("element 0 of tensors does not
+    require grad"). vitrt turns gradients on for its own steps and hands the caller's mode back."""
+    import vitrt
+
+    with mode():
+        result = vitrt.compile(tiny_vit(depth=1), tmp_path / "out", precision="int8", calib_images=8, qat_epochs=1,
+                               quiet=True)
+        meta = vitrt.synth(tiny_vit(depth=1), tmp_path / "set", images=2, iterations=1, batch_size=2, quiet=True)
+        assert not torch.is_grad_enabled()
+    assert result.manifest["quantization"]["qat"] and meta["complete"]
+
+
+def test_synth_leaves_the_callers_random_state(tmp_path):
+    """vitrt.compile forked torch's generator; vitrt.synth drew from it (building the twin's weights)."""
+    import vitrt
+
+    model = tiny_vit(depth=1)
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    vitrt.synth(model, tmp_path / "set", images=2, iterations=1, batch_size=2, quiet=True)
+    assert torch.equal(before, torch.get_rng_state())
+
+
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda v, tmp: v.compile("digits", tmp / "out", recipe=5, quiet=True), "RecipeError",
+     "recipe must be the path of a recipe.json (a str or path), got 5"),
+    (lambda v, tmp: v.synth(tiny_vit(depth=1), None, images=2, quiet=True), "OutputError",
+     "no output directory: pass out=SET (a str or path), got None"),
+    (lambda v, tmp: v.synth(tiny_vit(depth=1), tmp / "set", images=2, quiet=True, force="no"), "OptionError",
+     "force takes a bool, got 'no' (str)"),
+    (lambda v, tmp: v.synth(tiny_vit(depth=1), tmp / "set", images=2, quiet=True, feature_reference=[1, 2]),
+     "OptionError", "feature_reference takes a tensor of images [N, C, H, W] (or None), got list"),
+    (lambda v, tmp: v.synth("digits", tmp / "set", images=2, quiet=True, img_size=64), "OptionError",
+     "digits-reference is the shipped model: it takes no checkpoint, pretrained weights or image size"),
+])
+def test_bad_python_arguments_are_vitrt_errors_worded_for_python(call, error, message, tmp_path):
+    """A recipe=5 (TypeError from Path), synth's out=None (TypeError), force="no" (taken as true),
+    feature_reference=[...] (AttributeError) and a refusal naming --img-size to a Python caller."""
+    import vitrt
+
+    with pytest.raises(vitrt.VitrtError) as raised:
+        call(vitrt, tmp_path)
+    assert type(raised.value).__name__ == error and str(raised.value) == message
+    assert not (tmp_path / "set").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("option", "flag"), [({"eta": 0.5}, "eta"), ({"importance": "magnitude"}, "importance"),
+                                              ({"prune_samples": 3}, "prune_samples"), ({"data": "digits"}, "data")])
+def test_planning_options_beside_a_given_pruning_plan_are_refused(option, flag, tmp_path):
+    """A given --prune-plan is planned already: --eta, --importance, --prune-samples and --data (without
+    --finetune-epochs) were accepted, ignored, and the same bytes written."""
+    import vitrt
+    from vitrt.compiler.errors import OptionError
+    from vitrt.compiler.models import spec_of_timm
+    from vitrt.transforms.prune.plan import PruningPlan
+
+    plan = tmp_path / "plan.json"
+    PruningPlan.keep_all(spec_of_timm(tiny_vit(depth=1))).save(plan)
+    with pytest.raises(OptionError, match=f"^{flag} acts only with prune"):
+        vitrt.compile(tiny_vit(depth=1), tmp_path / "out", prune_plan=plan, quiet=True, **option)
+    if flag == "data":  # what a given plan is fine-tuned on
+        vitrt.compile(tiny_vit(depth=1), tmp_path / "ft", prune_plan=plan, data="digits", finetune_epochs=1,
+                      quiet=True)
+
+
+@pytest.mark.parametrize("option", [{"calib_method": "entropy"}, {"calib_images": 3}])
+def test_calibration_options_beside_a_given_scale_table_or_at_int4w_are_refused(option, tmp_path):
+    """A scale table replaces calibration and int4w (weight-only) has none: --calib-method and --calib-images were
+    accepted and ignored there."""
+    import vitrt
+    from vitrt.compiler.errors import OptionError
+
+    first = vitrt.compile(tiny_vit(depth=1), tmp_path / "a", precision="int8", calib_images=8, quiet=True)
+    table = first.out / "scale_table.json"
+    with pytest.raises(OptionError, match=f"^{next(iter(option))} .*, and scale_table replaces calibration: drop it"):
+        vitrt.compile(tiny_vit(depth=1), tmp_path / "b", precision="int8", scale_table=table, quiet=True, **option)
+    with pytest.raises(OptionError, match=f"^{next(iter(option))} .*, and int4w calibrates nothing: drop it"):
+        vitrt.compile(tiny_vit(depth=1), tmp_path / "c", precision="int4w", quiet=True, **option)
+    if "calib_images" in option:  # --keep-float-top scores layers on that many images
+        vitrt.compile(tiny_vit(depth=1), tmp_path / "d", precision="int8", scale_table=table, keep_float_top=1,
+                      quiet=True, **option)

@@ -93,8 +93,16 @@ def test_data_and_caches_without_what_reads_them_are_refused(options, flag):
 
 
 @pytest.mark.parametrize("precision", ["fp8", "int4w"])
-def test_calibration_options_act_with_every_quantized_precision(precision):
-    assert config(precision=precision, calib_images=8).quant.calib_images == 8
+def test_calibration_options_act_with_every_calibrated_precision(precision):
+    """int4w (weight-only) calibrates nothing: there --calib-images only counts the images --keep-float-top scores
+    layers on."""
+    if precision == "int4w":
+        with pytest.raises(OptionError, match="--calib-images counts the calibration images, and int4w calibrates "
+                                              "nothing"):
+            config(precision=precision, calib_images=8)
+        assert config(precision=precision, calib_images=8, keep_float_top=1).quant.calib_images == 8
+    else:
+        assert config(precision=precision, calib_images=8).quant.calib_images == 8
     assert section_enabled(config(precision=precision).quant, config(precision=precision).target)
     assert not section_enabled(config(precision="fp16").quant, config(precision="fp16").target)
 

@@ -105,7 +105,8 @@ def test_the_shipped_digits_model_refuses_another_input_size():
     from vitrt.calib.synthesis import model_for_synthesis
     from vitrt.compiler.errors import OptionError
 
-    with pytest.raises(OptionError, match="drop --checkpoint / --pretrained / --img-size"):
+    with pytest.raises(OptionError, match="is the shipped model: it takes no checkpoint, pretrained weights or image "
+                                          "size$"):
         model_for_synthesis("digits-reference", img_size=64)
 
 

@@ -28,7 +28,7 @@ def compile(*args, **kwargs):
 
     threads = torch.get_num_threads()
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), own_grad_mode():
             if kwargs.get("recipe") is not None:  # a replay: the recipe's options and plans, nothing planned again
                 from vitrt.pipeline.recipe import compile_recipe
 
@@ -47,7 +47,25 @@ def compile(*args, **kwargs):
 
 
 def synth(*args, **kwargs):
-    """See :func:`vitrt.calib.synthesis.synth` (``vitrt synth``: a synthetic metric set by model inversion)."""
+    """See :func:`vitrt.calib.synthesis.synth` (``vitrt synth``: a synthetic metric set by model inversion). The
+    caller's torch state is left as it was, as by :func:`compile`: its random number generator and grad mode."""
+    import torch
+
     from vitrt.calib.synthesis import synth as _synth
 
-    return _synth(*args, **kwargs)
+    with torch.random.fork_rng(devices=[]), own_grad_mode():
+        return _synth(*args, **kwargs)
+
+
+def own_grad_mode():
+    """Gradients on for vitrt's own training steps (importance scores, fine-tuning, QAT, model inversion) whatever
+    the caller's mode: a pipeline that wraps deployment code in ``torch.no_grad()`` or ``torch.inference_mode()``
+    would otherwise fail inside autograd. The caller's mode is back on return."""
+    import contextlib
+
+    import torch
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
+    stack.enter_context(torch.enable_grad())
+    return stack

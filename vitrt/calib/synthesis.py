@@ -418,7 +418,8 @@ def model_for_synthesis(model, *, checkpoint=None, pretrained: bool = False, img
         from vitrt.calib.reference import load_reference
 
         if checkpoint or pretrained or img_size:
-            raise OptionError(f"{DIGITS_REFERENCE} is the shipped model: drop --checkpoint / --pretrained / --img-size")
+            raise OptionError(f"{DIGITS_REFERENCE} is the shipped model: it takes no checkpoint, pretrained weights or "
+                              "image size")
         reference, _ = load_reference()
         return canonicalize(reference), *DIGITS_NORMALIZATION, DIGITS_REFERENCE
     if isinstance(model, str):
@@ -447,6 +448,14 @@ def synth(model, out: str | Path, config: SynthesisConfig | None = None, *, chec
     from vitrt.compiler.progress import Progress
 
     try:
+        if not isinstance(out, (str, os.PathLike)) or not str(out):
+            raise OutputError(f"no output directory: pass out=SET (a str or path), got {out!r}")
+        for name, value in (("force", force), ("quiet", quiet), ("pretrained", pretrained)):
+            if not isinstance(value, bool):
+                raise OptionError(f"{name} takes a bool, got {value!r} ({type(value).__name__})")
+        if feature_reference is not None and not isinstance(feature_reference, torch.Tensor):
+            raise OptionError(f"feature_reference takes a tensor of images [N, C, H, W] (or None), got "
+                              f"{type(feature_reference).__name__}")
         # the fields' names (iterations=, batch_size=) and the flags' (iters=, batch=) both name an option
         by_field = {leaf_.path[-1]: leaf_.name for leaf_ in leaves(SynthesisConfig)}
         named = {by_field.get(key, key): value for key, value in options.items()}

@@ -134,6 +134,14 @@ class CompileConfig:
         ("checks", ("bench_iters", "bench_warmup"), lambda c: c.checks.bench, "--bench"),
         ("prune", ("data", "importance", "eta", "samples"), lambda c: c.prune.enabled,
          "--prune, --prune-plan, --revit or --dcvit-macs"),
+        # a given --prune-plan is planned already: what plans (and scores importance) has nothing to act on
+        ("prune", ("eta",), lambda c: c.prune.fraction is not None, "--prune (the latency-aware search)"),
+        ("prune", ("samples",), lambda c: c.prune.fraction is not None or c.prune.revit,
+         "--prune or --revit (importance scoring)"),
+        ("prune", ("importance",), lambda c: c.prune.fraction is not None or c.prune.revit
+         or c.prune.dcvit_macs is not None, "--prune, --revit or --dcvit-macs (a --prune-plan is planned already)"),
+        ("prune", ("data",), lambda c: c.prune.fraction is not None or c.prune.revit or c.prune.dcvit_macs is not None
+         or c.prune.finetune_epochs > 0, "--prune, --revit, --dcvit-macs or --finetune-epochs"),
         ("distill", ("data",), lambda c: c.distill.enabled, "--distill-epochs"),
         ("tome", ("lut",), lambda c: c.tome.latency is not None, "--tome-latency"),
         ("lowrank", ("layers", "align"), lambda c: c.lowrank.energy is not None or c.lowrank.budget is not None,
@@ -143,7 +151,7 @@ class CompileConfig:
         ("sparsity", ("data", "min_weights"), lambda c: c.sparsity.enabled, "--sparsity 2:4"),
         ("sparsity", ("data",), lambda c: c.sparsity.finetune_epochs > 0, "--sparse-finetune-epochs"),
         ("quant", ("calib_method", "calib_images"), lambda c: c.target.precision in QUANT_PRECISIONS,
-         "--precision int8, fp8 or int4w"),
+         "--precision int8 or fp8"),
         ("target", ("timing_cache",), lambda c: c.target.backend == "trt", "--backend trt"),
     )
 

@@ -151,6 +151,8 @@ PLANNING_ONLY = ("data", "importance", "eta", "prune_samples", "finetune_epochs"
 
 
 def read_recipe(path) -> Recipe:
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise RecipeError(f"recipe must be the path of a recipe.json (a str or path), got {path!r}")
     path = Path(path)
     data = read_json(path, "recipe", "write one with vitrt optimize (OUT/recipe.json)", error=RecipeError)
     if not isinstance(data, dict) or data.get("format") != FORMAT:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from vitrt.compiler.errors import OptionError
@@ -51,6 +51,16 @@ class QuantConfig:
         if self.scale_table is not None and self.calib_data is not None and not (self.qat_epochs or scores_layers):
             raise OptionError("--scale-table replaces calibration: drop --calib-data (or add --qat-epochs to fine-tune "
                               "on it, or --keep-float-top K to score layers on it)")
+        # options of a calibration that does not run would be accepted and ignored: a scale table replaces it, and
+        # int4w (weight-only) has none; --calib-images also sets how many images --keep-float-top scores on
+        calibrates = precision in ("int8", "fp8") and self.scale_table is None
+        default = {f.name: f.default for f in fields(self)}
+        why = "--scale-table replaces calibration" if self.scale_table is not None else f"{precision} calibrates nothing"
+        if quant and self.calib_method != default["calib_method"] and not calibrates:
+            raise OptionError(f"--calib-method picks the calibrator, and {why}: drop it")
+        if quant and self.calib_images != default["calib_images"] and not (calibrates or scores_layers):
+            raise OptionError(f"--calib-images counts the calibration images, and {why}: drop it (or add "
+                              "--keep-float-top K to score layers on that many)")
         if not quant and (self.exclude or self.keep_float_top):
             raise OptionError(f"--quant-exclude / --keep-float-top need --precision int8, fp8 or int4w (got {precision})")
         if self.keep_float_top < 0:
