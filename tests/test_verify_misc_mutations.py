@@ -5,7 +5,6 @@ existing tests noticing. Hand-built ONNX graphs, tiny ViTs, real ONNX Runtime an
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
