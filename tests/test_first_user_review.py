@@ -267,3 +267,99 @@ def test_calibration_options_beside_a_given_scale_table_or_at_int4w_are_refused(
     if "calib_images" in option:  # --keep-float-top scores layers on that many images
         vitrt.compile(tiny_vit(depth=1), tmp_path / "d", precision="int8", scale_table=table, keep_float_top=1,
                       quiet=True, **option)
+
+
+# --- serving, search and table tools ------------------------------------------------------------------------------
+def test_prune_plan_never_writes_its_plan_over_what_vitrt_wrote(tiny_outs, tmp_path, capsys):
+    """``vitrt prune-plan digits ... -o OUT/manifest.json --force`` wrote the plan over a compile's manifest (its -o
+    is not a config option, so the shared result-file check never ran)."""
+    import shutil
+
+    from conftest import DIGITS_LUT
+
+    out = tmp_path / "out"
+    shutil.copytree(tiny_outs[1], out)
+    before = snapshot(out)
+    assert run_cli("prune-plan", "digits", "--prune", "0.5", "--lut", DIGITS_LUT, "--batch", 8,
+                   "--importance", "magnitude", "--quiet", "-o", out / "manifest.json", "--force") == 2
+    assert snapshot(out) == before
+    assert "would overwrite manifest.json, which vitrt wrote into" in one_error_line(capsys)
+
+
+def test_export_force_leaves_no_ensemble_around_an_engine_it_no_longer_fits(tiny_outs, tmp_path, capsys):
+    """Exporting a static engine with --force over a name exported with --preprocess left <name>_ensemble (max batch
+    32) and <name>_preprocess routing to an engine of max batch 0: Triton refuses to load such a repository."""
+    dense, _, dynamic = tiny_outs
+    repo = tmp_path / "repo"
+    assert run_cli("export", "triton", dynamic, "-o", repo, "--name", "m", "--preprocess") == 0
+    assert run_cli("export", "triton", dynamic, "-o", repo, "--name", "m", "--preprocess", "--force") == 0
+    assert sorted(p.name for p in repo.iterdir()) == ["m", "m_ensemble", "m_preprocess"]
+    exported = {p.name: snapshot(p) for p in repo.iterdir()}
+    assert run_cli("export", "triton", dense, "-o", repo, "--name", "m") == 2  # REPO/m exists: nothing changes
+    assert {p.name: snapshot(p) for p in repo.iterdir()} == exported
+    capsys.readouterr()
+    assert run_cli("export", "triton", dense, "-o", repo, "--name", "m", "--force") == 0
+    assert sorted(p.name for p in repo.iterdir()) == ["m"]
+    assert "max_batch_size" not in (repo / "m" / "config.pbtxt").read_text()  # 0, the static engine's: omitted
+
+
+def test_export_refuses_to_write_a_name_beside_an_ensemble_left_around_it(tiny_outs, tmp_path, capsys):
+    import shutil
+
+    _, _, dynamic = tiny_outs
+    repo = tmp_path / "repo"
+    assert run_cli("export", "triton", dynamic, "-o", repo, "--name", "m", "--preprocess") == 0
+    shutil.rmtree(repo / "m")
+    capsys.readouterr()
+    assert run_cli("export", "triton", dynamic, "-o", repo, "--name", "m") == 2
+    assert "were exported around an earlier m: add --preprocess to export them again, or --force to remove them" \
+        in one_error_line(capsys)
+    assert sorted(p.name for p in repo.iterdir()) == ["m_ensemble", "m_preprocess"]
+
+
+def test_optimize_refuses_precisions_its_latency_table_cannot_price(tmp_path, capsys):
+    """``vitrt optimize digits --precisions fp16 --lut TABLE`` (a table without fp16) timed engines, wrote OUT and
+    exited 1 with "no recipe met the goal": every recipe was dropped for the missing key."""
+    from conftest import DIGITS_LUT
+
+    fp32_int8 = DIGITS_LUT.with_name("lut_ort_digits_b8_cpu_fp32_int8.json")
+    out = tmp_path / "opt"
+    assert run_cli("optimize", "digits", "-o", out, "--max-drop", 1, "--lut", fp32_int8, "--precisions", "fp16",
+                   "--quiet") == 2
+    assert "--precisions fp16: --lut" in one_error_line(capsys) and not out.exists()
+    assert run_cli("optimize", "digits", "-o", out, "--max-drop", 1, "--precisions", "fp16,int4w", "--quiet") == 2
+    assert "the table built without --lut has no latency for any of them (it has fp32/dense, int8/dense)" in \
+        one_error_line(capsys)
+
+
+def test_a_speedup_pointing_against_the_times_beside_it_is_marked_as_noise():
+    """study and optimize print each row's time (the median over rounds) beside its paired speedup (the median of
+    per-round ratios); with few rounds the two pointed opposite ways unremarked (study: 7.011 ms against dense
+    7.766 ms, "0.97x")."""
+    from vitrt.compiler.timing import NOISE_NOTE, Interleaved, opposite
+    from vitrt.search.study import DENSE, markdown
+
+    timed = Interleaved({"dense": [[10.0], [10.0], [1.0]], "variant": [[5.0], [20.0], [2.0]]}, "wall")
+    assert timed.typical("variant") < timed.typical("dense") and timed.speedup("dense", "variant") < 1
+    assert opposite(timed.typical("dense"), timed.typical("variant"), timed.speedup("dense", "variant"))
+    assert not opposite(10.0, 5.0, 1.8) and not opposite(10.0, 20.0, 0.6) and not opposite(10.0, 10.0, 0.9)
+
+    def measured(cpu_ms, speedup_cpu):
+        return {"top1": 0.9, "cpu_ms": cpu_ms, "speedup_cpu": speedup_cpu, "wall_ms": cpu_ms, "speedup_wall": 1.0,
+                "params": 1, "flops": 1e9, "onnx_bytes": 1024}
+
+    report = {"model": "digits", "command": "vitrt study digits", "batch": 1, "method": "m", "test_images": 4,
+              "data": "digits", "seconds": 60, "rows": {DENSE: {"label": "dense fp32", "measured": measured(7.766, 1)},
+                                                        "lowrank90": {"label": "low rank", "measured": measured(7.011,
+                                                                                                               0.97)}}}
+    lines = markdown(report).splitlines()
+    assert "| 0.97x† |" in lines[-3] and lines[-1] == NOISE_NOTE
+    report["rows"]["lowrank90"]["measured"] = measured(7.011, 1.09)
+    assert "†" not in markdown(report)
+
+
+def test_study_names_an_unknown_row_unknown_without_a_latency_table(tmp_path, capsys):
+    """``vitrt study digits --rows prune50`` (the row is 'prune') answered "prune to a latency target: add --lut";
+    with --lut added it then said the row was unknown."""
+    assert run_cli("study", "digits", "-o", tmp_path / "study", "--rows", "prune50", "--quiet") == 2
+    assert "--rows: unknown row(s) prune50 (known: " in one_error_line(capsys)

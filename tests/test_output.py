@@ -135,8 +135,11 @@ def test_force_never_replaces_an_out_that_holds_the_compiles_own_inputs(tmp_path
     out = tmp_path / "out"
     vitrt.compile(digits_reference[0], out, batch=8, quiet=True)
     shutil.copy(DIGITS_LUT, out / "lut.json")
-    (out / "set" / "images").mkdir(parents=True)  # a synthetic metric set, named synth:SET
-    (out / "set" / "metadata.json").write_text("{}")
+    from vitrt.calib.synthesis import SET_FORMAT, SET_VERSION
+
+    (out / "set" / "images").mkdir(parents=True)  # a (finished) synthetic metric set, named synth:SET
+    (out / "set" / "metadata.json").write_text(json.dumps({"format": SET_FORMAT, "version": SET_VERSION,
+                                                           "complete": True}))
     before = sorted(p.name for p in out.iterdir())
     for options, message in ((dict(lut=out / "lut.json", bench=True, force=True), "lut '.*' lies inside"),
                              (dict(eval_data=str(out), force=True), "eval_data '.*' lies inside"),
@@ -239,7 +242,8 @@ def test_compare_and_sensitivity_refuse_a_non_empty_report_before_any_work(compi
         assert main([*args, "--images", "2", "-o", str(report)]) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "is not empty" in err[0], (args, err)
-    (report / "images").mkdir()
+    (report / "images" / "0").mkdir(parents=True)
+    (report / "images" / "0" / "0.png").write_bytes(b"")
     assert main(["sensitivity", str(compiled_digits), "--images", "2", "--data", str(report / "images"), "-o",
                  str(report), "--force"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

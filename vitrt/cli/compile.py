@@ -7,7 +7,7 @@ from pathlib import Path
 from vitrt.calib.synthesis_config import SYNTH_PREFIX
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.options import add_arguments, from_args, leaves
-from vitrt.compiler.output import check_output_file
+from vitrt.compiler.output import check_not_written_entry, check_output_file
 
 # The compile options prune-plan acts on (the model, the planner and its latency table); the rest of vitrt
 # compile's would be accepted and ignored
@@ -100,6 +100,7 @@ def _cmd_prune_plan(args) -> int:
         raise VitrtError("prune-plan needs --prune FRACTION (with --lut LUT) or --revit")
     config = config.validate()
     check_output_file(out, "-o")  # a directory is refused even with --force; an unwritable path before the search
+    check_not_written_entry(out, "-o")  # --force or not: a compile's manifest is no plan's place
     if out.exists() and not config.force:
         raise VitrtError(f"{out} exists: pass --force to replace it")
     for flag, path in (("--lut", config.checks.lut), ("--checkpoint", config.checkpoint)):

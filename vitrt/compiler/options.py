@@ -153,7 +153,7 @@ def check_result_paths(config) -> None:
     OutputError otherwise."""
     import os
 
-    from vitrt.compiler.output import check_output_file, result_file
+    from vitrt.compiler.output import check_not_written_entry, check_output_file, result_file
 
     results, inputs = [], []
     for leaf_ in leaves(type(config)):
@@ -180,36 +180,15 @@ def check_result_paths(config) -> None:
                 if entry is not None:
                     raise OutputError(f"{flag} '{file}' would overwrite {entry} of the input '{source}'; write the "
                                       "result elsewhere")
-        owner = marked_owner(target)
-        if owner is not None and overwrites_entry(owner, target):
-            raise OutputError(f"{flag} '{file}' would overwrite {target.relative_to(owner)}, which vitrt wrote into "
-                              f"'{owner}'; write the result elsewhere")
-
-
-def marked_owner(target: Path, stop: Path | None = None) -> Path | None:
-    """The deepest directory above ``target`` (``stop`` included, nothing above it) that holds a vitrt output
-    marker, or None: that output's marker decides whether ``target`` is one of its entries."""
-    from vitrt.compiler.output import entries_written
-
-    directory = target.parent
-    while entries_written(directory) is None:
-        if directory == stop or directory == directory.parent:
-            return None
-        directory = directory.parent
-    return directory
-
-
-def overwrites_entry(owner: Path, target: Path) -> bool:
-    """``target`` is (or lies inside) an entry the marker of the vitrt output ``owner`` lists, or is the marker."""
-    from vitrt.compiler.output import OUTPUT_MARKER, entries_written
-
-    return target.relative_to(owner).parts[0] in entries_written(owner) | {OUTPUT_MARKER}
+        check_not_written_entry(file, flag)
 
 
 def written_entry(source: Path, target: Path) -> str | None:
     """What ``target`` (inside the input directory ``source``) would overwrite, or None where it is a new file: an
     entry vitrt wrote into ``source`` or into a vitrt output nested in it (their markers list them, the marker
     itself included), or, where no marker covers it, a file already there."""
+    from vitrt.compiler.output import marked_owner, overwrites_entry
+
     shown = str(target.relative_to(source))
     owner = marked_owner(target, stop=source)
     if owner is None:

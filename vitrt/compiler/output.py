@@ -46,6 +46,32 @@ def entries_written(directory: Path) -> set[str] | None:
     return {line for line in marker.read_text().splitlines() if line and not line.startswith("#")}
 
 
+def marked_owner(target: Path, stop: Path | None = None) -> Path | None:
+    """The deepest directory above ``target`` (``stop`` included, nothing above it) that holds a vitrt output
+    marker, or None: that output's marker decides whether ``target`` is one of its entries."""
+    directory = target.parent
+    while entries_written(directory) is None:
+        if directory == stop or directory == directory.parent:
+            return None
+        directory = directory.parent
+    return directory
+
+
+def overwrites_entry(owner: Path, target: Path) -> bool:
+    """``target`` is (or lies inside) an entry the marker of the vitrt output ``owner`` lists, or is the marker."""
+    return target.relative_to(owner).parts[0] in entries_written(owner) | {OUTPUT_MARKER}
+
+
+def check_not_written_entry(path: Path, flag: str) -> None:
+    """A result file ``path`` never replaces what vitrt wrote into an output — an input's, another compile's or a
+    nested report's (``lint-trt OUT/model.onnx --json OUT/manifest.json``, ``prune-plan -o B/manifest.json``)."""
+    target = Path(path).resolve()
+    owner = marked_owner(target)
+    if owner is not None and overwrites_entry(owner, target):
+        raise OutputError(f"{flag} '{path}' would overwrite {target.relative_to(owner)}, which vitrt wrote into "
+                          f"'{owner}'; write the result elsewhere")
+
+
 def check_not_link(out: Path, flag: str = "-o") -> None:
     """``out`` is not a symbolic link: replacing it would swap the link for a directory and leave what it points to
     as it was (and deleting it is refused by the file system)."""

@@ -143,6 +143,19 @@ class Interleaved:
         return float(np.median(np.asarray(self.per_round(reference)) / np.asarray(self.per_round(candidate))))
 
 
+def opposite(reference_ms: float, ms: float, speedup: float) -> bool:
+    """Whether a paired speedup (:meth:`Interleaved.speedup`) and the typical times beside it point opposite ways
+    (one says faster, the other slower): with few rounds on a loaded machine both statistics are sound and still
+    disagree — the difference is then within the run's noise, which a report must say rather than print both."""
+    return (reference_ms / ms - 1.0) * (speedup - 1.0) < 0
+
+
+NOISE_MARK = "†"
+NOISE_NOTE = (f"{NOISE_MARK}: the speedup (the median of the per-round ratios, paired round by round) and the times "
+              "(the median over rounds) point opposite ways — the difference is within this run's noise; rerun with "
+              "more --rounds")
+
+
 def interleaved(candidates: dict[str, Callable[[], object]], timing: Timing, rounds: int = 5, seed: int = 0,
                 progress: Callable[[int], None] | None = None) -> Interleaved:
     """Time every candidate ``rounds`` times; each round visits the candidates in a shuffled order.

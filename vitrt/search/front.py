@@ -13,6 +13,7 @@ import json
 import statistics
 from pathlib import Path
 
+from vitrt.compiler.timing import NOISE_MARK, NOISE_NOTE, opposite
 from vitrt.search.evaluate import Estimate
 
 
@@ -117,16 +118,21 @@ def markdown(result: dict) -> str:
              "held-out loss | test top-1 | test drop (pt) | params | ONNX KB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     scale = result.get("front_scale", result.get("lut_scale", 1.0))
+    noisy = False
     for p in result["front"]:
         m = p["measured"]
         mark = " **(chosen)**" if p.get("chosen") else ""
         drop = None if m["top1"] is None or dense["test_top1"] is None else 100 * (dense["test_top1"] - m["top1"])
         speedup = dense["predicted_ms"] / p["predicted_ms"]
         predicted = predicted_ms(p, scale)
+        noise = {clock: NOISE_MARK if opposite(dense["measured"][f"{clock}_ms"], m[f"{clock}_ms"],
+                                               m[f"speedup_{clock}"]) else "" for clock in ("cpu", "wall")}
+        noisy = noisy or any(noise.values())
         lines.append(f"| {p['label']}{mark} | {p['epochs']} | {_ms(predicted)} | {_ms(m['cpu_ms'])} | "
                      f"{_error(predicted, m['cpu_ms'])} | {_error(p.get('table_alone_ms'), m['cpu_ms'])} | "
-                     f"{speedup:.2f}x | {m['speedup_cpu']:.2f}x | {100 * (speedup / m['speedup_cpu'] - 1):+.1f} % | "
-                     f"{_ms(m['wall_ms'])} | {m['speedup_wall']:.2f}x | {_pct(p['holdout_top1'])} | "
+                     f"{speedup:.2f}x | {m['speedup_cpu']:.2f}x{noise['cpu']} | "
+                     f"{100 * (speedup / m['speedup_cpu'] - 1):+.1f} % | "
+                     f"{_ms(m['wall_ms'])} | {m['speedup_wall']:.2f}x{noise['wall']} | {_pct(p['holdout_top1'])} | "
                      f"{_loss(p.get('holdout_loss'))} | {_pct(m['top1'])} | "
                      f"{'—' if drop is None else f'{round(drop, 2) + 0.0:.2f}'} | "  # no '-0.00'
                      f"{m['params']:,} | {m['onnx_bytes'] / 1024:.0f} |")
@@ -136,7 +142,7 @@ def markdown(result: dict) -> str:
               f"{_ms(d['cpu_ms'])} | (calibration) | {_error(table_dense, d['cpu_ms'])} | 1.00x | 1.00x | — | "
               f"{_ms(d['wall_ms'])} | 1.00x | {_pct(dense['holdout_top1'])} | "
               f"{_loss(dense.get('holdout_loss'))} | {_pct(d['top1'])} | 0.00 | {d['params']:,} | "
-              f"{d['onnx_bytes'] / 1024:.0f} |", ""]
+              f"{d['onnx_bytes'] / 1024:.0f} |", ""] + ([NOISE_NOTE, ""] if noisy else [])
     front = result["front"]
     if front:
         errors = [abs(predicted_ms(p, scale) / p["measured"]["cpu_ms"] - 1) for p in front]

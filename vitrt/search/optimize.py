@@ -112,10 +112,16 @@ class OptimizeConfig:
             from vitrt.compiler.backends import get_backend
 
             get_backend("trt")
-        if self.lut is not None:  # missing, or another file kind (a manifest): refused now, not rows later
-            from vitrt.compiler.lut import LatencyTable
+        from vitrt.compiler.lut import LatencyTable, table_key
 
-            LatencyTable.load(self.lut)
+        # missing, or another file kind (a manifest): refused now, not rows later
+        keys = set(LatencyTable.load(self.lut).tables) if self.lut is not None else \
+            {table_key(*key) for key in DEFAULT_LUT_KEYS}
+        if not any(table_key(p, "dense") in keys for p in self.precision_list):  # every recipe would be dropped
+            where = f"--lut {self.lut} has" if self.lut is not None else "the table built without --lut has"
+            raise OptionError(f"--precisions {self.precisions}: {where} no latency for any of them (it has "
+                              f"{', '.join(sorted(keys))}); add one it has, or build the key with vitrt lut build "
+                              f"--precision {self.precision_list[0]}")
         from vitrt.pipeline.config import check_data_source, check_real_labels
 
         check_real_labels("--data", self.data, "accuracy is the constraint")

@@ -25,7 +25,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitrt.compiler.errors import VitrtError
+from vitrt.compiler.errors import OutputError, VitrtError
 from vitrt.compiler.options import option, section
 from vitrt.compiler.output import atomic_output_dir, write_json
 from vitrt.compiler.target import DEFAULT_MAX_BATCH  # for engines without a batch limit of their own (ONNX Runtime)
@@ -235,7 +235,8 @@ class ExportTritonConfig:
     batching: BatchingOptions = section(BatchingOptions)
     preprocess: bool = option(False, "also write REPO/<name>_preprocess and REPO/<name>_ensemble: clients send raw "
                               "uint8 images [H, W, 3] of any size (dynamic-batch engines)")
-    force: bool = option(False, "replace an existing, non-empty REPO/<name>")
+    force: bool = option(False, "replace an existing, non-empty REPO/<name> (and remove the <name>_preprocess / "
+                         "<name>_ensemble an earlier --preprocess export left, unless --preprocess writes them again)")
 
 
 def export_triton(config: ExportTritonConfig, command: str = "") -> Path:
@@ -273,6 +274,15 @@ def export_triton(config: ExportTritonConfig, command: str = "") -> Path:
         parse_config(text)  # what Triton will parse, checked before anything is written
         check_outside_out("OUT", artifact.out, Path(config.repo) / entry)  # --force would replace what it exports
         check_output_dir(Path(config.repo) / entry, config.force)
+    # an ensemble exported earlier around <name> would route to the new engine, whose batch and input it may not
+    # fit — and Triton refuses to load a repository holding such an ensemble: replaced by --preprocess, else removed
+    stale = [Path(config.repo) / f"{name}{suffix}" for suffix in ("_preprocess", "_ensemble")
+             if f"{name}{suffix}" not in texts and (Path(config.repo) / f"{name}{suffix}").exists()]
+    if stale and not config.force:
+        raise OutputError(f"{', '.join(str(p) for p in stale)} were exported around an earlier {name}: add "
+                          "--preprocess to export them again, or --force to remove them")
+    for path in stale:
+        check_output_dir(path, True)  # only what vitrt wrote is removed
     for entry, text in texts.items():
         with atomic_output_dir(Path(config.repo) / entry, config.force) as staging:
             (staging / "1").mkdir()
@@ -282,4 +292,6 @@ def export_triton(config: ExportTritonConfig, command: str = "") -> Path:
             if entry == name:
                 shutil.copyfile(artifact.path, staging / "1" / PLATFORMS[artifact.backend][1])
                 write_json(staging / "vitrt.json", provenance)
+    for path in stale:  # after the new engine is in place: a failed export leaves the old pair as it was
+        shutil.rmtree(path)
     return Path(config.repo) / name
