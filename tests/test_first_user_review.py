@@ -363,3 +363,13 @@ def test_study_names_an_unknown_row_unknown_without_a_latency_table(tmp_path, ca
     with --lut added it then said the row was unknown."""
     assert run_cli("study", "digits", "-o", tmp_path / "study", "--rows", "prune50", "--quiet") == 2
     assert "--rows: unknown row(s) prune50 (known: " in one_error_line(capsys)
+
+
+def test_prune_plan_help_describes_its_own_force_and_lut(capsys):
+    """prune-plan reuses compile's options: its --help said --force replaces "a non-empty output directory" and --lut
+    adds "latency.predicted_ms (needs --bench)" — prune-plan writes one file and has no --bench."""
+    with pytest.raises(SystemExit):
+        run_cli("prune-plan", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--force replace an existing PLAN file" in text and "needs --bench" not in text
+    assert "--lut LUT latency table (vitrt lut build) the search prunes against (--prune)" in text

@@ -15,6 +15,11 @@ PRUNE_PLAN_OPTIONS = frozenset({"model", "img_size", "checkpoint", "pretrained",
                                 "lut", "prune", "revit", "data", "importance", "eta", "prune_samples"})
 
 
+# compile's words for these name an output directory and --bench, which prune-plan has not
+PRUNE_PLAN_HELP = {"force": "replace an existing PLAN file",
+                   "lut": "latency table (vitrt lut build) the search prunes against (--prune)"}
+
+
 def print_summary(manifest: dict) -> None:
     rows = [("model", manifest["model"]), ("input", "x".join(map(str, manifest["input_shape"]))),
             ("params", f"{manifest['params']['before']:,} -> {manifest['params']['after']:,}"),
@@ -139,6 +144,6 @@ def add_subcommands(sub) -> None:
                             description="Score NViT importance on the torch twin, search under the latency table, "
                                         "write the kept indices per group (apply with vitrt compile --prune-plan).")
     add_arguments(parser, CompileConfig, skip=[leaf_.name for leaf_ in leaves(CompileConfig)
-                                               if leaf_.name not in PRUNE_PLAN_OPTIONS])
+                                               if leaf_.name not in PRUNE_PLAN_OPTIONS], helps=PRUNE_PLAN_HELP)
     parser.add_argument("-o", "--out", dest="out", metavar="PLAN", help="the plan JSON to write (--force replaces it)")
     parser.set_defaults(func=_cmd_prune_plan)

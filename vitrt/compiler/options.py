@@ -90,13 +90,14 @@ def leaf(config_cls, name: str) -> Leaf:
     raise KeyError(name)
 
 
-def add_arguments(parser: argparse.ArgumentParser, config_cls, skip=()) -> None:
-    """Add one argparse argument per option of ``config_cls`` (booleans become store_true flags)."""
+def add_arguments(parser: argparse.ArgumentParser, config_cls, skip=(), helps=None) -> None:
+    """Add one argparse argument per option of ``config_cls`` (booleans become store_true flags); ``helps``: option
+    name -> the help a command that reuses the config words its own way (prune-plan's --force replaces a file)."""
     for leaf_ in leaves(config_cls):
         if leaf_.name in skip:
             continue
         meta = leaf_.field.metadata
-        kwargs = {"help": meta["help"]}
+        kwargs = {"help": (helps or {}).get(leaf_.name, meta["help"])}
         if leaf_.annotation is bool:
             parser.add_argument(*leaf_.flags, dest=leaf_.name, action="store_true", default=None, **kwargs)
             continue
