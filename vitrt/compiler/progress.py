@@ -37,6 +37,18 @@ class Progress:
                     dynamic_ncols=True)
 
 
+class Renamed(Progress):
+    """``progress``'s messages with a staging directory's path shown as the directory it becomes: a command that
+    compiles into its own staging area (the demo) would otherwise announce paths that are gone when it ends."""
+
+    def __init__(self, progress: Progress, staging, final):
+        super().__init__(progress.enabled, progress.stream)
+        self.staging, self.final = str(staging), str(final)
+
+    def log(self, message: str) -> None:
+        super().log(message.replace(self.staging, self.final))
+
+
 def _interactive(stream) -> bool:
     if "ipykernel" in sys.modules:  # a notebook: tqdm.auto draws a widget there
         return True

@@ -76,7 +76,7 @@ def run_demo(config: DemoConfig) -> dict:
     from vitrt.calib.reference import load_reference
     from vitrt.compiler.backends import BuildOptions, get_backend
     from vitrt.compiler.output import atomic_output_dir, write_json
-    from vitrt.compiler.progress import Progress
+    from vitrt.compiler.progress import Progress, Renamed
     from vitrt.compiler.timing import Timing, interleaved, synced
     from vitrt.pipeline.driver import compile
 
@@ -89,9 +89,10 @@ def run_demo(config: DemoConfig) -> dict:
     variants = VARIANTS[:1] if config.dense_only else VARIANTS
     rows, runners = [], {}
     with atomic_output_dir(config.out, config.force) as staging:
+        shown = Renamed(progress, staging, config.out.absolute())
         for label, sub, options in variants:
             result = compile(model, staging / sub, name="digits_vit", backend=config.backend, batch=config.batch,
-                             verify=True, quiet=config.quiet, progress=progress, **options)
+                             verify=True, quiet=config.quiet, progress=shown, **options)
             with progress.step(f"evaluating {label} (torch twin and compiled artifact) on {len(test)} test images"):
                 runner = backend.load(result.artifact_path, BuildOptions())
                 rows.append({"variant": label, "out": sub, "torch_top1": accuracy(result.twin, test),
