@@ -232,28 +232,23 @@ def test_an_artifact_with_non_finite_logits_fails_even_when_merge_decisions_may_
 
 
 def _passes():
-    from vitrt.compiler.pass_manager import FP32_TOLERANCE, Pass, PassResult
+    """(ScaleFc2, Idle): passes over the lowered tiny ViT that change the graph but not the twin."""
+    from vitrt.compiler.pass_manager import Pass, PassResult
 
-    class Perturb(Pass):
-        name = "perturb"
+    class ScaleFc2(Pass):
+        """Block 0's fc2 weight times ``factor`` (1.0: a modifying, exact pass), declaring ``declared`` as its
+        tolerance (None: fp32's)."""
+
+        def __init__(self, name, factor, declared=None):
+            self.name, self.factor, self.declared = name, factor, declared
 
         def run(self, view, ctx):
             weight = view.block(0).linear("mlp.fc2").weight
-            weight.values = weight.values * 1.01
+            weight.values = weight.values * self.factor
             return PassResult(view, True)
 
         def tolerance(self):
-            return 0.05
-
-    class Touch(Pass):
-        """A modifying, exact pass (fp32 tolerance): fc2 times 1.0."""
-
-        name = "touch"
-
-        def run(self, view, ctx):
-            weight = view.block(0).linear("mlp.fc2").weight
-            weight.values = weight.values * 1.0
-            return PassResult(view, True)
+            return super().tolerance() if self.declared is None else self.declared
 
     class Idle(Pass):
         name = "idle"
@@ -261,50 +256,40 @@ def _passes():
         def run(self, view, ctx):
             return PassResult(view, False)
 
-    return Perturb, Touch, Idle, FP32_TOLERANCE
+    return ScaleFc2, Idle
 
 
-@pytest.fixture(scope="module")
-def lowered_tiny():
-    from vitrt.compiler.lower import lower
-    from vitrt.compiler.models import canonicalize
-
-    twin = canonicalize(tiny_vit(depth=1))
-    return lower(twin, batch=2), twin
-
-
-def test_a_raised_tolerance_stays_raised_for_the_passes_after_it(lowered_tiny):
-    """VerifyInstrument: after a pass that declares a looser tolerance, a later exact pass is held to the raised
-    tolerance (the reduced-precision graph is compared with the same twin), not to fp32's again."""
-    from vitrt.compiler.graph import GraphView
+def _verified(passes, lowered):
+    """The records of ``passes`` run over the lowered tiny ViT under VerifyInstrument."""
     from vitrt.compiler.pass_manager import PassContext, PassManager
     from vitrt.compiler.verify import VerifyInstrument, verification_inputs
 
-    onnx_model, twin = lowered_tiny
-    Perturb, Touch, Idle, fp32 = _passes()
-    view = GraphView.from_onnx(onnx_model)
+    twin, fresh_view = lowered
+    view = fresh_view()
     images = verification_inputs(view.spec, batch=2)
-    result = PassManager([Perturb(), Touch()], [VerifyInstrument(images, 2)]).run(view, PassContext(), twin=twin)
-    first, second = result.records
-    assert fp32 < first.stats["verify_max_abs_err"] <= 0.05
+    return PassManager(passes, [VerifyInstrument(images, 2)]).run(view, PassContext(), twin=twin).records
+
+
+def test_a_raised_tolerance_stays_raised_for_the_passes_after_it(lowered):
+    """VerifyInstrument: after a pass that declares a looser tolerance, a later exact pass is held to the raised
+    tolerance (the reduced-precision graph is compared with the same twin), not to fp32's again."""
+    from vitrt.compiler.pass_manager import FP32_TOLERANCE
+
+    ScaleFc2, _ = _passes()
+    first, second = _verified([ScaleFc2("perturb", 1.01, declared=0.05), ScaleFc2("touch", 1.0)], lowered)
+    assert FP32_TOLERANCE < first.stats["verify_max_abs_err"] <= 0.05
     assert second.stats["verify_max_abs_err"] == pytest.approx(first.stats["verify_max_abs_err"])
 
 
-def test_only_modifying_passes_are_verified_and_no_flips_are_recorded_without_decisions(lowered_tiny):
+def test_only_modifying_passes_are_verified_and_no_flips_are_recorded_without_decisions(lowered):
     """VerifyInstrument checks a pass that modified the graph (verify_max_abs_err), skips one that did not, and
     records verify_decision_flips only for a twin that makes decisions."""
-    from vitrt.compiler.graph import GraphView
-    from vitrt.compiler.pass_manager import PassContext, PassManager
-    from vitrt.compiler.verify import VerifyInstrument, verification_inputs
+    from vitrt.compiler.pass_manager import FP32_TOLERANCE
 
-    onnx_model, twin = lowered_tiny
-    Perturb, Touch, Idle, fp32 = _passes()
-    view = GraphView.from_onnx(onnx_model)
-    images = verification_inputs(view.spec, batch=2)
-    result = PassManager([Idle(), Touch()], [VerifyInstrument(images, 2)]).run(view, PassContext(), twin=twin)
-    idle, touch = result.records
+    ScaleFc2, Idle = _passes()
+    idle, touch = _verified([Idle(), ScaleFc2("touch", 1.0)], lowered)
     assert "verify_max_abs_err" not in idle.stats
-    assert touch.stats["verify_max_abs_err"] <= fp32 and "verify_decision_flips" not in touch.stats
+    assert touch.stats["verify_max_abs_err"] <= FP32_TOLERANCE and "verify_decision_flips" not in touch.stats
 
 
 # --- vitrt.compiler.backends.torch_backend --------------------------------------------------------------------------
