@@ -120,8 +120,8 @@ class OptimizeConfig:
         if not any(table_key(p, "dense") in keys for p in self.precision_list):  # every recipe would be dropped
             where = f"--lut {self.lut} has" if self.lut is not None else "the table built without --lut has"
             raise OptionError(f"--precisions {self.precisions}: {where} no latency for any of them (it has "
-                              f"{', '.join(sorted(keys))}); add one it has, or build the key with vitrt lut build "
-                              f"--precision {self.precision_list[0]}")
+                              f"{', '.join(sorted(keys))}); add one it has, or pass --lut with a table that has "
+                              f"one (vitrt lut build --precision {self.precision_list[0]})")
         from vitrt.pipeline.config import check_data_source, check_real_labels
 
         check_real_labels("--data", self.data, "accuracy is the constraint")
