@@ -49,8 +49,14 @@ def entries_written(directory: Path) -> set[str] | None:
 def marked_owner(target: Path, stop: Path | None = None) -> Path | None:
     """The deepest directory above ``target`` (``stop`` included, nothing above it) that holds a vitrt output
     marker, or None: that output's marker decides whether ``target`` is one of its entries."""
+    def marked(directory: Path) -> bool:
+        try:
+            return entries_written(directory) is not None
+        except OSError:  # a directory this process may not look into (the walk goes up to /) holds no marker of ours
+            return False
+
     directory = target.parent
-    while entries_written(directory) is None:
+    while not marked(directory):
         if directory == stop or directory == directory.parent:
             return None
         directory = directory.parent
