@@ -373,3 +373,21 @@ def test_prune_plan_help_describes_its_own_force_and_lut(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--force replace an existing PLAN file" in text and "needs --bench" not in text
     assert "--lut LUT latency table (vitrt lut build) the search prunes against (--prune)" in text
+
+
+def test_the_load_tests_in_process_note_says_what_each_ratio_divides_by():
+    """The table's "vs in-process" column divides each level by the mean of the two windows around it, while the note
+    under it gave only the median of every window (118.7 / 418.6 = 0.28 beside a printed 0.29x)."""
+    from vitrt.serving.loadtest import format_table, versus_ratios
+
+    windows = [400.0, 437.2]
+    level = {"concurrency": 1, "requests": 10, "ok": 10, "errors": 0, "lost": 0, "images_per_s": 118.7,
+             "p50_ms": 1.0, "p90_ms": 1.0, "p99_ms": 1.0, "versus_in_process": versus_ratios([118.7], windows)[0],
+             "first_error": None}
+    result = {"model": "m", "url": "http://127.0.0.1:8000", "protocol": "http", "request_batch": 1, "data": "random",
+              "duration_s": 1, "max_requests": 10, "levels": [level],
+              "in_process": {"backend": "ort", "out": "OUT", "batch": 8, "images_per_s": 418.6,
+                             "images_per_s_windows": windows, "seconds_per_window": 1}}
+    table = format_table(result)
+    assert "| 0.28x |" in table  # 118.7 over (400.0 + 437.2) / 2
+    assert "vs in-process: a level's images/s over the mean of the two windows around it" in table

@@ -396,7 +396,8 @@ def format_table(result: dict) -> str:
         v = result["in_process"]
         lines.append(f"\nin-process {v['backend']} runner of {v['out']} at batch {v['batch']}: "
                      f"{v['images_per_s']:.1f} images/s (median of windows {v['images_per_s_windows']}, "
-                     f"{v['seconds_per_window']:g} s each, before every level and after the last)")
+                     f"{v['seconds_per_window']:g} s each, before every level and after the last); vs in-process: a "
+                     "level's images/s over the mean of the two windows around it, not over this median")
     if has_top1:
         lines.append("\ntop-1: the fraction of answered images classified as labelled, over every answer of the "
                      "level (the labelled images are sent in a cycle, so an image answered twice counts twice)")
