@@ -329,7 +329,9 @@ def test_int8_linear_matches_onnx_runtime_and_is_chosen_only_for_its_pattern(cas
     x[:2] = np.where(x[:2] < 0, -9.0, 9.0)
     want = _ort(model, {"x": x})[0]
     got = imported.module(torch.from_numpy(x)).numpy()
-    assert max_abs(want, got) <= 1e-4
+    # float32 sums in another order: a few ulps of logits that reach ~10² (the module-level generator's draw depends
+    # on which tests ran before in this worker)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-4)
 
 
 def test_int8_linear_saturates_and_rounds_half_to_even_like_quantize_linear():
