@@ -5,6 +5,8 @@ canonical ONNX, runs the compression passes, builds the backend artifact and wri
 vitrt never imports TensorRT, Model Optimizer or CUDA: backends and heavy dependencies load on use.
 """
 
+import contextlib
+
 from vitrt._version import __version__
 from vitrt.compiler.errors import VitrtError
 from vitrt.compiler.spec import BlockSpec, ViTSpec
@@ -57,15 +59,12 @@ def synth(*args, **kwargs):
         return _synth(*args, **kwargs)
 
 
+@contextlib.contextmanager
 def own_grad_mode():
     """Gradients on for vitrt's own training steps (importance scores, fine-tuning, QAT, model inversion) whatever
     the caller's mode: a pipeline that wraps deployment code in ``torch.no_grad()`` or ``torch.inference_mode()``
     would otherwise fail inside autograd. The caller's mode is back on return."""
-    import contextlib
-
     import torch
 
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.inference_mode(False))
-    stack.enter_context(torch.enable_grad())
-    return stack
+    with torch.inference_mode(False), torch.enable_grad():
+        yield

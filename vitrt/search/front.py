@@ -13,8 +13,9 @@ import json
 import statistics
 from pathlib import Path
 
-from vitrt.compiler.timing import NOISE_MARK, NOISE_NOTE, opposite
+from vitrt.compiler.timing import NOISE_NOTE
 from vitrt.search.evaluate import Estimate
+from vitrt.search.measure import noise_marks
 
 
 def best_per_recipe(estimates: list[Estimate]) -> list[Estimate]:
@@ -125,8 +126,7 @@ def markdown(result: dict) -> str:
         drop = None if m["top1"] is None or dense["test_top1"] is None else 100 * (dense["test_top1"] - m["top1"])
         speedup = dense["predicted_ms"] / p["predicted_ms"]
         predicted = predicted_ms(p, scale)
-        noise = {clock: NOISE_MARK if opposite(dense["measured"][f"{clock}_ms"], m[f"{clock}_ms"],
-                                               m[f"speedup_{clock}"]) else "" for clock in ("cpu", "wall")}
+        noise = noise_marks(dense["measured"], m)
         noisy = noisy or any(noise.values())
         lines.append(f"| {p['label']}{mark} | {p['epochs']} | {_ms(predicted)} | {_ms(m['cpu_ms'])} | "
                      f"{_error(predicted, m['cpu_ms'])} | {_error(p.get('table_alone_ms'), m['cpu_ms'])} | "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitrt.compiler.timing import Timing, interleaved, synced
+from vitrt.compiler.timing import NOISE_MARK, Timing, interleaved, opposite, synced
 
 
 @dataclass
@@ -71,3 +71,10 @@ def measure(outs: dict[str, Path], reference: str, *, test=None, rounds: int = 5
                              (Path(outs[name]) / "model.onnx").stat().st_size, manifest["params"]["after"],
                              manifest["flops"]["after"])
     return out
+
+
+def noise_marks(reference: dict, measured: dict) -> dict[str, str]:
+    """clock -> NOISE_MARK where ``measured``'s paired speedup and its time beside ``reference``'s point opposite
+    ways (:func:`vitrt.compiler.timing.opposite`), else ""; both are :meth:`Measured.to_dict` rows."""
+    return {clock: NOISE_MARK if opposite(reference[f"{clock}_ms"], measured[f"{clock}_ms"],
+                                          measured[f"speedup_{clock}"]) else "" for clock in ("cpu", "wall")}

@@ -23,7 +23,8 @@ from pathlib import Path
 from vitrt.compiler.errors import OptionError, VitrtError
 from vitrt.compiler.known_models import check_model
 from vitrt.compiler.options import add_command, command_line, option
-from vitrt.compiler.timing import NOISE_MARK, NOISE_NOTE, opposite
+from vitrt.compiler.timing import NOISE_NOTE
+from vitrt.search.measure import noise_marks
 from vitrt.search.space import lgtm_window, merge_step
 
 DENSE = "dense"
@@ -240,8 +241,7 @@ def markdown(report: dict) -> str:
             continue
         m, v = row["measured"], row.get("verify") or {}
         err = f"{v['max_abs_err']:.1e}" if "max_abs_err" in v else "—"
-        marks = {clock: NOISE_MARK if opposite(dense[f"{clock}_ms"], m[f"{clock}_ms"], m[f"speedup_{clock}"]) else ""
-                 for clock in ("cpu", "wall")}
+        marks = noise_marks(dense, m)
         noisy = noisy or any(marks.values())
         lines.append(f"| {row['label']} | {100 * m['top1']:.2f} % | {100 * (dense['top1'] - m['top1']):.2f} | "
                      f"{m['cpu_ms']:.3f} | {m['speedup_cpu']:.2f}x{marks['cpu']} | {m['wall_ms']:.3f} | "
